@@ -1,0 +1,414 @@
+//! Network isolation: every network interface of the instance into a quarantine security group
+//! that allows nothing in and nothing out, plus the evidence-keeping instance attributes.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use aws_sdk_ec2::types::{
+    AttributeBooleanValue, AttributeValue, Filter, Instance, ResourceType, SecurityGroup,
+    TagSpecification,
+};
+use futures::future::{join_all, try_join_all};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::context::Ctx;
+use crate::error::Error;
+use crate::finding::{FindingEvent, Skip, Target, resolve};
+use crate::outcome::Outcome;
+use crate::{instance, now_rfc3339, tags};
+
+/// The name of the tool's quarantine group in each VPC (names are unique per VPC).
+pub const QUARANTINE_GROUP_NAME: &str = "ec2-quarantine-isolation";
+const QUARANTINE_GROUP_DESCRIPTION: &str = "Quarantine for compromised instances: no inbound, no outbound. Managed by ec2-quarantine; add no rules.";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IsolateReport {
+    pub instance_id: String,
+    pub quarantine_groups: Vec<QuarantineGroup>,
+    pub interfaces: Vec<InterfaceIsolation>,
+    pub termination_protection: bool,
+    pub shutdown_behavior: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuarantineGroup {
+    pub vpc_id: String,
+    pub group_id: String,
+    /// Whether this run created the group (or, for a group found, emptied rules someone added).
+    pub changed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InterfaceIsolation {
+    pub interface_id: String,
+    pub vpc_id: String,
+    /// The groups the interface had before isolation, to restore on release.
+    pub previous_groups: Vec<String>,
+    pub status: InterfaceStatus,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InterfaceStatus {
+    Isolated,
+    AlreadyIsolated,
+}
+
+/// An interface of the instance as DescribeInstances shows it.
+struct Interface {
+    id: String,
+    vpc_id: String,
+    groups: Vec<String>,
+    /// Already in the tool's quarantine group alone, by name (its id is not known yet).
+    looks_isolated: bool,
+}
+
+#[tracing::instrument(skip_all, fields(finding_id, instance_id))]
+pub async fn isolate(ctx: &Ctx, event: &FindingEvent) -> Result<Outcome<IsolateReport>, Error> {
+    let target = match resolve(event)? {
+        Ok(target) => target,
+        Err(Skip(reason)) => {
+            info!(%reason, "skipped");
+            return Ok(Outcome::skipped(reason));
+        }
+    };
+    let span = tracing::Span::current();
+    span.record("finding_id", target.finding_id.as_str());
+    span.record("instance_id", target.instance_id.as_str());
+
+    let clients = ctx.clients(&target.scope).await?;
+    let ec2 = &clients.ec2;
+    let inst = instance::describe(ec2, &target).await?;
+    if let Some(reason) = instance::gone_reason(&inst) {
+        info!(%reason, "skipped");
+        return Ok(Outcome::skipped(reason));
+    }
+    let interfaces = interfaces(&inst);
+    if interfaces.is_empty() {
+        return Ok(Outcome::skipped("the instance has no network interface"));
+    }
+    let vpcs: BTreeSet<&str> = interfaces.iter().map(|i| i.vpc_id.as_str()).collect();
+
+    // Evidence first and independent of the network change: a failure here must not hold
+    // isolation back, and isolation must not wait for it.
+    let protect = protect(ec2, &target.instance_id);
+    let isolate = async {
+        // Writing the record of the previous groups and finding the quarantine groups don't
+        // depend on each other; both must be done before any interface moves.
+        let (recorded, groups) = futures::try_join!(
+            record(ec2, &target, &inst, &interfaces),
+            try_join_all(vpcs.iter().map(|vpc| ensure_quarantine_group(ec2, vpc))),
+        )?;
+        let by_vpc: BTreeMap<&str, &QuarantineGroup> =
+            groups.iter().map(|g| (g.vpc_id.as_str(), g)).collect();
+        let moves = join_all(interfaces.iter().map(|eni| {
+            let group_id = by_vpc.get(eni.vpc_id.as_str()).map(|g| g.group_id.as_str());
+            move_interface(ec2, eni, group_id.unwrap_or_default(), &inst)
+        }))
+        .await;
+        Ok::<_, Error>((recorded, groups, moves))
+    };
+    let (protected, isolated) = futures::join!(protect, isolate);
+    let (recorded, groups, moves) = isolated?;
+
+    let mut done = Vec::new();
+    let mut failed = Vec::new();
+    let mut report_interfaces = Vec::new();
+    for result in moves {
+        match result {
+            Ok(eni) => {
+                done.push(format!("{} isolated", eni.interface_id));
+                report_interfaces.push(eni);
+            }
+            Err((eni, err)) => failed.push((format!("interface {eni}"), err)),
+        }
+    }
+    match protected {
+        Ok(()) => done.push("termination protection on, shutdown behaviour stop".into()),
+        Err(err) => failed.push(("termination protection".into(), err)),
+    }
+    if !failed.is_empty() {
+        for (what, err) in &failed {
+            warn!(what, error = %err, "containment action failed");
+        }
+        return Err(Error::Incomplete {
+            step: "isolation",
+            instance_id: target.instance_id,
+            done,
+            failed,
+        });
+    }
+
+    let changed = recorded
+        || groups.iter().any(|g| g.changed)
+        || report_interfaces
+            .iter()
+            .any(|i| i.status == InterfaceStatus::Isolated);
+    info!(changed, interfaces = report_interfaces.len(), "isolated");
+    Ok(Outcome::from_changes(
+        changed,
+        IsolateReport {
+            instance_id: target.instance_id,
+            quarantine_groups: groups,
+            interfaces: report_interfaces,
+            termination_protection: true,
+            shutdown_behavior: "stop".into(),
+        },
+    ))
+}
+
+fn interfaces(inst: &Instance) -> Vec<Interface> {
+    inst.network_interfaces()
+        .iter()
+        .filter_map(|eni| {
+            let groups = eni.groups();
+            Some(Interface {
+                id: eni.network_interface_id()?.to_owned(),
+                vpc_id: eni.vpc_id().or(inst.vpc_id())?.to_owned(),
+                groups: groups
+                    .iter()
+                    .filter_map(|g| g.group_id().map(str::to_owned))
+                    .collect(),
+                looks_isolated: groups.len() == 1
+                    && groups[0].group_name() == Some(QUARANTINE_GROUP_NAME),
+            })
+        })
+        .collect()
+}
+
+/// The groups recorded on the instance for an interface by an earlier run.
+fn recorded_groups(inst: &Instance, eni_id: &str) -> Vec<String> {
+    let mut groups = Vec::new();
+    for key in tags::previous_groups_keys(eni_id, 16) {
+        match tags::find(inst.tags(), &key) {
+            Some(value) => groups.extend(
+                value
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned),
+            ),
+            None => break,
+        }
+    }
+    groups
+}
+
+/// Tags the instance with the finding and, for each interface not yet isolated, its current
+/// groups. Marks already present (from an earlier finding) are kept. Returns whether it wrote.
+async fn record(
+    ec2: &aws_sdk_ec2::Client,
+    target: &Target,
+    inst: &Instance,
+    interfaces: &[Interface],
+) -> Result<bool, Error> {
+    let mut new_tags = Vec::new();
+    if tags::find(inst.tags(), tags::FINDING_ID).is_none() {
+        new_tags.push(tags::new(tags::FINDING_ID, tags::value(&target.finding_id)));
+        new_tags.push(tags::new(
+            tags::FINDING_TYPE,
+            tags::value(&target.finding_type),
+        ));
+        new_tags.push(tags::new(tags::CONTAINED_AT, now_rfc3339()));
+    }
+    for eni in interfaces.iter().filter(|e| !e.looks_isolated) {
+        let chunks = tags::chunk_ids(&eni.groups);
+        let keys = tags::previous_groups_keys(&eni.id, chunks.len());
+        let unchanged = keys
+            .iter()
+            .zip(&chunks)
+            .all(|(k, v)| tags::find(inst.tags(), k) == Some(v.as_str()));
+        if !unchanged {
+            new_tags.extend(keys.into_iter().zip(chunks).map(|(k, v)| tags::new(k, v)));
+        }
+    }
+    if new_tags.is_empty() {
+        return Ok(false);
+    }
+    ec2.create_tags()
+        .resources(&target.instance_id)
+        .set_tags(Some(new_tags))
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk("ec2:CreateTags", e))?;
+    Ok(true)
+}
+
+async fn protect(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> Result<(), Error> {
+    let termination = ec2
+        .modify_instance_attribute()
+        .instance_id(instance_id)
+        .disable_api_termination(AttributeBooleanValue::builder().value(true).build())
+        .send();
+    let shutdown = ec2
+        .modify_instance_attribute()
+        .instance_id(instance_id)
+        .instance_initiated_shutdown_behavior(AttributeValue::builder().value("stop").build())
+        .send();
+    let (termination, shutdown) = futures::join!(termination, shutdown);
+    termination.map_err(|e| Error::from_sdk("ec2:ModifyInstanceAttribute", e))?;
+    shutdown.map_err(|e| Error::from_sdk("ec2:ModifyInstanceAttribute", e))?;
+    Ok(())
+}
+
+async fn move_interface(
+    ec2: &aws_sdk_ec2::Client,
+    eni: &Interface,
+    group_id: &str,
+    inst: &Instance,
+) -> Result<InterfaceIsolation, (String, Error)> {
+    let isolated = eni.groups.len() == 1 && eni.groups[0] == group_id;
+    let previous_groups = if isolated {
+        recorded_groups(inst, &eni.id)
+    } else {
+        eni.groups.clone()
+    };
+    if !isolated {
+        ec2.modify_network_interface_attribute()
+            .network_interface_id(&eni.id)
+            .groups(group_id)
+            .send()
+            .await
+            .map_err(|e| {
+                (
+                    eni.id.clone(),
+                    Error::from_sdk("ec2:ModifyNetworkInterfaceAttribute", e),
+                )
+            })?;
+        info!(eni = %eni.id, sg = %group_id, previous = ?previous_groups, "interface isolated");
+    }
+    Ok(InterfaceIsolation {
+        interface_id: eni.id.clone(),
+        vpc_id: eni.vpc_id.clone(),
+        previous_groups,
+        status: if isolated {
+            InterfaceStatus::AlreadyIsolated
+        } else {
+            InterfaceStatus::Isolated
+        },
+    })
+}
+
+fn filter(name: &str, value: &str) -> Filter {
+    Filter::builder().name(name).values(value).build()
+}
+
+/// Finds the tool's quarantine group in a VPC, or creates it, and makes sure it has no rule.
+async fn ensure_quarantine_group(
+    ec2: &aws_sdk_ec2::Client,
+    vpc_id: &str,
+) -> Result<QuarantineGroup, Error> {
+    let found = ec2
+        .describe_security_groups()
+        .filters(filter("vpc-id", vpc_id))
+        .filters(filter("tag-key", tags::ISOLATION_GROUP))
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk("ec2:DescribeSecurityGroups", e))?;
+    let (group, created) = match found.security_groups().first() {
+        Some(group) => (group.clone(), false),
+        None => (create_quarantine_group(ec2, vpc_id).await?, true),
+    };
+    let group_id = group.group_id().unwrap_or_default().to_owned();
+    let emptied = revoke_all_rules(ec2, &group).await?;
+    if created {
+        info!(vpc_id, sg = %group_id, "quarantine group created");
+    }
+    Ok(QuarantineGroup {
+        vpc_id: vpc_id.to_owned(),
+        group_id,
+        changed: created || emptied,
+    })
+}
+
+async fn create_quarantine_group(
+    ec2: &aws_sdk_ec2::Client,
+    vpc_id: &str,
+) -> Result<SecurityGroup, Error> {
+    let created = ec2
+        .create_security_group()
+        .group_name(QUARANTINE_GROUP_NAME)
+        .description(QUARANTINE_GROUP_DESCRIPTION)
+        .vpc_id(vpc_id)
+        .tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::SecurityGroup)
+                .tags(tags::new("Name", QUARANTINE_GROUP_NAME))
+                .tags(tags::new(tags::ISOLATION_GROUP, "true"))
+                .build(),
+        )
+        .send()
+        .await;
+    let by = match created {
+        Ok(out) => filter("group-id", out.group_id().unwrap_or_default()),
+        // Another execution created it first, or a person made a group of that name: adopt it
+        // (its rules are revoked below, so adopting it can only make it stricter).
+        Err(e) => {
+            let err = Error::from_sdk("ec2:CreateSecurityGroup", e);
+            if err.aws_code() != Some("InvalidGroup.Duplicate") {
+                return Err(err);
+            }
+            filter("group-name", QUARANTINE_GROUP_NAME)
+        }
+    };
+    let described = ec2
+        .describe_security_groups()
+        .filters(filter("vpc-id", vpc_id))
+        .filters(by)
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk("ec2:DescribeSecurityGroups", e))?;
+    let group = described
+        .security_groups()
+        .first()
+        .cloned()
+        .ok_or_else(|| Error::Aws {
+            action: "ec2:DescribeSecurityGroups",
+            code: "InvalidGroup.NotFound".into(),
+            message: format!("the quarantine group of {vpc_id} is not visible yet"),
+            source: "quarantine group not visible after creation".into(),
+        })?;
+    if tags::find(group.tags(), tags::ISOLATION_GROUP).is_none() {
+        if let Some(id) = group.group_id() {
+            ec2.create_tags()
+                .resources(id)
+                .tags(tags::new(tags::ISOLATION_GROUP, "true"))
+                .send()
+                .await
+                .map_err(|e| Error::from_sdk("ec2:CreateTags", e))?;
+        }
+    }
+    Ok(group)
+}
+
+/// Revokes every rule of the group, IPv4 and IPv6, in and out. Returns whether it revoked any.
+async fn revoke_all_rules(ec2: &aws_sdk_ec2::Client, group: &SecurityGroup) -> Result<bool, Error> {
+    let id = group.group_id().unwrap_or_default();
+    let egress = group.ip_permissions_egress().to_vec();
+    let ingress = group.ip_permissions().to_vec();
+    let revoke_egress = async {
+        if egress.is_empty() {
+            return Ok(false);
+        }
+        ec2.revoke_security_group_egress()
+            .group_id(id)
+            .set_ip_permissions(Some(egress))
+            .send()
+            .await
+            .map_err(|e| Error::from_sdk("ec2:RevokeSecurityGroupEgress", e))?;
+        Ok(true)
+    };
+    let revoke_ingress = async {
+        if ingress.is_empty() {
+            return Ok(false);
+        }
+        ec2.revoke_security_group_ingress()
+            .group_id(id)
+            .set_ip_permissions(Some(ingress))
+            .send()
+            .await
+            .map_err(|e| Error::from_sdk("ec2:RevokeSecurityGroupIngress", e))?;
+        Ok(true)
+    };
+    let (e, i) = futures::try_join!(revoke_egress, revoke_ingress)?;
+    Ok(e || i)
+}

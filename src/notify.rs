@@ -1,0 +1,563 @@
+//! The notification: one SNS message per finding saying what was found, what each containment
+//! step did or why it failed, and where to look next.
+
+use std::fmt::Write as _;
+
+use aws_sdk_sns::types::MessageAttributeValue;
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+use crate::context::Ctx;
+use crate::error::Error;
+use crate::finding::{self, FindingEvent, Skip, Target, severity_label};
+use crate::isolate::{InterfaceStatus, IsolateReport};
+use crate::outcome::Outcome;
+use crate::role::{Change, RoleReport};
+use crate::snapshot::SnapshotReport;
+
+/// SNS rejects subjects of 100 characters or more.
+pub const MAX_SUBJECT_CHARS: usize = 99;
+
+/// Settings of the notify function, read once at init.
+#[derive(Debug, Clone)]
+pub struct NotifySettings {
+    pub topic_arn: String,
+}
+
+impl NotifySettings {
+    pub const TOPIC_ARN_VAR: &'static str = "ALERT_TOPIC_ARN";
+
+    pub fn from_env() -> Result<NotifySettings, Error> {
+        let topic_arn = std::env::var(Self::TOPIC_ARN_VAR).unwrap_or_default();
+        if !topic_arn.starts_with("arn:") || topic_arn.split(':').count() != 6 {
+            return Err(Error::Misconfigured(format!(
+                "{} must be the ARN of the SNS topic to notify, got {topic_arn:?}",
+                Self::TOPIC_ARN_VAR
+            )));
+        }
+        Ok(NotifySettings { topic_arn })
+    }
+}
+
+/// What notify receives: the finding event as it arrived (kept as JSON so that even an event
+/// no step could read is reported) and each step's result, or its error as Step Functions'
+/// Catch hands it on. A missing result means the step did not run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NotifyInput {
+    pub event: serde_json::Value,
+    #[serde(default)]
+    pub isolate: Option<StepResult<IsolateReport>>,
+    #[serde(default)]
+    pub snapshot: Option<StepResult<SnapshotReport>>,
+    #[serde(default)]
+    pub role: Option<StepResult<RoleReport>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StepResult<T> {
+    Completed(Outcome<T>),
+    Failed(StepFailure),
+    /// Anything else: reported as a failure, with the raw value, rather than lost.
+    Unreadable(serde_json::Value),
+}
+
+/// The error object of a Catch: `Cause` holds the Lambda's `{"errorType","errorMessage"}` JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepFailure {
+    #[serde(rename = "Error")]
+    pub error: String,
+    #[serde(rename = "Cause", default)]
+    pub cause: Option<String>,
+}
+
+impl StepFailure {
+    pub fn message(&self) -> String {
+        #[derive(Deserialize)]
+        struct LambdaCause {
+            #[serde(rename = "errorMessage")]
+            error_message: String,
+        }
+        match self.cause.as_deref() {
+            Some(cause) => serde_json::from_str::<LambdaCause>(cause)
+                .map(|c| c.error_message)
+                .unwrap_or_else(|_| cause.to_owned()),
+            None => String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Every step succeeded (or had nothing to do) and at least one acted or had acted.
+    Contained,
+    /// Isolation held but another step failed or did not run.
+    Partial,
+    /// Isolation failed or did not run.
+    Failed,
+    /// The finding names nothing to contain.
+    Skipped,
+    /// The event is not a GuardDuty finding this tool can read.
+    Invalid,
+}
+
+impl Verdict {
+    /// Whether the workflow should end Failed after notifying.
+    pub fn is_failure(self) -> bool {
+        matches!(self, Verdict::Partial | Verdict::Failed | Verdict::Invalid)
+    }
+
+    fn headline(self) -> &'static str {
+        match self {
+            Verdict::Contained => "CONTAINED",
+            Verdict::Partial => "PARTIALLY CONTAINED",
+            Verdict::Failed => "CONTAINMENT FAILED",
+            Verdict::Skipped => "NOT ACTIONABLE",
+            Verdict::Invalid => "INVALID FINDING",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NotifyOutput {
+    pub verdict: Verdict,
+    /// True when containment failed in any part: the state machine ends Failed on it.
+    pub failed: bool,
+    pub subject: String,
+    pub message_id: String,
+}
+
+/// The message, rendered before it is sent (and testable without SNS).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub verdict: Verdict,
+    pub subject: String,
+    pub body: String,
+    pub attributes: Vec<(&'static str, &'static str, String)>,
+}
+
+#[tracing::instrument(skip_all)]
+pub async fn notify(
+    ctx: &Ctx,
+    settings: &NotifySettings,
+    input: &NotifyInput,
+) -> Result<NotifyOutput, Error> {
+    let message = render(input);
+    let sns = ctx.sns_for_topic(&settings.topic_arn);
+    let mut request = sns
+        .publish()
+        .topic_arn(&settings.topic_arn)
+        .subject(&message.subject)
+        .message(&message.body);
+    for (name, data_type, value) in &message.attributes {
+        request = request.message_attributes(
+            *name,
+            MessageAttributeValue::builder()
+                .data_type(*data_type)
+                .string_value(value)
+                .build()
+                .map_err(|e| Error::Misconfigured(format!("message attribute {name}: {e}")))?,
+        );
+    }
+    let out = request
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk("sns:Publish", e))?;
+    let message_id = out.message_id().unwrap_or_default().to_owned();
+    info!(verdict = ?message.verdict, %message_id, "notification sent");
+    Ok(NotifyOutput {
+        verdict: message.verdict,
+        failed: message.verdict.is_failure(),
+        subject: message.subject,
+        message_id,
+    })
+}
+
+enum Resolved {
+    Target(Box<Target>),
+    Skip(String),
+    Invalid(String),
+}
+
+pub fn render(input: &NotifyInput) -> Message {
+    let event = finding::parse_event(input.event.clone());
+    let resolved = match event.as_ref().map(finding::resolve) {
+        Ok(Ok(Ok(target))) => Resolved::Target(Box::new(target)),
+        Ok(Ok(Err(Skip(reason)))) => Resolved::Skip(reason),
+        Ok(Err(e)) => Resolved::Invalid(e.to_string()),
+        Err(e) => Resolved::Invalid(e.to_string()),
+    };
+    let verdict = match &resolved {
+        Resolved::Invalid(_) => Verdict::Invalid,
+        Resolved::Skip(_) => Verdict::Skipped,
+        Resolved::Target(_) => judge(input),
+    };
+    let detail = event.as_ref().ok().map(|e| &e.detail);
+    let finding_type = detail
+        .and_then(|d| d.finding_type.as_deref())
+        .map(finding::clip)
+        .unwrap_or("unknown type");
+    let severity = detail.and_then(|d| d.severity).filter(|s| s.is_finite());
+
+    let mut body = String::new();
+    let _ = writeln!(body, "{}", verdict.headline());
+    let _ = writeln!(body, "GuardDuty finding: {finding_type}");
+    if let Some(s) = severity {
+        let _ = writeln!(body, "Severity: {s:.1} ({})", severity_label(s));
+    }
+    if let Some(title) = detail.and_then(|d| d.title.as_deref()) {
+        let _ = writeln!(body, "Title: {}", finding::clip(title));
+    }
+    let subject_target;
+    match &resolved {
+        Resolved::Invalid(reason) => {
+            subject_target = String::from("unreadable event");
+            let _ = writeln!(
+                body,
+                "\nThe event could not be read, so nothing was changed."
+            );
+            let _ = writeln!(body, "Reason: {reason}");
+        }
+        Resolved::Skip(reason) => {
+            subject_target = detail
+                .and_then(|d| d.resource.as_ref())
+                .and_then(|r| r.resource_type.as_deref())
+                .map(finding::clip)
+                .unwrap_or("no resource")
+                .to_owned();
+            let _ = writeln!(body, "\nNothing was changed: {reason}.");
+            write_finding_ids(&mut body, event.as_ref().ok());
+        }
+        Resolved::Target(target) => {
+            subject_target = target.instance_id.clone();
+            let links = Links::new(target);
+            let _ = writeln!(body, "Instance: {}", target.instance_id);
+            let _ = writeln!(
+                body,
+                "Account: {}  Region: {}",
+                target.scope.account_id, target.scope.region
+            );
+            let _ = writeln!(body, "Finding id: {}", target.finding_id);
+            let _ = writeln!(body, "\nActions");
+            write_isolation(&mut body, input.isolate.as_ref(), &links);
+            write_snapshots(&mut body, input.snapshot.as_ref(), &links);
+            write_role(&mut body, input.role.as_ref(), &links);
+            let _ = writeln!(body, "\nLinks");
+            let _ = writeln!(body, "  Finding:  {}", links.finding(&target.finding_id));
+            let _ = writeln!(body, "  Instance: {}", links.instance(&target.instance_id));
+            if verdict.is_failure() {
+                let _ = writeln!(
+                    body,
+                    "\nContainment is not complete: act on the failed steps above by hand."
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        body,
+        "\nNothing was terminated, stopped or deleted. Sent by ec2-quarantine."
+    );
+
+    let subject = subject_line(&format!(
+        "[{}] GuardDuty {} {} on {}",
+        verdict.headline(),
+        severity.map(severity_label).unwrap_or("Unknown"),
+        finding_type,
+        subject_target
+    ));
+
+    let mut attributes = vec![
+        ("verdict", "String", verdict_name(verdict).to_owned()),
+        ("finding_type", "String", finding_type.to_owned()),
+    ];
+    if let Some(s) = severity {
+        attributes.push(("severity", "Number", format!("{s}")));
+    }
+    if let Resolved::Target(t) = &resolved {
+        attributes.push(("account_id", "String", t.scope.account_id.clone()));
+        attributes.push(("region", "String", t.scope.region.clone()));
+        attributes.push(("instance_id", "String", t.instance_id.clone()));
+    }
+    attributes.retain(|(_, _, v)| !v.is_empty());
+    Message {
+        verdict,
+        subject,
+        body,
+        attributes,
+    }
+}
+
+fn verdict_name(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Contained => "contained",
+        Verdict::Partial => "partial",
+        Verdict::Failed => "failed",
+        Verdict::Skipped => "skipped",
+        Verdict::Invalid => "invalid",
+    }
+}
+
+/// The verdict for a finding that names an instance, from the steps' results.
+fn judge(input: &NotifyInput) -> Verdict {
+    #[derive(PartialEq)]
+    enum S {
+        Acted,
+        Nothing,
+        Failed,
+    }
+    fn state<T>(r: Option<&StepResult<T>>) -> S {
+        match r {
+            Some(StepResult::Completed(Outcome::Done(_) | Outcome::AlreadyDone(_))) => S::Acted,
+            Some(StepResult::Completed(Outcome::Skipped { .. })) => S::Nothing,
+            _ => S::Failed,
+        }
+    }
+    let steps = [
+        state(input.isolate.as_ref()),
+        state(input.snapshot.as_ref()),
+        state(input.role.as_ref()),
+    ];
+    if steps.contains(&S::Failed) {
+        if steps[0] == S::Acted {
+            Verdict::Partial
+        } else {
+            Verdict::Failed
+        }
+    } else if steps.iter().all(|s| *s == S::Nothing) {
+        Verdict::Skipped
+    } else {
+        Verdict::Contained
+    }
+}
+
+/// One line of printable ASCII under SNS's limit (SNS rejects control characters and newlines).
+fn subject_line(s: &str) -> String {
+    let clean: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    if clean.chars().count() <= MAX_SUBJECT_CHARS {
+        return clean;
+    }
+    let mut cut: String = clean.chars().take(MAX_SUBJECT_CHARS - 3).collect();
+    cut.push_str("...");
+    cut
+}
+
+fn write_finding_ids(body: &mut String, event: Option<&FindingEvent>) {
+    if let Some(d) = event.map(|e| &e.detail) {
+        if let Some(id) = d.id.as_deref() {
+            let _ = writeln!(body, "Finding id: {}", finding::clip(id));
+        }
+        if let (Some(a), Some(r)) = (d.account_id.as_deref(), d.region.as_deref()) {
+            let _ = writeln!(
+                body,
+                "Account: {}  Region: {}",
+                finding::clip(a),
+                finding::clip(r)
+            );
+        }
+    }
+}
+
+/// Writes the status line of a step and returns its report when it has one.
+fn write_status<'a, T>(
+    body: &mut String,
+    name: &str,
+    result: Option<&'a StepResult<T>>,
+) -> Option<&'a T> {
+    match result {
+        None => {
+            let _ = writeln!(body, "  [NOT RUN] {name}");
+            None
+        }
+        Some(StepResult::Completed(outcome)) => {
+            let label = match outcome {
+                Outcome::Done(_) => "done",
+                Outcome::AlreadyDone(_) => "already done",
+                Outcome::Skipped { .. } => "skipped",
+            };
+            let _ = write!(body, "  [{label}] {name}");
+            if let Outcome::Skipped { reason } = outcome {
+                let _ = write!(body, ": {reason}");
+            }
+            let _ = writeln!(body);
+            outcome.report()
+        }
+        Some(StepResult::Failed(f)) => {
+            let _ = writeln!(body, "  [FAILED] {name}: {}: {}", f.error, f.message());
+            None
+        }
+        Some(StepResult::Unreadable(v)) => {
+            let raw = v.to_string();
+            let _ = writeln!(
+                body,
+                "  [FAILED] {name}: unreadable result {}",
+                finding::clip(&raw)
+            );
+            None
+        }
+    }
+}
+
+fn write_isolation(body: &mut String, r: Option<&StepResult<IsolateReport>>, links: &Links) {
+    let Some(report) = write_status(body, "Network isolation", r) else {
+        return;
+    };
+    for g in &report.quarantine_groups {
+        let _ = writeln!(
+            body,
+            "      quarantine group {} in {}: {}",
+            g.group_id,
+            g.vpc_id,
+            links.security_group(&g.group_id)
+        );
+    }
+    for eni in &report.interfaces {
+        let status = match eni.status {
+            InterfaceStatus::Isolated => "isolated",
+            InterfaceStatus::AlreadyIsolated => "already isolated",
+        };
+        let previous = if eni.previous_groups.is_empty() {
+            "unknown".to_owned()
+        } else {
+            eni.previous_groups.join(", ")
+        };
+        let _ = writeln!(
+            body,
+            "      {} {status}; previous groups: {previous}",
+            eni.interface_id
+        );
+    }
+    let _ = writeln!(
+        body,
+        "      termination protection on; shutdown behaviour: {}",
+        report.shutdown_behavior
+    );
+}
+
+fn write_snapshots(body: &mut String, r: Option<&StepResult<SnapshotReport>>, links: &Links) {
+    let Some(report) = write_status(body, "Forensic snapshots", r) else {
+        return;
+    };
+    for s in &report.snapshots {
+        let _ = writeln!(
+            body,
+            "      {} of {} ({}): {}",
+            s.snapshot_id,
+            s.volume_id,
+            s.device.as_deref().unwrap_or("unknown device"),
+            links.snapshot(&s.snapshot_id)
+        );
+    }
+}
+
+fn write_role(body: &mut String, r: Option<&StepResult<RoleReport>>, links: &Links) {
+    let Some(report) = write_status(body, "IAM role containment", r) else {
+        return;
+    };
+    let change = |c: Change| match c {
+        Change::Applied => "applied",
+        Change::AlreadyInPlace => "already in place",
+    };
+    let _ = writeln!(
+        body,
+        "      role {}: {}",
+        report.role_name,
+        links.role(&report.role_name)
+    );
+    let _ = writeln!(
+        body,
+        "      DenyAll policy: {}; sessions issued before {}: revoked ({})",
+        change(report.deny_all),
+        report
+            .sessions_issued_before
+            .as_deref()
+            .unwrap_or("the first containment"),
+        change(report.revoke_sessions)
+    );
+    match (&report.other_instances_error, report.other_instances.len()) {
+        (Some(e), _) => {
+            let _ = writeln!(body, "      other instances using the role: unknown ({e})");
+        }
+        (None, 0) => {
+            let _ = writeln!(body, "      no other instance uses the role");
+        }
+        (None, n) => {
+            let _ = writeln!(
+                body,
+                "      WARNING: {n} other instance(s) use this role and lost its permissions too: {}",
+                report.other_instances.join(", ")
+            );
+        }
+    }
+}
+
+/// AWS console addresses for the finding's partition and region.
+struct Links {
+    regional: String,
+    global: &'static str,
+    region: String,
+}
+
+impl Links {
+    fn new(target: &Target) -> Links {
+        let region = target.scope.region.clone();
+        let (regional, global) = match target.scope.partition.as_str() {
+            "aws-cn" => (
+                format!("https://{region}.console.amazonaws.cn"),
+                "https://console.amazonaws.cn",
+            ),
+            "aws-us-gov" => (
+                "https://console.amazonaws-us-gov.com".to_owned(),
+                "https://console.amazonaws-us-gov.com",
+            ),
+            _ => (
+                format!("https://{region}.console.aws.amazon.com"),
+                "https://console.aws.amazon.com",
+            ),
+        };
+        Links {
+            regional,
+            global,
+            region,
+        }
+    }
+
+    fn ec2(&self, fragment: &str) -> String {
+        format!(
+            "{}/ec2/home?region={}#{fragment}",
+            self.regional, self.region
+        )
+    }
+
+    fn instance(&self, id: &str) -> String {
+        self.ec2(&format!("InstanceDetails:instanceId={id}"))
+    }
+
+    fn security_group(&self, id: &str) -> String {
+        self.ec2(&format!("SecurityGroup:groupId={id}"))
+    }
+
+    fn snapshot(&self, id: &str) -> String {
+        self.ec2(&format!("SnapshotDetails:snapshotId={id}"))
+    }
+
+    fn finding(&self, id: &str) -> String {
+        format!(
+            "{}/guardduty/home?region={}#/findings?macros=current&fId={id}",
+            self.regional, self.region
+        )
+    }
+
+    fn role(&self, name: &str) -> String {
+        format!("{}/iam/home#/roles/details/{name}", self.global)
+    }
+}

@@ -1,0 +1,376 @@
+//! Role containment: a managed DenyAll policy on the instance's role, and an inline deny of
+//! every session issued before now, so that credentials already stolen stop working too.
+
+use aws_sdk_ec2::types::Filter;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::context::{Clients, Ctx};
+use crate::error::Error;
+use crate::finding::{FindingEvent, Skip, Target, is_role_name, resolve};
+use crate::outcome::Outcome;
+use crate::{instance, now_rfc3339};
+
+/// The managed policy attached to contained roles, created once per account.
+pub const DENY_ALL_POLICY_NAME: &str = "ec2-quarantine-DenyAll";
+/// Its path, which also scopes the responder's IAM permissions to it.
+pub const POLICY_PATH: &str = "/ec2-quarantine/";
+/// The inline policy that denies sessions issued before containment.
+pub const REVOKE_SESSIONS_POLICY_NAME: &str = "ec2-quarantine-revoke-older-sessions";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoleReport {
+    pub role_name: String,
+    pub role_arn: String,
+    pub deny_all_policy_arn: String,
+    pub deny_all: Change,
+    pub revoke_sessions: Change,
+    /// The cutoff written by this run; `None` when an earlier run's deny was kept.
+    pub sessions_issued_before: Option<String>,
+    /// Other instances that use the role and lose their permissions with it.
+    pub other_instances: Vec<String>,
+    /// Set when the other instances could not be listed (containment went ahead regardless).
+    pub other_instances_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    Applied,
+    AlreadyInPlace,
+}
+
+pub fn deny_all_policy_arn(partition: &str, account_id: &str) -> String {
+    format!("arn:{partition}:iam::{account_id}:policy{POLICY_PATH}{DENY_ALL_POLICY_NAME}")
+}
+
+pub fn deny_all_document() -> String {
+    json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Sid": "QuarantineDenyAll",
+            "Effect": "Deny",
+            "Action": "*",
+            "Resource": "*"
+        }]
+    })
+    .to_string()
+}
+
+/// Denies every request signed with credentials issued before `cutoff` (the IAM console's
+/// "revoke active sessions").
+pub fn revoke_sessions_document(cutoff: &str) -> String {
+    json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Sid": "QuarantineRevokeOlderSessions",
+            "Effect": "Deny",
+            "Action": "*",
+            "Resource": "*",
+            "Condition": {"DateLessThan": {"aws:TokenIssueTime": cutoff}}
+        }]
+    })
+    .to_string()
+}
+
+#[tracing::instrument(skip_all, fields(finding_id, instance_id, role))]
+pub async fn contain_role(ctx: &Ctx, event: &FindingEvent) -> Result<Outcome<RoleReport>, Error> {
+    let target = match resolve(event)? {
+        Ok(target) => target,
+        Err(Skip(reason)) => {
+            info!(%reason, "skipped");
+            return Ok(Outcome::skipped(reason));
+        }
+    };
+    let span = tracing::Span::current();
+    span.record("finding_id", target.finding_id.as_str());
+    span.record("instance_id", target.instance_id.as_str());
+
+    let clients = ctx.clients(&target.scope).await?;
+    let role_name = match role_of(&clients, &target).await? {
+        Ok(name) => name,
+        Err(Skip(reason)) => {
+            info!(%reason, "skipped");
+            return Ok(Outcome::skipped(reason));
+        }
+    };
+    span.record("role", role_name.as_str());
+    let iam = &clients.iam;
+
+    let role = match iam.get_role().role_name(&role_name).send().await {
+        Ok(out) => out.role,
+        Err(e) => {
+            let err = Error::from_sdk("iam:GetRole", e);
+            if err.aws_code() == Some("NoSuchEntity") {
+                return Ok(Outcome::skipped(format!(
+                    "role {role_name} no longer exists"
+                )));
+            }
+            return Err(err);
+        }
+    };
+    let role_arn = role
+        .as_ref()
+        .map(|r| r.arn().to_owned())
+        .unwrap_or_default();
+    if role
+        .as_ref()
+        .is_some_and(|r| r.path().starts_with("/aws-service-role/"))
+    {
+        return Ok(Outcome::skipped(format!(
+            "{role_name} is a service-linked role, which cannot take policies"
+        )));
+    }
+
+    let policy_arn = deny_all_policy_arn(&target.scope.partition, &target.scope.account_id);
+    let (deny_all, revoke, others) = futures::join!(
+        attach_deny_all(iam, &role_name, &policy_arn),
+        revoke_older_sessions(iam, &role_name),
+        other_instances(&clients, &role_name, &target.instance_id),
+    );
+    let (deny_all, (revoke_sessions, cutoff)) = match (deny_all, revoke) {
+        (Ok(d), Ok(r)) => (d, r),
+        (d, r) => {
+            let mut done = Vec::new();
+            let mut failed = Vec::new();
+            match d {
+                Ok(_) => done.push(format!("{DENY_ALL_POLICY_NAME} attached to {role_name}")),
+                Err(e) => failed.push(("DenyAll policy".to_owned(), e)),
+            }
+            match r {
+                Ok(_) => done.push(format!("older sessions of {role_name} revoked")),
+                Err(e) => failed.push(("session revocation".to_owned(), e)),
+            }
+            return Err(Error::Incomplete {
+                step: "role containment",
+                instance_id: target.instance_id,
+                done,
+                failed,
+            });
+        }
+    };
+    let (other_instances, other_instances_error) = match others {
+        Ok(ids) => (ids, None),
+        Err(err) => {
+            warn!(error = %err, "could not list other instances using the role");
+            (Vec::new(), Some(err.to_string()))
+        }
+    };
+    info!(
+        ?deny_all,
+        ?revoke_sessions,
+        shared_with = other_instances.len(),
+        "role contained"
+    );
+    Ok(Outcome::from_changes(
+        deny_all == Change::Applied || revoke_sessions == Change::Applied,
+        RoleReport {
+            role_name,
+            role_arn,
+            deny_all_policy_arn: policy_arn,
+            deny_all,
+            revoke_sessions,
+            sessions_issued_before: cutoff,
+            other_instances,
+            other_instances_error,
+        },
+    ))
+}
+
+/// The role to contain: named by an AccessKey finding, else the role in the instance profile
+/// the finding saw, else the one the instance has now.
+async fn role_of(clients: &Clients, target: &Target) -> Result<Result<String, Skip>, Error> {
+    if let Some(role) = &target.role_name {
+        return Ok(Ok(role.clone()));
+    }
+    let profile_arn = match &target.instance_profile_arn {
+        Some(arn) => arn.clone(),
+        None => {
+            let inst = instance::describe(&clients.ec2, target).await?;
+            match inst.iam_instance_profile().and_then(|p| p.arn()) {
+                Some(arn) => arn.to_owned(),
+                None => return Ok(Err(Skip("the instance has no instance profile".into()))),
+            }
+        }
+    };
+    let profile_name = profile_arn.rsplit('/').next().unwrap_or_default();
+    let profile = match clients
+        .iam
+        .get_instance_profile()
+        .instance_profile_name(profile_name)
+        .send()
+        .await
+    {
+        Ok(out) => out.instance_profile,
+        Err(e) => {
+            let err = Error::from_sdk("iam:GetInstanceProfile", e);
+            if err.aws_code() == Some("NoSuchEntity") {
+                return Ok(Err(Skip(format!(
+                    "instance profile {profile_name} no longer exists"
+                ))));
+            }
+            return Err(err);
+        }
+    };
+    match profile
+        .as_ref()
+        .and_then(|p| p.roles().first())
+        .map(|r| r.role_name())
+    {
+        Some(name) if is_role_name(name) => Ok(Ok(name.to_owned())),
+        _ => Ok(Err(Skip(format!(
+            "instance profile {profile_name} holds no role"
+        )))),
+    }
+}
+
+async fn attach_deny_all(
+    iam: &aws_sdk_iam::Client,
+    role_name: &str,
+    policy_arn: &str,
+) -> Result<Change, Error> {
+    let (exists, attached) = futures::try_join!(
+        async {
+            match iam.get_policy().policy_arn(policy_arn).send().await {
+                Ok(_) => Ok(true),
+                Err(e) => {
+                    let err = Error::from_sdk("iam:GetPolicy", e);
+                    if err.aws_code() == Some("NoSuchEntity") {
+                        Ok(false)
+                    } else {
+                        Err(err)
+                    }
+                }
+            }
+        },
+        async {
+            let out = iam
+                .list_attached_role_policies()
+                .role_name(role_name)
+                .path_prefix(POLICY_PATH)
+                .send()
+                .await
+                .map_err(|e| Error::from_sdk("iam:ListAttachedRolePolicies", e))?;
+            Ok(out
+                .attached_policies()
+                .iter()
+                .any(|p| p.policy_arn() == Some(policy_arn)))
+        }
+    )?;
+    if attached {
+        return Ok(Change::AlreadyInPlace);
+    }
+    if !exists {
+        let created = iam
+            .create_policy()
+            .policy_name(DENY_ALL_POLICY_NAME)
+            .path(POLICY_PATH)
+            .description("Denies every action. Attached by ec2-quarantine to the roles of compromised instances.")
+            .policy_document(deny_all_document())
+            .send()
+            .await;
+        if let Err(e) = created {
+            let err = Error::from_sdk("iam:CreatePolicy", e);
+            // Created meanwhile by another execution: it is the same policy.
+            if err.aws_code() != Some("EntityAlreadyExists") {
+                return Err(err);
+            }
+        }
+    }
+    iam.attach_role_policy()
+        .role_name(role_name)
+        .policy_arn(policy_arn)
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk("iam:AttachRolePolicy", e))?;
+    info!(role = role_name, policy = policy_arn, "DenyAll attached");
+    Ok(Change::Applied)
+}
+
+async fn revoke_older_sessions(
+    iam: &aws_sdk_iam::Client,
+    role_name: &str,
+) -> Result<(Change, Option<String>), Error> {
+    let existing = iam
+        .get_role_policy()
+        .role_name(role_name)
+        .policy_name(REVOKE_SESSIONS_POLICY_NAME)
+        .send()
+        .await;
+    match existing {
+        Ok(_) => return Ok((Change::AlreadyInPlace, None)),
+        Err(e) => {
+            let err = Error::from_sdk("iam:GetRolePolicy", e);
+            if err.aws_code() != Some("NoSuchEntity") {
+                return Err(err);
+            }
+        }
+    }
+    let cutoff = now_rfc3339();
+    iam.put_role_policy()
+        .role_name(role_name)
+        .policy_name(REVOKE_SESSIONS_POLICY_NAME)
+        .policy_document(revoke_sessions_document(&cutoff))
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk("iam:PutRolePolicy", e))?;
+    info!(role = role_name, %cutoff, "sessions issued before cutoff revoked");
+    Ok((Change::Applied, Some(cutoff)))
+}
+
+/// Instances other than the target that run with the role (through any of its profiles).
+async fn other_instances(
+    clients: &Clients,
+    role_name: &str,
+    instance_id: &str,
+) -> Result<Vec<String>, Error> {
+    let profiles = clients
+        .iam
+        .list_instance_profiles_for_role()
+        .role_name(role_name)
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk("iam:ListInstanceProfilesForRole", e))?;
+    let arns: Vec<String> = profiles
+        .instance_profiles()
+        .iter()
+        .map(|p| p.arn().to_owned())
+        .collect();
+    if arns.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pages = clients
+        .ec2
+        .describe_instances()
+        .filters(
+            Filter::builder()
+                .name("iam-instance-profile.arn")
+                .set_values(Some(arns))
+                .build(),
+        )
+        .filters(
+            Filter::builder()
+                .name("instance-state-name")
+                .values("pending")
+                .values("running")
+                .values("stopping")
+                .values("stopped")
+                .build(),
+        )
+        .into_paginator()
+        .send();
+    let mut ids = Vec::new();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| Error::from_sdk("ec2:DescribeInstances", e))?;
+        ids.extend(
+            page.reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .filter_map(|i| i.instance_id())
+                .filter(|id| *id != instance_id)
+                .map(str::to_owned),
+        );
+    }
+    Ok(ids)
+}

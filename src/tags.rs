@@ -1,0 +1,106 @@
+//! The tags this tool writes, and reads back to find its own work.
+//!
+//! Everything the responder creates or changes carries a key under [`PREFIX`], so that a rerun
+//! finds it instead of creating it again, and clean-up selects only what the tool made.
+
+use aws_sdk_ec2::types::Tag;
+
+pub const PREFIX: &str = "ec2-quarantine:";
+
+/// On the quarantine security group: marks it as the tool's isolation group for its VPC.
+pub const ISOLATION_GROUP: &str = "ec2-quarantine:isolation-group";
+/// On the instance and on snapshots: the finding that led to the action.
+pub const FINDING_ID: &str = "ec2-quarantine:finding-id";
+/// On the instance: the finding's type.
+pub const FINDING_TYPE: &str = "ec2-quarantine:finding-type";
+/// On the instance: when it was contained (RFC 3339, UTC).
+pub const CONTAINED_AT: &str = "ec2-quarantine:contained-at";
+/// On the instance, one per network interface: the groups it had before isolation, so that a
+/// person (or a release step) can restore them. Continued in `...:2`, `...:3` when long.
+pub const PREVIOUS_GROUPS: &str = "ec2-quarantine:previous-groups:";
+/// On snapshots: the instance, volume and device they were taken from.
+pub const INSTANCE_ID: &str = "ec2-quarantine:instance-id";
+pub const VOLUME_ID: &str = "ec2-quarantine:volume-id";
+pub const DEVICE: &str = "ec2-quarantine:device";
+
+/// The value of `key` among `tags`.
+pub fn find<'a>(tags: &'a [Tag], key: &str) -> Option<&'a str> {
+    tags.iter()
+        .find(|t| t.key() == Some(key))
+        .and_then(|t| t.value())
+}
+
+pub fn new(key: impl Into<String>, value: impl Into<String>) -> Tag {
+    Tag::builder().key(key).value(value).build()
+}
+
+/// EC2 accepts tag values of at most 256 characters.
+pub const MAX_VALUE_CHARS: usize = 256;
+
+/// Cuts a value to what EC2 accepts, on a character boundary.
+pub fn value(s: &str) -> String {
+    s.chars().take(MAX_VALUE_CHARS).collect()
+}
+
+/// Splits a list of ids into tag values of at most [`MAX_VALUE_CHARS`], never splitting an id.
+pub fn chunk_ids(ids: &[String]) -> Vec<String> {
+    let mut chunks = Vec::new();
+    let mut current = String::new();
+    for id in ids {
+        if !current.is_empty() && current.len() + 1 + id.len() > MAX_VALUE_CHARS {
+            chunks.push(std::mem::take(&mut current));
+        }
+        if !current.is_empty() {
+            current.push(',');
+        }
+        current.push_str(id);
+    }
+    if !current.is_empty() || chunks.is_empty() {
+        chunks.push(current);
+    }
+    chunks
+}
+
+/// Tag keys for an interface's previous groups, one per chunk: `...:eni-1`, `...:eni-1:2`, ...
+pub fn previous_groups_keys(eni_id: &str, chunks: usize) -> Vec<String> {
+    (1..=chunks.max(1))
+        .map(|n| {
+            if n == 1 {
+                format!("{PREVIOUS_GROUPS}{eni_id}")
+            } else {
+                format!("{PREVIOUS_GROUPS}{eni_id}:{n}")
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_lists_fit_one_value() {
+        let ids = vec!["sg-0123456789abcdef0".to_owned(), "sg-1".to_owned()];
+        assert_eq!(chunk_ids(&ids), ["sg-0123456789abcdef0,sg-1"]);
+        assert_eq!(chunk_ids(&[]), [""]);
+    }
+
+    #[test]
+    fn sixteen_groups_split_without_cutting_an_id() {
+        let ids: Vec<String> = (0..16)
+            .map(|i| format!("sg-0123456789abcde{i:02}"))
+            .collect();
+        let chunks = chunk_ids(&ids);
+        assert!(chunks.len() > 1);
+        assert!(chunks.iter().all(|c| c.chars().count() <= MAX_VALUE_CHARS));
+        let rejoined: Vec<String> = chunks.join(",").split(',').map(str::to_owned).collect();
+        assert_eq!(rejoined, ids);
+        assert_eq!(
+            previous_groups_keys("eni-1", 2),
+            [
+                "ec2-quarantine:previous-groups:eni-1",
+                "ec2-quarantine:previous-groups:eni-1:2"
+            ]
+        );
+    }
+}
