@@ -11,9 +11,9 @@ use futures::future::{join_all, try_join_all};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::context::Ctx;
+use crate::context::{Clients, Ctx};
 use crate::error::Error;
-use crate::finding::{FindingEvent, Skip, Target, resolve};
+use crate::finding::{FindingEvent, Target};
 use crate::outcome::Outcome;
 use crate::{instance, now_rfc3339, tags};
 
@@ -63,22 +63,21 @@ struct Interface {
     looks_isolated: bool,
 }
 
-#[tracing::instrument(skip_all, fields(finding_id, instance_id))]
+/// Isolates the instance a finding names (the Lambda handler).
 pub async fn isolate(ctx: &Ctx, event: &FindingEvent) -> Result<Outcome<IsolateReport>, Error> {
-    let target = match resolve(event)? {
-        Ok(target) => target,
-        Err(Skip(reason)) => {
-            info!(%reason, "skipped");
-            return Ok(Outcome::skipped(reason));
-        }
-    };
-    let span = tracing::Span::current();
-    span.record("finding_id", target.finding_id.as_str());
-    span.record("instance_id", target.instance_id.as_str());
+    crate::for_target(ctx, event, |clients, target| async move {
+        isolate_instance(&clients, &target).await
+    })
+    .await
+}
 
-    let clients = ctx.clients(&target.scope).await?;
+#[tracing::instrument(skip_all, fields(finding_id = %target.finding_id, instance_id = %target.instance_id))]
+pub async fn isolate_instance(
+    clients: &Clients,
+    target: &Target,
+) -> Result<Outcome<IsolateReport>, Error> {
     let ec2 = &clients.ec2;
-    let inst = instance::describe(ec2, &target).await?;
+    let inst = instance::describe(ec2, target).await?;
     if let Some(reason) = instance::gone_reason(&inst) {
         info!(%reason, "skipped");
         return Ok(Outcome::skipped(reason));
@@ -96,7 +95,7 @@ pub async fn isolate(ctx: &Ctx, event: &FindingEvent) -> Result<Outcome<IsolateR
         // Writing the record of the previous groups and finding the quarantine groups don't
         // depend on each other; both must be done before any interface moves.
         let (recorded, groups) = futures::try_join!(
-            record(ec2, &target, &inst, &interfaces),
+            record(ec2, target, &inst, &interfaces),
             try_join_all(vpcs.iter().map(|vpc| ensure_quarantine_group(ec2, vpc))),
         )?;
         let by_vpc: BTreeMap<&str, &QuarantineGroup> =
@@ -133,7 +132,7 @@ pub async fn isolate(ctx: &Ctx, event: &FindingEvent) -> Result<Outcome<IsolateR
         }
         return Err(Error::Incomplete {
             step: "isolation",
-            instance_id: target.instance_id,
+            instance_id: target.instance_id.clone(),
             done,
             failed,
         });
@@ -148,7 +147,7 @@ pub async fn isolate(ctx: &Ctx, event: &FindingEvent) -> Result<Outcome<IsolateR
     Ok(Outcome::from_changes(
         changed,
         IsolateReport {
-            instance_id: target.instance_id,
+            instance_id: target.instance_id.clone(),
             quarantine_groups: groups,
             interfaces: report_interfaces,
             termination_protection: true,
@@ -367,15 +366,15 @@ async fn create_quarantine_group(
             message: format!("the quarantine group of {vpc_id} is not visible yet"),
             source: "quarantine group not visible after creation".into(),
         })?;
-    if tags::find(group.tags(), tags::ISOLATION_GROUP).is_none() {
-        if let Some(id) = group.group_id() {
-            ec2.create_tags()
-                .resources(id)
-                .tags(tags::new(tags::ISOLATION_GROUP, "true"))
-                .send()
-                .await
-                .map_err(|e| Error::from_sdk("ec2:CreateTags", e))?;
-        }
+    if tags::find(group.tags(), tags::ISOLATION_GROUP).is_none()
+        && let Some(id) = group.group_id()
+    {
+        ec2.create_tags()
+            .resources(id)
+            .tags(tags::new(tags::ISOLATION_GROUP, "true"))
+            .send()
+            .await
+            .map_err(|e| Error::from_sdk("ec2:CreateTags", e))?;
     }
     Ok(group)
 }

@@ -16,7 +16,9 @@ pub mod role;
 pub mod snapshot;
 pub mod tags;
 
-pub use context::Ctx;
+use std::future::Future;
+
+pub use context::{Clients, Ctx};
 pub use error::{Error, ErrorName};
 pub use outcome::Outcome;
 
@@ -26,4 +28,27 @@ pub(crate) fn now_rfc3339() -> String {
     aws_smithy_types::DateTime::from_secs(now.secs())
         .fmt(aws_smithy_types::date_time::Format::DateTime)
         .unwrap_or_default()
+}
+
+/// Runs a containment step on the target a finding names, with clients for the finding's
+/// account and region; a finding that names nothing to contain is skipped with the reason.
+pub(crate) async fn for_target<T, F, Fut>(
+    ctx: &Ctx,
+    event: &finding::FindingEvent,
+    step: F,
+) -> Result<Outcome<T>, Error>
+where
+    F: FnOnce(Clients, finding::Target) -> Fut,
+    Fut: Future<Output = Result<Outcome<T>, Error>>,
+{
+    let target = match finding::resolve(event)? {
+        Ok(target) => target,
+        Err(finding::Skip(reason)) => {
+            tracing::info!(%reason, "skipped: the finding names nothing to contain");
+            return Ok(Outcome::skipped(reason));
+        }
+    };
+    let clients = ctx.clients(&target.scope).await?;
+    // Boxed: the SDK's futures nest deep enough to exceed rustc's layout depth limit otherwise.
+    Box::pin(step(clients, target)).await
 }

@@ -259,12 +259,13 @@ pub fn render(input: &NotifyInput) -> Message {
         "\nNothing was terminated, stopped or deleted. Sent by ec2-quarantine."
     );
 
+    // What and where first: a long finding type is what gets cut.
     let subject = subject_line(&format!(
-        "[{}] GuardDuty {} {} on {}",
+        "[{}] {} - GuardDuty {} {}",
         verdict.headline(),
+        subject_target,
         severity.map(severity_label).unwrap_or("Unknown"),
         finding_type,
-        subject_target
     ));
 
     let mut attributes = vec![
@@ -559,5 +560,143 @@ impl Links {
 
     fn role(&self, name: &str) -> String {
         format!("{}/iam/home#/roles/details/{name}", self.global)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(resource: serde_json::Value, finding_type: &str) -> serde_json::Value {
+        json!({
+            "detail-type": "GuardDuty Finding", "source": "aws.guardduty",
+            "account": "123456789012", "region": "eu-west-1",
+            "detail": {"id": "f1", "type": finding_type, "severity": 8.5, "resource": resource,
+                       "title": "something happened"}
+        })
+    }
+
+    fn instance() -> serde_json::Value {
+        json!({"resourceType": "Instance", "instanceDetails": {"instanceId": "i-0123456789abcdef0"}})
+    }
+
+    fn input(v: serde_json::Value) -> NotifyInput {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn a_finding_without_an_instance_is_reported_as_not_actionable() {
+        let m = render(&input(
+            json!({"event": event(json!({"resourceType": "S3Bucket"}), "Policy:S3/BucketBlockPublicAccessDisabled")}),
+        ));
+        assert_eq!(m.verdict, Verdict::Skipped);
+        assert!(!m.verdict.is_failure());
+        assert!(
+            m.subject
+                .starts_with("[NOT ACTIONABLE] S3Bucket - GuardDuty High"),
+            "{}",
+            m.subject
+        );
+        assert!(
+            m.body
+                .contains("Nothing was changed: resource type \"S3Bucket\" names no EC2 instance"),
+            "{}",
+            m.body
+        );
+        assert!(
+            m.attributes
+                .contains(&("verdict", "String", "skipped".into()))
+        );
+    }
+
+    #[test]
+    fn an_unreadable_event_is_reported_and_fails_the_workflow() {
+        let m = render(&input(json!({"event": {"hello": "world"}})));
+        assert_eq!(m.verdict, Verdict::Invalid);
+        assert!(m.verdict.is_failure());
+        assert!(
+            m.subject.starts_with("[INVALID FINDING] unreadable event"),
+            "{}",
+            m.subject
+        );
+        assert!(m.body.contains("could not be read"), "{}", m.body);
+    }
+
+    #[test]
+    fn steps_that_did_not_run_are_not_reported_as_done() {
+        let m = render(&input(
+            json!({"event": event(instance(), "Backdoor:EC2/C&CActivity.B")}),
+        ));
+        assert_eq!(m.verdict, Verdict::Failed);
+        assert_eq!(m.body.matches("[NOT RUN]").count(), 3, "{}", m.body);
+        assert!(m.body.contains("Containment is not complete"));
+    }
+
+    #[test]
+    fn isolation_failing_is_a_failure_even_when_the_rest_worked() {
+        let m = render(&input(json!({
+            "event": event(instance(), "Backdoor:EC2/C&CActivity.B"),
+            "isolate": {"Error": "ContainmentIncomplete", "Cause": "not json"},
+            "snapshot": {"status": "done", "instance_id": "i-0123456789abcdef0", "snapshots": []},
+            "role": {"status": "skipped", "reason": "the instance has no instance profile"},
+        })));
+        assert_eq!(m.verdict, Verdict::Failed);
+        assert!(
+            m.body
+                .contains("[FAILED] Network isolation: ContainmentIncomplete: not json"),
+            "{}",
+            m.body
+        );
+        assert!(
+            m.body
+                .contains("[skipped] IAM role containment: the instance has no instance profile"),
+            "{}",
+            m.body
+        );
+    }
+
+    #[test]
+    fn an_unexpected_step_result_is_kept_and_counted_as_failed() {
+        let m = render(&input(json!({
+            "event": event(instance(), "Backdoor:EC2/C&CActivity.B"),
+            "isolate": {"status": "done", "unexpected": true},
+            "snapshot": {"status": "skipped", "reason": "x"},
+            "role": {"status": "skipped", "reason": "y"},
+        })));
+        assert_eq!(m.verdict, Verdict::Failed);
+        assert!(m.body.contains("unreadable result"), "{}", m.body);
+    }
+
+    #[test]
+    fn subjects_are_one_short_line_of_ascii() {
+        let hostile = format!("Trojan:EC2/é\nBad\u{7}{}", "X".repeat(300));
+        let m = render(&input(json!({"event": event(instance(), &hostile)})));
+        assert!(
+            m.subject.chars().count() <= MAX_SUBJECT_CHARS,
+            "{}",
+            m.subject
+        );
+        assert!(
+            m.subject.chars().all(|c| c.is_ascii_graphic() || c == ' '),
+            "{}",
+            m.subject
+        );
+        assert!(m.subject.contains("i-0123456789abcdef0"));
+        assert!(m.subject.ends_with("..."));
+    }
+
+    #[test]
+    fn links_follow_the_partition() {
+        let mut e = event(instance(), "Backdoor:EC2/C&CActivity.B");
+        e["detail"]["partition"] = "aws-cn".into();
+        e["region"] = "cn-north-1".into();
+        let m = render(&input(json!({"event": e})));
+        assert!(
+            m.body
+                .contains("https://cn-north-1.console.amazonaws.cn/ec2/home?region=cn-north-1"),
+            "{}",
+            m.body
+        );
     }
 }

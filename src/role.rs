@@ -8,7 +8,7 @@ use tracing::{info, warn};
 
 use crate::context::{Clients, Ctx};
 use crate::error::Error;
-use crate::finding::{FindingEvent, Skip, Target, is_role_name, resolve};
+use crate::finding::{FindingEvent, Skip, Target, is_role_name};
 use crate::outcome::Outcome;
 use crate::{instance, now_rfc3339};
 
@@ -74,28 +74,27 @@ pub fn revoke_sessions_document(cutoff: &str) -> String {
     .to_string()
 }
 
-#[tracing::instrument(skip_all, fields(finding_id, instance_id, role))]
+/// Contains the role of the instance a finding names (the Lambda handler).
 pub async fn contain_role(ctx: &Ctx, event: &FindingEvent) -> Result<Outcome<RoleReport>, Error> {
-    let target = match resolve(event)? {
-        Ok(target) => target,
-        Err(Skip(reason)) => {
-            info!(%reason, "skipped");
-            return Ok(Outcome::skipped(reason));
-        }
-    };
-    let span = tracing::Span::current();
-    span.record("finding_id", target.finding_id.as_str());
-    span.record("instance_id", target.instance_id.as_str());
+    crate::for_target(ctx, event, |clients, target| async move {
+        contain_instance_role(&clients, &target).await
+    })
+    .await
+}
 
-    let clients = ctx.clients(&target.scope).await?;
-    let role_name = match role_of(&clients, &target).await? {
+#[tracing::instrument(skip_all, fields(finding_id = %target.finding_id, instance_id = %target.instance_id, role))]
+pub async fn contain_instance_role(
+    clients: &Clients,
+    target: &Target,
+) -> Result<Outcome<RoleReport>, Error> {
+    let role_name = match role_of(clients, target).await? {
         Ok(name) => name,
         Err(Skip(reason)) => {
             info!(%reason, "skipped");
             return Ok(Outcome::skipped(reason));
         }
     };
-    span.record("role", role_name.as_str());
+    tracing::Span::current().record("role", role_name.as_str());
     let iam = &clients.iam;
 
     let role = match iam.get_role().role_name(&role_name).send().await {
@@ -127,7 +126,7 @@ pub async fn contain_role(ctx: &Ctx, event: &FindingEvent) -> Result<Outcome<Rol
     let (deny_all, revoke, others) = futures::join!(
         attach_deny_all(iam, &role_name, &policy_arn),
         revoke_older_sessions(iam, &role_name),
-        other_instances(&clients, &role_name, &target.instance_id),
+        other_instances(clients, &role_name, &target.instance_id),
     );
     let (deny_all, (revoke_sessions, cutoff)) = match (deny_all, revoke) {
         (Ok(d), Ok(r)) => (d, r),
@@ -144,7 +143,7 @@ pub async fn contain_role(ctx: &Ctx, event: &FindingEvent) -> Result<Outcome<Rol
             }
             return Err(Error::Incomplete {
                 step: "role containment",
-                instance_id: target.instance_id,
+                instance_id: target.instance_id.clone(),
                 done,
                 failed,
             });
@@ -319,7 +318,9 @@ async fn revoke_older_sessions(
     Ok((Change::Applied, Some(cutoff)))
 }
 
-/// Instances other than the target that run with the role (through any of its profiles).
+/// Instances other than the target that run with the role, through any of its profiles.
+///
+/// Read from the instance profile associations, which every instance with a profile has.
 async fn other_instances(
     clients: &Clients,
     role_name: &str,
@@ -332,45 +333,44 @@ async fn other_instances(
         .send()
         .await
         .map_err(|e| Error::from_sdk("iam:ListInstanceProfilesForRole", e))?;
-    let arns: Vec<String> = profiles
+    let arns: Vec<&str> = profiles
         .instance_profiles()
         .iter()
-        .map(|p| p.arn().to_owned())
+        .map(|p| p.arn())
         .collect();
     if arns.is_empty() {
         return Ok(Vec::new());
     }
     let mut pages = clients
         .ec2
-        .describe_instances()
+        .describe_iam_instance_profile_associations()
         .filters(
             Filter::builder()
-                .name("iam-instance-profile.arn")
-                .set_values(Some(arns))
-                .build(),
-        )
-        .filters(
-            Filter::builder()
-                .name("instance-state-name")
-                .values("pending")
-                .values("running")
-                .values("stopping")
-                .values("stopped")
+                .name("state")
+                .values("associating")
+                .values("associated")
                 .build(),
         )
         .into_paginator()
         .send();
     let mut ids = Vec::new();
     while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| Error::from_sdk("ec2:DescribeInstances", e))?;
+        let page =
+            page.map_err(|e| Error::from_sdk("ec2:DescribeIamInstanceProfileAssociations", e))?;
         ids.extend(
-            page.reservations()
+            page.iam_instance_profile_associations()
                 .iter()
-                .flat_map(|r| r.instances())
-                .filter_map(|i| i.instance_id())
+                .filter(|a| {
+                    a.iam_instance_profile()
+                        .and_then(|p| p.arn())
+                        .is_some_and(|arn| arns.contains(&arn))
+                })
+                .filter_map(|a| a.instance_id())
                 .filter(|id| *id != instance_id)
                 .map(str::to_owned),
         );
     }
+    ids.sort();
+    ids.dedup();
     Ok(ids)
 }

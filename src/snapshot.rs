@@ -12,9 +12,9 @@ use futures::future::join_all;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::context::Ctx;
+use crate::context::{Clients, Ctx};
 use crate::error::Error;
-use crate::finding::{FindingEvent, Skip, Target, resolve};
+use crate::finding::{FindingEvent, Target};
 use crate::outcome::Outcome;
 use crate::{instance, tags};
 
@@ -31,24 +31,23 @@ pub struct ForensicSnapshot {
     pub device: Option<String>,
 }
 
-#[tracing::instrument(skip_all, fields(finding_id, instance_id))]
+/// Snapshots the volumes of the instance a finding names (the Lambda handler).
 pub async fn snapshot(ctx: &Ctx, event: &FindingEvent) -> Result<Outcome<SnapshotReport>, Error> {
-    let target = match resolve(event)? {
-        Ok(target) => target,
-        Err(Skip(reason)) => {
-            info!(%reason, "skipped");
-            return Ok(Outcome::skipped(reason));
-        }
-    };
-    let span = tracing::Span::current();
-    span.record("finding_id", target.finding_id.as_str());
-    span.record("instance_id", target.instance_id.as_str());
+    crate::for_target(ctx, event, |clients, target| async move {
+        snapshot_instance(&clients, &target).await
+    })
+    .await
+}
 
-    let clients = ctx.clients(&target.scope).await?;
+#[tracing::instrument(skip_all, fields(finding_id = %target.finding_id, instance_id = %target.instance_id))]
+pub async fn snapshot_instance(
+    clients: &Clients,
+    target: &Target,
+) -> Result<Outcome<SnapshotReport>, Error> {
     let ec2 = &clients.ec2;
     let (inst, earlier) = futures::try_join!(
-        instance::describe(ec2, &target),
-        earlier_snapshots(ec2, &target)
+        instance::describe(ec2, target),
+        earlier_snapshots(ec2, target)
     )?;
     let devices = devices_by_volume(&inst);
 
@@ -70,7 +69,7 @@ pub async fn snapshot(ctx: &Ctx, event: &FindingEvent) -> Result<Outcome<Snapsho
             .collect();
         info!("snapshots already taken for this finding");
         return Ok(Outcome::AlreadyDone(SnapshotReport {
-            instance_id: target.instance_id,
+            instance_id: target.instance_id.clone(),
             snapshots,
         }));
     }
@@ -134,7 +133,7 @@ pub async fn snapshot(ctx: &Ctx, event: &FindingEvent) -> Result<Outcome<Snapsho
         }
     }
     Ok(Outcome::Done(SnapshotReport {
-        instance_id: target.instance_id,
+        instance_id: target.instance_id.clone(),
         snapshots,
     }))
 }

@@ -1,0 +1,445 @@
+//! Shared fixtures for the tests that run against the local AWS emulator (moto server).
+//!
+//! Each test gets its own emulated AWS account (moto keeps separate state per account behind
+//! AssumeRole), so tests run in parallel without seeing each other's resources.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use aws_config::{BehaviorVersion, Region, SdkConfig, retry::RetryConfig};
+use aws_credential_types::Credentials;
+use aws_credential_types::provider::SharedCredentialsProvider;
+use aws_sdk_ec2::types::{
+    BlockDeviceMapping, EbsBlockDevice, Filter, IamInstanceProfileSpecification,
+    InstanceNetworkInterfaceSpecification, IpPermission, IpRange,
+};
+use ec2_quarantine::Ctx;
+use ec2_quarantine::finding::{FindingEvent, parse_event};
+
+pub const REGION: &str = "us-east-1";
+const IMAGE_ID: &str = "ami-1e749f67";
+
+/// The emulator's address, set by `helper_scripts/test.sh`.
+pub fn endpoint() -> String {
+    std::env::var("MOTO_ENDPOINT").unwrap_or_else(|_| {
+        panic!("MOTO_ENDPOINT is not set: run the tests with helper_scripts/test.sh, which starts the emulator")
+    })
+}
+
+static NEXT_ACCOUNT: AtomicU32 = AtomicU32::new(1);
+
+/// A 12-digit account id no other test of this run uses.
+pub fn fresh_account_id() -> String {
+    let n = NEXT_ACCOUNT.fetch_add(1, Ordering::SeqCst);
+    format!("7{:05}{:06}", std::process::id() % 100_000, n)
+}
+
+/// SDK configuration for the emulator, with SDK retries off: moto answers unimplemented calls
+/// with HTTP 500, which a retrying client would hide.
+pub async fn emulator_config() -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .endpoint_url(endpoint())
+        .region(Region::new(REGION))
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
+        .retry_config(RetryConfig::disabled())
+        .load()
+        .await
+}
+
+/// SDK configuration acting in a fresh emulated account.
+pub async fn account_config() -> (SdkConfig, String) {
+    let base = emulator_config().await;
+    let account = fresh_account_id();
+    let assumed = aws_sdk_sts::Client::new(&base)
+        .assume_role()
+        .role_arn(format!("arn:aws:iam::{account}:role/test-runner"))
+        .role_session_name("tests")
+        .send()
+        .await
+        .expect("sts:AssumeRole on the emulator");
+    let c = assumed.credentials().expect("credentials");
+    let creds = Credentials::new(
+        c.access_key_id(),
+        c.secret_access_key(),
+        Some(c.session_token().to_owned()),
+        None,
+        "assumed",
+    );
+    let config = base
+        .into_builder()
+        .credentials_provider(SharedCredentialsProvider::new(creds))
+        .build();
+    (config, account)
+}
+
+/// The user's test stack, on the emulator: a VPC and subnet, a group open to SSH and a web
+/// group, a role with its instance profile, and an instance with two network interfaces and two
+/// volumes.
+pub struct Fixture {
+    pub account: String,
+    pub config: SdkConfig,
+    pub ctx: Ctx,
+    pub ec2: aws_sdk_ec2::Client,
+    pub iam: aws_sdk_iam::Client,
+    pub vpc_id: String,
+    pub subnet_id: String,
+    pub ssh_group: String,
+    pub web_group: String,
+    pub role_name: String,
+    pub profile_arn: String,
+    pub instance_id: String,
+    pub interfaces: Vec<String>,
+    pub volumes: Vec<String>,
+}
+
+pub fn filter(name: &str, value: &str) -> Filter {
+    Filter::builder().name(name).values(value).build()
+}
+
+impl Fixture {
+    pub async fn new() -> Fixture {
+        Fixture::build(false).await
+    }
+
+    /// The same stack in a dual-stack (IPv4 and IPv6) VPC.
+    pub async fn dual_stack() -> Fixture {
+        Fixture::build(true).await
+    }
+
+    async fn build(dual_stack: bool) -> Fixture {
+        let (config, account) = account_config().await;
+        let ec2 = aws_sdk_ec2::Client::new(&config);
+        let iam = aws_sdk_iam::Client::new(&config);
+
+        let vpc_id = ec2
+            .create_vpc()
+            .cidr_block("10.0.0.0/16")
+            .amazon_provided_ipv6_cidr_block(dual_stack)
+            .send()
+            .await
+            .unwrap()
+            .vpc
+            .unwrap()
+            .vpc_id
+            .unwrap();
+        let subnet_id = ec2
+            .create_subnet()
+            .vpc_id(&vpc_id)
+            .cidr_block("10.0.1.0/24")
+            .availability_zone("us-east-1a")
+            .send()
+            .await
+            .unwrap()
+            .subnet
+            .unwrap()
+            .subnet_id
+            .unwrap();
+        let ssh_group = create_group(&ec2, &vpc_id, "ssh-open").await;
+        ec2.authorize_security_group_ingress()
+            .group_id(&ssh_group)
+            .ip_permissions(
+                IpPermission::builder()
+                    .ip_protocol("tcp")
+                    .from_port(22)
+                    .to_port(22)
+                    .ip_ranges(IpRange::builder().cidr_ip("0.0.0.0/0").build())
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        let web_group = create_group(&ec2, &vpc_id, "web").await;
+
+        let role_name = "compromised-instance-role".to_owned();
+        iam.create_role()
+            .role_name(&role_name)
+            .assume_role_policy_document(
+                r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ec2.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#,
+            )
+            .send()
+            .await
+            .unwrap();
+        // What the user's test role had: read-only S3 (and SSM) access.
+        let read_only = iam
+            .create_policy()
+            .policy_name("s3-read-only")
+            .policy_document(
+                r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["s3:Get*","s3:List*","ssm:GetParameter"],"Resource":"*"}]}"#,
+            )
+            .send()
+            .await
+            .unwrap()
+            .policy
+            .unwrap()
+            .arn
+            .unwrap();
+        iam.attach_role_policy()
+            .role_name(&role_name)
+            .policy_arn(read_only)
+            .send()
+            .await
+            .unwrap();
+        let profile_arn = iam
+            .create_instance_profile()
+            .instance_profile_name("compromised-instance-profile")
+            .send()
+            .await
+            .unwrap()
+            .instance_profile
+            .unwrap()
+            .arn;
+        iam.add_role_to_instance_profile()
+            .instance_profile_name("compromised-instance-profile")
+            .role_name(&role_name)
+            .send()
+            .await
+            .unwrap();
+
+        let instance_id = launch(&ec2, &subnet_id, &ssh_group, &web_group, &profile_arn).await;
+        let mut fixture = Fixture {
+            ctx: Ctx::from_config(config.clone()),
+            account,
+            config,
+            ec2,
+            iam,
+            vpc_id,
+            subnet_id,
+            ssh_group,
+            web_group,
+            role_name,
+            profile_arn,
+            instance_id,
+            interfaces: Vec::new(),
+            volumes: Vec::new(),
+        };
+        let inst = fixture.instance().await;
+        fixture.interfaces = inst
+            .network_interfaces()
+            .iter()
+            .map(|n| n.network_interface_id().unwrap().to_owned())
+            .collect();
+        fixture.volumes = inst
+            .block_device_mappings()
+            .iter()
+            .map(|m| m.ebs().unwrap().volume_id().unwrap().to_owned())
+            .collect();
+        assert_eq!(fixture.interfaces.len(), 2, "fixture has two interfaces");
+        assert_eq!(fixture.volumes.len(), 2, "fixture has two volumes");
+        fixture
+    }
+
+    /// Another instance with the same profile (a role shared by a healthy instance).
+    pub async fn launch_sibling(&self) -> String {
+        launch(
+            &self.ec2,
+            &self.subnet_id,
+            &self.ssh_group,
+            &self.web_group,
+            &self.profile_arn,
+        )
+        .await
+    }
+
+    /// A sample event from `events/`, pointed at this fixture's account, instance and role.
+    pub fn event(&self, name: &str) -> FindingEvent {
+        parse_event(self.event_json(name)).expect("sample event parses")
+    }
+
+    pub fn event_json(&self, name: &str) -> serde_json::Value {
+        let path = format!("{}/events/{name}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["account"] = self.account.clone().into();
+        let d = &mut v["detail"];
+        d["accountId"] = self.account.clone().into();
+        let r = &mut d["resource"];
+        if let Some(k) = r.get_mut("accessKeyDetails").filter(|k| k.is_object()) {
+            k["principalId"] = format!("AROAEXAMPLEROLEID1234:{}", self.instance_id).into();
+            k["userName"] = self.role_name.clone().into();
+        }
+        if let Some(i) = r.get_mut("instanceDetails").filter(|i| i.is_object()) {
+            i["instanceId"] = self.instance_id.clone().into();
+            i["iamInstanceProfile"]["arn"] = self.profile_arn.clone().into();
+        }
+        v
+    }
+
+    pub async fn instance(&self) -> aws_sdk_ec2::types::Instance {
+        self.ec2
+            .describe_instances()
+            .instance_ids(&self.instance_id)
+            .send()
+            .await
+            .unwrap()
+            .reservations()[0]
+            .instances()[0]
+            .clone()
+    }
+
+    /// Each interface's groups, as DescribeNetworkInterfaces reports them.
+    pub async fn interface_groups(&self) -> BTreeMap<String, Vec<String>> {
+        let out = self
+            .ec2
+            .describe_network_interfaces()
+            .set_network_interface_ids(Some(self.interfaces.clone()))
+            .send()
+            .await
+            .unwrap();
+        out.network_interfaces()
+            .iter()
+            .map(|n| {
+                let mut groups: Vec<String> = n
+                    .groups()
+                    .iter()
+                    .map(|g| g.group_id().unwrap().to_owned())
+                    .collect();
+                groups.sort();
+                (n.network_interface_id().unwrap().to_owned(), groups)
+            })
+            .collect()
+    }
+
+    pub async fn security_groups_named(
+        &self,
+        name: &str,
+    ) -> Vec<aws_sdk_ec2::types::SecurityGroup> {
+        self.ec2
+            .describe_security_groups()
+            .filters(filter("vpc-id", &self.vpc_id))
+            .filters(filter("group-name", name))
+            .send()
+            .await
+            .unwrap()
+            .security_groups()
+            .to_vec()
+    }
+
+    /// Snapshots of the fixture's volumes (the emulator also lists its AMIs' snapshots as own).
+    pub async fn snapshots(&self) -> Vec<aws_sdk_ec2::types::Snapshot> {
+        self.ec2
+            .describe_snapshots()
+            .filters(
+                Filter::builder()
+                    .name("volume-id")
+                    .set_values(Some(self.volumes.clone()))
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap()
+            .snapshots()
+            .to_vec()
+    }
+
+    pub async fn attached_policies(&self) -> Vec<String> {
+        let mut arns: Vec<String> = self
+            .iam
+            .list_attached_role_policies()
+            .role_name(&self.role_name)
+            .send()
+            .await
+            .unwrap()
+            .attached_policies()
+            .iter()
+            .map(|p| p.policy_arn().unwrap().to_owned())
+            .collect();
+        arns.sort();
+        arns
+    }
+
+    pub async fn inline_policies(&self) -> Vec<String> {
+        self.iam
+            .list_role_policies()
+            .role_name(&self.role_name)
+            .send()
+            .await
+            .unwrap()
+            .policy_names()
+            .to_vec()
+    }
+
+    pub async fn tags(&self) -> BTreeMap<String, String> {
+        self.instance()
+            .await
+            .tags()
+            .iter()
+            .map(|t| (t.key().unwrap().to_owned(), t.value().unwrap().to_owned()))
+            .collect()
+    }
+}
+
+async fn create_group(ec2: &aws_sdk_ec2::Client, vpc_id: &str, name: &str) -> String {
+    ec2.create_security_group()
+        .group_name(name)
+        .description(format!("fixture group {name}"))
+        .vpc_id(vpc_id)
+        .send()
+        .await
+        .unwrap()
+        .group_id
+        .unwrap()
+}
+
+async fn launch(
+    ec2: &aws_sdk_ec2::Client,
+    subnet_id: &str,
+    ssh_group: &str,
+    web_group: &str,
+    profile_arn: &str,
+) -> String {
+    let image = ec2
+        .describe_images()
+        .image_ids(IMAGE_ID)
+        .send()
+        .await
+        .unwrap();
+    let root = image.images()[0]
+        .root_device_name()
+        .unwrap_or("/dev/sda1")
+        .to_owned();
+    // Interfaces are given with their own groups (not SecurityGroupIds), as on AWS for
+    // multi-interface instances; the root device is listed or the emulator drops it.
+    let out = ec2
+        .run_instances()
+        .image_id(IMAGE_ID)
+        .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
+        .min_count(1)
+        .max_count(1)
+        .iam_instance_profile(
+            IamInstanceProfileSpecification::builder()
+                .arn(profile_arn)
+                .build(),
+        )
+        .network_interfaces(
+            InstanceNetworkInterfaceSpecification::builder()
+                .device_index(0)
+                .subnet_id(subnet_id)
+                .groups(ssh_group)
+                .build(),
+        )
+        .network_interfaces(
+            InstanceNetworkInterfaceSpecification::builder()
+                .device_index(1)
+                .subnet_id(subnet_id)
+                .groups(web_group)
+                .groups(ssh_group)
+                .build(),
+        )
+        .block_device_mappings(
+            BlockDeviceMapping::builder()
+                .device_name(root)
+                .ebs(EbsBlockDevice::builder().volume_size(8).build())
+                .build(),
+        )
+        .block_device_mappings(
+            BlockDeviceMapping::builder()
+                .device_name("/dev/sdf")
+                .ebs(EbsBlockDevice::builder().volume_size(10).build())
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    out.instances()[0].instance_id().unwrap().to_owned()
+}

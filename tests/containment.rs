@@ -1,0 +1,470 @@
+//! Each containment step against the emulator, on the user's test stack: what the emulator's
+//! state is afterwards, and that a second run creates nothing new.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use aws_sdk_ec2::types::{InstanceAttributeName, IpPermission, IpRange};
+use common::{Fixture, filter};
+use ec2_quarantine::isolate::{InterfaceStatus, QUARANTINE_GROUP_NAME, isolate};
+use ec2_quarantine::role::{
+    Change, DENY_ALL_POLICY_NAME, REVOKE_SESSIONS_POLICY_NAME, contain_role, deny_all_policy_arn,
+};
+use ec2_quarantine::snapshot::snapshot;
+use ec2_quarantine::{ErrorName, Outcome, tags};
+
+const EXFILTRATION: &str = "credential-exfiltration.json";
+const BACKDOOR: &str = "instance-backdoor.json";
+
+#[tokio::test]
+async fn isolate_moves_every_interface_into_an_empty_quarantine_group() {
+    let f = Fixture::new().await;
+    let before = f.interface_groups().await;
+    assert_eq!(
+        before[&f.interfaces[1]].len(),
+        2,
+        "second interface starts with two groups"
+    );
+    let web = f.security_groups_named("web").await;
+    assert!(
+        !web[0].ip_permissions_egress().is_empty(),
+        "new groups start with egress rules"
+    );
+
+    let out = isolate(&f.ctx, &f.event(EXFILTRATION)).await.unwrap();
+    let Outcome::Done(report) = out else {
+        panic!("expected done, got {out:?}")
+    };
+    assert_eq!(report.quarantine_groups.len(), 1);
+    let qsg = report.quarantine_groups[0].group_id.clone();
+    assert_eq!(report.quarantine_groups[0].vpc_id, f.vpc_id);
+    assert!(!f.interfaces.contains(&qsg));
+
+    // Every interface is in the quarantine group and in nothing else.
+    let after = f.interface_groups().await;
+    for eni in &f.interfaces {
+        assert_eq!(after[eni], vec![qsg.clone()], "{eni}");
+    }
+    // The report and the instance's tags hold what each interface had before.
+    for i in &report.interfaces {
+        assert_eq!(i.status, InterfaceStatus::Isolated);
+        let mut previous = i.previous_groups.clone();
+        previous.sort();
+        assert_eq!(previous, before[&i.interface_id], "{}", i.interface_id);
+    }
+    let tags = f.tags().await;
+    for eni in &f.interfaces {
+        let recorded = &tags[&format!("{}{eni}", tags::PREVIOUS_GROUPS)];
+        let mut recorded: Vec<String> = recorded.split(',').map(str::to_owned).collect();
+        recorded.sort();
+        assert_eq!(recorded, before[eni]);
+    }
+    assert_eq!(tags[tags::FINDING_ID], "a6c7d3f1e2b94c8d9e0f1a2b3c4d5e6f");
+    assert_eq!(
+        tags[tags::FINDING_TYPE],
+        "UnauthorizedAccess:IAMUser/InstanceCredentialExfiltration.OutsideAWS"
+    );
+    assert!(tags.contains_key(tags::CONTAINED_AT));
+
+    // The quarantine group lets nothing in or out.
+    let groups = f.security_groups_named(QUARANTINE_GROUP_NAME).await;
+    assert_eq!(groups.len(), 1);
+    assert!(
+        groups[0].ip_permissions().is_empty(),
+        "{:?}",
+        groups[0].ip_permissions()
+    );
+    assert!(
+        groups[0].ip_permissions_egress().is_empty(),
+        "{:?}",
+        groups[0].ip_permissions_egress()
+    );
+    assert_eq!(
+        tags::find(groups[0].tags(), tags::ISOLATION_GROUP),
+        Some("true")
+    );
+
+    // Evidence kept: no API termination, and a shutdown from inside stops instead of terminating.
+    let termination = f
+        .ec2
+        .describe_instance_attribute()
+        .instance_id(&f.instance_id)
+        .attribute(InstanceAttributeName::DisableApiTermination)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        termination.disable_api_termination().unwrap().value(),
+        Some(true)
+    );
+    let shutdown = f
+        .ec2
+        .describe_instance_attribute()
+        .instance_id(&f.instance_id)
+        .attribute(InstanceAttributeName::InstanceInitiatedShutdownBehavior)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        shutdown
+            .instance_initiated_shutdown_behavior()
+            .unwrap()
+            .value(),
+        Some("stop")
+    );
+
+    // A second run (a retry, or the finding re-sent) changes nothing and still reports the
+    // groups the interfaces had before the first run.
+    let again = isolate(&f.ctx, &f.event(EXFILTRATION)).await.unwrap();
+    let Outcome::AlreadyDone(second) = again else {
+        panic!("expected already_done, got {again:?}")
+    };
+    assert_eq!(second.quarantine_groups[0].group_id, qsg);
+    assert!(!second.quarantine_groups[0].changed);
+    for (first, second) in report.interfaces.iter().zip(&second.interfaces) {
+        assert_eq!(second.status, InterfaceStatus::AlreadyIsolated);
+        assert_eq!(first.previous_groups, second.previous_groups);
+    }
+    assert_eq!(
+        f.security_groups_named(QUARANTINE_GROUP_NAME).await.len(),
+        1
+    );
+    assert_eq!(f.tags().await, tags);
+    assert_eq!(f.interface_groups().await, after);
+}
+
+#[tokio::test]
+async fn in_a_dual_stack_vpc_ipv6_egress_is_revoked_too() {
+    let f = Fixture::dual_stack().await;
+    let web = f.security_groups_named("web").await;
+    let default_egress = web[0].ip_permissions_egress();
+    assert!(
+        default_egress.iter().any(|p| !p.ipv6_ranges().is_empty()),
+        "a new group in a dual-stack VPC allows IPv6 out: {default_egress:?}"
+    );
+    isolate(&f.ctx, &f.event(EXFILTRATION)).await.unwrap();
+    let groups = f.security_groups_named(QUARANTINE_GROUP_NAME).await;
+    assert!(groups[0].ip_permissions_egress().is_empty(), "{groups:?}");
+    assert!(groups[0].ip_permissions().is_empty());
+}
+
+#[tokio::test]
+async fn a_second_finding_keeps_the_first_findings_marks() {
+    let f = Fixture::new().await;
+    isolate(&f.ctx, &f.event(EXFILTRATION)).await.unwrap();
+    let tags = f.tags().await;
+    let out = isolate(&f.ctx, &f.event(BACKDOOR)).await.unwrap();
+    assert_eq!(out.status(), "already_done", "{out:?}");
+    assert_eq!(
+        f.tags().await,
+        tags,
+        "the first finding's id and the previous groups stay"
+    );
+}
+
+#[tokio::test]
+async fn a_quarantine_group_someone_added_rules_to_is_emptied() {
+    let f = Fixture::new().await;
+    // A group that carries the tool's tag, with rules added by hand.
+    let id = f
+        .ec2
+        .create_security_group()
+        .group_name(QUARANTINE_GROUP_NAME)
+        .description("made earlier")
+        .vpc_id(&f.vpc_id)
+        .tag_specifications(
+            aws_sdk_ec2::types::TagSpecification::builder()
+                .resource_type(aws_sdk_ec2::types::ResourceType::SecurityGroup)
+                .tags(tags::new(tags::ISOLATION_GROUP, "true"))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .group_id
+        .unwrap();
+    f.ec2
+        .authorize_security_group_ingress()
+        .group_id(&id)
+        .ip_permissions(
+            IpPermission::builder()
+                .ip_protocol("tcp")
+                .from_port(443)
+                .to_port(443)
+                .ip_ranges(IpRange::builder().cidr_ip("0.0.0.0/0").build())
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+
+    let out = isolate(&f.ctx, &f.event(EXFILTRATION)).await.unwrap();
+    let report = out.report().unwrap();
+    assert_eq!(
+        report.quarantine_groups[0].group_id, id,
+        "the existing group is reused"
+    );
+    let groups = f.security_groups_named(QUARANTINE_GROUP_NAME).await;
+    assert_eq!(groups.len(), 1);
+    assert!(groups[0].ip_permissions().is_empty());
+    assert!(groups[0].ip_permissions_egress().is_empty());
+}
+
+#[tokio::test]
+async fn snapshot_takes_every_volume_once() {
+    let f = Fixture::new().await;
+    let out = snapshot(&f.ctx, &f.event(EXFILTRATION)).await.unwrap();
+    let Outcome::Done(report) = out else {
+        panic!("expected done, got {out:?}")
+    };
+    let volumes: BTreeSet<&str> = report
+        .snapshots
+        .iter()
+        .map(|s| s.volume_id.as_str())
+        .collect();
+    let want: BTreeSet<&str> = f.volumes.iter().map(String::as_str).collect();
+    assert_eq!(volumes, want, "one snapshot per attached volume");
+
+    let snapshots = f.snapshots().await;
+    assert_eq!(snapshots.len(), 2);
+    for s in &snapshots {
+        let t = s.tags();
+        assert_eq!(
+            tags::find(t, tags::FINDING_ID),
+            Some("a6c7d3f1e2b94c8d9e0f1a2b3c4d5e6f")
+        );
+        assert_eq!(
+            tags::find(t, tags::INSTANCE_ID),
+            Some(f.instance_id.as_str())
+        );
+        assert_eq!(tags::find(t, tags::VOLUME_ID), s.volume_id());
+        let device = tags::find(t, tags::DEVICE).expect("device tag");
+        let reported = report
+            .snapshots
+            .iter()
+            .find(|r| Some(r.snapshot_id.as_str()) == s.snapshot_id())
+            .unwrap();
+        assert_eq!(reported.device.as_deref(), Some(device));
+    }
+    let devices: BTreeSet<String> = report
+        .snapshots
+        .iter()
+        .filter_map(|s| s.device.clone())
+        .collect();
+    assert!(devices.contains("/dev/sdf"), "{devices:?}");
+
+    // The same finding again: the snapshots are found by their tags, none is taken twice.
+    let again = snapshot(&f.ctx, &f.event(EXFILTRATION)).await.unwrap();
+    let Outcome::AlreadyDone(second) = again else {
+        panic!("expected already_done, got {again:?}")
+    };
+    let mut first_ids: Vec<_> = report
+        .snapshots
+        .iter()
+        .map(|s| s.snapshot_id.clone())
+        .collect();
+    let mut second_ids: Vec<_> = second
+        .snapshots
+        .iter()
+        .map(|s| s.snapshot_id.clone())
+        .collect();
+    first_ids.sort();
+    second_ids.sort();
+    assert_eq!(first_ids, second_ids);
+    assert_eq!(f.snapshots().await.len(), 2);
+}
+
+#[tokio::test]
+async fn deny_role_denies_everything_and_revokes_older_sessions() {
+    let f = Fixture::new().await;
+    let sibling = f.launch_sibling().await;
+    let policy_arn = deny_all_policy_arn("aws", &f.account);
+
+    let out = contain_role(&f.ctx, &f.event(EXFILTRATION)).await.unwrap();
+    let Outcome::Done(report) = out else {
+        panic!("expected done, got {out:?}")
+    };
+    assert_eq!(report.role_name, f.role_name);
+    assert_eq!(report.deny_all, Change::Applied);
+    assert_eq!(report.revoke_sessions, Change::Applied);
+    assert_eq!(report.deny_all_policy_arn, policy_arn);
+    assert_eq!(
+        report.other_instances,
+        vec![sibling],
+        "the healthy sibling loses the role too"
+    );
+    assert_eq!(report.other_instances_error, None);
+
+    let attached = f.attached_policies().await;
+    assert!(attached.contains(&policy_arn), "{attached:?}");
+    assert!(
+        attached.iter().any(|a| a.ends_with("/s3-read-only")),
+        "nothing detached"
+    );
+    let policy = f
+        .iam
+        .get_policy()
+        .policy_arn(&policy_arn)
+        .send()
+        .await
+        .unwrap();
+    let version = policy.policy().unwrap().default_version_id().unwrap();
+    let doc = f
+        .iam
+        .get_policy_version()
+        .policy_arn(&policy_arn)
+        .version_id(version)
+        .send()
+        .await
+        .unwrap()
+        .policy_version()
+        .unwrap()
+        .document()
+        .unwrap()
+        .to_owned();
+    let doc = decode(&doc);
+    assert_eq!(doc["Statement"][0]["Effect"], "Deny");
+    assert_eq!(doc["Statement"][0]["Action"], "*");
+    assert_eq!(doc["Statement"][0]["Resource"], "*");
+
+    assert_eq!(f.inline_policies().await, vec![REVOKE_SESSIONS_POLICY_NAME]);
+    let inline = f
+        .iam
+        .get_role_policy()
+        .role_name(&f.role_name)
+        .policy_name(REVOKE_SESSIONS_POLICY_NAME)
+        .send()
+        .await
+        .unwrap();
+    let inline = decode(inline.policy_document());
+    let cutoff = &inline["Statement"][0]["Condition"]["DateLessThan"]["aws:TokenIssueTime"];
+    assert_eq!(cutoff.as_str(), report.sessions_issued_before.as_deref());
+    assert_eq!(inline["Statement"][0]["Effect"], "Deny");
+
+    // Again: nothing new attached, created or rewritten.
+    let again = contain_role(&f.ctx, &f.event(EXFILTRATION)).await.unwrap();
+    let Outcome::AlreadyDone(second) = again else {
+        panic!("expected already_done, got {again:?}")
+    };
+    assert_eq!(second.deny_all, Change::AlreadyInPlace);
+    assert_eq!(second.revoke_sessions, Change::AlreadyInPlace);
+    assert_eq!(f.attached_policies().await, attached);
+    assert_eq!(f.inline_policies().await, vec![REVOKE_SESSIONS_POLICY_NAME]);
+    let ours = f
+        .iam
+        .list_policies()
+        .scope(aws_sdk_iam::types::PolicyScopeType::Local)
+        .send()
+        .await
+        .unwrap();
+    let deny_alls = ours
+        .policies()
+        .iter()
+        .filter(|p| p.policy_name() == Some(DENY_ALL_POLICY_NAME))
+        .count();
+    assert_eq!(deny_alls, 1);
+}
+
+/// IAM returns policy documents URL-encoded.
+fn decode(doc: &str) -> serde_json::Value {
+    let decoded = percent_encoding::percent_decode_str(doc)
+        .decode_utf8()
+        .unwrap();
+    serde_json::from_str(&decoded).unwrap_or_else(|e| panic!("{e}: {decoded}"))
+}
+
+#[tokio::test]
+async fn an_instance_finding_finds_the_role_through_the_profile() {
+    let f = Fixture::new().await;
+    let out = contain_role(&f.ctx, &f.event(BACKDOOR)).await.unwrap();
+    assert_eq!(out.report().unwrap().role_name, f.role_name);
+}
+
+#[tokio::test]
+async fn findings_that_name_no_instance_change_nothing() {
+    let f = Fixture::new().await;
+    let mut json = f.event_json(EXFILTRATION);
+    json["detail"]["resource"] = serde_json::json!({"resourceType": "S3Bucket"});
+    let event = ec2_quarantine::finding::parse_event(json).unwrap();
+
+    for out in [
+        isolate(&f.ctx, &event).await.unwrap().status(),
+        snapshot(&f.ctx, &event).await.unwrap().status(),
+        contain_role(&f.ctx, &event).await.unwrap().status(),
+    ] {
+        assert_eq!(out, "skipped");
+    }
+    assert!(
+        f.security_groups_named(QUARANTINE_GROUP_NAME)
+            .await
+            .is_empty()
+    );
+    assert!(f.snapshots().await.is_empty());
+    assert_eq!(f.inline_policies().await, Vec::<String>::new());
+    assert_eq!(f.attached_policies().await.len(), 1);
+}
+
+#[tokio::test]
+async fn an_instance_that_does_not_exist_is_a_named_final_error() {
+    let f = Fixture::new().await;
+    let mut json = f.event_json(BACKDOOR);
+    json["detail"]["resource"]["instanceDetails"]["instanceId"] = "i-0fffffffffffffff0".into();
+    let event = ec2_quarantine::finding::parse_event(json).unwrap();
+    let err = isolate(&f.ctx, &event).await.unwrap_err();
+    assert_eq!(err.name(), ErrorName::InstanceNotFound, "{err}");
+    assert!(!err.name().is_retryable());
+    let err = snapshot(&f.ctx, &event).await.unwrap_err();
+    assert_eq!(err.name(), ErrorName::InstanceNotFound, "{err}");
+    assert!(
+        f.security_groups_named(QUARANTINE_GROUP_NAME)
+            .await
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn a_terminated_instance_is_skipped() {
+    let f = Fixture::new().await;
+    f.ec2
+        .terminate_instances()
+        .instance_ids(&f.instance_id)
+        .send()
+        .await
+        .unwrap();
+    let out = isolate(&f.ctx, &f.event(BACKDOOR)).await.unwrap();
+    match out {
+        Outcome::Skipped { reason } => assert!(reason.contains("terminated"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    let groups = f
+        .ec2
+        .describe_security_groups()
+        .filters(filter("tag-key", tags::ISOLATION_GROUP))
+        .send()
+        .await
+        .unwrap();
+    assert!(groups.security_groups().is_empty());
+}
+
+#[tokio::test]
+async fn a_service_linked_role_is_skipped() {
+    let f = Fixture::new().await;
+    f.iam
+        .create_role()
+        .role_name("AWSServiceRoleForExample")
+        .path("/aws-service-role/example.amazonaws.com/")
+        .assume_role_policy_document(
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"example.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#,
+        )
+        .send()
+        .await
+        .unwrap();
+    let mut json = f.event_json(EXFILTRATION);
+    json["detail"]["resource"]["accessKeyDetails"]["userName"] = "AWSServiceRoleForExample".into();
+    let event = ec2_quarantine::finding::parse_event(json).unwrap();
+    match contain_role(&f.ctx, &event).await.unwrap() {
+        Outcome::Skipped { reason } => assert!(reason.contains("service-linked"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+}
