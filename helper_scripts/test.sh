@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Every check and test, from a fresh clone: installs the pinned tools into .tools/, starts the
-# local AWS emulator on a free loopback port, runs fmt, clippy and the test suite (unit tests and
-# the integration tests against the emulator), and stops the emulator, also on failure or Ctrl-C.
+# local AWS emulator on a free loopback port, runs fmt, clippy and the Rust tests (unit tests and
+# the integration tests against the emulator), stops the emulator (also on failure or Ctrl-C),
+# checks the SAM template and the state machine, and runs the offline end-to-end workflow tests.
 set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
 cd "$PROJECT_ROOT"
 
 command -v cargo >/dev/null || die "cargo is required (https://rustup.rs)"
 ensure_python_tools
+ensure_node_tools
 start_emulator
 
 log "cargo fmt --check"
@@ -16,3 +18,16 @@ log "cargo clippy (warnings are errors)"
 cargo clippy --locked --all-targets -- -D warnings
 log "cargo test"
 cargo test --locked
+stop_emulator
+
+log "sam validate --lint"
+"$VENV/bin/sam" validate --lint --region us-east-1 --template-file template.yaml
+log "asl-validator"
+for asl in statemachine/*.asl.json; do
+  "$TOOLS_DIR/node/node_modules/.bin/asl-validator" --json-path "$asl"
+done
+log "the workflow end to end on the local emulator (every sample event)"
+FUNCTIONS_BIN_DIR="$CARGO_TARGET_DIR/debug" "$VENV/bin/pytest" -q -p no:cacheprovider tests/workflow
+log "deploy.sh local (the README's offline run)"
+./helper_scripts/deploy.sh local >"$TOOLS_DIR/local-run.log" 2>&1 || { cat "$TOOLS_DIR/local-run.log" >&2; die "deploy.sh local failed"; }
+grep -q '^State machine execution: SUCCEEDED' "$TOOLS_DIR/local-run.log" || { cat "$TOOLS_DIR/local-run.log" >&2; die "deploy.sh local did not contain the sample"; }

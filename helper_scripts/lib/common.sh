@@ -9,6 +9,7 @@ VENV="$TOOLS_DIR/venv"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ec2-quarantine/target}"
 # Nothing here may ever reach real AWS: no metadata-service probes, no shared profiles.
 export AWS_EC2_METADATA_DISABLED=true
+export SAM_CLI_TELEMETRY=0
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -27,6 +28,18 @@ ensure_python_tools() {
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$req"
   echo "$want" >"$stamp"
+}
+
+ASL_VALIDATOR_VERSION=4.0.0
+# Installs the pinned ASL validator into .tools/node.
+ensure_node_tools() {
+  local stamp="$TOOLS_DIR/node/.asl-validator-$ASL_VALIDATOR_VERSION"
+  [[ -f "$stamp" ]] && return
+  command -v npm >/dev/null || die "npm (Node.js) is required to validate the state machine"
+  log "installing asl-validator $ASL_VALIDATOR_VERSION into .tools/node"
+  mkdir -p "$TOOLS_DIR/node"
+  npm install --prefix "$TOOLS_DIR/node" --no-audit --no-fund --silent "asl-validator@$ASL_VALIDATOR_VERSION" >/dev/null
+  touch "$stamp"
 }
 
 free_port() {

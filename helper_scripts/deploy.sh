@@ -1,0 +1,226 @@
+#!/usr/bin/env bash
+# ec2-quarantine: deploy to AWS, remove, or run the whole workflow offline.
+#
+#   deploy.sh local [EVENT] [--json] [--missing-instance] [--severity-threshold N]
+#   deploy.sh invoke FUNCTION EVENT
+#   deploy.sh deploy [--region R] [--stack-name S] [--alert-email E] [--severity-threshold N]
+#   deploy.sh nuke   [--region R] [--stack-name S] [--purge-artifacts] [--yes]
+#
+# Only `deploy` and `nuke` talk to AWS, with the caller's credentials. `local` needs no AWS at all.
+set -euo pipefail
+source "$(dirname "$0")/lib/common.sh"
+
+usage() {
+  cat <<'EOF'
+Usage:
+  deploy.sh local [EVENT] [--json] [--missing-instance] [--severity-threshold N]
+      Run the real state machine and the real Rust functions against a local AWS emulator, on a
+      simulated compromised instance, and print what happened. EVENT defaults to
+      events/credential-exfiltration.json. --missing-instance points the event at an instance
+      that does not exist, to show a failing step caught and reported. Exit status: 0 when the
+      execution succeeded or the rule did not match, 3 when the execution ended Failed.
+
+  deploy.sh invoke FUNCTION EVENT
+      Invoke one function (isolate, snapshot, deny-role, notify) with an event, on the local
+      emulator and a simulated instance: `sam local invoke` without Docker. Prints the result.
+
+  deploy.sh deploy [--region R] [--stack-name S] [--alert-email E] [--severity-threshold N]
+      sam build + sam deploy with your AWS credentials. Environment: AWS_REGION, STACK_NAME,
+      ALERT_EMAIL, SEVERITY_THRESHOLD.
+
+  deploy.sh nuke [--region R] [--stack-name S] [--purge-artifacts] [--yes]
+      Delete the stack. With --purge-artifacts, also list the quarantine artifacts the responder
+      created (snapshots, quarantine groups, DenyAll policy and inline denies) and remove them
+      after confirmation (--yes: no question).
+EOF
+}
+
+STACK_NAME="${STACK_NAME:-ec2-quarantine}"
+ALERT_EMAIL="${ALERT_EMAIL:-}"
+SEVERITY_THRESHOLD="${SEVERITY_THRESHOLD:-}"
+REGION="${AWS_REGION:-${AWS_DEFAULT_REGION:-}}"
+
+need_value() { [[ $# -ge 2 && -n "$2" ]] || die "$1 needs a value"; }
+
+# ------------------------------------------------------------------ local
+
+cmd_local() {
+  local args=()
+  while [[ $# -gt 0 ]]; do
+    case "$1" in
+      --json | --missing-instance) args+=("$1") ;;
+      --severity-threshold) need_value "$@"; args+=("$1" "$2"); shift ;;
+      -h | --help) usage; exit 0 ;;
+      -*) die "unknown option $1 (see deploy.sh --help)" ;;
+      *) [[ -f "$1" ]] || die "no such event file: $1"; args+=("$(cd "$(dirname "$1")" && pwd)/$(basename "$1")") ;;
+    esac
+    shift
+  done
+  build_functions
+  log "running the workflow on the local emulator"
+  "$VENV/bin/python" "$PROJECT_ROOT/helper_scripts/local/run.py" --bin-dir "$CARGO_TARGET_DIR/debug" "${args[@]}"
+}
+
+build_functions() {
+  command -v cargo >/dev/null || die "cargo is required (https://rustup.rs)"
+  ensure_python_tools
+  log "building the functions"
+  # The test build's binaries: the same feature set as the test suite, so nothing builds twice.
+  (cd "$PROJECT_ROOT" && cargo test --locked --no-run --quiet >&2)
+  local bin
+  for bin in isolate snapshot deny-role notify; do
+    [[ -x "$CARGO_TARGET_DIR/debug/$bin" ]] || die "the build did not produce $bin"
+  done
+}
+
+cmd_invoke() {
+  [[ $# -eq 2 ]] || die "usage: deploy.sh invoke FUNCTION EVENT (FUNCTION: isolate, snapshot, deny-role, notify)"
+  [[ -f "$2" ]] || die "no such event file: $2"
+  local event
+  event="$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"
+  build_functions
+  "$VENV/bin/python" "$PROJECT_ROOT/helper_scripts/local/run.py" --bin-dir "$CARGO_TARGET_DIR/debug" --invoke "$1" "$event"
+}
+
+# ------------------------------------------------------------------ deploy / nuke
+
+parse_aws_flags() {
+  PURGE=false
+  ASSUME_YES=false
+  while [[ $# -gt 0 ]]; do
+    case "$1" in
+      --region) need_value "$@"; REGION="$2"; shift ;;
+      --stack-name) need_value "$@"; STACK_NAME="$2"; shift ;;
+      --alert-email) need_value "$@"; ALERT_EMAIL="$2"; shift ;;
+      --severity-threshold) need_value "$@"; SEVERITY_THRESHOLD="$2"; shift ;;
+      --purge-artifacts) PURGE=true ;;
+      --yes) ASSUME_YES=true ;;
+      -h | --help) usage; exit 0 ;;
+      *) die "unknown argument $1 (see deploy.sh --help)" ;;
+    esac
+    shift
+  done
+  [[ "$STACK_NAME" =~ ^[A-Za-z][A-Za-z0-9-]{0,127}$ ]] || die "invalid stack name: $STACK_NAME"
+  if [[ -n "$SEVERITY_THRESHOLD" ]] && ! [[ "$SEVERITY_THRESHOLD" =~ ^([0-9]|10)(\.[0-9]+)?$ ]]; then
+    die "--severity-threshold must be a number from 0 to 10, got $SEVERITY_THRESHOLD"
+  fi
+}
+
+SAM=""
+require_aws_tools() {
+  if command -v sam >/dev/null; then
+    SAM=sam
+  elif [[ -x "$VENV/bin/sam" ]]; then
+    SAM="$VENV/bin/sam"
+  else
+    die "the AWS SAM CLI is not installed: pip install aws-sam-cli (or run helper_scripts/test.sh once, which installs it into .tools/venv)"
+  fi
+  command -v aws >/dev/null || die "the AWS CLI is not installed: see https://aws.amazon.com/cli/"
+  if [[ -z "$REGION" ]]; then
+    REGION="$(aws configure get region 2>/dev/null || true)"
+  fi
+  [[ -n "$REGION" ]] || die "no region: pass --region or set AWS_REGION (use the region where GuardDuty runs)"
+  [[ "$REGION" =~ ^[a-z]{2}(-[a-z]+)+-[0-9]+$ ]] || die "not an AWS region name: $REGION"
+  local identity
+  identity="$(aws sts get-caller-identity --region "$REGION" --output text --query Arn 2>&1)" ||
+    die "no usable AWS credentials ($identity): configure them (aws configure, AWS_PROFILE or SSO) first"
+  log "acting as $identity in $REGION"
+  export SAM_CLI_TELEMETRY=0
+}
+
+cmd_deploy() {
+  parse_aws_flags "$@"
+  require_aws_tools
+  command -v cargo-lambda >/dev/null || [[ -x "$VENV/bin/cargo-lambda" ]] ||
+    die "sam build needs cargo-lambda: pip install cargo-lambda (it brings zig for the arm64 cross build)"
+  [[ -x "$VENV/bin/cargo-lambda" ]] && export PATH="$VENV/bin:$PATH"
+  cd "$PROJECT_ROOT"
+  log "sam build (arm64, cargo lambda)"
+  "$SAM" build --beta-features --template-file template.yaml
+  local params=()
+  [[ -n "$ALERT_EMAIL" ]] && params+=("AlertEmail=$ALERT_EMAIL")
+  [[ -n "$SEVERITY_THRESHOLD" ]] && params+=("SeverityThreshold=$SEVERITY_THRESHOLD")
+  log "sam deploy: stack $STACK_NAME in $REGION"
+  "$SAM" deploy --stack-name "$STACK_NAME" --region "$REGION" --resolve-s3 \
+    --capabilities CAPABILITY_IAM --no-fail-on-empty-changeset --no-confirm-changeset \
+    ${params[@]:+--parameter-overrides "${params[@]}"}
+  aws cloudformation describe-stacks --stack-name "$STACK_NAME" --region "$REGION" \
+    --query 'Stacks[0].Outputs[].[OutputKey,OutputValue]' --output text
+  [[ -n "$ALERT_EMAIL" ]] && log "confirm the subscription mail sent to $ALERT_EMAIL"
+  return 0
+}
+
+confirm() {
+  [[ "$ASSUME_YES" == true ]] && return 0
+  [[ -t 0 ]] || die "$1: refusing without a terminal to confirm on (pass --yes)"
+  local answer
+  read -r -p "$1 [y/N] " answer
+  [[ "$answer" == y || "$answer" == Y || "$answer" == yes ]]
+}
+
+cmd_nuke() {
+  parse_aws_flags "$@"
+  require_aws_tools
+  if aws cloudformation describe-stacks --stack-name "$STACK_NAME" --region "$REGION" >/dev/null 2>&1; then
+    confirm "Delete stack $STACK_NAME in $REGION?" || die "nothing deleted"
+    "$SAM" delete --stack-name "$STACK_NAME" --region "$REGION" --no-prompts
+  else
+    log "no stack $STACK_NAME in $REGION"
+  fi
+  [[ "$PURGE" == true ]] && purge_artifacts
+  return 0
+}
+
+# The responder's artifacts, selected only by the tool's own tags and names.
+purge_artifacts() {
+  local snapshots groups policy_arn roles_with_policy roles_with_inline account partition
+  account="$(aws sts get-caller-identity --query Account --output text)"
+  partition="$(aws sts get-caller-identity --query Arn --output text | cut -d: -f2)"
+  policy_arn="arn:$partition:iam::$account:policy/ec2-quarantine/ec2-quarantine-DenyAll"
+  snapshots="$(aws ec2 describe-snapshots --region "$REGION" --owner-ids self \
+    --filters Name=tag-key,Values=ec2-quarantine:finding-id --query 'Snapshots[].SnapshotId' --output text)"
+  groups="$(aws ec2 describe-security-groups --region "$REGION" \
+    --filters Name=tag-key,Values=ec2-quarantine:isolation-group --query 'SecurityGroups[].GroupId' --output text)"
+  roles_with_policy="$(aws iam list-entities-for-policy --policy-arn "$policy_arn" \
+    --query 'PolicyRoles[].RoleName' --output text 2>/dev/null || true)"
+  roles_with_inline=""
+  local role
+  for role in $(aws iam list-roles --query 'Roles[].RoleName' --output text); do
+    if aws iam get-role-policy --role-name "$role" --policy-name ec2-quarantine-revoke-older-sessions >/dev/null 2>&1; then
+      roles_with_inline+="$role "
+    fi
+  done
+  echo "Quarantine artifacts in $REGION (account $account):"
+  echo "  forensic snapshots:       ${snapshots:-none}"
+  echo "  quarantine groups:        ${groups:-none}"
+  echo "  DenyAll attached to:      ${roles_with_policy:-none}"
+  echo "  revoke-sessions deny on:  ${roles_with_inline:-none}"
+  echo "Removing the IAM denies gives the contained roles their permissions back. Snapshots are the evidence."
+  confirm "Remove all of these?" || { log "artifacts kept"; return 0; }
+  local id
+  for id in $snapshots; do aws ec2 delete-snapshot --region "$REGION" --snapshot-id "$id"; done
+  for id in $groups; do
+    aws ec2 delete-security-group --region "$REGION" --group-id "$id" ||
+      log "quarantine group $id is still in use (an instance is still isolated): kept"
+  done
+  for role in $roles_with_policy; do aws iam detach-role-policy --role-name "$role" --policy-arn "$policy_arn"; done
+  aws iam delete-policy --policy-arn "$policy_arn" 2>/dev/null || true
+  for role in $roles_with_inline; do
+    aws iam delete-role-policy --role-name "$role" --policy-name ec2-quarantine-revoke-older-sessions
+  done
+  log "artifacts removed"
+}
+
+# ------------------------------------------------------------------ main
+
+[[ $# -ge 1 ]] || { usage; exit 2; }
+command="$1"
+shift
+case "$command" in
+  local) cmd_local "$@" ;;
+  invoke) cmd_invoke "$@" ;;
+  deploy) cmd_deploy "$@" ;;
+  nuke) cmd_nuke "$@" ;;
+  -h | --help | help) usage ;;
+  *) usage >&2; exit 2 ;;
+esac

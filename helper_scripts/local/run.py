@@ -1,0 +1,573 @@
+"""The offline end-to-end run: the real state machine and the real Rust functions, no AWS.
+
+What runs where (see README, "How the local run maps to AWS"):
+- moto's AWS emulator runs in this process, with its Step Functions interpreter executing the
+  state machine from statemachine/containment.asl.json (the same file the template deploys);
+- a ThreadedMotoServer in this process serves the same emulated state over HTTP, and the Rust
+  functions (the same binaries as on Lambda, speaking the Lambda Runtime API) call it through
+  AWS_ENDPOINT_URL;
+- the interpreter's Lambda Tasks reach the functions through lambda_service.py, which answers as
+  Lambda does, function errors included, so Retry and Catch match the functions' errorType.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lambda_service import LambdaService, function_env  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = ROOT / "template.yaml"
+STATE_MACHINE = ROOT / "statemachine" / "containment.asl.json"
+DEFAULT_EVENT = ROOT / "events" / "credential-exfiltration.json"
+REGION = "us-east-1"
+ACCOUNT = "123456789012"
+IMAGE_ID = "ami-1e749f67"
+MISSING_INSTANCE = "i-0fffffffffffffff0"
+# Binary name -> the template's substitution for its ARN.
+FUNCTIONS = {
+    "isolate": "IsolateFunctionArn",
+    "snapshot": "SnapshotFunctionArn",
+    "deny-role": "DenyRoleFunctionArn",
+    "notify": "NotifyFunctionArn",
+}
+
+
+class HarnessError(Exception):
+    """The local run itself could not be set up (not a containment failure)."""
+
+
+# ---------------------------------------------------------------- template and event pattern
+
+
+class _CfnLoader(yaml.SafeLoader):
+    pass
+
+
+def _cfn_tag(loader, tag_suffix, node):
+    name = "Ref" if tag_suffix == "Ref" else f"Fn::{tag_suffix}"
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+        if name == "Fn::GetAtt":
+            value = value.split(".", 1)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    return {name: value}
+
+
+_CfnLoader.add_multi_constructor("!", _cfn_tag)
+
+
+def load_template() -> dict:
+    return yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader)
+
+
+def rule_pattern(template: dict, overrides: dict[str, str]) -> dict:
+    """The EventBridge pattern of the template's rule, with its parameters substituted."""
+    rules = [r for r in template["Resources"].values() if r.get("Type") == "AWS::Events::Rule"]
+    if len(rules) != 1:
+        raise HarnessError(f"expected one AWS::Events::Rule in template.yaml, found {len(rules)}")
+    pattern = rules[0]["Properties"]["EventPattern"]
+    if isinstance(pattern, dict) and "Fn::Sub" in pattern:
+        params = {k: str(v.get("Default", "")) for k, v in template.get("Parameters", {}).items()}
+        params.update(overrides)
+
+        def sub(m: re.Match) -> str:
+            if m.group(1) not in params:
+                raise HarnessError(f"the rule pattern uses ${{{m.group(1)}}}, which is not a parameter")
+            return params[m.group(1)]
+
+        pattern = json.loads(re.sub(r"\$\{([A-Za-z0-9]+)\}", sub, pattern["Fn::Sub"]))
+    return pattern
+
+
+def rule_matches(pattern: dict, event: dict) -> bool:
+    from moto.events.models import EventPattern
+
+    return EventPattern.load(json.dumps(pattern)).matches_event(event)
+
+
+def state_machine_definition(arns: dict[str, str]) -> str:
+    text = STATE_MACHINE.read_text()
+    for binary, placeholder in FUNCTIONS.items():
+        text = text.replace("${" + placeholder + "}", arns[binary])
+    left = re.findall(r"\$\{[A-Za-z0-9]+\}", text)
+    if left:
+        raise HarnessError(f"unresolved substitutions in the state machine: {left}")
+    return text
+
+
+# ---------------------------------------------------------------- the simulated stack
+
+
+def simulate_compromised_instance(ec2, iam) -> dict:
+    """Like the user's test stack: VPC, subnet, SSH-open group, role and profile, an instance with
+    two network interfaces and two volumes."""
+    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24", AvailabilityZone=f"{REGION}a")["Subnet"]["SubnetId"]
+    ssh = ec2.create_security_group(GroupName="ssh-open", Description="SSH from anywhere", VpcId=vpc)["GroupId"]
+    ec2.authorize_security_group_ingress(
+        GroupId=ssh, IpPermissions=[{"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}]
+    )
+    web = ec2.create_security_group(GroupName="web", Description="web tier", VpcId=vpc)["GroupId"]
+    role = "compromised-instance-role"
+    iam.create_role(
+        RoleName=role,
+        AssumeRolePolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
+        ),
+    )
+    read_only = iam.create_policy(
+        PolicyName="s3-ssm-read-only",
+        PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": ["s3:Get*", "s3:List*", "ssm:GetParameter*"], "Resource": "*"}]}
+        ),
+    )["Policy"]["Arn"]
+    iam.attach_role_policy(RoleName=role, PolicyArn=read_only)
+    profile = iam.create_instance_profile(InstanceProfileName="compromised-instance-profile")["InstanceProfile"]
+    iam.add_role_to_instance_profile(InstanceProfileName="compromised-instance-profile", RoleName=role)
+    root = ec2.describe_images(ImageIds=[IMAGE_ID])["Images"][0].get("RootDeviceName", "/dev/sda1")
+    instance = ec2.run_instances(
+        ImageId=IMAGE_ID,
+        InstanceType="t3.micro",
+        MinCount=1,
+        MaxCount=1,
+        IamInstanceProfile={"Arn": profile["Arn"]},
+        NetworkInterfaces=[
+            {"DeviceIndex": 0, "SubnetId": subnet, "Groups": [ssh]},
+            {"DeviceIndex": 1, "SubnetId": subnet, "Groups": [web, ssh]},
+        ],
+        BlockDeviceMappings=[
+            {"DeviceName": root, "Ebs": {"VolumeSize": 8}},
+            {"DeviceName": "/dev/sdf", "Ebs": {"VolumeSize": 10}},
+        ],
+        TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "Name", "Value": "compromised-instance"}]}],
+    )["Instances"][0]
+    return {
+        "instance_id": instance["InstanceId"],
+        "vpc_id": vpc,
+        "role_name": role,
+        "profile_arn": profile["Arn"],
+        "interfaces": [n["NetworkInterfaceId"] for n in instance["NetworkInterfaces"]],
+        "volumes": [m["Ebs"]["VolumeId"] for m in instance["BlockDeviceMappings"]],
+    }
+
+
+def point_event_at(event: dict, sim: dict, instance_id: str) -> dict:
+    """Where the event names an instance or a role, they become the simulated ones."""
+    event = json.loads(json.dumps(event))
+    event["account"], event["region"] = ACCOUNT, REGION
+    detail = event.get("detail")
+    if not isinstance(detail, dict):
+        return event
+    detail["accountId"], detail["region"] = ACCOUNT, REGION
+    resource = detail.get("resource")
+    if not isinstance(resource, dict):
+        return event
+    details = resource.get("instanceDetails")
+    if isinstance(details, dict) and details.get("instanceId"):
+        details["instanceId"] = instance_id
+        if isinstance(details.get("iamInstanceProfile"), dict):
+            details["iamInstanceProfile"]["arn"] = sim["profile_arn"]
+    keys = resource.get("accessKeyDetails")
+    if isinstance(keys, dict) and isinstance(keys.get("principalId"), str) and re.search(r":i-[0-9a-f]+$", keys["principalId"]):
+        keys["principalId"] = re.sub(r":i-[0-9a-f]+$", ":" + instance_id, keys["principalId"])
+        if keys.get("userName"):
+            keys["userName"] = sim["role_name"]
+    return event
+
+
+def emulator_state(ec2, iam, sim: dict) -> dict:
+    enis = ec2.describe_network_interfaces(NetworkInterfaceIds=sim["interfaces"])["NetworkInterfaces"]
+    groups = {n["NetworkInterfaceId"]: sorted(g["GroupId"] for g in n["Groups"]) for n in enis}
+    quarantine = ec2.describe_security_groups(
+        Filters=[{"Name": "vpc-id", "Values": [sim["vpc_id"]]}, {"Name": "tag-key", "Values": ["ec2-quarantine:isolation-group"]}]
+    )["SecurityGroups"]
+    snapshots = ec2.describe_snapshots(Filters=[{"Name": "volume-id", "Values": sim["volumes"]}])["Snapshots"]
+    instance = ec2.describe_instances(InstanceIds=[sim["instance_id"]])["Reservations"][0]["Instances"][0]
+    attrs = {
+        "termination_protection": ec2.describe_instance_attribute(InstanceId=sim["instance_id"], Attribute="disableApiTermination")[
+            "DisableApiTermination"
+        ]["Value"],
+        "shutdown_behavior": ec2.describe_instance_attribute(InstanceId=sim["instance_id"], Attribute="instanceInitiatedShutdownBehavior")[
+            "InstanceInitiatedShutdownBehavior"
+        ]["Value"],
+    }
+    role = sim["role_name"]
+    return {
+        "interface_groups": groups,
+        "quarantine_groups": [
+            {"id": g["GroupId"], "ingress_rules": len(g["IpPermissions"]), "egress_rules": len(g["IpPermissionsEgress"])} for g in quarantine
+        ],
+        "snapshots": sorted(
+            (
+                {
+                    "id": s["SnapshotId"],
+                    "volume_id": s["VolumeId"],
+                    "tags": {t["Key"]: t["Value"] for t in s.get("Tags", [])},
+                }
+                for s in snapshots
+            ),
+            key=lambda s: s["volume_id"],
+        ),
+        "instance_tags": {t["Key"]: t["Value"] for t in instance.get("Tags", [])},
+        "instance": attrs,
+        "role": {
+            "name": role,
+            "attached_policies": sorted(p["PolicyArn"] for p in iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"]),
+            "inline_policies": sorted(iam.list_role_policies(RoleName=role)["PolicyNames"]),
+        },
+    }
+
+
+# ---------------------------------------------------------------- the execution and its history
+
+
+def states_from_history(events: list[dict]) -> list[dict]:
+    """Each state that ran: its result or error, and how many times its function was invoked."""
+    by_id = {e["id"]: e for e in events}
+    states: dict[str, dict] = {}
+    order: list[str] = []
+
+    def entered_state(event: dict) -> str | None:
+        e = event
+        while e is not None:
+            details = e.get("stateEnteredEventDetails")
+            if details:
+                return details["name"]
+            e = by_id.get(e.get("previousEventId"))
+        return None
+
+    for e in events:
+        t = e["type"]
+        if t.endswith("StateEntered"):
+            name = e["stateEnteredEventDetails"]["name"]
+            if name not in states:
+                order.append(name)
+                states[name] = {"name": name, "type": t[: -len("StateEntered")], "attempts": 0, "errors": []}
+        elif t == "LambdaFunctionScheduled":
+            name = entered_state(e)
+            if name in states:
+                states[name]["attempts"] += 1
+        elif t in ("LambdaFunctionFailed", "LambdaFunctionTimedOut", "TaskFailed"):
+            name = entered_state(e)
+            details = next((v for k, v in e.items() if k.endswith("EventDetails")), {})
+            if name in states:
+                states[name]["errors"].append({"error": details.get("error"), "cause": details.get("cause")})
+        elif t.endswith("StateExited"):
+            d = e["stateExitedEventDetails"]
+            name = d["name"]
+            output = d.get("output")
+            try:
+                states[name]["output"] = json.loads(output) if output else None
+            except ValueError:
+                states[name]["output"] = output
+    return [states[n] for n in order]
+
+
+def wait_for(sfn, execution_arn: str, timeout_s: float) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        d = sfn.describe_execution(executionArn=execution_arn)
+        if d["status"] != "RUNNING":
+            return d
+        if time.monotonic() > deadline:
+            raise HarnessError(f"the execution did not finish within {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------- the run
+
+
+@contextlib.contextmanager
+def local_stack(bin_dir: Path, log_dir: Path):
+    """The emulator with the stack's resources, the functions served, and a simulated instance.
+
+    Yields a namespace with the boto3 clients, the Lambda service, the topic and subscriber
+    queue, the state machine and the simulated instance; stops everything on the way out.
+    """
+    import boto3
+    from moto import mock_aws
+    from moto.server import ThreadedMotoServer
+
+    for binary in FUNCTIONS:
+        if not (bin_dir / binary).is_file():
+            raise HarnessError(f"{bin_dir / binary} is missing: build the functions first (cargo test --no-run)")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    # This process only ever talks to the in-process emulator.
+    for var in [v for v in os.environ if v.startswith("AWS_ENDPOINT_URL") or v in ("AWS_PROFILE", "AWS_SESSION_TOKEN")]:
+        del os.environ[var]
+    os.environ.update(
+        {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION,
+         "AWS_EC2_METADATA_DISABLED": "true"}
+    )
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+        server.start()
+        emulator = f"http://127.0.0.1:{server._server.server_port}"
+        service = LambdaService(REGION, ACCOUNT)
+        try:
+            os.environ["AWS_ENDPOINT_URL_LAMBDA"] = service.endpoint
+            st = types.SimpleNamespace(service=service, emulator=emulator)
+            st.ec2, st.iam, st.sns, st.sqs, st.sfn = (boto3.client(s, region_name=REGION) for s in ("ec2", "iam", "sns", "sqs", "stepfunctions"))
+            # The stack's resources, as the template creates them.
+            st.topic = st.sns.create_topic(Name="ec2-quarantine-alerts")["TopicArn"]
+            st.queue_url = st.sqs.create_queue(QueueName="security-team-inbox")["QueueUrl"]
+            queue_arn = st.sqs.get_queue_attributes(QueueUrl=st.queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+            st.sns.subscribe(TopicArn=st.topic, Protocol="sqs", Endpoint=queue_arn)
+            env = function_env(emulator, REGION, {"ALERT_TOPIC_ARN": st.topic})
+            for binary in FUNCTIONS:
+                service.add(binary, bin_dir / binary, env, log_dir / f"{binary}.log")
+            sm_role = st.iam.create_role(
+                RoleName="ec2-quarantine-state-machine",
+                AssumeRolePolicyDocument=json.dumps(
+                    {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "states.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
+                ),
+            )["Role"]["Arn"]
+            st.machine = st.sfn.create_state_machine(
+                name="ec2-quarantine-containment",
+                definition=state_machine_definition({b: service.arn(b) for b in FUNCTIONS}),
+                roleArn=sm_role,
+            )["stateMachineArn"]
+            st.sim = simulate_compromised_instance(st.ec2, st.iam)
+            yield st
+        finally:
+            service.stop()
+            server.stop()
+            os.environ.pop("AWS_ENDPOINT_URL_LAMBDA", None)
+
+
+def received_notification(st) -> dict | None:
+    messages = st.sqs.receive_message(QueueUrl=st.queue_url, MaxNumberOfMessages=10).get("Messages", [])
+    if not messages:
+        return None
+    envelope = json.loads(messages[0]["Body"])
+    return {
+        "subject": envelope.get("Subject"),
+        "message": envelope.get("Message"),
+        "attributes": {k: v.get("Value") for k, v in (envelope.get("MessageAttributes") or {}).items()},
+        "count": len(messages),
+    }
+
+
+def run(event_path: Path, bin_dir: Path, missing_instance: bool = False, severity_threshold: str | None = None, log_dir: Path | None = None) -> dict:
+    """The whole workflow on one finding event, as EventBridge and Step Functions would run it."""
+    raw = json.loads(event_path.read_text())
+    log_dir = log_dir or Path(tempfile.mkdtemp(prefix="ec2-quarantine-local-"))
+    report: dict = {"event_file": _shown(event_path), "logs": str(log_dir)}
+    overrides = {"SeverityThreshold": severity_threshold} if severity_threshold is not None else {}
+    pattern = rule_pattern(load_template(), overrides)
+
+    started = time.monotonic()
+    try:
+        with local_stack(bin_dir, log_dir) as st:
+            sim = st.sim
+            target = MISSING_INSTANCE if missing_instance else sim["instance_id"]
+            event = point_event_at(raw, sim, target)
+            detail = event.get("detail") if isinstance(event.get("detail"), dict) else {}
+            resource = detail.get("resource") if isinstance(detail.get("resource"), dict) else {}
+            report["finding"] = {
+                "type": detail.get("type"),
+                "severity": detail.get("severity"),
+                "resource_type": resource.get("resourceType"),
+                "target_instance": target,
+            }
+            report["simulated"] = sim
+            before = emulator_state(st.ec2, st.iam, sim)
+
+            matched = rule_matches(pattern, event)
+            report["rule"] = {"matched": matched, "pattern": pattern}
+            report["execution"], report["states"], report["notification"] = None, [], None
+            if matched:
+                execution = st.sfn.start_execution(stateMachineArn=st.machine, input=json.dumps(event))["executionArn"]
+                done = wait_for(st.sfn, execution, 180)
+                history = st.sfn.get_execution_history(executionArn=execution, maxResults=1000)["events"]
+                report["execution"] = {
+                    "status": done["status"],
+                    "error": done.get("error"),
+                    "cause": done.get("cause"),
+                    "output": json.loads(done["output"]) if done.get("output") else None,
+                }
+                report["states"] = states_from_history(history)
+                report["invocations"] = {name: fn.invocations for name, fn in st.service.functions.items()}
+                report["notification"] = received_notification(st)
+            report["emulator"] = {"before": before, "after": emulator_state(st.ec2, st.iam, sim)}
+    finally:
+        report["wall_seconds"] = round(time.monotonic() - started, 2)
+    return report
+
+
+def invoke(binary: str, event_path: Path, bin_dir: Path, log_dir: Path | None = None) -> dict:
+    """One function alone with a sample event (what `sam local invoke` does, without Docker)."""
+    if binary not in FUNCTIONS:
+        raise HarnessError(f"no function {binary}: one of {', '.join(FUNCTIONS)}")
+    raw = json.loads(event_path.read_text())
+    log_dir = log_dir or Path(tempfile.mkdtemp(prefix="ec2-quarantine-invoke-"))
+    with local_stack(bin_dir, log_dir) as st:
+        if isinstance(raw.get("event"), dict):
+            raw["event"] = point_event_at(raw["event"], st.sim, st.sim["instance_id"])
+        else:
+            raw = point_event_at(raw, st.sim, st.sim["instance_id"])
+        result, error = st.service.invoke(binary, raw)
+        return {
+            "function": binary,
+            "event_file": _shown(event_path),
+            "function_error": "Unhandled" if error else None,
+            "result": result,
+            "notification": received_notification(st) if binary == "notify" else None,
+            "logs": str(log_dir / f"{binary}.log"),
+        }
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+# ---------------------------------------------------------------- the readable report
+
+
+def render(report: dict) -> str:
+    out: list[str] = []
+    w = out.append
+    f = report.get("finding", {})
+    w(f"Event:    {report['event_file']}")
+    w(f"Finding:  {f.get('type')} (severity {f.get('severity')}, resource {f.get('resource_type')})")
+    sim = report.get("simulated", {})
+    w(f"Simulated instance {sim.get('instance_id')} (role {sim.get('role_name')}, "
+      f"{len(sim.get('interfaces', []))} interfaces, {len(sim.get('volumes', []))} volumes)")
+    if f.get("target_instance") != sim.get("instance_id"):
+        w(f"The event names {f.get('target_instance')}, which does not exist.")
+    w("")
+    rule = report["rule"]
+    w(f"EventBridge rule (from template.yaml): {'MATCHED' if rule['matched'] else 'did not match'}")
+    if not rule["matched"]:
+        w("  Nothing runs for this finding on AWS either: the rule filters it out.")
+        return "\n".join(out)
+    ex = report["execution"]
+    w(f"State machine execution: {ex['status']}" + (f" ({ex['error']}: {ex['cause']})" if ex.get("error") else ""))
+    w("")
+    w("States:")
+    for s in report["states"]:
+        if s["type"] in ("Pass",) and not s["name"].endswith("Failed") and s["name"] != "NothingToContain":
+            continue
+        line = f"  {s['name']:<18} {s['type']:<8}"
+        output = s.get("output")
+        if s["type"] == "Task":
+            status = output.get("status") if isinstance(output, dict) else None
+            if s["errors"]:
+                last = s["errors"][-1]
+                line += f" attempts {s['attempts']}, error {last['error']}"
+            if s["name"] == "Notify" and isinstance(output, dict):
+                verdict = (output.get("notification") or {}).get("verdict")
+                line += f" verdict {verdict}"
+            elif status:
+                line += f" {status}" + (f" ({output.get('reason')})" if output.get("reason") else "")
+        elif s["name"].endswith("Failed") and isinstance(output, dict):
+            line += f" caught {output.get('Error')}: {_cause_message(output.get('Cause'))}"
+        w(line)
+    emu = report["emulator"]
+    w("")
+    w("Network interfaces (groups before -> after):")
+    for eni, after in emu["after"]["interface_groups"].items():
+        w(f"  {eni}: {', '.join(emu['before']['interface_groups'][eni])} -> {', '.join(after)}")
+    for g in emu["after"]["quarantine_groups"]:
+        w(f"  quarantine group {g['id']}: {g['ingress_rules']} ingress rules, {g['egress_rules']} egress rules")
+    inst = emu["after"]["instance"]
+    w(f"  termination protection: {inst['termination_protection']}, shutdown behaviour: {inst['shutdown_behavior']}")
+    w("Snapshots:")
+    for s in emu["after"]["snapshots"]:
+        w(f"  {s['id']} of {s['volume_id']} ({s['tags'].get('ec2-quarantine:device', '?')})")
+    if not emu["after"]["snapshots"]:
+        w("  none")
+    role = emu["after"]["role"]
+    w(f"Role {role['name']}:")
+    w(f"  attached: {', '.join(role['attached_policies']) or 'none'}")
+    w(f"  inline:   {', '.join(role['inline_policies']) or 'none'}")
+    w("")
+    n = report.get("notification")
+    if n:
+        w("Notification as the subscriber received it:")
+        w(f"  Subject: {n['subject']}")
+        w(f"  Attributes: {json.dumps(n['attributes'], sort_keys=True)}")
+        for line in (n["message"] or "").splitlines():
+            w(f"  | {line}")
+    else:
+        w("No notification was received.")
+    w("")
+    w(f"Wall time {report['wall_seconds']} s; function logs in {report['logs']}")
+    return "\n".join(out)
+
+
+def _cause_message(cause: str | None) -> str:
+    try:
+        return json.loads(cause or "").get("errorMessage", cause)
+    except (ValueError, AttributeError):
+        return cause or ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Run the containment workflow, or one function, offline on a simulated compromised instance.")
+    p.add_argument("event", nargs="?", default=str(DEFAULT_EVENT), help="a GuardDuty finding event (default: the credential-exfiltration sample)")
+    p.add_argument("--invoke", metavar="FUNCTION", default=None, help="invoke only this function with the event (isolate, snapshot, deny-role, notify)")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON document")
+    p.add_argument("--bin-dir", default=None, help="where the built function binaries are")
+    p.add_argument("--missing-instance", action="store_true", help="point the event at an instance that does not exist (a failing step, caught and notified)")
+    p.add_argument("--severity-threshold", default=None, help="the template's SeverityThreshold parameter (default: its default)")
+    p.add_argument("--log-dir", default=None, help="where the functions' logs go (default: a new temporary folder)")
+    args = p.parse_args(argv)
+
+    def on_term(_sig, _frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    bin_dir = Path(args.bin_dir or Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug")
+    log_dir = Path(args.log_dir) if args.log_dir else None
+    try:
+        if args.invoke:
+            result = invoke(args.invoke, Path(args.event).resolve(), bin_dir, log_dir)
+            print(json.dumps(result, indent=2))
+            return 3 if result["function_error"] else 0
+        report = run(
+            Path(args.event).resolve(),
+            bin_dir,
+            missing_instance=args.missing_instance,
+            severity_threshold=args.severity_threshold,
+            log_dir=log_dir,
+        )
+    except HarnessError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; everything started was stopped", file=sys.stderr)
+        return 130
+    print(json.dumps(report, indent=2, sort_keys=True) if args.json else render(report))
+    execution = report.get("execution")
+    return 3 if execution and execution["status"] != "SUCCEEDED" else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""The whole workflow, offline: every event in events/ through the EventBridge rule of
+template.yaml, the state machine of statemachine/, and the Rust functions, on the emulator.
+
+Run by helper_scripts/test.sh after the Rust build; FUNCTIONS_BIN_DIR names the built binaries.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "helper_scripts" / "local"))
+import run as local  # noqa: E402
+
+BIN_DIR = Path(os.environ.get("FUNCTIONS_BIN_DIR") or Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug")
+EVENTS = ROOT / "events"
+
+# What each finding event must lead to. Every event file is listed (a test checks it), so a new
+# sample cannot go untested.
+CONTAINED = {"matched": True, "status": "SUCCEEDED", "verdict": "contained"}
+EXPECTED = {
+    "credential-exfiltration.json": CONTAINED,
+    "instance-backdoor.json": CONTAINED,
+    "low-severity-ssh-probe.json": {"matched": False},
+    "eks-runtime-cryptomining.json": {"matched": True, "status": "SUCCEEDED", "verdict": "skipped"},
+}
+# Inputs of one function, not finding events.
+FUNCTION_INPUTS = {"notify-input.json": "notify"}
+
+
+def run(name: str, **kwargs) -> dict:
+    return local.run(EVENTS / name, BIN_DIR, **kwargs)
+
+
+def state(report: dict, name: str) -> dict:
+    return next(s for s in report["states"] if s["name"] == name)
+
+
+def test_every_event_file_has_an_expected_outcome():
+    files = {p.name for p in EVENTS.glob("*.json")}
+    assert files == set(EXPECTED) | set(FUNCTION_INPUTS)
+
+
+def test_the_state_machine_is_the_deployed_one():
+    template = local.load_template()
+    sm = template["Resources"]["ContainmentStateMachine"]["Properties"]
+    assert sm["DefinitionUri"] == "statemachine/containment.asl.json"
+    assert set(sm["DefinitionSubstitutions"]) == set(local.FUNCTIONS.values())
+    binaries = {
+        r["Metadata"]["BuildProperties"]["Binary"]
+        for r in template["Resources"].values()
+        if r["Type"] == "AWS::Serverless::Function"
+    }
+    assert binaries == set(local.FUNCTIONS)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, e in EXPECTED.items() if e == CONTAINED))
+def test_a_compromised_instance_is_contained(name):
+    report = run(name)
+    assert report["rule"]["matched"]
+    assert report["execution"]["status"] == "SUCCEEDED", report["execution"]
+    sim = report["simulated"]
+    for step in ("Isolate", "Snapshot", "DenyRole"):
+        s = state(report, step)
+        assert s["output"]["status"] == "done", s
+        assert s["attempts"] == 1 and not s["errors"], s
+
+    after = report["emulator"]["after"]
+    [group] = after["quarantine_groups"]
+    assert group["ingress_rules"] == 0 and group["egress_rules"] == 0
+    assert after["interface_groups"] == {eni: [group["id"]] for eni in sim["interfaces"]}
+    assert after["instance"]["termination_protection"] is True
+    assert after["instance"]["shutdown_behavior"] == "stop"
+    assert sorted(s["volume_id"] for s in after["snapshots"]) == sorted(sim["volumes"])
+    assert all(s["tags"]["ec2-quarantine:instance-id"] == sim["instance_id"] for s in after["snapshots"])
+    assert "arn:aws:iam::123456789012:policy/ec2-quarantine/ec2-quarantine-DenyAll" in after["role"]["attached_policies"]
+    assert after["role"]["inline_policies"] == ["ec2-quarantine-revoke-older-sessions"]
+
+    n = report["notification"]
+    assert n["count"] == 1
+    assert n["attributes"]["verdict"] == "contained"
+    assert n["subject"].startswith("[CONTAINED] " + sim["instance_id"])
+    for eni in sim["interfaces"]:
+        assert f"{eni} isolated" in n["message"]
+    assert report["execution"]["output"]["notification"]["verdict"] == "contained"
+
+
+def test_a_low_severity_finding_does_not_match_the_rule():
+    report = run("low-severity-ssh-probe.json")
+    assert report["rule"]["matched"] is False
+    assert report["execution"] is None and report["notification"] is None
+    assert report["emulator"]["before"] == report["emulator"]["after"]
+
+
+def test_the_threshold_parameter_is_the_rules():
+    report = run("low-severity-ssh-probe.json", severity_threshold="1")
+    assert report["rule"]["matched"] is True
+
+
+def test_a_finding_that_names_no_instance_is_notified_as_skipped():
+    report = run("eks-runtime-cryptomining.json")
+    assert report["rule"]["matched"], "a runtime finding type matches the rule"
+    assert report["execution"]["status"] == "SUCCEEDED"
+    names = [s["name"] for s in report["states"]]
+    assert "NothingToContain" in names and "Isolate" not in names
+    assert sum(report["invocations"].values()) == 1, "only notify ran"
+    n = report["notification"]
+    assert n["attributes"]["verdict"] == "skipped"
+    assert 'resource type "EKSCluster" names no EC2 instance' in n["message"]
+    assert report["emulator"]["before"] == report["emulator"]["after"]
+
+
+def test_a_failing_step_is_caught_and_the_rest_is_reported():
+    report = run("credential-exfiltration.json", missing_instance=True)
+    ex = report["execution"]
+    assert ex["status"] == "FAILED" and ex["error"] == "ContainmentFailed", ex
+    caught = state(report, "IsolateFailed")["output"]
+    assert caught["Error"] == "InstanceNotFound", caught
+    assert json.loads(caught["Cause"])["errorType"] == "InstanceNotFound"
+    assert state(report, "Isolate")["attempts"] == 1, "a final error is not retried"
+    assert state(report, "DenyRole")["output"]["status"] == "done", "the role is contained all the same"
+    n = report["notification"]
+    assert n["attributes"]["verdict"] == "failed"
+    assert "[FAILED] Network isolation: InstanceNotFound" in n["message"]
+    assert "[done] IAM role containment" in n["message"]
+    assert report["emulator"]["before"]["interface_groups"] == report["emulator"]["after"]["interface_groups"]
+
+
+def test_notify_alone_with_its_sample_input():
+    result = local.invoke("notify", EVENTS / "notify-input.json", BIN_DIR)
+    assert result["function_error"] is None, result
+    assert result["result"]["verdict"] == "partial"
+    assert result["notification"]["attributes"]["verdict"] == "partial"
+    assert "[FAILED] IAM role containment: AccessDenied" in result["notification"]["message"]
+
+
+def test_a_function_error_reaches_the_caller_as_a_lambda_function_error():
+    result = local.invoke("isolate", EVENTS / "notify-input.json", BIN_DIR)
+    assert result["function_error"] == "Unhandled"
+    assert result["result"]["errorType"] == "InvalidEvent", result
