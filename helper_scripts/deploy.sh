@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # ec2-quarantine: deploy to AWS, remove, or run the whole workflow offline.
 #
-#   deploy.sh local [EVENT] [--json] [--missing-instance] [--severity-threshold N]
+#   deploy.sh local [EVENT] [--json] [--missing-instance] [--member-account] [--severity-threshold N]
 #   deploy.sh invoke FUNCTION EVENT
-#   deploy.sh deploy [--region R] [--stack-name S] [--alert-email E] [--severity-threshold N]
-#   deploy.sh nuke   [--region R] [--stack-name S] [--purge-artifacts] [--yes]
+#   deploy.sh deploy [--region R | --regions R1,R2] [--stack-name S] [--alert-email E] ...
+#   deploy.sh nuke   [--region R | --regions R1,R2] [--stack-name S] [--purge-artifacts] [--yes]
 #
 # Only `deploy` and `nuke` talk to AWS, with the caller's credentials. `local` needs no AWS at all.
 set -euo pipefail
@@ -13,22 +13,26 @@ source "$(dirname "$0")/lib/common.sh"
 usage() {
   cat <<'EOF'
 Usage:
-  deploy.sh local [EVENT] [--json] [--missing-instance] [--severity-threshold N]
+  deploy.sh local [EVENT] [--json] [--missing-instance] [--member-account] [--severity-threshold N]
       Run the real state machine and the real Rust functions against a local AWS emulator, on a
       simulated compromised instance, and print what happened. EVENT defaults to
       events/credential-exfiltration.json. --missing-instance points the event at an instance
-      that does not exist, to show a failing step caught and reported. Exit status: 0 when the
+      that does not exist, to show a failing step caught and reported. --member-account puts
+      the instance in a member account, contained through the member role. Exit status: 0 when the
       execution succeeded or the rule did not match, 3 when the execution ended Failed.
 
   deploy.sh invoke FUNCTION EVENT
       Invoke one function (isolate, snapshot, deny-role, notify) with an event, on the local
       emulator and a simulated instance: `sam local invoke` without Docker. Prints the result.
 
-  deploy.sh deploy [--region R] [--stack-name S] [--alert-email E] [--severity-threshold N]
-      sam build + sam deploy with your AWS credentials. Environment: AWS_REGION, STACK_NAME,
-      ALERT_EMAIL, SEVERITY_THRESHOLD.
+  deploy.sh deploy [--region R | --regions R1,R2] [--stack-name S] [--alert-email E]
+                   [--severity-threshold N] [--member-role-name NAME --external-id ID]
+                   [--allow-accounts A1,A2] [--deny-accounts A1,A2]
+      sam build + sam deploy with your AWS credentials, in each region. Environment: AWS_REGION,
+      REGIONS, STACK_NAME, ALERT_EMAIL, SEVERITY_THRESHOLD, MEMBER_ROLE_NAME,
+      MEMBER_ROLE_EXTERNAL_ID, MEMBER_ACCOUNTS_ALLOW, MEMBER_ACCOUNTS_DENY.
 
-  deploy.sh nuke [--region R] [--stack-name S] [--purge-artifacts] [--yes]
+  deploy.sh nuke [--region R | --regions R1,R2] [--stack-name S] [--purge-artifacts] [--yes]
       Delete the stack. With --purge-artifacts, also list the quarantine artifacts the responder
       created (snapshots, quarantine groups, DenyAll policy and inline denies) and remove them
       after confirmation (--yes: no question).
@@ -36,6 +40,11 @@ EOF
 }
 
 STACK_NAME="${STACK_NAME:-ec2-quarantine}"
+REGIONS="${REGIONS:-}"
+MEMBER_ROLE_NAME="${MEMBER_ROLE_NAME:-}"
+MEMBER_ROLE_EXTERNAL_ID="${MEMBER_ROLE_EXTERNAL_ID:-}"
+MEMBER_ACCOUNTS_ALLOW="${MEMBER_ACCOUNTS_ALLOW:-}"
+MEMBER_ACCOUNTS_DENY="${MEMBER_ACCOUNTS_DENY:-}"
 ALERT_EMAIL="${ALERT_EMAIL:-}"
 SEVERITY_THRESHOLD="${SEVERITY_THRESHOLD:-}"
 REGION="${AWS_REGION:-${AWS_DEFAULT_REGION:-}}"
@@ -48,7 +57,7 @@ cmd_local() {
   local args=()
   while [[ $# -gt 0 ]]; do
     case "$1" in
-      --json | --missing-instance) args+=("$1") ;;
+      --json | --missing-instance | --member-account) args+=("$1") ;;
       --severity-threshold) need_value "$@"; args+=("$1" "$2"); shift ;;
       -h | --help) usage; exit 0 ;;
       -*) die "unknown option $1 (see deploy.sh --help)" ;;
@@ -90,6 +99,11 @@ parse_aws_flags() {
   while [[ $# -gt 0 ]]; do
     case "$1" in
       --region) need_value "$@"; REGION="$2"; shift ;;
+      --regions) need_value "$@"; REGIONS="$2"; shift ;;
+      --member-role-name) need_value "$@"; MEMBER_ROLE_NAME="$2"; shift ;;
+      --external-id) need_value "$@"; MEMBER_ROLE_EXTERNAL_ID="$2"; shift ;;
+      --allow-accounts) need_value "$@"; MEMBER_ACCOUNTS_ALLOW="$2"; shift ;;
+      --deny-accounts) need_value "$@"; MEMBER_ACCOUNTS_DENY="$2"; shift ;;
       --stack-name) need_value "$@"; STACK_NAME="$2"; shift ;;
       --alert-email) need_value "$@"; ALERT_EMAIL="$2"; shift ;;
       --severity-threshold) need_value "$@"; SEVERITY_THRESHOLD="$2"; shift ;;
@@ -104,6 +118,16 @@ parse_aws_flags() {
   if [[ -n "$SEVERITY_THRESHOLD" ]] && ! [[ "$SEVERITY_THRESHOLD" =~ ^([0-9]|10)(\.[0-9]+)?$ ]]; then
     die "--severity-threshold must be a number from 0 to 10, got $SEVERITY_THRESHOLD"
   fi
+  local list
+  for list in "$MEMBER_ACCOUNTS_ALLOW" "$MEMBER_ACCOUNTS_DENY"; do
+    [[ -z "$list" || "$list" =~ ^[0-9]{12}(,[0-9]{12})*$ ]] || die "account lists are comma-separated 12-digit ids, got $list"
+  done
+  if [[ -n "$MEMBER_ROLE_NAME" && -z "$MEMBER_ROLE_EXTERNAL_ID" ]]; then
+    die "--member-role-name needs --external-id (the one given to helper_scripts/member-account-role.yaml)"
+  fi
+  [[ -n "$REGIONS" && -n "$REGION" && "$REGIONS" != *"$REGION"* ]] && log "--regions given: ignoring region $REGION"
+  [[ -n "$REGIONS" ]] || REGIONS="$REGION"
+  return 0
 }
 
 SAM=""
@@ -116,15 +140,18 @@ require_aws_tools() {
     die "the AWS SAM CLI is not installed: pip install aws-sam-cli (or run helper_scripts/test.sh once, which installs it into .tools/venv)"
   fi
   command -v aws >/dev/null || die "the AWS CLI is not installed: see https://aws.amazon.com/cli/"
-  if [[ -z "$REGION" ]]; then
-    REGION="$(aws configure get region 2>/dev/null || true)"
+  if [[ -z "$REGIONS" ]]; then
+    REGIONS="$(aws configure get region 2>/dev/null || true)"
   fi
-  [[ -n "$REGION" ]] || die "no region: pass --region or set AWS_REGION (use the region where GuardDuty runs)"
-  [[ "$REGION" =~ ^[a-z]{2}(-[a-z]+)+-[0-9]+$ ]] || die "not an AWS region name: $REGION"
+  [[ -n "$REGIONS" ]] || die "no region: pass --region or --regions, or set AWS_REGION (use the regions where GuardDuty runs)"
+  local r
+  for r in ${REGIONS//,/ }; do
+    [[ "$r" =~ ^[a-z]{2}(-[a-z]+)+-[0-9]+$ ]] || die "not an AWS region name: $r"
+  done
   local identity
-  identity="$(aws sts get-caller-identity --region "$REGION" --output text --query Arn 2>&1)" ||
+  identity="$(aws sts get-caller-identity --region "${REGIONS%%,*}" --output text --query Arn 2>&1)" ||
     die "no usable AWS credentials ($identity): configure them (aws configure, AWS_PROFILE or SSO) first"
-  log "acting as $identity in $REGION"
+  log "acting as $identity in ${REGIONS//,/, }"
   export SAM_CLI_TELEMETRY=0
 }
 
@@ -140,13 +167,20 @@ cmd_deploy() {
   local params=()
   [[ -n "$ALERT_EMAIL" ]] && params+=("AlertEmail=$ALERT_EMAIL")
   [[ -n "$SEVERITY_THRESHOLD" ]] && params+=("SeverityThreshold=$SEVERITY_THRESHOLD")
-  log "sam deploy: stack $STACK_NAME in $REGION"
-  "$SAM" deploy --stack-name "$STACK_NAME" --region "$REGION" --resolve-s3 \
-    --capabilities CAPABILITY_IAM --no-fail-on-empty-changeset --no-confirm-changeset \
-    ${params[@]:+--parameter-overrides "${params[@]}"}
-  aws cloudformation describe-stacks --stack-name "$STACK_NAME" --region "$REGION" \
-    --query 'Stacks[0].Outputs[].[OutputKey,OutputValue]' --output text
-  [[ -n "$ALERT_EMAIL" ]] && log "confirm the subscription mail sent to $ALERT_EMAIL"
+  [[ -n "$MEMBER_ROLE_NAME" ]] && params+=("MemberRoleName=$MEMBER_ROLE_NAME" "MemberRoleExternalId=$MEMBER_ROLE_EXTERNAL_ID")
+  [[ -n "$MEMBER_ACCOUNTS_ALLOW" ]] && params+=("MemberAccountsAllow=$MEMBER_ACCOUNTS_ALLOW")
+  [[ -n "$MEMBER_ACCOUNTS_DENY" ]] && params+=("MemberAccountsDeny=$MEMBER_ACCOUNTS_DENY")
+  # GuardDuty findings are regional: one responder per region, from the same build.
+  local region
+  for region in ${REGIONS//,/ }; do
+    log "sam deploy: stack $STACK_NAME in $region"
+    "$SAM" deploy --stack-name "$STACK_NAME" --region "$region" --resolve-s3 \
+      --capabilities CAPABILITY_IAM --no-fail-on-empty-changeset --no-confirm-changeset \
+      ${params[@]:+--parameter-overrides "${params[@]}"}
+    aws cloudformation describe-stacks --stack-name "$STACK_NAME" --region "$region" \
+      --query 'Stacks[0].Outputs[].[OutputKey,OutputValue]' --output text
+  done
+  [[ -n "$ALERT_EMAIL" ]] && log "confirm the subscription mail(s) sent to $ALERT_EMAIL"
   return 0
 }
 
@@ -161,13 +195,17 @@ confirm() {
 cmd_nuke() {
   parse_aws_flags "$@"
   require_aws_tools
-  if aws cloudformation describe-stacks --stack-name "$STACK_NAME" --region "$REGION" >/dev/null 2>&1; then
-    confirm "Delete stack $STACK_NAME in $REGION?" || die "nothing deleted"
-    "$SAM" delete --stack-name "$STACK_NAME" --region "$REGION" --no-prompts
-  else
-    log "no stack $STACK_NAME in $REGION"
-  fi
-  [[ "$PURGE" == true ]] && purge_artifacts
+  local region
+  for region in ${REGIONS//,/ }; do
+    REGION="$region"
+    if aws cloudformation describe-stacks --stack-name "$STACK_NAME" --region "$REGION" >/dev/null 2>&1; then
+      confirm "Delete stack $STACK_NAME in $REGION?" || die "nothing deleted in $REGION"
+      "$SAM" delete --stack-name "$STACK_NAME" --region "$REGION" --no-prompts
+    else
+      log "no stack $STACK_NAME in $REGION"
+    fi
+    [[ "$PURGE" == true ]] && purge_artifacts
+  done
   return 0
 }
 

@@ -22,6 +22,8 @@ stop_emulator
 
 log "sam validate --lint"
 "$VENV/bin/sam" validate --lint --region us-east-1 --template-file template.yaml
+log "cfn-lint helper_scripts/*.yaml (plain CloudFormation)"
+"$VENV/bin/cfn-lint" helper_scripts/*.yaml
 log "asl-validator"
 for asl in statemachine/*.asl.json; do
   "$TOOLS_DIR/node/node_modules/.bin/asl-validator" --json-path "$asl"

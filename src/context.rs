@@ -2,18 +2,122 @@
 //!
 //! The SDK configuration is read once from the standard environment (credentials, region,
 //! `AWS_ENDPOINT_URL`), so the same binary runs against AWS and against a local emulator. Clients
-//! for a finding are made per [`Scope`]: the calls of a containment step go to the finding's own
-//! region. They share the configuration's HTTP client and credentials cache, so making them is
-//! cheap and opens no connection.
+//! for a finding are made per target: every call of a containment step goes to the finding's own
+//! account and region. In the responder's own account the function's credentials are used; in a
+//! member account, credentials of the member role, assumed once per step with a session named
+//! after the finding. Clients share the configuration's HTTP client, so making them opens no
+//! connection.
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::Credentials;
+use aws_credential_types::provider::SharedCredentialsProvider;
+use tracing::info;
 
 use crate::error::Error;
-use crate::finding::Scope;
+use crate::finding::{Target, is_role_name};
+
+/// Who the responder may act for, read once at init from the function's environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrgSettings {
+    /// The responder's own account (`RESPONDER_ACCOUNT_ID`); findings of any other account are
+    /// member-account findings.
+    pub responder_account: Option<String>,
+    /// The role to assume in member accounts (`MEMBER_ROLE_NAME`); none: act in the own account only.
+    pub member_role_name: Option<String>,
+    /// The external id the member role's trust policy requires (`MEMBER_ROLE_EXTERNAL_ID`).
+    pub external_id: Option<String>,
+    /// Member accounts acted on (`MEMBER_ACCOUNTS_ALLOW`, comma-separated); empty: all of them.
+    pub allow: Vec<String>,
+    /// Accounts never acted on, the own one included (`MEMBER_ACCOUNTS_DENY`, comma-separated).
+    pub deny: Vec<String>,
+}
+
+impl OrgSettings {
+    pub fn from_env() -> Result<OrgSettings, Error> {
+        let var = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let accounts = |name: &str| -> Result<Vec<String>, Error> {
+            var(name)
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|a| !a.is_empty())
+                .map(|a| {
+                    if is_account_id(a) {
+                        Ok(a.to_owned())
+                    } else {
+                        Err(Error::Misconfigured(format!(
+                            "{name}: {a:?} is not a 12-digit account id"
+                        )))
+                    }
+                })
+                .collect()
+        };
+        let settings = OrgSettings {
+            responder_account: var("RESPONDER_ACCOUNT_ID"),
+            member_role_name: var("MEMBER_ROLE_NAME"),
+            external_id: var("MEMBER_ROLE_EXTERNAL_ID"),
+            allow: accounts("MEMBER_ACCOUNTS_ALLOW")?,
+            deny: accounts("MEMBER_ACCOUNTS_DENY")?,
+        };
+        if let Some(a) = &settings.responder_account
+            && !is_account_id(a)
+        {
+            return Err(Error::Misconfigured(format!(
+                "RESPONDER_ACCOUNT_ID {a:?} is not a 12-digit account id"
+            )));
+        }
+        if let Some(r) = &settings.member_role_name
+            && !is_role_name(r)
+        {
+            return Err(Error::Misconfigured(format!(
+                "MEMBER_ROLE_NAME {r:?} is not an IAM role name"
+            )));
+        }
+        Ok(settings)
+    }
+
+    fn is_own(&self, account: &str) -> bool {
+        self.responder_account
+            .as_deref()
+            .is_none_or(|own| own == account)
+    }
+
+    /// Why the responder must not act in `account`, if it must not.
+    pub fn refusal(&self, account: &str) -> Option<String> {
+        if self.deny.iter().any(|a| a == account) {
+            return Some(format!("account {account} is on the responder's deny-list"));
+        }
+        if self.is_own(account) {
+            return None;
+        }
+        if !self.allow.is_empty() && !self.allow.iter().any(|a| a == account) {
+            return Some(format!(
+                "member account {account} is not on the responder's allow-list"
+            ));
+        }
+        if self.member_role_name.is_none() {
+            return Some(format!(
+                "account {account} is not the responder's own and no member role is configured"
+            ));
+        }
+        None
+    }
+}
+
+fn is_account_id(s: &str) -> bool {
+    s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit())
+}
 
 #[derive(Debug, Clone)]
 pub struct Ctx {
     config: SdkConfig,
+    sts: aws_sdk_sts::Client,
+    org: OrgSettings,
 }
 
 /// The clients a containment step uses, bound to the finding's account and region.
@@ -24,36 +128,100 @@ pub struct Clients {
 }
 
 impl Ctx {
-    /// Loads the SDK configuration from the environment. Makes no network call.
-    pub async fn load() -> Ctx {
-        Ctx::from_config(aws_config::load_defaults(BehaviorVersion::latest()).await)
+    /// Loads the SDK configuration and the organization settings from the environment. Makes
+    /// no network call; bad settings fail here, at init, with a clear message.
+    pub async fn load() -> Result<Ctx, Error> {
+        let config = aws_config::load_defaults(BehaviorVersion::latest()).await;
+        Ok(Ctx::new(config, OrgSettings::from_env()?))
     }
 
+    pub fn new(config: SdkConfig, org: OrgSettings) -> Ctx {
+        let sts = aws_sdk_sts::Client::new(&config);
+        Ctx { config, sts, org }
+    }
+
+    /// A context acting only in the account of its own credentials.
     pub fn from_config(config: SdkConfig) -> Ctx {
-        Ctx { config }
+        Ctx::new(config, OrgSettings::default())
+    }
+
+    /// The same context with another STS client (tests use a mocked one).
+    pub fn with_sts(mut self, sts: aws_sdk_sts::Client) -> Ctx {
+        self.sts = sts;
+        self
     }
 
     pub fn config(&self) -> &SdkConfig {
         &self.config
     }
 
-    /// Clients for the finding's account and region.
-    ///
-    /// Today the responder acts with its own credentials, so the finding's account must be the
-    /// responder's (calls in any other account fail with AWS's own error). This is the one place
-    /// where acting in a member account through an assumed role belongs; it is async for that.
-    pub async fn clients(&self, scope: &Scope) -> Result<Clients, Error> {
-        let region = Region::new(scope.region.clone());
-        let ec2 = aws_sdk_ec2::config::Builder::from(&self.config)
-            .region(region.clone())
-            .build();
-        let iam = aws_sdk_iam::config::Builder::from(&self.config)
-            .region(region)
-            .build();
+    pub fn org(&self) -> &OrgSettings {
+        &self.org
+    }
+
+    /// Clients for the target's account and region: the function's own credentials in its own
+    /// account, the member role's in a member account (the caller checks `org().refusal` first).
+    pub async fn clients(&self, target: &Target) -> Result<Clients, Error> {
+        let scope = &target.scope;
+        let mut config = self.config.to_builder();
+        config.set_region(Some(Region::new(scope.region.clone())));
+        if !self.org.is_own(&scope.account_id) {
+            let credentials = self.assume_member_role(target).await?;
+            config.set_credentials_provider(Some(SharedCredentialsProvider::new(credentials)));
+        }
+        let config = config.build();
         Ok(Clients {
-            ec2: aws_sdk_ec2::Client::from_conf(ec2),
-            iam: aws_sdk_iam::Client::from_conf(iam),
+            ec2: aws_sdk_ec2::Client::new(&config),
+            iam: aws_sdk_iam::Client::new(&config),
         })
+    }
+
+    async fn assume_member_role(&self, target: &Target) -> Result<Credentials, Error> {
+        let scope = &target.scope;
+        let role_name = self.org.member_role_name.as_deref().unwrap_or_default();
+        let role_arn = format!(
+            "arn:{}:iam::{}:role/{role_name}",
+            scope.partition, scope.account_id
+        );
+        // The session name shows in the member account's CloudTrail: it names the finding.
+        let session: String = format!("ec2-quarantine-{}", target.finding_id)
+            .chars()
+            .take(64)
+            .collect();
+        let out = self
+            .sts
+            .assume_role()
+            .role_arn(&role_arn)
+            .role_session_name(&session)
+            .set_external_id(self.org.external_id.clone())
+            .duration_seconds(900)
+            .send()
+            .await
+            .map_err(|e| {
+                let err = Error::from_sdk("sts:AssumeRole", e);
+                if err.name().is_retryable() {
+                    err
+                } else {
+                    Error::MemberRoleUnavailable {
+                        role_arn: role_arn.clone(),
+                        reason: err.to_string(),
+                    }
+                }
+            })?;
+        let c = out
+            .credentials()
+            .ok_or_else(|| Error::MemberRoleUnavailable {
+                role_arn: role_arn.clone(),
+                reason: "sts:AssumeRole returned no credentials".into(),
+            })?;
+        info!(role = %role_arn, session = %session, "acting in member account");
+        Ok(Credentials::new(
+            c.access_key_id(),
+            c.secret_access_key(),
+            Some(c.session_token().to_owned()),
+            std::time::SystemTime::try_from(*c.expiration()).ok(),
+            "ec2-quarantine-member-role",
+        ))
     }
 
     /// A client for the responder's own SNS topic, in the region named by its ARN.
@@ -63,5 +231,62 @@ impl Ctx {
             builder = builder.region(Region::new(region.to_owned()));
         }
         aws_sdk_sns::Client::from_conf(builder.build())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn org() -> OrgSettings {
+        OrgSettings {
+            responder_account: Some("111111111111".into()),
+            member_role_name: Some("ec2-quarantine-member".into()),
+            external_id: Some("x".into()),
+            allow: vec![],
+            deny: vec![],
+        }
+    }
+
+    #[test]
+    fn own_account_is_always_acted_on_unless_denied() {
+        let mut o = org();
+        o.allow = vec!["222222222222".into()];
+        assert_eq!(o.refusal("111111111111"), None);
+        o.deny = vec!["111111111111".into()];
+        assert!(o.refusal("111111111111").unwrap().contains("deny-list"));
+    }
+
+    #[test]
+    fn member_accounts_follow_the_lists() {
+        let mut o = org();
+        assert_eq!(
+            o.refusal("222222222222"),
+            None,
+            "no allow-list: every member"
+        );
+        o.allow = vec!["222222222222".into()];
+        assert_eq!(o.refusal("222222222222"), None);
+        assert!(
+            o.refusal("333333333333")
+                .unwrap()
+                .contains("not on the responder's allow-list")
+        );
+        o.deny = vec!["222222222222".into()];
+        assert!(o.refusal("222222222222").unwrap().contains("deny-list"));
+    }
+
+    #[test]
+    fn without_a_member_role_only_the_own_account_is_acted_on() {
+        let mut o = org();
+        o.member_role_name = None;
+        assert_eq!(o.refusal("111111111111"), None);
+        assert!(
+            o.refusal("222222222222")
+                .unwrap()
+                .contains("no member role is configured")
+        );
+        // Without a known own account, every finding is taken as the own account's.
+        assert_eq!(OrgSettings::default().refusal("222222222222"), None);
     }
 }

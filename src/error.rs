@@ -31,10 +31,12 @@ pub enum ErrorName {
     ContainmentIncomplete,
     /// The function's own settings are missing or wrong.
     Misconfigured,
+    /// The member account's role could not be assumed (missing, or not trusting the responder).
+    MemberRoleUnavailable,
 }
 
 impl ErrorName {
-    pub const ALL: [ErrorName; 7] = [
+    pub const ALL: [ErrorName; 8] = [
         ErrorName::TransientAwsError,
         ErrorName::AccessDenied,
         ErrorName::AwsRequestFailed,
@@ -42,6 +44,7 @@ impl ErrorName {
         ErrorName::InvalidEvent,
         ErrorName::ContainmentIncomplete,
         ErrorName::Misconfigured,
+        ErrorName::MemberRoleUnavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +56,7 @@ impl ErrorName {
             ErrorName::InvalidEvent => "InvalidEvent",
             ErrorName::ContainmentIncomplete => "ContainmentIncomplete",
             ErrorName::Misconfigured => "Misconfigured",
+            ErrorName::MemberRoleUnavailable => "MemberRoleUnavailable",
         }
     }
 
@@ -119,6 +123,9 @@ pub enum Error {
 
     #[error("misconfigured: {0}")]
     Misconfigured(String),
+
+    #[error("cannot act in the member account: assuming {role_arn} failed: {reason}")]
+    MemberRoleUnavailable { role_arn: String, reason: String },
 }
 
 fn render_failures(failed: &[(String, Error)]) -> String {
@@ -147,6 +154,7 @@ impl Error {
                 }
             }
             Error::Misconfigured(_) => ErrorName::Misconfigured,
+            Error::MemberRoleUnavailable { .. } => ErrorName::MemberRoleUnavailable,
         }
     }
 
@@ -266,7 +274,8 @@ mod tests {
                 "InstanceNotFound",
                 "InvalidEvent",
                 "ContainmentIncomplete",
-                "Misconfigured"
+                "Misconfigured",
+                "MemberRoleUnavailable"
             ]
         );
         let retryable: Vec<&str> = ErrorName::ALL

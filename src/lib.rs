@@ -31,7 +31,8 @@ pub(crate) fn now_rfc3339() -> String {
 }
 
 /// Runs a containment step on the target a finding names, with clients for the finding's
-/// account and region; a finding that names nothing to contain is skipped with the reason.
+/// account and region; a finding that names nothing to contain, or an account the responder
+/// must not act in, is skipped with the reason.
 pub(crate) async fn for_target<T, F, Fut>(
     ctx: &Ctx,
     event: &finding::FindingEvent,
@@ -48,7 +49,11 @@ where
             return Ok(Outcome::skipped(reason));
         }
     };
-    let clients = ctx.clients(&target.scope).await?;
+    if let Some(reason) = ctx.org().refusal(&target.scope.account_id) {
+        tracing::info!(%reason, "skipped: not acting in this account");
+        return Ok(Outcome::skipped(reason));
+    }
+    let clients = ctx.clients(&target).await?;
     // Boxed: the SDK's futures nest deep enough to exceed rustc's layout depth limit otherwise.
     Box::pin(step(clients, target)).await
 }

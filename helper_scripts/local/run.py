@@ -39,6 +39,10 @@ REGION = "us-east-1"
 ACCOUNT = "123456789012"
 IMAGE_ID = "ami-1e749f67"
 MISSING_INSTANCE = "i-0fffffffffffffff0"
+MEMBER_ACCOUNT = "210987654321"
+MEMBER_ROLE = "ec2-quarantine-member"
+MEMBER_EXTERNAL_ID = "local-run-external-id"
+MEMBER_TEMPLATE = ROOT / "helper_scripts" / "member-account-role.yaml"
 # Binary name -> the template's substitution for its ARN.
 FUNCTIONS = {
     "isolate": "IsolateFunctionArn",
@@ -171,13 +175,14 @@ def simulate_compromised_instance(ec2, iam) -> dict:
 
 
 def point_event_at(event: dict, sim: dict, instance_id: str) -> dict:
-    """Where the event names an instance or a role, they become the simulated ones."""
+    """Where the event names an instance or a role, they become the simulated ones (and its
+    account the simulated instance's)."""
     event = json.loads(json.dumps(event))
-    event["account"], event["region"] = ACCOUNT, REGION
+    event["account"], event["region"] = sim["account"], REGION
     detail = event.get("detail")
     if not isinstance(detail, dict):
         return event
-    detail["accountId"], detail["region"] = ACCOUNT, REGION
+    detail["accountId"], detail["region"] = sim["account"], REGION
     resource = detail.get("resource")
     if not isinstance(resource, dict):
         return event
@@ -192,6 +197,19 @@ def point_event_at(event: dict, sim: dict, instance_id: str) -> dict:
         if keys.get("userName"):
             keys["userName"] = sim["role_name"]
     return event
+
+
+def administrator_state(ec2, iam) -> dict:
+    """What the responder made in its own account (nothing, when the finding is a member's)."""
+    tagged = [{"Name": "tag-key", "Values": ["ec2-quarantine:isolation-group"]}]
+    policies = iam.list_policies(Scope="Local", PathPrefix="/ec2-quarantine/")["Policies"]
+    return {
+        "quarantine_groups": len(ec2.describe_security_groups(Filters=tagged)["SecurityGroups"]),
+        "forensic_snapshots": len(
+            ec2.describe_snapshots(Filters=[{"Name": "tag-key", "Values": ["ec2-quarantine:finding-id"]}])["Snapshots"]
+        ),
+        "deny_all_policies": len(policies),
+    }
 
 
 def emulator_state(ec2, iam, sim: dict) -> dict:
@@ -303,7 +321,7 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def local_stack(bin_dir: Path, log_dir: Path):
+def local_stack(bin_dir: Path, log_dir: Path, member_account: str | None = None):
     """The emulator with the stack's resources, the functions served, and a simulated instance.
 
     Yields a namespace with the boto3 clients, the Lambda service, the topic and subscriber
@@ -339,7 +357,10 @@ def local_stack(bin_dir: Path, log_dir: Path):
             st.queue_url = st.sqs.create_queue(QueueName="security-team-inbox")["QueueUrl"]
             queue_arn = st.sqs.get_queue_attributes(QueueUrl=st.queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
             st.sns.subscribe(TopicArn=st.topic, Protocol="sqs", Endpoint=queue_arn)
-            env = function_env(emulator, REGION, {"ALERT_TOPIC_ARN": st.topic})
+            settings = {"ALERT_TOPIC_ARN": st.topic, "RESPONDER_ACCOUNT_ID": ACCOUNT}
+            if member_account:
+                settings.update({"MEMBER_ROLE_NAME": MEMBER_ROLE, "MEMBER_ROLE_EXTERNAL_ID": MEMBER_EXTERNAL_ID})
+            env = function_env(emulator, REGION, settings)
             for binary in FUNCTIONS:
                 service.add(binary, bin_dir / binary, env, log_dir / f"{binary}.log")
             sm_role = st.iam.create_role(
@@ -353,12 +374,41 @@ def local_stack(bin_dir: Path, log_dir: Path):
                 definition=state_machine_definition({b: service.arn(b) for b in FUNCTIONS}),
                 roleArn=sm_role,
             )["stateMachineArn"]
-            st.sim = simulate_compromised_instance(st.ec2, st.iam)
+            st.target_ec2, st.target_iam = st.ec2, st.iam
+            if member_account:
+                st.target_ec2, st.target_iam = member_clients(member_account)
+            st.sim = simulate_compromised_instance(st.target_ec2, st.target_iam)
+            st.sim["account"] = member_account or ACCOUNT
             yield st
         finally:
             service.stop()
             server.stop()
             os.environ.pop("AWS_ENDPOINT_URL_LAMBDA", None)
+
+
+def member_clients(account: str):
+    """Clients acting in a member account, whose member role comes from the member template."""
+    import boto3
+
+    sts = boto3.client("sts", region_name=REGION)
+    c = sts.assume_role(RoleArn=f"arn:aws:iam::{account}:role/OrganizationAccountAccessRole", RoleSessionName="setup")["Credentials"]
+    session = boto3.Session(
+        aws_access_key_id=c["AccessKeyId"], aws_secret_access_key=c["SecretAccessKey"], aws_session_token=c["SessionToken"], region_name=REGION
+    )
+    cfn = session.client("cloudformation")
+    cfn.create_stack(
+        StackName="ec2-quarantine-member",
+        TemplateBody=MEMBER_TEMPLATE.read_text(),
+        Parameters=[
+            {"ParameterKey": "ResponderAccountId", "ParameterValue": ACCOUNT},
+            {"ParameterKey": "ExternalId", "ParameterValue": MEMBER_EXTERNAL_ID},
+        ],
+        Capabilities=["CAPABILITY_NAMED_IAM"],
+    )
+    status = cfn.describe_stacks(StackName="ec2-quarantine-member")["Stacks"][0]["StackStatus"]
+    if status != "CREATE_COMPLETE":
+        raise HarnessError(f"the member template did not deploy on the emulator: {status}")
+    return session.client("ec2"), session.client("iam")
 
 
 def received_notification(st) -> dict | None:
@@ -374,7 +424,14 @@ def received_notification(st) -> dict | None:
     }
 
 
-def run(event_path: Path, bin_dir: Path, missing_instance: bool = False, severity_threshold: str | None = None, log_dir: Path | None = None) -> dict:
+def run(
+    event_path: Path,
+    bin_dir: Path,
+    missing_instance: bool = False,
+    severity_threshold: str | None = None,
+    log_dir: Path | None = None,
+    member_account: bool = False,
+) -> dict:
     """The whole workflow on one finding event, as EventBridge and Step Functions would run it."""
     raw = json.loads(event_path.read_text())
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="ec2-quarantine-local-"))
@@ -384,7 +441,7 @@ def run(event_path: Path, bin_dir: Path, missing_instance: bool = False, severit
 
     started = time.monotonic()
     try:
-        with local_stack(bin_dir, log_dir) as st:
+        with local_stack(bin_dir, log_dir, MEMBER_ACCOUNT if member_account else None) as st:
             sim = st.sim
             target = MISSING_INSTANCE if missing_instance else sim["instance_id"]
             event = point_event_at(raw, sim, target)
@@ -397,7 +454,8 @@ def run(event_path: Path, bin_dir: Path, missing_instance: bool = False, severit
                 "target_instance": target,
             }
             report["simulated"] = sim
-            before = emulator_state(st.ec2, st.iam, sim)
+            report["accounts"] = {"responder": ACCOUNT, "instance": sim["account"]}
+            before = emulator_state(st.target_ec2, st.target_iam, sim)
 
             matched = rule_matches(pattern, event)
             report["rule"] = {"matched": matched, "pattern": pattern}
@@ -415,7 +473,9 @@ def run(event_path: Path, bin_dir: Path, missing_instance: bool = False, severit
                 report["states"] = states_from_history(history)
                 report["invocations"] = {name: fn.invocations for name, fn in st.service.functions.items()}
                 report["notification"] = received_notification(st)
-            report["emulator"] = {"before": before, "after": emulator_state(st.ec2, st.iam, sim)}
+            report["emulator"] = {"before": before, "after": emulator_state(st.target_ec2, st.target_iam, sim)}
+            if member_account:
+                report["administrator_account"] = administrator_state(st.ec2, st.iam)
     finally:
         report["wall_seconds"] = round(time.monotonic() - started, 2)
     return report
@@ -459,6 +519,9 @@ def render(report: dict) -> str:
     sim = report.get("simulated", {})
     w(f"Simulated instance {sim.get('instance_id')} (role {sim.get('role_name')}, "
       f"{len(sim.get('interfaces', []))} interfaces, {len(sim.get('volumes', []))} volumes)")
+    accounts = report.get("accounts", {})
+    if accounts and accounts.get("responder") != accounts.get("instance"):
+        w(f"The instance is in member account {accounts['instance']}; the responder runs in {accounts['responder']}.")
     if f.get("target_instance") != sim.get("instance_id"):
         w(f"The event names {f.get('target_instance')}, which does not exist.")
     w("")
@@ -507,6 +570,10 @@ def render(report: dict) -> str:
     w(f"Role {role['name']}:")
     w(f"  attached: {', '.join(role['attached_policies']) or 'none'}")
     w(f"  inline:   {', '.join(role['inline_policies']) or 'none'}")
+    admin = report.get("administrator_account")
+    if admin is not None:
+        w(f"Responder's own account {accounts.get('responder')}: {admin['quarantine_groups']} quarantine groups, "
+          f"{admin['forensic_snapshots']} forensic snapshots, {admin['deny_all_policies']} DenyAll policies (untouched)")
     w("")
     n = report.get("notification")
     if n:
@@ -537,6 +604,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bin-dir", default=None, help="where the built function binaries are")
     p.add_argument("--missing-instance", action="store_true", help="point the event at an instance that does not exist (a failing step, caught and notified)")
     p.add_argument("--severity-threshold", default=None, help="the template's SeverityThreshold parameter (default: its default)")
+    p.add_argument("--member-account", action="store_true", help="put the instance in a member account; the responder acts there through the member role")
     p.add_argument("--log-dir", default=None, help="where the functions' logs go (default: a new temporary folder)")
     args = p.parse_args(argv)
 
@@ -557,6 +625,7 @@ def main(argv: list[str] | None = None) -> int:
             missing_instance=args.missing_instance,
             severity_threshold=args.severity_threshold,
             log_dir=log_dir,
+            member_account=args.member_account,
         )
     except HarnessError as e:
         print(f"error: {e}", file=sys.stderr)

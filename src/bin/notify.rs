@@ -7,7 +7,7 @@ use lambda_runtime::{LambdaEvent, service_fn};
 async fn main() -> Result<(), lambda_runtime::Error> {
     lambda_runtime::tracing::init_default_subscriber();
     let settings = &NotifySettings::from_env()?;
-    let ctx = &Ctx::load().await;
+    let ctx = &Ctx::load().await?;
     lambda_runtime::run(service_fn(
         |event: LambdaEvent<serde_json::Value>| async move {
             let input: NotifyInput = serde_json::from_value(event.payload)

@@ -163,3 +163,54 @@ def test_nuke_with_yes_deletes_the_stack(project):
     r = deploy_sh(project, "nuke", "--region", "eu-west-1", "--yes")
     assert r.returncode == 0, r.stderr
     assert "sam delete --stack-name ec2-quarantine --region eu-west-1 --no-prompts" in calls(project)
+
+
+def test_deploy_in_several_regions_deploys_one_stack_per_region(project):
+    stand_in(project, "sam", "exit 0")
+    stand_in(project, "cargo-lambda", "exit 0")
+    aws_with_credentials(project)
+    r = deploy_sh(project, "deploy", "--regions", "eu-west-1,us-east-2")
+    assert r.returncode == 0, r.stderr
+    sam = [c for c in calls(project) if c.startswith("sam ")]
+    assert [c for c in sam if c.startswith("sam build")] == [sam[0]], "one build for every region"
+    deploys = [c for c in sam if c.startswith("sam deploy")]
+    assert len(deploys) == 2
+    assert "--region eu-west-1" in deploys[0] and "--region us-east-2" in deploys[1]
+
+
+def test_nuke_in_several_regions_deletes_each(project):
+    stand_in(project, "sam", "exit 0")
+    aws_with_credentials(project)
+    r = deploy_sh(project, "nuke", "--regions", "eu-west-1,us-east-2", "--yes")
+    assert r.returncode == 0, r.stderr
+    deletes = [c for c in calls(project) if c.startswith("sam delete")]
+    assert deletes == [
+        "sam delete --stack-name ec2-quarantine --region eu-west-1 --no-prompts",
+        "sam delete --stack-name ec2-quarantine --region us-east-2 --no-prompts",
+    ]
+
+
+def test_organization_parameters_reach_the_stack(project):
+    stand_in(project, "sam", "exit 0")
+    stand_in(project, "cargo-lambda", "exit 0")
+    aws_with_credentials(project)
+    r = deploy_sh(
+        project, "deploy", "--region", "eu-west-1", "--member-role-name", "ec2-quarantine-member",
+        "--external-id", "s3cr3t-external", "--allow-accounts", "111111111111,222222222222",
+    )
+    assert r.returncode == 0, r.stderr
+    deploy = [c for c in calls(project) if c.startswith("sam deploy")][0]
+    assert "MemberRoleName=ec2-quarantine-member MemberRoleExternalId=s3cr3t-external" in deploy
+    assert "MemberAccountsAllow=111111111111,222222222222" in deploy
+
+
+def test_a_member_role_without_external_id_is_refused(project):
+    r = deploy_sh(project, "deploy", "--region", "eu-west-1", "--member-role-name", "ec2-quarantine-member")
+    assert r.returncode != 0
+    assert "needs --external-id" in r.stderr
+
+
+def test_a_malformed_account_list_is_refused(project):
+    r = deploy_sh(project, "deploy", "--region", "eu-west-1", "--deny-accounts", "1234")
+    assert r.returncode != 0
+    assert "12-digit" in r.stderr

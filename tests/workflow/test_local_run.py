@@ -143,3 +143,20 @@ def test_a_function_error_reaches_the_caller_as_a_lambda_function_error():
     result = local.invoke("isolate", EVENTS / "notify-input.json", BIN_DIR)
     assert result["function_error"] == "Unhandled"
     assert result["result"]["errorType"] == "InvalidEvent", result
+
+
+def test_a_member_account_instance_is_contained_from_the_administrator_account():
+    report = run("credential-exfiltration.json", member_account=True)
+    assert report["accounts"] == {"responder": local.ACCOUNT, "instance": local.MEMBER_ACCOUNT}
+    assert report["execution"]["status"] == "SUCCEEDED", report["execution"]
+    after = report["emulator"]["after"]
+    [group] = after["quarantine_groups"]
+    assert after["interface_groups"] == {eni: [group["id"]] for eni in report["simulated"]["interfaces"]}
+    assert f"arn:aws:iam::{local.MEMBER_ACCOUNT}:policy/ec2-quarantine/ec2-quarantine-DenyAll" in after["role"]["attached_policies"]
+    assert report["administrator_account"] == {"quarantine_groups": 0, "forensic_snapshots": 0, "deny_all_policies": 0}
+    n = report["notification"]
+    assert n["attributes"]["verdict"] == "contained"
+    assert n["attributes"]["account_id"] == local.MEMBER_ACCOUNT
+    # The member role's credentials never reach a log.
+    logs = "".join(p.read_text(errors="replace") for p in Path(report["logs"]).glob("*.log"))
+    assert "SecretAccessKey" not in logs and "session_token" not in logs.lower()
