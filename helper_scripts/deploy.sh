@@ -5,8 +5,10 @@
 #   deploy.sh invoke FUNCTION EVENT
 #   deploy.sh deploy [--region R | --regions R1,R2] [--stack-name S] [--alert-email E] ...
 #   deploy.sh nuke   [--region R | --regions R1,R2] [--stack-name S] [--purge-artifacts] [--yes]
+#   deploy.sh test-instance | fire EVENT [INSTANCE_ID] | verify [INSTANCE_ID]   (the test path)
 #
-# Only `deploy` and `nuke` talk to AWS, with the caller's credentials. `local` needs no AWS at all.
+# Only deploy, nuke, test-instance, fire and verify talk to AWS, with the caller's credentials.
+# local and invoke need no AWS at all.
 set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
 
@@ -33,9 +35,22 @@ Usage:
       MEMBER_ROLE_EXTERNAL_ID, MEMBER_ACCOUNTS_ALLOW, MEMBER_ACCOUNTS_DENY.
 
   deploy.sh nuke [--region R | --regions R1,R2] [--stack-name S] [--purge-artifacts] [--yes]
-      Delete the stack. With --purge-artifacts, also list the quarantine artifacts the responder
-      created (snapshots, quarantine groups, DenyAll policy and inline denies) and remove them
-      after confirmation (--yes: no question).
+      Delete the responder stack and the test instance stack. With --purge-artifacts, also the
+      quarantine artifacts the responder created (forensic snapshots, quarantine groups, the
+      DenyAll policy and inline denies, the quarantine profile), selected by the tool's tags and
+      names only. Lists everything and asks first (--yes: no question).
+
+  deploy.sh test-instance [--region R] [--ssh-cidr CIDR]
+      Deploy the deliberately "compromised" test instance (helper_scripts/test-instance.yaml);
+      prints its instance id and role name.
+
+  deploy.sh fire EVENT [INSTANCE_ID] [--region R] [--stack-name S] [--wait]
+      Start the state machine with EVENT pointed at the instance (default: the test instance),
+      without waiting 20-30 minutes for GuardDuty.
+
+  deploy.sh verify [INSTANCE_ID] [--region R] [--stack-name S] [--json]
+      What the workflow did to the instance: executions, groups per interface, snapshots, role
+      policies, quarantine tags. Exit status 0 when contained, 3 otherwise.
 EOF
 }
 
@@ -184,69 +199,23 @@ cmd_deploy() {
   return 0
 }
 
-confirm() {
-  [[ "$ASSUME_YES" == true ]] && return 0
-  [[ -t 0 ]] || die "$1: refusing without a terminal to confirm on (pass --yes)"
-  local answer
-  read -r -p "$1 [y/N] " answer
-  [[ "$answer" == y || "$answer" == Y || "$answer" == yes ]]
-}
 
 cmd_nuke() {
   parse_aws_flags "$@"
-  require_aws_tools
+  local flags=(--stack-name "$STACK_NAME")
+  [[ "$PURGE" == true ]] && flags+=(--purge-artifacts)
+  [[ "$ASSUME_YES" == true ]] && flags+=(--yes)
   local region
   for region in ${REGIONS//,/ }; do
-    REGION="$region"
-    if aws cloudformation describe-stacks --stack-name "$STACK_NAME" --region "$REGION" >/dev/null 2>&1; then
-      confirm "Delete stack $STACK_NAME in $REGION?" || die "nothing deleted in $REGION"
-      "$SAM" delete --stack-name "$STACK_NAME" --region "$REGION" --no-prompts
-    else
-      log "no stack $STACK_NAME in $REGION"
-    fi
-    [[ "$PURGE" == true ]] && purge_artifacts
+    ops nuke --region "$region" "${flags[@]}"
   done
-  return 0
+  [[ -n "$REGIONS" ]] || ops nuke "${flags[@]}"
 }
 
-# The responder's artifacts, selected only by the tool's own tags and names.
-purge_artifacts() {
-  local snapshots groups policy_arn roles_with_policy roles_with_inline account partition
-  account="$(aws sts get-caller-identity --query Account --output text)"
-  partition="$(aws sts get-caller-identity --query Arn --output text | cut -d: -f2)"
-  policy_arn="arn:$partition:iam::$account:policy/ec2-quarantine/ec2-quarantine-DenyAll"
-  snapshots="$(aws ec2 describe-snapshots --region "$REGION" --owner-ids self \
-    --filters Name=tag-key,Values=ec2-quarantine:finding-id --query 'Snapshots[].SnapshotId' --output text)"
-  groups="$(aws ec2 describe-security-groups --region "$REGION" \
-    --filters Name=tag-key,Values=ec2-quarantine:isolation-group --query 'SecurityGroups[].GroupId' --output text)"
-  roles_with_policy="$(aws iam list-entities-for-policy --policy-arn "$policy_arn" \
-    --query 'PolicyRoles[].RoleName' --output text 2>/dev/null || true)"
-  roles_with_inline=""
-  local role
-  for role in $(aws iam list-roles --query 'Roles[].RoleName' --output text); do
-    if aws iam get-role-policy --role-name "$role" --policy-name ec2-quarantine-revoke-older-sessions >/dev/null 2>&1; then
-      roles_with_inline+="$role "
-    fi
-  done
-  echo "Quarantine artifacts in $REGION (account $account):"
-  echo "  forensic snapshots:       ${snapshots:-none}"
-  echo "  quarantine groups:        ${groups:-none}"
-  echo "  DenyAll attached to:      ${roles_with_policy:-none}"
-  echo "  revoke-sessions deny on:  ${roles_with_inline:-none}"
-  echo "Removing the IAM denies gives the contained roles their permissions back. Snapshots are the evidence."
-  confirm "Remove all of these?" || { log "artifacts kept"; return 0; }
-  local id
-  for id in $snapshots; do aws ec2 delete-snapshot --region "$REGION" --snapshot-id "$id"; done
-  for id in $groups; do
-    aws ec2 delete-security-group --region "$REGION" --group-id "$id" ||
-      log "quarantine group $id is still in use (an instance is still isolated): kept"
-  done
-  for role in $roles_with_policy; do aws iam detach-role-policy --role-name "$role" --policy-arn "$policy_arn"; done
-  aws iam delete-policy --policy-arn "$policy_arn" 2>/dev/null || true
-  for role in $roles_with_inline; do
-    aws iam delete-role-policy --role-name "$role" --policy-name ec2-quarantine-revoke-older-sessions
-  done
-  log "artifacts removed"
+# The AWS operations of the user's test path (helper_scripts/aws_ops.py, boto3).
+ops() {
+  ensure_python_tools
+  "$VENV/bin/python" "$PROJECT_ROOT/helper_scripts/aws_ops.py" "$@"
 }
 
 # ------------------------------------------------------------------ main
@@ -257,6 +226,7 @@ shift
 case "$command" in
   local) cmd_local "$@" ;;
   invoke) cmd_invoke "$@" ;;
+  test-instance | fire | verify) ops "$command" "$@" ;;
   deploy) cmd_deploy "$@" ;;
   nuke) cmd_nuke "$@" ;;
   -h | --help | help) usage ;;

@@ -148,23 +148,6 @@ def test_environment_variables_configure_deploy(project):
     assert "SeverityThreshold=8" in deploy and "AlertEmail" not in deploy
 
 
-def test_nuke_without_a_terminal_needs_yes(project):
-    stand_in(project, "sam", "exit 0")
-    aws_with_credentials(project)
-    r = deploy_sh(project, "nuke", "--region", "eu-west-1")
-    assert r.returncode != 0
-    assert "pass --yes" in r.stderr
-    assert not any(c.startswith("sam delete") for c in calls(project))
-
-
-def test_nuke_with_yes_deletes_the_stack(project):
-    stand_in(project, "sam", "exit 0")
-    aws_with_credentials(project)
-    r = deploy_sh(project, "nuke", "--region", "eu-west-1", "--yes")
-    assert r.returncode == 0, r.stderr
-    assert "sam delete --stack-name ec2-quarantine --region eu-west-1 --no-prompts" in calls(project)
-
-
 def test_deploy_in_several_regions_deploys_one_stack_per_region(project):
     stand_in(project, "sam", "exit 0")
     stand_in(project, "cargo-lambda", "exit 0")
@@ -176,18 +159,6 @@ def test_deploy_in_several_regions_deploys_one_stack_per_region(project):
     deploys = [c for c in sam if c.startswith("sam deploy")]
     assert len(deploys) == 2
     assert "--region eu-west-1" in deploys[0] and "--region us-east-2" in deploys[1]
-
-
-def test_nuke_in_several_regions_deletes_each(project):
-    stand_in(project, "sam", "exit 0")
-    aws_with_credentials(project)
-    r = deploy_sh(project, "nuke", "--regions", "eu-west-1,us-east-2", "--yes")
-    assert r.returncode == 0, r.stderr
-    deletes = [c for c in calls(project) if c.startswith("sam delete")]
-    assert deletes == [
-        "sam delete --stack-name ec2-quarantine --region eu-west-1 --no-prompts",
-        "sam delete --stack-name ec2-quarantine --region us-east-2 --no-prompts",
-    ]
 
 
 def test_organization_parameters_reach_the_stack(project):

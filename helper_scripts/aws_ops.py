@@ -1,0 +1,439 @@
+"""The user's test path on an AWS account: the test instance, firing a finding at it, checking
+what the workflow did, and removing everything the tool made. Used by deploy.sh.
+
+Every call goes to the account and region of the caller's credentials (boto3's standard
+configuration: profile, SSO, environment, AWS_ENDPOINT_URL for the emulator in the tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import boto3
+from botocore.exceptions import BotoCoreError, ClientError
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_TEMPLATE = ROOT / "helper_scripts" / "test-instance.yaml"
+TEST_STACK = "ec2-quarantine-test-instance"
+TAG = "ec2-quarantine:"
+DENY_ALL = "ec2-quarantine-DenyAll"
+INLINE_DENY = "ec2-quarantine-revoke-older-sessions"
+QUARANTINE_PROFILE = "ec2-quarantine-quarantined"
+
+
+class OpsError(Exception):
+    pass
+
+
+def clients(region: str | None):
+    session = boto3.Session(region_name=region or os.environ.get("AWS_REGION") or None)
+    if not session.region_name:
+        raise OpsError("no region: pass --region or set AWS_REGION")
+    try:
+        identity = session.client("sts").get_caller_identity()
+    except (ClientError, BotoCoreError) as e:
+        raise OpsError(f"no usable AWS credentials: {e}") from e
+    return session, identity["Account"], identity["Arn"].split(":")[1]
+
+
+def stack_outputs(cfn, name: str) -> dict[str, str] | None:
+    try:
+        stacks = cfn.describe_stacks(StackName=name)["Stacks"]
+    except ClientError as e:
+        if "does not exist" in str(e):
+            return None
+        raise
+    return {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
+
+
+def wait_stack(cfn, name: str, done: set[str], timeout_s: float = 1800) -> str:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            status = cfn.describe_stacks(StackName=name)["Stacks"][0]["StackStatus"]
+        except ClientError as e:
+            if "does not exist" in str(e) and "DELETE_COMPLETE" in done:
+                return "DELETE_COMPLETE"
+            raise
+        if status in done or status.endswith("_FAILED") or status.endswith("ROLLBACK_COMPLETE"):
+            return status
+        if time.monotonic() > deadline:
+            raise OpsError(f"stack {name} still {status} after {timeout_s:.0f} s")
+        time.sleep(min(5.0, max(0.2, timeout_s / 1000)))
+
+
+# ---------------------------------------------------------------- test-instance
+
+
+def test_instance(args) -> int:
+    session, _, _ = clients(args.region)
+    cfn = session.client("cloudformation")
+    params = [{"ParameterKey": "SshCidr", "ParameterValue": args.ssh_cidr}]
+    if stack_outputs(cfn, TEST_STACK) is None:
+        cfn.create_stack(StackName=TEST_STACK, TemplateBody=TEST_TEMPLATE.read_text(), Parameters=params,
+                         Capabilities=["CAPABILITY_IAM"], Tags=[{"Key": f"{TAG}test-resource", "Value": "true"}])
+        status = wait_stack(cfn, TEST_STACK, {"CREATE_COMPLETE"})
+        if status != "CREATE_COMPLETE":
+            raise OpsError(f"the test stack ended {status}; see its events in the CloudFormation console")
+    out = stack_outputs(cfn, TEST_STACK) or {}
+    print(f"Test instance: {out.get('InstanceId')}")
+    print(f"Role:          {out.get('RoleName')}")
+    print(f"Public IP:     {out.get('PublicIp')}")
+    print("Next: use the role's credentials from outside AWS (README: Test it on AWS), or")
+    print("      ./helper_scripts/deploy.sh fire events/credential-exfiltration.json")
+    return 0
+
+
+# ---------------------------------------------------------------- fire
+
+
+def responder_state_machine(session, stack: str, explicit: str | None) -> str:
+    if explicit:
+        return explicit
+    out = stack_outputs(session.client("cloudformation"), stack)
+    if not out or "StateMachineArn" not in out:
+        raise OpsError(f"no responder stack {stack} with a StateMachineArn output in {session.region_name}: deploy it first")
+    return out["StateMachineArn"]
+
+
+def default_instance(session) -> str:
+    out = stack_outputs(session.client("cloudformation"), TEST_STACK)
+    if not out:
+        raise OpsError("no instance given and no test instance stack: pass INSTANCE_ID or run deploy.sh test-instance")
+    return out["InstanceId"]
+
+
+def instance_role(session, instance_id: str) -> str | None:
+    ec2, iam = session.client("ec2"), session.client("iam")
+    res = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+    if not res:
+        raise OpsError(f"no instance {instance_id} in {session.region_name}")
+    arn = (res[0]["Instances"][0].get("IamInstanceProfile") or {}).get("Arn")
+    if not arn:
+        return None
+    roles = iam.get_instance_profile(InstanceProfileName=arn.rsplit("/", 1)[1])["InstanceProfile"]["Roles"]
+    return roles[0]["RoleName"] if roles else None
+
+
+def point_event(event: dict, instance_id: str, role: str | None, account: str, region: str) -> dict:
+    event = json.loads(json.dumps(event))
+    event["account"], event["region"] = account, region
+    detail = event.setdefault("detail", {})
+    detail["accountId"], detail["region"] = account, region
+    resource = detail.get("resource") or {}
+    if isinstance(resource.get("instanceDetails"), dict):
+        resource["instanceDetails"]["instanceId"] = instance_id
+        resource["instanceDetails"].pop("iamInstanceProfile", None)
+    keys = resource.get("accessKeyDetails")
+    if isinstance(keys, dict):
+        keys["principalId"] = re.sub(r":[^:]*$", "", keys.get("principalId") or "AROAEXAMPLE") + ":" + instance_id
+        if role:
+            keys["userName"] = role
+    return event
+
+
+def fire(args) -> int:
+    session, account, _ = clients(args.region)
+    machine = responder_state_machine(session, args.stack_name, args.state_machine_arn)
+    instance_id = args.instance_id or default_instance(session)
+    event = point_event(json.loads(Path(args.event).read_text()), instance_id, instance_role(session, instance_id), account, session.region_name)
+    sfn = session.client("stepfunctions")
+    name = f"fire-{instance_id}-{int(time.time())}"
+    execution = sfn.start_execution(stateMachineArn=machine, name=name, input=json.dumps(event))["executionArn"]
+    print(f"Started {execution}")
+    print(f"  with {args.event} pointed at {instance_id} (account {account}, {session.region_name})")
+    print("EventBridge cannot be sent aws.guardduty events by hand (only AWS services publish aws.* sources),")
+    print("so this starts the state machine directly, as the rule would. Check the outcome with deploy.sh verify.")
+    if args.wait:
+        d = wait_execution(sfn, execution)
+        print(f"Execution {d['status']}")
+        return 0 if d["status"] == "SUCCEEDED" else 3
+    return 0
+
+
+def wait_execution(sfn, arn: str, timeout_s: float = 300) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        d = sfn.describe_execution(executionArn=arn)
+        if d["status"] != "RUNNING" or time.monotonic() > deadline:
+            return d
+        time.sleep(0.5)
+
+
+# ---------------------------------------------------------------- verify
+
+
+def verify(args) -> int:
+    session, account, _ = clients(args.region)
+    instance_id = args.instance_id or default_instance(session)
+    ec2, iam, sfn = session.client("ec2"), session.client("iam"), session.client("stepfunctions")
+    report: dict = {"account": account, "region": session.region_name, "instance_id": instance_id}
+
+    try:
+        machine = responder_state_machine(session, args.stack_name, args.state_machine_arn)
+        executions = sfn.list_executions(stateMachineArn=machine, maxResults=20)["executions"]
+        rows = []
+        for e in executions:
+            d = sfn.describe_execution(executionArn=e["executionArn"])
+            if instance_id in (d.get("input") or ""):
+                output = json.loads(d["output"]) if d.get("output") else {}
+                rows.append({
+                    "name": e["name"], "status": d["status"], "started": str(e["startDate"]),
+                    "verdict": (output.get("notification") or {}).get("verdict"), "error": d.get("error"),
+                })
+        report["executions"] = rows[:5]
+    except OpsError as e:
+        report["executions"], report["executions_error"] = [], str(e)
+
+    inst = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    report["state"] = inst["State"]["Name"]
+    report["interfaces"] = {
+        n["NetworkInterfaceId"]: [f"{g['GroupId']} ({g['GroupName']})" for g in n["Groups"]] for n in inst.get("NetworkInterfaces", [])
+    }
+    report["quarantine_tags"] = {t["Key"]: t["Value"] for t in inst.get("Tags", []) if t["Key"].startswith(TAG) and t["Key"] != f"{TAG}test-resource"}
+    report["termination_protection"] = ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="disableApiTermination")["DisableApiTermination"]["Value"]
+    snaps = ec2.describe_snapshots(OwnerIds=["self"], Filters=[{"Name": f"tag:{TAG}instance-id", "Values": [instance_id]}])["Snapshots"]
+    report["snapshots"] = [
+        {"id": s["SnapshotId"], "volume": s["VolumeId"], "state": s.get("State"),
+         "device": next((t["Value"] for t in s.get("Tags", []) if t["Key"] == f"{TAG}device"), None)}
+        for s in snaps
+    ]
+    role = instance_role(session, instance_id)
+    report["role"] = None
+    if role:
+        report["role"] = {
+            "name": role,
+            "attached": [p["PolicyName"] for p in iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"]],
+            "inline": iam.list_role_policies(RoleName=role)["PolicyNames"],
+        }
+    groups = {g for gs in report["interfaces"].values() for g in gs}
+    report["contained"] = bool(
+        report["interfaces"]
+        and all(len(gs) == 1 and "ec2-quarantine-isolation" in gs[0] for gs in report["interfaces"].values())
+        and report["snapshots"]
+        and report["role"] and DENY_ALL in report["role"]["attached"] and INLINE_DENY in report["role"]["inline"]
+    )
+    report["groups_seen"] = sorted(groups)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(render_verify(report))
+    return 0 if report["contained"] else 3
+
+
+def render_verify(r: dict) -> str:
+    out = [f"Instance {r['instance_id']} ({r['state']}) in account {r['account']}, {r['region']}: "
+           + ("CONTAINED" if r["contained"] else "NOT (fully) contained")]
+    out.append("Executions of the state machine for it (newest first):")
+    for e in r["executions"]:
+        out.append(f"  {e['name']}: {e['status']}" + (f", verdict {e['verdict']}" if e["verdict"] else "") + (f", {e['error']}" if e["error"] else ""))
+    if not r["executions"]:
+        out.append("  none" + (f" ({r['executions_error']})" if r.get("executions_error") else ""))
+    out.append("Security groups per network interface:")
+    for eni, gs in r["interfaces"].items():
+        out.append(f"  {eni}: {', '.join(gs)}")
+    out.append(f"Termination protection: {r['termination_protection']}")
+    out.append("Forensic snapshots:")
+    out.extend(f"  {s['id']} of {s['volume']} ({s['device']}), {s['state']}" for s in r["snapshots"])
+    if not r["snapshots"]:
+        out.append("  none")
+    if r["role"]:
+        out.append(f"Role {r['role']['name']}: attached {', '.join(r['role']['attached']) or 'none'}; inline {', '.join(r['role']['inline']) or 'none'}")
+    else:
+        out.append("Role: the instance has no instance profile")
+    out.append("Quarantine tags:")
+    out.extend(f"  {k} = {v}" for k, v in sorted(r["quarantine_tags"].items()))
+    if not r["quarantine_tags"]:
+        out.append("  none")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------- clean-up
+
+
+def artifacts(session, account: str, partition: str) -> dict:
+    """Everything the responder made, selected only by the tool's own tags and names."""
+    ec2, iam, cfn = session.client("ec2"), session.client("iam"), session.client("cloudformation")
+    policy_arn = f"arn:{partition}:iam::{account}:policy/ec2-quarantine/{DENY_ALL}"
+    found: dict = {"policy_arn": policy_arn}
+    found["snapshots"] = [s["SnapshotId"] for s in ec2.describe_snapshots(
+        OwnerIds=["self"], Filters=[{"Name": "tag-key", "Values": [f"{TAG}finding-id"]}])["Snapshots"]]
+    found["groups"] = [g["GroupId"] for g in ec2.describe_security_groups(
+        Filters=[{"Name": "tag-key", "Values": [f"{TAG}isolation-group"]}])["SecurityGroups"]]
+    try:
+        found["deny_all_roles"] = [r["RoleName"] for r in iam.list_entities_for_policy(PolicyArn=policy_arn)["PolicyRoles"]]
+        found["deny_all_policy"] = True
+    except ClientError:
+        found["deny_all_roles"], found["deny_all_policy"] = [], False
+    inline = []
+    for page in iam.get_paginator("list_roles").paginate():
+        for role in page["Roles"]:
+            if INLINE_DENY in iam.list_role_policies(RoleName=role["RoleName"])["PolicyNames"]:
+                inline.append(role["RoleName"])
+    found["inline_roles"] = inline
+    try:
+        iam.get_instance_profile(InstanceProfileName=QUARANTINE_PROFILE)
+        found["quarantine_profile"] = True
+    except ClientError:
+        found["quarantine_profile"] = False
+    found["test_stack"] = stack_outputs(cfn, TEST_STACK) is not None
+    return found
+
+
+def confirm(question: str, assume_yes: bool) -> bool:
+    if assume_yes:
+        return True
+    if not sys.stdin.isatty():
+        raise OpsError(f"{question}: refusing without a terminal to confirm on (pass --yes)")
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+
+
+def release_role(iam, role: str, policy_arn: str) -> None:
+    """Takes the tool's DenyAll and inline deny off one role, if they are there."""
+    try:
+        iam.detach_role_policy(RoleName=role, PolicyArn=policy_arn)
+    except ClientError as e:
+        if e.response["Error"]["Code"] != "NoSuchEntity":
+            raise
+    try:
+        iam.delete_role_policy(RoleName=role, PolicyName=INLINE_DENY)
+    except ClientError as e:
+        if e.response["Error"]["Code"] != "NoSuchEntity":
+            raise
+
+
+def delete_test_stack(ec2, iam, cfn, policy_arn: str) -> str:
+    """Deletes the test stack. The responder protected its instance from termination, denied its
+    role and put a quarantine group in its VPC: lift the protection on that instance, take the
+    tool's policies off that role (CloudFormation cannot delete a role with policies it did not
+    attach), and remove the group in that VPC once the instance is gone and the VPC waits on it."""
+    outputs = stack_outputs(cfn, TEST_STACK) or {}
+    if outputs.get("InstanceId"):
+        ec2.modify_instance_attribute(InstanceId=outputs["InstanceId"], DisableApiTermination={"Value": False})
+    if outputs.get("RoleName"):
+        release_role(iam, outputs["RoleName"], policy_arn)
+    vpc = next(
+        (r["PhysicalResourceId"] for r in cfn.describe_stack_resources(StackName=TEST_STACK)["StackResources"] if r["LogicalResourceId"] == "Vpc"),
+        None,
+    )
+    status = "DELETE_FAILED"
+    for attempt in range(2):
+        try:
+            cfn.delete_stack(StackName=TEST_STACK)
+            status = wait_stack(cfn, TEST_STACK, {"DELETE_COMPLETE"})
+        except ClientError as e:
+            if "DependencyViolation" not in str(e):
+                raise
+            status = "DELETE_FAILED"
+        if status == "DELETE_COMPLETE" or attempt == 1 or vpc is None:
+            return status
+        for group in ec2.describe_security_groups(
+            Filters=[{"Name": "vpc-id", "Values": [vpc]}, {"Name": "tag-key", "Values": [f"{TAG}isolation-group"]}]
+        )["SecurityGroups"]:
+            ec2.delete_security_group(GroupId=group["GroupId"])
+    return status
+
+
+def nuke(args) -> int:
+    """After one confirmation, removes: with --purge-artifacts the forensic snapshots and the
+    tool's IAM denies; the test stack (when present); then the quarantine groups, the DenyAll
+    policy and the quarantine profile; last the responder stack. The order follows the
+    dependencies: a role cannot go with policies on it, nor a group while an instance uses it."""
+    session, account, partition = clients(args.region)
+    ec2, iam, cfn = session.client("ec2"), session.client("iam"), session.client("cloudformation")
+    test_stack = stack_outputs(cfn, TEST_STACK) is not None
+    responder = stack_outputs(cfn, args.stack_name) is not None
+    found = artifacts(session, account, partition) if args.purge_artifacts else None
+    print(f"In account {account}, {session.region_name}:")
+    print(f"  responder stack:          {args.stack_name if responder else 'none'}")
+    print(f"  test instance stack:      {TEST_STACK if test_stack else 'none'}")
+    if found:
+        print(f"  forensic snapshots:       {', '.join(found['snapshots']) or 'none'}")
+        print(f"  quarantine groups:        {', '.join(found['groups']) or 'none'}")
+        print(f"  DenyAll policy:           {found['policy_arn'] if found['deny_all_policy'] else 'none'}"
+              + (f" (attached to {', '.join(found['deny_all_roles'])})" if found["deny_all_roles"] else ""))
+        print(f"  revoke-sessions denies:   {', '.join(found['inline_roles']) or 'none'}")
+        print(f"  quarantine profile:       {QUARANTINE_PROFILE if found['quarantine_profile'] else 'none'}")
+        print("Removing the IAM denies gives contained roles their permissions back; the snapshots are the evidence.")
+    else:
+        print("  (quarantine artifacts are kept; --purge-artifacts removes them too)")
+    if not (responder or test_stack or (found and any(found[k] for k in ("snapshots", "groups", "deny_all_policy", "inline_roles", "quarantine_profile")))):
+        print("Nothing to remove.")
+        return 0
+    if not confirm("Remove all of the above?", args.yes):
+        print("Nothing removed.")
+        return 0
+    problems = []
+    policy_arn = f"arn:{partition}:iam::{account}:policy/ec2-quarantine/{DENY_ALL}"
+    if found:
+        for snap in found["snapshots"]:
+            ec2.delete_snapshot(SnapshotId=snap)
+        for role in set(found["deny_all_roles"]) | set(found["inline_roles"]):
+            release_role(iam, role, policy_arn)
+    if test_stack:
+        status = delete_test_stack(ec2, iam, cfn, policy_arn)
+        if status != "DELETE_COMPLETE":
+            problems.append(f"test stack: {status}")
+    if found:
+        for group in found["groups"]:
+            try:
+                ec2.delete_security_group(GroupId=group)
+            except ClientError as e:
+                code = e.response["Error"]["Code"]
+                if code != "InvalidGroup.NotFound":  # gone with the test stack's VPC
+                    problems.append(f"quarantine group {group} (still used by an isolated instance?): {code}")
+        if found["deny_all_policy"]:
+            iam.delete_policy(PolicyArn=policy_arn)
+        if found["quarantine_profile"]:
+            iam.delete_instance_profile(InstanceProfileName=QUARANTINE_PROFILE)
+    if responder:
+        cfn.delete_stack(StackName=args.stack_name)
+        status = wait_stack(cfn, args.stack_name, {"DELETE_COMPLETE"})
+        if status != "DELETE_COMPLETE":
+            problems.append(f"responder stack: {status}")
+    for p in problems:
+        print(f"  not removed: {p}")
+    print("Done." if not problems else "Done, with the exceptions above.")
+    return 0 if not problems else 4
+
+
+# ---------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--region", default=None, help="default: the AWS SDK's (AWS_REGION, profile)")
+    p = argparse.ArgumentParser(prog="deploy.sh", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("test-instance", parents=[common], help="deploy the compromised test instance stack")
+    t.add_argument("--ssh-cidr", default="0.0.0.0/0")
+    for name in ("fire", "verify"):
+        s = sub.add_parser(name, parents=[common])
+        if name == "fire":
+            s.add_argument("event")
+            s.add_argument("--wait", action="store_true", help="wait for the execution to end")
+        s.add_argument("instance_id", nargs="?", default=None)
+        s.add_argument("--stack-name", default="ec2-quarantine")
+        s.add_argument("--state-machine-arn", default=None)
+        if name == "verify":
+            s.add_argument("--json", action="store_true")
+    n = sub.add_parser("nuke", parents=[common], help="remove the test stack, the responder stack and, with --purge-artifacts, the tool's artifacts")
+    n.add_argument("--stack-name", default="ec2-quarantine")
+    n.add_argument("--purge-artifacts", action="store_true")
+    n.add_argument("--yes", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        return {"test-instance": test_instance, "fire": fire, "verify": verify, "nuke": nuke}[args.command](args)
+    except (OpsError, ClientError, BotoCoreError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""The user's test path (README "Test it on AWS"), every step against the emulator: deploy.sh
+test-instance, fire, verify and nuke, run as a user runs them, with AWS_ENDPOINT_URL pointing the
+SDK at the emulator. The state machine and the functions are the local run's (run.local_stack),
+so `fire` really contains the test instance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import boto3
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+import sys  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "helper_scripts" / "local"))
+import run as local  # noqa: E402
+
+BIN_DIR = Path(os.environ.get("FUNCTIONS_BIN_DIR") or Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug")
+
+
+@pytest.fixture
+def stack(tmp_path):
+    with local.local_stack(BIN_DIR, tmp_path / "logs") as st:
+        yield st
+
+
+def deploy_sh(st, *args: str, home: Path) -> subprocess.CompletedProcess:
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(home),
+        "AWS_ENDPOINT_URL": st.emulator,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": local.REGION,
+        "AWS_CONFIG_FILE": "/dev/null",
+        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+    }
+    return subprocess.run(
+        [str(ROOT / "helper_scripts" / "deploy.sh"), *args],
+        env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300,
+    )
+
+
+def test_test_instance_fire_verify_and_nuke(stack, tmp_path):
+    st = stack
+    ec2, iam = boto3.client("ec2", region_name=local.REGION), boto3.client("iam", region_name=local.REGION)
+
+    r = deploy_sh(st, "test-instance", home=tmp_path)
+    assert r.returncode == 0, r.stderr + r.stdout
+    instance_id = re.search(r"Test instance: (i-[0-9a-f]+)", r.stdout).group(1)
+    role = re.search(r"Role: +(\S+)", r.stdout).group(1)
+    inst = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    assert {t["Key"]: t["Value"] for t in inst["Tags"]}["ec2-quarantine:test-resource"] == "true"
+    # The emulator's CloudFormation launches AWS::EC2::Instance without its NetworkInterfaces (one
+    # default interface) and ignores a role's ManagedPolicyArns; what the template gives AWS there
+    # is checked on the template itself.
+    template = local.yaml.load((ROOT / "helper_scripts" / "test-instance.yaml").read_text(), Loader=local._CfnLoader)
+    nics = template["Resources"]["Instance"]["Properties"]["NetworkInterfaces"]
+    assert [n["DeviceIndex"] for n in nics] == ["0", "1"]
+    assert "UserData" not in template["Resources"]["Instance"]["Properties"], "nothing runs at boot, nothing is printed"
+    managed = template["Resources"]["InstanceRole"]["Properties"]["ManagedPolicyArns"]
+    assert [m["Fn::Sub"].rsplit("/", 1)[1] for m in managed] == ["AmazonS3ReadOnlyAccess", "AmazonSSMManagedInstanceCore"]
+    volumes = ec2.describe_volumes(Filters=[{"Name": "attachment.instance-id", "Values": [instance_id]}])["Volumes"]
+    assert any(a["Device"] == "/dev/sdf" for v in volumes for a in v["Attachments"]), "the second volume is attached"
+    assert iam.get_role(RoleName=role)["Role"]["RoleName"] == role
+
+    # Before: not contained.
+    r = deploy_sh(st, "verify", "--state-machine-arn", st.machine, "--json", home=tmp_path)
+    assert r.returncode == 3, r.stderr
+    assert json.loads(r.stdout)["contained"] is False
+
+    r = deploy_sh(st, "fire", "events/credential-exfiltration.json", "--state-machine-arn", st.machine, "--wait", home=tmp_path)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "EventBridge cannot be sent aws.guardduty events by hand" in r.stdout
+    assert "Execution SUCCEEDED" in r.stdout
+
+    r = deploy_sh(st, "verify", "--state-machine-arn", st.machine, "--json", home=tmp_path)
+    assert r.returncode == 0, r.stderr + r.stdout
+    report = json.loads(r.stdout)
+    assert report["contained"] is True
+    assert report["executions"][0]["status"] == "SUCCEEDED"
+    assert report["executions"][0]["verdict"] == "contained"
+    assert report["interfaces"]
+    assert all(len(g) == 1 and "ec2-quarantine-isolation" in g[0] for g in report["interfaces"].values())
+    assert len(report["snapshots"]) == len(volumes)
+    assert "ec2-quarantine-DenyAll" in report["role"]["attached"]
+    assert report["quarantine_tags"]["ec2-quarantine:finding-id"] == "a6c7d3f1e2b94c8d9e0f1a2b3c4d5e6f"
+    readable = deploy_sh(st, "verify", "--state-machine-arn", st.machine, home=tmp_path).stdout
+    assert "CONTAINED" in readable and "Forensic snapshots:" in readable
+
+    # What is not the tool's must survive the clean-up: the local stack's own instance and topic.
+    other = st.sim
+    other_groups = ec2.describe_network_interfaces(NetworkInterfaceIds=other["interfaces"])["NetworkInterfaces"]
+    r = deploy_sh(st, "nuke", "--purge-artifacts", home=tmp_path)
+    assert r.returncode != 0 and "pass --yes" in r.stderr, "no terminal, no --yes: nothing removed"
+    r = deploy_sh(st, "nuke", "--purge-artifacts", "--yes", home=tmp_path)
+    assert r.returncode == 0, r.stderr + r.stdout
+
+    cfn = boto3.client("cloudformation", region_name=local.REGION)
+    assert all(s["StackName"] != "ec2-quarantine-test-instance" for s in cfn.describe_stacks()["Stacks"] if s["StackStatus"] != "DELETE_COMPLETE")
+    tagged = [{"Name": "tag-key", "Values": ["ec2-quarantine:isolation-group"]}]
+    assert ec2.describe_security_groups(Filters=tagged)["SecurityGroups"] == []
+    assert ec2.describe_snapshots(OwnerIds=["self"], Filters=[{"Name": "tag-key", "Values": ["ec2-quarantine:finding-id"]}])["Snapshots"] == []
+    assert iam.list_policies(Scope="Local", PathPrefix="/ec2-quarantine/")["Policies"] == []
+    for r_ in iam.list_roles()["Roles"]:
+        assert "ec2-quarantine-revoke-older-sessions" not in iam.list_role_policies(RoleName=r_["RoleName"])["PolicyNames"]
+    assert ec2.describe_network_interfaces(NetworkInterfaceIds=other["interfaces"])["NetworkInterfaces"] == other_groups
+    assert other["role_name"] in [r_["RoleName"] for r_ in iam.list_roles()["Roles"]]
+    assert boto3.client("sns", region_name=local.REGION).list_topics()["Topics"], "the topic is not the tool's artifact"
+
+
+def test_verify_and_fire_say_what_is_missing(stack, tmp_path):
+    r = deploy_sh(stack, "verify", home=tmp_path)
+    assert r.returncode == 1 and "no test instance stack" in r.stderr
+    r = deploy_sh(stack, "fire", "events/credential-exfiltration.json", stack.sim["instance_id"], home=tmp_path)
+    assert r.returncode == 1 and "no responder stack ec2-quarantine" in r.stderr
