@@ -11,6 +11,7 @@ command -v cargo >/dev/null || die "cargo is required (https://rustup.rs)"
 ensure_python_tools
 ensure_node_tools
 start_emulator
+start_fault_proxy
 
 log "cargo fmt --check"
 cargo fmt --all --check
@@ -18,6 +19,17 @@ log "cargo clippy (warnings are errors)"
 cargo clippy --locked --all-targets -- -D warnings
 log "cargo test"
 cargo test --locked
+# The whole suite's AWS calls went through the proxy: none may be destructive.
+"$VENV/bin/python" - "$MOTO_ENDPOINT" <<'PY'
+import json, sys, urllib.request
+s = json.load(urllib.request.urlopen(sys.argv[1] + "/__proxy__/summary"))
+o = s["outcomes"]
+print(f"==> summary: AWS calls {s['calls']}, faults injected {s['faults_injected']}, "
+      f"contained {o.get('contained', 0)}, honest failure reports {o.get('honest_failure', 0)}, "
+      f"malformed inputs {o.get('malformed_input', 0)}, panics 0, destructive calls {len(s['destructive_calls'])}")
+if s["destructive_calls"]:
+    sys.exit(f"destructive calls were made: {s['destructive_calls']}")
+PY
 stop_emulator
 
 log "sam validate --lint"

@@ -203,6 +203,17 @@ pub fn resolve(event: &FindingEvent) -> Result<Result<Target, Skip>, Error> {
         )));
     }
 
+    if finding.is_sample() {
+        return Ok(Err(Skip(
+            "this is a GuardDuty sample finding (CreateSampleFindings): nothing is contained"
+                .into(),
+        )));
+    }
+    if finding.service.as_ref().and_then(|s| s.archived) == Some(true) {
+        return Ok(Err(Skip(
+            "the finding is archived (suppressed or closed in GuardDuty)".into(),
+        )));
+    }
     let Some(resource) = finding.resource.as_ref() else {
         return Ok(Err(Skip("the finding names no resource".into())));
     };
@@ -507,6 +518,21 @@ mod tests {
                 .unwrap();
         assert!(old.is_sample() && new.is_sample() && text.is_sample());
         assert!(!real.is_sample());
+    }
+
+    #[test]
+    fn sample_and_archived_findings_are_not_acted_on() {
+        let instance =
+            json!({"resourceType": "Instance", "instanceDetails": {"instanceId": "i-99999999"}});
+        let sample = resolve_json(event(json!({"id": "f", "resource": instance.clone(),
+            "service": {"additionalInfo": {"value": "{\"sample\":true}", "type": "default"}}})))
+        .unwrap();
+        assert!(matches!(sample, Err(Skip(r)) if r.contains("sample finding")));
+        let archived = resolve_json(event(
+            json!({"id": "f", "resource": instance, "service": {"archived": true}}),
+        ))
+        .unwrap();
+        assert!(matches!(archived, Err(Skip(r)) if r.contains("archived")));
     }
 
     #[test]

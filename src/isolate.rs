@@ -93,11 +93,13 @@ pub async fn isolate_instance(
     let protect = protect(ec2, &target.instance_id);
     let isolate = async {
         // Writing the record of the previous groups and finding the quarantine groups don't
-        // depend on each other; both must be done before any interface moves.
-        let (recorded, groups) = futures::try_join!(
+        // depend on each other. Interfaces move once both are done; a record that could not be
+        // written does not hold isolation back (the groups are in the report all the same).
+        let (recorded, groups) = futures::join!(
             record(ec2, target, &inst, &interfaces),
             try_join_all(vpcs.iter().map(|vpc| ensure_quarantine_group(ec2, vpc))),
-        )?;
+        );
+        let groups = groups?;
         let by_vpc: BTreeMap<&str, &QuarantineGroup> =
             groups.iter().map(|g| (g.vpc_id.as_str(), g)).collect();
         let moves = join_all(interfaces.iter().map(|eni| {
@@ -116,12 +118,23 @@ pub async fn isolate_instance(
     for result in moves {
         match result {
             Ok(eni) => {
-                done.push(format!("{} isolated", eni.interface_id));
+                done.push(format!(
+                    "{} isolated (previous groups: {})",
+                    eni.interface_id,
+                    eni.previous_groups.join(", ")
+                ));
                 report_interfaces.push(eni);
             }
             Err((eni, err)) => failed.push((format!("interface {eni}"), err)),
         }
     }
+    let recorded = recorded.unwrap_or_else(|err| {
+        failed.push((
+            "record of the previous groups in the instance's tags".into(),
+            err,
+        ));
+        false
+    });
     match protected {
         Ok(()) => done.push("termination protection on, shutdown behaviour stop".into()),
         Err(err) => failed.push(("termination protection".into(), err)),

@@ -426,7 +426,7 @@ async fn an_instance_that_does_not_exist_is_a_named_final_error() {
 #[tokio::test]
 async fn a_terminated_instance_is_skipped() {
     let f = Fixture::new().await;
-    f.ec2
+    common::direct_ec2(&f.config)
         .terminate_instances()
         .instance_ids(&f.instance_id)
         .send()

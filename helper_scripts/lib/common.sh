@@ -69,7 +69,31 @@ start_emulator() {
   die "the AWS emulator did not answer on $MOTO_ENDPOINT within 30 s"
 }
 
+# Puts the tests' fault-injecting, recording proxy (tests/tools/fault_proxy.py) in front of the
+# emulator: MOTO_ENDPOINT becomes the proxy's address, MOTO_DIRECT the emulator's.
+start_fault_proxy() {
+  local out="$TOOLS_DIR/fault-proxy.port"
+  "$VENV/bin/python" "$PROJECT_ROOT/tests/tools/fault_proxy.py" --upstream "$MOTO_ENDPOINT" --seed "${FAULT_SEED:-1}" >"$out" 2>&1 &
+  PROXY_PID=$!
+  local i
+  for i in $(seq 1 50); do
+    if [[ -s "$out" ]]; then
+      export MOTO_DIRECT="$MOTO_ENDPOINT"
+      export MOTO_ENDPOINT="http://127.0.0.1:$(head -n1 "$out")"
+      log "fault-injecting proxy on $MOTO_ENDPOINT (seed ${FAULT_SEED:-1})"
+      return
+    fi
+    sleep 0.1
+  done
+  die "the fault proxy did not start: $(cat "$out")"
+}
+
 stop_emulator() {
+  if [[ -n "${PROXY_PID:-}" ]] && kill -0 "$PROXY_PID" 2>/dev/null; then
+    kill "$PROXY_PID" 2>/dev/null || true
+    wait "$PROXY_PID" 2>/dev/null || true
+  fi
+  PROXY_PID=
   if [[ -n "${MOTO_PID:-}" ]] && kill -0 "$MOTO_PID" 2>/dev/null; then
     kill "$MOTO_PID" 2>/dev/null || true
     wait "$MOTO_PID" 2>/dev/null || true

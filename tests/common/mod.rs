@@ -443,3 +443,91 @@ async fn launch(
         .unwrap();
     out.instances()[0].instance_id().unwrap().to_owned()
 }
+
+/// A context for the fixture's account with the SDK's standard retries (as deployed), with a
+/// short backoff so injected transient faults are retried quickly.
+pub fn retrying_ctx(config: &SdkConfig) -> Ctx {
+    Ctx::from_config(retrying(config))
+}
+
+/// The same, with a per-attempt timeout that an injected delay (6 s) overruns.
+pub fn impatient_ctx(config: &SdkConfig) -> Ctx {
+    let config = retrying(config)
+        .to_builder()
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .operation_attempt_timeout(std::time::Duration::from_secs(3))
+                .build(),
+        )
+        .build();
+    Ctx::from_config(config)
+}
+
+fn retrying(config: &SdkConfig) -> SdkConfig {
+    config
+        .to_builder()
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(3)
+                .with_initial_backoff(std::time::Duration::from_millis(20)),
+        )
+        .build()
+}
+
+/// The access key id the fixture's account signs with (the fault proxy keys its rules on it).
+pub async fn access_key(config: &SdkConfig) -> String {
+    use aws_credential_types::provider::ProvideCredentials;
+    config
+        .credentials_provider()
+        .expect("credentials")
+        .provide_credentials()
+        .await
+        .expect("credentials")
+        .access_key_id()
+        .to_owned()
+}
+
+fn proxy_post(path: &str, body: serde_json::Value) {
+    let url = format!("{}/__proxy__/{path}", endpoint());
+    ureq::post(&url)
+        .header("content-type", "application/json")
+        .send(body.to_string().as_str())
+        .unwrap_or_else(|e| {
+            panic!("the fault proxy at {url} did not answer ({e}): run the tests with helper_scripts/test.sh")
+        });
+}
+
+/// Makes the proxy answer `action` calls signed with `key` with `fault` (`times`: None = always).
+pub fn inject(key: &str, action: &str, fault: &str, times: Option<u32>) {
+    let mut rule =
+        serde_json::json!({"access_key": key, "action": action, "fault": fault, "seconds": 6});
+    if let Some(t) = times {
+        rule["times"] = t.into();
+    }
+    proxy_post("faults", rule);
+}
+
+/// Counts a conclusion in the proxy's summary ("contained", "honest_failure", ...).
+pub fn record_outcome(kind: &str) {
+    proxy_post("outcome", serde_json::json!({"kind": kind}));
+}
+
+/// The calls the fault proxy saw signed with `key`, oldest first.
+pub fn proxy_log(key: &str) -> Vec<serde_json::Value> {
+    let url = format!("{}/__proxy__/log", endpoint());
+    let text = ureq::get(&url)
+        .call()
+        .unwrap_or_else(|e| panic!("the fault proxy at {url} did not answer ({e})"))
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let log: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+    log.into_iter().filter(|e| e["access_key"] == key).collect()
+}
+
+/// An EC2 client that bypasses the fault proxy, for test set-up that is itself destructive
+/// (terminating a fixture): the proxy's log then shows what the code under test called.
+pub fn direct_ec2(config: &SdkConfig) -> aws_sdk_ec2::Client {
+    let direct = std::env::var("MOTO_DIRECT").unwrap_or_else(|_| endpoint());
+    aws_sdk_ec2::Client::new(&config.to_builder().endpoint_url(direct).build())
+}

@@ -1,0 +1,159 @@
+"""Least privilege as a test: the IAM actions each function's code makes, the table below, and
+the policies in template.yaml (and the member role) must agree in both directions.
+
+The code's actions are read from the source: every AWS call goes through
+`Error::from_sdk("<service>:<Action>", ...)`, whose label is the IAM action the call needs (a
+check below makes sure no call escapes a label).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "helper_scripts" / "local"))
+import run as local  # noqa: E402
+
+# The one table: IAM action -> the functions that call it.
+ACTIONS: dict[str, set[str]] = {
+    "ec2:DescribeInstances": {"IsolateFunction", "SnapshotFunction", "DenyRoleFunction"},
+    "ec2:DescribeSecurityGroups": {"IsolateFunction"},
+    "ec2:CreateSecurityGroup": {"IsolateFunction"},
+    "ec2:RevokeSecurityGroupEgress": {"IsolateFunction"},
+    "ec2:RevokeSecurityGroupIngress": {"IsolateFunction"},
+    "ec2:ModifyNetworkInterfaceAttribute": {"IsolateFunction"},
+    "ec2:ModifyInstanceAttribute": {"IsolateFunction"},
+    "ec2:CreateTags": {"IsolateFunction", "SnapshotFunction"},
+    "ec2:DescribeSnapshots": {"SnapshotFunction"},
+    "ec2:CreateSnapshots": {"SnapshotFunction"},
+    "ec2:DescribeIamInstanceProfileAssociations": {"DenyRoleFunction"},
+    "iam:GetInstanceProfile": {"DenyRoleFunction"},
+    "iam:GetRole": {"DenyRoleFunction"},
+    "iam:GetRolePolicy": {"DenyRoleFunction"},
+    "iam:PutRolePolicy": {"DenyRoleFunction"},
+    "iam:ListAttachedRolePolicies": {"DenyRoleFunction"},
+    "iam:ListInstanceProfilesForRole": {"DenyRoleFunction"},
+    "iam:GetPolicy": {"DenyRoleFunction"},
+    "iam:CreatePolicy": {"DenyRoleFunction"},
+    "iam:AttachRolePolicy": {"DenyRoleFunction"},
+    "sts:AssumeRole": {"IsolateFunction", "SnapshotFunction", "DenyRoleFunction"},
+    "sns:Publish": {"NotifyFunction"},
+}
+
+# Which source files run in which function: each step's module, plus the shared ones it uses.
+MODULES = {
+    "IsolateFunction": ["isolate.rs", "instance.rs", "context.rs"],
+    "SnapshotFunction": ["snapshot.rs", "instance.rs", "context.rs"],
+    "DenyRoleFunction": ["role.rs", "instance.rs", "context.rs"],
+    "NotifyFunction": ["notify.rs"],
+}
+
+# Writes that IAM can scope: each must name resources (and the IAM ones a policy or condition).
+WRITES = {
+    "ec2:CreateSecurityGroup", "ec2:RevokeSecurityGroupEgress", "ec2:RevokeSecurityGroupIngress",
+    "ec2:ModifyNetworkInterfaceAttribute", "ec2:ModifyInstanceAttribute", "ec2:CreateTags",
+    "ec2:CreateSnapshots", "iam:PutRolePolicy", "iam:CreatePolicy", "iam:AttachRolePolicy",
+    "sts:AssumeRole", "sns:Publish",
+}
+# Describe calls have no resource-level permissions in EC2: "*" is the only resource they take.
+UNSCOPABLE = {
+    "ec2:DescribeInstances", "ec2:DescribeSecurityGroups", "ec2:DescribeSnapshots",
+    "ec2:DescribeIamInstanceProfileAssociations",
+}
+
+LABEL = re.compile(r'from_sdk\("([a-z0-9]+:[A-Za-z]+)"')
+
+
+def code_actions(function: str) -> set[str]:
+    found = set()
+    for name in MODULES[function]:
+        found |= set(LABEL.findall((ROOT / "src" / name).read_text()))
+    return found
+
+
+def statements(policies: list) -> list[dict]:
+    out = []
+    for p in policies:
+        if isinstance(p, dict) and "Statement" in p:
+            for st in p["Statement"]:
+                if isinstance(st, dict) and "Fn::If" in st:
+                    st = st["Fn::If"][1]  # the statement when the condition holds
+                if isinstance(st, dict) and st.get("Effect"):
+                    out.append(st)
+        elif isinstance(p, dict) and "SNSPublishMessagePolicy" in p:
+            out.append({"Effect": "Allow", "Action": ["sns:Publish"], "Resource": {"Ref": "AlertTopic"}})
+        else:
+            raise AssertionError(f"a policy this test cannot read: {p}")
+    return out
+
+
+def as_list(v) -> list:
+    return v if isinstance(v, list) else [v]
+
+
+def allowed(function: str) -> dict[str, list[dict]]:
+    props = local.load_template()["Resources"][function]["Properties"]
+    by_action: dict[str, list[dict]] = {}
+    for st in statements(props.get("Policies", [])):
+        if st["Effect"] != "Allow":
+            continue
+        for action in as_list(st["Action"]):
+            by_action.setdefault(action, []).append(st)
+    return by_action
+
+
+def test_every_aws_call_in_the_code_is_labelled_with_its_action():
+    for path in (ROOT / "src").glob("*.rs"):
+        text = path.read_text()
+        assert text.count(".send()") == len(LABEL.findall(text)), f"{path.name}: an AWS call without its IAM action label"
+
+
+def test_the_table_lists_exactly_what_the_code_calls():
+    for function in MODULES:
+        table = {a for a, fs in ACTIONS.items() if function in fs}
+        assert code_actions(function) == table, function
+
+
+@pytest.mark.parametrize("function", sorted(MODULES))
+def test_each_function_is_allowed_exactly_what_it_calls(function):
+    table = {a for a, fs in ACTIONS.items() if function in fs}
+    assert set(allowed(function)) == table
+
+
+@pytest.mark.parametrize("function", sorted(MODULES))
+def test_no_wildcard_actions_and_writes_are_scoped(function):
+    for action, sts in allowed(function).items():
+        assert "*" not in action, f"{function}: wildcard action {action}"
+        for st in sts:
+            resources = as_list(st["Resource"])
+            if action in UNSCOPABLE:
+                continue
+            assert resources and all(r != "*" for r in resources), f"{function}: {action} on {resources}"
+            if action == "iam:AttachRolePolicy":
+                assert st["Condition"]["ArnEquals"]["iam:PolicyARN"], "attach only the DenyAll policy"
+            if action in ("iam:CreatePolicy",):
+                assert all("ec2-quarantine-DenyAll" in str(r) for r in resources)
+            if action == "ec2:CreateTags":
+                assert "aws:TagKeys" in str(st.get("Condition")), f"{function}: CreateTags limited to the tool's keys"
+            if action in ("ec2:RevokeSecurityGroupEgress", "ec2:RevokeSecurityGroupIngress"):
+                assert "aws:ResourceTag/ec2-quarantine:isolation-group" in str(st["Condition"]), "only the quarantine group"
+
+
+def test_the_member_role_allows_the_union_of_the_containment_functions():
+    member = local.yaml.load((ROOT / "helper_scripts" / "member-account-role.yaml").read_text(), Loader=local._CfnLoader)
+    policy = member["Resources"]["MemberRole"]["Properties"]["Policies"][0]["PolicyDocument"]
+    allowed_there = {a for st in policy["Statement"] if st["Effect"] == "Allow" for a in as_list(st["Action"])}
+    containment = {a for a, fs in ACTIONS.items() if fs & {"IsolateFunction", "SnapshotFunction", "DenyRoleFunction"}}
+    assert allowed_there == containment - {"sts:AssumeRole"}
+    denied_there = {a for st in policy["Statement"] if st["Effect"] == "Deny" for a in as_list(st["Action"])}
+    assert {"iam:PutRolePolicy", "iam:AttachRolePolicy"} <= denied_there, "the member role cannot change itself"
+
+
+def test_nothing_destructive_is_allowed_anywhere():
+    destructive = {"ec2:TerminateInstances", "ec2:StopInstances", "ec2:DeleteVolume", "ec2:DeleteSnapshot", "ec2:DetachVolume"}
+    for function in MODULES:
+        assert not destructive & set(allowed(function)), function
