@@ -7,6 +7,8 @@ use aws_sdk_ec2::types::{
     AttributeBooleanValue, AttributeValue, Filter, Instance, ResourceType, SecurityGroup,
     TagSpecification,
 };
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::result::SdkError;
 use futures::future::{join_all, try_join_all};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -369,11 +371,13 @@ async fn create_quarantine_group(
         .send()
         .await
         .map_err(|e| Error::from_sdk("ec2:DescribeSecurityGroups", e))?;
+    // EC2 is eventually consistent: a group just created may not be listed yet. Retrying the
+    // step finds it.
     let group = described
         .security_groups()
         .first()
         .cloned()
-        .ok_or_else(|| Error::Aws {
+        .ok_or_else(|| Error::Transient {
             action: "ec2:DescribeSecurityGroups",
             code: "InvalidGroup.NotFound".into(),
             message: format!("the quarantine group of {vpc_id} is not visible yet"),
@@ -392,8 +396,51 @@ async fn create_quarantine_group(
     Ok(group)
 }
 
+/// An error about the quarantine group the step just found or created: "not found" there is
+/// EC2's eventual consistency, which a retry of the step outlasts.
+fn group_error<E>(action: &'static str, err: SdkError<E, HttpResponse>) -> Error
+where
+    E: aws_sdk_ec2::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match Error::from_sdk(action, err) {
+        Error::Aws {
+            action,
+            code,
+            message,
+            source,
+        } if code == "InvalidGroup.NotFound" => Error::Transient {
+            action,
+            code,
+            message,
+            source,
+        },
+        other => other,
+    }
+}
+
 /// Revokes every rule of the group, IPv4 and IPv6, in and out. Returns whether it revoked any.
 async fn revoke_all_rules(ec2: &aws_sdk_ec2::Client, group: &SecurityGroup) -> Result<bool, Error> {
+    match revoke_listed(ec2, group).await {
+        // Another execution revoked some of these rules first: revoke what is left, once.
+        Err(err) if err.aws_code() == Some("InvalidPermission.NotFound") => {
+            let id = group.group_id().unwrap_or_default();
+            let fresh = ec2
+                .describe_security_groups()
+                .filters(filter("group-id", id))
+                .send()
+                .await
+                .map_err(|e| Error::from_sdk("ec2:DescribeSecurityGroups", e))?;
+            match fresh.security_groups().first() {
+                Some(g) => revoke_listed(ec2, g).await.map(|_| true),
+                None => Err(err),
+            }
+        }
+        other => other,
+    }
+}
+
+/// Revokes the rules `group` lists. Returns whether there were any.
+async fn revoke_listed(ec2: &aws_sdk_ec2::Client, group: &SecurityGroup) -> Result<bool, Error> {
     let id = group.group_id().unwrap_or_default();
     let egress = group.ip_permissions_egress().to_vec();
     let ingress = group.ip_permissions().to_vec();
@@ -406,7 +453,7 @@ async fn revoke_all_rules(ec2: &aws_sdk_ec2::Client, group: &SecurityGroup) -> R
             .set_ip_permissions(Some(egress))
             .send()
             .await
-            .map_err(|e| Error::from_sdk("ec2:RevokeSecurityGroupEgress", e))?;
+            .map_err(|e| group_error("ec2:RevokeSecurityGroupEgress", e))?;
         Ok(true)
     };
     let revoke_ingress = async {
@@ -418,7 +465,7 @@ async fn revoke_all_rules(ec2: &aws_sdk_ec2::Client, group: &SecurityGroup) -> R
             .set_ip_permissions(Some(ingress))
             .send()
             .await
-            .map_err(|e| Error::from_sdk("ec2:RevokeSecurityGroupIngress", e))?;
+            .map_err(|e| group_error("ec2:RevokeSecurityGroupIngress", e))?;
         Ok(true)
     };
     let (e, i) = futures::try_join!(revoke_egress, revoke_ingress)?;

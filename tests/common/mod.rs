@@ -531,3 +531,11 @@ pub fn direct_ec2(config: &SdkConfig) -> aws_sdk_ec2::Client {
     let direct = std::env::var("MOTO_DIRECT").unwrap_or_else(|_| endpoint());
     aws_sdk_ec2::Client::new(&config.to_builder().endpoint_url(direct).build())
 }
+
+/// Makes the proxy answer one `action` call signed with `key` with an AWS error `code`.
+pub fn inject_error(key: &str, action: &str, code: &str, status: u16) {
+    proxy_post(
+        "faults",
+        serde_json::json!({"access_key": key, "action": action, "fault": "error", "code": code, "status": status, "times": 1}),
+    );
+}

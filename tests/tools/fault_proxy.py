@@ -4,7 +4,8 @@ Every request is forwarded to the emulator and recorded (service, action, access
 Tests add rules at POST /__proxy__/faults; a request that matches a rule gets the rule's fault
 instead of (or, for a delay, before) the emulator's answer:
 
-    {"action": "ec2:CreateSnapshots", "fault": "throttle" | "unavailable" | "denied" | "delay",
+    {"action": "ec2:CreateSnapshots", "fault": "throttle" | "unavailable" | "denied" | "delay" | "error",
+     "code": "InvalidGroup.NotFound", "status": 400 (for "error"),
      "access_key": "<the test's key id>" (optional), "times": 1 (optional; default every time),
      "probability": 0.3 (optional; drawn from the proxy's seeded generator), "seconds": 2 (delay)}
 
@@ -130,6 +131,13 @@ def handler(state: State):
             if rule and rule["fault"] in FAULTS:
                 status, ec2_code, code, message = FAULTS[rule["fault"]]
                 ctype, payload = error_body(service, ec2_code if service == "ec2" else code, message)
+                entry["status"] = status
+                with state.lock:
+                    state.log.append(entry)
+                return self._send(status, payload, {"Content-Type": ctype})
+            if rule and rule["fault"] == "error":
+                status = int(rule.get("status", 400))
+                ctype, payload = error_body(service, rule["code"], rule.get("message", "injected"))
                 entry["status"] = status
                 with state.lock:
                     state.log.append(entry)

@@ -65,7 +65,7 @@ UNSCOPABLE = {
     "ec2:DescribeIamInstanceProfileAssociations",
 }
 
-LABEL = re.compile(r'from_sdk\("([a-z0-9]+:[A-Za-z]+)"')
+LABEL = re.compile(r'(?:from_sdk|group_error)\("([a-z0-9]+:[A-Za-z]+)"')
 
 
 def code_actions(function: str) -> set[str]:

@@ -1,0 +1,222 @@
+//! Races and repeats: two findings for one instance at once, and every step retried after it
+//! failed half-way, end with one quarantine group per VPC, one snapshot set per finding, one
+//! inline deny, and reports that agree with the emulator's state.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::{Fixture, access_key, inject, inject_error, record_outcome};
+use ec2_quarantine::isolate::{InterfaceStatus, QUARANTINE_GROUP_NAME, isolate};
+use ec2_quarantine::role::{
+    Change, REVOKE_SESSIONS_POLICY_NAME, contain_role, deny_all_policy_arn,
+};
+use ec2_quarantine::snapshot::snapshot;
+use ec2_quarantine::{ErrorName, Outcome, tags};
+
+const EXFILTRATION: &str = "credential-exfiltration.json";
+const BACKDOOR: &str = "instance-backdoor.json";
+
+#[tokio::test]
+async fn two_findings_for_one_instance_at_once() {
+    let f = Fixture::new().await;
+    let before = f.interface_groups().await;
+    let (a, b) = (f.event(EXFILTRATION), f.event(BACKDOOR));
+
+    let (ia, ib) = tokio::join!(isolate(&f.ctx, &a), isolate(&f.ctx, &b));
+    let (ia, ib) = (ia.unwrap(), ib.unwrap());
+    let groups = f.security_groups_named(QUARANTINE_GROUP_NAME).await;
+    assert_eq!(groups.len(), 1, "one quarantine group, whoever created it");
+    let qsg = groups[0].group_id().unwrap().to_owned();
+    assert!(groups[0].ip_permissions_egress().is_empty());
+    for r in [ia.report().unwrap(), ib.report().unwrap()] {
+        assert_eq!(
+            r.quarantine_groups[0].group_id, qsg,
+            "both reports name the same group"
+        );
+        for i in &r.interfaces {
+            let mut previous = i.previous_groups.clone();
+            previous.sort();
+            assert_eq!(
+                previous, before[&i.interface_id],
+                "the groups from before, not the quarantine group"
+            );
+        }
+    }
+    for groups in f.interface_groups().await.values() {
+        assert_eq!(groups, &vec![qsg.clone()]);
+    }
+    let marked = f.tags().await[tags::FINDING_ID].clone();
+    assert!(
+        [
+            "a6c7d3f1e2b94c8d9e0f1a2b3c4d5e6f",
+            "b8e9f0a1b2c34d5e6f7a8b9c0d1e2f3a"
+        ]
+        .contains(&marked.as_str())
+    );
+
+    let (sa, sb) = tokio::join!(snapshot(&f.ctx, &a), snapshot(&f.ctx, &b));
+    let (sa, sb) = (sa.unwrap(), sb.unwrap());
+    let snaps = f.snapshots().await;
+    assert_eq!(snaps.len(), 4, "one set of two per finding");
+    for (outcome, finding) in [
+        (&sa, "a6c7d3f1e2b94c8d9e0f1a2b3c4d5e6f"),
+        (&sb, "b8e9f0a1b2c34d5e6f7a8b9c0d1e2f3a"),
+    ] {
+        let ids: BTreeSet<&str> = outcome
+            .report()
+            .unwrap()
+            .snapshots
+            .iter()
+            .map(|s| s.snapshot_id.as_str())
+            .collect();
+        let tagged: BTreeSet<&str> = snaps
+            .iter()
+            .filter(|s| tags::find(s.tags(), tags::FINDING_ID) == Some(finding))
+            .filter_map(|s| s.snapshot_id())
+            .collect();
+        assert_eq!(ids, tagged, "the report names its finding's set");
+    }
+
+    let (ra, rb) = tokio::join!(contain_role(&f.ctx, &a), contain_role(&f.ctx, &b));
+    assert!(ra.is_ok() && rb.is_ok(), "{ra:?} {rb:?}");
+    assert_eq!(f.inline_policies().await, vec![REVOKE_SESSIONS_POLICY_NAME]);
+    let denyall = deny_all_policy_arn("aws", &f.account);
+    assert_eq!(
+        f.attached_policies()
+            .await
+            .iter()
+            .filter(|p| **p == denyall)
+            .count(),
+        1
+    );
+    record_outcome("contained");
+}
+
+#[tokio::test]
+async fn isolation_retried_after_failing_half_way() {
+    let f = Fixture::new().await;
+    let key = access_key(&f.config).await;
+    let before = f.interface_groups().await;
+    // The interfaces move; termination protection fails transiently (no SDK retries here).
+    inject(&key, "ec2:ModifyInstanceAttribute", "unavailable", Some(1));
+    let first = isolate(&f.ctx, &f.event(EXFILTRATION)).await.unwrap_err();
+    assert_eq!(first.name(), ErrorName::TransientAwsError, "{first}");
+
+    // The state machine's retry: nothing twice, and the groups from before are still reported.
+    let second = isolate(&f.ctx, &f.event(EXFILTRATION)).await.unwrap();
+    let report = second.report().unwrap();
+    assert!(
+        report
+            .interfaces
+            .iter()
+            .all(|i| i.status == InterfaceStatus::AlreadyIsolated)
+    );
+    for i in &report.interfaces {
+        let mut previous = i.previous_groups.clone();
+        previous.sort();
+        assert_eq!(previous, before[&i.interface_id]);
+    }
+    assert_eq!(
+        f.security_groups_named(QUARANTINE_GROUP_NAME).await.len(),
+        1
+    );
+    record_outcome("contained");
+}
+
+#[tokio::test]
+async fn a_quarantine_group_not_visible_yet_is_retried() {
+    let f = Fixture::new().await;
+    let key = access_key(&f.config).await;
+    // Right after creation, EC2 may not know the new group yet.
+    inject_error(
+        &key,
+        "ec2:RevokeSecurityGroupEgress",
+        "InvalidGroup.NotFound",
+        400,
+    );
+    let first = isolate(&f.ctx, &f.event(EXFILTRATION)).await.unwrap_err();
+    assert_eq!(first.name(), ErrorName::TransientAwsError, "{first}");
+    assert_eq!(
+        f.interface_groups()
+            .await
+            .values()
+            .filter(|g| g.len() == 1)
+            .count(),
+        1,
+        "nothing moved yet"
+    );
+
+    let second = isolate(&f.ctx, &f.event(EXFILTRATION)).await.unwrap();
+    assert_eq!(second.status(), "done");
+    let groups = f.security_groups_named(QUARANTINE_GROUP_NAME).await;
+    assert_eq!(
+        groups.len(),
+        1,
+        "the group created by the first attempt is reused"
+    );
+    assert!(
+        groups[0].ip_permissions_egress().is_empty(),
+        "and emptied by the second"
+    );
+    record_outcome("contained");
+}
+
+#[tokio::test]
+async fn snapshots_retried_after_failing_half_way() {
+    let f = Fixture::new().await;
+    let key = access_key(&f.config).await;
+    // The snapshot set is taken; labelling one snapshot with its device fails.
+    inject(&key, "ec2:CreateTags", "unavailable", Some(1));
+    let first = snapshot(&f.ctx, &f.event(EXFILTRATION)).await.unwrap();
+    let second = snapshot(&f.ctx, &f.event(EXFILTRATION)).await.unwrap();
+    let ids = |o: &Outcome<ec2_quarantine::snapshot::SnapshotReport>| -> BTreeSet<String> {
+        o.report()
+            .unwrap()
+            .snapshots
+            .iter()
+            .map(|s| s.snapshot_id.clone())
+            .collect()
+    };
+    assert_eq!(second.status(), "already_done");
+    assert_eq!(ids(&first), ids(&second));
+    assert_eq!(f.snapshots().await.len(), 2, "one set");
+    record_outcome("contained");
+}
+
+#[tokio::test]
+async fn role_containment_retried_after_failing_half_way() {
+    let f = Fixture::new().await;
+    let key = access_key(&f.config).await;
+    inject(&key, "iam:AttachRolePolicy", "unavailable", Some(1));
+    let first = contain_role(&f.ctx, &f.event(EXFILTRATION))
+        .await
+        .unwrap_err();
+    assert_eq!(first.name(), ErrorName::TransientAwsError, "{first}");
+    assert!(
+        first
+            .to_string()
+            .contains("older sessions of compromised-instance-role revoked"),
+        "{first}"
+    );
+
+    let second = contain_role(&f.ctx, &f.event(EXFILTRATION)).await.unwrap();
+    let report = second.report().unwrap();
+    assert_eq!(report.deny_all, Change::Applied);
+    assert_eq!(
+        report.revoke_sessions,
+        Change::AlreadyInPlace,
+        "the first attempt's cutoff is kept"
+    );
+    assert_eq!(f.inline_policies().await, vec![REVOKE_SESSIONS_POLICY_NAME]);
+    let denyall = deny_all_policy_arn("aws", &f.account);
+    assert_eq!(
+        f.attached_policies()
+            .await
+            .iter()
+            .filter(|p| **p == denyall)
+            .count(),
+        1
+    );
+    record_outcome("contained");
+}
