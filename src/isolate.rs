@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use aws_sdk_ec2::types::{
-    AttributeBooleanValue, AttributeValue, Filter, Instance, ResourceType, SecurityGroup,
-    TagSpecification,
+    AttributeBooleanValue, AttributeValue, EbsInstanceBlockDeviceSpecification, Filter, Instance,
+    InstanceBlockDeviceMappingSpecification, ResourceType, SecurityGroup, TagSpecification,
 };
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
@@ -30,6 +30,9 @@ pub struct IsolateReport {
     pub interfaces: Vec<InterfaceIsolation>,
     pub termination_protection: bool,
     pub shutdown_behavior: String,
+    /// Devices whose volume this run stopped from being deleted with the instance.
+    #[serde(default)]
+    pub volumes_kept_on_termination: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -92,7 +95,7 @@ pub async fn isolate_instance(
 
     // Evidence first and independent of the network change: a failure here must not hold
     // isolation back, and isolation must not wait for it.
-    let protect = protect(ec2, &target.instance_id);
+    let protect = protect(ec2, &inst);
     let isolate = async {
         // Writing the record of the previous groups and finding the quarantine groups don't
         // depend on each other. Interfaces move once both are done; a record that could not be
@@ -137,10 +140,16 @@ pub async fn isolate_instance(
         ));
         false
     });
-    match protected {
-        Ok(()) => done.push("termination protection on, shutdown behaviour stop".into()),
-        Err(err) => failed.push(("termination protection".into(), err)),
-    }
+    let volumes_kept_on_termination = match protected {
+        Ok(devices) => {
+            done.push("termination protection on, shutdown behaviour stop, volumes kept".into());
+            devices
+        }
+        Err(err) => {
+            failed.push(("termination protection".into(), err));
+            Vec::new()
+        }
+    };
     if !failed.is_empty() {
         for (what, err) in &failed {
             warn!(what, error = %err, "containment action failed");
@@ -154,6 +163,7 @@ pub async fn isolate_instance(
     }
 
     let changed = recorded
+        || !volumes_kept_on_termination.is_empty()
         || groups.iter().any(|g| g.changed)
         || report_interfaces
             .iter()
@@ -167,6 +177,7 @@ pub async fn isolate_instance(
             interfaces: report_interfaces,
             termination_protection: true,
             shutdown_behavior: "stop".into(),
+            volumes_kept_on_termination,
         },
     ))
 }
@@ -224,6 +235,13 @@ async fn record(
         ));
         new_tags.push(tags::new(tags::CONTAINED_AT, now_rfc3339()));
     }
+    let devices = deleted_on_termination(inst);
+    if !devices.is_empty() && tags::find(inst.tags(), tags::DELETE_ON_TERMINATION).is_none() {
+        new_tags.push(tags::new(
+            tags::DELETE_ON_TERMINATION,
+            tags::value(&devices.join(",")),
+        ));
+    }
     for eni in interfaces.iter().filter(|e| !e.looks_isolated) {
         let chunks = tags::chunk_ids(&eni.groups);
         let keys = tags::previous_groups_keys(&eni.id, chunks.len());
@@ -247,7 +265,19 @@ async fn record(
     Ok(true)
 }
 
-async fn protect(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> Result<(), Error> {
+/// Devices of attached EBS volumes that would be deleted with the instance.
+fn deleted_on_termination(inst: &Instance) -> Vec<String> {
+    inst.block_device_mappings()
+        .iter()
+        .filter(|m| m.ebs().and_then(|e| e.delete_on_termination()) == Some(true))
+        .filter_map(|m| m.device_name().map(str::to_owned))
+        .collect()
+}
+
+/// Keeps the evidence: no API termination, a shutdown from inside stops, and no volume is
+/// deleted with the instance. Returns the devices whose DeleteOnTermination it turned off.
+async fn protect(ec2: &aws_sdk_ec2::Client, inst: &Instance) -> Result<Vec<String>, Error> {
+    let instance_id = inst.instance_id().unwrap_or_default();
     let termination = ec2
         .modify_instance_attribute()
         .instance_id(instance_id)
@@ -258,10 +288,40 @@ async fn protect(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> Result<(), Err
         .instance_id(instance_id)
         .instance_initiated_shutdown_behavior(AttributeValue::builder().value("stop").build())
         .send();
-    let (termination, shutdown) = futures::join!(termination, shutdown);
+    let devices = deleted_on_termination(inst);
+    let volumes = async {
+        if devices.is_empty() {
+            return Ok(());
+        }
+        let mappings = devices
+            .iter()
+            .map(|d| {
+                InstanceBlockDeviceMappingSpecification::builder()
+                    .device_name(d)
+                    .ebs(
+                        EbsInstanceBlockDeviceSpecification::builder()
+                            .delete_on_termination(false)
+                            .build(),
+                    )
+                    .build()
+            })
+            .collect();
+        ec2.modify_instance_attribute()
+            .instance_id(instance_id)
+            .set_block_device_mappings(Some(mappings))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::from_sdk("ec2:ModifyInstanceAttribute", e))
+    };
+    let (termination, shutdown, volumes) = futures::join!(termination, shutdown, volumes);
     termination.map_err(|e| Error::from_sdk("ec2:ModifyInstanceAttribute", e))?;
     shutdown.map_err(|e| Error::from_sdk("ec2:ModifyInstanceAttribute", e))?;
-    Ok(())
+    volumes?;
+    if !devices.is_empty() {
+        info!(?devices, "volumes kept on termination");
+    }
+    Ok(devices)
 }
 
 async fn move_interface(

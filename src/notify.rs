@@ -442,6 +442,13 @@ fn write_isolation(body: &mut String, r: Option<&StepResult<IsolateReport>>, lin
         "      termination protection on; shutdown behaviour: {}",
         report.shutdown_behavior
     );
+    if !report.volumes_kept_on_termination.is_empty() {
+        let _ = writeln!(
+            body,
+            "      volumes no longer deleted with the instance: {}",
+            report.volumes_kept_on_termination.join(", ")
+        );
+    }
 }
 
 fn write_snapshots(body: &mut String, r: Option<&StepResult<SnapshotReport>>, links: &Links) {

@@ -18,6 +18,8 @@ pub const CONTAINED_AT: &str = "ec2-quarantine:contained-at";
 /// On the instance, one per network interface: the groups it had before isolation, so that a
 /// person (or a release step) can restore them. Continued in `...:2`, `...:3` when long.
 pub const PREVIOUS_GROUPS: &str = "ec2-quarantine:previous-groups:";
+/// On the instance: the devices whose volumes had DeleteOnTermination set before containment.
+pub const DELETE_ON_TERMINATION: &str = "ec2-quarantine:delete-on-termination";
 /// On snapshots: the instance, volume and device they were taken from.
 pub const INSTANCE_ID: &str = "ec2-quarantine:instance-id";
 pub const VOLUME_ID: &str = "ec2-quarantine:volume-id";

@@ -114,6 +114,23 @@ async fn isolate_moves_every_interface_into_an_empty_quarantine_group() {
         Some("stop")
     );
 
+    // No attached volume goes with the instance any more.
+    let inst = f.instance().await;
+    for m in inst.block_device_mappings() {
+        assert_eq!(
+            m.ebs().unwrap().delete_on_termination(),
+            Some(false),
+            "{:?}",
+            m.device_name()
+        );
+    }
+    assert_eq!(report.volumes_kept_on_termination.len(), 2);
+    assert_eq!(
+        tags[tags::DELETE_ON_TERMINATION].split(',').count(),
+        2,
+        "recorded for release"
+    );
+
     // A second run (a retry, or the finding re-sent) changes nothing and still reports the
     // groups the interfaces had before the first run.
     let again = isolate(&f.ctx, &f.event(EXFILTRATION)).await.unwrap();
@@ -122,6 +139,7 @@ async fn isolate_moves_every_interface_into_an_empty_quarantine_group() {
     };
     assert_eq!(second.quarantine_groups[0].group_id, qsg);
     assert!(!second.quarantine_groups[0].changed);
+    assert!(second.volumes_kept_on_termination.is_empty());
     for (first, second) in report.interfaces.iter().zip(&second.interfaces) {
         assert_eq!(second.status, InterfaceStatus::AlreadyIsolated);
         assert_eq!(first.previous_groups, second.previous_groups);

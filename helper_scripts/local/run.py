@@ -159,8 +159,8 @@ def simulate_compromised_instance(ec2, iam) -> dict:
             {"DeviceIndex": 1, "SubnetId": subnet, "Groups": [web, ssh]},
         ],
         BlockDeviceMappings=[
-            {"DeviceName": root, "Ebs": {"VolumeSize": 8}},
-            {"DeviceName": "/dev/sdf", "Ebs": {"VolumeSize": 10}},
+            {"DeviceName": root, "Ebs": {"VolumeSize": 8, "DeleteOnTermination": True}},
+            {"DeviceName": "/dev/sdf", "Ebs": {"VolumeSize": 10, "DeleteOnTermination": True}},
         ],
         TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "Name", "Value": "compromised-instance"}]}],
     )["Instances"][0]
@@ -224,6 +224,9 @@ def emulator_state(ec2, iam, sim: dict) -> dict:
         "termination_protection": ec2.describe_instance_attribute(InstanceId=sim["instance_id"], Attribute="disableApiTermination")[
             "DisableApiTermination"
         ]["Value"],
+        "deleted_on_termination": sorted(
+            m["DeviceName"] for m in instance.get("BlockDeviceMappings", []) if m.get("Ebs", {}).get("DeleteOnTermination")
+        ),
         "shutdown_behavior": ec2.describe_instance_attribute(InstanceId=sim["instance_id"], Attribute="instanceInitiatedShutdownBehavior")[
             "InstanceInitiatedShutdownBehavior"
         ]["Value"],
@@ -560,7 +563,8 @@ def render(report: dict) -> str:
     for g in emu["after"]["quarantine_groups"]:
         w(f"  quarantine group {g['id']}: {g['ingress_rules']} ingress rules, {g['egress_rules']} egress rules")
     inst = emu["after"]["instance"]
-    w(f"  termination protection: {inst['termination_protection']}, shutdown behaviour: {inst['shutdown_behavior']}")
+    w(f"  termination protection: {inst['termination_protection']}, shutdown behaviour: {inst['shutdown_behavior']}, "
+      f"volumes deleted with the instance: {', '.join(inst['deleted_on_termination']) or 'none'}")
     w("Snapshots:")
     for s in emu["after"]["snapshots"]:
         w(f"  {s['id']} of {s['volume_id']} ({s['tags'].get('ec2-quarantine:device', '?')})")

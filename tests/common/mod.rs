@@ -429,13 +429,23 @@ async fn launch(
         .block_device_mappings(
             BlockDeviceMapping::builder()
                 .device_name(root)
-                .ebs(EbsBlockDevice::builder().volume_size(8).build())
+                .ebs(
+                    EbsBlockDevice::builder()
+                        .volume_size(8)
+                        .delete_on_termination(true)
+                        .build(),
+                )
                 .build(),
         )
         .block_device_mappings(
             BlockDeviceMapping::builder()
                 .device_name("/dev/sdf")
-                .ebs(EbsBlockDevice::builder().volume_size(10).build())
+                .ebs(
+                    EbsBlockDevice::builder()
+                        .volume_size(10)
+                        .delete_on_termination(true)
+                        .build(),
+                )
                 .build(),
         )
         .send()

@@ -76,6 +76,8 @@ def test_a_compromised_instance_is_contained(name):
     assert after["interface_groups"] == {eni: [group["id"]] for eni in sim["interfaces"]}
     assert after["instance"]["termination_protection"] is True
     assert after["instance"]["shutdown_behavior"] == "stop"
+    assert report["emulator"]["before"]["instance"]["deleted_on_termination"], "the simulated volumes start deletable"
+    assert after["instance"]["deleted_on_termination"] == [], "no volume goes with the instance"
     assert sorted(s["volume_id"] for s in after["snapshots"]) == sorted(sim["volumes"])
     assert all(s["tags"]["ec2-quarantine:instance-id"] == sim["instance_id"] for s in after["snapshots"])
     assert "arn:aws:iam::123456789012:policy/ec2-quarantine/ec2-quarantine-DenyAll" in after["role"]["attached_policies"]
