@@ -5,10 +5,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use aws_sdk_ec2::types::{
     AttributeBooleanValue, AttributeValue, EbsInstanceBlockDeviceSpecification, Filter, Instance,
-    InstanceBlockDeviceMappingSpecification, ResourceType, SecurityGroup, TagSpecification,
+    InstanceBlockDeviceMappingSpecification, IpPermission, IpRange, Ipv6Range, ResourceType,
+    SecurityGroup, TagSpecification,
 };
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
+use futures::FutureExt;
 use futures::future::{join_all, try_join_all};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -22,6 +24,12 @@ use crate::{instance, now_rfc3339, tags};
 /// The name of the tool's quarantine group in each VPC (names are unique per VPC).
 pub const QUARANTINE_GROUP_NAME: &str = "ec2-quarantine-isolation";
 const QUARANTINE_GROUP_DESCRIPTION: &str = "Quarantine for compromised instances: no inbound, no outbound. Managed by ec2-quarantine; add no rules.";
+/// The transit group each interface passes through on its way to quarantine. A group that
+/// allows all traffic in and out, IPv4 and IPv6, leaves its flows untracked, so that the move to
+/// the quarantine group then cuts connections that were open (an attacker's SSH or C2 session),
+/// which a plain group change leaves alive.
+pub const TRANSIT_GROUP_NAME: &str = "ec2-quarantine-untrack";
+const TRANSIT_GROUP_DESCRIPTION: &str = "Transit for ec2-quarantine: allows all traffic for an instant so that open connections become untracked and are cut by the quarantine group. Managed by ec2-quarantine.";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct IsolateReport {
@@ -39,6 +47,9 @@ pub struct IsolateReport {
 pub struct QuarantineGroup {
     pub vpc_id: String,
     pub group_id: String,
+    /// The transit group of this VPC (see [`TRANSIT_GROUP_NAME`]).
+    #[serde(default)]
+    pub transit_group_id: String,
     /// Whether this run created the group (or, for a group found, emptied rules someone added).
     pub changed: bool,
 }
@@ -50,6 +61,10 @@ pub struct InterfaceIsolation {
     /// The groups the interface had before isolation, to restore on release.
     pub previous_groups: Vec<String>,
     pub status: InterfaceStatus,
+    /// Whether the interface passed through the transit group, which cuts tracked connections
+    /// (false when it was already isolated, or the transit move failed: connections may persist).
+    #[serde(default)]
+    pub connections_cut: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,11 +122,11 @@ pub async fn isolate_instance(
         let groups = groups?;
         let by_vpc: BTreeMap<&str, &QuarantineGroup> =
             groups.iter().map(|g| (g.vpc_id.as_str(), g)).collect();
-        let moves = join_all(interfaces.iter().map(|eni| {
-            let group_id = by_vpc.get(eni.vpc_id.as_str()).map(|g| g.group_id.as_str());
-            move_interface(ec2, eni, group_id.unwrap_or_default(), &inst)
-        }))
-        .await;
+        let moves =
+            join_all(interfaces.iter().map(|eni| {
+                move_interface(ec2, eni, by_vpc.get(eni.vpc_id.as_str()).copied(), &inst)
+            }))
+            .await;
         Ok::<_, Error>((recorded, groups, moves))
     };
     let (protected, isolated) = futures::join!(protect, isolate);
@@ -327,28 +342,40 @@ async fn protect(ec2: &aws_sdk_ec2::Client, inst: &Instance) -> Result<Vec<Strin
 async fn move_interface(
     ec2: &aws_sdk_ec2::Client,
     eni: &Interface,
-    group_id: &str,
+    group: Option<&QuarantineGroup>,
     inst: &Instance,
 ) -> Result<InterfaceIsolation, (String, Error)> {
+    let (group_id, transit_id) = group
+        .map(|g| (g.group_id.as_str(), g.transit_group_id.as_str()))
+        .unwrap_or_default();
     let isolated = eni.groups.len() == 1 && eni.groups[0] == group_id;
     let previous_groups = if isolated {
         recorded_groups(inst, &eni.id)
     } else {
         eni.groups.clone()
     };
-    if !isolated {
+    let set_groups = |group: &str| {
         ec2.modify_network_interface_attribute()
             .network_interface_id(&eni.id)
-            .groups(group_id)
+            .groups(group)
             .send()
+            .map(|r| r.map_err(|e| Error::from_sdk("ec2:ModifyNetworkInterfaceAttribute", e)))
+    };
+    let mut connections_cut = false;
+    if !isolated {
+        // Through the transit group first; without it, isolate all the same.
+        if !transit_id.is_empty() {
+            match set_groups(transit_id).await {
+                Ok(_) => connections_cut = true,
+                Err(err) => {
+                    warn!(eni = %eni.id, error = %err, "transit move failed: open connections may persist");
+                }
+            }
+        }
+        set_groups(group_id)
             .await
-            .map_err(|e| {
-                (
-                    eni.id.clone(),
-                    Error::from_sdk("ec2:ModifyNetworkInterfaceAttribute", e),
-                )
-            })?;
-        info!(eni = %eni.id, sg = %group_id, previous = ?previous_groups, "interface isolated");
+            .map_err(|err| (eni.id.clone(), err))?;
+        info!(eni = %eni.id, sg = %group_id, previous = ?previous_groups, connections_cut, "interface isolated");
     }
     Ok(InterfaceIsolation {
         interface_id: eni.id.clone(),
@@ -359,6 +386,7 @@ async fn move_interface(
         } else {
             InterfaceStatus::Isolated
         },
+        connections_cut,
     })
 }
 
@@ -366,48 +394,97 @@ fn filter(name: &str, value: &str) -> Filter {
     Filter::builder().name(name).values(value).build()
 }
 
-/// Finds the tool's quarantine group in a VPC, or creates it, and makes sure it has no rule.
+/// Finds or creates the tool's two groups in a VPC: the quarantine group, with every rule
+/// revoked, and the transit group, allowing all traffic. Without a usable transit group the
+/// interfaces are still isolated, only without cutting open connections.
 async fn ensure_quarantine_group(
     ec2: &aws_sdk_ec2::Client,
     vpc_id: &str,
 ) -> Result<QuarantineGroup, Error> {
-    let found = ec2
-        .describe_security_groups()
-        .filters(filter("vpc-id", vpc_id))
-        .filters(filter("tag-key", tags::ISOLATION_GROUP))
-        .send()
-        .await
-        .map_err(|e| Error::from_sdk("ec2:DescribeSecurityGroups", e))?;
-    let (group, created) = match found.security_groups().first() {
-        Some(group) => (group.clone(), false),
-        None => (create_quarantine_group(ec2, vpc_id).await?, true),
+    let quarantine = async {
+        let (group, created) = ensure_group(
+            ec2,
+            vpc_id,
+            QUARANTINE_GROUP_NAME,
+            QUARANTINE_GROUP_DESCRIPTION,
+            tags::ISOLATION_GROUP,
+        )
+        .await?;
+        let emptied = revoke_all_rules(ec2, &group).await?;
+        Ok::<_, Error>((group, created || emptied))
+    };
+    let transit = async {
+        let (group, created) = ensure_group(
+            ec2,
+            vpc_id,
+            TRANSIT_GROUP_NAME,
+            TRANSIT_GROUP_DESCRIPTION,
+            tags::TRANSIT_GROUP,
+        )
+        .await?;
+        let opened = allow_all(ec2, &group).await?;
+        Ok::<_, Error>((group, created || opened))
+    };
+    let (quarantine, transit) = futures::join!(quarantine, transit);
+    let (group, quarantine_changed) = quarantine?;
+    let (transit_group_id, transit_changed) = match transit {
+        Ok((g, changed)) => (g.group_id().unwrap_or_default().to_owned(), changed),
+        Err(err) => {
+            warn!(vpc_id, error = %err, "no transit group: open connections will not be cut");
+            (String::new(), false)
+        }
     };
     let group_id = group.group_id().unwrap_or_default().to_owned();
-    let emptied = revoke_all_rules(ec2, &group).await?;
-    if created {
-        info!(vpc_id, sg = %group_id, "quarantine group created");
-    }
     Ok(QuarantineGroup {
         vpc_id: vpc_id.to_owned(),
         group_id,
-        changed: created || emptied,
+        transit_group_id,
+        changed: quarantine_changed || transit_changed,
     })
 }
 
-async fn create_quarantine_group(
+/// The tool's group of that name in the VPC (found by its tag), created if missing. Returns it
+/// and whether it was created.
+async fn ensure_group(
     ec2: &aws_sdk_ec2::Client,
     vpc_id: &str,
+    name: &str,
+    description: &str,
+    tag: &str,
+) -> Result<(SecurityGroup, bool), Error> {
+    let found = ec2
+        .describe_security_groups()
+        .filters(filter("vpc-id", vpc_id))
+        .filters(filter("tag-key", tag))
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk("ec2:DescribeSecurityGroups", e))?;
+    Ok(match found.security_groups().first() {
+        Some(group) => (group.clone(), false),
+        None => (
+            create_group(ec2, vpc_id, name, description, tag).await?,
+            true,
+        ),
+    })
+}
+
+async fn create_group(
+    ec2: &aws_sdk_ec2::Client,
+    vpc_id: &str,
+    name: &str,
+    description: &str,
+    tag: &str,
 ) -> Result<SecurityGroup, Error> {
     let created = ec2
         .create_security_group()
-        .group_name(QUARANTINE_GROUP_NAME)
-        .description(QUARANTINE_GROUP_DESCRIPTION)
+        .group_name(name)
+        .description(description)
         .vpc_id(vpc_id)
         .tag_specifications(
             TagSpecification::builder()
                 .resource_type(ResourceType::SecurityGroup)
-                .tags(tags::new("Name", QUARANTINE_GROUP_NAME))
-                .tags(tags::new(tags::ISOLATION_GROUP, "true"))
+                .tags(tags::new("Name", name))
+                .tags(tags::new(tag, "true"))
                 .build(),
         )
         .send()
@@ -415,13 +492,13 @@ async fn create_quarantine_group(
     let by = match created {
         Ok(out) => filter("group-id", out.group_id().unwrap_or_default()),
         // Another execution created it first, or a person made a group of that name: adopt it
-        // (its rules are revoked below, so adopting it can only make it stricter).
+        // (its rules are set below, so adopting it cannot make it laxer than intended).
         Err(e) => {
             let err = Error::from_sdk("ec2:CreateSecurityGroup", e);
             if err.aws_code() != Some("InvalidGroup.Duplicate") {
                 return Err(err);
             }
-            filter("group-name", QUARANTINE_GROUP_NAME)
+            filter("group-name", name)
         }
     };
     let described = ec2
@@ -440,20 +517,87 @@ async fn create_quarantine_group(
         .ok_or_else(|| Error::Transient {
             action: "ec2:DescribeSecurityGroups",
             code: "InvalidGroup.NotFound".into(),
-            message: format!("the quarantine group of {vpc_id} is not visible yet"),
-            source: "quarantine group not visible after creation".into(),
+            message: format!("the group {name} of {vpc_id} is not visible yet"),
+            source: "group not visible after creation".into(),
         })?;
-    if tags::find(group.tags(), tags::ISOLATION_GROUP).is_none()
+    if tags::find(group.tags(), tag).is_none()
         && let Some(id) = group.group_id()
     {
         ec2.create_tags()
             .resources(id)
-            .tags(tags::new(tags::ISOLATION_GROUP, "true"))
+            .tags(tags::new(tag, "true"))
             .send()
             .await
             .map_err(|e| Error::from_sdk("ec2:CreateTags", e))?;
     }
     Ok(group)
+}
+
+/// Makes the transit group allow all traffic in and out, IPv4 and IPv6. Returns whether it
+/// added a rule.
+async fn allow_all(ec2: &aws_sdk_ec2::Client, group: &SecurityGroup) -> Result<bool, Error> {
+    let id = group.group_id().unwrap_or_default();
+    let missing = |perms: &[IpPermission]| -> Option<IpPermission> {
+        let all = perms.iter().filter(|p| p.ip_protocol() == Some("-1"));
+        let v4 = all.clone().any(|p| {
+            p.ip_ranges()
+                .iter()
+                .any(|r| r.cidr_ip() == Some("0.0.0.0/0"))
+        });
+        let v6 = all.clone().any(|p| {
+            p.ipv6_ranges()
+                .iter()
+                .any(|r| r.cidr_ipv6() == Some("::/0"))
+        });
+        if v4 && v6 {
+            return None;
+        }
+        let mut p = IpPermission::builder().ip_protocol("-1");
+        if !v4 {
+            p = p.ip_ranges(IpRange::builder().cidr_ip("0.0.0.0/0").build());
+        }
+        if !v6 {
+            p = p.ipv6_ranges(Ipv6Range::builder().cidr_ipv6("::/0").build());
+        }
+        Some(p.build())
+    };
+    // A concurrent execution may add the same rule first: a duplicate is the state we want.
+    let ok_if_duplicate = |r: Result<(), Error>| match r {
+        Err(e) if e.aws_code() == Some("InvalidPermission.Duplicate") => Ok(()),
+        other => other,
+    };
+    let ingress = missing(group.ip_permissions());
+    let egress = missing(group.ip_permissions_egress());
+    let add_ingress = async {
+        let Some(p) = ingress.clone() else {
+            return Ok(());
+        };
+        ok_if_duplicate(
+            ec2.authorize_security_group_ingress()
+                .group_id(id)
+                .ip_permissions(p)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| group_error("ec2:AuthorizeSecurityGroupIngress", e)),
+        )
+    };
+    let add_egress = async {
+        let Some(p) = egress.clone() else {
+            return Ok(());
+        };
+        ok_if_duplicate(
+            ec2.authorize_security_group_egress()
+                .group_id(id)
+                .ip_permissions(p)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| group_error("ec2:AuthorizeSecurityGroupEgress", e)),
+        )
+    };
+    futures::try_join!(add_ingress, add_egress)?;
+    Ok(ingress.is_some() || egress.is_some())
 }
 
 /// An error about the quarantine group the step just found or created: "not found" there is

@@ -436,6 +436,12 @@ fn write_isolation(body: &mut String, r: Option<&StepResult<IsolateReport>>, lin
             "      {} {status}; previous groups: {previous}",
             eni.interface_id
         );
+        if eni.status == InterfaceStatus::Isolated && !eni.connections_cut {
+            let _ = writeln!(
+                body,
+                "        WARNING: connections open before isolation may persist (the transit group could not be used)"
+            );
+        }
     }
     let _ = writeln!(
         body,

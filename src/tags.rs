@@ -9,6 +9,8 @@ pub const PREFIX: &str = "ec2-quarantine:";
 
 /// On the quarantine security group: marks it as the tool's isolation group for its VPC.
 pub const ISOLATION_GROUP: &str = "ec2-quarantine:isolation-group";
+/// On the transit group: marks it as the tool's untracking group for its VPC.
+pub const TRANSIT_GROUP: &str = "ec2-quarantine:untrack-group";
 /// On the instance and on snapshots: the finding that led to the action.
 pub const FINDING_ID: &str = "ec2-quarantine:finding-id";
 /// On the instance: the finding's type.

@@ -7,7 +7,9 @@ use std::collections::BTreeSet;
 
 use aws_sdk_ec2::types::{InstanceAttributeName, IpPermission, IpRange};
 use common::{Fixture, filter};
-use ec2_quarantine::isolate::{InterfaceStatus, QUARANTINE_GROUP_NAME, isolate};
+use ec2_quarantine::isolate::{
+    InterfaceStatus, QUARANTINE_GROUP_NAME, TRANSIT_GROUP_NAME, isolate,
+};
 use ec2_quarantine::role::{
     Change, DENY_ALL_POLICY_NAME, REVOKE_SESSIONS_POLICY_NAME, contain_role, deny_all_policy_arn,
 };
@@ -113,6 +115,56 @@ async fn isolate_moves_every_interface_into_an_empty_quarantine_group() {
             .value(),
         Some("stop")
     );
+
+    // Each interface went through the transit group (all traffic allowed, so open connections
+    // become untracked) before the quarantine group, which then cuts them.
+    let transit = f.security_groups_named(TRANSIT_GROUP_NAME).await;
+    assert_eq!(transit.len(), 1);
+    let transit_id = transit[0].group_id().unwrap().to_owned();
+    assert_eq!(report.quarantine_groups[0].transit_group_id, transit_id);
+    for rules in [
+        transit[0].ip_permissions(),
+        transit[0].ip_permissions_egress(),
+    ] {
+        let all: Vec<_> = rules
+            .iter()
+            .filter(|p| p.ip_protocol() == Some("-1"))
+            .collect();
+        assert!(
+            all.iter().any(|p| p
+                .ip_ranges()
+                .iter()
+                .any(|r| r.cidr_ip() == Some("0.0.0.0/0"))),
+            "{rules:?}"
+        );
+        assert!(
+            all.iter().any(|p| p
+                .ipv6_ranges()
+                .iter()
+                .any(|r| r.cidr_ipv6() == Some("::/0"))),
+            "{rules:?}"
+        );
+    }
+    assert!(report.interfaces.iter().all(|i| i.connections_cut));
+    let key = common::access_key(&f.config).await;
+    for eni in &f.interfaces {
+        let moves: Vec<String> = common::proxy_log(&key)
+            .iter()
+            .filter(|e| e["action"] == "ec2:ModifyNetworkInterfaceAttribute")
+            .filter(|e| e["params"]["NetworkInterfaceId"] == eni.as_str())
+            .map(|e| {
+                e["params"]["SecurityGroupId.1"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(
+            moves,
+            vec![transit_id.clone(), qsg.clone()],
+            "{eni}: transit, then quarantine"
+        );
+    }
 
     // No attached volume goes with the instance any more.
     let inst = f.instance().await;

@@ -164,6 +164,8 @@ const ISOLATE_CALLS: &[&str] = &[
     "ec2:DescribeSecurityGroups",
     "ec2:CreateSecurityGroup",
     "ec2:RevokeSecurityGroupEgress",
+    "ec2:AuthorizeSecurityGroupIngress",
+    "ec2:AuthorizeSecurityGroupEgress",
     "ec2:CreateTags",
     "ec2:ModifyNetworkInterfaceAttribute",
     "ec2:ModifyInstanceAttribute",

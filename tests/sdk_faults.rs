@@ -15,7 +15,8 @@ use aws_sdk_ec2::operation::modify_network_interface_attribute::{
 };
 use aws_sdk_ec2::types::{
     EbsInstanceBlockDevice, GroupIdentifier, Instance, InstanceBlockDeviceMapping,
-    InstanceNetworkInterface, InstanceState, InstanceStateName, Reservation, SecurityGroup,
+    InstanceNetworkInterface, InstanceState, InstanceStateName, IpPermission, IpRange, Ipv6Range,
+    Reservation, SecurityGroup,
 };
 use aws_sdk_ec2::{Client as Ec2, operation::create_tags::CreateTagsOutput};
 use aws_sdk_iam::Client as Iam;
@@ -40,6 +41,7 @@ use ec2_quarantine::{Clients, ErrorName};
 const INSTANCE: &str = "i-0123456789abcdef0";
 const VPC: &str = "vpc-0123456789abcdef0";
 const QUARANTINE: &str = "sg-0aaaaaaaaaaaaaaa0";
+const TRANSIT: &str = "sg-0ccccccccccccccc0";
 
 fn target() -> Target {
     let event = parse_event(serde_json::json!({
@@ -122,6 +124,35 @@ fn quarantine_group() -> DescribeSecurityGroupsOutput {
         .build()
 }
 
+/// The groups the mocked EC2 knows: the quarantine group, empty, and the transit group, open.
+fn known_groups() -> aws_smithy_mocks::Rule {
+    mock!(Ec2::describe_security_groups).then_compute_output(|input| {
+        let transit = input.filters().iter().any(|f| {
+            f.values()
+                .iter()
+                .any(|v| v == "ec2-quarantine:untrack-group")
+        });
+        if !transit {
+            return quarantine_group();
+        }
+        let all = IpPermission::builder()
+            .ip_protocol("-1")
+            .ip_ranges(IpRange::builder().cidr_ip("0.0.0.0/0").build())
+            .ipv6_ranges(Ipv6Range::builder().cidr_ipv6("::/0").build())
+            .build();
+        DescribeSecurityGroupsOutput::builder()
+            .security_groups(
+                SecurityGroup::builder()
+                    .group_id(TRANSIT)
+                    .vpc_id(VPC)
+                    .ip_permissions(all.clone())
+                    .ip_permissions_egress(all)
+                    .build(),
+            )
+            .build()
+    })
+}
+
 fn clients(ec2: Ec2, iam: Iam) -> Clients {
     Clients { ec2, iam }
 }
@@ -133,17 +164,20 @@ fn no_iam() -> Iam {
 #[tokio::test]
 async fn denied_termination_protection_does_not_hold_isolation_back() {
     let describe = mock!(Ec2::describe_instances).then_output(instance);
-    let groups = mock!(Ec2::describe_security_groups).then_output(quarantine_group);
+    let groups = known_groups();
     let tags = mock!(Ec2::create_tags).then_output(|| CreateTagsOutput::builder().build());
     let moves = mock!(Ec2::modify_network_interface_attribute)
         .match_requests(|r| r.groups() == [QUARANTINE])
+        .then_output(|| ModifyNetworkInterfaceAttributeOutput::builder().build());
+    let transit_moves = mock!(Ec2::modify_network_interface_attribute)
+        .match_requests(|r| r.groups() == [TRANSIT])
         .then_output(|| ModifyNetworkInterfaceAttributeOutput::builder().build());
     let protect = mock!(Ec2::modify_instance_attribute)
         .then_error(|| ModifyInstanceAttributeError::generic(denied("UnauthorizedOperation")));
     let ec2 = mock_client!(
         aws_sdk_ec2,
         RuleMode::MatchAny,
-        &[&describe, &groups, &tags, &moves, &protect]
+        &[&describe, &groups, &tags, &moves, &transit_moves, &protect]
     );
 
     let err = isolate_instance(&clients(ec2, no_iam()), &target())
@@ -151,6 +185,11 @@ async fn denied_termination_protection_does_not_hold_isolation_back() {
         .unwrap_err();
     assert_eq!(err.name(), ErrorName::ContainmentIncomplete, "{err}");
     assert_eq!(moves.num_calls(), 2, "both interfaces were still isolated");
+    assert_eq!(
+        transit_moves.num_calls(),
+        2,
+        "each through the transit group first"
+    );
     let message = err.to_string();
     assert!(
         message.contains("eni-0000000000000000a isolated"),
@@ -171,7 +210,7 @@ async fn denied_termination_protection_does_not_hold_isolation_back() {
 #[tokio::test]
 async fn a_throttled_interface_makes_the_step_retryable_and_the_other_is_isolated() {
     let describe = mock!(Ec2::describe_instances).then_output(instance);
-    let groups = mock!(Ec2::describe_security_groups).then_output(quarantine_group);
+    let groups = known_groups();
     let tags = mock!(Ec2::create_tags).then_output(|| CreateTagsOutput::builder().build());
     let throttled_move = mock!(Ec2::modify_network_interface_attribute)
         .match_requests(|r| r.network_interface_id() == Some("eni-0000000000000000b"))
@@ -198,7 +237,11 @@ async fn a_throttled_interface_makes_the_step_retryable_and_the_other_is_isolate
         .unwrap_err();
     assert_eq!(err.name(), ErrorName::TransientAwsError, "{err}");
     assert!(err.name().is_retryable());
-    assert_eq!(other_move.num_calls(), 1);
+    assert_eq!(
+        other_move.num_calls(),
+        2,
+        "the other interface: transit, then quarantine"
+    );
     assert_eq!(
         protect.num_calls(),
         2,

@@ -128,6 +128,8 @@ def handler(state: State):
             action = f"{service}:{name}"
             rule = state.match(action, access_key)
             entry = {"action": action, "access_key": access_key, "fault": rule["fault"] if rule else None}
+            if not target and body:
+                entry["params"] = {k: v[0] for k, v in form.items() if len(v[0]) <= 200}
             if rule and rule["fault"] in FAULTS:
                 status, ec2_code, code, message = FAULTS[rule["fault"]]
                 ctype, payload = error_body(service, ec2_code if service == "ec2" else code, message)

@@ -25,6 +25,8 @@ ACTIONS: dict[str, set[str]] = {
     "ec2:CreateSecurityGroup": {"IsolateFunction"},
     "ec2:RevokeSecurityGroupEgress": {"IsolateFunction"},
     "ec2:RevokeSecurityGroupIngress": {"IsolateFunction"},
+    "ec2:AuthorizeSecurityGroupIngress": {"IsolateFunction"},
+    "ec2:AuthorizeSecurityGroupEgress": {"IsolateFunction"},
     "ec2:ModifyNetworkInterfaceAttribute": {"IsolateFunction"},
     "ec2:ModifyInstanceAttribute": {"IsolateFunction"},
     "ec2:CreateTags": {"IsolateFunction", "SnapshotFunction"},
@@ -55,6 +57,7 @@ MODULES = {
 # Writes that IAM can scope: each must name resources (and the IAM ones a policy or condition).
 WRITES = {
     "ec2:CreateSecurityGroup", "ec2:RevokeSecurityGroupEgress", "ec2:RevokeSecurityGroupIngress",
+    "ec2:AuthorizeSecurityGroupIngress", "ec2:AuthorizeSecurityGroupEgress",
     "ec2:ModifyNetworkInterfaceAttribute", "ec2:ModifyInstanceAttribute", "ec2:CreateTags",
     "ec2:CreateSnapshots", "iam:PutRolePolicy", "iam:CreatePolicy", "iam:AttachRolePolicy",
     "sts:AssumeRole", "sns:Publish",
@@ -141,6 +144,8 @@ def test_no_wildcard_actions_and_writes_are_scoped(function):
                 assert "aws:TagKeys" in str(st.get("Condition")), f"{function}: CreateTags limited to the tool's keys"
             if action in ("ec2:RevokeSecurityGroupEgress", "ec2:RevokeSecurityGroupIngress"):
                 assert "aws:ResourceTag/ec2-quarantine:isolation-group" in str(st["Condition"]), "only the quarantine group"
+            if action in ("ec2:AuthorizeSecurityGroupEgress", "ec2:AuthorizeSecurityGroupIngress"):
+                assert "aws:ResourceTag/ec2-quarantine:untrack-group" in str(st["Condition"]), "only the transit group"
 
 
 def test_the_member_role_allows_the_union_of_the_containment_functions():
