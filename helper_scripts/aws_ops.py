@@ -109,12 +109,25 @@ def default_instance(session) -> str:
     return out["InstanceId"]
 
 
+def current_profile(ec2, instance_id: str) -> str | None:
+    """The instance profile associated now (the association API is the authoritative view)."""
+    associations = ec2.describe_iam_instance_profile_associations(
+        Filters=[{"Name": "instance-id", "Values": [instance_id]}, {"Name": "state", "Values": ["associated"]}]
+    )["IamInstanceProfileAssociations"]
+    return associations[0]["IamInstanceProfile"]["Arn"] if associations else None
+
+
 def instance_role(session, instance_id: str) -> str | None:
+    """The instance's role; for a contained instance, the role of the profile it had before the
+    quarantine profile (which holds none) replaced it."""
     ec2, iam = session.client("ec2"), session.client("iam")
     res = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
     if not res:
         raise OpsError(f"no instance {instance_id} in {session.region_name}")
-    arn = (res[0]["Instances"][0].get("IamInstanceProfile") or {}).get("Arn")
+    inst = res[0]["Instances"][0]
+    arn = current_profile(ec2, instance_id)
+    if arn and arn.endswith("/" + QUARANTINE_PROFILE):
+        arn = next((t["Value"] for t in inst.get("Tags", []) if t["Key"] == f"{TAG}previous-instance-profile"), None)
     if not arn:
         return None
     roles = iam.get_instance_profile(InstanceProfileName=arn.rsplit("/", 1)[1])["InstanceProfile"]["Roles"]
@@ -197,6 +210,7 @@ def verify(args) -> int:
         n["NetworkInterfaceId"]: [f"{g['GroupId']} ({g['GroupName']})" for g in n["Groups"]] for n in inst.get("NetworkInterfaces", [])
     }
     report["quarantine_tags"] = {t["Key"]: t["Value"] for t in inst.get("Tags", []) if t["Key"].startswith(TAG) and t["Key"] != f"{TAG}test-resource"}
+    report["instance_profile"] = current_profile(ec2, instance_id)
     report["termination_protection"] = ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="disableApiTermination")["DisableApiTermination"]["Value"]
     snaps = ec2.describe_snapshots(OwnerIds=["self"], Filters=[{"Name": f"tag:{TAG}instance-id", "Values": [instance_id]}])["Snapshots"]
     report["snapshots"] = [
@@ -218,6 +232,7 @@ def verify(args) -> int:
         and all(len(gs) == 1 and "ec2-quarantine-isolation" in gs[0] for gs in report["interfaces"].values())
         and report["snapshots"]
         and report["role"] and DENY_ALL in report["role"]["attached"] and INLINE_DENY in report["role"]["inline"]
+        and (report["instance_profile"] or "").endswith("/" + QUARANTINE_PROFILE)
     )
     report["groups_seen"] = sorted(groups)
     if args.json:
@@ -239,6 +254,7 @@ def render_verify(r: dict) -> str:
     for eni, gs in r["interfaces"].items():
         out.append(f"  {eni}: {', '.join(gs)}")
     out.append(f"Termination protection: {r['termination_protection']}")
+    out.append(f"Instance profile: {r['instance_profile'] or 'none'}")
     out.append("Forensic snapshots:")
     out.extend(f"  {s['id']} of {s['volume']} ({s['device']}), {s['state']}" for s in r["snapshots"])
     if not r["snapshots"]:

@@ -497,6 +497,21 @@ fn write_role(body: &mut String, r: Option<&StepResult<RoleReport>>, links: &Lin
             .unwrap_or("the first containment"),
         change(report.revoke_sessions)
     );
+    match &report.instance_profile {
+        Some(swap) => {
+            let _ = writeln!(
+                body,
+                "      instance profile: replaced by the quarantine profile, which grants nothing ({}); previous: {}",
+                change(swap.change),
+                swap.previous_profile_arn
+                    .as_deref()
+                    .unwrap_or("see the instance's tags")
+            );
+        }
+        None => {
+            let _ = writeln!(body, "      instance profile: none to replace");
+        }
+    }
     match (&report.other_instances_error, report.other_instances.len()) {
         (Some(e), _) => {
             let _ = writeln!(body, "      other instances using the role: unknown ({e})");

@@ -1,7 +1,7 @@
 //! Role containment: a managed DenyAll policy on the instance's role, and an inline deny of
 //! every session issued before now, so that credentials already stolen stop working too.
 
-use aws_sdk_ec2::types::Filter;
+use aws_sdk_ec2::types::{Filter, IamInstanceProfileSpecification};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tracing::{info, warn};
@@ -10,12 +10,15 @@ use crate::context::{Clients, Ctx};
 use crate::error::Error;
 use crate::finding::{FindingEvent, Skip, Target, is_role_name};
 use crate::outcome::Outcome;
-use crate::{instance, now_rfc3339};
+use crate::{instance, now_rfc3339, tags};
 
 /// The managed policy attached to contained roles, created once per account.
 pub const DENY_ALL_POLICY_NAME: &str = "ec2-quarantine-DenyAll";
 /// Its path, which also scopes the responder's IAM permissions to it.
 pub const POLICY_PATH: &str = "/ec2-quarantine/";
+/// The instance profile that replaces the instance's own: it holds no role, so the instance gets
+/// no credentials from its metadata service.
+pub const QUARANTINE_PROFILE_NAME: &str = "ec2-quarantine-quarantined";
 /// The inline policy that denies sessions issued before containment.
 pub const REVOKE_SESSIONS_POLICY_NAME: &str = "ec2-quarantine-revoke-older-sessions";
 
@@ -28,10 +31,20 @@ pub struct RoleReport {
     pub revoke_sessions: Change,
     /// The cutoff written by this run; `None` when an earlier run's deny was kept.
     pub sessions_issued_before: Option<String>,
+    /// The instance's profile swapped for the quarantine profile (`None`: it had none).
+    #[serde(default)]
+    pub instance_profile: Option<ProfileSwap>,
     /// Other instances that use the role and lose their permissions with it.
     pub other_instances: Vec<String>,
     /// Set when the other instances could not be listed (containment went ahead regardless).
     pub other_instances_error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileSwap {
+    /// The profile the instance had (for release); `None` when an earlier run swapped it.
+    pub previous_profile_arn: Option<String>,
+    pub change: Change,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,14 +136,16 @@ pub async fn contain_instance_role(
     }
 
     let policy_arn = deny_all_policy_arn(&target.scope.partition, &target.scope.account_id);
-    let (deny_all, revoke, others) = futures::join!(
+    let (deny_all, revoke, profile, others) = futures::join!(
         attach_deny_all(iam, &role_name, &policy_arn),
         revoke_older_sessions(iam, &role_name),
+        quarantine_instance_profile(clients, target),
         other_instances(clients, &role_name, &target.instance_id),
     );
-    let (deny_all, (revoke_sessions, cutoff)) = match (deny_all, revoke) {
-        (Ok(d), Ok(r)) => (d, r),
-        (d, r) => {
+    let (deny_all, (revoke_sessions, cutoff), instance_profile) = match (deny_all, revoke, profile)
+    {
+        (Ok(d), Ok(r), Ok(p)) => (d, r, p),
+        (d, r, p) => {
             let mut done = Vec::new();
             let mut failed = Vec::new();
             match d {
@@ -140,6 +155,12 @@ pub async fn contain_instance_role(
             match r {
                 Ok(_) => done.push(format!("older sessions of {role_name} revoked")),
                 Err(e) => failed.push(("session revocation".to_owned(), e)),
+            }
+            match p {
+                Ok(_) => {
+                    done.push("instance profile replaced by the quarantine profile".to_owned())
+                }
+                Err(e) => failed.push(("instance profile replacement".to_owned(), e)),
             }
             return Err(Error::Incomplete {
                 step: "role containment",
@@ -159,11 +180,16 @@ pub async fn contain_instance_role(
     info!(
         ?deny_all,
         ?revoke_sessions,
+        ?instance_profile,
         shared_with = other_instances.len(),
         "role contained"
     );
     Ok(Outcome::from_changes(
-        deny_all == Change::Applied || revoke_sessions == Change::Applied,
+        deny_all == Change::Applied
+            || revoke_sessions == Change::Applied
+            || instance_profile
+                .as_ref()
+                .is_some_and(|p| p.change == Change::Applied),
         RoleReport {
             role_name,
             role_arn,
@@ -171,10 +197,123 @@ pub async fn contain_instance_role(
             deny_all,
             revoke_sessions,
             sessions_issued_before: cutoff,
+            instance_profile,
             other_instances,
             other_instances_error,
         },
     ))
+}
+
+/// Replaces the instance's profile with the quarantine profile, which holds no role: the
+/// instance's metadata service then hands out no credentials at all. One call swaps the
+/// association (no window without a profile, no race with a disassociate/associate pair). The
+/// profile it had is recorded on the instance first, for release. `None`: the instance has no
+/// profile association (none, or the instance is gone).
+async fn quarantine_instance_profile(
+    clients: &Clients,
+    target: &Target,
+) -> Result<Option<ProfileSwap>, Error> {
+    let associations = clients
+        .ec2
+        .describe_iam_instance_profile_associations()
+        .filters(
+            Filter::builder()
+                .name("instance-id")
+                .values(&target.instance_id)
+                .build(),
+        )
+        .filters(Filter::builder().name("state").values("associated").build())
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk("ec2:DescribeIamInstanceProfileAssociations", e))?;
+    let Some(association) = associations.iam_instance_profile_associations().first() else {
+        return Ok(None);
+    };
+    let current = association
+        .iam_instance_profile()
+        .and_then(|p| p.arn())
+        .unwrap_or_default()
+        .to_owned();
+    if current.ends_with(&format!("/{QUARANTINE_PROFILE_NAME}")) {
+        return Ok(Some(ProfileSwap {
+            previous_profile_arn: None,
+            change: Change::AlreadyInPlace,
+        }));
+    }
+    let iam = &clients.iam;
+    let exists = match iam
+        .get_instance_profile()
+        .instance_profile_name(QUARANTINE_PROFILE_NAME)
+        .send()
+        .await
+    {
+        Ok(_) => true,
+        Err(e) => {
+            let err = Error::from_sdk("iam:GetInstanceProfile", e);
+            if err.aws_code() != Some("NoSuchEntity") {
+                return Err(err);
+            }
+            false
+        }
+    };
+    let created = if exists {
+        Ok(())
+    } else {
+        iam.create_instance_profile()
+            .instance_profile_name(QUARANTINE_PROFILE_NAME)
+            .path(POLICY_PATH)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::from_sdk("iam:CreateInstanceProfile", e))
+    };
+    match created {
+        // Created meanwhile by another execution: it is the same empty profile.
+        Err(err) if err.aws_code() != Some("EntityAlreadyExists") => return Err(err),
+        _ => {}
+    }
+    clients
+        .ec2
+        .create_tags()
+        .resources(&target.instance_id)
+        .tags(tags::new(tags::PREVIOUS_PROFILE, tags::value(&current)))
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk("ec2:CreateTags", e))?;
+    // A profile just created can take seconds to be usable: EC2's "invalid profile" answer is
+    // then transient, and the step's retry succeeds.
+    clients
+        .ec2
+        .replace_iam_instance_profile_association()
+        .association_id(association.association_id().unwrap_or_default())
+        .iam_instance_profile(
+            IamInstanceProfileSpecification::builder()
+                .name(QUARANTINE_PROFILE_NAME)
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(
+            |e| match Error::from_sdk("ec2:ReplaceIamInstanceProfileAssociation", e) {
+                Error::Aws {
+                    action,
+                    code,
+                    message,
+                    source,
+                } if code == "InvalidParameterValue" && !exists => Error::Transient {
+                    action,
+                    code,
+                    message,
+                    source,
+                },
+                other => other,
+            },
+        )?;
+    info!(previous = %current, profile = QUARANTINE_PROFILE_NAME, "instance profile replaced");
+    Ok(Some(ProfileSwap {
+        previous_profile_arn: Some(current),
+        change: Change::Applied,
+    }))
 }
 
 /// The role to contain: named by an AccessKey finding, else the role in the instance profile

@@ -22,6 +22,8 @@ pub const CONTAINED_AT: &str = "ec2-quarantine:contained-at";
 pub const PREVIOUS_GROUPS: &str = "ec2-quarantine:previous-groups:";
 /// On the instance: the devices whose volumes had DeleteOnTermination set before containment.
 pub const DELETE_ON_TERMINATION: &str = "ec2-quarantine:delete-on-termination";
+/// On the instance: the instance profile it had before the quarantine profile replaced it.
+pub const PREVIOUS_PROFILE: &str = "ec2-quarantine:previous-instance-profile";
 /// On snapshots: the instance, volume and device they were taken from.
 pub const INSTANCE_ID: &str = "ec2-quarantine:instance-id";
 pub const VOLUME_ID: &str = "ec2-quarantine:volume-id";

@@ -412,6 +412,51 @@ async fn deny_role_denies_everything_and_revokes_older_sessions() {
     assert_eq!(cutoff.as_str(), report.sessions_issued_before.as_deref());
     assert_eq!(inline["Statement"][0]["Effect"], "Deny");
 
+    // The instance's metadata service hands out no credentials any more: its profile is the
+    // quarantine profile, which holds no role. The profile it had is recorded for release.
+    let swap = report
+        .instance_profile
+        .clone()
+        .expect("the instance had a profile");
+    assert_eq!(swap.change, Change::Applied);
+    assert_eq!(
+        swap.previous_profile_arn.as_deref(),
+        Some(f.profile_arn.as_str())
+    );
+    let assoc = f
+        .ec2
+        .describe_iam_instance_profile_associations()
+        .filters(common::filter("instance-id", &f.instance_id))
+        .send()
+        .await
+        .unwrap();
+    let arn = assoc.iam_instance_profile_associations()[0]
+        .iam_instance_profile()
+        .unwrap()
+        .arn()
+        .unwrap()
+        .to_owned();
+    assert!(
+        arn.ends_with("/ec2-quarantine/ec2-quarantine-quarantined"),
+        "{arn}"
+    );
+    let quarantine_profile = f
+        .iam
+        .get_instance_profile()
+        .instance_profile_name("ec2-quarantine-quarantined")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        quarantine_profile
+            .instance_profile()
+            .unwrap()
+            .roles()
+            .is_empty(),
+        "it grants nothing"
+    );
+    assert_eq!(f.tags().await[tags::PREVIOUS_PROFILE], f.profile_arn);
+
     // Again: nothing new attached, created or rewritten.
     let again = contain_role(&f.ctx, &f.event(EXFILTRATION)).await.unwrap();
     let Outcome::AlreadyDone(second) = again else {
@@ -419,6 +464,15 @@ async fn deny_role_denies_everything_and_revokes_older_sessions() {
     };
     assert_eq!(second.deny_all, Change::AlreadyInPlace);
     assert_eq!(second.revoke_sessions, Change::AlreadyInPlace);
+    assert_eq!(
+        second.instance_profile.unwrap().change,
+        Change::AlreadyInPlace
+    );
+    assert_eq!(
+        f.tags().await[tags::PREVIOUS_PROFILE],
+        f.profile_arn,
+        "the record is not overwritten"
+    );
     assert_eq!(f.attached_policies().await, attached);
     assert_eq!(f.inline_policies().await, vec![REVOKE_SESSIONS_POLICY_NAME]);
     let ours = f

@@ -186,6 +186,10 @@ const ROLE_CALLS: &[&str] = &[
     "iam:PutRolePolicy",
     "iam:ListInstanceProfilesForRole",
     "ec2:DescribeIamInstanceProfileAssociations",
+    "iam:GetInstanceProfile",
+    "iam:CreateInstanceProfile",
+    "ec2:CreateTags",
+    "ec2:ReplaceIamInstanceProfileAssociation",
 ];
 
 #[tokio::test]
@@ -277,9 +281,20 @@ async fn a_denied_role_call_is_named_and_reported() {
         ),
         ("iam:GetRolePolicy", Fails(ErrorName::ContainmentIncomplete)),
         ("iam:PutRolePolicy", Fails(ErrorName::ContainmentIncomplete)),
-        // Only the count of other instances using the role depends on these: reported, not fatal.
+        (
+            "iam:CreateInstanceProfile",
+            Fails(ErrorName::ContainmentIncomplete),
+        ),
+        (
+            "ec2:ReplaceIamInstanceProfileAssociation",
+            Fails(ErrorName::ContainmentIncomplete),
+        ),
+        (
+            "ec2:DescribeIamInstanceProfileAssociations",
+            Fails(ErrorName::ContainmentIncomplete),
+        ),
+        // Only the count of other instances using the role depends on this: reported, not fatal.
         ("iam:ListInstanceProfilesForRole", StillDone),
-        ("ec2:DescribeIamInstanceProfileAssociations", StillDone),
     ];
     join_all(cases.map(|(action, expect)| permanent(Step::Role, action, EXFILTRATION, expect)))
         .await;

@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{Fixture, access_key, inject, inject_error, record_outcome};
+use common::{Fixture, access_key, inject, inject_error, record_outcome, retrying_ctx};
 use ec2_quarantine::isolate::{InterfaceStatus, QUARANTINE_GROUP_NAME, isolate};
 use ec2_quarantine::role::{
     Change, REVOKE_SESSIONS_POLICY_NAME, contain_role, deny_all_policy_arn,
@@ -22,8 +22,11 @@ async fn two_findings_for_one_instance_at_once() {
     let f = Fixture::new().await;
     let before = f.interface_groups().await;
     let (a, b) = (f.event(EXFILTRATION), f.event(BACKDOOR));
+    // With the SDK's retries, as deployed: the emulator itself sometimes answers 500 when two
+    // requests touch the same data at once, a transient error the SDK retries.
+    let ctx = retrying_ctx(&f.config);
 
-    let (ia, ib) = tokio::join!(isolate(&f.ctx, &a), isolate(&f.ctx, &b));
+    let (ia, ib) = tokio::join!(isolate(&ctx, &a), isolate(&ctx, &b));
     let (ia, ib) = (ia.unwrap(), ib.unwrap());
     let groups = f.security_groups_named(QUARANTINE_GROUP_NAME).await;
     assert_eq!(groups.len(), 1, "one quarantine group, whoever created it");
@@ -55,7 +58,7 @@ async fn two_findings_for_one_instance_at_once() {
         .contains(&marked.as_str())
     );
 
-    let (sa, sb) = tokio::join!(snapshot(&f.ctx, &a), snapshot(&f.ctx, &b));
+    let (sa, sb) = tokio::join!(snapshot(&ctx, &a), snapshot(&ctx, &b));
     let (sa, sb) = (sa.unwrap(), sb.unwrap());
     let snaps = f.snapshots().await;
     assert_eq!(snaps.len(), 4, "one set of two per finding");
@@ -78,7 +81,7 @@ async fn two_findings_for_one_instance_at_once() {
         assert_eq!(ids, tagged, "the report names its finding's set");
     }
 
-    let (ra, rb) = tokio::join!(contain_role(&f.ctx, &a), contain_role(&f.ctx, &b));
+    let (ra, rb) = tokio::join!(contain_role(&ctx, &a), contain_role(&ctx, &b));
     assert!(ra.is_ok() && rb.is_ok(), "{ra:?} {rb:?}");
     assert_eq!(f.inline_policies().await, vec![REVOKE_SESSIONS_POLICY_NAME]);
     let denyall = deny_all_policy_arn("aws", &f.account);

@@ -4,6 +4,7 @@
 
 use aws_sdk_ec2::error::ErrorMetadata;
 use aws_sdk_ec2::operation::create_snapshots::CreateSnapshotsError;
+use aws_sdk_ec2::operation::describe_iam_instance_profile_associations::DescribeIamInstanceProfileAssociationsOutput;
 use aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput;
 use aws_sdk_ec2::operation::describe_security_groups::DescribeSecurityGroupsOutput;
 use aws_sdk_ec2::operation::describe_snapshots::DescribeSnapshotsOutput;
@@ -329,7 +330,10 @@ async fn a_denied_attach_still_revokes_older_sessions_and_says_which_failed() {
             &profiles
         ]
     );
-    let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, &[]);
+    // The instance has no profile association: there is no profile to replace.
+    let no_association = mock!(Ec2::describe_iam_instance_profile_associations)
+        .then_output(|| DescribeIamInstanceProfileAssociationsOutput::builder().build());
+    let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, &[&no_association]);
 
     let err = contain_instance_role(&clients(ec2, iam), &target())
         .await

@@ -232,6 +232,10 @@ def emulator_state(ec2, iam, sim: dict) -> dict:
         ]["Value"],
     }
     role = sim["role_name"]
+    associations = ec2.describe_iam_instance_profile_associations(
+        Filters=[{"Name": "instance-id", "Values": [sim["instance_id"]]}, {"Name": "state", "Values": ["associated"]}]
+    )["IamInstanceProfileAssociations"]
+    attrs["instance_profile"] = associations[0]["IamInstanceProfile"]["Arn"] if associations else None
     return {
         "interface_groups": groups,
         "quarantine_groups": [
@@ -571,6 +575,7 @@ def render(report: dict) -> str:
     if not emu["after"]["snapshots"]:
         w("  none")
     role = emu["after"]["role"]
+    w(f"Instance profile: {inst.get('instance_profile') or 'none'}")
     w(f"Role {role['name']}:")
     w(f"  attached: {', '.join(role['attached_policies']) or 'none'}")
     w(f"  inline:   {', '.join(role['inline_policies']) or 'none'}")

@@ -90,6 +90,7 @@ def test_test_instance_fire_verify_and_nuke(stack, tmp_path):
     assert all(len(g) == 1 and "ec2-quarantine-isolation" in g[0] for g in report["interfaces"].values())
     assert len(report["snapshots"]) == len(volumes)
     assert "ec2-quarantine-DenyAll" in report["role"]["attached"]
+    assert report["instance_profile"].endswith("/ec2-quarantine-quarantined"), "the metadata service hands out nothing"
     assert report["quarantine_tags"]["ec2-quarantine:finding-id"] == "a6c7d3f1e2b94c8d9e0f1a2b3c4d5e6f"
     readable = deploy_sh(st, "verify", "--state-machine-arn", st.machine, home=tmp_path).stdout
     assert "CONTAINED" in readable and "Forensic snapshots:" in readable

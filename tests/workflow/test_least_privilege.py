@@ -29,7 +29,9 @@ ACTIONS: dict[str, set[str]] = {
     "ec2:AuthorizeSecurityGroupEgress": {"IsolateFunction"},
     "ec2:ModifyNetworkInterfaceAttribute": {"IsolateFunction"},
     "ec2:ModifyInstanceAttribute": {"IsolateFunction"},
-    "ec2:CreateTags": {"IsolateFunction", "SnapshotFunction"},
+    "ec2:CreateTags": {"IsolateFunction", "SnapshotFunction", "DenyRoleFunction"},
+    "ec2:ReplaceIamInstanceProfileAssociation": {"DenyRoleFunction"},
+    "iam:CreateInstanceProfile": {"DenyRoleFunction"},
     "ec2:DescribeSnapshots": {"SnapshotFunction"},
     "ec2:CreateSnapshots": {"SnapshotFunction"},
     "ec2:DescribeIamInstanceProfileAssociations": {"DenyRoleFunction"},
@@ -60,6 +62,7 @@ WRITES = {
     "ec2:AuthorizeSecurityGroupIngress", "ec2:AuthorizeSecurityGroupEgress",
     "ec2:ModifyNetworkInterfaceAttribute", "ec2:ModifyInstanceAttribute", "ec2:CreateTags",
     "ec2:CreateSnapshots", "iam:PutRolePolicy", "iam:CreatePolicy", "iam:AttachRolePolicy",
+    "ec2:ReplaceIamInstanceProfileAssociation", "iam:CreateInstanceProfile",
     "sts:AssumeRole", "sns:Publish",
 }
 # Describe calls have no resource-level permissions in EC2: "*" is the only resource they take.
@@ -140,6 +143,8 @@ def test_no_wildcard_actions_and_writes_are_scoped(function):
                 assert st["Condition"]["ArnEquals"]["iam:PolicyARN"], "attach only the DenyAll policy"
             if action in ("iam:CreatePolicy",):
                 assert all("ec2-quarantine-DenyAll" in str(r) for r in resources)
+            if action == "iam:CreateInstanceProfile":
+                assert all("ec2-quarantine-quarantined" in str(r) for r in resources)
             if action == "ec2:CreateTags":
                 assert "aws:TagKeys" in str(st.get("Condition")), f"{function}: CreateTags limited to the tool's keys"
             if action in ("ec2:RevokeSecurityGroupEgress", "ec2:RevokeSecurityGroupIngress"):

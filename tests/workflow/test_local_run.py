@@ -82,6 +82,7 @@ def test_a_compromised_instance_is_contained(name):
     assert all(s["tags"]["ec2-quarantine:instance-id"] == sim["instance_id"] for s in after["snapshots"])
     assert "arn:aws:iam::123456789012:policy/ec2-quarantine/ec2-quarantine-DenyAll" in after["role"]["attached_policies"]
     assert after["role"]["inline_policies"] == ["ec2-quarantine-revoke-older-sessions"]
+    assert after["instance"]["instance_profile"].endswith("/ec2-quarantine/ec2-quarantine-quarantined")
 
     n = report["notification"]
     assert n["count"] == 1
