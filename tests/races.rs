@@ -8,9 +8,7 @@ use std::collections::BTreeSet;
 
 use common::{Fixture, access_key, inject, inject_error, record_outcome, retrying_ctx};
 use ec2_quarantine::isolate::{InterfaceStatus, QUARANTINE_GROUP_NAME, isolate};
-use ec2_quarantine::role::{
-    Change, REVOKE_SESSIONS_POLICY_NAME, contain_role, deny_all_policy_arn,
-};
+use ec2_quarantine::role::{Change, REVOKE_SESSIONS_POLICY_NAME, contain_role};
 use ec2_quarantine::snapshot::snapshot;
 use ec2_quarantine::{ErrorName, Outcome, tags};
 
@@ -84,15 +82,7 @@ async fn two_findings_for_one_instance_at_once() {
     let (ra, rb) = tokio::join!(contain_role(&ctx, &a), contain_role(&ctx, &b));
     assert!(ra.is_ok() && rb.is_ok(), "{ra:?} {rb:?}");
     assert_eq!(f.inline_policies().await, vec![REVOKE_SESSIONS_POLICY_NAME]);
-    let denyall = deny_all_policy_arn("aws", &f.account);
-    assert_eq!(
-        f.attached_policies()
-            .await
-            .iter()
-            .filter(|p| **p == denyall)
-            .count(),
-        1
-    );
+    assert_eq!(f.deny_all_attachments().await, 1);
     record_outcome("contained");
 }
 
@@ -212,14 +202,6 @@ async fn role_containment_retried_after_failing_half_way() {
         "the first attempt's cutoff is kept"
     );
     assert_eq!(f.inline_policies().await, vec![REVOKE_SESSIONS_POLICY_NAME]);
-    let denyall = deny_all_policy_arn("aws", &f.account);
-    assert_eq!(
-        f.attached_policies()
-            .await
-            .iter()
-            .filter(|p| **p == denyall)
-            .count(),
-        1
-    );
+    assert_eq!(f.deny_all_attachments().await, 1);
     record_outcome("contained");
 }

@@ -348,6 +348,16 @@ impl Fixture {
         arns
     }
 
+    /// How many times the DenyAll policy is attached to the fixture's role (0 or 1 in IAM).
+    pub async fn deny_all_attachments(&self) -> usize {
+        let arn = ec2_quarantine::role::deny_all_policy_arn("aws", &self.account);
+        self.attached_policies()
+            .await
+            .iter()
+            .filter(|p| **p == arn)
+            .count()
+    }
+
     pub async fn inline_policies(&self) -> Vec<String> {
         self.iam
             .list_role_policies()
