@@ -137,17 +137,37 @@ pub struct Message {
     pub attributes: Vec<(&'static str, &'static str, String)>,
 }
 
+/// The notify function's client for its topic, made once at init.
+#[derive(Debug, Clone)]
+pub struct Notifier {
+    sns: aws_sdk_sns::Client,
+    topic_arn: String,
+}
+
+impl Notifier {
+    pub fn new(ctx: &Ctx, settings: &NotifySettings) -> Notifier {
+        Notifier {
+            sns: ctx.sns_for_topic(&settings.topic_arn),
+            topic_arn: settings.topic_arn.clone(),
+        }
+    }
+
+    /// Publishes the message for `input`.
+    pub async fn notify(&self, input: &NotifyInput) -> Result<NotifyOutput, Error> {
+        notify(&self.sns, &self.topic_arn, input).await
+    }
+}
+
 #[tracing::instrument(skip_all)]
-pub async fn notify(
-    ctx: &Ctx,
-    settings: &NotifySettings,
+async fn notify(
+    sns: &aws_sdk_sns::Client,
+    topic_arn: &str,
     input: &NotifyInput,
 ) -> Result<NotifyOutput, Error> {
     let message = render(input);
-    let sns = ctx.sns_for_topic(&settings.topic_arn);
     let mut request = sns
         .publish()
-        .topic_arn(&settings.topic_arn)
+        .topic_arn(topic_arn)
         .subject(&message.subject)
         .message(&message.body);
     for (name, data_type, value) in &message.attributes {

@@ -5,7 +5,7 @@ mod common;
 
 use common::Fixture;
 use ec2_quarantine::isolate::isolate;
-use ec2_quarantine::notify::{NotifyInput, NotifySettings, Verdict, notify};
+use ec2_quarantine::notify::{Notifier, NotifyInput, NotifySettings, Verdict};
 use ec2_quarantine::role::contain_role;
 use ec2_quarantine::snapshot::snapshot;
 use serde_json::{Value, json};
@@ -104,7 +104,10 @@ async fn the_users_test_stack_is_contained_and_the_team_is_told() {
 
     let input_json = contain(&f).await;
     let input: NotifyInput = serde_json::from_value(input_json.clone()).unwrap();
-    let out = notify(&f.ctx, &settings, &input).await.unwrap();
+    let out = Notifier::new(&f.ctx, &settings)
+        .notify(&input)
+        .await
+        .unwrap();
     assert_eq!(out.verdict, Verdict::Contained);
     assert!(!out.failed);
     assert!(!out.message_id.is_empty());
@@ -164,7 +167,10 @@ async fn the_users_test_stack_is_contained_and_the_team_is_told() {
 
     // The same finding re-sent: nothing new, and the report says so.
     let again: NotifyInput = serde_json::from_value(contain(&f).await).unwrap();
-    let out = notify(&f.ctx, &settings, &again).await.unwrap();
+    let out = Notifier::new(&f.ctx, &settings)
+        .notify(&again)
+        .await
+        .unwrap();
     assert_eq!(out.verdict, Verdict::Contained);
     let received = sub.received().await;
     let body = received[0]["Message"].as_str().unwrap();
@@ -189,15 +195,13 @@ async fn a_failed_step_is_reported_as_failed_and_the_rest_as_done() {
         "Cause": "{\"errorType\":\"AccessDenied\",\"errorMessage\":\"iam:AttachRolePolicy was denied (AccessDenied): not authorized\"}"
     });
     let input: NotifyInput = serde_json::from_value(input).unwrap();
-    let out = notify(
-        &f.ctx,
-        &NotifySettings {
-            topic_arn: sub.topic_arn.clone(),
-        },
-        &input,
-    )
-    .await
-    .unwrap();
+    let settings = NotifySettings {
+        topic_arn: sub.topic_arn.clone(),
+    };
+    let out = Notifier::new(&f.ctx, &settings)
+        .notify(&input)
+        .await
+        .unwrap();
     assert_eq!(out.verdict, Verdict::Partial);
     assert!(out.failed, "a failed step fails the workflow");
     let received = sub.received().await;
