@@ -16,20 +16,27 @@ usage() {
   cat <<'EOF'
 Usage:
   deploy.sh local [EVENT] [--json] [--missing-instance] [--member-account] [--severity-threshold N]
+                  [--parameter KEY=VALUE]... [--dry-run] [--exempt] [--repeat] [--release]
       Run the real state machine and the real Rust functions against a local AWS emulator, on a
-      simulated compromised instance, and print what happened. EVENT defaults to
-      events/credential-exfiltration.json. --missing-instance points the event at an instance
-      that does not exist, to show a failing step caught and reported. --member-account puts
-      the instance in a member account, contained through the member role. Exit status: 0 when the
-      execution succeeded or the rule did not match, 3 when the execution ended Failed.
+      simulated compromised instance (two interfaces, two volumes, in an Auto Scaling group,
+      behind a target group and a Classic Load Balancer), and print what happened. EVENT
+      defaults to events/credential-exfiltration.json. --missing-instance points the event at an
+      instance that does not exist, to show a failing step caught and reported. --member-account
+      puts the instance in a member account, contained through the member role. --parameter
+      sets a template parameter (RoleAction=revoke-sessions, ...); --dry-run is DryRun=true.
+      --exempt tags the instance with the exemption tag first. --repeat sends a second finding
+      for the same instance afterwards; --release then runs the release workflow and compares
+      the state with the state before containment. Exit status: 0 when every execution
+      succeeded or the rule did not match, 3 when one ended Failed.
 
   deploy.sh invoke FUNCTION EVENT
-      Invoke one function (isolate, snapshot, deny-role, notify) with an event, on the local
+      Invoke one function (triage, isolate, deregister, snapshot, deny-role, notify, release)
+      with an event, on the local
       emulator and a simulated instance: `sam local invoke` without Docker. Prints the result.
 
   deploy.sh deploy [--region R | --regions R1,R2] [--stack-name S] [--alert-email E]
                    [--severity-threshold N] [--member-role-name NAME --external-id ID]
-                   [--allow-accounts A1,A2] [--deny-accounts A1,A2]
+                   [--allow-accounts A1,A2] [--deny-accounts A1,A2] [--parameter KEY=VALUE]...
       sam build + sam deploy with your AWS credentials, in each region. Environment: AWS_REGION,
       REGIONS, STACK_NAME, ALERT_EMAIL, SEVERITY_THRESHOLD, MEMBER_ROLE_NAME,
       MEMBER_ROLE_EXTERNAL_ID, MEMBER_ACCOUNTS_ALLOW, MEMBER_ACCOUNTS_DENY.
@@ -72,8 +79,8 @@ cmd_local() {
   local args=()
   while [[ $# -gt 0 ]]; do
     case "$1" in
-      --json | --missing-instance | --member-account) args+=("$1") ;;
-      --severity-threshold) need_value "$@"; args+=("$1" "$2"); shift ;;
+      --json | --missing-instance | --member-account | --dry-run | --exempt | --repeat | --release) args+=("$1") ;;
+      --severity-threshold | --parameter) need_value "$@"; args+=("$1" "$2"); shift ;;
       -h | --help) usage; exit 0 ;;
       -*) die "unknown option $1 (see deploy.sh --help)" ;;
       *) [[ -f "$1" ]] || die "no such event file: $1"; args+=("$(cd "$(dirname "$1")" && pwd)/$(basename "$1")") ;;
@@ -111,6 +118,7 @@ cmd_invoke() {
 parse_aws_flags() {
   PURGE=false
   ASSUME_YES=false
+  EXTRA_PARAMS=()
   while [[ $# -gt 0 ]]; do
     case "$1" in
       --region) need_value "$@"; REGION="$2"; shift ;;
@@ -122,6 +130,10 @@ parse_aws_flags() {
       --stack-name) need_value "$@"; STACK_NAME="$2"; shift ;;
       --alert-email) need_value "$@"; ALERT_EMAIL="$2"; shift ;;
       --severity-threshold) need_value "$@"; SEVERITY_THRESHOLD="$2"; shift ;;
+      --parameter)
+        need_value "$@"
+        [[ "$2" =~ ^[A-Za-z][A-Za-z0-9]*=.*$ ]] || die "--parameter takes KEY=VALUE (a template parameter), got $2"
+        EXTRA_PARAMS+=("$2"); shift ;;
       --purge-artifacts) PURGE=true ;;
       --yes) ASSUME_YES=true ;;
       -h | --help) usage; exit 0 ;;
@@ -185,6 +197,7 @@ cmd_deploy() {
   [[ -n "$MEMBER_ROLE_NAME" ]] && params+=("MemberRoleName=$MEMBER_ROLE_NAME" "MemberRoleExternalId=$MEMBER_ROLE_EXTERNAL_ID")
   [[ -n "$MEMBER_ACCOUNTS_ALLOW" ]] && params+=("MemberAccountsAllow=$MEMBER_ACCOUNTS_ALLOW")
   [[ -n "$MEMBER_ACCOUNTS_DENY" ]] && params+=("MemberAccountsDeny=$MEMBER_ACCOUNTS_DENY")
+  params+=(${EXTRA_PARAMS[@]+"${EXTRA_PARAMS[@]}"})
   # GuardDuty findings are regional: one responder per region, from the same build.
   local region
   for region in ${REGIONS//,/ }; do

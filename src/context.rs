@@ -15,6 +15,8 @@ use tracing::info;
 
 use crate::error::Error;
 use crate::finding::{Target, is_role_name};
+use crate::outcome::Plan;
+use crate::settings::Settings;
 
 /// Who the responder may act for, read once at init from the function's environment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -118,13 +120,44 @@ pub struct Ctx {
     config: SdkConfig,
     sts: aws_sdk_sts::Client,
     org: OrgSettings,
+    settings: Settings,
 }
 
-/// The clients a containment step uses, bound to the finding's account and region.
+/// The clients a containment step uses, bound to the finding's account and region, and the
+/// settings it acts by.
 #[derive(Debug, Clone)]
 pub struct Clients {
     pub ec2: aws_sdk_ec2::Client,
     pub iam: aws_sdk_iam::Client,
+    pub autoscaling: aws_sdk_autoscaling::Client,
+    pub elbv2: aws_sdk_elasticloadbalancingv2::Client,
+    pub elb: aws_sdk_elasticloadbalancing::Client,
+    pub settings: Settings,
+    plan: Option<std::sync::Arc<Plan>>,
+}
+
+impl Clients {
+    /// Clients of every service for one configuration (one account and region).
+    pub fn new(config: &SdkConfig, settings: Settings) -> Clients {
+        Clients {
+            ec2: aws_sdk_ec2::Client::new(config),
+            iam: aws_sdk_iam::Client::new(config),
+            autoscaling: aws_sdk_autoscaling::Client::new(config),
+            elbv2: aws_sdk_elasticloadbalancingv2::Client::new(config),
+            elb: aws_sdk_elasticloadbalancing::Client::new(config),
+            plan: settings.dry_run.then(Default::default),
+            settings,
+        }
+    }
+
+    pub fn dry_run(&self) -> bool {
+        self.settings.dry_run
+    }
+
+    /// In a dry run, where the step's changes are collected instead of made.
+    pub fn plan(&self) -> Option<&Plan> {
+        self.plan.as_deref()
+    }
 }
 
 impl Ctx {
@@ -132,12 +165,27 @@ impl Ctx {
     /// no network call; bad settings fail here, at init, with a clear message.
     pub async fn load() -> Result<Ctx, Error> {
         let config = aws_config::load_defaults(BehaviorVersion::latest()).await;
-        Ok(Ctx::new(config, OrgSettings::from_env()?))
+        Ok(Ctx::new(config, OrgSettings::from_env()?).with_settings(Settings::from_env()?))
     }
 
     pub fn new(config: SdkConfig, org: OrgSettings) -> Ctx {
         let sts = aws_sdk_sts::Client::new(&config);
-        Ctx { config, sts, org }
+        Ctx {
+            config,
+            sts,
+            org,
+            settings: Settings::default(),
+        }
+    }
+
+    /// The same context acting by other settings.
+    pub fn with_settings(mut self, settings: Settings) -> Ctx {
+        self.settings = settings;
+        self
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
     }
 
     /// A context acting only in the account of its own credentials.
@@ -169,11 +217,7 @@ impl Ctx {
             let credentials = self.assume_member_role(target).await?;
             config.set_credentials_provider(Some(SharedCredentialsProvider::new(credentials)));
         }
-        let config = config.build();
-        Ok(Clients {
-            ec2: aws_sdk_ec2::Client::new(&config),
-            iam: aws_sdk_iam::Client::new(&config),
-        })
+        Ok(Clients::new(&config.build(), self.settings.clone()))
     }
 
     async fn assume_member_role(&self, target: &Target) -> Result<Credentials, Error> {

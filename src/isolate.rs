@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use aws_sdk_ec2::types::{
     AttributeBooleanValue, AttributeValue, EbsInstanceBlockDeviceSpecification, Filter, Instance,
-    InstanceBlockDeviceMappingSpecification, IpPermission, IpRange, Ipv6Range, ResourceType,
-    SecurityGroup, TagSpecification,
+    InstanceAttributeName, InstanceBlockDeviceMappingSpecification, IpPermission, IpRange,
+    Ipv6Range, ResourceType, SecurityGroup, TagSpecification,
 };
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use crate::context::{Clients, Ctx};
 use crate::error::Error;
 use crate::finding::{FindingEvent, Target};
-use crate::outcome::Outcome;
+use crate::outcome::{Outcome, Plan, PlannedAction};
 use crate::{instance, now_rfc3339, tags};
 
 /// The name of the tool's quarantine group in each VPC (names are unique per VPC).
@@ -41,6 +41,15 @@ pub struct IsolateReport {
     /// Devices whose volume this run stopped from being deleted with the instance.
     #[serde(default)]
     pub volumes_kept_on_termination: Vec<String>,
+    /// Interfaces left as they are, with the reason (requester-managed: ECS, EKS, Lambda).
+    #[serde(default)]
+    pub skipped_interfaces: Vec<SkippedInterface>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SkippedInterface {
+    pub interface_id: String,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -97,6 +106,7 @@ pub async fn isolate_instance(
     target: &Target,
 ) -> Result<Outcome<IsolateReport>, Error> {
     let ec2 = &clients.ec2;
+    let plan = clients.plan();
     let inst = instance::describe(ec2, target).await?;
     if let Some(reason) = instance::gone_reason(&inst) {
         info!(%reason, "skipped");
@@ -110,27 +120,59 @@ pub async fn isolate_instance(
 
     // Evidence first and independent of the network change: a failure here must not hold
     // isolation back, and isolation must not wait for it.
-    let protect = protect(ec2, &inst);
+    let protect = protect(ec2, plan, &inst);
     let isolate = async {
-        // Writing the record of the previous groups and finding the quarantine groups don't
-        // depend on each other. Interfaces move once both are done; a record that could not be
-        // written does not hold isolation back (the groups are in the report all the same).
-        let (recorded, groups) = futures::join!(
-            record(ec2, target, &inst, &interfaces),
-            try_join_all(vpcs.iter().map(|vpc| ensure_quarantine_group(ec2, vpc))),
+        // Writing the record of the previous groups, finding the quarantine groups and finding
+        // the interfaces that services manage don't depend on each other. Interfaces move once
+        // all are done; a record that could not be written does not hold isolation back (the
+        // groups are in the report all the same).
+        let (recorded, groups, managed) = futures::join!(
+            record(ec2, plan, target, &inst, &interfaces),
+            try_join_all(
+                vpcs.iter()
+                    .map(|vpc| ensure_quarantine_group(ec2, plan, vpc))
+            ),
+            requester_managed(ec2, &target.instance_id),
         );
         let groups = groups?;
+        let managed = managed?;
         let by_vpc: BTreeMap<&str, &QuarantineGroup> =
             groups.iter().map(|g| (g.vpc_id.as_str(), g)).collect();
-        let moves =
-            join_all(interfaces.iter().map(|eni| {
-                move_interface(ec2, eni, by_vpc.get(eni.vpc_id.as_str()).copied(), &inst)
-            }))
-            .await;
-        Ok::<_, Error>((recorded, groups, moves))
+        let moves = join_all(
+            interfaces
+                .iter()
+                .filter(|eni| !managed.contains(&eni.id))
+                .map(|eni| {
+                    move_interface(
+                        ec2,
+                        plan,
+                        eni,
+                        by_vpc.get(eni.vpc_id.as_str()).copied(),
+                        &inst,
+                    )
+                }),
+        )
+        .await;
+        Ok::<_, Error>((recorded, groups, managed, moves))
     };
     let (protected, isolated) = futures::join!(protect, isolate);
-    let (recorded, groups, moves) = isolated?;
+    let (recorded, groups, managed, moves) = isolated?;
+    if let Some(plan) = plan {
+        if let Err(err) = protected {
+            warn!(error = %err, "dry run: could not plan the evidence-keeping attributes");
+        }
+        return Ok(plan.outcome());
+    }
+    let skipped_interfaces: Vec<SkippedInterface> = managed
+        .iter()
+        .map(|id| SkippedInterface {
+            interface_id: id.clone(),
+            reason: "requester-managed (a service such as ECS, EKS or Lambda owns it): its groups cannot be changed".into(),
+        })
+        .collect();
+    for s in &skipped_interfaces {
+        warn!(eni = %s.interface_id, "requester-managed interface left as it is");
+    }
 
     let mut done = Vec::new();
     let mut failed = Vec::new();
@@ -193,8 +235,29 @@ pub async fn isolate_instance(
             termination_protection: true,
             shutdown_behavior: "stop".into(),
             volumes_kept_on_termination,
+            skipped_interfaces,
         },
     ))
+}
+
+/// The instance's interfaces that a service manages (requester-managed): EC2 refuses changes
+/// to their groups, so they are reported, not moved.
+async fn requester_managed(
+    ec2: &aws_sdk_ec2::Client,
+    instance_id: &str,
+) -> Result<BTreeSet<String>, Error> {
+    let out = ec2
+        .describe_network_interfaces()
+        .filters(filter("attachment.instance-id", instance_id))
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk("ec2:DescribeNetworkInterfaces", e))?;
+    Ok(out
+        .network_interfaces()
+        .iter()
+        .filter(|n| n.requester_managed() == Some(true))
+        .filter_map(|n| n.network_interface_id().map(str::to_owned))
+        .collect())
 }
 
 fn interfaces(inst: &Instance) -> Vec<Interface> {
@@ -217,7 +280,7 @@ fn interfaces(inst: &Instance) -> Vec<Interface> {
 }
 
 /// The groups recorded on the instance for an interface by an earlier run.
-fn recorded_groups(inst: &Instance, eni_id: &str) -> Vec<String> {
+pub(crate) fn recorded_groups(inst: &Instance, eni_id: &str) -> Vec<String> {
     let mut groups = Vec::new();
     for key in tags::previous_groups_keys(eni_id, 16) {
         match tags::find(inst.tags(), &key) {
@@ -237,6 +300,7 @@ fn recorded_groups(inst: &Instance, eni_id: &str) -> Vec<String> {
 /// groups. Marks already present (from an earlier finding) are kept. Returns whether it wrote.
 async fn record(
     ec2: &aws_sdk_ec2::Client,
+    plan: Option<&Plan>,
     target: &Target,
     inst: &Instance,
     interfaces: &[Interface],
@@ -271,9 +335,25 @@ async fn record(
     if new_tags.is_empty() {
         return Ok(false);
     }
-    ec2.create_tags()
+    let request = ec2
+        .create_tags()
         .resources(&target.instance_id)
-        .set_tags(Some(new_tags))
+        .set_tags(Some(new_tags));
+    if let Some(plan) = plan {
+        let answer = request
+            .dry_run(true)
+            .send()
+            .await
+            .map_err(|e| Error::from_sdk("ec2:CreateTags", e));
+        plan.add_ec2(
+            "ec2:CreateTags",
+            &target.instance_id,
+            "record of the finding and of each interface's groups, for release",
+            answer,
+        );
+        return Ok(true);
+    }
+    request
         .send()
         .await
         .map_err(|e| Error::from_sdk("ec2:CreateTags", e))?;
@@ -290,24 +370,67 @@ fn deleted_on_termination(inst: &Instance) -> Vec<String> {
 }
 
 /// Keeps the evidence: no API termination, a shutdown from inside stops, and no volume is
-/// deleted with the instance. Returns the devices whose DeleteOnTermination it turned off.
-async fn protect(ec2: &aws_sdk_ec2::Client, inst: &Instance) -> Result<Vec<String>, Error> {
+/// deleted with the instance. The attributes it had are recorded first, for release. Returns
+/// the devices whose DeleteOnTermination it turned off.
+async fn protect(
+    ec2: &aws_sdk_ec2::Client,
+    plan: Option<&Plan>,
+    inst: &Instance,
+) -> Result<Vec<String>, Error> {
     let instance_id = inst.instance_id().unwrap_or_default();
+    if tags::find(inst.tags(), tags::PREVIOUS_ATTRIBUTES).is_none() {
+        let attribute = |name: InstanceAttributeName| {
+            ec2.describe_instance_attribute()
+                .instance_id(instance_id)
+                .attribute(name)
+                .send()
+                .map(|r| r.map_err(|e| Error::from_sdk("ec2:DescribeInstanceAttribute", e)))
+        };
+        let (termination, shutdown) = futures::try_join!(
+            attribute(InstanceAttributeName::DisableApiTermination),
+            attribute(InstanceAttributeName::InstanceInitiatedShutdownBehavior),
+        )?;
+        let protected = termination
+            .disable_api_termination()
+            .and_then(|a| a.value())
+            .unwrap_or(false);
+        let behaviour = shutdown
+            .instance_initiated_shutdown_behavior()
+            .and_then(|a| a.value())
+            .unwrap_or("stop");
+        let request = ec2.create_tags().resources(instance_id).tags(tags::new(
+            tags::PREVIOUS_ATTRIBUTES,
+            format!("termination-protection={protected},shutdown={behaviour}"),
+        ));
+        match plan {
+            Some(plan) => plan.add_ec2(
+                "ec2:CreateTags",
+                instance_id,
+                "record of termination protection and shutdown behaviour, for release",
+                request
+                    .dry_run(true)
+                    .send()
+                    .await
+                    .map_err(|e| Error::from_sdk("ec2:CreateTags", e)),
+            ),
+            None => {
+                request
+                    .send()
+                    .await
+                    .map_err(|e| Error::from_sdk("ec2:CreateTags", e))?;
+            }
+        }
+    }
     let termination = ec2
         .modify_instance_attribute()
         .instance_id(instance_id)
-        .disable_api_termination(AttributeBooleanValue::builder().value(true).build())
-        .send();
+        .disable_api_termination(AttributeBooleanValue::builder().value(true).build());
     let shutdown = ec2
         .modify_instance_attribute()
         .instance_id(instance_id)
-        .instance_initiated_shutdown_behavior(AttributeValue::builder().value("stop").build())
-        .send();
+        .instance_initiated_shutdown_behavior(AttributeValue::builder().value("stop").build());
     let devices = deleted_on_termination(inst);
-    let volumes = async {
-        if devices.is_empty() {
-            return Ok(());
-        }
+    let volumes = (!devices.is_empty()).then(|| {
         let mappings = devices
             .iter()
             .map(|d| {
@@ -324,15 +447,41 @@ async fn protect(ec2: &aws_sdk_ec2::Client, inst: &Instance) -> Result<Vec<Strin
         ec2.modify_instance_attribute()
             .instance_id(instance_id)
             .set_block_device_mappings(Some(mappings))
+    });
+    let mut requests = vec![
+        (termination, "termination protection on".to_owned()),
+        (
+            shutdown,
+            "shutdown from inside the instance stops it".to_owned(),
+        ),
+    ];
+    if let Some(v) = volumes {
+        requests.push((
+            v,
+            format!("volumes kept on termination: {}", devices.join(", ")),
+        ));
+    }
+    if let Some(plan) = plan {
+        let answers = join_all(requests.into_iter().map(|(request, detail)| async move {
+            let answer = request
+                .dry_run(true)
+                .send()
+                .await
+                .map_err(|e| Error::from_sdk("ec2:ModifyInstanceAttribute", e));
+            (answer, detail)
+        }))
+        .await;
+        for (answer, detail) in answers {
+            plan.add_ec2("ec2:ModifyInstanceAttribute", instance_id, detail, answer);
+        }
+        return Ok(devices);
+    }
+    try_join_all(requests.into_iter().map(|(request, _)| {
+        request
             .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| Error::from_sdk("ec2:ModifyInstanceAttribute", e))
-    };
-    let (termination, shutdown, volumes) = futures::join!(termination, shutdown, volumes);
-    termination.map_err(|e| Error::from_sdk("ec2:ModifyInstanceAttribute", e))?;
-    shutdown.map_err(|e| Error::from_sdk("ec2:ModifyInstanceAttribute", e))?;
-    volumes?;
+            .map(|r| r.map_err(|e| Error::from_sdk("ec2:ModifyInstanceAttribute", e)))
+    }))
+    .await?;
     if !devices.is_empty() {
         info!(?devices, "volumes kept on termination");
     }
@@ -341,6 +490,7 @@ async fn protect(ec2: &aws_sdk_ec2::Client, inst: &Instance) -> Result<Vec<Strin
 
 async fn move_interface(
     ec2: &aws_sdk_ec2::Client,
+    plan: Option<&Plan>,
     eni: &Interface,
     group: Option<&QuarantineGroup>,
     inst: &Instance,
@@ -362,7 +512,19 @@ async fn move_interface(
             .map(|r| r.map_err(|e| Error::from_sdk("ec2:ModifyNetworkInterfaceAttribute", e)))
     };
     let mut connections_cut = false;
-    if !isolated {
+    if let Some(plan) = plan {
+        if !isolated {
+            for (group, detail) in [
+                (
+                    transit_id,
+                    "first to the transit group, which untracks open connections",
+                ),
+                (group_id, "then to the quarantine group alone"),
+            ] {
+                plan_groups(ec2, plan, &eni.id, group, detail).await;
+            }
+        }
+    } else if !isolated {
         // Through the transit group first; without it, isolate all the same.
         if !transit_id.is_empty() {
             match set_groups(transit_id).await {
@@ -390,6 +552,37 @@ async fn move_interface(
     })
 }
 
+/// Plans one group change of an interface, checked with EC2's DryRun when the group exists.
+async fn plan_groups(ec2: &aws_sdk_ec2::Client, plan: &Plan, eni: &str, group: &str, detail: &str) {
+    let detail = format!("{detail} ({group})");
+    if is_planned_group(group) || group.is_empty() {
+        plan.add(PlannedAction::unchecked(
+            "ec2:ModifyNetworkInterfaceAttribute",
+            eni,
+            detail,
+        ));
+        return;
+    }
+    let answer = ec2
+        .modify_network_interface_attribute()
+        .network_interface_id(eni)
+        .groups(group)
+        .dry_run(true)
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk("ec2:ModifyNetworkInterfaceAttribute", e));
+    plan.add_ec2("ec2:ModifyNetworkInterfaceAttribute", eni, detail, answer);
+}
+
+/// The stand-in id of a group a dry run would create.
+fn planned_group_id(name: &str) -> String {
+    format!("(new group {name})")
+}
+
+fn is_planned_group(id: &str) -> bool {
+    id.starts_with("(new group ")
+}
+
 fn filter(name: &str, value: &str) -> Filter {
     Filter::builder().name(name).values(value).build()
 }
@@ -399,30 +592,33 @@ fn filter(name: &str, value: &str) -> Filter {
 /// interfaces are still isolated, only without cutting open connections.
 async fn ensure_quarantine_group(
     ec2: &aws_sdk_ec2::Client,
+    plan: Option<&Plan>,
     vpc_id: &str,
 ) -> Result<QuarantineGroup, Error> {
     let quarantine = async {
         let (group, created) = ensure_group(
             ec2,
+            plan,
             vpc_id,
             QUARANTINE_GROUP_NAME,
             QUARANTINE_GROUP_DESCRIPTION,
             tags::ISOLATION_GROUP,
         )
         .await?;
-        let emptied = revoke_all_rules(ec2, &group).await?;
+        let emptied = revoke_all_rules(ec2, plan, &group).await?;
         Ok::<_, Error>((group, created || emptied))
     };
     let transit = async {
         let (group, created) = ensure_group(
             ec2,
+            plan,
             vpc_id,
             TRANSIT_GROUP_NAME,
             TRANSIT_GROUP_DESCRIPTION,
             tags::TRANSIT_GROUP,
         )
         .await?;
-        let opened = allow_all(ec2, &group).await?;
+        let opened = allow_all(ec2, plan, &group).await?;
         Ok::<_, Error>((group, created || opened))
     };
     let (quarantine, transit) = futures::join!(quarantine, transit);
@@ -447,6 +643,7 @@ async fn ensure_quarantine_group(
 /// and whether it was created.
 async fn ensure_group(
     ec2: &aws_sdk_ec2::Client,
+    plan: Option<&Plan>,
     vpc_id: &str,
     name: &str,
     description: &str,
@@ -459,6 +656,29 @@ async fn ensure_group(
         .send()
         .await
         .map_err(|e| Error::from_sdk("ec2:DescribeSecurityGroups", e))?;
+    if let (None, Some(plan)) = (found.security_groups().first(), plan) {
+        let answer = ec2
+            .create_security_group()
+            .group_name(name)
+            .description(description)
+            .vpc_id(vpc_id)
+            .dry_run(true)
+            .send()
+            .await
+            .map_err(|e| Error::from_sdk("ec2:CreateSecurityGroup", e));
+        plan.add_ec2(
+            "ec2:CreateSecurityGroup",
+            vpc_id,
+            format!("group {name}"),
+            answer,
+        );
+        let planned = SecurityGroup::builder()
+            .group_id(planned_group_id(name))
+            .group_name(name)
+            .vpc_id(vpc_id)
+            .build();
+        return Ok((planned, true));
+    }
     Ok(match found.security_groups().first() {
         Some(group) => (group.clone(), false),
         None => (
@@ -535,7 +755,11 @@ async fn create_group(
 
 /// Makes the transit group allow all traffic in and out, IPv4 and IPv6. Returns whether it
 /// added a rule.
-async fn allow_all(ec2: &aws_sdk_ec2::Client, group: &SecurityGroup) -> Result<bool, Error> {
+async fn allow_all(
+    ec2: &aws_sdk_ec2::Client,
+    plan: Option<&Plan>,
+    group: &SecurityGroup,
+) -> Result<bool, Error> {
     let id = group.group_id().unwrap_or_default();
     let missing = |perms: &[IpPermission]| -> Option<IpPermission> {
         let all = perms.iter().filter(|p| p.ip_protocol() == Some("-1"));
@@ -568,6 +792,21 @@ async fn allow_all(ec2: &aws_sdk_ec2::Client, group: &SecurityGroup) -> Result<b
     };
     let ingress = missing(group.ip_permissions());
     let egress = missing(group.ip_permissions_egress());
+    if let Some(plan) = plan {
+        for (action, missing) in [
+            ("ec2:AuthorizeSecurityGroupIngress", &ingress),
+            ("ec2:AuthorizeSecurityGroupEgress", &egress),
+        ] {
+            if missing.is_some() {
+                plan.add(PlannedAction::unchecked(
+                    action,
+                    id,
+                    "allow all traffic, IPv4 and IPv6 (transit group)",
+                ));
+            }
+        }
+        return Ok(ingress.is_some() || egress.is_some());
+    }
     let add_ingress = async {
         let Some(p) = ingress.clone() else {
             return Ok(());
@@ -623,7 +862,30 @@ where
 }
 
 /// Revokes every rule of the group, IPv4 and IPv6, in and out. Returns whether it revoked any.
-async fn revoke_all_rules(ec2: &aws_sdk_ec2::Client, group: &SecurityGroup) -> Result<bool, Error> {
+async fn revoke_all_rules(
+    ec2: &aws_sdk_ec2::Client,
+    plan: Option<&Plan>,
+    group: &SecurityGroup,
+) -> Result<bool, Error> {
+    if let Some(plan) = plan {
+        let id = group.group_id().unwrap_or_default();
+        for (action, rules) in [
+            (
+                "ec2:RevokeSecurityGroupEgress",
+                group.ip_permissions_egress(),
+            ),
+            ("ec2:RevokeSecurityGroupIngress", group.ip_permissions()),
+        ] {
+            if !rules.is_empty() {
+                plan.add(PlannedAction::unchecked(
+                    action,
+                    id,
+                    format!("revoke {} rule(s) of the quarantine group", rules.len()),
+                ));
+            }
+        }
+        return Ok(false);
+    }
     match revoke_listed(ec2, group).await {
         // Another execution revoked some of these rules first: revoke what is left, once.
         Err(err) if err.aws_code() == Some("InvalidPermission.NotFound") => {

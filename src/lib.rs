@@ -1,20 +1,26 @@
 //! Automatic containment of compromised EC2 instances.
 //!
 //! A GuardDuty finding names an instance (or the credentials of its role); each module here is one
-//! containment step that a Step Functions state machine runs as its own Lambda function:
-//! [`isolate`] the network interfaces, [`snapshot`] the volumes, contain the IAM [`role`], and
-//! [`notify`] the security team of what was done and what failed.
+//! step that a Step Functions state machine runs as its own Lambda function: [`triage`] the
+//! finding by policy, [`isolate`] the network interfaces, take the instance out of service
+//! ([`deregister`]: Auto Scaling, load balancers), [`snapshot`] the volumes, contain the IAM
+//! [`role`], and [`notify`] the security team of what was done and what failed; [`release`]
+//! undoes a containment from its record.
 
 pub mod context;
+pub mod deregister;
 pub mod error;
 pub mod finding;
 pub mod instance;
 pub mod isolate;
 pub mod notify;
 pub mod outcome;
+pub mod release;
 pub mod role;
+pub mod settings;
 pub mod snapshot;
 pub mod tags;
+pub mod triage;
 
 use std::future::Future;
 

@@ -8,12 +8,16 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use crate::context::Ctx;
+use crate::deregister::{DeregisterReport, GroupStatus};
 use crate::error::Error;
 use crate::finding::{self, FindingEvent, Skip, Target, severity_label};
 use crate::isolate::{InterfaceStatus, IsolateReport};
-use crate::outcome::Outcome;
+use crate::outcome::{Check, Outcome, PlannedAction};
+use crate::release::ReleaseReport;
 use crate::role::{Change, RoleReport};
+use crate::settings::{AutoScalingAction, RoleAction};
 use crate::snapshot::SnapshotReport;
+use crate::triage::{Decision, TriageReport};
 
 /// SNS rejects subjects of 100 characters or more.
 pub const MAX_SUBJECT_CHARS: usize = 99;
@@ -45,16 +49,25 @@ impl NotifySettings {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct NotifyInput {
     pub event: serde_json::Value,
+    /// The triage decision, or its error; absent in inputs written by hand for one step.
+    #[serde(default)]
+    pub triage: Option<StepResult<TriageReport>>,
     #[serde(default)]
     pub isolate: Option<StepResult<IsolateReport>>,
+    #[serde(default)]
+    pub deregister: Option<StepResult<DeregisterReport>>,
     #[serde(default)]
     pub snapshot: Option<StepResult<SnapshotReport>>,
     #[serde(default)]
     pub role: Option<StepResult<RoleReport>>,
+    /// Set by the release workflow (whose `event` is the release request): the undo's result.
+    #[serde(default)]
+    pub release: Option<StepResult<ReleaseReport>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
+#[allow(clippy::large_enum_variant)]
 pub enum StepResult<T> {
     Completed(Outcome<T>),
     Failed(StepFailure),
@@ -98,6 +111,12 @@ pub enum Verdict {
     Failed,
     /// The finding names nothing to contain.
     Skipped,
+    /// The triage policy says to report only (type, severity, TARGET role, exemption tag).
+    NotifyOnly,
+    /// A dry run: every step reported what it would do, and nothing was changed.
+    DryRun,
+    /// A release restored what a containment changed.
+    Released,
     /// The event is not a GuardDuty finding this tool can read.
     Invalid,
 }
@@ -114,6 +133,9 @@ impl Verdict {
             Verdict::Partial => "PARTIALLY CONTAINED",
             Verdict::Failed => "CONTAINMENT FAILED",
             Verdict::Skipped => "NOT ACTIONABLE",
+            Verdict::NotifyOnly => "NOT CONTAINED BY POLICY",
+            Verdict::DryRun => "DRY RUN",
+            Verdict::Released => "RELEASED",
             Verdict::Invalid => "INVALID FINDING",
         }
     }
@@ -201,17 +223,31 @@ enum Resolved {
 }
 
 pub fn render(input: &NotifyInput) -> Message {
+    if let Some(release) = &input.release {
+        return render_release(&input.event, release);
+    }
     let event = finding::parse_event(input.event.clone());
-    let resolved = match event.as_ref().map(finding::resolve) {
+    let mut resolved = match event.as_ref().map(finding::resolve) {
         Ok(Ok(Ok(target))) => Resolved::Target(Box::new(target)),
         Ok(Ok(Err(Skip(reason)))) => Resolved::Skip(reason),
         Ok(Err(e)) => Resolved::Invalid(e.to_string()),
         Err(e) => Resolved::Invalid(e.to_string()),
     };
-    let verdict = match &resolved {
-        Resolved::Invalid(_) => Verdict::Invalid,
-        Resolved::Skip(_) => Verdict::Skipped,
-        Resolved::Target(_) => judge(input),
+    let triage = match &input.triage {
+        Some(StepResult::Completed(Outcome::Done(t) | Outcome::AlreadyDone(t))) => Some(t),
+        _ => None,
+    };
+    // Triage said why nothing runs, in more words than the finding alone can.
+    if let (Some(t), Resolved::Target(_)) = (triage, &resolved)
+        && t.decision == Decision::NothingToContain
+    {
+        resolved = Resolved::Skip(t.reason.clone());
+    }
+    let verdict = match (&resolved, triage.map(|t| t.decision)) {
+        (Resolved::Invalid(_), _) => Verdict::Invalid,
+        (Resolved::Skip(_), _) => Verdict::Skipped,
+        (Resolved::Target(_), Some(Decision::NotifyOnly)) => Verdict::NotifyOnly,
+        (Resolved::Target(_), _) => judge(input),
     };
     let detail = event.as_ref().ok().map(|e| &e.detail);
     let finding_type = detail
@@ -259,10 +295,20 @@ pub fn render(input: &NotifyInput) -> Message {
                 target.scope.account_id, target.scope.region
             );
             let _ = writeln!(body, "Finding id: {}", target.finding_id);
-            let _ = writeln!(body, "\nActions");
-            write_isolation(&mut body, input.isolate.as_ref(), &links);
-            write_snapshots(&mut body, input.snapshot.as_ref(), &links);
-            write_role(&mut body, input.role.as_ref(), &links);
+            if verdict == Verdict::DryRun {
+                let _ = writeln!(
+                    body,
+                    "\nDRY RUN: nothing was changed. Each step lists the calls it would make."
+                );
+            }
+            write_triage(&mut body, input.triage.as_ref());
+            if verdict != Verdict::NotifyOnly {
+                let _ = writeln!(body, "\nActions");
+                write_isolation(&mut body, input.isolate.as_ref(), &links);
+                write_deregistration(&mut body, input.deregister.as_ref());
+                write_snapshots(&mut body, input.snapshot.as_ref(), &links);
+                write_role(&mut body, input.role.as_ref(), &links);
+            }
             let _ = writeln!(body, "\nLinks");
             let _ = writeln!(body, "  Finding:  {}", links.finding(&target.finding_id));
             let _ = writeln!(body, "  Instance: {}", links.instance(&target.instance_id));
@@ -309,12 +355,124 @@ pub fn render(input: &NotifyInput) -> Message {
     }
 }
 
+/// The message of the release workflow.
+fn render_release(request: &serde_json::Value, result: &StepResult<ReleaseReport>) -> Message {
+    let instance = request
+        .get("instance_id")
+        .and_then(|v| v.as_str())
+        .map(finding::clip)
+        .unwrap_or("unknown instance");
+    let verdict = match result {
+        StepResult::Completed(Outcome::Done(_) | Outcome::AlreadyDone(_)) => Verdict::Released,
+        StepResult::Completed(Outcome::Skipped { .. }) => Verdict::Skipped,
+        _ => Verdict::Failed,
+    };
+    let mut body = String::new();
+    let _ = writeln!(
+        body,
+        "{}",
+        if verdict == Verdict::Failed {
+            "RELEASE FAILED"
+        } else {
+            verdict.headline()
+        }
+    );
+    let _ = writeln!(body, "Instance: {instance}");
+    if let Some(reason) = request.get("reason").and_then(|v| v.as_str()) {
+        let _ = writeln!(body, "Reason given: {}", finding::clip(reason));
+    }
+    let _ = writeln!(body, "\nActions");
+    if let Some(r) = write_status(&mut body, "Release", Some(result)) {
+        if let Some(f) = &r.finding_id {
+            let _ = writeln!(body, "      contained by finding {f}");
+        }
+        for (eni, groups) in &r.interfaces {
+            let _ = writeln!(body, "      {eni} back in {}", groups.join(", "));
+        }
+        if let Some(a) = &r.attributes {
+            let _ = writeln!(body, "      attributes restored: {a}");
+        }
+        if !r.volumes_delete_on_termination.is_empty() {
+            let _ = writeln!(
+                body,
+                "      volumes deleted with the instance again: {}",
+                r.volumes_delete_on_termination.join(", ")
+            );
+        }
+        if let Some(p) = &r.instance_profile {
+            let _ = writeln!(body, "      instance profile restored: {p}");
+        }
+        if let Some(role) = &r.role {
+            if role.policies_removed {
+                let _ = writeln!(
+                    body,
+                    "      role {}: quarantine policies removed",
+                    role.role_name
+                );
+            } else {
+                let _ = writeln!(
+                    body,
+                    "      role {}: quarantine policies KEPT, still held by {}",
+                    role.role_name,
+                    role.still_held_by.join(", ")
+                );
+            }
+        }
+        if let Some(a) = &r.auto_scaling {
+            let _ = writeln!(body, "      Auto Scaling group {a}");
+        }
+        for t in &r.targets {
+            let _ = writeln!(
+                body,
+                "      registered {} again with {}",
+                t.target_id, t.target_group_arn
+            );
+        }
+        for lb in &r.classic_load_balancers {
+            let _ = writeln!(
+                body,
+                "      registered again with Classic Load Balancer {lb}"
+            );
+        }
+    }
+    if verdict == Verdict::Failed {
+        let _ = writeln!(
+            body,
+            "\nThe containment record stays on the instance: fix the cause and start the release again."
+        );
+    }
+    let _ = writeln!(
+        body,
+        "\nForensic snapshots are kept. Sent by ec2-quarantine."
+    );
+    let subject = subject_line(&format!(
+        "[{}] {instance} - ec2-quarantine release",
+        if verdict == Verdict::Failed {
+            "RELEASE FAILED"
+        } else {
+            verdict.headline()
+        }
+    ));
+    Message {
+        verdict,
+        subject,
+        body,
+        attributes: vec![
+            ("verdict", "String", verdict_name(verdict).to_owned()),
+            ("instance_id", "String", instance.to_owned()),
+        ],
+    }
+}
+
 fn verdict_name(v: Verdict) -> &'static str {
     match v {
         Verdict::Contained => "contained",
         Verdict::Partial => "partial",
         Verdict::Failed => "failed",
         Verdict::Skipped => "skipped",
+        Verdict::NotifyOnly => "notify_only",
+        Verdict::DryRun => "dry_run",
+        Verdict::Released => "released",
         Verdict::Invalid => "invalid",
     }
 }
@@ -329,16 +487,47 @@ fn judge(input: &NotifyInput) -> Verdict {
     }
     fn state<T>(r: Option<&StepResult<T>>) -> S {
         match r {
-            Some(StepResult::Completed(Outcome::Done(_) | Outcome::AlreadyDone(_))) => S::Acted,
+            Some(StepResult::Completed(
+                Outcome::Done(_) | Outcome::AlreadyDone(_) | Outcome::DryRun { .. },
+            )) => S::Acted,
             Some(StepResult::Completed(Outcome::Skipped { .. })) => S::Nothing,
             _ => S::Failed,
         }
     }
-    let steps = [
+    if let Some(StepResult::Failed(_) | StepResult::Unreadable(_)) = &input.triage {
+        return Verdict::Failed;
+    }
+    let mut steps = vec![
         state(input.isolate.as_ref()),
         state(input.snapshot.as_ref()),
         state(input.role.as_ref()),
     ];
+    // Inputs written for the three original steps alone carry no out-of-service result.
+    if input.triage.is_some() || input.deregister.is_some() {
+        steps.push(state(input.deregister.as_ref()));
+    }
+    let dry_run = [
+        matches!(
+            &input.isolate,
+            Some(StepResult::Completed(Outcome::DryRun { .. }))
+        ),
+        matches!(
+            &input.snapshot,
+            Some(StepResult::Completed(Outcome::DryRun { .. }))
+        ),
+        matches!(
+            &input.role,
+            Some(StepResult::Completed(Outcome::DryRun { .. }))
+        ),
+        matches!(
+            &input.deregister,
+            Some(StepResult::Completed(Outcome::DryRun { .. }))
+        ),
+    ]
+    .contains(&true);
+    if dry_run && !steps.contains(&S::Failed) {
+        return Verdict::DryRun;
+    }
     if steps.contains(&S::Failed) {
         if steps[0] == S::Acted {
             Verdict::Partial
@@ -404,12 +593,16 @@ fn write_status<'a, T>(
                 Outcome::Done(_) => "done",
                 Outcome::AlreadyDone(_) => "already done",
                 Outcome::Skipped { .. } => "skipped",
+                Outcome::DryRun { .. } => "DRY RUN, nothing changed",
             };
             let _ = write!(body, "  [{label}] {name}");
             if let Outcome::Skipped { reason } = outcome {
                 let _ = write!(body, ": {reason}");
             }
             let _ = writeln!(body);
+            if let Outcome::DryRun { actions } = outcome {
+                write_plan(body, actions);
+            }
             outcome.report()
         }
         Some(StepResult::Failed(f)) => {
@@ -425,6 +618,25 @@ fn write_status<'a, T>(
             );
             None
         }
+    }
+}
+
+fn write_plan(body: &mut String, actions: &[PlannedAction]) {
+    if actions.is_empty() {
+        let _ = writeln!(body, "      would change nothing: already in place");
+    }
+    for a in actions {
+        let check = match &a.check {
+            Check::Permitted => "EC2 dry run: permitted".to_owned(),
+            Check::Denied { message } => format!("EC2 dry run: DENIED: {message}"),
+            Check::Failed { message } => format!("EC2 dry run: failed: {message}"),
+            Check::NotCheckable => "no dry run in this API".to_owned(),
+        };
+        let _ = writeln!(
+            body,
+            "      would call {} on {}: {} ({check})",
+            a.action, a.resource, a.detail
+        );
     }
 }
 
@@ -463,6 +675,13 @@ fn write_isolation(body: &mut String, r: Option<&StepResult<IsolateReport>>, lin
             );
         }
     }
+    for skipped in &report.skipped_interfaces {
+        let _ = writeln!(
+            body,
+            "      {} NOT isolated: {}",
+            skipped.interface_id, skipped.reason
+        );
+    }
     let _ = writeln!(
         body,
         "      termination protection on; shutdown behaviour: {}",
@@ -474,6 +693,95 @@ fn write_isolation(body: &mut String, r: Option<&StepResult<IsolateReport>>, lin
             "      volumes no longer deleted with the instance: {}",
             report.volumes_kept_on_termination.join(", ")
         );
+    }
+}
+
+fn write_triage(body: &mut String, r: Option<&StepResult<TriageReport>>) {
+    match r {
+        None => {}
+        Some(StepResult::Completed(Outcome::Done(t) | Outcome::AlreadyDone(t))) => {
+            match t.decision {
+                Decision::NotifyOnly => {
+                    let _ = writeln!(body, "\nNot contained, by policy: {}.", t.reason);
+                    let _ = writeln!(
+                        body,
+                        "Nothing was changed. Contain it by hand if it should be."
+                    );
+                }
+                Decision::NothingToContain => {
+                    let _ = writeln!(body, "\nNothing to contain: {}.", t.reason);
+                }
+                Decision::Contain => {
+                    if let Some(earlier) = &t.already_contained_by {
+                        let _ = writeln!(
+                            body,
+                            "\nAlready contained by finding {earlier}{}: nothing is done twice, each step reports what is in place.",
+                            t.contained_at
+                                .as_deref()
+                                .map(|at| format!(" at {at}"))
+                                .unwrap_or_default()
+                        );
+                    }
+                }
+            }
+        }
+        Some(other) => {
+            let _ = writeln!(body, "\nActions");
+            write_status::<TriageReport>(body, "Triage", Some(other));
+        }
+    }
+}
+
+fn write_deregistration(body: &mut String, r: Option<&StepResult<DeregisterReport>>) {
+    let Some(report) = write_status(body, "Out of service (Auto Scaling, load balancers)", r)
+    else {
+        return;
+    };
+    match &report.auto_scaling {
+        Some(a) => {
+            let what = match (a.status, a.action) {
+                (GroupStatus::LeftAsIs, AutoScalingAction::None) => {
+                    "left as it is (AutoScalingAction none)".to_owned()
+                }
+                (GroupStatus::LeftAsIs, _) => format!(
+                    "left as it is: the instance was {}, not InService",
+                    a.previous_state
+                ),
+                (status, action) => format!(
+                    "{} ({})",
+                    match action {
+                        AutoScalingAction::Detach => "detached",
+                        _ => "in Standby",
+                    },
+                    if status == GroupStatus::AlreadyInPlace {
+                        "already"
+                    } else {
+                        "done"
+                    }
+                ),
+            };
+            let _ = writeln!(body, "      Auto Scaling group {}: {what}", a.group_name);
+            if a.status != GroupStatus::LeftAsIs && !a.capacity_decremented {
+                let _ = writeln!(
+                    body,
+                    "        the group was at its minimum size: it launches a replacement"
+                );
+            }
+        }
+        None => {
+            let _ = writeln!(body, "      in no Auto Scaling group");
+        }
+    }
+    for t in &report.targets {
+        let port = t.port.map(|p| format!(" port {p}")).unwrap_or_default();
+        let _ = writeln!(
+            body,
+            "      deregistered {}{port} from {}",
+            t.target_id, t.target_group_arn
+        );
+    }
+    for lb in &report.classic_load_balancers {
+        let _ = writeln!(body, "      deregistered from Classic Load Balancer {lb}");
     }
 }
 
@@ -500,12 +808,22 @@ fn write_role(body: &mut String, r: Option<&StepResult<RoleReport>>, links: &Lin
     let change = |c: Change| match c {
         Change::Applied => "applied",
         Change::AlreadyInPlace => "already in place",
+        Change::NotConfigured => "not done (RoleAction)",
     };
     let _ = writeln!(
         body,
         "      role {}: {}",
         report.role_name,
         links.role(&report.role_name)
+    );
+    let _ = writeln!(
+        body,
+        "      role action: {}",
+        match report.role_action {
+            RoleAction::DenyAll => "deny-all",
+            RoleAction::RevokeSessions => "revoke-sessions (role left working for new sessions)",
+            RoleAction::None => "none (role left as it is)",
+        }
     );
     let _ = writeln!(
         body,
@@ -677,7 +995,7 @@ mod tests {
             json!({"event": event(instance(), "Backdoor:EC2/C&CActivity.B")}),
         ));
         assert_eq!(m.verdict, Verdict::Failed);
-        assert_eq!(m.body.matches("[NOT RUN]").count(), 3, "{}", m.body);
+        assert_eq!(m.body.matches("[NOT RUN]").count(), 4, "{}", m.body);
         assert!(m.body.contains("Containment is not complete"));
     }
 

@@ -2,14 +2,84 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A step's result: it acted, found its work already done by an earlier run, or had nothing to
-/// do (with the reason). Serialized with a `status` field the state machine and notify read.
+/// A step's result: it acted, found its work already done by an earlier run, had nothing to do
+/// (with the reason), or, in a dry run, what it would do. Serialized with a `status` field the
+/// state machine and notify read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Outcome<T> {
     Done(T),
     AlreadyDone(T),
     Skipped { reason: String },
+    DryRun { actions: Vec<PlannedAction> },
+}
+
+/// One change a dry run would make.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedAction {
+    /// The API action, as `service:Action`.
+    pub action: String,
+    /// What it acts on (an interface, a volume, a role, a group).
+    pub resource: String,
+    pub detail: String,
+    pub check: Check,
+}
+
+/// What the service said of the planned call, where it can be asked without acting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Check {
+    /// EC2's DryRun answered that the call would succeed.
+    Permitted,
+    /// EC2's DryRun answered that the call is not permitted.
+    Denied { message: String },
+    /// EC2's DryRun answered with another error.
+    Failed { message: String },
+    /// The API has no dry run (IAM, Auto Scaling, Elastic Load Balancing).
+    NotCheckable,
+}
+
+impl PlannedAction {
+    pub fn new(
+        action: &str,
+        resource: impl Into<String>,
+        detail: impl Into<String>,
+        check: Check,
+    ) -> PlannedAction {
+        PlannedAction {
+            action: action.to_owned(),
+            resource: resource.into(),
+            detail: detail.into(),
+            check,
+        }
+    }
+
+    /// A planned call the service cannot check without acting.
+    pub fn unchecked(
+        action: &str,
+        resource: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> PlannedAction {
+        PlannedAction::new(action, resource, detail, Check::NotCheckable)
+    }
+}
+
+impl Check {
+    /// Reads the answer to an EC2 request sent with `DryRun=true`.
+    pub fn from_dry_run<T>(answer: Result<T, crate::Error>) -> Check {
+        match answer {
+            Ok(_) => Check::Permitted,
+            Err(e) => match e.aws_code() {
+                Some("DryRunOperation") => Check::Permitted,
+                Some("UnauthorizedOperation") => Check::Denied {
+                    message: e.to_string(),
+                },
+                _ => Check::Failed {
+                    message: e.to_string(),
+                },
+            },
+        }
+    }
 }
 
 impl<T> Outcome<T> {
@@ -31,7 +101,7 @@ impl<T> Outcome<T> {
     pub fn report(&self) -> Option<&T> {
         match self {
             Outcome::Done(r) | Outcome::AlreadyDone(r) => Some(r),
-            Outcome::Skipped { .. } => None,
+            Outcome::Skipped { .. } | Outcome::DryRun { .. } => None,
         }
     }
 
@@ -40,6 +110,47 @@ impl<T> Outcome<T> {
             Outcome::Done(_) => "done",
             Outcome::AlreadyDone(_) => "already_done",
             Outcome::Skipped { .. } => "skipped",
+            Outcome::DryRun { .. } => "dry_run",
         }
+    }
+}
+
+/// The changes a dry run would make, collected as the step walks its usual path: every
+/// mutating call site asks [`crate::Clients::plan`] first and, in a dry run, adds its call here
+/// instead of making it.
+#[derive(Debug, Default)]
+pub struct Plan(std::sync::Mutex<Vec<PlannedAction>>);
+
+impl Plan {
+    pub fn add(&self, action: PlannedAction) {
+        if let Ok(mut actions) = self.0.lock() {
+            actions.push(action);
+        }
+    }
+
+    /// Adds an EC2 call whose `DryRun=true` answer is `answer`.
+    pub fn add_ec2<T>(
+        &self,
+        action: &str,
+        resource: impl Into<String>,
+        detail: impl Into<String>,
+        answer: Result<T, crate::Error>,
+    ) {
+        self.add(PlannedAction::new(
+            action,
+            resource,
+            detail,
+            Check::from_dry_run(answer),
+        ));
+    }
+
+    /// An outcome listing every planned call.
+    pub fn outcome<T>(&self) -> Outcome<T> {
+        let actions = self
+            .0
+            .lock()
+            .map(|mut a| std::mem::take(&mut *a))
+            .unwrap_or_default();
+        Outcome::DryRun { actions }
     }
 }

@@ -9,7 +9,8 @@ use tracing::{info, warn};
 use crate::context::{Clients, Ctx};
 use crate::error::Error;
 use crate::finding::{FindingEvent, Skip, Target, is_role_name};
-use crate::outcome::Outcome;
+use crate::outcome::{Outcome, Plan, PlannedAction};
+use crate::settings::RoleAction;
 use crate::{instance, now_rfc3339, tags};
 
 /// The managed policy attached to contained roles, created once per account.
@@ -25,6 +26,9 @@ pub const REVOKE_SESSIONS_POLICY_NAME: &str = "ec2-quarantine-revoke-older-sessi
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoleReport {
     pub role_name: String,
+    /// The configured role action (`ROLE_ACTION`).
+    #[serde(default)]
+    pub role_action: RoleAction,
     pub role_arn: String,
     pub deny_all_policy_arn: String,
     pub deny_all: Change,
@@ -52,6 +56,8 @@ pub struct ProfileSwap {
 pub enum Change {
     Applied,
     AlreadyInPlace,
+    /// The configured role action does not include it (`ROLE_ACTION`).
+    NotConfigured,
 }
 
 pub fn deny_all_policy_arn(partition: &str, account_id: &str) -> String {
@@ -136,40 +142,77 @@ pub async fn contain_instance_role(
     }
 
     let policy_arn = deny_all_policy_arn(&target.scope.partition, &target.scope.account_id);
-    let (deny_all, revoke, profile, others) = futures::join!(
-        attach_deny_all(iam, &role_name, &policy_arn),
-        revoke_older_sessions(iam, &role_name),
-        quarantine_instance_profile(clients, target),
+    let action = clients.settings.role_action;
+    let plan = clients.plan();
+    let (deny_all, revoke, profile, others, hold) = futures::join!(
+        async {
+            match action {
+                RoleAction::DenyAll => attach_deny_all(iam, plan, &role_name, &policy_arn).await,
+                _ => Ok(Change::NotConfigured),
+            }
+        },
+        async {
+            match action {
+                RoleAction::None => Ok((Change::NotConfigured, None)),
+                _ => revoke_older_sessions(iam, plan, &role_name).await,
+            }
+        },
+        quarantine_instance_profile(
+            clients,
+            target,
+            (action != RoleAction::None).then_some(role_name.as_str())
+        ),
         other_instances(clients, &role_name, &target.instance_id),
+        async {
+            match action {
+                RoleAction::None => Ok(()),
+                _ => hold_role(clients, target, &role_name).await,
+            }
+        },
     );
-    let (deny_all, (revoke_sessions, cutoff), instance_profile) = match (deny_all, revoke, profile)
-    {
-        (Ok(d), Ok(r), Ok(p)) => (d, r, p),
-        (d, r, p) => {
-            let mut done = Vec::new();
-            let mut failed = Vec::new();
-            match d {
-                Ok(_) => done.push(format!("{DENY_ALL_POLICY_NAME} attached to {role_name}")),
-                Err(e) => failed.push(("DenyAll policy".to_owned(), e)),
-            }
-            match r {
-                Ok(_) => done.push(format!("older sessions of {role_name} revoked")),
-                Err(e) => failed.push(("session revocation".to_owned(), e)),
-            }
-            match p {
-                Ok(_) => {
-                    done.push("instance profile replaced by the quarantine profile".to_owned())
-                }
-                Err(e) => failed.push(("instance profile replacement".to_owned(), e)),
-            }
-            return Err(Error::Incomplete {
-                step: "role containment",
-                instance_id: target.instance_id.clone(),
-                done,
-                failed,
-            });
+    if let Some(plan) = plan {
+        for err in [deny_all.err(), revoke.err(), profile.err(), hold.err()]
+            .into_iter()
+            .flatten()
+        {
+            warn!(error = %err, "dry run: could not plan a role action");
         }
-    };
+        return Ok(plan.outcome());
+    }
+    let (deny_all, (revoke_sessions, cutoff), instance_profile) =
+        match (deny_all, revoke, profile, hold) {
+            (Ok(d), Ok(r), Ok(p), Ok(())) => (d, r, p),
+            (d, r, p, h) => {
+                let mut done = Vec::new();
+                let mut failed = Vec::new();
+                match d {
+                    Ok(_) => done.push(format!("{DENY_ALL_POLICY_NAME} attached to {role_name}")),
+                    Err(e) => failed.push(("DenyAll policy".to_owned(), e)),
+                }
+                match r {
+                    Ok(_) => done.push(format!("older sessions of {role_name} revoked")),
+                    Err(e) => failed.push(("session revocation".to_owned(), e)),
+                }
+                match p {
+                    Ok(_) => {
+                        done.push("instance profile replaced by the quarantine profile".to_owned())
+                    }
+                    Err(e) => failed.push(("instance profile replacement".to_owned(), e)),
+                }
+                if let Err(e) = h {
+                    failed.push((
+                        "record of the role's containment, for release".to_owned(),
+                        e,
+                    ));
+                }
+                return Err(Error::Incomplete {
+                    step: "role containment",
+                    instance_id: target.instance_id.clone(),
+                    done,
+                    failed,
+                });
+            }
+        };
     let (other_instances, other_instances_error) = match others {
         Ok(ids) => (ids, None),
         Err(err) => {
@@ -192,6 +235,7 @@ pub async fn contain_instance_role(
                 .is_some_and(|p| p.change == Change::Applied),
         RoleReport {
             role_name,
+            role_action: action,
             role_arn,
             deny_all_policy_arn: policy_arn,
             deny_all,
@@ -212,6 +256,7 @@ pub async fn contain_instance_role(
 async fn quarantine_instance_profile(
     clients: &Clients,
     target: &Target,
+    contained_role: Option<&str>,
 ) -> Result<Option<ProfileSwap>, Error> {
     let associations = clients
         .ec2
@@ -256,6 +301,41 @@ async fn quarantine_instance_profile(
             false
         }
     };
+    // The record for release: the profile, and the role whose policies are changed.
+    let mut record = vec![tags::new(tags::PREVIOUS_PROFILE, tags::value(&current))];
+    if let Some(role) = contained_role {
+        record.push(tags::new(tags::ROLE, role));
+    }
+    if let Some(plan) = clients.plan() {
+        if !exists {
+            plan.add(PlannedAction::unchecked(
+                "iam:CreateInstanceProfile",
+                QUARANTINE_PROFILE_NAME,
+                "the empty quarantine profile (no role)",
+            ));
+        }
+        let answer = clients
+            .ec2
+            .create_tags()
+            .resources(&target.instance_id)
+            .set_tags(Some(record))
+            .dry_run(true)
+            .send()
+            .await
+            .map_err(|e| Error::from_sdk("ec2:CreateTags", e));
+        plan.add_ec2(
+            "ec2:CreateTags",
+            &target.instance_id,
+            format!("record of the previous profile {current}, for release"),
+            answer,
+        );
+        plan.add(PlannedAction::unchecked(
+            "ec2:ReplaceIamInstanceProfileAssociation",
+            &target.instance_id,
+            format!("{current} replaced by {QUARANTINE_PROFILE_NAME}"),
+        ));
+        return Ok(None);
+    }
     let created = if exists {
         Ok(())
     } else {
@@ -276,7 +356,7 @@ async fn quarantine_instance_profile(
         .ec2
         .create_tags()
         .resources(&target.instance_id)
-        .tags(tags::new(tags::PREVIOUS_PROFILE, tags::value(&current)))
+        .set_tags(Some(record))
         .send()
         .await
         .map_err(|e| Error::from_sdk("ec2:CreateTags", e))?;
@@ -365,6 +445,7 @@ async fn role_of(clients: &Clients, target: &Target) -> Result<Result<String, Sk
 
 async fn attach_deny_all(
     iam: &aws_sdk_iam::Client,
+    plan: Option<&Plan>,
     role_name: &str,
     policy_arn: &str,
 ) -> Result<Change, Error> {
@@ -399,6 +480,21 @@ async fn attach_deny_all(
     if attached {
         return Ok(Change::AlreadyInPlace);
     }
+    if let Some(plan) = plan {
+        if !exists {
+            plan.add(PlannedAction::unchecked(
+                "iam:CreatePolicy",
+                policy_arn,
+                "the DenyAll managed policy",
+            ));
+        }
+        plan.add(PlannedAction::unchecked(
+            "iam:AttachRolePolicy",
+            role_name,
+            policy_arn,
+        ));
+        return Ok(Change::Applied);
+    }
     if !exists {
         let created = iam
             .create_policy()
@@ -428,6 +524,7 @@ async fn attach_deny_all(
 
 async fn revoke_older_sessions(
     iam: &aws_sdk_iam::Client,
+    plan: Option<&Plan>,
     role_name: &str,
 ) -> Result<(Change, Option<String>), Error> {
     let existing = iam
@@ -446,6 +543,14 @@ async fn revoke_older_sessions(
         }
     }
     let cutoff = now_rfc3339();
+    if let Some(plan) = plan {
+        plan.add(PlannedAction::unchecked(
+            "iam:PutRolePolicy",
+            role_name,
+            format!("{REVOKE_SESSIONS_POLICY_NAME}: deny sessions issued before {cutoff}"),
+        ));
+        return Ok((Change::Applied, Some(cutoff)));
+    }
     iam.put_role_policy()
         .role_name(role_name)
         .policy_name(REVOKE_SESSIONS_POLICY_NAME)
@@ -455,6 +560,30 @@ async fn revoke_older_sessions(
         .map_err(|e| Error::from_sdk("iam:PutRolePolicy", e))?;
     info!(role = role_name, %cutoff, "sessions issued before cutoff revoked");
     Ok((Change::Applied, Some(cutoff)))
+}
+
+/// Records the containment on the role: a hold per instance, which release removes; the
+/// role's quarantine policies go when the last hold does.
+async fn hold_role(clients: &Clients, target: &Target, role_name: &str) -> Result<(), Error> {
+    let key = format!("{}{}", tags::ROLE_HOLD, target.instance_id);
+    if let Some(plan) = clients.plan() {
+        plan.add(PlannedAction::unchecked("iam:TagRole", role_name, key));
+        return Ok(());
+    }
+    let role_tag = aws_sdk_iam::types::Tag::builder()
+        .key(&key)
+        .value(tags::value(&target.finding_id))
+        .build()
+        .map_err(|e| Error::Misconfigured(format!("role tag: {e}")))?;
+    clients
+        .iam
+        .tag_role()
+        .role_name(role_name)
+        .tags(role_tag)
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk("iam:TagRole", e))?;
+    Ok(())
 }
 
 /// Instances other than the target that run with the role, through any of its profiles.

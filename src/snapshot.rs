@@ -50,6 +50,13 @@ pub async fn snapshot_instance(
         earlier_snapshots(ec2, target)
     )?;
     let devices = devices_by_volume(&inst);
+    // One snapshot set per containment: the finding that contained the instance first (its
+    // tag) names it, so that a second finding for a contained instance takes none again.
+    let containment = tags::find(inst.tags(), tags::FINDING_ID).unwrap_or(&target.finding_id);
+    let earlier: Vec<&Snapshot> = earlier
+        .iter()
+        .filter(|s| tags::find(s.tags(), tags::FINDING_ID) == Some(containment))
+        .collect();
 
     // CreateSnapshots has no idempotency token: the tags set at creation are how a retried or
     // re-sent finding finds the snapshots it already took.
@@ -67,7 +74,10 @@ pub async fn snapshot_instance(
                 })
             })
             .collect();
-        info!("snapshots already taken for this finding");
+        info!(
+            finding = containment,
+            "snapshots already taken for this containment"
+        );
         return Ok(Outcome::AlreadyDone(SnapshotReport {
             instance_id: target.instance_id.clone(),
             snapshots,
@@ -82,7 +92,7 @@ pub async fn snapshot_instance(
         ));
     }
 
-    let created = ec2
+    let request = ec2
         .create_snapshots()
         .instance_specification(
             InstanceSpecification::builder()
@@ -102,10 +112,25 @@ pub async fn snapshot_instance(
                     "Name",
                     tags::value(&format!("quarantine {}", target.instance_id)),
                 ))
-                .tags(tags::new(tags::FINDING_ID, &target.finding_id))
+                .tags(tags::new(tags::FINDING_ID, containment))
                 .tags(tags::new(tags::INSTANCE_ID, &target.instance_id))
                 .build(),
-        )
+        );
+    if let Some(plan) = clients.plan() {
+        let answer = request
+            .dry_run(true)
+            .send()
+            .await
+            .map_err(|e| Error::from_sdk("ec2:CreateSnapshots", e));
+        plan.add_ec2(
+            "ec2:CreateSnapshots",
+            &target.instance_id,
+            format!("one crash-consistent set of {} volume(s)", devices.len()),
+            answer,
+        );
+        return Ok(plan.outcome());
+    }
+    let created = request
         .send()
         .await
         .map_err(|e| Error::from_sdk("ec2:CreateSnapshots", e))?;
@@ -151,7 +176,6 @@ async fn earlier_snapshots(
     let out = ec2
         .describe_snapshots()
         .owner_ids("self")
-        .filters(tag_filter(tags::FINDING_ID, &target.finding_id))
         .filters(tag_filter(tags::INSTANCE_ID, &target.instance_id))
         .send()
         .await

@@ -24,6 +24,23 @@ pub const PREVIOUS_GROUPS: &str = "ec2-quarantine:previous-groups:";
 pub const DELETE_ON_TERMINATION: &str = "ec2-quarantine:delete-on-termination";
 /// On the instance: the instance profile it had before the quarantine profile replaced it.
 pub const PREVIOUS_PROFILE: &str = "ec2-quarantine:previous-instance-profile";
+/// On the instance: termination protection and shutdown behaviour before containment, as
+/// `termination-protection=<bool>,shutdown=<stop|terminate>`.
+pub const PREVIOUS_ATTRIBUTES: &str = "ec2-quarantine:previous-attributes";
+/// On the instance: its Auto Scaling group and what was done, as
+/// `<standby|detach>,<decremented|replaced>,<group name>`.
+pub const AUTO_SCALING_GROUP: &str = "ec2-quarantine:auto-scaling-group";
+/// On the instance, one per target group it was deregistered from (the key ends with the
+/// group's ARN resource, `targetgroup/<name>/<id>`): the targets, as `<id> <port>` pairs joined
+/// with commas.
+pub const TARGET_GROUP: &str = "ec2-quarantine:target:";
+/// On the instance: the Classic Load Balancers it was deregistered from, comma-separated.
+pub const CLASSIC_LOAD_BALANCERS: &str = "ec2-quarantine:classic-load-balancers";
+/// On the instance: the role whose policies the containment changed.
+pub const ROLE: &str = "ec2-quarantine:role";
+/// On a contained role, one per instance holding it contained (the key ends with the instance
+/// id): release detaches the role's quarantine policies when the last hold is gone.
+pub const ROLE_HOLD: &str = "ec2-quarantine:held-by:";
 /// On snapshots: the instance, volume and device they were taken from.
 pub const INSTANCE_ID: &str = "ec2-quarantine:instance-id";
 pub const VOLUME_ID: &str = "ec2-quarantine:volume-id";

@@ -56,28 +56,42 @@ async fn two_findings_for_one_instance_at_once() {
         .contains(&marked.as_str())
     );
 
+    // Snapshots belong to the containment, named by the finding that marked the instance: two
+    // findings at the same instant may each take a set (CreateSnapshots has no idempotency
+    // token; a known limit), both tagged with that finding, and a later run takes none.
     let (sa, sb) = tokio::join!(snapshot(&ctx, &a), snapshot(&ctx, &b));
     let (sa, sb) = (sa.unwrap(), sb.unwrap());
     let snaps = f.snapshots().await;
-    assert_eq!(snaps.len(), 4, "one set of two per finding");
-    for (outcome, finding) in [
-        (&sa, "a6c7d3f1e2b94c8d9e0f1a2b3c4d5e6f"),
-        (&sb, "b8e9f0a1b2c34d5e6f7a8b9c0d1e2f3a"),
-    ] {
-        let ids: BTreeSet<&str> = outcome
-            .report()
-            .unwrap()
-            .snapshots
-            .iter()
-            .map(|s| s.snapshot_id.as_str())
-            .collect();
-        let tagged: BTreeSet<&str> = snaps
-            .iter()
-            .filter(|s| tags::find(s.tags(), tags::FINDING_ID) == Some(finding))
-            .filter_map(|s| s.snapshot_id())
-            .collect();
-        assert_eq!(ids, tagged, "the report names its finding's set");
+    assert!(
+        matches!(snaps.len(), 2 | 4),
+        "one or two sets of two: {}",
+        snaps.len()
+    );
+    let tagged: BTreeSet<&str> = snaps
+        .iter()
+        .filter(|s| tags::find(s.tags(), tags::FINDING_ID) == Some(marked.as_str()))
+        .filter_map(|s| s.snapshot_id())
+        .collect();
+    assert_eq!(
+        tagged.len(),
+        snaps.len(),
+        "every set names the containment's finding"
+    );
+    for outcome in [&sa, &sb] {
+        for s in &outcome.report().unwrap().snapshots {
+            assert!(
+                tagged.contains(s.snapshot_id.as_str()),
+                "the report names a set it took or found"
+            );
+        }
     }
+    let later = snapshot(&ctx, &a).await.unwrap();
+    assert_eq!(later.status(), "already_done");
+    assert_eq!(
+        f.snapshots().await.len(),
+        snaps.len(),
+        "a later run takes none"
+    );
 
     let (ra, rb) = tokio::join!(contain_role(&ctx, &a), contain_role(&ctx, &b));
     assert!(ra.is_ok() && rb.is_ok(), "{ra:?} {rb:?}");

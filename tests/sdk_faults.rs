@@ -5,7 +5,9 @@
 use aws_sdk_ec2::error::ErrorMetadata;
 use aws_sdk_ec2::operation::create_snapshots::CreateSnapshotsError;
 use aws_sdk_ec2::operation::describe_iam_instance_profile_associations::DescribeIamInstanceProfileAssociationsOutput;
+use aws_sdk_ec2::operation::describe_instance_attribute::DescribeInstanceAttributeOutput;
 use aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput;
+use aws_sdk_ec2::operation::describe_network_interfaces::DescribeNetworkInterfacesOutput;
 use aws_sdk_ec2::operation::describe_security_groups::DescribeSecurityGroupsOutput;
 use aws_sdk_ec2::operation::describe_snapshots::DescribeSnapshotsOutput;
 use aws_sdk_ec2::operation::modify_instance_attribute::{
@@ -15,9 +17,9 @@ use aws_sdk_ec2::operation::modify_network_interface_attribute::{
     ModifyNetworkInterfaceAttributeError, ModifyNetworkInterfaceAttributeOutput,
 };
 use aws_sdk_ec2::types::{
-    EbsInstanceBlockDevice, GroupIdentifier, Instance, InstanceBlockDeviceMapping,
-    InstanceNetworkInterface, InstanceState, InstanceStateName, IpPermission, IpRange, Ipv6Range,
-    Reservation, SecurityGroup,
+    AttributeBooleanValue, AttributeValue, EbsInstanceBlockDevice, GroupIdentifier, Instance,
+    InstanceBlockDeviceMapping, InstanceNetworkInterface, InstanceState, InstanceStateName,
+    IpPermission, IpRange, Ipv6Range, NetworkInterface, Reservation, SecurityGroup,
 };
 use aws_sdk_ec2::{Client as Ec2, operation::create_tags::CreateTagsOutput};
 use aws_sdk_iam::Client as Iam;
@@ -28,6 +30,7 @@ use aws_sdk_iam::operation::get_role_policy::GetRolePolicyError;
 use aws_sdk_iam::operation::list_attached_role_policies::ListAttachedRolePoliciesOutput;
 use aws_sdk_iam::operation::list_instance_profiles_for_role::ListInstanceProfilesForRoleOutput;
 use aws_sdk_iam::operation::put_role_policy::PutRolePolicyOutput;
+use aws_sdk_iam::operation::tag_role::TagRoleOutput;
 use aws_sdk_iam::types::Role;
 use aws_smithy_mocks::{RuleMode, mock, mock_client};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
@@ -154,8 +157,44 @@ fn known_groups() -> aws_smithy_mocks::Rule {
     })
 }
 
+/// DescribeNetworkInterfaces: the instance's interfaces, `managed` of them requester-managed.
+fn interfaces_managed(managed: &'static [&'static str]) -> aws_smithy_mocks::Rule {
+    mock!(Ec2::describe_network_interfaces).then_output(move || {
+        DescribeNetworkInterfacesOutput::builder()
+            .set_network_interfaces(Some(
+                managed
+                    .iter()
+                    .map(|id| {
+                        NetworkInterface::builder()
+                            .network_interface_id(*id)
+                            .requester_managed(true)
+                            .build()
+                    })
+                    .collect(),
+            ))
+            .build()
+    })
+}
+
+/// DescribeInstanceAttribute: not protected, shutdown stops (what the record reads first).
+fn attributes() -> aws_smithy_mocks::Rule {
+    mock!(Ec2::describe_instance_attribute).then_output(|| {
+        DescribeInstanceAttributeOutput::builder()
+            .disable_api_termination(AttributeBooleanValue::builder().value(false).build())
+            .instance_initiated_shutdown_behavior(AttributeValue::builder().value("stop").build())
+            .build()
+    })
+}
+
 fn clients(ec2: Ec2, iam: Iam) -> Clients {
-    Clients { ec2, iam }
+    let config = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .build();
+    let mut c = Clients::new(&config, Default::default());
+    c.ec2 = ec2;
+    c.iam = iam;
+    c
 }
 
 fn no_iam() -> Iam {
@@ -178,7 +217,16 @@ async fn denied_termination_protection_does_not_hold_isolation_back() {
     let ec2 = mock_client!(
         aws_sdk_ec2,
         RuleMode::MatchAny,
-        &[&describe, &groups, &tags, &moves, &transit_moves, &protect]
+        &[
+            &describe,
+            &groups,
+            &tags,
+            &moves,
+            &transit_moves,
+            &protect,
+            &interfaces_managed(&[]),
+            &attributes()
+        ]
     );
 
     let err = isolate_instance(&clients(ec2, no_iam()), &target())
@@ -209,6 +257,50 @@ async fn denied_termination_protection_does_not_hold_isolation_back() {
 }
 
 #[tokio::test]
+async fn a_requester_managed_interface_is_reported_and_the_others_isolated() {
+    let describe = mock!(Ec2::describe_instances).then_output(instance);
+    let groups = known_groups();
+    let tags = mock!(Ec2::create_tags).then_output(|| CreateTagsOutput::builder().build());
+    let moves = mock!(Ec2::modify_network_interface_attribute)
+        .match_requests(|r| r.network_interface_id() == Some("eni-0000000000000000a"))
+        .then_output(|| ModifyNetworkInterfaceAttributeOutput::builder().build());
+    let protect = mock!(Ec2::modify_instance_attribute)
+        .then_output(|| ModifyInstanceAttributeOutput::builder().build());
+    // No rule lets eni-...b move: a call for it would fail the step.
+    let ec2 = mock_client!(
+        aws_sdk_ec2,
+        RuleMode::MatchAny,
+        &[
+            &describe,
+            &groups,
+            &tags,
+            &moves,
+            &protect,
+            &interfaces_managed(&["eni-0000000000000000b"]),
+            &attributes()
+        ]
+    );
+
+    let outcome = isolate_instance(&clients(ec2, no_iam()), &target())
+        .await
+        .unwrap();
+    let report = outcome.report().expect("isolated");
+    assert_eq!(moves.num_calls(), 2, "eni-...a: transit, then quarantine");
+    assert_eq!(report.interfaces.len(), 1);
+    assert_eq!(report.interfaces[0].interface_id, "eni-0000000000000000a");
+    assert_eq!(report.skipped_interfaces.len(), 1);
+    assert_eq!(
+        report.skipped_interfaces[0].interface_id,
+        "eni-0000000000000000b"
+    );
+    assert!(
+        report.skipped_interfaces[0]
+            .reason
+            .contains("requester-managed")
+    );
+}
+
+#[tokio::test]
 async fn a_throttled_interface_makes_the_step_retryable_and_the_other_is_isolated() {
     let describe = mock!(Ec2::describe_instances).then_output(instance);
     let groups = known_groups();
@@ -229,7 +321,9 @@ async fn a_throttled_interface_makes_the_step_retryable_and_the_other_is_isolate
             &tags,
             &throttled_move,
             &other_move,
-            &protect
+            &protect,
+            &interfaces_managed(&[]),
+            &attributes()
         ]
     );
 
@@ -327,13 +421,15 @@ async fn a_denied_attach_still_revokes_older_sessions_and_says_which_failed() {
             &attach,
             &no_inline,
             &put,
-            &profiles
+            &profiles,
+            &mock!(Iam::tag_role).then_output(|| TagRoleOutput::builder().build())
         ]
     );
     // The instance has no profile association: there is no profile to replace.
     let no_association = mock!(Ec2::describe_iam_instance_profile_associations)
         .then_output(|| DescribeIamInstanceProfileAssociationsOutput::builder().build());
-    let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, &[&no_association]);
+    let tags = mock!(Ec2::create_tags).then_output(|| CreateTagsOutput::builder().build());
+    let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, &[&no_association, &tags]);
 
     let err = contain_instance_role(&clients(ec2, iam), &target())
         .await

@@ -34,6 +34,7 @@ from lambda_service import LambdaService, function_env  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
 STATE_MACHINE = ROOT / "statemachine" / "containment.asl.json"
+RELEASE_MACHINE = ROOT / "statemachine" / "release.asl.json"
 DEFAULT_EVENT = ROOT / "events" / "credential-exfiltration.json"
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -45,7 +46,10 @@ MEMBER_EXTERNAL_ID = "local-run-external-id"
 MEMBER_TEMPLATE = ROOT / "helper_scripts" / "member-account-role.yaml"
 # Binary name -> the template's substitution for its ARN.
 FUNCTIONS = {
+    "triage": "TriageFunctionArn",
     "isolate": "IsolateFunctionArn",
+    "deregister": "DeregisterFunctionArn",
+    "release": "ReleaseFunctionArn",
     "snapshot": "SnapshotFunctionArn",
     "deny-role": "DenyRoleFunctionArn",
     "notify": "NotifyFunctionArn",
@@ -108,8 +112,25 @@ def rule_matches(pattern: dict, event: dict) -> bool:
     return EventPattern.load(json.dumps(pattern)).matches_event(event)
 
 
-def state_machine_definition(arns: dict[str, str]) -> str:
-    text = STATE_MACHINE.read_text()
+def function_settings(template: dict, overrides: dict[str, str], account: str) -> dict[str, str]:
+    """The functions' environment as the template's Globals give it, parameters resolved (their
+    defaults, or the overrides as `sam deploy --parameter-overrides` would give them)."""
+    params = {k: str(v.get("Default", "")) for k, v in template.get("Parameters", {}).items()}
+    unknown = set(overrides) - set(params)
+    if unknown:
+        raise HarnessError(f"no such template parameter: {', '.join(sorted(unknown))}")
+    params.update(overrides)
+    params.update({"AWS::AccountId": account, "AWS::Region": REGION, "AWS::Partition": "aws"})
+    out = {}
+    for name, value in template["Globals"]["Function"]["Environment"]["Variables"].items():
+        if isinstance(value, dict) and "Ref" in value:
+            value = params[value["Ref"]]
+        out[name] = str(value)
+    return out
+
+
+def state_machine_definition(arns: dict[str, str], path: Path = STATE_MACHINE) -> str:
+    text = path.read_text()
     for binary, placeholder in FUNCTIONS.items():
         text = text.replace("${" + placeholder + "}", arns[binary])
     left = re.findall(r"\$\{[A-Za-z0-9]+\}", text)
@@ -166,12 +187,36 @@ def simulate_compromised_instance(ec2, iam) -> dict:
     )["Instances"][0]
     return {
         "instance_id": instance["InstanceId"],
+        "subnet_id": subnet,
         "vpc_id": vpc,
         "role_name": role,
         "profile_arn": profile["Arn"],
         "interfaces": [n["NetworkInterfaceId"] for n in instance["NetworkInterfaces"]],
         "volumes": [m["Ebs"]["VolumeId"] for m in instance["BlockDeviceMappings"]],
     }
+
+
+SIM_GROUP = "web-asg"
+SIM_CLASSIC = "web-classic"
+
+
+def put_in_service(sim: dict, asg, elbv2, elb) -> None:
+    """Like a production web tier: the instance in an Auto Scaling group, behind a target group
+    (instance target, port 80) and a Classic Load Balancer."""
+    asg.create_launch_configuration(LaunchConfigurationName="web-lc", ImageId=IMAGE_ID, InstanceType="t3.micro")
+    asg.create_auto_scaling_group(
+        AutoScalingGroupName=SIM_GROUP, LaunchConfigurationName="web-lc", MinSize=0, MaxSize=3, DesiredCapacity=0,
+        VPCZoneIdentifier=sim["subnet_id"],
+    )
+    asg.attach_instances(AutoScalingGroupName=SIM_GROUP, InstanceIds=[sim["instance_id"]])
+    tg = elbv2.create_target_group(Name="web-tg", Protocol="HTTP", Port=80, VpcId=sim["vpc_id"], TargetType="instance")
+    sim["target_group_arn"] = tg["TargetGroups"][0]["TargetGroupArn"]
+    elbv2.register_targets(TargetGroupArn=sim["target_group_arn"], Targets=[{"Id": sim["instance_id"], "Port": 80}])
+    elb.create_load_balancer(
+        LoadBalancerName=SIM_CLASSIC, Listeners=[{"Protocol": "HTTP", "LoadBalancerPort": 80, "InstancePort": 80}],
+        AvailabilityZones=[f"{REGION}a"],
+    )
+    elb.register_instances_with_load_balancer(LoadBalancerName=SIM_CLASSIC, Instances=[{"InstanceId": sim["instance_id"]}])
 
 
 def point_event_at(event: dict, sim: dict, instance_id: str) -> dict:
@@ -212,7 +257,7 @@ def administrator_state(ec2, iam) -> dict:
     }
 
 
-def emulator_state(ec2, iam, sim: dict) -> dict:
+def emulator_state(ec2, iam, sim: dict, asg=None, elbv2=None, elb=None) -> dict:
     enis = ec2.describe_network_interfaces(NetworkInterfaceIds=sim["interfaces"])["NetworkInterfaces"]
     groups = {n["NetworkInterfaceId"]: sorted(g["GroupId"] for g in n["Groups"]) for n in enis}
     quarantine = ec2.describe_security_groups(
@@ -236,7 +281,23 @@ def emulator_state(ec2, iam, sim: dict) -> dict:
         Filters=[{"Name": "instance-id", "Values": [sim["instance_id"]]}, {"Name": "state", "Values": ["associated"]}]
     )["IamInstanceProfileAssociations"]
     attrs["instance_profile"] = associations[0]["IamInstanceProfile"]["Arn"] if associations else None
+    service = {}
+    if asg is not None:
+        groups_out = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[SIM_GROUP])["AutoScalingGroups"]
+        service["auto_scaling"] = [
+            {"group": g["AutoScalingGroupName"], "desired": g["DesiredCapacity"],
+             "instances": sorted([i["InstanceId"], i["LifecycleState"]] for i in g["Instances"])}
+            for g in groups_out
+        ]
+        service["targets"] = sorted(
+            [d["Target"]["Id"], d["Target"].get("Port")]
+            for d in elbv2.describe_target_health(TargetGroupArn=sim["target_group_arn"])["TargetHealthDescriptions"]
+        )
+        service["classic"] = sorted(
+            i["InstanceId"] for lb in elb.describe_load_balancers()["LoadBalancerDescriptions"] for i in lb["Instances"]
+        )
     return {
+        **service,
         "interface_groups": groups,
         "quarantine_groups": [
             {"id": g["GroupId"], "ingress_rules": len(g["IpPermissions"]), "egress_rules": len(g["IpPermissionsEgress"])} for g in quarantine
@@ -258,6 +319,7 @@ def emulator_state(ec2, iam, sim: dict) -> dict:
             "name": role,
             "attached_policies": sorted(p["PolicyArn"] for p in iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"]),
             "inline_policies": sorted(iam.list_role_policies(RoleName=role)["PolicyNames"]),
+            "tags": sorted(t["Key"] for t in iam.list_role_tags(RoleName=role)["Tags"]),
         },
     }
 
@@ -328,7 +390,7 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def local_stack(bin_dir: Path, log_dir: Path, member_account: str | None = None):
+def local_stack(bin_dir: Path, log_dir: Path, member_account: str | None = None, parameters: dict[str, str] | None = None):
     """The emulator with the stack's resources, the functions served, and a simulated instance.
 
     Yields a namespace with the boto3 clients, the Lambda service, the topic and subscriber
@@ -364,7 +426,7 @@ def local_stack(bin_dir: Path, log_dir: Path, member_account: str | None = None)
             st.queue_url = st.sqs.create_queue(QueueName="security-team-inbox")["QueueUrl"]
             queue_arn = st.sqs.get_queue_attributes(QueueUrl=st.queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
             st.sns.subscribe(TopicArn=st.topic, Protocol="sqs", Endpoint=queue_arn)
-            settings = {"ALERT_TOPIC_ARN": st.topic, "RESPONDER_ACCOUNT_ID": ACCOUNT}
+            settings = {**function_settings(load_template(), parameters or {}, ACCOUNT), "ALERT_TOPIC_ARN": st.topic}
             if member_account:
                 settings.update({"MEMBER_ROLE_NAME": MEMBER_ROLE, "MEMBER_ROLE_EXTERNAL_ID": MEMBER_EXTERNAL_ID})
             env = function_env(emulator, REGION, settings)
@@ -376,16 +438,22 @@ def local_stack(bin_dir: Path, log_dir: Path, member_account: str | None = None)
                     {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "states.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
                 ),
             )["Role"]["Arn"]
+            arns = {b: service.arn(b) for b in FUNCTIONS}
             st.machine = st.sfn.create_state_machine(
-                name="ec2-quarantine-containment",
-                definition=state_machine_definition({b: service.arn(b) for b in FUNCTIONS}),
-                roleArn=sm_role,
+                name="ec2-quarantine-containment", definition=state_machine_definition(arns), roleArn=sm_role,
+            )["stateMachineArn"]
+            st.release_machine = st.sfn.create_state_machine(
+                name="ec2-quarantine-release", definition=state_machine_definition(arns, RELEASE_MACHINE), roleArn=sm_role,
             )["stateMachineArn"]
             st.target_ec2, st.target_iam = st.ec2, st.iam
             if member_account:
                 st.target_ec2, st.target_iam = member_clients(member_account)
             st.sim = simulate_compromised_instance(st.target_ec2, st.target_iam)
             st.sim["account"] = member_account or ACCOUNT
+            st.service_clients = (None, None, None)
+            if not member_account:
+                st.service_clients = tuple(boto3.client(s, region_name=REGION) for s in ("autoscaling", "elbv2", "elb"))
+                put_in_service(st.sim, *st.service_clients)
             yield st
         finally:
             service.stop()
@@ -423,6 +491,9 @@ def received_notification(st) -> dict | None:
     if not messages:
         return None
     envelope = json.loads(messages[0]["Body"])
+    st.sqs.delete_message_batch(
+        QueueUrl=st.queue_url, Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)]
+    )
     return {
         "subject": envelope.get("Subject"),
         "message": envelope.get("Message"),
@@ -438,17 +509,28 @@ def run(
     severity_threshold: str | None = None,
     log_dir: Path | None = None,
     member_account: bool = False,
+    parameters: dict[str, str] | None = None,
+    exempt: bool = False,
+    repeat: bool = False,
+    release: bool = False,
 ) -> dict:
-    """The whole workflow on one finding event, as EventBridge and Step Functions would run it."""
+    """The whole workflow on one finding event, as EventBridge and Step Functions would run it.
+
+    `exempt` tags the instance with the exemption tag first; `repeat` sends a second finding
+    (another id) for the same instance after the first; `release` then runs the release state
+    machine and compares the emulator's state with the state before containment."""
     raw = json.loads(event_path.read_text())
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="ec2-quarantine-local-"))
     report: dict = {"event_file": _shown(event_path), "logs": str(log_dir)}
-    overrides = {"SeverityThreshold": severity_threshold} if severity_threshold is not None else {}
+    overrides = dict(parameters or {})
+    if severity_threshold is not None:
+        overrides["SeverityThreshold"] = severity_threshold
+    report["parameters"] = overrides
     pattern = rule_pattern(load_template(), overrides)
 
     started = time.monotonic()
     try:
-        with local_stack(bin_dir, log_dir, MEMBER_ACCOUNT if member_account else None) as st:
+        with local_stack(bin_dir, log_dir, MEMBER_ACCOUNT if member_account else None, overrides) as st:
             sim = st.sim
             target = MISSING_INSTANCE if missing_instance else sim["instance_id"]
             event = point_event_at(raw, sim, target)
@@ -462,30 +544,58 @@ def run(
             }
             report["simulated"] = sim
             report["accounts"] = {"responder": ACCOUNT, "instance": sim["account"]}
-            before = emulator_state(st.target_ec2, st.target_iam, sim)
+            if exempt:
+                key = function_settings(load_template(), overrides, ACCOUNT)["EXEMPTION_TAG_KEY"]
+                st.target_ec2.create_tags(Resources=[sim["instance_id"]], Tags=[{"Key": key, "Value": "local run"}])
+            state = lambda: emulator_state(st.target_ec2, st.target_iam, sim, *st.service_clients)  # noqa: E731
+            before = state()
 
             matched = rule_matches(pattern, event)
             report["rule"] = {"matched": matched, "pattern": pattern}
             report["execution"], report["states"], report["notification"] = None, [], None
             if matched:
-                execution = st.sfn.start_execution(stateMachineArn=st.machine, input=json.dumps(event))["executionArn"]
-                done = wait_for(st.sfn, execution, 180)
-                history = st.sfn.get_execution_history(executionArn=execution, maxResults=1000)["events"]
-                report["execution"] = {
-                    "status": done["status"],
-                    "error": done.get("error"),
-                    "cause": done.get("cause"),
-                    "output": json.loads(done["output"]) if done.get("output") else None,
-                }
-                report["states"] = states_from_history(history)
+                report["execution"], report["states"], report["notification"] = execute(st, st.machine, event)
                 report["invocations"] = {name: fn.invocations for name, fn in st.service.functions.items()}
-                report["notification"] = received_notification(st)
-            report["emulator"] = {"before": before, "after": emulator_state(st.target_ec2, st.target_iam, sim)}
+            report["emulator"] = {"before": before, "after": state()}
+            if matched and repeat:
+                second = json.loads(json.dumps(event))
+                second["detail"]["id"] = "f" * 32
+                ex, states, note = execute(st, st.machine, second)
+                report["second_finding"] = {"execution": ex, "states": states, "notification": note, "after": state()}
+            if matched and release:
+                request = {"instance_id": sim["instance_id"], "reason": "local run: investigation closed"}
+                ex, states, note = execute(st, st.release_machine, request)
+                after = state()
+                # Kept by design: the evidence, and the tool's quarantine group (other instances may use it).
+                kept = after.pop("snapshots")
+                after.pop("quarantine_groups")
+                expected = {k: v for k, v in before.items() if k not in ("snapshots", "quarantine_groups")}
+                report["release"] = {
+                    "execution": ex, "states": states, "notification": note, "after": after,
+                    "snapshots_kept": len(kept),
+                    "restored": after == expected,
+                    "differences": {k: {"before": expected.get(k), "after": v} for k, v in after.items() if expected.get(k) != v},
+                }
             if member_account:
                 report["administrator_account"] = administrator_state(st.ec2, st.iam)
     finally:
         report["wall_seconds"] = round(time.monotonic() - started, 2)
     return report
+
+
+def execute(st, machine: str, payload: dict) -> tuple[dict, list[dict], dict | None]:
+    """One execution of a state machine: its outcome, its states, and the notification it sent."""
+    name = f"local-{time.time_ns()}"
+    execution = st.sfn.start_execution(stateMachineArn=machine, name=name, input=json.dumps(payload))["executionArn"]
+    done = wait_for(st.sfn, execution, 180)
+    history = st.sfn.get_execution_history(executionArn=execution, maxResults=1000)["events"]
+    outcome = {
+        "status": done["status"],
+        "error": done.get("error"),
+        "cause": done.get("cause"),
+        "output": json.loads(done["output"]) if done.get("output") else None,
+    }
+    return outcome, states_from_history(history), received_notification(st)
 
 
 def invoke(binary: str, event_path: Path, bin_dir: Path, log_dir: Path | None = None) -> dict:
@@ -495,7 +605,9 @@ def invoke(binary: str, event_path: Path, bin_dir: Path, log_dir: Path | None = 
     raw = json.loads(event_path.read_text())
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="ec2-quarantine-invoke-"))
     with local_stack(bin_dir, log_dir) as st:
-        if isinstance(raw.get("event"), dict):
+        if "instance_id" in raw:
+            raw["instance_id"] = st.sim["instance_id"]
+        elif isinstance(raw.get("event"), dict):
             raw["event"] = point_event_at(raw["event"], st.sim, st.sim["instance_id"])
         else:
             raw = point_event_at(raw, st.sim, st.sim["instance_id"])
@@ -537,12 +649,44 @@ def render(report: dict) -> str:
     if not rule["matched"]:
         w("  Nothing runs for this finding on AWS either: the rule filters it out.")
         return "\n".join(out)
+    if report.get("parameters"):
+        w("Template parameters: " + ", ".join(f"{k}={v}" for k, v in sorted(report["parameters"].items())))
     ex = report["execution"]
     w(f"State machine execution: {ex['status']}" + (f" ({ex['error']}: {ex['cause']})" if ex.get("error") else ""))
     w("")
+    _render_states(w, report["states"])
+    emu = report["emulator"]
+    w("")
+    _render_state(w, emu["before"], emu["after"], report)
+    w("")
+    _render_notification(w, report.get("notification"))
+    second = report.get("second_finding")
+    if second:
+        w("")
+        w(f"A second finding (id {'f' * 32}) for the same instance: execution {second['execution']['status']}")
+        _render_states(w, second["states"])
+        unchanged = second["after"] == emu["after"]
+        w(f"  The emulator's state after it: {'UNCHANGED (nothing created twice)' if unchanged else 'CHANGED'}")
+        _render_notification(w, second.get("notification"))
+    rel = report.get("release")
+    if rel:
+        w("")
+        w(f"Release (statemachine/release.asl.json): execution {rel['execution']['status']}")
+        _render_states(w, rel["states"])
+        w(f"  State after release equals the state before containment: {'YES' if rel['restored'] else 'NO'}"
+          f" (forensic snapshots kept: {rel['snapshots_kept']})")
+        for k, d in rel["differences"].items():
+            w(f"    differs: {k}: before {d['before']} after {d['after']}")
+        _render_notification(w, rel.get("notification"))
+    w("")
+    w(f"Wall time {report['wall_seconds']} s; function logs in {report['logs']}")
+    return "\n".join(out)
+
+
+def _render_states(w, states: list[dict]) -> None:
     w("States:")
-    for s in report["states"]:
-        if s["type"] in ("Pass",) and not s["name"].endswith("Failed") and s["name"] != "NothingToContain":
+    for s in states:
+        if s["type"] in ("Pass",) and not s["name"].endswith("Failed") and s["name"] != "NotContained":
             continue
         line = f"  {s['name']:<18} {s['type']:<8}"
         output = s.get("output")
@@ -551,7 +695,12 @@ def render(report: dict) -> str:
             if s["errors"]:
                 last = s["errors"][-1]
                 line += f" attempts {s['attempts']}, error {last['error']}"
-            if s["name"] == "Notify" and isinstance(output, dict):
+            if s["name"] in ("Triage", "Release") and isinstance(output, dict):
+                result = output.get(s["name"].lower()) or {}
+                label = result.get("decision") or result.get("status") or result.get("Error")
+                reason = result.get("reason") or _cause_message(result.get("Cause")) if isinstance(result, dict) else ""
+                line += f" {label}" + (f" ({reason})" if reason else "")
+            elif s["name"] == "Notify" and isinstance(output, dict):
                 verdict = (output.get("notification") or {}).get("verdict")
                 line += f" verdict {verdict}"
             elif status:
@@ -559,32 +708,47 @@ def render(report: dict) -> str:
         elif s["name"].endswith("Failed") and isinstance(output, dict):
             line += f" caught {output.get('Error')}: {_cause_message(output.get('Cause'))}"
         w(line)
-    emu = report["emulator"]
-    w("")
+
+
+def _render_state(w, before: dict, after: dict, report: dict) -> None:
     w("Network interfaces (groups before -> after):")
-    for eni, after in emu["after"]["interface_groups"].items():
-        w(f"  {eni}: {', '.join(emu['before']['interface_groups'][eni])} -> {', '.join(after)}")
-    for g in emu["after"]["quarantine_groups"]:
+    for eni, groups in after["interface_groups"].items():
+        w(f"  {eni}: {', '.join(before['interface_groups'][eni])} -> {', '.join(groups)}")
+    for g in after["quarantine_groups"]:
         w(f"  quarantine group {g['id']}: {g['ingress_rules']} ingress rules, {g['egress_rules']} egress rules")
-    inst = emu["after"]["instance"]
+    inst = after["instance"]
     w(f"  termination protection: {inst['termination_protection']}, shutdown behaviour: {inst['shutdown_behavior']}, "
       f"volumes deleted with the instance: {', '.join(inst['deleted_on_termination']) or 'none'}")
+    if "auto_scaling" in after:
+        for b, a in zip(before["auto_scaling"], after["auto_scaling"]):
+            w(f"Auto Scaling group {a['group']}: {b['instances']} desired {b['desired']} -> {a['instances']} desired {a['desired']}")
+        w(f"Target group targets: {before['targets']} -> {after['targets']}")
+        w(f"Classic Load Balancer instances: {before['classic']} -> {after['classic']}")
     w("Snapshots:")
-    for s in emu["after"]["snapshots"]:
+    for s in after["snapshots"]:
         w(f"  {s['id']} of {s['volume_id']} ({s['tags'].get('ec2-quarantine:device', '?')})")
-    if not emu["after"]["snapshots"]:
+    if not after["snapshots"]:
         w("  none")
-    role = emu["after"]["role"]
+    role = after["role"]
     w(f"Instance profile: {inst.get('instance_profile') or 'none'}")
     w(f"Role {role['name']}:")
     w(f"  attached: {', '.join(role['attached_policies']) or 'none'}")
     w(f"  inline:   {', '.join(role['inline_policies']) or 'none'}")
+    w(f"  tags:     {', '.join(role.get('tags', [])) or 'none'}")
+    recorded = {k: v for k, v in after["instance_tags"].items() if k.startswith("ec2-quarantine:")}
+    w("Recorded on the instance (for release):")
+    for k, v in sorted(recorded.items()):
+        w(f"  {k} = {v}")
+    if not recorded:
+        w("  nothing")
     admin = report.get("administrator_account")
     if admin is not None:
+        accounts = report.get("accounts", {})
         w(f"Responder's own account {accounts.get('responder')}: {admin['quarantine_groups']} quarantine groups, "
           f"{admin['forensic_snapshots']} forensic snapshots, {admin['deny_all_policies']} DenyAll policies (untouched)")
-    w("")
-    n = report.get("notification")
+
+
+def _render_notification(w, n: dict | None) -> None:
     if n:
         w("Notification as the subscriber received it:")
         w(f"  Subject: {n['subject']}")
@@ -593,9 +757,6 @@ def render(report: dict) -> str:
             w(f"  | {line}")
     else:
         w("No notification was received.")
-    w("")
-    w(f"Wall time {report['wall_seconds']} s; function logs in {report['logs']}")
-    return "\n".join(out)
 
 
 def _cause_message(cause: str | None) -> str:
@@ -615,6 +776,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--severity-threshold", default=None, help="the template's SeverityThreshold parameter (default: its default)")
     p.add_argument("--member-account", action="store_true", help="put the instance in a member account; the responder acts there through the member role")
     p.add_argument("--log-dir", default=None, help="where the functions' logs go (default: a new temporary folder)")
+    p.add_argument("--parameter", action="append", default=[], metavar="KEY=VALUE",
+                   help="a template parameter, as sam deploy --parameter-overrides takes it (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="the same as --parameter DryRun=true")
+    p.add_argument("--exempt", action="store_true", help="tag the instance with the exemption tag first")
+    p.add_argument("--repeat", action="store_true", help="then send a second finding (another id) for the same instance")
+    p.add_argument("--release", action="store_true", help="then run the release state machine and compare with the state before")
     args = p.parse_args(argv)
 
     def on_term(_sig, _frame):
@@ -623,6 +790,14 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     bin_dir = Path(args.bin_dir or Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug")
     log_dir = Path(args.log_dir) if args.log_dir else None
+    parameters = {}
+    for item in args.parameter:
+        key, sep, value = item.partition("=")
+        if not sep:
+            p.error(f"--parameter {item!r}: expected KEY=VALUE")
+        parameters[key] = value
+    if args.dry_run:
+        parameters["DryRun"] = "true"
     try:
         if args.invoke:
             result = invoke(args.invoke, Path(args.event).resolve(), bin_dir, log_dir)
@@ -635,6 +810,10 @@ def main(argv: list[str] | None = None) -> int:
             severity_threshold=args.severity_threshold,
             log_dir=log_dir,
             member_account=args.member_account,
+            parameters=parameters,
+            exempt=args.exempt,
+            repeat=args.repeat,
+            release=args.release,
         )
     except HarnessError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -643,8 +822,8 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; everything started was stopped", file=sys.stderr)
         return 130
     print(json.dumps(report, indent=2, sort_keys=True) if args.json else render(report))
-    execution = report.get("execution")
-    return 3 if execution and execution["status"] != "SUCCEEDED" else 0
+    executions = [report.get("execution")] + [(report.get(k) or {}).get("execution") for k in ("second_finding", "release")]
+    return 3 if any(e and e["status"] != "SUCCEEDED" for e in executions) else 0
 
 
 if __name__ == "__main__":

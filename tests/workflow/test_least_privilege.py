@@ -20,21 +20,24 @@ import run as local  # noqa: E402
 
 # The one table: IAM action -> the functions that call it.
 ACTIONS: dict[str, set[str]] = {
-    "ec2:DescribeInstances": {"IsolateFunction", "SnapshotFunction", "DenyRoleFunction"},
+    "ec2:DescribeInstances": {"TriageFunction", "IsolateFunction", "DeregisterFunction", "SnapshotFunction", "DenyRoleFunction", "ReleaseFunction"},
     "ec2:DescribeSecurityGroups": {"IsolateFunction"},
+    "ec2:DescribeNetworkInterfaces": {"IsolateFunction"},
+    "ec2:DescribeInstanceAttribute": {"IsolateFunction"},
     "ec2:CreateSecurityGroup": {"IsolateFunction"},
     "ec2:RevokeSecurityGroupEgress": {"IsolateFunction"},
     "ec2:RevokeSecurityGroupIngress": {"IsolateFunction"},
     "ec2:AuthorizeSecurityGroupIngress": {"IsolateFunction"},
     "ec2:AuthorizeSecurityGroupEgress": {"IsolateFunction"},
-    "ec2:ModifyNetworkInterfaceAttribute": {"IsolateFunction"},
-    "ec2:ModifyInstanceAttribute": {"IsolateFunction"},
-    "ec2:CreateTags": {"IsolateFunction", "SnapshotFunction", "DenyRoleFunction"},
-    "ec2:ReplaceIamInstanceProfileAssociation": {"DenyRoleFunction"},
+    "ec2:ModifyNetworkInterfaceAttribute": {"IsolateFunction", "ReleaseFunction"},
+    "ec2:ModifyInstanceAttribute": {"IsolateFunction", "ReleaseFunction"},
+    "ec2:CreateTags": {"IsolateFunction", "DeregisterFunction", "SnapshotFunction", "DenyRoleFunction"},
+    "ec2:DeleteTags": {"ReleaseFunction"},
+    "ec2:ReplaceIamInstanceProfileAssociation": {"DenyRoleFunction", "ReleaseFunction"},
     "iam:CreateInstanceProfile": {"DenyRoleFunction"},
     "ec2:DescribeSnapshots": {"SnapshotFunction"},
     "ec2:CreateSnapshots": {"SnapshotFunction"},
-    "ec2:DescribeIamInstanceProfileAssociations": {"DenyRoleFunction"},
+    "ec2:DescribeIamInstanceProfileAssociations": {"DenyRoleFunction", "ReleaseFunction"},
     "iam:GetInstanceProfile": {"DenyRoleFunction"},
     "iam:GetRole": {"DenyRoleFunction"},
     "iam:GetRolePolicy": {"DenyRoleFunction"},
@@ -44,15 +47,40 @@ ACTIONS: dict[str, set[str]] = {
     "iam:GetPolicy": {"DenyRoleFunction"},
     "iam:CreatePolicy": {"DenyRoleFunction"},
     "iam:AttachRolePolicy": {"DenyRoleFunction"},
-    "sts:AssumeRole": {"IsolateFunction", "SnapshotFunction", "DenyRoleFunction"},
+    "iam:TagRole": {"DenyRoleFunction"},
+    "iam:UntagRole": {"ReleaseFunction"},
+    "iam:ListRoleTags": {"ReleaseFunction"},
+    "iam:DetachRolePolicy": {"ReleaseFunction"},
+    "iam:DeleteRolePolicy": {"ReleaseFunction"},
+    "iam:PassRole": {"ReleaseFunction"},
+    "autoscaling:DescribeAutoScalingInstances": {"DeregisterFunction", "ReleaseFunction"},
+    "autoscaling:EnterStandby": {"DeregisterFunction"},
+    "autoscaling:DetachInstances": {"DeregisterFunction"},
+    "autoscaling:ExitStandby": {"ReleaseFunction"},
+    "autoscaling:AttachInstances": {"ReleaseFunction"},
+    "elasticloadbalancing:DescribeTargetGroups": {"DeregisterFunction"},
+    "elasticloadbalancing:DescribeTargetHealth": {"DeregisterFunction"},
+    "elasticloadbalancing:DescribeLoadBalancers": {"DeregisterFunction"},
+    "elasticloadbalancing:DeregisterTargets": {"DeregisterFunction"},
+    "elasticloadbalancing:DeregisterInstancesFromLoadBalancer": {"DeregisterFunction"},
+    "elasticloadbalancing:RegisterTargets": {"ReleaseFunction"},
+    "elasticloadbalancing:RegisterInstancesWithLoadBalancer": {"ReleaseFunction"},
+    "sts:AssumeRole": {"TriageFunction", "IsolateFunction", "DeregisterFunction", "SnapshotFunction", "DenyRoleFunction", "ReleaseFunction"},
     "sns:Publish": {"NotifyFunction"},
 }
 
+# Actions IAM checks that no call names: giving an instance back a profile that holds a role
+# passes that role to EC2.
+IMPLIED = {("ReleaseFunction", "ec2:ReplaceIamInstanceProfileAssociation"): "iam:PassRole"}
+
 # Which source files run in which function: each step's module, plus the shared ones it uses.
 MODULES = {
+    "TriageFunction": ["triage.rs", "instance.rs", "context.rs"],
     "IsolateFunction": ["isolate.rs", "instance.rs", "context.rs"],
+    "DeregisterFunction": ["deregister.rs", "instance.rs", "context.rs"],
     "SnapshotFunction": ["snapshot.rs", "instance.rs", "context.rs"],
     "DenyRoleFunction": ["role.rs", "instance.rs", "context.rs"],
+    "ReleaseFunction": ["release.rs", "instance.rs", "context.rs"],
     "NotifyFunction": ["notify.rs"],
 }
 
@@ -63,22 +91,30 @@ WRITES = {
     "ec2:ModifyNetworkInterfaceAttribute", "ec2:ModifyInstanceAttribute", "ec2:CreateTags",
     "ec2:CreateSnapshots", "iam:PutRolePolicy", "iam:CreatePolicy", "iam:AttachRolePolicy",
     "ec2:ReplaceIamInstanceProfileAssociation", "iam:CreateInstanceProfile",
-    "sts:AssumeRole", "sns:Publish",
+    "sts:AssumeRole", "sns:Publish", "ec2:DeleteTags", "iam:TagRole", "iam:UntagRole",
+    "iam:DetachRolePolicy", "iam:DeleteRolePolicy", "iam:PassRole", "autoscaling:EnterStandby",
+    "autoscaling:DetachInstances", "autoscaling:ExitStandby", "autoscaling:AttachInstances",
+    "elasticloadbalancing:DeregisterTargets", "elasticloadbalancing:RegisterTargets",
+    "elasticloadbalancing:DeregisterInstancesFromLoadBalancer",
+    "elasticloadbalancing:RegisterInstancesWithLoadBalancer",
 }
 # Describe calls have no resource-level permissions in EC2: "*" is the only resource they take.
 UNSCOPABLE = {
     "ec2:DescribeInstances", "ec2:DescribeSecurityGroups", "ec2:DescribeSnapshots",
-    "ec2:DescribeIamInstanceProfileAssociations",
+    "ec2:DescribeIamInstanceProfileAssociations", "ec2:DescribeNetworkInterfaces",
+    "ec2:DescribeInstanceAttribute", "autoscaling:DescribeAutoScalingInstances",
+    "elasticloadbalancing:DescribeTargetGroups", "elasticloadbalancing:DescribeTargetHealth",
+    "elasticloadbalancing:DescribeLoadBalancers",
 }
 
-LABEL = re.compile(r'(?:from_sdk|group_error)\("([a-z0-9]+:[A-Za-z]+)"')
+LABEL = re.compile(r'(?:from_sdk|group_error)\(\s*"([a-z0-9]+:[A-Za-z]+)"')
 
 
 def code_actions(function: str) -> set[str]:
     found = set()
     for name in MODULES[function]:
         found |= set(LABEL.findall((ROOT / "src" / name).read_text()))
-    return found
+    return found | {implied for (f, action), implied in IMPLIED.items() if f == function and action in found}
 
 
 def statements(policies: list) -> list[dict]:
@@ -145,7 +181,11 @@ def test_no_wildcard_actions_and_writes_are_scoped(function):
                 assert all("ec2-quarantine-DenyAll" in str(r) for r in resources)
             if action == "iam:CreateInstanceProfile":
                 assert all("ec2-quarantine-quarantined" in str(r) for r in resources)
-            if action == "ec2:CreateTags":
+            if action in ("iam:AttachRolePolicy", "iam:DetachRolePolicy"):
+                assert "ec2-quarantine-DenyAll" in str(st["Condition"]["ArnEquals"]["iam:PolicyARN"])
+            if action == "iam:PassRole":
+                assert st["Condition"]["StringEquals"]["iam:PassedToService"] == "ec2.amazonaws.com"
+            if action in ("ec2:CreateTags", "ec2:DeleteTags", "iam:TagRole"):
                 assert "aws:TagKeys" in str(st.get("Condition")), f"{function}: CreateTags limited to the tool's keys"
             if action in ("ec2:RevokeSecurityGroupEgress", "ec2:RevokeSecurityGroupIngress"):
                 assert "aws:ResourceTag/ec2-quarantine:isolation-group" in str(st["Condition"]), "only the quarantine group"
@@ -157,7 +197,7 @@ def test_the_member_role_allows_the_union_of_the_containment_functions():
     member = local.yaml.load((ROOT / "helper_scripts" / "member-account-role.yaml").read_text(), Loader=local._CfnLoader)
     policy = member["Resources"]["MemberRole"]["Properties"]["Policies"][0]["PolicyDocument"]
     allowed_there = {a for st in policy["Statement"] if st["Effect"] == "Allow" for a in as_list(st["Action"])}
-    containment = {a for a, fs in ACTIONS.items() if fs & {"IsolateFunction", "SnapshotFunction", "DenyRoleFunction"}}
+    containment = {a for a, fs in ACTIONS.items() if fs - {"NotifyFunction"}}
     assert allowed_there == containment - {"sts:AssumeRole"}
     denied_there = {a for st in policy["Statement"] if st["Effect"] == "Deny" for a in as_list(st["Action"])}
     assert {"iam:PutRolePolicy", "iam:AttachRolePolicy"} <= denied_there, "the member role cannot change itself"

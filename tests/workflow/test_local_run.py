@@ -28,9 +28,10 @@ EXPECTED = {
     "instance-backdoor.json": CONTAINED,
     "low-severity-ssh-probe.json": {"matched": False},
     "eks-runtime-cryptomining.json": {"matched": True, "status": "SUCCEEDED", "verdict": "skipped"},
+    "port-probe-target.json": {"matched": True, "status": "SUCCEEDED", "verdict": "notify_only"},
 }
 # Inputs of one function, not finding events.
-FUNCTION_INPUTS = {"notify-input.json": "notify"}
+FUNCTION_INPUTS = {"notify-input.json": "notify", "release-request.json": "release"}
 
 
 def run(name: str, **kwargs) -> dict:
@@ -50,7 +51,9 @@ def test_the_state_machine_is_the_deployed_one():
     template = local.load_template()
     sm = template["Resources"]["ContainmentStateMachine"]["Properties"]
     assert sm["DefinitionUri"] == "statemachine/containment.asl.json"
-    assert set(sm["DefinitionSubstitutions"]) == set(local.FUNCTIONS.values())
+    release = template["Resources"]["ReleaseStateMachine"]["Properties"]
+    assert release["DefinitionUri"] == "statemachine/release.asl.json"
+    assert set(sm["DefinitionSubstitutions"]) | set(release["DefinitionSubstitutions"]) == set(local.FUNCTIONS.values())
     binaries = {
         r["Metadata"]["BuildProperties"]["Binary"]
         for r in template["Resources"].values()
@@ -65,9 +68,9 @@ def test_a_compromised_instance_is_contained(name):
     assert report["rule"]["matched"]
     assert report["execution"]["status"] == "SUCCEEDED", report["execution"]
     sim = report["simulated"]
-    for step in ("Isolate", "Snapshot", "DenyRole"):
+    for step in ("Triage", "Isolate", "Deregister", "Snapshot", "DenyRole"):
         s = state(report, step)
-        assert s["output"]["status"] == "done", s
+        assert (s["output"]["triage"] if step == "Triage" else s["output"])["status"] == "done", s
         assert s["attempts"] == 1 and not s["errors"], s
 
     after = report["emulator"]["after"]
@@ -83,6 +86,10 @@ def test_a_compromised_instance_is_contained(name):
     assert "arn:aws:iam::123456789012:policy/ec2-quarantine/ec2-quarantine-DenyAll" in after["role"]["attached_policies"]
     assert after["role"]["inline_policies"] == ["ec2-quarantine-revoke-older-sessions"]
     assert after["instance"]["instance_profile"].endswith("/ec2-quarantine/ec2-quarantine-quarantined")
+    # Out of service: Standby without a replacement, out of the target group and the Classic LB.
+    assert after["auto_scaling"] == [{"group": local.SIM_GROUP, "desired": 0, "instances": [[sim["instance_id"], "Standby"]]}]
+    assert report["emulator"]["before"]["targets"] and after["targets"] == []
+    assert report["emulator"]["before"]["classic"] and after["classic"] == []
 
     n = report["notification"]
     assert n["count"] == 1
@@ -110,8 +117,8 @@ def test_a_finding_that_names_no_instance_is_notified_as_skipped():
     assert report["rule"]["matched"], "a runtime finding type matches the rule"
     assert report["execution"]["status"] == "SUCCEEDED"
     names = [s["name"] for s in report["states"]]
-    assert "NothingToContain" in names and "Isolate" not in names
-    assert sum(report["invocations"].values()) == 1, "only notify ran"
+    assert "NotContained" in names and "Isolate" not in names
+    assert {k for k, v in report["invocations"].items() if v} == {"triage", "notify"}, "no containment step ran"
     n = report["notification"]
     assert n["attributes"]["verdict"] == "skipped"
     assert 'resource type "EKSCluster" names no EC2 instance' in n["message"]
@@ -127,6 +134,7 @@ def test_a_failing_step_is_caught_and_the_rest_is_reported():
     assert json.loads(caught["Cause"])["errorType"] == "InstanceNotFound"
     assert state(report, "Isolate")["attempts"] == 1, "a final error is not retried"
     assert state(report, "DenyRole")["output"]["status"] == "done", "the role is contained all the same"
+    assert "not exist" in state(report, "Triage")["output"]["triage"]["reason"]
     n = report["notification"]
     assert n["attributes"]["verdict"] == "failed"
     assert "[FAILED] Network isolation: InstanceNotFound" in n["message"]
@@ -163,3 +171,65 @@ def test_a_member_account_instance_is_contained_from_the_administrator_account()
     # The member role's credentials never reach a log.
     logs = "".join(p.read_text(errors="replace") for p in Path(report["logs"]).glob("*.log"))
     assert "SecretAccessKey" not in logs and "session_token" not in logs.lower()
+
+
+def unchanged(before: dict, after: dict) -> bool:
+    return before == after
+
+
+def test_a_probed_target_is_only_reported():
+    report = run("port-probe-target.json")
+    assert report["execution"]["status"] == "SUCCEEDED", report["execution"]
+    assert state(report, "Triage")["output"]["triage"]["decision"] == "notify_only"
+    assert "Isolate" not in [s["name"] for s in report["states"]]
+    assert report["emulator"]["before"] == report["emulator"]["after"]
+    n = report["notification"]
+    assert n["attributes"]["verdict"] == "notify_only"
+    assert "TARGET" in n["message"]
+
+
+def test_an_exempt_instance_is_only_reported():
+    report = run("instance-backdoor.json", exempt=True)
+    assert state(report, "Triage")["output"]["triage"]["decision"] == "notify_only"
+    assert report["emulator"]["before"] == report["emulator"]["after"]
+    assert "ec2-quarantine-exempt" in report["notification"]["message"]
+
+
+def test_a_dry_run_reports_every_step_and_changes_nothing():
+    report = run("instance-backdoor.json", parameters={"DryRun": "true"})
+    assert report["execution"]["status"] == "SUCCEEDED", report["execution"]
+    for step in ("Isolate", "Deregister", "Snapshot", "DenyRole"):
+        assert state(report, step)["output"]["status"] == "dry_run", step
+    assert report["emulator"]["before"] == report["emulator"]["after"], "the emulator's state is unchanged"
+    n = report["notification"]
+    assert n["attributes"]["verdict"] == "dry_run"
+    for call in ("ec2:ModifyNetworkInterfaceAttribute", "autoscaling:EnterStandby", "ec2:CreateSnapshots", "iam:AttachRolePolicy"):
+        assert f"would call {call}" in n["message"], call
+
+
+def test_the_role_action_parameter_reaches_the_functions():
+    report = run("credential-exfiltration.json", parameters={"RoleAction": "revoke-sessions"})
+    role = report["emulator"]["after"]["role"]
+    assert not any("DenyAll" in p for p in role["attached_policies"])
+    assert role["inline_policies"] == ["ec2-quarantine-revoke-older-sessions"]
+    assert "revoke-sessions" in report["notification"]["message"]
+
+
+def test_a_second_finding_changes_nothing_and_release_restores_the_state_before():
+    report = run("instance-backdoor.json", repeat=True, release=True)
+    second = report["second_finding"]
+    assert second["execution"]["status"] == "SUCCEEDED"
+    assert second["after"] == report["emulator"]["after"], "nothing created twice"
+    first_id = json.loads((EVENTS / "instance-backdoor.json").read_text())["detail"]["id"]
+    assert f"Already contained by finding {first_id}" in second["notification"]["message"]
+    rel = report["release"]
+    assert rel["execution"]["status"] == "SUCCEEDED", rel["execution"]
+    assert rel["restored"], rel["differences"]
+    assert rel["snapshots_kept"] == 2
+    assert rel["notification"]["attributes"]["verdict"] == "released"
+
+
+def test_release_alone_with_its_sample_input():
+    result = local.invoke("release", EVENTS / "release-request.json", BIN_DIR)
+    assert result["function_error"] is None, result
+    assert result["result"]["status"] == "skipped", "an instance never contained has nothing to release"

@@ -1,0 +1,496 @@
+//! Out of service: the instance leaves its Auto Scaling group's care (Standby, or detached) so
+//! that the group neither terminates the evidence as unhealthy nor fights the isolation, and it
+//! leaves every load balancer that sends it traffic (Elastic Load Balancing v2 target groups,
+//! instance and IP targets, and Classic Load Balancers). What it leaves is recorded on the
+//! instance's tags first, for release.
+
+use std::collections::BTreeMap;
+
+use aws_sdk_ec2::types::Instance;
+use aws_sdk_elasticloadbalancingv2::types::TargetDescription;
+use futures::future::{join_all, try_join_all};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::context::{Clients, Ctx};
+use crate::error::Error;
+use crate::finding::{FindingEvent, Target};
+use crate::outcome::{Check, Outcome, PlannedAction};
+use crate::settings::AutoScalingAction;
+use crate::{instance, tags};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeregisterReport {
+    pub instance_id: String,
+    /// The instance's Auto Scaling group and what was done there (`None`: it is in none).
+    pub auto_scaling: Option<AutoScalingChange>,
+    /// Targets deregistered by this run.
+    pub targets: Vec<TargetRecord>,
+    /// Classic Load Balancers the instance was deregistered from by this run.
+    pub classic_load_balancers: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoScalingChange {
+    pub group_name: String,
+    /// The instance's lifecycle state before this run.
+    pub previous_state: String,
+    pub action: AutoScalingAction,
+    /// The group's desired capacity was lowered so that it launches no replacement. False: the
+    /// group was at its minimum size, and launches one.
+    pub capacity_decremented: bool,
+    pub status: GroupStatus,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupStatus {
+    Applied,
+    AlreadyInPlace,
+    /// `AutoScalingAction` is `none`, or the instance is in a state the group cannot change
+    /// (Pending, Terminating, ...): left as it is, and reported.
+    LeftAsIs,
+}
+
+/// One registration of the instance with a target group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetRecord {
+    pub target_group_arn: String,
+    /// The instance id, or one of its IP addresses for an `ip` target group.
+    pub target_id: String,
+    pub port: Option<i32>,
+}
+
+/// Takes the instance a finding names out of service (the Lambda handler).
+pub async fn deregister(
+    ctx: &Ctx,
+    event: &FindingEvent,
+) -> Result<Outcome<DeregisterReport>, Error> {
+    crate::for_target(ctx, event, |clients, target| async move {
+        deregister_instance(&clients, &target).await
+    })
+    .await
+}
+
+#[tracing::instrument(skip_all, fields(finding_id = %target.finding_id, instance_id = %target.instance_id))]
+pub async fn deregister_instance(
+    clients: &Clients,
+    target: &Target,
+) -> Result<Outcome<DeregisterReport>, Error> {
+    let id = target.instance_id.as_str();
+    let (inst, group, targets, classic) = futures::try_join!(
+        instance::describe(&clients.ec2, target),
+        auto_scaling_group(clients, id),
+        registered_targets(clients),
+        classic_load_balancers(clients, id),
+    )?;
+    if let Some(reason) = instance::gone_reason(&inst) {
+        return Ok(Outcome::skipped(reason));
+    }
+    let targets: Vec<TargetRecord> = targets
+        .into_iter()
+        .filter(|t| t.target_id == id || addresses(&inst).contains(&t.target_id))
+        .collect();
+    let action = clients.settings.auto_scaling_action;
+    let record = record_tags(target, &inst, &targets, &classic);
+
+    if clients.dry_run() {
+        let mut actions = Vec::new();
+        if let Some((name, state)) = &group
+            && action != AutoScalingAction::None
+            && state == "InService"
+        {
+            let call = match action {
+                AutoScalingAction::Detach => "autoscaling:DetachInstances",
+                _ => "autoscaling:EnterStandby",
+            };
+            actions.push(PlannedAction::unchecked(
+                call,
+                name,
+                "without a replacement where the group's minimum size allows",
+            ));
+        }
+        for t in &targets {
+            actions.push(PlannedAction::unchecked(
+                "elasticloadbalancing:DeregisterTargets",
+                &t.target_group_arn,
+                format!("target {} port {:?}", t.target_id, t.port),
+            ));
+        }
+        for lb in &classic {
+            actions.push(PlannedAction::unchecked(
+                "elasticloadbalancing:DeregisterInstancesFromLoadBalancer",
+                lb,
+                id,
+            ));
+        }
+        if !record.is_empty() {
+            let check = Check::from_dry_run(
+                clients
+                    .ec2
+                    .create_tags()
+                    .dry_run(true)
+                    .resources(id)
+                    .set_tags(Some(record.clone()))
+                    .send()
+                    .await
+                    .map_err(|e| Error::from_sdk("ec2:CreateTags", e)),
+            );
+            actions.push(PlannedAction::new(
+                "ec2:CreateTags",
+                id,
+                "record of the group and load balancers, for release",
+                check,
+            ));
+        }
+        return Ok(Outcome::DryRun { actions });
+    }
+
+    // The record first: a registration left without a record could not be restored.
+    if !record.is_empty() {
+        clients
+            .ec2
+            .create_tags()
+            .resources(id)
+            .set_tags(Some(record))
+            .send()
+            .await
+            .map_err(|e| Error::from_sdk("ec2:CreateTags", e))?;
+    }
+    let (asg, deregistered, left) = futures::join!(
+        leave_group(clients, &inst, group, action),
+        join_all(targets.iter().map(|t| deregister_target(clients, t))),
+        join_all(classic.iter().map(|lb| leave_classic(clients, lb, id))),
+    );
+
+    let mut done = Vec::new();
+    let mut failed = Vec::new();
+    let auto_scaling = match asg {
+        Ok(change) => change,
+        Err(err) => {
+            failed.push(("Auto Scaling group".to_owned(), err));
+            None
+        }
+    };
+    for (t, result) in targets.iter().zip(deregistered) {
+        match result {
+            Ok(()) => done.push(format!(
+                "{} deregistered from {}",
+                t.target_id, t.target_group_arn
+            )),
+            Err(err) => failed.push((format!("target group {}", t.target_group_arn), err)),
+        }
+    }
+    for (lb, result) in classic.iter().zip(left) {
+        match result {
+            Ok(()) => done.push(format!("deregistered from {lb}")),
+            Err(err) => failed.push((format!("classic load balancer {lb}"), err)),
+        }
+    }
+    if !failed.is_empty() {
+        for (what, err) in &failed {
+            warn!(what, error = %err, "out-of-service action failed");
+        }
+        return Err(Error::Incomplete {
+            step: "out of service",
+            instance_id: id.to_owned(),
+            done,
+            failed,
+        });
+    }
+    let changed = !targets.is_empty()
+        || !classic.is_empty()
+        || auto_scaling
+            .as_ref()
+            .is_some_and(|a| a.status == GroupStatus::Applied);
+    if auto_scaling.is_none() && targets.is_empty() && classic.is_empty() {
+        return Ok(Outcome::skipped(
+            "the instance is in no Auto Scaling group and behind no load balancer",
+        ));
+    }
+    info!(
+        ?auto_scaling,
+        targets = targets.len(),
+        classic = classic.len(),
+        "out of service"
+    );
+    Ok(Outcome::from_changes(
+        changed,
+        DeregisterReport {
+            instance_id: id.to_owned(),
+            auto_scaling,
+            targets,
+            classic_load_balancers: classic,
+        },
+    ))
+}
+
+/// The instance's private addresses, IPv4 and IPv6: the ids of its `ip` targets.
+fn addresses(inst: &Instance) -> Vec<String> {
+    let mut out = Vec::new();
+    for eni in inst.network_interfaces() {
+        out.extend(
+            eni.private_ip_addresses()
+                .iter()
+                .filter_map(|a| a.private_ip_address().map(str::to_owned)),
+        );
+        out.extend(
+            eni.ipv6_addresses()
+                .iter()
+                .filter_map(|a| a.ipv6_address().map(str::to_owned)),
+        );
+    }
+    out
+}
+
+/// The tags recording the registrations, those already recorded by an earlier run excluded.
+fn record_tags(
+    target: &Target,
+    inst: &Instance,
+    targets: &[TargetRecord],
+    classic: &[String],
+) -> Vec<aws_sdk_ec2::types::Tag> {
+    let mut by_group: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for t in targets {
+        let resource = t
+            .target_group_arn
+            .split_once(":targetgroup/")
+            .map(|(_, r)| format!("targetgroup/{r}"))
+            .unwrap_or_else(|| t.target_group_arn.clone());
+        let port = t.port.map(|p| p.to_string()).unwrap_or_default();
+        by_group
+            .entry(format!("{}{resource}", tags::TARGET_GROUP))
+            .or_default()
+            .push(format!("{} {port}", t.target_id).trim_end().to_owned());
+    }
+    let mut out: Vec<_> = by_group
+        .into_iter()
+        .filter(|(key, values)| tags::find(inst.tags(), key) != Some(values.join(",").as_str()))
+        .map(|(key, values)| tags::new(key, tags::value(&values.join(","))))
+        .collect();
+    let names = classic.join(",");
+    if !classic.is_empty() && tags::find(inst.tags(), tags::CLASSIC_LOAD_BALANCERS) != Some(&names)
+    {
+        out.push(tags::new(tags::CLASSIC_LOAD_BALANCERS, tags::value(&names)));
+    }
+    if !out.is_empty() && tags::find(inst.tags(), tags::FINDING_ID).is_none() {
+        out.push(tags::new(tags::FINDING_ID, tags::value(&target.finding_id)));
+    }
+    out
+}
+
+/// The instance's Auto Scaling group and lifecycle state, if it is in one.
+async fn auto_scaling_group(
+    clients: &Clients,
+    id: &str,
+) -> Result<Option<(String, String)>, Error> {
+    let out = clients
+        .autoscaling
+        .describe_auto_scaling_instances()
+        .instance_ids(id)
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk("autoscaling:DescribeAutoScalingInstances", e))?;
+    Ok(out.auto_scaling_instances().first().map(|i| {
+        (
+            i.auto_scaling_group_name().unwrap_or_default().to_owned(),
+            i.lifecycle_state().unwrap_or_default().to_owned(),
+        )
+    }))
+}
+
+/// Standby or detach, lowering the desired capacity where the group's minimum allows, so that
+/// no replacement is launched; at the minimum, without lowering it (the report says so).
+async fn leave_group(
+    clients: &Clients,
+    inst: &Instance,
+    group: Option<(String, String)>,
+    action: AutoScalingAction,
+) -> Result<Option<AutoScalingChange>, Error> {
+    let Some((group_name, state)) = group else {
+        return Ok(None);
+    };
+    let id = inst.instance_id().unwrap_or_default();
+    let mut change = AutoScalingChange {
+        group_name: group_name.clone(),
+        previous_state: state.clone(),
+        action,
+        capacity_decremented: false,
+        status: GroupStatus::LeftAsIs,
+    };
+    let already = match action {
+        AutoScalingAction::Standby => state == "Standby",
+        _ => false,
+    };
+    if already {
+        // An earlier run put it there: its record says whether it lowered the capacity.
+        change.status = GroupStatus::AlreadyInPlace;
+        change.capacity_decremented = tags::find(inst.tags(), tags::AUTO_SCALING_GROUP)
+            .is_some_and(|v| v.split(',').nth(1) == Some("decremented"));
+        return Ok(Some(change));
+    }
+    if action == AutoScalingAction::None || state != "InService" {
+        info!(%group_name, %state, ?action, "Auto Scaling group left as it is");
+        return Ok(Some(change));
+    }
+    let group_name = group_name.as_str();
+    let attempt = |decrement: bool| async move {
+        match action {
+            AutoScalingAction::Detach => clients
+                .autoscaling
+                .detach_instances()
+                .auto_scaling_group_name(group_name)
+                .instance_ids(id)
+                .should_decrement_desired_capacity(decrement)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| Error::from_sdk("autoscaling:DetachInstances", e)),
+            _ => clients
+                .autoscaling
+                .enter_standby()
+                .auto_scaling_group_name(group_name)
+                .instance_ids(id)
+                .should_decrement_desired_capacity(decrement)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| Error::from_sdk("autoscaling:EnterStandby", e)),
+        }
+    };
+    // Lowering the desired capacity below the group's minimum is refused (ValidationError):
+    // then the instance leaves all the same and the group launches a replacement.
+    let decremented = match attempt(true).await {
+        Ok(()) => true,
+        Err(err) if err.aws_code() == Some("ValidationError") => {
+            warn!(error = %err, "at the group's minimum size: a replacement will be launched");
+            attempt(false).await?;
+            false
+        }
+        Err(err) => return Err(err),
+    };
+    let verb = match action {
+        AutoScalingAction::Detach => "detach",
+        _ => "standby",
+    };
+    let how = if decremented {
+        "decremented"
+    } else {
+        "replaced"
+    };
+    clients
+        .ec2
+        .create_tags()
+        .resources(id)
+        .tags(tags::new(
+            tags::AUTO_SCALING_GROUP,
+            tags::value(&format!("{verb},{how},{}", change.group_name)),
+        ))
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk("ec2:CreateTags", e))?;
+    info!(group = %change.group_name, verb, decremented, "left the Auto Scaling group");
+    change.capacity_decremented = decremented;
+    change.status = GroupStatus::Applied;
+    Ok(Some(change))
+}
+
+/// Every registration with a target group whose target is the instance or one of its
+/// addresses (filtered by the caller); all pages of target groups.
+async fn registered_targets(clients: &Clients) -> Result<Vec<TargetRecord>, Error> {
+    let groups = clients
+        .elbv2
+        .describe_target_groups()
+        .into_paginator()
+        .items()
+        .send()
+        .try_collect()
+        .await
+        .map_err(|e| Error::from_sdk("elasticloadbalancing:DescribeTargetGroups", e))?;
+    let arns: Vec<String> = groups
+        .iter()
+        .filter(|g| !matches!(g.target_type().map(|t| t.as_str()), Some("lambda" | "alb")))
+        .filter_map(|g| g.target_group_arn().map(str::to_owned))
+        .collect();
+    let healths = try_join_all(arns.iter().map(|arn| async move {
+        let out = clients
+            .elbv2
+            .describe_target_health()
+            .target_group_arn(arn)
+            .send()
+            .await
+            .map_err(|e| Error::from_sdk("elasticloadbalancing:DescribeTargetHealth", e))?;
+        Ok::<_, Error>((arn, out))
+    }))
+    .await?;
+    Ok(healths
+        .into_iter()
+        .flat_map(|(arn, out)| {
+            out.target_health_descriptions()
+                .iter()
+                .filter_map(|d| d.target())
+                .map(|t| TargetRecord {
+                    target_group_arn: arn.clone(),
+                    target_id: t.id().unwrap_or_default().to_owned(),
+                    port: t.port(),
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect())
+}
+
+async fn deregister_target(clients: &Clients, t: &TargetRecord) -> Result<(), Error> {
+    clients
+        .elbv2
+        .deregister_targets()
+        .target_group_arn(&t.target_group_arn)
+        .targets(
+            TargetDescription::builder()
+                .id(&t.target_id)
+                .set_port(t.port)
+                .build(),
+        )
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| Error::from_sdk("elasticloadbalancing:DeregisterTargets", e))
+}
+
+/// The Classic Load Balancers the instance is registered with; all pages.
+async fn classic_load_balancers(clients: &Clients, id: &str) -> Result<Vec<String>, Error> {
+    let lbs = clients
+        .elb
+        .describe_load_balancers()
+        .into_paginator()
+        .items()
+        .send()
+        .try_collect()
+        .await
+        .map_err(|e| Error::from_sdk("elasticloadbalancing:DescribeLoadBalancers", e))?;
+    Ok(lbs
+        .iter()
+        .filter(|lb| lb.instances().iter().any(|i| i.instance_id() == Some(id)))
+        .filter_map(|lb| lb.load_balancer_name().map(str::to_owned))
+        .collect())
+}
+
+async fn leave_classic(clients: &Clients, lb: &str, id: &str) -> Result<(), Error> {
+    clients
+        .elb
+        .deregister_instances_from_load_balancer()
+        .load_balancer_name(lb)
+        .instances(
+            aws_sdk_elasticloadbalancing::types::Instance::builder()
+                .instance_id(id)
+                .build(),
+        )
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            Error::from_sdk(
+                "elasticloadbalancing:DeregisterInstancesFromLoadBalancer",
+                e,
+            )
+        })
+}

@@ -1,0 +1,220 @@
+//! What the responder does, as configured through the template's parameters: each function
+//! reads these from its environment once, at init. A value that is not one of the documented
+//! ones fails the init with [`Error::Misconfigured`], naming the variable.
+
+use crate::error::Error;
+
+/// What happens to the instance's IAM role (`ROLE_ACTION`). The instance profile is replaced by
+/// the empty quarantine profile in every case: that stops the instance getting credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RoleAction {
+    /// Attach the DenyAll policy and deny sessions issued before now (the default).
+    #[default]
+    DenyAll,
+    /// Deny only sessions issued before now: stolen credentials stop working, while healthy
+    /// instances sharing the role get fresh credentials and keep working.
+    RevokeSessions,
+    /// Leave the role as it is.
+    None,
+}
+
+/// What happens to an instance in an Auto Scaling group (`AUTO_SCALING_ACTION`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AutoScalingAction {
+    /// Put it in Standby: the group keeps it (and its evidence) but neither health-checks nor
+    /// replaces it, and it leaves the group's load balancers (the default).
+    #[default]
+    Standby,
+    /// Detach it from the group, which then forgets it.
+    Detach,
+    /// Leave the group alone (the group may terminate the isolated instance as unhealthy).
+    None,
+}
+
+/// Which findings are acted on and which only notify.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TriagePolicy {
+    /// Finding type prefixes that are acted on (`ACT_ON_TYPE_PREFIXES`); empty: every type.
+    pub act_on: Vec<String>,
+    /// Finding type prefixes that only notify (`NOTIFY_ONLY_TYPE_PREFIXES`); wins over `act_on`.
+    pub notify_only: Vec<String>,
+    /// Findings below this severity only notify (`SEVERITY_THRESHOLD`, 0 to 10).
+    pub severity_threshold: f64,
+    /// Whether an instance that is the TARGET of the activity (probed, attacked) is contained
+    /// too (`CONTAIN_TARGETS`); by default only ACTOR instances are.
+    pub contain_targets: bool,
+    /// An instance carrying this tag key is never touched, only reported (`EXEMPTION_TAG_KEY`).
+    pub exemption_tag: String,
+}
+
+pub const DEFAULT_EXEMPTION_TAG: &str = "ec2-quarantine-exempt";
+
+impl Default for TriagePolicy {
+    /// Every type the rule passes, any severity, ACTOR instances only, the default exemption tag.
+    fn default() -> TriagePolicy {
+        TriagePolicy {
+            act_on: Vec::new(),
+            notify_only: Vec::new(),
+            severity_threshold: 0.0,
+            contain_targets: false,
+            exemption_tag: DEFAULT_EXEMPTION_TAG.to_owned(),
+        }
+    }
+}
+
+/// Every setting of the responder.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Settings {
+    /// Report what each step would do and change nothing (`DRY_RUN`).
+    pub dry_run: bool,
+    pub role_action: RoleAction,
+    pub auto_scaling_action: AutoScalingAction,
+    pub triage: TriagePolicy,
+}
+
+impl Settings {
+    pub fn from_env() -> Result<Settings, Error> {
+        Settings::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the settings through `lookup` (the environment, or a table in tests).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Settings, Error> {
+        let var = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let list = |name: &str| -> Vec<String> {
+            var(name)
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        let boolean = |name: &str| -> Result<bool, Error> {
+            match var(name).as_deref().map(str::to_ascii_lowercase).as_deref() {
+                None | Some("false") => Ok(false),
+                Some("true") => Ok(true),
+                Some(other) => Err(Error::Misconfigured(format!(
+                    "{name}: {other:?} is neither true nor false"
+                ))),
+            }
+        };
+        let choice = |name: &str, default: &str| -> Result<serde_json::Value, Error> {
+            Ok(serde_json::Value::String(
+                var(name).unwrap_or_else(|| default.to_owned()),
+            ))
+        };
+        let role_action =
+            serde_json::from_value(choice("ROLE_ACTION", "deny-all")?).map_err(|_| {
+                Error::Misconfigured(
+                    "ROLE_ACTION must be one of deny-all, revoke-sessions, none".into(),
+                )
+            })?;
+        let auto_scaling_action = serde_json::from_value(choice("AUTO_SCALING_ACTION", "standby")?)
+            .map_err(|_| {
+                Error::Misconfigured(
+                    "AUTO_SCALING_ACTION must be one of standby, detach, none".into(),
+                )
+            })?;
+        let severity_threshold = match var("SEVERITY_THRESHOLD") {
+            None => 0.0,
+            Some(s) => s
+                .parse::<f64>()
+                .ok()
+                .filter(|v| (0.0..=10.0).contains(v))
+                .ok_or_else(|| {
+                    Error::Misconfigured(format!(
+                        "SEVERITY_THRESHOLD {s:?} is not a number from 0 to 10"
+                    ))
+                })?,
+        };
+        Ok(Settings {
+            dry_run: boolean("DRY_RUN")?,
+            role_action,
+            auto_scaling_action,
+            triage: TriagePolicy {
+                act_on: list("ACT_ON_TYPE_PREFIXES"),
+                notify_only: list("NOTIFY_ONLY_TYPE_PREFIXES"),
+                severity_threshold,
+                contain_targets: boolean("CONTAIN_TARGETS")?,
+                exemption_tag: var("EXEMPTION_TAG_KEY")
+                    .unwrap_or_else(|| DEFAULT_EXEMPTION_TAG.to_owned()),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(pairs: &[(&str, &str)]) -> Result<Settings, Error> {
+        Settings::from_lookup(|name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        })
+    }
+
+    #[test]
+    fn defaults_contain_fully() {
+        let s = read(&[]).unwrap();
+        assert!(!s.dry_run);
+        assert_eq!(s.role_action, RoleAction::DenyAll);
+        assert_eq!(s.auto_scaling_action, AutoScalingAction::Standby);
+        assert!(!s.triage.contain_targets);
+        assert_eq!(s.triage.exemption_tag, DEFAULT_EXEMPTION_TAG);
+        assert!(s.triage.act_on.is_empty() && s.triage.notify_only.is_empty());
+    }
+
+    #[test]
+    fn every_documented_value_is_read() {
+        let s = read(&[
+            ("DRY_RUN", "True"),
+            ("ROLE_ACTION", "revoke-sessions"),
+            ("AUTO_SCALING_ACTION", "detach"),
+            (
+                "ACT_ON_TYPE_PREFIXES",
+                " Backdoor:EC2/, CryptoCurrency:EC2/ ,",
+            ),
+            ("NOTIFY_ONLY_TYPE_PREFIXES", "Recon:EC2/"),
+            ("SEVERITY_THRESHOLD", "7"),
+            ("CONTAIN_TARGETS", "true"),
+            ("EXEMPTION_TAG_KEY", "do-not-quarantine"),
+        ])
+        .unwrap();
+        assert!(s.dry_run);
+        assert_eq!(s.role_action, RoleAction::RevokeSessions);
+        assert_eq!(s.auto_scaling_action, AutoScalingAction::Detach);
+        assert_eq!(s.triage.act_on, ["Backdoor:EC2/", "CryptoCurrency:EC2/"]);
+        assert_eq!(s.triage.notify_only, ["Recon:EC2/"]);
+        assert_eq!(s.triage.severity_threshold, 7.0);
+        assert!(s.triage.contain_targets);
+        assert_eq!(s.triage.exemption_tag, "do-not-quarantine");
+        assert_eq!(
+            read(&[("ROLE_ACTION", "none")]).unwrap().role_action,
+            RoleAction::None
+        );
+    }
+
+    #[test]
+    fn wrong_values_fail_init_naming_the_variable() {
+        for (name, value) in [
+            ("DRY_RUN", "yes"),
+            ("ROLE_ACTION", "delete-role"),
+            ("AUTO_SCALING_ACTION", "terminate"),
+            ("SEVERITY_THRESHOLD", "eleven"),
+            ("SEVERITY_THRESHOLD", "11"),
+            ("CONTAIN_TARGETS", "1"),
+        ] {
+            let err = read(&[(name, value)]).unwrap_err();
+            assert!(err.to_string().contains(name), "{name}={value}: {err}");
+        }
+    }
+}

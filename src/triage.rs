@@ -1,0 +1,259 @@
+//! Triage: the first state of the workflow decides whether a finding is contained or only
+//! reported, by the configured policy and by what the instance is now. It reads and changes
+//! nothing else, so a dry run and a real run triage alike.
+
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+use crate::context::Ctx;
+use crate::error::Error;
+use crate::finding::{self, FindingEvent, Skip, Target};
+use crate::settings::{AutoScalingAction, RoleAction, TriagePolicy};
+use crate::{instance, tags};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// Run the containment steps.
+    Contain,
+    /// The policy says: report, don't touch (type, severity, TARGET role, exemption tag).
+    NotifyOnly,
+    /// The finding names nothing this tool can contain (or an account it must not act in).
+    NothingToContain,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TriageReport {
+    pub decision: Decision,
+    /// Why, in one sentence; empty when the finding is simply contained.
+    pub reason: String,
+    pub instance_id: Option<String>,
+    /// The finding that contained the instance first, when it is already contained (this
+    /// finding's own id when it is a re-sent one).
+    pub already_contained_by: Option<String>,
+    pub contained_at: Option<String>,
+    pub dry_run: bool,
+    pub role_action: RoleAction,
+    pub auto_scaling_action: AutoScalingAction,
+}
+
+/// Triages a finding event (the Lambda handler).
+#[tracing::instrument(skip_all, fields(finding_id = event.detail.id.as_deref().map(finding::clip)))]
+pub async fn triage(ctx: &Ctx, event: &FindingEvent) -> Result<TriageReport, Error> {
+    let settings = ctx.settings();
+    let report = |decision, reason: String, target: Option<&Target>| TriageReport {
+        decision,
+        reason,
+        instance_id: target.map(|t| t.instance_id.clone()),
+        already_contained_by: None,
+        contained_at: None,
+        dry_run: settings.dry_run,
+        role_action: settings.role_action,
+        auto_scaling_action: settings.auto_scaling_action,
+    };
+    let target = match finding::resolve(event)? {
+        Ok(target) => target,
+        Err(Skip(reason)) => return Ok(report(Decision::NothingToContain, reason, None)),
+    };
+    if let Some(reason) = ctx.org().refusal(&target.scope.account_id) {
+        return Ok(report(Decision::NothingToContain, reason, Some(&target)));
+    }
+    if let Some(reason) = policy_reason(&settings.triage, event, &target) {
+        info!(%reason, "notify only");
+        return Ok(report(Decision::NotifyOnly, reason, Some(&target)));
+    }
+
+    let clients = ctx.clients(&target).await?;
+    // A credential finding names the role: its stolen credentials are contained even when the
+    // instance is gone or cannot be found; the steps report what they could not do.
+    let role_still_matters = target.role_name.is_some();
+    let inst = match instance::describe(&clients.ec2, &target).await {
+        Ok(inst) => inst,
+        Err(err @ Error::InstanceNotFound { .. }) => {
+            let reason = format!("{err}: each step reports what it can still do");
+            return Ok(report(Decision::Contain, reason, Some(&target)));
+        }
+        Err(err) => return Err(err),
+    };
+    if let Some(reason) = instance::gone_reason(&inst) {
+        let decision = if role_still_matters {
+            Decision::Contain
+        } else {
+            Decision::NothingToContain
+        };
+        return Ok(report(decision, reason, Some(&target)));
+    }
+    let exemption = &settings.triage.exemption_tag;
+    if tags::find(inst.tags(), exemption).is_some() {
+        let reason = format!("the instance carries the exemption tag {exemption}");
+        info!(%reason, "notify only");
+        return Ok(report(Decision::NotifyOnly, reason, Some(&target)));
+    }
+    let mut out = report(Decision::Contain, String::new(), Some(&target));
+    out.already_contained_by = tags::find(inst.tags(), tags::FINDING_ID).map(str::to_owned);
+    out.contained_at = tags::find(inst.tags(), tags::CONTAINED_AT).map(str::to_owned);
+    if let Some(earlier) = &out.already_contained_by {
+        out.reason = format!("already contained by finding {earlier}: nothing is done twice");
+    }
+    info!(decision = ?out.decision, already_contained_by = ?out.already_contained_by, "triaged");
+    Ok(out)
+}
+
+/// Why the policy says to report only, if it does. Pure: no AWS call.
+pub fn policy_reason(
+    policy: &TriagePolicy,
+    event: &FindingEvent,
+    target: &Target,
+) -> Option<String> {
+    let finding_type = target.finding_type.as_str();
+    if let Some(prefix) = policy
+        .notify_only
+        .iter()
+        .find(|p| finding_type.starts_with(p.as_str()))
+    {
+        return Some(format!(
+            "finding type {finding_type} matches the notify-only prefix {prefix}"
+        ));
+    }
+    if !policy.act_on.is_empty()
+        && !policy
+            .act_on
+            .iter()
+            .any(|p| finding_type.starts_with(p.as_str()))
+    {
+        return Some(format!(
+            "finding type {finding_type} matches none of the prefixes acted on ({})",
+            policy.act_on.join(", ")
+        ));
+    }
+    if target.severity < policy.severity_threshold {
+        return Some(format!(
+            "severity {:.1} is below the threshold {:.1}",
+            target.severity, policy.severity_threshold
+        ));
+    }
+    // For an instance finding, TARGET means the instance was acted upon (probed, attacked),
+    // not that it acted. Credential findings name the key as TARGET; they are about the role's
+    // credentials being used elsewhere, and are contained.
+    let detail = &event.detail;
+    let is_instance = detail
+        .resource
+        .as_ref()
+        .and_then(|r| r.resource_type.as_deref())
+        == Some("Instance");
+    let role = detail
+        .service
+        .as_ref()
+        .and_then(|s| s.resource_role.as_deref());
+    if is_instance
+        && !policy.contain_targets
+        && role.is_some_and(|r| r.eq_ignore_ascii_case("TARGET"))
+    {
+        return Some(
+            "the instance is the TARGET of the activity (a victim, not the actor); set ContainTargets to contain targets too"
+                .into(),
+        );
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(
+        finding_type: &str,
+        severity: f64,
+        resource: serde_json::Value,
+        role: &str,
+    ) -> FindingEvent {
+        finding::parse_event(serde_json::json!({
+            "version": "0", "id": "e", "detail-type": "GuardDuty Finding", "source": "aws.guardduty",
+            "account": "123456789012", "time": "2026-11-27T00:00:00Z", "region": "us-east-1",
+            "resources": [],
+            "detail": {"id": "f1", "accountId": "123456789012", "region": "us-east-1",
+                       "type": finding_type, "severity": severity, "resource": resource,
+                       "service": {"resourceRole": role}}
+        }))
+        .unwrap()
+    }
+
+    fn instance() -> serde_json::Value {
+        serde_json::json!({"resourceType": "Instance", "instanceDetails": {"instanceId": "i-0123456789abcdef0"}})
+    }
+
+    fn reason(policy: &TriagePolicy, e: &FindingEvent) -> Option<String> {
+        let target = finding::resolve(e).unwrap().unwrap();
+        policy_reason(policy, e, &target)
+    }
+
+    #[test]
+    fn actors_are_contained_and_probed_targets_only_reported() {
+        let policy = TriagePolicy::default();
+        let actor = event("Backdoor:EC2/C&CActivity.B", 8.0, instance(), "ACTOR");
+        assert_eq!(reason(&policy, &actor), None);
+        let probed = event(
+            "Recon:EC2/PortProbeUnprotectedPort",
+            8.0,
+            instance(),
+            "TARGET",
+        );
+        assert!(reason(&policy, &probed).unwrap().contains("TARGET"));
+        let both = TriagePolicy {
+            contain_targets: true,
+            ..TriagePolicy::default()
+        };
+        assert_eq!(reason(&both, &probed), None);
+    }
+
+    #[test]
+    fn credential_findings_are_contained_though_their_key_is_the_target() {
+        let key = serde_json::json!({"resourceType": "AccessKey", "accessKeyDetails": {
+            "principalId": "AROAEXAMPLE:i-0123456789abcdef0", "userName": "role"}});
+        let e = event(
+            "UnauthorizedAccess:IAMUser/InstanceCredentialExfiltration.OutsideAWS",
+            8.0,
+            key,
+            "TARGET",
+        );
+        assert_eq!(reason(&TriagePolicy::default(), &e), None);
+    }
+
+    #[test]
+    fn type_prefixes_and_severity_decide() {
+        let e = event(
+            "CryptoCurrency:EC2/BitcoinTool.B!DNS",
+            5.0,
+            instance(),
+            "ACTOR",
+        );
+        let only_backdoors = TriagePolicy {
+            act_on: vec!["Backdoor:".into()],
+            ..TriagePolicy::default()
+        };
+        assert!(
+            reason(&only_backdoors, &e)
+                .unwrap()
+                .contains("none of the prefixes")
+        );
+        let quiet_crypto = TriagePolicy {
+            act_on: vec!["CryptoCurrency:".into()],
+            notify_only: vec!["CryptoCurrency:EC2/BitcoinTool".into()],
+            ..TriagePolicy::default()
+        };
+        assert!(
+            reason(&quiet_crypto, &e)
+                .unwrap()
+                .contains("notify-only prefix")
+        );
+        let high_only = TriagePolicy {
+            severity_threshold: 7.0,
+            ..TriagePolicy::default()
+        };
+        assert!(
+            reason(&high_only, &e)
+                .unwrap()
+                .contains("below the threshold")
+        );
+    }
+}

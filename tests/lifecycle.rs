@@ -1,0 +1,576 @@
+//! The whole life of a containment against the emulator: triage, out of service (Auto Scaling,
+//! target groups, Classic Load Balancers), dry run, a second finding, and release back to the
+//! state before containment.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use aws_sdk_ec2::types::InstanceAttributeName;
+use common::{Fixture, access_key, filter, inject_error, record_outcome};
+use ec2_quarantine::deregister::{GroupStatus, deregister};
+use ec2_quarantine::isolate::isolate;
+use ec2_quarantine::outcome::Check;
+use ec2_quarantine::release::{ReleaseRequest, release};
+use ec2_quarantine::role::contain_role;
+use ec2_quarantine::settings::{AutoScalingAction, RoleAction, Settings};
+use ec2_quarantine::snapshot::snapshot;
+use ec2_quarantine::triage::{Decision, triage};
+use ec2_quarantine::{Ctx, Outcome};
+use serde_json::{Value, json};
+
+const BACKDOOR: &str = "instance-backdoor.json";
+const EXFILTRATION: &str = "credential-exfiltration.json";
+const GROUP: &str = "web-asg";
+const CLASSIC: &str = "web-classic";
+
+/// The fixture's instance in an Auto Scaling group (minimum 0), a target group (instance
+/// target, port 80) and a Classic Load Balancer. Returns the target group's ARN.
+async fn in_service(f: &Fixture) -> String {
+    let asg = aws_sdk_autoscaling::Client::new(&f.config);
+    asg.create_launch_configuration()
+        .launch_configuration_name("web-lc")
+        .image_id("ami-1e749f67")
+        .instance_type("t3.micro")
+        .send()
+        .await
+        .unwrap();
+    asg.create_auto_scaling_group()
+        .auto_scaling_group_name(GROUP)
+        .launch_configuration_name("web-lc")
+        .min_size(0)
+        .max_size(3)
+        .desired_capacity(0)
+        .vpc_zone_identifier(&f.subnet_id)
+        .send()
+        .await
+        .unwrap();
+    asg.attach_instances()
+        .auto_scaling_group_name(GROUP)
+        .instance_ids(&f.instance_id)
+        .send()
+        .await
+        .unwrap();
+    let elbv2 = aws_sdk_elasticloadbalancingv2::Client::new(&f.config);
+    let tg = elbv2
+        .create_target_group()
+        .name("web-tg")
+        .protocol(aws_sdk_elasticloadbalancingv2::types::ProtocolEnum::Http)
+        .port(80)
+        .vpc_id(&f.vpc_id)
+        .target_type(aws_sdk_elasticloadbalancingv2::types::TargetTypeEnum::Instance)
+        .send()
+        .await
+        .unwrap()
+        .target_groups()[0]
+        .target_group_arn()
+        .unwrap()
+        .to_owned();
+    elbv2
+        .register_targets()
+        .target_group_arn(&tg)
+        .targets(
+            aws_sdk_elasticloadbalancingv2::types::TargetDescription::builder()
+                .id(&f.instance_id)
+                .port(80)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let elb = aws_sdk_elasticloadbalancing::Client::new(&f.config);
+    elb.create_load_balancer()
+        .load_balancer_name(CLASSIC)
+        .listeners(
+            aws_sdk_elasticloadbalancing::types::Listener::builder()
+                .protocol("HTTP")
+                .load_balancer_port(80)
+                .instance_port(80)
+                .build()
+                .unwrap(),
+        )
+        .availability_zones("us-east-1a")
+        .send()
+        .await
+        .unwrap();
+    elb.register_instances_with_load_balancer()
+        .load_balancer_name(CLASSIC)
+        .instances(
+            aws_sdk_elasticloadbalancing::types::Instance::builder()
+                .instance_id(&f.instance_id)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    tg
+}
+
+/// Everything containment may change, read from the emulator.
+async fn state(f: &Fixture, tg: Option<&str>) -> Value {
+    let inst = f.instance().await;
+    let attribute = |name: InstanceAttributeName| {
+        f.ec2
+            .describe_instance_attribute()
+            .instance_id(&f.instance_id)
+            .attribute(name)
+            .send()
+    };
+    let termination = attribute(InstanceAttributeName::DisableApiTermination)
+        .await
+        .unwrap()
+        .disable_api_termination()
+        .and_then(|a| a.value());
+    let shutdown = attribute(InstanceAttributeName::InstanceInitiatedShutdownBehavior)
+        .await
+        .unwrap()
+        .instance_initiated_shutdown_behavior()
+        .and_then(|a| a.value())
+        .map(str::to_owned);
+    let volumes: BTreeMap<String, Option<bool>> = inst
+        .block_device_mappings()
+        .iter()
+        .map(|m| {
+            (
+                m.device_name().unwrap().to_owned(),
+                m.ebs().and_then(|e| e.delete_on_termination()),
+            )
+        })
+        .collect();
+    let profile = f
+        .ec2
+        .describe_iam_instance_profile_associations()
+        .filters(filter("instance-id", &f.instance_id))
+        .filters(filter("state", "associated"))
+        .send()
+        .await
+        .unwrap()
+        .iam_instance_profile_associations()
+        .first()
+        .and_then(|a| a.iam_instance_profile())
+        .and_then(|p| p.arn())
+        .map(str::to_owned);
+    let role_tags: Vec<String> = f
+        .iam
+        .list_role_tags()
+        .role_name(&f.role_name)
+        .send()
+        .await
+        .unwrap()
+        .tags()
+        .iter()
+        .map(|t| t.key().to_owned())
+        .collect();
+    let asg = aws_sdk_autoscaling::Client::new(&f.config);
+    let group = asg
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names(GROUP)
+        .send()
+        .await
+        .unwrap();
+    let group = group.auto_scaling_groups().first().map(|g| {
+        json!({
+            "desired": g.desired_capacity(),
+            "instances": g.instances().iter().map(|i| json!([i.instance_id(), i.lifecycle_state().map(|s| s.as_str())])).collect::<Vec<_>>(),
+        })
+    });
+    let targets = match tg {
+        Some(arn) => {
+            let out = aws_sdk_elasticloadbalancingv2::Client::new(&f.config)
+                .describe_target_health()
+                .target_group_arn(arn)
+                .send()
+                .await
+                .unwrap();
+            out.target_health_descriptions()
+                .iter()
+                .filter_map(|d| d.target())
+                .map(|t| json!([t.id(), t.port()]))
+                .collect()
+        }
+        None => vec![],
+    };
+    let classic: Vec<String> = aws_sdk_elasticloadbalancing::Client::new(&f.config)
+        .describe_load_balancers()
+        .send()
+        .await
+        .unwrap()
+        .load_balancer_descriptions()
+        .iter()
+        .flat_map(|lb| lb.instances().iter().filter_map(|i| i.instance_id()))
+        .map(str::to_owned)
+        .collect();
+    json!({
+        "interfaces": f.interface_groups().await,
+        "termination_protection": termination,
+        "shutdown": shutdown,
+        "volumes_delete_on_termination": volumes,
+        "instance_profile": profile,
+        "role_attached": f.attached_policies().await,
+        "role_inline": f.inline_policies().await,
+        "role_tags": role_tags,
+        "auto_scaling": group,
+        "targets": targets,
+        "classic": classic,
+        "instance_tags": f.tags().await,
+    })
+}
+
+/// The planned calls of a dry-run outcome, with EC2's answer to each.
+fn plan_of<T: std::fmt::Debug>(o: Outcome<T>) -> Vec<(String, Check)> {
+    match o {
+        Outcome::DryRun { actions } => actions.into_iter().map(|a| (a.action, a.check)).collect(),
+        other => panic!("not a dry run: {other:?}"),
+    }
+}
+
+fn ctx_with(f: &Fixture, settings: Settings) -> Ctx {
+    Ctx::from_config(f.config.clone()).with_settings(settings)
+}
+
+fn request(f: &Fixture) -> ReleaseRequest {
+    ReleaseRequest {
+        instance_id: f.instance_id.clone(),
+        account_id: Some(f.account.clone()),
+        region: Some("us-east-1".into()),
+        partition: None,
+        reason: Some("investigation closed".into()),
+    }
+}
+
+/// The four containment steps, as the state machine's Parallel runs them.
+async fn contain(ctx: &Ctx, f: &Fixture, event_file: &str) {
+    let event = f.event(event_file);
+    let t = triage(ctx, &event).await.unwrap();
+    assert_eq!(t.decision, Decision::Contain, "{t:?}");
+    let (i, d, s, r) = futures::join!(
+        isolate(ctx, &event),
+        deregister(ctx, &event),
+        snapshot(ctx, &event),
+        contain_role(ctx, &event)
+    );
+    for (name, status) in [
+        ("isolate", i.map(|o| o.status())),
+        ("deregister", d.map(|o| o.status())),
+        ("snapshot", s.map(|o| o.status())),
+        ("role", r.map(|o| o.status())),
+    ] {
+        let status = status.unwrap_or_else(|e| panic!("{name}: {e}"));
+        // Out of service has nothing to do for an instance in no group and behind no balancer.
+        let nothing = name == "deregister" && status == "skipped";
+        assert!(
+            matches!(status, "done" | "already_done") || nothing,
+            "{name}: {status}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn out_of_service_then_release_restores_the_state_before_containment() {
+    let f = Fixture::new().await;
+    let tg = in_service(&f).await;
+    let before = state(&f, Some(&tg)).await;
+    let ctx = ctx_with(&f, Settings::default());
+
+    contain(&ctx, &f, BACKDOOR).await;
+    let contained = state(&f, Some(&tg)).await;
+    assert_eq!(contained["auto_scaling"]["instances"][0][1], "Standby");
+    assert_eq!(contained["auto_scaling"]["desired"], 0, "no replacement");
+    assert_eq!(contained["targets"], json!([]), "out of the target group");
+    assert_eq!(
+        contained["classic"],
+        json!([]),
+        "out of the Classic Load Balancer"
+    );
+    assert_eq!(contained["termination_protection"], true);
+    assert!(
+        contained["instance_profile"]
+            .as_str()
+            .unwrap()
+            .ends_with("/ec2-quarantine-quarantined")
+    );
+    let tags = contained["instance_tags"].as_object().unwrap();
+    assert_eq!(
+        tags["ec2-quarantine:auto-scaling-group"],
+        format!("standby,decremented,{GROUP}")
+    );
+    assert!(
+        tags.keys()
+            .any(|k| k.starts_with("ec2-quarantine:target:targetgroup/web-tg/"))
+    );
+    assert_eq!(tags["ec2-quarantine:classic-load-balancers"], CLASSIC);
+    assert_eq!(tags["ec2-quarantine:role"], f.role_name);
+
+    // A retried step finds its work done and changes nothing.
+    let again = deregister(&ctx, &f.event(BACKDOOR)).await.unwrap();
+    let Outcome::AlreadyDone(report) = again else {
+        panic!("{again:?}");
+    };
+    assert_eq!(
+        report.auto_scaling.unwrap().status,
+        GroupStatus::AlreadyInPlace
+    );
+    assert_eq!(state(&f, Some(&tg)).await, contained);
+
+    let snapshots = f.snapshots().await.len();
+    let released = release(&ctx, &request(&f)).await.unwrap();
+    assert_eq!(released.status(), "done", "{released:?}");
+    let after = state(&f, Some(&tg)).await;
+    assert_eq!(after, before, "release restores every recorded change");
+    assert_eq!(f.snapshots().await.len(), snapshots, "snapshots are kept");
+    record_outcome("contained");
+}
+
+#[tokio::test]
+async fn at_the_groups_minimum_the_instance_is_detached_and_the_report_says_a_replacement_comes() {
+    let f = Fixture::new().await;
+    in_service(&f).await;
+    let ctx = ctx_with(
+        &f,
+        Settings {
+            auto_scaling_action: AutoScalingAction::Detach,
+            ..Settings::default()
+        },
+    );
+    // AWS refuses to lower the desired capacity below the minimum (moto does not check).
+    let key = access_key(&f.config).await;
+    inject_error(&key, "autoscaling:DetachInstances", "ValidationError", 400);
+
+    let outcome = deregister(&ctx, &f.event(BACKDOOR)).await.unwrap();
+    let report = outcome.report().expect("done").clone();
+    let group = report.auto_scaling.unwrap();
+    assert_eq!(group.status, GroupStatus::Applied);
+    assert!(!group.capacity_decremented);
+    let tags = f.tags().await;
+    assert_eq!(
+        tags["ec2-quarantine:auto-scaling-group"],
+        format!("detach,replaced,{GROUP}")
+    );
+    let asg = aws_sdk_autoscaling::Client::new(&f.config);
+    let described = asg
+        .describe_auto_scaling_instances()
+        .instance_ids(&f.instance_id)
+        .send()
+        .await
+        .unwrap();
+    assert!(described.auto_scaling_instances().is_empty(), "detached");
+
+    let released = release(&ctx, &request(&f)).await.unwrap();
+    assert_eq!(released.status(), "done");
+    let described = asg
+        .describe_auto_scaling_instances()
+        .instance_ids(&f.instance_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        described.auto_scaling_instances().len(),
+        1,
+        "attached again"
+    );
+}
+
+#[tokio::test]
+async fn a_dry_run_reports_every_step_and_changes_nothing() {
+    let f = Fixture::new().await;
+    let tg = in_service(&f).await;
+    let before = state(&f, Some(&tg)).await;
+    let snapshots = f.snapshots().await.len();
+    let ctx = ctx_with(
+        &f,
+        Settings {
+            dry_run: true,
+            ..Settings::default()
+        },
+    );
+    let event = f.event(BACKDOOR);
+    let t = triage(&ctx, &event).await.unwrap();
+    assert!(t.dry_run);
+    let mut planned = Vec::new();
+    planned.extend(plan_of(isolate(&ctx, &event).await.unwrap()));
+    planned.extend(plan_of(deregister(&ctx, &event).await.unwrap()));
+    planned.extend(plan_of(snapshot(&ctx, &event).await.unwrap()));
+    planned.extend(plan_of(contain_role(&ctx, &event).await.unwrap()));
+    let names: Vec<&str> = planned.iter().map(|(a, _)| a.as_str()).collect();
+    for expected in [
+        "ec2:CreateSecurityGroup",
+        "ec2:ModifyNetworkInterfaceAttribute",
+        "ec2:ModifyInstanceAttribute",
+        "autoscaling:EnterStandby",
+        "elasticloadbalancing:DeregisterTargets",
+        "elasticloadbalancing:DeregisterInstancesFromLoadBalancer",
+        "ec2:CreateSnapshots",
+        "iam:AttachRolePolicy",
+        "iam:PutRolePolicy",
+        "ec2:ReplaceIamInstanceProfileAssociation",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "{expected} not planned: {names:?}"
+        );
+    }
+    // EC2's own dry run checked the EC2 calls it can check.
+    assert!(
+        planned
+            .iter()
+            .any(|(a, c)| a == "ec2:CreateSnapshots" && *c == Check::Permitted)
+    );
+    assert_eq!(
+        state(&f, Some(&tg)).await,
+        before,
+        "the emulator's state is unchanged"
+    );
+    assert_eq!(f.snapshots().await.len(), snapshots);
+}
+
+#[tokio::test]
+async fn a_second_finding_for_a_contained_instance_creates_nothing_new() {
+    let f = Fixture::new().await;
+    let ctx = ctx_with(&f, Settings::default());
+    contain(&ctx, &f, BACKDOOR).await;
+    let first_snapshots: Vec<String> = f
+        .snapshots()
+        .await
+        .iter()
+        .map(|s| s.snapshot_id().unwrap().to_owned())
+        .collect();
+    let contained = state(&f, None).await;
+
+    // Another finding, with another id, for the same instance.
+    let mut second = f.event_json(EXFILTRATION);
+    second["detail"]["id"] = "b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7".into();
+    let second = ec2_quarantine::finding::parse_event(second).unwrap();
+    let first_id = f.event(BACKDOOR).detail.id.clone().unwrap();
+    let t = triage(&ctx, &second).await.unwrap();
+    assert_eq!(t.decision, Decision::Contain);
+    assert_eq!(t.already_contained_by.as_deref(), Some(first_id.as_str()));
+    assert!(t.reason.contains("already contained"), "{}", t.reason);
+    assert_eq!(
+        snapshot(&ctx, &second).await.unwrap().status(),
+        "already_done"
+    );
+    assert_eq!(
+        isolate(&ctx, &second).await.unwrap().status(),
+        "already_done"
+    );
+    let now: Vec<String> = f
+        .snapshots()
+        .await
+        .iter()
+        .map(|s| s.snapshot_id().unwrap().to_owned())
+        .collect();
+    assert_eq!(now, first_snapshots, "no second snapshot set");
+    assert_eq!(state(&f, None).await, contained);
+}
+
+#[tokio::test]
+async fn exempt_instances_and_probed_targets_are_only_reported() {
+    let f = Fixture::new().await;
+    let ctx = ctx_with(&f, Settings::default());
+    let mut probe = f.event_json(BACKDOOR);
+    probe["detail"]["type"] = "Recon:EC2/PortProbeUnprotectedPort".into();
+    probe["detail"]["service"]["resourceRole"] = "TARGET".into();
+    let probe = ec2_quarantine::finding::parse_event(probe).unwrap();
+    let t = triage(&ctx, &probe).await.unwrap();
+    assert_eq!(t.decision, Decision::NotifyOnly);
+    assert!(t.reason.contains("TARGET"), "{}", t.reason);
+
+    f.ec2
+        .create_tags()
+        .resources(&f.instance_id)
+        .tags(ec2_quarantine::tags::new(
+            "ec2-quarantine-exempt",
+            "load test",
+        ))
+        .send()
+        .await
+        .unwrap();
+    let t = triage(&ctx, &f.event(BACKDOOR)).await.unwrap();
+    assert_eq!(t.decision, Decision::NotifyOnly);
+    assert!(t.reason.contains("ec2-quarantine-exempt"), "{}", t.reason);
+}
+
+#[tokio::test]
+async fn the_role_action_is_configurable_and_release_keeps_a_role_another_contained_instance_holds()
+{
+    let f = Fixture::new().await;
+    let revoke_only = ctx_with(
+        &f,
+        Settings {
+            role_action: RoleAction::RevokeSessions,
+            ..Settings::default()
+        },
+    );
+    let r = contain_role(&revoke_only, &f.event(EXFILTRATION))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), "done");
+    assert!(
+        f.attached_policies()
+            .await
+            .iter()
+            .all(|p| !p.contains("DenyAll"))
+    );
+    assert_eq!(
+        f.inline_policies().await,
+        ["ec2-quarantine-revoke-older-sessions"]
+    );
+
+    // A second instance with the same role is contained too (deny-all): two holds.
+    let sibling = f.launch_sibling().await;
+    let ctx = ctx_with(&f, Settings::default());
+    let mut event = f.event_json(EXFILTRATION);
+    event["detail"]["resource"]["accessKeyDetails"]["principalId"] =
+        format!("AROAEXAMPLE:{sibling}").into();
+    event["detail"]["id"] = "c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8".into();
+    let event = ec2_quarantine::finding::parse_event(event).unwrap();
+    contain_role(&ctx, &event).await.unwrap();
+    assert!(
+        f.attached_policies()
+            .await
+            .iter()
+            .any(|p| p.contains("DenyAll"))
+    );
+
+    // Releasing the first keeps the role contained: the sibling still holds it.
+    let released = release(&ctx, &request(&f)).await.unwrap();
+    let Outcome::Done(report) = released else {
+        panic!("{released:?}");
+    };
+    let role = report.role.unwrap();
+    assert!(!role.policies_removed);
+    assert_eq!(role.still_held_by, [sibling]);
+    assert!(
+        f.attached_policies()
+            .await
+            .iter()
+            .any(|p| p.contains("DenyAll"))
+    );
+
+    let other = Fixture::new().await;
+    let none = ctx_with(
+        &other,
+        Settings {
+            role_action: RoleAction::None,
+            ..Settings::default()
+        },
+    );
+    contain_role(&none, &other.event(EXFILTRATION))
+        .await
+        .unwrap();
+    assert!(
+        other
+            .attached_policies()
+            .await
+            .iter()
+            .all(|p| !p.contains("DenyAll"))
+    );
+    assert!(other.inline_policies().await.is_empty());
+    assert!(
+        other
+            .tags()
+            .await
+            .contains_key("ec2-quarantine:previous-instance-profile"),
+        "the profile is swapped in every mode"
+    );
+}
