@@ -663,9 +663,14 @@ fn write_isolation(body: &mut String, r: Option<&StepResult<IsolateReport>>, lin
         } else {
             eni.previous_groups.join(", ")
         };
+        let path = if eni.connections_cut {
+            " in two steps (transit group, then quarantine: open connections cut)"
+        } else {
+            ""
+        };
         let _ = writeln!(
             body,
-            "      {} {status}; previous groups: {previous}",
+            "      {} {status}{path}; previous groups: {previous}",
             eni.interface_id
         );
         if eni.status == InterfaceStatus::Isolated && !eni.connections_cut {
