@@ -150,10 +150,6 @@ impl Clients {
         }
     }
 
-    pub fn dry_run(&self) -> bool {
-        self.settings.dry_run
-    }
-
     /// In a dry run, where the step's changes are collected instead of made.
     pub fn plan(&self) -> Option<&Plan> {
         self.plan.as_deref()

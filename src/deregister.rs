@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use crate::context::{Clients, Ctx};
 use crate::error::Error;
 use crate::finding::{FindingEvent, Target};
-use crate::outcome::{Check, Outcome, PlannedAction};
+use crate::outcome::{Outcome, PlannedAction};
 use crate::settings::AutoScalingAction;
 use crate::{instance, tags};
 
@@ -87,15 +87,21 @@ pub async fn deregister_instance(
     if let Some(reason) = instance::gone_reason(&inst) {
         return Ok(Outcome::skipped(reason));
     }
+    let addresses = addresses(&inst);
     let targets: Vec<TargetRecord> = targets
         .into_iter()
-        .filter(|t| t.target_id == id || addresses(&inst).contains(&t.target_id))
+        .filter(|t| t.target_id == id || addresses.contains(&t.target_id))
         .collect();
     let action = clients.settings.auto_scaling_action;
-    let record = record_tags(target, &inst, &targets, &classic);
+    let plan = clients.plan();
 
-    if clients.dry_run() {
-        let mut actions = Vec::new();
+    // The record first: a registration left without a record could not be restored.
+    let record = record_tags(&inst, &targets, &classic);
+    if !record.is_empty() {
+        let why = "record of the group and load balancers, for release";
+        tags::write(&clients.ec2, plan, id, record, why).await?;
+    }
+    if let Some(plan) = plan {
         if let Some((name, state)) = &group
             && action != AutoScalingAction::None
             && state == "InService"
@@ -104,58 +110,24 @@ pub async fn deregister_instance(
                 AutoScalingAction::Detach => "autoscaling:DetachInstances",
                 _ => "autoscaling:EnterStandby",
             };
-            actions.push(PlannedAction::unchecked(
-                call,
-                name,
-                "without a replacement where the group's minimum size allows",
-            ));
+            let detail = "without a replacement where the group's minimum size allows";
+            plan.add(PlannedAction::unchecked(call, name, detail));
         }
         for t in &targets {
-            actions.push(PlannedAction::unchecked(
+            plan.add(PlannedAction::unchecked(
                 "elasticloadbalancing:DeregisterTargets",
                 &t.target_group_arn,
                 format!("target {} port {:?}", t.target_id, t.port),
             ));
         }
         for lb in &classic {
-            actions.push(PlannedAction::unchecked(
+            plan.add(PlannedAction::unchecked(
                 "elasticloadbalancing:DeregisterInstancesFromLoadBalancer",
                 lb,
                 id,
             ));
         }
-        if !record.is_empty() {
-            let check = Check::from_dry_run(
-                clients
-                    .ec2
-                    .create_tags()
-                    .dry_run(true)
-                    .resources(id)
-                    .set_tags(Some(record.clone()))
-                    .send()
-                    .await
-                    .map_err(|e| Error::from_sdk("ec2:CreateTags", e)),
-            );
-            actions.push(PlannedAction::new(
-                "ec2:CreateTags",
-                id,
-                "record of the group and load balancers, for release",
-                check,
-            ));
-        }
-        return Ok(Outcome::DryRun { actions });
-    }
-
-    // The record first: a registration left without a record could not be restored.
-    if !record.is_empty() {
-        clients
-            .ec2
-            .create_tags()
-            .resources(id)
-            .set_tags(Some(record))
-            .send()
-            .await
-            .map_err(|e| Error::from_sdk("ec2:CreateTags", e))?;
+        return Ok(plan.outcome());
     }
     let (asg, deregistered, left) = futures::join!(
         leave_group(clients, &inst, group, action),
@@ -245,7 +217,6 @@ fn addresses(inst: &Instance) -> Vec<String> {
 
 /// The tags recording the registrations, those already recorded by an earlier run excluded.
 fn record_tags(
-    target: &Target,
     inst: &Instance,
     targets: &[TargetRecord],
     classic: &[String],
@@ -272,9 +243,6 @@ fn record_tags(
     if !classic.is_empty() && tags::find(inst.tags(), tags::CLASSIC_LOAD_BALANCERS) != Some(&names)
     {
         out.push(tags::new(tags::CLASSIC_LOAD_BALANCERS, tags::value(&names)));
-    }
-    if !out.is_empty() && tags::find(inst.tags(), tags::FINDING_ID).is_none() {
-        out.push(tags::new(tags::FINDING_ID, tags::value(&target.finding_id)));
     }
     out
 }
@@ -378,17 +346,12 @@ async fn leave_group(
     } else {
         "replaced"
     };
-    clients
-        .ec2
-        .create_tags()
-        .resources(id)
-        .tags(tags::new(
-            tags::AUTO_SCALING_GROUP,
-            tags::value(&format!("{verb},{how},{}", change.group_name)),
-        ))
-        .send()
-        .await
-        .map_err(|e| Error::from_sdk("ec2:CreateTags", e))?;
+    let record = tags::new(
+        tags::AUTO_SCALING_GROUP,
+        tags::value(&format!("{verb},{how},{}", change.group_name)),
+    );
+    let why = "record of what was done in the group, for release";
+    tags::write(&clients.ec2, None, id, vec![record], why).await?;
     info!(group = %change.group_name, verb, decremented, "left the Auto Scaling group");
     change.capacity_decremented = decremented;
     change.status = GroupStatus::Applied;

@@ -335,28 +335,14 @@ async fn record(
     if new_tags.is_empty() {
         return Ok(false);
     }
-    let request = ec2
-        .create_tags()
-        .resources(&target.instance_id)
-        .set_tags(Some(new_tags));
-    if let Some(plan) = plan {
-        let answer = request
-            .dry_run(true)
-            .send()
-            .await
-            .map_err(|e| Error::from_sdk("ec2:CreateTags", e));
-        plan.add_ec2(
-            "ec2:CreateTags",
-            &target.instance_id,
-            "record of the finding and of each interface's groups, for release",
-            answer,
-        );
-        return Ok(true);
-    }
-    request
-        .send()
-        .await
-        .map_err(|e| Error::from_sdk("ec2:CreateTags", e))?;
+    tags::write(
+        ec2,
+        plan,
+        &target.instance_id,
+        new_tags,
+        "record of the finding and of each interface's groups, for release",
+    )
+    .await?;
     Ok(true)
 }
 
@@ -398,28 +384,18 @@ async fn protect(
             .instance_initiated_shutdown_behavior()
             .and_then(|a| a.value())
             .unwrap_or("stop");
-        let request = ec2.create_tags().resources(instance_id).tags(tags::new(
+        let record = tags::new(
             tags::PREVIOUS_ATTRIBUTES,
             format!("termination-protection={protected},shutdown={behaviour}"),
-        ));
-        match plan {
-            Some(plan) => plan.add_ec2(
-                "ec2:CreateTags",
-                instance_id,
-                "record of termination protection and shutdown behaviour, for release",
-                request
-                    .dry_run(true)
-                    .send()
-                    .await
-                    .map_err(|e| Error::from_sdk("ec2:CreateTags", e)),
-            ),
-            None => {
-                request
-                    .send()
-                    .await
-                    .map_err(|e| Error::from_sdk("ec2:CreateTags", e))?;
-            }
-        }
+        );
+        tags::write(
+            ec2,
+            plan,
+            instance_id,
+            vec![record],
+            "record of termination protection and shutdown behaviour, for release",
+        )
+        .await?;
     }
     let termination = ec2
         .modify_instance_attribute()

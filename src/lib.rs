@@ -15,6 +15,7 @@ pub mod instance;
 pub mod isolate;
 pub mod notify;
 pub mod outcome;
+pub mod profile;
 pub mod release;
 pub mod role;
 pub mod settings;

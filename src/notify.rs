@@ -367,16 +367,13 @@ fn render_release(request: &serde_json::Value, result: &StepResult<ReleaseReport
         StepResult::Completed(Outcome::Skipped { .. }) => Verdict::Skipped,
         _ => Verdict::Failed,
     };
+    let headline = if verdict == Verdict::Failed {
+        "RELEASE FAILED"
+    } else {
+        verdict.headline()
+    };
     let mut body = String::new();
-    let _ = writeln!(
-        body,
-        "{}",
-        if verdict == Verdict::Failed {
-            "RELEASE FAILED"
-        } else {
-            verdict.headline()
-        }
-    );
+    let _ = writeln!(body, "{headline}");
     let _ = writeln!(body, "Instance: {instance}");
     if let Some(reason) = request.get("reason").and_then(|v| v.as_str()) {
         let _ = writeln!(body, "Reason given: {}", finding::clip(reason));
@@ -445,14 +442,7 @@ fn render_release(request: &serde_json::Value, result: &StepResult<ReleaseReport
         body,
         "\nForensic snapshots are kept. Sent by ec2-quarantine."
     );
-    let subject = subject_line(&format!(
-        "[{}] {instance} - ec2-quarantine release",
-        if verdict == Verdict::Failed {
-            "RELEASE FAILED"
-        } else {
-            verdict.headline()
-        }
-    ));
+    let subject = subject_line(&format!("[{headline}] {instance} - ec2-quarantine release"));
     Message {
         verdict,
         subject,
@@ -482,14 +472,15 @@ fn judge(input: &NotifyInput) -> Verdict {
     #[derive(PartialEq)]
     enum S {
         Acted,
+        /// A dry run's plan: counted as acted, and the verdict is a dry run's.
+        Planned,
         Nothing,
         Failed,
     }
     fn state<T>(r: Option<&StepResult<T>>) -> S {
         match r {
-            Some(StepResult::Completed(
-                Outcome::Done(_) | Outcome::AlreadyDone(_) | Outcome::DryRun { .. },
-            )) => S::Acted,
+            Some(StepResult::Completed(Outcome::Done(_) | Outcome::AlreadyDone(_))) => S::Acted,
+            Some(StepResult::Completed(Outcome::DryRun { .. })) => S::Planned,
             Some(StepResult::Completed(Outcome::Skipped { .. })) => S::Nothing,
             _ => S::Failed,
         }
@@ -506,30 +497,12 @@ fn judge(input: &NotifyInput) -> Verdict {
     if input.triage.is_some() || input.deregister.is_some() {
         steps.push(state(input.deregister.as_ref()));
     }
-    let dry_run = [
-        matches!(
-            &input.isolate,
-            Some(StepResult::Completed(Outcome::DryRun { .. }))
-        ),
-        matches!(
-            &input.snapshot,
-            Some(StepResult::Completed(Outcome::DryRun { .. }))
-        ),
-        matches!(
-            &input.role,
-            Some(StepResult::Completed(Outcome::DryRun { .. }))
-        ),
-        matches!(
-            &input.deregister,
-            Some(StepResult::Completed(Outcome::DryRun { .. }))
-        ),
-    ]
-    .contains(&true);
+    let dry_run = steps.contains(&S::Planned);
     if dry_run && !steps.contains(&S::Failed) {
         return Verdict::DryRun;
     }
     if steps.contains(&S::Failed) {
-        if steps[0] == S::Acted {
+        if matches!(steps[0], S::Acted | S::Planned) {
             Verdict::Partial
         } else {
             Verdict::Failed

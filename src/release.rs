@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use aws_sdk_ec2::types::{
-    AttributeBooleanValue, AttributeValue, EbsInstanceBlockDeviceSpecification, Filter,
+    AttributeBooleanValue, AttributeValue, EbsInstanceBlockDeviceSpecification,
     IamInstanceProfileSpecification, Instance, InstanceBlockDeviceMappingSpecification,
 };
 use aws_sdk_elasticloadbalancingv2::types::TargetDescription;
@@ -21,10 +21,8 @@ use crate::deregister::TargetRecord;
 use crate::error::Error;
 use crate::finding::{Scope, Target, is_instance_id};
 use crate::outcome::Outcome;
-use crate::role::{
-    DENY_ALL_POLICY_NAME, QUARANTINE_PROFILE_NAME, REVOKE_SESSIONS_POLICY_NAME, deny_all_policy_arn,
-};
-use crate::{instance, tags};
+use crate::role::{DENY_ALL_POLICY_NAME, REVOKE_SESSIONS_POLICY_NAME, deny_all_policy_arn};
+use crate::{instance, profile, tags};
 
 /// What a person gives the release state machine.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -149,11 +147,11 @@ pub async fn release_instance(
         reregister_targets(clients, target, &inst),
         rejoin_classic(clients, target, tag(tags::CLASSIC_LOAD_BALANCERS)),
     );
+    let mut done = Vec::new();
     let mut failed = Vec::new();
-    let mut keep = |what: &str, r: Result<(), Error>| {
-        if let Err(e) = r {
-            failed.push((what.to_owned(), e));
-        }
+    let mut keep = |what: &str, r: Result<(), Error>| match r {
+        Ok(()) => done.push(format!("{what} restored")),
+        Err(e) => failed.push((what.to_owned(), e)),
     };
     keep("interfaces", interfaces.map(|i| report.interfaces = i));
     keep(
@@ -182,7 +180,7 @@ pub async fn release_instance(
         return Err(Error::Incomplete {
             step: "release",
             instance_id: target.instance_id.clone(),
-            done: Vec::new(),
+            done,
             failed,
         });
     }
@@ -303,28 +301,11 @@ async fn restore_profile(
     let Some(previous) = previous.filter(|p| !p.is_empty()) else {
         return Ok(None);
     };
-    let out = clients
-        .ec2
-        .describe_iam_instance_profile_associations()
-        .filters(
-            Filter::builder()
-                .name("instance-id")
-                .values(&target.instance_id)
-                .build(),
-        )
-        .filters(Filter::builder().name("state").values("associated").build())
-        .send()
-        .await
-        .map_err(|e| Error::from_sdk("ec2:DescribeIamInstanceProfileAssociations", e))?;
-    let Some(association) = out.iam_instance_profile_associations().first() else {
+    let Some(association) = profile::association(&clients.ec2, &target.instance_id).await? else {
         return Ok(None);
     };
-    let current = association
-        .iam_instance_profile()
-        .and_then(|p| p.arn())
-        .unwrap_or_default();
     // Only the tool's own swap is undone: a profile someone set since stays.
-    if !current.ends_with(&format!("/{QUARANTINE_PROFILE_NAME}")) {
+    if !profile::is_quarantine(profile::arn(&association)) {
         return Ok(None);
     }
     clients

@@ -11,7 +11,7 @@ use crate::error::Error;
 use crate::finding::{FindingEvent, Skip, Target, is_role_name};
 use crate::outcome::{Outcome, Plan, PlannedAction};
 use crate::settings::RoleAction;
-use crate::{instance, now_rfc3339, tags};
+use crate::{instance, now_rfc3339, profile, tags};
 
 /// The managed policy attached to contained roles, created once per account.
 pub const DENY_ALL_POLICY_NAME: &str = "ec2-quarantine-DenyAll";
@@ -258,28 +258,11 @@ async fn quarantine_instance_profile(
     target: &Target,
     contained_role: Option<&str>,
 ) -> Result<Option<ProfileSwap>, Error> {
-    let associations = clients
-        .ec2
-        .describe_iam_instance_profile_associations()
-        .filters(
-            Filter::builder()
-                .name("instance-id")
-                .values(&target.instance_id)
-                .build(),
-        )
-        .filters(Filter::builder().name("state").values("associated").build())
-        .send()
-        .await
-        .map_err(|e| Error::from_sdk("ec2:DescribeIamInstanceProfileAssociations", e))?;
-    let Some(association) = associations.iam_instance_profile_associations().first() else {
+    let Some(association) = profile::association(&clients.ec2, &target.instance_id).await? else {
         return Ok(None);
     };
-    let current = association
-        .iam_instance_profile()
-        .and_then(|p| p.arn())
-        .unwrap_or_default()
-        .to_owned();
-    if current.ends_with(&format!("/{QUARANTINE_PROFILE_NAME}")) {
+    let current = profile::arn(&association).to_owned();
+    if profile::is_quarantine(&current) {
         return Ok(Some(ProfileSwap {
             previous_profile_arn: None,
             change: Change::AlreadyInPlace,
@@ -306,29 +289,38 @@ async fn quarantine_instance_profile(
     if let Some(role) = contained_role {
         record.push(tags::new(tags::ROLE, role));
     }
-    if let Some(plan) = clients.plan() {
-        if !exists {
-            plan.add(PlannedAction::unchecked(
-                "iam:CreateInstanceProfile",
-                QUARANTINE_PROFILE_NAME,
-                "the empty quarantine profile (no role)",
-            ));
+    let plan = clients.plan();
+    match (exists, plan) {
+        (true, _) => {}
+        (false, Some(plan)) => plan.add(PlannedAction::unchecked(
+            "iam:CreateInstanceProfile",
+            QUARANTINE_PROFILE_NAME,
+            "the empty quarantine profile (no role)",
+        )),
+        (false, None) => {
+            let created = iam
+                .create_instance_profile()
+                .instance_profile_name(QUARANTINE_PROFILE_NAME)
+                .path(POLICY_PATH)
+                .send()
+                .await
+                .map_err(|e| Error::from_sdk("iam:CreateInstanceProfile", e));
+            match created {
+                // Created meanwhile by another execution: it is the same empty profile.
+                Err(err) if err.aws_code() != Some("EntityAlreadyExists") => return Err(err),
+                _ => {}
+            }
         }
-        let answer = clients
-            .ec2
-            .create_tags()
-            .resources(&target.instance_id)
-            .set_tags(Some(record))
-            .dry_run(true)
-            .send()
-            .await
-            .map_err(|e| Error::from_sdk("ec2:CreateTags", e));
-        plan.add_ec2(
-            "ec2:CreateTags",
-            &target.instance_id,
-            format!("record of the previous profile {current}, for release"),
-            answer,
-        );
+    }
+    tags::write(
+        &clients.ec2,
+        plan,
+        &target.instance_id,
+        record,
+        "record of the previous profile and the role, for release",
+    )
+    .await?;
+    if let Some(plan) = plan {
         plan.add(PlannedAction::unchecked(
             "ec2:ReplaceIamInstanceProfileAssociation",
             &target.instance_id,
@@ -336,30 +328,6 @@ async fn quarantine_instance_profile(
         ));
         return Ok(None);
     }
-    let created = if exists {
-        Ok(())
-    } else {
-        iam.create_instance_profile()
-            .instance_profile_name(QUARANTINE_PROFILE_NAME)
-            .path(POLICY_PATH)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| Error::from_sdk("iam:CreateInstanceProfile", e))
-    };
-    match created {
-        // Created meanwhile by another execution: it is the same empty profile.
-        Err(err) if err.aws_code() != Some("EntityAlreadyExists") => return Err(err),
-        _ => {}
-    }
-    clients
-        .ec2
-        .create_tags()
-        .resources(&target.instance_id)
-        .set_tags(Some(record))
-        .send()
-        .await
-        .map_err(|e| Error::from_sdk("ec2:CreateTags", e))?;
     // A profile just created can take seconds to be usable: EC2's "invalid profile" answer is
     // then transient, and the step's retry succeeds.
     clients

@@ -5,6 +5,9 @@
 
 use aws_sdk_ec2::types::Tag;
 
+use crate::error::Error;
+use crate::outcome::Plan;
+
 pub const PREFIX: &str = "ec2-quarantine:";
 
 /// On the quarantine security group: marks it as the tool's isolation group for its VPC.
@@ -45,6 +48,34 @@ pub const ROLE_HOLD: &str = "ec2-quarantine:held-by:";
 pub const INSTANCE_ID: &str = "ec2-quarantine:instance-id";
 pub const VOLUME_ID: &str = "ec2-quarantine:volume-id";
 pub const DEVICE: &str = "ec2-quarantine:device";
+
+/// Writes `tags` on `resource` (the record a step keeps for release). In a dry run, asks EC2
+/// whether the write would be permitted and adds it to the plan instead.
+pub async fn write(
+    ec2: &aws_sdk_ec2::Client,
+    plan: Option<&Plan>,
+    resource: &str,
+    tags: Vec<Tag>,
+    why: &str,
+) -> Result<(), Error> {
+    let request = ec2.create_tags().resources(resource).set_tags(Some(tags));
+    match plan {
+        Some(plan) => {
+            let answer = request
+                .dry_run(true)
+                .send()
+                .await
+                .map_err(|e| Error::from_sdk("ec2:CreateTags", e));
+            plan.add_ec2("ec2:CreateTags", resource, why, answer);
+            Ok(())
+        }
+        None => request
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::from_sdk("ec2:CreateTags", e)),
+    }
+}
 
 /// The value of `key` among `tags`.
 pub fn find<'a>(tags: &'a [Tag], key: &str) -> Option<&'a str> {

@@ -76,11 +76,11 @@ IMPLIED = {("ReleaseFunction", "ec2:ReplaceIamInstanceProfileAssociation"): "iam
 # Which source files run in which function: each step's module, plus the shared ones it uses.
 MODULES = {
     "TriageFunction": ["triage.rs", "instance.rs", "context.rs"],
-    "IsolateFunction": ["isolate.rs", "instance.rs", "context.rs"],
-    "DeregisterFunction": ["deregister.rs", "instance.rs", "context.rs"],
+    "IsolateFunction": ["isolate.rs", "instance.rs", "context.rs", "tags.rs"],
+    "DeregisterFunction": ["deregister.rs", "instance.rs", "context.rs", "tags.rs"],
     "SnapshotFunction": ["snapshot.rs", "instance.rs", "context.rs"],
-    "DenyRoleFunction": ["role.rs", "instance.rs", "context.rs"],
-    "ReleaseFunction": ["release.rs", "instance.rs", "context.rs"],
+    "DenyRoleFunction": ["role.rs", "instance.rs", "context.rs", "tags.rs", "profile.rs"],
+    "ReleaseFunction": ["release.rs", "instance.rs", "context.rs", "profile.rs"],
     "NotifyFunction": ["notify.rs"],
 }
 
