@@ -45,6 +45,10 @@ pub struct Resource {
 pub struct InstanceDetails {
     pub instance_id: Option<String>,
     pub iam_instance_profile: Option<IamInstanceProfile>,
+    /// The interfaces as the finding saw them; kept as JSON, so that a shape this tool does not
+    /// expect there never makes the finding unusable (only their VPC ids are read, as a hint).
+    #[serde(default)]
+    pub network_interfaces: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -138,6 +142,10 @@ pub struct Target {
     pub role_name: Option<String>,
     /// The instance profile the finding saw on the instance (Instance findings name it).
     pub instance_profile_arn: Option<String>,
+    /// The VPCs of the instance's interfaces as the finding saw them (Instance findings name
+    /// them): a hint to look the quarantine groups up early, never trusted for a change.
+    #[serde(default)]
+    pub vpc_ids: Vec<String>,
 }
 
 /// A finding that is well formed but names nothing this tool can contain.
@@ -218,7 +226,7 @@ pub fn resolve(event: &FindingEvent) -> Result<Result<Target, Skip>, Error> {
         return Ok(Err(Skip("the finding names no resource".into())));
     };
     let resource_type = resource.resource_type.as_deref().unwrap_or("");
-    let (instance_id, role_name, instance_profile_arn) = match resource_type {
+    let (instance_id, role_name, instance_profile_arn, vpc_ids) = match resource_type {
         "Instance" => {
             let details = resource.instance_details.as_ref();
             let Some(id) = details.and_then(|d| d.instance_id.as_deref()) else {
@@ -236,7 +244,21 @@ pub fn resolve(event: &FindingEvent) -> Result<Result<Target, Skip>, Error> {
                 .and_then(|d| d.iam_instance_profile.as_ref())
                 .and_then(|p| p.arn.clone())
                 .filter(|arn| is_instance_profile_arn(arn));
-            (id.to_owned(), None, profile)
+            let mut vpcs: Vec<String> = details
+                .and_then(|d| d.network_interfaces.as_ref())
+                .and_then(|v| v.as_array())
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|i| i.get("vpcId")?.as_str())
+                .filter(|v| is_vpc_id(v))
+                .map(str::to_owned)
+                .collect();
+            vpcs.sort();
+            vpcs.dedup();
+            // An instance's interfaces are in one VPC, rarely a few: more is not a real finding.
+            vpcs.truncate(MAX_VPC_HINTS);
+            (id.to_owned(), None, profile, vpcs)
         }
         "AccessKey" => {
             let details = resource.access_key_details.as_ref();
@@ -255,7 +277,7 @@ pub fn resolve(event: &FindingEvent) -> Result<Result<Target, Skip>, Error> {
             let role = details
                 .and_then(|d| d.user_name.clone())
                 .filter(|r| is_role_name(r));
-            (session.to_owned(), role, None)
+            (session.to_owned(), role, None, Vec::new())
         }
         "" => {
             return Ok(Err(Skip(
@@ -287,6 +309,7 @@ pub fn resolve(event: &FindingEvent) -> Result<Result<Target, Skip>, Error> {
         instance_id,
         role_name,
         instance_profile_arn,
+        vpc_ids,
     }))
 }
 
@@ -322,6 +345,12 @@ fn is_hex_id(s: &str, prefix: &str, lengths: &[usize]) -> bool {
 
 pub fn is_instance_id(s: &str) -> bool {
     is_hex_id(s, "i-", &[8, 17])
+}
+
+const MAX_VPC_HINTS: usize = 4;
+
+fn is_vpc_id(s: &str) -> bool {
+    is_hex_id(s, "vpc-", &[8, 17])
 }
 
 fn is_finding_id(s: &str) -> bool {
@@ -419,6 +448,34 @@ mod tests {
         // account and region fall back to the envelope
         assert_eq!(t.scope.account_id, "123456789012");
         assert_eq!(t.scope.region, "us-east-1");
+    }
+
+    #[test]
+    fn instance_finding_names_its_vpcs_as_a_hint() {
+        let t = resolve_json(event(json!({
+            "id": "f3", "type": "Backdoor:EC2/C&CActivity.B", "severity": 5.0,
+            "resource": {"resourceType": "Instance", "instanceDetails": {
+                "instanceId": "i-99999999",
+                "networkInterfaces": [
+                    {"vpcId": "vpc-0123456789abcdef0"},
+                    {"vpcId": "vpc-0123456789abcdef0"},
+                    {"vpcId": "vpc-11111111"},
+                    {"vpcId": "vpc-<script>"},
+                    {"vpcId": 7},
+                    {}
+                ]}}
+        })));
+        // a malformed entry is not a malformed finding: the hint is optional
+        let t = t.unwrap().unwrap();
+        assert_eq!(t.vpc_ids, ["vpc-0123456789abcdef0", "vpc-11111111"]);
+        let t = resolve_json(event(json!({
+            "id": "f4", "type": "Backdoor:EC2/C&CActivity.B", "severity": 5.0,
+            "resource": {"resourceType": "Instance", "instanceDetails": {
+                "instanceId": "i-99999999", "networkInterfaces": "not a list"}}
+        })))
+        .unwrap()
+        .unwrap();
+        assert!(t.vpc_ids.is_empty());
     }
 
     #[test]

@@ -90,6 +90,9 @@ struct Interface {
     groups: Vec<String>,
     /// Already in the tool's quarantine group alone, by name (its id is not known yet).
     looks_isolated: bool,
+    /// In the tool's transit group alone: an earlier run was cut short between its two moves,
+    /// so these are not groups to restore.
+    in_transit: bool,
 }
 
 /// Isolates the instance a finding names (the Lambda handler).
@@ -107,7 +110,20 @@ pub async fn isolate_instance(
 ) -> Result<Outcome<IsolateReport>, Error> {
     let ec2 = &clients.ec2;
     let plan = clients.plan();
-    let inst = instance::describe(ec2, target).await?;
+    // What the finding already names is looked up while the instance is read: the tool's groups
+    // in the VPCs GuardDuty saw the instance in, and the interfaces services manage. For an
+    // instance whose groups exist, the interfaces then move right away: three dependent calls.
+    let (inst, mut found, managed) = futures::join!(
+        instance::describe(ec2, target),
+        join_all(
+            target
+                .vpc_ids
+                .iter()
+                .map(|vpc| async move { (vpc.as_str(), find_groups(ec2, vpc).await) })
+        ),
+        requester_managed(ec2, &target.instance_id),
+    );
+    let inst = inst?;
     if let Some(reason) = instance::gone_reason(&inst) {
         info!(%reason, "skipped");
         return Ok(Outcome::skipped(reason));
@@ -116,47 +132,55 @@ pub async fn isolate_instance(
     if interfaces.is_empty() {
         return Ok(Outcome::skipped("the instance has no network interface"));
     }
+    let managed = managed?;
     let vpcs: BTreeSet<&str> = interfaces.iter().map(|i| i.vpc_id.as_str()).collect();
+    let mut found_in = |vpc: &str| {
+        let at = found.iter().position(|(v, _)| *v == vpc)?;
+        Some(found.swap_remove(at).1)
+    };
+    let lookups: Vec<(&str, Option<FoundGroups>)> =
+        vpcs.iter().map(|vpc| (*vpc, found_in(vpc))).collect();
 
     // Evidence first and independent of the network change: a failure here must not hold
     // isolation back, and isolation must not wait for it.
     let protect = protect(ec2, plan, &inst);
     let isolate = async {
-        // Writing the record of the previous groups, finding the quarantine groups and finding
-        // the interfaces that services manage don't depend on each other. Interfaces move once
-        // all are done; a record that could not be written does not hold isolation back (the
-        // groups are in the report all the same).
-        let (recorded, groups, managed) = futures::join!(
-            record(ec2, plan, target, &inst, &interfaces),
-            try_join_all(
-                vpcs.iter()
-                    .map(|vpc| ensure_quarantine_group(ec2, plan, vpc))
-            ),
-            requester_managed(ec2, &target.instance_id),
-        );
-        let groups = groups?;
-        let managed = managed?;
-        let by_vpc: BTreeMap<&str, &QuarantineGroup> =
-            groups.iter().map(|g| (g.vpc_id.as_str(), g)).collect();
-        let moves = join_all(
-            interfaces
-                .iter()
-                .filter(|eni| !managed.contains(&eni.id))
-                .map(|eni| {
-                    move_interface(
-                        ec2,
-                        plan,
-                        eni,
-                        by_vpc.get(eni.vpc_id.as_str()).copied(),
-                        &inst,
-                    )
-                }),
-        )
-        .await;
-        Ok::<_, Error>((recorded, groups, managed, moves))
+        // The record of the previous groups is written while the interfaces move: it holds the
+        // groups read before any move, and a record that could not be written does not hold
+        // isolation back (the groups are in the report all the same).
+        let moved = async {
+            let groups = try_join_all(
+                lookups
+                    .into_iter()
+                    .map(|(vpc, found)| ensure_quarantine_group(ec2, plan, vpc, found)),
+            )
+            .await?;
+            let by_vpc: BTreeMap<&str, &QuarantineGroup> =
+                groups.iter().map(|g| (g.vpc_id.as_str(), g)).collect();
+            let moves = join_all(
+                interfaces
+                    .iter()
+                    .filter(|eni| !managed.contains(&eni.id))
+                    .map(|eni| {
+                        move_interface(
+                            ec2,
+                            plan,
+                            eni,
+                            by_vpc.get(eni.vpc_id.as_str()).copied(),
+                            &inst,
+                        )
+                    }),
+            )
+            .await;
+            Ok::<_, Error>((groups, moves))
+        };
+        let (recorded, moved) =
+            futures::join!(record(ec2, plan, target, &inst, &interfaces), moved);
+        let (groups, moves) = moved?;
+        Ok::<_, Error>((recorded, groups, moves))
     };
     let (protected, isolated) = futures::join!(protect, isolate);
-    let (recorded, groups, managed, moves) = isolated?;
+    let (recorded, groups, moves) = isolated?;
     if let Some(plan) = plan {
         if let Err(err) = protected {
             warn!(error = %err, "dry run: could not plan the evidence-keeping attributes");
@@ -274,6 +298,7 @@ fn interfaces(inst: &Instance) -> Vec<Interface> {
                     .collect(),
                 looks_isolated: groups.len() == 1
                     && groups[0].group_name() == Some(QUARANTINE_GROUP_NAME),
+                in_transit: groups.len() == 1 && groups[0].group_name() == Some(TRANSIT_GROUP_NAME),
             })
         })
         .collect()
@@ -321,7 +346,10 @@ async fn record(
             tags::value(&devices.join(",")),
         ));
     }
-    for eni in interfaces.iter().filter(|e| !e.looks_isolated) {
+    for eni in interfaces
+        .iter()
+        .filter(|e| !e.looks_isolated && !e.in_transit)
+    {
         let chunks = tags::chunk_ids(&eni.groups);
         let keys = tags::previous_groups_keys(&eni.id, chunks.len());
         let unchanged = keys
@@ -565,20 +593,29 @@ fn filter(name: &str, value: &str) -> Filter {
 
 /// Finds or creates the tool's two groups in a VPC: the quarantine group, with every rule
 /// revoked, and the transit group, allowing all traffic. Without a usable transit group the
-/// interfaces are still isolated, only without cutting open connections.
+/// interfaces are still isolated, only without cutting open connections. `found` is a lookup
+/// already made (while the instance was read); without it the groups are looked up here.
 async fn ensure_quarantine_group(
     ec2: &aws_sdk_ec2::Client,
     plan: Option<&Plan>,
     vpc_id: &str,
+    found: Option<FoundGroups>,
 ) -> Result<QuarantineGroup, Error> {
+    let (found_quarantine, found_transit) = match found {
+        Some(found) => found,
+        None => find_groups(ec2, vpc_id).await,
+    };
     let quarantine = async {
         let (group, created) = ensure_group(
             ec2,
             plan,
             vpc_id,
-            QUARANTINE_GROUP_NAME,
-            QUARANTINE_GROUP_DESCRIPTION,
-            tags::ISOLATION_GROUP,
+            (
+                QUARANTINE_GROUP_NAME,
+                QUARANTINE_GROUP_DESCRIPTION,
+                tags::ISOLATION_GROUP,
+            ),
+            found_quarantine?,
         )
         .await?;
         let emptied = revoke_all_rules(ec2, plan, &group).await?;
@@ -589,9 +626,12 @@ async fn ensure_quarantine_group(
             ec2,
             plan,
             vpc_id,
-            TRANSIT_GROUP_NAME,
-            TRANSIT_GROUP_DESCRIPTION,
-            tags::TRANSIT_GROUP,
+            (
+                TRANSIT_GROUP_NAME,
+                TRANSIT_GROUP_DESCRIPTION,
+                tags::TRANSIT_GROUP,
+            ),
+            found_transit?,
         )
         .await?;
         let opened = allow_all(ec2, plan, &group).await?;
@@ -615,16 +655,12 @@ async fn ensure_quarantine_group(
     })
 }
 
-/// The tool's group of that name in the VPC (found by its tag), created if missing. Returns it
-/// and whether it was created.
-async fn ensure_group(
+/// The tool's group with that tag in the VPC, if there is one.
+async fn find_group(
     ec2: &aws_sdk_ec2::Client,
-    plan: Option<&Plan>,
     vpc_id: &str,
-    name: &str,
-    description: &str,
     tag: &str,
-) -> Result<(SecurityGroup, bool), Error> {
+) -> Result<Option<SecurityGroup>, Error> {
     let found = ec2
         .describe_security_groups()
         .filters(filter("vpc-id", vpc_id))
@@ -632,7 +668,36 @@ async fn ensure_group(
         .send()
         .await
         .map_err(|e| Error::from_sdk("ec2:DescribeSecurityGroups", e))?;
-    if let (None, Some(plan)) = (found.security_groups().first(), plan) {
+    Ok(found.security_groups().first().cloned())
+}
+
+/// The tool's two groups in a VPC (quarantine, transit) as a lookup found them.
+type FoundGroups = (
+    Result<Option<SecurityGroup>, Error>,
+    Result<Option<SecurityGroup>, Error>,
+);
+
+/// Looks both groups up at once.
+async fn find_groups(ec2: &aws_sdk_ec2::Client, vpc_id: &str) -> FoundGroups {
+    futures::join!(
+        find_group(ec2, vpc_id, tags::ISOLATION_GROUP),
+        find_group(ec2, vpc_id, tags::TRANSIT_GROUP),
+    )
+}
+
+/// The tool's group of that name in the VPC (`found` by its tag), created if missing. Returns
+/// it and whether it was created.
+async fn ensure_group(
+    ec2: &aws_sdk_ec2::Client,
+    plan: Option<&Plan>,
+    vpc_id: &str,
+    (name, description, tag): (&str, &str, &str),
+    found: Option<SecurityGroup>,
+) -> Result<(SecurityGroup, bool), Error> {
+    if let Some(group) = found {
+        return Ok((group, false));
+    }
+    if let Some(plan) = plan {
         let answer = ec2
             .create_security_group()
             .group_name(name)
@@ -655,13 +720,10 @@ async fn ensure_group(
             .build();
         return Ok((planned, true));
     }
-    Ok(match found.security_groups().first() {
-        Some(group) => (group.clone(), false),
-        None => (
-            create_group(ec2, vpc_id, name, description, tag).await?,
-            true,
-        ),
-    })
+    Ok((
+        create_group(ec2, vpc_id, name, description, tag).await?,
+        true,
+    ))
 }
 
 async fn create_group(

@@ -105,6 +105,7 @@ pub async fn release(ctx: &Ctx, request: &ReleaseRequest) -> Result<Outcome<Rele
         instance_id: request.instance_id.clone(),
         role_name: None,
         instance_profile_arn: None,
+        vpc_ids: Vec::new(),
     };
     if let Some(reason) = ctx.org().refusal(&target.scope.account_id) {
         return Ok(Outcome::skipped(reason));

@@ -373,7 +373,9 @@ async fn a_5xx_without_an_error_code_is_retryable() {
             SdkBody::from("Service Unavailable"),
         )
     });
-    let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, &[&describe]);
+    // The managed-interface lookup runs alongside the instance read.
+    let managed = interfaces_managed(&[]);
+    let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, &[&describe, &managed]);
     let err = isolate_instance(&clients(ec2, no_iam()), &target())
         .await
         .unwrap_err();
