@@ -30,16 +30,23 @@ DEFAULT_TIMEOUT_S = 60
 class Invocation:
     request_id: str
     payload: bytes
-    deadline_ms: int
+    timeout_s: float
+    # Set when a process takes the invocation: Lambda's timeout runs from there, not from the
+    # Invoke call (Lambda starts another environment instead of queueing).
+    deadline_ms: int = 0
     done: threading.Event = field(default_factory=threading.Event)
     result: bytes = b""
     error: bool = False
 
 
 class Function:
-    """One function: its process and the Runtime API endpoint it polls."""
+    """One function: its processes and the Runtime API endpoint they poll.
 
-    def __init__(self, name: str, binary: Path, env: dict[str, str], log_path: Path, region: str, account: str):
+    `copies` processes poll the same endpoint, as Lambda runs that many execution environments
+    of a function at once; each takes the next pending invocation when it is free.
+    """
+
+    def __init__(self, name: str, binary: Path, env: dict[str, str], log_path: Path, region: str, account: str, copies: int = 1):
         self.name = name
         self.arn = f"arn:aws:lambda:{region}:{account}:function:{name}"
         self.pending: queue.Queue[Invocation] = queue.Queue()
@@ -52,31 +59,40 @@ class Function:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         port = self.server.server_address[1]
         self.log = open(log_path, "wb")
-        self.process = subprocess.Popen(
+        self.processes = [self._start(binary, env, port) for _ in range(max(1, copies))]
+        self.process = self.processes[0]
+
+    def _start(self, binary: Path, env: dict[str, str], port: int) -> subprocess.Popen:
+        process = subprocess.Popen(
             [str(binary)],
             env={
                 **env,
                 "AWS_LAMBDA_RUNTIME_API": f"127.0.0.1:{port}",
-                "AWS_LAMBDA_FUNCTION_NAME": name,
+                "AWS_LAMBDA_FUNCTION_NAME": self.name,
                 "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
                 "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "128",
-                "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{name}",
+                "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{self.name}",
                 "AWS_LAMBDA_LOG_STREAM_NAME": "local",
+                # The function's name in the SDK's User-Agent, so a request log can tell callers apart.
+                "AWS_SDK_UA_APP_ID": self.name,
             },
             stdout=self.log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        threading.Thread(target=self._watch, daemon=True).start()
+        threading.Thread(target=self._watch, args=(process,), daemon=True).start()
+        return process
 
-    def _watch(self) -> None:
-        code = self.process.wait()
-        # A process that dies fails whatever it was running, as Lambda reports Runtime.ExitError.
+    def _watch(self, process: subprocess.Popen) -> None:
+        code = process.wait()
+        # A process that dies fails whatever it was running, as Lambda reports Runtime.ExitError
+        # (which of several copies ran which invocation is not tracked: all in flight fail), and,
+        # when no copy is left, whatever was waiting.
         body = json.dumps({"errorType": "Runtime.ExitError", "errorMessage": f"the function process exited with {code}"}).encode()
         with self.lock:
             waiting = list(self.inflight.values())
             self.inflight.clear()
-        while True:
+        while all(p.poll() is not None for p in getattr(self, "processes", [process])):
             try:
                 waiting.append(self.pending.get_nowait())
             except queue.Empty:
@@ -86,27 +102,30 @@ class Function:
             inv.done.set()
 
     def invoke(self, payload: bytes, timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[bytes, bool]:
-        if self.process.poll() is not None:
+        if all(p.poll() is not None for p in self.processes):
             body = self.init_error or json.dumps(
                 {"errorType": "Runtime.ExitError", "errorMessage": f"the function process exited with {self.process.returncode}"}
             ).encode()
             return body, True
-        inv = Invocation(str(uuid.uuid4()), payload, int((time.time() + timeout_s) * 1000))
+        inv = Invocation(str(uuid.uuid4()), payload, timeout_s)
         self.invocations += 1
         self.pending.put(inv)
-        if not inv.done.wait(timeout_s):
-            with self.lock:
-                self.inflight.pop(inv.request_id, None)
-            return json.dumps({"errorType": "Sandbox.Timedout", "errorMessage": f"Task timed out after {timeout_s:.0f} seconds"}).encode(), True
+        while not inv.done.wait(0.2):
+            if inv.deadline_ms and time.time() * 1000 > inv.deadline_ms:
+                with self.lock:
+                    self.inflight.pop(inv.request_id, None)
+                return json.dumps({"errorType": "Sandbox.Timedout", "errorMessage": f"Task timed out after {timeout_s:.0f} seconds"}).encode(), True
         return inv.result, inv.error
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
             try:
-                self.process.wait(5)
+                process.wait(5)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                process.kill()
         self.server.shutdown()
         self.log.close()
 
@@ -128,6 +147,7 @@ def _runtime_handler(fn: Function):
             if self.path != RUNTIME_PREFIX + "invocation/next":
                 return self._reply(404)
             inv = fn.pending.get()
+            inv.deadline_ms = int((time.time() + inv.timeout_s) * 1000)
             with fn.lock:
                 fn.inflight[inv.request_id] = inv
             self._reply(
@@ -173,8 +193,8 @@ class LambdaService:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
 
-    def add(self, name: str, binary: Path, env: dict[str, str], log_path: Path) -> Function:
-        fn = Function(name, binary, env, log_path, self.region, self.account)
+    def add(self, name: str, binary: Path, env: dict[str, str], log_path: Path, copies: int = 1) -> Function:
+        fn = Function(name, binary, env, log_path, self.region, self.account, copies)
         self.functions[name] = fn
         return fn
 

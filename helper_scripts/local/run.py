@@ -234,6 +234,11 @@ def point_event_at(event: dict, sim: dict, instance_id: str) -> dict:
     details = resource.get("instanceDetails")
     if isinstance(details, dict) and details.get("instanceId"):
         details["instanceId"] = instance_id
+        # GuardDuty names the interfaces' VPC, which isolation reads as a hint.
+        if isinstance(details.get("networkInterfaces"), list) and sim.get("vpc_id"):
+            for eni in details["networkInterfaces"]:
+                if isinstance(eni, dict):
+                    eni["vpcId"] = sim["vpc_id"]
         if isinstance(details.get("iamInstanceProfile"), dict):
             details["iamInstanceProfile"]["arn"] = sim["profile_arn"]
     keys = resource.get("accessKeyDetails")
@@ -242,6 +247,16 @@ def point_event_at(event: dict, sim: dict, instance_id: str) -> dict:
         if keys.get("userName"):
             keys["userName"] = sim["role_name"]
     return event
+
+
+def point_sample_at(raw: dict, sim: dict) -> dict:
+    """A sample input of any function pointed at the simulated instance: a release request, a
+    notify input (its finding), or a finding event."""
+    if "instance_id" in raw:
+        return {**raw, "instance_id": sim["instance_id"]}
+    if isinstance(raw.get("event"), dict):
+        return {**raw, "event": point_event_at(raw["event"], sim, sim["instance_id"])}
+    return point_event_at(raw, sim, sim["instance_id"])
 
 
 def administrator_state(ec2, iam) -> dict:
@@ -390,11 +405,20 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def local_stack(bin_dir: Path, log_dir: Path, member_account: str | None = None, parameters: dict[str, str] | None = None):
+def local_stack(
+    bin_dir: Path,
+    log_dir: Path,
+    member_account: str | None = None,
+    parameters: dict[str, str] | None = None,
+    functions_endpoint=None,
+    copies: int = 1,
+):
     """The emulator with the stack's resources, the functions served, and a simulated instance.
 
     Yields a namespace with the boto3 clients, the Lambda service, the topic and subscriber
     queue, the state machine and the simulated instance; stops everything on the way out.
+    `functions_endpoint(emulator_url)` gives the address the functions call instead (a recording
+    or rate-limiting proxy, for the benchmarks); `copies` is how many processes serve each function.
     """
     import boto3
     from moto import mock_aws
@@ -429,9 +453,9 @@ def local_stack(bin_dir: Path, log_dir: Path, member_account: str | None = None,
             settings = {**function_settings(load_template(), parameters or {}, ACCOUNT), "ALERT_TOPIC_ARN": st.topic}
             if member_account:
                 settings.update({"MEMBER_ROLE_NAME": MEMBER_ROLE, "MEMBER_ROLE_EXTERNAL_ID": MEMBER_EXTERNAL_ID})
-            env = function_env(emulator, REGION, settings)
+            env = function_env(functions_endpoint(emulator) if functions_endpoint else emulator, REGION, settings)
             for binary in FUNCTIONS:
-                service.add(binary, bin_dir / binary, env, log_dir / f"{binary}.log")
+                service.add(binary, bin_dir / binary, env, log_dir / f"{binary}.log", copies)
             sm_role = st.iam.create_role(
                 RoleName="ec2-quarantine-state-machine",
                 AssumeRolePolicyDocument=json.dumps(
@@ -605,12 +629,7 @@ def invoke(binary: str, event_path: Path, bin_dir: Path, log_dir: Path | None = 
     raw = json.loads(event_path.read_text())
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="ec2-quarantine-invoke-"))
     with local_stack(bin_dir, log_dir) as st:
-        if "instance_id" in raw:
-            raw["instance_id"] = st.sim["instance_id"]
-        elif isinstance(raw.get("event"), dict):
-            raw["event"] = point_event_at(raw["event"], st.sim, st.sim["instance_id"])
-        else:
-            raw = point_event_at(raw, st.sim, st.sim["instance_id"])
+        raw = point_sample_at(raw, st.sim)
         result, error = st.service.invoke(binary, raw)
         return {
             "function": binary,

@@ -14,6 +14,14 @@ SNS). Rules are keyed by access key so that parallel tests (one emulated account
 see each other's faults. GET /__proxy__/log returns the calls; GET /__proxy__/summary counts;
 POST /__proxy__/outcome {"kind": ...} lets a test record what it concluded.
 Deterministic: one seed (--seed) drives every probabilistic rule.
+
+Each log entry also has the request's start and end (seconds on the proxy's monotonic clock) and
+the caller's app id from the User-Agent (`app/<id>`, the SDK's AWS_SDK_UA_APP_ID), so the
+benchmarks can find chains of dependent calls per function.
+
+With --ec2-token-buckets the proxy also enforces EC2's request rate limits as AWS publishes them
+(token buckets: capacity, refill per second; see EC2_BUCKETS): a request finding its bucket empty
+gets EC2's RequestLimitExceeded (HTTP 503) and is logged with the fault "rate_limited".
 """
 
 from __future__ import annotations
@@ -31,10 +39,43 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 DESTRUCTIVE = {"ec2:TerminateInstances", "ec2:DeleteVolume", "ec2:DeleteSnapshot", "ec2:DetachVolume", "ec2:StopInstances"}
 CREDENTIAL = re.compile(r"Credential=([^/]+)/[^/]+/[^/]+/([^/]+)/aws4_request")
+APP_ID = re.compile(r"(?:^| )app/([^ ]+)")
+
+# EC2's published request token buckets (capacity, refill per second), per account and region.
+# Actions with a bucket of their own are named; the rest share their category's bucket.
+EC2_BUCKETS = {
+    "ModifyNetworkInterfaceAttribute": (100, 5),
+    "CreateSnapshots": (100, 5),
+    "CreateTags": (100, 10),
+    "describe": (100, 20),
+    "mutating": (50, 5),
+}
+
+
+class TokenBucket:
+    def __init__(self, capacity: float, rate: float):
+        self.capacity, self.rate = capacity, rate
+        self.tokens, self.at = float(capacity), time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+def ec2_bucket(name: str) -> str:
+    if name in EC2_BUCKETS:
+        return name
+    return "describe" if name.startswith(("Describe", "Get", "List")) else "mutating"
 
 
 class State:
-    def __init__(self, upstream: str, seed: int):
+    def __init__(self, upstream: str, seed: int, token_buckets: bool = False):
+        self.buckets = {k: TokenBucket(*v) for k, v in EC2_BUCKETS.items()} if token_buckets else None
         u = urllib.parse.urlparse(upstream)
         self.host, self.port = u.hostname, u.port
         self.rng = random.Random(seed)
@@ -57,6 +98,12 @@ class State:
                 return dict(rule)
         return None
 
+    def rate_limited(self, service: str, name: str) -> bool:
+        if self.buckets is None or service != "ec2":
+            return False
+        with self.lock:
+            return not self.buckets[ec2_bucket(name)].take()
+
 
 def error_body(service: str, code: str, message: str) -> tuple[str, bytes]:
     if service == "ec2":
@@ -71,6 +118,7 @@ FAULTS = {
     "throttle": (503, "RequestLimitExceeded", "Throttling", "Rate exceeded (injected)"),
     "unavailable": (500, "InternalError", "InternalFailure", "An internal error occurred (injected)"),
     "denied": (403, "UnauthorizedOperation", "AccessDenied", "You are not authorized to perform this operation (injected)"),
+    "rate_limited": (503, "RequestLimitExceeded", "Throttling", "Request limit exceeded."),
 }
 
 
@@ -127,20 +175,24 @@ def handler(state: State):
                 name = (form.get("Action") or query.get("Action") or ["unknown"])[0]
             action = f"{service}:{name}"
             rule = state.match(action, access_key)
-            entry = {"action": action, "access_key": access_key, "fault": rule["fault"] if rule else None}
+            if rule is None and state.rate_limited(service, name):
+                rule = {"fault": "rate_limited"}
+            app = APP_ID.search(self.headers.get("User-Agent", "") + " " + self.headers.get("X-Amz-User-Agent", ""))
+            entry = {"action": action, "access_key": access_key, "fault": rule["fault"] if rule else None,
+                     "app": app.group(1) if app else None, "start": time.monotonic()}
             if not target and body:
                 entry["params"] = {k: v[0] for k, v in form.items() if len(v[0]) <= 200}
             if rule and rule["fault"] in FAULTS:
                 status, ec2_code, code, message = FAULTS[rule["fault"]]
                 ctype, payload = error_body(service, ec2_code if service == "ec2" else code, message)
-                entry["status"] = status
+                entry["status"], entry["end"] = status, time.monotonic()
                 with state.lock:
                     state.log.append(entry)
                 return self._send(status, payload, {"Content-Type": ctype})
             if rule and rule["fault"] == "error":
                 status = int(rule.get("status", 400))
                 ctype, payload = error_body(service, rule["code"], rule.get("message", "injected"))
-                entry["status"] = status
+                entry["status"], entry["end"] = status, time.monotonic()
                 with state.lock:
                     state.log.append(entry)
                 return self._send(status, payload, {"Content-Type": ctype})
@@ -152,13 +204,13 @@ def handler(state: State):
                 conn.request(self.command, self.path, body=body, headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()
-                entry["status"] = resp.status
+                entry["status"], entry["end"] = resp.status, time.monotonic()
                 with state.lock:
                     state.log.append(entry)
                 self._send(resp.status, data, dict(resp.getheaders()))
             except OSError:
                 # The client gave up (a delay past its timeout): nothing to answer.
-                entry["status"] = None
+                entry["status"], entry["end"] = None, time.monotonic()
                 with state.lock:
                     state.log.append(entry)
             finally:
@@ -185,8 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--upstream", required=True)
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--ec2-token-buckets", action="store_true", help="enforce EC2's request rate limits")
     args = p.parse_args(argv)
-    state = State(args.upstream, args.seed)
+    state = State(args.upstream, args.seed, args.ec2_token_buckets)
     server = ThreadingHTTPServer(("127.0.0.1", args.port), handler(state))
     server.daemon_threads = True
     print(server.server_address[1], flush=True)
