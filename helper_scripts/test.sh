@@ -2,7 +2,8 @@
 # Every check and test, from a fresh clone: installs the pinned tools into .tools/, starts the
 # local AWS emulator on a free loopback port, runs fmt, clippy and the Rust tests (unit tests and
 # the integration tests against the emulator), stops the emulator (also on failure or Ctrl-C),
-# checks the SAM template and the state machine, and runs the offline end-to-end workflow tests.
+# checks the SAM template and the state machine, runs the offline end-to-end workflow tests, and
+# runs the benchmarks in quick mode (helper_scripts/bench.sh --quick).
 set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
 cd "$PROJECT_ROOT"
@@ -45,3 +46,5 @@ FUNCTIONS_BIN_DIR="$CARGO_TARGET_DIR/debug" "$VENV/bin/pytest" -q -p no:cachepro
 log "deploy.sh local (the README's offline run)"
 ./helper_scripts/deploy.sh local >"$TOOLS_DIR/local-run.log" 2>&1 || { cat "$TOOLS_DIR/local-run.log" >&2; die "deploy.sh local failed"; }
 grep -q '^State machine execution: SUCCEEDED' "$TOOLS_DIR/local-run.log" || { cat "$TOOLS_DIR/local-run.log" >&2; die "deploy.sh local did not contain the sample"; }
+log "the benchmarks, quick mode (figures reported, never asserted; fails only on an invalid run)"
+./helper_scripts/bench.sh --quick

@@ -14,20 +14,23 @@ export SAM_CLI_TELEMETRY=0
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
-# Installs the pinned Python tools into .tools/venv, once per change of requirements.txt.
-ensure_python_tools() {
-  local req="$PROJECT_ROOT/helper_scripts/requirements.txt" stamp="$VENV/.requirements.sha256"
-  local want
+# A venv at $1 with the pinned requirements file $2 installed, remade when the file changes.
+ensure_venv() {
+  local venv="$1" req="$2" what="$3"
+  local stamp="$venv/.requirements.sha256" want
   want="$(sha256sum "$req" | cut -d' ' -f1)"
-  if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
-    return
-  fi
-  command -v python3 >/dev/null || die "python3 is required to install the AWS emulator"
-  log "installing pinned Python tools into .tools/venv"
-  rm -rf "$VENV"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$req"
+  [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]] && return
+  command -v python3 >/dev/null || die "python3 is required to install $what"
+  log "installing $what into ${venv#"$PROJECT_ROOT/"}"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
   echo "$want" >"$stamp"
+}
+
+# The pinned Python tools (moto, the SAM CLI, pytest) in .tools/venv.
+ensure_python_tools() {
+  ensure_venv "$VENV" "$PROJECT_ROOT/helper_scripts/requirements.txt" "the pinned Python tools"
 }
 
 ASL_VALIDATOR_VERSION=4.0.0
@@ -100,4 +103,59 @@ stop_emulator() {
   fi
   [[ -n "${MOTO_LOG:-}" ]] && rm -f "$MOTO_LOG"
   MOTO_PID=
+}
+
+# The Python baseline of the benchmarks (boto3 as the Lambda Python runtime ships it, and the
+# Runtime Interface Client) in a venv of its own, .tools/baseline.
+BASELINE_VENV="$TOOLS_DIR/baseline"
+ensure_baseline_python() {
+  ensure_venv "$BASELINE_VENV" "$PROJECT_ROOT/bench/baseline/requirements.txt" "the Python baseline (boto3, awslambdaric)"
+}
+
+CARGO_LAMBDA_VERSION=1.9.2
+# What `sam build` needs for the arm64 bootstraps: cargo-lambda (with zig) in the venv, and the
+# aarch64 Rust standard library (rustup, from the Rust project's distribution server).
+ensure_build_tools() {
+  if [[ -x "$VENV/bin/pip" ]] && ! "$VENV/bin/pip" show cargo-lambda 2>/dev/null | grep -qx "Version: $CARGO_LAMBDA_VERSION"; then
+    log "installing cargo-lambda $CARGO_LAMBDA_VERSION into .tools/venv"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "cargo-lambda==$CARGO_LAMBDA_VERSION"
+  fi
+  [[ -x "$VENV/bin/cargo-lambda" ]] && export PATH="$VENV/bin:$PATH"
+  command -v cargo-lambda >/dev/null ||
+    die "sam build needs cargo-lambda: pip install cargo-lambda==$CARGO_LAMBDA_VERSION (it brings zig for the arm64 cross build), or run helper_scripts/test.sh once, which installs the project's tools into .tools/venv"
+  if command -v rustup >/dev/null && ! rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu; then
+    log "rustup target add aarch64-unknown-linux-gnu"
+    timeout 600 rustup target add aarch64-unknown-linux-gnu ||
+      die "the aarch64 Rust target could not be installed (rustup needs static.rust-lang.org)"
+  fi
+  return 0
+}
+
+# qemu-user and an arm64 C library, from Debian's packages, unpacked into .tools/arm64 (no root,
+# nothing installed system-wide): runs the arm64 bootstraps on an x86_64 host.
+QEMU_DEB_VERSION="1:7.2+dfsg-7+deb12u18+b2"
+LIBC_ARM64_DEB_VERSION="2.36-8cross1"
+ARM64_DIR="$TOOLS_DIR/arm64"
+ensure_arm64_emulation() {
+  QEMU_AARCH64="$ARM64_DIR/usr/bin/qemu-aarch64-static"
+  ARM64_SYSROOT="$ARM64_DIR/usr/aarch64-linux-gnu"
+  [[ -x "$QEMU_AARCH64" && -e "$ARM64_SYSROOT/lib/ld-linux-aarch64.so.1" ]] && return
+  command -v apt-get >/dev/null || die "apt-get (Debian) is needed to fetch qemu-user-static and libc6-arm64-cross"
+  log "fetching qemu-user-static and libc6-arm64-cross into .tools/arm64"
+  local debs="$TOOLS_DIR/debs"
+  mkdir -p "$debs" "$ARM64_DIR"
+  (cd "$debs" && { apt-get download -q "qemu-user-static=$QEMU_DEB_VERSION" "libc6-arm64-cross=$LIBC_ARM64_DEB_VERSION" ||
+    { log "pinned versions gone from the archive: taking the current ones"; apt-get download -q qemu-user-static libc6-arm64-cross; }; }) >&2
+  local deb
+  for deb in "$debs"/qemu-user-static_*.deb "$debs"/libc6-arm64-cross_*.deb; do
+    dpkg-deb -x "$deb" "$ARM64_DIR"
+  done
+  [[ -x "$QEMU_AARCH64" ]] || die "qemu-aarch64-static missing after unpacking"
+}
+
+# The arm64 artifacts as `sam build` makes them for deployment, in .aws-sam/build/<LogicalId>/.
+sam_build() {
+  ensure_build_tools
+  log "sam build (arm64 release bootstraps, cargo-lambda)"
+  (cd "$PROJECT_ROOT" && "${SAM:-$VENV/bin/sam}" build --beta-features --template-file template.yaml) >&2
 }

@@ -1,0 +1,687 @@
+"""The benchmarks: what the Rust functions cost beside a Python boto3 baseline, and how the
+workflow behaves under EC2's rate limits. Run by helper_scripts/bench.sh, which builds the release
+bootstraps and starts the AWS emulator (MOTO_ENDPOINT) first.
+
+Measured, each printed in one Markdown table and written to JSON:
+- per function, the stripped release `bootstrap` (x86_64 and, when built, arm64) and its zip;
+- per function and implementation, served by AWS's Runtime Interface Emulator (the one in the
+  SAM CLI wheel) against the emulator: init (the RIE's INIT REPORT), first invocation and warm
+  invocations (wall time of the Invoke call), peak RSS of the runtime process (VmHWM), each over
+  repeated cold starts, as median and range;
+- whether a function makes any network call before it is ready (it must not);
+- AWS calls per finding and the longest chain of dependent calls before every interface is in
+  the quarantine group, through the real state machine (1 ENI/1 volume and 4 ENIs/8 volumes);
+- a burst of findings for distinct instances through the workflow, behind a proxy enforcing EC2's
+  token buckets: time until all are contained, throttled calls, failures.
+No figure here is asserted on; the targets are reported as met or missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import re
+import select
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "helper_scripts" / "local"))
+import rie  # noqa: E402
+import run as local  # noqa: E402
+from lambda_service import function_env  # noqa: E402
+
+BASELINE_DIR = ROOT / "bench" / "baseline"
+PROXY = ROOT / "tests" / "tools" / "fault_proxy.py"
+REGION = local.REGION
+# Function -> (the template's logical id, the sample event it is invoked with, the baseline handler).
+FUNCTIONS = {
+    "triage": ("TriageFunction", "credential-exfiltration.json", None),
+    "isolate": ("IsolateFunction", "credential-exfiltration.json", "isolate.handler"),
+    "deregister": ("DeregisterFunction", "instance-backdoor.json", None),
+    "snapshot": ("SnapshotFunction", "credential-exfiltration.json", "snapshot.handler"),
+    "deny-role": ("DenyRoleFunction", "credential-exfiltration.json", "deny_role.handler"),
+    "release": ("ReleaseFunction", "release-request.json", None),
+    "notify": ("NotifyFunction", "notify-input.json", "notify.handler"),
+}
+TARGETS = {"init_ms": 20, "init_ratio": 1 / 20, "rss_mb": 16, "bootstrap_mb": 8, "dependent_calls": 3, "burst_factor": 1.5}
+
+
+def log(msg: str) -> None:
+    print(f"--> {msg}", file=sys.stderr, flush=True)
+
+
+def spread(values: list[float]) -> dict | None:
+    if not values:
+        return None
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+# ---------------------------------------------------------------- the machine
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
+    mem_kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
+    rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kb / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "rustc": rustc,
+        "python": platform.python_version(),
+    }
+
+
+# ---------------------------------------------------------------- sizes
+
+
+def zipped_size(files: dict[str, bytes]) -> int:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    return len(buf.getvalue())
+
+
+def sizes(x86_dir: Path, arm_dir: Path | None) -> dict:
+    out = {}
+    for name, (logical_id, _event, _baseline) in FUNCTIONS.items():
+        row = {}
+        x86 = x86_dir / name
+        if x86.is_file():
+            data = x86.read_bytes()
+            row["x86_64"] = {"bytes": len(data), "zip_bytes": zipped_size({"bootstrap": data})}
+        arm = arm_dir / logical_id / "bootstrap" if arm_dir else None
+        if arm and arm.is_file():
+            data = arm.read_bytes()
+            row["arm64"] = {"bytes": len(data), "zip_bytes": zipped_size({"bootstrap": data})}
+        out[name] = row
+    handlers = {p.name: p.read_bytes() for p in BASELINE_DIR.glob("*.py")}
+    out["baseline"] = {"zip_bytes": zipped_size(handlers), "boto3_in_runtime_bytes": installed_size("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "urllib3")}
+    return out
+
+
+def installed_size(*packages: str) -> int:
+    site = ROOT / ".tools" / "baseline" / "lib" / "python3.11" / "site-packages"
+    total = 0
+    for pkg in packages:
+        for path in (site / pkg).rglob("*"):
+            if path.is_file() and "__pycache__" not in path.parts:
+                total += path.stat().st_size
+    return total
+
+
+# ---------------------------------------------------------------- the emulator's accounts
+
+
+class Account:
+    """One emulated account of its own per measurement, so that state never grows across them."""
+
+    counter = 0
+
+    def __init__(self, emulator: str):
+        import boto3
+
+        Account.counter += 1
+        self.id = f"{300000000000 + os.getpid() % 1000 * 1000 + Account.counter}"
+        sts = boto3.client("sts", region_name=REGION, endpoint_url=emulator, aws_access_key_id="testing", aws_secret_access_key="testing")
+        c = sts.assume_role(RoleArn=f"arn:aws:iam::{self.id}:role/bench", RoleSessionName="bench")["Credentials"]
+        self.credentials = {"AWS_ACCESS_KEY_ID": c["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": c["SecretAccessKey"], "AWS_SESSION_TOKEN": c["SessionToken"]}
+        session = boto3.Session(
+            aws_access_key_id=c["AccessKeyId"], aws_secret_access_key=c["SecretAccessKey"], aws_session_token=c["SessionToken"], region_name=REGION
+        )
+        self.ec2 = session.client("ec2", endpoint_url=emulator)
+        self.iam = session.client("iam", endpoint_url=emulator)
+        self.sns = session.client("sns", endpoint_url=emulator)
+        vpc = self.ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+        self.vpc = vpc
+        self.subnet = self.ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.0.0/20", AvailabilityZone=f"{REGION}a")["Subnet"]["SubnetId"]
+        self.group = self.ec2.create_security_group(GroupName="web", Description="web tier", VpcId=vpc)["GroupId"]
+        self.topic = self.sns.create_topic(Name="ec2-quarantine-alerts")["TopicArn"]
+        self.instances = 0
+
+
+def make_instance(acct, ec2, iam, subnet: str, group: str, interfaces: int = 1, volumes: int = 1) -> dict:
+    """An instance with its own role and profile, `interfaces` ENIs and `volumes` EBS volumes."""
+    acct.instances += 1
+    n = acct.instances
+    role = f"app-role-{n}"
+    iam.create_role(
+        RoleName=role,
+        AssumeRolePolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
+        ),
+    )
+    profile = iam.create_instance_profile(InstanceProfileName=f"app-profile-{n}")["InstanceProfile"]
+    iam.add_role_to_instance_profile(InstanceProfileName=f"app-profile-{n}", RoleName=role)
+    root = "/dev/sda1"
+    devices = [{"DeviceName": root, "Ebs": {"VolumeSize": 8, "DeleteOnTermination": True}}] + [
+        {"DeviceName": f"/dev/sd{chr(ord('f') + i)}", "Ebs": {"VolumeSize": 10, "DeleteOnTermination": True}} for i in range(volumes - 1)
+    ]
+    instance = ec2.run_instances(
+        ImageId=local.IMAGE_ID,
+        InstanceType="t3.micro",
+        MinCount=1,
+        MaxCount=1,
+        IamInstanceProfile={"Arn": profile["Arn"]},
+        NetworkInterfaces=[{"DeviceIndex": i, "SubnetId": subnet, "Groups": [group]} for i in range(interfaces)],
+        BlockDeviceMappings=devices,
+    )["Instances"][0]
+    return {
+        "instance_id": instance["InstanceId"],
+        "vpc_id": instance["VpcId"],
+        "role_name": role,
+        "profile_arn": profile["Arn"],
+        "interfaces": [i["NetworkInterfaceId"] for i in instance["NetworkInterfaces"]],
+    }
+
+
+def event_for(name: str, acct: Account, sim: dict) -> bytes:
+    """The function's sample event, pointed at the simulated instance in the bench account."""
+    raw = json.loads((ROOT / "events" / FUNCTIONS[name][1]).read_text())
+    raw = local.point_sample_at(raw, {**sim, "account": acct.id})
+    if isinstance(raw.get("detail"), dict):
+        # A finding of its own per instance: the steps keep one record per finding.
+        raw["detail"]["id"] = f"bench{sim['instance_id'][2:]}"
+    return json.dumps(raw).encode()
+
+
+def settings_for(acct: Account, emulator: str) -> dict[str, str]:
+    settings = {**local.function_settings(local.load_template(), {}, acct.id), "ALERT_TOPIC_ARN": acct.topic}
+    return {**function_env(emulator, REGION, settings), **acct.credentials}
+
+
+# ---------------------------------------------------------------- cold and warm starts under the RIE
+
+
+def under_rie(command: list[str], env: dict[str, str], events: list[bytes], cwd: Path, log_path: Path) -> dict:
+    """One cold start (the emulator starts the runtime at the first invocation), then warm ones."""
+    run = rie.invoke_all(command, env, events, cwd, log_path)
+    return {
+        "init_ms": run["init_ms"],
+        "first_ms": run["latencies_ms"][0],
+        "warm_ms": run["latencies_ms"][1:],
+        "peak_rss_kib": run["peak_rss_kib"],
+        "errors": [e for e in map(rie.error_of, run["results"]) if e],
+    }
+
+
+def cold_starts(name: str, command: list[str], cwd: Path, emulator: str, runs: int, warm: int, log_dir: Path, extra_env=None) -> dict:
+    acct = Account(emulator)
+    env = {**settings_for(acct, emulator), **(extra_env or {})}
+    inits, firsts, warms, rss, errors = [], [], [], [], []
+    for _ in range(runs):
+        events = [event_for(name, acct, make_instance(acct, acct.ec2, acct.iam, acct.subnet, acct.group)) for _ in range(1 + warm)]
+        r = under_rie(command, env, events, cwd, log_dir / f"{name}-{cwd.name}.log")
+        if r["init_ms"] is not None:
+            inits.append(r["init_ms"])
+        firsts.append(r["first_ms"])
+        warms.extend(r["warm_ms"])
+        if r["peak_rss_kib"]:
+            rss.append(r["peak_rss_kib"] / 1024)
+        errors.extend(r["errors"])
+    # One more run through the recording proxy (not timed: the proxy adds to every call): how
+    # many AWS calls an invocation makes, which is what a warm invocation's time mostly is.
+    with recording_proxy(emulator, token_buckets=False) as proxy:
+        events = [event_for(name, acct, make_instance(acct, acct.ec2, acct.iam, acct.subnet, acct.group)) for _ in range(2)]
+        under_rie(command, {**env, "AWS_ENDPOINT_URL": proxy}, events, cwd, log_dir / f"{name}-{cwd.name}-calls.log")
+        counted = proxy_log(proxy)
+    return {"init_ms": spread(inits), "first_ms": spread(firsts), "warm_ms": spread(warms), "peak_rss_mib": spread(rss),
+            "calls_per_invocation": len(counted) / len(events),
+            "errors": sorted(set(errors))[:5], "error_count": len(errors)}
+
+
+def network_at_init(binary: Path, env: dict[str, str]) -> dict:
+    """Starts the function with its Runtime API and its AWS endpoint on two listening sockets,
+    waits for it to ask for its first invocation, and reports whether it connected anywhere first."""
+    runtime, endpoint = socket.socket(), socket.socket()
+    for s in (runtime, endpoint):
+        s.bind(("127.0.0.1", 0))
+        s.listen(8)
+    env = {**env, "AWS_LAMBDA_RUNTIME_API": f"127.0.0.1:{runtime.getsockname()[1]}", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{endpoint.getsockname()[1]}",
+           "AWS_LAMBDA_FUNCTION_NAME": binary.name, "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "128", "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST"}
+    proc = subprocess.Popen([str(binary)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        ready, _, _ = select.select([runtime], [], [], 10)
+        if not ready:
+            return {"ready": False, "calls_before_ready": None}
+        time.sleep(0.2)
+        early, _, _ = select.select([endpoint], [], [], 0)
+        return {"ready": True, "calls_before_ready": 1 if early else 0}
+    finally:
+        proc.kill()
+        proc.wait()
+        runtime.close()
+        endpoint.close()
+
+
+# ---------------------------------------------------------------- the workflow: calls per finding, bursts
+
+
+@contextlib.contextmanager
+def recording_proxy(upstream: str, token_buckets: bool):
+    args = [sys.executable, str(PROXY), "--upstream", upstream] + (["--ec2-token-buckets"] if token_buckets else [])
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline())
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def proxy_log(proxy: str) -> list[dict]:
+    with urllib.request.urlopen(proxy + "/__proxy__/log") as r:
+        return json.load(r)
+
+
+def critical_path(calls: list[dict], last: dict) -> list[dict]:
+    """The calls `last` waited for, back to the first: each call's predecessor is the call that
+    ended last before it started (calls that overlapped ran at the same time and count once)."""
+    path = [last]
+    while True:
+        before = [c for c in calls if c["end"] <= path[0]["start"]]
+        if not before:
+            return path
+        path.insert(0, max(before, key=lambda c: c["end"]))
+
+
+@contextlib.contextmanager
+def workflow(bin_dir: Path, log_dir: Path, token_buckets: bool, copies: int = 1):
+    holder: dict = {}
+
+    def via_proxy(emulator: str) -> str:
+        holder["proxy_cm"] = recording_proxy(emulator, token_buckets)
+        holder["proxy"] = holder["proxy_cm"].__enter__()
+        return holder["proxy"]
+
+    try:
+        with local.local_stack(bin_dir, log_dir, functions_endpoint=via_proxy, copies=copies) as st:
+            st.proxy = holder["proxy"]
+            yield st
+    finally:
+        if "proxy_cm" in holder:
+            holder["proxy_cm"].__exit__(None, None, None)
+
+
+def calls_per_finding(bin_dir: Path, log_dir: Path, shapes: list[tuple[int, int]]) -> list[dict]:
+    """Per shape, two instance findings in a VPC of their own: the first creates the tool's
+    groups there, the second finds them."""
+    out = []
+    with workflow(bin_dir, log_dir, token_buckets=False) as st:
+        acct = types_namespace(id=local.ACCOUNT, instances=0)
+        template = json.loads((ROOT / "events" / "instance-backdoor.json").read_text())
+        for k, (interfaces, volumes) in enumerate(shapes):
+            vpc = st.ec2.create_vpc(CidrBlock=f"10.{100 + k}.0.0/16")["Vpc"]["VpcId"]
+            subnet = st.ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.{100 + k}.0.0/20", AvailabilityZone=f"{REGION}a")["Subnet"]["SubnetId"]
+            group = st.ec2.create_security_group(GroupName="bench-web", Description="web", VpcId=vpc)["GroupId"]
+            for groups in ("created", "found"):
+                sim = make_instance(acct, st.ec2, st.iam, subnet, group, interfaces, volumes)
+                sim["account"] = local.ACCOUNT
+                before = len(proxy_log(st.proxy))
+                outcome, _states, _note = local.execute(st, st.machine, local.point_event_at(template, sim, sim["instance_id"]))
+                calls = [c for c in proxy_log(st.proxy)[before:] if c.get("end") is not None]
+                moves = [c for c in calls if c["action"] == "ec2:ModifyNetworkInterfaceAttribute" and c["app"] == "isolate"]
+                last = max(moves, key=lambda c: c["end"]) if moves else None
+                chain = critical_path([c for c in calls if c["app"] == "isolate"], last) if last else []
+                whole = critical_path([c for c in calls if c["app"] in ("triage", "isolate")], last) if last else []
+                by_function: dict[str, int] = {}
+                for c in calls:
+                    by_function[c["app"] or "?"] = by_function.get(c["app"] or "?", 0) + 1
+                out.append({
+                    "interfaces": interfaces,
+                    "volumes": volumes,
+                    "quarantine_groups": groups,
+                    "status": outcome["status"],
+                    "verdict": execution_verdict(outcome.get("output")),
+                    "calls": len(calls),
+                    "calls_by_function": by_function,
+                    "dependent_calls_isolate": len(chain),
+                    "dependent_calls_from_finding": len(whole),
+                    "chain": [c["action"].split(":")[1] for c in whole],
+                })
+    return out
+
+
+def execution_verdict(output) -> str | None:
+    if not isinstance(output, dict):
+        return None
+    return (output.get("notification") or {}).get("verdict")
+
+
+def types_namespace(**kw):
+    import types
+
+    return types.SimpleNamespace(**kw)
+
+
+def ec2_bucket_of(call: dict) -> str:
+    sys.path.insert(0, str(PROXY.parent))
+    from fault_proxy import ec2_bucket
+
+    return ec2_bucket(call["action"].split(":", 1)[1])
+
+
+def bucket_bound(calls: list[dict]) -> dict:
+    """The least time EC2's token buckets let these calls through: per bucket, the calls beyond
+    its capacity at its refill rate."""
+    sys.path.insert(0, str(PROXY.parent))
+    from fault_proxy import EC2_BUCKETS, ec2_bucket
+
+    counts: dict[str, int] = {}
+    for c in calls:
+        service, name = c["action"].split(":", 1)
+        if service == "ec2" and c.get("fault") != "rate_limited":
+            b = ec2_bucket(name)
+            counts[b] = counts.get(b, 0) + 1
+    per = {b: max(0.0, (n - EC2_BUCKETS[b][0]) / EC2_BUCKETS[b][1]) for b, n in counts.items()}
+    return {"seconds": max(per.values(), default=0.0), "calls_per_bucket": counts, "seconds_per_bucket": per}
+
+
+def burst(bin_dir: Path, log_dir: Path, findings: int, copies: int, token_buckets: bool = True) -> dict:
+    with workflow(bin_dir, log_dir, token_buckets=token_buckets, copies=copies) as st:
+        acct = types_namespace(id=local.ACCOUNT, instances=0)
+        subnet = st.ec2.create_subnet(VpcId=st.sim["vpc_id"], CidrBlock="10.0.16.0/20", AvailabilityZone=f"{REGION}a")["Subnet"]["SubnetId"]
+        group = st.ec2.create_security_group(GroupName="bench-web", Description="web", VpcId=st.sim["vpc_id"])["GroupId"]
+        template = json.loads((ROOT / "events" / "instance-backdoor.json").read_text())
+        sims = []
+        for _ in range(findings):
+            sim = make_instance(acct, st.ec2, st.iam, subnet, group)
+            sim["account"] = local.ACCOUNT
+            sims.append(sim)
+        before = len(proxy_log(st.proxy))
+        t0 = time.monotonic()
+        executions = []
+        for i, sim in enumerate(sims):
+            event = local.point_event_at(template, sim, sim["instance_id"])
+            event["detail"]["id"] = f"burst{i:04d}{sim['instance_id'][2:]}"
+            executions.append(st.sfn.start_execution(stateMachineArn=st.machine, name=f"burst-{i}-{time.time_ns()}", input=json.dumps(event))["executionArn"])
+        pending = set(executions)
+        finished: dict[str, dict] = {}
+        deadline = t0 + 900
+        while pending and time.monotonic() < deadline:
+            time.sleep(1)
+            listed = st.sfn.list_executions(stateMachineArn=st.machine, maxResults=1000)["executions"]
+            for e in listed:
+                if e["executionArn"] in pending and e["status"] != "RUNNING":
+                    finished[e["executionArn"]] = st.sfn.describe_execution(executionArn=e["executionArn"])
+                    pending.discard(e["executionArn"])
+        t_all_done = time.monotonic() - t0
+        calls = [c for c in proxy_log(st.proxy)[before:] if c.get("end") is not None]
+        interfaces = {eni for s in sims for eni in s["interfaces"]}
+        quarantined_at: dict[str, float] = {}
+        for c in calls:
+            eni = (c.get("params") or {}).get("NetworkInterfaceId")
+            if c["action"] == "ec2:ModifyNetworkInterfaceAttribute" and c["app"] == "isolate" and c["status"] == 200 and eni in interfaces:
+                quarantined_at[eni] = c["end"] - t0
+        contained_ok = len(quarantined_at) == len(interfaces)
+        verdicts: dict[str, int] = {}
+        causes: dict[str, int] = {}
+        step_retries = 0
+        for arn, d in finished.items():
+            verdict = execution_verdict(json.loads(d.get("output") or "{}")) if d["status"] == "SUCCEEDED" else d["status"]
+            verdicts[str(verdict)] = verdicts.get(str(verdict), 0) + 1
+            history = st.sfn.get_execution_history(executionArn=arn, maxResults=1000)["events"]
+            failed_attempts = [e for e in history if e["type"] in ("LambdaFunctionFailed", "TaskFailed")]
+            step_retries += len(failed_attempts)
+            for e in failed_attempts:
+                details = e.get("lambdaFunctionFailedEventDetails") or e.get("taskFailedEventDetails") or {}
+                cause = str(details.get("cause", ""))
+                message = json.loads(cause).get("errorMessage", cause) if cause.startswith("{") else cause
+                message = re.sub(r"[0-9a-f]{8,}|app-role-[0-9]+", "…", message)
+                # a step that did part of its work names what failed last: keep that part
+                message = message[message.find("failed:"):] if "failed:" in message else message
+                key = f"{details.get('error')}: {message[:160]}"
+                causes[key] = causes.get(key, 0) + 1
+        # What containment waits for: the reads of triage and isolate, and the interface moves
+        # (isolate's other writes run beside the moves, in buckets of their own).
+        containment_calls = [
+            c for c in calls
+            if c["app"] in ("triage", "isolate") and c["action"].startswith("ec2:")
+            and ec2_bucket_of(c) in ("describe", "ModifyNetworkInterfaceAttribute")
+        ]
+        return {
+            "findings": findings,
+            "function_copies": copies,
+            "all_contained_s": max(quarantined_at.values()) if contained_ok else None,
+            "contained": sum(1 for s in sims if all(e in quarantined_at for e in s["interfaces"])),
+            "all_finished_s": t_all_done,
+            "unfinished": len(pending),
+            "verdicts": verdicts,
+            "failed_executions": sum(1 for d in finished.values() if d["status"] != "SUCCEEDED") + len(pending),
+            "calls": len(calls),
+            "throttled_calls": sum(1 for c in calls if c.get("fault") == "rate_limited"),
+            "step_retries": step_retries,
+            "failed_attempt_causes": dict(sorted(causes.items(), key=lambda kv: -kv[1])[:8]),
+            "bound_containment": bucket_bound(containment_calls),
+            "bound_all": bucket_bound(calls),
+        }
+
+
+# ---------------------------------------------------------------- the table
+
+
+def fmt(s: dict | None, digits: int = 1) -> str:
+    if not s:
+        return "n/a"
+    if s["n"] == 1 or s["min"] == s["max"]:
+        return f"{s['median']:.{digits}f}"
+    return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}–{s['max']:.{digits}f})"
+
+
+def mb(n: int | None) -> str:
+    return f"{n / 1e6:.2f}" if n else "n/a"
+
+
+def verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("met" if ok else "**missed**")
+
+
+def render(r: dict) -> str:
+    w = []
+    m = r["machine"]
+    w.append(f"## Benchmark ({r['mode']} mode), {m['date']}\n")
+    w.append(f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Linux {m['kernel']}; {m['rustc']}; Python {m['python']}. "
+             f"Runs: {r['runs']} cold starts × (1 first + {r['warm']} warm) invocations per function and implementation, "
+             "served by AWS's Runtime Interface Emulator against the moto emulator on loopback. "
+             "Times in ms, sizes in MB (10^6 bytes), memory in MiB: median (min–max).\n")
+    w.append("### Per function\n")
+    w.append("| function | impl | bootstrap x86_64 | zip x86_64 | bootstrap arm64 | zip arm64 | init | first invoke | warm invoke | peak RSS | AWS calls per invocation | errors |")
+    w.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name in FUNCTIONS:
+        size = r["sizes"].get(name, {})
+        for impl in ("rust", "python"):
+            c = r["cold"].get(name, {}).get(impl)
+            if c is None:
+                continue
+            if impl == "rust":
+                cells = [mb(size.get("x86_64", {}).get("bytes")), mb(size.get("x86_64", {}).get("zip_bytes")),
+                         mb(size.get("arm64", {}).get("bytes")), mb(size.get("arm64", {}).get("zip_bytes"))]
+            else:
+                base = r["sizes"]["baseline"]
+                cells = ["—", f"{base['zip_bytes'] / 1e3:.1f} kB (+ boto3 in the runtime: {mb(base['boto3_in_runtime_bytes'])})", "—", "—"]
+            w.append(f"| {name} | {impl} | " + " | ".join(cells) + f" | {fmt(c['init_ms'])} | {fmt(c['first_ms'])} | {fmt(c['warm_ms'])} | {fmt(c['peak_rss_mib'])} | {c['calls_per_invocation']:.1f} | {c['error_count']} |")
+    w.append("")
+    w.append("### Rust beside the Python baseline (ratios of medians, Python ÷ Rust)\n")
+    w.append("| function | init | first invoke | warm invoke | peak RSS |")
+    w.append("|---|---|---|---|---|")
+    for name, ratios in r["ratios"].items():
+        w.append(f"| {name} | " + " | ".join(f"{ratios[k]:.1f}×" if ratios.get(k) else "n/a" for k in ("init_ms", "first_ms", "warm_ms", "peak_rss_mib")) + " |")
+    w.append("")
+    w.append("### AWS calls per finding (instance finding, whole workflow)\n")
+    w.append("| instance | calls | by function | dependent calls before all ENIs quarantined: isolate step | from the finding (triage + isolate) | chain |")
+    w.append("|---|---|---|---|---|---|")
+    for c in r["calls"]:
+        by = ", ".join(f"{k} {v}" for k, v in sorted(c["calls_by_function"].items()))
+        w.append(f"| {c['interfaces']} ENI / {c['volumes']} vol, groups {c['quarantine_groups']} ({c['verdict'] or c['status']}) | {c['calls']} | {by} | {c['dependent_calls_isolate']} | {c['dependent_calls_from_finding']} | {' → '.join(c['chain'])} |")
+    w.append("")
+    b = r["burst"]
+    if b:
+        w.append(f"### Burst: {b['findings']} findings for {b['findings']} instances, EC2 token buckets enforced\n")
+        w.append("| contained | last contained (s) | containment bound (s) | all finished (s) | whole-burst bound (s) | calls | throttled calls | step retries | failed executions | verdicts |")
+        w.append("|---|---|---|---|---|---|---|---|---|---|")
+        last = f"{b['all_contained_s']:.1f}" if b["all_contained_s"] is not None else "n/a"
+        w.append(f"| {b['contained']}/{b['findings']} | {last} | {b['bound_containment']['seconds']:.1f} | {b['all_finished_s']:.1f} | {b['bound_all']['seconds']:.1f} | {b['calls']} | {b['throttled_calls']} | {b['step_retries']} | {b['failed_executions']} | "
+                 + ", ".join(f"{k} {v}" for k, v in sorted(b["verdicts"].items())) + " |")
+        f = r.get("burst_floor")
+        if f:
+            w.append(f"| without token buckets (the harness alone): {f['contained']}/{f['findings']} | {f['all_contained_s'] if f['all_contained_s'] is None else round(f['all_contained_s'], 1)} | — | {f['all_finished_s']:.1f} | — | {f['calls']} | 0 | {f['step_retries']} | {f['failed_executions']} | "
+                     + ", ".join(f"{k} {v}" for k, v in sorted(f["verdicts"].items())) + " |")
+        if b.get("failed_attempt_causes"):
+            w.append("\nFailed step attempts (retried by the state machine, or caught and reported):\n")
+            for cause, n in b["failed_attempt_causes"].items():
+                w.append(f"- {n} × {cause}")
+        w.append(f"\nEC2 calls per bucket: " + ", ".join(f"{k} {v}" for k, v in sorted(b["bound_all"]["calls_per_bucket"].items()))
+                 + f"; each function served by {b['function_copies']} processes.\n")
+    w.append("### Targets\n")
+    w.append("| target | measured | |")
+    w.append("|---|---|---|")
+    for t in r["targets"]:
+        w.append(f"| {t['target']} | {t['measured']} | {verdict(t['met'])} |")
+    w.append("")
+    w.append("### Release build\n")
+    rb = r["release"]
+    w.append(f"- TLS stacks in the dependency tree: {', '.join(rb['tls']) or 'none'}; duplicated crates (`cargo tree -d`, normal deps): {rb['duplicates']}")
+    w.append(f"- Network calls before a function is ready: {rb['network_at_init']}")
+    return "\n".join(w) + "\n"
+
+
+def targets(r: dict) -> list[dict]:
+    out = []
+    rust = {n: r["cold"][n]["rust"] for n in r["cold"] if "rust" in r["cold"][n]}
+    inits = [c["init_ms"]["median"] for c in rust.values() if c["init_ms"]]
+    if inits:
+        out.append({"target": f"init ≤ {TARGETS['init_ms']} ms", "measured": f"worst median {max(inits):.1f} ms", "met": max(inits) <= TARGETS["init_ms"]})
+    ratios = [v["init_ms"] for v in r["ratios"].values() if v.get("init_ms")]
+    if ratios:
+        out.append({"target": "init ≤ 1/20 of the baseline's", "measured": f"baseline ÷ Rust ≥ {min(ratios):.0f}×", "met": min(ratios) >= 1 / TARGETS["init_ratio"]})
+    rss = [c["peak_rss_mib"]["max"] for c in rust.values() if c["peak_rss_mib"]]
+    if rss:
+        out.append({"target": f"peak RSS ≤ {TARGETS['rss_mb']} MB", "measured": f"worst {max(rss):.1f} MiB", "met": max(rss) <= TARGETS["rss_mb"]})
+    for arch in ("x86_64", "arm64"):
+        sz = [v[arch]["bytes"] for k, v in r["sizes"].items() if k != "baseline" and arch in v]
+        out.append({"target": f"stripped bootstrap ≤ {TARGETS['bootstrap_mb']} MB ({arch})", "measured": f"largest {mb(max(sz))} MB" if sz else "not built",
+                    "met": (max(sz) <= TARGETS["bootstrap_mb"] * 1e6) if sz else None})
+    for c in r["calls"]:
+        out.append({"target": f"≤ {TARGETS['dependent_calls']} dependent calls before isolation ({c['interfaces']} ENI, groups {c['quarantine_groups']})",
+                    "measured": f"{c['dependent_calls_isolate']} in the isolate step, {c['dependent_calls_from_finding']} from the finding",
+                    "met": c["verdict"] == "contained" and c["dependent_calls_isolate"] <= TARGETS["dependent_calls"]})
+    b = r["burst"]
+    if b:
+        bound = b["bound_containment"]["seconds"]
+        ok = b["contained"] == b["findings"] and b["failed_executions"] == 0 and b["all_contained_s"] is not None and b["all_contained_s"] <= max(bound, 1.0) * TARGETS["burst_factor"]
+        out.append({"target": f"burst: {b['findings']}/{b['findings']} contained within 1.5× the bound, no failed execution",
+                    "measured": f"{b['contained']}/{b['findings']}, last at {b['all_contained_s'] if b['all_contained_s'] is None else round(b['all_contained_s'], 1)} s (bound {bound:.1f} s), {b['failed_executions']} failed"
+                    + (f"; the harness alone, without rate limits, took {f['all_contained_s']:.1f} s" if (f := r.get("burst_floor")) and f["all_contained_s"] else ""),
+                    "met": ok})
+    return out
+
+
+def release_checks(x86_dir: Path, emulator: str) -> dict:
+    tree = subprocess.run(["cargo", "tree", "-e", "normal", "--prefix", "none", "--locked"], cwd=ROOT, capture_output=True, text=True).stdout
+    names = {line.split()[0] for line in tree.splitlines() if line.strip()}
+    tls = sorted(n for n in names if n in ("rustls", "native-tls", "openssl", "openssl-sys", "s2n-tls", "aws-lc-rs", "ring"))
+    dups = subprocess.run(["cargo", "tree", "-d", "-e", "normal", "--depth", "0", "--locked"], cwd=ROOT, capture_output=True, text=True).stdout
+    dup_names = sorted({line.split()[0] for line in dups.splitlines() if line and not line.startswith(" ") and line[0].isalnum()})
+    acct = Account(emulator)
+    early = {}
+    for name in FUNCTIONS:
+        binary = x86_dir / name
+        if binary.is_file():
+            early[name] = network_at_init(binary, settings_for(acct, emulator))
+    clean = all(v["ready"] and v["calls_before_ready"] == 0 for v in early.values())
+    summary = "none (every function asked for its first invocation without opening a connection)" if clean else json.dumps(early)
+    return {"tls": tls, "duplicates": ", ".join(dup_names) or "none", "network_at_init": summary, "per_function": early}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="few runs and a small burst (the test command's mode)")
+    p.add_argument("--x86-dir", help="the x86_64 release bootstraps (one file per function)")
+    p.add_argument("--arm-dir", help="sam build's output (.aws-sam/build), for the arm64 sizes")
+    p.add_argument("--python", help="the baseline's Python (with boto3 and awslambdaric)")
+    p.add_argument("--json", required=True, help="where the results go")
+    p.add_argument("--markdown", help="where the table goes too")
+    p.add_argument("--render", action="store_true", help="only print the table of the results in --json")
+    args = p.parse_args(argv)
+    if args.render:
+        print(render(json.loads(Path(args.json).read_text())))
+        return 0
+    emulator = os.environ["MOTO_ENDPOINT"]
+    runs, warm, findings, copies = (2, 3, 10, 2) if args.quick else (10, 10, 100, 10)
+    x86_dir, arm_dir = Path(args.x86_dir), Path(args.arm_dir) if args.arm_dir else None
+    log_dir = Path(tempfile.mkdtemp(prefix="ec2-quarantine-bench-"))
+    r: dict = {"mode": "quick" if args.quick else "full", "runs": runs, "warm": warm, "machine": machine(), "logs": str(log_dir)}
+    log("sizes")
+    r["sizes"] = sizes(x86_dir, arm_dir)
+    log("release build checks")
+    r["release"] = release_checks(x86_dir, emulator)
+    r["cold"], r["ratios"] = {}, {}
+    for name, (_id, _event, handler) in FUNCTIONS.items() if not os.environ.get("BENCH_SKIP_COLD") else ():
+        log(f"{name}: Rust, {runs} cold starts")
+        r["cold"][name] = {"rust": cold_starts(name, [str(x86_dir / name)], ROOT, emulator, runs, warm, log_dir)}
+        if handler:
+            log(f"{name}: Python baseline, {runs} cold starts")
+            py = cold_starts(name, [os.path.abspath(args.python), "-m", "awslambdaric", handler], BASELINE_DIR, emulator, runs, warm, log_dir, {"PYTHONPATH": str(BASELINE_DIR)})
+            r["cold"][name]["python"] = py
+            rust = r["cold"][name]["rust"]
+            r["ratios"][name] = {k: (py[k]["median"] / rust[k]["median"]) if py[k] and rust[k] and rust[k]["median"] else None for k in ("init_ms", "first_ms", "warm_ms", "peak_rss_mib")}
+    log("AWS calls per finding (1 ENI/1 volume, 4 ENIs/8 volumes)")
+    r["calls"] = calls_per_finding(x86_dir, log_dir, [(1, 1), (4, 8)])
+    log(f"burst of {findings} findings through EC2's token buckets")
+    r["burst"] = burst(x86_dir, log_dir, findings, copies)
+    # The same burst without rate limits: how fast this machine's emulator and interpreter go.
+    r["burst_floor"] = None
+    if not args.quick:
+        log(f"the same burst without rate limits (the local harness's own speed)")
+        r["burst_floor"] = burst(x86_dir, log_dir, findings, copies, token_buckets=False)
+    r["targets"] = targets(r)
+    r["invalid"] = invalid(r)
+    table = render(r)
+    Path(args.json).write_text(json.dumps(r, indent=2) + "\n")
+    if args.markdown:
+        Path(args.markdown).write_text(table)
+    print(table)
+    for problem in r["invalid"]:
+        print(f"invalid measurement: {problem}", file=sys.stderr)
+    return 1 if r["invalid"] else 0
+
+
+def invalid(r: dict) -> list[str]:
+    """What makes the figures meaningless (never a time or a size): a function that failed on its
+    event, a workflow that did not contain its instance, a function that called out at init."""
+    problems = []
+    for name, impls in r["cold"].items():
+        for impl, c in impls.items():
+            if c["error_count"]:
+                problems.append(f"{name} ({impl}) failed {c['error_count']} invocation(s): {c['errors']}")
+            if not c["init_ms"] or not c["peak_rss_mib"]:
+                problems.append(f"{name} ({impl}): no init time or memory figure")
+    for c in r["calls"]:
+        if c["verdict"] != "contained":
+            problems.append(f"the {c['interfaces']}-ENI finding ended {c['status']}/{c['verdict']}, not contained")
+    b = r.get("burst")
+    if b and b["unfinished"]:
+        problems.append(f"{b['unfinished']} burst execution(s) did not finish")
+    for name, v in r["release"]["per_function"].items():
+        if not v["ready"]:
+            problems.append(f"{name} never asked for an invocation")
+    return problems
+
+
+if __name__ == "__main__":
+    sys.exit(main())
