@@ -185,12 +185,9 @@ require_aws_tools() {
 cmd_deploy() {
   parse_aws_flags "$@"
   require_aws_tools
-  command -v cargo-lambda >/dev/null || [[ -x "$VENV/bin/cargo-lambda" ]] ||
-    die "sam build needs cargo-lambda: pip install cargo-lambda (it brings zig for the arm64 cross build)"
-  [[ -x "$VENV/bin/cargo-lambda" ]] && export PATH="$VENV/bin:$PATH"
   cd "$PROJECT_ROOT"
-  log "sam build (arm64, cargo lambda)"
-  "$SAM" build --beta-features --template-file template.yaml
+  # cargo-lambda (pinned, into .tools/venv) and the aarch64 Rust target come with it.
+  sam_build
   local params=()
   [[ -n "$ALERT_EMAIL" ]] && params+=("AlertEmail=$ALERT_EMAIL")
   [[ -n "$SEVERITY_THRESHOLD" ]] && params+=("SeverityThreshold=$SEVERITY_THRESHOLD")
