@@ -2,7 +2,8 @@
 # The benchmarks (bench/bench.py): bootstrap sizes, cold and warm starts and memory under AWS's
 # Runtime Interface Emulator beside a Python boto3 baseline, AWS calls per finding, and a burst of
 # findings through EC2's token buckets. Prints a Markdown table; writes .tools/bench/results.json
-# and .tools/bench/results.md.
+# and .tools/bench/results.md (quick mode: .tools/bench/quick.json and quick.md, so that a test run
+# leaves the last full results in place).
 #
 #   helper_scripts/bench.sh           full: 10 cold starts x 10 warm invocations, a 100-finding
 #                                     burst, and the arm64 bootstraps built by `sam build`
@@ -31,6 +32,8 @@ if [[ "$mode" == full ]]; then
 else
   args+=(--quick)
 fi
+out="$TOOLS_DIR/bench/results"
+[[ "$mode" == quick ]] && out="$TOOLS_DIR/bench/quick"
 mkdir -p "$TOOLS_DIR/bench"
 start_emulator
-"$VENV/bin/python" bench/bench.py "${args[@]}" --json "$TOOLS_DIR/bench/results.json" --markdown "$TOOLS_DIR/bench/results.md"
+"$VENV/bin/python" bench/bench.py "${args[@]}" --json "$out.json" --markdown "$out.md"
