@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import itertools
 import json
 import os
 import platform
@@ -40,6 +41,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "helper_scripts" / "local"))
 import rie  # noqa: E402
 import run as local  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "tests" / "tools"))
+from fault_proxy import EC2_BUCKETS, ec2_bucket  # noqa: E402
 from lambda_service import function_env  # noqa: E402
 
 BASELINE_DIR = ROOT / "bench" / "baseline"
@@ -152,13 +156,14 @@ class Account:
         self.subnet = self.ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.0.0/20", AvailabilityZone=f"{REGION}a")["Subnet"]["SubnetId"]
         self.group = self.ec2.create_security_group(GroupName="web", Description="web tier", VpcId=vpc)["GroupId"]
         self.topic = self.sns.create_topic(Name="ec2-quarantine-alerts")["TopicArn"]
-        self.instances = 0
 
 
-def make_instance(acct, ec2, iam, subnet: str, group: str, interfaces: int = 1, volumes: int = 1) -> dict:
+INSTANCE_NUMBERS = itertools.count(1)
+
+
+def make_instance(ec2, iam, subnet: str, group: str, interfaces: int = 1, volumes: int = 1) -> dict:
     """An instance with its own role and profile, `interfaces` ENIs and `volumes` EBS volumes."""
-    acct.instances += 1
-    n = acct.instances
+    n = next(INSTANCE_NUMBERS)
     role = f"app-role-{n}"
     iam.create_role(
         RoleName=role,
@@ -225,7 +230,7 @@ def cold_starts(name: str, command: list[str], cwd: Path, emulator: str, runs: i
     env = {**settings_for(acct, emulator), **(extra_env or {})}
     inits, firsts, warms, rss, errors = [], [], [], [], []
     for _ in range(runs):
-        events = [event_for(name, acct, make_instance(acct, acct.ec2, acct.iam, acct.subnet, acct.group)) for _ in range(1 + warm)]
+        events = [event_for(name, acct, make_instance(acct.ec2, acct.iam, acct.subnet, acct.group)) for _ in range(1 + warm)]
         r = under_rie(command, env, events, cwd, log_dir / f"{name}-{cwd.name}.log")
         if r["init_ms"] is not None:
             inits.append(r["init_ms"])
@@ -237,7 +242,7 @@ def cold_starts(name: str, command: list[str], cwd: Path, emulator: str, runs: i
     # One more run through the recording proxy (not timed: the proxy adds to every call): how
     # many AWS calls an invocation makes, which is what a warm invocation's time mostly is.
     with recording_proxy(emulator, token_buckets=False) as proxy:
-        events = [event_for(name, acct, make_instance(acct, acct.ec2, acct.iam, acct.subnet, acct.group)) for _ in range(2)]
+        events = [event_for(name, acct, make_instance(acct.ec2, acct.iam, acct.subnet, acct.group)) for _ in range(2)]
         under_rie(command, {**env, "AWS_ENDPOINT_URL": proxy}, events, cwd, log_dir / f"{name}-{cwd.name}-calls.log")
         counted = proxy_log(proxy)
     return {"init_ms": spread(inits), "first_ms": spread(firsts), "warm_ms": spread(warms), "peak_rss_mib": spread(rss),
@@ -323,14 +328,13 @@ def calls_per_finding(bin_dir: Path, log_dir: Path, shapes: list[tuple[int, int]
     groups there, the second finds them."""
     out = []
     with workflow(bin_dir, log_dir, token_buckets=False) as st:
-        acct = types_namespace(id=local.ACCOUNT, instances=0)
         template = json.loads((ROOT / "events" / "instance-backdoor.json").read_text())
         for k, (interfaces, volumes) in enumerate(shapes):
             vpc = st.ec2.create_vpc(CidrBlock=f"10.{100 + k}.0.0/16")["Vpc"]["VpcId"]
             subnet = st.ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.{100 + k}.0.0/20", AvailabilityZone=f"{REGION}a")["Subnet"]["SubnetId"]
             group = st.ec2.create_security_group(GroupName="bench-web", Description="web", VpcId=vpc)["GroupId"]
             for groups in ("created", "found"):
-                sim = make_instance(acct, st.ec2, st.iam, subnet, group, interfaces, volumes)
+                sim = make_instance(st.ec2, st.iam, subnet, group, interfaces, volumes)
                 sim["account"] = local.ACCOUNT
                 before = len(proxy_log(st.proxy))
                 outcome, _states, _note = local.execute(st, st.machine, local.point_event_at(template, sim, sim["instance_id"]))
@@ -363,16 +367,7 @@ def execution_verdict(output) -> str | None:
     return (output.get("notification") or {}).get("verdict")
 
 
-def types_namespace(**kw):
-    import types
-
-    return types.SimpleNamespace(**kw)
-
-
 def ec2_bucket_of(call: dict) -> str:
-    sys.path.insert(0, str(PROXY.parent))
-    from fault_proxy import ec2_bucket
-
     return ec2_bucket(call["action"].split(":", 1)[1])
 
 
@@ -394,13 +389,12 @@ def bucket_bound(calls: list[dict]) -> dict:
 
 def burst(bin_dir: Path, log_dir: Path, findings: int, copies: int, token_buckets: bool = True) -> dict:
     with workflow(bin_dir, log_dir, token_buckets=token_buckets, copies=copies) as st:
-        acct = types_namespace(id=local.ACCOUNT, instances=0)
         subnet = st.ec2.create_subnet(VpcId=st.sim["vpc_id"], CidrBlock="10.0.16.0/20", AvailabilityZone=f"{REGION}a")["Subnet"]["SubnetId"]
         group = st.ec2.create_security_group(GroupName="bench-web", Description="web", VpcId=st.sim["vpc_id"])["GroupId"]
         template = json.loads((ROOT / "events" / "instance-backdoor.json").read_text())
         sims = []
         for _ in range(findings):
-            sim = make_instance(acct, st.ec2, st.iam, subnet, group)
+            sim = make_instance(st.ec2, st.iam, subnet, group)
             sim["account"] = local.ACCOUNT
             sims.append(sim)
         before = len(proxy_log(st.proxy))

@@ -4,9 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use aws_sdk_ec2::types::{
-    AttributeBooleanValue, AttributeValue, EbsInstanceBlockDeviceSpecification, Filter, Instance,
-    InstanceAttributeName, InstanceBlockDeviceMappingSpecification, IpPermission, IpRange,
-    Ipv6Range, ResourceType, SecurityGroup, TagSpecification,
+    AttributeBooleanValue, AttributeValue, EbsInstanceBlockDeviceSpecification, Filter,
+    GroupIdentifier, Instance, InstanceAttributeName, InstanceBlockDeviceMappingSpecification,
+    IpPermission, IpRange, Ipv6Range, ResourceType, SecurityGroup, TagSpecification,
 };
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
@@ -113,7 +113,7 @@ pub async fn isolate_instance(
     // What the finding already names is looked up while the instance is read: the tool's groups
     // in the VPCs GuardDuty saw the instance in, and the interfaces services manage. For an
     // instance whose groups exist, the interfaces then move right away: three dependent calls.
-    let (inst, mut found, managed) = futures::join!(
+    let (inst, found, managed) = futures::join!(
         instance::describe(ec2, target),
         join_all(
             target
@@ -123,6 +123,7 @@ pub async fn isolate_instance(
         ),
         requester_managed(ec2, &target.instance_id),
     );
+    let mut found: BTreeMap<&str, FoundGroups> = found.into_iter().collect();
     let inst = inst?;
     if let Some(reason) = instance::gone_reason(&inst) {
         info!(%reason, "skipped");
@@ -134,12 +135,8 @@ pub async fn isolate_instance(
     }
     let managed = managed?;
     let vpcs: BTreeSet<&str> = interfaces.iter().map(|i| i.vpc_id.as_str()).collect();
-    let mut found_in = |vpc: &str| {
-        let at = found.iter().position(|(v, _)| *v == vpc)?;
-        Some(found.swap_remove(at).1)
-    };
     let lookups: Vec<(&str, Option<FoundGroups>)> =
-        vpcs.iter().map(|vpc| (*vpc, found_in(vpc))).collect();
+        vpcs.iter().map(|vpc| (*vpc, found.remove(vpc))).collect();
 
     // Evidence first and independent of the network change: a failure here must not hold
     // isolation back, and isolation must not wait for it.
@@ -296,12 +293,16 @@ fn interfaces(inst: &Instance) -> Vec<Interface> {
                     .iter()
                     .filter_map(|g| g.group_id().map(str::to_owned))
                     .collect(),
-                looks_isolated: groups.len() == 1
-                    && groups[0].group_name() == Some(QUARANTINE_GROUP_NAME),
-                in_transit: groups.len() == 1 && groups[0].group_name() == Some(TRANSIT_GROUP_NAME),
+                looks_isolated: alone_in(groups, QUARANTINE_GROUP_NAME),
+                in_transit: alone_in(groups, TRANSIT_GROUP_NAME),
             })
         })
         .collect()
+}
+
+/// Whether the interface's only group is the tool's group of that name.
+fn alone_in(groups: &[GroupIdentifier], name: &str) -> bool {
+    matches!(groups, [only] if only.group_name() == Some(name))
 }
 
 /// The groups recorded on the instance for an interface by an earlier run.

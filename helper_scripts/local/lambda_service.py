@@ -59,8 +59,9 @@ class Function:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         port = self.server.server_address[1]
         self.log = open(log_path, "wb")
-        self.processes = [self._start(binary, env, port) for _ in range(max(1, copies))]
-        self.process = self.processes[0]
+        self.processes: list[subprocess.Popen] = []
+        for _ in range(max(1, copies)):
+            self.processes.append(self._start(binary, env, port))
 
     def _start(self, binary: Path, env: dict[str, str], port: int) -> subprocess.Popen:
         process = subprocess.Popen(
@@ -92,7 +93,7 @@ class Function:
         with self.lock:
             waiting = list(self.inflight.values())
             self.inflight.clear()
-        while all(p.poll() is not None for p in getattr(self, "processes", [process])):
+        while all(p.poll() is not None for p in self.processes):
             try:
                 waiting.append(self.pending.get_nowait())
             except queue.Empty:
@@ -104,7 +105,7 @@ class Function:
     def invoke(self, payload: bytes, timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[bytes, bool]:
         if all(p.poll() is not None for p in self.processes):
             body = self.init_error or json.dumps(
-                {"errorType": "Runtime.ExitError", "errorMessage": f"the function process exited with {self.process.returncode}"}
+                {"errorType": "Runtime.ExitError", "errorMessage": f"the function process exited with {self.processes[0].returncode}"}
             ).encode()
             return body, True
         inv = Invocation(str(uuid.uuid4()), payload, timeout_s)
