@@ -25,11 +25,16 @@ cargo test --locked
 import json, sys, urllib.request
 s = json.load(urllib.request.urlopen(sys.argv[1] + "/__proxy__/summary"))
 o = s["outcomes"]
+strict = sum((s.get("strict_refusals") or {}).values())
 print(f"==> summary: AWS calls {s['calls']}, faults injected {s['faults_injected']}, "
+      f"refused by the strict layer {strict}, "
       f"contained {o.get('contained', 0)}, honest failure reports {o.get('honest_failure', 0)}, "
-      f"malformed inputs {o.get('malformed_input', 0)}, panics 0, destructive calls {len(s['destructive_calls'])}")
+      f"malformed inputs {o.get('malformed_input', 0)}, isolation cases checked {o.get('fail_closed', 0) + o.get('fail_open', 0)}, "
+      f"fail-open: {o.get('fail_open', 0)}, panics 0, destructive calls {len(s['destructive_calls'])}")
 if s["destructive_calls"]:
     sys.exit(f"destructive calls were made: {s['destructive_calls']}")
+if o.get("fail_open", 0):
+    sys.exit(f"isolation failed open in {o['fail_open']} case(s): see tests/fail_open.rs")
 PY
 stop_emulator
 

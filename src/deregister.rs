@@ -8,14 +8,14 @@ use std::collections::BTreeMap;
 
 use aws_sdk_ec2::types::Instance;
 use aws_sdk_elasticloadbalancingv2::types::TargetDescription;
-use futures::future::{join_all, try_join_all};
+use futures::{StreamExt, stream};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::context::{Clients, Ctx};
 use crate::error::Error;
 use crate::finding::{FindingEvent, Target};
-use crate::outcome::{Outcome, PlannedAction};
+use crate::outcome::{MAX_LISTED, Outcome, PlannedAction};
 use crate::settings::AutoScalingAction;
 use crate::{instance, tags};
 
@@ -24,10 +24,19 @@ pub struct DeregisterReport {
     pub instance_id: String,
     /// The instance's Auto Scaling group and what was done there (`None`: it is in none).
     pub auto_scaling: Option<AutoScalingChange>,
-    /// Targets deregistered by this run.
+    /// Targets deregistered by this run (the first [`MAX_LISTED`]).
     pub targets: Vec<TargetRecord>,
-    /// Classic Load Balancers the instance was deregistered from by this run.
+    /// How many targets were deregistered in all.
+    #[serde(default)]
+    pub targets_total: usize,
+    /// Classic Load Balancers the instance was deregistered from by this run (the first
+    /// [`MAX_LISTED`]).
     pub classic_load_balancers: Vec<String>,
+    #[serde(default)]
+    pub classic_load_balancers_total: usize,
+    /// What was not recorded, in plain words (the step's changes stand).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,29 +87,44 @@ pub async fn deregister_instance(
     target: &Target,
 ) -> Result<Outcome<DeregisterReport>, Error> {
     let id = target.instance_id.as_str();
-    let (inst, group, targets, classic) = futures::try_join!(
+    // The instance and its Auto Scaling group are what the step needs to act; a load balancer
+    // lookup that fails is reported and never holds the group's Standby or detach back.
+    let (inst, group, targets, classic) = futures::join!(
         instance::describe(&clients.ec2, target),
         auto_scaling_group(clients, id),
         registered_targets(clients),
         classic_load_balancers(clients, id),
-    )?;
+    );
+    let (inst, group) = (inst?, group?);
     if let Some(reason) = instance::gone_reason(&inst) {
         return Ok(Outcome::skipped(reason));
     }
-    let addresses = addresses(&inst);
-    let targets: Vec<TargetRecord> = targets
-        .into_iter()
-        .filter(|t| t.target_id == id || addresses.contains(&t.target_id))
-        .collect();
+    let mut failed = Vec::new();
+    let mut warnings = Vec::new();
+    let targets = match targets {
+        Ok((found, lookup_failures)) => {
+            failed.extend(lookup_failures);
+            let (own, elsewhere) = instance_targets(&inst, found);
+            warnings.extend(elsewhere.iter().take(MAX_LISTED).map(|t| {
+                format!(
+                    "{} is registered in {}, a target group of another VPC: most likely another server with the same address, so it was left registered; deregister it by hand if it is this instance (reached through a peering)",
+                    t.target_id, t.target_group_arn
+                )
+            }));
+            own
+        }
+        Err(err) => {
+            failed.push(("target group lookup".to_owned(), err));
+            Vec::new()
+        }
+    };
+    let classic = classic.unwrap_or_else(|err| {
+        failed.push(("Classic Load Balancer lookup".to_owned(), err));
+        Vec::new()
+    });
     let action = clients.settings.auto_scaling_action;
     let plan = clients.plan();
 
-    // The record first: a registration left without a record could not be restored.
-    let record = record_tags(&inst, &targets, &classic);
-    if !record.is_empty() {
-        let why = "record of the group and load balancers, for release";
-        tags::write(&clients.ec2, plan, id, record, why).await?;
-    }
     if let Some(plan) = plan {
         if let Some((name, state)) = &group
             && action != AutoScalingAction::None
@@ -127,16 +151,26 @@ pub async fn deregister_instance(
                 id,
             ));
         }
+        let record = record_tags(&inst, &targets, &classic, None);
+        if !record.is_empty() {
+            let why = "record of the group and load balancers, for release";
+            let _ = tags::write(&clients.ec2, Some(plan), id, record, why).await;
+        }
         return Ok(plan.outcome());
     }
+    // Act first, record afterwards: a record that cannot be written never holds the instance
+    // in service.
     let (asg, deregistered, left) = futures::join!(
         leave_group(clients, &inst, group, action),
-        join_all(targets.iter().map(|t| deregister_target(clients, t))),
-        join_all(classic.iter().map(|lb| leave_classic(clients, lb, id))),
+        stream::iter(targets.iter().map(|t| deregister_target(clients, t)))
+            .buffered(CONCURRENT_CALLS)
+            .collect::<Vec<_>>(),
+        stream::iter(classic.iter().map(|lb| leave_classic(clients, lb, id)))
+            .buffered(CONCURRENT_CALLS)
+            .collect::<Vec<_>>(),
     );
 
     let mut done = Vec::new();
-    let mut failed = Vec::new();
     let auto_scaling = match asg {
         Ok(change) => change,
         Err(err) => {
@@ -144,25 +178,44 @@ pub async fn deregister_instance(
             None
         }
     };
+    let mut left_targets = Vec::new();
     for (t, result) in targets.iter().zip(deregistered) {
         match result {
-            Ok(()) => done.push(format!(
-                "{} deregistered from {}",
-                t.target_id, t.target_group_arn
-            )),
+            Ok(()) => {
+                done.push(format!(
+                    "{} deregistered from {}",
+                    t.target_id, t.target_group_arn
+                ));
+                left_targets.push(t.clone());
+            }
             Err(err) => failed.push((format!("target group {}", t.target_group_arn), err)),
         }
     }
+    let mut left_classic = Vec::new();
     for (lb, result) in classic.iter().zip(left) {
         match result {
-            Ok(()) => done.push(format!("deregistered from {lb}")),
+            Ok(()) => {
+                done.push(format!("deregistered from {lb}"));
+                left_classic.push(lb.clone());
+            }
             Err(err) => failed.push((format!("classic load balancer {lb}"), err)),
+        }
+    }
+    let record = record_tags(&inst, &left_targets, &left_classic, auto_scaling.as_ref());
+    if !record.is_empty() {
+        let why = "record of the group and load balancers, for release";
+        if let Err(err) = tags::write(&clients.ec2, None, id, record, why).await {
+            warn!(error = %err, "record of the group and load balancers not written");
+            warnings.push(format!(
+                "the record of the Auto Scaling group and load balancers could not be written to the instance's tags ({err}): release cannot restore them; they are listed in this report"
+            ));
         }
     }
     if !failed.is_empty() {
         for (what, err) in &failed {
             warn!(what, error = %err, "out-of-service action failed");
         }
+        done.extend(warnings.into_iter().map(|w| format!("warning: {w}")));
         return Err(Error::Incomplete {
             step: "out of service",
             instance_id: id.to_owned(),
@@ -186,15 +239,49 @@ pub async fn deregister_instance(
         classic = classic.len(),
         "out of service"
     );
+    let targets_total = targets.len();
+    let classic_total = classic.len();
     Ok(Outcome::from_changes(
         changed,
         DeregisterReport {
             instance_id: id.to_owned(),
             auto_scaling,
-            targets,
-            classic_load_balancers: classic,
+            targets: targets.into_iter().take(MAX_LISTED).collect(),
+            targets_total,
+            classic_load_balancers: classic.into_iter().take(MAX_LISTED).collect(),
+            classic_load_balancers_total: classic_total,
+            warnings,
         },
     ))
+}
+
+/// Calls to Elastic Load Balancing in flight at once, per lookup or change: an account with
+/// hundreds of target groups is read without bursting through the API's rate limit.
+const CONCURRENT_CALLS: usize = 8;
+
+/// The registrations that are this instance: its id, or one of its addresses in a target group
+/// of its own VPC. The same private address in a target group of another VPC is most often
+/// another server (VPCs may overlap); it can also be this instance reached through a peering
+/// (ELB allows IP targets outside the group's VPC:
+/// https://docs.aws.amazon.com/elasticloadbalancing/latest/application/target-group-register-targets.html),
+/// so it is left registered and named in the second list, for a person to judge.
+fn instance_targets(
+    inst: &Instance,
+    found: Vec<(Option<String>, TargetRecord)>,
+) -> (Vec<TargetRecord>, Vec<TargetRecord>) {
+    let id = inst.instance_id().unwrap_or_default();
+    let vpc = inst.vpc_id();
+    let addresses = addresses(inst);
+    let mut own = Vec::new();
+    let mut elsewhere = Vec::new();
+    for (group_vpc, t) in found {
+        if t.target_id == id || (group_vpc.as_deref() == vpc && addresses.contains(&t.target_id)) {
+            own.push(t);
+        } else if addresses.contains(&t.target_id) {
+            elsewhere.push(t);
+        }
+    }
+    (own, elsewhere)
 }
 
 /// The instance's private addresses, IPv4 and IPv6: the ids of its `ip` targets.
@@ -215,22 +302,18 @@ fn addresses(inst: &Instance) -> Vec<String> {
     out
 }
 
-/// The tags recording the registrations, those already recorded by an earlier run excluded.
+/// The tags recording what was done, those already recorded by an earlier run excluded.
 fn record_tags(
     inst: &Instance,
     targets: &[TargetRecord],
     classic: &[String],
+    group: Option<&AutoScalingChange>,
 ) -> Vec<aws_sdk_ec2::types::Tag> {
     let mut by_group: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for t in targets {
-        let resource = t
-            .target_group_arn
-            .split_once(":targetgroup/")
-            .map(|(_, r)| format!("targetgroup/{r}"))
-            .unwrap_or_else(|| t.target_group_arn.clone());
         let port = t.port.map(|p| p.to_string()).unwrap_or_default();
         by_group
-            .entry(format!("{}{resource}", tags::TARGET_GROUP))
+            .entry(tags::target_group_key(&t.target_group_arn))
             .or_default()
             .push(format!("{} {port}", t.target_id).trim_end().to_owned());
     }
@@ -243,6 +326,21 @@ fn record_tags(
     if !classic.is_empty() && tags::find(inst.tags(), tags::CLASSIC_LOAD_BALANCERS) != Some(&names)
     {
         out.push(tags::new(tags::CLASSIC_LOAD_BALANCERS, tags::value(&names)));
+    }
+    if let Some(g) = group.filter(|g| g.status == GroupStatus::Applied) {
+        let verb = match g.action {
+            AutoScalingAction::Detach => "detach",
+            _ => "standby",
+        };
+        let how = if g.capacity_decremented {
+            "decremented"
+        } else {
+            "replaced"
+        };
+        out.push(tags::new(
+            tags::AUTO_SCALING_GROUP,
+            tags::value(&format!("{verb},{how},{}", g.group_name)),
+        ));
     }
     out
 }
@@ -337,30 +435,19 @@ async fn leave_group(
         }
         Err(err) => return Err(err),
     };
-    let verb = match action {
-        AutoScalingAction::Detach => "detach",
-        _ => "standby",
-    };
-    let how = if decremented {
-        "decremented"
-    } else {
-        "replaced"
-    };
-    let record = tags::new(
-        tags::AUTO_SCALING_GROUP,
-        tags::value(&format!("{verb},{how},{}", change.group_name)),
-    );
-    let why = "record of what was done in the group, for release";
-    tags::write(&clients.ec2, None, id, vec![record], why).await?;
-    info!(group = %change.group_name, verb, decremented, "left the Auto Scaling group");
+    info!(group = %change.group_name, ?action, decremented, "left the Auto Scaling group");
     change.capacity_decremented = decremented;
     change.status = GroupStatus::Applied;
     Ok(Some(change))
 }
 
-/// Every registration with a target group whose target is the instance or one of its
-/// addresses (filtered by the caller); all pages of target groups.
-async fn registered_targets(clients: &Clients) -> Result<Vec<TargetRecord>, Error> {
+/// Every registration with a target group (all pages), with the group's VPC; the caller keeps
+/// the instance's. A target group whose targets could not be read is a lookup failure of its
+/// own, reported beside the others, which are still found.
+#[allow(clippy::type_complexity)]
+async fn registered_targets(
+    clients: &Clients,
+) -> Result<(Vec<(Option<String>, TargetRecord)>, Vec<(String, Error)>), Error> {
     let groups = clients
         .elbv2
         .describe_target_groups()
@@ -370,36 +457,52 @@ async fn registered_targets(clients: &Clients) -> Result<Vec<TargetRecord>, Erro
         .try_collect()
         .await
         .map_err(|e| Error::from_sdk("elasticloadbalancing:DescribeTargetGroups", e))?;
-    let arns: Vec<String> = groups
+    let groups: Vec<(String, Option<String>)> = groups
         .iter()
         .filter(|g| !matches!(g.target_type().map(|t| t.as_str()), Some("lambda" | "alb")))
-        .filter_map(|g| g.target_group_arn().map(str::to_owned))
+        .filter_map(|g| {
+            Some((
+                g.target_group_arn()?.to_owned(),
+                g.vpc_id().map(str::to_owned),
+            ))
+        })
         .collect();
-    let healths = try_join_all(arns.iter().map(|arn| async move {
+    let healths: Vec<_> = stream::iter(groups.into_iter().map(|(arn, vpc)| async move {
         let out = clients
             .elbv2
             .describe_target_health()
-            .target_group_arn(arn)
+            .target_group_arn(&arn)
             .send()
             .await
-            .map_err(|e| Error::from_sdk("elasticloadbalancing:DescribeTargetHealth", e))?;
-        Ok::<_, Error>((arn, out))
+            .map_err(|e| Error::from_sdk("elasticloadbalancing:DescribeTargetHealth", e));
+        (arn, vpc, out)
     }))
-    .await?;
-    Ok(healths
-        .into_iter()
-        .flat_map(|(arn, out)| {
-            out.target_health_descriptions()
-                .iter()
-                .filter_map(|d| d.target())
-                .map(|t| TargetRecord {
-                    target_group_arn: arn.clone(),
-                    target_id: t.id().unwrap_or_default().to_owned(),
-                    port: t.port(),
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect())
+    .buffer_unordered(CONCURRENT_CALLS)
+    .collect()
+    .await;
+    let mut found = Vec::new();
+    let mut failures = Vec::new();
+    for (arn, vpc, out) in healths {
+        match out {
+            Ok(out) => found.extend(
+                out.target_health_descriptions()
+                    .iter()
+                    .filter_map(|d| d.target())
+                    .map(|t| {
+                        (
+                            vpc.clone(),
+                            TargetRecord {
+                                target_group_arn: arn.clone(),
+                                target_id: t.id().unwrap_or_default().to_owned(),
+                                port: t.port(),
+                            },
+                        )
+                    }),
+            ),
+            Err(err) => failures.push((format!("targets of {arn} (lookup)"), err)),
+        }
+    }
+    Ok((found, failures))
 }
 
 async fn deregister_target(clients: &Clients, t: &TargetRecord) -> Result<(), Error> {

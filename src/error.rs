@@ -33,10 +33,15 @@ pub enum ErrorName {
     Misconfigured,
     /// The member account's role could not be assumed (missing, or not trusting the responder).
     MemberRoleUnavailable,
+    /// Isolation failed open: an interface was left in the allow-all transit group, because
+    /// neither the move on to quarantine nor the move back to its own groups succeeded. The
+    /// state machine retries it (the next attempt moves the interface on) and then reports it
+    /// first.
+    IsolationFailedOpen,
 }
 
 impl ErrorName {
-    pub const ALL: [ErrorName; 8] = [
+    pub const ALL: [ErrorName; 9] = [
         ErrorName::TransientAwsError,
         ErrorName::AccessDenied,
         ErrorName::AwsRequestFailed,
@@ -45,6 +50,7 @@ impl ErrorName {
         ErrorName::ContainmentIncomplete,
         ErrorName::Misconfigured,
         ErrorName::MemberRoleUnavailable,
+        ErrorName::IsolationFailedOpen,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -57,6 +63,7 @@ impl ErrorName {
             ErrorName::ContainmentIncomplete => "ContainmentIncomplete",
             ErrorName::Misconfigured => "Misconfigured",
             ErrorName::MemberRoleUnavailable => "MemberRoleUnavailable",
+            ErrorName::IsolationFailedOpen => "IsolationFailedOpen",
         }
     }
 
@@ -121,6 +128,15 @@ pub enum Error {
         failed: Vec<(String, Error)>,
     },
 
+    #[error("EXPOSED: {} left in the allow-all transit group of instance {instance_id}: all traffic reaches {}; move {} to the quarantine group by hand. {incomplete}", .exposed.join(", "), if .exposed.len() == 1 { "it" } else { "them" }, if .exposed.len() == 1 { "it" } else { "them" })]
+    FailedOpen {
+        instance_id: String,
+        /// The interfaces left in the transit group.
+        exposed: Vec<String>,
+        /// What the step did and what failed, the exposed interfaces included.
+        incomplete: Box<Error>,
+    },
+
     #[error("misconfigured: {0}")]
     Misconfigured(String),
 
@@ -145,9 +161,10 @@ impl Error {
             Error::AccessDenied { .. } => ErrorName::AccessDenied,
             Error::Aws { .. } => ErrorName::AwsRequestFailed,
             // Retrying an incomplete step redoes only what is missing, so it is worth it
-            // exactly when every failure in it was transient.
+            // whenever a failure in it may pass: an interface left unisolated by a throttle is
+            // retried even when another part of the step failed for good.
             Error::Incomplete { failed, .. } => {
-                if !failed.is_empty() && failed.iter().all(|(_, e)| e.name().is_retryable()) {
+                if failed.iter().any(|(_, e)| e.name().is_retryable()) {
                     ErrorName::TransientAwsError
                 } else {
                     ErrorName::ContainmentIncomplete
@@ -155,6 +172,17 @@ impl Error {
             }
             Error::Misconfigured(_) => ErrorName::Misconfigured,
             Error::MemberRoleUnavailable { .. } => ErrorName::MemberRoleUnavailable,
+            Error::FailedOpen { .. } => ErrorName::IsolationFailedOpen,
+        }
+    }
+
+    /// Whether the failed request may still have taken effect: no answer came (a timeout, a
+    /// dropped connection) or the service failed while handling it (a 5xx). A throttle or any
+    /// other refusal is an answer that nothing was done.
+    pub fn maybe_applied(&self) -> bool {
+        match self {
+            Error::Transient { code, .. } => !THROTTLING_ERRORS.contains(&code.as_str()),
+            _ => false,
         }
     }
 
@@ -275,7 +303,8 @@ mod tests {
                 "InvalidEvent",
                 "ContainmentIncomplete",
                 "Misconfigured",
-                "MemberRoleUnavailable"
+                "MemberRoleUnavailable",
+                "IsolationFailedOpen"
             ]
         );
         let retryable: Vec<&str> = ErrorName::ALL
@@ -305,7 +334,7 @@ mod tests {
     }
 
     #[test]
-    fn incomplete_step_is_retryable_only_when_every_failure_is() {
+    fn incomplete_step_is_retryable_when_any_failure_may_pass() {
         let only_transient = Error::Incomplete {
             step: "isolation",
             instance_id: "i-0123456789abcdef0".into(),
@@ -323,7 +352,14 @@ mod tests {
                 ("termination protection".into(), denied()),
             ],
         };
-        assert_eq!(mixed.name(), ErrorName::ContainmentIncomplete);
+        assert_eq!(mixed.name(), ErrorName::TransientAwsError);
+        let permanent = Error::Incomplete {
+            step: "isolation",
+            instance_id: "i-0123456789abcdef0".into(),
+            done: vec![],
+            failed: vec![("termination protection".into(), denied())],
+        };
+        assert_eq!(permanent.name(), ErrorName::ContainmentIncomplete);
         let text = mixed.to_string();
         assert!(text.contains("eni-1 isolated"), "{text}");
         assert!(

@@ -6,14 +6,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use aws_sdk_ec2::types::{
     AttributeBooleanValue, AttributeValue, EbsInstanceBlockDeviceSpecification, Filter,
     GroupIdentifier, Instance, InstanceAttributeName, InstanceBlockDeviceMappingSpecification,
-    IpPermission, IpRange, Ipv6Range, ResourceType, SecurityGroup, TagSpecification,
+    InstanceLifecycleType, IpPermission, IpRange, Ipv6Range, ResourceType, SecurityGroup,
+    TagSpecification,
 };
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use futures::FutureExt;
 use futures::future::{join_all, try_join_all};
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tokio::time::{Duration, Instant};
+use tracing::{error, info, warn};
 
 use crate::context::{Clients, Ctx};
 use crate::error::Error;
@@ -44,6 +46,10 @@ pub struct IsolateReport {
     /// Interfaces left as they are, with the reason (requester-managed: ECS, EKS, Lambda).
     #[serde(default)]
     pub skipped_interfaces: Vec<SkippedInterface>,
+    /// What was not done or not recorded without making the step fail (termination protection
+    /// on a Spot instance, a record refused by the tag quota), each in plain words.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,8 +76,9 @@ pub struct InterfaceIsolation {
     /// The groups the interface had before isolation, to restore on release.
     pub previous_groups: Vec<String>,
     pub status: InterfaceStatus,
-    /// Whether the interface passed through the transit group, which cuts tracked connections
-    /// (false when it was already isolated, or the transit move failed: connections may persist).
+    /// Whether the interface passed through the transit group, the technique AWS's containment
+    /// runbook uses to cut tracked connections (false when it was already isolated, or the
+    /// transit move could not be made: open connections may persist).
     #[serde(default)]
     pub connections_cut: bool,
 }
@@ -95,10 +102,21 @@ struct Interface {
     in_transit: bool,
 }
 
-/// Isolates the instance a finding names (the Lambda handler).
+/// Isolates the instance a finding names, with no time limit (tests, tools).
 pub async fn isolate(ctx: &Ctx, event: &FindingEvent) -> Result<Outcome<IsolateReport>, Error> {
+    isolate_until(ctx, event, None).await
+}
+
+/// Isolates the instance a finding names (the Lambda handler). `deadline` is when the function
+/// is stopped (Lambda's timeout): the step keeps enough time to move an interface back out of
+/// the transit group, so that being cut short never leaves one open.
+pub async fn isolate_until(
+    ctx: &Ctx,
+    event: &FindingEvent,
+    deadline: Option<Instant>,
+) -> Result<Outcome<IsolateReport>, Error> {
     crate::for_target(ctx, event, |clients, target| async move {
-        isolate_instance(&clients, &target).await
+        isolate_instance(&clients, &target, deadline).await
     })
     .await
 }
@@ -107,6 +125,7 @@ pub async fn isolate(ctx: &Ctx, event: &FindingEvent) -> Result<Outcome<IsolateR
 pub async fn isolate_instance(
     clients: &Clients,
     target: &Target,
+    deadline: Option<Instant>,
 ) -> Result<Outcome<IsolateReport>, Error> {
     let ec2 = &clients.ec2;
     let plan = clients.plan();
@@ -165,6 +184,7 @@ pub async fn isolate_instance(
                             eni,
                             by_vpc.get(eni.vpc_id.as_str()).copied(),
                             &inst,
+                            deadline,
                         )
                     }),
             )
@@ -176,12 +196,29 @@ pub async fn isolate_instance(
         let (groups, moves) = moved?;
         Ok::<_, Error>((recorded, groups, moves))
     };
-    let (protected, isolated) = futures::join!(protect, isolate);
-    let (recorded, groups, moves) = isolated?;
-    if let Some(plan) = plan {
-        if let Err(err) = protected {
-            warn!(error = %err, "dry run: could not plan the evidence-keeping attributes");
+    let (protection, isolated) = futures::join!(protect, isolate);
+    let (recorded, groups, moves) = match isolated {
+        Ok(isolated) => isolated,
+        // An interface an earlier run left in the transit group is still there: say so first.
+        Err(err) if interfaces.iter().any(|i| i.in_transit) && plan.is_none() => {
+            return Err(Error::FailedOpen {
+                instance_id: target.instance_id.clone(),
+                exposed: interfaces
+                    .iter()
+                    .filter(|i| i.in_transit)
+                    .map(|i| i.id.clone())
+                    .collect(),
+                incomplete: Box::new(Error::Incomplete {
+                    step: "isolation",
+                    instance_id: target.instance_id.clone(),
+                    done: protection.done,
+                    failed: vec![("network isolation".into(), err)],
+                }),
+            });
         }
+        Err(err) => return Err(err),
+    };
+    if let Some(plan) = plan {
         return Ok(plan.outcome());
     }
     let skipped_interfaces: Vec<SkippedInterface> = managed
@@ -195,8 +232,14 @@ pub async fn isolate_instance(
         warn!(eni = %s.interface_id, "requester-managed interface left as it is");
     }
 
-    let mut done = Vec::new();
-    let mut failed = Vec::new();
+    let Protection {
+        mut done,
+        mut failed,
+        mut warnings,
+        volumes_kept_on_termination,
+        termination_protection,
+    } = protection;
+    let mut exposed = Vec::new();
     let mut report_interfaces = Vec::new();
     for result in moves {
         match result {
@@ -208,36 +251,47 @@ pub async fn isolate_instance(
                 ));
                 report_interfaces.push(eni);
             }
-            Err((eni, err)) => failed.push((format!("interface {eni}"), err)),
+            Err((eni, MoveFailure::NotIsolated(err))) => failed.push((
+                format!("interface {eni} (NOT isolated: left in its previous groups)"),
+                err,
+            )),
+            Err((eni, MoveFailure::Exposed(err))) => {
+                failed.push((
+                    format!("interface {eni} (EXPOSED: left in the allow-all transit group)"),
+                    err,
+                ));
+                exposed.push(eni);
+            }
         }
     }
+    // The record only serves release: a record that could not be written (a full tag quota,
+    // a denial) is reported, and the containment stands.
     let recorded = recorded.unwrap_or_else(|err| {
-        failed.push((
-            "record of the previous groups in the instance's tags".into(),
-            err,
+        warn!(error = %err, "record of the previous groups not written");
+        warnings.push(format!(
+            "the record of each interface's previous groups could not be written to the instance's tags ({err}); they are listed in this report, for a release by hand"
         ));
         false
     });
-    let volumes_kept_on_termination = match protected {
-        Ok(devices) => {
-            done.push("termination protection on, shutdown behaviour stop, volumes kept".into());
-            devices
-        }
-        Err(err) => {
-            failed.push(("termination protection".into(), err));
-            Vec::new()
-        }
-    };
     if !failed.is_empty() {
         for (what, err) in &failed {
             warn!(what, error = %err, "containment action failed");
         }
-        return Err(Error::Incomplete {
+        done.extend(warnings.into_iter().map(|w| format!("warning: {w}")));
+        let incomplete = Error::Incomplete {
             step: "isolation",
             instance_id: target.instance_id.clone(),
             done,
             failed,
-        });
+        };
+        if !exposed.is_empty() {
+            return Err(Error::FailedOpen {
+                instance_id: target.instance_id.clone(),
+                exposed,
+                incomplete: Box::new(incomplete),
+            });
+        }
+        return Err(incomplete);
     }
 
     let changed = recorded
@@ -253,10 +307,11 @@ pub async fn isolate_instance(
             instance_id: target.instance_id.clone(),
             quarantine_groups: groups,
             interfaces: report_interfaces,
-            termination_protection: true,
+            termination_protection,
             shutdown_behavior: "stop".into(),
             volumes_kept_on_termination,
             skipped_interfaces,
+            warnings,
         },
     ))
 }
@@ -384,16 +439,31 @@ fn deleted_on_termination(inst: &Instance) -> Vec<String> {
         .collect()
 }
 
+/// What keeping the evidence did, each change on its own.
+struct Protection {
+    done: Vec<String>,
+    failed: Vec<(String, Error)>,
+    warnings: Vec<String>,
+    /// Devices whose DeleteOnTermination this run turned off.
+    volumes_kept_on_termination: Vec<String>,
+    termination_protection: bool,
+}
+
 /// Keeps the evidence: no API termination, a shutdown from inside stops, and no volume is
-/// deleted with the instance. The attributes it had are recorded first, for release. Returns
-/// the devices whose DeleteOnTermination it turned off.
-async fn protect(
-    ec2: &aws_sdk_ec2::Client,
-    plan: Option<&Plan>,
-    inst: &Instance,
-) -> Result<Vec<String>, Error> {
+/// deleted with the instance. Each of the three changes is made on its own, so that one refused
+/// does not hold the others back; Spot instances cannot have termination protection (EC2
+/// refuses it), so it is skipped for them with the reason. The attributes the instance had are
+/// read first and recorded afterwards, for release: the record never holds a change back.
+async fn protect(ec2: &aws_sdk_ec2::Client, plan: Option<&Plan>, inst: &Instance) -> Protection {
     let instance_id = inst.instance_id().unwrap_or_default();
-    if tags::find(inst.tags(), tags::PREVIOUS_ATTRIBUTES).is_none() {
+    let mut out = Protection {
+        done: Vec::new(),
+        failed: Vec::new(),
+        warnings: Vec::new(),
+        volumes_kept_on_termination: Vec::new(),
+        termination_protection: false,
+    };
+    let previous = if tags::find(inst.tags(), tags::PREVIOUS_ATTRIBUTES).is_none() {
         let attribute = |name: InstanceAttributeName| {
             ec2.describe_instance_attribute()
                 .instance_id(instance_id)
@@ -401,41 +471,60 @@ async fn protect(
                 .send()
                 .map(|r| r.map_err(|e| Error::from_sdk("ec2:DescribeInstanceAttribute", e)))
         };
-        let (termination, shutdown) = futures::try_join!(
+        match futures::try_join!(
             attribute(InstanceAttributeName::DisableApiTermination),
             attribute(InstanceAttributeName::InstanceInitiatedShutdownBehavior),
-        )?;
-        let protected = termination
-            .disable_api_termination()
-            .and_then(|a| a.value())
-            .unwrap_or(false);
-        let behaviour = shutdown
-            .instance_initiated_shutdown_behavior()
-            .and_then(|a| a.value())
-            .unwrap_or("stop");
-        let record = tags::new(
-            tags::PREVIOUS_ATTRIBUTES,
-            format!("termination-protection={protected},shutdown={behaviour}"),
+        ) {
+            Ok((termination, shutdown)) => {
+                let protected = termination
+                    .disable_api_termination()
+                    .and_then(|a| a.value())
+                    .unwrap_or(false);
+                let behaviour = shutdown
+                    .instance_initiated_shutdown_behavior()
+                    .and_then(|a| a.value())
+                    .unwrap_or("stop")
+                    .to_owned();
+                Some(format!(
+                    "termination-protection={protected},shutdown={behaviour}"
+                ))
+            }
+            Err(err) => {
+                out.warnings.push(format!(
+                    "termination protection and shutdown behaviour before containment could not be read ({err}): release will not restore them"
+                ));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    // Spot instances cannot take termination protection: EC2 refuses DisableApiTermination
+    // for them (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/ec2-instance-termination-protection.html).
+    let spot = inst.instance_lifecycle() == Some(&InstanceLifecycleType::Spot);
+    let mut requests = Vec::new();
+    if spot {
+        out.warnings.push(
+            "termination protection not set: EC2 does not allow it on Spot instances (an interruption or a person can still terminate this one: snapshots are the evidence)".into(),
         );
-        tags::write(
-            ec2,
-            plan,
-            instance_id,
-            vec![record],
-            "record of termination protection and shutdown behaviour, for release",
-        )
-        .await?;
+    } else {
+        requests.push((
+            ec2.modify_instance_attribute()
+                .instance_id(instance_id)
+                .disable_api_termination(AttributeBooleanValue::builder().value(true).build()),
+            "termination protection".to_owned(),
+            "termination protection on".to_owned(),
+        ));
     }
-    let termination = ec2
-        .modify_instance_attribute()
-        .instance_id(instance_id)
-        .disable_api_termination(AttributeBooleanValue::builder().value(true).build());
-    let shutdown = ec2
-        .modify_instance_attribute()
-        .instance_id(instance_id)
-        .instance_initiated_shutdown_behavior(AttributeValue::builder().value("stop").build());
+    requests.push((
+        ec2.modify_instance_attribute()
+            .instance_id(instance_id)
+            .instance_initiated_shutdown_behavior(AttributeValue::builder().value("stop").build()),
+        "shutdown behaviour".to_owned(),
+        "shutdown from inside the instance stops it".to_owned(),
+    ));
     let devices = deleted_on_termination(inst);
-    let volumes = (!devices.is_empty()).then(|| {
+    if !devices.is_empty() {
         let mappings = devices
             .iter()
             .map(|d| {
@@ -449,112 +538,247 @@ async fn protect(
                     .build()
             })
             .collect();
-        ec2.modify_instance_attribute()
-            .instance_id(instance_id)
-            .set_block_device_mappings(Some(mappings))
-    });
-    let mut requests = vec![
-        (termination, "termination protection on".to_owned()),
-        (
-            shutdown,
-            "shutdown from inside the instance stops it".to_owned(),
-        ),
-    ];
-    if let Some(v) = volumes {
         requests.push((
-            v,
+            ec2.modify_instance_attribute()
+                .instance_id(instance_id)
+                .set_block_device_mappings(Some(mappings)),
+            "volumes kept on termination".to_owned(),
             format!("volumes kept on termination: {}", devices.join(", ")),
         ));
     }
-    if let Some(plan) = plan {
-        let answers = join_all(requests.into_iter().map(|(request, detail)| async move {
-            let answer = request
-                .dry_run(true)
-                .send()
-                .await
-                .map_err(|e| Error::from_sdk("ec2:ModifyInstanceAttribute", e));
-            (answer, detail)
-        }))
-        .await;
-        for (answer, detail) in answers {
+    let dry_run = plan.is_some();
+    let answers = join_all(
+        requests
+            .into_iter()
+            .map(|(request, what, detail)| async move {
+                let answer = request
+                    .dry_run(dry_run)
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| Error::from_sdk("ec2:ModifyInstanceAttribute", e));
+                (answer, what, detail)
+            }),
+    )
+    .await;
+    for (answer, what, detail) in answers {
+        if let Some(plan) = plan {
             plan.add_ec2("ec2:ModifyInstanceAttribute", instance_id, detail, answer);
+            continue;
         }
-        return Ok(devices);
+        match answer {
+            Ok(()) => {
+                if what == "termination protection" {
+                    out.termination_protection = true;
+                }
+                if what == "volumes kept on termination" {
+                    info!(?devices, "volumes kept on termination");
+                    out.volumes_kept_on_termination = devices.clone();
+                }
+                out.done.push(detail);
+            }
+            Err(err) => out.failed.push((what, err)),
+        }
     }
-    try_join_all(requests.into_iter().map(|(request, _)| {
-        request
-            .send()
-            .map(|r| r.map_err(|e| Error::from_sdk("ec2:ModifyInstanceAttribute", e)))
-    }))
-    .await?;
-    if !devices.is_empty() {
-        info!(?devices, "volumes kept on termination");
+    if let Some(previous) = previous {
+        let record = tags::new(tags::PREVIOUS_ATTRIBUTES, previous);
+        let why = "record of termination protection and shutdown behaviour, for release";
+        if let Err(err) = tags::write(ec2, plan, instance_id, vec![record], why).await {
+            warn!(error = %err, "record of the previous attributes not written");
+            out.warnings.push(format!(
+                "the record of termination protection and shutdown behaviour before containment could not be written ({err}): release will not restore them"
+            ));
+        }
     }
-    Ok(devices)
+    out
 }
 
+/// How an interface that did not reach the quarantine group was left.
+enum MoveFailure {
+    /// In the groups it had before (the move failed before the transit group, or it was moved
+    /// back out of it): not isolated, and no more open than before.
+    NotIsolated(Error),
+    /// In the allow-all transit group: neither the move on to the quarantine group nor the move
+    /// back to its previous groups succeeded. All traffic reaches it.
+    Exposed(Error),
+}
+
+/// Time kept back from the function's deadline to move an interface out of the transit group
+/// when the move to quarantine has not answered.
+const REVERT_RESERVE: Duration = Duration::from_secs(5);
+/// Below this much time left, an interface goes straight to quarantine: the transit group is
+/// used only when there is time both to leave it and to come back from it.
+const TRANSIT_MIN_TIME: Duration = Duration::from_secs(12);
+
+/// Runs `call` until `deadline` (none: until it ends); a call cut by the deadline is a transient
+/// failure whose effect is unknown.
+async fn until<T, F>(deadline: Option<Instant>, call: F) -> Result<T, Error>
+where
+    F: std::future::Future<Output = Result<T, Error>>,
+{
+    let Some(deadline) = deadline else {
+        return call.await;
+    };
+    tokio::time::timeout_at(deadline, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::Transient {
+                action: "ec2:NetworkInterface",
+                code: "FunctionDeadline".into(),
+                message: "no answer before the function's time ran out".into(),
+                source: "deadline".into(),
+            })
+        })
+}
+
+/// Moves one interface into the quarantine group alone, through the transit group when there is
+/// one. Once the interface may be in the transit group it never stays there: it goes on to the
+/// quarantine group or back to the groups it had, or the failure says EXPOSED.
 async fn move_interface(
     ec2: &aws_sdk_ec2::Client,
     plan: Option<&Plan>,
     eni: &Interface,
     group: Option<&QuarantineGroup>,
     inst: &Instance,
-) -> Result<InterfaceIsolation, (String, Error)> {
+    deadline: Option<Instant>,
+) -> Result<InterfaceIsolation, (String, MoveFailure)> {
     let (group_id, transit_id) = group
         .map(|g| (g.group_id.as_str(), g.transit_group_id.as_str()))
         .unwrap_or_default();
     let isolated = eni.groups.len() == 1 && eni.groups[0] == group_id;
-    let previous_groups = if isolated {
+    // An interface found in the transit group was put there by an earlier run cut short: its
+    // own groups are the ones that run recorded.
+    let previous_groups = if isolated || eni.in_transit {
         recorded_groups(inst, &eni.id)
     } else {
         eni.groups.clone()
     };
-    let set_groups = |group: &str| {
-        ec2.modify_network_interface_attribute()
-            .network_interface_id(&eni.id)
-            .groups(group)
-            .send()
-            .map(|r| r.map_err(|e| Error::from_sdk("ec2:ModifyNetworkInterfaceAttribute", e)))
-    };
-    let mut connections_cut = false;
-    if let Some(plan) = plan {
-        if !isolated {
-            for (group, detail) in [
-                (
-                    transit_id,
-                    "first to the transit group, which untracks open connections",
-                ),
-                (group_id, "then to the quarantine group alone"),
-            ] {
-                plan_groups(ec2, plan, &eni.id, group, detail).await;
-            }
-        }
-    } else if !isolated {
-        // Through the transit group first; without it, isolate all the same.
-        if !transit_id.is_empty() {
-            match set_groups(transit_id).await {
-                Ok(_) => connections_cut = true,
-                Err(err) => {
-                    warn!(eni = %eni.id, error = %err, "transit move failed: open connections may persist");
-                }
-            }
-        }
-        set_groups(group_id)
-            .await
-            .map_err(|err| (eni.id.clone(), err))?;
-        info!(eni = %eni.id, sg = %group_id, previous = ?previous_groups, connections_cut, "interface isolated");
-    }
-    Ok(InterfaceIsolation {
+    let report = |status, connections_cut| InterfaceIsolation {
         interface_id: eni.id.clone(),
         vpc_id: eni.vpc_id.clone(),
-        previous_groups,
-        status: if isolated {
-            InterfaceStatus::AlreadyIsolated
-        } else {
-            InterfaceStatus::Isolated
-        },
+        previous_groups: previous_groups.clone(),
+        status,
         connections_cut,
-    })
+    };
+    if isolated {
+        return Ok(report(InterfaceStatus::AlreadyIsolated, false));
+    }
+    if let Some(plan) = plan {
+        for (group, detail) in [
+            (
+                transit_id,
+                "first to the transit group, which untracks open connections",
+            ),
+            (group_id, "then to the quarantine group alone"),
+        ] {
+            plan_groups(ec2, plan, &eni.id, group, detail).await;
+        }
+        return Ok(report(InterfaceStatus::Isolated, false));
+    }
+    let set_groups = |groups: Vec<String>| {
+        ec2.modify_network_interface_attribute()
+            .network_interface_id(&eni.id)
+            .set_groups(Some(groups))
+            .send()
+            .map(|r| {
+                r.map(|_| ())
+                    .map_err(|e| Error::from_sdk("ec2:ModifyNetworkInterfaceAttribute", e))
+            })
+    };
+    let time_left = |reserve: Duration| {
+        deadline.is_none_or(|d| d.saturating_duration_since(Instant::now()) > reserve)
+    };
+    // Whether the interface may be in the transit group now (moved there by this run or an
+    // earlier one, or by a request whose answer never came).
+    let mut maybe_in_transit = eni.in_transit;
+    let mut connections_cut = eni.in_transit;
+    let transit_tried = !eni.in_transit && !transit_id.is_empty() && time_left(TRANSIT_MIN_TIME);
+    if transit_tried {
+        match until(
+            deadline.map(|d| d - REVERT_RESERVE),
+            set_groups(vec![transit_id.to_owned()]),
+        )
+        .await
+        {
+            Ok(()) => {
+                maybe_in_transit = true;
+                connections_cut = true;
+            }
+            Err(err) => {
+                maybe_in_transit = err.maybe_applied();
+                warn!(eni = %eni.id, error = %err, "transit move failed: open connections may persist");
+            }
+        }
+    }
+    let to_quarantine = || {
+        until(
+            deadline.map(|d| d - REVERT_RESERVE),
+            set_groups(vec![group_id.to_owned()]),
+        )
+    };
+    let isolated = |connections_cut| {
+        info!(eni = %eni.id, sg = %group_id, previous = ?previous_groups, connections_cut, "interface isolated");
+        Ok(report(InterfaceStatus::Isolated, connections_cut))
+    };
+    let err = match to_quarantine().await {
+        Ok(()) => return isolated(connections_cut),
+        Err(err) if !maybe_in_transit && !transit_tried => {
+            return Err((eni.id.clone(), MoveFailure::NotIsolated(err)));
+        }
+        Err(err) => err,
+    };
+    // A call that failed may still have been applied (an earlier attempt the SDK retried, an
+    // answer that never came): where the interface is, AWS says.
+    let not_open = |groups: &[String]| groups != [transit_id.to_owned()];
+    match until(deadline, current_groups(ec2, &eni.id)).await {
+        Ok(groups) if groups == [group_id.to_owned()] => return isolated(connections_cut),
+        Ok(groups) if not_open(&groups) => {
+            return Err((eni.id.clone(), MoveFailure::NotIsolated(err)));
+        }
+        _ => {}
+    }
+    // In the transit group (or unknown): once more to quarantine when the failure may pass,
+    // then back to the groups it had, which allow no more than before.
+    if err.name().is_retryable() && to_quarantine().await.is_ok() {
+        return isolated(connections_cut);
+    }
+    warn!(eni = %eni.id, error = %err, "the move to quarantine failed after the transit group: moving the interface back");
+    if !previous_groups.is_empty()
+        && until(deadline, set_groups(previous_groups.clone()))
+            .await
+            .is_ok()
+    {
+        warn!(eni = %eni.id, previous = ?previous_groups, "moved back to its previous groups: not isolated");
+        return Err((eni.id.clone(), MoveFailure::NotIsolated(err)));
+    }
+    match until(deadline, current_groups(ec2, &eni.id)).await {
+        Ok(groups) if groups == [group_id.to_owned()] => isolated(connections_cut),
+        Ok(groups) if not_open(&groups) => Err((eni.id.clone(), MoveFailure::NotIsolated(err))),
+        _ => {
+            error!(eni = %eni.id, "EXPOSED: in the transit group, and neither the move on nor the move back succeeded");
+            Err((eni.id.clone(), MoveFailure::Exposed(err)))
+        }
+    }
+}
+
+/// The interface's groups as EC2 has them now.
+async fn current_groups(ec2: &aws_sdk_ec2::Client, eni: &str) -> Result<Vec<String>, Error> {
+    let out = ec2
+        .describe_network_interfaces()
+        .network_interface_ids(eni)
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk("ec2:DescribeNetworkInterfaces", e))?;
+    Ok(out
+        .network_interfaces()
+        .first()
+        .map(|n| {
+            n.groups()
+                .iter()
+                .filter_map(|g| g.group_id().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default())
 }
 
 /// Plans one group change of an interface, checked with EC2's DryRun when the group exists.

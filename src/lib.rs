@@ -37,6 +37,16 @@ pub(crate) fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
+/// The instant Lambda stops the function, from the invocation's deadline (milliseconds since
+/// the Unix epoch); `None` when it is not in the future (no deadline given, or a clock apart).
+pub fn deadline(deadline_ms: u64) -> Option<tokio::time::Instant> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    let left = std::time::Duration::from_millis(deadline_ms).checked_sub(now)?;
+    Some(tokio::time::Instant::now() + left)
+}
+
 /// Runs a containment step on the target a finding names, with clients for the finding's
 /// account and region; a finding that names nothing to contain, or an account the responder
 /// must not act in, is skipped with the reason.

@@ -9,7 +9,7 @@ use tracing::info;
 
 use crate::context::Ctx;
 use crate::deregister::{DeregisterReport, GroupStatus};
-use crate::error::Error;
+use crate::error::{Error, ErrorName};
 use crate::finding::{self, FindingEvent, Skip, Target, severity_label};
 use crate::isolate::{InterfaceStatus, IsolateReport};
 use crate::outcome::{Check, Outcome, PlannedAction};
@@ -256,7 +256,22 @@ pub fn render(input: &NotifyInput) -> Message {
         .unwrap_or("unknown type");
     let severity = detail.and_then(|d| d.severity).filter(|s| s.is_finite());
 
+    // An interface left open is what the team must act on first.
+    let exposed = match &input.isolate {
+        Some(StepResult::Failed(f)) if f.error == ErrorName::IsolationFailedOpen.as_str() => {
+            Some(f.message())
+        }
+        _ => None,
+    };
     let mut body = String::new();
+    if let Some(message) = &exposed {
+        // Its first sentence; the step's line below has the whole error.
+        let lead = message
+            .split_inclusive("by hand.")
+            .next()
+            .unwrap_or_default();
+        let _ = writeln!(body, "{}\n", lead.chars().take(2000).collect::<String>());
+    }
     let _ = writeln!(body, "{}", verdict.headline());
     let _ = writeln!(body, "GuardDuty finding: {finding_type}");
     if let Some(s) = severity {
@@ -305,6 +320,12 @@ pub fn render(input: &NotifyInput) -> Message {
             if verdict != Verdict::NotifyOnly {
                 let _ = writeln!(body, "\nActions");
                 write_isolation(&mut body, input.isolate.as_ref(), &links);
+                if finding_type.ends_with("!DNS") {
+                    let _ = writeln!(
+                        body,
+                        "      NOTE: this finding comes from DNS queries. Security groups do not filter DNS queries to the Route 53 Resolver, so the instance can still resolve names (and a DNS tunnel keeps working) after isolation: block its queries with Route 53 Resolver DNS Firewall."
+                    );
+                }
                 write_deregistration(&mut body, input.deregister.as_ref());
                 write_snapshots(&mut body, input.snapshot.as_ref(), &links);
                 write_role(&mut body, input.role.as_ref(), &links);
@@ -324,10 +345,12 @@ pub fn render(input: &NotifyInput) -> Message {
         body,
         "\nNothing was terminated, stopped or deleted. Sent by ec2-quarantine."
     );
+    bound(&mut body);
 
     // What and where first: a long finding type is what gets cut.
     let subject = subject_line(&format!(
-        "[{}] {} - GuardDuty {} {}",
+        "[{}{}] {} - GuardDuty {} {}",
+        if exposed.is_some() { "EXPOSED, " } else { "" },
         verdict.headline(),
         subject_target,
         severity.map(severity_label).unwrap_or("Unknown"),
@@ -514,6 +537,24 @@ fn judge(input: &NotifyInput) -> Verdict {
     }
 }
 
+/// The most bytes of a message body: SNS refuses a message over 262,144 bytes, attributes
+/// included (https://docs.aws.amazon.com/sns/latest/api/API_Publish.html); every list in a report
+/// is capped already, so this only guards against the unforeseen.
+const MAX_BODY_BYTES: usize = 200 * 1024;
+
+/// Cuts a body over [`MAX_BODY_BYTES`] on a character boundary, saying where the rest is.
+fn bound(body: &mut String) {
+    if body.len() <= MAX_BODY_BYTES {
+        return;
+    }
+    let mut end = MAX_BODY_BYTES;
+    while !body.is_char_boundary(end) {
+        end -= 1;
+    }
+    body.truncate(end);
+    body.push_str("\n... (message cut at 200 KiB: each step's full result is in the Step Functions execution's history)\n");
+}
+
 /// One line of printable ASCII under SNS's limit (SNS rejects control characters and newlines).
 fn subject_line(s: &str) -> String {
     let clean: String = s
@@ -637,7 +678,7 @@ fn write_isolation(body: &mut String, r: Option<&StepResult<IsolateReport>>, lin
             eni.previous_groups.join(", ")
         };
         let path = if eni.connections_cut {
-            " in two steps (transit group, then quarantine: open connections cut)"
+            " after passing through the transit group (the technique AWS's containment runbook uses to cut tracked connections)"
         } else {
             ""
         };
@@ -649,9 +690,12 @@ fn write_isolation(body: &mut String, r: Option<&StepResult<IsolateReport>>, lin
         if eni.status == InterfaceStatus::Isolated && !eni.connections_cut {
             let _ = writeln!(
                 body,
-                "        WARNING: connections open before isolation may persist (the transit group could not be used)"
+                "        WARNING: transit failed: connections open before isolation may persist"
             );
         }
+    }
+    for w in &report.warnings {
+        let _ = writeln!(body, "      WARNING: {w}");
     }
     for skipped in &report.skipped_interfaces {
         let _ = writeln!(
@@ -662,7 +706,12 @@ fn write_isolation(body: &mut String, r: Option<&StepResult<IsolateReport>>, lin
     }
     let _ = writeln!(
         body,
-        "      termination protection on; shutdown behaviour: {}",
+        "      termination protection {}; shutdown behaviour: {}",
+        if report.termination_protection {
+            "on"
+        } else {
+            "NOT on (see the warning)"
+        },
         report.shutdown_behavior
     );
     if !report.volumes_kept_on_termination.is_empty() {
@@ -758,8 +807,27 @@ fn write_deregistration(body: &mut String, r: Option<&StepResult<DeregisterRepor
             t.target_id, t.target_group_arn
         );
     }
+    if report.targets_total > report.targets.len() {
+        let _ = writeln!(
+            body,
+            "      ... {} registrations in all (the first {} above; the others: the EC2 console's target groups)",
+            report.targets_total,
+            report.targets.len()
+        );
+    }
     for lb in &report.classic_load_balancers {
         let _ = writeln!(body, "      deregistered from Classic Load Balancer {lb}");
+    }
+    if report.classic_load_balancers_total > report.classic_load_balancers.len() {
+        let _ = writeln!(
+            body,
+            "      ... {} Classic Load Balancers in all (the first {} above)",
+            report.classic_load_balancers_total,
+            report.classic_load_balancers.len()
+        );
+    }
+    for w in &report.warnings {
+        let _ = writeln!(body, "      WARNING: {w}");
     }
 }
 
@@ -776,6 +844,9 @@ fn write_snapshots(body: &mut String, r: Option<&StepResult<SnapshotReport>>, li
             s.device.as_deref().unwrap_or("unknown device"),
             links.snapshot(&s.snapshot_id)
         );
+    }
+    for w in &report.warnings {
+        let _ = writeln!(body, "      WARNING: {w}");
     }
 }
 
@@ -799,20 +870,31 @@ fn write_role(body: &mut String, r: Option<&StepResult<RoleReport>>, links: &Lin
         "      role action: {}",
         match report.role_action {
             RoleAction::DenyAll => "deny-all",
-            RoleAction::RevokeSessions => "revoke-sessions (role left working for new sessions)",
+            RoleAction::RevokeSessions =>
+                "revoke-sessions (every session of the role issued before containment denied, other instances' too until their credentials rotate)",
+            RoleAction::RevokeInstance =>
+                "revoke-instance (this instance's credentials denied wherever they are used; other instances keep working)",
             RoleAction::None => "none (role left as it is)",
         }
     );
-    let _ = writeln!(
-        body,
-        "      DenyAll policy: {}; sessions issued before {}: revoked ({})",
-        change(report.deny_all),
-        report
-            .sessions_issued_before
-            .as_deref()
-            .unwrap_or("the first containment"),
-        change(report.revoke_sessions)
-    );
+    if report.role_action == RoleAction::RevokeInstance {
+        let _ = writeln!(
+            body,
+            "      credentials EC2 delivered to this instance: denied wherever they are used ({})",
+            change(report.revoke_instance)
+        );
+    } else {
+        let _ = writeln!(
+            body,
+            "      DenyAll policy: {}; sessions issued before {}: revoked ({})",
+            change(report.deny_all),
+            report
+                .sessions_issued_before
+                .as_deref()
+                .unwrap_or("the first containment"),
+            change(report.revoke_sessions)
+        );
+    }
     match &report.instance_profile {
         Some(swap) => {
             let _ = writeln!(
@@ -828,20 +910,53 @@ fn write_role(body: &mut String, r: Option<&StepResult<RoleReport>>, links: &Lin
             let _ = writeln!(body, "      instance profile: none to replace");
         }
     }
-    match (&report.other_instances_error, report.other_instances.len()) {
+    let total = report
+        .other_instances_total
+        .max(report.other_instances.len());
+    let at_least = if report.other_instances_more {
+        "at least "
+    } else {
+        ""
+    };
+    let listed = report.other_instances.join(", ");
+    let rest = if total > report.other_instances.len() {
+        format!(
+            " (the first {}; the others: EC2 console, instances with the role's instance profile)",
+            report.other_instances.len()
+        )
+    } else {
+        String::new()
+    };
+    match (&report.other_instances_error, total) {
         (Some(e), _) => {
             let _ = writeln!(body, "      other instances using the role: unknown ({e})");
         }
         (None, 0) => {
             let _ = writeln!(body, "      no other instance uses the role");
         }
-        (None, n) => {
-            let _ = writeln!(
-                body,
-                "      WARNING: {n} other instance(s) use this role and lost its permissions too: {}",
-                report.other_instances.join(", ")
-            );
-        }
+        (None, n) => match report.role_action {
+            RoleAction::DenyAll => {
+                let _ = writeln!(
+                    body,
+                    "      WARNING: {at_least}{n} other instance(s) use this role and lost its permissions too: {listed}{rest}"
+                );
+            }
+            RoleAction::RevokeSessions => {
+                let _ = writeln!(
+                    body,
+                    "      WARNING: {at_least}{n} other instance(s) use this role: their current credentials are denied too until they rotate: {listed}{rest}"
+                );
+            }
+            _ => {
+                let _ = writeln!(
+                    body,
+                    "      {at_least}{n} other instance(s) use this role and keep working: {listed}{rest}"
+                );
+            }
+        },
+    }
+    for w in &report.warnings {
+        let _ = writeln!(body, "      WARNING: {w}");
     }
 }
 

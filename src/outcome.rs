@@ -2,6 +2,12 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The most items of one list (target groups, other instances, snapshots) that a step's output
+/// and the notification carry; the total is reported beside it. Step Functions refuses any state
+/// input or output over 256 KiB and SNS any message over 256 KiB, and a list that grows with
+/// the account must never reach either.
+pub const MAX_LISTED: usize = 50;
+
 /// A step's result: it acted, found its work already done by an earlier run, had nothing to do
 /// (with the reason), or, in a dry run, what it would do. Serialized with a `status` field the
 /// state machine and notify read.

@@ -21,7 +21,10 @@ use crate::deregister::TargetRecord;
 use crate::error::Error;
 use crate::finding::{Scope, Target, is_instance_id};
 use crate::outcome::Outcome;
-use crate::role::{DENY_ALL_POLICY_NAME, REVOKE_SESSIONS_POLICY_NAME, deny_all_policy_arn};
+use crate::role::{
+    DENY_ALL_POLICY_NAME, REVOKE_SESSIONS_POLICY_NAME, deny_all_policy_arn,
+    revoke_instance_document, revoke_instance_policy_name,
+};
 use crate::{instance, profile, tags};
 
 /// What a person gives the release state machine.
@@ -245,7 +248,10 @@ async fn restore_attributes(
             .map(str::to_owned)
     };
     let mut requests = Vec::new();
-    if let Some(v) = field("termination-protection") {
+    // Containment never sets termination protection on a Spot instance (EC2 refuses any change
+    // of it there), so there is nothing to restore.
+    let spot = inst.instance_lifecycle() == Some(&aws_sdk_ec2::types::InstanceLifecycleType::Spot);
+    if let Some(v) = field("termination-protection").filter(|_| !spot) {
         requests.push(
             ec2.modify_instance_attribute()
                 .instance_id(id)
@@ -335,6 +341,7 @@ async fn release_role(
         return Ok(None);
     };
     let iam = &clients.iam;
+    date_instance_deny(clients, target, &role_name).await?;
     let hold = format!("{}{}", tags::ROLE_HOLD, target.instance_id);
     iam.untag_role()
         .role_name(&role_name)
@@ -392,6 +399,48 @@ async fn release_role(
         policies_removed: true,
         still_held_by,
     }))
+}
+
+/// Dates the deny of the instance's own credentials (`revoke-instance`), if the role has one:
+/// credentials issued from now on work, and the ones issued before (stolen copies included)
+/// stay denied. The deny stays on the role.
+async fn date_instance_deny(
+    clients: &Clients,
+    target: &Target,
+    role_name: &str,
+) -> Result<(), Error> {
+    let iam = &clients.iam;
+    let name = revoke_instance_policy_name(&target.instance_id);
+    match iam
+        .get_role_policy()
+        .role_name(role_name)
+        .policy_name(&name)
+        .send()
+        .await
+    {
+        Ok(_) => {}
+        Err(e) => {
+            let err = Error::from_sdk("iam:GetRolePolicy", e);
+            return match err.aws_code() {
+                Some("NoSuchEntity") => Ok(()),
+                _ => Err(err),
+            };
+        }
+    }
+    let instance_arn = format!(
+        "arn:{}:ec2:{}:{}:instance/{}",
+        target.scope.partition, target.scope.region, target.scope.account_id, target.instance_id
+    );
+    let cutoff = crate::now_rfc3339();
+    iam.put_role_policy()
+        .role_name(role_name)
+        .policy_name(&name)
+        .policy_document(revoke_instance_document(&instance_arn, Some(&cutoff)))
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk("iam:PutRolePolicy", e))?;
+    info!(role = role_name, %cutoff, "the deny of the instance's credentials now ends at the release");
+    Ok(())
 }
 
 async fn rejoin_group(
@@ -464,11 +513,9 @@ async fn reregister_targets(
         .tags()
         .iter()
         .filter_map(|t| Some((t.key()?.strip_prefix(tags::TARGET_GROUP)?, t.value()?)))
-        .flat_map(|(resource, value)| {
-            let arn = format!(
-                "arn:{}:elasticloadbalancing:{}:{}:{resource}",
-                scope.partition, scope.region, scope.account_id
-            );
+        .flat_map(|(suffix, value)| {
+            let arn =
+                tags::target_group_arn(suffix, &scope.partition, &scope.region, &scope.account_id);
             value
                 .split(',')
                 .filter_map(|pair| {

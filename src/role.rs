@@ -1,7 +1,9 @@
 //! Role containment: a managed DenyAll policy on the instance's role, and an inline deny of
 //! every session issued before now, so that credentials already stolen stop working too.
 
-use aws_sdk_ec2::types::{Filter, IamInstanceProfileSpecification};
+use std::collections::BTreeSet;
+
+use aws_sdk_ec2::types::{Filter, IamInstanceProfileSpecification, InstanceStateName};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tracing::{info, warn};
@@ -9,7 +11,7 @@ use tracing::{info, warn};
 use crate::context::{Clients, Ctx};
 use crate::error::Error;
 use crate::finding::{FindingEvent, Skip, Target, is_role_name};
-use crate::outcome::{Outcome, Plan, PlannedAction};
+use crate::outcome::{MAX_LISTED, Outcome, Plan, PlannedAction};
 use crate::settings::RoleAction;
 use crate::{instance, now_rfc3339, profile, tags};
 
@@ -22,6 +24,12 @@ pub const POLICY_PATH: &str = "/ec2-quarantine/";
 pub const QUARANTINE_PROFILE_NAME: &str = "ec2-quarantine-quarantined";
 /// The inline policy that denies sessions issued before containment.
 pub const REVOKE_SESSIONS_POLICY_NAME: &str = "ec2-quarantine-revoke-older-sessions";
+/// The prefix of the inline policy, one per contained instance, that denies the credentials EC2
+/// delivered to that instance (`revoke-instance`); the instance id follows.
+pub const REVOKE_INSTANCE_POLICY_PREFIX: &str = "ec2-quarantine-revoke-";
+/// The most instance profile associations read to find the other instances using a role: a
+/// region with more is reported as "at least" the count found.
+pub const MAX_SCANNED_ASSOCIATIONS: usize = 10_000;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoleReport {
@@ -33,15 +41,32 @@ pub struct RoleReport {
     pub deny_all_policy_arn: String,
     pub deny_all: Change,
     pub revoke_sessions: Change,
+    /// The deny of this instance's own credentials wherever they are used (`revoke-instance`).
+    #[serde(default = "not_configured")]
+    pub revoke_instance: Change,
     /// The cutoff written by this run; `None` when an earlier run's deny was kept.
     pub sessions_issued_before: Option<String>,
     /// The instance's profile swapped for the quarantine profile (`None`: it had none).
     #[serde(default)]
     pub instance_profile: Option<ProfileSwap>,
-    /// Other instances that use the role and lose their permissions with it.
+    /// Other instances that use the role (the first [`MAX_LISTED`]).
     pub other_instances: Vec<String>,
-    /// Set when the other instances could not be listed (containment went ahead regardless).
+    /// How many other instances use the role (at least this many when `other_instances_more`).
+    #[serde(default)]
+    pub other_instances_total: usize,
+    /// The count stopped at [`MAX_SCANNED_ASSOCIATIONS`] profile associations: there may be more.
+    #[serde(default)]
+    pub other_instances_more: bool,
+    /// Set when the other instances could not be listed (the role was then treated as shared).
     pub other_instances_error: Option<String>,
+    /// What was not done or not recorded, in plain words (a `deny-all` turned into
+    /// `revoke-instance` on a shared role, a record the tag quota refused).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+fn not_configured() -> Change {
+    Change::NotConfigured
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +118,37 @@ pub fn revoke_sessions_document(cutoff: &str) -> String {
     .to_string()
 }
 
+/// Denies every request signed with credentials that EC2 delivered to the instance
+/// `instance_arn`, wherever they are used: IAM puts `ec2:SourceInstanceARN` in the context of
+/// requests signed with an instance's role credentials
+/// (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_condition-keys.html#condition-keys-ec2instancesourcevpc),
+/// so stolen copies are denied too, and the other instances of the role are not. While the
+/// instance is contained the deny has no time limit (credentials it obtains later, should the
+/// profile swap fail, are denied too); release dates it (`issued_before`), so that credentials
+/// issued after the release work and the ones stolen before stay denied.
+pub fn revoke_instance_document(instance_arn: &str, issued_before: Option<&str>) -> String {
+    let mut condition = json!({"StringEquals": {"ec2:SourceInstanceARN": instance_arn}});
+    if let Some(cutoff) = issued_before {
+        condition["DateLessThan"] = json!({"aws:TokenIssueTime": cutoff});
+    }
+    json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Sid": "QuarantineRevokeInstanceCredentials",
+            "Effect": "Deny",
+            "Action": "*",
+            "Resource": "*",
+            "Condition": condition
+        }]
+    })
+    .to_string()
+}
+
+/// The name of the inline policy that denies the credentials of `instance_id`.
+pub fn revoke_instance_policy_name(instance_id: &str) -> String {
+    format!("{REVOKE_INSTANCE_POLICY_PREFIX}{instance_id}")
+}
+
 /// Contains the role of the instance a finding names (the Lambda handler).
 pub async fn contain_role(ctx: &Ctx, event: &FindingEvent) -> Result<Outcome<RoleReport>, Error> {
     crate::for_target(ctx, event, |clients, target| async move {
@@ -142,9 +198,31 @@ pub async fn contain_instance_role(
     }
 
     let policy_arn = deny_all_policy_arn(&target.scope.partition, &target.scope.account_id);
-    let action = clients.settings.role_action;
     let plan = clients.plan();
-    let (deny_all, revoke, profile, others, hold) = futures::join!(
+    let mut warnings = Vec::new();
+    // Who else runs with the role decides how far the role action may go: DenyAll on a shared
+    // role stops every instance using it, so it takes an explicit opt-in. A role whose users
+    // could not be listed is taken as shared.
+    let others = other_instances(clients, &role_name, &target.instance_id).await;
+    let shared = others.as_ref().map_or(true, |o| o.total > 0);
+    let action = match clients.settings.role_action {
+        RoleAction::DenyAll if shared && !clients.settings.deny_all_shared_roles => {
+            warnings.push(format!(
+                "the role {role_name} is {}: revoke-instance instead of deny-all, so that only this instance's credentials are denied (set DenyAllSharedRoles=true to deny the role to every instance)",
+                if others.is_ok() { "used by other instances" } else { "perhaps used by other instances (they could not be listed)" }
+            ));
+            RoleAction::RevokeInstance
+        }
+        configured => configured,
+    };
+    let instance_arn = format!(
+        "arn:{}:ec2:{}:{}:instance/{}",
+        target.scope.partition, target.scope.region, target.scope.account_id, target.instance_id
+    );
+    // The role's hold only where release removes the role's policies once no contained
+    // instance needs them; the role itself is recorded for every action that changes it.
+    let undone_on_release = matches!(action, RoleAction::DenyAll | RoleAction::RevokeSessions);
+    let (deny_all, revoke, revoke_instance, profile) = futures::join!(
         async {
             match action {
                 RoleAction::DenyAll => attach_deny_all(iam, plan, &role_name, &policy_arn).await,
@@ -153,8 +231,18 @@ pub async fn contain_instance_role(
         },
         async {
             match action {
-                RoleAction::None => Ok((Change::NotConfigured, None)),
-                _ => revoke_older_sessions(iam, plan, &role_name).await,
+                RoleAction::DenyAll | RoleAction::RevokeSessions => {
+                    revoke_older_sessions(iam, plan, &role_name).await
+                }
+                _ => Ok((Change::NotConfigured, None)),
+            }
+        },
+        async {
+            match action {
+                RoleAction::RevokeInstance => {
+                    revoke_instance_credentials(iam, plan, &role_name, target, &instance_arn).await
+                }
+                _ => Ok(Change::NotConfigured),
             }
         },
         quarantine_instance_profile(
@@ -162,74 +250,94 @@ pub async fn contain_instance_role(
             target,
             (action != RoleAction::None).then_some(role_name.as_str())
         ),
-        other_instances(clients, &role_name, &target.instance_id),
-        async {
-            match action {
-                RoleAction::None => Ok(()),
-                _ => hold_role(clients, target, &role_name).await,
-            }
-        },
     );
+    // Recorded after acting: the hold never holds a change back, and a hold that could not be
+    // written is reported.
+    if undone_on_release && let Err(err) = hold_role(clients, target, &role_name).await {
+        warn!(error = %err, "role hold not written");
+        warnings.push(format!(
+            "the role's record of this containment (tag {}{}) could not be written ({err}): release will not remove the role's quarantine policies; remove them by hand once no contained instance needs them",
+            tags::ROLE_HOLD,
+            target.instance_id
+        ));
+    }
     if let Some(plan) = plan {
-        for err in [deny_all.err(), revoke.err(), profile.err(), hold.err()]
-            .into_iter()
-            .flatten()
+        for err in [
+            deny_all.err(),
+            revoke.err(),
+            revoke_instance.err(),
+            profile.err(),
+        ]
+        .into_iter()
+        .flatten()
         {
             warn!(error = %err, "dry run: could not plan a role action");
         }
         return Ok(plan.outcome());
     }
-    let (deny_all, (revoke_sessions, cutoff), instance_profile) =
-        match (deny_all, revoke, profile, hold) {
-            (Ok(d), Ok(r), Ok(p), Ok(())) => (d, r, p),
-            (d, r, p, h) => {
-                let mut done = Vec::new();
-                let mut failed = Vec::new();
-                match d {
-                    Ok(_) => done.push(format!("{DENY_ALL_POLICY_NAME} attached to {role_name}")),
-                    Err(e) => failed.push(("DenyAll policy".to_owned(), e)),
-                }
-                match r {
-                    Ok(_) => done.push(format!("older sessions of {role_name} revoked")),
-                    Err(e) => failed.push(("session revocation".to_owned(), e)),
-                }
-                match p {
-                    Ok(_) => {
-                        done.push("instance profile replaced by the quarantine profile".to_owned())
-                    }
-                    Err(e) => failed.push(("instance profile replacement".to_owned(), e)),
-                }
-                if let Err(e) = h {
-                    failed.push((
-                        "record of the role's containment, for release".to_owned(),
-                        e,
-                    ));
-                }
-                return Err(Error::Incomplete {
-                    step: "role containment",
-                    instance_id: target.instance_id.clone(),
-                    done,
-                    failed,
-                });
+    let (
+        deny_all,
+        (revoke_sessions, cutoff),
+        revoke_instance,
+        (instance_profile, profile_warnings),
+    ) = match (deny_all, revoke, revoke_instance, profile) {
+        (Ok(d), Ok(r), Ok(i), Ok(p)) => (d, r, i, p),
+        (d, r, i, p) => {
+            let mut done = Vec::new();
+            let mut failed = Vec::new();
+            match d {
+                Ok(Change::NotConfigured) => {}
+                Ok(_) => done.push(format!("{DENY_ALL_POLICY_NAME} attached to {role_name}")),
+                Err(e) => failed.push(("DenyAll policy".to_owned(), e)),
             }
-        };
-    let (other_instances, other_instances_error) = match others {
-        Ok(ids) => (ids, None),
-        Err(err) => {
-            warn!(error = %err, "could not list other instances using the role");
-            (Vec::new(), Some(err.to_string()))
+            match r {
+                Ok((Change::NotConfigured, _)) => {}
+                Ok(_) => done.push(format!("older sessions of {role_name} revoked")),
+                Err(e) => failed.push(("session revocation".to_owned(), e)),
+            }
+            match i {
+                Ok(Change::NotConfigured) => {}
+                Ok(_) => done.push(format!("credentials of {} revoked", target.instance_id)),
+                Err(e) => failed.push(("revocation of the instance's credentials".to_owned(), e)),
+            }
+            match p {
+                Ok((_, w)) => {
+                    done.push("instance profile replaced by the quarantine profile".to_owned());
+                    warnings.extend(w);
+                }
+                Err(e) => failed.push(("instance profile replacement".to_owned(), e)),
+            }
+            done.extend(warnings.into_iter().map(|w| format!("warning: {w}")));
+            return Err(Error::Incomplete {
+                step: "role containment",
+                instance_id: target.instance_id.clone(),
+                done,
+                failed,
+            });
         }
     };
+    warnings.extend(profile_warnings);
+    let (other_instances, other_instances_total, other_instances_more, other_instances_error) =
+        match others {
+            Ok(o) => (o.listed, o.total, o.more, None),
+            Err(err) => {
+                warn!(error = %err, "could not list other instances using the role");
+                (Vec::new(), 0, false, Some(err.to_string()))
+            }
+        };
     info!(
+        ?action,
         ?deny_all,
         ?revoke_sessions,
+        ?revoke_instance,
         ?instance_profile,
-        shared_with = other_instances.len(),
+        shared_with = other_instances_total,
         "role contained"
     );
     Ok(Outcome::from_changes(
         deny_all == Change::Applied
             || revoke_sessions == Change::Applied
+            || revoke_instance == Change::Applied
             || instance_profile
                 .as_ref()
                 .is_some_and(|p| p.change == Change::Applied),
@@ -240,34 +348,122 @@ pub async fn contain_instance_role(
             deny_all_policy_arn: policy_arn,
             deny_all,
             revoke_sessions,
+            revoke_instance,
             sessions_issued_before: cutoff,
             instance_profile,
             other_instances,
+            other_instances_total,
+            other_instances_more,
             other_instances_error,
+            warnings,
         },
     ))
 }
 
+/// Adds the deny of the instance's own credentials ([`revoke_instance_document`], undated) to
+/// the role, as an inline policy of its own per instance: concurrent containments of instances
+/// sharing the role never overwrite each other's. A deny an earlier release dated is made
+/// undated again (the instance is contained anew).
+async fn revoke_instance_credentials(
+    iam: &aws_sdk_iam::Client,
+    plan: Option<&Plan>,
+    role_name: &str,
+    target: &Target,
+    instance_arn: &str,
+) -> Result<Change, Error> {
+    let name = revoke_instance_policy_name(&target.instance_id);
+    let wanted = revoke_instance_document(instance_arn, None);
+    match iam
+        .get_role_policy()
+        .role_name(role_name)
+        .policy_name(&name)
+        .send()
+        .await
+    {
+        Ok(found) if same_document(found.policy_document(), &wanted) => {
+            return Ok(Change::AlreadyInPlace);
+        }
+        Ok(_) => {}
+        Err(e) => {
+            let err = Error::from_sdk("iam:GetRolePolicy", e);
+            if err.aws_code() != Some("NoSuchEntity") {
+                return Err(err);
+            }
+        }
+    }
+    if let Some(plan) = plan {
+        plan.add(PlannedAction::unchecked(
+            "iam:PutRolePolicy",
+            role_name,
+            format!("{name}: deny every credential EC2 delivered to {instance_arn}"),
+        ));
+        return Ok(Change::Applied);
+    }
+    iam.put_role_policy()
+        .role_name(role_name)
+        .policy_name(&name)
+        .policy_document(wanted)
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk("iam:PutRolePolicy", e))?;
+    info!(
+        role = role_name,
+        instance = instance_arn,
+        "instance credentials revoked"
+    );
+    Ok(Change::Applied)
+}
+
+/// Whether an inline policy document as IAM returns it (URL-encoded JSON) says what `wanted`
+/// says.
+pub(crate) fn same_document(returned: &str, wanted: &str) -> bool {
+    let decoded = percent_encoding::percent_decode_str(returned).decode_utf8_lossy();
+    match (
+        serde_json::from_str::<serde_json::Value>(&decoded),
+        serde_json::from_str::<serde_json::Value>(wanted),
+    ) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
 /// Replaces the instance's profile with the quarantine profile, which holds no role: the
-/// instance's metadata service then hands out no credentials at all. One call swaps the
-/// association (no window without a profile, no race with a disassociate/associate pair). The
-/// profile it had is recorded on the instance first, for release. `None`: the instance has no
-/// profile association (none, or the instance is gone).
+/// instance's metadata service then hands out no credentials at all. On a running instance one
+/// call swaps the association (no window without a profile); EC2 documents that call for
+/// running instances, so a stopped one gets a disassociate and an associate, which work on
+/// stopped instances (and a stopped instance fetches no credentials in between). An instance
+/// between states is a transient failure: the step's retry finds it settled. The profile it had
+/// is recorded on the instance afterwards, for release; a record that could not be written is
+/// a warning. `None`: the instance has no profile association (none, or the instance is gone).
 async fn quarantine_instance_profile(
     clients: &Clients,
     target: &Target,
     contained_role: Option<&str>,
-) -> Result<Option<ProfileSwap>, Error> {
-    let Some(association) = profile::association(&clients.ec2, &target.instance_id).await? else {
-        return Ok(None);
+) -> Result<(Option<ProfileSwap>, Vec<String>), Error> {
+    let ec2 = &clients.ec2;
+    let (association, inst) = futures::join!(
+        profile::association(ec2, &target.instance_id),
+        instance::describe(ec2, target),
+    );
+    let Some(association) = association? else {
+        return Ok((None, Vec::new()));
     };
     let current = profile::arn(&association).to_owned();
     if profile::is_quarantine(&current) {
-        return Ok(Some(ProfileSwap {
-            previous_profile_arn: None,
-            change: Change::AlreadyInPlace,
-        }));
+        return Ok((
+            Some(ProfileSwap {
+                previous_profile_arn: None,
+                change: Change::AlreadyInPlace,
+            }),
+            Vec::new(),
+        ));
     }
+    // Read to choose the calls; an instance that cannot be read is taken as running, and the
+    // replace call's own answer then says what is wrong.
+    let state = inst
+        .ok()
+        .and_then(|i| i.state().and_then(|s| s.name()).cloned())
+        .unwrap_or(InstanceStateName::Running);
     let iam = &clients.iam;
     let exists = match iam
         .get_instance_profile()
@@ -284,11 +480,6 @@ async fn quarantine_instance_profile(
             false
         }
     };
-    // The record for release: the profile, and the role whose policies are changed.
-    let mut record = vec![tags::new(tags::PREVIOUS_PROFILE, tags::value(&current))];
-    if let Some(role) = contained_role {
-        record.push(tags::new(tags::ROLE, role));
-    }
     let plan = clients.plan();
     match (exists, plan) {
         (true, _) => {}
@@ -312,56 +503,108 @@ async fn quarantine_instance_profile(
             }
         }
     }
-    tags::write(
-        &clients.ec2,
-        plan,
-        &target.instance_id,
-        record,
-        "record of the previous profile and the role, for release",
-    )
-    .await?;
-    if let Some(plan) = plan {
-        plan.add(PlannedAction::unchecked(
+    let association_id = association.association_id().unwrap_or_default();
+    let quarantine = IamInstanceProfileSpecification::builder()
+        .name(QUARANTINE_PROFILE_NAME)
+        .build();
+    // A profile just created can take seconds to be usable: EC2's "invalid profile" answer is
+    // then transient, and the step's retry succeeds.
+    let young_profile = |err: Error| match err {
+        Error::Aws {
+            action,
+            code,
+            message,
+            source,
+        } if code == "InvalidParameterValue" && !exists => Error::Transient {
+            action,
+            code,
+            message,
+            source,
+        },
+        other => other,
+    };
+    match (&state, plan) {
+        (InstanceStateName::Running, Some(plan)) => plan.add(PlannedAction::unchecked(
             "ec2:ReplaceIamInstanceProfileAssociation",
             &target.instance_id,
             format!("{current} replaced by {QUARANTINE_PROFILE_NAME}"),
-        ));
-        return Ok(None);
+        )),
+        (InstanceStateName::Stopped, Some(plan)) => {
+            plan.add(PlannedAction::unchecked(
+                "ec2:DisassociateIamInstanceProfile",
+                &target.instance_id,
+                format!("{current} removed (the instance is stopped)"),
+            ));
+            plan.add(PlannedAction::unchecked(
+                "ec2:AssociateIamInstanceProfile",
+                &target.instance_id,
+                QUARANTINE_PROFILE_NAME,
+            ));
+        }
+        (InstanceStateName::Running, None) => {
+            ec2.replace_iam_instance_profile_association()
+                .association_id(association_id)
+                .iam_instance_profile(quarantine)
+                .send()
+                .await
+                .map_err(|e| {
+                    young_profile(Error::from_sdk(
+                        "ec2:ReplaceIamInstanceProfileAssociation",
+                        e,
+                    ))
+                })?;
+        }
+        (InstanceStateName::Stopped, None) => {
+            ec2.disassociate_iam_instance_profile()
+                .association_id(association_id)
+                .send()
+                .await
+                .map_err(|e| Error::from_sdk("ec2:DisassociateIamInstanceProfile", e))?;
+            ec2.associate_iam_instance_profile()
+                .instance_id(&target.instance_id)
+                .iam_instance_profile(quarantine)
+                .send()
+                .await
+                .map_err(|e| {
+                    young_profile(Error::from_sdk("ec2:AssociateIamInstanceProfile", e))
+                })?;
+        }
+        (other, _) => {
+            return Err(Error::Transient {
+                action: "ec2:ReplaceIamInstanceProfileAssociation",
+                code: "InstanceStateChanging".into(),
+                message: format!(
+                    "the instance is {}: its profile can be swapped once it is running or stopped",
+                    other.as_str()
+                ),
+                source: "instance between states".into(),
+            });
+        }
     }
-    // A profile just created can take seconds to be usable: EC2's "invalid profile" answer is
-    // then transient, and the step's retry succeeds.
-    clients
-        .ec2
-        .replace_iam_instance_profile_association()
-        .association_id(association.association_id().unwrap_or_default())
-        .iam_instance_profile(
-            IamInstanceProfileSpecification::builder()
-                .name(QUARANTINE_PROFILE_NAME)
-                .build(),
-        )
-        .send()
-        .await
-        .map_err(
-            |e| match Error::from_sdk("ec2:ReplaceIamInstanceProfileAssociation", e) {
-                Error::Aws {
-                    action,
-                    code,
-                    message,
-                    source,
-                } if code == "InvalidParameterValue" && !exists => Error::Transient {
-                    action,
-                    code,
-                    message,
-                    source,
-                },
-                other => other,
-            },
-        )?;
-    info!(previous = %current, profile = QUARANTINE_PROFILE_NAME, "instance profile replaced");
-    Ok(Some(ProfileSwap {
-        previous_profile_arn: Some(current),
-        change: Change::Applied,
-    }))
+    // The record for release, after the swap: the profile, and the role whose policies changed.
+    let mut record = vec![tags::new(tags::PREVIOUS_PROFILE, tags::value(&current))];
+    if let Some(role) = contained_role {
+        record.push(tags::new(tags::ROLE, role));
+    }
+    let mut warnings = Vec::new();
+    let why = "record of the previous profile and the role, for release";
+    if let Err(err) = tags::write(ec2, plan, &target.instance_id, record, why).await {
+        warn!(error = %err, "record of the previous profile not written");
+        warnings.push(format!(
+            "the record of the previous instance profile could not be written to the instance's tags ({err}): release will not give it back; it was {current}"
+        ));
+    }
+    if plan.is_some() {
+        return Ok((None, warnings));
+    }
+    info!(previous = %current, profile = QUARANTINE_PROFILE_NAME, ?state, "instance profile replaced");
+    Ok((
+        Some(ProfileSwap {
+            previous_profile_arn: Some(current),
+            change: Change::Applied,
+        }),
+        warnings,
+    ))
 }
 
 /// The role to contain: named by an AccessKey finding, else the role in the instance profile
@@ -554,59 +797,78 @@ async fn hold_role(clients: &Clients, target: &Target, role_name: &str) -> Resul
     Ok(())
 }
 
+/// The other instances that run with a role.
+struct OtherInstances {
+    /// The first [`MAX_LISTED`], sorted.
+    listed: Vec<String>,
+    total: usize,
+    /// The scan stopped at [`MAX_SCANNED_ASSOCIATIONS`]: `total` is a lower bound.
+    more: bool,
+}
+
 /// Instances other than the target that run with the role, through any of its profiles.
 ///
-/// Read from the instance profile associations, which every instance with a profile has.
+/// Read from the instance profile associations, which every instance with a profile has; at
+/// most [`MAX_SCANNED_ASSOCIATIONS`] of them, page by page.
 async fn other_instances(
     clients: &Clients,
     role_name: &str,
     instance_id: &str,
-) -> Result<Vec<String>, Error> {
+) -> Result<OtherInstances, Error> {
     let profiles = clients
         .iam
         .list_instance_profiles_for_role()
         .role_name(role_name)
+        .into_paginator()
+        .items()
         .send()
+        .try_collect()
         .await
         .map_err(|e| Error::from_sdk("iam:ListInstanceProfilesForRole", e))?;
-    let arns: Vec<&str> = profiles
-        .instance_profiles()
-        .iter()
-        .map(|p| p.arn())
-        .collect();
-    if arns.is_empty() {
-        return Ok(Vec::new());
+    let arns: BTreeSet<&str> = profiles.iter().map(|p| p.arn()).collect();
+    let mut ids = BTreeSet::new();
+    let mut more = false;
+    if !arns.is_empty() {
+        let mut pages = clients
+            .ec2
+            .describe_iam_instance_profile_associations()
+            .filters(
+                Filter::builder()
+                    .name("state")
+                    .values("associating")
+                    .values("associated")
+                    .build(),
+            )
+            .max_results(1000)
+            .into_paginator()
+            .send();
+        let mut scanned = 0;
+        while let Some(page) = pages.next().await {
+            if scanned >= MAX_SCANNED_ASSOCIATIONS {
+                more = true;
+                break;
+            }
+            let page =
+                page.map_err(|e| Error::from_sdk("ec2:DescribeIamInstanceProfileAssociations", e))?;
+            let associations = page.iam_instance_profile_associations();
+            scanned += associations.len();
+            ids.extend(
+                associations
+                    .iter()
+                    .filter(|a| {
+                        a.iam_instance_profile()
+                            .and_then(|p| p.arn())
+                            .is_some_and(|arn| arns.contains(arn))
+                    })
+                    .filter_map(|a| a.instance_id())
+                    .filter(|id| *id != instance_id)
+                    .map(str::to_owned),
+            );
+        }
     }
-    let mut pages = clients
-        .ec2
-        .describe_iam_instance_profile_associations()
-        .filters(
-            Filter::builder()
-                .name("state")
-                .values("associating")
-                .values("associated")
-                .build(),
-        )
-        .into_paginator()
-        .send();
-    let mut ids = Vec::new();
-    while let Some(page) = pages.next().await {
-        let page =
-            page.map_err(|e| Error::from_sdk("ec2:DescribeIamInstanceProfileAssociations", e))?;
-        ids.extend(
-            page.iam_instance_profile_associations()
-                .iter()
-                .filter(|a| {
-                    a.iam_instance_profile()
-                        .and_then(|p| p.arn())
-                        .is_some_and(|arn| arns.contains(&arn))
-                })
-                .filter_map(|a| a.instance_id())
-                .filter(|id| *id != instance_id)
-                .map(str::to_owned),
-        );
-    }
-    ids.sort();
-    ids.dedup();
-    Ok(ids)
+    Ok(OtherInstances {
+        total: ids.len(),
+        listed: ids.into_iter().take(MAX_LISTED).collect(),
+        more,
+    })
 }

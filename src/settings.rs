@@ -9,12 +9,20 @@ use crate::error::Error;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RoleAction {
-    /// Attach the DenyAll policy and deny sessions issued before now (the default).
+    /// Attach the DenyAll policy and deny sessions issued before now (the default). On a role
+    /// that other instances use too, only with `DENY_ALL_SHARED_ROLES=true`; otherwise the
+    /// shared role gets [`RoleAction::RevokeInstance`].
     #[default]
     DenyAll,
-    /// Deny only sessions issued before now: stolen credentials stop working, while healthy
-    /// instances sharing the role get fresh credentials and keep working.
+    /// Deny only sessions issued before now, the IAM console's "revoke active sessions": stolen
+    /// credentials stop working, and so do the current credentials of every other instance
+    /// using the role, until their instance fetches fresh ones (within the hour, as they rotate).
     RevokeSessions,
+    /// Deny every request signed with credentials that EC2 delivered to this instance before
+    /// now, wherever they are used (the `ec2:SourceInstanceARN` condition key): the compromised
+    /// instance's credentials, stolen copies included, stop working, and the other instances
+    /// using the role keep working.
+    RevokeInstance,
     /// Leave the role as it is.
     None,
 }
@@ -70,6 +78,9 @@ pub struct Settings {
     /// Report what each step would do and change nothing (`DRY_RUN`).
     pub dry_run: bool,
     pub role_action: RoleAction,
+    /// Whether `deny-all` applies to a role that other instances use too
+    /// (`DENY_ALL_SHARED_ROLES`); by default such a role gets `revoke-instance`.
+    pub deny_all_shared_roles: bool,
     pub auto_scaling_action: AutoScalingAction,
     pub triage: TriagePolicy,
 }
@@ -112,7 +123,8 @@ impl Settings {
         let role_action =
             serde_json::from_value(choice("ROLE_ACTION", "deny-all")?).map_err(|_| {
                 Error::Misconfigured(
-                    "ROLE_ACTION must be one of deny-all, revoke-sessions, none".into(),
+                    "ROLE_ACTION must be one of deny-all, revoke-sessions, revoke-instance, none"
+                        .into(),
                 )
             })?;
         let auto_scaling_action = serde_json::from_value(choice("AUTO_SCALING_ACTION", "standby")?)
@@ -136,6 +148,7 @@ impl Settings {
         Ok(Settings {
             dry_run: boolean("DRY_RUN")?,
             role_action,
+            deny_all_shared_roles: boolean("DENY_ALL_SHARED_ROLES")?,
             auto_scaling_action,
             triage: TriagePolicy {
                 act_on: list("ACT_ON_TYPE_PREFIXES"),
@@ -201,6 +214,18 @@ mod tests {
             read(&[("ROLE_ACTION", "none")]).unwrap().role_action,
             RoleAction::None
         );
+        assert_eq!(
+            read(&[("ROLE_ACTION", "revoke-instance")])
+                .unwrap()
+                .role_action,
+            RoleAction::RevokeInstance
+        );
+        assert!(!read(&[]).unwrap().deny_all_shared_roles);
+        assert!(
+            read(&[("DENY_ALL_SHARED_ROLES", "true")])
+                .unwrap()
+                .deny_all_shared_roles
+        );
     }
 
     #[test]
@@ -212,6 +237,7 @@ mod tests {
             ("SEVERITY_THRESHOLD", "eleven"),
             ("SEVERITY_THRESHOLD", "11"),
             ("CONTAIN_TARGETS", "1"),
+            ("DENY_ALL_SHARED_ROLES", "yes"),
         ] {
             let err = read(&[(name, value)]).unwrap_err();
             assert!(err.to_string().contains(name), "{name}={value}: {err}");

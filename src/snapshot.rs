@@ -22,6 +22,9 @@ use crate::{instance, tags};
 pub struct SnapshotReport {
     pub instance_id: String,
     pub snapshots: Vec<ForensicSnapshot>,
+    /// What was not done as usual, in plain words (the snapshots stand).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,6 +84,7 @@ pub async fn snapshot_instance(
         return Ok(Outcome::AlreadyDone(SnapshotReport {
             instance_id: target.instance_id.clone(),
             snapshots,
+            warnings: Vec::new(),
         }));
     }
     if let Some(reason) = instance::gone_reason(&inst) {
@@ -130,10 +134,28 @@ pub async fn snapshot_instance(
         );
         return Ok(plan.outcome());
     }
-    let created = request
+    let mut warnings = Vec::new();
+    let created = match request
+        .clone()
         .send()
         .await
-        .map_err(|e| Error::from_sdk("ec2:CreateSnapshots", e))?;
+        .map_err(|e| Error::from_sdk("ec2:CreateSnapshots", e))
+    {
+        // The volumes' own tags and the tool's would pass EC2's 50 tags per snapshot: the
+        // evidence comes first, so the snapshots are taken with the tool's tags alone.
+        Err(err) if err.aws_code() == Some("TagLimitExceeded") => {
+            warn!(error = %err, "volume tags not copied: over the tag quota");
+            warnings.push(
+                "the volumes' own tags were not copied to the snapshots: with the tool's tags they would pass EC2's 50 tags per snapshot".to_owned(),
+            );
+            request
+                .set_copy_tags_from_source(None)
+                .send()
+                .await
+                .map_err(|e| Error::from_sdk("ec2:CreateSnapshots", e))?
+        }
+        other => other?,
+    };
 
     let snapshots: Vec<ForensicSnapshot> = created
         .snapshots()
@@ -160,6 +182,7 @@ pub async fn snapshot_instance(
     Ok(Outcome::Done(SnapshotReport {
         instance_id: target.instance_id.clone(),
         snapshots,
+        warnings,
     }))
 }
 

@@ -34,8 +34,8 @@ pub const PREVIOUS_ATTRIBUTES: &str = "ec2-quarantine:previous-attributes";
 /// `<standby|detach>,<decremented|replaced>,<group name>`.
 pub const AUTO_SCALING_GROUP: &str = "ec2-quarantine:auto-scaling-group";
 /// On the instance, one per target group it was deregistered from (the key ends with the
-/// group's ARN resource, `targetgroup/<name>/<id>`): the targets, as `<id> <port>` pairs joined
-/// with commas.
+/// group's name and id, `<name>:<id>`, see [`target_group_key`]): the targets, as `<id> <port>`
+/// pairs joined with commas.
 pub const TARGET_GROUP: &str = "ec2-quarantine:target:";
 /// On the instance: the Classic Load Balancers it was deregistered from, comma-separated.
 pub const CLASSIC_LOAD_BALANCERS: &str = "ec2-quarantine:classic-load-balancers";
@@ -75,6 +75,36 @@ pub async fn write(
             .map(|_| ())
             .map_err(|e| Error::from_sdk("ec2:CreateTags", e)),
     }
+}
+
+/// The record key of a target group: [`TARGET_GROUP`] and `<name>:<id>` from its ARN
+/// (`...:targetgroup/<name>/<id>`). No `/`: EC2 refuses instance tag keys with `/` or spaces on
+/// instances that expose their tags in instance metadata
+/// (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/work-with-tags-in-IMDS.html).
+pub fn target_group_key(arn: &str) -> String {
+    let resource = arn.rsplit_once(":targetgroup/").map_or(arn, |(_, r)| r);
+    format!("{TARGET_GROUP}{}", resource.replace('/', ":"))
+}
+
+/// The target group ARN a [`target_group_key`] suffix (`<name>:<id>`) stands for.
+pub fn target_group_arn(suffix: &str, partition: &str, region: &str, account: &str) -> String {
+    // Records written before keys lost their `/` hold the ARN's resource as it is.
+    let resource = suffix.strip_prefix("targetgroup/").unwrap_or(suffix);
+    format!(
+        "arn:{partition}:elasticloadbalancing:{region}:{account}:targetgroup/{}",
+        resource.replace(':', "/")
+    )
+}
+
+/// Whether EC2 takes `key` as an instance tag key whatever the instance's metadata options:
+/// letters, digits and `+ - = . , _ : @`, and not `.`, `..` or `_index`
+/// (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/work-with-tags-in-IMDS.html).
+pub fn is_metadata_safe_key(key: &str) -> bool {
+    !key.is_empty()
+        && !matches!(key, "." | ".." | "_index")
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-=.,_:@".contains(c))
 }
 
 /// The value of `key` among `tags`.
@@ -131,6 +161,61 @@ pub fn previous_groups_keys(eni_id: &str, chunks: usize) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_key_the_tool_writes_is_a_valid_instance_metadata_key() {
+        let keys = [
+            ISOLATION_GROUP.to_owned(),
+            TRANSIT_GROUP.to_owned(),
+            FINDING_ID.to_owned(),
+            FINDING_TYPE.to_owned(),
+            CONTAINED_AT.to_owned(),
+            DELETE_ON_TERMINATION.to_owned(),
+            PREVIOUS_PROFILE.to_owned(),
+            PREVIOUS_ATTRIBUTES.to_owned(),
+            AUTO_SCALING_GROUP.to_owned(),
+            CLASSIC_LOAD_BALANCERS.to_owned(),
+            ROLE.to_owned(),
+            INSTANCE_ID.to_owned(),
+            VOLUME_ID.to_owned(),
+            DEVICE.to_owned(),
+            format!("{ROLE_HOLD}i-0123456789abcdef0"),
+            target_group_key(
+                "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web-80/73e2d6bc24d8a067",
+            ),
+        ]
+        .into_iter()
+        .chain(previous_groups_keys("eni-0123456789abcdef0", 3));
+        for key in keys {
+            assert!(is_metadata_safe_key(&key), "{key}");
+            assert!(key.len() <= 128, "{key}");
+        }
+        for bad in ["a/b", "a b", ".", "..", "_index", ""] {
+            assert!(!is_metadata_safe_key(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_target_group_key_gives_its_arn_back() {
+        let arn = "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web-80/73e2d6bc24d8a067";
+        let key = target_group_key(arn);
+        assert_eq!(key, "ec2-quarantine:target:web-80:73e2d6bc24d8a067");
+        let suffix = key.strip_prefix(TARGET_GROUP).unwrap();
+        assert_eq!(
+            target_group_arn(suffix, "aws", "us-east-1", "123456789012"),
+            arn
+        );
+        assert_eq!(
+            target_group_arn(
+                "targetgroup/web-80/73e2d6bc24d8a067",
+                "aws",
+                "us-east-1",
+                "123456789012"
+            ),
+            arn,
+            "a record in the earlier format"
+        );
+    }
 
     #[test]
     fn short_lists_fit_one_value() {

@@ -13,8 +13,9 @@ use ec2_quarantine::isolate::{
 use ec2_quarantine::role::{
     Change, DENY_ALL_POLICY_NAME, REVOKE_SESSIONS_POLICY_NAME, contain_role, deny_all_policy_arn,
 };
+use ec2_quarantine::settings::{RoleAction, Settings};
 use ec2_quarantine::snapshot::snapshot;
-use ec2_quarantine::{ErrorName, Outcome, tags};
+use ec2_quarantine::{Ctx, ErrorName, Outcome, tags};
 
 const EXFILTRATION: &str = "credential-exfiltration.json";
 const BACKDOOR: &str = "instance-backdoor.json";
@@ -346,12 +347,82 @@ async fn snapshot_takes_every_volume_once() {
 }
 
 #[tokio::test]
+async fn a_shared_role_gets_only_the_instances_credentials_revoked_by_default() {
+    let f = Fixture::new().await;
+    let sibling = f.launch_sibling().await;
+
+    let out = contain_role(&f.ctx, &f.event(EXFILTRATION)).await.unwrap();
+    let Outcome::Done(report) = out else {
+        panic!("expected done, got {out:?}")
+    };
+    assert_eq!(report.role_action, RoleAction::RevokeInstance);
+    assert_eq!(report.deny_all, Change::NotConfigured);
+    assert_eq!(report.revoke_sessions, Change::NotConfigured);
+    assert_eq!(report.revoke_instance, Change::Applied);
+    assert_eq!(report.other_instances, vec![sibling]);
+    assert_eq!(report.other_instances_total, 1);
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains("DenyAllSharedRoles")),
+        "{:?}",
+        report.warnings
+    );
+    assert!(
+        f.attached_policies()
+            .await
+            .iter()
+            .all(|p| !p.contains("DenyAll")),
+        "the healthy sibling keeps its permissions"
+    );
+    let name = format!("ec2-quarantine-revoke-{}", f.instance_id);
+    assert_eq!(f.inline_policies().await, vec![name.clone()]);
+    let inline = f
+        .iam
+        .get_role_policy()
+        .role_name(&f.role_name)
+        .policy_name(&name)
+        .send()
+        .await
+        .unwrap();
+    let doc = decode(inline.policy_document());
+    let statement = &doc["Statement"][0];
+    assert_eq!(statement["Effect"], "Deny");
+    assert_eq!(statement["Action"], "*");
+    assert_eq!(
+        statement["Condition"]["StringEquals"]["ec2:SourceInstanceARN"],
+        format!(
+            "arn:aws:ec2:us-east-1:{}:instance/{}",
+            f.account, f.instance_id
+        )
+    );
+    // Undated while contained: credentials the instance obtains later are denied too.
+    assert!(
+        statement["Condition"].get("DateLessThan").is_none(),
+        "{doc}"
+    );
+    // A second run finds it.
+    let again = contain_role(&f.ctx, &f.event(EXFILTRATION)).await.unwrap();
+    assert_eq!(
+        again.report().unwrap().revoke_instance,
+        Change::AlreadyInPlace
+    );
+    assert_eq!(f.inline_policies().await.len(), 1);
+}
+
+#[tokio::test]
 async fn deny_role_denies_everything_and_revokes_older_sessions() {
     let f = Fixture::new().await;
     let sibling = f.launch_sibling().await;
     let policy_arn = deny_all_policy_arn("aws", &f.account);
+    // DenyAll on a role other instances use needs the explicit opt-in.
+    let ctx = Ctx::from_config(f.config.clone()).with_settings(Settings {
+        deny_all_shared_roles: true,
+        ..Settings::default()
+    });
 
-    let out = contain_role(&f.ctx, &f.event(EXFILTRATION)).await.unwrap();
+    let out = contain_role(&ctx, &f.event(EXFILTRATION)).await.unwrap();
     let Outcome::Done(report) = out else {
         panic!("expected done, got {out:?}")
     };
@@ -458,7 +529,7 @@ async fn deny_role_denies_everything_and_revokes_older_sessions() {
     assert_eq!(f.tags().await[tags::PREVIOUS_PROFILE], f.profile_arn);
 
     // Again: nothing new attached, created or rewritten.
-    let again = contain_role(&f.ctx, &f.event(EXFILTRATION)).await.unwrap();
+    let again = contain_role(&ctx, &f.event(EXFILTRATION)).await.unwrap();
     let Outcome::AlreadyDone(second) = again else {
         panic!("expected already_done, got {again:?}")
     };
@@ -591,4 +662,109 @@ async fn a_service_linked_role_is_skipped() {
         Outcome::Skipped { reason } => assert!(reason.contains("service-linked"), "{reason}"),
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_spot_instance_keeps_its_evidence_without_termination_protection() {
+    let f = Fixture::spot().await;
+    assert_eq!(
+        f.instance().await.instance_lifecycle().map(|l| l.as_str()),
+        Some("spot"),
+        "the fixture is a Spot instance"
+    );
+    let out = isolate(&f.ctx, &f.event(BACKDOOR)).await.unwrap();
+    let Outcome::Done(report) = out else {
+        panic!("expected done, got {out:?}")
+    };
+    assert!(!report.termination_protection);
+    assert!(
+        report.warnings.iter().any(|w| w.contains("Spot")),
+        "{:?}",
+        report.warnings
+    );
+    assert_eq!(report.interfaces.len(), 2, "both interfaces isolated");
+    assert_eq!(
+        report.volumes_kept_on_termination.len(),
+        2,
+        "the other evidence protections are still applied"
+    );
+    let shutdown = f
+        .ec2
+        .describe_instance_attribute()
+        .instance_id(&f.instance_id)
+        .attribute(InstanceAttributeName::InstanceInitiatedShutdownBehavior)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        shutdown
+            .instance_initiated_shutdown_behavior()
+            .and_then(|a| a.value()),
+        Some("stop")
+    );
+}
+
+#[tokio::test]
+async fn a_stopped_instance_gets_the_quarantine_profile_by_disassociate_and_associate() {
+    let f = Fixture::new().await;
+    // Stopped outside the code under test (the proxy counts StopInstances as destructive).
+    let direct = common::direct_ec2(&f.config);
+    direct
+        .stop_instances()
+        .instance_ids(&f.instance_id)
+        .send()
+        .await
+        .unwrap();
+    let out = contain_role(&f.ctx, &f.event(EXFILTRATION)).await.unwrap();
+    let Outcome::Done(report) = out else {
+        panic!("expected done, got {out:?}")
+    };
+    let swap = report.instance_profile.expect("swapped");
+    assert_eq!(swap.change, Change::Applied);
+    assert_eq!(
+        swap.previous_profile_arn.as_deref(),
+        Some(f.profile_arn.as_str())
+    );
+    let association = ec2_quarantine::profile::association(&f.ec2, &f.instance_id)
+        .await
+        .unwrap()
+        .expect("associated");
+    assert!(
+        ec2_quarantine::profile::is_quarantine(ec2_quarantine::profile::arn(&association)),
+        "{association:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_full_tag_quota_is_reported_and_never_holds_containment_back() {
+    let f = Fixture::new().await;
+    // 48 tags of the owner's: the tool's records no longer fit EC2's 50 per resource.
+    let mut request = f.ec2.create_tags().resources(&f.instance_id);
+    for i in 0..48 {
+        request = request.tags(tags::new(format!("owner-tag-{i}"), "x"));
+    }
+    request.send().await.unwrap();
+
+    let out = isolate(&f.ctx, &f.event(BACKDOOR)).await.unwrap();
+    let Outcome::Done(report) = out else {
+        panic!("expected done, got {out:?}")
+    };
+    assert!(
+        report.warnings.iter().any(|w| w.contains("record")),
+        "{:?}",
+        report.warnings
+    );
+    let quarantine = &report.quarantine_groups[0].group_id;
+    for (eni, groups) in f.interface_groups().await {
+        assert_eq!(
+            &groups,
+            std::slice::from_ref(quarantine),
+            "{eni} isolated all the same"
+        );
+    }
+    assert!(report.termination_protection);
+    let role = contain_role(&f.ctx, &f.event(BACKDOOR)).await.unwrap();
+    assert_eq!(role.status(), "done", "{role:?}");
+    let snapshots = snapshot(&f.ctx, &f.event(BACKDOOR)).await.unwrap();
+    assert_eq!(snapshots.status(), "done", "{snapshots:?}");
 }

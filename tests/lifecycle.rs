@@ -78,6 +78,54 @@ async fn in_service(f: &Fixture) -> String {
         .send()
         .await
         .unwrap();
+    // The same private address in another VPC (overlapping CIDR) is another server: its
+    // target group must be left as it is. And an IP target group of the instance's own VPC.
+    let address = f.instance().await.network_interfaces()[0]
+        .private_ip_address()
+        .unwrap()
+        .to_owned();
+    let other_vpc = f
+        .ec2
+        .create_vpc()
+        .cidr_block("10.0.0.0/16")
+        .send()
+        .await
+        .unwrap()
+        .vpc
+        .unwrap()
+        .vpc_id
+        .unwrap();
+    for (name, vpc) in [
+        ("other-vpc-ip", other_vpc.as_str()),
+        ("own-vpc-ip", f.vpc_id.as_str()),
+    ] {
+        let ip_tg = elbv2
+            .create_target_group()
+            .name(name)
+            .protocol(aws_sdk_elasticloadbalancingv2::types::ProtocolEnum::Http)
+            .port(8080)
+            .vpc_id(vpc)
+            .target_type(aws_sdk_elasticloadbalancingv2::types::TargetTypeEnum::Ip)
+            .send()
+            .await
+            .unwrap()
+            .target_groups()[0]
+            .target_group_arn()
+            .unwrap()
+            .to_owned();
+        elbv2
+            .register_targets()
+            .target_group_arn(&ip_tg)
+            .targets(
+                aws_sdk_elasticloadbalancingv2::types::TargetDescription::builder()
+                    .id(&address)
+                    .port(8080)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+    }
     let elb = aws_sdk_elasticloadbalancing::Client::new(&f.config);
     elb.create_load_balancer()
         .load_balancer_name(CLASSIC)
@@ -104,6 +152,31 @@ async fn in_service(f: &Fixture) -> String {
         .await
         .unwrap();
     tg
+}
+
+/// The target ids registered with the target group of that name.
+async fn targets_named(f: &Fixture, name: &str) -> Vec<String> {
+    let elbv2 = aws_sdk_elasticloadbalancingv2::Client::new(&f.config);
+    let arn = elbv2
+        .describe_target_groups()
+        .names(name)
+        .send()
+        .await
+        .unwrap()
+        .target_groups()[0]
+        .target_group_arn()
+        .unwrap()
+        .to_owned();
+    elbv2
+        .describe_target_health()
+        .target_group_arn(arn)
+        .send()
+        .await
+        .unwrap()
+        .target_health_descriptions()
+        .iter()
+        .filter_map(|d| d.target()?.id().map(str::to_owned))
+        .collect()
 }
 
 /// Everything containment may change, read from the emulator.
@@ -296,8 +369,17 @@ async fn out_of_service_then_release_restores_the_state_before_containment() {
     );
     assert!(
         tags.keys()
-            .any(|k| k.starts_with("ec2-quarantine:target:targetgroup/web-tg/"))
+            .any(|k| k.starts_with("ec2-quarantine:target:web-tg:"))
     );
+    assert!(
+        tags.keys()
+            .all(|k| ec2_quarantine::tags::is_metadata_safe_key(k)),
+        "{tags:?}"
+    );
+    // The address in the instance's own VPC left its IP target group; the same address in the
+    // other VPC is another server and stays.
+    assert_eq!(targets_named(&f, "own-vpc-ip").await, Vec::<String>::new());
+    assert_eq!(targets_named(&f, "other-vpc-ip").await.len(), 1);
     assert_eq!(tags["ec2-quarantine:classic-load-balancers"], CLASSIC);
     assert_eq!(tags["ec2-quarantine:role"], f.role_name);
 
@@ -516,9 +598,16 @@ async fn the_role_action_is_configurable_and_release_keeps_a_role_another_contai
         ["ec2-quarantine-revoke-older-sessions"]
     );
 
-    // A second instance with the same role is contained too (deny-all): two holds.
+    // A second instance with the same role is contained too (deny-all, opted in for a shared
+    // role): two holds.
     let sibling = f.launch_sibling().await;
-    let ctx = ctx_with(&f, Settings::default());
+    let ctx = ctx_with(
+        &f,
+        Settings {
+            deny_all_shared_roles: true,
+            ..Settings::default()
+        },
+    );
     let mut event = f.event_json(EXFILTRATION);
     event["detail"]["resource"]["accessKeyDetails"]["principalId"] =
         format!("AROAEXAMPLE:{sibling}").into();
@@ -573,4 +662,43 @@ async fn the_role_action_is_configurable_and_release_keeps_a_role_another_contai
             .contains_key("ec2-quarantine:previous-instance-profile"),
         "the profile is swapped in every mode"
     );
+}
+
+#[tokio::test]
+async fn release_dates_the_deny_of_the_instances_credentials_and_keeps_it() {
+    let f = Fixture::new().await;
+    f.launch_sibling().await;
+    let ctx = ctx_with(&f, Settings::default());
+    let r = contain_role(&ctx, &f.event(EXFILTRATION)).await.unwrap();
+    assert_eq!(
+        r.report().unwrap().role_action,
+        RoleAction::RevokeInstance,
+        "a shared role"
+    );
+    let name = format!("ec2-quarantine-revoke-{}", f.instance_id);
+    let released = release(&ctx, &request(&f)).await.unwrap();
+    assert_eq!(released.status(), "done", "{released:?}");
+    assert_eq!(
+        f.inline_policies().await,
+        std::slice::from_ref(&name),
+        "the deny stays"
+    );
+    let doc = f
+        .iam
+        .get_role_policy()
+        .role_name(&f.role_name)
+        .policy_name(&name)
+        .send()
+        .await
+        .unwrap();
+    let doc: Value = serde_json::from_str(
+        &percent_encoding::percent_decode_str(doc.policy_document()).decode_utf8_lossy(),
+    )
+    .unwrap();
+    let condition = &doc["Statement"][0]["Condition"];
+    assert!(
+        condition["DateLessThan"]["aws:TokenIssueTime"].is_string(),
+        "credentials issued after the release work again: {doc}"
+    );
+    assert!(condition["StringEquals"]["ec2:SourceInstanceARN"].is_string());
 }

@@ -229,7 +229,7 @@ async fn denied_termination_protection_does_not_hold_isolation_back() {
         ]
     );
 
-    let err = isolate_instance(&clients(ec2, no_iam()), &target())
+    let err = isolate_instance(&clients(ec2, no_iam()), &target(), None)
         .await
         .unwrap_err();
     assert_eq!(err.name(), ErrorName::ContainmentIncomplete, "{err}");
@@ -281,7 +281,7 @@ async fn a_requester_managed_interface_is_reported_and_the_others_isolated() {
         ]
     );
 
-    let outcome = isolate_instance(&clients(ec2, no_iam()), &target())
+    let outcome = isolate_instance(&clients(ec2, no_iam()), &target(), None)
         .await
         .unwrap();
     let report = outcome.report().expect("isolated");
@@ -327,7 +327,7 @@ async fn a_throttled_interface_makes_the_step_retryable_and_the_other_is_isolate
         ]
     );
 
-    let err = isolate_instance(&clients(ec2, no_iam()), &target())
+    let err = isolate_instance(&clients(ec2, no_iam()), &target(), None)
         .await
         .unwrap_err();
     assert_eq!(err.name(), ErrorName::TransientAwsError, "{err}");
@@ -342,7 +342,7 @@ async fn a_throttled_interface_makes_the_step_retryable_and_the_other_is_isolate
         2,
         "termination protection and shutdown behaviour"
     );
-    assert!(err.to_string().contains("interface eni-0000000000000000b: ec2:ModifyNetworkInterfaceAttribute failed transiently (RequestLimitExceeded)"), "{err}");
+    assert!(err.to_string().contains("interface eni-0000000000000000b (NOT isolated: left in its previous groups): ec2:ModifyNetworkInterfaceAttribute failed transiently (RequestLimitExceeded)"), "{err}");
 }
 
 #[tokio::test]
@@ -376,7 +376,7 @@ async fn a_5xx_without_an_error_code_is_retryable() {
     // The managed-interface lookup runs alongside the instance read.
     let managed = interfaces_managed(&[]);
     let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, &[&describe, &managed]);
-    let err = isolate_instance(&clients(ec2, no_iam()), &target())
+    let err = isolate_instance(&clients(ec2, no_iam()), &target(), None)
         .await
         .unwrap_err();
     assert_eq!(err.name(), ErrorName::TransientAwsError, "{err}");
@@ -431,7 +431,13 @@ async fn a_denied_attach_still_revokes_older_sessions_and_says_which_failed() {
     let no_association = mock!(Ec2::describe_iam_instance_profile_associations)
         .then_output(|| DescribeIamInstanceProfileAssociationsOutput::builder().build());
     let tags = mock!(Ec2::create_tags).then_output(|| CreateTagsOutput::builder().build());
-    let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, &[&no_association, &tags]);
+    // The instance is read beside the association lookup (its state chooses the calls).
+    let describe = mock!(Ec2::describe_instances).then_output(instance);
+    let ec2 = mock_client!(
+        aws_sdk_ec2,
+        RuleMode::MatchAny,
+        &[&no_association, &tags, &describe]
+    );
 
     let err = contain_instance_role(&clients(ec2, iam), &target())
         .await

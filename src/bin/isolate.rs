@@ -8,8 +8,9 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let ctx = &Ctx::load().await?;
     lambda_runtime::run(service_fn(
         |event: LambdaEvent<serde_json::Value>| async move {
+            let deadline = ec2_quarantine::deadline(event.context.deadline);
             let finding = finding::parse_event(event.payload)?;
-            ec2_quarantine::isolate::isolate(ctx, &finding).await
+            ec2_quarantine::isolate::isolate_until(ctx, &finding, deadline).await
         },
     ))
     .await

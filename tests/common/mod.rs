@@ -99,15 +99,20 @@ pub fn filter(name: &str, value: &str) -> Filter {
 
 impl Fixture {
     pub async fn new() -> Fixture {
-        Fixture::build(false).await
+        Fixture::build(false, false).await
     }
 
     /// The same stack in a dual-stack (IPv4 and IPv6) VPC.
     pub async fn dual_stack() -> Fixture {
-        Fixture::build(true).await
+        Fixture::build(true, false).await
     }
 
-    async fn build(dual_stack: bool) -> Fixture {
+    /// The same stack with a Spot instance (`InstanceLifecycle=spot`).
+    pub async fn spot() -> Fixture {
+        Fixture::build(false, true).await
+    }
+
+    async fn build(dual_stack: bool, spot: bool) -> Fixture {
         let (config, account) = account_config().await;
         let ec2 = aws_sdk_ec2::Client::new(&config);
         let iam = aws_sdk_iam::Client::new(&config);
@@ -196,7 +201,8 @@ impl Fixture {
             .await
             .unwrap();
 
-        let instance_id = launch(&ec2, &subnet_id, &ssh_group, &web_group, &profile_arn).await;
+        let instance_id =
+            launch(&ec2, &subnet_id, &ssh_group, &web_group, &profile_arn, spot).await;
         let mut fixture = Fixture {
             ctx: Ctx::from_config(config.clone()),
             account,
@@ -237,8 +243,69 @@ impl Fixture {
             &self.ssh_group,
             &self.web_group,
             &self.profile_arn,
+            false,
         )
         .await
+    }
+
+    /// `n` more instances with the same profile, in one call (a role shared across a fleet).
+    pub async fn launch_many(&self, n: i32) -> usize {
+        // A subnet of their own, large enough for a fleet.
+        let subnet = self
+            .ec2
+            .create_subnet()
+            .vpc_id(&self.vpc_id)
+            .cidr_block("10.0.16.0/20")
+            .availability_zone("us-east-1a")
+            .send()
+            .await
+            .unwrap()
+            .subnet
+            .unwrap()
+            .subnet_id
+            .unwrap();
+        let launched = self
+            .ec2
+            .run_instances()
+            .image_id(IMAGE_ID)
+            .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
+            .min_count(n)
+            .max_count(n)
+            .subnet_id(&subnet)
+            .iam_instance_profile(
+                IamInstanceProfileSpecification::builder()
+                    .arn(&self.profile_arn)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        // AWS gives each instance of the call the profile; the emulator only the first
+        // (tests/README.md): the others get theirs here.
+        let ids: Vec<String> = launched
+            .instances()
+            .iter()
+            .filter_map(|i| i.instance_id().map(str::to_owned))
+            .collect();
+        for id in ids.iter().skip(1) {
+            let associated = ec2_quarantine::profile::association(&self.ec2, id)
+                .await
+                .unwrap();
+            if associated.is_none() {
+                self.ec2
+                    .associate_iam_instance_profile()
+                    .instance_id(id)
+                    .iam_instance_profile(
+                        IamInstanceProfileSpecification::builder()
+                            .arn(&self.profile_arn)
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
+        ids.len()
     }
 
     /// A sample event from `events/`, pointed at this fixture's account, instance and role.
@@ -397,6 +464,7 @@ async fn launch(
     ssh_group: &str,
     web_group: &str,
     profile_arn: &str,
+    spot: bool,
 ) -> String {
     let image = ec2
         .describe_images()
@@ -410,12 +478,24 @@ async fn launch(
         .to_owned();
     // Interfaces are given with their own groups (not SecurityGroupIds), as on AWS for
     // multi-interface instances; the root device is listed or the emulator drops it.
+    // Instance tags in instance metadata, as many real instances have them: EC2 then refuses
+    // tag keys with `/` or spaces on the instance (the strict proxy enforces it).
     let out = ec2
         .run_instances()
         .image_id(IMAGE_ID)
         .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
         .min_count(1)
         .max_count(1)
+        .metadata_options(
+            aws_sdk_ec2::types::InstanceMetadataOptionsRequest::builder()
+                .instance_metadata_tags(aws_sdk_ec2::types::InstanceMetadataTagsState::Enabled)
+                .build(),
+        )
+        .set_instance_market_options(spot.then(|| {
+            aws_sdk_ec2::types::InstanceMarketOptionsRequest::builder()
+                .market_type(aws_sdk_ec2::types::MarketType::Spot)
+                .build()
+        }))
         .iam_instance_profile(
             IamInstanceProfileSpecification::builder()
                 .arn(profile_arn)
@@ -524,6 +604,11 @@ pub fn inject(key: &str, action: &str, fault: &str, times: Option<u32>) {
     if let Some(t) = times {
         rule["times"] = t.into();
     }
+    proxy_post("faults", rule);
+}
+
+/// Adds a fault rule as the proxy takes it (see tests/tools/fault_proxy.py).
+pub fn inject_rule(rule: serde_json::Value) {
     proxy_post("faults", rule);
 }
 
