@@ -54,6 +54,18 @@ FUNCTIONS = {
     "deny-role": "DenyRoleFunctionArn",
     "notify": "NotifyFunctionArn",
 }
+# The template's substitution for the alert topic: the state machines publish a short fallback
+# message to it themselves when the notify function fails.
+TOPIC_SUBSTITUTION = "AlertTopicArn"
+# A topic that does not exist, for the notify function when the run makes it fail (notify_fails).
+MISSING_TOPIC = f"arn:aws:sns:{REGION}:{ACCOUNT}:ec2-quarantine-no-such-topic"
+# Step Functions refuses a state input or output (and a task's parameters or result) over 256 KiB,
+# 262,144 bytes of UTF-8, with States.DataLimitExceeded, which no Catch catches: States.ALL does
+# not match it (https://docs.aws.amazon.com/step-functions/latest/dg/concepts-error-handling.html,
+# https://docs.aws.amazon.com/step-functions/latest/dg/service-quotas.html; the history's input and
+# output fields have the same maximum, https://docs.aws.amazon.com/step-functions/latest/apireference/API_StateEnteredEventDetails.html).
+# moto's interpreter does not enforce it, so the run checks the history (oversized_payloads).
+PAYLOAD_LIMIT_BYTES = 262_144
 
 
 class HarnessError(Exception):
@@ -129,10 +141,12 @@ def function_settings(template: dict, overrides: dict[str, str], account: str) -
     return out
 
 
-def state_machine_definition(arns: dict[str, str], path: Path = STATE_MACHINE) -> str:
+def state_machine_definition(arns: dict[str, str], path: Path = STATE_MACHINE, topic_arn: str | None = None) -> str:
     text = path.read_text()
     for binary, placeholder in FUNCTIONS.items():
         text = text.replace("${" + placeholder + "}", arns[binary])
+    if topic_arn is not None:
+        text = text.replace("${" + TOPIC_SUBSTITUTION + "}", topic_arn)
     left = re.findall(r"\$\{[A-Za-z0-9]+\}", text)
     if left:
         raise HarnessError(f"unresolved substitutions in the state machine: {left}")
@@ -342,6 +356,61 @@ def emulator_state(ec2, iam, sim: dict, asg=None, elbv2=None, elb=None) -> dict:
 # ---------------------------------------------------------------- the execution and its history
 
 
+def _entered_state(event: dict, by_id: dict) -> str | None:
+    """The state an event belongs to: the nearest StateEntered event before it."""
+    e = event
+    while e is not None:
+        details = e.get("stateEnteredEventDetails")
+        if details:
+            return details["name"]
+        e = by_id.get(e.get("previousEventId"))
+    return None
+
+
+def oversized_payloads(events: list[dict], limit: int = PAYLOAD_LIMIT_BYTES) -> list[dict]:
+    """Each payload in the history over Step Functions' limit: a state's input or output, a task's
+    parameters (its input after Parameters) or its result, in UTF-8 bytes, in history order."""
+    by_id = {e["id"]: e for e in events}
+    found = []
+    for e in events:
+        for key, details in e.items():
+            if not (key.endswith("EventDetails") and isinstance(details, dict)):
+                continue
+            for field in ("input", "output", "parameters"):
+                value = details.get(field)
+                size = len(value.encode("utf-8")) if isinstance(value, str) else 0
+                if size > limit:
+                    found.append({"state": _entered_state(e, by_id), "event": e["type"], "field": field, "bytes": size})
+    return found
+
+
+def execution_outcome(done: dict, history: list[dict]) -> dict:
+    """The execution's outcome as AWS would report it: the emulator's, unless a payload in its
+    history is over the limit, which fails the execution on AWS with States.DataLimitExceeded."""
+    outcome = {
+        "status": done["status"],
+        "error": done.get("error"),
+        "cause": done.get("cause"),
+        "output": json.loads(done["output"]) if done.get("output") else None,
+    }
+    oversized = oversized_payloads(history)
+    if oversized:
+        first = oversized[0]
+        outcome.update(
+            status="FAILED",
+            error="States.DataLimitExceeded",
+            cause=(
+                f"the {first['field']} of state {first['state']} ({first['event']}) is {first['bytes']} bytes, over the "
+                f"{PAYLOAD_LIMIT_BYTES}-byte limit: on AWS the execution fails there, and no Catch catches it "
+                f"(the emulator does not enforce the limit; it ended {done['status']})"
+            ),
+            output=None,
+            emulator_status=done["status"],
+            oversized=oversized,
+        )
+    return outcome
+
+
 def states_from_history(events: list[dict]) -> list[dict]:
     """Each state that ran: its result or error, and how many times its function was invoked."""
     by_id = {e["id"]: e for e in events}
@@ -349,13 +418,7 @@ def states_from_history(events: list[dict]) -> list[dict]:
     order: list[str] = []
 
     def entered_state(event: dict) -> str | None:
-        e = event
-        while e is not None:
-            details = e.get("stateEnteredEventDetails")
-            if details:
-                return details["name"]
-            e = by_id.get(e.get("previousEventId"))
-        return None
+        return _entered_state(event, by_id)
 
     for e in events:
         t = e["type"]
@@ -364,7 +427,7 @@ def states_from_history(events: list[dict]) -> list[dict]:
             if name not in states:
                 order.append(name)
                 states[name] = {"name": name, "type": t[: -len("StateEntered")], "attempts": 0, "errors": []}
-        elif t == "LambdaFunctionScheduled":
+        elif t in ("LambdaFunctionScheduled", "TaskScheduled"):
             name = entered_state(e)
             if name in states:
                 states[name]["attempts"] += 1
@@ -412,6 +475,7 @@ def local_stack(
     parameters: dict[str, str] | None = None,
     functions_endpoint=None,
     copies: int = 1,
+    notify_fails: bool = False,
 ):
     """The emulator with the stack's resources, the functions served, and a simulated instance.
 
@@ -419,6 +483,8 @@ def local_stack(
     queue, the state machine and the simulated instance; stops everything on the way out.
     `functions_endpoint(emulator_url)` gives the address the functions call instead (a recording
     or rate-limiting proxy, for the benchmarks); `copies` is how many processes serve each function.
+    `notify_fails` points the notify function at a topic that does not exist, so it fails for good
+    and the state machines' own fallback message is what reaches the subscriber queue.
     """
     import boto3
     from moto import mock_aws
@@ -450,7 +516,10 @@ def local_stack(
             st.queue_url = st.sqs.create_queue(QueueName="security-team-inbox")["QueueUrl"]
             queue_arn = st.sqs.get_queue_attributes(QueueUrl=st.queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
             st.sns.subscribe(TopicArn=st.topic, Protocol="sqs", Endpoint=queue_arn)
-            settings = {**function_settings(load_template(), parameters or {}, ACCOUNT), "ALERT_TOPIC_ARN": st.topic}
+            settings = {
+                **function_settings(load_template(), parameters or {}, ACCOUNT),
+                "ALERT_TOPIC_ARN": MISSING_TOPIC if notify_fails else st.topic,
+            }
             if member_account:
                 settings.update({"MEMBER_ROLE_NAME": MEMBER_ROLE, "MEMBER_ROLE_EXTERNAL_ID": MEMBER_EXTERNAL_ID})
             env = function_env(functions_endpoint(emulator) if functions_endpoint else emulator, REGION, settings)
@@ -464,10 +533,10 @@ def local_stack(
             )["Role"]["Arn"]
             arns = {b: service.arn(b) for b in FUNCTIONS}
             st.machine = st.sfn.create_state_machine(
-                name="ec2-quarantine-containment", definition=state_machine_definition(arns), roleArn=sm_role,
+                name="ec2-quarantine-containment", definition=state_machine_definition(arns, STATE_MACHINE, st.topic), roleArn=sm_role,
             )["stateMachineArn"]
             st.release_machine = st.sfn.create_state_machine(
-                name="ec2-quarantine-release", definition=state_machine_definition(arns, RELEASE_MACHINE), roleArn=sm_role,
+                name="ec2-quarantine-release", definition=state_machine_definition(arns, RELEASE_MACHINE, st.topic), roleArn=sm_role,
             )["stateMachineArn"]
             st.target_ec2, st.target_iam = st.ec2, st.iam
             if member_account:
@@ -537,12 +606,14 @@ def run(
     exempt: bool = False,
     repeat: bool = False,
     release: bool = False,
+    notify_fails: bool = False,
 ) -> dict:
     """The whole workflow on one finding event, as EventBridge and Step Functions would run it.
 
     `exempt` tags the instance with the exemption tag first; `repeat` sends a second finding
     (another id) for the same instance after the first; `release` then runs the release state
-    machine and compares the emulator's state with the state before containment."""
+    machine and compares the emulator's state with the state before containment. `notify_fails`
+    points the notify function at a topic that does not exist (the fallback path)."""
     raw = json.loads(event_path.read_text())
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="ec2-quarantine-local-"))
     report: dict = {"event_file": _shown(event_path), "logs": str(log_dir)}
@@ -550,11 +621,13 @@ def run(
     if severity_threshold is not None:
         overrides["SeverityThreshold"] = severity_threshold
     report["parameters"] = overrides
+    if notify_fails:
+        report["notify_fails"] = True
     pattern = rule_pattern(load_template(), overrides)
 
     started = time.monotonic()
     try:
-        with local_stack(bin_dir, log_dir, MEMBER_ACCOUNT if member_account else None, overrides) as st:
+        with local_stack(bin_dir, log_dir, MEMBER_ACCOUNT if member_account else None, overrides, notify_fails=notify_fails) as st:
             sim = st.sim
             target = MISSING_INSTANCE if missing_instance else sim["instance_id"]
             event = point_event_at(raw, sim, target)
@@ -613,13 +686,7 @@ def execute(st, machine: str, payload: dict) -> tuple[dict, list[dict], dict | N
     execution = st.sfn.start_execution(stateMachineArn=machine, name=name, input=json.dumps(payload))["executionArn"]
     done = wait_for(st.sfn, execution, 180)
     history = st.sfn.get_execution_history(executionArn=execution, maxResults=1000)["events"]
-    outcome = {
-        "status": done["status"],
-        "error": done.get("error"),
-        "cause": done.get("cause"),
-        "output": json.loads(done["output"]) if done.get("output") else None,
-    }
-    return outcome, states_from_history(history), received_notification(st)
+    return execution_outcome(done, history), states_from_history(history), received_notification(st)
 
 
 def invoke(binary: str, event_path: Path, bin_dir: Path, log_dir: Path | None = None) -> dict:
@@ -670,6 +737,8 @@ def render(report: dict) -> str:
         return "\n".join(out)
     if report.get("parameters"):
         w("Template parameters: " + ", ".join(f"{k}={v}" for k, v in sorted(report["parameters"].items())))
+    if report.get("notify_fails"):
+        w(f"The notify function publishes to {MISSING_TOPIC}, which does not exist: it fails, and the fallback runs.")
     ex = report["execution"]
     w(f"State machine execution: {ex['status']}" + (f" ({ex['error']}: {ex['cause']})" if ex.get("error") else ""))
     w("")
@@ -719,9 +788,13 @@ def _render_states(w, states: list[dict]) -> None:
                 label = result.get("decision") or result.get("status") or result.get("Error")
                 reason = result.get("reason") or _cause_message(result.get("Cause")) if isinstance(result, dict) else ""
                 line += f" {label}" + (f" ({reason})" if reason else "")
+            elif s["name"] == "Notify" and isinstance(output, dict) and "notify_error" in output:
+                line += "; Step Functions publishes the fallback message"
             elif s["name"] == "Notify" and isinstance(output, dict):
                 verdict = (output.get("notification") or {}).get("verdict")
                 line += f" verdict {verdict}"
+            elif s["name"] == "NotifyFallback" and not s["errors"]:
+                line += " published the short fallback message (Step Functions' own sns:Publish)"
             elif status:
                 line += f" {status}" + (f" ({output.get('reason')})" if output.get("reason") else "")
         elif s["name"].endswith("Failed") and isinstance(output, dict):
@@ -817,6 +890,28 @@ def main(argv: list[str] | None = None) -> int:
         parameters[key] = value
     if args.dry_run:
         parameters["DryRun"] = "true"
+    # The event file, checked before anything starts: one line naming it and the problem, exit
+    # status 2 (deploy.sh checks the same, and more, first; this is for a direct call).
+    event_path, problem = Path(args.event), None
+    if event_path.is_dir():
+        problem = "a directory, not a file"
+    elif event_path.exists() and not event_path.is_file():
+        problem = "not a regular file (a pipe, socket or device)"
+    else:
+        try:
+            if not isinstance(json.loads(event_path.read_text(encoding="utf-8")), dict):
+                problem = "not a JSON object"
+        except OSError as e:
+            problem = f"cannot be read ({(e.strerror or str(e)).lower()})"
+        except UnicodeDecodeError as e:
+            problem = f"not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})"
+        except json.JSONDecodeError as e:
+            problem = f"not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})"
+        except (ValueError, RecursionError) as e:
+            problem = f"not valid JSON ({e})"
+    if problem:
+        print(f"error: {args.event}: {problem}", file=sys.stderr)
+        return 2
     try:
         if args.invoke:
             result = invoke(args.invoke, Path(args.event).resolve(), bin_dir, log_dir)

@@ -34,14 +34,16 @@ ACTIONS: dict[str, set[str]] = {
     "ec2:CreateTags": {"IsolateFunction", "DeregisterFunction", "SnapshotFunction", "DenyRoleFunction"},
     "ec2:DeleteTags": {"ReleaseFunction"},
     "ec2:ReplaceIamInstanceProfileAssociation": {"DenyRoleFunction", "ReleaseFunction"},
+    "ec2:DisassociateIamInstanceProfile": {"DenyRoleFunction"},
+    "ec2:AssociateIamInstanceProfile": {"DenyRoleFunction"},
     "iam:CreateInstanceProfile": {"DenyRoleFunction"},
     "ec2:DescribeSnapshots": {"SnapshotFunction"},
     "ec2:CreateSnapshots": {"SnapshotFunction"},
     "ec2:DescribeIamInstanceProfileAssociations": {"DenyRoleFunction", "ReleaseFunction"},
     "iam:GetInstanceProfile": {"DenyRoleFunction"},
     "iam:GetRole": {"DenyRoleFunction"},
-    "iam:GetRolePolicy": {"DenyRoleFunction"},
-    "iam:PutRolePolicy": {"DenyRoleFunction"},
+    "iam:GetRolePolicy": {"DenyRoleFunction", "ReleaseFunction"},
+    "iam:PutRolePolicy": {"DenyRoleFunction", "ReleaseFunction"},
     "iam:ListAttachedRolePolicies": {"DenyRoleFunction"},
     "iam:ListInstanceProfilesForRole": {"DenyRoleFunction"},
     "iam:GetPolicy": {"DenyRoleFunction"},
@@ -91,6 +93,7 @@ WRITES = {
     "ec2:ModifyNetworkInterfaceAttribute", "ec2:ModifyInstanceAttribute", "ec2:CreateTags",
     "ec2:CreateSnapshots", "iam:PutRolePolicy", "iam:CreatePolicy", "iam:AttachRolePolicy",
     "ec2:ReplaceIamInstanceProfileAssociation", "iam:CreateInstanceProfile",
+    "ec2:DisassociateIamInstanceProfile", "ec2:AssociateIamInstanceProfile",
     "sts:AssumeRole", "sns:Publish", "ec2:DeleteTags", "iam:TagRole", "iam:UntagRole",
     "iam:DetachRolePolicy", "iam:DeleteRolePolicy", "iam:PassRole", "autoscaling:EnterStandby",
     "autoscaling:DetachInstances", "autoscaling:ExitStandby", "autoscaling:AttachInstances",
@@ -201,6 +204,58 @@ def test_the_member_role_allows_the_union_of_the_containment_functions():
     assert allowed_there == containment - {"sts:AssumeRole"}
     denied_there = {a for st in policy["Statement"] if st["Effect"] == "Deny" for a in as_list(st["Action"])}
     assert {"iam:PutRolePolicy", "iam:AttachRolePolicy"} <= denied_there, "the member role cannot change itself"
+
+
+# What each state machine's role may do, from its definition: invoke its own functions (one
+# LambdaInvokePolicy per function substitution) and, for the fallback message when notify fails,
+# publish to the alert topic only (the policy Step Functions documents for a static TopicArn:
+# https://docs.aws.amazon.com/step-functions/latest/dg/sns-iam.html).
+STATE_MACHINES = {"ContainmentStateMachine": "containment.asl.json", "ReleaseStateMachine": "release.asl.json"}
+
+
+def asl_resources(states: dict) -> list[tuple[str, dict]]:
+    out = []
+    for s in states.values():
+        if s["Type"] == "Task":
+            out.append((s["Resource"], s.get("Parameters") or {}))
+        for branch in s.get("Branches", []):
+            out.extend(asl_resources(branch["States"]))
+    return out
+
+
+@pytest.mark.parametrize("machine", sorted(STATE_MACHINES))
+def test_each_state_machine_may_invoke_its_functions_and_publish_to_the_alert_topic_only(machine):
+    import json
+
+    props = local.load_template()["Resources"][machine]["Properties"]
+    subs = props["DefinitionSubstitutions"]
+    definition = json.loads((ROOT / "statemachine" / STATE_MACHINES[machine]).read_text())
+    used = asl_resources(definition["States"])
+    functions, topics = set(), set()
+    for resource, params in used:
+        if resource == "arn:aws:states:::sns:publish":
+            ref = params["TopicArn"]
+            assert ref.startswith("${") and ref.endswith("}"), "a static topic, never a path (that needs sns:Publish on *)"
+            topics.add(subs[ref[2:-1]]["Ref"])
+            assert not {"TargetArn", "PhoneNumber", "TargetArn.$", "PhoneNumber.$", "TopicArn.$"} & set(params)
+        else:
+            name = resource[2:-1]
+            assert resource == "${" + name + "}" and subs[name]["Fn::GetAtt"][1] == "Arn", resource
+            functions.add(subs[name]["Fn::GetAtt"][0])
+    assert topics == {"AlertTopic"}, "the fallback message goes to the alert topic"
+
+    invoke, publish = set(), set()
+    for policy in props["Policies"]:
+        [(template, args)] = policy.items()
+        if template == "LambdaInvokePolicy":
+            invoke.add(args["FunctionName"]["Ref"])
+        elif template == "SNSPublishMessagePolicy":
+            publish.add(args["TopicName"]["Fn::GetAtt"][0])
+            assert args["TopicName"]["Fn::GetAtt"][1] == "TopicName"
+        else:
+            raise AssertionError(f"{machine}: a policy this test cannot read: {policy}")
+    assert invoke == functions, "invoke exactly the functions the definition calls"
+    assert publish == topics, "sns:Publish on exactly the topics the definition publishes to"
 
 
 def test_nothing_destructive_is_allowed_anywhere():

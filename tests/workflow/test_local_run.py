@@ -53,7 +53,13 @@ def test_the_state_machine_is_the_deployed_one():
     assert sm["DefinitionUri"] == "statemachine/containment.asl.json"
     release = template["Resources"]["ReleaseStateMachine"]["Properties"]
     assert release["DefinitionUri"] == "statemachine/release.asl.json"
-    assert set(sm["DefinitionSubstitutions"]) | set(release["DefinitionSubstitutions"]) == set(local.FUNCTIONS.values())
+    substitutions = set(sm["DefinitionSubstitutions"]) | set(release["DefinitionSubstitutions"])
+    assert substitutions == set(local.FUNCTIONS.values()) | {local.TOPIC_SUBSTITUTION}
+    # The fallback message goes to the alert topic, the one the notify function publishes to.
+    for machine in (sm, release):
+        assert machine["DefinitionSubstitutions"][local.TOPIC_SUBSTITUTION] == {"Ref": "AlertTopic"}
+    notify_env = template["Resources"]["NotifyFunction"]["Properties"]["Environment"]["Variables"]
+    assert notify_env["ALERT_TOPIC_ARN"] == {"Ref": "AlertTopic"}
     binaries = {
         r["Metadata"]["BuildProperties"]["Binary"]
         for r in template["Resources"].values()
