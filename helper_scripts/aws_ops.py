@@ -31,6 +31,42 @@ class OpsError(Exception):
     pass
 
 
+class UsageError(Exception):
+    """A mistake in the call (an argument, an input file): one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+
+def _not_json(name: str):
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def load_event(path: str) -> dict:
+    """The finding event file fire sends, or a UsageError naming the file and the problem
+    (deploy.sh checks the same before it calls this; this is for a direct call)."""
+    try:
+        event = json.loads(Path(path).read_text(encoding="utf-8"), parse_constant=_not_json)
+    except OSError as e:
+        raise UsageError(f"{path}: cannot be read ({(e.strerror or str(e)).lower()})") from e
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})") from e
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from e
+    except (ValueError, RecursionError) as e:
+        raise UsageError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(event, dict):
+        raise UsageError(f"{path}: not a JSON object")
+    if event.get("source") != "aws.guardduty" or event.get("detail-type") != "GuardDuty Finding" or not isinstance(event.get("detail"), dict):
+        raise UsageError(f"{path}: not a GuardDuty finding event (source aws.guardduty, detail-type GuardDuty Finding, an object detail)")
+    resource = event["detail"].get("resource")
+    if not (isinstance(resource, dict) and any(isinstance(resource.get(k), dict) for k in ("instanceDetails", "accessKeyDetails"))):
+        raise UsageError(f"{path}: a finding that names no EC2 instance (no detail.resource.instanceDetails or accessKeyDetails) to point at")
+    return event
+
+
 def clients(region: str | None):
     session = boto3.Session(region_name=region or os.environ.get("AWS_REGION") or None)
     if not session.region_name:
@@ -152,10 +188,11 @@ def point_event(event: dict, instance_id: str, role: str | None, account: str, r
 
 
 def fire(args) -> int:
+    raw = load_event(args.event)
     session, account, _ = clients(args.region)
     machine = responder_state_machine(session, args.stack_name, args.state_machine_arn)
     instance_id = args.instance_id or default_instance(session)
-    event = point_event(json.loads(Path(args.event).read_text()), instance_id, instance_role(session, instance_id), account, session.region_name)
+    event = point_event(raw, instance_id, instance_role(session, instance_id), account, session.region_name)
     sfn = session.client("stepfunctions")
     name = f"fire-{instance_id}-{int(time.time())}"
     execution = sfn.start_execution(stateMachineArn=machine, name=name, input=json.dumps(event))["executionArn"]
@@ -423,9 +460,9 @@ def nuke(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument("--region", default=None, help="default: the AWS SDK's (AWS_REGION, profile)")
-    p = argparse.ArgumentParser(prog="deploy.sh", description=__doc__)
+    p = Parser(prog="deploy.sh", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("test-instance", parents=[common], help="deploy the compromised test instance stack")
     t.add_argument("--ssh-cidr", default="0.0.0.0/0")
@@ -443,9 +480,12 @@ def main(argv: list[str] | None = None) -> int:
     n.add_argument("--stack-name", default="ec2-quarantine")
     n.add_argument("--purge-artifacts", action="store_true")
     n.add_argument("--yes", action="store_true")
-    args = p.parse_args(argv)
     try:
+        args = p.parse_args(argv)
         return {"test-instance": test_instance, "fire": fire, "verify": verify, "nuke": nuke}[args.command](args)
+    except UsageError as e:
+        print(f"deploy.sh: {e}", file=sys.stderr)
+        return 2
     except (OpsError, ClientError, BotoCoreError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

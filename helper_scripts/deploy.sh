@@ -58,6 +58,11 @@ Usage:
   deploy.sh verify [INSTANCE_ID] [--region R] [--stack-name S] [--json]
       What the workflow did to the instance: executions, groups per interface, snapshots, role
       policies, quarantine tags. Exit status 0 when contained, 3 otherwise.
+
+  deploy.sh help | --help | -h
+      This text. A mistake in the call (an unknown subcommand or option, a missing or bad value,
+      an input file that is missing, unreadable, not JSON, not a JSON object, or not the event the
+      subcommand takes) is named on one line, with exit status 2, before anything starts.
 EOF
 }
 
@@ -71,22 +76,141 @@ ALERT_EMAIL="${ALERT_EMAIL:-}"
 SEVERITY_THRESHOLD="${SEVERITY_THRESHOLD:-}"
 REGION="${AWS_REGION:-${AWS_DEFAULT_REGION:-}}"
 
-need_value() { [[ $# -ge 2 && -n "$2" ]] || die "$1 needs a value"; }
+# A mistake in how deploy.sh was called (a subcommand, an option, a value, an input file): one
+# line on stderr, exit status 2, before anything slow (a build, the tools, the emulator) starts.
+usage_error() { printf 'deploy.sh: %s\n' "$*" >&2; exit 2; }
+
+need_value() { [[ $# -ge 2 && -n "$2" && "$2" != --* ]] || usage_error "$1 needs a value"; }
+
+check_severity() {
+  [[ "$1" =~ ^([0-9](\.[0-9]+)?|10(\.0+)?)$ ]] || usage_error "--severity-threshold must be a number from 0 to 10, got $1"
+}
+
+check_region() {
+  [[ "$1" =~ ^[a-z]{2}(-[a-z]+)+-[0-9]+$ ]] || usage_error "not an AWS region name: $1"
+}
+
+check_stack_name() {
+  [[ "$1" =~ ^[A-Za-z][A-Za-z0-9-]{0,127}$ ]] || usage_error "invalid stack name: $1"
+}
+
+# --parameter KEY=VALUE: KEY must be one of template.yaml's parameters.
+check_parameter() {
+  [[ "$1" =~ ^([A-Za-z][A-Za-z0-9]*)=.*$ ]] || usage_error "--parameter takes KEY=VALUE (a template parameter), got $1"
+  local key="${BASH_REMATCH[1]}" known
+  known="$(awk '/^Parameters:/ { p = 1; next } p && /^[^ #]/ { p = 0 } p && /^  [A-Za-z0-9]+:/ { sub(/^ +/, ""); sub(/:.*/, ""); printf "%s, ", $0 }' "$PROJECT_ROOT/template.yaml")"
+  known="${known%, }"
+  [[ -z "$known" || ", $known, " == *", $key, "* ]] || usage_error "--parameter $1: template.yaml has no parameter $key (one of $known)"
+}
+
+# The input file of local, invoke and fire, checked before anything slow starts: it must exist, be
+# a readable regular file, hold one JSON object and, for KIND finding, be a GuardDuty finding event
+# as EventBridge delivers it (source aws.guardduty, detail-type "GuardDuty Finding", an object
+# detail); for KIND instance-finding, one that names an instance to point at (detail.resource with
+# instanceDetails or accessKeyDetails). KIND object takes any JSON object (a function's input).
+IFS= read -r -d '' CHECK_INPUT_PY <<'PY' || true
+import json, sys
+
+path, kind = sys.argv[1], sys.argv[2]
+
+
+def bad(problem):
+    print(problem)
+    sys.exit(1)
+
+
+def check():
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        bad(f"cannot be read ({e.strerror.lower() if e.strerror else e})")
+    if not data.strip():
+        bad("empty (expected a JSON object)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        bad(f"not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})")
+
+    def constant(name):
+        raise ValueError(f"{name} is not a JSON value")
+
+    try:
+        doc = json.loads(text, parse_constant=constant)
+    except json.JSONDecodeError as e:
+        bad(f"not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})")
+    except RecursionError:
+        bad("not valid JSON (nested too deeply to read)")
+    except ValueError as e:
+        bad(f"not valid JSON ({e})")
+    if not isinstance(doc, dict):
+        what = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(doc), "a number")
+        bad(f"not a JSON object (it holds {what})")
+    if kind == "object":
+        return
+    if "source" not in doc and "detail-type" not in doc and "detail" not in doc:
+        if "instance_id" in doc:
+            hint = "; it looks like a release request: deploy.sh invoke release FILE"
+        elif isinstance(doc.get("event"), dict):
+            hint = "; it looks like the notify function's input: deploy.sh invoke notify FILE"
+        else:
+            hint = ""
+        bad(f"not an EventBridge event (no source, detail-type or detail){hint}")
+    source, detail_type = doc.get("source"), doc.get("detail-type")
+    if source != "aws.guardduty" or detail_type != "GuardDuty Finding":
+        bad(f"not a GuardDuty finding event (source {json.dumps(source)}, detail-type {json.dumps(detail_type)}; "
+            'the rule takes source "aws.guardduty", detail-type "GuardDuty Finding")')
+    detail = doc.get("detail")
+    if not isinstance(detail, dict):
+        bad(f"not a GuardDuty finding event (its detail is {'missing' if detail is None else 'not an object'})")
+    if kind == "instance-finding":
+        resource = detail.get("resource")
+        if not (isinstance(resource, dict) and any(isinstance(resource.get(k), dict) for k in ("instanceDetails", "accessKeyDetails"))):
+            bad("a finding that names no EC2 instance (no detail.resource.instanceDetails or accessKeyDetails) to point at")
+
+
+try:
+    check()
+except SystemExit:
+    raise
+except BaseException as e:  # a problem of the check itself: still one line
+    bad(f"could not be checked ({type(e).__name__}: {e})")
+PY
+
+check_input() {
+  local file="$1" kind="$2" py problem
+  if [[ ! -e "$file" ]]; then
+    if [[ -L "$file" ]]; then usage_error "$file: a broken symbolic link"; fi
+    usage_error "$file: no such file"
+  fi
+  if [[ -d "$file" ]]; then usage_error "$file: a directory, not a file"; fi
+  [[ -f "$file" ]] || usage_error "$file: not a regular file (a pipe, socket or device)"
+  [[ -r "$file" ]] || usage_error "$file: not readable (permission denied)"
+  py="$(command -v python3 || true)"
+  [[ -n "$py" ]] || { [[ -x "$VENV/bin/python" ]] && py="$VENV/bin/python"; } || die "python3 is required"
+  problem="$("$py" -I -c "$CHECK_INPUT_PY" "$file" "$kind" 2>&1)" || usage_error "$file: ${problem//$'\n'/ }"
+}
 
 # ------------------------------------------------------------------ local
 
 cmd_local() {
-  local args=()
+  local args=() event=""
   while [[ $# -gt 0 ]]; do
     case "$1" in
       --json | --missing-instance | --member-account | --dry-run | --exempt | --repeat | --release) args+=("$1") ;;
-      --severity-threshold | --parameter) need_value "$@"; args+=("$1" "$2"); shift ;;
+      --severity-threshold) need_value "$@"; check_severity "$2"; args+=("$1" "$2"); shift ;;
+      --parameter) need_value "$@"; check_parameter "$2"; args+=("$1" "$2"); shift ;;
       -h | --help) usage; exit 0 ;;
-      -*) die "unknown option $1 (see deploy.sh --help)" ;;
-      *) [[ -f "$1" ]] || die "no such event file: $1"; args+=("$(cd "$(dirname "$1")" && pwd)/$(basename "$1")") ;;
+      -*) usage_error "unknown option $1 for local (see deploy.sh --help)" ;;
+      *) [[ -z "$event" ]] || usage_error "local takes one EVENT file, got $event and $1"; event="$1" ;;
     esac
     shift
   done
+  if [[ -n "$event" ]]; then
+    # A GuardDuty finding event: anything else is not what the rule and the workflow take.
+    check_input "$event" finding
+    args+=("$(cd "$(dirname "$event")" && pwd)/$(basename "$event")")
+  fi
   build_functions
   log "running the workflow on the local emulator"
   "$VENV/bin/python" "$PROJECT_ROOT/helper_scripts/local/run.py" --bin-dir "$CARGO_TARGET_DIR/debug" "${args[@]}"
@@ -104,13 +228,27 @@ build_functions() {
   done
 }
 
+FUNCTIONS="triage, isolate, deregister, snapshot, deny-role, notify, release"
+
 cmd_invoke() {
-  [[ $# -eq 2 ]] || die "usage: deploy.sh invoke FUNCTION EVENT (FUNCTION: isolate, snapshot, deny-role, notify)"
-  [[ -f "$2" ]] || die "no such event file: $2"
-  local event
-  event="$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"
+  local positional=()
+  while [[ $# -gt 0 ]]; do
+    case "$1" in
+      -h | --help) usage; exit 0 ;;
+      -*) usage_error "unknown option $1 for invoke (see deploy.sh --help)" ;;
+      *) positional+=("$1") ;;
+    esac
+    shift
+  done
+  [[ ${#positional[@]} -eq 2 ]] ||
+    usage_error "invoke takes FUNCTION EVENT, e.g. deploy.sh invoke isolate events/credential-exfiltration.json (FUNCTION: $FUNCTIONS)"
+  local function="${positional[0]}" event="${positional[1]}"
+  [[ ", $FUNCTIONS, " == *", $function, "* ]] || usage_error "unknown FUNCTION $function (one of $FUNCTIONS)"
+  # Any JSON object: invoke shows what the function itself answers to its input, a wrong one included.
+  check_input "$event" object
+  event="$(cd "$(dirname "$event")" && pwd)/$(basename "$event")"
   build_functions
-  "$VENV/bin/python" "$PROJECT_ROOT/helper_scripts/local/run.py" --bin-dir "$CARGO_TARGET_DIR/debug" --invoke "$1" "$event"
+  "$VENV/bin/python" "$PROJECT_ROOT/helper_scripts/local/run.py" --bin-dir "$CARGO_TARGET_DIR/debug" --invoke "$function" "$event"
 }
 
 # ------------------------------------------------------------------ deploy / nuke
@@ -121,7 +259,7 @@ parse_aws_flags() {
   EXTRA_PARAMS=()
   while [[ $# -gt 0 ]]; do
     case "$1" in
-      --region) need_value "$@"; REGION="$2"; shift ;;
+      --region) need_value "$@"; check_region "$2"; REGION="$2"; shift ;;
       --regions) need_value "$@"; REGIONS="$2"; shift ;;
       --member-role-name) need_value "$@"; MEMBER_ROLE_NAME="$2"; shift ;;
       --external-id) need_value "$@"; MEMBER_ROLE_EXTERNAL_ID="$2"; shift ;;
@@ -130,30 +268,30 @@ parse_aws_flags() {
       --stack-name) need_value "$@"; STACK_NAME="$2"; shift ;;
       --alert-email) need_value "$@"; ALERT_EMAIL="$2"; shift ;;
       --severity-threshold) need_value "$@"; SEVERITY_THRESHOLD="$2"; shift ;;
-      --parameter)
-        need_value "$@"
-        [[ "$2" =~ ^[A-Za-z][A-Za-z0-9]*=.*$ ]] || die "--parameter takes KEY=VALUE (a template parameter), got $2"
-        EXTRA_PARAMS+=("$2"); shift ;;
+      --parameter) need_value "$@"; check_parameter "$2"; EXTRA_PARAMS+=("$2"); shift ;;
       --purge-artifacts) PURGE=true ;;
       --yes) ASSUME_YES=true ;;
       -h | --help) usage; exit 0 ;;
-      *) die "unknown argument $1 (see deploy.sh --help)" ;;
+      -*) usage_error "unknown option $1 for $COMMAND (see deploy.sh --help)" ;;
+      *) usage_error "unexpected argument $1 for $COMMAND (see deploy.sh --help)" ;;
     esac
     shift
   done
-  [[ "$STACK_NAME" =~ ^[A-Za-z][A-Za-z0-9-]{0,127}$ ]] || die "invalid stack name: $STACK_NAME"
-  if [[ -n "$SEVERITY_THRESHOLD" ]] && ! [[ "$SEVERITY_THRESHOLD" =~ ^([0-9]|10)(\.[0-9]+)?$ ]]; then
-    die "--severity-threshold must be a number from 0 to 10, got $SEVERITY_THRESHOLD"
-  fi
+  check_stack_name "$STACK_NAME"
+  [[ -z "$SEVERITY_THRESHOLD" ]] || check_severity "$SEVERITY_THRESHOLD"
   local list
   for list in "$MEMBER_ACCOUNTS_ALLOW" "$MEMBER_ACCOUNTS_DENY"; do
-    [[ -z "$list" || "$list" =~ ^[0-9]{12}(,[0-9]{12})*$ ]] || die "account lists are comma-separated 12-digit ids, got $list"
+    [[ -z "$list" || "$list" =~ ^[0-9]{12}(,[0-9]{12})*$ ]] || usage_error "account lists are comma-separated 12-digit ids, got $list"
   done
   if [[ -n "$MEMBER_ROLE_NAME" && -z "$MEMBER_ROLE_EXTERNAL_ID" ]]; then
-    die "--member-role-name needs --external-id (the one given to helper_scripts/member-account-role.yaml)"
+    usage_error "--member-role-name needs --external-id (the one given to helper_scripts/member-account-role.yaml)"
   fi
   [[ -n "$REGIONS" && -n "$REGION" && "$REGIONS" != *"$REGION"* ]] && log "--regions given: ignoring region $REGION"
   [[ -n "$REGIONS" ]] || REGIONS="$REGION"
+  local r
+  for r in ${REGIONS//,/ }; do
+    check_region "$r"
+  done
   return 0
 }
 
@@ -222,6 +360,59 @@ cmd_nuke() {
   [[ -n "$REGIONS" ]] || ops nuke "${flags[@]}"
 }
 
+# ------------------------------------------------------------------ the test path
+
+# test-instance, fire and verify: their arguments are checked here, before the Python tools are
+# installed or AWS is called, then passed unchanged to helper_scripts/aws_ops.py.
+cmd_test_path() {
+  local valued flags most args=("$@") positional=()
+  case "$COMMAND" in
+    test-instance) valued=" --region --ssh-cidr " flags=" " most=0 ;;
+    fire) valued=" --region --stack-name --state-machine-arn " flags=" --wait " most=2 ;;
+    verify) valued=" --region --stack-name --state-machine-arn " flags=" --json " most=1 ;;
+  esac
+  while [[ $# -gt 0 ]]; do
+    case "$1" in
+      -h | --help) usage; exit 0 ;;
+      --*=*) set -- "${1%%=*}" "${1#*=}" "${@:2}"; continue ;; # aws_ops.py takes --option=value too
+      -*)
+        if [[ "$valued" == *" $1 "* ]]; then
+          need_value "$@"
+          case "$1" in
+            --region) check_region "$2" ;;
+            --stack-name) check_stack_name "$2" ;;
+            --state-machine-arn)
+              [[ "$2" =~ ^arn:[a-z-]+:states:[a-z0-9-]+:[0-9]{12}:stateMachine:[A-Za-z0-9_.-]+$ ]] ||
+                usage_error "--state-machine-arn takes a state machine ARN (arn:aws:states:REGION:ACCOUNT:stateMachine:NAME), got $2" ;;
+            --ssh-cidr)
+              [[ "$2" =~ ^([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})/([0-9]{1,2})$ ]] &&
+                ((10#${BASH_REMATCH[1]} < 256 && 10#${BASH_REMATCH[2]} < 256 && 10#${BASH_REMATCH[3]} < 256 && 10#${BASH_REMATCH[4]} < 256 && 10#${BASH_REMATCH[5]} <= 32)) ||
+                usage_error "--ssh-cidr takes an IPv4 CIDR such as 203.0.113.7/32, got $2" ;;
+          esac
+          shift
+        elif [[ "$flags" != *" $1 "* ]]; then
+          usage_error "unknown option $1 for $COMMAND (see deploy.sh --help)"
+        fi ;;
+      *) positional+=("$1") ;;
+    esac
+    shift
+  done
+  [[ ${#positional[@]} -le $most ]] || usage_error "unexpected argument ${positional[$most]} for $COMMAND (see deploy.sh --help)"
+  local instance_id="" event=""
+  if [[ "$COMMAND" == fire ]]; then
+    [[ ${#positional[@]} -ge 1 ]] || usage_error "fire takes EVENT [INSTANCE_ID], e.g. deploy.sh fire events/credential-exfiltration.json"
+    event="${positional[0]}" instance_id="${positional[1]:-}"
+  elif [[ "$COMMAND" == verify ]]; then
+    instance_id="${positional[0]:-}"
+  fi
+  [[ -z "$instance_id" || "$instance_id" =~ ^i-([0-9a-f]{8}|[0-9a-f]{17})$ ]] ||
+    usage_error "not an EC2 instance id: $instance_id (i- and 8 or 17 hexadecimal digits)"
+  # fire starts the state machine with the finding pointed at an instance: it needs one that names
+  # an instance (in instanceDetails, or the session of accessKeyDetails).
+  [[ -z "$event" ]] || check_input "$event" instance-finding
+  ops "$COMMAND" ${args[@]+"${args[@]}"}
+}
+
 # The AWS operations of the user's test path (helper_scripts/aws_ops.py, boto3).
 ops() {
   ensure_python_tools
@@ -231,14 +422,15 @@ ops() {
 # ------------------------------------------------------------------ main
 
 [[ $# -ge 1 ]] || { usage; exit 2; }
-command="$1"
+COMMAND="$1"
 shift
-case "$command" in
+case "$COMMAND" in
   local) cmd_local "$@" ;;
   invoke) cmd_invoke "$@" ;;
-  test-instance | fire | verify) ops "$command" "$@" ;;
+  test-instance | fire | verify) cmd_test_path "$@" ;;
   deploy) cmd_deploy "$@" ;;
   nuke) cmd_nuke "$@" ;;
   -h | --help | help) usage ;;
-  *) usage >&2; exit 2 ;;
+  -*) usage_error "unknown option $COMMAND: the subcommand comes first (see deploy.sh --help)" ;;
+  *) usage_error "unknown subcommand $COMMAND: one of local, invoke, deploy, nuke, test-instance, fire, verify (see deploy.sh --help)" ;;
 esac

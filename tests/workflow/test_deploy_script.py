@@ -7,6 +7,8 @@ with a PATH holding only the system's basic commands and, where a test wants the
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -185,3 +187,234 @@ def test_a_malformed_account_list_is_refused(project):
     r = deploy_sh(project, "deploy", "--region", "eu-west-1", "--deny-accounts", "1234")
     assert r.returncode != 0
     assert "12-digit" in r.stderr
+
+
+# ------------------------------------------------------------------ mistakes in the call
+#
+# Every mistake in how deploy.sh is called (an input file, an option, a value) is named on ONE
+# line of stderr, "deploy.sh: ...", with exit status 2, before anything slow starts: the tests
+# give the script stand-ins for cargo and the Python tools, so "nothing ran" is checked (an empty
+# calls.log), not assumed. An input file must exist, be a readable regular file and hold a JSON
+# object; local and fire take only a GuardDuty finding event (fire: one naming an instance);
+# invoke takes any object (it shows what the function itself answers).
+
+EVENTS = ROOT / "events"
+
+
+def fake_tools(project: Path) -> dict[str, str]:
+    """Stand-ins for the build (cargo and its binaries) and the pinned Python tools, recording
+    their calls: a valid call goes through to run.py or aws_ops.py and builds or reaches nothing."""
+    stand_in(project, "cargo", "exit 0")
+    venv = project / ".tools" / "venv"
+    (venv / "bin").mkdir(parents=True)
+    python = venv / "bin" / "python"
+    python.write_text(f'#!/bin/bash\necho "python $*" >> "{project}/calls.log"\n')
+    python.chmod(0o755)
+    requirements = (project / "helper_scripts" / "requirements.txt").read_bytes()
+    (venv / ".requirements.sha256").write_text(hashlib.sha256(requirements).hexdigest() + "\n")
+    debug = project / "target" / "debug"
+    debug.mkdir(parents=True)
+    for binary in ("isolate", "snapshot", "deny-role", "notify"):
+        (debug / binary).write_text("#!/bin/sh\n")
+        (debug / binary).chmod(0o755)
+    return {"CARGO_TARGET_DIR": str(project / "target")}
+
+
+def write(path: Path, content: str | bytes) -> Path:
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return path
+
+
+def make_fifo(d: Path) -> Path:
+    os.mkfifo(d / "event.fifo")
+    return d / "event.fifo"
+
+
+def make_unreadable(d: Path) -> Path:
+    if os.geteuid() == 0:
+        pytest.skip("root reads a mode-000 file: the directory and the FIFO cases stand for it")
+    path = write(d / "secret.json", "{}")
+    path.chmod(0)
+    return path
+
+
+def make_dir(d: Path) -> Path:
+    (d / "events.json").mkdir()
+    return d / "events.json"
+
+
+GUARDDUTY = {"version": "0", "source": "aws.guardduty", "detail-type": "GuardDuty Finding", "account": "111122223333"}
+
+# name -> (how to make the file in a folder, what the one line says). The two "unreadable" cases
+# root cannot read either are a directory and a FIFO (reading one blocks: it is refused unread).
+BAD_FILES = {
+    "missing": (lambda d: d / "no-such-event.json", "no such file"),
+    "under-a-missing-folder": (lambda d: d / "no-such-folder" / "event.json", "no such file"),
+    "broken-symlink": (lambda d: (d / "link.json").symlink_to(d / "gone.json") or d / "link.json", "broken symbolic link"),
+    "directory": (make_dir, "a directory, not a file"),
+    "fifo": (make_fifo, "not a regular file"),
+    "no-read-permission": (make_unreadable, "not readable"),
+    "empty": (lambda d: write(d / "empty.json", ""), "empty"),
+    "not-json": (lambda d: write(d / "bad.json", '{\n  "source": "aws.guardduty"\n  "detail": {}\n}\n'),
+                 "not valid JSON (line 3, column 3: Expecting ',' delimiter)"),
+    "truncated": (lambda d: write(d / "cut.json", (EVENTS / "credential-exfiltration.json").read_text()[:200]), "not valid JSON (line"),
+    "not-utf8": (lambda d: write(d / "latin1.json", '{"title": "caf\u00e9"}'.encode("latin-1")), "not UTF-8 text"),
+    "nan": (lambda d: write(d / "nan.json", '{"severity": NaN}'), "NaN is not a JSON value"),
+    "array": (lambda d: write(d / "array.json", "[{}]"), "not a JSON object (it holds an array)"),
+    "string": (lambda d: write(d / "string.json", '"event"'), "not a JSON object (it holds a string)"),
+    "null": (lambda d: write(d / "null.json", "null"), "not a JSON object (it holds null)"),
+    "number": (lambda d: write(d / "number.json", "7.5"), "not a JSON object (it holds a number)"),
+}
+# Objects that are not a GuardDuty finding event: refused by local and fire, taken by invoke.
+NOT_A_FINDING = {
+    "release-request": (lambda d: write(d / "release.json", (EVENTS / "release-request.json").read_text()),
+                        "not an EventBridge event (no source, detail-type or detail); it looks like a release request"),
+    "notify-input": (lambda d: write(d / "notify.json", (EVENTS / "notify-input.json").read_text()),
+                     "it looks like the notify function's input"),
+    "other-source": (lambda d: write(d / "ec2.json", json.dumps({**GUARDDUTY, "source": "aws.ec2", "detail-type": "EC2 Instance State-change Notification", "detail": {}})),
+                     'not a GuardDuty finding event (source "aws.ec2"'),
+    "detail-null": (lambda d: write(d / "detail-null.json", json.dumps({**GUARDDUTY, "detail": None})), "its detail is missing"),
+    "detail-string": (lambda d: write(d / "detail-string.json", json.dumps({**GUARDDUTY, "detail": "x"})), "its detail is not an object"),
+}
+# A finding fire cannot point at an instance: the EKS sample.
+NO_INSTANCE = {"names-no-instance": (lambda d: write(d / "eks.json", (EVENTS / "eks-runtime-cryptomining.json").read_text()), "names no EC2 instance")}
+
+# subcommand -> its arguments around the input file
+WITH_INPUT = {
+    "local": lambda f: ["local", f, "--json"],
+    "invoke": lambda f: ["invoke", "isolate", f],
+    "fire": lambda f: ["fire", f, "--region", "eu-west-1", "--wait"],
+}
+REFUSED = (
+    [(sub, kind) for sub in WITH_INPUT for kind in BAD_FILES]
+    + [(sub, kind) for sub in ("local", "fire") for kind in NOT_A_FINDING]
+    + [("fire", kind) for kind in NO_INSTANCE]
+)
+
+
+def assert_one_line(r: subprocess.CompletedProcess, project: Path, *parts: str) -> str:
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("deploy.sh: "), lines[0]
+    for part in parts:
+        assert part in lines[0], (part, lines[0])
+    assert r.stdout == ""
+    assert calls(project) == [], "refused before anything was built, installed or called"
+    return lines[0]
+
+
+@pytest.mark.parametrize("subcommand,kind", REFUSED, ids=[f"{s}-{k}" for s, k in REFUSED])
+def test_a_bad_input_file_is_named_on_one_line(project, tmp_path, subcommand, kind):
+    env = fake_tools(project)
+    make, says = {**BAD_FILES, **NOT_A_FINDING, **NO_INSTANCE}[kind]
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    path = make(inputs)
+    r = deploy_sh(project, *WITH_INPUT[subcommand](str(path)), env=env)
+    line = assert_one_line(r, project, says)
+    assert line.startswith(f"deploy.sh: {path}: "), "the line names the file as given"
+
+
+def test_a_relative_input_file_is_named_as_given(project):
+    write(project / "broken.json", "{,}")
+    r = subprocess.run(
+        ["bash", str(project / "helper_scripts" / "deploy.sh"), "local", "broken.json"],
+        cwd=project, env={"PATH": "/usr/bin:/bin", "HOME": str(project)}, capture_output=True, text=True, timeout=60,
+    )
+    assert r.returncode == 2
+    assert r.stderr == "deploy.sh: broken.json: not valid JSON (line 1, column 2: Expecting property name enclosed in double quotes)\n"
+
+
+@pytest.mark.parametrize("kind", list(NOT_A_FINDING) + list(NO_INSTANCE))
+def test_invoke_takes_any_object_the_function_answers_for_itself(project, tmp_path, kind):
+    env = fake_tools(project)
+    make, _ = {**NOT_A_FINDING, **NO_INSTANCE}[kind]
+    path = make(tmp_path)
+    r = deploy_sh(project, "invoke", "triage", str(path), env=env)
+    assert r.returncode == 0, r.stderr
+    assert calls(project)[-1].endswith(f"run.py --bin-dir {project}/target/debug --invoke triage {path}")
+
+
+@pytest.mark.parametrize("event", ["credential-exfiltration.json", "instance-backdoor.json", "low-severity-ssh-probe.json",
+                                   "eks-runtime-cryptomining.json", "port-probe-target.json"])
+def test_local_takes_every_sample_finding(project, event):
+    env = fake_tools(project)
+    r = deploy_sh(project, "local", str(EVENTS / event), "--severity-threshold", "4", "--parameter", "DryRun=true", env=env)
+    assert r.returncode == 0, r.stderr
+    assert calls(project)[0] == "cargo test --locked --no-run --quiet", "validated, then built"
+    assert calls(project)[-1].endswith(f"run.py --bin-dir {project}/target/debug --severity-threshold 4 --parameter DryRun=true {EVENTS / event}")
+
+
+@pytest.mark.parametrize("event", ["credential-exfiltration.json", "instance-backdoor.json"])
+def test_fire_passes_a_finding_that_names_an_instance_on(project, event):
+    env = fake_tools(project)
+    args = ["fire", str(EVENTS / event), "i-0123456789abcdef0", "--region=eu-west-1", "--wait"]
+    r = deploy_sh(project, *args, env=env)
+    assert r.returncode == 0, r.stderr
+    assert calls(project) == [f"python {project}/helper_scripts/aws_ops.py " + " ".join(args)]
+
+
+BAD_OPTIONS = [
+    (["local", "--verbose"], "unknown option --verbose for local"),
+    (["local", "--severity-threshold"], "--severity-threshold needs a value"),
+    (["local", "--severity-threshold", "--json"], "--severity-threshold needs a value"),
+    (["local", "--severity-threshold", "high"], "--severity-threshold must be a number from 0 to 10, got high"),
+    (["local", "--severity-threshold", "10.5"], "from 0 to 10"),
+    (["local", "--parameter", "DryRun"], "--parameter takes KEY=VALUE"),
+    (["local", "--parameter", "NoSuchThing=1"], "template.yaml has no parameter NoSuchThing"),
+    (["local", str(EVENTS / "instance-backdoor.json"), str(EVENTS / "credential-exfiltration.json")], "local takes one EVENT file"),
+    (["invoke"], "invoke takes FUNCTION EVENT"),
+    (["invoke", "isolate"], "invoke takes FUNCTION EVENT"),
+    (["invoke", "quarantine", str(EVENTS / "credential-exfiltration.json")], "unknown FUNCTION quarantine (one of triage, isolate"),
+    (["invoke", "isolate", str(EVENTS / "credential-exfiltration.json"), "--json"], "unknown option --json for invoke"),
+    (["deploy", "--regoin", "eu-west-1"], "unknown option --regoin for deploy"),
+    (["deploy", "--region"], "--region needs a value"),
+    (["deploy", "--alert-email", "--region", "eu-west-1"], "--alert-email needs a value"),
+    (["deploy", "--region", "eu-west-1", "--severity-threshold", "high"], "--severity-threshold must be a number from 0 to 10, got high"),
+    (["deploy", "--region", "mars-north"], "not an AWS region name: mars-north"),
+    (["deploy", "--regions", "eu-west-1,Mars"], "not an AWS region name: Mars"),
+    (["deploy", "--region", "eu-west-1", "--stack-name", "9lives"], "invalid stack name: 9lives"),
+    (["deploy", "--region", "eu-west-1", "--parameter", "RoleActon=none"], "template.yaml has no parameter RoleActon"),
+    (["deploy", "--region", "eu-west-1", "now"], "unexpected argument now for deploy"),
+    (["nuke", "--force"], "unknown option --force for nuke"),
+    (["nuke", "--stack-name"], "--stack-name needs a value"),
+    (["test-instance", "--ssh-cidr"], "--ssh-cidr needs a value"),
+    (["test-instance", "--ssh-cidr", "203.0.113.7"], "--ssh-cidr takes an IPv4 CIDR"),
+    (["test-instance", "--ssh-cidr", "203.0.113.300/32"], "--ssh-cidr takes an IPv4 CIDR"),
+    (["test-instance", "--wait"], "unknown option --wait for test-instance"),
+    (["test-instance", "i-0123456789abcdef0"], "unexpected argument i-0123456789abcdef0 for test-instance"),
+    (["fire"], "fire takes EVENT [INSTANCE_ID]"),
+    (["fire", str(EVENTS / "credential-exfiltration.json"), "--json"], "unknown option --json for fire"),
+    (["fire", str(EVENTS / "credential-exfiltration.json"), "my-instance"], "not an EC2 instance id: my-instance"),
+    (["fire", str(EVENTS / "credential-exfiltration.json"), "--state-machine-arn", "containment"], "--state-machine-arn takes a state machine ARN"),
+    (["fire", str(EVENTS / "credential-exfiltration.json"), "--region=somewhere"], "not an AWS region name: somewhere"),
+    (["verify", "--wait"], "unknown option --wait for verify"),
+    (["verify", "--stack-name"], "--stack-name needs a value"),
+    (["verify", "i-123"], "not an EC2 instance id: i-123"),
+    (["verify", "i-0123456789abcdef0", "i-0123456789abcdef1"], "unexpected argument i-0123456789abcdef1 for verify"),
+]
+
+
+@pytest.mark.parametrize("args,says", BAD_OPTIONS, ids=[" ".join(a).replace(str(EVENTS) + "/", "") for a, _ in BAD_OPTIONS])
+def test_a_bad_option_is_named_on_one_line(project, args, says):
+    env = fake_tools(project)
+    stand_in(project, "sam", "exit 0")
+    aws_with_credentials(project)
+    r = deploy_sh(project, *args, env=env)
+    assert_one_line(r, project, says)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["-h"], ["help"]] + [[sub, "--help"] for sub in ("local", "invoke", "deploy", "nuke", "test-instance", "fire", "verify")])
+def test_help_prints_the_usage_and_succeeds(project, args):
+    r = deploy_sh(project, *args)
+    assert r.returncode == 0 and r.stderr == ""
+    assert r.stdout.startswith("Usage:") and "deploy.sh verify" in r.stdout
+
+
+def test_an_unknown_subcommand_is_one_line_with_a_hint(project):
+    r = deploy_sh(project, "destroy-everything")
+    assert_one_line(r, project, "unknown subcommand destroy-everything", "deploy.sh --help")
+    r = deploy_sh(project, "--region", "eu-west-1", "deploy")
+    assert_one_line(r, project, "the subcommand comes first")
