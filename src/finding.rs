@@ -148,6 +148,16 @@ pub struct Target {
     pub vpc_ids: Vec<String>,
 }
 
+impl Target {
+    /// The instance's ARN, as `ec2:SourceInstanceARN` names it.
+    pub fn instance_arn(&self) -> String {
+        format!(
+            "arn:{}:ec2:{}:{}:instance/{}",
+            self.scope.partition, self.scope.region, self.scope.account_id, self.instance_id
+        )
+    }
+}
+
 /// A finding that is well formed but names nothing this tool can contain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Skip(pub String);

@@ -427,10 +427,7 @@ async fn date_instance_deny(
             };
         }
     }
-    let instance_arn = format!(
-        "arn:{}:ec2:{}:{}:instance/{}",
-        target.scope.partition, target.scope.region, target.scope.account_id, target.instance_id
-    );
+    let instance_arn = target.instance_arn();
     let cutoff = crate::now_rfc3339();
     iam.put_role_policy()
         .role_name(role_name)

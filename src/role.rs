@@ -215,10 +215,7 @@ pub async fn contain_instance_role(
         }
         configured => configured,
     };
-    let instance_arn = format!(
-        "arn:{}:ec2:{}:{}:instance/{}",
-        target.scope.partition, target.scope.region, target.scope.account_id, target.instance_id
-    );
+    let instance_arn = target.instance_arn();
     // The role's hold only where release removes the role's policies once no contained
     // instance needs them; the role itself is recorded for every action that changes it.
     let undone_on_release = matches!(action, RoleAction::DenyAll | RoleAction::RevokeSessions);

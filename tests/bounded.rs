@@ -18,34 +18,15 @@ const LIMIT: usize = 262_144;
 async fn a_thousand_sharing_instances_and_two_hundred_target_groups_stay_within_the_limits() {
     let f = Fixture::new().await;
     assert_eq!(f.launch_many(999).await, 999);
-    let elbv2 = aws_sdk_elasticloadbalancingv2::Client::new(&f.config);
     for i in 0..200 {
-        let arn = elbv2
-            .create_target_group()
-            .name(format!("web-{i}"))
-            .protocol(aws_sdk_elasticloadbalancingv2::types::ProtocolEnum::Http)
-            .port(80)
-            .vpc_id(&f.vpc_id)
-            .target_type(aws_sdk_elasticloadbalancingv2::types::TargetTypeEnum::Instance)
-            .send()
-            .await
-            .unwrap()
-            .target_groups()[0]
-            .target_group_arn()
-            .unwrap()
-            .to_owned();
-        elbv2
-            .register_targets()
-            .target_group_arn(arn)
-            .targets(
-                aws_sdk_elasticloadbalancingv2::types::TargetDescription::builder()
-                    .id(&f.instance_id)
-                    .port(80)
-                    .build(),
-            )
-            .send()
-            .await
-            .unwrap();
+        f.target_group_with(
+            &format!("web-{i}"),
+            &f.vpc_id,
+            aws_sdk_elasticloadbalancingv2::types::TargetTypeEnum::Instance,
+            &f.instance_id,
+            80,
+        )
+        .await;
     }
 
     let role = contain_role(&f.ctx, &f.event("instance-backdoor.json"))

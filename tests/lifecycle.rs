@@ -51,33 +51,16 @@ async fn in_service(f: &Fixture) -> String {
         .send()
         .await
         .unwrap();
-    let elbv2 = aws_sdk_elasticloadbalancingv2::Client::new(&f.config);
-    let tg = elbv2
-        .create_target_group()
-        .name("web-tg")
-        .protocol(aws_sdk_elasticloadbalancingv2::types::ProtocolEnum::Http)
-        .port(80)
-        .vpc_id(&f.vpc_id)
-        .target_type(aws_sdk_elasticloadbalancingv2::types::TargetTypeEnum::Instance)
-        .send()
-        .await
-        .unwrap()
-        .target_groups()[0]
-        .target_group_arn()
-        .unwrap()
-        .to_owned();
-    elbv2
-        .register_targets()
-        .target_group_arn(&tg)
-        .targets(
-            aws_sdk_elasticloadbalancingv2::types::TargetDescription::builder()
-                .id(&f.instance_id)
-                .port(80)
-                .build(),
+    use aws_sdk_elasticloadbalancingv2::types::TargetTypeEnum;
+    let tg = f
+        .target_group_with(
+            "web-tg",
+            &f.vpc_id,
+            TargetTypeEnum::Instance,
+            &f.instance_id,
+            80,
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     // The same private address in another VPC (overlapping CIDR) is another server: its
     // target group must be left as it is. And an IP target group of the instance's own VPC.
     let address = f.instance().await.network_interfaces()[0]
@@ -99,32 +82,8 @@ async fn in_service(f: &Fixture) -> String {
         ("other-vpc-ip", other_vpc.as_str()),
         ("own-vpc-ip", f.vpc_id.as_str()),
     ] {
-        let ip_tg = elbv2
-            .create_target_group()
-            .name(name)
-            .protocol(aws_sdk_elasticloadbalancingv2::types::ProtocolEnum::Http)
-            .port(8080)
-            .vpc_id(vpc)
-            .target_type(aws_sdk_elasticloadbalancingv2::types::TargetTypeEnum::Ip)
-            .send()
-            .await
-            .unwrap()
-            .target_groups()[0]
-            .target_group_arn()
-            .unwrap()
-            .to_owned();
-        elbv2
-            .register_targets()
-            .target_group_arn(&ip_tg)
-            .targets(
-                aws_sdk_elasticloadbalancingv2::types::TargetDescription::builder()
-                    .id(&address)
-                    .port(8080)
-                    .build(),
-            )
-            .send()
-            .await
-            .unwrap();
+        f.target_group_with(name, vpc, TargetTypeEnum::Ip, &address, 8080)
+            .await;
     }
     let elb = aws_sdk_elasticloadbalancing::Client::new(&f.config);
     elb.create_load_balancer()

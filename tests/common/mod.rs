@@ -308,6 +308,45 @@ impl Fixture {
         ids.len()
     }
 
+    /// A target group of `kind` in `vpc`, with `target` registered on `port`; its ARN.
+    pub async fn target_group_with(
+        &self,
+        name: &str,
+        vpc: &str,
+        kind: aws_sdk_elasticloadbalancingv2::types::TargetTypeEnum,
+        target: &str,
+        port: i32,
+    ) -> String {
+        let elbv2 = aws_sdk_elasticloadbalancingv2::Client::new(&self.config);
+        let arn = elbv2
+            .create_target_group()
+            .name(name)
+            .protocol(aws_sdk_elasticloadbalancingv2::types::ProtocolEnum::Http)
+            .port(port)
+            .vpc_id(vpc)
+            .target_type(kind)
+            .send()
+            .await
+            .unwrap()
+            .target_groups()[0]
+            .target_group_arn()
+            .unwrap()
+            .to_owned();
+        elbv2
+            .register_targets()
+            .target_group_arn(&arn)
+            .targets(
+                aws_sdk_elasticloadbalancingv2::types::TargetDescription::builder()
+                    .id(target)
+                    .port(port)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        arn
+    }
+
     /// A sample event from `events/`, pointed at this fixture's account, instance and role.
     pub fn event(&self, name: &str) -> FindingEvent {
         parse_event(self.event_json(name)).expect("sample event parses")
