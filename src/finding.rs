@@ -4,13 +4,27 @@
 //! what does not apply, and unknown fields are ignored. Values that end up in AWS requests
 //! (instance id, account, region) are validated here, once, before any call is made.
 
-use aws_lambda_events::event::eventbridge::EventBridgeEvent;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::Error;
 
-/// The EventBridge envelope around a GuardDuty finding.
-pub type FindingEvent = EventBridgeEvent<Finding>;
+/// The EventBridge envelope around a GuardDuty finding. Only what the tool reads is typed: the
+/// envelope's `time`, `id`, `version` and `resources` are never used, so they are kept as they
+/// came, and a value EventBridge or an export writes there in another shape (a redacted time)
+/// never makes the finding unusable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FindingEvent {
+    #[serde(rename = "detail-type")]
+    pub detail_type: String,
+    pub source: String,
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub account: Option<String>,
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<serde_json::Value>,
+    pub detail: Finding,
+}
 
 pub const GUARDDUTY_SOURCE: &str = "aws.guardduty";
 pub const GUARDDUTY_DETAIL_TYPE: &str = "GuardDuty Finding";
@@ -24,9 +38,15 @@ pub struct Finding {
     pub partition: Option<String>,
     #[serde(rename = "type")]
     pub finding_type: Option<String>,
+    /// A number; a number written as a string (as some exports do) is read too.
+    #[serde(default, deserialize_with = "lenient_number")]
     pub severity: Option<f64>,
+    /// Only shown: any other shape reads as unknown.
+    #[serde(default, deserialize_with = "shown_string")]
     pub title: Option<String>,
+    #[serde(default, deserialize_with = "shown_string")]
     pub description: Option<String>,
+    #[serde(default, deserialize_with = "shown_string")]
     pub updated_at: Option<String>,
     pub resource: Option<Resource>,
     pub service: Option<Service>,
@@ -70,12 +90,29 @@ pub struct AccessKeyDetails {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Service {
+    #[serde(default, deserialize_with = "shown_string")]
     pub resource_role: Option<String>,
+    /// `true`/`false`, or the same as a string (as exports write it).
+    #[serde(default, deserialize_with = "flag")]
     pub archived: Option<bool>,
     pub additional_info: Option<AdditionalInfo>,
+    #[serde(default, deserialize_with = "shown_string")]
     pub event_first_seen: Option<String>,
+    #[serde(default, deserialize_with = "shown_string")]
     pub event_last_seen: Option<String>,
+    #[serde(default, deserialize_with = "shown_count")]
     pub count: Option<u64>,
+    /// What GuardDuty saw the resource do or undergo; kept as JSON and read leniently by
+    /// [`crate::evidence`], so that an action shape this tool does not know never makes the
+    /// finding unusable.
+    #[serde(default)]
+    pub action: Option<serde_json::Value>,
+    /// Runtime Monitoring's process details (present: a process on the instance acted).
+    #[serde(default)]
+    pub runtime_details: Option<serde_json::Value>,
+    /// Malware Protection's scan of the instance's volumes (present: malware on the instance).
+    #[serde(default)]
+    pub ebs_volume_scan_details: Option<serde_json::Value>,
 }
 
 /// GuardDuty marks generated sample findings either as `{"sample": true}` or, in the newer
@@ -83,22 +120,64 @@ pub struct Service {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AdditionalInfo {
-    #[serde(default, deserialize_with = "bool_or_string")]
+    #[serde(default, deserialize_with = "flag")]
     pub sample: Option<bool>,
+    #[serde(default, deserialize_with = "shown_string")]
     pub value: Option<String>,
 }
 
-fn bool_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Lenient {
-        Bool(bool),
-        Text(String),
+/// A flag the decision reads (archived, sample): `true`/`false`, or the same as a string in any
+/// case (GuardDuty's exports write booleans as strings). Anything else is refused: a flag the
+/// tool cannot read must not be guessed.
+fn flag<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    match Option::<serde_json::Value>::deserialize(d)? {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::Bool(b)) => Ok(Some(b)),
+        Some(serde_json::Value::String(s)) if s.eq_ignore_ascii_case("true") => Ok(Some(true)),
+        Some(serde_json::Value::String(s)) if s.eq_ignore_ascii_case("false") => Ok(Some(false)),
+        Some(other) => Err(serde::de::Error::custom(format!(
+            "{} is neither true nor false",
+            clip(&other.to_string())
+        ))),
     }
-    Ok(match Option::<Lenient>::deserialize(d)? {
-        Some(Lenient::Bool(b)) => Some(b),
-        Some(Lenient::Text(s)) => Some(s.eq_ignore_ascii_case("true")),
-        None => None,
+}
+
+/// A number the decision reads (severity): a JSON number, or a number written as a string.
+fn lenient_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    match Option::<serde_json::Value>::deserialize(d)? {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::Number(n)) => Ok(n.as_f64()),
+        Some(serde_json::Value::String(s)) => s
+            .trim()
+            .parse::<f64>()
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom(format!("{:?} is not a number", clip(&s)))),
+        Some(other) => Err(serde::de::Error::custom(format!(
+            "{} is not a number",
+            clip(&other.to_string())
+        ))),
+    }
+}
+
+/// A string the envelope carries (account, region): a string, or absent; any other shape reads
+/// as absent, and the finding's own field, validated where it is used, decides.
+fn lenient_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match Option::<serde_json::Value>::deserialize(d)? {
+        Some(serde_json::Value::String(s)) => Some(s),
+        _ => None,
+    })
+}
+
+/// A field the tool only shows: any shape other than a string reads as unknown.
+fn shown_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    lenient_string(d)
+}
+
+/// A count the tool only shows: any shape other than a whole number reads as unknown.
+fn shown_count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    Ok(match Option::<serde_json::Value>::deserialize(d)? {
+        Some(serde_json::Value::Number(n)) => n.as_u64(),
+        _ => None,
     })
 }
 

@@ -10,6 +10,7 @@
 pub mod context;
 pub mod deregister;
 pub mod error;
+pub mod evidence;
 pub mod finding;
 pub mod instance;
 pub mod isolate;

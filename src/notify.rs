@@ -739,6 +739,9 @@ fn write_triage(body: &mut String, r: Option<&StepResult<TriageReport>>) {
                     let _ = writeln!(body, "\nNothing to contain: {}.", t.reason);
                 }
                 Decision::Contain => {
+                    if let Some(evidence) = &t.evidence {
+                        let _ = writeln!(body, "\nContained because: {evidence}.");
+                    }
                     if let Some(earlier) = &t.already_contained_by {
                         let _ = writeln!(
                             body,

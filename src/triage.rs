@@ -7,6 +7,7 @@ use tracing::info;
 
 use crate::context::Ctx;
 use crate::error::Error;
+use crate::evidence::{self, Evidence, Side};
 use crate::finding::{self, FindingEvent, Skip, Target};
 use crate::settings::{AutoScalingAction, RoleAction, TriagePolicy};
 use crate::{instance, tags};
@@ -35,12 +36,19 @@ pub struct TriageReport {
     pub dry_run: bool,
     pub role_action: RoleAction,
     pub auto_scaling_action: AutoScalingAction,
+    /// Which side of the activity the instance is on, and the evidence, in one sentence
+    /// (see [`crate::evidence`]); absent when the finding names no instance.
+    #[serde(default)]
+    pub side: Option<Side>,
+    #[serde(default)]
+    pub evidence: Option<String>,
 }
 
 /// Triages a finding event (the Lambda handler).
 #[tracing::instrument(skip_all, fields(finding_id = event.detail.id.as_deref().map(finding::clip)))]
 pub async fn triage(ctx: &Ctx, event: &FindingEvent) -> Result<TriageReport, Error> {
     let settings = ctx.settings();
+    let evidence = evidence::side(&event.detail);
     let report = |decision, reason: String, target: Option<&Target>| TriageReport {
         decision,
         reason,
@@ -50,6 +58,8 @@ pub async fn triage(ctx: &Ctx, event: &FindingEvent) -> Result<TriageReport, Err
         dry_run: settings.dry_run,
         role_action: settings.role_action,
         auto_scaling_action: settings.auto_scaling_action,
+        side: target.map(|_| evidence.side),
+        evidence: target.map(|_| evidence.because.clone()),
     };
     let target = match finding::resolve(event)? {
         Ok(target) => target,
@@ -58,7 +68,7 @@ pub async fn triage(ctx: &Ctx, event: &FindingEvent) -> Result<TriageReport, Err
     if let Some(reason) = ctx.org().refusal(&target.scope.account_id) {
         return Ok(report(Decision::NothingToContain, reason, Some(&target)));
     }
-    if let Some(reason) = policy_reason(&settings.triage, event, &target) {
+    if let Some(reason) = policy_reason(&settings.triage, &evidence, &target) {
         info!(%reason, "notify only");
         return Ok(report(Decision::NotifyOnly, reason, Some(&target)));
     }
@@ -102,7 +112,7 @@ pub async fn triage(ctx: &Ctx, event: &FindingEvent) -> Result<TriageReport, Err
 /// Why the policy says to report only, if it does. Pure: no AWS call.
 pub fn policy_reason(
     policy: &TriagePolicy,
-    event: &FindingEvent,
+    evidence: &Evidence,
     target: &Target,
 ) -> Option<String> {
     let finding_type = target.finding_type.as_str();
@@ -132,27 +142,14 @@ pub fn policy_reason(
             target.severity, policy.severity_threshold
         ));
     }
-    // For an instance finding, TARGET means the instance was acted upon (probed, attacked),
-    // not that it acted. Credential findings name the key as TARGET; they are about the role's
-    // credentials being used elsewhere, and are contained.
-    let detail = &event.detail;
-    let is_instance = detail
-        .resource
-        .as_ref()
-        .and_then(|r| r.resource_type.as_deref())
-        == Some("Instance");
-    let role = detail
-        .service
-        .as_ref()
-        .and_then(|s| s.resource_role.as_deref());
-    if is_instance
-        && !policy.contain_targets
-        && role.is_some_and(|r| r.eq_ignore_ascii_case("TARGET"))
-    {
-        return Some(
-            "the instance is the TARGET of the activity (a victim, not the actor); set ContainTargets to contain targets too"
-                .into(),
-        );
+    // A victim (probed, brute-forced, called from a Tor exit node) is reported, not contained,
+    // unless the policy says to contain targets too. The side is read from the evidence, not
+    // from GuardDuty's resourceRole label (see crate::evidence).
+    if evidence.side == Side::Targeted && !policy.contain_targets {
+        return Some(format!(
+            "the instance is the target of the activity, not the actor: {}; set ContainTargets to contain targets too",
+            evidence.because
+        ));
     }
     None
 }
@@ -184,13 +181,13 @@ mod tests {
 
     fn reason(policy: &TriagePolicy, e: &FindingEvent) -> Option<String> {
         let target = finding::resolve(e).unwrap().unwrap();
-        policy_reason(policy, e, &target)
+        policy_reason(policy, &evidence::side(&e.detail), &target)
     }
 
     #[test]
     fn actors_are_contained_and_probed_targets_only_reported() {
         let policy = TriagePolicy::default();
-        let actor = event("Backdoor:EC2/C&CActivity.B", 8.0, instance(), "ACTOR");
+        let actor = event("Backdoor:EC2/C&CActivity.B", 8.0, instance(), "TARGET");
         assert_eq!(reason(&policy, &actor), None);
         let probed = event(
             "Recon:EC2/PortProbeUnprotectedPort",
@@ -198,12 +195,130 @@ mod tests {
             instance(),
             "TARGET",
         );
-        assert!(reason(&policy, &probed).unwrap().contains("TARGET"));
+        assert!(
+            reason(&policy, &probed)
+                .unwrap()
+                .contains("target of the activity")
+        );
         let both = TriagePolicy {
             contain_targets: true,
             ..TriagePolicy::default()
         };
         assert_eq!(reason(&both, &probed), None);
+    }
+
+    fn with_action(finding_type: &str, role: &str, action: serde_json::Value) -> FindingEvent {
+        let mut e = event(finding_type, 8.0, instance(), role);
+        e.detail.service.as_mut().unwrap().action = Some(action);
+        e
+    }
+
+    fn dns(domain: &str) -> serde_json::Value {
+        serde_json::json!({"actionType": "DNS_REQUEST",
+            "dnsRequestAction": {"domain": domain, "protocol": "UDP", "blocked": false}})
+    }
+
+    fn connection(direction: &str) -> serde_json::Value {
+        serde_json::json!({"actionType": "NETWORK_CONNECTION", "networkConnectionAction": {
+            "connectionDirection": direction, "protocol": "TCP", "blocked": false,
+            "remoteIpDetails": {"ipAddressV4": "198.51.100.9"}}})
+    }
+
+    /// Findings shaped as GuardDuty writes them for these types: labelled TARGET although the
+    /// instance is the one acting (GuardDuty's sample findings and real accounts' findings).
+    #[test]
+    fn acting_instances_labelled_target_are_contained_by_default() {
+        let policy = TriagePolicy::default();
+        for e in [
+            with_action(
+                "CryptoCurrency:EC2/BitcoinTool.B!DNS",
+                "TARGET",
+                dns("pool.mining.example.invalid"),
+            ),
+            with_action(
+                "Backdoor:EC2/C&CActivity.B",
+                "TARGET",
+                connection("OUTBOUND"),
+            ),
+            with_action(
+                "UnauthorizedAccess:EC2/TorRelay",
+                "TARGET",
+                connection("INBOUND"),
+            ),
+            with_action(
+                "UnauthorizedAccess:EC2/TorClient",
+                "TARGET",
+                connection("OUTBOUND"),
+            ),
+            with_action("Trojan:EC2/DropPoint", "TARGET", connection("OUTBOUND")),
+            with_action(
+                "Trojan:EC2/BlackholeTraffic",
+                "TARGET",
+                connection("OUTBOUND"),
+            ),
+            with_action("Backdoor:EC2/Spambot", "TARGET", connection("OUTBOUND")),
+            with_action(
+                "UnauthorizedAccess:EC2/SSHBruteForce",
+                "TARGET",
+                connection("OUTBOUND"),
+            ),
+        ] {
+            let t = e.detail.finding_type.clone().unwrap();
+            assert_eq!(reason(&policy, &e), None, "{t} is contained");
+        }
+    }
+
+    #[test]
+    fn probes_and_inbound_brute_force_are_only_reported() {
+        let policy = TriagePolicy::default();
+        for e in [
+            with_action(
+                "Recon:EC2/PortProbeUnprotectedPort",
+                "TARGET",
+                serde_json::json!({"actionType": "PORT_PROBE", "portProbeAction": {"blocked": false}}),
+            ),
+            with_action(
+                "UnauthorizedAccess:EC2/SSHBruteForce",
+                "TARGET",
+                connection("INBOUND"),
+            ),
+            with_action(
+                "UnauthorizedAccess:EC2/RDPBruteForce",
+                "ACTOR",
+                connection("INBOUND"),
+            ),
+        ] {
+            let t = e.detail.finding_type.clone().unwrap();
+            let why = reason(&policy, &e).unwrap_or_else(|| panic!("{t} is only reported"));
+            assert!(why.contains("target of the activity"), "{t}: {why}");
+        }
+    }
+
+    #[test]
+    fn fields_the_decision_does_not_use_never_make_a_finding_invalid() {
+        let e = finding::parse_event(serde_json::json!({
+            "version": "0", "id": 17, "detail-type": "GuardDuty Finding", "source": "aws.guardduty",
+            "account": "123456789012", "time": "REDACTED", "region": "us-east-1", "resources": "n/a",
+            "detail": {"id": "f1", "accountId": "123456789012", "region": "us-east-1",
+                       "type": "CryptoCurrency:EC2/BitcoinTool.B!DNS", "severity": "8",
+                       "title": {"unexpected": true}, "updatedAt": 0, "resource": instance(),
+                       "service": {"resourceRole": "TARGET", "archived": "false", "count": "many",
+                                   "eventFirstSeen": null,
+                                   "additionalInfo": {"value": "{\"sample\":\"false\"}", "type": "default"}}}
+        }))
+        .expect("read");
+        let target = finding::resolve(&e).unwrap().expect("a target");
+        assert_eq!(target.severity, 8.0);
+        assert_eq!(reason(&TriagePolicy::default(), &e), None);
+        // The flags the decision reads are strict about what they cannot read.
+        for bad in [
+            serde_json::json!({"archived": "yes"}),
+            serde_json::json!({"archived": 1}),
+        ] {
+            let mut raw = serde_json::to_value(&e).unwrap();
+            raw["detail"]["service"] = bad.clone();
+            assert!(finding::parse_event(raw).is_err(), "{bad}");
+        }
     }
 
     #[test]

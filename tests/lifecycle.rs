@@ -514,7 +514,8 @@ async fn exempt_instances_and_probed_targets_are_only_reported() {
     let probe = ec2_quarantine::finding::parse_event(probe).unwrap();
     let t = triage(&ctx, &probe).await.unwrap();
     assert_eq!(t.decision, Decision::NotifyOnly);
-    assert!(t.reason.contains("TARGET"), "{}", t.reason);
+    assert!(t.reason.contains("target of the activity"), "{}", t.reason);
+    assert_eq!(t.side, Some(ec2_quarantine::evidence::Side::Targeted));
 
     f.ec2
         .create_tags()

@@ -26,6 +26,8 @@ CONTAINED = {"matched": True, "status": "SUCCEEDED", "verdict": "contained"}
 EXPECTED = {
     "credential-exfiltration.json": CONTAINED,
     "instance-backdoor.json": CONTAINED,
+    # Labelled TARGET by GuardDuty, as real findings of this type are: the instance is acting.
+    "cryptomining-dns.json": CONTAINED,
     "low-severity-ssh-probe.json": {"matched": False},
     "eks-runtime-cryptomining.json": {"matched": True, "status": "SUCCEEDED", "verdict": "skipped"},
     "port-probe-target.json": {"matched": True, "status": "SUCCEEDED", "verdict": "notify_only"},
@@ -191,7 +193,15 @@ def test_a_probed_target_is_only_reported():
     assert report["emulator"]["before"] == report["emulator"]["after"]
     n = report["notification"]
     assert n["attributes"]["verdict"] == "notify_only"
-    assert "TARGET" in n["message"]
+    assert "target of the activity" in n["message"] and "probed" in n["message"]
+
+
+def test_an_acting_instance_labelled_target_is_contained_and_the_evidence_named():
+    report = run("cryptomining-dns.json")
+    triage = state(report, "Triage")["output"]["triage"]
+    assert triage["decision"] == "contain" and triage["side"] == "acting", triage
+    assert "cryptocurrency" in triage["evidence"], triage["evidence"]
+    assert "Contained because:" in report["notification"]["message"]
 
 
 def test_an_exempt_instance_is_only_reported():

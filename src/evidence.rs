@@ -1,0 +1,349 @@
+//! Which side of the activity the instance is on: **acting** (it did what the finding
+//! describes: queried a mining pool's domain, connected out to a command-and-control server,
+//! relayed Tor, scanned others) or **targeted** (it underwent it: was probed, brute-forced,
+//! called from a Tor exit node).
+//!
+//! GuardDuty's `service.resourceRole` label does not answer this: real findings of types where
+//! the instance is the one acting (`CryptoCurrency:EC2/BitcoinTool.B!DNS`,
+//! `UnauthorizedAccess:EC2/TorRelay`, `Trojan:EC2/DropPoint`, ...) carry `TARGET`. So the side is
+//! read from the finding type's documented meaning (GuardDuty's finding-type pages,
+//! <https://docs.aws.amazon.com/guardduty/latest/ug/guardduty_finding-types-ec2.html>), and, for
+//! the types whose side depends on the direction (brute force, custom threat lists), from the
+//! finding's action: a DNS request the instance made, an outbound connection, a process on the
+//! instance or malware on its volume (acting); a port probe or an inbound connection (targeted).
+//! The label is the last resort, when neither says.
+
+use serde_json::Value;
+
+use crate::finding::Finding;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    /// The instance did what the finding describes.
+    Acting,
+    /// The instance underwent it (a victim).
+    Targeted,
+}
+
+/// The side, and the evidence it was read from, in one sentence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evidence {
+    pub side: Side,
+    pub because: String,
+}
+
+/// What a finding type says of the instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TypeSide {
+    Acting,
+    Targeted,
+    /// Either: the finding's action (its direction) decides.
+    ByAction,
+}
+
+/// GuardDuty's EC2 finding types that the rule passes, and the side of the instance in each,
+/// as GuardDuty's finding-type pages describe them. The most specific entry (exact name, then
+/// the longest prefix) wins. The README's triage table lists the same.
+pub const TYPE_SIDES: &[(&str, TypeSide, &str)] = &[
+    // Credentials EC2 delivered to the instance, used from elsewhere: the instance's role acts.
+    (
+        "UnauthorizedAccess:IAMUser/InstanceCredentialExfiltration",
+        TypeSide::Acting,
+        "its role credentials were used from outside the instance",
+    ),
+    // Backdoor: command and control, denial of service, spam, all from the instance.
+    (
+        "Backdoor:EC2/",
+        TypeSide::Acting,
+        "it talks to a command-and-control server, takes part in a denial of service or sends spam",
+    ),
+    (
+        "CryptoCurrency:EC2/",
+        TypeSide::Acting,
+        "it queries or connects to cryptocurrency mining services",
+    ),
+    (
+        "Trojan:EC2/",
+        TypeSide::Acting,
+        "it queries or connects to malware infrastructure (drop points, black-holed or DGA domains, DNS exfiltration)",
+    ),
+    (
+        "Impact:EC2/",
+        TypeSide::Acting,
+        "it queries abused, malicious or mining domains, or sweeps ports of other hosts",
+    ),
+    (
+        "Impact:EC2/WinRMBruteForce",
+        TypeSide::ByAction,
+        "WinRM brute force: the instance is the attacker when outbound, the victim when inbound",
+    ),
+    (
+        "Recon:EC2/Portscan",
+        TypeSide::Acting,
+        "it scans ports of other hosts",
+    ),
+    (
+        "Recon:EC2/PortProbe",
+        TypeSide::Targeted,
+        "its unprotected ports are probed by others",
+    ),
+    (
+        "UnauthorizedAccess:EC2/TorClient",
+        TypeSide::Acting,
+        "it connects to the Tor network",
+    ),
+    (
+        "UnauthorizedAccess:EC2/TorRelay",
+        TypeSide::Acting,
+        "it relays Tor traffic",
+    ),
+    // Retired by GuardDuty; findings made before still carry it.
+    (
+        "UnauthorizedAccess:EC2/TorIPCaller",
+        TypeSide::Targeted,
+        "it receives connections from Tor exit nodes",
+    ),
+    // The instance makes the DNS query, but GuardDuty describes it as the target of a DNS
+    // rebinding technique (an application on it tricked into reading its metadata).
+    (
+        "UnauthorizedAccess:EC2/MetadataDNSRebind",
+        TypeSide::Targeted,
+        "it is the target of a DNS rebinding technique aimed at its metadata service",
+    ),
+    (
+        "UnauthorizedAccess:EC2/SSHBruteForce",
+        TypeSide::ByAction,
+        "SSH brute force: the instance is the attacker when outbound, the victim when inbound",
+    ),
+    (
+        "UnauthorizedAccess:EC2/RDPBruteForce",
+        TypeSide::ByAction,
+        "RDP brute force: the instance is the attacker when outbound, the victim when inbound",
+    ),
+    (
+        "UnauthorizedAccess:EC2/MaliciousIPCaller.Custom",
+        TypeSide::ByAction,
+        "traffic with an address on a custom threat list, in either direction",
+    ),
+    // Runtime Monitoring: a process on the instance did it.
+    (
+        "Backdoor:Runtime/",
+        TypeSide::Acting,
+        "a process on the instance talks to a command-and-control server",
+    ),
+    (
+        "CryptoCurrency:Runtime/",
+        TypeSide::Acting,
+        "a process on the instance mines or queries mining services",
+    ),
+    (
+        "Trojan:Runtime/",
+        TypeSide::Acting,
+        "a process on the instance talks to malware infrastructure",
+    ),
+];
+
+/// The table's entry for a finding type: the exact name, else the longest matching prefix.
+pub fn type_side(finding_type: &str) -> Option<(&'static str, TypeSide, &'static str)> {
+    TYPE_SIDES
+        .iter()
+        .filter(|(t, _, _)| finding_type.starts_with(t))
+        .max_by_key(|(t, _, _)| t.len())
+        .copied()
+}
+
+/// Which side the instance is on in this finding, and why.
+pub fn side(finding: &Finding) -> Evidence {
+    let finding_type = finding.finding_type.as_deref().unwrap_or("");
+    let service = finding.service.as_ref();
+    let acting = |because: String| Evidence {
+        side: Side::Acting,
+        because,
+    };
+    if service.is_some_and(|s| s.runtime_details.is_some()) {
+        return acting(format!(
+            "a process on the instance did it (Runtime Monitoring): {} is acting",
+            finding_type
+        ));
+    }
+    if service.is_some_and(|s| s.ebs_volume_scan_details.is_some()) {
+        return acting("malware was found on the instance's volume: it is acting".into());
+    }
+    let entry = type_side(finding_type);
+    match entry {
+        Some((_, TypeSide::Acting, meaning)) => {
+            return acting(format!("{finding_type}: {meaning} (acting)"));
+        }
+        Some((_, TypeSide::Targeted, meaning)) => {
+            return Evidence {
+                side: Side::Targeted,
+                because: format!("{finding_type}: {meaning} (targeted)"),
+            };
+        }
+        _ => {}
+    }
+    if let Some(evidence) = service
+        .and_then(|s| s.action.as_ref())
+        .and_then(from_action)
+    {
+        return evidence;
+    }
+    let label = service.and_then(|s| s.resource_role.as_deref());
+    match label {
+        Some(l) if l.eq_ignore_ascii_case("TARGET") => Evidence {
+            side: Side::Targeted,
+            because: format!(
+                "{finding_type}: the finding's action does not say the direction; GuardDuty labels the instance TARGET (targeted)"
+            ),
+        },
+        Some(l) if l.eq_ignore_ascii_case("ACTOR") => acting(format!(
+            "{finding_type}: the finding's action does not say the direction; GuardDuty labels the instance ACTOR (acting)"
+        )),
+        _ => acting(format!(
+            "{finding_type}: nothing in the finding says the instance was only a target, and the rule matched it (acting)"
+        )),
+    }
+}
+
+/// The side as the finding's action shows it, if it does.
+fn from_action(action: &Value) -> Option<Evidence> {
+    fn text(v: Option<&Value>) -> Option<&str> {
+        v.and_then(Value::as_str).map(crate::finding::clip)
+    }
+    let kind = text(action.get("actionType"))?;
+    let (side, because) = match kind {
+        "DNS_REQUEST" => {
+            let domain = text(action.pointer("/dnsRequestAction/domain")).unwrap_or("a domain");
+            (
+                Side::Acting,
+                format!("the instance made DNS requests for {domain} (acting)"),
+            )
+        }
+        "NETWORK_CONNECTION" => {
+            let remote =
+                text(action.pointer("/networkConnectionAction/remoteIpDetails/ipAddressV4"))
+                    .unwrap_or("a remote address");
+            match text(action.pointer("/networkConnectionAction/connectionDirection")) {
+                Some(d) if d.eq_ignore_ascii_case("OUTBOUND") => (
+                    Side::Acting,
+                    format!("the instance connected out to {remote} (acting)"),
+                ),
+                Some(d) if d.eq_ignore_ascii_case("INBOUND") => (
+                    Side::Targeted,
+                    format!("{remote} connected in to the instance (targeted)"),
+                ),
+                _ => return None,
+            }
+        }
+        "PORT_PROBE" => (
+            Side::Targeted,
+            "others probed the instance's ports (targeted)".to_owned(),
+        ),
+        "AWS_API_CALL" => (
+            Side::Acting,
+            "the instance's credentials called AWS APIs (acting)".to_owned(),
+        ),
+        _ => return None,
+    };
+    Some(Evidence { side, because })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn finding(v: Value) -> Finding {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn the_label_does_not_make_an_acting_type_a_victim() {
+        for t in [
+            "CryptoCurrency:EC2/BitcoinTool.B!DNS",
+            "UnauthorizedAccess:EC2/TorRelay",
+            "UnauthorizedAccess:EC2/TorClient",
+            "Trojan:EC2/DropPoint",
+            "Trojan:EC2/BlackholeTraffic",
+            "Backdoor:EC2/Spambot",
+        ] {
+            let f = finding(json!({"type": t, "service": {"resourceRole": "TARGET"}}));
+            assert_eq!(side(&f).side, Side::Acting, "{t}");
+        }
+    }
+
+    #[test]
+    fn probes_and_inbound_brute_force_are_targets() {
+        let probe = finding(json!({"type": "Recon:EC2/PortProbeUnprotectedPort",
+            "service": {"resourceRole": "ACTOR", "action": {"actionType": "PORT_PROBE"}}}));
+        assert_eq!(side(&probe).side, Side::Targeted);
+        let inbound = finding(json!({"type": "UnauthorizedAccess:EC2/SSHBruteForce",
+            "service": {"resourceRole": "ACTOR", "action": {"actionType": "NETWORK_CONNECTION",
+                "networkConnectionAction": {"connectionDirection": "INBOUND",
+                    "remoteIpDetails": {"ipAddressV4": "198.51.100.1"}}}}}));
+        let e = side(&inbound);
+        assert_eq!(e.side, Side::Targeted);
+        assert!(e.because.contains("198.51.100.1"), "{}", e.because);
+        let outbound = finding(json!({"type": "UnauthorizedAccess:EC2/SSHBruteForce",
+            "service": {"resourceRole": "TARGET", "action": {"actionType": "NETWORK_CONNECTION",
+                "networkConnectionAction": {"connectionDirection": "OUTBOUND"}}}}));
+        assert_eq!(side(&outbound).side, Side::Acting);
+    }
+
+    #[test]
+    fn without_an_action_the_label_decides_the_direction_types() {
+        let labelled = finding(json!({"type": "UnauthorizedAccess:EC2/RDPBruteForce",
+            "service": {"resourceRole": "TARGET"}}));
+        assert_eq!(side(&labelled).side, Side::Targeted);
+        let unlabelled = finding(json!({"type": "UnauthorizedAccess:EC2/RDPBruteForce"}));
+        assert_eq!(side(&unlabelled).side, Side::Acting);
+    }
+
+    #[test]
+    fn runtime_and_malware_evidence_is_acting() {
+        let runtime = finding(json!({"type": "Execution:Runtime/ReverseShell",
+            "service": {"resourceRole": "TARGET", "runtimeDetails": {"process": {"name": "sh"}}}}));
+        assert_eq!(side(&runtime).side, Side::Acting);
+        let malware = finding(json!({"type": "Execution:EC2/MaliciousFile",
+            "service": {"ebsVolumeScanDetails": {"scanId": "x"}}}));
+        assert_eq!(side(&malware).side, Side::Acting);
+    }
+
+    #[test]
+    fn the_readme_lists_every_entry_of_the_table() {
+        let readme = include_str!("../README.md");
+        for (t, side, _) in TYPE_SIDES {
+            let row = readme
+                .lines()
+                .filter(|l| l.starts_with("| `"))
+                .find(|l| {
+                    let first_cell = l.split(" | ").next().unwrap_or_default();
+                    first_cell.contains(&format!("`{t}`"))
+                })
+                .unwrap_or_else(|| panic!("the README's triage table has no row for {t}"));
+            let said = match side {
+                TypeSide::Acting => "| acting |",
+                TypeSide::Targeted => "| targeted |",
+                TypeSide::ByAction => "| by the action |",
+            };
+            assert!(row.contains(said), "{t}: {row}");
+        }
+    }
+
+    #[test]
+    fn the_most_specific_entry_wins() {
+        assert_eq!(
+            type_side("Impact:EC2/WinRMBruteForce").map(|e| e.1),
+            Some(TypeSide::ByAction)
+        );
+        assert_eq!(
+            type_side("Impact:EC2/PortSweep").map(|e| e.1),
+            Some(TypeSide::Acting)
+        );
+        assert_eq!(
+            type_side("Recon:EC2/PortProbeEMRUnprotectedPort").map(|e| e.1),
+            Some(TypeSide::Targeted)
+        );
+    }
+}
