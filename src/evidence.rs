@@ -161,32 +161,42 @@ pub fn side(finding: &Finding) -> Evidence {
         side: Side::Acting,
         because,
     };
-    if service.is_some_and(|s| s.runtime_details.is_some()) {
+    let action = service
+        .and_then(|s| s.action.as_ref())
+        .and_then(from_action);
+    let entry = type_side(finding_type);
+    // A type documented as one where the instance is the target stays one, whatever else the
+    // finding carries.
+    if let Some((_, TypeSide::Targeted, meaning)) = entry {
+        return Evidence {
+            side: Side::Targeted,
+            because: format!("{finding_type}: {meaning} (targeted)"),
+        };
+    }
+    if service.is_some_and(|s| has_content(s.runtime_details.as_ref(), "/process")) {
         return acting(format!(
-            "a process on the instance did it (Runtime Monitoring): {} is acting",
-            finding_type
+            "a process on the instance did it (Runtime Monitoring): {finding_type} (acting)"
         ));
     }
-    if service.is_some_and(|s| s.ebs_volume_scan_details.is_some()) {
-        return acting("malware was found on the instance's volume: it is acting".into());
+    if service.is_some_and(|s| has_content(s.ebs_volume_scan_details.as_ref(), "/scanDetections")) {
+        return acting("malware was found on the instance's volume (acting)".into());
     }
-    let entry = type_side(finding_type);
     match entry {
-        Some((_, TypeSide::Acting, meaning)) => {
+        // A type named in full (TorRelay, Portscan, ...) is what its name says.
+        Some((name, TypeSide::Acting, meaning)) if !name.ends_with('/') => {
             return acting(format!("{finding_type}: {meaning} (acting)"));
         }
-        Some((_, TypeSide::Targeted, meaning)) => {
-            return Evidence {
-                side: Side::Targeted,
-                because: format!("{finding_type}: {meaning} (targeted)"),
+        // A family (Backdoor:EC2/, Impact:EC2/, ...): acting, unless the finding shows the
+        // instance at the receiving end (a future two-sided type of the family).
+        Some((_, TypeSide::Acting, meaning)) => {
+            return match action {
+                Some(e) if e.side == Side::Targeted => e,
+                _ => acting(format!("{finding_type}: {meaning} (acting)")),
             };
         }
         _ => {}
     }
-    if let Some(evidence) = service
-        .and_then(|s| s.action.as_ref())
-        .and_then(from_action)
-    {
+    if let Some(evidence) = action {
         return evidence;
     }
     let label = service.and_then(|s| s.resource_role.as_deref());
@@ -203,6 +213,16 @@ pub fn side(finding: &Finding) -> Evidence {
         _ => acting(format!(
             "{finding_type}: nothing in the finding says the instance was only a target, and the rule matched it (acting)"
         )),
+    }
+}
+
+/// Whether `value` holds a non-empty object or array at `pointer`: evidence is what is there,
+/// not an empty placeholder an export wrote.
+fn has_content(value: Option<&Value>, pointer: &str) -> bool {
+    match value.and_then(|v| v.pointer(pointer)) {
+        Some(Value::Object(m)) => !m.is_empty(),
+        Some(Value::Array(a)) => !a.is_empty(),
+        _ => false,
     }
 }
 
@@ -306,8 +326,33 @@ mod tests {
             "service": {"resourceRole": "TARGET", "runtimeDetails": {"process": {"name": "sh"}}}}));
         assert_eq!(side(&runtime).side, Side::Acting);
         let malware = finding(json!({"type": "Execution:EC2/MaliciousFile",
-            "service": {"ebsVolumeScanDetails": {"scanId": "x"}}}));
+            "service": {"resourceRole": "TARGET", "ebsVolumeScanDetails": {"scanId": "x",
+                "scanDetections": {"threatDetectedByName": {"itemCount": 1}}}}}));
         assert_eq!(side(&malware).side, Side::Acting);
+        // Empty placeholders are not evidence, and never turn a documented target into an actor.
+        let empty = finding(json!({"type": "Execution:EC2/MaliciousFile",
+            "service": {"resourceRole": "TARGET", "runtimeDetails": {}, "ebsVolumeScanDetails": {}}}));
+        assert_eq!(side(&empty).side, Side::Targeted);
+        let probe = finding(json!({"type": "Recon:EC2/PortProbeUnprotectedPort",
+            "service": {"runtimeDetails": {"process": {"name": "sh"}}}}));
+        assert_eq!(side(&probe).side, Side::Targeted);
+    }
+
+    #[test]
+    fn a_family_type_received_by_the_instance_is_a_target() {
+        let inbound = finding(json!({"type": "Impact:EC2/FutureBruteForce",
+            "service": {"action": {"actionType": "NETWORK_CONNECTION",
+                "networkConnectionAction": {"connectionDirection": "INBOUND"}}}}));
+        assert_eq!(side(&inbound).side, Side::Targeted);
+        let unknown = finding(json!({"type": "Impact:EC2/FutureBruteForce",
+            "service": {"resourceRole": "TARGET", "action": {"actionType": "NETWORK_CONNECTION",
+                "networkConnectionAction": {"connectionDirection": "UNKNOWN"}}}}));
+        assert_eq!(side(&unknown).side, Side::Acting, "the family's meaning");
+        // A type named in full keeps its meaning whatever the direction.
+        let relay = finding(json!({"type": "UnauthorizedAccess:EC2/TorRelay",
+            "service": {"action": {"actionType": "NETWORK_CONNECTION",
+                "networkConnectionAction": {"connectionDirection": "INBOUND"}}}}));
+        assert_eq!(side(&relay).side, Side::Acting);
     }
 
     #[test]

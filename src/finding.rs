@@ -122,8 +122,9 @@ pub struct Service {
 pub struct AdditionalInfo {
     #[serde(default, deserialize_with = "flag")]
     pub sample: Option<bool>,
-    #[serde(default, deserialize_with = "shown_string")]
-    pub value: Option<String>,
+    /// A JSON document in a string (the API's shape) or, once an export decoded it, an object.
+    #[serde(default)]
+    pub value: Option<serde_json::Value>,
 }
 
 /// A flag the decision reads (archived, sample): `true`/`false`, or the same as a string in any
@@ -182,22 +183,31 @@ fn shown_count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error>
 }
 
 impl Finding {
-    /// Whether GuardDuty generated this finding as a sample (`CreateSampleFindings`).
-    pub fn is_sample(&self) -> bool {
+    /// Whether GuardDuty generated this finding as a sample (`CreateSampleFindings`). A sample
+    /// flag that cannot be read is refused rather than taken as "not a sample".
+    pub fn is_sample(&self) -> Result<bool, Error> {
         let Some(info) = self
             .service
             .as_ref()
             .and_then(|s| s.additional_info.as_ref())
         else {
-            return false;
+            return Ok(false);
         };
         if info.sample == Some(true) {
-            return true;
+            return Ok(true);
         }
-        info.value
-            .as_deref()
-            .and_then(|v| serde_json::from_str::<AdditionalInfo>(v).ok())
-            .is_some_and(|inner| inner.sample == Some(true))
+        let inner = match &info.value {
+            Some(serde_json::Value::String(text)) => match serde_json::from_str(text) {
+                Ok(v @ serde_json::Value::Object(_)) => v,
+                // Free text there says nothing of samples.
+                _ => return Ok(false),
+            },
+            Some(v @ serde_json::Value::Object(_)) => v.clone(),
+            _ => return Ok(false),
+        };
+        serde_json::from_value::<AdditionalInfo>(inner)
+            .map(|i| i.sample == Some(true))
+            .map_err(|e| Error::InvalidEvent(format!("additionalInfo.value: {e}")))
     }
 }
 
@@ -300,7 +310,7 @@ pub fn resolve(event: &FindingEvent) -> Result<Result<Target, Skip>, Error> {
         )));
     }
 
-    if finding.is_sample() {
+    if finding.is_sample()? {
         return Ok(Err(Skip(
             "this is a GuardDuty sample finding (CreateSampleFindings): nothing is contained"
                 .into(),
@@ -662,8 +672,20 @@ mod tests {
         let real: Finding =
             serde_json::from_value(json!({"service": {"additionalInfo": {"value": "{}"}}}))
                 .unwrap();
-        assert!(old.is_sample() && new.is_sample() && text.is_sample());
-        assert!(!real.is_sample());
+        let decoded: Finding = serde_json::from_value(
+            json!({"service": {"additionalInfo": {"value": {"sample": true}, "type": "default"}}}),
+        )
+        .unwrap();
+        for f in [&old, &new, &text, &decoded] {
+            assert!(f.is_sample().unwrap(), "{f:?}");
+        }
+        assert!(!real.is_sample().unwrap());
+        // A sample flag that cannot be read is refused, never taken as "not a sample".
+        let garbled: Finding = serde_json::from_value(
+            json!({"service": {"additionalInfo": {"value": "{\"sample\":\"yes\"}"}}}),
+        )
+        .unwrap();
+        assert!(garbled.is_sample().is_err());
     }
 
     #[test]
