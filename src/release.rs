@@ -411,21 +411,11 @@ async fn date_instance_deny(
 ) -> Result<(), Error> {
     let iam = &clients.iam;
     let name = revoke_instance_policy_name(&target.instance_id);
-    match iam
-        .get_role_policy()
-        .role_name(role_name)
-        .policy_name(&name)
-        .send()
-        .await
+    if crate::role::inline_policy(iam, role_name, &name)
+        .await?
+        .is_none()
     {
-        Ok(_) => {}
-        Err(e) => {
-            let err = Error::from_sdk("iam:GetRolePolicy", e);
-            return match err.aws_code() {
-                Some("NoSuchEntity") => Ok(()),
-                _ => Err(err),
-            };
-        }
+        return Ok(());
     }
     let instance_arn = target.instance_arn();
     let cutoff = crate::now_rfc3339();

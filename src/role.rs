@@ -370,23 +370,11 @@ async fn revoke_instance_credentials(
 ) -> Result<Change, Error> {
     let name = revoke_instance_policy_name(&target.instance_id);
     let wanted = revoke_instance_document(instance_arn, None);
-    match iam
-        .get_role_policy()
-        .role_name(role_name)
-        .policy_name(&name)
-        .send()
-        .await
+    if inline_policy(iam, role_name, &name)
+        .await?
+        .is_some_and(|found| same_document(&found, &wanted))
     {
-        Ok(found) if same_document(found.policy_document(), &wanted) => {
-            return Ok(Change::AlreadyInPlace);
-        }
-        Ok(_) => {}
-        Err(e) => {
-            let err = Error::from_sdk("iam:GetRolePolicy", e);
-            if err.aws_code() != Some("NoSuchEntity") {
-                return Err(err);
-            }
-        }
+        return Ok(Change::AlreadyInPlace);
     }
     if let Some(plan) = plan {
         plan.add(PlannedAction::unchecked(
@@ -409,6 +397,31 @@ async fn revoke_instance_credentials(
         "instance credentials revoked"
     );
     Ok(Change::Applied)
+}
+
+/// The document of the role's inline policy `name` as IAM returns it (URL-encoded JSON);
+/// `None` when the role has no such policy.
+pub(crate) async fn inline_policy(
+    iam: &aws_sdk_iam::Client,
+    role_name: &str,
+    name: &str,
+) -> Result<Option<String>, Error> {
+    match iam
+        .get_role_policy()
+        .role_name(role_name)
+        .policy_name(name)
+        .send()
+        .await
+    {
+        Ok(found) => Ok(Some(found.policy_document().to_owned())),
+        Err(e) => {
+            let err = Error::from_sdk("iam:GetRolePolicy", e);
+            match err.aws_code() {
+                Some("NoSuchEntity") => Ok(None),
+                _ => Err(err),
+            }
+        }
+    }
 }
 
 /// Whether an inline policy document as IAM returns it (URL-encoded JSON) says what `wanted`
@@ -735,20 +748,11 @@ async fn revoke_older_sessions(
     plan: Option<&Plan>,
     role_name: &str,
 ) -> Result<(Change, Option<String>), Error> {
-    let existing = iam
-        .get_role_policy()
-        .role_name(role_name)
-        .policy_name(REVOKE_SESSIONS_POLICY_NAME)
-        .send()
-        .await;
-    match existing {
-        Ok(_) => return Ok((Change::AlreadyInPlace, None)),
-        Err(e) => {
-            let err = Error::from_sdk("iam:GetRolePolicy", e);
-            if err.aws_code() != Some("NoSuchEntity") {
-                return Err(err);
-            }
-        }
+    if inline_policy(iam, role_name, REVOKE_SESSIONS_POLICY_NAME)
+        .await?
+        .is_some()
+    {
+        return Ok((Change::AlreadyInPlace, None));
     }
     let cutoff = now_rfc3339();
     if let Some(plan) = plan {

@@ -378,15 +378,7 @@ async fn a_shared_role_gets_only_the_instances_credentials_revoked_by_default() 
     );
     let name = format!("ec2-quarantine-revoke-{}", f.instance_id);
     assert_eq!(f.inline_policies().await, vec![name.clone()]);
-    let inline = f
-        .iam
-        .get_role_policy()
-        .role_name(&f.role_name)
-        .policy_name(&name)
-        .send()
-        .await
-        .unwrap();
-    let doc = decode(inline.policy_document());
+    let doc = f.inline_policy(&name).await;
     let statement = &doc["Statement"][0];
     assert_eq!(statement["Effect"], "Deny");
     assert_eq!(statement["Action"], "*");

@@ -643,18 +643,7 @@ async fn release_dates_the_deny_of_the_instances_credentials_and_keeps_it() {
         std::slice::from_ref(&name),
         "the deny stays"
     );
-    let doc = f
-        .iam
-        .get_role_policy()
-        .role_name(&f.role_name)
-        .policy_name(&name)
-        .send()
-        .await
-        .unwrap();
-    let doc: Value = serde_json::from_str(
-        &percent_encoding::percent_decode_str(doc.policy_document()).decode_utf8_lossy(),
-    )
-    .unwrap();
+    let doc = f.inline_policy(&name).await;
     let condition = &doc["Statement"][0]["Condition"];
     assert!(
         condition["DateLessThan"]["aws:TokenIssueTime"].is_string(),

@@ -308,6 +308,22 @@ impl Fixture {
         ids.len()
     }
 
+    /// The role's inline policy `name`, decoded from the URL-encoded JSON IAM returns.
+    pub async fn inline_policy(&self, name: &str) -> serde_json::Value {
+        let out = self
+            .iam
+            .get_role_policy()
+            .role_name(&self.role_name)
+            .policy_name(name)
+            .send()
+            .await
+            .unwrap();
+        serde_json::from_str(
+            &percent_encoding::percent_decode_str(out.policy_document()).decode_utf8_lossy(),
+        )
+        .unwrap()
+    }
+
     /// A target group of `kind` in `vpc`, with `target` registered on `port`; its ARN.
     pub async fn target_group_with(
         &self,
