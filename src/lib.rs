@@ -19,6 +19,7 @@ pub mod outcome;
 pub mod profile;
 pub mod release;
 pub mod role;
+pub mod role_policy;
 pub mod settings;
 pub mod snapshot;
 pub mod tags;

@@ -411,7 +411,7 @@ async fn date_instance_deny(
 ) -> Result<(), Error> {
     let iam = &clients.iam;
     let name = revoke_instance_policy_name(&target.instance_id);
-    if crate::role::inline_policy(iam, role_name, &name)
+    if crate::role_policy::inline_policy(iam, role_name, &name)
         .await?
         .is_none()
     {

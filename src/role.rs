@@ -12,6 +12,7 @@ use crate::context::{Clients, Ctx};
 use crate::error::Error;
 use crate::finding::{FindingEvent, Skip, Target, is_role_name};
 use crate::outcome::{MAX_LISTED, Outcome, Plan, PlannedAction};
+use crate::role_policy;
 use crate::settings::RoleAction;
 use crate::{instance, now_rfc3339, profile, tags};
 
@@ -370,7 +371,7 @@ async fn revoke_instance_credentials(
 ) -> Result<Change, Error> {
     let name = revoke_instance_policy_name(&target.instance_id);
     let wanted = revoke_instance_document(instance_arn, None);
-    if inline_policy(iam, role_name, &name)
+    if role_policy::inline_policy(iam, role_name, &name)
         .await?
         .is_some_and(|found| same_document(&found, &wanted))
     {
@@ -397,31 +398,6 @@ async fn revoke_instance_credentials(
         "instance credentials revoked"
     );
     Ok(Change::Applied)
-}
-
-/// The document of the role's inline policy `name` as IAM returns it (URL-encoded JSON);
-/// `None` when the role has no such policy.
-pub(crate) async fn inline_policy(
-    iam: &aws_sdk_iam::Client,
-    role_name: &str,
-    name: &str,
-) -> Result<Option<String>, Error> {
-    match iam
-        .get_role_policy()
-        .role_name(role_name)
-        .policy_name(name)
-        .send()
-        .await
-    {
-        Ok(found) => Ok(Some(found.policy_document().to_owned())),
-        Err(e) => {
-            let err = Error::from_sdk("iam:GetRolePolicy", e);
-            match err.aws_code() {
-                Some("NoSuchEntity") => Ok(None),
-                _ => Err(err),
-            }
-        }
-    }
 }
 
 /// Whether an inline policy document as IAM returns it (URL-encoded JSON) says what `wanted`
@@ -748,7 +724,7 @@ async fn revoke_older_sessions(
     plan: Option<&Plan>,
     role_name: &str,
 ) -> Result<(Change, Option<String>), Error> {
-    if inline_policy(iam, role_name, REVOKE_SESSIONS_POLICY_NAME)
+    if role_policy::inline_policy(iam, role_name, REVOKE_SESSIONS_POLICY_NAME)
         .await?
         .is_some()
     {

@@ -81,8 +81,8 @@ MODULES = {
     "IsolateFunction": ["isolate.rs", "instance.rs", "context.rs", "tags.rs"],
     "DeregisterFunction": ["deregister.rs", "instance.rs", "context.rs", "tags.rs"],
     "SnapshotFunction": ["snapshot.rs", "instance.rs", "context.rs"],
-    "DenyRoleFunction": ["role.rs", "instance.rs", "context.rs", "tags.rs", "profile.rs"],
-    "ReleaseFunction": ["release.rs", "instance.rs", "context.rs", "profile.rs"],
+    "DenyRoleFunction": ["role.rs", "role_policy.rs", "instance.rs", "context.rs", "tags.rs", "profile.rs"],
+    "ReleaseFunction": ["release.rs", "role_policy.rs", "instance.rs", "context.rs", "profile.rs"],
     "NotifyFunction": ["notify.rs"],
 }
 
