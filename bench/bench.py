@@ -156,6 +156,8 @@ class Account:
         self.subnet = self.ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.0.0/20", AvailabilityZone=f"{REGION}a")["Subnet"]["SubnetId"]
         self.group = self.ec2.create_security_group(GroupName="web", Description="web tier", VpcId=vpc)["GroupId"]
         self.topic = self.sns.create_topic(Name="ec2-quarantine-alerts")["TopicArn"]
+        # The case table, as the template declares it (the functions' CASE_TABLE).
+        local.create_case_table(session.client("dynamodb", endpoint_url=emulator), local.load_template())
 
 
 INSTANCE_NUMBERS = itertools.count(1)

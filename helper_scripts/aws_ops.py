@@ -19,6 +19,7 @@ import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 TEST_TEMPLATE = ROOT / "helper_scripts" / "test-instance.yaml"
 TEST_STACK = "ec2-quarantine-test-instance"
 TAG = "ec2-quarantine:"
@@ -153,9 +154,9 @@ def current_profile(ec2, instance_id: str) -> str | None:
     return associations[0]["IamInstanceProfile"]["Arn"] if associations else None
 
 
-def instance_role(session, instance_id: str) -> str | None:
+def instance_role(session, instance_id: str, table=None) -> str | None:
     """The instance's role; for a contained instance, the role of the profile it had before the
-    quarantine profile (which holds none) replaced it."""
+    quarantine profile (which holds none) replaced it, as its case records it."""
     ec2, iam = session.client("ec2"), session.client("iam")
     res = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
     if not res:
@@ -163,7 +164,15 @@ def instance_role(session, instance_id: str) -> str | None:
     inst = res[0]["Instances"][0]
     arn = current_profile(ec2, instance_id)
     if arn and arn.endswith("/" + QUARANTINE_PROFILE):
-        arn = next((t["Value"] for t in inst.get("Tags", []) if t["Key"] == f"{TAG}previous-instance-profile"), None)
+        arn = None
+        if table is not None:
+            import cases
+
+            try:
+                case = cases.read_case(table, cases.find_case(table, instance_id))
+            except cases.CaseError:
+                case = None
+            arn = next((p["profile_arn"] for p in (case or {}).get("previous", []) if p.get("kind") == "profile"), None)
     if not arn:
         return None
     roles = iam.get_instance_profile(InstanceProfileName=arn.rsplit("/", 1)[1])["InstanceProfile"]["Roles"]
@@ -255,7 +264,11 @@ def verify(args) -> int:
          "device": next((t["Value"] for t in s.get("Tags", []) if t["Key"] == f"{TAG}device"), None)}
         for s in snaps
     ]
-    role = instance_role(session, instance_id)
+    try:
+        table = case_table(session, args.stack_name, args.table)
+    except OpsError:
+        table = None
+    role = instance_role(session, instance_id, table)
     report["role"] = None
     if role:
         report["role"] = {
@@ -307,6 +320,40 @@ def render_verify(r: dict) -> str:
     return "\n".join(out)
 
 
+# ---------------------------------------------------------------- cases
+
+
+def case_table(session, stack: str, explicit: str | None):
+    """The case table: the one named, or the responder stack's (its CaseTableName output)."""
+    if explicit:
+        name = explicit
+    else:
+        outputs = stack_outputs(session.client("cloudformation"), stack)
+        if outputs is None:
+            raise OpsError(f"no stack {stack} in {session.region_name}: pass --stack-name, or --table with the case table's name")
+        name = outputs.get("CaseTableName")
+        if not name:
+            raise OpsError(f"stack {stack} has no CaseTableName output: deploy the current template first")
+    return session.resource("dynamodb").Table(name)
+
+
+def show_cases(args) -> int:
+    import cases
+
+    session, _, _ = clients(args.region)
+    table = case_table(session, args.stack_name, args.table)
+    try:
+        if args.command == "cases":
+            rows = cases.list_cases(table, args.open)
+            print(json.dumps(rows, indent=2) if args.json else cases.render_cases(rows))
+        else:
+            case = cases.read_case(table, cases.find_case(table, args.case))
+            print(json.dumps(case, indent=2, default=str) if args.json else cases.render_case(case))
+    except cases.CaseError as e:
+        raise OpsError(str(e)) from e
+    return 0
+
+
 # ---------------------------------------------------------------- clean-up
 
 
@@ -315,8 +362,11 @@ def artifacts(session, account: str, partition: str) -> dict:
     ec2, iam, cfn = session.client("ec2"), session.client("iam"), session.client("cloudformation")
     policy_arn = f"arn:{partition}:iam::{account}:policy/ec2-quarantine/{DENY_ALL}"
     found: dict = {"policy_arn": policy_arn}
-    found["snapshots"] = [s["SnapshotId"] for s in ec2.describe_snapshots(
-        OwnerIds=["self"], Filters=[{"Name": "tag-key", "Values": [f"{TAG}finding-id"]}])["Snapshots"]]
+    # Snapshots tagged with their case (or, by versions before the case table, the finding).
+    # One call per key: moto answers a tag-key filter of two values with nothing for snapshots
+    # that CreateSnapshots made (AWS ORs a filter's values), so the keys are asked one by one.
+    found["snapshots"] = sorted({s["SnapshotId"] for key in (f"{TAG}case", f"{TAG}finding-id") for s in ec2.describe_snapshots(
+        OwnerIds=["self"], Filters=[{"Name": "tag-key", "Values": [key]}])["Snapshots"]})
     found["groups"] = [g["GroupId"] for g in ec2.describe_security_groups(
         Filters=[{"Name": "tag-key", "Values": [f"{TAG}isolation-group"]}])["SecurityGroups"]]
     try:
@@ -337,6 +387,26 @@ def artifacts(session, account: str, partition: str) -> dict:
         found["quarantine_profile"] = False
     found["test_stack"] = stack_outputs(cfn, TEST_STACK) is not None
     return found
+
+
+def case_table_names(session, stack: str, outputs: dict | None) -> list[str]:
+    """The responder's case tables: the stack's output, and the tables CloudFormation named
+    after the stack that earlier deployments left (the table is retained when a stack goes)."""
+    names = [outputs["CaseTableName"]] if outputs and outputs.get("CaseTableName") else []
+    prefix = f"{stack}-CaseTable-"
+    for page in session.client("dynamodb").get_paginator("list_tables").paginate():
+        names.extend(n for n in page["TableNames"] if n.startswith(prefix) and n not in names)
+    return names
+
+
+def open_cases(session, table: str) -> int:
+    """How many cases of a table are not released (a table that cannot be read counts none)."""
+    import cases
+
+    try:
+        return len(cases.list_cases(session.resource("dynamodb").Table(table), open_only=True))
+    except (ClientError, BotoCoreError):
+        return 0
 
 
 def confirm(question: str, assume_yes: bool) -> bool:
@@ -401,11 +471,22 @@ def nuke(args) -> int:
     session, account, partition = clients(args.region)
     ec2, iam, cfn = session.client("ec2"), session.client("iam"), session.client("cloudformation")
     test_stack = stack_outputs(cfn, TEST_STACK) is not None
-    responder = stack_outputs(cfn, args.stack_name) is not None
+    outputs = stack_outputs(cfn, args.stack_name)
+    responder = outputs is not None
+    tables = case_table_names(session, args.stack_name, outputs)
     found = artifacts(session, account, partition) if args.purge_artifacts else None
     print(f"In account {account}, {session.region_name}:")
     print(f"  responder stack:          {args.stack_name if responder else 'none'}")
     print(f"  test instance stack:      {TEST_STACK if test_stack else 'none'}")
+    for table in tables or [None]:
+        if table is None:
+            print("  case table:               none")
+            continue
+        still_open = open_cases(session, table)
+        kept = "deleted: the record of every case" if found is not None else "kept: the record of every case; --purge-artifacts deletes it"
+        print(f"  case table:               {table} ({kept})")
+        if still_open:
+            print(f"    {still_open} case(s) still open: release them first; a new deployment starts a new, empty case table")
     if found:
         print(f"  forensic snapshots:       {', '.join(found['snapshots']) or 'none'}")
         print(f"  quarantine groups:        {', '.join(found['groups']) or 'none'}")
@@ -416,7 +497,7 @@ def nuke(args) -> int:
         print("Removing the IAM denies gives contained roles their permissions back; the snapshots are the evidence.")
     else:
         print("  (quarantine artifacts are kept; --purge-artifacts removes them too)")
-    if not (responder or test_stack or (found and any(found[k] for k in ("snapshots", "groups", "deny_all_policy", "inline_roles", "quarantine_profile")))):
+    if not (responder or test_stack or (found and (tables or any(found[k] for k in ("snapshots", "groups", "deny_all_policy", "inline_roles", "quarantine_profile"))))):
         print("Nothing to remove.")
         return 0
     if not confirm("Remove all of the above?", args.yes):
@@ -450,6 +531,17 @@ def nuke(args) -> int:
         status = wait_stack(cfn, args.stack_name, {"DELETE_COMPLETE"})
         if status != "DELETE_COMPLETE":
             problems.append(f"responder stack: {status}")
+    if found:
+        # Retained by the stack and protected from deletion: both lifted here, on request only.
+        # DeleteTable is refused while the table is UPDATING: wait until it is ACTIVE again.
+        db = session.client("dynamodb")
+        for table in tables:
+            try:
+                db.update_table(TableName=table, DeletionProtectionEnabled=False)
+                db.get_waiter("table_exists").wait(TableName=table, WaiterConfig={"Delay": 2, "MaxAttempts": 60})
+                db.delete_table(TableName=table)
+            except (ClientError, BotoCoreError) as e:
+                problems.append(f"case table {table}: {e}")
     for p in problems:
         print(f"  not removed: {p}")
     print("Done." if not problems else "Done, with the exceptions above.")
@@ -476,13 +568,24 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument("--state-machine-arn", default=None)
         if name == "verify":
             s.add_argument("--json", action="store_true")
+            s.add_argument("--table", default=None, help="the case table's name (default: the stack's CaseTableName output)")
+    for name in ("cases", "case"):
+        c = sub.add_parser(name, parents=[common])
+        if name == "case":
+            c.add_argument("case", help="a case id, or an instance id (its open case, else its latest)")
+        else:
+            c.add_argument("--open", action="store_true", help="only the cases not released")
+        c.add_argument("--stack-name", default="ec2-quarantine")
+        c.add_argument("--table", default=None, help="the case table's name (default: the stack's CaseTableName output)")
+        c.add_argument("--json", action="store_true")
     n = sub.add_parser("nuke", parents=[common], help="remove the test stack, the responder stack and, with --purge-artifacts, the tool's artifacts")
     n.add_argument("--stack-name", default="ec2-quarantine")
     n.add_argument("--purge-artifacts", action="store_true")
     n.add_argument("--yes", action="store_true")
     try:
         args = p.parse_args(argv)
-        return {"test-instance": test_instance, "fire": fire, "verify": verify, "nuke": nuke}[args.command](args)
+        return {"test-instance": test_instance, "fire": fire, "verify": verify, "nuke": nuke,
+                "cases": show_cases, "case": show_cases}[args.command](args)
     except UsageError as e:
         print(f"deploy.sh: {e}", file=sys.stderr)
         return 2

@@ -6,8 +6,10 @@
 #   deploy.sh deploy [--region R | --regions R1,R2] [--stack-name S] [--alert-email E] ...
 #   deploy.sh nuke   [--region R | --regions R1,R2] [--stack-name S] [--purge-artifacts] [--yes]
 #   deploy.sh test-instance | fire EVENT [INSTANCE_ID] | verify [INSTANCE_ID]   (the test path)
+#   deploy.sh cases [--open] | case ID_OR_INSTANCE                             (the case record)
 #
-# Only deploy, nuke, test-instance, fire and verify talk to AWS, with the caller's credentials.
+# Only deploy, nuke, test-instance, fire, verify, cases and case talk to AWS, with the caller's
+# credentials (AWS_ENDPOINT_URL points them at an emulator).
 # local and invoke need no AWS at all.
 set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
@@ -55,9 +57,18 @@ Usage:
       Start the state machine with EVENT pointed at the instance (default: the test instance),
       without waiting 20-30 minutes for GuardDuty.
 
-  deploy.sh verify [INSTANCE_ID] [--region R] [--stack-name S] [--json]
+  deploy.sh verify [INSTANCE_ID] [--region R] [--stack-name S] [--table T] [--json]
       What the workflow did to the instance: executions, groups per interface, snapshots, role
-      policies, quarantine tags. Exit status 0 when contained, 3 otherwise.
+      policies (the role from its case), marker tags. Exit status 0 when contained, 3 otherwise.
+
+  deploy.sh cases [--open] [--json] [--region R] [--stack-name S | --table T]
+      The cases in the responder's case table, newest first: instance, account, region, status,
+      opened, released. --open: only the cases not released.
+
+  deploy.sh case ID_OR_INSTANCE [--json] [--region R] [--stack-name S | --table T]
+      One case's timeline: its findings, each step (start, end, outcome, what it created), the
+      exact previous state it recorded (what release restores), and every release attempt. An
+      instance id shows its open case, else its latest.
 
   deploy.sh help | --help | -h
       This text. A mistake in the call (an unknown subcommand or option, a missing or bad value,
@@ -369,7 +380,9 @@ cmd_test_path() {
   case "$COMMAND" in
     test-instance) valued=" --region --ssh-cidr " flags=" " most=0 ;;
     fire) valued=" --region --stack-name --state-machine-arn " flags=" --wait " most=2 ;;
-    verify) valued=" --region --stack-name --state-machine-arn " flags=" --json " most=1 ;;
+    verify) valued=" --region --stack-name --state-machine-arn --table " flags=" --json " most=1 ;;
+    cases) valued=" --region --stack-name --table " flags=" --open --json " most=0 ;;
+    case) valued=" --region --stack-name --table " flags=" --json " most=1 ;;
   esac
   while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -381,6 +394,7 @@ cmd_test_path() {
           case "$1" in
             --region) check_region "$2" ;;
             --stack-name) check_stack_name "$2" ;;
+            --table) [[ "$2" =~ ^[A-Za-z0-9_.-]{3,255}$ ]] || usage_error "--table takes a DynamoDB table name, got $2" ;;
             --state-machine-arn)
               [[ "$2" =~ ^arn:[a-z-]+:states:[a-z0-9-]+:[0-9]{12}:stateMachine:[A-Za-z0-9_.-]+$ ]] ||
                 usage_error "--state-machine-arn takes a state machine ARN (arn:aws:states:REGION:ACCOUNT:stateMachine:NAME), got $2" ;;
@@ -404,6 +418,10 @@ cmd_test_path() {
     event="${positional[0]}" instance_id="${positional[1]:-}"
   elif [[ "$COMMAND" == verify ]]; then
     instance_id="${positional[0]:-}"
+  elif [[ "$COMMAND" == case ]]; then
+    [[ ${#positional[@]} -ge 1 ]] || usage_error "case takes a case id or an instance id, e.g. deploy.sh case i-0123456789abcdef0"
+    [[ "${positional[0]}" =~ ^i-([0-9a-f]{8}|[0-9a-f]{17})(-[0-9]{8}T[0-9]{6}Z)?$ ]] ||
+      usage_error "not a case id (i-...-YYYYMMDDTHHMMSSZ) or an instance id: ${positional[0]}"
   fi
   [[ -z "$instance_id" || "$instance_id" =~ ^i-([0-9a-f]{8}|[0-9a-f]{17})$ ]] ||
     usage_error "not an EC2 instance id: $instance_id (i- and 8 or 17 hexadecimal digits)"
@@ -427,10 +445,10 @@ shift
 case "$COMMAND" in
   local) cmd_local "$@" ;;
   invoke) cmd_invoke "$@" ;;
-  test-instance | fire | verify) cmd_test_path "$@" ;;
+  test-instance | fire | verify | cases | case) cmd_test_path "$@" ;;
   deploy) cmd_deploy "$@" ;;
   nuke) cmd_nuke "$@" ;;
   -h | --help | help) usage ;;
   -*) usage_error "unknown option $COMMAND: the subcommand comes first (see deploy.sh --help)" ;;
-  *) usage_error "unknown subcommand $COMMAND: one of local, invoke, deploy, nuke, test-instance, fire, verify (see deploy.sh --help)" ;;
+  *) usage_error "unknown subcommand $COMMAND: one of local, invoke, deploy, nuke, test-instance, fire, verify, cases, case (see deploy.sh --help)" ;;
 esac

@@ -121,6 +121,7 @@ pub struct Ctx {
     sts: aws_sdk_sts::Client,
     org: OrgSettings,
     settings: Settings,
+    cases: crate::case::Store,
 }
 
 /// The clients a containment step uses, bound to the finding's account and region, and the
@@ -134,6 +135,11 @@ pub struct Clients {
     pub elb: aws_sdk_elasticloadbalancing::Client,
     pub settings: Settings,
     plan: Option<std::sync::Arc<Plan>>,
+    /// The case this step records in (none in a dry run, or when the case table could not be
+    /// reached: the step then acts all the same and says so).
+    pub case: Option<crate::case::Recorder>,
+    /// Why there is no case, when there should be one.
+    pub case_unavailable: Option<String>,
 }
 
 impl Clients {
@@ -147,6 +153,8 @@ impl Clients {
             elb: aws_sdk_elasticloadbalancing::Client::new(config),
             plan: settings.dry_run.then(Default::default),
             settings,
+            case: None,
+            case_unavailable: None,
         }
     }
 
@@ -161,17 +169,36 @@ impl Ctx {
     /// no network call; bad settings fail here, at init, with a clear message.
     pub async fn load() -> Result<Ctx, Error> {
         let config = aws_config::load_defaults(BehaviorVersion::latest()).await;
-        Ok(Ctx::new(config, OrgSettings::from_env()?).with_settings(Settings::from_env()?))
+        let table = std::env::var("CASE_TABLE")
+            .ok()
+            .filter(|t| !t.trim().is_empty())
+            .unwrap_or_else(|| crate::case::DEFAULT_TABLE.to_owned());
+        Ok(Ctx::new(config, OrgSettings::from_env()?)
+            .with_settings(Settings::from_env()?)
+            .with_case_table(table.trim()))
     }
 
     pub fn new(config: SdkConfig, org: OrgSettings) -> Ctx {
         let sts = aws_sdk_sts::Client::new(&config);
+        let cases = crate::case::Store::new(&config, crate::case::DEFAULT_TABLE);
         Ctx {
             config,
             sts,
             org,
             settings: Settings::default(),
+            cases,
         }
+    }
+
+    /// The same context keeping its cases in another table.
+    pub fn with_case_table(mut self, table: &str) -> Ctx {
+        self.cases = crate::case::Store::new(&self.config, table);
+        self
+    }
+
+    /// The case table, in the responder's own account whatever account a finding names.
+    pub fn cases(&self) -> &crate::case::Store {
+        &self.cases
     }
 
     /// The same context acting by other settings.

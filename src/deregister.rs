@@ -2,9 +2,7 @@
 //! that the group neither terminates the evidence as unhealthy nor fights the isolation, and it
 //! leaves every load balancer that sends it traffic (Elastic Load Balancing v2 target groups,
 //! instance and IP targets, and Classic Load Balancers). What it leaves is recorded on the
-//! instance's tags first, for release.
-
-use std::collections::BTreeMap;
+//! case, for release.
 
 use aws_sdk_ec2::types::Instance;
 use aws_sdk_elasticloadbalancingv2::types::TargetDescription;
@@ -12,12 +10,13 @@ use futures::{StreamExt, stream};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use crate::case::Previous;
 use crate::context::{Clients, Ctx};
 use crate::error::Error;
 use crate::finding::{FindingEvent, Target};
+use crate::instance;
 use crate::outcome::{MAX_LISTED, Outcome, PlannedAction};
 use crate::settings::AutoScalingAction;
-use crate::{instance, tags};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeregisterReport {
@@ -68,6 +67,10 @@ pub struct TargetRecord {
     /// The instance id, or one of its IP addresses for an `ip` target group.
     pub target_id: String,
     pub port: Option<i32>,
+    /// The zone an IP target outside the group's VPC was registered with (`all`), as
+    /// DescribeTargetHealth shows it; given back on release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub availability_zone: Option<String>,
 }
 
 /// Takes the instance a finding names out of service (the Lambda handler).
@@ -75,7 +78,7 @@ pub async fn deregister(
     ctx: &Ctx,
     event: &FindingEvent,
 ) -> Result<Outcome<DeregisterReport>, Error> {
-    crate::for_target(ctx, event, |clients, target| async move {
+    crate::for_target(ctx, event, "deregister", |clients, target| async move {
         deregister_instance(&clients, &target).await
     })
     .await
@@ -151,11 +154,6 @@ pub async fn deregister_instance(
                 id,
             ));
         }
-        let record = record_tags(&inst, &targets, &classic, None);
-        if !record.is_empty() {
-            let why = "record of the group and load balancers, for release";
-            let _ = tags::write(&clients.ec2, Some(plan), id, record, why).await;
-        }
         return Ok(plan.outcome());
     }
     // Act first, record afterwards: a record that cannot be written never holds the instance
@@ -201,13 +199,18 @@ pub async fn deregister_instance(
             Err(err) => failed.push((format!("classic load balancer {lb}"), err)),
         }
     }
-    let record = record_tags(&inst, &left_targets, &left_classic, auto_scaling.as_ref());
+    let record = record(&left_targets, &left_classic, auto_scaling.as_ref());
     if !record.is_empty() {
-        let why = "record of the group and load balancers, for release";
-        if let Err(err) = tags::write(&clients.ec2, None, id, record, why).await {
+        let written = match &clients.case {
+            Some(case) => case.remember_all(&record).await.map(|_| ()),
+            None => Err(Error::Misconfigured(
+                clients.case_unavailable.clone().unwrap_or_default(),
+            )),
+        };
+        if let Err(err) = written {
             warn!(error = %err, "record of the group and load balancers not written");
             warnings.push(format!(
-                "the record of the Auto Scaling group and load balancers could not be written to the instance's tags ({err}): release cannot restore them; they are listed in this report"
+                "the record of the Auto Scaling group and load balancers could not be written to the case ({err}): release cannot restore them; they are listed in this report"
             ));
         }
     }
@@ -302,45 +305,37 @@ fn addresses(inst: &Instance) -> Vec<String> {
     out
 }
 
-/// The tags recording what was done, those already recorded by an earlier run excluded.
-fn record_tags(
-    inst: &Instance,
+/// The case's record of what this run took the instance out of (a run that found it already
+/// out records nothing new: the case keeps the first record of each).
+fn record(
     targets: &[TargetRecord],
     classic: &[String],
     group: Option<&AutoScalingChange>,
-) -> Vec<aws_sdk_ec2::types::Tag> {
-    let mut by_group: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for t in targets {
-        let port = t.port.map(|p| p.to_string()).unwrap_or_default();
-        by_group
-            .entry(tags::target_group_key(&t.target_group_arn))
-            .or_default()
-            .push(format!("{} {port}", t.target_id).trim_end().to_owned());
-    }
-    let mut out: Vec<_> = by_group
-        .into_iter()
-        .filter(|(key, values)| tags::find(inst.tags(), key) != Some(values.join(",").as_str()))
-        .map(|(key, values)| tags::new(key, tags::value(&values.join(","))))
+) -> Vec<Previous> {
+    let mut out: Vec<Previous> = targets
+        .iter()
+        .map(|t| Previous::Target {
+            target_group_arn: t.target_group_arn.clone(),
+            target_id: t.target_id.clone(),
+            port: t.port,
+            availability_zone: t.availability_zone.clone(),
+        })
         .collect();
-    let names = classic.join(",");
-    if !classic.is_empty() && tags::find(inst.tags(), tags::CLASSIC_LOAD_BALANCERS) != Some(&names)
-    {
-        out.push(tags::new(tags::CLASSIC_LOAD_BALANCERS, tags::value(&names)));
-    }
+    out.extend(
+        classic
+            .iter()
+            .map(|name| Previous::ClassicLoadBalancer { name: name.clone() }),
+    );
     if let Some(g) = group.filter(|g| g.status == GroupStatus::Applied) {
-        let verb = match g.action {
-            AutoScalingAction::Detach => "detach",
-            _ => "standby",
-        };
-        let how = if g.capacity_decremented {
-            "decremented"
-        } else {
-            "replaced"
-        };
-        out.push(tags::new(
-            tags::AUTO_SCALING_GROUP,
-            tags::value(&format!("{verb},{how},{}", g.group_name)),
-        ));
+        out.push(Previous::AutoScaling {
+            group: g.group_name.clone(),
+            mode: match g.action {
+                AutoScalingAction::Detach => "detach",
+                _ => "standby",
+            }
+            .into(),
+            capacity_decremented: g.capacity_decremented,
+        });
     }
     out
 }
@@ -389,10 +384,19 @@ async fn leave_group(
         _ => false,
     };
     if already {
-        // An earlier run put it there: its record says whether it lowered the capacity.
+        // An earlier run put it there: the case says whether it lowered the capacity.
         change.status = GroupStatus::AlreadyInPlace;
-        change.capacity_decremented = tags::find(inst.tags(), tags::AUTO_SCALING_GROUP)
-            .is_some_and(|v| v.split(',').nth(1) == Some("decremented"));
+        if let Some(case) = &clients.case {
+            change.capacity_decremented = case.recalled().await?.iter().any(|p| {
+                matches!(
+                    p,
+                    Previous::AutoScaling {
+                        capacity_decremented: true,
+                        ..
+                    }
+                )
+            });
+        }
         return Ok(Some(change));
     }
     if action == AutoScalingAction::None || state != "InService" {
@@ -495,6 +499,7 @@ async fn registered_targets(
                                 target_group_arn: arn.clone(),
                                 target_id: t.id().unwrap_or_default().to_owned(),
                                 port: t.port(),
+                                availability_zone: t.availability_zone().map(str::to_owned),
                             },
                         )
                     }),

@@ -24,6 +24,38 @@ pub struct FindingEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time: Option<serde_json::Value>,
     pub detail: Finding,
+    /// The case triage opened, when the workflow passes triage's result on (`$.triage.case`):
+    /// the steps record in it. Any other shape reads as absent (a step then opens or joins
+    /// the instance's case itself).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "triage_case"
+    )]
+    pub triage: Option<TriageCase>,
+}
+
+/// The part of triage's result the steps read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TriageCase {
+    pub case: crate::case::CaseHandle,
+}
+
+fn triage_case<'de, D: Deserializer<'de>>(d: D) -> Result<Option<TriageCase>, D::Error> {
+    let value = Option::<serde_json::Value>::deserialize(d)?;
+    Ok(value
+        .and_then(|v| serde_json::from_value::<TriageCase>(v).ok())
+        .filter(|t| {
+            crate::case::is_case_id(&t.case.case_id)
+                && !t.case.claim.is_empty()
+                && t.case.claim.len() <= 64
+                && t.case.claim.bytes().all(|b| b.is_ascii_alphanumeric())
+                && t.case.opened_at.len() <= 32
+                && t.case
+                    .opened_at
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || b"-:TZ".contains(&b))
+        }))
 }
 
 pub const GUARDDUTY_SOURCE: &str = "aws.guardduty";
@@ -456,12 +488,12 @@ fn is_finding_id(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
-fn is_account_id(s: &str) -> bool {
+pub(crate) fn is_account_id(s: &str) -> bool {
     s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Region names go into endpoint host names, so only the shape `xx-name-N` is accepted.
-fn is_region(s: &str) -> bool {
+pub(crate) fn is_region(s: &str) -> bool {
     let parts: Vec<&str> = s.split('-').collect();
     s.len() <= 32
         && parts.len() >= 3

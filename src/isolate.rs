@@ -17,11 +17,12 @@ use serde::{Deserialize, Serialize};
 use tokio::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
+use crate::case::Previous;
 use crate::context::{Clients, Ctx};
 use crate::error::Error;
 use crate::finding::{FindingEvent, Target};
 use crate::outcome::{Outcome, Plan, PlannedAction};
-use crate::{instance, now_rfc3339, tags};
+use crate::{instance, tags};
 
 /// The name of the tool's quarantine group in each VPC (names are unique per VPC).
 pub const QUARANTINE_GROUP_NAME: &str = "ec2-quarantine-isolation";
@@ -115,7 +116,7 @@ pub async fn isolate_until(
     event: &FindingEvent,
     deadline: Option<Instant>,
 ) -> Result<Outcome<IsolateReport>, Error> {
-    crate::for_target(ctx, event, |clients, target| async move {
+    crate::for_target(ctx, event, "isolate", |clients, target| async move {
         isolate_instance(&clients, &target, deadline).await
     })
     .await
@@ -157,9 +158,17 @@ pub async fn isolate_instance(
     let lookups: Vec<(&str, Option<FoundGroups>)> =
         vpcs.iter().map(|vpc| (*vpc, found.remove(vpc))).collect();
 
+    // An interface an earlier run left isolated or in transit: its own groups are the ones the
+    // case recorded (read only then, off the usual path).
+    let recalled = if interfaces.iter().any(|i| i.looks_isolated || i.in_transit) {
+        recorded_groups(clients).await
+    } else {
+        BTreeMap::new()
+    };
+    let recalled = &recalled;
     // Evidence first and independent of the network change: a failure here must not hold
     // isolation back, and isolation must not wait for it.
-    let protect = protect(ec2, plan, &inst);
+    let protect = protect(clients, &inst);
     let isolate = async {
         // The record of the previous groups is written while the interfaces move: it holds the
         // groups read before any move, and a record that could not be written does not hold
@@ -183,7 +192,7 @@ pub async fn isolate_instance(
                             plan,
                             eni,
                             by_vpc.get(eni.vpc_id.as_str()).copied(),
-                            &inst,
+                            recalled.get(&eni.id).cloned().unwrap_or_default(),
                             deadline,
                         )
                     }),
@@ -191,8 +200,7 @@ pub async fn isolate_instance(
             .await;
             Ok::<_, Error>((groups, moves))
         };
-        let (recorded, moved) =
-            futures::join!(record(ec2, plan, target, &inst, &interfaces), moved);
+        let (recorded, moved) = futures::join!(record(clients, &inst, &interfaces), moved);
         let (groups, moves) = moved?;
         Ok::<_, Error>((recorded, groups, moves))
     };
@@ -269,10 +277,16 @@ pub async fn isolate_instance(
     let recorded = recorded.unwrap_or_else(|err| {
         warn!(error = %err, "record of the previous groups not written");
         warnings.push(format!(
-            "the record of each interface's previous groups could not be written to the instance's tags ({err}); they are listed in this report, for a release by hand"
+            "the record of each interface's previous groups could not be written to the case ({err}); they are listed in this report, for a release by hand"
         ));
         false
     });
+    if let Err(err) = mark(clients, &target.instance_id).await {
+        warn!(error = %err, "marker tags not written");
+        warnings.push(format!(
+            "the marker tags (case id, time) could not be written on the instance ({err}); the case holds the record"
+        ));
+    }
     if !failed.is_empty() {
         for (what, err) in &failed {
             warn!(what, error = %err, "containment action failed");
@@ -360,74 +374,76 @@ fn alone_in(groups: &[GroupIdentifier], name: &str) -> bool {
     matches!(groups, [only] if only.group_name() == Some(name))
 }
 
-/// The groups recorded on the instance for an interface by an earlier run.
-pub(crate) fn recorded_groups(inst: &Instance, eni_id: &str) -> Vec<String> {
-    let mut groups = Vec::new();
-    for key in tags::previous_groups_keys(eni_id, 16) {
-        match tags::find(inst.tags(), &key) {
-            Some(value) => groups.extend(
-                value
-                    .split(',')
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned),
-            ),
-            None => break,
+/// Each interface's groups as the case recorded them (none without a case, or when it cannot
+/// be read: the report then names no previous groups for those interfaces).
+async fn recorded_groups(clients: &Clients) -> BTreeMap<String, Vec<String>> {
+    let Some(case) = &clients.case else {
+        return BTreeMap::new();
+    };
+    match case.recalled().await {
+        Ok(previous) => previous
+            .into_iter()
+            .filter_map(|p| match p {
+                Previous::Groups {
+                    interface_id,
+                    groups,
+                } => Some((interface_id, groups)),
+                _ => None,
+            })
+            .collect(),
+        Err(err) => {
+            warn!(error = %err, "the case's record of the previous groups could not be read");
+            BTreeMap::new()
         }
     }
-    groups
 }
 
-/// Tags the instance with the finding and, for each interface not yet isolated, its current
-/// groups. Marks already present (from an earlier finding) are kept. Returns whether it wrote.
+/// Records in the case, for release, each interface's groups as read before any move and the
+/// devices whose volumes are deleted with the instance. The first record of each stands: a
+/// later run reads what containment left and never overwrites it. Returns whether it wrote.
 async fn record(
-    ec2: &aws_sdk_ec2::Client,
-    plan: Option<&Plan>,
-    target: &Target,
+    clients: &Clients,
     inst: &Instance,
     interfaces: &[Interface],
 ) -> Result<bool, Error> {
-    let mut new_tags = Vec::new();
-    if tags::find(inst.tags(), tags::FINDING_ID).is_none() {
-        new_tags.push(tags::new(tags::FINDING_ID, tags::value(&target.finding_id)));
-        new_tags.push(tags::new(
-            tags::FINDING_TYPE,
-            tags::value(&target.finding_type),
-        ));
-        new_tags.push(tags::new(tags::CONTAINED_AT, now_rfc3339()));
-    }
-    let devices = deleted_on_termination(inst);
-    if !devices.is_empty() && tags::find(inst.tags(), tags::DELETE_ON_TERMINATION).is_none() {
-        new_tags.push(tags::new(
-            tags::DELETE_ON_TERMINATION,
-            tags::value(&devices.join(",")),
-        ));
-    }
-    for eni in interfaces
+    let Some(case) = &clients.case else {
+        return match &clients.case_unavailable {
+            Some(why) => Err(Error::Misconfigured(why.clone())),
+            None => Ok(false),
+        };
+    };
+    let mut previous: Vec<Previous> = interfaces
         .iter()
         .filter(|e| !e.looks_isolated && !e.in_transit)
-    {
-        let chunks = tags::chunk_ids(&eni.groups);
-        let keys = tags::previous_groups_keys(&eni.id, chunks.len());
-        let unchanged = keys
-            .iter()
-            .zip(&chunks)
-            .all(|(k, v)| tags::find(inst.tags(), k) == Some(v.as_str()));
-        if !unchanged {
-            new_tags.extend(keys.into_iter().zip(chunks).map(|(k, v)| tags::new(k, v)));
-        }
+        .map(|e| Previous::Groups {
+            interface_id: e.id.clone(),
+            groups: e.groups.clone(),
+        })
+        .collect();
+    let devices = deleted_on_termination(inst);
+    if !devices.is_empty() {
+        previous.push(Previous::DeleteOnTermination { devices });
     }
-    if new_tags.is_empty() {
-        return Ok(false);
-    }
+    Ok(case.remember_all(&previous).await? > 0)
+}
+
+/// Marks the instance as contained, after acting: the case id and the time, two tags a person
+/// sees in the console. Never read to decide anything.
+async fn mark(clients: &Clients, instance_id: &str) -> Result<(), Error> {
+    let Some(case) = &clients.case else {
+        return Ok(());
+    };
     tags::write(
-        ec2,
-        plan,
-        &target.instance_id,
-        new_tags,
-        "record of the finding and of each interface's groups, for release",
+        &clients.ec2,
+        None,
+        instance_id,
+        vec![
+            tags::new(tags::CASE, tags::value(&case.handle.case_id)),
+            tags::new(tags::CONTAINED_AT, tags::value(&case.handle.opened_at)),
+        ],
+        "marker: the case that contained the instance",
     )
-    .await?;
-    Ok(true)
+    .await
 }
 
 /// Devices of attached EBS volumes that would be deleted with the instance.
@@ -453,8 +469,10 @@ struct Protection {
 /// deleted with the instance. Each of the three changes is made on its own, so that one refused
 /// does not hold the others back; Spot instances cannot have termination protection (EC2
 /// refuses it), so it is skipped for them with the reason. The attributes the instance had are
-/// read first and recorded afterwards, for release: the record never holds a change back.
-async fn protect(ec2: &aws_sdk_ec2::Client, plan: Option<&Plan>, inst: &Instance) -> Protection {
+/// read and recorded in the case first, for release; a record that fails never holds a change back.
+async fn protect(clients: &Clients, inst: &Instance) -> Protection {
+    let ec2 = &clients.ec2;
+    let plan = clients.plan();
     let instance_id = inst.instance_id().unwrap_or_default();
     let mut out = Protection {
         done: Vec::new(),
@@ -463,7 +481,7 @@ async fn protect(ec2: &aws_sdk_ec2::Client, plan: Option<&Plan>, inst: &Instance
         volumes_kept_on_termination: Vec::new(),
         termination_protection: false,
     };
-    let previous = if tags::find(inst.tags(), tags::PREVIOUS_ATTRIBUTES).is_none() {
+    let previous = {
         let attribute = |name: InstanceAttributeName| {
             ec2.describe_instance_attribute()
                 .instance_id(instance_id)
@@ -485,9 +503,10 @@ async fn protect(ec2: &aws_sdk_ec2::Client, plan: Option<&Plan>, inst: &Instance
                     .and_then(|a| a.value())
                     .unwrap_or("stop")
                     .to_owned();
-                Some(format!(
-                    "termination-protection={protected},shutdown={behaviour}"
-                ))
+                Some(Previous::Attributes {
+                    termination_protection: protected,
+                    shutdown: behaviour,
+                })
             }
             Err(err) => {
                 out.warnings.push(format!(
@@ -496,9 +515,18 @@ async fn protect(ec2: &aws_sdk_ec2::Client, plan: Option<&Plan>, inst: &Instance
                 None
             }
         }
-    } else {
-        None
     };
+    // Recorded before the change (the first record stands, so a retry that reads the changed
+    // attributes never overwrites it); a record that cannot be written holds nothing back.
+    if let (Some(previous), Some(case)) =
+        (previous, clients.case.as_ref().filter(|_| plan.is_none()))
+        && let Err(err) = case.remember(&previous).await
+    {
+        warn!(error = %err, "record of the previous attributes not written");
+        out.warnings.push(format!(
+            "the record of termination protection and shutdown behaviour before containment could not be written to the case ({err}): release will not restore them"
+        ));
+    }
     // Spot instances cannot take termination protection: EC2 refuses DisableApiTermination
     // for them (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/ec2-instance-termination-protection.html).
     let spot = inst.instance_lifecycle() == Some(&InstanceLifecycleType::Spot);
@@ -580,16 +608,6 @@ async fn protect(ec2: &aws_sdk_ec2::Client, plan: Option<&Plan>, inst: &Instance
             Err(err) => out.failed.push((what, err)),
         }
     }
-    if let Some(previous) = previous {
-        let record = tags::new(tags::PREVIOUS_ATTRIBUTES, previous);
-        let why = "record of termination protection and shutdown behaviour, for release";
-        if let Err(err) = tags::write(ec2, plan, instance_id, vec![record], why).await {
-            warn!(error = %err, "record of the previous attributes not written");
-            out.warnings.push(format!(
-                "the record of termination protection and shutdown behaviour before containment could not be written ({err}): release will not restore them"
-            ));
-        }
-    }
     out
 }
 
@@ -639,7 +657,7 @@ async fn move_interface(
     plan: Option<&Plan>,
     eni: &Interface,
     group: Option<&QuarantineGroup>,
-    inst: &Instance,
+    recorded: Vec<String>,
     deadline: Option<Instant>,
 ) -> Result<InterfaceIsolation, (String, MoveFailure)> {
     let (group_id, transit_id) = group
@@ -649,7 +667,7 @@ async fn move_interface(
     // An interface found in the transit group was put there by an earlier run cut short: its
     // own groups are the ones that run recorded.
     let previous_groups = if isolated || eni.in_transit {
-        recorded_groups(inst, &eni.id)
+        recorded
     } else {
         eni.groups.clone()
     };

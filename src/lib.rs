@@ -7,6 +7,7 @@
 //! [`role`], and [`notify`] the security team of what was done and what failed; [`release`]
 //! undoes a containment from its record.
 
+pub mod case;
 pub mod context;
 pub mod deregister;
 pub mod error;
@@ -55,9 +56,11 @@ pub fn deadline(deadline_ms: u64) -> Option<tokio::time::Instant> {
 pub(crate) async fn for_target<T, F, Fut>(
     ctx: &Ctx,
     event: &finding::FindingEvent,
+    name: &'static str,
     step: F,
 ) -> Result<Outcome<T>, Error>
 where
+    T: serde::Serialize,
     F: FnOnce(Clients, finding::Target) -> Fut,
     Fut: Future<Output = Result<Outcome<T>, Error>>,
 {
@@ -72,7 +75,80 @@ where
         tracing::info!(%reason, "skipped: not acting in this account");
         return Ok(Outcome::skipped(reason));
     }
-    let clients = ctx.clients(&target).await?;
+    let mut clients = ctx.clients(&target).await?;
+    if clients.plan().is_none() {
+        attach_case(ctx, event, &target, &mut clients).await;
+    }
+    let case = clients.case.clone();
+    // The step's start in the case, beside the step (never ahead of it).
+    let started = async {
+        if let Some(case) = &case
+            && let Err(err) = case.started(name).await
+        {
+            case::warn_unrecorded(name, &err);
+        }
+    };
     // Boxed: the SDK's futures nest deep enough to exceed rustc's layout depth limit otherwise.
-    Box::pin(step(clients, target)).await
+    let ((), result) = futures::join!(started, Box::pin(step(clients, target)));
+    if let Some(case) = case {
+        // The step's end in the case: its outcome and report, or its error. A record that
+        // cannot be written is logged; the step's result stands.
+        let (outcome, report) = match &result {
+            Ok(outcome) => (
+                outcome.status().to_owned(),
+                serde_json::to_string(outcome).unwrap_or_default(),
+            ),
+            Err(err) => (err.name().as_str().to_owned(), err.to_string()),
+        };
+        if let Err(err) = case.finished(name, &outcome, &report).await {
+            case::warn_unrecorded(name, &err);
+        }
+    }
+    result
+}
+
+/// The case a step records in: the one triage passed on, or else the instance's open case
+/// (joined, or opened by this step when it runs alone). A case table that cannot be reached
+/// never holds containment back: the step acts and reports that nothing was recorded.
+async fn attach_case(
+    ctx: &Ctx,
+    event: &finding::FindingEvent,
+    target: &finding::Target,
+    clients: &mut Clients,
+) {
+    let store = ctx.cases().clone();
+    if let Some(triage) = &event.triage {
+        clients.case = Some(case::Recorder {
+            store,
+            handle: triage.case.clone(),
+        });
+        return;
+    }
+    let opened = tokio::time::timeout(
+        triage::CASE_OPEN_TIMEOUT,
+        store.open(target, event.detail.updated_at.as_deref(), false),
+    )
+    .await;
+    let opened = opened.unwrap_or_else(|_| {
+        Err(Error::Transient {
+            action: "dynamodb:UpdateItem",
+            code: "Timeout".into(),
+            message: "the case table did not answer in time".into(),
+            source: "timeout".into(),
+        })
+    });
+    match opened {
+        Ok(case::Opened::New(handle) | case::Opened::Joined { handle, .. }) => {
+            clients.case = Some(case::Recorder { store, handle });
+        }
+        Ok(case::Opened::Released { case_id }) => {
+            clients.case_unavailable = Some(format!("the finding's case {case_id} is released"));
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "case table unavailable: acting without a record");
+            clients.case_unavailable = Some(format!(
+                "the case record could not be opened ({err}): nothing this step changed is recorded for release"
+            ));
+        }
+    }
 }

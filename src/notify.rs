@@ -403,6 +403,13 @@ fn render_release(request: &serde_json::Value, result: &StepResult<ReleaseReport
     }
     let _ = writeln!(body, "\nActions");
     if let Some(r) = write_status(&mut body, "Release", Some(result)) {
+        if !r.case_id.is_empty() {
+            let _ = writeln!(
+                body,
+                "      case {} (the full record: helper_scripts/deploy.sh case {})",
+                r.case_id, r.case_id
+            );
+        }
         if let Some(f) = &r.finding_id {
             let _ = writeln!(body, "      contained by finding {f}");
         }
@@ -426,8 +433,13 @@ fn render_release(request: &serde_json::Value, result: &StepResult<ReleaseReport
             if role.policies_removed {
                 let _ = writeln!(
                     body,
-                    "      role {}: quarantine policies removed",
-                    role.role_name
+                    "      role {}: DenyAll removed{}",
+                    role.role_name,
+                    if role.credentials_released {
+                        ", and the denies of credentials issued before containment"
+                    } else {
+                        "; credentials issued before containment stay denied"
+                    }
                 );
             } else {
                 let _ = writeln!(
@@ -742,10 +754,31 @@ fn write_triage(body: &mut String, r: Option<&StepResult<TriageReport>>) {
                     if let Some(evidence) = &t.evidence {
                         let _ = writeln!(body, "\nContained because: {evidence}.");
                     }
+                    match (&t.case, &t.already_contained_by) {
+                        (Some(case), _) => {
+                            let _ = writeln!(
+                                body,
+                                "Case: {} (the full record: helper_scripts/deploy.sh case {})",
+                                case.case_id, case.case_id
+                            );
+                        }
+                        (None, None) => {
+                            let _ = writeln!(
+                                body,
+                                "Case: none ({}).",
+                                if t.dry_run {
+                                    "dry run"
+                                } else {
+                                    "not recorded: see the warnings"
+                                }
+                            );
+                        }
+                        (None, Some(_)) => {}
+                    }
                     if let Some(earlier) = &t.already_contained_by {
                         let _ = writeln!(
                             body,
-                            "\nAlready contained by finding {earlier}{}: nothing is done twice, each step reports what is in place.",
+                            "\nAlready contained (case {earlier}{}): this finding joins the case; nothing is done twice, each step reports what is in place.",
                             t.contained_at
                                 .as_deref()
                                 .map(|at| format!(" at {at}"))
@@ -906,7 +939,7 @@ fn write_role(body: &mut String, r: Option<&StepResult<RoleReport>>, links: &Lin
                 change(swap.change),
                 swap.previous_profile_arn
                     .as_deref()
-                    .unwrap_or("see the instance's tags")
+                    .unwrap_or("recorded in the case")
             );
         }
         None => {

@@ -1,21 +1,26 @@
-//! Release: undoes a containment from what it recorded on the instance's tags, once a person has
-//! finished the investigation. Started by hand with the instance id (never by a finding). It
-//! restores each interface's groups, the instance's attributes and volume flags, its instance
-//! profile, its Auto Scaling group membership and its load balancer registrations; it removes
-//! the role's quarantine policies when no other contained instance holds them; then it removes
-//! the instance's quarantine tags. Snapshots are evidence and are never touched.
+//! Release: undoes a containment from its case, once a person has finished the investigation.
+//! Started by hand with the instance id (never by a finding). It reads only the case
+//! ([`crate::case`]), never a tag: it checks that the case is the instance's open case, of its
+//! account and region, then restores each interface's groups, the instance's attributes and
+//! volume flags, its instance profile, its Auto Scaling group membership and its load balancer
+//! registrations exactly as recorded; it removes the role's DenyAll when no other contained
+//! instance holds the role. Credentials issued before containment stay denied unless the
+//! request says `release_credentials`. Each attempt is recorded in the case; the case is then
+//! marked released, so that a copy of its findings sent again contains nothing. Snapshots are
+//! evidence and are never touched.
 
 use std::collections::BTreeMap;
 
 use aws_sdk_ec2::types::{
     AttributeBooleanValue, AttributeValue, EbsInstanceBlockDeviceSpecification,
-    IamInstanceProfileSpecification, Instance, InstanceBlockDeviceMappingSpecification,
+    IamInstanceProfileSpecification, InstanceBlockDeviceMappingSpecification,
 };
 use aws_sdk_elasticloadbalancingv2::types::TargetDescription;
 use futures::future::join_all;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use crate::case::{Case, Previous, Store, is_case_id};
 use crate::context::{Clients, Ctx};
 use crate::deregister::TargetRecord;
 use crate::error::Error;
@@ -39,15 +44,25 @@ pub struct ReleaseRequest {
     pub region: Option<String>,
     #[serde(default)]
     pub partition: Option<String>,
-    /// Why the instance is released (shown in the notification).
+    /// The case to release; when given, it must be the instance's open case.
+    #[serde(default)]
+    pub case_id: Option<String>,
+    /// Why the instance is released (shown in the notification and kept in the case).
     #[serde(default)]
     pub reason: Option<String>,
+    /// Also lift the denies of credentials issued before containment (the role's session
+    /// deny and the instance's credential deny). Off by default: stolen credentials stay dead.
+    #[serde(default)]
+    pub release_credentials: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct ReleaseReport {
     pub instance_id: String,
-    /// The finding that contained it.
+    /// The case released.
+    #[serde(default)]
+    pub case_id: String,
+    /// The finding that opened the case.
     pub finding_id: Option<String>,
     /// Interfaces given back their recorded groups.
     pub interfaces: BTreeMap<String, Vec<String>>,
@@ -62,16 +77,20 @@ pub struct ReleaseReport {
     pub auto_scaling: Option<String>,
     pub targets: Vec<TargetRecord>,
     pub classic_load_balancers: Vec<String>,
+    /// The marker tags removed from the instance.
     pub tags_removed: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoleRelease {
     pub role_name: String,
-    /// The DenyAll and session-revocation policies were removed from the role.
+    /// The DenyAll policy was removed from the role.
     pub policies_removed: bool,
     /// Other contained instances that still hold the role contained (its policies stay).
     pub still_held_by: Vec<String>,
+    /// The denies of credentials issued before containment were lifted too.
+    #[serde(default)]
+    pub credentials_released: bool,
 }
 
 /// Releases the instance a request names (the Lambda handler).
@@ -81,6 +100,32 @@ pub async fn release(ctx: &Ctx, request: &ReleaseRequest) -> Result<Outcome<Rele
             "{:?} is not an EC2 instance id",
             crate::finding::clip(&request.instance_id)
         )));
+    }
+    if let Some(id) = request.case_id.as_deref().filter(|id| !is_case_id(id)) {
+        return Err(Error::InvalidEvent(format!(
+            "{:?} is not a case id",
+            crate::finding::clip(id)
+        )));
+    }
+    for (what, value, valid) in [
+        (
+            "account_id",
+            request.account_id.as_deref(),
+            crate::finding::is_account_id as fn(&str) -> bool,
+        ),
+        (
+            "region",
+            request.region.as_deref(),
+            crate::finding::is_region,
+        ),
+        ("partition", request.partition.as_deref(), is_partition),
+    ] {
+        if let Some(v) = value.filter(|v| !valid(v)) {
+            return Err(Error::InvalidEvent(format!(
+                "{what} {:?} is not valid",
+                crate::finding::clip(v)
+            )));
+        }
     }
     let account_id = request
         .account_id
@@ -113,43 +158,166 @@ pub async fn release(ctx: &Ctx, request: &ReleaseRequest) -> Result<Outcome<Rele
     if let Some(reason) = ctx.org().refusal(&target.scope.account_id) {
         return Ok(Outcome::skipped(reason));
     }
+    let store = ctx.cases();
+    let Some((case_id, _)) = store.open_case(&target.scope, &target.instance_id).await? else {
+        return Ok(Outcome::skipped(
+            "the instance has no open case in the case table: nothing to release",
+        ));
+    };
+    if let Some(asked) = &request.case_id
+        && *asked != case_id
+    {
+        return Err(Error::InvalidEvent(format!(
+            "case {asked} is not the instance's open case ({case_id})"
+        )));
+    }
+    let case = store.case(&case_id).await?.ok_or_else(|| {
+        Error::Misconfigured(format!("case {case_id} is named open but has no record"))
+    })?;
+    let scope = &target.scope;
+    if case.instance_id != target.instance_id
+        || case.account_id != scope.account_id
+        || case.region != scope.region
+    {
+        return Err(Error::Misconfigured(format!(
+            "case {case_id} records instance {} in {} {}, not {} in {} {}: nothing restored",
+            case.instance_id,
+            case.account_id,
+            case.region,
+            target.instance_id,
+            scope.account_id,
+            scope.region
+        )));
+    }
     let clients = ctx.clients(&target).await?;
-    Box::pin(release_instance(&clients, &target)).await
+    // The case is held for the release: a finding arriving meanwhile is triaged again after
+    // it, instead of joining a case being undone. Then nothing of the case may still be
+    // running (an execution whose steps would contain again what release restores).
+    if !store.begin_release(&case, scope).await? {
+        return Ok(Outcome::skipped(format!(
+            "case {case_id} is no longer the instance's open case: nothing to release"
+        )));
+    }
+    let case = match store.case(&case_id).await {
+        Ok(Some(case)) => case,
+        Ok(None) => case,
+        Err(err) => {
+            let _ = store.abort_release(&case, scope).await;
+            return Err(err);
+        }
+    };
+    if let Some(why) = case.busy() {
+        let _ = store.abort_release(&case, scope).await;
+        return Err(Error::Transient {
+            action: "dynamodb:Query",
+            code: "CaseBusy".into(),
+            message: format!(
+                "case {case_id} may still be acting ({why}): release again once its execution is over"
+            ),
+            source: "case busy".into(),
+        });
+    }
+    let released = Box::pin(release_case(&clients, store, &case, &target, request)).await;
+    if released.is_err() {
+        // The case stays open: findings join it again, and release can be run again.
+        let _ = store.abort_release(&case, scope).await;
+    }
+    released
 }
 
-#[tracing::instrument(skip_all, fields(instance_id = %target.instance_id))]
-pub async fn release_instance(
-    clients: &Clients,
-    target: &Target,
-) -> Result<Outcome<ReleaseReport>, Error> {
-    let inst = instance::describe(&clients.ec2, target).await?;
-    let ours: Vec<String> = inst
-        .tags()
-        .iter()
-        .filter_map(|t| t.key())
-        .filter(|k| k.starts_with(tags::PREFIX))
-        .map(str::to_owned)
-        .collect();
-    if ours.is_empty() {
-        return Ok(Outcome::skipped(
-            "the instance carries no containment record: nothing to release",
-        ));
+/// `aws`, `aws-cn`, `aws-us-gov` and the like.
+fn is_partition(s: &str) -> bool {
+    s.len() <= 16
+        && s.starts_with("aws")
+        && s.split('-')
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
+}
+
+/// What a case recorded, sorted by what restores it.
+#[derive(Default)]
+struct Recorded {
+    groups: BTreeMap<String, Vec<String>>,
+    attributes: Option<(bool, String)>,
+    devices: Vec<String>,
+    profile: Option<String>,
+    role: Option<String>,
+    auto_scaling: Option<(String, String, bool)>,
+    targets: Vec<TargetRecord>,
+    classic: Vec<String>,
+}
+
+impl Recorded {
+    fn of(case: &Case) -> Recorded {
+        let mut r = Recorded::default();
+        for p in &case.previous {
+            match p.clone() {
+                Previous::Groups {
+                    interface_id,
+                    groups,
+                } => {
+                    r.groups.insert(interface_id, groups);
+                }
+                Previous::Attributes {
+                    termination_protection,
+                    shutdown,
+                } => r.attributes = Some((termination_protection, shutdown)),
+                Previous::DeleteOnTermination { devices } => r.devices = devices,
+                Previous::Profile { profile_arn } => r.profile = Some(profile_arn),
+                Previous::Role { role_name } => r.role = Some(role_name),
+                Previous::AutoScaling {
+                    group,
+                    mode,
+                    capacity_decremented,
+                } => r.auto_scaling = Some((group, mode, capacity_decremented)),
+                Previous::Target {
+                    target_group_arn,
+                    target_id,
+                    port,
+                    availability_zone,
+                } => r.targets.push(TargetRecord {
+                    target_group_arn,
+                    target_id,
+                    port,
+                    availability_zone,
+                }),
+                Previous::ClassicLoadBalancer { name } => r.classic.push(name),
+            }
+        }
+        r
     }
-    let tag = |key: &str| tags::find(inst.tags(), key).map(str::to_owned);
+}
+
+#[tracing::instrument(skip_all, fields(instance_id = %target.instance_id, case_id = %case.case_id))]
+pub async fn release_case(
+    clients: &Clients,
+    store: &Store,
+    case: &Case,
+    target: &Target,
+    request: &ReleaseRequest,
+) -> Result<Outcome<ReleaseReport>, Error> {
+    let recorded = Recorded::of(case);
+    let inst = instance::describe(&clients.ec2, target).await?;
     let mut report = ReleaseReport {
         instance_id: target.instance_id.clone(),
-        finding_id: tag(tags::FINDING_ID),
+        case_id: case.case_id.clone(),
+        finding_id: case.findings.first().map(|f| f.finding_id.clone()),
         ..ReleaseReport::default()
     };
-
+    let spot = inst.instance_lifecycle() == Some(&aws_sdk_ec2::types::InstanceLifecycleType::Spot);
     let (interfaces, attributes, profile, role, group, targets, classic) = futures::join!(
-        restore_interfaces(clients, &inst),
-        restore_attributes(clients, &inst),
-        restore_profile(clients, target, tag(tags::PREVIOUS_PROFILE)),
-        release_role(clients, target, tag(tags::ROLE)),
-        rejoin_group(clients, target, tag(tags::AUTO_SCALING_GROUP)),
-        reregister_targets(clients, target, &inst),
-        rejoin_classic(clients, target, tag(tags::CLASSIC_LOAD_BALANCERS)),
+        restore_interfaces(clients, &inst, &recorded.groups),
+        restore_attributes(clients, target, &recorded, spot),
+        restore_profile(clients, target, recorded.profile.clone()),
+        release_role(
+            clients,
+            store,
+            target,
+            recorded.role.clone(),
+            request.release_credentials
+        ),
+        rejoin_group(clients, target, recorded.auto_scaling.clone()),
+        reregister_targets(clients, &recorded.targets),
+        rejoin_classic(clients, target, &recorded.classic),
     );
     let mut done = Vec::new();
     let mut failed = Vec::new();
@@ -176,8 +344,12 @@ pub async fn release_instance(
         "classic load balancers",
         classic.map(|c| report.classic_load_balancers = c),
     );
+    let failures: Vec<String> = failed.iter().map(|(w, e)| format!("{w}: {e}")).collect();
+    store
+        .record_release(&case.case_id, request.reason.as_deref(), &done, &failures)
+        .await?;
     if !failed.is_empty() {
-        // The record stays on the instance, so that release can be run again.
+        // The case stays open, so that release can be run again.
         for (what, err) in &failed {
             warn!(what, error = %err, "release action failed");
         }
@@ -188,34 +360,48 @@ pub async fn release_instance(
             failed,
         });
     }
-
-    // Last: the record. The tool's group tags on security groups and snapshots are kept.
-    clients
+    store.mark_released(case, &target.scope).await?;
+    // Last: the marker tags, by their keys (never read).
+    let markers = [tags::CASE, tags::CONTAINED_AT];
+    let removed = clients
         .ec2
         .delete_tags()
         .resources(&target.instance_id)
         .set_tags(Some(
-            ours.iter()
-                .map(|k| aws_sdk_ec2::types::Tag::builder().key(k).build())
+            markers
+                .iter()
+                .map(|k| aws_sdk_ec2::types::Tag::builder().key(*k).build())
                 .collect(),
         ))
         .send()
-        .await
-        .map_err(|e| Error::from_sdk("ec2:DeleteTags", e))?;
-    report.tags_removed = ours;
+        .await;
+    match removed {
+        Ok(_) => report.tags_removed = markers.iter().map(|k| (*k).to_owned()).collect(),
+        Err(e) => {
+            warn!(error = %Error::from_sdk("ec2:DeleteTags", e), "marker tags left on the instance")
+        }
+    }
     info!(?report, "released");
     Ok(Outcome::Done(report))
 }
 
 async fn restore_interfaces(
     clients: &Clients,
-    inst: &Instance,
+    inst: &aws_sdk_ec2::types::Instance,
+    recorded: &BTreeMap<String, Vec<String>>,
 ) -> Result<BTreeMap<String, Vec<String>>, Error> {
-    let moves = inst.network_interfaces().iter().filter_map(|eni| {
-        let id = eni.network_interface_id()?;
-        let recorded = crate::isolate::recorded_groups(inst, id);
-        let current: Vec<&str> = eni.groups().iter().filter_map(|g| g.group_id()).collect();
-        if recorded.is_empty() || current == recorded {
+    let current: BTreeMap<&str, Vec<&str>> = inst
+        .network_interfaces()
+        .iter()
+        .filter_map(|eni| {
+            Some((
+                eni.network_interface_id()?,
+                eni.groups().iter().filter_map(|g| g.group_id()).collect(),
+            ))
+        })
+        .collect();
+    let moves = recorded.iter().filter_map(|(id, groups)| {
+        if groups.is_empty() || current.get(id.as_str()).is_some_and(|c| c == groups) {
             return None;
         }
         Some(async move {
@@ -223,11 +409,11 @@ async fn restore_interfaces(
                 .ec2
                 .modify_network_interface_attribute()
                 .network_interface_id(id)
-                .set_groups(Some(recorded.clone()))
+                .set_groups(Some(groups.clone()))
                 .send()
                 .await
                 .map_err(|e| Error::from_sdk("ec2:ModifyNetworkInterfaceAttribute", e))?;
-            Ok::<_, Error>((id.to_owned(), recorded))
+            Ok::<_, Error>((id.clone(), groups.clone()))
         })
     });
     join_all(moves).await.into_iter().collect()
@@ -236,43 +422,34 @@ async fn restore_interfaces(
 /// Termination protection, shutdown behaviour and DeleteOnTermination, as recorded.
 async fn restore_attributes(
     clients: &Clients,
-    inst: &Instance,
+    target: &Target,
+    recorded: &Recorded,
+    spot: bool,
 ) -> Result<(Option<String>, Vec<String>), Error> {
-    let id = inst.instance_id().unwrap_or_default();
+    let id = target.instance_id.as_str();
     let ec2 = &clients.ec2;
-    let recorded = tags::find(inst.tags(), tags::PREVIOUS_ATTRIBUTES);
-    let field = |name: &str| {
-        recorded?
-            .split(',')
-            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-            .map(str::to_owned)
-    };
     let mut requests = Vec::new();
     // Containment never sets termination protection on a Spot instance (EC2 refuses any change
     // of it there), so there is nothing to restore.
-    let spot = inst.instance_lifecycle() == Some(&aws_sdk_ec2::types::InstanceLifecycleType::Spot);
-    if let Some(v) = field("termination-protection").filter(|_| !spot) {
+    if let Some((protected, _)) = recorded.attributes.as_ref().filter(|_| !spot) {
         requests.push(
             ec2.modify_instance_attribute()
                 .instance_id(id)
                 .disable_api_termination(
-                    AttributeBooleanValue::builder().value(v == "true").build(),
+                    AttributeBooleanValue::builder().value(*protected).build(),
                 ),
         );
     }
-    if let Some(v) = field("shutdown") {
+    if let Some((_, shutdown)) = &recorded.attributes {
         requests.push(
             ec2.modify_instance_attribute()
                 .instance_id(id)
-                .instance_initiated_shutdown_behavior(AttributeValue::builder().value(v).build()),
+                .instance_initiated_shutdown_behavior(
+                    AttributeValue::builder().value(shutdown).build(),
+                ),
         );
     }
-    let devices: Vec<String> = tags::find(inst.tags(), tags::DELETE_ON_TERMINATION)
-        .unwrap_or_default()
-        .split(',')
-        .filter(|d| !d.is_empty())
-        .map(str::to_owned)
-        .collect();
+    let devices = recorded.devices.clone();
     if !devices.is_empty() {
         requests.push(
             ec2.modify_instance_attribute()
@@ -297,7 +474,11 @@ async fn restore_attributes(
     for answer in join_all(requests.into_iter().map(|r| r.send())).await {
         answer.map_err(|e| Error::from_sdk("ec2:ModifyInstanceAttribute", e))?;
     }
-    Ok((recorded.map(str::to_owned), devices))
+    let attributes = recorded
+        .attributes
+        .as_ref()
+        .map(|(p, s)| format!("termination-protection={p},shutdown={s}"));
+    Ok((attributes, devices))
 }
 
 async fn restore_profile(
@@ -330,75 +511,121 @@ async fn restore_profile(
     Ok(Some(previous))
 }
 
-/// Removes this instance's hold on the role; the last hold out removes the role's quarantine
-/// policies.
+/// Removes this instance's hold on the role (in the case table); the last hold out removes
+/// the role's DenyAll. The denies of credentials issued before containment stay unless
+/// `release_credentials`.
 async fn release_role(
     clients: &Clients,
+    store: &Store,
     target: &Target,
     role_name: Option<String>,
+    release_credentials: bool,
 ) -> Result<Option<RoleRelease>, Error> {
     let Some(role_name) = role_name else {
         return Ok(None);
     };
     let iam = &clients.iam;
-    date_instance_deny(clients, target, &role_name).await?;
-    let hold = format!("{}{}", tags::ROLE_HOLD, target.instance_id);
-    iam.untag_role()
-        .role_name(&role_name)
-        .tag_keys(&hold)
-        .send()
-        .await
-        .map_err(|e| Error::from_sdk("iam:UntagRole", e))?;
-    let listed = iam
-        .list_role_tags()
-        .role_name(&role_name)
-        .send()
-        .await
-        .map_err(|e| Error::from_sdk("iam:ListRoleTags", e))?;
-    let still_held_by: Vec<String> = listed
-        .tags()
-        .iter()
-        .filter_map(|t| t.key().strip_prefix(tags::ROLE_HOLD))
-        .map(str::to_owned)
-        .collect();
+    let gone_already = |r: Result<(), Error>| match r {
+        Err(e) if e.aws_code() == Some("NoSuchEntity") => Ok(()),
+        other => other,
+    };
+    if release_credentials {
+        let deleted = iam
+            .delete_role_policy()
+            .role_name(&role_name)
+            .policy_name(revoke_instance_policy_name(&target.instance_id))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::from_sdk("iam:DeleteRolePolicy", e));
+        gone_already(deleted)?;
+    } else {
+        date_instance_deny(clients, target, &role_name).await?;
+    }
+    let still_held_by = drop_hold(store, &target.scope, &role_name, &target.instance_id).await?;
     if !still_held_by.is_empty() {
         return Ok(Some(RoleRelease {
             role_name,
             policies_removed: false,
             still_held_by,
+            credentials_released: release_credentials,
         }));
     }
-    let gone_already = |r: Result<(), Error>| match r {
-        Err(e) if e.aws_code() == Some("NoSuchEntity") => Ok(()),
-        other => other,
-    };
     let policy_arn = deny_all_policy_arn(&target.scope.partition, &target.scope.account_id);
-    let (detached, deleted) = futures::join!(
-        iam.detach_role_policy()
+    let detached = iam
+        .detach_role_policy()
+        .role_name(&role_name)
+        .policy_arn(&policy_arn)
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| Error::from_sdk("iam:DetachRolePolicy", e));
+    gone_already(detached)?;
+    // A containment of another instance of the role records its hold before it attaches
+    // DenyAll: a hold that appeared while this release detached it puts DenyAll back.
+    let held_now = store.holds(&target.scope, &role_name).await?;
+    if !held_now.is_empty() {
+        iam.attach_role_policy()
             .role_name(&role_name)
             .policy_arn(&policy_arn)
-            .send(),
-        iam.delete_role_policy()
+            .send()
+            .await
+            .map_err(|e| Error::from_sdk("iam:AttachRolePolicy", e))?;
+        info!(role = %role_name, held_by = ?held_now, "another instance holds the role now: DenyAll attached again");
+        return Ok(Some(RoleRelease {
+            role_name,
+            policies_removed: false,
+            still_held_by: held_now,
+            credentials_released: release_credentials,
+        }));
+    }
+    if release_credentials {
+        let deleted = iam
+            .delete_role_policy()
             .role_name(&role_name)
             .policy_name(REVOKE_SESSIONS_POLICY_NAME)
-            .send(),
-    );
-    gone_already(
-        detached
+            .send()
+            .await
             .map(|_| ())
-            .map_err(|e| Error::from_sdk("iam:DetachRolePolicy", e)),
-    )?;
-    gone_already(
-        deleted
-            .map(|_| ())
-            .map_err(|e| Error::from_sdk("iam:DeleteRolePolicy", e)),
-    )?;
-    info!(role = %role_name, policy = DENY_ALL_POLICY_NAME, "role's quarantine policies removed");
+            .map_err(|e| Error::from_sdk("iam:DeleteRolePolicy", e));
+        gone_already(deleted)?;
+    }
+    info!(role = %role_name, policy = DENY_ALL_POLICY_NAME, release_credentials, "role's quarantine policy removed");
     Ok(Some(RoleRelease {
         role_name,
         policies_removed: true,
         still_held_by,
+        credentials_released: release_credentials,
     }))
+}
+
+/// Removes the instance's hold on its role from the case table, and returns the instances that
+/// still hold the role.
+async fn drop_hold(
+    store: &Store,
+    scope: &Scope,
+    role_name: &str,
+    instance_id: &str,
+) -> Result<Vec<String>, Error> {
+    store
+        .db()
+        .delete_item()
+        .table_name(store.table())
+        .key(
+            "pk",
+            aws_sdk_dynamodb::types::AttributeValue::S(Store::role_key(
+                &scope.account_id,
+                role_name,
+            )),
+        )
+        .key(
+            "sk",
+            aws_sdk_dynamodb::types::AttributeValue::S(format!("hold#{instance_id}")),
+        )
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk("dynamodb:DeleteItem", e))?;
+    store.holds(scope, role_name).await
 }
 
 /// Dates the deny of the instance's own credentials (`revoke-instance`), if the role has one:
@@ -433,17 +660,12 @@ async fn date_instance_deny(
 async fn rejoin_group(
     clients: &Clients,
     target: &Target,
-    recorded: Option<String>,
+    recorded: Option<(String, String, bool)>,
 ) -> Result<Option<String>, Error> {
-    let Some(recorded) = recorded else {
+    let Some((group, verb, decremented)) = recorded else {
         return Ok(None);
     };
-    let mut parts = recorded.splitn(3, ',');
-    let (Some(verb), Some(how), Some(group)) = (parts.next(), parts.next(), parts.next()) else {
-        return Ok(Some(format!(
-            "unreadable record {recorded:?}: left as it is"
-        )));
-    };
+    let (group, verb) = (group.as_str(), verb.as_str());
     let id = target.instance_id.as_str();
     let state = clients
         .autoscaling
@@ -453,7 +675,7 @@ async fn rejoin_group(
         .await
         .map_err(|e| Error::from_sdk("autoscaling:DescribeAutoScalingInstances", e))?;
     let current = state.auto_scaling_instances().first();
-    let note = if how == "decremented" {
+    let note = if decremented {
         ""
     } else {
         "; the group had launched a replacement: lower its desired capacity if one instance more is not wanted"
@@ -492,31 +714,8 @@ async fn rejoin_group(
 
 async fn reregister_targets(
     clients: &Clients,
-    target: &Target,
-    inst: &Instance,
+    records: &[TargetRecord],
 ) -> Result<Vec<TargetRecord>, Error> {
-    let scope = &target.scope;
-    let records: Vec<TargetRecord> = inst
-        .tags()
-        .iter()
-        .filter_map(|t| Some((t.key()?.strip_prefix(tags::TARGET_GROUP)?, t.value()?)))
-        .flat_map(|(suffix, value)| {
-            let arn =
-                tags::target_group_arn(suffix, &scope.partition, &scope.region, &scope.account_id);
-            value
-                .split(',')
-                .filter_map(|pair| {
-                    let mut it = pair.split(' ');
-                    let id = it.next().filter(|s| !s.is_empty())?;
-                    Some(TargetRecord {
-                        target_group_arn: arn.clone(),
-                        target_id: id.to_owned(),
-                        port: it.next().and_then(|p| p.parse().ok()),
-                    })
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect();
     for answer in join_all(records.iter().map(|t| {
         clients
             .elbv2
@@ -526,6 +725,7 @@ async fn reregister_targets(
                 TargetDescription::builder()
                     .id(&t.target_id)
                     .set_port(t.port)
+                    .set_availability_zone(t.availability_zone.clone())
                     .build(),
             )
             .send()
@@ -534,20 +734,14 @@ async fn reregister_targets(
     {
         answer.map_err(|e| Error::from_sdk("elasticloadbalancing:RegisterTargets", e))?;
     }
-    Ok(records)
+    Ok(records.to_vec())
 }
 
 async fn rejoin_classic(
     clients: &Clients,
     target: &Target,
-    recorded: Option<String>,
+    names: &[String],
 ) -> Result<Vec<String>, Error> {
-    let names: Vec<String> = recorded
-        .unwrap_or_default()
-        .split(',')
-        .filter(|n| !n.is_empty())
-        .map(str::to_owned)
-        .collect();
     for answer in join_all(names.iter().map(|lb| {
         clients
             .elb
@@ -566,5 +760,5 @@ async fn rejoin_classic(
             Error::from_sdk("elasticloadbalancing:RegisterInstancesWithLoadBalancer", e)
         })?;
     }
-    Ok(names)
+    Ok(names.to_vec())
 }

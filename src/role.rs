@@ -8,14 +8,17 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tracing::{info, warn};
 
+use crate::case::{Claim, Previous};
 use crate::context::{Clients, Ctx};
 use crate::error::Error;
 use crate::finding::{FindingEvent, Skip, Target, is_role_name};
 use crate::outcome::{MAX_LISTED, Outcome, Plan, PlannedAction};
 use crate::role_policy;
 use crate::settings::RoleAction;
-use crate::{instance, now_rfc3339, profile, tags};
+use crate::{instance, now_rfc3339, profile};
 
+/// A session deny older than this belongs to an earlier containment: a new one moves its cutoff.
+pub const RENEW_SESSION_DENY_AFTER_SECS: i64 = 30 * 60;
 /// The managed policy attached to contained roles, created once per account.
 pub const DENY_ALL_POLICY_NAME: &str = "ec2-quarantine-DenyAll";
 /// Its path, which also scopes the responder's IAM permissions to it.
@@ -152,7 +155,7 @@ pub fn revoke_instance_policy_name(instance_id: &str) -> String {
 
 /// Contains the role of the instance a finding names (the Lambda handler).
 pub async fn contain_role(ctx: &Ctx, event: &FindingEvent) -> Result<Outcome<RoleReport>, Error> {
-    crate::for_target(ctx, event, |clients, target| async move {
+    crate::for_target(ctx, event, "role", |clients, target| async move {
         contain_instance_role(&clients, &target).await
     })
     .await
@@ -172,6 +175,34 @@ pub async fn contain_instance_role(
     };
     tracing::Span::current().record("role", role_name.as_str());
     let iam = &clients.iam;
+    // One role action per case: an execution that meets another one's role action in
+    // progress leaves it to that one; once it has ended, a later finding's run checks what is
+    // in place (and changes nothing that is).
+    // A claim that cannot be made (the table throttled) never holds the role action back: the
+    // actions are idempotent, and the report says so.
+    let mut claim_warning = None;
+    if let Some(case) = &clients.case {
+        match case.claim("role").await {
+            Ok(Claim::Taken {
+                by,
+                at,
+                ended: false,
+            }) => {
+                info!(%by, %at, "the role action of this case is taken by another execution");
+                return Ok(Outcome::skipped(format!(
+                    "the role action of case {} is done by another execution of it (started {at})",
+                    case.handle.case_id
+                )));
+            }
+            Ok(_) => {}
+            Err(err) => {
+                warn!(error = %err, "role action not claimed in the case: acting all the same");
+                claim_warning = Some(format!(
+                    "the role action could not be claimed in the case ({err}): acted all the same (its actions are idempotent)"
+                ));
+            }
+        }
+    }
 
     let role = match iam.get_role().role_name(&role_name).send().await {
         Ok(out) => out.role,
@@ -220,6 +251,16 @@ pub async fn contain_instance_role(
     // The role's hold only where release removes the role's policies once no contained
     // instance needs them; the role itself is recorded for every action that changes it.
     let undone_on_release = matches!(action, RoleAction::DenyAll | RoleAction::RevokeSessions);
+    warnings.extend(claim_warning);
+    // The role and this instance's hold on it are recorded in the case before acting: a release
+    // of another instance that holds the role then sees this hold and keeps the role's
+    // DenyAll. A record that cannot be written never holds the actions back; the step then
+    // fails after acting (retried when the cause is transient), so that it is written.
+    let recorded = if action == RoleAction::None {
+        Ok(())
+    } else {
+        record_role(clients, target, &role_name, undone_on_release).await
+    };
     let (deny_all, revoke, revoke_instance, profile) = futures::join!(
         async {
             match action {
@@ -243,22 +284,9 @@ pub async fn contain_instance_role(
                 _ => Ok(Change::NotConfigured),
             }
         },
-        quarantine_instance_profile(
-            clients,
-            target,
-            (action != RoleAction::None).then_some(role_name.as_str())
-        ),
+        quarantine_instance_profile(clients, target),
     );
-    // Recorded after acting: the hold never holds a change back, and a hold that could not be
-    // written is reported.
-    if undone_on_release && let Err(err) = hold_role(clients, target, &role_name).await {
-        warn!(error = %err, "role hold not written");
-        warnings.push(format!(
-            "the role's record of this containment (tag {}{}) could not be written ({err}): release will not remove the role's quarantine policies; remove them by hand once no contained instance needs them",
-            tags::ROLE_HOLD,
-            target.instance_id
-        ));
-    }
+
     if let Some(plan) = plan {
         for err in [
             deny_all.err(),
@@ -279,10 +307,17 @@ pub async fn contain_instance_role(
         revoke_instance,
         (instance_profile, profile_warnings),
     ) = match (deny_all, revoke, revoke_instance, profile) {
-        (Ok(d), Ok(r), Ok(i), Ok(p)) => (d, r, i, p),
+        (Ok(d), Ok(r), Ok(i), Ok(p)) if recorded.is_ok() => (d, r, i, p),
         (d, r, i, p) => {
             let mut done = Vec::new();
             let mut failed = Vec::new();
+            if let Err(e) = recorded {
+                warn!(error = %e, "role record not written");
+                failed.push((
+                    format!("the case's record of the role {role_name} (release needs it to undo the role's policies)"),
+                    e,
+                ));
+            }
             match d {
                 Ok(Change::NotConfigured) => {}
                 Ok(_) => done.push(format!("{DENY_ALL_POLICY_NAME} attached to {role_name}")),
@@ -424,7 +459,6 @@ pub(crate) fn same_document(returned: &str, wanted: &str) -> bool {
 async fn quarantine_instance_profile(
     clients: &Clients,
     target: &Target,
-    contained_role: Option<&str>,
 ) -> Result<(Option<ProfileSwap>, Vec<String>), Error> {
     let ec2 = &clients.ec2;
     let (association, inst) = futures::join!(
@@ -487,6 +521,19 @@ async fn quarantine_instance_profile(
                 Err(err) if err.aws_code() != Some("EntityAlreadyExists") => return Err(err),
                 _ => {}
             }
+        }
+    }
+    // The profile it had, recorded in the case before it is replaced (the first record stands).
+    let mut warnings = Vec::new();
+    if let Some(case) = clients.case.as_ref().filter(|_| plan.is_none()) {
+        let previous = Previous::Profile {
+            profile_arn: current.clone(),
+        };
+        if let Err(err) = case.remember(&previous).await {
+            warn!(error = %err, "record of the previous profile not written");
+            warnings.push(format!(
+                "the record of the previous instance profile could not be written to the case ({err}): release will not give it back; it was {current}"
+            ));
         }
     }
     let association_id = association.association_id().unwrap_or_default();
@@ -566,19 +613,6 @@ async fn quarantine_instance_profile(
                 source: "instance between states".into(),
             });
         }
-    }
-    // The record for release, after the swap: the profile, and the role whose policies changed.
-    let mut record = vec![tags::new(tags::PREVIOUS_PROFILE, tags::value(&current))];
-    if let Some(role) = contained_role {
-        record.push(tags::new(tags::ROLE, role));
-    }
-    let mut warnings = Vec::new();
-    let why = "record of the previous profile and the role, for release";
-    if let Err(err) = tags::write(ec2, plan, &target.instance_id, record, why).await {
-        warn!(error = %err, "record of the previous profile not written");
-        warnings.push(format!(
-            "the record of the previous instance profile could not be written to the instance's tags ({err}): release will not give it back; it was {current}"
-        ));
     }
     if plan.is_some() {
         return Ok((None, warnings));
@@ -724,13 +758,17 @@ async fn revoke_older_sessions(
     plan: Option<&Plan>,
     role_name: &str,
 ) -> Result<(Change, Option<String>), Error> {
-    if role_policy::inline_policy(iam, role_name, REVOKE_SESSIONS_POLICY_NAME)
-        .await?
-        .is_some()
+    // Release keeps this deny (credentials issued before containment stay dead), so one found
+    // may be an earlier containment's: it stands only if its cutoff is recent (this case's
+    // own, written by an earlier attempt of the step); an older one moves to now.
+    let cutoff = now_rfc3339();
+    if let Some(existing) =
+        role_policy::inline_policy(iam, role_name, REVOKE_SESSIONS_POLICY_NAME).await?
+        && role_policy::session_cutoff(&existing)
+            .is_some_and(|c| role_policy::is_recent(&c, RENEW_SESSION_DENY_AFTER_SECS))
     {
         return Ok((Change::AlreadyInPlace, None));
     }
-    let cutoff = now_rfc3339();
     if let Some(plan) = plan {
         plan.add(PlannedAction::unchecked(
             "iam:PutRolePolicy",
@@ -750,27 +788,54 @@ async fn revoke_older_sessions(
     Ok((Change::Applied, Some(cutoff)))
 }
 
-/// Records the containment on the role: a hold per instance, which release removes; the
+/// Records the role in the case and, where release removes the role's policies, the
+/// instance's hold on it (in the responder's table: the role's own tags are never read). The
 /// role's quarantine policies go when the last hold does.
-async fn hold_role(clients: &Clients, target: &Target, role_name: &str) -> Result<(), Error> {
-    let key = format!("{}{}", tags::ROLE_HOLD, target.instance_id);
+async fn record_role(
+    clients: &Clients,
+    target: &Target,
+    role_name: &str,
+    hold: bool,
+) -> Result<(), Error> {
     if let Some(plan) = clients.plan() {
-        plan.add(PlannedAction::unchecked("iam:TagRole", role_name, key));
+        if hold {
+            plan.add(PlannedAction::unchecked(
+                "dynamodb:PutItem",
+                role_name,
+                format!("the case's hold of {} on the role", target.instance_id),
+            ));
+        }
         return Ok(());
     }
-    let role_tag = aws_sdk_iam::types::Tag::builder()
-        .key(&key)
-        .value(tags::value(&target.finding_id))
-        .build()
-        .map_err(|e| Error::Misconfigured(format!("role tag: {e}")))?;
-    clients
-        .iam
-        .tag_role()
-        .role_name(role_name)
-        .tags(role_tag)
-        .send()
-        .await
-        .map_err(|e| Error::from_sdk("iam:TagRole", e))?;
+    let Some(case) = &clients.case else {
+        // The case table could not be reached when the step began: worth retrying the step.
+        // (No case and no such failure: the step runs outside a case, as a library call.)
+        return match &clients.case_unavailable {
+            Some(why) => Err(Error::Transient {
+                action: "dynamodb:PutItem",
+                code: "CaseUnavailable".into(),
+                message: why.clone(),
+                source: "case unavailable".into(),
+            }),
+            None => Ok(()),
+        };
+    };
+    let role = Previous::Role {
+        role_name: role_name.to_owned(),
+    };
+    if hold {
+        futures::try_join!(
+            case.remember(&role),
+            case.store.hold_role(
+                &target.scope,
+                role_name,
+                &target.instance_id,
+                &case.handle.case_id
+            )
+        )?;
+    } else {
+        case.remember(&role).await?;
+    }
     Ok(())
 }
 

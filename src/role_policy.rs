@@ -27,3 +27,48 @@ pub async fn inline_policy(
         }
     }
 }
+
+/// The `aws:TokenIssueTime` cutoff of a session deny as IAM returns it (URL-encoded JSON).
+pub fn session_cutoff(document: &str) -> Option<String> {
+    let decoded = percent_encoding::percent_decode_str(document)
+        .decode_utf8()
+        .ok()?;
+    let policy: serde_json::Value = serde_json::from_str(&decoded).ok()?;
+    policy["Statement"]
+        .as_array()?
+        .iter()
+        .find_map(|st| st["Condition"]["DateLessThan"]["aws:TokenIssueTime"].as_str())
+        .map(str::to_owned)
+}
+
+/// Whether an RFC 3339 time is within `secs` of now (an unreadable one is not).
+pub fn is_recent(time: &str, secs: i64) -> bool {
+    let Ok(then) =
+        aws_smithy_types::DateTime::from_str(time, aws_smithy_types::date_time::Format::DateTime)
+    else {
+        return false;
+    };
+    let now = aws_smithy_types::DateTime::from(std::time::SystemTime::now());
+    now.secs() - then.secs() < secs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_deny_gives_its_cutoff_and_only_a_recent_one_stands() {
+        let doc = crate::role::revoke_sessions_document("2026-01-02T03:04:05Z");
+        let encoded =
+            percent_encoding::utf8_percent_encode(&doc, percent_encoding::NON_ALPHANUMERIC)
+                .to_string();
+        assert_eq!(
+            session_cutoff(&encoded).as_deref(),
+            Some("2026-01-02T03:04:05Z")
+        );
+        assert!(!is_recent("2026-01-02T03:04:05Z", 1800));
+        assert!(is_recent(&crate::now_rfc3339(), 1800));
+        assert!(!is_recent("not a time", 1800));
+        assert_eq!(session_cutoff("%7B%7D"), None);
+    }
+}

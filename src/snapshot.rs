@@ -12,6 +12,7 @@ use futures::future::join_all;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use crate::case::Claim;
 use crate::context::{Clients, Ctx};
 use crate::error::Error;
 use crate::finding::{FindingEvent, Target};
@@ -36,7 +37,7 @@ pub struct ForensicSnapshot {
 
 /// Snapshots the volumes of the instance a finding names (the Lambda handler).
 pub async fn snapshot(ctx: &Ctx, event: &FindingEvent) -> Result<Outcome<SnapshotReport>, Error> {
-    crate::for_target(ctx, event, |clients, target| async move {
+    crate::for_target(ctx, event, "snapshot", |clients, target| async move {
         snapshot_instance(&clients, &target).await
     })
     .await
@@ -48,23 +49,89 @@ pub async fn snapshot_instance(
     target: &Target,
 ) -> Result<Outcome<SnapshotReport>, Error> {
     let ec2 = &clients.ec2;
-    let (inst, earlier) = futures::try_join!(
-        instance::describe(ec2, target),
-        earlier_snapshots(ec2, target)
-    )?;
+    let case = clients.case.as_ref();
+    let mut warnings: Vec<String> = clients.case_unavailable.iter().cloned().collect();
+    // Whether an earlier run of this case's step called CreateSnapshots: only then are
+    // snapshots found by the case's tag taken for the set (anyone allowed to tag a snapshot
+    // could otherwise pass one off as the evidence).
+    let mut create_called = case.is_none();
+    // One snapshot set per case: the step is claimed in the case before anything is taken, so
+    // that two executions of one finding (or two findings of one instance) take one set. A
+    // claim the table cannot answer never holds the evidence back: a set is taken.
+    if let Some(case) = case {
+        let claim = case.claim("snapshot").await;
+        let recorded = match claim {
+            Err(err) => {
+                warn!(error = %err, "snapshot step not claimed in the case: taking a set all the same");
+                warnings.push(format!(
+                    "the snapshot step could not be claimed in the case ({err}): a set was taken all the same"
+                ));
+                Vec::new()
+            }
+            Ok(Claim::Mine) => {
+                create_called = case.create_called("snapshot").await.unwrap_or(false);
+                case.created("snapshot").await.unwrap_or_default()
+            }
+            Ok(Claim::Taken { by, at, ended }) => {
+                let recorded = case.created("snapshot").await.unwrap_or_default();
+                info!(%by, %at, ended, "snapshots of this case are taken by another execution");
+                let warnings = if ended {
+                    Vec::new()
+                } else {
+                    vec![format!(
+                        "the snapshots of case {} are taken by another execution of it (started {at}); its ids are in the case",
+                        case.handle.case_id
+                    )]
+                };
+                return Ok(Outcome::AlreadyDone(SnapshotReport {
+                    instance_id: target.instance_id.clone(),
+                    snapshots: recorded
+                        .into_iter()
+                        .map(|id| ForensicSnapshot::recorded(&id))
+                        .collect(),
+                    warnings,
+                }));
+            }
+        };
+        if !recorded.is_empty() {
+            info!(case = %case.handle.case_id, "snapshots already taken for this case");
+            return Ok(Outcome::AlreadyDone(SnapshotReport {
+                instance_id: target.instance_id.clone(),
+                snapshots: recorded
+                    .into_iter()
+                    .map(|id| ForensicSnapshot::recorded(&id))
+                    .collect(),
+                warnings,
+            }));
+        }
+    }
+    // The set's key on the snapshots: the case (or, without one, the finding).
+    let set_key = case.map_or(target.finding_id.as_str(), |c| c.handle.case_id.as_str());
+    let (inst, earlier) = futures::try_join!(instance::describe(ec2, target), async {
+        if create_called {
+            earlier_snapshots(ec2, target, set_key).await
+        } else {
+            Ok(Vec::new())
+        }
+    })?;
     let devices = devices_by_volume(&inst);
-    // One snapshot set per containment: the finding that contained the instance first (its
-    // tag) names it, so that a second finding for a contained instance takes none again.
-    let containment = tags::find(inst.tags(), tags::FINDING_ID).unwrap_or(&target.finding_id);
+    // CreateSnapshots has no idempotency token: the tags set at creation find a set taken by a
+    // run cut short before it recorded it. Only snapshots of the instance's own volumes
+    // started since the case opened count.
+    let opened = case.map(|c| c.handle.opened_at.as_str()).and_then(|t| {
+        aws_smithy_types::DateTime::from_str(t, aws_smithy_types::date_time::Format::DateTime).ok()
+    });
     let earlier: Vec<&Snapshot> = earlier
         .iter()
-        .filter(|s| tags::find(s.tags(), tags::FINDING_ID) == Some(containment))
+        .filter(|s| s.volume_id().is_some_and(|v| devices.contains_key(v)))
+        .filter(|s| match (opened, s.start_time()) {
+            (Some(opened), Some(started)) => started.secs() >= opened.secs(),
+            (Some(_), None) => false,
+            (None, _) => true,
+        })
         .collect();
-
-    // CreateSnapshots has no idempotency token: the tags set at creation are how a retried or
-    // re-sent finding finds the snapshots it already took.
     if !earlier.is_empty() {
-        let snapshots = earlier
+        let snapshots: Vec<ForensicSnapshot> = earlier
             .iter()
             .filter_map(|s| {
                 let volume_id = s.volume_id()?.to_owned();
@@ -78,13 +145,14 @@ pub async fn snapshot_instance(
             })
             .collect();
         info!(
-            finding = containment,
+            set = set_key,
             "snapshots already taken for this containment"
         );
+        record_set(case, &snapshots, &mut warnings).await;
         return Ok(Outcome::AlreadyDone(SnapshotReport {
             instance_id: target.instance_id.clone(),
             snapshots,
-            warnings: Vec::new(),
+            warnings,
         }));
     }
     if let Some(reason) = instance::gone_reason(&inst) {
@@ -116,7 +184,7 @@ pub async fn snapshot_instance(
                     "Name",
                     tags::value(&format!("quarantine {}", target.instance_id)),
                 ))
-                .tags(tags::new(tags::FINDING_ID, containment))
+                .tags(tags::new(tags::CASE, set_key))
                 .tags(tags::new(tags::INSTANCE_ID, &target.instance_id))
                 .build(),
         );
@@ -134,7 +202,11 @@ pub async fn snapshot_instance(
         );
         return Ok(plan.outcome());
     }
-    let mut warnings = Vec::new();
+    if let Some(case) = case
+        && let Err(err) = case.creating("snapshot").await
+    {
+        crate::case::warn_unrecorded("snapshot call", &err);
+    }
     let created = match request
         .clone()
         .send()
@@ -170,6 +242,7 @@ pub async fn snapshot_instance(
         })
         .collect();
     info!(snapshots = ?snapshots.iter().map(|s| &s.snapshot_id).collect::<Vec<_>>(), "snapshots requested");
+    record_set(case, &snapshots, &mut warnings).await;
 
     // Per-snapshot tags (CreateSnapshots applies the same tags to all). The snapshots exist and
     // carry the finding's tags already, so a failure here is logged, not fatal.
@@ -186,9 +259,52 @@ pub async fn snapshot_instance(
     }))
 }
 
+/// Records the set in the case (the snapshots stand if this fails: they carry the case's tag).
+async fn record_set(
+    case: Option<&crate::case::Recorder>,
+    snapshots: &[ForensicSnapshot],
+    warnings: &mut Vec<String>,
+) {
+    let Some(case) = case else { return };
+    // Each as `<snapshot> <volume> <device>`, read back by `ForensicSnapshot::recorded`.
+    let created: Vec<String> = snapshots
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {} {}",
+                s.snapshot_id,
+                s.volume_id,
+                s.device.as_deref().unwrap_or("")
+            )
+            .trim_end()
+            .to_owned()
+        })
+        .collect();
+    if let Err(err) = case.record_created("snapshot", &created).await {
+        crate::case::warn_unrecorded("snapshot set", &err);
+        warnings.push(format!(
+            "the snapshot ids could not be written to the case ({err}); the snapshots carry the tag {}",
+            tags::CASE
+        ));
+    }
+}
+
+impl ForensicSnapshot {
+    /// A snapshot as the case records it: `<snapshot> <volume> <device>`.
+    fn recorded(entry: &str) -> ForensicSnapshot {
+        let mut parts = entry.split(' ');
+        ForensicSnapshot {
+            snapshot_id: parts.next().unwrap_or_default().to_owned(),
+            volume_id: parts.next().unwrap_or_default().to_owned(),
+            device: parts.next().filter(|d| !d.is_empty()).map(str::to_owned),
+        }
+    }
+}
+
 async fn earlier_snapshots(
     ec2: &aws_sdk_ec2::Client,
     target: &Target,
+    set_key: &str,
 ) -> Result<Vec<Snapshot>, Error> {
     let tag_filter = |key: &str, value: &str| {
         Filter::builder()
@@ -200,6 +316,7 @@ async fn earlier_snapshots(
         .describe_snapshots()
         .owner_ids("self")
         .filters(tag_filter(tags::INSTANCE_ID, &target.instance_id))
+        .filters(tag_filter(tags::CASE, set_key))
         .send()
         .await
         .map_err(|e| Error::from_sdk("ec2:DescribeSnapshots", e))?;

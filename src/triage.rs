@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
+use crate::case::Opened;
 use crate::context::Ctx;
 use crate::error::Error;
 use crate::evidence::{self, Evidence, Side};
@@ -29,10 +30,14 @@ pub struct TriageReport {
     /// Why, in one sentence; empty when the finding is simply contained.
     pub reason: String,
     pub instance_id: Option<String>,
-    /// The finding that contained the instance first, when it is already contained (this
-    /// finding's own id when it is a re-sent one).
+    /// The instance's open case, when it was contained before this finding (this finding
+    /// joins it: nothing is done twice).
     pub already_contained_by: Option<String>,
+    /// When that case was opened.
     pub contained_at: Option<String>,
+    /// The case the steps record in (`None` in a dry run, or when nothing is contained).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub case: Option<crate::case::CaseHandle>,
     pub dry_run: bool,
     pub role_action: RoleAction,
     pub auto_scaling_action: AutoScalingAction,
@@ -55,6 +60,7 @@ pub async fn triage(ctx: &Ctx, event: &FindingEvent) -> Result<TriageReport, Err
         instance_id: target.map(|t| t.instance_id.clone()),
         already_contained_by: None,
         contained_at: None,
+        case: None,
         dry_run: settings.dry_run,
         role_action: settings.role_action,
         auto_scaling_action: settings.auto_scaling_action,
@@ -100,14 +106,72 @@ pub async fn triage(ctx: &Ctx, event: &FindingEvent) -> Result<TriageReport, Err
         return Ok(report(Decision::NotifyOnly, reason, Some(&target)));
     }
     let mut out = report(Decision::Contain, String::new(), Some(&target));
-    out.already_contained_by = tags::find(inst.tags(), tags::FINDING_ID).map(str::to_owned);
-    out.contained_at = tags::find(inst.tags(), tags::CONTAINED_AT).map(str::to_owned);
-    if let Some(earlier) = &out.already_contained_by {
-        out.reason = format!("already contained by finding {earlier}: nothing is done twice");
+    // The case: from the responder's own record, never from the instance's tags.
+    let store = ctx.cases();
+    if settings.dry_run {
+        if let Ok(Some((case_id, opened_at))) =
+            store.open_case(&target.scope, &target.instance_id).await
+        {
+            out.reason = format!("already contained (case {case_id}): nothing is done twice");
+            out.already_contained_by = Some(case_id);
+            out.contained_at = Some(opened_at);
+        }
+    } else {
+        // A case table that cannot be reached never holds containment back: the steps act
+        // and each says that nothing was recorded.
+        let opened = tokio::time::timeout(
+            CASE_OPEN_TIMEOUT,
+            store.open(&target, event.detail.updated_at.as_deref(), true),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::Transient {
+                action: "dynamodb:UpdateItem",
+                code: "Timeout".into(),
+                message: "the case table did not answer in time".into(),
+                source: "timeout".into(),
+            })
+        });
+        let opened = match opened {
+            Ok(opened) => opened,
+            // The instance's case is being released: triage again once it is over (the state
+            // machine retries this transient error), so that the finding does not join a case
+            // being undone.
+            Err(err) if err.aws_code() == Some("CaseBeingReleased") => return Err(err),
+            Err(err) => {
+                tracing::warn!(error = %err, "case table unavailable: containing without a case");
+                out.reason = format!(
+                    "contained without a case record: the case table could not be reached ({err})"
+                );
+                return Ok(out);
+            }
+        };
+        match opened {
+            Opened::New(handle) => out.case = Some(handle),
+            Opened::Joined { handle, opened_at } => {
+                out.reason = format!(
+                    "already contained (case {}): the finding joins the case, nothing is done twice",
+                    handle.case_id
+                );
+                out.already_contained_by = Some(handle.case_id.clone());
+                out.contained_at = Some(opened_at);
+                out.case = Some(handle);
+            }
+            Opened::Released { case_id } => {
+                let reason = format!(
+                    "the finding belongs to case {case_id}, which the security team released: a copy sent again contains nothing (a new finding does)"
+                );
+                info!(%reason, "notify only");
+                return Ok(report(Decision::NotifyOnly, reason, Some(&target)));
+            }
+        }
     }
-    info!(decision = ?out.decision, already_contained_by = ?out.already_contained_by, "triaged");
+    info!(decision = ?out.decision, case = ?out.case, already_contained_by = ?out.already_contained_by, "triaged");
     Ok(out)
 }
+
+/// How long triage waits for the case table before containing without a case.
+pub const CASE_OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(8);
 
 /// Why the policy says to report only, if it does. Pure: no AWS call.
 pub fn policy_reason(

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 
 use aws_sdk_ec2::types::{InstanceAttributeName, IpPermission, IpRange};
 use common::{Fixture, filter};
+use ec2_quarantine::case::Previous;
 use ec2_quarantine::isolate::{
     InterfaceStatus, QUARANTINE_GROUP_NAME, TRANSIT_GROUP_NAME, isolate,
 };
@@ -49,26 +50,54 @@ async fn isolate_moves_every_interface_into_an_empty_quarantine_group() {
     for eni in &f.interfaces {
         assert_eq!(after[eni], vec![qsg.clone()], "{eni}");
     }
-    // The report and the instance's tags hold what each interface had before.
+    // The report and the case hold what each interface had before.
     for i in &report.interfaces {
         assert_eq!(i.status, InterfaceStatus::Isolated);
         let mut previous = i.previous_groups.clone();
         previous.sort();
         assert_eq!(previous, before[&i.interface_id], "{}", i.interface_id);
     }
-    let tags = f.tags().await;
+    let case = f.case().await;
     for eni in &f.interfaces {
-        let recorded = &tags[&format!("{}{eni}", tags::PREVIOUS_GROUPS)];
-        let mut recorded: Vec<String> = recorded.split(',').map(str::to_owned).collect();
+        let mut recorded = case
+            .previous
+            .iter()
+            .find_map(|p| match p {
+                Previous::Groups {
+                    interface_id,
+                    groups,
+                } if interface_id == eni => Some(groups.clone()),
+                _ => None,
+            })
+            .expect("the case records the interface's groups");
         recorded.sort();
         assert_eq!(recorded, before[eni]);
     }
-    assert_eq!(tags[tags::FINDING_ID], "a6c7d3f1e2b94c8d9e0f1a2b3c4d5e6f");
+    assert_eq!(case.findings.len(), 1);
     assert_eq!(
-        tags[tags::FINDING_TYPE],
+        case.findings[0].finding_id,
+        "a6c7d3f1e2b94c8d9e0f1a2b3c4d5e6f"
+    );
+    assert_eq!(
+        case.findings[0].finding_type,
         "UnauthorizedAccess:IAMUser/InstanceCredentialExfiltration.OutsideAWS"
     );
-    assert!(tags.contains_key(tags::CONTAINED_AT));
+    assert_eq!(
+        (
+            case.account_id.as_str(),
+            case.region.as_str(),
+            case.instance_id.as_str()
+        ),
+        (f.account.as_str(), "us-east-1", f.instance_id.as_str())
+    );
+    // On the instance, two marker tags only (the case and the time), written after acting.
+    let tags = f.tags().await;
+    let ours: Vec<&String> = tags
+        .keys()
+        .filter(|k| k.starts_with(tags::PREFIX))
+        .collect();
+    assert_eq!(ours, [tags::CASE, tags::CONTAINED_AT], "{tags:?}");
+    assert_eq!(tags[tags::CASE], case.case_id);
 
     // The quarantine group lets nothing in or out.
     let groups = f.security_groups_named(QUARANTINE_GROUP_NAME).await;
@@ -178,9 +207,12 @@ async fn isolate_moves_every_interface_into_an_empty_quarantine_group() {
         );
     }
     assert_eq!(report.volumes_kept_on_termination.len(), 2);
-    assert_eq!(
-        tags[tags::DELETE_ON_TERMINATION].split(',').count(),
-        2,
+    assert!(
+        f.case()
+            .await
+            .previous
+            .iter()
+            .any(|p| matches!(p, Previous::DeleteOnTermination { devices } if devices.len() == 2)),
         "recorded for release"
     );
 
@@ -302,8 +334,8 @@ async fn snapshot_takes_every_volume_once() {
     for s in &snapshots {
         let t = s.tags();
         assert_eq!(
-            tags::find(t, tags::FINDING_ID),
-            Some("a6c7d3f1e2b94c8d9e0f1a2b3c4d5e6f")
+            tags::find(t, tags::CASE),
+            Some(f.case().await.case_id.as_str())
         );
         assert_eq!(
             tags::find(t, tags::INSTANCE_ID),
@@ -518,7 +550,7 @@ async fn deny_role_denies_everything_and_revokes_older_sessions() {
             .is_empty(),
         "it grants nothing"
     );
-    assert_eq!(f.tags().await[tags::PREVIOUS_PROFILE], f.profile_arn);
+    assert_eq!(recorded_profile(&f).await, Some(f.profile_arn.clone()));
 
     // Again: nothing new attached, created or rewritten.
     let again = contain_role(&ctx, &f.event(EXFILTRATION)).await.unwrap();
@@ -532,8 +564,8 @@ async fn deny_role_denies_everything_and_revokes_older_sessions() {
         Change::AlreadyInPlace
     );
     assert_eq!(
-        f.tags().await[tags::PREVIOUS_PROFILE],
-        f.profile_arn,
+        recorded_profile(&f).await,
+        Some(f.profile_arn.clone()),
         "the record is not overwritten"
     );
     assert_eq!(f.attached_policies().await, attached);
@@ -727,22 +759,64 @@ async fn a_stopped_instance_gets_the_quarantine_profile_by_disassociate_and_asso
     );
 }
 
-#[tokio::test]
-async fn a_full_tag_quota_is_reported_and_never_holds_containment_back() {
-    let f = Fixture::new().await;
-    // 48 tags of the owner's: the tool's records no longer fit EC2's 50 per resource.
+/// Tags the instance with `n` tags of the owner's.
+async fn owner_tags(f: &Fixture, n: usize) {
     let mut request = f.ec2.create_tags().resources(&f.instance_id);
-    for i in 0..48 {
+    for i in 0..n {
         request = request.tags(tags::new(format!("owner-tag-{i}"), "x"));
     }
     request.send().await.unwrap();
+}
 
+/// 48 tags of the owner's on an instance with tags in its metadata (the fixture's): the two
+/// marker tags fit EC2's 50, the record is in the case, and release restores the instance.
+/// Under the strict layer, which refuses a 51st tag and keys with `/` as AWS does.
+#[tokio::test]
+async fn an_instance_with_48_tags_is_contained_and_released() {
+    let f = Fixture::new().await;
+    owner_tags(&f, 48).await;
+    let before = f.interface_groups().await;
+    let event = f.event(BACKDOOR);
+    let out = isolate(&f.ctx, &event).await.unwrap();
+    let Outcome::Done(report) = out else {
+        panic!("expected done, got {out:?}")
+    };
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    assert!(report.termination_protection);
+    let role = contain_role(&f.ctx, &event).await.unwrap();
+    assert_eq!(role.status(), "done", "{role:?}");
+    let snapshots = snapshot(&f.ctx, &event).await.unwrap();
+    assert_eq!(snapshots.status(), "done", "{snapshots:?}");
+    let tags = f.tags().await;
+    assert_eq!(
+        tags.len(),
+        50,
+        "48 of the owner's and the two markers: {tags:?}"
+    );
+
+    let released = ec2_quarantine::release::release(&f.ctx, &common::release_request(&f))
+        .await
+        .unwrap();
+    assert_eq!(released.status(), "done", "{released:?}");
+    assert_eq!(f.interface_groups().await, before);
+    let tags = f.tags().await;
+    assert_eq!(tags.len(), 48, "the markers are gone, the owner's kept");
+    assert!(f.case_in(&f.ctx).await.is_none(), "no open case any more");
+}
+
+/// 50 tags of the owner's: the markers do not fit. That is reported, and never holds
+/// containment back; the case holds the record, so release restores all the same.
+#[tokio::test]
+async fn a_full_tag_quota_is_reported_and_never_holds_containment_back() {
+    let f = Fixture::new().await;
+    owner_tags(&f, 50).await;
+    let before = f.interface_groups().await;
     let out = isolate(&f.ctx, &f.event(BACKDOOR)).await.unwrap();
     let Outcome::Done(report) = out else {
         panic!("expected done, got {out:?}")
     };
     assert!(
-        report.warnings.iter().any(|w| w.contains("record")),
+        report.warnings.iter().any(|w| w.contains("marker tags")),
         "{:?}",
         report.warnings
     );
@@ -759,4 +833,17 @@ async fn a_full_tag_quota_is_reported_and_never_holds_containment_back() {
     assert_eq!(role.status(), "done", "{role:?}");
     let snapshots = snapshot(&f.ctx, &f.event(BACKDOOR)).await.unwrap();
     assert_eq!(snapshots.status(), "done", "{snapshots:?}");
+    let released = ec2_quarantine::release::release(&f.ctx, &common::release_request(&f))
+        .await
+        .unwrap();
+    assert_eq!(released.status(), "done", "{released:?}");
+    assert_eq!(f.interface_groups().await, before);
+}
+
+/// The instance profile the case recorded as the one the instance had.
+async fn recorded_profile(f: &Fixture) -> Option<String> {
+    f.case().await.previous.into_iter().find_map(|p| match p {
+        Previous::Profile { profile_arn } => Some(profile_arn),
+        _ => None,
+    })
 }

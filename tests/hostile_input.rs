@@ -34,7 +34,7 @@ fn matches(got: &str, want: &str) -> bool {
 
 fn is_read(action: &str) -> bool {
     let name = action.split(':').nth(1).unwrap_or("");
-    ["Describe", "Get", "List"]
+    ["Describe", "Get", "List", "Query", "Scan"]
         .iter()
         .any(|p| name.starts_with(p))
 }
@@ -95,10 +95,16 @@ async fn every_hostile_event_gets_its_expected_outcome_and_no_write() {
                 .map(|e| e["action"].as_str().unwrap_or("").to_owned())
                 .filter(|a| !is_read(a))
                 .collect();
+            // A finding that names a valid instance id which cannot be found may still name a
+            // role (its credentials are contained all the same), and opens a case in the
+            // responder's own table, which records what the steps did and could not do.
             let allowed_role_writes = want == "error:InstanceNotFound";
             assert!(
                 writes.is_empty()
-                    || allowed_role_writes && writes.iter().all(|a| a.starts_with("iam:")),
+                    || allowed_role_writes
+                        && writes
+                            .iter()
+                            .all(|a| a.starts_with("iam:") || a.starts_with("dynamodb:")),
                 "{file}: write calls {writes:?}"
             );
             record_outcome("malformed_input");

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use aws_sdk_ec2::types::InstanceAttributeName;
 use common::{Fixture, access_key, filter, inject_error, record_outcome};
+use ec2_quarantine::case::Previous;
 use ec2_quarantine::deregister::{GroupStatus, deregister};
 use ec2_quarantine::isolate::isolate;
 use ec2_quarantine::outcome::Check;
@@ -261,13 +262,7 @@ fn ctx_with(f: &Fixture, settings: Settings) -> Ctx {
 }
 
 fn request(f: &Fixture) -> ReleaseRequest {
-    ReleaseRequest {
-        instance_id: f.instance_id.clone(),
-        account_id: Some(f.account.clone()),
-        region: Some("us-east-1".into()),
-        partition: None,
-        reason: Some("investigation closed".into()),
-    }
+    common::release_request(f)
 }
 
 /// The four containment steps, as the state machine's Parallel runs them.
@@ -321,26 +316,34 @@ async fn out_of_service_then_release_restores_the_state_before_containment() {
             .unwrap()
             .ends_with("/ec2-quarantine-quarantined")
     );
+    let case = f.case().await;
+    assert!(case.previous.contains(&Previous::AutoScaling {
+        group: GROUP.into(),
+        mode: "standby".into(),
+        capacity_decremented: true
+    }));
+    assert!(case.previous.iter().any(|p| matches!(p,
+        Previous::Target { target_group_arn, port: Some(80), .. } if target_group_arn.contains(":targetgroup/web-tg/"))));
+    assert!(case.previous.contains(&Previous::ClassicLoadBalancer {
+        name: CLASSIC.into()
+    }));
+    assert!(case.previous.contains(&Previous::Role {
+        role_name: f.role_name.clone()
+    }));
     let tags = contained["instance_tags"].as_object().unwrap();
+    let ours: Vec<&String> = tags
+        .keys()
+        .filter(|k| k.starts_with("ec2-quarantine:"))
+        .collect();
     assert_eq!(
-        tags["ec2-quarantine:auto-scaling-group"],
-        format!("standby,decremented,{GROUP}")
-    );
-    assert!(
-        tags.keys()
-            .any(|k| k.starts_with("ec2-quarantine:target:web-tg:"))
-    );
-    assert!(
-        tags.keys()
-            .all(|k| ec2_quarantine::tags::is_metadata_safe_key(k)),
-        "{tags:?}"
+        ours,
+        ["ec2-quarantine:case", "ec2-quarantine:contained-at"],
+        "markers only"
     );
     // The address in the instance's own VPC left its IP target group; the same address in the
     // other VPC is another server and stays.
     assert_eq!(targets_named(&f, "own-vpc-ip").await, Vec::<String>::new());
     assert_eq!(targets_named(&f, "other-vpc-ip").await.len(), 1);
-    assert_eq!(tags["ec2-quarantine:classic-load-balancers"], CLASSIC);
-    assert_eq!(tags["ec2-quarantine:role"], f.role_name);
 
     // A retried step finds its work done and changes nothing.
     let again = deregister(&ctx, &f.event(BACKDOOR)).await.unwrap();
@@ -356,7 +359,13 @@ async fn out_of_service_then_release_restores_the_state_before_containment() {
     let snapshots = f.snapshots().await.len();
     let released = release(&ctx, &request(&f)).await.unwrap();
     assert_eq!(released.status(), "done", "{released:?}");
-    let after = state(&f, Some(&tg)).await;
+    let mut after = state(&f, Some(&tg)).await;
+    assert_eq!(
+        after["role_inline"],
+        json!(["ec2-quarantine-revoke-older-sessions"]),
+        "credentials issued before containment stay denied"
+    );
+    after["role_inline"] = before["role_inline"].clone();
     assert_eq!(after, before, "release restores every recorded change");
     assert_eq!(f.snapshots().await.len(), snapshots, "snapshots are kept");
     record_outcome("contained");
@@ -382,11 +391,11 @@ async fn at_the_groups_minimum_the_instance_is_detached_and_the_report_says_a_re
     let group = report.auto_scaling.unwrap();
     assert_eq!(group.status, GroupStatus::Applied);
     assert!(!group.capacity_decremented);
-    let tags = f.tags().await;
-    assert_eq!(
-        tags["ec2-quarantine:auto-scaling-group"],
-        format!("detach,replaced,{GROUP}")
-    );
+    assert!(f.case().await.previous.contains(&Previous::AutoScaling {
+        group: GROUP.into(),
+        mode: "detach".into(),
+        capacity_decremented: false
+    }));
     let asg = aws_sdk_autoscaling::Client::new(&f.config);
     let described = asg
         .describe_auto_scaling_instances()
@@ -481,10 +490,20 @@ async fn a_second_finding_for_a_contained_instance_creates_nothing_new() {
     let mut second = f.event_json(EXFILTRATION);
     second["detail"]["id"] = "b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7".into();
     let second = ec2_quarantine::finding::parse_event(second).unwrap();
-    let first_id = f.event(BACKDOOR).detail.id.clone().unwrap();
+    let first_case = f.case().await.case_id;
     let t = triage(&ctx, &second).await.unwrap();
     assert_eq!(t.decision, Decision::Contain);
-    assert_eq!(t.already_contained_by.as_deref(), Some(first_id.as_str()));
+    assert_eq!(t.already_contained_by.as_deref(), Some(first_case.as_str()));
+    assert_eq!(
+        t.case.as_ref().map(|c| c.case_id.as_str()),
+        Some(first_case.as_str()),
+        "the finding joins the case"
+    );
+    assert_eq!(
+        f.case().await.findings.len(),
+        2,
+        "the case names both findings"
+    );
     assert!(t.reason.contains("already contained"), "{}", t.reason);
     assert_eq!(
         snapshot(&ctx, &second).await.unwrap().status(),
@@ -616,10 +635,9 @@ async fn the_role_action_is_configurable_and_release_keeps_a_role_another_contai
     );
     assert!(other.inline_policies().await.is_empty());
     assert!(
-        other
-            .tags()
-            .await
-            .contains_key("ec2-quarantine:previous-instance-profile"),
+        other.case().await.previous.contains(&Previous::Profile {
+            profile_arn: other.profile_arn.clone()
+        }),
         "the profile is swapped in every mode"
     );
 }
@@ -650,4 +668,149 @@ async fn release_dates_the_deny_of_the_instances_credentials_and_keeps_it() {
         "credentials issued after the release work again: {doc}"
     );
     assert!(condition["StringEquals"]["ec2:SourceInstanceARN"].is_string());
+}
+
+/// Everything an attacker allowed `ec2:CreateTags` and `iam:TagRole` can write, written between
+/// containment and release: the records earlier versions kept in tags (an admin profile as the
+/// previous profile, a production target group, another Auto Scaling group, other groups for
+/// the interfaces, holds on the role), and the markers overwritten. Release reads only the case:
+/// the outcome is the one without tampering, and nothing the tags name is touched.
+#[tokio::test]
+async fn release_after_tampering_with_every_tag_restores_the_true_state() {
+    let f = Fixture::new().await;
+    let tg = in_service(&f).await;
+    let before = state(&f, Some(&tg)).await;
+    let ctx = ctx_with(&f, Settings::default());
+    contain(&ctx, &f, BACKDOOR).await;
+    let case_id = f.case().await.case_id;
+
+    // What the attacker points at: an admin profile, a production target group, a group
+    // that allows everything in.
+    let admin_profile = f
+        .iam
+        .create_instance_profile()
+        .instance_profile_name("admin-profile")
+        .send()
+        .await
+        .unwrap()
+        .instance_profile
+        .unwrap()
+        .arn;
+    use aws_sdk_elasticloadbalancingv2::types::TargetTypeEnum;
+    let healthy = f.launch_sibling().await;
+    let prod = f
+        .target_group_with(
+            "prod-tg",
+            &f.vpc_id,
+            TargetTypeEnum::Instance,
+            &healthy,
+            443,
+        )
+        .await;
+    let prod_targets_before = targets_named(&f, "prod-tg").await;
+    let open_group = f.ssh_group.clone();
+    let prod_key = prod
+        .rsplit_once(":targetgroup/")
+        .unwrap()
+        .1
+        .replace('/', ":");
+    let mut forged = vec![
+        (
+            "ec2-quarantine:case".to_owned(),
+            "i-0aaaaaaaaaaaaaaaa-20200101T000000Z".to_owned(),
+        ),
+        ("ec2-quarantine:contained-at".to_owned(), "never".to_owned()),
+        ("ec2-quarantine:finding-id".to_owned(), "forged".to_owned()),
+        (
+            "ec2-quarantine:previous-instance-profile".to_owned(),
+            admin_profile.clone(),
+        ),
+        (
+            "ec2-quarantine:role".to_owned(),
+            "some-other-role".to_owned(),
+        ),
+        (
+            "ec2-quarantine:auto-scaling-group".to_owned(),
+            "detach,replaced,prod-asg".to_owned(),
+        ),
+        (
+            "ec2-quarantine:classic-load-balancers".to_owned(),
+            "prod-classic".to_owned(),
+        ),
+        (
+            format!("ec2-quarantine:target:{prod_key}"),
+            format!("{} 443", f.instance_id),
+        ),
+        (
+            "ec2-quarantine:previous-attributes".to_owned(),
+            "termination-protection=false,shutdown=terminate".to_owned(),
+        ),
+        (
+            "ec2-quarantine:delete-on-termination".to_owned(),
+            "/dev/xvda,/dev/sdf".to_owned(),
+        ),
+    ];
+    forged.extend(f.interfaces.iter().map(|eni| {
+        (
+            format!("ec2-quarantine:previous-groups:{eni}"),
+            open_group.clone(),
+        )
+    }));
+    let mut tagging = f.ec2.create_tags().resources(&f.instance_id);
+    for (k, v) in &forged {
+        tagging = tagging.tags(ec2_quarantine::tags::new(k, v));
+    }
+    tagging.send().await.unwrap();
+    for key in [
+        "ec2-quarantine:held-by:i-0bbbbbbbbbbbbbbbb",
+        "ec2-quarantine:held-by:i-0ccccccccccccccc",
+    ] {
+        f.iam
+            .tag_role()
+            .role_name(&f.role_name)
+            .tags(
+                aws_sdk_iam::types::Tag::builder()
+                    .key(key)
+                    .value("forged")
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+            .await
+            .unwrap();
+    }
+
+    let mut req = request(&f);
+    req.release_credentials = true;
+    let released = release(&ctx, &req).await.unwrap();
+    let Outcome::Done(report) = released else {
+        panic!("{released:?}");
+    };
+    assert_eq!(report.case_id, case_id, "the case, not the forged marker");
+    assert!(
+        report.role.as_ref().unwrap().policies_removed,
+        "the forged holds count for nothing"
+    );
+    let mut after = state(&f, Some(&tg)).await;
+    // The forged tags stay (release deletes only its two markers, by key): set them aside.
+    let tags = after["instance_tags"].as_object_mut().unwrap();
+    for (k, _) in &forged {
+        if k != "ec2-quarantine:case" && k != "ec2-quarantine:contained-at" {
+            assert!(tags.remove(k).is_some(), "{k}");
+        }
+    }
+    after["role_tags"] = before["role_tags"].clone();
+    assert_eq!(after, before, "exactly the state before containment");
+    assert_ne!(
+        after["instance_profile"].as_str(),
+        Some(admin_profile.as_str()),
+        "never the admin profile"
+    );
+    assert_eq!(
+        targets_named(&f, "prod-tg").await,
+        prod_targets_before,
+        "never the production target group"
+    );
+    assert!(f.case_in(&ctx).await.is_none(), "the case is released");
+    record_outcome("contained");
 }

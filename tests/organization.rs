@@ -19,6 +19,7 @@ async fn administrator(
     org: impl FnOnce(&str) -> OrgSettings,
 ) -> (Ctx, aws_sdk_ec2::Client, String) {
     let (config, account) = account_config().await;
+    common::create_case_table(&config).await;
     let ec2 = aws_sdk_ec2::Client::new(&config);
     let ctx = Ctx::new(config, org(&account));
     (ctx, ec2, account)
@@ -63,6 +64,17 @@ async fn a_member_account_instance_is_contained_from_the_administrator_account()
             .inline_policies()
             .await
             .contains(&"ec2-quarantine-revoke-older-sessions".to_owned())
+    );
+
+    // The case is the responder's, in its own table: the member account holds none.
+    let case = member
+        .case_in(&ctx)
+        .await
+        .expect("a case in the responder's table");
+    assert_eq!(case.account_id, member.account);
+    assert!(
+        member.case_in(&member.ctx).await.is_none(),
+        "nothing recorded in the member account"
     );
 
     // The administrator account itself is untouched.

@@ -1,15 +1,18 @@
-//! Races and repeats: two findings for one instance at once, and every step retried after it
-//! failed half-way, end with one quarantine group per VPC, one snapshot set per finding, one
-//! inline deny, and reports that agree with the emulator's state.
+//! Races and repeats: two findings for one instance at once, two executions of one finding at
+//! the same instant, and every step retried after it failed half-way, end with one case, one
+//! quarantine group per VPC, one snapshot set per case, one inline deny, and reports that agree
+//! with the emulator's state.
 
 mod common;
 
 use std::collections::BTreeSet;
 
-use common::{Fixture, access_key, inject, inject_error, record_outcome, retrying_ctx};
+use common::{Fixture, access_key, inject, inject_error, proxy_log, record_outcome, retrying_ctx};
+use ec2_quarantine::finding::TriageCase;
 use ec2_quarantine::isolate::{InterfaceStatus, QUARANTINE_GROUP_NAME, isolate};
 use ec2_quarantine::role::{Change, REVOKE_SESSIONS_POLICY_NAME, contain_role};
 use ec2_quarantine::snapshot::snapshot;
+use ec2_quarantine::triage::triage;
 use ec2_quarantine::{ErrorName, Outcome, tags};
 
 const EXFILTRATION: &str = "credential-exfiltration.json";
@@ -47,56 +50,116 @@ async fn two_findings_for_one_instance_at_once() {
     for groups in f.interface_groups().await.values() {
         assert_eq!(groups, &vec![qsg.clone()]);
     }
-    let marked = f.tags().await[tags::FINDING_ID].clone();
-    assert!(
+    let case = f.case().await;
+    let mut seen: Vec<&str> = case
+        .findings
+        .iter()
+        .map(|x| x.finding_id.as_str())
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
         [
             "a6c7d3f1e2b94c8d9e0f1a2b3c4d5e6f",
             "b8e9f0a1b2c34d5e6f7a8b9c0d1e2f3a"
-        ]
-        .contains(&marked.as_str())
+        ],
+        "one case, which both findings joined"
     );
 
-    // Snapshots belong to the containment, named by the finding that marked the instance: two
-    // findings at the same instant may each take a set (CreateSnapshots has no idempotency
-    // token; a known limit), both tagged with that finding, and a later run takes none.
+    // Snapshots belong to the case: the step is claimed in it before anything is taken, so
+    // the two findings take one set between them, and a later run takes none.
     let (sa, sb) = tokio::join!(snapshot(&ctx, &a), snapshot(&ctx, &b));
     let (sa, sb) = (sa.unwrap(), sb.unwrap());
     let snaps = f.snapshots().await;
-    assert!(
-        matches!(snaps.len(), 2 | 4),
-        "one or two sets of two: {}",
-        snaps.len()
-    );
+    assert_eq!(snaps.len(), 2, "one set of two");
     let tagged: BTreeSet<&str> = snaps
         .iter()
-        .filter(|s| tags::find(s.tags(), tags::FINDING_ID) == Some(marked.as_str()))
+        .filter(|s| tags::find(s.tags(), tags::CASE) == Some(case.case_id.as_str()))
         .filter_map(|s| s.snapshot_id())
         .collect();
-    assert_eq!(
-        tagged.len(),
-        snaps.len(),
-        "every set names the containment's finding"
-    );
-    for outcome in [&sa, &sb] {
-        for s in &outcome.report().unwrap().snapshots {
-            assert!(
-                tagged.contains(s.snapshot_id.as_str()),
-                "the report names a set it took or found"
-            );
-        }
-    }
+    assert_eq!(tagged.len(), 2, "the set names the case");
+    let statuses: BTreeSet<&str> = [sa.status(), sb.status()].into_iter().collect();
+    assert_eq!(statuses, BTreeSet::from(["already_done", "done"]));
     let later = snapshot(&ctx, &a).await.unwrap();
     assert_eq!(later.status(), "already_done");
-    assert_eq!(
-        f.snapshots().await.len(),
-        snaps.len(),
-        "a later run takes none"
-    );
+    let reported: BTreeSet<&str> = later
+        .report()
+        .unwrap()
+        .snapshots
+        .iter()
+        .map(|s| s.snapshot_id.as_str())
+        .collect();
+    assert_eq!(reported, tagged, "the case names the set it took");
+    assert_eq!(f.snapshots().await.len(), 2, "a later run takes none");
 
     let (ra, rb) = tokio::join!(contain_role(&ctx, &a), contain_role(&ctx, &b));
     assert!(ra.is_ok() && rb.is_ok(), "{ra:?} {rb:?}");
     assert_eq!(f.inline_policies().await, vec![REVOKE_SESSIONS_POLICY_NAME]);
     assert_eq!(f.deny_all_attachments().await, 1);
+    record_outcome("contained");
+}
+
+/// Two executions of the same finding (EventBridge delivers an event at least once) triaged at
+/// the same instant: one case. Their snapshot steps are forced to overlap (CreateSnapshots held
+/// 2 s on its way, so the first is still taking its set when the second starts): one set,
+/// taken by the execution that claimed the step, and one CreateSnapshots call in all.
+#[tokio::test]
+async fn two_executions_of_one_finding_take_one_snapshot_set() {
+    let f = Fixture::new().await;
+    let key = access_key(&f.config).await;
+    let ctx = retrying_ctx(&f.config);
+    let event = f.event(BACKDOOR);
+    let (ta, tb) = tokio::join!(triage(&ctx, &event), triage(&ctx, &event));
+    let (ta, tb) = (ta.unwrap(), tb.unwrap());
+    let (ca, cb) = (ta.case.clone().unwrap(), tb.case.clone().unwrap());
+    assert_eq!(ca.case_id, cb.case_id, "one case for the instance");
+    assert_ne!(ca.claim, cb.claim, "each execution its own claim");
+    assert!(
+        ta.already_contained_by.is_some() != tb.already_contained_by.is_some(),
+        "one opened the case, the other joined it: {ta:?} {tb:?}"
+    );
+    let with_case = |handle| {
+        let mut e = event.clone();
+        e.triage = Some(TriageCase { case: handle });
+        e
+    };
+    let (ea, eb) = (with_case(ca), with_case(cb));
+
+    inject(&key, "ec2:CreateSnapshots", "delay", Some(1));
+    let (sa, sb) = tokio::join!(snapshot(&ctx, &ea), snapshot(&ctx, &eb));
+    let (sa, sb) = (sa.unwrap(), sb.unwrap());
+    let statuses: BTreeSet<&str> = [sa.status(), sb.status()].into_iter().collect();
+    assert_eq!(
+        statuses,
+        BTreeSet::from(["already_done", "done"]),
+        "{sa:?} {sb:?}"
+    );
+    let waiting = if sa.status() == "done" { &sb } else { &sa };
+    assert!(
+        waiting.report().unwrap().warnings[0].contains("taken by another execution"),
+        "{waiting:?}"
+    );
+    assert_eq!(f.snapshots().await.len(), 2, "one set of two volumes");
+    let calls = proxy_log(&key)
+        .iter()
+        .filter(|e| e["action"] == "ec2:CreateSnapshots")
+        .count();
+    assert_eq!(calls, 1, "one CreateSnapshots call in all");
+
+    // A retry of the execution that took the set finds it in the case.
+    let (retry_event, taker) = if sa.status() == "done" {
+        (&ea, &sa)
+    } else {
+        (&eb, &sb)
+    };
+    let retried = snapshot(&ctx, retry_event).await.unwrap();
+    assert_eq!(retried.status(), "already_done");
+    assert_eq!(
+        retried.report().unwrap().snapshots,
+        taker.report().unwrap().snapshots,
+        "the retry reports the set it took, from the case"
+    );
+    assert_eq!(f.snapshots().await.len(), 2);
     record_outcome("contained");
 }
 

@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     sim["account"] = local.ACCOUNT
     local.put_in_service(sim, asg, elbv2, elb)
     topic = sns.create_topic(Name="ec2-quarantine-alerts")["TopicArn"]
+    local.create_case_table(boto3.client("dynamodb", **creds), local.load_template())
     settings = {**local.function_settings(local.load_template(), {}, local.ACCOUNT), "ALERT_TOPIC_ARN": topic}
     env = function_env(emulator, local.REGION, settings)
     log_dir = Path(args.log_dir)

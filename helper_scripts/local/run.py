@@ -31,6 +31,9 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lambda_service import LambdaService, function_env  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import cases  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
 STATE_MACHINE = ROOT / "statemachine" / "containment.asl.json"
@@ -44,6 +47,9 @@ MEMBER_ACCOUNT = "210987654321"
 MEMBER_ROLE = "ec2-quarantine-member"
 MEMBER_EXTERNAL_ID = "local-run-external-id"
 MEMBER_TEMPLATE = ROOT / "helper_scripts" / "member-account-role.yaml"
+# The physical names the local stack gives the template's resources a function's environment
+# refers to (CloudFormation would generate them).
+LOCAL_NAMES = {"CaseTable": "ec2-quarantine-CaseTable-local"}
 # Binary name -> the template's substitution for its ARN.
 FUNCTIONS = {
     "triage": "TriageFunctionArn",
@@ -133,12 +139,24 @@ def function_settings(template: dict, overrides: dict[str, str], account: str) -
         raise HarnessError(f"no such template parameter: {', '.join(sorted(unknown))}")
     params.update(overrides)
     params.update({"AWS::AccountId": account, "AWS::Region": REGION, "AWS::Partition": "aws"})
+    params.update(LOCAL_NAMES)
     out = {}
     for name, value in template["Globals"]["Function"]["Environment"]["Variables"].items():
         if isinstance(value, dict) and "Ref" in value:
             value = params[value["Ref"]]
         out[name] = str(value)
     return out
+
+
+def create_case_table(dynamodb, template: dict) -> str:
+    """The case table as the template declares it (keys, billing), under its local name."""
+    props = template["Resources"]["CaseTable"]["Properties"]
+    name = LOCAL_NAMES["CaseTable"]
+    dynamodb.create_table(
+        TableName=name, KeySchema=props["KeySchema"], AttributeDefinitions=props["AttributeDefinitions"],
+        BillingMode=props["BillingMode"],
+    )
+    return name
 
 
 def state_machine_definition(arns: dict[str, str], path: Path = STATE_MACHINE, topic_arn: str | None = None) -> str:
@@ -280,7 +298,7 @@ def administrator_state(ec2, iam) -> dict:
     return {
         "quarantine_groups": len(ec2.describe_security_groups(Filters=tagged)["SecurityGroups"]),
         "forensic_snapshots": len(
-            ec2.describe_snapshots(Filters=[{"Name": "tag-key", "Values": ["ec2-quarantine:finding-id"]}])["Snapshots"]
+            ec2.describe_snapshots(Filters=[{"Name": "tag-key", "Values": ["ec2-quarantine:case"]}])["Snapshots"]
         ),
         "deny_all_policies": len(policies),
     }
@@ -512,6 +530,9 @@ def local_stack(
             st = types.SimpleNamespace(service=service, emulator=emulator)
             st.ec2, st.iam, st.sns, st.sqs, st.sfn = (boto3.client(s, region_name=REGION) for s in ("ec2", "iam", "sns", "sqs", "stepfunctions"))
             # The stack's resources, as the template creates them.
+            st.case_table = boto3.resource("dynamodb", region_name=REGION).Table(
+                create_case_table(boto3.client("dynamodb", region_name=REGION), load_template())
+            )
             st.topic = st.sns.create_topic(Name="ec2-quarantine-alerts")["TopicArn"]
             st.queue_url = st.sqs.create_queue(QueueName="security-team-inbox")["QueueUrl"]
             queue_arn = st.sqs.get_queue_attributes(QueueUrl=st.queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
@@ -666,15 +687,23 @@ def run(
                 # Kept by design: the evidence, and the tool's quarantine group (other instances may use it).
                 kept = after.pop("snapshots")
                 after.pop("quarantine_groups")
+                # Kept by design too: the deny of sessions issued before containment (stolen
+                # credentials stay dead; the release request's release_credentials lifts it).
+                session_deny = "ec2-quarantine-revoke-older-sessions"
+                kept_denies = [p for p in after["role"]["inline_policies"] if p == session_deny]
+                after["role"]["inline_policies"] = [p for p in after["role"]["inline_policies"] if p != session_deny]
                 expected = {k: v for k, v in before.items() if k not in ("snapshots", "quarantine_groups")}
                 report["release"] = {
                     "execution": ex, "states": states, "notification": note, "after": after,
-                    "snapshots_kept": len(kept),
+                    "snapshots_kept": len(kept), "credential_denies_kept": kept_denies,
                     "restored": after == expected,
                     "differences": {k: {"before": expected.get(k), "after": v} for k, v in after.items() if expected.get(k) != v},
                 }
             if member_account:
                 report["administrator_account"] = administrator_state(st.ec2, st.iam)
+            # The case record, as `deploy.sh cases` and `deploy.sh case` show it on AWS.
+            report["case_list"] = cases.list_cases(st.case_table)
+            report["cases"] = [cases.read_case(st.case_table, c["case_id"]) for c in report["case_list"]]
     finally:
         report["wall_seconds"] = round(time.monotonic() - started, 2)
     return report
@@ -762,10 +791,21 @@ def render(report: dict) -> str:
         w(f"Release (statemachine/release.asl.json): execution {rel['execution']['status']}")
         _render_states(w, rel["states"])
         w(f"  State after release equals the state before containment: {'YES' if rel['restored'] else 'NO'}"
-          f" (forensic snapshots kept: {rel['snapshots_kept']})")
+          f" (forensic snapshots kept: {rel['snapshots_kept']}; kept too, so that stolen credentials stay dead: "
+          f"{', '.join(rel.get('credential_denies_kept') or []) or 'no deny'})")
         for k, d in rel["differences"].items():
             w(f"    differs: {k}: before {d['before']} after {d['after']}")
         _render_notification(w, rel.get("notification"))
+    if report.get("case_list"):
+        w("")
+        w("The case table (deploy.sh cases on AWS):")
+        for line in cases.render_cases(report["case_list"]).splitlines():
+            w(f"  {line}")
+    for case in report.get("cases") or []:
+        w("")
+        w("The case record (deploy.sh case on AWS):")
+        for line in cases.render_case(case).splitlines():
+            w(f"  {line}")
     w("")
     w(f"Wall time {report['wall_seconds']} s; function logs in {report['logs']}")
     return "\n".join(out)
@@ -828,7 +868,7 @@ def _render_state(w, before: dict, after: dict, report: dict) -> None:
     w(f"  inline:   {', '.join(role['inline_policies']) or 'none'}")
     w(f"  tags:     {', '.join(role.get('tags', [])) or 'none'}")
     recorded = {k: v for k, v in after["instance_tags"].items() if k.startswith("ec2-quarantine:")}
-    w("Recorded on the instance (for release):")
+    w("Marker tags on the instance (never read; the record is the case):")
     for k, v in sorted(recorded.items()):
         w(f"  {k} = {v}")
     if not recorded:

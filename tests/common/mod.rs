@@ -73,6 +73,44 @@ pub async fn account_config() -> (SdkConfig, String) {
     (config, account)
 }
 
+/// The responder's case table in the account of `config`, keyed as `template.yaml` declares it
+/// (`tests/workflow/test_least_privilege.py` checks that the two agree).
+pub async fn create_case_table(config: &SdkConfig) {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    };
+    let key = |name: &str, kind: KeyType| {
+        KeySchemaElement::builder()
+            .attribute_name(name)
+            .key_type(kind)
+            .build()
+            .unwrap()
+    };
+    let attribute = |name: &str| {
+        AttributeDefinition::builder()
+            .attribute_name(name)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .unwrap()
+    };
+    let created = aws_sdk_dynamodb::Client::new(config)
+        .create_table()
+        .table_name(ec2_quarantine::case::DEFAULT_TABLE)
+        .key_schema(key("pk", KeyType::Hash))
+        .key_schema(key("sk", KeyType::Range))
+        .attribute_definitions(attribute("pk"))
+        .attribute_definitions(attribute("sk"))
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await;
+    if let Err(e) = created {
+        let already = e
+            .as_service_error()
+            .is_some_and(|e| e.is_resource_in_use_exception());
+        assert!(already, "dynamodb:CreateTable on the emulator: {e:?}");
+    }
+}
+
 /// The user's test stack, on the emulator: a VPC and subnet, a group open to SSH and a web
 /// group, a role with its instance profile, and an instance with two network interfaces and two
 /// volumes.
@@ -114,6 +152,7 @@ impl Fixture {
 
     async fn build(dual_stack: bool, spot: bool) -> Fixture {
         let (config, account) = account_config().await;
+        create_case_table(&config).await;
         let ec2 = aws_sdk_ec2::Client::new(&config);
         let iam = aws_sdk_iam::Client::new(&config);
 
@@ -491,6 +530,28 @@ impl Fixture {
             .to_vec()
     }
 
+    /// The instance's open case, as release reads it.
+    pub async fn case(&self) -> ec2_quarantine::case::Case {
+        self.case_in(&self.ctx)
+            .await
+            .expect("the instance has an open case")
+    }
+
+    /// The instance's open case in the case table of `ctx`, if it has one.
+    pub async fn case_in(&self, ctx: &Ctx) -> Option<ec2_quarantine::case::Case> {
+        let scope = ec2_quarantine::finding::Scope {
+            account_id: self.account.clone(),
+            region: REGION.into(),
+            partition: "aws".into(),
+        };
+        let (id, _) = ctx
+            .cases()
+            .open_case(&scope, &self.instance_id)
+            .await
+            .expect("case table")?;
+        ctx.cases().case(&id).await.expect("case table")
+    }
+
     pub async fn tags(&self) -> BTreeMap<String, String> {
         self.instance()
             .await
@@ -597,6 +658,19 @@ async fn launch(
         .await
         .unwrap();
     out.instances()[0].instance_id().unwrap().to_owned()
+}
+
+/// A request to release the fixture's instance.
+pub fn release_request(f: &Fixture) -> ec2_quarantine::release::ReleaseRequest {
+    ec2_quarantine::release::ReleaseRequest {
+        instance_id: f.instance_id.clone(),
+        account_id: Some(f.account.clone()),
+        region: Some(REGION.into()),
+        partition: None,
+        case_id: None,
+        reason: Some("investigation closed".into()),
+        release_credentials: false,
+    }
 }
 
 /// A context for the fixture's account with the SDK's standard retries (as deployed), with a

@@ -147,7 +147,10 @@ class State:
             return not self.buckets[ec2_bucket(name)].take()
 
 
-def error_body(service: str, code: str, message: str) -> tuple[str, bytes]:
+def error_body(service: str, code: str, message: str, json_protocol: bool = False) -> tuple[str, bytes]:
+    if json_protocol:
+        # The JSON protocols (DynamoDB): https://smithy.io/2.0/aws/protocols/aws-json-1_0-protocol.html
+        return "application/x-amz-json-1.0", json.dumps({"__type": code, "message": message}).encode()
     if service == "ec2":
         body = f"<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>fault-proxy</RequestID></Response>"
     else:
@@ -549,14 +552,18 @@ def handler(state: State):
                 entry["params"] = {k: v[0] for k, v in form.items() if len(v[0]) <= 200}
             if rule and rule["fault"] in FAULTS:
                 status, ec2_code, code, message = FAULTS[rule["fault"]]
-                ctype, payload = error_body(service, ec2_code if service == "ec2" else code, message)
+                if target and code == "Throttling":
+                    code = "ThrottlingException"
+                if target and code == "AccessDenied":
+                    code = "AccessDeniedException"
+                ctype, payload = error_body(service, ec2_code if service == "ec2" else code, message, bool(target))
                 entry["status"], entry["end"] = status, time.monotonic()
                 with state.lock:
                     state.log.append(entry)
                 return self._send(status, payload, {"Content-Type": ctype})
             if rule and rule["fault"] == "error":
                 status = int(rule.get("status", 400))
-                ctype, payload = error_body(service, rule["code"], rule.get("message", "injected"))
+                ctype, payload = error_body(service, rule["code"], rule.get("message", "injected"), bool(target))
                 entry["status"], entry["end"] = status, time.monotonic()
                 with state.lock:
                     state.log.append(entry)

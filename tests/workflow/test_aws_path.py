@@ -80,7 +80,8 @@ def test_test_instance_fire_verify_and_nuke(stack, tmp_path):
     assert "EventBridge cannot be sent aws.guardduty events by hand" in r.stdout
     assert "Execution SUCCEEDED" in r.stdout
 
-    r = deploy_sh(st, "verify", "--state-machine-arn", st.machine, "--json", home=tmp_path)
+    table = local.LOCAL_NAMES["CaseTable"]
+    r = deploy_sh(st, "verify", "--state-machine-arn", st.machine, "--table", table, "--json", home=tmp_path)
     assert r.returncode == 0, r.stderr + r.stdout
     report = json.loads(r.stdout)
     assert report["contained"] is True
@@ -91,9 +92,28 @@ def test_test_instance_fire_verify_and_nuke(stack, tmp_path):
     assert len(report["snapshots"]) == len(volumes)
     assert "ec2-quarantine-DenyAll" in report["role"]["attached"]
     assert report["instance_profile"].endswith("/ec2-quarantine-quarantined"), "the metadata service hands out nothing"
-    assert report["quarantine_tags"]["ec2-quarantine:finding-id"] == "a6c7d3f1e2b94c8d9e0f1a2b3c4d5e6f"
-    readable = deploy_sh(st, "verify", "--state-machine-arn", st.machine, home=tmp_path).stdout
+    case_id = report["quarantine_tags"]["ec2-quarantine:case"]
+    assert case_id.startswith(f"{instance_id}-"), "the marker names the case"
+    readable = deploy_sh(st, "verify", "--state-machine-arn", st.machine, "--table", table, home=tmp_path).stdout
     assert "CONTAINED" in readable and "Forensic snapshots:" in readable
+
+    # The case, as the on-call engineer reads it: listed, then its timeline, by instance or id.
+    r = deploy_sh(st, "cases", "--table", table, home=tmp_path)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert case_id in r.stdout and instance_id in r.stdout and " open " in r.stdout, r.stdout
+    r = deploy_sh(st, "cases", "--table", table, "--open", "--json", home=tmp_path)
+    rows = {c["case_id"]: c for c in json.loads(r.stdout)}
+    assert rows[case_id]["status"] == "open" and rows[case_id]["account_id"] == local.ACCOUNT
+    r = deploy_sh(st, "case", instance_id, "--table", table, home=tmp_path)
+    assert r.returncode == 0, r.stderr + r.stdout
+    for line in (f"Case {case_id}: instance {instance_id}", "a6c7d3f1e2b94c8d9e0f1a2b3c4d5e6f", "isolate", "snapshot", "groups:"):
+        assert line in r.stdout, (line, r.stdout)
+    r = deploy_sh(st, "case", case_id, "--table", table, "--json", home=tmp_path)
+    case = json.loads(r.stdout)
+    assert {s["step"] for s in case["steps"]} >= {"isolate", "snapshot", "role", "deregister"}
+    assert any(p["kind"] == "groups" for p in case["previous"])
+    r = deploy_sh(st, "case", "i-0123456789abcdef0", "--table", table, home=tmp_path)
+    assert r.returncode == 1 and "no case for instance" in r.stderr
 
     # What is not the tool's must survive the clean-up: the local stack's own instance and topic.
     other = st.sim
@@ -107,7 +127,8 @@ def test_test_instance_fire_verify_and_nuke(stack, tmp_path):
     assert all(s["StackName"] != "ec2-quarantine-test-instance" for s in cfn.describe_stacks()["Stacks"] if s["StackStatus"] != "DELETE_COMPLETE")
     tagged = [{"Name": "tag-key", "Values": ["ec2-quarantine:isolation-group"]}]
     assert ec2.describe_security_groups(Filters=tagged)["SecurityGroups"] == []
-    assert ec2.describe_snapshots(OwnerIds=["self"], Filters=[{"Name": "tag-key", "Values": ["ec2-quarantine:finding-id"]}])["Snapshots"] == []
+    assert ec2.describe_snapshots(OwnerIds=["self"], Filters=[{"Name": "tag-key", "Values": ["ec2-quarantine:case"]}])["Snapshots"] == [], r.stdout
+    assert table not in boto3.client("dynamodb", region_name=local.REGION).list_tables()["TableNames"], "purged on request"
     assert iam.list_policies(Scope="Local", PathPrefix="/ec2-quarantine/")["Policies"] == []
     for r_ in iam.list_roles()["Roles"]:
         assert "ec2-quarantine-revoke-older-sessions" not in iam.list_role_policies(RoleName=r_["RoleName"])["PolicyNames"]

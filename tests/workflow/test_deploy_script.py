@@ -394,6 +394,14 @@ BAD_OPTIONS = [
     (["verify", "--stack-name"], "--stack-name needs a value"),
     (["verify", "i-123"], "not an EC2 instance id: i-123"),
     (["verify", "i-0123456789abcdef0", "i-0123456789abcdef1"], "unexpected argument i-0123456789abcdef1 for verify"),
+    (["cases", "i-0123456789abcdef0"], "unexpected argument i-0123456789abcdef0 for cases"),
+    (["cases", "--wait"], "unknown option --wait for cases"),
+    (["cases", "--table"], "--table needs a value"),
+    (["cases", "--table", "a table"], "--table takes a DynamoDB table name"),
+    (["case"], "case takes a case id or an instance id"),
+    (["case", "--open"], "unknown option --open for case"),
+    (["case", "case-1"], "not a case id (i-...-YYYYMMDDTHHMMSSZ) or an instance id: case-1"),
+    (["case", "i-0123456789abcdef0-2026"], "not a case id"),
 ]
 
 
@@ -406,7 +414,7 @@ def test_a_bad_option_is_named_on_one_line(project, args, says):
     assert_one_line(r, project, says)
 
 
-@pytest.mark.parametrize("args", [["--help"], ["-h"], ["help"]] + [[sub, "--help"] for sub in ("local", "invoke", "deploy", "nuke", "test-instance", "fire", "verify")])
+@pytest.mark.parametrize("args", [["--help"], ["-h"], ["help"]] + [[sub, "--help"] for sub in ("local", "invoke", "deploy", "nuke", "test-instance", "fire", "verify", "cases", "case")])
 def test_help_prints_the_usage_and_succeeds(project, args):
     r = deploy_sh(project, *args)
     assert r.returncode == 0 and r.stderr == ""

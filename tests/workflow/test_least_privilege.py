@@ -18,6 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "helper_scripts" / "local"))
 import run as local  # noqa: E402
 
+CASE_USERS = {"TriageFunction", "IsolateFunction", "DeregisterFunction", "SnapshotFunction", "DenyRoleFunction", "ReleaseFunction"}
+
 # The one table: IAM action -> the functions that call it.
 ACTIONS: dict[str, set[str]] = {
     "ec2:DescribeInstances": {"TriageFunction", "IsolateFunction", "DeregisterFunction", "SnapshotFunction", "DenyRoleFunction", "ReleaseFunction"},
@@ -31,7 +33,7 @@ ACTIONS: dict[str, set[str]] = {
     "ec2:AuthorizeSecurityGroupEgress": {"IsolateFunction"},
     "ec2:ModifyNetworkInterfaceAttribute": {"IsolateFunction", "ReleaseFunction"},
     "ec2:ModifyInstanceAttribute": {"IsolateFunction", "ReleaseFunction"},
-    "ec2:CreateTags": {"IsolateFunction", "DeregisterFunction", "SnapshotFunction", "DenyRoleFunction"},
+    "ec2:CreateTags": {"IsolateFunction", "SnapshotFunction"},
     "ec2:DeleteTags": {"ReleaseFunction"},
     "ec2:ReplaceIamInstanceProfileAssociation": {"DenyRoleFunction", "ReleaseFunction"},
     "ec2:DisassociateIamInstanceProfile": {"DenyRoleFunction"},
@@ -48,10 +50,7 @@ ACTIONS: dict[str, set[str]] = {
     "iam:ListInstanceProfilesForRole": {"DenyRoleFunction"},
     "iam:GetPolicy": {"DenyRoleFunction"},
     "iam:CreatePolicy": {"DenyRoleFunction"},
-    "iam:AttachRolePolicy": {"DenyRoleFunction"},
-    "iam:TagRole": {"DenyRoleFunction"},
-    "iam:UntagRole": {"ReleaseFunction"},
-    "iam:ListRoleTags": {"ReleaseFunction"},
+    "iam:AttachRolePolicy": {"DenyRoleFunction", "ReleaseFunction"},
     "iam:DetachRolePolicy": {"ReleaseFunction"},
     "iam:DeleteRolePolicy": {"ReleaseFunction"},
     "iam:PassRole": {"ReleaseFunction"},
@@ -69,6 +68,13 @@ ACTIONS: dict[str, set[str]] = {
     "elasticloadbalancing:RegisterInstancesWithLoadBalancer": {"ReleaseFunction"},
     "sts:AssumeRole": {"TriageFunction", "IsolateFunction", "DeregisterFunction", "SnapshotFunction", "DenyRoleFunction", "ReleaseFunction"},
     "sns:Publish": {"NotifyFunction"},
+    # The case table, in the responder's own account (src/case.rs serves every containment
+    # function and release; release alone deletes an item, a role hold).
+    "dynamodb:GetItem": CASE_USERS,
+    "dynamodb:PutItem": CASE_USERS,
+    "dynamodb:UpdateItem": CASE_USERS,
+    "dynamodb:Query": CASE_USERS,
+    "dynamodb:DeleteItem": {"ReleaseFunction"},
 }
 
 # Actions IAM checks that no call names: giving an instance back a profile that holds a role
@@ -77,12 +83,12 @@ IMPLIED = {("ReleaseFunction", "ec2:ReplaceIamInstanceProfileAssociation"): "iam
 
 # Which source files run in which function: each step's module, plus the shared ones it uses.
 MODULES = {
-    "TriageFunction": ["triage.rs", "instance.rs", "context.rs"],
-    "IsolateFunction": ["isolate.rs", "instance.rs", "context.rs", "tags.rs"],
-    "DeregisterFunction": ["deregister.rs", "instance.rs", "context.rs", "tags.rs"],
-    "SnapshotFunction": ["snapshot.rs", "instance.rs", "context.rs"],
-    "DenyRoleFunction": ["role.rs", "role_policy.rs", "instance.rs", "context.rs", "tags.rs", "profile.rs"],
-    "ReleaseFunction": ["release.rs", "role_policy.rs", "instance.rs", "context.rs", "profile.rs"],
+    "TriageFunction": ["triage.rs", "instance.rs", "context.rs", "case.rs"],
+    "IsolateFunction": ["isolate.rs", "instance.rs", "context.rs", "tags.rs", "case.rs"],
+    "DeregisterFunction": ["deregister.rs", "instance.rs", "context.rs", "case.rs"],
+    "SnapshotFunction": ["snapshot.rs", "instance.rs", "context.rs", "case.rs"],
+    "DenyRoleFunction": ["role.rs", "role_policy.rs", "instance.rs", "context.rs", "profile.rs", "case.rs"],
+    "ReleaseFunction": ["release.rs", "role_policy.rs", "instance.rs", "context.rs", "profile.rs", "case.rs"],
     "NotifyFunction": ["notify.rs"],
 }
 
@@ -94,7 +100,7 @@ WRITES = {
     "ec2:CreateSnapshots", "iam:PutRolePolicy", "iam:CreatePolicy", "iam:AttachRolePolicy",
     "ec2:ReplaceIamInstanceProfileAssociation", "iam:CreateInstanceProfile",
     "ec2:DisassociateIamInstanceProfile", "ec2:AssociateIamInstanceProfile",
-    "sts:AssumeRole", "sns:Publish", "ec2:DeleteTags", "iam:TagRole", "iam:UntagRole",
+    "sts:AssumeRole", "sns:Publish", "ec2:DeleteTags",
     "iam:DetachRolePolicy", "iam:DeleteRolePolicy", "iam:PassRole", "autoscaling:EnterStandby",
     "autoscaling:DetachInstances", "autoscaling:ExitStandby", "autoscaling:AttachInstances",
     "elasticloadbalancing:DeregisterTargets", "elasticloadbalancing:RegisterTargets",
@@ -188,8 +194,12 @@ def test_no_wildcard_actions_and_writes_are_scoped(function):
                 assert "ec2-quarantine-DenyAll" in str(st["Condition"]["ArnEquals"]["iam:PolicyARN"])
             if action == "iam:PassRole":
                 assert st["Condition"]["StringEquals"]["iam:PassedToService"] == "ec2.amazonaws.com"
-            if action in ("ec2:CreateTags", "ec2:DeleteTags", "iam:TagRole"):
+            if action in ("ec2:CreateTags", "ec2:DeleteTags"):
                 assert "aws:TagKeys" in str(st.get("Condition")), f"{function}: CreateTags limited to the tool's keys"
+            if action.startswith("dynamodb:"):
+                assert resources == [{"Fn::GetAtt": ["CaseTable", "Arn"]}], f"{function}: {action} on the case table only"
+            if action == "dynamodb:DeleteItem":
+                assert st["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"] == ["role#*"], "only role holds are deleted"
             if action in ("ec2:RevokeSecurityGroupEgress", "ec2:RevokeSecurityGroupIngress"):
                 assert "aws:ResourceTag/ec2-quarantine:isolation-group" in str(st["Condition"]), "only the quarantine group"
             if action in ("ec2:AuthorizeSecurityGroupEgress", "ec2:AuthorizeSecurityGroupIngress"):
@@ -200,7 +210,8 @@ def test_the_member_role_allows_the_union_of_the_containment_functions():
     member = local.yaml.load((ROOT / "helper_scripts" / "member-account-role.yaml").read_text(), Loader=local._CfnLoader)
     policy = member["Resources"]["MemberRole"]["Properties"]["Policies"][0]["PolicyDocument"]
     allowed_there = {a for st in policy["Statement"] if st["Effect"] == "Allow" for a in as_list(st["Action"])}
-    containment = {a for a, fs in ACTIONS.items() if fs - {"NotifyFunction"}}
+    # The case table stays in the responder's account: the member role has no DynamoDB action.
+    containment = {a for a, fs in ACTIONS.items() if fs - {"NotifyFunction"} and not a.startswith("dynamodb:")}
     assert allowed_there == containment - {"sts:AssumeRole"}
     denied_there = {a for st in policy["Statement"] if st["Effect"] == "Deny" for a in as_list(st["Action"])}
     assert {"iam:PutRolePolicy", "iam:AttachRolePolicy"} <= denied_there, "the member role cannot change itself"
@@ -262,3 +273,33 @@ def test_nothing_destructive_is_allowed_anywhere():
     destructive = {"ec2:TerminateInstances", "ec2:StopInstances", "ec2:DeleteVolume", "ec2:DeleteSnapshot", "ec2:DetachVolume"}
     for function in MODULES:
         assert not destructive & set(allowed(function)), function
+
+
+def test_the_case_table_is_kept_protected_and_written_only_by_the_functions():
+    template = local.load_template()
+    table = template["Resources"]["CaseTable"]
+    assert table["DeletionPolicy"] == "Retain" and table["UpdateReplacePolicy"] == "Retain"
+    props = table["Properties"]
+    assert props["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
+    assert props["SSESpecification"]["SSEEnabled"] is True
+    assert props["DeletionProtectionEnabled"] is True
+    # The keys src/case.rs and the tests' fixture (tests/common/mod.rs) use.
+    assert props["KeySchema"] == [{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}]
+    [deny] = props["ResourcePolicy"]["PolicyDocument"]["Statement"]
+    assert deny["Effect"] == "Deny" and deny["Principal"] == "*"
+    assert {"dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:BatchWriteItem"} <= set(deny["Action"])
+    [(key, value)] = deny["Condition"]["StringNotEquals"].items()
+    tag = key.removeprefix("aws:PrincipalTag/")
+    assert template["Globals"]["Function"]["Tags"][tag] == value, "the functions' roles carry the writer tag (SAM tags the roles it makes)"
+    assert template["Globals"]["Function"]["Environment"]["Variables"]["CASE_TABLE"] == {"Ref": "CaseTable"}
+
+
+def test_release_has_no_code_path_that_reads_a_tag():
+    """Release decides only from its case and AWS's state: no tag is read in the modules it runs
+    (anyone allowed ec2:CreateTags or iam:TagRole could write one). It deletes its two marker
+    tags by key, which reads none."""
+    reads = re.compile(r"tags::find|\.tags\(\)|describe_tags|list_role_tags|ListRoleTags|DescribeTags|tag_filter|\"tag:")
+    for name in MODULES["ReleaseFunction"]:
+        text = (ROOT / "src" / name).read_text()
+        code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("//"))
+        assert not reads.search(code), f"{name}: {reads.search(code).group(0)}"

@@ -236,8 +236,17 @@ def test_a_second_finding_changes_nothing_and_release_restores_the_state_before(
     second = report["second_finding"]
     assert second["execution"]["status"] == "SUCCEEDED"
     assert second["after"] == report["emulator"]["after"], "nothing created twice"
-    first_id = json.loads((EVENTS / "instance-backdoor.json").read_text())["detail"]["id"]
-    assert f"Already contained by finding {first_id}" in second["notification"]["message"]
+    [case] = report["cases"]
+    assert f"Case: {case['case_id']}" in report["notification"]["message"]
+    assert f"Already contained (case {case['case_id']} at " in second["notification"]["message"]
+    assert len(case["findings"]) == 2, "one case, which the second finding joined"
+    assert case["status"] == "released" and case["releases"][0]["outcome"] == "released"
+    # The run prints the case table and the case as deploy.sh cases / case show them on AWS.
+    shown = local.render(report)
+    assert "The case table (deploy.sh cases on AWS):" in shown
+    row = next(line for line in shown.splitlines() if line.strip().startswith(case["case_id"]))
+    assert "released" in row and case["instance_id"] in row, row
+    assert f"Case {case['case_id']}: instance {case['instance_id']}" in shown
     rel = report["release"]
     assert rel["execution"]["status"] == "SUCCEEDED", rel["execution"]
     assert rel["restored"], rel["differences"]

@@ -1,0 +1,177 @@
+"""The case table, read for the on-call engineer: `deploy.sh cases` lists the cases, `deploy.sh
+case ID_OR_INSTANCE` shows one case's timeline. The same reader prints the local run's case.
+
+The table's layout is the one `src/case.rs` writes (pk, sk): a header item per case (`case`),
+one item per finding, per step, per recorded previous state and per release attempt.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+INSTANCE_ID = re.compile(r"^i-([0-9a-f]{8}|[0-9a-f]{17})$")
+CASE_ID = re.compile(r"^i-[0-9a-f]{8,17}-[0-9]{8}T[0-9]{6}Z$")
+
+
+class CaseError(Exception):
+    pass
+
+
+def _plain(value):
+    """An item's attribute as plain JSON (the resource API gives Decimals and sets)."""
+    from decimal import Decimal
+
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted(_plain(v) for v in value)
+    if isinstance(value, Decimal):
+        return int(value) if value == int(value) else float(value)
+    return value
+
+
+def _scan(table, **kwargs) -> list[dict]:
+    items, start = [], None
+    while True:
+        page = table.scan(**kwargs, **({"ExclusiveStartKey": start} if start else {}))
+        items.extend(page.get("Items", []))
+        start = page.get("LastEvaluatedKey")
+        if not start:
+            return [_plain(i) for i in items]
+
+
+def _query(table, pk: str) -> list[dict]:
+    from boto3.dynamodb.conditions import Key
+
+    items, start = [], None
+    while True:
+        page = table.query(KeyConditionExpression=Key("pk").eq(pk), ConsistentRead=True,
+                           **({"ExclusiveStartKey": start} if start else {}))
+        items.extend(page.get("Items", []))
+        start = page.get("LastEvaluatedKey")
+        if not start:
+            return [_plain(i) for i in items]
+
+
+def list_cases(table, open_only: bool = False) -> list[dict]:
+    """Every case's header, newest first."""
+    from boto3.dynamodb.conditions import Attr
+
+    headers = _scan(table, FilterExpression=Attr("sk").eq("case"))
+    rows = [
+        {
+            "case_id": h.get("case_id"),
+            "instance_id": h.get("instance_id"),
+            "account_id": h.get("account_id"),
+            "region": h.get("region"),
+            "status": h.get("status"),
+            "opened_at": h.get("opened_at"),
+            "released_at": h.get("released_at"),
+        }
+        for h in headers
+    ]
+    if open_only:
+        rows = [r for r in rows if r["status"] == "open"]
+    return sorted(rows, key=lambda r: r["opened_at"] or "", reverse=True)
+
+
+def find_case(table, id_or_instance: str) -> str:
+    """The case an argument names: a case id, or an instance id (its open case, else its latest)."""
+    if CASE_ID.match(id_or_instance):
+        return id_or_instance
+    if not INSTANCE_ID.match(id_or_instance):
+        raise CaseError(f"{id_or_instance!r} is neither a case id (i-...-YYYYMMDDTHHMMSSZ) nor an instance id")
+    cases = [c for c in list_cases(table) if c["instance_id"] == id_or_instance]
+    if not cases:
+        raise CaseError(f"no case for instance {id_or_instance}")
+    open_cases = [c for c in cases if c["status"] == "open"]
+    return (open_cases or cases)[0]["case_id"]
+
+
+def read_case(table, case_id: str) -> dict:
+    """One case: its header, findings, steps, recorded previous states and releases."""
+    items = _query(table, f"case#{case_id}")
+    header = next((i for i in items if i["sk"] == "case"), None)
+    if header is None:
+        raise CaseError(f"no case {case_id}")
+    def kind(prefix):
+        return [i for i in items if i["sk"].startswith(prefix)]
+    return {
+        "case_id": case_id,
+        "instance_id": header.get("instance_id"),
+        "account_id": header.get("account_id"),
+        "region": header.get("region"),
+        "status": header.get("status"),
+        "opened_at": header.get("opened_at"),
+        "released_at": header.get("released_at"),
+        "findings": [
+            {k: f.get(k) for k in ("finding_id", "finding_type", "severity", "first_seen", "last_seen", "seen")} for f in kind("finding#")
+        ],
+        "steps": [
+            {"step": s["sk"].split("#", 1)[1], **{k: s.get(k) for k in ("started", "ended", "outcome", "attempts", "created", "report")}}
+            for s in kind("step#")
+        ],
+        "previous": [{**p.get("state", {}), "recorded_at": p.get("recorded_at")} for p in kind("previous#")],
+        "releases": [{k: r.get(k) for k in ("at", "reason", "outcome", "restored", "failed")} for r in kind("release#")],
+    }
+
+
+def render_cases(rows: list[dict]) -> str:
+    if not rows:
+        return "No cases."
+    out = [f"{'CASE':40} {'INSTANCE':20} {'ACCOUNT':12} {'REGION':14} {'STATUS':8} {'OPENED':20} RELEASED"]
+    for r in rows:
+        out.append(
+            f"{r['case_id'] or '?':40} {r['instance_id'] or '?':20} {r['account_id'] or '?':12} {r['region'] or '?':14} "
+            f"{r['status'] or '?':8} {r['opened_at'] or '?':20} {r['released_at'] or '-'}"
+        )
+    return "\n".join(out)
+
+
+def _summary(report: str | None) -> str:
+    """A step's report in a few words: its status and reason, or the error."""
+    if not report:
+        return ""
+    try:
+        value = json.loads(report)
+    except ValueError:
+        return report[:300]
+    if isinstance(value, dict):
+        if value.get("reason"):
+            return value["reason"][:300]
+        warnings = value.get("warnings") or []
+        return "; ".join(str(w) for w in warnings)[:300]
+    return ""
+
+
+def render_case(case: dict) -> str:
+    out = [
+        f"Case {case['case_id']}: instance {case['instance_id']} in {case['account_id']} {case['region']}, {case['status']}",
+        f"  opened {case['opened_at']}" + (f", released {case['released_at']}" if case.get("released_at") else ""),
+        "Findings:",
+    ]
+    for f in sorted(case["findings"], key=lambda f: f.get("first_seen") or ""):
+        out.append(f"  {f['finding_id']} {f['finding_type']} (severity {f['severity']}), first {f['first_seen']}, last {f['last_seen']}, seen {f['seen']}x")
+    out.append("Steps:")
+    for s in sorted(case["steps"], key=lambda s: s.get("started") or ""):
+        line = f"  {s['step']:10} {s.get('outcome') or 'running'}, {s.get('started')} .. {s.get('ended') or '?'}, attempts {s.get('attempts') or 0}"
+        note = _summary(s.get("report"))
+        out.append(line + (f": {note}" if note else ""))
+        for c in s.get("created") or []:
+            out.append(f"      created {c}")
+    out.append("Previous state (what release restores):")
+    for p in case["previous"]:
+        fields = ", ".join(f"{k}={v}" for k, v in p.items() if k not in ("kind", "recorded_at"))
+        out.append(f"  {p.get('kind')}: {fields}")
+    if not case["previous"]:
+        out.append("  none recorded")
+    out.append("Releases:")
+    for r in sorted(case["releases"], key=lambda r: r.get("at") or ""):
+        out.append(f"  {r['at']} {r['outcome']}" + (f" ({r['reason']})" if r.get("reason") else ""))
+        out.extend(f"      failed: {f}" for f in r.get("failed") or [])
+    if not case["releases"]:
+        out.append("  none")
+    return "\n".join(out)
