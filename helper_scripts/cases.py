@@ -108,7 +108,8 @@ def read_case(table, case_id: str) -> dict:
         "opened_at": header.get("opened_at"),
         "released_at": header.get("released_at"),
         "findings": [
-            {k: f.get(k) for k in ("finding_id", "finding_type", "severity", "first_seen", "last_seen", "seen")} for f in kind("finding#")
+            {k: f.get(k) for k in ("finding_id", "finding_type", "severity", "updated_at", "first_seen", "last_seen", "seen", "decision", "evidence")}
+            for f in kind("finding#")
         ],
         "steps": [
             {"step": s["sk"].split("#", 1)[1], **{k: s.get(k) for k in ("started", "ended", "outcome", "attempts", "created", "report")}}
@@ -155,6 +156,8 @@ def render_case(case: dict) -> str:
     ]
     for f in sorted(case["findings"], key=lambda f: f.get("first_seen") or ""):
         out.append(f"  {f['finding_id']} {f['finding_type']} (severity {f['severity']}), first {f['first_seen']}, last {f['last_seen']}, seen {f['seen']}x")
+        if f.get("decision"):
+            out.append(f"      triage: {f['decision']}" + (f", because {f['evidence']}" if f.get("evidence") else ""))
     out.append("Steps:")
     for s in sorted(case["steps"], key=lambda s: s.get("started") or ""):
         line = f"  {s['step']:10} {s.get('outcome') or 'running'}, {s.get('started')} .. {s.get('ended') or '?'}, attempts {s.get('attempts') or 0}"

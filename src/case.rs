@@ -70,8 +70,20 @@ fn epoch_secs() -> i64 {
         .unwrap_or_default()
 }
 
-/// The most characters of a step's report kept in its case item (DynamoDB items hold 400 KB).
-pub const MAX_REPORT_CHARS: usize = 100_000;
+/// The most bytes of a step's report kept in its case item (DynamoDB items hold 400 KB).
+pub const MAX_REPORT_BYTES: usize = 100_000;
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn cut(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
 
 /// Where one containment's record is kept, and the execution's claim on its steps: the small
 /// value the workflow passes from triage to every step.
@@ -415,10 +427,13 @@ impl Store {
         &self,
         target: &Target,
         updated_at: Option<&str>,
+        evidence: Option<&str>,
         released_stops: bool,
     ) -> Result<Opened, Error> {
         let head_key = instance_key(&target.scope, &target.instance_id);
         let updated_at: String = updated_at.unwrap_or("").chars().take(40).collect();
+        let evidence: Option<String> = evidence.map(|e| e.chars().take(1000).collect());
+        let evidence = evidence.as_deref();
         for _ in 0..5 {
             let head = self
                 .get(head_key.clone(), "head")
@@ -443,7 +458,7 @@ impl Store {
                 }
                 let (opened_at, ()) = futures::try_join!(
                     self.ensure_header(&case_id, target),
-                    self.add_finding(&case_id, target, &updated_at)
+                    self.add_finding(&case_id, target, &updated_at, evidence)
                 )?;
                 info!(case_id, "finding joins the instance's open case");
                 return Ok(Opened::Joined {
@@ -481,7 +496,7 @@ impl Store {
                 Ok(_) => {
                     let (opened_at, ()) = futures::try_join!(
                         self.ensure_header(&case_id, target),
-                        self.add_finding(&case_id, target, &updated_at)
+                        self.add_finding(&case_id, target, &updated_at, evidence)
                     )?;
                     info!(case_id, "case opened");
                     return Ok(Opened::New(CaseHandle {
@@ -540,11 +555,14 @@ impl Store {
             .unwrap_or_default())
     }
 
+    /// Records a finding in the case; `evidence` is triage's decision in words (why the
+    /// instance is contained), absent when a step opens the case alone.
     async fn add_finding(
         &self,
         case_id: &str,
         target: &Target,
         updated_at: &str,
+        evidence: Option<&str>,
     ) -> Result<(), Error> {
         let now = now_precise();
         self.db
@@ -554,9 +572,12 @@ impl Store {
             .key("sk", s(format!("finding#{}", target.finding_id)))
             .update_expression(
                 "SET finding_id = :id, finding_type = :type, severity = :severity, updated_at = :updated, \
+                 decision = :decision, evidence = :evidence, \
                  first_seen = if_not_exists(first_seen, :now), last_seen = :now ADD seen :one",
             )
             .expression_attribute_values(":updated", s(updated_at))
+            .expression_attribute_values(":decision", s(if evidence.is_some() { "contain" } else { "contain (step run alone, no triage)" }))
+            .expression_attribute_values(":evidence", s(evidence.unwrap_or("")))
             .expression_attribute_values(":id", s(&target.finding_id))
             .expression_attribute_values(":type", s(&target.finding_type))
             .expression_attribute_values(
@@ -941,10 +962,10 @@ impl Recorder {
     }
 
     /// Records a step's end: its outcome (`done`, `already_done`, `skipped`, or the error's
-    /// name) and its report or error (cut to [`MAX_REPORT_CHARS`]). A step another execution
+    /// name) and its report or error (cut to [`MAX_REPORT_BYTES`]). A step another execution
     /// has claimed keeps that execution's record: this one's end is not written over it.
     pub async fn finished(&self, step: &str, outcome: &str, report: &str) -> Result<(), Error> {
-        let report: String = report.chars().take(MAX_REPORT_CHARS).collect();
+        let report = cut(report, MAX_REPORT_BYTES);
         let answer = self
             .store
             .db
@@ -1047,6 +1068,13 @@ pub fn warn_unrecorded(what: &str, err: &Error) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_report_is_cut_on_a_character_boundary() {
+        assert_eq!(cut("abc", 10), "abc");
+        assert_eq!(cut("aé", 2), "a", "é is two bytes");
+        assert_eq!(cut("ééé", 4), "éé");
+    }
 
     #[test]
     fn precise_times_order_as_strings_and_parse() {

@@ -202,7 +202,7 @@ pub async fn deregister_instance(
     let record = record(&left_targets, &left_classic, auto_scaling.as_ref());
     if !record.is_empty() {
         let written = match &clients.case {
-            Some(case) => case.remember_all(&record).await.map(|_| ()),
+            Some(case) => Box::pin(case.remember_all(&record)).await.map(|_| ()),
             None => Err(Error::Misconfigured(
                 clients.case_unavailable.clone().unwrap_or_default(),
             )),
@@ -387,7 +387,7 @@ async fn leave_group(
         // An earlier run put it there: the case says whether it lowered the capacity.
         change.status = GroupStatus::AlreadyInPlace;
         if let Some(case) = &clients.case {
-            change.capacity_decremented = case.recalled().await?.iter().any(|p| {
+            change.capacity_decremented = Box::pin(case.recalled()).await?.iter().any(|p| {
                 matches!(
                     p,
                     Previous::AutoScaling {

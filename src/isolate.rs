@@ -161,7 +161,7 @@ pub async fn isolate_instance(
     // An interface an earlier run left isolated or in transit: its own groups are the ones the
     // case recorded (read only then, off the usual path).
     let recalled = if interfaces.iter().any(|i| i.looks_isolated || i.in_transit) {
-        recorded_groups(clients).await
+        Box::pin(recorded_groups(clients)).await
     } else {
         BTreeMap::new()
     };
@@ -281,7 +281,7 @@ pub async fn isolate_instance(
         ));
         false
     });
-    if let Err(err) = mark(clients, &target.instance_id).await {
+    if let Err(err) = Box::pin(mark(clients, &target.instance_id)).await {
         warn!(error = %err, "marker tags not written");
         warnings.push(format!(
             "the marker tags (case id, time) could not be written on the instance ({err}); the case holds the record"
@@ -380,7 +380,7 @@ async fn recorded_groups(clients: &Clients) -> BTreeMap<String, Vec<String>> {
     let Some(case) = &clients.case else {
         return BTreeMap::new();
     };
-    match case.recalled().await {
+    match Box::pin(case.recalled()).await {
         Ok(previous) => previous
             .into_iter()
             .filter_map(|p| match p {
@@ -424,7 +424,7 @@ async fn record(
     if !devices.is_empty() {
         previous.push(Previous::DeleteOnTermination { devices });
     }
-    Ok(case.remember_all(&previous).await? > 0)
+    Ok(Box::pin(case.remember_all(&previous)).await? > 0)
 }
 
 /// Marks the instance as contained, after acting: the case id and the time, two tags a person
@@ -520,7 +520,7 @@ async fn protect(clients: &Clients, inst: &Instance) -> Protection {
     // attributes never overwrites it); a record that cannot be written holds nothing back.
     if let (Some(previous), Some(case)) =
         (previous, clients.case.as_ref().filter(|_| plan.is_none()))
-        && let Err(err) = case.remember(&previous).await
+        && let Err(err) = Box::pin(case.remember(&previous)).await
     {
         warn!(error = %err, "record of the previous attributes not written");
         out.warnings.push(format!(

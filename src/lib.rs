@@ -126,7 +126,7 @@ async fn attach_case(
     }
     let opened = tokio::time::timeout(
         triage::CASE_OPEN_TIMEOUT,
-        store.open(target, event.detail.updated_at.as_deref(), false),
+        Box::pin(store.open(target, event.detail.updated_at.as_deref(), None, false)),
     )
     .await;
     let opened = opened.unwrap_or_else(|_| {

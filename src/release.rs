@@ -171,7 +171,7 @@ pub async fn release(ctx: &Ctx, request: &ReleaseRequest) -> Result<Outcome<Rele
             "case {asked} is not the instance's open case ({case_id})"
         )));
     }
-    let case = store.case(&case_id).await?.ok_or_else(|| {
+    let case = Box::pin(store.case(&case_id)).await?.ok_or_else(|| {
         Error::Misconfigured(format!("case {case_id} is named open but has no record"))
     })?;
     let scope = &target.scope;
@@ -193,21 +193,21 @@ pub async fn release(ctx: &Ctx, request: &ReleaseRequest) -> Result<Outcome<Rele
     // The case is held for the release: a finding arriving meanwhile is triaged again after
     // it, instead of joining a case being undone. Then nothing of the case may still be
     // running (an execution whose steps would contain again what release restores).
-    if !store.begin_release(&case, scope).await? {
+    if !Box::pin(store.begin_release(&case, scope)).await? {
         return Ok(Outcome::skipped(format!(
             "case {case_id} is no longer the instance's open case: nothing to release"
         )));
     }
-    let case = match store.case(&case_id).await {
+    let case = match Box::pin(store.case(&case_id)).await {
         Ok(Some(case)) => case,
         Ok(None) => case,
         Err(err) => {
-            let _ = store.abort_release(&case, scope).await;
+            let _ = Box::pin(store.abort_release(&case, scope)).await;
             return Err(err);
         }
     };
     if let Some(why) = case.busy() {
-        let _ = store.abort_release(&case, scope).await;
+        let _ = Box::pin(store.abort_release(&case, scope)).await;
         return Err(Error::Transient {
             action: "dynamodb:Query",
             code: "CaseBusy".into(),
@@ -220,7 +220,7 @@ pub async fn release(ctx: &Ctx, request: &ReleaseRequest) -> Result<Outcome<Rele
     let released = Box::pin(release_case(&clients, store, &case, &target, request)).await;
     if released.is_err() {
         // The case stays open: findings join it again, and release can be run again.
-        let _ = store.abort_release(&case, scope).await;
+        let _ = Box::pin(store.abort_release(&case, scope)).await;
     }
     released
 }
@@ -345,8 +345,7 @@ pub async fn release_case(
         classic.map(|c| report.classic_load_balancers = c),
     );
     let failures: Vec<String> = failed.iter().map(|(w, e)| format!("{w}: {e}")).collect();
-    store
-        .record_release(&case.case_id, request.reason.as_deref(), &done, &failures)
+    Box::pin(store.record_release(&case.case_id, request.reason.as_deref(), &done, &failures))
         .await?;
     if !failed.is_empty() {
         // The case stays open, so that release can be run again.
@@ -360,7 +359,7 @@ pub async fn release_case(
             failed,
         });
     }
-    store.mark_released(case, &target.scope).await?;
+    Box::pin(store.mark_released(case, &target.scope)).await?;
     // Last: the marker tags, by their keys (never read).
     let markers = [tags::CASE, tags::CONTAINED_AT];
     let removed = clients
@@ -542,7 +541,13 @@ async fn release_role(
     } else {
         date_instance_deny(clients, target, &role_name).await?;
     }
-    let still_held_by = drop_hold(store, &target.scope, &role_name, &target.instance_id).await?;
+    let still_held_by = Box::pin(drop_hold(
+        store,
+        &target.scope,
+        &role_name,
+        &target.instance_id,
+    ))
+    .await?;
     if !still_held_by.is_empty() {
         return Ok(Some(RoleRelease {
             role_name,
@@ -563,7 +568,7 @@ async fn release_role(
     gone_already(detached)?;
     // A containment of another instance of the role records its hold before it attaches
     // DenyAll: a hold that appeared while this release detached it puts DenyAll back.
-    let held_now = store.holds(&target.scope, &role_name).await?;
+    let held_now = Box::pin(store.holds(&target.scope, &role_name)).await?;
     if !held_now.is_empty() {
         iam.attach_role_policy()
             .role_name(&role_name)

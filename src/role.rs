@@ -182,7 +182,7 @@ pub async fn contain_instance_role(
     // actions are idempotent, and the report says so.
     let mut claim_warning = None;
     if let Some(case) = &clients.case {
-        match case.claim("role").await {
+        match Box::pin(case.claim("role")).await {
             Ok(Claim::Taken {
                 by,
                 at,
@@ -259,7 +259,7 @@ pub async fn contain_instance_role(
     let recorded = if action == RoleAction::None {
         Ok(())
     } else {
-        record_role(clients, target, &role_name, undone_on_release).await
+        Box::pin(record_role(clients, target, &role_name, undone_on_release)).await
     };
     let (deny_all, revoke, revoke_instance, profile) = futures::join!(
         async {
@@ -529,7 +529,7 @@ async fn quarantine_instance_profile(
         let previous = Previous::Profile {
             profile_arn: current.clone(),
         };
-        if let Err(err) = case.remember(&previous).await {
+        if let Err(err) = Box::pin(case.remember(&previous)).await {
             warn!(error = %err, "record of the previous profile not written");
             warnings.push(format!(
                 "the record of the previous instance profile could not be written to the case ({err}): release will not give it back; it was {current}"
@@ -825,7 +825,7 @@ async fn record_role(
     };
     if hold {
         futures::try_join!(
-            case.remember(&role),
+            Box::pin(case.remember(&role)),
             case.store.hold_role(
                 &target.scope,
                 role_name,
@@ -834,7 +834,7 @@ async fn record_role(
             )
         )?;
     } else {
-        case.remember(&role).await?;
+        Box::pin(case.remember(&role)).await?;
     }
     Ok(())
 }

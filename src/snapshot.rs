@@ -59,7 +59,7 @@ pub async fn snapshot_instance(
     // that two executions of one finding (or two findings of one instance) take one set. A
     // claim the table cannot answer never holds the evidence back: a set is taken.
     if let Some(case) = case {
-        let claim = case.claim("snapshot").await;
+        let claim = Box::pin(case.claim("snapshot")).await;
         let recorded = match claim {
             Err(err) => {
                 warn!(error = %err, "snapshot step not claimed in the case: taking a set all the same");
@@ -69,11 +69,13 @@ pub async fn snapshot_instance(
                 Vec::new()
             }
             Ok(Claim::Mine) => {
-                create_called = case.create_called("snapshot").await.unwrap_or(false);
-                case.created("snapshot").await.unwrap_or_default()
+                create_called = Box::pin(case.create_called("snapshot"))
+                    .await
+                    .unwrap_or(false);
+                Box::pin(case.created("snapshot")).await.unwrap_or_default()
             }
             Ok(Claim::Taken { by, at, ended }) => {
-                let recorded = case.created("snapshot").await.unwrap_or_default();
+                let recorded = Box::pin(case.created("snapshot")).await.unwrap_or_default();
                 info!(%by, %at, ended, "snapshots of this case are taken by another execution");
                 let warnings = if ended {
                     Vec::new()
@@ -148,7 +150,7 @@ pub async fn snapshot_instance(
             set = set_key,
             "snapshots already taken for this containment"
         );
-        record_set(case, &snapshots, &mut warnings).await;
+        Box::pin(record_set(case, &snapshots, &mut warnings)).await;
         return Ok(Outcome::AlreadyDone(SnapshotReport {
             instance_id: target.instance_id.clone(),
             snapshots,
@@ -203,7 +205,7 @@ pub async fn snapshot_instance(
         return Ok(plan.outcome());
     }
     if let Some(case) = case
-        && let Err(err) = case.creating("snapshot").await
+        && let Err(err) = Box::pin(case.creating("snapshot")).await
     {
         crate::case::warn_unrecorded("snapshot call", &err);
     }
@@ -242,7 +244,7 @@ pub async fn snapshot_instance(
         })
         .collect();
     info!(snapshots = ?snapshots.iter().map(|s| &s.snapshot_id).collect::<Vec<_>>(), "snapshots requested");
-    record_set(case, &snapshots, &mut warnings).await;
+    Box::pin(record_set(case, &snapshots, &mut warnings)).await;
 
     // Per-snapshot tags (CreateSnapshots applies the same tags to all). The snapshots exist and
     // carry the finding's tags already, so a failure here is logged, not fatal.

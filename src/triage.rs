@@ -121,7 +121,12 @@ pub async fn triage(ctx: &Ctx, event: &FindingEvent) -> Result<TriageReport, Err
         // and each says that nothing was recorded.
         let opened = tokio::time::timeout(
             CASE_OPEN_TIMEOUT,
-            store.open(&target, event.detail.updated_at.as_deref(), true),
+            Box::pin(store.open(
+                &target,
+                event.detail.updated_at.as_deref(),
+                Some(&evidence.because),
+                true,
+            )),
         )
         .await
         .unwrap_or_else(|_| {

@@ -106,7 +106,8 @@ def test_test_instance_fire_verify_and_nuke(stack, tmp_path):
     assert rows[case_id]["status"] == "open" and rows[case_id]["account_id"] == local.ACCOUNT
     r = deploy_sh(st, "case", instance_id, "--table", table, home=tmp_path)
     assert r.returncode == 0, r.stderr + r.stdout
-    for line in (f"Case {case_id}: instance {instance_id}", "a6c7d3f1e2b94c8d9e0f1a2b3c4d5e6f", "isolate", "snapshot", "groups:"):
+    for line in (f"Case {case_id}: instance {instance_id}", "a6c7d3f1e2b94c8d9e0f1a2b3c4d5e6f", "triage: contain, because",
+                 "isolate", "snapshot", "groups:"):
         assert line in r.stdout, (line, r.stdout)
     r = deploy_sh(st, "case", case_id, "--table", table, "--json", home=tmp_path)
     case = json.loads(r.stdout)
