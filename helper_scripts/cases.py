@@ -11,7 +11,7 @@ import json
 import re
 
 INSTANCE_ID = re.compile(r"^i-([0-9a-f]{8}|[0-9a-f]{17})$")
-CASE_ID = re.compile(r"^i-[0-9a-f]{8,17}-[0-9]{8}T[0-9]{6}Z$")
+CASE_ID = re.compile(r"^i-[0-9a-f]{8,17}-[0-9]{8}T[0-9]{9}Z$")
 
 
 class CaseError(Exception):
@@ -83,7 +83,7 @@ def find_case(table, id_or_instance: str) -> str:
     if CASE_ID.match(id_or_instance):
         return id_or_instance
     if not INSTANCE_ID.match(id_or_instance):
-        raise CaseError(f"{id_or_instance!r} is neither a case id (i-...-YYYYMMDDTHHMMSSZ) nor an instance id")
+        raise CaseError(f"{id_or_instance!r} is neither a case id (i-...-YYYYMMDDTHHMMSSmmmZ) nor an instance id")
     cases = [c for c in list_cases(table) if c["instance_id"] == id_or_instance]
     if not cases:
         raise CaseError(f"no case for instance {id_or_instance}")

@@ -420,8 +420,8 @@ cmd_test_path() {
     instance_id="${positional[0]:-}"
   elif [[ "$COMMAND" == case ]]; then
     [[ ${#positional[@]} -ge 1 ]] || usage_error "case takes a case id or an instance id, e.g. deploy.sh case i-0123456789abcdef0"
-    [[ "${positional[0]}" =~ ^i-([0-9a-f]{8}|[0-9a-f]{17})(-[0-9]{8}T[0-9]{6}Z)?$ ]] ||
-      usage_error "not a case id (i-...-YYYYMMDDTHHMMSSZ) or an instance id: ${positional[0]}"
+    [[ "${positional[0]}" =~ ^i-([0-9a-f]{8}|[0-9a-f]{17})(-[0-9]{8}T[0-9]{9}Z)?$ ]] ||
+      usage_error "not a case id (i-...-YYYYMMDDTHHMMSSmmmZ) or an instance id: ${positional[0]}"
   fi
   [[ -z "$instance_id" || "$instance_id" =~ ^i-([0-9a-f]{8}|[0-9a-f]{17})$ ]] ||
     usage_error "not an EC2 instance id: $instance_id (i- and 8 or 17 hexadecimal digits)"

@@ -306,14 +306,15 @@ pub fn new_claim() -> String {
     format!("{:016x}", h.finish())
 }
 
-/// The id of a case opened now for `instance_id`: the instance and the time, readable and
-/// sorted by time.
+/// The id of a case opened now for `instance_id`: the instance and the time to the
+/// millisecond (`i-...-20261201T181401123Z`), readable, sorted by time, and never the id of the
+/// instance's earlier case (one case is open at a time, and a release takes longer than 1 ms).
 fn new_case_id(instance_id: &str) -> String {
-    let now = now_rfc3339().replace(['-', ':'], "");
+    let now = now_precise().replace(['-', ':', '.'], "");
     format!("{instance_id}-{now}")
 }
 
-/// Whether `s` can be a case id this tool made (`i-...-YYYYMMDDTHHMMSSZ`).
+/// Whether `s` can be a case id this tool made (`i-...-YYYYMMDDTHHMMSSmmmZ`).
 pub fn is_case_id(s: &str) -> bool {
     s.len() <= 64
         && s.starts_with("i-")
@@ -434,11 +435,66 @@ impl Store {
         let updated_at: String = updated_at.unwrap_or("").chars().take(40).collect();
         let evidence: Option<String> = evidence.map(|e| e.chars().take(1000).collect());
         let evidence = evidence.as_deref();
+        let copy = format!("{}@{updated_at}", target.finding_id);
         for _ in 0..5 {
-            let head = self
-                .get(head_key.clone(), "head")
-                .await?
-                .unwrap_or_default();
+            // The common path is one conditional write: the head takes a new case unless one is
+            // open (or, for triage, unless this copy of the finding was released); a refusal
+            // returns the head as it is, which says what to join.
+            let case_id = new_case_id(&target.instance_id);
+            let mut claim = self
+                .db
+                .update_item()
+                .table_name(&self.table)
+                .key("pk", s(head_key.clone()))
+                .key("sk", s("head"))
+                .update_expression("SET open_case = :case, last_case = :case ADD cases :cases")
+                .expression_attribute_values(":case", s(&case_id))
+                .expression_attribute_values(":cases", AttributeValue::Ss(vec![case_id.clone()]))
+                .return_values_on_condition_check_failure(
+                    aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure::AllOld,
+                );
+            claim = if released_stops {
+                claim
+                    .condition_expression(
+                        "attribute_not_exists(open_case) AND NOT contains(released_findings, :copy)",
+                    )
+                    .expression_attribute_values(":copy", s(&copy))
+            } else {
+                claim.condition_expression("attribute_not_exists(open_case)")
+            };
+            let head = match claim.send().await {
+                Ok(_) => {
+                    let (opened_at, ()) = futures::try_join!(
+                        self.ensure_header(&case_id, target),
+                        self.add_finding(&case_id, target, &updated_at, evidence)
+                    )?;
+                    info!(case_id, "case opened");
+                    return Ok(Opened::New(CaseHandle {
+                        case_id,
+                        claim: new_claim(),
+                        opened_at,
+                    }));
+                }
+                Err(e) => {
+                    let returned = e
+                        .as_service_error()
+                        .and_then(|se| match se {
+                            aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c) => {
+                                Some(c.item().cloned().unwrap_or_default())
+                            }
+                            _ => None,
+                        });
+                    match returned {
+                        // A refusal without the item (older services): read the head.
+                        Some(item) if item.is_empty() => self
+                            .get(head_key.clone(), "head")
+                            .await?
+                            .unwrap_or_default(),
+                        Some(item) => item,
+                        None => return Err(Error::from_sdk("dynamodb:UpdateItem", e)),
+                    }
+                }
+            };
             if let Some(case_id) = text(&head, "open_case") {
                 if text(&head, "releasing").as_deref() == Some(case_id.as_str())
                     && head
@@ -448,7 +504,7 @@ impl Store {
                         .is_some_and(|at| epoch_secs() - at < RELEASE_LEASE_SECS)
                 {
                     return Err(Error::Transient {
-                        action: "dynamodb:GetItem",
+                        action: "dynamodb:UpdateItem",
                         code: "CaseBeingReleased".into(),
                         message: format!(
                             "the instance's case {case_id} is being released: the finding is triaged again once the release is over"
@@ -470,7 +526,6 @@ impl Store {
                     opened_at,
                 });
             }
-            let copy = format!("{}@{updated_at}", target.finding_id);
             let released = head
                 .get("released_findings")
                 .and_then(|v| v.as_ss().ok())
@@ -479,40 +534,7 @@ impl Store {
                 let case_id = text(&head, "last_case").unwrap_or_default();
                 return Ok(Opened::Released { case_id });
             }
-            let case_id = new_case_id(&target.instance_id);
-            let claimed = self
-                .db
-                .update_item()
-                .table_name(&self.table)
-                .key("pk", s(head_key.clone()))
-                .key("sk", s("head"))
-                .update_expression("SET open_case = :case, last_case = :case ADD cases :cases")
-                .condition_expression("attribute_not_exists(open_case)")
-                .expression_attribute_values(":case", s(&case_id))
-                .expression_attribute_values(":cases", AttributeValue::Ss(vec![case_id.clone()]))
-                .send()
-                .await;
-            match claimed {
-                Ok(_) => {
-                    let (opened_at, ()) = futures::try_join!(
-                        self.ensure_header(&case_id, target),
-                        self.add_finding(&case_id, target, &updated_at, evidence)
-                    )?;
-                    info!(case_id, "case opened");
-                    return Ok(Opened::New(CaseHandle {
-                        case_id,
-                        claim: new_claim(),
-                        opened_at,
-                    }));
-                }
-                Err(e) => {
-                    let err = Error::from_sdk("dynamodb:UpdateItem", e);
-                    if err.aws_code() != Some(CONDITION_FAILED) {
-                        return Err(err);
-                    }
-                    // Another execution opened it an instant before: join that one.
-                }
-            }
+            // The open case was released between the write and the read: try again.
         }
         Err(Error::Misconfigured(
             "the instance's case record changed on every try: is another tool writing the case table?".into(),
@@ -1068,6 +1090,23 @@ pub fn warn_unrecorded(what: &str, err: &Error) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_case_id_names_the_instance_and_the_millisecond() {
+        let id = new_case_id("i-0123456789abcdef0");
+        assert!(is_case_id(&id), "{id}");
+        // The shape deploy.sh and helper_scripts/cases.py accept: i-<id>-YYYYMMDDTHHMMSSmmmZ.
+        let stamp = id.strip_prefix("i-0123456789abcdef0-").unwrap();
+        assert_eq!(stamp.len(), 19, "{stamp}");
+        assert_eq!(&stamp[8..9], "T");
+        assert!(stamp.ends_with('Z'));
+        assert!(
+            stamp[..8]
+                .bytes()
+                .chain(stamp[9..18].bytes())
+                .all(|b| b.is_ascii_digit())
+        );
+    }
 
     #[test]
     fn a_report_is_cut_on_a_character_boundary() {

@@ -400,7 +400,7 @@ BAD_OPTIONS = [
     (["cases", "--table", "a table"], "--table takes a DynamoDB table name"),
     (["case"], "case takes a case id or an instance id"),
     (["case", "--open"], "unknown option --open for case"),
-    (["case", "case-1"], "not a case id (i-...-YYYYMMDDTHHMMSSZ) or an instance id: case-1"),
+    (["case", "case-1"], "not a case id (i-...-YYYYMMDDTHHMMSSmmmZ) or an instance id: case-1"),
     (["case", "i-0123456789abcdef0-2026"], "not a case id"),
 ]
 
