@@ -42,6 +42,34 @@ pub const CLAIM_LEASE_SECS: i64 = 30 * 60;
 
 const CONDITION_FAILED: &str = "ConditionalCheckFailedException";
 
+/// A conditional write's answer: `true` written, `false` refused by its condition (another
+/// execution was first, or the record already stands); any other failure is the error.
+fn written<O, E>(
+    action: &'static str,
+    answer: Result<
+        O,
+        aws_smithy_runtime_api::client::result::SdkError<
+            E,
+            aws_smithy_runtime_api::client::orchestrator::HttpResponse,
+        >,
+    >,
+) -> Result<bool, Error>
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match answer {
+        Ok(_) => Ok(true),
+        Err(e) => {
+            let err = Error::from_sdk(action, e);
+            if err.aws_code() == Some(CONDITION_FAILED) {
+                Ok(false)
+            } else {
+                Err(err)
+            }
+        }
+    }
+}
+
 /// How long a release holds the instance's case against new findings, and how far back a
 /// step's start or a finding's arrival counts as an execution that may still run: longer than
 /// an execution's retries last.
@@ -705,18 +733,8 @@ impl Store {
                 )
                 .expression_attribute_values(":ids", AttributeValue::Ss(copies));
         }
-        match update.send().await {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let err = Error::from_sdk("dynamodb:UpdateItem", e);
-                // Already released (a retried release): nothing more to mark.
-                if err.aws_code() == Some(CONDITION_FAILED) {
-                    Ok(())
-                } else {
-                    Err(err)
-                }
-            }
-        }
+        // Refused: already released (a retried release), nothing more to mark.
+        written("dynamodb:UpdateItem", update.send().await).map(|_| ())
     }
 
     /// Holds the instance's open case for a release: a finding arriving meanwhile waits (and is
@@ -735,17 +753,7 @@ impl Store {
             .expression_attribute_values(":now", AttributeValue::N(epoch_secs().to_string()))
             .send()
             .await;
-        match answer {
-            Ok(_) => Ok(true),
-            Err(e) => {
-                let err = Error::from_sdk("dynamodb:UpdateItem", e);
-                if err.aws_code() == Some(CONDITION_FAILED) {
-                    Ok(false)
-                } else {
-                    Err(err)
-                }
-            }
-        }
+        written("dynamodb:UpdateItem", answer)
     }
 
     /// Lets findings join the case again after a release that did not finish.
@@ -761,17 +769,7 @@ impl Store {
             .expression_attribute_values(":case", s(&case.case_id))
             .send()
             .await;
-        match answer {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let err = Error::from_sdk("dynamodb:UpdateItem", e);
-                if err.aws_code() == Some(CONDITION_FAILED) {
-                    Ok(())
-                } else {
-                    Err(err)
-                }
-            }
-        }
+        written("dynamodb:UpdateItem", answer).map(|_| ())
     }
 
     /// Records one release attempt: what was restored and what failed.
@@ -858,17 +856,7 @@ impl Recorder {
             .condition_expression("attribute_not_exists(sk)")
             .send()
             .await;
-        match answer {
-            Ok(_) => Ok(true),
-            Err(e) => {
-                let err = Error::from_sdk("dynamodb:PutItem", e);
-                if err.aws_code() == Some(CONDITION_FAILED) {
-                    Ok(false)
-                } else {
-                    Err(err)
-                }
-            }
-        }
+        written("dynamodb:PutItem", answer)
     }
 
     /// Records several states, eight at a time; returns how many were new.
@@ -928,30 +916,21 @@ impl Recorder {
                 AttributeValue::N((now - CLAIM_LEASE_SECS).to_string()),
             )
             .expression_attribute_values(":time", s(now_precise()))
-            .return_values_on_condition_check_failure(
-                aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure::AllOld,
-            )
             .send()
             .await;
-        match answer {
-            Ok(_) => Ok(Claim::Mine),
-            Err(e) => {
-                let err = Error::from_sdk("dynamodb:UpdateItem", e);
-                if err.aws_code() != Some(CONDITION_FAILED) {
-                    return Err(err);
-                }
-                let step_item = self
-                    .store
-                    .get(case_key(&self.handle.case_id), &format!("step#{step}"))
-                    .await?
-                    .unwrap_or_default();
-                Ok(Claim::Taken {
-                    by: text(&step_item, "claimed_by").unwrap_or_default(),
-                    at: text(&step_item, "started").unwrap_or_default(),
-                    ended: step_item.contains_key("ended"),
-                })
-            }
+        if written("dynamodb:UpdateItem", answer)? {
+            return Ok(Claim::Mine);
         }
+        let step_item = self
+            .store
+            .get(case_key(&self.handle.case_id), &format!("step#{step}"))
+            .await?
+            .unwrap_or_default();
+        Ok(Claim::Taken {
+            by: text(&step_item, "claimed_by").unwrap_or_default(),
+            at: text(&step_item, "started").unwrap_or_default(),
+            ended: step_item.contains_key("ended"),
+        })
     }
 
     /// Records a step's start (the first, and the last). A step another execution has
@@ -970,17 +949,7 @@ impl Recorder {
             .expression_attribute_values(":me", s(&self.handle.claim))
             .send()
             .await;
-        match answer {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let err = Error::from_sdk("dynamodb:UpdateItem", e);
-                if err.aws_code() == Some(CONDITION_FAILED) {
-                    Ok(())
-                } else {
-                    Err(err)
-                }
-            }
-        }
+        written("dynamodb:UpdateItem", answer).map(|_| ())
     }
 
     /// Records a step's end: its outcome (`done`, `already_done`, `skipped`, or the error's
@@ -1008,17 +977,7 @@ impl Recorder {
             .condition_expression("attribute_not_exists(claimed_by) OR claimed_by = :me")
             .send()
             .await;
-        match answer {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let err = Error::from_sdk("dynamodb:UpdateItem", e);
-                if err.aws_code() == Some(CONDITION_FAILED) {
-                    Ok(())
-                } else {
-                    Err(err)
-                }
-            }
-        }
+        written("dynamodb:UpdateItem", answer).map(|_| ())
     }
 
     /// Records that the step is about to call its creating API (CreateSnapshots): only then

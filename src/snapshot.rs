@@ -77,34 +77,18 @@ pub async fn snapshot_instance(
             Ok(Claim::Taken { by, at, ended }) => {
                 let recorded = Box::pin(case.created("snapshot")).await.unwrap_or_default();
                 info!(%by, %at, ended, "snapshots of this case are taken by another execution");
-                let warnings = if ended {
-                    Vec::new()
-                } else {
-                    vec![format!(
+                if !ended {
+                    warnings.push(format!(
                         "the snapshots of case {} are taken by another execution of it (started {at}); its ids are in the case",
                         case.handle.case_id
-                    )]
-                };
-                return Ok(Outcome::AlreadyDone(SnapshotReport {
-                    instance_id: target.instance_id.clone(),
-                    snapshots: recorded
-                        .into_iter()
-                        .map(|id| ForensicSnapshot::recorded(&id))
-                        .collect(),
-                    warnings,
-                }));
+                    ));
+                }
+                return Ok(recorded_set(target, recorded, warnings));
             }
         };
         if !recorded.is_empty() {
             info!(case = %case.handle.case_id, "snapshots already taken for this case");
-            return Ok(Outcome::AlreadyDone(SnapshotReport {
-                instance_id: target.instance_id.clone(),
-                snapshots: recorded
-                    .into_iter()
-                    .map(|id| ForensicSnapshot::recorded(&id))
-                    .collect(),
-                warnings,
-            }));
+            return Ok(recorded_set(target, recorded, warnings));
         }
     }
     // The set's key on the snapshots: the case (or, without one, the finding).
@@ -259,6 +243,22 @@ pub async fn snapshot_instance(
         snapshots,
         warnings,
     }))
+}
+
+/// The set the case records (taken by this execution earlier, or by another one of the case).
+fn recorded_set(
+    target: &Target,
+    recorded: Vec<String>,
+    warnings: Vec<String>,
+) -> Outcome<SnapshotReport> {
+    Outcome::AlreadyDone(SnapshotReport {
+        instance_id: target.instance_id.clone(),
+        snapshots: recorded
+            .iter()
+            .map(|entry| ForensicSnapshot::recorded(entry))
+            .collect(),
+        warnings,
+    })
 }
 
 /// Records the set in the case (the snapshots stand if this fails: they carry the case's tag).
