@@ -2,7 +2,7 @@
 the policies in template.yaml (and the member role) must agree in both directions.
 
 The code's actions are read from the source: every AWS call goes through
-`Error::from_sdk("<service>:<Action>", ...)`, whose label is the IAM action the call needs (a
+`Error::from_sdk("<service>:<Action>", ...)` (or the case table's `written("<service>:<Action>", ...)`), whose label is the IAM action the call needs (a
 check below makes sure no call escapes a label).
 """
 
@@ -116,7 +116,7 @@ UNSCOPABLE = {
     "elasticloadbalancing:DescribeLoadBalancers",
 }
 
-LABEL = re.compile(r'(?:from_sdk|group_error)\(\s*"([a-z0-9]+:[A-Za-z]+)"')
+LABEL = re.compile(r'(?:from_sdk|group_error|written)\(\s*"([a-z0-9]+:[A-Za-z]+)"')
 
 
 def code_actions(function: str) -> set[str]:
