@@ -350,6 +350,16 @@ pub fn is_case_id(s: &str) -> bool {
 }
 
 impl Store {
+    /// The same table, its requests naming `app` in their User-Agent.
+    pub fn acting_as(&self, app: aws_config::AppName) -> Store {
+        Store {
+            db: aws_sdk_dynamodb::Client::from_conf(
+                self.db.config().to_builder().app_name(app).build(),
+            ),
+            table: self.table.clone(),
+        }
+    }
+
     pub fn new(config: &aws_config::SdkConfig, table: impl Into<String>) -> Store {
         // A slow table never holds containment long: each call gives up after a few seconds
         // (the steps then act without a record and say so).

@@ -8,6 +8,7 @@
 //! after the finding. Clients share the configuration's HTTP client, so making them opens no
 //! connection.
 
+use aws_config::AppName;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::SharedCredentialsProvider;
@@ -209,6 +210,26 @@ impl Ctx {
 
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// The same context for one function: its name goes into every request's User-Agent
+    /// (`app/<function>`, the SDK's app id), which CloudTrail records as `userAgent`. In a member
+    /// account every step shares the member role's session: the app id tells which step made a
+    /// call. The name is one of the binaries' (`triage`, `isolate`, `deny-role`...).
+    pub fn acting_as(&self, function: &'static str) -> Ctx {
+        let Ok(app) = AppName::new(function) else {
+            return self.clone();
+        };
+        let config = self.config.to_builder().app_name(app.clone()).build();
+        let sts = aws_sdk_sts::Client::from_conf(
+            self.sts.config().to_builder().app_name(app.clone()).build(),
+        );
+        Ctx {
+            sts,
+            cases: self.cases.acting_as(app),
+            config,
+            ..self.clone()
+        }
     }
 
     /// A context acting only in the account of its own credentials.

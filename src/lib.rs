@@ -64,6 +64,10 @@ where
     F: FnOnce(Clients, finding::Target) -> Fut,
     Fut: Future<Output = Result<Outcome<T>, Error>>,
 {
+    let ctx = &ctx.acting_as(match name {
+        "role" => "deny-role",
+        other => other,
+    });
     let target = match finding::resolve(event)? {
         Ok(target) => target,
         Err(finding::Skip(reason)) => {

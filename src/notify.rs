@@ -169,7 +169,7 @@ pub struct Notifier {
 impl Notifier {
     pub fn new(ctx: &Ctx, settings: &NotifySettings) -> Notifier {
         Notifier {
-            sns: ctx.sns_for_topic(&settings.topic_arn),
+            sns: ctx.acting_as("notify").sns_for_topic(&settings.topic_arn),
             topic_arn: settings.topic_arn.clone(),
         }
     }

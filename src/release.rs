@@ -95,6 +95,7 @@ pub struct RoleRelease {
 
 /// Releases the instance a request names (the Lambda handler).
 pub async fn release(ctx: &Ctx, request: &ReleaseRequest) -> Result<Outcome<ReleaseReport>, Error> {
+    let ctx = &ctx.acting_as("release");
     if !is_instance_id(&request.instance_id) {
         return Err(Error::InvalidEvent(format!(
             "{:?} is not an EC2 instance id",

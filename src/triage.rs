@@ -52,6 +52,7 @@ pub struct TriageReport {
 /// Triages a finding event (the Lambda handler).
 #[tracing::instrument(skip_all, fields(finding_id = event.detail.id.as_deref().map(finding::clip)))]
 pub async fn triage(ctx: &Ctx, event: &FindingEvent) -> Result<TriageReport, Error> {
+    let ctx = &ctx.acting_as("triage");
     let settings = ctx.settings();
     let evidence = evidence::side(&event.detail);
     let report = |decision, reason: String, target: Option<&Target>| TriageReport {
