@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Every check and test, from a fresh clone: installs the pinned tools into .tools/, starts the
 # local AWS emulator on a free loopback port, runs fmt, clippy and the Rust tests (unit tests and
-# the integration tests against the emulator), stops the emulator (also on failure or Ctrl-C),
+# the integration tests against the emulator), evaluates every AWS call the functions made there
+# and a list of abuses with IAM's evaluation logic against the template's policies
+# (tests/tools/iam_check.py), stops the emulator (also on failure or Ctrl-C),
 # checks the SAM template and the state machine, runs the offline end-to-end workflow tests, and
 # runs the benchmarks in quick mode (helper_scripts/bench.sh --quick).
 set -euo pipefail
@@ -36,6 +38,9 @@ if s["destructive_calls"]:
 if o.get("fail_open", 0):
     sys.exit(f"isolation failed open in {o['fail_open']} case(s): see tests/fail_open.rs")
 PY
+# Every call the functions made is allowed by IAM's evaluation of the template's policies, and
+# every abuse in the list is denied (tests/tools/iam_check.py).
+"$VENV/bin/python" tests/tools/iam_check.py --proxy "$MOTO_ENDPOINT"
 stop_emulator
 
 log "sam validate --lint"

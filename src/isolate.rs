@@ -969,6 +969,12 @@ async fn ensure_group(
     ))
 }
 
+/// Creates the tool's group `name` in the VPC, tagged in the same call (the only tags the tool
+/// may put on a security group: IAM allows `ec2:CreateTags` on groups only with
+/// `ec2:CreateAction=CreateSecurityGroup`). When the name is taken, the group of that name is
+/// adopted if it carries the tool's tag (another execution created it first); a group someone
+/// else made under the tool's name is never tagged nor used: the tool's group is created beside
+/// it under the name with a suffix.
 async fn create_group(
     ec2: &aws_sdk_ec2::Client,
     vpc_id: &str,
@@ -976,62 +982,68 @@ async fn create_group(
     description: &str,
     tag: &str,
 ) -> Result<SecurityGroup, Error> {
-    let created = ec2
-        .create_security_group()
-        .group_name(name)
-        .description(description)
-        .vpc_id(vpc_id)
-        .tag_specifications(
-            TagSpecification::builder()
-                .resource_type(ResourceType::SecurityGroup)
-                .tags(tags::new("Name", name))
-                .tags(tags::new(tag, "true"))
-                .build(),
-        )
-        .send()
-        .await;
-    let by = match created {
-        Ok(out) => filter("group-id", out.group_id().unwrap_or_default()),
-        // Another execution created it first, or a person made a group of that name: adopt it
-        // (its rules are set below, so adopting it cannot make it laxer than intended).
-        Err(e) => {
-            let err = Error::from_sdk("ec2:CreateSecurityGroup", e);
-            if err.aws_code() != Some("InvalidGroup.Duplicate") {
-                return Err(err);
+    let mut chosen = name.to_owned();
+    for attempt in 0..2 {
+        let created = ec2
+            .create_security_group()
+            .group_name(&chosen)
+            .description(description)
+            .vpc_id(vpc_id)
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::SecurityGroup)
+                    .tags(tags::new("Name", name))
+                    .tags(tags::new(tag, "true"))
+                    .build(),
+            )
+            .send()
+            .await;
+        let by = match created {
+            Ok(out) => filter("group-id", out.group_id().unwrap_or_default()),
+            Err(e) => {
+                let err = Error::from_sdk("ec2:CreateSecurityGroup", e);
+                if err.aws_code() != Some("InvalidGroup.Duplicate") {
+                    return Err(err);
+                }
+                filter("group-name", &chosen)
             }
-            filter("group-name", name)
-        }
-    };
-    let described = ec2
-        .describe_security_groups()
-        .filters(filter("vpc-id", vpc_id))
-        .filters(by)
-        .send()
-        .await
-        .map_err(|e| Error::from_sdk("ec2:DescribeSecurityGroups", e))?;
-    // EC2 is eventually consistent: a group just created may not be listed yet. Retrying the
-    // step finds it.
-    let group = described
-        .security_groups()
-        .first()
-        .cloned()
-        .ok_or_else(|| Error::Transient {
-            action: "ec2:DescribeSecurityGroups",
-            code: "InvalidGroup.NotFound".into(),
-            message: format!("the group {name} of {vpc_id} is not visible yet"),
-            source: "group not visible after creation".into(),
-        })?;
-    if tags::find(group.tags(), tag).is_none()
-        && let Some(id) = group.group_id()
-    {
-        ec2.create_tags()
-            .resources(id)
-            .tags(tags::new(tag, "true"))
+        };
+        let described = ec2
+            .describe_security_groups()
+            .filters(filter("vpc-id", vpc_id))
+            .filters(by)
             .send()
             .await
-            .map_err(|e| Error::from_sdk("ec2:CreateTags", e))?;
+            .map_err(|e| Error::from_sdk("ec2:DescribeSecurityGroups", e))?;
+        // EC2 is eventually consistent: a group just created may not be listed yet. Retrying
+        // the step finds it.
+        let group = described
+            .security_groups()
+            .first()
+            .cloned()
+            .ok_or_else(|| Error::Transient {
+                action: "ec2:DescribeSecurityGroups",
+                code: "InvalidGroup.NotFound".into(),
+                message: format!("the group {chosen} of {vpc_id} is not visible yet"),
+                source: "group not visible after creation".into(),
+            })?;
+        if tags::find(group.tags(), tag).is_some() {
+            return Ok(group);
+        }
+        warn!(group = ?group.group_id(), name = %chosen, "a group not made by the tool holds its name: left alone");
+        chosen = format!("{name}-{}", &crate::case::new_claim()[..8]);
+        if attempt == 1 {
+            break;
+        }
     }
-    Ok(group)
+    Err(Error::Transient {
+        action: "ec2:CreateSecurityGroup",
+        code: "InvalidGroup.Duplicate".into(),
+        message: format!(
+            "the names {name} and {chosen} of {vpc_id} are held by groups the tool did not make"
+        ),
+        source: "group name taken".into(),
+    })
 }
 
 /// Makes the transit group allow all traffic in and out, IPv4 and IPv6. Returns whether it

@@ -315,6 +315,81 @@ async fn a_quarantine_group_someone_added_rules_to_is_emptied() {
 }
 
 #[tokio::test]
+async fn a_group_someone_else_made_under_the_tools_name_is_never_tagged_nor_used() {
+    let f = Fixture::new().await;
+    // A group under the tool's name, without its tag, that lets everything in: the tool may
+    // not tag it as its own (IAM allows its tags on groups only at creation) nor move an
+    // interface into it.
+    let squatter = f
+        .ec2
+        .create_security_group()
+        .group_name(QUARANTINE_GROUP_NAME)
+        .description("not the tool's")
+        .vpc_id(&f.vpc_id)
+        .send()
+        .await
+        .unwrap()
+        .group_id
+        .unwrap();
+    f.ec2
+        .authorize_security_group_ingress()
+        .group_id(&squatter)
+        .ip_permissions(
+            IpPermission::builder()
+                .ip_protocol("-1")
+                .ip_ranges(IpRange::builder().cidr_ip("0.0.0.0/0").build())
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+
+    let out = isolate(&f.ctx, &f.event(EXFILTRATION)).await.unwrap();
+    let report = out.report().unwrap();
+    let quarantine = &report.quarantine_groups[0].group_id;
+    assert_ne!(quarantine, &squatter, "{report:?}");
+    for groups in f.interface_groups().await.values() {
+        assert_eq!(groups, &vec![quarantine.clone()]);
+    }
+    let described = f
+        .ec2
+        .describe_security_groups()
+        .group_ids(&squatter)
+        .send()
+        .await
+        .unwrap();
+    let theirs = &described.security_groups()[0];
+    assert!(
+        theirs
+            .tags()
+            .iter()
+            .all(|t| !t.key().unwrap_or_default().starts_with(tags::PREFIX)),
+        "{theirs:?}"
+    );
+    assert_eq!(
+        theirs.ip_permissions().len(),
+        1,
+        "left as its owner made it"
+    );
+    // The tool's own group carries its tag from creation, under the name with a suffix.
+    let ours = f
+        .ec2
+        .describe_security_groups()
+        .group_ids(quarantine)
+        .send()
+        .await
+        .unwrap();
+    let ours = &ours.security_groups()[0];
+    assert!(tags::find(ours.tags(), tags::ISOLATION_GROUP).is_some());
+    assert!(
+        ours.group_name()
+            .unwrap()
+            .starts_with(QUARANTINE_GROUP_NAME)
+    );
+    assert!(ours.ip_permissions().is_empty() && ours.ip_permissions_egress().is_empty());
+}
+
+#[tokio::test]
 async fn snapshot_takes_every_volume_once() {
     let f = Fixture::new().await;
     let out = snapshot(&f.ctx, &f.event(EXFILTRATION)).await.unwrap();

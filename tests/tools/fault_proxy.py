@@ -42,6 +42,13 @@ fault "strict:<rule>" and counted in the summary's strict_refusals. Injected fau
 strict layer; DryRun=true requests are left to the emulator. Lookups are not logged as calls; the
 time they took is the entry's "strict_seconds".
 
+With --authorization, for IAM's evaluation (tests/tools/iam_check.py), a call a function makes (one with an app id)
+that writes also gets "auth": what IAM reads from AWS's state when it authorizes the request,
+read at that moment (the resources' tags with their values, an instance's volumes, the instance
+of a profile association, the ARN and role of an instance profile, a role's ARN); a JSON-protocol
+call (DynamoDB) gets "json": its table and item key. STS AssumeRole answers are remembered:
+GET /__proxy__/principals maps each access key the emulator issued to the role it belongs to.
+
 A call is logged once. When the client had gone before the answer could be written (a "delay" or
 "slow_answer" past its timeout), the entry keeps the emulator's status and has "client_gone": true.
 A "delay" models a request held up on its way to AWS: when its client has gone by the end of the
@@ -70,6 +77,7 @@ from xml.sax.saxutils import escape
 DESTRUCTIVE = {"ec2:TerminateInstances", "ec2:DeleteVolume", "ec2:DeleteSnapshot", "ec2:DetachVolume", "ec2:StopInstances"}
 CREDENTIAL = re.compile(r"Credential=([^/]+)/[^/]+/[^/]+/([^/]+)/aws4_request")
 APP_ID = re.compile(r"(?:^| )app/([^ ]+)")
+SCOPE_REGION = re.compile(r"Credential=[^/]+/[^/]+/([^/]+)/")
 
 # EC2's published request token buckets (capacity, refill per second), per account and region.
 # Actions with a bucket of their own are named; the rest share their category's bucket.
@@ -104,7 +112,9 @@ def ec2_bucket(name: str) -> str:
 
 
 class State:
-    def __init__(self, upstream: str, seed: int, token_buckets: bool = False, strict: bool = True):
+    def __init__(self, upstream: str, seed: int, token_buckets: bool = False, strict: bool = True,
+                 authorization: bool = False):
+        self.authorization = authorization
         self.buckets = {k: TokenBucket(*v) for k, v in EC2_BUCKETS.items()} if token_buckets else None
         u = urllib.parse.urlparse(upstream)
         self.host, self.port = u.hostname, u.port
@@ -117,6 +127,8 @@ class State:
         # InstanceMetadataTags as ModifyInstanceMetadataOptions last set it, by instance id: moto
         # forgets it when a later call leaves the parameter out (AWS keeps it).
         self.metadata_tags: dict[str, str] = {}
+        # Access key id -> the role ARN whose session it is (from AssumeRole answers).
+        self.principals: dict[str, str] = {}
 
     def match(self, action: str, access_key: str | None, params: dict[str, str] | None = None) -> dict | None:
         with self.lock:
@@ -337,6 +349,47 @@ class Lookup:
                 }
         return found
 
+    def ec2_tag_values(self, resource_ids: list[str]) -> dict[str, dict[str, str]]:
+        params = {"Action": "DescribeTags", "Version": "2016-11-15", "Filter.1.Name": "resource-id",
+                  "MaxResults": "1000"}
+        params.update({f"Filter.1.Value.{i}": r for i, r in enumerate(resource_ids, 1)})
+        tags: dict[str, dict[str, str]] = {r: {} for r in resource_ids}
+        while True:
+            root = self.query(params)
+            if root is None:
+                return tags
+            for item in descendants(root, "item"):
+                rid, key = text(item, "resourceId"), text(item, "key")
+                if rid is not None and key is not None:
+                    tags.setdefault(rid, {})[key] = text(item, "value") or ""
+            token = text(root, "nextToken")
+            if not token:
+                return tags
+            params["NextToken"] = token
+
+    def instance_volumes(self, instance_id: str) -> list[str]:
+        root = self.query({"Action": "DescribeInstances", "Version": "2016-11-15", "InstanceId.1": instance_id})
+        return [] if root is None else sorted({v.text for v in descendants(root, "volumeId") if v.text})
+
+    def iam(self) -> "Lookup":
+        """The same caller, asking IAM (the credential scope names the service)."""
+        other = Lookup(self.state, {})
+        other.headers = {k: re.sub(r"/[a-z0-9-]+/aws4_request", "/iam/aws4_request", v) if k.lower() == "authorization" else v
+                         for k, v in self.headers.items()}
+        return other
+
+    def instance_profile(self, name: str) -> dict | None:
+        root = self.query({"Action": "GetInstanceProfile", "Version": "2010-05-08", "InstanceProfileName": name})
+        if root is None:
+            return None
+        profile = next(iter(descendants(root, "InstanceProfile")), None)
+        roles = [text(m, "Arn") for r in descendants(root, "Roles") for m in r if local(m.tag) == "member"]
+        return {"arn": text(profile, "Arn"), "roles": [r for r in roles if r]}
+
+    def role_arn(self, name: str) -> str | None:
+        root = self.query({"Action": "GetRole", "Version": "2010-05-08", "RoleName": name})
+        return None if root is None else next((e.text for e in descendants(root, "Arn")), None)
+
     def profile_association_instance(self, association_id: str) -> str | None:
         root = self.query({"Action": "DescribeIamInstanceProfileAssociations", "Version": "2016-11-15",
                            "AssociationId.1": association_id})
@@ -469,6 +522,47 @@ def strict_check(state: State, service: str, name: str, form: dict[str, str],
     return None
 
 
+EC2_RESOURCE_PARAM = re.compile(r"(InstanceId|NetworkInterfaceId|GroupId|SecurityGroupId\.\d+|ResourceId\.\d+|VolumeId"
+                                r"|SnapshotId|InstanceSpecification\.InstanceId)")
+READS = ("Describe", "Get", "List")
+
+
+def authorization_state(state: State, service: str, name: str, form: dict[str, str],
+                        headers: dict[str, str]) -> dict:
+    """What IAM reads from AWS's state to authorize this write, read now (see the module doc)."""
+    look = Lookup(state, headers)
+    auth: dict = {}
+    if service == "ec2":
+        ids = sorted({v for k, v in form.items() if EC2_RESOURCE_PARAM.fullmatch(k)})
+        association = form.get("AssociationId")
+        if association:
+            instance = look.profile_association_instance(association)
+            auth["association_instance"] = instance
+            if instance:
+                ids.append(instance)
+        if ids:
+            auth["tags"] = look.ec2_tag_values(ids)
+        if name == "CreateSnapshots" and form.get("InstanceSpecification.InstanceId"):
+            auth["volumes"] = look.instance_volumes(form["InstanceSpecification.InstanceId"])
+        profile = form.get("IamInstanceProfile.Name") or (form.get("IamInstanceProfile.Arn") or "").rsplit("/", 1)[-1]
+        if profile:
+            auth["profile"] = look.iam().instance_profile(profile)
+    elif service == "iam":
+        if form.get("RoleName"):
+            auth["role_arn"] = look.role_arn(form["RoleName"])
+        if form.get("InstanceProfileName") and name != "CreateInstanceProfile":
+            auth["profile"] = look.instance_profile(form["InstanceProfileName"])
+    return auth
+
+
+def remember_principal(state: State, form: dict[str, str], data: bytes) -> None:
+    """An AssumeRole answer: its access key belongs to the role the request named."""
+    found = re.search(rb"<AccessKeyId>([^<]+)</AccessKeyId>", data)
+    if found and form.get("RoleArn"):
+        with state.lock:
+            state.principals[found.group(1).decode()] = form["RoleArn"]
+
+
 def remember(state: State, service: str, name: str, form: dict[str, str], status: int | None) -> None:
     """What the strict layer must remember of a request the emulator accepted."""
     if service == "ec2" and name == "ModifyInstanceMetadataOptions" and status == 200:
@@ -519,6 +613,10 @@ def handler(state: State):
                 with state.lock:
                     data = json.dumps(state.log).encode()
                 return self._send(200, data, {"Content-Type": "application/json"})
+            if self.command == "GET" and path == "principals":
+                with state.lock:
+                    data = json.dumps(state.principals).encode()
+                return self._send(200, data, {"Content-Type": "application/json"})
             if self.command == "GET" and path == "summary":
                 with state.lock:
                     data = json.dumps(summary(state)).encode()
@@ -548,8 +646,22 @@ def handler(state: State):
             app = APP_ID.search(self.headers.get("User-Agent", "") + " " + self.headers.get("X-Amz-User-Agent", ""))
             entry = {"action": action, "access_key": access_key, "fault": rule["fault"] if rule else None,
                      "app": app.group(1) if app else None, "start": time.monotonic()}
+            scope = SCOPE_REGION.search(self.headers.get("Authorization", ""))
+            if scope:
+                entry["region"] = scope.group(1)
             if not target and body:
                 entry["params"] = {k: v[0] for k, v in form.items() if len(v[0]) <= 200}
+            if state.authorization and entry["app"] and not target and not name.startswith(READS) and service in ("ec2", "iam"):
+                looked = time.monotonic()
+                entry["auth"] = authorization_state(state, service, name, flat, dict(self.headers.items()))
+                entry["auth_seconds"] = round(time.monotonic() - looked, 6)
+            if state.authorization and entry["app"] and target and body:
+                try:
+                    request = json.loads(body)
+                    entry["json"] = {"TableName": request.get("TableName"),
+                                     "pk": ((request.get("Key") or {}).get("pk") or {}).get("S")}
+                except (ValueError, AttributeError):
+                    entry["json"] = {}
             if rule and rule["fault"] in FAULTS:
                 status, ec2_code, code, message = FAULTS[rule["fault"]]
                 if target and code == "Throttling":
@@ -604,6 +716,8 @@ def handler(state: State):
                 data = resp.read()
                 if state.strict:
                     remember(state, service, name, flat, resp.status)
+                if service == "sts" and name == "AssumeRole" and resp.status == 200:
+                    remember_principal(state, flat, data)
                 if rule and rule["fault"] == "slow_answer":
                     # The emulator has applied the call; the answer comes late.
                     time.sleep(float(rule.get("seconds", 2)))
@@ -654,8 +768,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ec2-token-buckets", action="store_true", help="enforce EC2's request rate limits")
     p.add_argument("--lenient", action="store_true",
                    help="turn the strict layer off: the emulator's answer, whatever AWS would answer")
+    p.add_argument("--authorization", action="store_true",
+                   help="record what IAM reads to authorize each function's write (for tests/tools/iam_check.py)")
     args = p.parse_args(argv)
-    state = State(args.upstream, args.seed, args.ec2_token_buckets, strict=not args.lenient)
+    state = State(args.upstream, args.seed, args.ec2_token_buckets, strict=not args.lenient,
+                  authorization=args.authorization)
     server = ThreadingHTTPServer(("127.0.0.1", args.port), handler(state))
     server.daemon_threads = True
     print(server.server_address[1], flush=True)

