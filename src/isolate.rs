@@ -907,7 +907,9 @@ async fn find_group(
     let found = ec2
         .describe_security_groups()
         .filters(filter("vpc-id", vpc_id))
-        .filters(filter("tag-key", tag))
+        // The value too: a group tagged `false` by someone else is not the tool's (its rules
+        // could not be changed under the policy's `aws:ResourceTag/...=true` condition).
+        .filters(filter(&format!("tag:{tag}"), "true"))
         .send()
         .await
         .map_err(|e| Error::from_sdk("ec2:DescribeSecurityGroups", e))?;
@@ -998,14 +1000,14 @@ async fn create_group(
             )
             .send()
             .await;
-        let by = match created {
-            Ok(out) => filter("group-id", out.group_id().unwrap_or_default()),
+        let (by, made) = match created {
+            Ok(out) => (filter("group-id", out.group_id().unwrap_or_default()), true),
             Err(e) => {
                 let err = Error::from_sdk("ec2:CreateSecurityGroup", e);
                 if err.aws_code() != Some("InvalidGroup.Duplicate") {
                     return Err(err);
                 }
-                filter("group-name", &chosen)
+                (filter("group-name", &chosen), false)
             }
         };
         let described = ec2
@@ -1027,20 +1029,22 @@ async fn create_group(
                 message: format!("the group {chosen} of {vpc_id} is not visible yet"),
                 source: "group not visible after creation".into(),
             })?;
-        if tags::find(group.tags(), tag).is_some() {
+        // A group this call created is the tool's (its tags may not be listed yet); one of
+        // that name made earlier is only if it carries the tag.
+        if made || tags::find(group.tags(), tag) == Some("true") {
             return Ok(group);
         }
         warn!(group = ?group.group_id(), name = %chosen, "a group not made by the tool holds its name: left alone");
-        chosen = format!("{name}-{}", &crate::case::new_claim()[..8]);
         if attempt == 1 {
             break;
         }
+        chosen = format!("{name}-{}", &crate::case::new_claim()[..8]);
     }
     Err(Error::Transient {
         action: "ec2:CreateSecurityGroup",
         code: "InvalidGroup.Duplicate".into(),
         message: format!(
-            "the names {name} and {chosen} of {vpc_id} are held by groups the tool did not make"
+            "the name {name} of {vpc_id}, and the same with a suffix, are held by groups the tool did not make"
         ),
         source: "group name taken".into(),
     })

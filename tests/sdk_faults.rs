@@ -131,11 +131,11 @@ fn quarantine_group() -> DescribeSecurityGroupsOutput {
 /// The groups the mocked EC2 knows: the quarantine group, empty, and the transit group, open.
 fn known_groups() -> aws_smithy_mocks::Rule {
     mock!(Ec2::describe_security_groups).then_compute_output(|input| {
-        let transit = input.filters().iter().any(|f| {
-            f.values()
-                .iter()
-                .any(|v| v == "ec2-quarantine:untrack-group")
-        });
+        // The lookup by the transit group's tag (`tag:<key>` = true).
+        let transit = input
+            .filters()
+            .iter()
+            .any(|f| f.name() == Some("tag:ec2-quarantine:untrack-group"));
         if !transit {
             return quarantine_group();
         }

@@ -368,8 +368,18 @@ class Lookup:
             params["NextToken"] = token
 
     def instance_volumes(self, instance_id: str) -> list[str]:
+        return sorted(set(self.instance_devices(instance_id).values()))
+
+    def instance_devices(self, instance_id: str) -> dict[str, str]:
+        """device name -> EBS volume id, as the instance's block device mapping reads."""
         root = self.query({"Action": "DescribeInstances", "Version": "2016-11-15", "InstanceId.1": instance_id})
-        return [] if root is None else sorted({v.text for v in descendants(root, "volumeId") if v.text})
+        devices: dict[str, str] = {}
+        for mapping in [] if root is None else descendants(root, "blockDeviceMapping"):
+            for item in mapping:
+                name, volume = text(item, "deviceName"), text(item, "ebs", "volumeId")
+                if name and volume:
+                    devices[name] = volume
+        return devices
 
     def iam(self) -> "Lookup":
         """The same caller, asking IAM (the credential scope names the service)."""
@@ -544,6 +554,8 @@ def authorization_state(state: State, service: str, name: str, form: dict[str, s
             auth["tags"] = look.ec2_tag_values(ids)
         if name == "CreateSnapshots" and form.get("InstanceSpecification.InstanceId"):
             auth["volumes"] = look.instance_volumes(form["InstanceSpecification.InstanceId"])
+        if name == "ModifyInstanceAttribute" and form.get("InstanceId") and any(k.startswith("BlockDeviceMapping.") for k in form):
+            auth["devices"] = look.instance_devices(form["InstanceId"])
         profile = form.get("IamInstanceProfile.Name") or (form.get("IamInstanceProfile.Arn") or "").rsplit("/", 1)[-1]
         if profile:
             auth["profile"] = look.iam().instance_profile(profile)

@@ -319,7 +319,17 @@ def requests_for(call: dict, account: str) -> list[tuple[str, str, dict]]:
                 attributes = [p["Attribute"]]
             if len(attributes) != 1:
                 raise Underivable(f"ModifyInstanceAttribute's attribute in {sorted(p)}")
-            return [(call["action"], arn(instance), {**base, **resource_tags(auth, instance), "ec2:Attribute": attributes[0]})]
+            out = [(call["action"], arn(instance), {**base, **resource_tags(auth, instance), "ec2:Attribute": attributes[0]})]
+            if attributes == ["BlockDeviceMapping"]:
+                # The volumes whose DeleteOnTermination changes (a resource the action may authorize).
+                devices = auth.get("devices")
+                if devices is None:
+                    raise Underivable("ModifyInstanceAttribute: the instance's volumes")
+                for name in numbered(p, r"BlockDeviceMapping\.(\d+)\.DeviceName"):
+                    if name not in devices:
+                        raise Underivable(f"ModifyInstanceAttribute: the volume at {name}")
+                    out.append((call["action"], arn(devices[name]), {**base, **resource_tags(auth, devices[name])}))
+            return out
         if name == "CreateSnapshots":
             instance = p["InstanceSpecification.InstanceId"]
             tags = list(zip(numbered(p, r"TagSpecification\.1\.Tag\.(\d+)\.Key"), numbered(p, r"TagSpecification\.1\.Tag\.(\d+)\.Value")))
@@ -399,6 +409,15 @@ def condition_keys(policies: list[dict], action: str) -> set[str]:
                 for operator in (st.get("Condition") or {}).values():
                     keys |= set(operator)
     return keys
+
+
+def ignored_policy_keys(request: dict, result: dict) -> set[str]:
+    """Context keys the evaluator dropped as not applying to the action and resource type (per
+    IAM's service reference) that a policy for the action reads: its condition on them then
+    means something other than the policy's author meant."""
+    ignored = {k.lower() for k in result.get("ignored") or []}
+    docs = list(request["identityPolicies"]) + ([request["resourcePolicy"]] if request.get("resourcePolicy") else [])
+    return {k for k in condition_keys(docs, request["action"]) if k.lower() in ignored}
 
 
 def derivable(key: str) -> bool:
@@ -500,6 +519,19 @@ def abuses(account: str = "111111111111", region: str = "us-east-1") -> list[tup
          f"arn:aws:lambda:{r}:{a}:function:{STACK}-IsolateFunction-TESTSUFFIX", {}),
         ("IsolateFunction: assume a role other than the member role", "IsolateFunction", "sts:AssumeRole", f"arn:aws:iam::222222222222:role/OrganizationAccountAccessRole", {}),
         ("member: write a case in the member account", "member", "dynamodb:PutItem", f"arn:aws:dynamodb:{r}:{a}:table/{CASE_TABLE}", {}),
+        # Residual (RESIDUAL below): allowed, with the reason.
+        ("ReleaseFunction: give any instance a profile holding an administrator role", "ReleaseFunction", "iam:PassRole", victim,
+         {"iam:PassedToService": "ec2.amazonaws.com", "iam:AssociatedResourceARN": f"{ec2}:instance/i-0other"}),
+        ("member: give any instance a profile holding an administrator role", "member", "iam:PassRole", victim,
+         {"iam:PassedToService": "ec2.amazonaws.com", "iam:AssociatedResourceARN": f"{ec2}:instance/i-0other"}),
+        ("DenyRoleFunction: create the DenyAll policy with other content before the first containment", "DenyRoleFunction",
+         "iam:CreatePolicy", deny_all, {}),
+        ("IsolateFunction: change user data where EC2 names no attribute", "IsolateFunction", "ec2:ModifyInstanceAttribute",
+         f"{ec2}:instance/i-0other", {}),
+        ("SnapshotFunction: overwrite the volume label of an earlier case's snapshot", "SnapshotFunction", "ec2:CreateTags",
+         f"arn:aws:ec2:{r}::snapshot/snap-0evidence", {"aws:TagKeys": ["ec2-quarantine:volume-id"],
+                                                        "aws:RequestTag/ec2-quarantine:volume-id": "vol-0forged",
+                                                        "aws:ResourceTag/ec2-quarantine:instance-id": "i-0earlier"}),
     ]
     return out
 
@@ -512,6 +544,17 @@ def abuses(account: str = "111111111111", region: str = "us-east-1") -> list[tup
 # never counted as denied; moving the denies to customer-managed policies under the tool's path
 # (attached under an iam:PolicyARN condition) is the remaining step of issue #16.
 RESIDUAL = {
+    # Release gives an instance back the profile its case recorded: IAM cannot tell that role
+    # from another (a condition on the instance's tags would trust a tag).
+    "ReleaseFunction: give any instance a profile holding an administrator role",
+    "member: give any instance a profile holding an administrator role",
+    # iam:CreatePolicy takes no condition on content: the first containment creates DenyAll.
+    "DenyRoleFunction: create the DenyAll policy with other content before the first containment",
+    # ec2:Attribute is set only where EC2 names the attribute (not documented for the SDK's
+    # structured parameters); the policies pass a request that names none.
+    "IsolateFunction: change user data where EC2 names no attribute",
+    # A label can be rewritten (a retried step writes it again); the case records the snapshots.
+    "SnapshotFunction: overwrite the volume label of an earlier case's snapshot",
     "DenyRoleFunction: put an inline policy on a customer's role",
     "member: put an inline policy on a customer's role",
     "ReleaseFunction: put an inline policy on a customer's role",
@@ -594,6 +637,11 @@ def check(calls: list[dict], principals: dict[str, str]) -> tuple[int, list[str]
     denied = {}
     denied_calls = set()
     for call, request, result in zip(owners, requests, evaluate(requests)):
+        dropped = ignored_policy_keys(request, result)
+        if dropped:
+            denied_calls.add(id(call))
+            key = (call["app"], request["action"], "the evaluator ignored the policy's keys", json.dumps(sorted(dropped)))
+            denied.setdefault(key, (request["resource"], request["context"]))
         if result["result"] != "Allowed":
             denied_calls.add(id(call))
             key = (call["app"], request["action"], result["result"], json.dumps(result.get("errors"))[:300])
@@ -615,7 +663,11 @@ def check(calls: list[dict], principals: dict[str, str]) -> tuple[int, list[str]
                                "context": {"aws:PrincipalArn": principal, **context},
                                "identityPolicies": policies, "resourcePolicy": resource_policy})
     residual = []
-    for (what, *_), result in zip(abuses(), evaluate(abuse_requests)):
+    for (what, *_), request, result in zip(abuses(), abuse_requests, evaluate(abuse_requests)):
+        dropped = ignored_policy_keys(request, result)
+        if dropped:
+            abuse_failures.append(f"abuse evaluated without the policy's keys {sorted(dropped)}: {what}")
+            continue
         if result["result"] in ("ImplicitlyDenied", "ExplicitlyDenied"):
             continue
         if what in RESIDUAL and result["result"] == "Allowed":
@@ -648,7 +700,7 @@ def main(argv: list[str] | None = None) -> int:
             failures.append(f"no call of {function} was recorded (is the proxy running with --authorization?)")
             print(f"IAM: no call of {function} was recorded")
     print(f"==> IAM: {counted} calls allowed, {abused - len(abuse_failures)} abuses denied"
-          + f", {len(residual)} residual abuses allowed (inline policies)"
+          + f", {len(residual)} residual abuses allowed (README.md, Security)"
           + (f"; FAILED: {len(failures)} calls not allowed, {len(abuse_failures)} abuses allowed" if failures or abuse_failures else ""))
     return 1 if failures or abuse_failures else 0
 

@@ -78,3 +78,25 @@ def test_a_request_the_recorder_cannot_build_fails_with_its_name():
     assert counted == 0 and "cannot derive" in failures[0] and "ModifyInstanceAttribute" in failures[0]
     assert not iam_check.derivable("ec2:InstanceType")
     assert iam_check.derivable("aws:ResourceTag/ec2-quarantine:isolation-group")
+
+
+def test_a_policy_key_the_action_does_not_carry_is_reported():
+    # A condition on a key IAM never sets for ec2:ModifyInstanceAttribute (iam:PolicyARN): the
+    # evaluator drops it from the request, and the check says so instead of trusting the answer.
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "ec2:ModifyInstanceAttribute",
+                                                      "Resource": "*", "Condition": {"StringEquals": {"iam:PolicyARN": "x"}}}]}
+    request = {"principal": iam_check.role_arn(ACCOUNT, "IsolateFunction"), "action": "ec2:ModifyInstanceAttribute",
+               "resource": f"arn:aws:ec2:us-east-1:{ACCOUNT}:instance/i-0abc", "resourceAccount": ACCOUNT,
+               "context": {"iam:PolicyARN": "x"}, "identityPolicies": [policy], "resourcePolicy": None}
+    [result] = iam_check.evaluate([request])
+    assert iam_check.ignored_policy_keys(request, result) == {"iam:PolicyARN"}
+
+
+def test_a_delete_on_termination_change_is_authorized_on_its_volume_too():
+    change = call("isolate", "ec2:ModifyInstanceAttribute",
+                  {"InstanceId": "i-0abc", "BlockDeviceMapping.1.DeviceName": "/dev/xvda", "BlockDeviceMapping.1.Ebs.DeleteOnTermination": "false"},
+                  {"tags": {"i-0abc": {}}, "devices": {"/dev/xvda": "vol-0abc"}})
+    built = iam_check.requests_for(change, ACCOUNT)
+    assert [r for _, r, _ in built] == [f"arn:aws:ec2:us-east-1:{ACCOUNT}:instance/i-0abc", f"arn:aws:ec2:us-east-1:{ACCOUNT}:volume/vol-0abc"]
+    counted, failures, *_ = iam_check.check([change], PRINCIPALS)
+    assert failures == [] and counted == 1
