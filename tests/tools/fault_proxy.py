@@ -45,7 +45,7 @@ time they took is the entry's "strict_seconds".
 With --authorization, for IAM's evaluation (tests/tools/iam_check.py), a call a function makes (one with an app id)
 that writes also gets "auth": what IAM reads from AWS's state when it authorizes the request,
 read at that moment (the resources' tags with their values, an instance's volumes, the instance
-of a profile association, the ARN and role of an instance profile, a role's ARN); a JSON-protocol
+of a profile association, the ARN and roles of an instance profile, a role's ARN and tags); a JSON-protocol
 call (DynamoDB) gets "json": its table and item key. STS AssumeRole answers are remembered:
 GET /__proxy__/principals maps each access key the emulator issued to the role it belongs to.
 
@@ -396,6 +396,15 @@ class Lookup:
         roles = [text(m, "Arn") for r in descendants(root, "Roles") for m in r if local(m.tag) == "member"]
         return {"arn": text(profile, "Arn"), "roles": [r for r in roles if r]}
 
+    def role_tags(self, name: str) -> dict[str, str]:
+        root = self.query({"Action": "ListRoleTags", "Version": "2010-05-08", "RoleName": name, "MaxItems": "1000"})
+        tags: dict[str, str] = {}
+        for found in [] if root is None else descendants(root, "Tags"):
+            for member in found:
+                if local(member.tag) == "member" and text(member, "Key") is not None:
+                    tags[text(member, "Key")] = text(member, "Value") or ""
+        return tags
+
     def role_arn(self, name: str) -> str | None:
         root = self.query({"Action": "GetRole", "Version": "2010-05-08", "RoleName": name})
         return None if root is None else next((e.text for e in descendants(root, "Arn")), None)
@@ -558,10 +567,14 @@ def authorization_state(state: State, service: str, name: str, form: dict[str, s
             auth["devices"] = look.instance_devices(form["InstanceId"])
         profile = form.get("IamInstanceProfile.Name") or (form.get("IamInstanceProfile.Arn") or "").rsplit("/", 1)[-1]
         if profile:
-            auth["profile"] = look.iam().instance_profile(profile)
+            iam = look.iam()
+            auth["profile"] = iam.instance_profile(profile)
+            if auth["profile"]:
+                auth["profile"]["role_tags"] = {r: iam.role_tags(r.rsplit("/", 1)[-1]) for r in auth["profile"]["roles"]}
     elif service == "iam":
         if form.get("RoleName"):
             auth["role_arn"] = look.role_arn(form["RoleName"])
+            auth["role_tags"] = look.role_tags(form["RoleName"])
         if form.get("InstanceProfileName") and name != "CreateInstanceProfile":
             auth["profile"] = look.instance_profile(form["InstanceProfileName"])
     return auth

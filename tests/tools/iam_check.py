@@ -234,7 +234,7 @@ INSTANCE_ATTRIBUTES = {
 }
 # The condition keys this recorder derives for a request, whether the request carries them or not.
 # A policy statement for an evaluated action that reads another key fails the check by its name.
-DERIVED = (re.compile(r"aws:(ResourceTag|RequestTag)/.+|ec2:ResourceTag/.+|aws:PrincipalTag/.+"),
+DERIVED = (re.compile(r"aws:(ResourceTag|RequestTag)/.+|(ec2|iam):ResourceTag/.+|aws:PrincipalTag/.+"),
            {"aws:TagKeys", "ec2:CreateAction", "ec2:Attribute", "iam:PolicyARN", "iam:PassedToService",
             "dynamodb:LeadingKeys", "sts:ExternalId", "aws:PrincipalArn", "ec2:Region", "aws:RequestedRegion",
             "ec2:NewInstanceProfile"})
@@ -261,6 +261,14 @@ def numbered(params: dict, pattern: str) -> list[str]:
 def tag_context(keys_values: list[tuple[str, str]]) -> dict:
     ctx = {"aws:TagKeys": [k for k, _ in keys_values]}
     ctx.update({f"aws:RequestTag/{k}": v for k, v in keys_values})
+    return ctx
+
+
+def role_tag_context(tags: dict | None) -> dict:
+    if tags is None:
+        raise Underivable("a role's tags")
+    ctx = {f"aws:ResourceTag/{k}": v for k, v in tags.items()}
+    ctx.update({f"iam:ResourceTag/{k}": v for k, v in tags.items()})
     return ctx
 
 
@@ -356,12 +364,16 @@ def requests_for(call: dict, account: str) -> list[tuple[str, str, dict]]:
                 ctx["ec2:NewInstanceProfile"] = profile["arn"]
                 # A profile that holds a role passes that role to EC2.
                 out += [("iam:PassRole", r, {"iam:PassedToService": "ec2.amazonaws.com",
-                                             "iam:AssociatedResourceARN": arn(instance)}) for r in profile["roles"]]
+                                             "iam:AssociatedResourceARN": arn(instance),
+                                             **role_tag_context((profile.get("role_tags") or {}).get(r))})
+                        for r in profile["roles"]]
             return out
     if service == "iam":
         if "RoleName" in p:
             role = auth.get("role_arn") or f"arn:aws:iam::{account}:role/{p['RoleName']}"
-            ctx = {}
+            # Reads are recorded without state (no policy conditions them on the role's tags).
+            reads = name.startswith(("Get", "List")) and "role_tags" not in auth
+            ctx = {} if reads else role_tag_context(auth.get("role_tags"))
             if "PolicyArn" in p:
                 ctx["iam:PolicyARN"] = p["PolicyArn"]
             return [(call["action"], role, ctx)]
@@ -452,6 +464,7 @@ def abuses(account: str = "111111111111", region: str = "us-east-1") -> list[tup
     a, r = account, region
     ec2 = f"arn:aws:ec2:{r}:{a}"
     own_role = f"arn:aws:iam::{a}:role/{STACK}-IsolateFunctionRole-TESTSUFFIX"
+    shortened = f"arn:aws:iam::{a}:role/ec2-quarantine-productio-IsolateFunctionRo-TESTSUFFIX"
     deny_all = f"arn:aws:iam::{a}:policy/ec2-quarantine/ec2-quarantine-DenyAll"
     admin = "arn:aws:iam::aws:policy/AdministratorAccess"
     victim = f"arn:aws:iam::{a}:role/payments-app"
@@ -497,6 +510,10 @@ def abuses(account: str = "111111111111", region: str = "us-east-1") -> list[tup
         ("member: pass a role to a Lambda function", "member", "iam:PassRole", victim, {"iam:PassedToService": "lambda.amazonaws.com"}),
         ("DenyRoleFunction: attach DenyAll to the responder's own role", "DenyRoleFunction", "iam:AttachRolePolicy", own_role, {"iam:PolicyARN": deny_all}),
         ("DenyRoleFunction: put an inline policy on the responder's own role", "DenyRoleFunction", "iam:PutRolePolicy", own_role, {}),
+        ("DenyRoleFunction: attach DenyAll to a responder role whose name lost the stack's prefix", "DenyRoleFunction",
+         "iam:AttachRolePolicy", shortened, {"iam:PolicyARN": deny_all, f"aws:ResourceTag/{STACK}-case-writer": "ec2-quarantine-production-eu"}),
+        ("ReleaseFunction: detach a policy from a responder role whose name lost the stack's prefix", "ReleaseFunction",
+         "iam:DetachRolePolicy", shortened, {"iam:PolicyARN": deny_all, f"aws:ResourceTag/{STACK}-case-writer": "ec2-quarantine-production-eu"}),
         ("ReleaseFunction: put an inline policy on the responder's own role", "ReleaseFunction", "iam:PutRolePolicy", own_role, {}),
         ("SnapshotFunction: share a snapshot with another account", "SnapshotFunction", "ec2:ModifySnapshotAttribute", f"arn:aws:ec2:{r}::snapshot/snap-0evidence", {}),
         ("SnapshotFunction: delete a snapshot", "SnapshotFunction", "ec2:DeleteSnapshot", f"arn:aws:ec2:{r}::snapshot/snap-0evidence", {}),

@@ -55,12 +55,19 @@ def test_recorded_calls_become_the_requests_iam_makes():
     replace = call("release", "ec2:ReplaceIamInstanceProfileAssociation",
                    {"AssociationId": "iip-assoc-1", "IamInstanceProfile.Name": "web"},
                    {"association_instance": "i-0abc", "tags": {"i-0abc": {}},
-                    "profile": {"arn": f"arn:aws:iam::{ACCOUNT}:instance-profile/web", "roles": [f"arn:aws:iam::{ACCOUNT}:role/web"]}})
+                    "profile": {"arn": f"arn:aws:iam::{ACCOUNT}:instance-profile/web", "roles": [f"arn:aws:iam::{ACCOUNT}:role/web"],
+                                "role_tags": {f"arn:aws:iam::{ACCOUNT}:role/web": {"team": "web"}}}})
     passed = [(a, r, c) for a, r, c in iam_check.requests_for(replace, ACCOUNT) if a == "iam:PassRole"]
     assert passed == [("iam:PassRole", f"arn:aws:iam::{ACCOUNT}:role/web",
-                       {"iam:PassedToService": "ec2.amazonaws.com", "iam:AssociatedResourceARN": f"arn:aws:ec2:us-east-1:{ACCOUNT}:instance/i-0abc"})]
+                       {"iam:PassedToService": "ec2.amazonaws.com", "iam:AssociatedResourceARN": f"arn:aws:ec2:us-east-1:{ACCOUNT}:instance/i-0abc",
+                        "aws:ResourceTag/team": "web", "iam:ResourceTag/team": "web"})]
     counted, failures, *_ = iam_check.check([group, replace], PRINCIPALS)
     assert failures == [] and counted == 2
+    # The same profile holding one of the tool's own roles (tagged as a case writer): denied.
+    own = copy.deepcopy(replace)
+    own["auth"]["profile"]["role_tags"] = {f"arn:aws:iam::{ACCOUNT}:role/web": {"ec2-quarantine-case-writer": "ec2-quarantine"}}
+    counted, failures, *_ = iam_check.check([own], PRINCIPALS)
+    assert counted == 0 and "iam:PassRole" in failures[0] and "Denied" in failures[0]
 
 
 def test_a_call_the_policy_does_not_allow_fails_the_check():
