@@ -680,14 +680,19 @@ async fn attach_deny_all(
     role_name: &str,
     policy_arn: &str,
 ) -> Result<Change, Error> {
-    let (exists, attached) = futures::try_join!(
+    // The policy's default version when it exists.
+    let (found, attached) = futures::try_join!(
         async {
             match iam.get_policy().policy_arn(policy_arn).send().await {
-                Ok(_) => Ok(true),
+                Ok(out) => Ok(Some(
+                    out.policy()
+                        .and_then(|p| p.default_version_id())
+                        .map(str::to_owned),
+                )),
                 Err(e) => {
                     let err = Error::from_sdk("iam:GetPolicy", e);
                     if err.aws_code() == Some("NoSuchEntity") {
-                        Ok(false)
+                        Ok(None)
                     } else {
                         Err(err)
                     }
@@ -711,6 +716,7 @@ async fn attach_deny_all(
     if attached {
         return Ok(Change::AlreadyInPlace);
     }
+    let exists = found.is_some();
     if let Some(plan) = plan {
         if !exists {
             plan.add(PlannedAction::unchecked(
@@ -737,11 +743,14 @@ async fn attach_deny_all(
             .await;
         if let Err(e) = created {
             let err = Error::from_sdk("iam:CreatePolicy", e);
-            // Created meanwhile by another execution: it is the same policy.
+            // Created meanwhile (by another execution, or by someone else): read below.
             if err.aws_code() != Some("EntityAlreadyExists") {
                 return Err(err);
             }
+            verify_deny_all(iam, policy_arn, None).await?;
         }
+    } else {
+        verify_deny_all(iam, policy_arn, found.flatten()).await?;
     }
     iam.attach_role_policy()
         .role_name(role_name)
@@ -751,6 +760,46 @@ async fn attach_deny_all(
         .map_err(|e| Error::from_sdk("iam:AttachRolePolicy", e))?;
     info!(role = role_name, policy = policy_arn, "DenyAll attached");
     Ok(Change::Applied)
+}
+
+/// Whether the policy under the DenyAll name is the tool's: a policy someone else created
+/// there first (anyone allowed `iam:CreatePolicy` can) may allow what it likes, and attaching it
+/// to a compromised role would give that role more, not less.
+async fn verify_deny_all(
+    iam: &aws_sdk_iam::Client,
+    policy_arn: &str,
+    version: Option<String>,
+) -> Result<(), Error> {
+    let version = match version {
+        Some(version) => version,
+        None => iam
+            .get_policy()
+            .policy_arn(policy_arn)
+            .send()
+            .await
+            .map_err(|e| Error::from_sdk("iam:GetPolicy", e))?
+            .policy()
+            .and_then(|p| p.default_version_id())
+            .unwrap_or_default()
+            .to_owned(),
+    };
+    let document = iam
+        .get_policy_version()
+        .policy_arn(policy_arn)
+        .version_id(&version)
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk("iam:GetPolicyVersion", e))?
+        .policy_version()
+        .and_then(|v| v.document())
+        .unwrap_or_default()
+        .to_owned();
+    if role_policy::denies_everything(&document) {
+        return Ok(());
+    }
+    Err(Error::Misconfigured(format!(
+        "{policy_arn} is not the tool's DenyAll (its default version {version} does not only deny every action): not attached; delete or fix it, then run the step again"
+    )))
 }
 
 async fn revoke_older_sessions(

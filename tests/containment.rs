@@ -454,6 +454,35 @@ async fn snapshot_takes_every_volume_once() {
 }
 
 #[tokio::test]
+async fn a_deny_all_policy_someone_else_created_is_never_attached() {
+    let f = Fixture::new().await;
+    // A policy under the tool's DenyAll name and path that allows everything, created before
+    // the tool's first containment in the account (anyone allowed iam:CreatePolicy can).
+    f.iam
+        .create_policy()
+        .policy_name(DENY_ALL_POLICY_NAME)
+        .path("/ec2-quarantine/")
+        .policy_document(r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    let out = contain_role(&f.ctx, &f.event(EXFILTRATION)).await;
+    assert_eq!(f.deny_all_attachments().await, 0, "{out:?}");
+    assert!(
+        format!("{out:?}").contains("is not the tool's DenyAll"),
+        "the refusal is reported: {out:?}"
+    );
+    // The older sessions are revoked all the same.
+    assert!(
+        f.inline_policies()
+            .await
+            .iter()
+            .any(|p| p == REVOKE_SESSIONS_POLICY_NAME),
+        "{out:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_shared_role_gets_only_the_instances_credentials_revoked_by_default() {
     let f = Fixture::new().await;
     let sibling = f.launch_sibling().await;

@@ -398,7 +398,24 @@ async fn a_denied_attach_still_revokes_older_sessions_and_says_which_failed() {
             )
             .build()
     });
-    let get_policy = mock!(Iam::get_policy).then_output(|| GetPolicyOutput::builder().build());
+    let get_policy = mock!(Iam::get_policy).then_output(|| {
+        GetPolicyOutput::builder()
+            .policy(
+                aws_sdk_iam::types::Policy::builder()
+                    .default_version_id("v1")
+                    .build(),
+            )
+            .build()
+    });
+    let deny_all = mock!(Iam::get_policy_version).then_output(|| {
+        aws_sdk_iam::operation::get_policy_version::GetPolicyVersionOutput::builder()
+            .policy_version(
+                aws_sdk_iam::types::PolicyVersion::builder()
+                    .document(ec2_quarantine::role::deny_all_document())
+                    .build(),
+            )
+            .build()
+    });
     let attached = mock!(Iam::list_attached_role_policies)
         .then_output(|| ListAttachedRolePoliciesOutput::builder().build());
     let attach = mock!(Iam::attach_role_policy)
@@ -419,6 +436,7 @@ async fn a_denied_attach_still_revokes_older_sessions_and_says_which_failed() {
         &[
             &get_role,
             &get_policy,
+            &deny_all,
             &attached,
             &attach,
             &no_inline,

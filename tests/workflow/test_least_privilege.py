@@ -51,6 +51,7 @@ ACTIONS: dict[str, set[str]] = {
     "iam:ListAttachedRolePolicies": {"DenyRoleFunction"},
     "iam:ListInstanceProfilesForRole": {"DenyRoleFunction"},
     "iam:GetPolicy": {"DenyRoleFunction"},
+    "iam:GetPolicyVersion": {"DenyRoleFunction"},
     "iam:CreatePolicy": {"DenyRoleFunction"},
     "iam:AttachRolePolicy": {"DenyRoleFunction", "ReleaseFunction"},
     "iam:DetachRolePolicy": {"ReleaseFunction"},
@@ -188,7 +189,7 @@ def test_no_wildcard_actions_and_writes_are_scoped(function):
             assert resources and all(r != "*" for r in resources), f"{function}: {action} on {resources}"
             if action == "iam:AttachRolePolicy":
                 assert st["Condition"]["ArnEquals"]["iam:PolicyARN"], "attach only the DenyAll policy"
-            if action in ("iam:CreatePolicy",):
+            if action in ("iam:CreatePolicy", "iam:GetPolicyVersion"):
                 assert all("ec2-quarantine-DenyAll" in str(r) for r in resources)
             if action == "iam:CreateInstanceProfile":
                 assert all("ec2-quarantine-quarantined" in str(r) for r in resources)
