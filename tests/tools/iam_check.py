@@ -558,8 +558,8 @@ def abuses(account: str = "111111111111", region: str = "us-east-1") -> list[tup
 # (https://docs.aws.amazon.com/service-authorization/latest/reference/list_awsidentityandaccessmanagementiam.html:
 # PutRolePolicy and DeleteRolePolicy take none), and the session and per-instance denies are
 # inline policies (AWS's own "Revoke active sessions" is one: AWSRevokeOlderSessions). Reported,
-# never counted as denied; moving the denies to customer-managed policies under the tool's path
-# (attached under an iam:PolicyARN condition) is the remaining step of issue #16.
+# never counted as denied (README.md, Security, says why customer-managed policies would not
+# close it).
 RESIDUAL = {
     # Release gives an instance back the profile its case recorded: IAM cannot tell that role
     # from another (a condition on the instance's tags would trust a tag).
