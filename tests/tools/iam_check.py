@@ -604,7 +604,8 @@ def evaluated(call: dict) -> bool:
     return call.get("status") == 200 or (fault and not fault.startswith("strict:"))
 
 
-def check(calls: list[dict], principals: dict[str, str]) -> tuple[int, list[str], int, list[str]]:
+def check(calls: list[dict], principals: dict[str, str]) -> tuple[int, list[str], int, list[str], list[str]]:
+    """(calls allowed, their failures, abuses denied, abuses allowed, residual abuses allowed)."""
     failures: list[str] = []
     topics: dict[str, str] = {}
     for call in calls:
@@ -621,16 +622,14 @@ def check(calls: list[dict], principals: dict[str, str]) -> tuple[int, list[str]
         config = "member" if call["action"] == "sts:AssumeRole" else "single"
         try:
             if kind == "member":
-                responder = "123456789012"
-                policies, trust = member(account, responder, "external-id-of-the-test")
+                policies, _ = member(account, "123456789012", "external-id-of-the-test")
                 principal = f"arn:aws:iam::{account}:role/{MEMBER_ROLE}"
-                resource_policy = None
             else:
                 stack_policies, table_policy = stack(config, account, region, topics.get(account, "alerts"))
                 policies = stack_policies[function]
                 principal = role_arn(account, function)
-            built = requests_for(call, account)
-            for action, resource, context in built:
+            built = []
+            for action, resource, context in requests_for(call, account):
                 for key in condition_keys(policies, action):
                     if not derivable(key):
                         raise Underivable(f"the condition key {key} of {action}")
@@ -643,11 +642,13 @@ def check(calls: list[dict], principals: dict[str, str]) -> tuple[int, list[str]
                     _, trust = member(target, account, external)
                     resource_policy = trust
                     context = {**context, "aws:PrincipalArn": principal, "aws:PrincipalAccount": account}
-                requests.append({"principal": principal, "action": action, "resource": resource,
-                                 "resourceAccount": resource.split(":")[4] or account if resource != "*" else account,
-                                 "context": {"aws:PrincipalArn": principal, **context},
-                                 "identityPolicies": policies, "resourcePolicy": resource_policy})
-                owners.append(call)
+                built.append({"principal": principal, "action": action, "resource": resource,
+                              "resourceAccount": resource.split(":")[4] or account if resource != "*" else account,
+                              "context": {"aws:PrincipalArn": principal, **context},
+                              "identityPolicies": policies, "resourcePolicy": resource_policy})
+            # A call counts only when every request it makes could be built.
+            requests += built
+            owners += [call] * len(built)
             counted += 1
         except (Underivable, KeyError) as err:
             failures.append(f"{call['app']} {call['action']}: the recorder cannot derive {err}")
