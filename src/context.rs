@@ -8,8 +8,7 @@
 //! after the finding. Clients share the configuration's HTTP client, so making them opens no
 //! connection.
 
-use aws_config::AppName;
-use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_config::{AppName, BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::SharedCredentialsProvider;
 use tracing::info;
