@@ -308,24 +308,6 @@ class Lookup:
         except ET.ParseError:
             return None
 
-    def ec2_tags(self, resource_ids: list[str]) -> dict[str, set[str]]:
-        params = {"Action": "DescribeTags", "Version": "2016-11-15", "Filter.1.Name": "resource-id",
-                  "MaxResults": "1000"}
-        params.update({f"Filter.1.Value.{i}": r for i, r in enumerate(resource_ids, 1)})
-        tags: dict[str, set[str]] = {}
-        while True:
-            root = self.query(params)
-            if root is None:
-                return tags
-            for item in descendants(root, "item"):
-                rid, key = text(item, "resourceId"), text(item, "key")
-                if rid is not None and key is not None:
-                    tags.setdefault(rid, set()).add(key)
-            token = text(root, "nextToken")
-            if not token:
-                return tags
-            params["NextToken"] = token
-
     def ec2_instances(self, instance_ids: list[str]) -> dict[str, dict]:
         """instance id -> {"state", "lifecycle", "metadata_tags", "tags"} as DescribeInstances reads."""
         params = {"Action": "DescribeInstances", "Version": "2016-11-15"}
@@ -350,6 +332,7 @@ class Lookup:
         return found
 
     def ec2_tag_values(self, resource_ids: list[str]) -> dict[str, dict[str, str]]:
+        """resource id -> its tags (key -> value), every id present (empty when it has none)."""
         params = {"Action": "DescribeTags", "Version": "2016-11-15", "Filter.1.Name": "resource-id",
                   "MaxResults": "1000"}
         params.update({f"Filter.1.Value.{i}": r for i, r in enumerate(resource_ids, 1)})
@@ -449,7 +432,7 @@ def check_ec2(look: Lookup, name: str, form: dict[str, str]) -> Refusal | None:
         keys = indexed(form, r"Tag\.(\d+)\.Key")
         new = {k for k in keys if user_tag(k)}
         if resources and new:
-            existing = look.ec2_tags(resources)
+            existing = look.ec2_tag_values(resources)
             for rid in resources:
                 have = {k for k in existing.get(rid, ()) if user_tag(k)}
                 if len(have | new) > EC2_TAG_LIMIT:
