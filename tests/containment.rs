@@ -266,41 +266,45 @@ async fn a_second_finding_keeps_the_first_findings_marks() {
     );
 }
 
+/// A group under the quarantine group's name made by hand in the fixture's VPC, carrying `tag`
+/// (`true`) if given, with one ingress rule.
+async fn hand_made_quarantine_group(f: &Fixture, tag: Option<&str>, rule: IpPermission) -> String {
+    let mut request = f
+        .ec2
+        .create_security_group()
+        .group_name(QUARANTINE_GROUP_NAME)
+        .description("made by hand")
+        .vpc_id(&f.vpc_id);
+    if let Some(tag) = tag {
+        request = request.tag_specifications(
+            aws_sdk_ec2::types::TagSpecification::builder()
+                .resource_type(aws_sdk_ec2::types::ResourceType::SecurityGroup)
+                .tags(tags::new(tag, "true"))
+                .build(),
+        );
+    }
+    let id = request.send().await.unwrap().group_id.unwrap();
+    f.ec2
+        .authorize_security_group_ingress()
+        .group_id(&id)
+        .ip_permissions(rule)
+        .send()
+        .await
+        .unwrap();
+    id
+}
+
 #[tokio::test]
 async fn a_quarantine_group_someone_added_rules_to_is_emptied() {
     let f = Fixture::new().await;
     // A group that carries the tool's tag, with rules added by hand.
-    let id = f
-        .ec2
-        .create_security_group()
-        .group_name(QUARANTINE_GROUP_NAME)
-        .description("made earlier")
-        .vpc_id(&f.vpc_id)
-        .tag_specifications(
-            aws_sdk_ec2::types::TagSpecification::builder()
-                .resource_type(aws_sdk_ec2::types::ResourceType::SecurityGroup)
-                .tags(tags::new(tags::ISOLATION_GROUP, "true"))
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap()
-        .group_id
-        .unwrap();
-    f.ec2
-        .authorize_security_group_ingress()
-        .group_id(&id)
-        .ip_permissions(
-            IpPermission::builder()
-                .ip_protocol("tcp")
-                .from_port(443)
-                .to_port(443)
-                .ip_ranges(IpRange::builder().cidr_ip("0.0.0.0/0").build())
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
+    let https = IpPermission::builder()
+        .ip_protocol("tcp")
+        .from_port(443)
+        .to_port(443)
+        .ip_ranges(IpRange::builder().cidr_ip("0.0.0.0/0").build())
+        .build();
+    let id = hand_made_quarantine_group(&f, Some(tags::ISOLATION_GROUP), https).await;
 
     let out = isolate(&f.ctx, &f.event(EXFILTRATION)).await.unwrap();
     let report = out.report().unwrap();
@@ -320,29 +324,11 @@ async fn a_group_someone_else_made_under_the_tools_name_is_never_tagged_nor_used
     // A group under the tool's name, without its tag, that lets everything in: the tool may
     // not tag it as its own (IAM allows its tags on groups only at creation) nor move an
     // interface into it.
-    let squatter = f
-        .ec2
-        .create_security_group()
-        .group_name(QUARANTINE_GROUP_NAME)
-        .description("not the tool's")
-        .vpc_id(&f.vpc_id)
-        .send()
-        .await
-        .unwrap()
-        .group_id
-        .unwrap();
-    f.ec2
-        .authorize_security_group_ingress()
-        .group_id(&squatter)
-        .ip_permissions(
-            IpPermission::builder()
-                .ip_protocol("-1")
-                .ip_ranges(IpRange::builder().cidr_ip("0.0.0.0/0").build())
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
+    let everything = IpPermission::builder()
+        .ip_protocol("-1")
+        .ip_ranges(IpRange::builder().cidr_ip("0.0.0.0/0").build())
+        .build();
+    let squatter = hand_made_quarantine_group(&f, None, everything).await;
 
     let out = isolate(&f.ctx, &f.event(EXFILTRATION)).await.unwrap();
     let report = out.report().unwrap();
