@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use crate::case::Previous;
 use crate::context::{Clients, Ctx};
 use crate::error::Error;
-use crate::finding::{FindingEvent, Target};
+use crate::finding::{StepRequest, Target};
 use crate::instance;
 use crate::outcome::{MAX_LISTED, Outcome, PlannedAction};
 use crate::settings::AutoScalingAction;
@@ -76,11 +76,14 @@ pub struct TargetRecord {
 /// Takes the instance a finding names out of service (the Lambda handler).
 pub async fn deregister(
     ctx: &Ctx,
-    event: &FindingEvent,
+    request: impl Into<StepRequest>,
 ) -> Result<Outcome<DeregisterReport>, Error> {
-    crate::for_target(ctx, event, "deregister", |clients, target| async move {
-        deregister_instance(&clients, &target).await
-    })
+    crate::for_target(
+        ctx,
+        request.into(),
+        "deregister",
+        |clients, target| async move { deregister_instance(&clients, &target).await },
+    )
     .await
 }
 

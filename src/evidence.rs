@@ -142,6 +142,76 @@ pub const TYPE_SIDES: &[(&str, TypeSide, &str)] = &[
         TypeSide::Acting,
         "a process on the instance talks to malware infrastructure",
     ),
+    (
+        "Execution:Runtime/",
+        TypeSide::Acting,
+        "a process on the instance runs a reverse shell, a malicious file, a suspicious tool or command",
+    ),
+    (
+        "Impact:Runtime/",
+        TypeSide::Acting,
+        "a process on the instance mines cryptocurrency or queries abused, malicious or mining domains",
+    ),
+    (
+        "PrivilegeEscalation:Runtime/",
+        TypeSide::Acting,
+        "a process on the instance tries to gain higher privileges",
+    ),
+    (
+        "DefenseEvasion:Runtime/",
+        TypeSide::Acting,
+        "a process on the instance hides itself (process injection, fileless execution, a kernel module, changed sensitive files)",
+    ),
+    (
+        "Persistence:Runtime/",
+        TypeSide::Acting,
+        "a process on the instance sets up a way to come back",
+    ),
+    (
+        "Discovery:Runtime/",
+        TypeSide::Acting,
+        "a process on the instance explores the system for an attacker",
+    ),
+    (
+        "UnauthorizedAccess:Runtime/",
+        TypeSide::Acting,
+        "a process on the instance uses Tor or aims at the metadata service",
+    ),
+    (
+        "Execution:EC2/",
+        TypeSide::Acting,
+        "Malware Protection found a malicious or suspicious file on its volumes",
+    ),
+    (
+        "Execution:ECS/",
+        TypeSide::Acting,
+        "Malware Protection found a malicious or suspicious file on the container host's volumes",
+    ),
+    (
+        "Execution:Kubernetes/",
+        TypeSide::Acting,
+        "Malware Protection found a malicious or suspicious file on the node's volumes",
+    ),
+    (
+        "Execution:Container/",
+        TypeSide::Acting,
+        "Malware Protection found a malicious or suspicious file on the container host's volumes",
+    ),
+    (
+        "DefenseEvasion:EC2/",
+        TypeSide::Acting,
+        "it resolves names around the VPC's resolver (an unusual resolver, DNS over HTTPS or TLS)",
+    ),
+    (
+        "Behavior:EC2/",
+        TypeSide::Acting,
+        "it talks on a port or sends a volume of traffic unusual for it (an anomaly against its own baseline)",
+    ),
+    (
+        "AttackSequence:EC2/",
+        TypeSide::Acting,
+        "GuardDuty's Extended Threat Detection correlated signals of a multi-stage attack naming it among a compromised group",
+    ),
 ];
 
 /// The table's entry for a finding type: the exact name, else the longest matching prefix.
@@ -330,9 +400,13 @@ mod tests {
                 "scanDetections": {"threatDetectedByName": {"itemCount": 1}}}}}));
         assert_eq!(side(&malware).side, Side::Acting);
         // Empty placeholders are not evidence, and never turn a documented target into an actor.
-        let empty = finding(json!({"type": "Execution:EC2/MaliciousFile",
+        let empty = finding(json!({"type": "Policy:EC2/SomethingNew",
             "service": {"resourceRole": "TARGET", "runtimeDetails": {}, "ebsVolumeScanDetails": {}}}));
         assert_eq!(side(&empty).side, Side::Targeted);
+        // The type alone says malware is on the instance: acting, even without the details.
+        let typed = finding(json!({"type": "Execution:EC2/MaliciousFile",
+            "service": {"resourceRole": "TARGET", "runtimeDetails": {}, "ebsVolumeScanDetails": {}}}));
+        assert_eq!(side(&typed).side, Side::Acting);
         let probe = finding(json!({"type": "Recon:EC2/PortProbeUnprotectedPort",
             "service": {"runtimeDetails": {"process": {"name": "sh"}}}}));
         assert_eq!(side(&probe).side, Side::Targeted);

@@ -24,35 +24,73 @@ pub struct FindingEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time: Option<serde_json::Value>,
     pub detail: Finding,
-    /// The case triage opened, when the workflow passes triage's result on (`$.triage.case`):
-    /// the steps record in it. Any other shape reads as absent (a step then opens or joins
-    /// the instance's case itself).
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "triage_case"
-    )]
-    pub triage: Option<TriageCase>,
 }
 
-/// The part of triage's result the steps read.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TriageCase {
-    pub case: crate::case::CaseHandle,
+/// What a containment step acts on: one target of triage's plan, as the workflow hands it on
+/// (the finding was parsed once, by triage), or a finding event, when the step is invoked alone
+/// (it then resolves the finding itself, through the same [`resolve`]).
+#[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)]
+pub enum StepRequest {
+    Planned(PlannedTarget),
+    Finding(FindingEvent),
 }
 
-fn triage_case<'de, D: Deserializer<'de>>(d: D) -> Result<Option<TriageCase>, D::Error> {
+/// One instance of triage's plan, as a step reads it: the target and the case to record in
+/// (`None`: a dry run, or a case table triage could not reach). The plan's other fields
+/// (decision, reason) are for the state machine and notify.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlannedTarget {
+    pub target: Target,
+    #[serde(default, deserialize_with = "case_handle")]
+    pub case: Option<crate::case::CaseHandle>,
+}
+
+impl From<FindingEvent> for StepRequest {
+    fn from(event: FindingEvent) -> StepRequest {
+        StepRequest::Finding(event)
+    }
+}
+
+impl From<&FindingEvent> for StepRequest {
+    fn from(event: &FindingEvent) -> StepRequest {
+        StepRequest::Finding(event.clone())
+    }
+}
+
+impl From<PlannedTarget> for StepRequest {
+    fn from(planned: PlannedTarget) -> StepRequest {
+        StepRequest::Planned(planned)
+    }
+}
+
+/// Reads a step's Lambda payload: a planned target (an object with `target`) or a finding event.
+/// A planned target is checked as strictly as a finding: its values reach AWS requests.
+pub fn parse_step_request(payload: serde_json::Value) -> Result<StepRequest, Error> {
+    if payload.get("target").is_some() && payload.get("detail").is_none() {
+        let planned: PlannedTarget = serde_json::from_value(payload)
+            .map_err(|e| Error::InvalidEvent(format!("not a planned target: {e}")))?;
+        planned.target.check()?;
+        return Ok(StepRequest::Planned(planned));
+    }
+    parse_event(payload).map(StepRequest::from)
+}
+
+/// A case handle as the workflow hands it on; any other shape, or values that are not a case
+/// id and claim token of this tool's, read as absent (the step then opens or joins the case).
+fn case_handle<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<crate::case::CaseHandle>, D::Error> {
     let value = Option::<serde_json::Value>::deserialize(d)?;
     Ok(value
-        .and_then(|v| serde_json::from_value::<TriageCase>(v).ok())
-        .filter(|t| {
-            crate::case::is_case_id(&t.case.case_id)
-                && !t.case.claim.is_empty()
-                && t.case.claim.len() <= 64
-                && t.case.claim.bytes().all(|b| b.is_ascii_alphanumeric())
-                && t.case.opened_at.len() <= 32
-                && t.case
-                    .opened_at
+        .and_then(|v| serde_json::from_value::<crate::case::CaseHandle>(v).ok())
+        .filter(|c| {
+            crate::case::is_case_id(&c.case_id)
+                && !c.claim.is_empty()
+                && c.claim.len() <= 64
+                && c.claim.bytes().all(|b| b.is_ascii_alphanumeric())
+                && c.opened_at.len() <= 32
+                && c.opened_at
                     .bytes()
                     .all(|b| b.is_ascii_digit() || b"-:TZ".contains(&b))
         }))
@@ -91,6 +129,13 @@ pub struct Resource {
     pub instance_details: Option<InstanceDetails>,
     pub access_key_details: Option<AccessKeyDetails>,
 }
+
+/// The resource types whose finding names its EC2 instance in `instanceDetails`: the instance
+/// itself, and a container workload on an EC2 host (an EKS node, an ECS container instance),
+/// which Runtime Monitoring and Malware Protection findings name beside the cluster. A workload
+/// on Fargate has no instance there, and is not one to contain.
+pub const INSTANCE_RESOURCE_TYPES: [&str; 4] =
+    ["Instance", "EKSCluster", "ECSCluster", "Container"];
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -145,6 +190,11 @@ pub struct Service {
     /// Malware Protection's scan of the instance's volumes (present: malware on the instance).
     #[serde(default)]
     pub ebs_volume_scan_details: Option<serde_json::Value>,
+    /// Extended Threat Detection's attack sequence (`detection.sequence`): the resources and
+    /// signals of a multi-stage attack. Kept as JSON and read leniently by [`targets`]: one
+    /// resource of a shape this tool does not know is passed over, never the whole finding.
+    #[serde(default)]
+    pub detection: Option<serde_json::Value>,
 }
 
 /// GuardDuty marks generated sample findings either as `{"sample": true}` or, in the newer
@@ -270,6 +320,55 @@ pub struct Target {
 }
 
 impl Target {
+    /// Checks every value as [`targets`] does for a finding: a planned target is a Lambda
+    /// payload too, and its values reach AWS requests.
+    pub fn check(&self) -> Result<(), Error> {
+        let bad = |what: &str, value: &str| {
+            Err(Error::InvalidEvent(format!(
+                "the planned target's {what} {:?} is not valid",
+                clip(value)
+            )))
+        };
+        if !is_finding_id(&self.finding_id) {
+            return bad("finding id", &self.finding_id);
+        }
+        if self.finding_type.len() > 128 || self.finding_type.chars().any(char::is_control) {
+            return bad("finding type", &self.finding_type);
+        }
+        if !self.severity.is_finite() {
+            return bad("severity", &self.severity.to_string());
+        }
+        if !is_account_id(&self.scope.account_id) {
+            return bad("account", &self.scope.account_id);
+        }
+        if !is_region(&self.scope.region) {
+            return bad("region", &self.scope.region);
+        }
+        if !is_partition(&self.scope.partition) {
+            return bad("partition", &self.scope.partition);
+        }
+        if !is_instance_id(&self.instance_id) {
+            return bad("instance id", &self.instance_id);
+        }
+        if let Some(role) = self.role_name.as_deref().filter(|r| !is_role_name(r)) {
+            return bad("role name", role);
+        }
+        if let Some(arn) = self
+            .instance_profile_arn
+            .as_deref()
+            .filter(|a| !is_instance_profile_arn(a))
+        {
+            return bad("instance profile", arn);
+        }
+        if let Some(vpc) = self.vpc_ids.iter().find(|v| !is_vpc_id(v)) {
+            return bad("VPC id", vpc);
+        }
+        if self.vpc_ids.len() > MAX_VPC_HINTS {
+            return bad("VPC list", &self.vpc_ids.len().to_string());
+        }
+        Ok(())
+    }
+
     /// The instance's ARN, as `ec2:SourceInstanceARN` names it.
     pub fn instance_arn(&self) -> String {
         format!(
@@ -289,11 +388,47 @@ pub fn parse_event(payload: serde_json::Value) -> Result<FindingEvent, Error> {
         .map_err(|e| Error::InvalidEvent(format!("not a GuardDuty finding event: {e}")))
 }
 
-/// Resolves the containment target of a finding event.
-///
-/// `Err` is an event that is not a usable GuardDuty finding at all (a named, final error);
-/// `Ok(Err(skip))` is a finding that names no EC2 instance, with the reason.
-pub fn resolve(event: &FindingEvent) -> Result<Result<Target, Skip>, Error> {
+/// One instance a finding names, and how the finding names it (its evidence for it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NamedTarget {
+    pub target: Target,
+    pub named_as: String,
+}
+
+/// Every instance a finding names: one for an instance or credential finding, each instance of
+/// an attack sequence (up to [`MAX_NAMED_INSTANCES`] read), and what was passed over, with why.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Named {
+    pub targets: Vec<NamedTarget>,
+    /// Resources the finding names that are not an instance to contain (another resource type,
+    /// an id that is not an instance id, another account), one line each, at most
+    /// [`MAX_PASSED_OVER`] kept.
+    pub passed_over: Vec<String>,
+    /// How many distinct instances the finding names, counting those beyond the ones read.
+    pub instances_named: usize,
+    seen: std::collections::BTreeSet<String>,
+}
+
+/// The most instances read from one finding. GuardDuty lists at most 25 resources in an attack
+/// sequence (and at most 25 instances per Auto Scaling group or image in them); a finding naming
+/// more is not read further, and the count says so (triage's cap refuses it well before).
+pub const MAX_NAMED_INSTANCES: usize = 100;
+/// The most attack-sequence resources read; the rest are counted as passed over.
+pub const MAX_SEQUENCE_RESOURCES: usize = 1000;
+/// The most passed-over lines kept for the report.
+pub const MAX_PASSED_OVER: usize = 10;
+
+/// The finding's own fields every target carries, validated once.
+struct Header {
+    finding_id: String,
+    finding_type: String,
+    severity: f64,
+    scope: Scope,
+}
+
+/// Checks the envelope and the finding's identity, account, region and partition, and refuses
+/// samples and archived findings.
+fn header(event: &FindingEvent) -> Result<Result<Header, Skip>, Error> {
     if event.source != GUARDDUTY_SOURCE || event.detail_type != GUARDDUTY_DETAIL_TYPE {
         return Err(Error::InvalidEvent(format!(
             "expected source {GUARDDUTY_SOURCE:?} and detail-type {GUARDDUTY_DETAIL_TYPE:?}, got {:?} and {:?}",
@@ -335,13 +470,12 @@ pub fn resolve(event: &FindingEvent) -> Result<Result<Target, Skip>, Error> {
         )));
     }
     let partition = finding.partition.as_deref().unwrap_or("aws");
-    if !matches!(partition, "aws" | "aws-cn" | "aws-us-gov") {
+    if !is_partition(partition) {
         return Err(Error::InvalidEvent(format!(
             "partition {:?} is not supported",
             clip(partition)
         )));
     }
-
     if finding.is_sample()? {
         return Ok(Err(Skip(
             "this is a GuardDuty sample finding (CreateSampleFindings): nothing is contained"
@@ -353,17 +487,154 @@ pub fn resolve(event: &FindingEvent) -> Result<Result<Target, Skip>, Error> {
             "the finding is archived (suppressed or closed in GuardDuty)".into(),
         )));
     }
+    Ok(Ok(Header {
+        finding_id,
+        finding_type: finding
+            .finding_type
+            .as_deref()
+            .map(clip)
+            .unwrap_or("unknown")
+            .to_owned(),
+        severity: finding.severity.filter(|s| s.is_finite()).unwrap_or(0.0),
+        scope: Scope {
+            account_id: account_id.to_owned(),
+            region: region.to_owned(),
+            partition: partition.to_owned(),
+        },
+    }))
+}
+
+impl Header {
+    fn target(&self, instance_id: &str) -> Target {
+        Target {
+            finding_id: self.finding_id.clone(),
+            finding_type: self.finding_type.clone(),
+            severity: self.severity,
+            scope: self.scope.clone(),
+            instance_id: instance_id.to_owned(),
+            role_name: None,
+            instance_profile_arn: None,
+            vpc_ids: Vec::new(),
+        }
+    }
+}
+
+/// Resolves the one containment target of a finding event: what a step invoked alone with a
+/// finding acts on. A finding naming several instances (an attack sequence) is the workflow's
+/// to plan ([`targets`], in triage); a step alone skips it with the reason.
+///
+/// `Err` is an event that is not a usable GuardDuty finding at all (a named, final error);
+/// `Ok(Err(skip))` is a finding that names no one EC2 instance, with the reason.
+pub fn resolve(event: &FindingEvent) -> Result<Result<Target, Skip>, Error> {
+    let named = match targets(event)? {
+        Ok(named) => named,
+        Err(skip) => return Ok(Err(skip)),
+    };
+    let nothing = named.nothing_named();
+    let count = named.instances_named;
+    let mut found = named.targets.into_iter();
+    match (found.next(), found.next()) {
+        (Some(one), None) => Ok(Ok(one.target)),
+        (None, _) => Ok(Err(Skip(nothing))),
+        (Some(_), Some(_)) => Ok(Err(Skip(format!(
+            "the finding names {count} instances: the containment workflow contains each one (triage plans them); a step invoked alone contains one instance"
+        )))),
+    }
+}
+
+impl Named {
+    /// Why nothing is contained, from what was passed over.
+    pub fn nothing_named(&self) -> String {
+        match self.passed_over.as_slice() {
+            [] => "the finding names no EC2 instance".to_owned(),
+            [one] => one.clone(),
+            many => format!(
+                "the finding names no EC2 instance to contain: {}",
+                many.join("; ")
+            ),
+        }
+    }
+
+    fn pass_over(&mut self, why: String) {
+        if self.passed_over.len() < MAX_PASSED_OVER {
+            self.passed_over.push(why);
+        }
+    }
+
+    /// Adds an instance once: one named again (in a group and on its own) keeps its first
+    /// reason.
+    fn add(&mut self, target: Target, named_as: String) {
+        if !self.seen.insert(target.instance_id.clone()) {
+            return;
+        }
+        self.instances_named += 1;
+        if self.targets.len() < MAX_NAMED_INSTANCES {
+            self.targets.push(NamedTarget { target, named_as });
+        }
+    }
+}
+
+/// Every instance a finding event names, validated, with how the finding names each.
+///
+/// `Err` is an event that is not a usable GuardDuty finding at all; `Ok(Err(skip))` a finding
+/// that is not acted on as a whole (a sample, archived, no resource).
+pub fn targets(event: &FindingEvent) -> Result<Result<Named, Skip>, Error> {
+    let header = match header(event)? {
+        Ok(header) => header,
+        Err(skip) => return Ok(Err(skip)),
+    };
+    let finding = &event.detail;
     let Some(resource) = finding.resource.as_ref() else {
         return Ok(Err(Skip("the finding names no resource".into())));
     };
     let resource_type = resource.resource_type.as_deref().unwrap_or("");
-    let (instance_id, role_name, instance_profile_arn, vpc_ids) = match resource_type {
-        "Instance" => {
+    let mut named = Named::default();
+    match resource_type {
+        "" => {
+            return Ok(Err(Skip(
+                "the finding's resource has no resourceType".into(),
+            )));
+        }
+        "AccessKey" => {
+            let details = resource.access_key_details.as_ref();
+            let principal = details
+                .and_then(|d| d.principal_id.as_deref())
+                .unwrap_or("");
+            // An instance role session is "<role id>:<instance id>": EC2 names the session after
+            // the instance it hands the credentials to.
+            let session = principal.rsplit_once(':').map(|(_, s)| s).unwrap_or("");
+            if !is_instance_id(session) {
+                return Ok(Err(Skip(format!(
+                    "the AccessKey finding's principal {:?} is not an EC2 instance role session",
+                    clip(principal)
+                ))));
+            }
+            let mut target = header.target(session);
+            target.role_name = details
+                .and_then(|d| d.user_name.clone())
+                .filter(|r| is_role_name(r));
+            named.add(
+                target,
+                "the instance whose role credentials were used (accessKeyDetails.principalId)"
+                    .into(),
+            );
+        }
+        "AttackSequence" => {
+            sequence_targets(&header, finding, &mut named);
+            if named.targets.is_empty() {
+                return Ok(Err(Skip(named.nothing_named())));
+            }
+        }
+        kind if INSTANCE_RESOURCE_TYPES.contains(&kind) => {
             let details = resource.instance_details.as_ref();
             let Some(id) = details.and_then(|d| d.instance_id.as_deref()) else {
-                return Ok(Err(Skip(
-                    "the Instance finding carries no instanceDetails.instanceId".into(),
-                )));
+                return Ok(Err(Skip(if kind == "Instance" {
+                    "the Instance finding carries no instanceDetails.instanceId".to_owned()
+                } else {
+                    format!(
+                        "resource type {kind:?} names no EC2 instance to contain (no instanceDetails: a Fargate workload, or the cluster itself)"
+                    )
+                })));
             };
             if !is_instance_id(id) {
                 return Ok(Err(Skip(format!(
@@ -371,7 +642,8 @@ pub fn resolve(event: &FindingEvent) -> Result<Result<Target, Skip>, Error> {
                     clip(id)
                 ))));
             }
-            let profile = details
+            let mut target = header.target(id);
+            target.instance_profile_arn = details
                 .and_then(|d| d.iam_instance_profile.as_ref())
                 .and_then(|p| p.arn.clone())
                 .filter(|arn| is_instance_profile_arn(arn));
@@ -389,31 +661,13 @@ pub fn resolve(event: &FindingEvent) -> Result<Result<Target, Skip>, Error> {
             vpcs.dedup();
             // An instance's interfaces are in one VPC, rarely a few: more is not a real finding.
             vpcs.truncate(MAX_VPC_HINTS);
-            (id.to_owned(), None, profile, vpcs)
-        }
-        "AccessKey" => {
-            let details = resource.access_key_details.as_ref();
-            let principal = details
-                .and_then(|d| d.principal_id.as_deref())
-                .unwrap_or("");
-            // An instance role session is "<role id>:<instance id>": EC2 names the session after
-            // the instance it hands the credentials to.
-            let session = principal.rsplit_once(':').map(|(_, s)| s).unwrap_or("");
-            if !is_instance_id(session) {
-                return Ok(Err(Skip(format!(
-                    "the AccessKey finding's principal {:?} is not an EC2 instance role session",
-                    clip(principal)
-                ))));
-            }
-            let role = details
-                .and_then(|d| d.user_name.clone())
-                .filter(|r| is_role_name(r));
-            (session.to_owned(), role, None, Vec::new())
-        }
-        "" => {
-            return Ok(Err(Skip(
-                "the finding's resource has no resourceType".into(),
-            )));
+            target.vpc_ids = vpcs;
+            let named_as = if kind == "Instance" {
+                "the finding's resource (instanceDetails)".to_owned()
+            } else {
+                format!("the EC2 host of the {kind} workload (instanceDetails)")
+            };
+            named.add(target, named_as);
         }
         other => {
             return Ok(Err(Skip(format!(
@@ -421,27 +675,160 @@ pub fn resolve(event: &FindingEvent) -> Result<Result<Target, Skip>, Error> {
                 clip(other)
             ))));
         }
-    };
+    }
+    Ok(Ok(named))
+}
 
-    Ok(Ok(Target {
-        finding_id,
-        finding_type: finding
-            .finding_type
-            .as_deref()
-            .map(clip)
-            .unwrap_or("unknown")
-            .to_owned(),
-        severity: finding.severity.filter(|s| s.is_finite()).unwrap_or(0.0),
-        scope: Scope {
-            account_id: account_id.to_owned(),
-            region: region.to_owned(),
-            partition: partition.to_owned(),
-        },
-        instance_id,
-        role_name,
-        instance_profile_arn,
-        vpc_ids,
-    }))
+/// The resources of an attack sequence whose `ec2InstanceUids` GuardDuty documents as "the
+/// compromised Amazon EC2 instances" sharing them (API reference, ResourceData): resource type,
+/// its data member, and what it is called in a report.
+const SEQUENCE_GROUPS: [(&str, &str, &str); 6] = [
+    (
+        "AUTOSCALING_AUTO_SCALING_GROUP",
+        "autoscalingAutoScalingGroup",
+        "Auto Scaling group",
+    ),
+    ("EC2_IMAGE", "ec2Image", "image"),
+    (
+        "IAM_INSTANCE_PROFILE",
+        "iamInstanceProfile",
+        "instance profile",
+    ),
+    (
+        "EC2_LAUNCH_TEMPLATE",
+        "ec2LaunchTemplate",
+        "launch template",
+    ),
+    (
+        "CLOUDFORMATION_STACK",
+        "cloudformationStack",
+        "CloudFormation stack",
+    ),
+    ("EC2_VPC", "ec2Vpc", "VPC"),
+];
+
+/// Resources whose `ec2InstanceUids` list every worker node or container instance of a cluster
+/// (EKS, ECS), compromised or not: not read as instances to contain.
+const NODE_LISTS: [&str; 2] = ["EKS_CLUSTER", "ECS_CLUSTER"];
+
+/// The instances of an attack sequence (`service.detection.sequence.resources`, GuardDuty's
+/// ResourceV2, whose `resourceType` is one of the API's FindingResourceType values): each
+/// `EC2_INSTANCE`, and the compromised instances listed in the `ec2InstanceUids` of the groups
+/// they share ([`SEQUENCE_GROUPS`]). A resource in another account or region than the
+/// finding's, or an id that is not an instance id, is passed over with the reason: every call
+/// for the finding is made in its own account and region.
+fn sequence_targets(header: &Header, finding: &Finding, named: &mut Named) {
+    let resources = finding
+        .service
+        .as_ref()
+        .and_then(|s| s.detection.as_ref())
+        .and_then(|d| d.pointer("/sequence/resources"));
+    let Some(resources) = resources.and_then(|r| r.as_array()) else {
+        named.pass_over(
+            "the attack sequence lists no resources (detection.sequence.resources)".into(),
+        );
+        return;
+    };
+    if resources.len() > MAX_SEQUENCE_RESOURCES {
+        named.pass_over(format!(
+            "the attack sequence lists {} resources: only the first {MAX_SEQUENCE_RESOURCES} are read",
+            resources.len()
+        ));
+    }
+    for (i, resource) in resources.iter().take(MAX_SEQUENCE_RESOURCES).enumerate() {
+        let kind = resource
+            .get("resourceType")
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
+        let uid = resource.get("uid").and_then(|v| v.as_str()).unwrap_or("");
+        let label = format!("resource {} ({} {})", i + 1, clip(kind), clip(uid));
+        // A resource names its own account and region; absent, they are the finding's.
+        let foreign = [
+            ("accountId", header.scope.account_id.as_str()),
+            ("region", header.scope.region.as_str()),
+        ]
+        .into_iter()
+        .find_map(|(field, own)| {
+            let theirs = resource.get(field)?;
+            (theirs.as_str() != Some(own)).then(|| {
+                format!(
+                    "{label}: its {field} {} is not the finding's {own}",
+                    clip(&theirs.to_string())
+                )
+            })
+        });
+        if let Some(why) = foreign {
+            named.pass_over(why);
+            continue;
+        }
+        let listed = |pointer: &str| -> Vec<&str> {
+            resource
+                .pointer(pointer)
+                .and_then(|v| v.as_array())
+                .map(|ids| ids.iter().filter_map(|v| v.as_str()).collect())
+                .unwrap_or_default()
+        };
+        let name = clip(resource.get("name").and_then(|v| v.as_str()).unwrap_or(uid));
+        let (ids, named_as): (Vec<&str>, String) = match kind {
+            "EC2_INSTANCE" => (
+                vec![uid],
+                "an instance of the attack sequence (EC2_INSTANCE)".to_owned(),
+            ),
+            _ => match SEQUENCE_GROUPS.iter().find(|(k, _, _)| *k == kind) {
+                Some((_, data, what)) => (
+                    listed(&format!("/data/{data}/ec2InstanceUids")),
+                    format!("a compromised instance of {what} {name} in the attack sequence"),
+                ),
+                None if NODE_LISTS.contains(&kind) => {
+                    named.pass_over(format!(
+                        "{label}: its ec2InstanceUids are every node of the cluster, not the compromised ones"
+                    ));
+                    continue;
+                }
+                None => {
+                    named.pass_over(format!("{label}: not an EC2 instance"));
+                    continue;
+                }
+            },
+        };
+        if ids.is_empty() {
+            named.pass_over(format!("{label}: lists no instance"));
+        }
+        for uid in ids {
+            let Some(id) = instance_id_of(uid, &header.scope) else {
+                named.pass_over(format!(
+                    "{label}: {:?} is not an EC2 instance id of the finding's account and region",
+                    clip(uid)
+                ));
+                continue;
+            };
+            named.add(header.target(id), named_as.clone());
+        }
+    }
+}
+
+/// The instance id a sequence resource names: the id itself, or the id at the end of an
+/// instance ARN of the finding's own partition, account and region.
+fn instance_id_of<'a>(uid: &'a str, scope: &Scope) -> Option<&'a str> {
+    let id = if uid.starts_with("arn:") {
+        let parts: Vec<&str> = uid.splitn(6, ':').collect();
+        let [_, partition, "ec2", region, account, resource] = parts.as_slice() else {
+            return None;
+        };
+        if (*partition, *region, *account)
+            != (
+                scope.partition.as_str(),
+                scope.region.as_str(),
+                scope.account_id.as_str(),
+            )
+        {
+            return None;
+        }
+        resource.strip_prefix("instance/")?
+    } else {
+        uid
+    };
+    is_instance_id(id).then_some(id)
 }
 
 /// GuardDuty's severity bands.
@@ -472,6 +859,10 @@ fn is_hex_id(s: &str, prefix: &str, lengths: &[usize]) -> bool {
     s.strip_prefix(prefix).is_some_and(|rest| {
         lengths.contains(&rest.len()) && rest.bytes().all(|b| b.is_ascii_hexdigit())
     })
+}
+
+fn is_partition(s: &str) -> bool {
+    matches!(s, "aws" | "aws-cn" | "aws-us-gov")
 }
 
 pub fn is_instance_id(s: &str) -> bool {
@@ -733,6 +1124,224 @@ mod tests {
         ))
         .unwrap();
         assert!(matches!(archived, Err(Skip(r)) if r.contains("archived")));
+    }
+
+    fn sequence(resources: serde_json::Value) -> serde_json::Value {
+        event(json!({
+            "id": "a5b6c7d8e9f04a1b2c3d4e5f60718293", "accountId": "123456789012",
+            "region": "us-east-1", "type": "AttackSequence:EC2/CompromisedInstanceGroup",
+            "severity": 9.0, "resource": {"resourceType": "AttackSequence"},
+            "service": {"featureName": "Correlation", "detection": {"sequence": {
+                "uid": "s", "description": "d", "resources": resources, "signals": []}}}
+        }))
+    }
+
+    fn instance_resource(uid: &str) -> serde_json::Value {
+        json!({"uid": uid, "resourceType": "EC2_INSTANCE", "accountId": "123456789012",
+               "region": "us-east-1", "data": {"ec2Instance": {"instanceState": "running"}}})
+    }
+
+    fn named(v: serde_json::Value) -> Named {
+        targets(&parse_event(v).unwrap()).unwrap().unwrap()
+    }
+
+    fn ids(n: &Named) -> Vec<&str> {
+        n.targets
+            .iter()
+            .map(|t| t.target.instance_id.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn the_attack_sequence_sample_names_both_instances_once() {
+        let sample: serde_json::Value = serde_json::from_str(include_str!(
+            "../events/attack-sequence-instance-group.json"
+        ))
+        .unwrap();
+        let n = named(sample);
+        // Named as instances and again through the instance profile they share: once each.
+        assert_eq!(ids(&n), ["i-0a1b2c3d4e5f67890", "i-0b2c3d4e5f6a78901"]);
+        assert_eq!(n.instances_named, 2);
+        assert!(n.targets[0].named_as.contains("EC2_INSTANCE"), "{n:?}");
+        // The interface is passed over, with the reason.
+        assert!(
+            n.passed_over
+                .iter()
+                .any(|p| p.contains("EC2_NETWORK_INTERFACE")),
+            "{:?}",
+            n.passed_over
+        );
+        for t in &n.targets {
+            assert_eq!(
+                t.target.finding_type,
+                "AttackSequence:EC2/CompromisedInstanceGroup"
+            );
+            assert_eq!(t.target.scope.account_id, "123456789012");
+            t.target.check().unwrap();
+        }
+        // A step invoked alone with it contains nothing: the workflow plans the group.
+        let alone = resolve(
+            &parse_event(
+                serde_json::from_str(include_str!(
+                    "../events/attack-sequence-instance-group.json"
+                ))
+                .unwrap(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert!(matches!(alone, Err(Skip(r)) if r.contains("names 2 instances")));
+    }
+
+    #[test]
+    fn group_members_are_read_from_the_shared_resources() {
+        let n = named(sequence(json!([
+            {"uid": "arn:aws:autoscaling:us-east-1:123456789012:autoScalingGroup:x:autoScalingGroupName/web",
+             "name": "web", "resourceType": "AUTOSCALING_AUTO_SCALING_GROUP",
+             "data": {"autoscalingAutoScalingGroup": {"ec2InstanceUids": ["i-11111111", "i-22222222"]}}},
+            {"uid": "ami-0123456789abcdef0", "resourceType": "EC2_IMAGE",
+             "data": {"ec2Image": {"ec2InstanceUids": ["i-22222222", "i-33333333"]}}},
+            // An instance ARN of the finding's own account and region is read as its id.
+            {"uid": "arn:aws:ec2:us-east-1:123456789012:instance/i-44444444", "resourceType": "EC2_INSTANCE"},
+            // Every node of a cluster is not a compromised group.
+            {"uid": "arn:aws:eks:us-east-1:123456789012:cluster/c", "resourceType": "EKS_CLUSTER",
+             "data": {"eksCluster": {"ec2InstanceUids": ["i-55555555"]}}}
+        ])));
+        assert_eq!(
+            ids(&n),
+            ["i-11111111", "i-22222222", "i-33333333", "i-44444444"]
+        );
+        assert!(
+            n.targets[0].named_as.contains("Auto Scaling group web"),
+            "{n:?}"
+        );
+        assert!(
+            n.passed_over
+                .iter()
+                .any(|p| p.contains("every node of the cluster"))
+        );
+    }
+
+    #[test]
+    fn hostile_attack_sequences_get_a_clear_outcome() {
+        // No resources, or none that is an instance: nothing to contain, with the reason.
+        for resources in [
+            json!([]),
+            json!(null),
+            json!("x"),
+            json!([{"resourceType": "S3_BUCKET", "uid": "b"}, 7, null]),
+        ] {
+            let got = targets(&parse_event(sequence(resources.clone())).unwrap()).unwrap();
+            assert!(
+                matches!(&got, Err(Skip(r)) if r.contains("no") || r.contains("not")),
+                "{resources}: {got:?}"
+            );
+        }
+        // One.
+        assert_eq!(
+            ids(&named(sequence(json!([instance_resource(
+                "i-0123456789abcdef0"
+            )])))),
+            ["i-0123456789abcdef0"]
+        );
+        // Thirty distinct instances: all named (triage's cap decides).
+        let thirty: Vec<_> = (0..30)
+            .map(|i| instance_resource(&format!("i-{:08x}", i + 1)))
+            .collect();
+        let n = named(sequence(json!(thirty)));
+        assert_eq!((n.targets.len(), n.instances_named), (30, 30));
+        // A thousand resources naming a thousand instances: read up to the bound, all counted.
+        let thousand: Vec<_> = (0..1000)
+            .map(|i| instance_resource(&format!("i-{:08x}", i + 1)))
+            .collect();
+        let n = named(sequence(json!(thousand)));
+        assert_eq!(
+            (n.targets.len(), n.instances_named),
+            (MAX_NAMED_INSTANCES, 1000)
+        );
+        // More resources than are read: the rest are counted as passed over.
+        let more: Vec<_> = (0..1500)
+            .map(|_| json!({"resourceType": "S3_BUCKET", "uid": "b"}))
+            .collect();
+        let got = targets(&parse_event(sequence(json!(more))).unwrap()).unwrap();
+        assert!(
+            matches!(&got, Err(Skip(r)) if r.contains("only the first 1000")),
+            "{got:?}"
+        );
+        // Repeated ids: once.
+        let n = named(sequence(
+            json!([instance_resource("i-11111111"), instance_resource("i-11111111"),
+            {"uid": "g", "resourceType": "EC2_VPC", "data": {"ec2Vpc": {"ec2InstanceUids": ["i-11111111"]}}}]),
+        ));
+        assert_eq!((ids(&n), n.instances_named), (vec!["i-11111111"], 1));
+        // Another account or region, a foreign ARN, a hostile id, an unknown type: passed over.
+        let n = named(sequence(json!([
+            instance_resource("i-11111111"),
+            {"uid": "i-22222222", "resourceType": "EC2_INSTANCE", "accountId": "999999999999"},
+            {"uid": "i-33333333", "resourceType": "EC2_INSTANCE", "region": "eu-west-1"},
+            {"uid": "i-44444444", "resourceType": "EC2_INSTANCE", "accountId": 123456789012u64},
+            {"uid": "arn:aws:ec2:us-east-1:999999999999:instance/i-55555555", "resourceType": "EC2_INSTANCE"},
+            {"uid": "i-66666666; rm -rf /", "resourceType": "EC2_INSTANCE"},
+            {"uid": "i-77777777", "resourceType": "SOMETHING_NEW"},
+            {"uid": 12, "resourceType": ["EC2_INSTANCE"]}
+        ])));
+        assert_eq!(ids(&n), ["i-11111111"]);
+        assert_eq!(
+            n.passed_over.len(),
+            MAX_PASSED_OVER.min(7),
+            "{:?}",
+            n.passed_over
+        );
+        assert!(n.passed_over.iter().any(|p| p.contains("999999999999")));
+        assert!(n.passed_over.iter().any(|p| p.contains("eu-west-1")));
+    }
+
+    #[test]
+    fn container_hosts_are_instances_and_fargate_workloads_are_not() {
+        for kind in ["EKSCluster", "ECSCluster", "Container"] {
+            let n = named(event(json!({
+                "id": "f", "type": "Execution:Runtime/ReverseShell", "severity": 8,
+                "resource": {"resourceType": kind, "instanceDetails": {"instanceId": "i-0123456789abcdef0"}}
+            })));
+            assert_eq!(ids(&n), ["i-0123456789abcdef0"], "{kind}");
+            assert!(n.targets[0].named_as.contains(kind));
+            let fargate = targets(&parse_event(event(json!({
+                "id": "f", "type": "Execution:Runtime/ReverseShell", "severity": 8,
+                "resource": {"resourceType": kind, "ecsClusterDetails": {"taskDetails": {"launchType": "FARGATE"}}}
+            }))).unwrap()).unwrap();
+            assert!(
+                matches!(&fargate, Err(Skip(r)) if r.contains("names no EC2 instance")),
+                "{kind}: {fargate:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_planned_target_is_checked_like_a_finding() {
+        let good: serde_json::Value =
+            serde_json::from_str(include_str!("../events/instance-backdoor.json")).unwrap();
+        let target = resolve(&parse_event(good).unwrap()).unwrap().unwrap();
+        let planned = |t: &Target| json!({"decision": "contain", "target": t, "case": null});
+        assert!(matches!(
+            parse_step_request(planned(&target)),
+            Ok(StepRequest::Planned(_))
+        ));
+        let mut bad = target.clone();
+        bad.scope.region = "us-east-1.evil.example".into();
+        let mut injected = target.clone();
+        injected.instance_id = "i-0123456789abcdef0 --dry-run".into();
+        let mut profile = target.clone();
+        profile.instance_profile_arn = Some("not-an-arn".into());
+        for t in [bad, injected, profile] {
+            let err = parse_step_request(planned(&t)).unwrap_err();
+            assert_eq!(err.name().as_str(), "InvalidEvent", "{t:?}");
+        }
+        // A forged case handle reads as absent: the step opens or joins the case itself.
+        let forged = json!({"target": target, "case": {"case_id": "x; drop", "claim": "c"}});
+        match parse_step_request(forged).unwrap() {
+            StepRequest::Planned(p) => assert!(p.case.is_none()),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -20,7 +20,7 @@ use tracing::{error, info, warn};
 use crate::case::Previous;
 use crate::context::{Clients, Ctx};
 use crate::error::Error;
-use crate::finding::{FindingEvent, Target};
+use crate::finding::{StepRequest, Target};
 use crate::outcome::{Outcome, Plan, PlannedAction};
 use crate::{instance, tags};
 
@@ -104,8 +104,11 @@ struct Interface {
 }
 
 /// Isolates the instance a finding names, with no time limit (tests, tools).
-pub async fn isolate(ctx: &Ctx, event: &FindingEvent) -> Result<Outcome<IsolateReport>, Error> {
-    isolate_until(ctx, event, None).await
+pub async fn isolate(
+    ctx: &Ctx,
+    request: impl Into<StepRequest>,
+) -> Result<Outcome<IsolateReport>, Error> {
+    isolate_until(ctx, request, None).await
 }
 
 /// Isolates the instance a finding names (the Lambda handler). `deadline` is when the function
@@ -113,12 +116,15 @@ pub async fn isolate(ctx: &Ctx, event: &FindingEvent) -> Result<Outcome<IsolateR
 /// the transit group, so that being cut short never leaves one open.
 pub async fn isolate_until(
     ctx: &Ctx,
-    event: &FindingEvent,
+    request: impl Into<StepRequest>,
     deadline: Option<Instant>,
 ) -> Result<Outcome<IsolateReport>, Error> {
-    crate::for_target(ctx, event, "isolate", |clients, target| async move {
-        isolate_instance(&clients, &target, deadline).await
-    })
+    crate::for_target(
+        ctx,
+        request.into(),
+        "isolate",
+        |clients, target| async move { isolate_instance(&clients, &target, deadline).await },
+    )
     .await
 }
 

@@ -50,12 +50,12 @@ pub fn deadline(deadline_ms: u64) -> Option<tokio::time::Instant> {
     Some(tokio::time::Instant::now() + left)
 }
 
-/// Runs a containment step on the target a finding names, with clients for the finding's
-/// account and region; a finding that names nothing to contain, or an account the responder
-/// must not act in, is skipped with the reason.
+/// Runs a containment step on its target (one of triage's plan, or the one a finding names when
+/// the step runs alone), with clients for the target's account and region; a finding that names
+/// nothing to contain, or an account the responder must not act in, is skipped with the reason.
 pub(crate) async fn for_target<T, F, Fut>(
     ctx: &Ctx,
-    event: &finding::FindingEvent,
+    request: finding::StepRequest,
     name: &'static str,
     step: F,
 ) -> Result<Outcome<T>, Error>
@@ -68,12 +68,18 @@ where
         "role" => "deny-role",
         other => other,
     });
-    let target = match finding::resolve(event)? {
-        Ok(target) => target,
-        Err(finding::Skip(reason)) => {
-            tracing::info!(%reason, "skipped: the finding names nothing to contain");
-            return Ok(Outcome::skipped(reason));
+    let (target, planned_case, event) = match request {
+        finding::StepRequest::Planned(planned) => {
+            planned.target.check()?;
+            (planned.target, planned.case, None)
         }
+        finding::StepRequest::Finding(event) => match finding::resolve(&event)? {
+            Ok(target) => (target, None, Some(event)),
+            Err(finding::Skip(reason)) => {
+                tracing::info!(%reason, "skipped: the finding names nothing to contain");
+                return Ok(Outcome::skipped(reason));
+            }
+        },
     };
     if let Some(reason) = ctx.org().refusal(&target.scope.account_id) {
         tracing::info!(%reason, "skipped: not acting in this account");
@@ -81,7 +87,8 @@ where
     }
     let mut clients = ctx.clients(&target).await?;
     if clients.plan().is_none() {
-        attach_case(ctx, event, &target, &mut clients).await;
+        let updated_at = event.as_ref().and_then(|e| e.detail.updated_at.as_deref());
+        attach_case(ctx, planned_case, updated_at, &target, &mut clients).await;
     }
     let case = clients.case.clone();
     // The step's start in the case, beside the step (never ahead of it).
@@ -116,21 +123,19 @@ where
 /// never holds containment back: the step acts and reports that nothing was recorded.
 async fn attach_case(
     ctx: &Ctx,
-    event: &finding::FindingEvent,
+    planned: Option<case::CaseHandle>,
+    updated_at: Option<&str>,
     target: &finding::Target,
     clients: &mut Clients,
 ) {
     let store = ctx.cases().clone();
-    if let Some(triage) = &event.triage {
-        clients.case = Some(case::Recorder {
-            store,
-            handle: triage.case.clone(),
-        });
+    if let Some(handle) = planned {
+        clients.case = Some(case::Recorder { store, handle });
         return;
     }
     let opened = tokio::time::timeout(
         triage::CASE_OPEN_TIMEOUT,
-        Box::pin(store.open(target, event.detail.updated_at.as_deref(), None, false)),
+        Box::pin(store.open(target, updated_at, None, false)),
     )
     .await;
     let opened = opened.unwrap_or_else(|_| {

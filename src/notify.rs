@@ -17,7 +17,7 @@ use crate::release::ReleaseReport;
 use crate::role::{Change, RoleReport};
 use crate::settings::{AutoScalingAction, RoleAction};
 use crate::snapshot::SnapshotReport;
-use crate::triage::{Decision, TriageReport};
+use crate::triage::{Decision, TargetPlan, TriageReport};
 
 /// SNS rejects subjects of 100 characters or more.
 pub const MAX_SUBJECT_CHARS: usize = 99;
@@ -52,6 +52,11 @@ pub struct NotifyInput {
     /// The triage decision, or its error; absent in inputs written by hand for one step.
     #[serde(default)]
     pub triage: Option<StepResult<TriageReport>>,
+    /// Each instance's step results, in the order of triage's targets (the containment state
+    /// machine's Map output); absent in inputs written by hand for one instance, which give
+    /// the step results below instead.
+    #[serde(default)]
+    pub instances: Option<Vec<InstanceSteps>>,
     #[serde(default)]
     pub isolate: Option<StepResult<IsolateReport>>,
     #[serde(default)]
@@ -63,6 +68,39 @@ pub struct NotifyInput {
     /// Set by the release workflow (whose `event` is the release request): the undo's result.
     #[serde(default)]
     pub release: Option<StepResult<ReleaseReport>>,
+}
+
+/// One instance's containment steps: each result, or its error, or `None` (did not run).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct InstanceSteps {
+    #[serde(default)]
+    pub isolate: Option<StepResult<IsolateReport>>,
+    #[serde(default)]
+    pub deregister: Option<StepResult<DeregisterReport>>,
+    #[serde(default)]
+    pub snapshot: Option<StepResult<SnapshotReport>>,
+    #[serde(default)]
+    pub role: Option<StepResult<RoleReport>>,
+}
+
+/// The step results of one instance, borrowed from either shape of the input.
+#[derive(Clone, Copy, Default)]
+struct Steps<'a> {
+    isolate: Option<&'a StepResult<IsolateReport>>,
+    deregister: Option<&'a StepResult<DeregisterReport>>,
+    snapshot: Option<&'a StepResult<SnapshotReport>>,
+    role: Option<&'a StepResult<RoleReport>>,
+}
+
+impl InstanceSteps {
+    fn steps(&self) -> Steps<'_> {
+        Steps {
+            isolate: self.isolate.as_ref(),
+            deregister: self.deregister.as_ref(),
+            snapshot: self.snapshot.as_ref(),
+            role: self.role.as_ref(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -216,10 +254,126 @@ async fn notify(
     })
 }
 
-enum Resolved {
-    Target(Box<Target>),
+/// One instance of the message: its target, triage's plan for it (absent for inputs written
+/// by hand), and its steps.
+struct Instance<'a> {
+    target: Target,
+    plan: Option<&'a TargetPlan>,
+    steps: Steps<'a>,
+    verdict: Verdict,
+}
+
+enum Resolved<'a> {
+    Instances(Vec<Instance<'a>>),
     Skip(String),
     Invalid(String),
+}
+
+/// The instances of the message: triage's plan with the Map's results, in order; or, for an
+/// input written by hand (or a triage that failed), the one instance the finding names with
+/// the input's own step results.
+fn resolve_instances<'a>(
+    input: &'a NotifyInput,
+    event: &Result<FindingEvent, Error>,
+    triage: Option<&'a TriageReport>,
+) -> Resolved<'a> {
+    let event = match event {
+        Ok(event) => event,
+        Err(e) => return Resolved::Invalid(e.to_string()),
+    };
+    let flat = Steps {
+        isolate: input.isolate.as_ref(),
+        deregister: input.deregister.as_ref(),
+        snapshot: input.snapshot.as_ref(),
+        role: input.role.as_ref(),
+    };
+    // Inputs written for the three original steps alone carry no out-of-service result.
+    let with_deregister = input.triage.is_some() || input.deregister.is_some();
+    let triage_failed = matches!(
+        input.triage,
+        Some(StepResult::Failed(_) | StepResult::Unreadable(_))
+    );
+    if let Some(t) =
+        triage.filter(|t| t.decision == Decision::NothingToContain && t.targets.len() <= 1)
+    {
+        let reason = t
+            .single()
+            .map(|p| p.reason.as_str())
+            .filter(|r| !r.is_empty());
+        return Resolved::Skip(reason.unwrap_or(&t.reason).to_owned());
+    }
+    if let Some(t) = triage.filter(|t| !t.targets.is_empty()) {
+        let results = input.instances.as_deref().unwrap_or_default();
+        let instances = t
+            .targets
+            .iter()
+            .enumerate()
+            .map(|(i, plan)| {
+                let steps = results.get(i).map(InstanceSteps::steps).unwrap_or(
+                    if t.targets.len() == 1 && input.instances.is_none() {
+                        flat
+                    } else {
+                        Steps::default()
+                    },
+                );
+                let verdict = match plan.decision {
+                    Decision::NotifyOnly => Verdict::NotifyOnly,
+                    Decision::NothingToContain => Verdict::Skipped,
+                    Decision::Contain => judge(&steps, with_deregister, triage_failed),
+                };
+                Instance {
+                    target: plan.target.clone(),
+                    plan: Some(plan),
+                    steps,
+                    verdict,
+                }
+            })
+            .collect();
+        return Resolved::Instances(instances);
+    }
+    match finding::resolve(event) {
+        Ok(Ok(target)) => {
+            let verdict = match triage.map(|t| t.decision) {
+                Some(Decision::NotifyOnly) => Verdict::NotifyOnly,
+                _ => judge(&flat, with_deregister, triage_failed),
+            };
+            Resolved::Instances(vec![Instance {
+                target,
+                plan: None,
+                steps: flat,
+                verdict,
+            }])
+        }
+        Ok(Err(Skip(reason))) => Resolved::Skip(reason),
+        Err(e) => Resolved::Invalid(e.to_string()),
+    }
+}
+
+/// The verdict of a finding from its instances': any failure makes it partial (or failed, when
+/// no instance was contained); otherwise the strongest of contained, dry run, notify only,
+/// skipped.
+fn overall(instances: &[Instance<'_>]) -> Verdict {
+    let any = |v: Verdict| instances.iter().any(|i| i.verdict == v);
+    let failed = instances.iter().filter(|i| i.verdict.is_failure()).count();
+    if failed > 0 {
+        let held = instances
+            .iter()
+            .any(|i| matches!(i.verdict, Verdict::Contained | Verdict::Partial));
+        return if held {
+            Verdict::Partial
+        } else {
+            Verdict::Failed
+        };
+    }
+    [
+        Verdict::DryRun,
+        Verdict::Contained,
+        Verdict::NotifyOnly,
+        Verdict::Skipped,
+    ]
+    .into_iter()
+    .find(|v| any(*v))
+    .unwrap_or(Verdict::Skipped)
 }
 
 pub fn render(input: &NotifyInput) -> Message {
@@ -227,27 +381,15 @@ pub fn render(input: &NotifyInput) -> Message {
         return render_release(&input.event, release);
     }
     let event = finding::parse_event(input.event.clone());
-    let mut resolved = match event.as_ref().map(finding::resolve) {
-        Ok(Ok(Ok(target))) => Resolved::Target(Box::new(target)),
-        Ok(Ok(Err(Skip(reason)))) => Resolved::Skip(reason),
-        Ok(Err(e)) => Resolved::Invalid(e.to_string()),
-        Err(e) => Resolved::Invalid(e.to_string()),
-    };
     let triage = match &input.triage {
         Some(StepResult::Completed(Outcome::Done(t) | Outcome::AlreadyDone(t))) => Some(t),
         _ => None,
     };
-    // Triage said why nothing runs, in more words than the finding alone can.
-    if let (Some(t), Resolved::Target(_)) = (triage, &resolved)
-        && t.decision == Decision::NothingToContain
-    {
-        resolved = Resolved::Skip(t.reason.clone());
-    }
-    let verdict = match (&resolved, triage.map(|t| t.decision)) {
-        (Resolved::Invalid(_), _) => Verdict::Invalid,
-        (Resolved::Skip(_), _) => Verdict::Skipped,
-        (Resolved::Target(_), Some(Decision::NotifyOnly)) => Verdict::NotifyOnly,
-        (Resolved::Target(_), _) => judge(input),
+    let resolved = resolve_instances(input, &event, triage);
+    let verdict = match &resolved {
+        Resolved::Invalid(_) => Verdict::Invalid,
+        Resolved::Skip(_) => Verdict::Skipped,
+        Resolved::Instances(instances) => overall(instances),
     };
     let detail = event.as_ref().ok().map(|e| &e.detail);
     let finding_type = detail
@@ -257,14 +399,22 @@ pub fn render(input: &NotifyInput) -> Message {
     let severity = detail.and_then(|d| d.severity).filter(|s| s.is_finite());
 
     // An interface left open is what the team must act on first.
-    let exposed = match &input.isolate {
-        Some(StepResult::Failed(f)) if f.error == ErrorName::IsolationFailedOpen.as_str() => {
-            Some(f.message())
-        }
-        _ => None,
+    let exposed: Vec<(String, String)> = match &resolved {
+        Resolved::Instances(instances) => instances
+            .iter()
+            .filter_map(|i| match i.steps.isolate {
+                Some(StepResult::Failed(f))
+                    if f.error == ErrorName::IsolationFailedOpen.as_str() =>
+                {
+                    Some((i.target.instance_id.clone(), f.message()))
+                }
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
     };
     let mut body = String::new();
-    if let Some(message) = &exposed {
+    for (_, message) in &exposed {
         // Its first sentence; the step's line below has the whole error.
         let lead = message
             .split_inclusive("by hand.")
@@ -300,7 +450,21 @@ pub fn render(input: &NotifyInput) -> Message {
             let _ = writeln!(body, "\nNothing was changed: {reason}.");
             write_finding_ids(&mut body, event.as_ref().ok());
         }
-        Resolved::Target(target) => {
+        Resolved::Instances(instances) => {
+            let [one] = instances.as_slice() else {
+                subject_target = format!("{} instances", instances.len());
+                write_group(&mut body, triage, instances, finding_type, verdict);
+                return finish(
+                    body,
+                    verdict,
+                    &exposed,
+                    subject_target,
+                    finding_type,
+                    severity,
+                    instances,
+                );
+            };
+            let target = &one.target;
             subject_target = target.instance_id.clone();
             let links = Links::new(target);
             let _ = writeln!(body, "Instance: {}", target.instance_id);
@@ -316,19 +480,10 @@ pub fn render(input: &NotifyInput) -> Message {
                     "\nDRY RUN: nothing was changed. Each step lists the calls it would make."
                 );
             }
-            write_triage(&mut body, input.triage.as_ref());
+            write_triage(&mut body, input.triage.as_ref(), one.plan);
             if verdict != Verdict::NotifyOnly {
                 let _ = writeln!(body, "\nActions");
-                write_isolation(&mut body, input.isolate.as_ref(), &links);
-                if finding_type.ends_with("!DNS") {
-                    let _ = writeln!(
-                        body,
-                        "      NOTE: this finding comes from DNS queries. Security groups do not filter DNS queries to the Route 53 Resolver, so the instance can still resolve names (and a DNS tunnel keeps working) after isolation: block its queries with Route 53 Resolver DNS Firewall."
-                    );
-                }
-                write_deregistration(&mut body, input.deregister.as_ref());
-                write_snapshots(&mut body, input.snapshot.as_ref(), &links);
-                write_role(&mut body, input.role.as_ref(), &links);
+                write_actions(&mut body, &one.steps, finding_type, &links);
             }
             let _ = writeln!(body, "\nLinks");
             let _ = writeln!(body, "  Finding:  {}", links.finding(&target.finding_id));
@@ -341,6 +496,31 @@ pub fn render(input: &NotifyInput) -> Message {
             }
         }
     }
+    let instances = match &resolved {
+        Resolved::Instances(i) => i.as_slice(),
+        _ => &[],
+    };
+    finish(
+        body,
+        verdict,
+        &exposed,
+        subject_target,
+        finding_type,
+        severity,
+        instances,
+    )
+}
+
+/// The closing line, the size bound, the subject and the attributes.
+fn finish(
+    mut body: String,
+    verdict: Verdict,
+    exposed: &[(String, String)],
+    subject_target: String,
+    finding_type: &str,
+    severity: Option<f64>,
+    instances: &[Instance<'_>],
+) -> Message {
     let _ = writeln!(
         body,
         "\nNothing was terminated, stopped or deleted. Sent by ec2-quarantine."
@@ -350,7 +530,7 @@ pub fn render(input: &NotifyInput) -> Message {
     // What and where first: a long finding type is what gets cut.
     let subject = subject_line(&format!(
         "[{}{}] {} - GuardDuty {} {}",
-        if exposed.is_some() { "EXPOSED, " } else { "" },
+        if exposed.is_empty() { "" } else { "EXPOSED, " },
         verdict.headline(),
         subject_target,
         severity.map(severity_label).unwrap_or("Unknown"),
@@ -364,10 +544,18 @@ pub fn render(input: &NotifyInput) -> Message {
     if let Some(s) = severity {
         attributes.push(("severity", "Number", format!("{s}")));
     }
-    if let Resolved::Target(t) = &resolved {
-        attributes.push(("account_id", "String", t.scope.account_id.clone()));
-        attributes.push(("region", "String", t.scope.region.clone()));
-        attributes.push(("instance_id", "String", t.instance_id.clone()));
+    if let Some(first) = instances.first() {
+        attributes.push((
+            "account_id",
+            "String",
+            first.target.scope.account_id.clone(),
+        ));
+        attributes.push(("region", "String", first.target.scope.region.clone()));
+    }
+    match instances {
+        [one] => attributes.push(("instance_id", "String", one.target.instance_id.clone())),
+        [] => {}
+        many => attributes.push(("instance_count", "Number", many.len().to_string())),
     }
     attributes.retain(|(_, _, v)| !v.is_empty());
     Message {
@@ -375,6 +563,124 @@ pub fn render(input: &NotifyInput) -> Message {
         subject,
         body,
         attributes,
+    }
+}
+
+/// Each step's line and details for one instance.
+fn write_actions(body: &mut String, steps: &Steps<'_>, finding_type: &str, links: &Links) {
+    write_isolation(body, steps.isolate, links);
+    if finding_type.ends_with("!DNS") {
+        let _ = writeln!(
+            body,
+            "      NOTE: this finding comes from DNS queries. Security groups do not filter DNS queries to the Route 53 Resolver, so the instance can still resolve names (and a DNS tunnel keeps working) after isolation: block its queries with Route 53 Resolver DNS Firewall."
+        );
+    }
+    write_deregistration(body, steps.deregister);
+    write_snapshots(body, steps.snapshot, links);
+    write_role(body, steps.role, links);
+}
+
+/// The body for a finding naming several instances: the finding, what was passed over, then
+/// each instance with its verdict, case and steps.
+fn write_group(
+    body: &mut String,
+    triage: Option<&TriageReport>,
+    instances: &[Instance<'_>],
+    finding_type: &str,
+    verdict: Verdict,
+) {
+    let Some(first) = instances.first() else {
+        return;
+    };
+    let scope = &first.target.scope;
+    let links = Links::new(&first.target);
+    let _ = writeln!(
+        body,
+        "Account: {}  Region: {}",
+        scope.account_id, scope.region
+    );
+    let _ = writeln!(body, "Finding id: {}", first.target.finding_id);
+    let count = |v: Verdict| instances.iter().filter(|i| i.verdict == v).count();
+    let _ = writeln!(
+        body,
+        "Instances: {} named; {} contained, {} partially, {} failed, {} not contained",
+        instances.len(),
+        count(Verdict::Contained) + count(Verdict::DryRun),
+        count(Verdict::Partial),
+        count(Verdict::Failed),
+        count(Verdict::NotifyOnly) + count(Verdict::Skipped),
+    );
+    if verdict == Verdict::DryRun {
+        let _ = writeln!(
+            body,
+            "\nDRY RUN: nothing was changed. Each step lists the calls it would make."
+        );
+    }
+    if let Some(t) = triage {
+        if let Some(evidence) = &t.evidence {
+            let _ = writeln!(body, "\nWhy: {evidence}.");
+        }
+        if t.decision != Decision::Contain && !t.reason.is_empty() {
+            let lead = if t.decision == Decision::NotifyOnly {
+                "Not contained, by policy"
+            } else {
+                "Nothing to contain"
+            };
+            let _ = writeln!(body, "\n{lead}: {}.", t.reason);
+            let _ = writeln!(body, "Nothing was changed on any instance.");
+        }
+        if !t.passed_over.is_empty() {
+            let _ = writeln!(body, "\nNamed by the finding but not contained:");
+            for line in &t.passed_over {
+                let _ = writeln!(body, "  - {line}");
+            }
+        }
+    }
+    let finding_wide = triage.is_some_and(|t| t.decision != Decision::Contain);
+    for i in instances {
+        let _ = writeln!(
+            body,
+            "\nInstance {}: {}",
+            i.target.instance_id,
+            i.verdict.headline()
+        );
+        if let Some(plan) = i.plan {
+            let _ = writeln!(body, "  named as: {}", plan.named_as);
+            if finding_wide {
+                continue;
+            }
+            if !plan.reason.is_empty() {
+                let _ = writeln!(body, "  {}", plan.reason);
+            }
+            if let Some(case) = &plan.case {
+                let _ = writeln!(
+                    body,
+                    "  Case: {} (helper_scripts/deploy.sh case {})",
+                    case.case_id, case.case_id
+                );
+            }
+            if plan.decision != Decision::Contain {
+                continue;
+            }
+        }
+        write_actions(body, &i.steps, finding_type, &links);
+        let _ = writeln!(
+            body,
+            "  Instance: {}",
+            links.instance(&i.target.instance_id)
+        );
+    }
+    let _ = writeln!(body, "\nLinks");
+    let _ = writeln!(
+        body,
+        "  Finding:  {}",
+        links.finding(&first.target.finding_id)
+    );
+    if verdict.is_failure() {
+        let _ = writeln!(
+            body,
+            "\nContainment is not complete: act on the failed steps above by hand."
+        );
     }
 }
 
@@ -502,8 +808,8 @@ fn verdict_name(v: Verdict) -> &'static str {
     }
 }
 
-/// The verdict for a finding that names an instance, from the steps' results.
-fn judge(input: &NotifyInput) -> Verdict {
+/// The verdict for one instance that was to be contained, from its steps' results.
+fn judge(input: &Steps<'_>, with_deregister: bool, triage_failed: bool) -> Verdict {
     #[derive(PartialEq)]
     enum S {
         Acted,
@@ -520,17 +826,16 @@ fn judge(input: &NotifyInput) -> Verdict {
             _ => S::Failed,
         }
     }
-    if let Some(StepResult::Failed(_) | StepResult::Unreadable(_)) = &input.triage {
+    if triage_failed {
         return Verdict::Failed;
     }
     let mut steps = vec![
-        state(input.isolate.as_ref()),
-        state(input.snapshot.as_ref()),
-        state(input.role.as_ref()),
+        state(input.isolate),
+        state(input.snapshot),
+        state(input.role),
     ];
-    // Inputs written for the three original steps alone carry no out-of-service result.
-    if input.triage.is_some() || input.deregister.is_some() {
-        steps.push(state(input.deregister.as_ref()));
+    if with_deregister {
+        steps.push(state(input.deregister));
     }
     let dry_run = steps.contains(&S::Planned);
     if dry_run && !steps.contains(&S::Failed) {
@@ -735,26 +1040,36 @@ fn write_isolation(body: &mut String, r: Option<&StepResult<IsolateReport>>, lin
     }
 }
 
-fn write_triage(body: &mut String, r: Option<&StepResult<TriageReport>>) {
+fn write_triage(
+    body: &mut String,
+    r: Option<&StepResult<TriageReport>>,
+    plan: Option<&TargetPlan>,
+) {
     match r {
         None => {}
         Some(StepResult::Completed(Outcome::Done(t) | Outcome::AlreadyDone(t))) => {
-            match t.decision {
+            let (decision, reason) = plan
+                .map(|p| (p.decision, p.reason.as_str()))
+                .unwrap_or((t.decision, t.reason.as_str()));
+            let (case, already_contained_by, contained_at) = plan
+                .map(|p| (&p.case, &p.already_contained_by, &p.contained_at))
+                .unwrap_or((&None, &None, &None));
+            match decision {
                 Decision::NotifyOnly => {
-                    let _ = writeln!(body, "\nNot contained, by policy: {}.", t.reason);
+                    let _ = writeln!(body, "\nNot contained, by policy: {reason}.");
                     let _ = writeln!(
                         body,
                         "Nothing was changed. Contain it by hand if it should be."
                     );
                 }
                 Decision::NothingToContain => {
-                    let _ = writeln!(body, "\nNothing to contain: {}.", t.reason);
+                    let _ = writeln!(body, "\nNothing to contain: {reason}.");
                 }
                 Decision::Contain => {
                     if let Some(evidence) = &t.evidence {
                         let _ = writeln!(body, "\nContained because: {evidence}.");
                     }
-                    match (&t.case, &t.already_contained_by) {
+                    match (case, already_contained_by) {
                         (Some(case), _) => {
                             let _ = writeln!(
                                 body,
@@ -775,11 +1090,11 @@ fn write_triage(body: &mut String, r: Option<&StepResult<TriageReport>>) {
                         }
                         (None, Some(_)) => {}
                     }
-                    if let Some(earlier) = &t.already_contained_by {
+                    if let Some(earlier) = already_contained_by {
                         let _ = writeln!(
                             body,
                             "\nAlready contained (case {earlier}{}): this finding joins the case; nothing is done twice, each step reports what is in place.",
-                            t.contained_at
+                            contained_at
                                 .as_deref()
                                 .map(|at| format!(" at {at}"))
                                 .unwrap_or_default()

@@ -11,7 +11,7 @@ use tracing::{info, warn};
 use crate::case::{Claim, Previous};
 use crate::context::{Clients, Ctx};
 use crate::error::Error;
-use crate::finding::{FindingEvent, Skip, Target, is_role_name};
+use crate::finding::{Skip, StepRequest, Target, is_role_name};
 use crate::outcome::{MAX_LISTED, Outcome, Plan, PlannedAction};
 use crate::role_policy;
 use crate::settings::RoleAction;
@@ -154,8 +154,11 @@ pub fn revoke_instance_policy_name(instance_id: &str) -> String {
 }
 
 /// Contains the role of the instance a finding names (the Lambda handler).
-pub async fn contain_role(ctx: &Ctx, event: &FindingEvent) -> Result<Outcome<RoleReport>, Error> {
-    crate::for_target(ctx, event, "role", |clients, target| async move {
+pub async fn contain_role(
+    ctx: &Ctx,
+    request: impl Into<StepRequest>,
+) -> Result<Outcome<RoleReport>, Error> {
+    crate::for_target(ctx, request.into(), "role", |clients, target| async move {
         contain_instance_role(&clients, &target).await
     })
     .await

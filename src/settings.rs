@@ -55,7 +55,17 @@ pub struct TriagePolicy {
     pub contain_targets: bool,
     /// An instance carrying this tag key is never touched, only reported (`EXEMPTION_TAG_KEY`).
     pub exemption_tag: String,
+    /// The blast-radius cap (`MAX_INSTANCES_PER_FINDING`): a finding naming more instances than
+    /// this contains none of them, and the team is told why.
+    pub max_instances: usize,
 }
+
+/// The default blast-radius cap. GuardDuty lists at most 25 compromised instances per shared
+/// resource of an attack sequence, and the groups it has been seen to report are a few
+/// instances; ten contains every such group while bounding what one wrong finding can isolate
+/// to ten instances, and keeps one finding's mutating EC2 calls (about 15 per instance) well
+/// inside EC2's request-token bucket for mutating actions.
+pub const DEFAULT_MAX_INSTANCES: usize = 10;
 
 pub const DEFAULT_EXEMPTION_TAG: &str = "ec2-quarantine-exempt";
 
@@ -68,6 +78,7 @@ impl Default for TriagePolicy {
             severity_threshold: 0.0,
             contain_targets: false,
             exemption_tag: DEFAULT_EXEMPTION_TAG.to_owned(),
+            max_instances: DEFAULT_MAX_INSTANCES,
         }
     }
 }
@@ -145,6 +156,19 @@ impl Settings {
                     ))
                 })?,
         };
+        let max_instances = match var("MAX_INSTANCES_PER_FINDING") {
+            None => DEFAULT_MAX_INSTANCES,
+            Some(s) => s
+                .parse::<usize>()
+                .ok()
+                .filter(|v| (1..=crate::finding::MAX_NAMED_INSTANCES).contains(v))
+                .ok_or_else(|| {
+                    Error::Misconfigured(format!(
+                        "MAX_INSTANCES_PER_FINDING {s:?} is not a whole number from 1 to {}",
+                        crate::finding::MAX_NAMED_INSTANCES
+                    ))
+                })?,
+        };
         Ok(Settings {
             dry_run: boolean("DRY_RUN")?,
             role_action,
@@ -157,6 +181,7 @@ impl Settings {
                 contain_targets: boolean("CONTAIN_TARGETS")?,
                 exemption_tag: var("EXEMPTION_TAG_KEY")
                     .unwrap_or_else(|| DEFAULT_EXEMPTION_TAG.to_owned()),
+                max_instances,
             },
         })
     }
@@ -200,8 +225,14 @@ mod tests {
             ("SEVERITY_THRESHOLD", "7"),
             ("CONTAIN_TARGETS", "true"),
             ("EXEMPTION_TAG_KEY", "do-not-quarantine"),
+            ("MAX_INSTANCES_PER_FINDING", "25"),
         ])
         .unwrap();
+        assert_eq!(s.triage.max_instances, 25);
+        assert_eq!(
+            read(&[]).unwrap().triage.max_instances,
+            DEFAULT_MAX_INSTANCES
+        );
         assert!(s.dry_run);
         assert_eq!(s.role_action, RoleAction::RevokeSessions);
         assert_eq!(s.auto_scaling_action, AutoScalingAction::Detach);
@@ -238,6 +269,9 @@ mod tests {
             ("SEVERITY_THRESHOLD", "11"),
             ("CONTAIN_TARGETS", "1"),
             ("DENY_ALL_SHARED_ROLES", "yes"),
+            ("MAX_INSTANCES_PER_FINDING", "0"),
+            ("MAX_INSTANCES_PER_FINDING", "101"),
+            ("MAX_INSTANCES_PER_FINDING", "ten"),
         ] {
             let err = read(&[(name, value)]).unwrap_err();
             assert!(err.to_string().contains(name), "{name}={value}: {err}");

@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use crate::case::Claim;
 use crate::context::{Clients, Ctx};
 use crate::error::Error;
-use crate::finding::{FindingEvent, Target};
+use crate::finding::{StepRequest, Target};
 use crate::outcome::Outcome;
 use crate::{instance, tags};
 
@@ -36,10 +36,16 @@ pub struct ForensicSnapshot {
 }
 
 /// Snapshots the volumes of the instance a finding names (the Lambda handler).
-pub async fn snapshot(ctx: &Ctx, event: &FindingEvent) -> Result<Outcome<SnapshotReport>, Error> {
-    crate::for_target(ctx, event, "snapshot", |clients, target| async move {
-        snapshot_instance(&clients, &target).await
-    })
+pub async fn snapshot(
+    ctx: &Ctx,
+    request: impl Into<StepRequest>,
+) -> Result<Outcome<SnapshotReport>, Error> {
+    crate::for_target(
+        ctx,
+        request.into(),
+        "snapshot",
+        |clients, target| async move { snapshot_instance(&clients, &target).await },
+    )
     .await
 }
 

@@ -9,9 +9,10 @@ use crate::case::Opened;
 use crate::context::Ctx;
 use crate::error::Error;
 use crate::evidence::{self, Evidence, Side};
-use crate::finding::{self, FindingEvent, Skip, Target};
+use crate::finding::{self, FindingEvent, NamedTarget, PlannedTarget, Skip, Target};
 use crate::settings::{AutoScalingAction, RoleAction, TriagePolicy};
 use crate::{instance, tags};
+use futures::{StreamExt, TryStreamExt};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -24,24 +25,30 @@ pub enum Decision {
     NothingToContain,
 }
 
+/// Triage's plan for a finding: the finding's decision, and one entry per instance it names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TriageReport {
+    /// `contain` when at least one instance is contained (the state machine then runs the
+    /// steps for each instance whose own decision is `contain`).
     pub decision: Decision,
-    /// Why, in one sentence; empty when the finding is simply contained.
+    /// Why, in one sentence, for the finding as a whole; empty when it is simply contained.
     pub reason: String,
+    /// The instance, when the finding names exactly one (the fallback message names it).
     pub instance_id: Option<String>,
-    /// The instance's open case, when it was contained before this finding (this finding
-    /// joins it: nothing is done twice).
-    pub already_contained_by: Option<String>,
-    /// When that case was opened.
-    pub contained_at: Option<String>,
-    /// The case the steps record in (`None` in a dry run, or when nothing is contained).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub case: Option<crate::case::CaseHandle>,
+    /// One entry per instance the finding names, in the finding's order (the state machine's
+    /// Map runs the steps on each).
+    #[serde(default)]
+    pub targets: Vec<TargetPlan>,
+    /// What the finding names that is not an instance to contain, one line each (capped).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub passed_over: Vec<String>,
+    /// How many distinct instances the finding names.
+    #[serde(default)]
+    pub instances_named: usize,
     pub dry_run: bool,
     pub role_action: RoleAction,
     pub auto_scaling_action: AutoScalingAction,
-    /// Which side of the activity the instance is on, and the evidence, in one sentence
+    /// Which side of the activity the instances are on, and the evidence, in one sentence
     /// (see [`crate::evidence`]); absent when the finding names no instance.
     #[serde(default)]
     pub side: Option<Side>,
@@ -49,46 +56,171 @@ pub struct TriageReport {
     pub evidence: Option<String>,
 }
 
-/// Triages a finding event (the Lambda handler).
+/// One instance of the plan: what the steps act on ([`PlannedTarget`]'s fields: `target` and
+/// `case`), and the decision for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetPlan {
+    pub decision: Decision,
+    /// Why, in one sentence; empty when the instance is simply contained.
+    pub reason: String,
+    /// How the finding names the instance (its evidence for it).
+    pub named_as: String,
+    pub target: Target,
+    /// The case the steps record in (`null` in a dry run, when the instance is not contained,
+    /// or when the case table could not be reached). Always written, so that the state
+    /// machine's paths find it.
+    pub case: Option<crate::case::CaseHandle>,
+    /// The instance's open case, when it was contained before this finding (this finding
+    /// joins it: nothing is done twice), and when that case was opened.
+    pub already_contained_by: Option<String>,
+    pub contained_at: Option<String>,
+}
+
+impl TargetPlan {
+    fn new(named: &NamedTarget, decision: Decision, reason: String) -> TargetPlan {
+        TargetPlan {
+            decision,
+            reason,
+            named_as: named.named_as.clone(),
+            target: named.target.clone(),
+            case: None,
+            already_contained_by: None,
+            contained_at: None,
+        }
+    }
+
+    /// What a step receives for this instance.
+    pub fn planned(&self) -> PlannedTarget {
+        PlannedTarget {
+            target: self.target.clone(),
+            case: self.case.clone(),
+        }
+    }
+}
+
+impl TriageReport {
+    /// The plan's one instance, when the finding names exactly one.
+    pub fn single(&self) -> Option<&TargetPlan> {
+        match self.targets.as_slice() {
+            [one] => Some(one),
+            _ => None,
+        }
+    }
+}
+
+/// How many instances triage reads and opens cases for at once.
+const TRIAGE_CONCURRENCY: usize = 8;
+
+/// Triages a finding event (the Lambda handler): resolves every instance it names once, applies
+/// the policy to the finding and the blast-radius cap, then decides for each instance by what
+/// it is now (gone, exempt, already contained) and opens its case.
 #[tracing::instrument(skip_all, fields(finding_id = event.detail.id.as_deref().map(finding::clip)))]
 pub async fn triage(ctx: &Ctx, event: &FindingEvent) -> Result<TriageReport, Error> {
     let ctx = &ctx.acting_as("triage");
     let settings = ctx.settings();
-    let evidence = evidence::side(&event.detail);
-    let report = |decision, reason: String, target: Option<&Target>| TriageReport {
-        decision,
-        reason,
-        instance_id: target.map(|t| t.instance_id.clone()),
-        already_contained_by: None,
-        contained_at: None,
-        case: None,
+    let mut report = TriageReport {
+        decision: Decision::NothingToContain,
+        reason: String::new(),
+        instance_id: None,
+        targets: Vec::new(),
+        passed_over: Vec::new(),
+        instances_named: 0,
         dry_run: settings.dry_run,
         role_action: settings.role_action,
         auto_scaling_action: settings.auto_scaling_action,
-        side: target.map(|_| evidence.side),
-        evidence: target.map(|_| evidence.because.clone()),
+        side: None,
+        evidence: None,
     };
-    let target = match finding::resolve(event)? {
-        Ok(target) => target,
-        Err(Skip(reason)) => return Ok(report(Decision::NothingToContain, reason, None)),
+    let named = match finding::targets(event)? {
+        Ok(named) => named,
+        Err(Skip(reason)) => {
+            report.reason = reason;
+            return Ok(report);
+        }
     };
-    if let Some(reason) = ctx.org().refusal(&target.scope.account_id) {
-        return Ok(report(Decision::NothingToContain, reason, Some(&target)));
+    let evidence = evidence::side(&event.detail);
+    report.side = Some(evidence.side);
+    report.evidence = Some(evidence.because.clone());
+    report.passed_over = named.passed_over.clone();
+    report.instances_named = named.instances_named;
+    let Some(first) = named.targets.first() else {
+        report.reason = named.nothing_named();
+        return Ok(report);
+    };
+    if let [one] = named.targets.as_slice() {
+        report.instance_id = Some(one.target.instance_id.clone());
     }
-    if let Some(reason) = policy_reason(&settings.triage, &evidence, &target) {
-        info!(%reason, "notify only");
-        return Ok(report(Decision::NotifyOnly, reason, Some(&target)));
+    // The finding as a whole: the account, the policy, the blast-radius cap.
+    let finding_wide = if let Some(reason) = ctx.org().refusal(&first.target.scope.account_id) {
+        Some((Decision::NothingToContain, reason))
+    } else if let Some(reason) = policy_reason(&settings.triage, &evidence, &first.target) {
+        Some((Decision::NotifyOnly, reason))
+    } else {
+        cap_reason(&settings.triage, named.instances_named).map(|r| (Decision::NotifyOnly, r))
+    };
+    if let Some((decision, reason)) = finding_wide {
+        info!(%reason, ?decision, "not contained");
+        report.targets = named
+            .targets
+            .iter()
+            .map(|n| TargetPlan::new(n, decision, reason.clone()))
+            .collect();
+        report.decision = decision;
+        report.reason = reason;
+        return Ok(report);
     }
 
-    let clients = ctx.clients(&target).await?;
+    // Every instance is in the finding's account and region: one set of clients.
+    let clients = &ctx.clients(&first.target).await?;
+    let updated_at = event.detail.updated_at.as_deref();
+    let plans: Vec<TargetPlan> = futures::stream::iter(named.targets.iter())
+        .map(|n| triage_instance(ctx, clients, n, updated_at, &evidence.because))
+        .buffered(TRIAGE_CONCURRENCY)
+        .try_collect()
+        .await?;
+    report.decision = [Decision::Contain, Decision::NotifyOnly]
+        .into_iter()
+        .find(|d| plans.iter().any(|p| p.decision == *d))
+        .unwrap_or(Decision::NothingToContain);
+    if let [one] = plans.as_slice() {
+        report.reason = one.reason.clone();
+    }
+    report.targets = plans;
+    info!(decision = ?report.decision, instances = report.targets.len(), "triaged");
+    Ok(report)
+}
+
+/// The blast-radius cap: why a finding naming more instances than the policy allows contains
+/// none of them, and what the team can do.
+pub fn cap_reason(policy: &TriagePolicy, instances: usize) -> Option<String> {
+    (instances > policy.max_instances).then(|| {
+        format!(
+            "the finding names {instances} instances, more than MaxInstancesPerFinding ({}): none is contained automatically, so that one wrong finding cannot isolate a fleet. Confirm the finding, then contain the instances by hand (start the containment state machine with a finding naming each), or raise MaxInstancesPerFinding and send the finding again",
+            policy.max_instances
+        )
+    })
+}
+
+/// Decides for one instance of the plan by what it is now, and opens (or joins) its case.
+#[tracing::instrument(skip_all, fields(instance_id = %named.target.instance_id))]
+async fn triage_instance(
+    ctx: &Ctx,
+    clients: &crate::context::Clients,
+    named: &NamedTarget,
+    updated_at: Option<&str>,
+    evidence: &str,
+) -> Result<TargetPlan, Error> {
+    let settings = ctx.settings();
+    let target = &named.target;
+    let plan = |decision, reason: String| TargetPlan::new(named, decision, reason);
     // A credential finding names the role: its stolen credentials are contained even when the
     // instance is gone or cannot be found; the steps report what they could not do.
     let role_still_matters = target.role_name.is_some();
-    let inst = match instance::describe(&clients.ec2, &target).await {
+    let inst = match instance::describe(&clients.ec2, target).await {
         Ok(inst) => inst,
         Err(err @ Error::InstanceNotFound { .. }) => {
             let reason = format!("{err}: each step reports what it can still do");
-            return Ok(report(Decision::Contain, reason, Some(&target)));
+            return Ok(plan(Decision::Contain, reason));
         }
         Err(err) => return Err(err),
     };
@@ -98,15 +230,15 @@ pub async fn triage(ctx: &Ctx, event: &FindingEvent) -> Result<TriageReport, Err
         } else {
             Decision::NothingToContain
         };
-        return Ok(report(decision, reason, Some(&target)));
+        return Ok(plan(decision, reason));
     }
     let exemption = &settings.triage.exemption_tag;
     if tags::find(inst.tags(), exemption).is_some() {
         let reason = format!("the instance carries the exemption tag {exemption}");
         info!(%reason, "notify only");
-        return Ok(report(Decision::NotifyOnly, reason, Some(&target)));
+        return Ok(plan(Decision::NotifyOnly, reason));
     }
-    let mut out = report(Decision::Contain, String::new(), Some(&target));
+    let mut out = plan(Decision::Contain, String::new());
     // The case: from the responder's own record, never from the instance's tags.
     let store = ctx.cases();
     if settings.dry_run {
@@ -117,59 +249,54 @@ pub async fn triage(ctx: &Ctx, event: &FindingEvent) -> Result<TriageReport, Err
             out.already_contained_by = Some(case_id);
             out.contained_at = Some(opened_at);
         }
-    } else {
-        // A case table that cannot be reached never holds containment back: the steps act
-        // and each says that nothing was recorded.
-        let opened = tokio::time::timeout(
-            CASE_OPEN_TIMEOUT,
-            Box::pin(store.open(
-                &target,
-                event.detail.updated_at.as_deref(),
-                Some(&evidence.because),
-                true,
-            )),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            Err(Error::Transient {
-                action: "dynamodb:UpdateItem",
-                code: "Timeout".into(),
-                message: "the case table did not answer in time".into(),
-                source: "timeout".into(),
-            })
-        });
-        let opened = match opened {
-            Ok(opened) => opened,
-            // The instance's case is being released: triage again once it is over (the state
-            // machine retries this transient error), so that the finding does not join a case
-            // being undone.
-            Err(err) if err.aws_code() == Some("CaseBeingReleased") => return Err(err),
-            Err(err) => {
-                tracing::warn!(error = %err, "case table unavailable: containing without a case");
-                out.reason = format!(
-                    "contained without a case record: the case table could not be reached ({err})"
-                );
-                return Ok(out);
-            }
-        };
-        match opened {
-            Opened::New(handle) => out.case = Some(handle),
-            Opened::Joined { handle, opened_at } => {
-                out.reason = format!(
-                    "already contained (case {}): the finding joins the case, nothing is done twice",
-                    handle.case_id
-                );
-                out.already_contained_by = Some(handle.case_id.clone());
-                out.contained_at = Some(opened_at);
-                out.case = Some(handle);
-            }
-            Opened::Released { case_id } => {
-                let reason = format!(
-                    "the finding belongs to case {case_id}, which the security team released: a copy sent again contains nothing (a new finding does)"
-                );
-                info!(%reason, "notify only");
-                return Ok(report(Decision::NotifyOnly, reason, Some(&target)));
-            }
+        return Ok(out);
+    }
+    // A case table that cannot be reached never holds containment back: the steps act and
+    // each says that nothing was recorded.
+    let opened = tokio::time::timeout(
+        CASE_OPEN_TIMEOUT,
+        Box::pin(store.open(target, updated_at, Some(evidence), true)),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(Error::Transient {
+            action: "dynamodb:UpdateItem",
+            code: "Timeout".into(),
+            message: "the case table did not answer in time".into(),
+            source: "timeout".into(),
+        })
+    });
+    let opened = match opened {
+        Ok(opened) => opened,
+        // The instance's case is being released: triage again once it is over (the state
+        // machine retries this transient error), so that the finding does not join a case
+        // being undone.
+        Err(err) if err.aws_code() == Some("CaseBeingReleased") => return Err(err),
+        Err(err) => {
+            tracing::warn!(error = %err, "case table unavailable: containing without a case");
+            out.reason = format!(
+                "contained without a case record: the case table could not be reached ({err})"
+            );
+            return Ok(out);
+        }
+    };
+    match opened {
+        Opened::New(handle) => out.case = Some(handle),
+        Opened::Joined { handle, opened_at } => {
+            out.reason = format!(
+                "already contained (case {}): the finding joins the case, nothing is done twice",
+                handle.case_id
+            );
+            out.already_contained_by = Some(handle.case_id.clone());
+            out.contained_at = Some(opened_at);
+            out.case = Some(handle);
+        }
+        Opened::Released { case_id } => {
+            let reason = format!(
+                "the finding belongs to case {case_id}, which the security team released: a copy sent again contains nothing (a new finding does)"
+            );
+            info!(%reason, "notify only");
+            return Ok(plan(Decision::NotifyOnly, reason));
         }
     }
     info!(decision = ?out.decision, case = ?out.case, already_contained_by = ?out.already_contained_by, "triaged");
@@ -252,6 +379,17 @@ mod tests {
     fn reason(policy: &TriagePolicy, e: &FindingEvent) -> Option<String> {
         let target = finding::resolve(e).unwrap().unwrap();
         policy_reason(policy, &evidence::side(&e.detail), &target)
+    }
+
+    #[test]
+    fn the_blast_radius_cap_refuses_a_group_over_it_and_says_what_to_do() {
+        let policy = TriagePolicy::default();
+        assert_eq!(cap_reason(&policy, 1), None);
+        assert_eq!(cap_reason(&policy, policy.max_instances), None);
+        let over = cap_reason(&policy, policy.max_instances + 1).unwrap();
+        assert!(over.contains("none is contained"), "{over}");
+        assert!(over.contains("MaxInstancesPerFinding (10)"), "{over}");
+        assert!(over.contains("by hand"), "{over}");
     }
 
     #[test]

@@ -6,7 +6,7 @@ mod common;
 
 use common::{Fixture, access_key, inject, record_outcome, release_request};
 use ec2_quarantine::deregister::deregister;
-use ec2_quarantine::finding::{FindingEvent, Scope, TriageCase, parse_event};
+use ec2_quarantine::finding::{FindingEvent, Scope, parse_event};
 use ec2_quarantine::isolate::isolate;
 use ec2_quarantine::release::release;
 use ec2_quarantine::role::contain_role;
@@ -20,13 +20,13 @@ const BACKDOOR: &str = "instance-backdoor.json";
 async fn execution(ctx: &Ctx, event: &FindingEvent) -> TriageReport {
     let t = triage(ctx, event).await.unwrap();
     assert_eq!(t.decision, Decision::Contain, "{t:?}");
-    let mut event = event.clone();
-    event.triage = t.case.clone().map(|case| TriageCase { case });
+    // Each step gets the plan's entry for the instance, as the state machine's Map hands it on.
+    let planned = t.targets[0].planned();
     let (i, d, s, r) = futures::join!(
-        isolate(ctx, &event),
-        deregister(ctx, &event),
-        snapshot(ctx, &event),
-        contain_role(ctx, &event)
+        isolate(ctx, planned.clone()),
+        deregister(ctx, planned.clone()),
+        snapshot(ctx, planned.clone()),
+        contain_role(ctx, planned)
     );
     for (name, ok) in [
         ("isolate", i.is_ok()),
@@ -73,7 +73,11 @@ async fn a_finding_arriving_during_a_release_waits_for_it() {
     // A release that did not finish lets findings join again.
     store.abort_release(&case, &scope(&f)).await.unwrap();
     let t = triage(&f.ctx, &second).await.unwrap();
-    assert_eq!(t.case.unwrap().case_id, case.case_id, "joins the open case");
+    assert_eq!(
+        t.targets[0].case.clone().unwrap().case_id,
+        case.case_id,
+        "joins the open case"
+    );
 }
 
 #[tokio::test]
@@ -92,12 +96,11 @@ async fn release_waits_while_an_execution_of_the_case_may_still_act() {
     assert!(f.case_in(&f.ctx).await.is_some(), "the case stays open");
 
     // Its steps run; then the release goes through.
-    let mut second = second;
-    second.triage = t.case.map(|case| TriageCase { case });
-    isolate(&f.ctx, &second).await.unwrap();
-    deregister(&f.ctx, &second).await.unwrap();
-    snapshot(&f.ctx, &second).await.unwrap();
-    contain_role(&f.ctx, &second).await.unwrap();
+    let second = t.targets[0].planned();
+    isolate(&f.ctx, second.clone()).await.unwrap();
+    deregister(&f.ctx, second.clone()).await.unwrap();
+    snapshot(&f.ctx, second.clone()).await.unwrap();
+    contain_role(&f.ctx, second).await.unwrap();
     assert_eq!(f.interface_groups().await, contained);
     assert_eq!(
         f.case().await.previous.len(),
@@ -113,7 +116,11 @@ async fn release_waits_while_an_execution_of_the_case_may_still_act() {
 async fn a_released_findings_copy_is_only_reported_and_its_update_contains_again() {
     let f = Fixture::new().await;
     let event = f.event(BACKDOOR);
-    let first = execution(&f.ctx, &event).await.case.unwrap().case_id;
+    let first = execution(&f.ctx, &event).await.targets[0]
+        .case
+        .clone()
+        .unwrap()
+        .case_id;
     let released = release(&f.ctx, &release_request(&f)).await.unwrap();
     assert_eq!(released.status(), "done", "{released:?}");
 
@@ -130,7 +137,7 @@ async fn a_released_findings_copy_is_only_reported_and_its_update_contains_again
     recurred["detail"]["service"]["count"] = 7.into();
     let recurred = parse_event(recurred).unwrap();
     let t = execution(&f.ctx, &recurred).await;
-    let second = t.case.unwrap().case_id;
+    let second = t.targets[0].case.clone().unwrap().case_id;
     assert_ne!(second, first, "a new case");
     assert_eq!(f.case().await.case_id, second);
     record_outcome("contained");
@@ -151,7 +158,7 @@ async fn an_unreachable_case_table_never_holds_containment_back() {
     let event = f.event(BACKDOOR);
     let t = triage(&f.ctx, &event).await.unwrap();
     assert_eq!(t.decision, Decision::Contain, "{t:?}");
-    assert!(t.case.is_none());
+    assert!(t.targets[0].case.is_none());
     assert!(t.reason.contains("without a case record"), "{}", t.reason);
 
     let isolated = isolate(&f.ctx, &event).await.unwrap();

@@ -493,9 +493,12 @@ async fn a_second_finding_for_a_contained_instance_creates_nothing_new() {
     let first_case = f.case().await.case_id;
     let t = triage(&ctx, &second).await.unwrap();
     assert_eq!(t.decision, Decision::Contain);
-    assert_eq!(t.already_contained_by.as_deref(), Some(first_case.as_str()));
     assert_eq!(
-        t.case.as_ref().map(|c| c.case_id.as_str()),
+        t.targets[0].already_contained_by.as_deref(),
+        Some(first_case.as_str())
+    );
+    assert_eq!(
+        t.targets[0].case.as_ref().map(|c| c.case_id.as_str()),
         Some(first_case.as_str()),
         "the finding joins the case"
     );

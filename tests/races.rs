@@ -8,7 +8,6 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::{Fixture, access_key, inject, inject_error, proxy_log, record_outcome, retrying_ctx};
-use ec2_quarantine::finding::TriageCase;
 use ec2_quarantine::isolate::{InterfaceStatus, QUARANTINE_GROUP_NAME, isolate};
 use ec2_quarantine::role::{Change, REVOKE_SESSIONS_POLICY_NAME, contain_role};
 use ec2_quarantine::snapshot::snapshot;
@@ -111,22 +110,19 @@ async fn two_executions_of_one_finding_take_one_snapshot_set() {
     let event = f.event(BACKDOOR);
     let (ta, tb) = tokio::join!(triage(&ctx, &event), triage(&ctx, &event));
     let (ta, tb) = (ta.unwrap(), tb.unwrap());
-    let (ca, cb) = (ta.case.clone().unwrap(), tb.case.clone().unwrap());
+    let (pa, pb) = (ta.targets[0].planned(), tb.targets[0].planned());
+    let (ca, cb) = (pa.case.clone().unwrap(), pb.case.clone().unwrap());
     assert_eq!(ca.case_id, cb.case_id, "one case for the instance");
     assert_ne!(ca.claim, cb.claim, "each execution its own claim");
     assert!(
-        ta.already_contained_by.is_some() != tb.already_contained_by.is_some(),
+        ta.targets[0].already_contained_by.is_some()
+            != tb.targets[0].already_contained_by.is_some(),
         "one opened the case, the other joined it: {ta:?} {tb:?}"
     );
-    let with_case = |handle| {
-        let mut e = event.clone();
-        e.triage = Some(TriageCase { case: handle });
-        e
-    };
-    let (ea, eb) = (with_case(ca), with_case(cb));
+    let (ea, eb) = (pa, pb);
 
     inject(&key, "ec2:CreateSnapshots", "delay", Some(1));
-    let (sa, sb) = tokio::join!(snapshot(&ctx, &ea), snapshot(&ctx, &eb));
+    let (sa, sb) = tokio::join!(snapshot(&ctx, ea.clone()), snapshot(&ctx, eb.clone()));
     let (sa, sb) = (sa.unwrap(), sb.unwrap());
     let statuses: BTreeSet<&str> = [sa.status(), sb.status()].into_iter().collect();
     assert_eq!(
@@ -152,7 +148,7 @@ async fn two_executions_of_one_finding_take_one_snapshot_set() {
     } else {
         (&eb, &sb)
     };
-    let retried = snapshot(&ctx, retry_event).await.unwrap();
+    let retried = snapshot(&ctx, retry_event.clone()).await.unwrap();
     assert_eq!(retried.status(), "already_done");
     assert_eq!(
         retried.report().unwrap().snapshots,

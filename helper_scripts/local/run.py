@@ -228,6 +228,68 @@ def simulate_compromised_instance(ec2, iam) -> dict:
     }
 
 
+def more_instances(ec2, sim: dict, count: int) -> list[dict]:
+    """`count` more compromised instances like the first (same subnet, groups, profile and role;
+    two interfaces and two volumes each), for a finding that names a group."""
+    first = ec2.describe_instances(InstanceIds=[sim["instance_id"]])["Reservations"][0]["Instances"][0]
+    groups = {n["Attachment"]["DeviceIndex"]: [g["GroupId"] for g in n["Groups"]] for n in first["NetworkInterfaces"]}
+    root = ec2.describe_images(ImageIds=[IMAGE_ID])["Images"][0].get("RootDeviceName", "/dev/sda1")
+    out = []
+    for k in range(count):
+        instance = ec2.run_instances(
+            ImageId=IMAGE_ID,
+            InstanceType="t3.micro",
+            MinCount=1,
+            MaxCount=1,
+            IamInstanceProfile={"Arn": sim["profile_arn"]},
+            NetworkInterfaces=[{"DeviceIndex": i, "SubnetId": sim["subnet_id"], "Groups": g} for i, g in sorted(groups.items())],
+            BlockDeviceMappings=[
+                {"DeviceName": root, "Ebs": {"VolumeSize": 8, "DeleteOnTermination": True}},
+                {"DeviceName": "/dev/sdf", "Ebs": {"VolumeSize": 10, "DeleteOnTermination": True}},
+            ],
+            TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "Name", "Value": f"compromised-instance-{k + 2}"}]}],
+        )["Instances"][0]
+        out.append({
+            **sim,
+            "instance_id": instance["InstanceId"],
+            "interfaces": [n["NetworkInterfaceId"] for n in instance["NetworkInterfaces"]],
+            "volumes": [m["Ebs"]["VolumeId"] for m in instance["BlockDeviceMappings"]],
+        })
+    return out
+
+
+INSTANCE_ID = re.compile(r"\bi-(?:[0-9a-f]{17}|[0-9a-f]{8})\b")
+
+
+def sequence_instances(event: dict) -> list[str]:
+    """The instance ids an attack sequence's resources name, in order of first mention (an
+    instance resource, or a group's `ec2InstanceUids`); empty for any other finding."""
+    detail = event.get("detail") if isinstance(event.get("detail"), dict) else {}
+    resource = detail.get("resource") if isinstance(detail.get("resource"), dict) else {}
+    if resource.get("resourceType") != "AttackSequence":
+        return []
+    resources = (((detail.get("service") or {}).get("detection") or {}).get("sequence") or {}).get("resources") or []
+    found: list[str] = []
+    for r in resources:
+        for i in INSTANCE_ID.findall(json.dumps(r)):
+            if i not in found:
+                found.append(i)
+    return found
+
+
+def point_sequence_at(event: dict, sim: dict, sims: list[dict]) -> dict:
+    """An attack sequence pointed at the simulated instances: each instance id it names becomes
+    one simulated instance (in order), wherever it appears; its account the simulated one's."""
+    named = sequence_instances(event)
+    text = json.dumps(event)
+    original_account = (event.get("detail") or {}).get("accountId")
+    for old, new in zip(named, sims):
+        text = text.replace(old, new["instance_id"])
+    if isinstance(original_account, str) and original_account != sim["account"]:
+        text = text.replace(f'"{original_account}"', f'"{sim["account"]}"').replace(f":{original_account}:", f":{sim['account']}:")
+    return point_event_at(json.loads(text), sim, sim["instance_id"])
+
+
 SIM_GROUP = "web-asg"
 SIM_CLASSIC = "web-classic"
 
@@ -651,7 +713,10 @@ def run(
         with local_stack(bin_dir, log_dir, MEMBER_ACCOUNT if member_account else None, overrides, notify_fails=notify_fails) as st:
             sim = st.sim
             target = MISSING_INSTANCE if missing_instance else sim["instance_id"]
-            event = point_event_at(raw, sim, target)
+            # A finding naming a group gets as many simulated instances as it names.
+            named = sequence_instances(raw)
+            sims = [sim] + more_instances(st.target_ec2, sim, len(named) - 1) if named else [sim]
+            event = point_sequence_at(raw, sim, sims) if named else point_event_at(raw, sim, target)
             detail = event.get("detail") if isinstance(event.get("detail"), dict) else {}
             resource = detail.get("resource") if isinstance(detail.get("resource"), dict) else {}
             report["finding"] = {
@@ -667,6 +732,7 @@ def run(
                 st.target_ec2.create_tags(Resources=[sim["instance_id"]], Tags=[{"Key": key, "Value": "local run"}])
             state = lambda: emulator_state(st.target_ec2, st.target_iam, sim, *st.service_clients)  # noqa: E731
             before = state()
+            others_before = [emulator_state(st.target_ec2, st.target_iam, s) for s in sims[1:]]
 
             matched = rule_matches(pattern, event)
             report["rule"] = {"matched": matched, "pattern": pattern}
@@ -675,6 +741,11 @@ def run(
                 report["execution"], report["states"], report["notification"] = execute(st, st.machine, event)
                 report["invocations"] = {name: fn.invocations for name, fn in st.service.functions.items()}
             report["emulator"] = {"before": before, "after": state()}
+            # Every instance the finding names, before and after (the first is the one above).
+            report["instances"] = [{"instance_id": sim["instance_id"], **report["emulator"]}] + [
+                {"instance_id": s["instance_id"], "before": b, "after": emulator_state(st.target_ec2, st.target_iam, s)}
+                for s, b in zip(sims[1:], others_before)
+            ]
             if matched and repeat:
                 second = json.loads(json.dumps(event))
                 second["detail"]["id"] = "f" * 32
@@ -753,6 +824,8 @@ def render(report: dict) -> str:
     sim = report.get("simulated", {})
     w(f"Simulated instance {sim.get('instance_id')} (role {sim.get('role_name')}, "
       f"{len(sim.get('interfaces', []))} interfaces, {len(sim.get('volumes', []))} volumes)")
+    if len(report.get("instances") or []) > 1:
+        w(f"The finding names {len(report['instances'])} instances: each is simulated alike ({', '.join(i['instance_id'] for i in report['instances'])})")
     accounts = report.get("accounts", {})
     if accounts and accounts.get("responder") != accounts.get("instance"):
         w(f"The instance is in member account {accounts['instance']}; the responder runs in {accounts['responder']}.")
@@ -775,6 +848,12 @@ def render(report: dict) -> str:
     emu = report["emulator"]
     w("")
     _render_state(w, emu["before"], emu["after"], report)
+    others = (report.get("instances") or [])[1:]
+    if others:
+        w(f"The other {len(others)} instances the finding names (interfaces: groups before -> after):")
+        for other in others:
+            for eni, groups in other["after"]["interface_groups"].items():
+                w(f"  {other['instance_id']} {eni}: {', '.join(other['before']['interface_groups'][eni])} -> {', '.join(groups)}")
     w("")
     _render_notification(w, report.get("notification"))
     second = report.get("second_finding")

@@ -1,4 +1,4 @@
-//! Lambda function: the `deny-role` containment step. Input: a GuardDuty finding event.
+//! Lambda function: the `deny-role` containment step. Input: one target of triage's plan, or a GuardDuty finding event (invoked alone).
 use ec2_quarantine::{Ctx, finding};
 use lambda_runtime::{LambdaEvent, service_fn};
 
@@ -8,8 +8,8 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let ctx = &Ctx::load().await?;
     lambda_runtime::run(service_fn(
         |event: LambdaEvent<serde_json::Value>| async move {
-            let finding = finding::parse_event(event.payload)?;
-            ec2_quarantine::role::contain_role(ctx, &finding).await
+            let request = finding::parse_step_request(event.payload)?;
+            ec2_quarantine::role::contain_role(ctx, request).await
         },
     ))
     .await

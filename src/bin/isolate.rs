@@ -1,4 +1,4 @@
-//! Lambda function: the `isolate` containment step. Input: a GuardDuty finding event.
+//! Lambda function: the `isolate` containment step. Input: one target of triage's plan, or a GuardDuty finding event (invoked alone).
 use ec2_quarantine::{Ctx, finding};
 use lambda_runtime::{LambdaEvent, service_fn};
 
@@ -9,8 +9,8 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     lambda_runtime::run(service_fn(
         |event: LambdaEvent<serde_json::Value>| async move {
             let deadline = ec2_quarantine::deadline(event.context.deadline);
-            let finding = finding::parse_event(event.payload)?;
-            ec2_quarantine::isolate::isolate_until(ctx, &finding, deadline).await
+            let request = finding::parse_step_request(event.payload)?;
+            ec2_quarantine::isolate::isolate_until(ctx, request, deadline).await
         },
     ))
     .await

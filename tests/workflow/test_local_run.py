@@ -31,6 +31,15 @@ EXPECTED = {
     "low-severity-ssh-probe.json": {"matched": False},
     "eks-runtime-cryptomining.json": {"matched": True, "status": "SUCCEEDED", "verdict": "skipped"},
     "port-probe-target.json": {"matched": True, "status": "SUCCEEDED", "verdict": "notify_only"},
+    # Runtime Monitoring on an EC2 instance, and Malware Protection for EC2.
+    "runtime-reverse-shell.json": CONTAINED,
+    "runtime-crypto-miner.json": CONTAINED,
+    "malware-on-volume.json": CONTAINED,
+    # Medium: under the default threshold; notify only by default when the threshold lets it in.
+    "behavior-unusual-port.json": {"matched": False},
+    # Extended Threat Detection: a group of two, and one over the blast-radius cap.
+    "attack-sequence-instance-group.json": {**CONTAINED, "instances": 2},
+    "attack-sequence-above-cap.json": {"matched": True, "status": "SUCCEEDED", "verdict": "notify_only"},
 }
 # Inputs of one function, not finding events.
 FUNCTION_INPUTS = {"notify-input.json": "notify", "release-request.json": "release"}
@@ -106,6 +115,67 @@ def test_a_compromised_instance_is_contained(name):
     for eni in sim["interfaces"]:
         assert f"{eni} isolated" in n["message"]
     assert report["execution"]["output"]["notification"]["verdict"] == "contained"
+
+
+def test_an_attack_sequence_contains_every_instance_it_names_with_one_notification():
+    report = run("attack-sequence-instance-group.json")
+    assert report["rule"]["matched"]
+    assert report["execution"]["status"] == "SUCCEEDED", report["execution"]
+    instances = report["instances"]
+    assert len(instances) == 2, "as many simulated instances as the finding names"
+    groups = set()
+    for i in instances:
+        after = i["after"]
+        [group] = after["quarantine_groups"]
+        groups.add(group["id"])
+        assert after["interface_groups"] == {eni: [group["id"]] for eni in i["before"]["interface_groups"]}, i["instance_id"]
+        assert after["instance"]["termination_protection"] is True
+        assert len(after["snapshots"]) == 2 and all(s["tags"]["ec2-quarantine:instance-id"] == i["instance_id"] for s in after["snapshots"])
+        assert after["instance"]["instance_profile"].endswith("/ec2-quarantine/ec2-quarantine-quarantined")
+    assert len(groups) == 1, "one quarantine group for the VPC"
+    # One case per instance, one notification for the finding that names each.
+    assert sorted(c["instance_id"] for c in report["case_list"]) == sorted(i["instance_id"] for i in instances)
+    n = report["notification"]
+    assert n["count"] == 1
+    assert n["subject"].startswith("[CONTAINED] 2 instances - GuardDuty Critical AttackSequence:EC2/")
+    assert n["attributes"]["instance_count"] == "2" and "instance_id" not in n["attributes"]
+    for i in instances:
+        assert f"Instance {i['instance_id']}: CONTAINED" in n["message"]
+        for eni in i["after"]["interface_groups"]:
+            assert f"{eni} isolated" in n["message"]
+    assert "EC2_NETWORK_INTERFACE" in n["message"], "what was passed over is named"
+    # The steps ran once per instance, each on its own target.
+    assert report["invocations"]["isolate"] == 2 and report["invocations"]["triage"] == 1
+    assert report["invocations"]["notify"] == 1
+
+
+def test_an_attack_sequence_over_the_cap_contains_nothing_and_says_why():
+    report = run("attack-sequence-above-cap.json")
+    assert report["execution"]["status"] == "SUCCEEDED", report["execution"]
+    assert len(report["instances"]) == 12
+    for i in report["instances"]:
+        assert i["before"] == i["after"], i["instance_id"]
+    assert {k for k, v in report["invocations"].items() if v} == {"triage", "notify"}
+    assert report["case_list"] == []
+    n = report["notification"]
+    assert n["attributes"]["verdict"] == "notify_only"
+    assert "names 12 instances, more than MaxInstancesPerFinding (10)" in n["message"]
+    assert "Nothing was changed on any instance." in n["message"]
+    # Raised, the same finding contains all twelve.
+    raised = run("attack-sequence-above-cap.json", parameters={"MaxInstancesPerFinding": "12"})
+    assert raised["execution"]["status"] == "SUCCEEDED", raised["execution"]
+    assert raised["notification"]["attributes"]["verdict"] == "contained"
+    for i in raised["instances"]:
+        [group] = i["after"]["quarantine_groups"]
+        assert set(map(tuple, i["after"]["interface_groups"].values())) == {(group["id"],)}, i["instance_id"]
+
+
+def test_an_anomaly_is_only_reported_by_default():
+    report = run("behavior-unusual-port.json", severity_threshold="4")
+    assert report["rule"]["matched"]
+    assert report["notification"]["attributes"]["verdict"] == "notify_only"
+    assert "notify-only prefix Behavior:EC2/" in report["notification"]["message"]
+    assert report["emulator"]["before"] == report["emulator"]["after"]
 
 
 def test_a_low_severity_finding_does_not_match_the_rule():
