@@ -269,6 +269,15 @@ fn classify<E>(
         ) {
             return ErrorName::TransientAwsError;
         }
+        // IAM refuses a change while another change to the same object is in flight (HTTP 409,
+        // "submit your request again": IAM API reference, Common Errors and each action's
+        // errors): the steps of a group's instances change one shared role at once.
+        if matches!(
+            code,
+            "ConcurrentModification" | "ConcurrentModificationException"
+        ) {
+            return ErrorName::TransientAwsError;
+        }
     }
     match status {
         Some(s) if s >= 500 => ErrorName::TransientAwsError,
@@ -289,6 +298,23 @@ impl From<Error> for Diagnostic {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_concurrent_change_to_an_iam_role_is_retried() {
+        use aws_sdk_iam::operation::put_role_policy::PutRolePolicyError;
+        use aws_smithy_types::body::SdkBody;
+        let err = SdkError::service_error(
+            PutRolePolicyError::generic(
+                aws_sdk_iam::error::ErrorMetadata::builder()
+                    .code("ConcurrentModification")
+                    .message("Rate exceeded")
+                    .build(),
+            ),
+            HttpResponse::new(409.try_into().unwrap(), SdkBody::from("")),
+        );
+        let err = Error::from_sdk("iam:PutRolePolicy", err);
+        assert_eq!(err.name(), ErrorName::TransientAwsError, "{err}");
+    }
 
     #[test]
     fn names_are_stable_and_distinct() {

@@ -435,7 +435,13 @@ mod tests {
         for (t, side, _) in TYPE_SIDES {
             let row = readme
                 .lines()
-                .filter(|l| l.starts_with("| `"))
+                // Rows of the triage table: those with a side column.
+                .filter(|l| {
+                    l.starts_with("| `")
+                        && ["| acting |", "| targeted |", "| by the action |"]
+                            .iter()
+                            .any(|side| l.contains(side))
+                })
                 .find(|l| {
                     let first_cell = l.split(" | ").next().unwrap_or_default();
                     first_cell.contains(&format!("`{t}`"))

@@ -489,12 +489,13 @@ fn header(event: &FindingEvent) -> Result<Result<Header, Skip>, Error> {
     }
     Ok(Ok(Header {
         finding_id,
-        finding_type: finding
-            .finding_type
-            .as_deref()
-            .map(clip)
-            .unwrap_or("unknown")
-            .to_owned(),
+        finding_type: printable(
+            finding
+                .finding_type
+                .as_deref()
+                .map(clip)
+                .unwrap_or("unknown"),
+        ),
         severity: finding.severity.filter(|s| s.is_finite()).unwrap_or(0.0),
         scope: Scope {
             account_id: account_id.to_owned(),
@@ -557,7 +558,7 @@ impl Named {
 
     fn pass_over(&mut self, why: String) {
         if self.passed_over.len() < MAX_PASSED_OVER {
-            self.passed_over.push(why);
+            self.passed_over.push(printable(&why));
         }
     }
 
@@ -569,6 +570,7 @@ impl Named {
         }
         self.instances_named += 1;
         if self.targets.len() < MAX_NAMED_INSTANCES {
+            let named_as = printable(&named_as);
             self.targets.push(NamedTarget { target, named_as });
         }
     }
@@ -840,6 +842,14 @@ pub fn severity_label(severity: f64) -> &'static str {
         s if s >= 1.0 => "Low",
         _ => "Unknown",
     }
+}
+
+/// A string from the finding as shown in a message: control characters (a line break that would
+/// forge a line of the notification) become `?`.
+pub(crate) fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 /// Keeps attacker-controlled strings short in messages and logs.
@@ -1294,6 +1304,17 @@ mod tests {
         );
         assert!(n.passed_over.iter().any(|p| p.contains("999999999999")));
         assert!(n.passed_over.iter().any(|p| p.contains("eu-west-1")));
+        // A name with a line break cannot forge a line of the message.
+        let n = named(sequence(
+            json!([{"uid": "g", "name": "web\r\nCONTAINED: nothing to see",
+            "resourceType": "AUTOSCALING_AUTO_SCALING_GROUP",
+            "data": {"autoscalingAutoScalingGroup": {"ec2InstanceUids": ["i-11111111"]}}}]),
+        ));
+        assert!(
+            !n.targets[0].named_as.contains('\n'),
+            "{:?}",
+            n.targets[0].named_as
+        );
     }
 
     #[test]

@@ -331,6 +331,25 @@ fn resolve_instances<'a>(
             .collect();
         return Resolved::Instances(instances);
     }
+    // Triage failed: nothing was contained, whatever the finding names. Each instance it names
+    // is listed as failed, so that a group is never reported as not actionable.
+    if triage_failed
+        && let Ok(Ok(named)) = finding::targets(event)
+        && named.targets.len() > 1
+    {
+        return Resolved::Instances(
+            named
+                .targets
+                .into_iter()
+                .map(|n| Instance {
+                    target: n.target,
+                    plan: None,
+                    steps: Steps::default(),
+                    verdict: Verdict::Failed,
+                })
+                .collect(),
+        );
+    }
     match finding::resolve(event) {
         Ok(Ok(target)) => {
             let verdict = match triage.map(|t| t.decision) {
@@ -453,7 +472,14 @@ pub fn render(input: &NotifyInput) -> Message {
         Resolved::Instances(instances) => {
             let [one] = instances.as_slice() else {
                 subject_target = format!("{} instances", instances.len());
-                write_group(&mut body, triage, instances, finding_type, verdict);
+                write_group(
+                    &mut body,
+                    triage,
+                    input.triage.as_ref(),
+                    instances,
+                    finding_type,
+                    verdict,
+                );
                 return finish(
                     body,
                     verdict,
@@ -585,6 +611,7 @@ fn write_actions(body: &mut String, steps: &Steps<'_>, finding_type: &str, links
 fn write_group(
     body: &mut String,
     triage: Option<&TriageReport>,
+    triage_failure: Option<&StepResult<TriageReport>>,
     instances: &[Instance<'_>],
     finding_type: &str,
     verdict: Verdict,
@@ -604,11 +631,13 @@ fn write_group(
     let _ = writeln!(
         body,
         "Instances: {} named; {} contained, {} partially, {} failed, {} not contained",
-        instances.len(),
+        triage.map_or(instances.len(), |t| t.instances_named.max(instances.len())),
         count(Verdict::Contained) + count(Verdict::DryRun),
         count(Verdict::Partial),
         count(Verdict::Failed),
-        count(Verdict::NotifyOnly) + count(Verdict::Skipped),
+        count(Verdict::NotifyOnly)
+            + count(Verdict::Skipped)
+            + triage.map_or(0, |t| t.instances_named.saturating_sub(instances.len())),
     );
     if verdict == Verdict::DryRun {
         let _ = writeln!(
@@ -636,7 +665,14 @@ fn write_group(
             }
         }
     }
-    let finding_wide = triage.is_some_and(|t| t.decision != Decision::Contain);
+    if triage.is_none()
+        && let Some(failure) = triage_failure
+    {
+        let _ = writeln!(body, "\nActions");
+        write_status::<TriageReport>(body, "Triage", Some(failure));
+        let _ = writeln!(body, "Nothing was changed on any instance.");
+    }
+    let finding_wide = triage.is_none_or(|t| t.decision != Decision::Contain);
     for i in instances {
         let _ = writeln!(
             body,
@@ -646,9 +682,11 @@ fn write_group(
         );
         if let Some(plan) = i.plan {
             let _ = writeln!(body, "  named as: {}", plan.named_as);
-            if finding_wide {
-                continue;
-            }
+        }
+        if finding_wide {
+            continue;
+        }
+        if let Some(plan) = i.plan {
             if !plan.reason.is_empty() {
                 let _ = writeln!(body, "  {}", plan.reason);
             }
@@ -668,6 +706,15 @@ fn write_group(
             body,
             "  Instance: {}",
             links.instance(&i.target.instance_id)
+        );
+    }
+    if let Some(more) = triage
+        .map(|t| t.instances_named.saturating_sub(instances.len()))
+        .filter(|more| *more > 0)
+    {
+        let _ = writeln!(
+            body,
+            "\n... and {more} more instances the finding names (in GuardDuty's finding)"
         );
     }
     let _ = writeln!(body, "\nLinks");
@@ -1417,6 +1464,175 @@ mod tests {
         assert!(
             m.attributes
                 .contains(&("verdict", "String", "skipped".into()))
+        );
+    }
+
+    /// Triage's plan for a group of instances, each with `decision`.
+    fn group_triage(decisions: &[(&str, &str)], decision: &str, reason: &str) -> serde_json::Value {
+        let targets: Vec<_> = decisions
+            .iter()
+            .map(|(id, d)| json!({
+                "decision": d, "reason": "", "named_as": "an instance of the attack sequence (EC2_INSTANCE)",
+                "target": {"finding_id": "f1", "finding_type": "AttackSequence:EC2/CompromisedInstanceGroup",
+                    "severity": 9.0, "scope": {"account_id": "123456789012", "region": "eu-west-1", "partition": "aws"},
+                    "instance_id": id, "role_name": null, "instance_profile_arn": null, "vpc_ids": []},
+                "case": null, "already_contained_by": null, "contained_at": null}))
+            .collect();
+        json!({"status": "done", "decision": decision, "reason": reason, "instance_id": null,
+               "targets": targets, "passed_over": ["resource 3 (S3_BUCKET b): not an EC2 instance"],
+               "instances_named": decisions.len(), "dry_run": false, "role_action": "deny-all",
+               "auto_scaling_action": "standby", "side": "acting", "evidence": "named in a group (acting)"})
+    }
+
+    fn sequence_event() -> serde_json::Value {
+        event(
+            json!({"resourceType": "AttackSequence"}),
+            "AttackSequence:EC2/CompromisedInstanceGroup",
+        )
+    }
+
+    fn done_steps(id: &str) -> serde_json::Value {
+        json!({
+            "isolate": {"status": "done", "instance_id": id, "quarantine_groups": [], "interfaces": [],
+                        "termination_protection": true, "shutdown_behavior": "stop"},
+            "deregister": {"status": "skipped", "reason": "in no group"},
+            "snapshot": {"status": "done", "instance_id": id, "snapshots": []},
+            "role": {"status": "skipped", "reason": "the instance has no instance profile"}
+        })
+    }
+
+    #[test]
+    fn a_group_is_one_message_naming_every_instance() {
+        let a = "i-0aaaaaaaaaaaaaaaa";
+        let b = "i-0bbbbbbbbbbbbbbbb";
+        let m = render(&input(json!({
+            "event": sequence_event(),
+            "triage": group_triage(&[(a, "contain"), (b, "contain")], "contain", ""),
+            "instances": [done_steps(a), done_steps(b)],
+        })));
+        assert_eq!(m.verdict, Verdict::Contained, "{}", m.body);
+        assert!(
+            m.subject
+                .starts_with("[CONTAINED] 2 instances - GuardDuty High AttackSequence:EC2/"),
+            "{}",
+            m.subject
+        );
+        assert!(
+            m.body.contains(&format!("Instance {a}: CONTAINED")),
+            "{}",
+            m.body
+        );
+        assert!(
+            m.body.contains(&format!("Instance {b}: CONTAINED")),
+            "{}",
+            m.body
+        );
+        assert!(
+            m.body.contains("S3_BUCKET"),
+            "what was passed over is named"
+        );
+        assert!(
+            m.attributes
+                .contains(&("instance_count", "Number", "2".into()))
+        );
+
+        // One instance's isolation failing makes the finding partial, and the workflow fails.
+        let mut failed = done_steps(b);
+        failed["isolate"] = json!({"Error": "AccessDenied", "Cause": "{\"errorType\":\"AccessDenied\",\"errorMessage\":\"denied\"}"});
+        let m = render(&input(json!({
+            "event": sequence_event(),
+            "triage": group_triage(&[(a, "contain"), (b, "contain")], "contain", ""),
+            "instances": [done_steps(a), failed],
+        })));
+        assert_eq!(m.verdict, Verdict::Partial, "{}", m.body);
+        assert!(m.verdict.is_failure());
+        assert!(
+            m.body
+                .contains(&format!("Instance {b}: CONTAINMENT FAILED")),
+            "{}",
+            m.body
+        );
+        assert!(
+            m.body
+                .contains("[FAILED] Network isolation: AccessDenied: denied"),
+            "{}",
+            m.body
+        );
+
+        // Every instance failing is a failure; an exempt one beside a contained one is not.
+        let m = render(&input(json!({
+            "event": sequence_event(),
+            "triage": group_triage(&[(a, "contain"), (b, "contain")], "contain", ""),
+        })));
+        assert_eq!(m.verdict, Verdict::Failed, "{}", m.body);
+        let m = render(&input(json!({
+            "event": sequence_event(),
+            "triage": group_triage(&[(a, "contain"), (b, "notify_only")], "contain", ""),
+            "instances": [done_steps(a), {"isolate": null, "deregister": null, "snapshot": null, "role": null}],
+        })));
+        assert_eq!(m.verdict, Verdict::Contained, "{}", m.body);
+        assert!(
+            m.body
+                .contains(&format!("Instance {b}: NOT CONTAINED BY POLICY")),
+            "{}",
+            m.body
+        );
+    }
+
+    #[test]
+    fn a_group_whose_triage_failed_is_a_failure_naming_each_instance() {
+        let sample: serde_json::Value = serde_json::from_str(include_str!(
+            "../events/attack-sequence-instance-group.json"
+        ))
+        .unwrap();
+        let m = render(&input(json!({
+            "event": sample,
+            "triage": {"Error": "MemberRoleUnavailable", "Cause": "{\"errorType\":\"MemberRoleUnavailable\",\"errorMessage\":\"no role\"}"},
+            "instances": [],
+        })));
+        assert_eq!(m.verdict, Verdict::Failed, "{}", m.body);
+        assert!(m.verdict.is_failure());
+        assert!(
+            m.body
+                .contains("[FAILED] Triage: MemberRoleUnavailable: no role"),
+            "{}",
+            m.body
+        );
+        for id in ["i-0a1b2c3d4e5f67890", "i-0b2c3d4e5f6a78901"] {
+            assert!(
+                m.body
+                    .contains(&format!("Instance {id}: CONTAINMENT FAILED")),
+                "{}",
+                m.body
+            );
+        }
+        assert!(!m.body.contains("[NOT RUN]"), "{}", m.body);
+    }
+
+    #[test]
+    fn a_group_over_the_cap_says_why_nothing_was_contained() {
+        let ids: Vec<String> = (0..12).map(|i| format!("i-{:017x}", i + 1)).collect();
+        let plan: Vec<(&str, &str)> = ids.iter().map(|i| (i.as_str(), "notify_only")).collect();
+        let m = render(&input(json!({
+            "event": sequence_event(),
+            "triage": group_triage(&plan, "notify_only", "the finding names 12 instances, more than MaxInstancesPerFinding (10)"),
+            "instances": [],
+        })));
+        assert_eq!(m.verdict, Verdict::NotifyOnly);
+        assert!(!m.verdict.is_failure());
+        assert!(
+            m.body
+                .contains("Not contained, by policy: the finding names 12 instances"),
+            "{}",
+            m.body
+        );
+        assert!(m.body.contains("Nothing was changed on any instance."));
+        for id in &ids {
+            assert!(m.body.contains(id.as_str()), "{id}");
+        }
+        assert!(
+            !m.body.contains("[NOT RUN]"),
+            "no step lines for instances not contained"
         );
     }
 

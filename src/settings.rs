@@ -55,6 +55,10 @@ pub struct TriagePolicy {
     pub contain_targets: bool,
     /// An instance carrying this tag key is never touched, only reported (`EXEMPTION_TAG_KEY`).
     pub exemption_tag: String,
+    /// Whether the EC2 host of a container workload (an EKS node, an ECS container instance) is
+    /// contained on a finding about the workload (`CONTAIN_CONTAINER_HOSTS`); by default it is
+    /// only reported.
+    pub contain_container_hosts: bool,
     /// The blast-radius cap (`MAX_INSTANCES_PER_FINDING`): a finding naming more instances than
     /// this contains none of them, and the team is told why.
     pub max_instances: usize,
@@ -78,6 +82,7 @@ impl Default for TriagePolicy {
             severity_threshold: 0.0,
             contain_targets: false,
             exemption_tag: DEFAULT_EXEMPTION_TAG.to_owned(),
+            contain_container_hosts: false,
             max_instances: DEFAULT_MAX_INSTANCES,
         }
     }
@@ -181,6 +186,7 @@ impl Settings {
                 contain_targets: boolean("CONTAIN_TARGETS")?,
                 exemption_tag: var("EXEMPTION_TAG_KEY")
                     .unwrap_or_else(|| DEFAULT_EXEMPTION_TAG.to_owned()),
+                contain_container_hosts: boolean("CONTAIN_CONTAINER_HOSTS")?,
                 max_instances,
             },
         })
@@ -226,8 +232,11 @@ mod tests {
             ("CONTAIN_TARGETS", "true"),
             ("EXEMPTION_TAG_KEY", "do-not-quarantine"),
             ("MAX_INSTANCES_PER_FINDING", "25"),
+            ("CONTAIN_CONTAINER_HOSTS", "true"),
         ])
         .unwrap();
+        assert!(s.triage.contain_container_hosts);
+        assert!(!read(&[]).unwrap().triage.contain_container_hosts);
         assert_eq!(s.triage.max_instances, 25);
         assert_eq!(
             read(&[]).unwrap().triage.max_instances,
@@ -270,6 +279,7 @@ mod tests {
             ("CONTAIN_TARGETS", "1"),
             ("DENY_ALL_SHARED_ROLES", "yes"),
             ("MAX_INSTANCES_PER_FINDING", "0"),
+            ("CONTAIN_CONTAINER_HOSTS", "yes"),
             ("MAX_INSTANCES_PER_FINDING", "101"),
             ("MAX_INSTANCES_PER_FINDING", "ten"),
         ] {

@@ -108,8 +108,14 @@ impl TriageReport {
     }
 }
 
-/// How many instances triage reads and opens cases for at once.
-const TRIAGE_CONCURRENCY: usize = 8;
+/// How many instances triage reads and opens cases for at once: every instance a finding may
+/// contain (at most 25, the cap's maximum) in one round, so that a slow case table (each open
+/// waits at most CASE_OPEN_TIMEOUT) costs one timeout, not one per round.
+const TRIAGE_CONCURRENCY: usize = 25;
+
+/// The most instances listed in the plan of a finding that is not contained as a whole (over the
+/// cap, notify only, another account); `instances_named` gives the count.
+pub const MAX_LISTED_UNCONTAINED: usize = 25;
 
 /// Triages a finding event (the Lambda handler): resolves every instance it names once, applies
 /// the policy to the finding and the blast-radius cap, then decides for each instance by what
@@ -155,15 +161,20 @@ pub async fn triage(ctx: &Ctx, event: &FindingEvent) -> Result<TriageReport, Err
         Some((Decision::NothingToContain, reason))
     } else if let Some(reason) = policy_reason(&settings.triage, &evidence, &first.target) {
         Some((Decision::NotifyOnly, reason))
+    } else if let Some(reason) = host_reason(&settings.triage, &event.detail) {
+        Some((Decision::NotifyOnly, reason))
     } else {
         cap_reason(&settings.triage, named.instances_named).map(|r| (Decision::NotifyOnly, r))
     };
     if let Some((decision, reason)) = finding_wide {
         info!(%reason, ?decision, "not contained");
+        // The reason is the finding's, said once; the plan lists the instances (at most
+        // MAX_LISTED_UNCONTAINED: the state stays far below Step Functions' 256 KiB).
         report.targets = named
             .targets
             .iter()
-            .map(|n| TargetPlan::new(n, decision, reason.clone()))
+            .take(MAX_LISTED_UNCONTAINED)
+            .map(|n| TargetPlan::new(n, decision, String::new()))
             .collect();
         report.decision = decision;
         report.reason = reason;
@@ -173,8 +184,9 @@ pub async fn triage(ctx: &Ctx, event: &FindingEvent) -> Result<TriageReport, Err
     // Every instance is in the finding's account and region: one set of clients.
     let clients = &ctx.clients(&first.target).await?;
     let updated_at = event.detail.updated_at.as_deref();
+    let in_group = named.targets.len() > 1;
     let plans: Vec<TargetPlan> = futures::stream::iter(named.targets.iter())
-        .map(|n| triage_instance(ctx, clients, n, updated_at, &evidence.because))
+        .map(|n| triage_instance(ctx, clients, n, in_group, updated_at, &evidence.because))
         .buffered(TRIAGE_CONCURRENCY)
         .try_collect()
         .await?;
@@ -201,12 +213,26 @@ pub fn cap_reason(policy: &TriagePolicy, instances: usize) -> Option<String> {
     })
 }
 
+/// Why the EC2 host of a container workload is only reported, if it is: isolating an EKS node
+/// or an ECS container instance stops every workload on it, and replacing its instance profile
+/// stops the node's agent, so it is the team's call unless `ContainContainerHosts` says so.
+pub fn host_reason(policy: &TriagePolicy, finding: &finding::Finding) -> Option<String> {
+    let kind = finding.resource.as_ref()?.resource_type.as_deref()?;
+    (kind != "Instance" && finding::INSTANCE_RESOURCE_TYPES.contains(&kind) && !policy.contain_container_hosts)
+        .then(|| {
+            format!(
+                "the instance is the EC2 host of the {kind} workload the finding is about (an EKS node or ECS container instance): isolating it stops every workload on it, so it is reported, not contained; set ContainContainerHosts=true to contain hosts"
+            )
+        })
+}
+
 /// Decides for one instance of the plan by what it is now, and opens (or joins) its case.
 #[tracing::instrument(skip_all, fields(instance_id = %named.target.instance_id))]
 async fn triage_instance(
     ctx: &Ctx,
     clients: &crate::context::Clients,
     named: &NamedTarget,
+    in_group: bool,
     updated_at: Option<&str>,
     evidence: &str,
 ) -> Result<TargetPlan, Error> {
@@ -218,6 +244,11 @@ async fn triage_instance(
     let role_still_matters = target.role_name.is_some();
     let inst = match instance::describe(&clients.ec2, target).await {
         Ok(inst) => inst,
+        // A group member EC2 no longer knows (terminated, say, by its Auto Scaling group since
+        // GuardDuty saw it) has nothing left to contain; the others are contained.
+        Err(err @ Error::InstanceNotFound { .. }) if in_group && !role_still_matters => {
+            return Ok(plan(Decision::NothingToContain, err.to_string()));
+        }
         Err(err @ Error::InstanceNotFound { .. }) => {
             let reason = format!("{err}: each step reports what it can still do");
             return Ok(plan(Decision::Contain, reason));
@@ -379,6 +410,26 @@ mod tests {
     fn reason(policy: &TriagePolicy, e: &FindingEvent) -> Option<String> {
         let target = finding::resolve(e).unwrap().unwrap();
         policy_reason(policy, &evidence::side(&e.detail), &target)
+    }
+
+    #[test]
+    fn container_hosts_are_reported_unless_the_policy_contains_them() {
+        let finding = |kind: &str| -> finding::Finding {
+            serde_json::from_value(serde_json::json!({"resource": {"resourceType": kind,
+                "instanceDetails": {"instanceId": "i-0123456789abcdef0"}}}))
+            .unwrap()
+        };
+        let policy = TriagePolicy::default();
+        assert_eq!(host_reason(&policy, &finding("Instance")), None);
+        for kind in ["EKSCluster", "ECSCluster", "Container"] {
+            let reason = host_reason(&policy, &finding(kind)).unwrap();
+            assert!(reason.contains("ContainContainerHosts=true"), "{reason}");
+            let hosts = TriagePolicy {
+                contain_container_hosts: true,
+                ..TriagePolicy::default()
+            };
+            assert_eq!(host_reason(&hosts, &finding(kind)), None);
+        }
     }
 
     #[test]

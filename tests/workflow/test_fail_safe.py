@@ -51,12 +51,15 @@ def asl(path: Path) -> dict:
 
 
 def all_states(states: dict) -> dict:
-    """Every state, those inside Parallel branches included."""
+    """Every state, those inside Parallel branches and Map processors included."""
     out = {}
     for name, s in states.items():
         out[name] = s
         for branch in s.get("Branches", []):
             out.update(all_states(branch["States"]))
+        for processor in (s.get("ItemProcessor"), s.get("Iterator")):
+            if processor:
+                out.update(all_states(processor["States"]))
     return out
 
 
@@ -92,6 +95,9 @@ def lambda_tasks(states: dict) -> dict:
 def test_every_lambda_task_retries_a_timeout_or_crash_and_the_service_errors(machine):
     tasks = lambda_tasks(asl(MACHINES[machine])["States"])
     assert tasks, machine
+    if machine == "ContainmentStateMachine":
+        # The steps inside the Map are found too.
+        assert {"Triage", "Isolate", "Deregister", "Snapshot", "DenyRole", "Notify"} <= set(tasks), set(tasks)
     for name, task in tasks.items():
         retried = {e for r in task["Retry"] for e in r["ErrorEquals"]}
         assert LAMBDA_RETRIED <= retried, f"{machine}.{name}: {LAMBDA_RETRIED - retried}"

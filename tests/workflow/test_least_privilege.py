@@ -240,6 +240,10 @@ def asl_resources(states: dict) -> list[tuple[str, dict]]:
             out.append((s["Resource"], s.get("Parameters") or {}))
         for branch in s.get("Branches", []):
             out.extend(asl_resources(branch["States"]))
+        # A Map's states (ItemProcessor, or the older Iterator).
+        for processor in (s.get("ItemProcessor"), s.get("Iterator")):
+            if processor:
+                out.extend(asl_resources(processor["States"]))
     return out
 
 
