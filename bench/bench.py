@@ -308,7 +308,7 @@ def critical_path(calls: list[dict], last: dict) -> list[dict]:
 
 
 @contextlib.contextmanager
-def workflow(bin_dir: Path, log_dir: Path, token_buckets: bool, copies: int = 1):
+def workflow(bin_dir: Path, log_dir: Path, token_buckets: bool, copies: int = 1, parameters: dict[str, str] | None = None):
     holder: dict = {}
 
     def via_proxy(emulator: str) -> str:
@@ -317,7 +317,7 @@ def workflow(bin_dir: Path, log_dir: Path, token_buckets: bool, copies: int = 1)
         return holder["proxy"]
 
     try:
-        with local.local_stack(bin_dir, log_dir, functions_endpoint=via_proxy, copies=copies) as st:
+        with local.local_stack(bin_dir, log_dir, parameters=parameters, functions_endpoint=via_proxy, copies=copies) as st:
             st.proxy = holder["proxy"]
             yield st
     finally:
@@ -468,6 +468,66 @@ def burst(bin_dir: Path, log_dir: Path, findings: int, copies: int, token_bucket
         }
 
 
+def group_case(bin_dir: Path, log_dir: Path, instances: int) -> dict:
+    """One attack sequence naming `instances` instances (GuardDuty lists at most 25 per shared
+    resource), through EC2's token buckets, MaxInstancesPerFinding raised to contain them all:
+    the time until every interface is quarantined, the buckets' bound for the calls containment
+    waits for, and each instance's dependent-call chain in its isolate step (inferred from the
+    calls' times, as the table above)."""
+    cap = {"MaxInstancesPerFinding": str(instances)}
+    with workflow(bin_dir, log_dir, token_buckets=True, parameters=cap) as st:
+        subnet = st.ec2.create_subnet(VpcId=st.sim["vpc_id"], CidrBlock="10.0.32.0/20", AvailabilityZone=f"{REGION}a")["Subnet"]["SubnetId"]
+        group = st.ec2.create_security_group(GroupName="bench-group", Description="web", VpcId=st.sim["vpc_id"])["GroupId"]
+        sims = [make_instance(st.ec2, st.iam, subnet, group) for _ in range(instances)]
+        event = json.loads((ROOT / "events" / "attack-sequence-instance-group.json").read_text())
+        event["detail"]["service"]["detection"]["sequence"]["resources"] = [
+            {"uid": s["instance_id"], "resourceType": "EC2_INSTANCE", "accountId": local.ACCOUNT, "region": REGION,
+             "data": {"ec2Instance": {"instanceState": "running"}}}
+            for s in sims
+        ]
+        before = len(proxy_log(st.proxy))
+        t0 = time.monotonic()
+        outcome, _states, _note = local.execute(st, st.machine, event)
+        finished = time.monotonic() - t0
+        calls = [c for c in proxy_log(st.proxy)[before:] if c.get("end") is not None]
+        interfaces = {e for s in sims for e in s["interfaces"]}
+        named = interfaces | {s["instance_id"] for s in sims}
+        isolate_calls = [c for c in calls if c["app"] == "isolate" and c["action"].startswith("ec2:")]
+        quarantined_at: dict[str, float] = {}
+        chains = []
+        for s in sims:
+            mine = set(s["interfaces"]) | {s["instance_id"]}
+            about = lambda c: set((c.get("params") or {}).values()) & named  # noqa: E731
+            moves = [
+                c for c in isolate_calls
+                if c["action"] == "ec2:ModifyNetworkInterfaceAttribute" and c["status"] == 200
+                and (c.get("params") or {}).get("NetworkInterfaceId") in mine
+            ]
+            for c in moves:
+                quarantined_at[c["params"]["NetworkInterfaceId"]] = c["end"] - t0
+            if moves:
+                # This instance's calls, and the group lookups every instance makes alike.
+                own = [c for c in isolate_calls if not about(c) or about(c) & mine]
+                chains.append(float(len(critical_path(own, max(moves, key=lambda c: c["end"])))))
+        containment_calls = [
+            c for c in calls
+            if c["app"] in ("triage", "isolate") and c["action"].startswith("ec2:")
+            and ec2_bucket_of(c) in ("describe", "ModifyNetworkInterfaceAttribute")
+        ]
+        return {
+            "instances": instances,
+            "status": outcome["status"],
+            "verdict": execution_verdict(outcome.get("output")),
+            "contained": sum(1 for s in sims if all(e in quarantined_at for e in s["interfaces"])),
+            "all_contained_s": max(quarantined_at.values()) if len(quarantined_at) == len(interfaces) else None,
+            "finished_s": finished,
+            "calls": len(calls),
+            "throttled_calls": sum(1 for c in calls if c.get("fault") == "rate_limited"),
+            "bound_containment": bucket_bound(containment_calls),
+            "chain_per_instance": spread(chains),
+        }
+
+
 # ---------------------------------------------------------------- the table
 
 
@@ -543,6 +603,14 @@ def render(r: dict) -> str:
                 w.append(f"- {n} × {cause}")
         w.append(f"\nEC2 calls per bucket: " + ", ".join(f"{k} {v}" for k, v in sorted(b["bound_all"]["calls_per_bucket"].items()))
                  + f"; each function served by {b['function_copies']} processes.\n")
+    g = r.get("group")
+    if g:
+        w.append(f"### Group: one attack sequence naming {g['instances']} instances, EC2 token buckets enforced\n")
+        w.append("| contained | last interface quarantined (s) | containment bound (s) | execution finished (s) | calls | throttled calls | dependent calls per instance, isolate step | verdict |")
+        w.append("|---|---|---|---|---|---|---|---|")
+        last = f"{g['all_contained_s']:.1f}" if g["all_contained_s"] is not None else "n/a"
+        w.append(f"| {g['contained']}/{g['instances']} | {last} | {g['bound_containment']['seconds']:.1f} | {g['finished_s']:.1f} | {g['calls']} | {g['throttled_calls']} | {fmt(g['chain_per_instance'], 0)} | {g['verdict'] or g['status']} |")
+        w.append("")
     w.append("### Targets\n")
     w.append("| target | measured | |")
     w.append("|---|---|---|")
@@ -619,6 +687,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     emulator = os.environ["MOTO_ENDPOINT"]
     runs, warm, findings, copies = (2, 3, 10, 2) if args.quick else (10, 10, 100, 10)
+    group_size = 10 if args.quick else 25
     x86_dir, arm_dir = Path(args.x86_dir), Path(args.arm_dir) if args.arm_dir else None
     log_dir = Path(tempfile.mkdtemp(prefix="ec2-quarantine-bench-"))
     r: dict = {"mode": "quick" if args.quick else "full", "runs": runs, "warm": warm, "machine": machine(), "logs": str(log_dir)}
@@ -640,6 +709,8 @@ def main(argv: list[str] | None = None) -> int:
     r["calls"] = calls_per_finding(x86_dir, log_dir, [(1, 1), (4, 8)])
     log(f"burst of {findings} findings through EC2's token buckets")
     r["burst"] = burst(x86_dir, log_dir, findings, copies)
+    log(f"one attack sequence naming {group_size} instances through EC2's token buckets")
+    r["group"] = group_case(x86_dir, log_dir, group_size)
     # The same burst without rate limits: how fast this machine's emulator and interpreter go.
     r["burst_floor"] = None
     if not args.quick:
@@ -670,6 +741,9 @@ def invalid(r: dict) -> list[str]:
     for c in r["calls"]:
         if c["verdict"] != "contained":
             problems.append(f"the {c['interfaces']}-ENI finding ended {c['status']}/{c['verdict']}, not contained")
+    g = r.get("group")
+    if g and g["verdict"] != "contained":
+        problems.append(f"the {g['instances']}-instance attack sequence ended {g['status']}/{g['verdict']}, not contained")
     b = r.get("burst")
     if b and b["unfinished"]:
         problems.append(f"{b['unfinished']} burst execution(s) did not finish")
