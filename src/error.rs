@@ -269,9 +269,9 @@ fn classify<E>(
         ) {
             return ErrorName::TransientAwsError;
         }
-        // IAM refuses a change while another change to the same object is in flight (HTTP 409,
-        // "submit your request again": IAM API reference, Common Errors and each action's
-        // errors): the steps of a group's instances change one shared role at once.
+        // IAM refuses a change while other changes to the same object are in flight
+        // (ConcurrentModification, HTTP 409: "wait a few minutes and submit your request
+        // again"): the steps of a group's instances change one shared role at once.
         if matches!(
             code,
             "ConcurrentModification" | "ConcurrentModificationException"
