@@ -409,9 +409,10 @@ pub struct Named {
     seen: std::collections::BTreeSet<String>,
 }
 
-/// The most instances read from one finding. GuardDuty lists at most 25 resources in an attack
-/// sequence (and at most 25 instances per Auto Scaling group or image in them); a finding naming
-/// more is not read further, and the count says so (triage's cap refuses it well before).
+/// The most instances read from one finding. GuardDuty lists at most 400 resources in an attack
+/// sequence, and at most 25 instances per shared resource (an Auto Scaling group, an image); a
+/// finding naming more is not read further, and the count says so (triage's cap refuses it
+/// well before).
 pub const MAX_NAMED_INSTANCES: usize = 100;
 /// The most attack-sequence resources read; the rest are counted as passed over.
 pub const MAX_SEQUENCE_RESOURCES: usize = 1000;
