@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import http.client
 import json
 import random
@@ -120,6 +121,12 @@ class State:
         self.host, self.port = u.hostname, u.port
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
+        # DynamoDB checks and applies a conditional write as one step per item
+        # (https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/Expressions.ConditionExpressions.html);
+        # moto's threaded server evaluates the condition and writes without a lock, so two
+        # writes at once can both pass a condition only one may pass. Writes go to it one at a
+        # time (tests/README, "Where moto differs from AWS").
+        self.dynamodb_writes = threading.Lock()
         self.rules: list[dict] = []
         self.log: list[dict] = []
         self.outcomes: dict[str, int] = {}
@@ -719,9 +726,11 @@ def handler(state: State):
             logged = False
             try:
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "keep-alive")}
-                conn.request(self.command, self.path, body=body, headers=headers)
-                resp = conn.getresponse()
-                data = resp.read()
+                serialized = state.dynamodb_writes if service == "dynamodb" and name in DYNAMODB_WRITES else contextlib.nullcontext()
+                with serialized:
+                    conn.request(self.command, self.path, body=body, headers=headers)
+                    resp = conn.getresponse()
+                    data = resp.read()
                 if state.strict:
                     remember(state, service, name, flat, resp.status)
                 if service == "sts" and name == "AssumeRole" and resp.status == 200:
@@ -748,6 +757,10 @@ def handler(state: State):
         do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _handle
 
     return Handler
+
+
+# DynamoDB's item writes, which moto must apply one at a time (State.dynamodb_writes).
+DYNAMODB_WRITES = {"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"}
 
 
 def summary(state: State) -> dict:
