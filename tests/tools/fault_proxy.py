@@ -124,9 +124,9 @@ class State:
         # DynamoDB checks and applies a conditional write as one step per item
         # (https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/Expressions.ConditionExpressions.html);
         # moto's threaded server evaluates the condition and writes without a lock, so two
-        # writes at once can both pass a condition only one may pass. Writes go to it one at a
-        # time (tests/README, "Where moto differs from AWS").
-        self.dynamodb_writes = threading.Lock()
+        # writes at once can both pass a condition only one may pass. Writes of one item go to
+        # it one at a time (tests/README, "Where moto differs from AWS"): a lock per item.
+        self.item_locks: dict[str, threading.Lock] = {}
         self.rules: list[dict] = []
         self.log: list[dict] = []
         self.outcomes: dict[str, int] = {}
@@ -726,8 +726,7 @@ def handler(state: State):
             logged = False
             try:
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "keep-alive")}
-                serialized = state.dynamodb_writes if service == "dynamodb" and name in DYNAMODB_WRITES else contextlib.nullcontext()
-                with serialized:
+                with item_lock(state, service, name, body):
                     conn.request(self.command, self.path, body=body, headers=headers)
                     resp = conn.getresponse()
                     data = resp.read()
@@ -759,8 +758,22 @@ def handler(state: State):
     return Handler
 
 
-# DynamoDB's item writes, which moto must apply one at a time (State.dynamodb_writes).
-DYNAMODB_WRITES = {"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"}
+# DynamoDB's writes of one item, which moto must apply one at a time (State.item_locks).
+DYNAMODB_ITEM_WRITES = {"PutItem", "UpdateItem", "DeleteItem"}
+
+
+def item_lock(state: State, service: str, name: str, body: bytes):
+    """The lock of the item a DynamoDB write names (its table and key), or none."""
+    if service != "dynamodb" or name not in DYNAMODB_ITEM_WRITES:
+        return contextlib.nullcontext()
+    try:
+        request = json.loads(body or b"{}")
+        key = request.get("Key") or request.get("Item") or {}
+        item = json.dumps([request.get("TableName"), key.get("pk"), key.get("sk")], sort_keys=True)
+    except (ValueError, AttributeError):
+        return contextlib.nullcontext()
+    with state.lock:
+        return state.item_locks.setdefault(item, threading.Lock())
 
 
 def summary(state: State) -> dict:
