@@ -55,6 +55,7 @@ fn another_finding(f: &Fixture, id: &str) -> FindingEvent {
 }
 
 #[tokio::test]
+#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
 async fn a_finding_arriving_during_a_release_waits_for_it() {
     let f = Fixture::new().await;
     execution(&f.ctx, &f.event(BACKDOOR)).await;
@@ -81,6 +82,7 @@ async fn a_finding_arriving_during_a_release_waits_for_it() {
 }
 
 #[tokio::test]
+#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
 async fn release_waits_while_an_execution_of_the_case_may_still_act() {
     let f = Fixture::new().await;
     execution(&f.ctx, &f.event(BACKDOOR)).await;
@@ -113,6 +115,7 @@ async fn release_waits_while_an_execution_of_the_case_may_still_act() {
 }
 
 #[tokio::test]
+#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
 async fn a_released_findings_copy_is_only_reported_and_its_update_contains_again() {
     let f = Fixture::new().await;
     let event = f.event(BACKDOOR);
@@ -144,6 +147,7 @@ async fn a_released_findings_copy_is_only_reported_and_its_update_contains_again
 }
 
 #[tokio::test]
+#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
 async fn an_unreachable_case_table_never_holds_containment_back() {
     let f = Fixture::new().await;
     let key = access_key(&f.config).await;

@@ -22,6 +22,7 @@ const EXFILTRATION: &str = "credential-exfiltration.json";
 const BACKDOOR: &str = "instance-backdoor.json";
 
 #[tokio::test]
+#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
 async fn isolate_moves_every_interface_into_an_empty_quarantine_group() {
     let f = Fixture::new().await;
     let before = f.interface_groups().await;
@@ -238,6 +239,7 @@ async fn isolate_moves_every_interface_into_an_empty_quarantine_group() {
 }
 
 #[tokio::test]
+#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
 async fn in_a_dual_stack_vpc_ipv6_egress_is_revoked_too() {
     let f = Fixture::dual_stack().await;
     let web = f.security_groups_named("web").await;
@@ -253,6 +255,7 @@ async fn in_a_dual_stack_vpc_ipv6_egress_is_revoked_too() {
 }
 
 #[tokio::test]
+#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
 async fn a_second_finding_keeps_the_first_findings_marks() {
     let f = Fixture::new().await;
     isolate(&f.ctx, &f.event(EXFILTRATION)).await.unwrap();
@@ -295,6 +298,7 @@ async fn hand_made_quarantine_group(f: &Fixture, tag: Option<&str>, rule: IpPerm
 }
 
 #[tokio::test]
+#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
 async fn a_quarantine_group_someone_added_rules_to_is_emptied() {
     let f = Fixture::new().await;
     // A group that carries the tool's tag, with rules added by hand.
@@ -319,6 +323,7 @@ async fn a_quarantine_group_someone_added_rules_to_is_emptied() {
 }
 
 #[tokio::test]
+#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
 async fn a_group_someone_else_made_under_the_tools_name_is_never_tagged_nor_used() {
     let f = Fixture::new().await;
     // A group under the tool's name, without its tag, that lets everything in: the tool may
@@ -376,6 +381,7 @@ async fn a_group_someone_else_made_under_the_tools_name_is_never_tagged_nor_used
 }
 
 #[tokio::test]
+#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
 async fn snapshot_takes_every_volume_once() {
     let f = Fixture::new().await;
     let out = snapshot(&f.ctx, &f.event(EXFILTRATION)).await.unwrap();
@@ -440,6 +446,7 @@ async fn snapshot_takes_every_volume_once() {
 }
 
 #[tokio::test]
+#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
 async fn a_deny_all_policy_someone_else_created_is_never_attached() {
     let f = Fixture::new().await;
     // A policy under the tool's DenyAll name and path that allows everything, created before
@@ -469,6 +476,7 @@ async fn a_deny_all_policy_someone_else_created_is_never_attached() {
 }
 
 #[tokio::test]
+#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
 async fn a_shared_role_gets_only_the_instances_credentials_revoked_by_default() {
     let f = Fixture::new().await;
     let sibling = f.launch_sibling().await;
@@ -526,6 +534,7 @@ async fn a_shared_role_gets_only_the_instances_credentials_revoked_by_default() 
 }
 
 #[tokio::test]
+#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
 async fn deny_role_denies_everything_and_revokes_older_sessions() {
     let f = Fixture::new().await;
     let sibling = f.launch_sibling().await;
@@ -684,6 +693,7 @@ fn decode(doc: &str) -> serde_json::Value {
 }
 
 #[tokio::test]
+#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
 async fn an_instance_finding_finds_the_role_through_the_profile() {
     let f = Fixture::new().await;
     let out = contain_role(&f.ctx, &f.event(BACKDOOR)).await.unwrap();
@@ -691,6 +701,7 @@ async fn an_instance_finding_finds_the_role_through_the_profile() {
 }
 
 #[tokio::test]
+#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
 async fn findings_that_name_no_instance_change_nothing() {
     let f = Fixture::new().await;
     let mut json = f.event_json(EXFILTRATION);
@@ -715,6 +726,7 @@ async fn findings_that_name_no_instance_change_nothing() {
 }
 
 #[tokio::test]
+#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
 async fn an_instance_that_does_not_exist_is_a_named_final_error() {
     let f = Fixture::new().await;
     let mut json = f.event_json(BACKDOOR);
@@ -733,6 +745,7 @@ async fn an_instance_that_does_not_exist_is_a_named_final_error() {
 }
 
 #[tokio::test]
+#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
 async fn a_terminated_instance_is_skipped() {
     let f = Fixture::new().await;
     common::direct_ec2(&f.config)
@@ -757,6 +770,7 @@ async fn a_terminated_instance_is_skipped() {
 }
 
 #[tokio::test]
+#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
 async fn a_service_linked_role_is_skipped() {
     let f = Fixture::new().await;
     f.iam
@@ -779,6 +793,7 @@ async fn a_service_linked_role_is_skipped() {
 }
 
 #[tokio::test]
+#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
 async fn a_spot_instance_keeps_its_evidence_without_termination_protection() {
     let f = Fixture::spot().await;
     assert_eq!(
@@ -819,6 +834,7 @@ async fn a_spot_instance_keeps_its_evidence_without_termination_protection() {
 }
 
 #[tokio::test]
+#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
 async fn a_stopped_instance_gets_the_quarantine_profile_by_disassociate_and_associate() {
     let f = Fixture::new().await;
     // Stopped outside the code under test (the proxy counts StopInstances as destructive).
@@ -862,6 +878,7 @@ async fn owner_tags(f: &Fixture, n: usize) {
 /// marker tags fit EC2's 50, the record is in the case, and release restores the instance.
 /// Under the strict layer, which refuses a 51st tag and keys with `/` as AWS does.
 #[tokio::test]
+#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
 async fn an_instance_with_48_tags_is_contained_and_released() {
     let f = Fixture::new().await;
     owner_tags(&f, 48).await;
@@ -897,6 +914,7 @@ async fn an_instance_with_48_tags_is_contained_and_released() {
 /// 50 tags of the owner's: the markers do not fit. That is reported, and never holds
 /// containment back; the case holds the record, so release restores all the same.
 #[tokio::test]
+#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
 async fn a_full_tag_quota_is_reported_and_never_holds_containment_back() {
     let f = Fixture::new().await;
     owner_tags(&f, 50).await;

@@ -193,6 +193,7 @@ const ROLE_CALLS: &[&str] = &[
 ];
 
 #[tokio::test]
+#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
 async fn transient_faults_on_every_call_are_retried_and_contained() {
     let mut cases = Vec::new();
     for (step, calls) in [
@@ -217,6 +218,7 @@ async fn transient_faults_on_every_call_are_retried_and_contained() {
 }
 
 #[tokio::test]
+#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
 async fn a_call_slower_than_the_client_timeout_is_retried() {
     transient(
         Step::Isolate,
@@ -228,6 +230,7 @@ async fn a_call_slower_than_the_client_timeout_is_retried() {
 }
 
 #[tokio::test]
+#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
 async fn a_denied_isolation_call_is_named_and_reported() {
     use Expect::*;
     let cases = [
@@ -255,6 +258,7 @@ async fn a_denied_isolation_call_is_named_and_reported() {
 }
 
 #[tokio::test]
+#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
 async fn a_denied_snapshot_call_is_named_and_reported() {
     use Expect::*;
     let cases = [
@@ -268,6 +272,7 @@ async fn a_denied_snapshot_call_is_named_and_reported() {
 }
 
 #[tokio::test]
+#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
 async fn a_denied_role_call_is_named_and_reported() {
     use Expect::*;
     let cases = [
@@ -304,6 +309,7 @@ async fn a_denied_role_call_is_named_and_reported() {
 }
 
 #[tokio::test]
+#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
 async fn a_denied_instance_profile_lookup_is_named() {
     permanent(
         Step::Role,
@@ -315,6 +321,7 @@ async fn a_denied_instance_profile_lookup_is_named() {
 }
 
 #[tokio::test]
+#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
 async fn a_persistent_5xx_is_named_retryable_for_the_state_machine() {
     let f = Fixture::new().await;
     let key = access_key(&f.config).await;
@@ -328,6 +335,7 @@ async fn a_persistent_5xx_is_named_retryable_for_the_state_machine() {
 }
 
 #[tokio::test]
+#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
 async fn when_a_label_is_denied_the_snapshots_are_still_reported() {
     let f = Fixture::new().await;
     let key = access_key(&f.config).await;

@@ -35,6 +35,7 @@ fn member_role(own: &str) -> OrgSettings {
 }
 
 #[tokio::test]
+#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
 async fn a_member_account_instance_is_contained_from_the_administrator_account() {
     let member = Fixture::new().await;
     let (ctx, admin_ec2, admin) = administrator(member_role).await;
@@ -96,6 +97,7 @@ async fn a_member_account_instance_is_contained_from_the_administrator_account()
 }
 
 #[tokio::test]
+#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
 async fn an_account_outside_the_allow_list_is_only_notified() {
     let member = Fixture::new().await;
     let (ctx, _, _) = administrator(|own| OrgSettings {
@@ -129,6 +131,7 @@ async fn an_account_outside_the_allow_list_is_only_notified() {
 }
 
 #[tokio::test]
+#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
 async fn a_denied_account_is_only_notified() {
     let member = Fixture::new().await;
     let account = member.account.clone();
@@ -144,6 +147,7 @@ async fn a_denied_account_is_only_notified() {
 }
 
 #[tokio::test]
+#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
 async fn a_member_role_that_cannot_be_assumed_is_a_named_error() {
     let member = Fixture::new().await;
     let (ctx, _, _) = administrator(member_role).await;
