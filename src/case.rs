@@ -28,8 +28,8 @@ use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use crate::domain::finding::{Scope, Target};
 use crate::error::Error;
-use crate::finding::{Scope, Target};
 use crate::now_rfc3339;
 
 /// The table's name when `CASE_TABLE` is not set (the tests and the local run create it).

@@ -1,36 +1,29 @@
 //! Automatic containment of compromised EC2 instances.
 //!
-//! A GuardDuty finding names an instance (or the credentials of its role); each module here is one
-//! step that a Step Functions state machine runs as its own Lambda function: [`triage`] the
-//! finding by policy, [`isolate`] the network interfaces, take the instance out of service
-//! ([`deregister`]: Auto Scaling, load balancers), [`snapshot`] the volumes, contain the IAM
-//! [`role`], and [`notify`] the security team of what was done and what failed; [`release`]
-//! undoes a containment from its record.
+//! A GuardDuty finding names an instance (or the credentials of its role); a Step Functions
+//! state machine runs each step as its own Lambda function (one thin binary per step in
+//! `src/bin/`). The crate is laid out by what each part is:
+//!
+//! - [`domain`]: what the responder reasons about, without calling AWS: the finding and the
+//!   targets it names, which side of the activity the instance is on, the policy settings, and
+//!   what a step reports;
+//! - [`steps`]: the steps (triage, isolate, deregister, snapshot, role, notify, release), each a
+//!   handler of typed input to typed output;
+//! - [`case`]: the responder's own record of each containment (a DynamoDB table), which release
+//!   and every retry decide from;
+//! - [`aws`]: the AWS pieces the steps share: the context loaded once at init and the clients
+//!   per finding, the tool's tags, reading the instance, its profile and its role's denies;
+//! - [`error`]: the named errors the state machines' Retry and Catch match.
 
+pub mod aws;
 pub mod case;
-pub mod context;
-pub mod deregister;
+pub mod domain;
 pub mod error;
-pub mod evidence;
-pub mod finding;
-pub mod instance;
-pub mod isolate;
-pub mod notify;
-pub mod outcome;
-pub mod profile;
-pub mod release;
-pub mod role;
-pub mod role_policy;
-pub mod settings;
-pub mod snapshot;
-pub mod tags;
-pub mod triage;
+pub mod steps;
 
-use std::future::Future;
-
-pub use context::{Clients, Ctx};
+pub use aws::context::{Clients, Ctx};
+pub use domain::outcome::Outcome;
 pub use error::{Error, ErrorName};
-pub use outcome::Outcome;
 
 /// The current time in RFC 3339 at whole seconds, as written to tags and policy conditions.
 pub(crate) fn now_rfc3339() -> String {
@@ -48,116 +41,4 @@ pub fn deadline(deadline_ms: u64) -> Option<tokio::time::Instant> {
         .ok()?;
     let left = std::time::Duration::from_millis(deadline_ms).checked_sub(now)?;
     Some(tokio::time::Instant::now() + left)
-}
-
-/// Runs a containment step on its target (one of triage's plan, or the one a finding names when
-/// the step runs alone), with clients for the target's account and region; a finding that names
-/// nothing to contain, or an account the responder must not act in, is skipped with the reason.
-pub(crate) async fn for_target<T, F, Fut>(
-    ctx: &Ctx,
-    request: finding::StepRequest,
-    name: &'static str,
-    step: F,
-) -> Result<Outcome<T>, Error>
-where
-    T: serde::Serialize,
-    F: FnOnce(Clients, finding::Target) -> Fut,
-    Fut: Future<Output = Result<Outcome<T>, Error>>,
-{
-    let ctx = &ctx.acting_as(match name {
-        "role" => "deny-role",
-        other => other,
-    });
-    let (target, planned_case, event) = match request {
-        finding::StepRequest::Planned(planned) => {
-            planned.target.check()?;
-            (planned.target, planned.case, None)
-        }
-        finding::StepRequest::Finding(event) => match finding::resolve(&event)? {
-            Ok(target) => (target, None, Some(event)),
-            Err(finding::Skip(reason)) => {
-                tracing::info!(%reason, "skipped: the finding names nothing to contain");
-                return Ok(Outcome::skipped(reason));
-            }
-        },
-    };
-    if let Some(reason) = ctx.org().refusal(&target.scope.account_id) {
-        tracing::info!(%reason, "skipped: not acting in this account");
-        return Ok(Outcome::skipped(reason));
-    }
-    let mut clients = ctx.clients(&target).await?;
-    if clients.plan().is_none() {
-        let updated_at = event.as_ref().and_then(|e| e.detail.updated_at.as_deref());
-        attach_case(ctx, planned_case, updated_at, &target, &mut clients).await;
-    }
-    let case = clients.case.clone();
-    // The step's start in the case, beside the step (never ahead of it).
-    let started = async {
-        if let Some(case) = &case
-            && let Err(err) = case.started(name).await
-        {
-            case::warn_unrecorded(name, &err);
-        }
-    };
-    // Boxed: the SDK's futures nest deep enough to exceed rustc's layout depth limit otherwise.
-    let ((), result) = futures::join!(started, Box::pin(step(clients, target)));
-    if let Some(case) = case {
-        // The step's end in the case: its outcome and report, or its error. A record that
-        // cannot be written is logged; the step's result stands.
-        let (outcome, report) = match &result {
-            Ok(outcome) => (
-                outcome.status().to_owned(),
-                serde_json::to_string(outcome).unwrap_or_default(),
-            ),
-            Err(err) => (err.name().as_str().to_owned(), err.to_string()),
-        };
-        if let Err(err) = case.finished(name, &outcome, &report).await {
-            case::warn_unrecorded(name, &err);
-        }
-    }
-    result
-}
-
-/// The case a step records in: the one triage passed on, or else the instance's open case
-/// (joined, or opened by this step when it runs alone). A case table that cannot be reached
-/// never holds containment back: the step acts and reports that nothing was recorded.
-async fn attach_case(
-    ctx: &Ctx,
-    planned: Option<case::CaseHandle>,
-    updated_at: Option<&str>,
-    target: &finding::Target,
-    clients: &mut Clients,
-) {
-    let store = ctx.cases().clone();
-    if let Some(handle) = planned {
-        clients.case = Some(case::Recorder { store, handle });
-        return;
-    }
-    let opened = tokio::time::timeout(
-        triage::CASE_OPEN_TIMEOUT,
-        Box::pin(store.open(target, updated_at, None, false)),
-    )
-    .await;
-    let opened = opened.unwrap_or_else(|_| {
-        Err(Error::Transient {
-            action: "dynamodb:UpdateItem",
-            code: "Timeout".into(),
-            message: "the case table did not answer in time".into(),
-            source: "timeout".into(),
-        })
-    });
-    match opened {
-        Ok(case::Opened::New(handle) | case::Opened::Joined { handle, .. }) => {
-            clients.case = Some(case::Recorder { store, handle });
-        }
-        Ok(case::Opened::Released { case_id }) => {
-            clients.case_unavailable = Some(format!("the finding's case {case_id} is released"));
-        }
-        Err(err) => {
-            tracing::warn!(error = %err, "case table unavailable: acting without a record");
-            clients.case_unavailable = Some(format!(
-                "the case record could not be opened ({err}): nothing this step changed is recorded for release"
-            ));
-        }
-    }
 }

@@ -6,10 +6,10 @@ mod common;
 
 use common::{Fixture, record_outcome};
 use ec2_quarantine::Outcome;
-use ec2_quarantine::deregister::deregister;
-use ec2_quarantine::notify::{NotifyInput, StepResult, render};
-use ec2_quarantine::outcome::MAX_LISTED;
-use ec2_quarantine::role::contain_role;
+use ec2_quarantine::domain::outcome::MAX_LISTED;
+use ec2_quarantine::steps::deregister::deregister;
+use ec2_quarantine::steps::notify::{NotifyInput, StepResult, render};
+use ec2_quarantine::steps::role::contain_role;
 
 /// Step Functions' limit on a state's input or output, and SNS's on a message, in bytes.
 const LIMIT: usize = 262_144;

@@ -5,13 +5,13 @@
 mod common;
 
 use common::{Fixture, access_key, inject, record_outcome, release_request};
-use ec2_quarantine::deregister::deregister;
-use ec2_quarantine::finding::{FindingEvent, Scope, parse_event};
-use ec2_quarantine::isolate::isolate;
-use ec2_quarantine::release::release;
-use ec2_quarantine::role::contain_role;
-use ec2_quarantine::snapshot::snapshot;
-use ec2_quarantine::triage::{Decision, TriageReport, triage};
+use ec2_quarantine::domain::finding::{FindingEvent, Scope, parse_event};
+use ec2_quarantine::steps::deregister::deregister;
+use ec2_quarantine::steps::isolate::isolate;
+use ec2_quarantine::steps::release::release;
+use ec2_quarantine::steps::role::contain_role;
+use ec2_quarantine::steps::snapshot::snapshot;
+use ec2_quarantine::steps::triage::{Decision, TriageReport, triage};
 use ec2_quarantine::{Ctx, ErrorName};
 
 const BACKDOOR: &str = "instance-backdoor.json";

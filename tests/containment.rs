@@ -8,15 +8,15 @@ use std::collections::BTreeSet;
 use aws_sdk_ec2::types::{InstanceAttributeName, IpPermission, IpRange};
 use common::{Fixture, filter};
 use ec2_quarantine::case::Previous;
-use ec2_quarantine::isolate::{
+use ec2_quarantine::domain::settings::{RoleAction, Settings};
+use ec2_quarantine::steps::isolate::{
     InterfaceStatus, QUARANTINE_GROUP_NAME, TRANSIT_GROUP_NAME, isolate,
 };
-use ec2_quarantine::role::{
+use ec2_quarantine::steps::role::{
     Change, DENY_ALL_POLICY_NAME, REVOKE_SESSIONS_POLICY_NAME, contain_role, deny_all_policy_arn,
 };
-use ec2_quarantine::settings::{RoleAction, Settings};
-use ec2_quarantine::snapshot::snapshot;
-use ec2_quarantine::{Ctx, ErrorName, Outcome, tags};
+use ec2_quarantine::steps::snapshot::snapshot;
+use ec2_quarantine::{Ctx, ErrorName, Outcome, aws::tags};
 
 const EXFILTRATION: &str = "credential-exfiltration.json";
 const BACKDOOR: &str = "instance-backdoor.json";
@@ -706,7 +706,7 @@ async fn findings_that_name_no_instance_change_nothing() {
     let f = Fixture::new().await;
     let mut json = f.event_json(EXFILTRATION);
     json["detail"]["resource"] = serde_json::json!({"resourceType": "S3Bucket"});
-    let event = ec2_quarantine::finding::parse_event(json).unwrap();
+    let event = ec2_quarantine::domain::finding::parse_event(json).unwrap();
 
     for out in [
         isolate(&f.ctx, &event).await.unwrap().status(),
@@ -731,7 +731,7 @@ async fn an_instance_that_does_not_exist_is_a_named_final_error() {
     let f = Fixture::new().await;
     let mut json = f.event_json(BACKDOOR);
     json["detail"]["resource"]["instanceDetails"]["instanceId"] = "i-0fffffffffffffff0".into();
-    let event = ec2_quarantine::finding::parse_event(json).unwrap();
+    let event = ec2_quarantine::domain::finding::parse_event(json).unwrap();
     let err = isolate(&f.ctx, &event).await.unwrap_err();
     assert_eq!(err.name(), ErrorName::InstanceNotFound, "{err}");
     assert!(!err.name().is_retryable());
@@ -785,7 +785,7 @@ async fn a_service_linked_role_is_skipped() {
         .unwrap();
     let mut json = f.event_json(EXFILTRATION);
     json["detail"]["resource"]["accessKeyDetails"]["userName"] = "AWSServiceRoleForExample".into();
-    let event = ec2_quarantine::finding::parse_event(json).unwrap();
+    let event = ec2_quarantine::domain::finding::parse_event(json).unwrap();
     match contain_role(&f.ctx, &event).await.unwrap() {
         Outcome::Skipped { reason } => assert!(reason.contains("service-linked"), "{reason}"),
         other => panic!("{other:?}"),
@@ -855,12 +855,14 @@ async fn a_stopped_instance_gets_the_quarantine_profile_by_disassociate_and_asso
         swap.previous_profile_arn.as_deref(),
         Some(f.profile_arn.as_str())
     );
-    let association = ec2_quarantine::profile::association(&f.ec2, &f.instance_id)
+    let association = ec2_quarantine::aws::profile::association(&f.ec2, &f.instance_id)
         .await
         .unwrap()
         .expect("associated");
     assert!(
-        ec2_quarantine::profile::is_quarantine(ec2_quarantine::profile::arn(&association)),
+        ec2_quarantine::aws::profile::is_quarantine(ec2_quarantine::aws::profile::arn(
+            &association
+        )),
         "{association:?}"
     );
 }
@@ -901,7 +903,7 @@ async fn an_instance_with_48_tags_is_contained_and_released() {
         "48 of the owner's and the two markers: {tags:?}"
     );
 
-    let released = ec2_quarantine::release::release(&f.ctx, &common::release_request(&f))
+    let released = ec2_quarantine::steps::release::release(&f.ctx, &common::release_request(&f))
         .await
         .unwrap();
     assert_eq!(released.status(), "done", "{released:?}");
@@ -941,7 +943,7 @@ async fn a_full_tag_quota_is_reported_and_never_holds_containment_back() {
     assert_eq!(role.status(), "done", "{role:?}");
     let snapshots = snapshot(&f.ctx, &f.event(BACKDOOR)).await.unwrap();
     assert_eq!(snapshots.status(), "done", "{snapshots:?}");
-    let released = ec2_quarantine::release::release(&f.ctx, &common::release_request(&f))
+    let released = ec2_quarantine::steps::release::release(&f.ctx, &common::release_request(&f))
         .await
         .unwrap();
     assert_eq!(released.status(), "done", "{released:?}");

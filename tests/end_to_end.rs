@@ -4,10 +4,10 @@
 mod common;
 
 use common::Fixture;
-use ec2_quarantine::isolate::isolate;
-use ec2_quarantine::notify::{Notifier, NotifyInput, NotifySettings, Verdict};
-use ec2_quarantine::role::contain_role;
-use ec2_quarantine::snapshot::snapshot;
+use ec2_quarantine::steps::isolate::isolate;
+use ec2_quarantine::steps::notify::{Notifier, NotifyInput, NotifySettings, Verdict};
+use ec2_quarantine::steps::role::contain_role;
+use ec2_quarantine::steps::snapshot::snapshot;
 use serde_json::{Value, json};
 
 const EXFILTRATION: &str = "credential-exfiltration.json";

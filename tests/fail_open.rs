@@ -11,7 +11,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Fixture, access_key, direct_ec2, impatient_ctx, inject_rule, record_outcome};
-use ec2_quarantine::isolate::{TRANSIT_GROUP_NAME, isolate, isolate_until};
+use ec2_quarantine::steps::isolate::{TRANSIT_GROUP_NAME, isolate, isolate_until};
 use ec2_quarantine::{Error, ErrorName};
 use futures::StreamExt;
 use serde_json::{Value, json};

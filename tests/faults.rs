@@ -6,10 +6,10 @@
 mod common;
 
 use common::{Fixture, access_key, impatient_ctx, inject, record_outcome, retrying_ctx};
-use ec2_quarantine::isolate::isolate;
-use ec2_quarantine::notify::{NotifyInput, render};
-use ec2_quarantine::role::contain_role;
-use ec2_quarantine::snapshot::snapshot;
+use ec2_quarantine::steps::isolate::isolate;
+use ec2_quarantine::steps::notify::{NotifyInput, render};
+use ec2_quarantine::steps::role::contain_role;
+use ec2_quarantine::steps::snapshot::snapshot;
 use ec2_quarantine::{Ctx, Error, ErrorName, Outcome};
 use futures::future::join_all;
 use serde_json::{Value, json};

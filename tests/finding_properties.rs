@@ -1,8 +1,8 @@
 //! The finding parser, target resolution and message rendering never panic, whatever the input,
 //! and a resolved target only carries values safe to put in AWS requests.
 
-use ec2_quarantine::finding::{is_instance_id, parse_event, resolve, targets};
-use ec2_quarantine::notify::{MAX_SUBJECT_CHARS, NotifyInput, render};
+use ec2_quarantine::domain::finding::{is_instance_id, parse_event, resolve, targets};
+use ec2_quarantine::steps::notify::{MAX_SUBJECT_CHARS, NotifyInput, render};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 

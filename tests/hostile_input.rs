@@ -7,10 +7,10 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::{Fixture, access_key, proxy_log, record_outcome};
-use ec2_quarantine::finding::parse_event;
-use ec2_quarantine::isolate::isolate;
-use ec2_quarantine::role::contain_role;
-use ec2_quarantine::snapshot::snapshot;
+use ec2_quarantine::domain::finding::parse_event;
+use ec2_quarantine::steps::isolate::isolate;
+use ec2_quarantine::steps::role::contain_role;
+use ec2_quarantine::steps::snapshot::snapshot;
 use ec2_quarantine::{Error, Outcome};
 use serde_json::Value;
 

@@ -9,14 +9,14 @@ use std::collections::BTreeMap;
 use aws_sdk_ec2::types::InstanceAttributeName;
 use common::{Fixture, access_key, filter, inject_error, record_outcome};
 use ec2_quarantine::case::Previous;
-use ec2_quarantine::deregister::{GroupStatus, deregister};
-use ec2_quarantine::isolate::isolate;
-use ec2_quarantine::outcome::Check;
-use ec2_quarantine::release::{ReleaseRequest, release};
-use ec2_quarantine::role::contain_role;
-use ec2_quarantine::settings::{AutoScalingAction, RoleAction, Settings};
-use ec2_quarantine::snapshot::snapshot;
-use ec2_quarantine::triage::{Decision, triage};
+use ec2_quarantine::domain::outcome::Check;
+use ec2_quarantine::domain::settings::{AutoScalingAction, RoleAction, Settings};
+use ec2_quarantine::steps::deregister::{GroupStatus, deregister};
+use ec2_quarantine::steps::isolate::isolate;
+use ec2_quarantine::steps::release::{ReleaseRequest, release};
+use ec2_quarantine::steps::role::contain_role;
+use ec2_quarantine::steps::snapshot::snapshot;
+use ec2_quarantine::steps::triage::{Decision, triage};
 use ec2_quarantine::{Ctx, Outcome};
 use serde_json::{Value, json};
 
@@ -493,7 +493,7 @@ async fn a_second_finding_for_a_contained_instance_creates_nothing_new() {
     // Another finding, with another id, for the same instance.
     let mut second = f.event_json(EXFILTRATION);
     second["detail"]["id"] = "b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7".into();
-    let second = ec2_quarantine::finding::parse_event(second).unwrap();
+    let second = ec2_quarantine::domain::finding::parse_event(second).unwrap();
     let first_case = f.case().await.case_id;
     let t = triage(&ctx, &second).await.unwrap();
     assert_eq!(t.decision, Decision::Contain);
@@ -538,16 +538,19 @@ async fn exempt_instances_and_probed_targets_are_only_reported() {
     let mut probe = f.event_json(BACKDOOR);
     probe["detail"]["type"] = "Recon:EC2/PortProbeUnprotectedPort".into();
     probe["detail"]["service"]["resourceRole"] = "TARGET".into();
-    let probe = ec2_quarantine::finding::parse_event(probe).unwrap();
+    let probe = ec2_quarantine::domain::finding::parse_event(probe).unwrap();
     let t = triage(&ctx, &probe).await.unwrap();
     assert_eq!(t.decision, Decision::NotifyOnly);
     assert!(t.reason.contains("target of the activity"), "{}", t.reason);
-    assert_eq!(t.side, Some(ec2_quarantine::evidence::Side::Targeted));
+    assert_eq!(
+        t.side,
+        Some(ec2_quarantine::domain::evidence::Side::Targeted)
+    );
 
     f.ec2
         .create_tags()
         .resources(&f.instance_id)
-        .tags(ec2_quarantine::tags::new(
+        .tags(ec2_quarantine::aws::tags::new(
             "ec2-quarantine-exempt",
             "load test",
         ))
@@ -600,7 +603,7 @@ async fn the_role_action_is_configurable_and_release_keeps_a_role_another_contai
     event["detail"]["resource"]["accessKeyDetails"]["principalId"] =
         format!("AROAEXAMPLE:{sibling}").into();
     event["detail"]["id"] = "c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8".into();
-    let event = ec2_quarantine::finding::parse_event(event).unwrap();
+    let event = ec2_quarantine::domain::finding::parse_event(event).unwrap();
     contain_role(&ctx, &event).await.unwrap();
     assert!(
         f.attached_policies()
@@ -769,7 +772,7 @@ async fn release_after_tampering_with_every_tag_restores_the_true_state() {
     }));
     let mut tagging = f.ec2.create_tags().resources(&f.instance_id);
     for (k, v) in &forged {
-        tagging = tagging.tags(ec2_quarantine::tags::new(k, v));
+        tagging = tagging.tags(ec2_quarantine::aws::tags::new(k, v));
     }
     tagging.send().await.unwrap();
     for key in [

@@ -6,11 +6,11 @@ mod common;
 use aws_sdk_sts::operation::assume_role::AssumeRoleError;
 use aws_smithy_mocks::{RuleMode, mock, mock_client};
 use common::{Fixture, account_config, filter};
-use ec2_quarantine::context::OrgSettings;
-use ec2_quarantine::isolate::{QUARANTINE_GROUP_NAME, isolate};
-use ec2_quarantine::role::contain_role;
-use ec2_quarantine::snapshot::snapshot;
-use ec2_quarantine::{Ctx, ErrorName, Outcome, tags};
+use ec2_quarantine::aws::context::OrgSettings;
+use ec2_quarantine::steps::isolate::{QUARANTINE_GROUP_NAME, isolate};
+use ec2_quarantine::steps::role::contain_role;
+use ec2_quarantine::steps::snapshot::snapshot;
+use ec2_quarantine::{Ctx, ErrorName, Outcome, aws::tags};
 
 const EXFILTRATION: &str = "credential-exfiltration.json";
 

@@ -8,11 +8,11 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::{Fixture, access_key, inject, inject_error, proxy_log, record_outcome, retrying_ctx};
-use ec2_quarantine::isolate::{InterfaceStatus, QUARANTINE_GROUP_NAME, isolate};
-use ec2_quarantine::role::{Change, REVOKE_SESSIONS_POLICY_NAME, contain_role};
-use ec2_quarantine::snapshot::snapshot;
-use ec2_quarantine::triage::triage;
-use ec2_quarantine::{ErrorName, Outcome, tags};
+use ec2_quarantine::steps::isolate::{InterfaceStatus, QUARANTINE_GROUP_NAME, isolate};
+use ec2_quarantine::steps::role::{Change, REVOKE_SESSIONS_POLICY_NAME, contain_role};
+use ec2_quarantine::steps::snapshot::snapshot;
+use ec2_quarantine::steps::triage::triage;
+use ec2_quarantine::{ErrorName, Outcome, aws::tags};
 
 const EXFILTRATION: &str = "credential-exfiltration.json";
 const BACKDOOR: &str = "instance-backdoor.json";
@@ -241,7 +241,7 @@ async fn snapshots_retried_after_failing_half_way() {
     inject(&key, "ec2:CreateTags", "unavailable", Some(1));
     let first = snapshot(&f.ctx, &f.event(EXFILTRATION)).await.unwrap();
     let second = snapshot(&f.ctx, &f.event(EXFILTRATION)).await.unwrap();
-    let ids = |o: &Outcome<ec2_quarantine::snapshot::SnapshotReport>| -> BTreeSet<String> {
+    let ids = |o: &Outcome<ec2_quarantine::steps::snapshot::SnapshotReport>| -> BTreeSet<String> {
         o.report()
             .unwrap()
             .snapshots

@@ -36,10 +36,10 @@ use aws_smithy_mocks::{RuleMode, mock, mock_client};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::http::StatusCode;
 use aws_smithy_types::body::SdkBody;
-use ec2_quarantine::finding::{Target, parse_event, resolve};
-use ec2_quarantine::isolate::isolate_instance;
-use ec2_quarantine::role::contain_instance_role;
-use ec2_quarantine::snapshot::snapshot_instance;
+use ec2_quarantine::domain::finding::{Target, parse_event, resolve};
+use ec2_quarantine::steps::isolate::isolate_instance;
+use ec2_quarantine::steps::role::contain_instance_role;
+use ec2_quarantine::steps::snapshot::snapshot_instance;
 use ec2_quarantine::{Clients, ErrorName};
 
 const INSTANCE: &str = "i-0123456789abcdef0";
@@ -411,7 +411,7 @@ async fn a_denied_attach_still_revokes_older_sessions_and_says_which_failed() {
         aws_sdk_iam::operation::get_policy_version::GetPolicyVersionOutput::builder()
             .policy_version(
                 aws_sdk_iam::types::PolicyVersion::builder()
-                    .document(ec2_quarantine::role::deny_all_document())
+                    .document(ec2_quarantine::steps::role::deny_all_document())
                     .build(),
             )
             .build()

@@ -1,5 +1,5 @@
 //! Lambda function: the `deny-role` containment step. Input: one target of triage's plan, or a GuardDuty finding event (invoked alone).
-use ec2_quarantine::{Ctx, finding};
+use ec2_quarantine::{Ctx, domain::finding};
 use lambda_runtime::{LambdaEvent, service_fn};
 
 #[tokio::main]
@@ -9,7 +9,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     lambda_runtime::run(service_fn(
         |event: LambdaEvent<serde_json::Value>| async move {
             let request = finding::parse_step_request(event.payload)?;
-            ec2_quarantine::role::contain_role(ctx, request).await
+            ec2_quarantine::steps::role::contain_role(ctx, request).await
         },
     ))
     .await

@@ -1,5 +1,5 @@
 //! Lambda function: the notification. Input: the finding event and the steps' results.
-use ec2_quarantine::notify::{Notifier, NotifyInput, NotifySettings};
+use ec2_quarantine::steps::notify::{Notifier, NotifyInput, NotifySettings};
 use ec2_quarantine::{Ctx, Error};
 use lambda_runtime::{LambdaEvent, service_fn};
 

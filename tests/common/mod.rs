@@ -15,7 +15,7 @@ use aws_sdk_ec2::types::{
     InstanceNetworkInterfaceSpecification, IpPermission, IpRange,
 };
 use ec2_quarantine::Ctx;
-use ec2_quarantine::finding::{FindingEvent, parse_event};
+use ec2_quarantine::domain::finding::{FindingEvent, parse_event};
 
 pub const REGION: &str = "us-east-1";
 const IMAGE_ID: &str = "ami-1e749f67";
@@ -327,7 +327,7 @@ impl Fixture {
             .filter_map(|i| i.instance_id().map(str::to_owned))
             .collect();
         for id in ids.iter().skip(1) {
-            let associated = ec2_quarantine::profile::association(&self.ec2, id)
+            let associated = ec2_quarantine::aws::profile::association(&self.ec2, id)
                 .await
                 .unwrap();
             if associated.is_none() {
@@ -511,7 +511,7 @@ impl Fixture {
 
     /// How many times the DenyAll policy is attached to the fixture's role (0 or 1 in IAM).
     pub async fn deny_all_attachments(&self) -> usize {
-        let arn = ec2_quarantine::role::deny_all_policy_arn("aws", &self.account);
+        let arn = ec2_quarantine::steps::role::deny_all_policy_arn("aws", &self.account);
         self.attached_policies()
             .await
             .iter()
@@ -539,7 +539,7 @@ impl Fixture {
 
     /// The instance's open case in the case table of `ctx`, if it has one.
     pub async fn case_in(&self, ctx: &Ctx) -> Option<ec2_quarantine::case::Case> {
-        let scope = ec2_quarantine::finding::Scope {
+        let scope = ec2_quarantine::domain::finding::Scope {
             account_id: self.account.clone(),
             region: REGION.into(),
             partition: "aws".into(),
@@ -661,8 +661,8 @@ async fn launch(
 }
 
 /// A request to release the fixture's instance.
-pub fn release_request(f: &Fixture) -> ec2_quarantine::release::ReleaseRequest {
-    ec2_quarantine::release::ReleaseRequest {
+pub fn release_request(f: &Fixture) -> ec2_quarantine::steps::release::ReleaseRequest {
+    ec2_quarantine::steps::release::ReleaseRequest {
         instance_id: f.instance_id.clone(),
         account_id: Some(f.account.clone()),
         region: Some(REGION.into()),

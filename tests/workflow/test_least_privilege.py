@@ -84,15 +84,16 @@ ACTIONS: dict[str, set[str]] = {
 # passes that role to EC2.
 IMPLIED = {("ReleaseFunction", "ec2:ReplaceIamInstanceProfileAssociation"): "iam:PassRole"}
 
-# Which source files run in which function: each step's module, plus the shared ones it uses.
+# Which source files (under src/; a folder is every file in it) run in which function: each
+# step's module, plus the shared ones it uses.
 MODULES = {
-    "TriageFunction": ["triage.rs", "instance.rs", "context.rs", "case.rs"],
-    "IsolateFunction": ["isolate.rs", "instance.rs", "context.rs", "tags.rs", "case.rs"],
-    "DeregisterFunction": ["deregister.rs", "instance.rs", "context.rs", "case.rs"],
-    "SnapshotFunction": ["snapshot.rs", "instance.rs", "context.rs", "case.rs"],
-    "DenyRoleFunction": ["role.rs", "role_policy.rs", "instance.rs", "context.rs", "profile.rs", "case.rs"],
-    "ReleaseFunction": ["release.rs", "role_policy.rs", "instance.rs", "context.rs", "profile.rs", "case.rs"],
-    "NotifyFunction": ["notify.rs"],
+    "TriageFunction": ["steps/triage.rs", "aws/instance.rs", "aws/context.rs", "case.rs"],
+    "IsolateFunction": ["steps/isolate.rs", "aws/instance.rs", "aws/context.rs", "aws/tags.rs", "case.rs"],
+    "DeregisterFunction": ["steps/deregister.rs", "aws/instance.rs", "aws/context.rs", "case.rs"],
+    "SnapshotFunction": ["steps/snapshot.rs", "aws/instance.rs", "aws/context.rs", "case.rs"],
+    "DenyRoleFunction": ["steps/role.rs", "aws/role_policy.rs", "aws/instance.rs", "aws/context.rs", "aws/profile.rs", "case.rs"],
+    "ReleaseFunction": ["steps/release.rs", "aws/role_policy.rs", "aws/instance.rs", "aws/context.rs", "aws/profile.rs", "case.rs"],
+    "NotifyFunction": ["steps/notify"],
 }
 
 # Writes that IAM can scope: each must name resources (and the IAM ones a policy or condition).
@@ -122,10 +123,18 @@ UNSCOPABLE = {
 LABEL = re.compile(r'(?:from_sdk|group_error|written)\(\s*"([a-z0-9]+:[A-Za-z]+)"')
 
 
+def sources(function: str) -> list[Path]:
+    out = []
+    for name in MODULES[function]:
+        path = ROOT / "src" / name
+        out.extend(sorted(path.rglob("*.rs")) if path.is_dir() else [path])
+    return out
+
+
 def code_actions(function: str) -> set[str]:
     found = set()
-    for name in MODULES[function]:
-        found |= set(LABEL.findall((ROOT / "src" / name).read_text()))
+    for path in sources(function):
+        found |= set(LABEL.findall(path.read_text()))
     return found | {implied for (f, action), implied in IMPLIED.items() if f == function and action in found}
 
 
@@ -161,7 +170,7 @@ def allowed(function: str) -> dict[str, list[dict]]:
 
 
 def test_every_aws_call_in_the_code_is_labelled_with_its_action():
-    for path in (ROOT / "src").glob("*.rs"):
+    for path in (ROOT / "src").rglob("*.rs"):
         text = path.read_text()
         assert text.count(".send()") == len(LABEL.findall(text)), f"{path.name}: an AWS call without its IAM action label"
 
@@ -312,7 +321,7 @@ def test_release_has_no_code_path_that_reads_a_tag():
     (anyone allowed ec2:CreateTags or iam:TagRole could write one). It deletes its two marker
     tags by key, which reads none."""
     reads = re.compile(r"tags::find|\.tags\(\)|describe_tags|list_role_tags|ListRoleTags|DescribeTags|tag_filter|\"tag:")
-    for name in MODULES["ReleaseFunction"]:
-        text = (ROOT / "src" / name).read_text()
+    for path in sources("ReleaseFunction"):
+        text = path.read_text()
         code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("//"))
-        assert not reads.search(code), f"{name}: {reads.search(code).group(0)}"
+        assert not reads.search(code), f"{path.name}: {reads.search(code).group(0)}"

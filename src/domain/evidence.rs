@@ -15,7 +15,7 @@
 
 use serde_json::Value;
 
-use crate::finding::Finding;
+use crate::domain::finding::Finding;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -299,7 +299,7 @@ fn has_content(value: Option<&Value>, pointer: &str) -> bool {
 /// The side as the finding's action shows it, if it does.
 fn from_action(action: &Value) -> Option<Evidence> {
     fn text(v: Option<&Value>) -> Option<&str> {
-        v.and_then(Value::as_str).map(crate::finding::clip)
+        v.and_then(Value::as_str).map(crate::domain::finding::clip)
     }
     let kind = text(action.get("actionType"))?;
     let (side, because) = match kind {
@@ -431,7 +431,7 @@ mod tests {
 
     #[test]
     fn the_readme_lists_every_entry_of_the_table() {
-        let readme = include_str!("../README.md");
+        let readme = include_str!("../../README.md");
         for (t, side, _) in TYPE_SIDES {
             let row = readme
                 .lines()

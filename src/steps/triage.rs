@@ -5,13 +5,13 @@
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
+use crate::aws::context::Ctx;
+use crate::aws::{instance, tags};
 use crate::case::Opened;
-use crate::context::Ctx;
+use crate::domain::evidence::{self, Evidence, Side};
+use crate::domain::finding::{self, FindingEvent, NamedTarget, PlannedTarget, Skip, Target};
+use crate::domain::settings::{AutoScalingAction, RoleAction, TriagePolicy};
 use crate::error::Error;
-use crate::evidence::{self, Evidence, Side};
-use crate::finding::{self, FindingEvent, NamedTarget, PlannedTarget, Skip, Target};
-use crate::settings::{AutoScalingAction, RoleAction, TriagePolicy};
-use crate::{instance, tags};
 use futures::{StreamExt, TryStreamExt};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,7 +49,7 @@ pub struct TriageReport {
     pub role_action: RoleAction,
     pub auto_scaling_action: AutoScalingAction,
     /// Which side of the activity the instances are on, and the evidence, in one sentence
-    /// (see [`crate::evidence`]); absent when the finding names no instance.
+    /// (see [`crate::domain::evidence`]); absent when the finding names no instance.
     #[serde(default)]
     pub side: Option<Side>,
     #[serde(default)]
@@ -230,7 +230,7 @@ pub fn host_reason(policy: &TriagePolicy, finding: &finding::Finding) -> Option<
 #[tracing::instrument(skip_all, fields(instance_id = %named.target.instance_id))]
 async fn triage_instance(
     ctx: &Ctx,
-    clients: &crate::context::Clients,
+    clients: &crate::aws::context::Clients,
     named: &NamedTarget,
     in_group: bool,
     updated_at: Option<&str>,
@@ -372,7 +372,7 @@ pub fn policy_reason(
     }
     // A victim (probed, brute-forced, called from a Tor exit node) is reported, not contained,
     // unless the policy says to contain targets too. The side is read from the evidence, not
-    // from GuardDuty's resourceRole label (see crate::evidence).
+    // from GuardDuty's resourceRole label (see crate::domain::evidence).
     if evidence.side == Side::Targeted && !policy.contain_targets {
         return Some(format!(
             "the instance is the target of the activity, not the actor: {}; set ContainTargets to contain targets too",

@@ -12,12 +12,12 @@ use futures::future::join_all;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use crate::aws::context::{Clients, Ctx};
+use crate::aws::{instance, tags};
 use crate::case::Claim;
-use crate::context::{Clients, Ctx};
+use crate::domain::finding::{StepRequest, Target};
+use crate::domain::outcome::Outcome;
 use crate::error::Error;
-use crate::finding::{StepRequest, Target};
-use crate::outcome::Outcome;
-use crate::{instance, tags};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SnapshotReport {
@@ -40,7 +40,7 @@ pub async fn snapshot(
     ctx: &Ctx,
     request: impl Into<StepRequest>,
 ) -> Result<Outcome<SnapshotReport>, Error> {
-    crate::for_target(
+    super::for_target(
         ctx,
         request.into(),
         "snapshot",

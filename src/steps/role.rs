@@ -8,14 +8,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tracing::{info, warn};
 
+use crate::aws::context::{Clients, Ctx};
+use crate::aws::role_policy;
+use crate::aws::{instance, profile};
 use crate::case::{Claim, Previous};
-use crate::context::{Clients, Ctx};
+use crate::domain::finding::{Skip, StepRequest, Target, is_role_name};
+use crate::domain::outcome::{MAX_LISTED, Outcome, Plan, PlannedAction};
+use crate::domain::settings::RoleAction;
 use crate::error::Error;
-use crate::finding::{Skip, StepRequest, Target, is_role_name};
-use crate::outcome::{MAX_LISTED, Outcome, Plan, PlannedAction};
-use crate::role_policy;
-use crate::settings::RoleAction;
-use crate::{instance, now_rfc3339, profile};
+use crate::now_rfc3339;
 
 /// A session deny older than this belongs to an earlier containment: a new one moves its cutoff.
 pub const RENEW_SESSION_DENY_AFTER_SECS: i64 = 30 * 60;
@@ -158,7 +159,7 @@ pub async fn contain_role(
     ctx: &Ctx,
     request: impl Into<StepRequest>,
 ) -> Result<Outcome<RoleReport>, Error> {
-    crate::for_target(ctx, request.into(), "role", |clients, target| async move {
+    super::for_target(ctx, request.into(), "role", |clients, target| async move {
         contain_instance_role(&clients, &target).await
     })
     .await

@@ -13,10 +13,10 @@ use aws_credential_types::Credentials;
 use aws_credential_types::provider::SharedCredentialsProvider;
 use tracing::info;
 
+use crate::domain::finding::{Target, is_role_name};
+use crate::domain::outcome::Plan;
+use crate::domain::settings::Settings;
 use crate::error::Error;
-use crate::finding::{Target, is_role_name};
-use crate::outcome::Plan;
-use crate::settings::Settings;
 
 /// Who the responder may act for, read once at init from the function's environment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

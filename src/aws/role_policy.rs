@@ -88,7 +88,7 @@ mod tests {
 
     #[test]
     fn a_session_deny_gives_its_cutoff_and_only_a_recent_one_stands() {
-        let doc = crate::role::revoke_sessions_document("2026-01-02T03:04:05Z");
+        let doc = crate::steps::role::revoke_sessions_document("2026-01-02T03:04:05Z");
         let encoded =
             percent_encoding::utf8_percent_encode(&doc, percent_encoding::NON_ALPHANUMERIC)
                 .to_string();
@@ -108,10 +108,10 @@ mod tests {
             percent_encoding::utf8_percent_encode(doc, percent_encoding::NON_ALPHANUMERIC)
                 .to_string()
         };
-        assert!(denies_everything(
-            &encode(&crate::role::deny_all_document())
-        ));
-        assert!(denies_everything(&crate::role::deny_all_document()));
+        assert!(denies_everything(&encode(
+            &crate::steps::role::deny_all_document()
+        )));
+        assert!(denies_everything(&crate::steps::role::deny_all_document()));
         for planted in [
             r#"{"Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}"#,
             r#"{"Statement":[{"Effect":"Deny","Action":"*","Resource":"*"},{"Effect":"Allow","Action":"iam:*","Resource":"*"}]}"#,

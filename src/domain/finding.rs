@@ -180,7 +180,7 @@ pub struct Service {
     #[serde(default, deserialize_with = "shown_count")]
     pub count: Option<u64>,
     /// What GuardDuty saw the resource do or undergo; kept as JSON and read leniently by
-    /// [`crate::evidence`], so that an action shape this tool does not know never makes the
+    /// [`crate::domain::evidence`], so that an action shape this tool does not know never makes the
     /// finding unusable.
     #[serde(default)]
     pub action: Option<serde_json::Value>,
@@ -1169,7 +1169,7 @@ mod tests {
     #[test]
     fn the_attack_sequence_sample_names_both_instances_once() {
         let sample: serde_json::Value = serde_json::from_str(include_str!(
-            "../events/attack-sequence-instance-group.json"
+            "../../events/attack-sequence-instance-group.json"
         ))
         .unwrap();
         let n = named(sample);
@@ -1197,7 +1197,7 @@ mod tests {
         let alone = resolve(
             &parse_event(
                 serde_json::from_str(include_str!(
-                    "../events/attack-sequence-instance-group.json"
+                    "../../events/attack-sequence-instance-group.json"
                 ))
                 .unwrap(),
             )
@@ -1345,7 +1345,7 @@ mod tests {
     #[test]
     fn a_planned_target_is_checked_like_a_finding() {
         let good: serde_json::Value =
-            serde_json::from_str(include_str!("../events/instance-backdoor.json")).unwrap();
+            serde_json::from_str(include_str!("../../events/instance-backdoor.json")).unwrap();
         let target = resolve(&parse_event(good).unwrap()).unwrap().unwrap();
         let planned = |t: &Target| json!({"decision": "contain", "target": t, "case": null});
         assert!(matches!(

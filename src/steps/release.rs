@@ -20,17 +20,17 @@ use futures::future::join_all;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use crate::aws::context::{Clients, Ctx};
+use crate::aws::{instance, profile, tags};
 use crate::case::{Case, Previous, Store, is_case_id};
-use crate::context::{Clients, Ctx};
-use crate::deregister::TargetRecord;
+use crate::domain::finding::{Scope, Target, is_instance_id};
+use crate::domain::outcome::Outcome;
 use crate::error::Error;
-use crate::finding::{Scope, Target, is_instance_id};
-use crate::outcome::Outcome;
-use crate::role::{
+use crate::steps::deregister::TargetRecord;
+use crate::steps::role::{
     DENY_ALL_POLICY_NAME, REVOKE_SESSIONS_POLICY_NAME, deny_all_policy_arn,
     revoke_instance_document, revoke_instance_policy_name,
 };
-use crate::{instance, profile, tags};
 
 /// What a person gives the release state machine.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -99,32 +99,32 @@ pub async fn release(ctx: &Ctx, request: &ReleaseRequest) -> Result<Outcome<Rele
     if !is_instance_id(&request.instance_id) {
         return Err(Error::InvalidEvent(format!(
             "{:?} is not an EC2 instance id",
-            crate::finding::clip(&request.instance_id)
+            crate::domain::finding::clip(&request.instance_id)
         )));
     }
     if let Some(id) = request.case_id.as_deref().filter(|id| !is_case_id(id)) {
         return Err(Error::InvalidEvent(format!(
             "{:?} is not a case id",
-            crate::finding::clip(id)
+            crate::domain::finding::clip(id)
         )));
     }
     for (what, value, valid) in [
         (
             "account_id",
             request.account_id.as_deref(),
-            crate::finding::is_account_id as fn(&str) -> bool,
+            crate::domain::finding::is_account_id as fn(&str) -> bool,
         ),
         (
             "region",
             request.region.as_deref(),
-            crate::finding::is_region,
+            crate::domain::finding::is_region,
         ),
         ("partition", request.partition.as_deref(), is_partition),
     ] {
         if let Some(v) = value.filter(|v| !valid(v)) {
             return Err(Error::InvalidEvent(format!(
                 "{what} {:?} is not valid",
-                crate::finding::clip(v)
+                crate::domain::finding::clip(v)
             )));
         }
     }
@@ -644,7 +644,7 @@ async fn date_instance_deny(
 ) -> Result<(), Error> {
     let iam = &clients.iam;
     let name = revoke_instance_policy_name(&target.instance_id);
-    if crate::role_policy::inline_policy(iam, role_name, &name)
+    if crate::aws::role_policy::inline_policy(iam, role_name, &name)
         .await?
         .is_none()
     {

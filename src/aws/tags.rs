@@ -5,8 +5,8 @@
 
 use aws_sdk_ec2::types::Tag;
 
+use crate::domain::outcome::Plan;
 use crate::error::Error;
-use crate::outcome::Plan;
 
 pub const PREFIX: &str = "ec2-quarantine:";
 

@@ -166,11 +166,11 @@ impl Settings {
             Some(s) => s
                 .parse::<usize>()
                 .ok()
-                .filter(|v| (1..=crate::finding::MAX_NAMED_INSTANCES).contains(v))
+                .filter(|v| (1..=crate::domain::finding::MAX_NAMED_INSTANCES).contains(v))
                 .ok_or_else(|| {
                     Error::Misconfigured(format!(
                         "MAX_INSTANCES_PER_FINDING {s:?} is not a whole number from 1 to {}",
-                        crate::finding::MAX_NAMED_INSTANCES
+                        crate::domain::finding::MAX_NAMED_INSTANCES
                     ))
                 })?,
         };

@@ -10,13 +10,13 @@ use futures::{StreamExt, stream};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use crate::aws::context::{Clients, Ctx};
+use crate::aws::instance;
 use crate::case::Previous;
-use crate::context::{Clients, Ctx};
+use crate::domain::finding::{StepRequest, Target};
+use crate::domain::outcome::{MAX_LISTED, Outcome, PlannedAction};
+use crate::domain::settings::AutoScalingAction;
 use crate::error::Error;
-use crate::finding::{StepRequest, Target};
-use crate::instance;
-use crate::outcome::{MAX_LISTED, Outcome, PlannedAction};
-use crate::settings::AutoScalingAction;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeregisterReport {
@@ -78,7 +78,7 @@ pub async fn deregister(
     ctx: &Ctx,
     request: impl Into<StepRequest>,
 ) -> Result<Outcome<DeregisterReport>, Error> {
-    crate::for_target(
+    super::for_target(
         ctx,
         request.into(),
         "deregister",

@@ -2,8 +2,8 @@
 
 use aws_sdk_ec2::types::{Instance, InstanceStateName};
 
+use crate::domain::finding::Target;
 use crate::error::Error;
-use crate::finding::Target;
 
 /// Describes the target instance; an instance EC2 does not know is [`Error::InstanceNotFound`].
 pub async fn describe(ec2: &aws_sdk_ec2::Client, target: &Target) -> Result<Instance, Error> {

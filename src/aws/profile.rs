@@ -3,7 +3,7 @@
 use aws_sdk_ec2::types::{Filter, IamInstanceProfileAssociation};
 
 use crate::error::Error;
-use crate::role::QUARANTINE_PROFILE_NAME;
+use crate::steps::role::QUARANTINE_PROFILE_NAME;
 
 /// The instance's current (associated) instance profile association, if it has one.
 pub async fn association(

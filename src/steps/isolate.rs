@@ -17,12 +17,12 @@ use serde::{Deserialize, Serialize};
 use tokio::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
+use crate::aws::context::{Clients, Ctx};
+use crate::aws::{instance, tags};
 use crate::case::Previous;
-use crate::context::{Clients, Ctx};
+use crate::domain::finding::{StepRequest, Target};
+use crate::domain::outcome::{Outcome, Plan, PlannedAction};
 use crate::error::Error;
-use crate::finding::{StepRequest, Target};
-use crate::outcome::{Outcome, Plan, PlannedAction};
-use crate::{instance, tags};
 
 /// The name of the tool's quarantine group in each VPC (names are unique per VPC).
 pub const QUARANTINE_GROUP_NAME: &str = "ec2-quarantine-isolation";
@@ -119,7 +119,7 @@ pub async fn isolate_until(
     request: impl Into<StepRequest>,
     deadline: Option<Instant>,
 ) -> Result<Outcome<IsolateReport>, Error> {
-    crate::for_target(
+    super::for_target(
         ctx,
         request.into(),
         "isolate",

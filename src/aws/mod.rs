@@ -1,0 +1,7 @@
+//! The AWS pieces the steps share.
+
+pub mod context;
+pub mod instance;
+pub mod profile;
+pub mod role_policy;
+pub mod tags;

@@ -1,0 +1,6 @@
+//! What the responder reasons about, decided without calling AWS.
+
+pub mod evidence;
+pub mod finding;
+pub mod outcome;
+pub mod settings;
