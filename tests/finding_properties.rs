@@ -1,7 +1,7 @@
 //! The finding parser, target resolution and message rendering never panic, whatever the input,
 //! and a resolved target only carries values safe to put in AWS requests.
 
-use ec2_quarantine::domain::finding::{is_instance_id, parse_event, resolve, targets};
+use ec2_quarantine::domain::finding::{Resolution, is_instance_id, parse_event, resolve, targets};
 use ec2_quarantine::steps::notify::{MAX_SUBJECT_CHARS, NotifyInput, render};
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -124,7 +124,7 @@ proptest! {
     fn every_instance_of_any_attack_sequence_is_valid_and_named_in_it(event in sequence_like()) {
         let text = event.to_string();
         let parsed = parse_event(event.clone()).unwrap();
-        if let Ok(Ok(named)) = targets(&parsed) {
+        if let Ok(Resolution::Contain(named)) = targets(&parsed) {
             let mut seen = std::collections::BTreeSet::new();
             for n in &named.targets {
                 prop_assert!(n.target.check().is_ok(), "{:?}", n.target);
@@ -141,7 +141,7 @@ proptest! {
     #[test]
     fn resolving_any_finding_shaped_event_never_panics(event in finding_like()) {
         if let Ok(parsed) = parse_event(event.clone())
-            && let Ok(Ok(target)) = resolve(&parsed)
+            && let Ok(Resolution::Contain(target)) = resolve(&parsed)
         {
             prop_assert!(is_instance_id(&target.instance_id));
             prop_assert_eq!(target.scope.account_id.len(), 12);

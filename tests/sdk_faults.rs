@@ -58,7 +58,7 @@ fn target() -> Target {
         }
     }))
     .unwrap();
-    resolve(&event).unwrap().unwrap()
+    resolve(&event).unwrap().contain().unwrap()
 }
 
 fn denied(code: &str) -> ErrorMetadata {

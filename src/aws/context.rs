@@ -13,7 +13,7 @@ use aws_credential_types::Credentials;
 use aws_credential_types::provider::SharedCredentialsProvider;
 use tracing::info;
 
-use crate::domain::finding::{Target, is_role_name};
+use crate::domain::finding::{Scope, is_role_name};
 use crate::domain::outcome::Plan;
 use crate::domain::settings::Settings;
 use crate::error::Error;
@@ -250,28 +250,32 @@ impl Ctx {
         &self.org
     }
 
-    /// Clients for the target's account and region: the function's own credentials in its own
-    /// account, the member role's in a member account (the caller checks `org().refusal` first).
-    pub async fn clients(&self, target: &Target) -> Result<Clients, Error> {
-        let scope = &target.scope;
+    /// Clients for an account and region: the function's own credentials in its own account,
+    /// the member role's in a member account (the caller checks `org().refusal` first), in a
+    /// session named after what the clients act on (`on_behalf_of`: the finding, or the release),
+    /// as the member account's CloudTrail shows it.
+    pub async fn clients(&self, scope: &Scope, on_behalf_of: &str) -> Result<Clients, Error> {
         let mut config = self.config.to_builder();
         config.set_region(Some(Region::new(scope.region.clone())));
         if !self.org.is_own(&scope.account_id) {
-            let credentials = self.assume_member_role(target).await?;
+            let credentials = self.assume_member_role(scope, on_behalf_of).await?;
             config.set_credentials_provider(Some(SharedCredentialsProvider::new(credentials)));
         }
         Ok(Clients::new(&config.build(), self.settings.clone()))
     }
 
-    async fn assume_member_role(&self, target: &Target) -> Result<Credentials, Error> {
-        let scope = &target.scope;
+    async fn assume_member_role(
+        &self,
+        scope: &Scope,
+        on_behalf_of: &str,
+    ) -> Result<Credentials, Error> {
         let role_name = self.org.member_role_name.as_deref().unwrap_or_default();
         let role_arn = format!(
             "arn:{}:iam::{}:role/{role_name}",
             scope.partition, scope.account_id
         );
         // The session name shows in the member account's CloudTrail: it names the finding.
-        let session: String = format!("ec2-quarantine-{}", target.finding_id)
+        let session: String = format!("ec2-quarantine-{on_behalf_of}")
             .chars()
             .take(64)
             .collect();

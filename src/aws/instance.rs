@@ -2,19 +2,24 @@
 
 use aws_sdk_ec2::types::{Instance, InstanceStateName};
 
-use crate::domain::finding::Target;
+use crate::domain::finding::Scope;
 use crate::error::Error;
 
-/// Describes the target instance; an instance EC2 does not know is [`Error::InstanceNotFound`].
-pub async fn describe(ec2: &aws_sdk_ec2::Client, target: &Target) -> Result<Instance, Error> {
+/// Describes the instance (in the account and region `ec2` is for, which `scope` names); an
+/// instance EC2 does not know is [`Error::InstanceNotFound`].
+pub async fn describe(
+    ec2: &aws_sdk_ec2::Client,
+    scope: &Scope,
+    instance_id: &str,
+) -> Result<Instance, Error> {
     let not_found = || Error::InstanceNotFound {
-        instance_id: target.instance_id.clone(),
-        account_id: target.scope.account_id.clone(),
-        region: target.scope.region.clone(),
+        instance_id: instance_id.to_owned(),
+        account_id: scope.account_id.clone(),
+        region: scope.region.clone(),
     };
     let out = ec2
         .describe_instances()
-        .instance_ids(&target.instance_id)
+        .instance_ids(instance_id)
         .send()
         .await
         .map_err(|e| {
@@ -27,7 +32,7 @@ pub async fn describe(ec2: &aws_sdk_ec2::Client, target: &Target) -> Result<Inst
     out.reservations()
         .iter()
         .flat_map(|r| r.instances())
-        .find(|i| i.instance_id() == Some(target.instance_id.as_str()))
+        .find(|i| i.instance_id() == Some(instance_id))
         .cloned()
         .ok_or_else(not_found)
 }

@@ -70,7 +70,6 @@ pub fn parse_step_request(payload: serde_json::Value) -> Result<StepRequest, Err
     if payload.get("target").is_some() && payload.get("detail").is_none() {
         let planned: PlannedTarget = serde_json::from_value(payload)
             .map_err(|e| Error::InvalidEvent(format!("not a planned target: {e}")))?;
-        planned.target.check()?;
         return Ok(StepRequest::Planned(planned));
     }
     parse_event(payload).map(StepRequest::from)
@@ -301,8 +300,11 @@ pub struct Scope {
     pub partition: String,
 }
 
-/// The instance (and role) a finding asks us to contain.
+/// The instance (and role) a finding asks us to contain. A target read from a payload (a step's
+/// planned target, triage's plan in notify's input) is checked as it is read ([`Target::check`]):
+/// its values reach AWS requests.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "UncheckedTarget")]
 pub struct Target {
     pub finding_id: String,
     pub finding_type: String,
@@ -317,6 +319,56 @@ pub struct Target {
     /// them): a hint to look the quarantine groups up early, never trusted for a change.
     #[serde(default)]
     pub vpc_ids: Vec<String>,
+}
+
+/// A target as a payload carries it, before its values are checked.
+#[derive(Deserialize)]
+struct UncheckedTarget {
+    finding_id: String,
+    finding_type: String,
+    severity: f64,
+    scope: Scope,
+    instance_id: String,
+    role_name: Option<String>,
+    instance_profile_arn: Option<String>,
+    #[serde(default)]
+    vpc_ids: Vec<String>,
+}
+
+impl TryFrom<UncheckedTarget> for Target {
+    type Error = Error;
+
+    fn try_from(u: UncheckedTarget) -> Result<Self, Error> {
+        let target = Target {
+            finding_id: u.finding_id,
+            finding_type: u.finding_type,
+            severity: u.severity,
+            scope: u.scope,
+            instance_id: u.instance_id,
+            role_name: u.role_name,
+            instance_profile_arn: u.instance_profile_arn,
+            vpc_ids: u.vpc_ids,
+        };
+        target.check()?;
+        Ok(target)
+    }
+}
+
+/// One instance in one account and region, with nothing of a finding: what a release names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceRef {
+    pub scope: Scope,
+    pub instance_id: String,
+}
+
+impl InstanceRef {
+    /// The instance's ARN, as `ec2:SourceInstanceARN` names it.
+    pub fn instance_arn(&self) -> String {
+        format!(
+            "arn:{}:ec2:{}:{}:instance/{}",
+            self.scope.partition, self.scope.region, self.scope.account_id, self.instance_id
+        )
+    }
 }
 
 impl Target {
@@ -378,9 +430,25 @@ impl Target {
     }
 }
 
-/// A finding that is well formed but names nothing this tool can contain.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Skip(pub String);
+/// What a well-formed finding resolves to: something to contain, or nothing, with the reason.
+/// (An event that is not a usable finding at all is an [`Error`] instead.)
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resolution<T> {
+    /// Contain this: the finding's target, the instances it names, the role of the instance.
+    Contain(T),
+    /// The finding is well formed but names nothing this tool can contain; the reason says why.
+    Skip(String),
+}
+
+impl<T> Resolution<T> {
+    /// What to contain, if anything.
+    pub fn contain(self) -> Option<T> {
+        match self {
+            Resolution::Contain(value) => Some(value),
+            Resolution::Skip(_) => None,
+        }
+    }
+}
 
 /// Reads a Lambda payload as a GuardDuty finding event.
 pub fn parse_event(payload: serde_json::Value) -> Result<FindingEvent, Error> {
@@ -429,7 +497,7 @@ struct Header {
 
 /// Checks the envelope and the finding's identity, account, region and partition, and refuses
 /// samples and archived findings.
-fn header(event: &FindingEvent) -> Result<Result<Header, Skip>, Error> {
+fn header(event: &FindingEvent) -> Result<Resolution<Header>, Error> {
     if event.source != GUARDDUTY_SOURCE || event.detail_type != GUARDDUTY_DETAIL_TYPE {
         return Err(Error::InvalidEvent(format!(
             "expected source {GUARDDUTY_SOURCE:?} and detail-type {GUARDDUTY_DETAIL_TYPE:?}, got {:?} and {:?}",
@@ -478,17 +546,17 @@ fn header(event: &FindingEvent) -> Result<Result<Header, Skip>, Error> {
         )));
     }
     if finding.is_sample()? {
-        return Ok(Err(Skip(
+        return Ok(Resolution::Skip(
             "this is a GuardDuty sample finding (CreateSampleFindings): nothing is contained"
                 .into(),
-        )));
+        ));
     }
     if finding.service.as_ref().and_then(|s| s.archived) == Some(true) {
-        return Ok(Err(Skip(
+        return Ok(Resolution::Skip(
             "the finding is archived (suppressed or closed in GuardDuty)".into(),
-        )));
+        ));
     }
-    Ok(Ok(Header {
+    Ok(Resolution::Contain(Header {
         finding_id,
         finding_type: printable(
             finding
@@ -526,21 +594,21 @@ impl Header {
 /// to plan ([`targets`], in triage); a step alone skips it with the reason.
 ///
 /// `Err` is an event that is not a usable GuardDuty finding at all (a named, final error);
-/// `Ok(Err(skip))` is a finding that names no one EC2 instance, with the reason.
-pub fn resolve(event: &FindingEvent) -> Result<Result<Target, Skip>, Error> {
+/// `Ok(Resolution::Skip(reason))` is a finding that names no one EC2 instance, with the reason.
+pub fn resolve(event: &FindingEvent) -> Result<Resolution<Target>, Error> {
     let named = match targets(event)? {
-        Ok(named) => named,
-        Err(skip) => return Ok(Err(skip)),
+        Resolution::Contain(named) => named,
+        Resolution::Skip(reason) => return Ok(Resolution::Skip(reason)),
     };
     let nothing = named.nothing_named();
     let count = named.instances_named;
     let mut found = named.targets.into_iter();
     match (found.next(), found.next()) {
-        (Some(one), None) => Ok(Ok(one.target)),
-        (None, _) => Ok(Err(Skip(nothing))),
-        (Some(_), Some(_)) => Ok(Err(Skip(format!(
+        (Some(one), None) => Ok(Resolution::Contain(one.target)),
+        (None, _) => Ok(Resolution::Skip(nothing)),
+        (Some(_), Some(_)) => Ok(Resolution::Skip(format!(
             "the finding names {count} instances: the containment workflow contains each one (triage plans them); a step invoked alone contains one instance"
-        )))),
+        ))),
     }
 }
 
@@ -579,24 +647,24 @@ impl Named {
 
 /// Every instance a finding event names, validated, with how the finding names each.
 ///
-/// `Err` is an event that is not a usable GuardDuty finding at all; `Ok(Err(skip))` a finding
+/// `Err` is an event that is not a usable GuardDuty finding at all; `Ok(Resolution::Skip(reason))` a finding
 /// that is not acted on as a whole (a sample, archived, no resource).
-pub fn targets(event: &FindingEvent) -> Result<Result<Named, Skip>, Error> {
+pub fn targets(event: &FindingEvent) -> Result<Resolution<Named>, Error> {
     let header = match header(event)? {
-        Ok(header) => header,
-        Err(skip) => return Ok(Err(skip)),
+        Resolution::Contain(header) => header,
+        Resolution::Skip(reason) => return Ok(Resolution::Skip(reason)),
     };
     let finding = &event.detail;
     let Some(resource) = finding.resource.as_ref() else {
-        return Ok(Err(Skip("the finding names no resource".into())));
+        return Ok(Resolution::Skip("the finding names no resource".into()));
     };
     let resource_type = resource.resource_type.as_deref().unwrap_or("");
     let mut named = Named::default();
     match resource_type {
         "" => {
-            return Ok(Err(Skip(
+            return Ok(Resolution::Skip(
                 "the finding's resource has no resourceType".into(),
-            )));
+            ));
         }
         "AccessKey" => {
             let details = resource.access_key_details.as_ref();
@@ -607,10 +675,10 @@ pub fn targets(event: &FindingEvent) -> Result<Result<Named, Skip>, Error> {
             // the instance it hands the credentials to.
             let session = principal.rsplit_once(':').map(|(_, s)| s).unwrap_or("");
             if !is_instance_id(session) {
-                return Ok(Err(Skip(format!(
+                return Ok(Resolution::Skip(format!(
                     "the AccessKey finding's principal {:?} is not an EC2 instance role session",
                     clip(principal)
-                ))));
+                )));
             }
             let mut target = header.target(session);
             target.role_name = details
@@ -625,25 +693,25 @@ pub fn targets(event: &FindingEvent) -> Result<Result<Named, Skip>, Error> {
         "AttackSequence" => {
             sequence_targets(&header, finding, &mut named);
             if named.targets.is_empty() {
-                return Ok(Err(Skip(named.nothing_named())));
+                return Ok(Resolution::Skip(named.nothing_named()));
             }
         }
         kind if INSTANCE_RESOURCE_TYPES.contains(&kind) => {
             let details = resource.instance_details.as_ref();
             let Some(id) = details.and_then(|d| d.instance_id.as_deref()) else {
-                return Ok(Err(Skip(if kind == "Instance" {
+                return Ok(Resolution::Skip(if kind == "Instance" {
                     "the Instance finding carries no instanceDetails.instanceId".to_owned()
                 } else {
                     format!(
                         "resource type {kind:?} names no EC2 instance to contain (no instanceDetails: a Fargate workload, or the cluster itself)"
                     )
-                })));
+                }));
             };
             if !is_instance_id(id) {
-                return Ok(Err(Skip(format!(
+                return Ok(Resolution::Skip(format!(
                     "instanceDetails.instanceId {:?} is not an EC2 instance id",
                     clip(id)
-                ))));
+                )));
             }
             let mut target = header.target(id);
             target.instance_profile_arn = details
@@ -673,13 +741,13 @@ pub fn targets(event: &FindingEvent) -> Result<Result<Named, Skip>, Error> {
             named.add(target, named_as);
         }
         other => {
-            return Ok(Err(Skip(format!(
+            return Ok(Resolution::Skip(format!(
                 "resource type {:?} names no EC2 instance to contain",
                 clip(other)
-            ))));
+            )));
         }
     }
-    Ok(Ok(named))
+    Ok(Resolution::Contain(named))
 }
 
 /// The resources of an attack sequence whose `ec2InstanceUids` GuardDuty documents as "the
@@ -942,7 +1010,7 @@ mod tests {
         })
     }
 
-    fn resolve_json(v: serde_json::Value) -> Result<Result<Target, Skip>, Error> {
+    fn resolve_json(v: serde_json::Value) -> Result<Resolution<Target>, Error> {
         resolve(&parse_event(v)?)
     }
 
@@ -957,6 +1025,7 @@ mod tests {
                 "userType": "AssumedRole"}}
         })))
         .unwrap()
+        .contain()
         .unwrap();
         assert_eq!(t.instance_id, "i-0123456789abcdef0");
         assert_eq!(t.role_name.as_deref(), Some("web-role"));
@@ -974,6 +1043,7 @@ mod tests {
                 "iamInstanceProfile": {"arn": "arn:aws:iam::123456789012:instance-profile/web", "id": "AIPA"}}}
         })))
         .unwrap()
+        .contain()
         .unwrap();
         assert_eq!(t.instance_id, "i-99999999");
         assert_eq!(t.role_name, None);
@@ -1002,7 +1072,7 @@ mod tests {
                 ]}}
         })));
         // a malformed entry is not a malformed finding: the hint is optional
-        let t = t.unwrap().unwrap();
+        let t = t.unwrap().contain().unwrap();
         assert_eq!(t.vpc_ids, ["vpc-0123456789abcdef0", "vpc-11111111"]);
         let t = resolve_json(event(json!({
             "id": "f4", "type": "Backdoor:EC2/C&CActivity.B", "severity": 5.0,
@@ -1010,6 +1080,7 @@ mod tests {
                 "instanceId": "i-99999999", "networkInterfaces": "not a list"}}
         })))
         .unwrap()
+        .contain()
         .unwrap();
         assert!(t.vpc_ids.is_empty());
     }
@@ -1052,8 +1123,8 @@ mod tests {
         for (detail, want) in cases {
             let got = resolve_json(event(detail.clone())).unwrap();
             match got {
-                Err(Skip(reason)) => assert!(reason.contains(want), "{detail}: {reason}"),
-                Ok(t) => panic!("{detail} resolved to {t:?}"),
+                Resolution::Skip(reason) => assert!(reason.contains(want), "{detail}: {reason}"),
+                Resolution::Contain(t) => panic!("{detail} resolved to {t:?}"),
             }
         }
     }
@@ -1089,6 +1160,7 @@ mod tests {
                 "instanceDetails": {"instanceId": "i-0123456789abcdef0", "iamInstanceProfile": null}}
         })))
         .unwrap()
+        .contain()
         .unwrap();
         assert_eq!(t.finding_type, "unknown");
         assert_eq!(t.severity, 0.0);
@@ -1132,12 +1204,12 @@ mod tests {
         let sample = resolve_json(event(json!({"id": "f", "resource": instance.clone(),
             "service": {"additionalInfo": {"value": "{\"sample\":true}", "type": "default"}}})))
         .unwrap();
-        assert!(matches!(sample, Err(Skip(r)) if r.contains("sample finding")));
+        assert!(matches!(sample, Resolution::Skip(r) if r.contains("sample finding")));
         let archived = resolve_json(event(
             json!({"id": "f", "resource": instance, "service": {"archived": true}}),
         ))
         .unwrap();
-        assert!(matches!(archived, Err(Skip(r)) if r.contains("archived")));
+        assert!(matches!(archived, Resolution::Skip(r) if r.contains("archived")));
     }
 
     fn sequence(resources: serde_json::Value) -> serde_json::Value {
@@ -1156,7 +1228,10 @@ mod tests {
     }
 
     fn named(v: serde_json::Value) -> Named {
-        targets(&parse_event(v).unwrap()).unwrap().unwrap()
+        targets(&parse_event(v).unwrap())
+            .unwrap()
+            .contain()
+            .unwrap()
     }
 
     fn ids(n: &Named) -> Vec<&str> {
@@ -1204,7 +1279,7 @@ mod tests {
             .unwrap(),
         )
         .unwrap();
-        assert!(matches!(alone, Err(Skip(r)) if r.contains("names 2 instances")));
+        assert!(matches!(alone, Resolution::Skip(r) if r.contains("names 2 instances")));
     }
 
     #[test]
@@ -1242,14 +1317,14 @@ mod tests {
         for resources in [json!([]), json!(null), json!("x")] {
             let got = targets(&parse_event(sequence(resources.clone())).unwrap()).unwrap();
             assert!(
-                matches!(&got, Err(Skip(r)) if r.contains("lists no resources")),
+                matches!(&got, Resolution::Skip(r) if r.contains("lists no resources")),
                 "{resources}: {got:?}"
             );
         }
         let others = json!([{"resourceType": "S3_BUCKET", "uid": "b"}, 7, null]);
         let got = targets(&parse_event(sequence(others)).unwrap()).unwrap();
         assert!(
-            matches!(&got, Err(Skip(r)) if r.contains("not an EC2 instance")),
+            matches!(&got, Resolution::Skip(r) if r.contains("not an EC2 instance")),
             "{got:?}"
         );
         // One.
@@ -1280,7 +1355,7 @@ mod tests {
             .collect();
         let got = targets(&parse_event(sequence(json!(more))).unwrap()).unwrap();
         assert!(
-            matches!(&got, Err(Skip(r)) if r.contains("only the first 1000")),
+            matches!(&got, Resolution::Skip(r) if r.contains("only the first 1000")),
             "{got:?}"
         );
         // Repeated ids: once.
@@ -1336,7 +1411,7 @@ mod tests {
                 "resource": {"resourceType": kind, "ecsClusterDetails": {"taskDetails": {"launchType": "FARGATE"}}}
             }))).unwrap()).unwrap();
             assert!(
-                matches!(&fargate, Err(Skip(r)) if r.contains("names no EC2 instance")),
+                matches!(&fargate, Resolution::Skip(r) if r.contains("names no EC2 instance")),
                 "{kind}: {fargate:?}"
             );
         }
@@ -1346,7 +1421,10 @@ mod tests {
     fn a_planned_target_is_checked_like_a_finding() {
         let good: serde_json::Value =
             serde_json::from_str(include_str!("../../events/instance-backdoor.json")).unwrap();
-        let target = resolve(&parse_event(good).unwrap()).unwrap().unwrap();
+        let target = resolve(&parse_event(good).unwrap())
+            .unwrap()
+            .contain()
+            .unwrap();
         let planned = |t: &Target| json!({"decision": "contain", "target": t, "case": null});
         assert!(matches!(
             parse_step_request(planned(&target)),

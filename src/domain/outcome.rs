@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::Error;
+
 /// The most items of one list (target groups, other instances, snapshots) that a step's output
 /// and the notification carry; the total is reported beside it. Step Functions refuses any state
 /// input or output over 256 KiB and SNS any message over 256 KiB, and a list that grows with
@@ -158,5 +160,103 @@ impl Plan {
             .map(|mut a| std::mem::take(&mut *a))
             .unwrap_or_default();
         Outcome::DryRun { actions }
+    }
+}
+
+/// What a step's actions came to, recorded as each one ends: the lines of what was done, the
+/// actions that failed (each with its error), and warnings (something the step did not need, such
+/// as a record, that could not be had). Every step keeps one, so that a failure is never lost
+/// between one action and the step's answer: it finishes into the warnings of its report when
+/// nothing failed, or else into its named error ([`Error::Incomplete`]) listing both.
+#[derive(Debug)]
+pub struct Tally {
+    step: &'static str,
+    instance_id: String,
+    done: Vec<String>,
+    failed: Vec<(String, Error)>,
+    warnings: Vec<String>,
+}
+
+impl Tally {
+    /// An empty tally for `step` (as the error names it: "isolation", "role containment") on
+    /// one instance.
+    pub fn new(step: &'static str, instance_id: &str) -> Tally {
+        Tally {
+            step,
+            instance_id: instance_id.to_owned(),
+            done: Vec::new(),
+            failed: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    /// An action that was done, in a line the report and the case show.
+    pub fn done(&mut self, line: impl Into<String>) {
+        self.done.push(line.into());
+    }
+
+    /// An action that failed, with what it was.
+    pub fn failed(&mut self, what: impl Into<String>, err: Error) {
+        self.failed.push((what.into(), err));
+    }
+
+    /// A warning for the report: the step's work stands.
+    pub fn warn(&mut self, warning: impl Into<String>) {
+        self.warnings.push(warning.into());
+    }
+
+    /// Records one action's result: its value when it succeeded; its failure (as `what`)
+    /// otherwise.
+    pub fn check<T>(&mut self, what: impl Into<String>, result: Result<T, Error>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(err) => {
+                self.failed(what, err);
+                None
+            }
+        }
+    }
+
+    /// Takes another tally's lines (a part of the step that kept its own) into this one.
+    pub fn absorb(&mut self, other: Tally) {
+        self.done.extend(other.done);
+        self.failed.extend(other.failed);
+        self.warnings.extend(other.warnings);
+    }
+
+    pub fn has_failed(&self) -> bool {
+        !self.failed.is_empty()
+    }
+
+    /// The lines of what was done, so far.
+    pub fn done_lines(&self) -> &[String] {
+        &self.done
+    }
+
+    /// Each failure as one line, "what: error".
+    pub fn failure_lines(&self) -> Vec<String> {
+        self.failed
+            .iter()
+            .map(|(what, err)| format!("{what}: {err}"))
+            .collect()
+    }
+
+    /// The step's answer: its warnings when every action succeeded; otherwise its
+    /// [`Error::Incomplete`], each failure logged, the warnings listed after what was done.
+    pub fn finish(self) -> Result<Vec<String>, Error> {
+        if self.failed.is_empty() {
+            return Ok(self.warnings);
+        }
+        for (what, err) in &self.failed {
+            tracing::warn!(step = self.step, what, error = %err, "action failed");
+        }
+        let mut done = self.done;
+        done.extend(self.warnings.into_iter().map(|w| format!("warning: {w}")));
+        Err(Error::Incomplete {
+            step: self.step,
+            instance_id: self.instance_id,
+            done,
+            failed: self.failed,
+        })
     }
 }

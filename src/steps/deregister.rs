@@ -14,7 +14,7 @@ use crate::aws::context::{Clients, Ctx};
 use crate::aws::instance;
 use crate::case::Previous;
 use crate::domain::finding::{StepRequest, Target};
-use crate::domain::outcome::{MAX_LISTED, Outcome, PlannedAction};
+use crate::domain::outcome::{MAX_LISTED, Outcome, Plan, PlannedAction, Tally};
 use crate::domain::settings::AutoScalingAction;
 use crate::error::Error;
 
@@ -92,153 +92,208 @@ pub async fn deregister_instance(
     clients: &Clients,
     target: &Target,
 ) -> Result<Outcome<DeregisterReport>, Error> {
-    let id = target.instance_id.as_str();
-    // The instance and its Auto Scaling group are what the step needs to act; a load balancer
-    // lookup that fails is reported and never holds the group's Standby or detach back.
-    let (inst, group, targets, classic) = futures::join!(
-        instance::describe(&clients.ec2, target),
-        auto_scaling_group(clients, id),
-        registered_targets(clients),
-        classic_load_balancers(clients, id),
-    );
-    let (inst, group) = (inst?, group?);
-    if let Some(reason) = instance::gone_reason(&inst) {
+    let mut tally = Tally::new("out of service", &target.instance_id);
+    let service = Box::pin(find_service(clients, target, &mut tally)).await?;
+    if let Some(reason) = instance::gone_reason(&service.instance) {
         return Ok(Outcome::skipped(reason));
     }
-    let mut failed = Vec::new();
-    let mut warnings = Vec::new();
-    let targets = match targets {
-        Ok((found, lookup_failures)) => {
-            failed.extend(lookup_failures);
-            let (own, elsewhere) = instance_targets(&inst, found);
-            warnings.extend(elsewhere.iter().take(MAX_LISTED).map(|t| {
-                format!(
-                    "{} is registered in {}, a target group of another VPC: most likely another server with the same address, so it was left registered; deregister it by hand if it is this instance (reached through a peering)",
-                    t.target_id, t.target_group_arn
-                )
-            }));
-            own
-        }
-        Err(err) => {
-            failed.push(("target group lookup".to_owned(), err));
-            Vec::new()
-        }
-    };
-    let classic = classic.unwrap_or_else(|err| {
-        failed.push(("Classic Load Balancer lookup".to_owned(), err));
-        Vec::new()
-    });
     let action = clients.settings.auto_scaling_action;
-    let plan = clients.plan();
-
-    if let Some(plan) = plan {
-        if let Some((name, state)) = &group
-            && action != AutoScalingAction::None
-            && state == "InService"
-        {
-            let call = match action {
-                AutoScalingAction::Detach => "autoscaling:DetachInstances",
-                _ => "autoscaling:EnterStandby",
-            };
-            let detail = "without a replacement where the group's minimum size allows";
-            plan.add(PlannedAction::unchecked(call, name, detail));
-        }
-        for t in &targets {
-            plan.add(PlannedAction::unchecked(
-                "elasticloadbalancing:DeregisterTargets",
-                &t.target_group_arn,
-                format!("target {} port {:?}", t.target_id, t.port),
-            ));
-        }
-        for lb in &classic {
-            plan.add(PlannedAction::unchecked(
-                "elasticloadbalancing:DeregisterInstancesFromLoadBalancer",
-                lb,
-                id,
-            ));
-        }
+    if let Some(plan) = clients.plan() {
+        plan_leaving(plan, &service, action);
         return Ok(plan.outcome());
     }
     // Act first, record afterwards: a record that cannot be written never holds the instance
     // in service.
-    let (asg, deregistered, left) = futures::join!(
-        leave_group(clients, &inst, group, action),
-        stream::iter(targets.iter().map(|t| deregister_target(clients, t)))
-            .buffered(CONCURRENT_CALLS)
-            .collect::<Vec<_>>(),
-        stream::iter(classic.iter().map(|lb| leave_classic(clients, lb, id)))
-            .buffered(CONCURRENT_CALLS)
-            .collect::<Vec<_>>(),
-    );
+    let left = Box::pin(leave_service(clients, &service, action, &mut tally)).await;
+    Box::pin(record_left(clients, &left, &mut tally)).await;
+    report(&target.instance_id, left, tally)
+}
 
-    let mut done = Vec::new();
-    let auto_scaling = match asg {
-        Ok(change) => change,
-        Err(err) => {
-            failed.push(("Auto Scaling group".to_owned(), err));
-            None
-        }
-    };
-    let mut left_targets = Vec::new();
-    for (t, result) in targets.iter().zip(deregistered) {
-        match result {
-            Ok(()) => {
-                done.push(format!(
-                    "{} deregistered from {}",
+/// What keeps the instance in service: its Auto Scaling group and the load balancers that send
+/// it traffic.
+struct InService {
+    instance: Instance,
+    /// The group's name and the instance's lifecycle state in it.
+    group: Option<(String, String)>,
+    targets: Vec<TargetRecord>,
+    classic: Vec<String>,
+}
+
+/// What this run took the instance out of.
+struct Left {
+    auto_scaling: Option<AutoScalingChange>,
+    targets: Vec<TargetRecord>,
+    classic: Vec<String>,
+}
+
+/// Reads what keeps the instance in service. The instance and its Auto Scaling group are what
+/// the step needs to act; a load balancer lookup that fails is tallied and never holds the
+/// group's Standby or detach back.
+async fn find_service(
+    clients: &Clients,
+    target: &Target,
+    tally: &mut Tally,
+) -> Result<InService, Error> {
+    let id = target.instance_id.as_str();
+    let (inst, group, targets, classic) = futures::join!(
+        instance::describe(&clients.ec2, &target.scope, &target.instance_id),
+        auto_scaling_group(clients, id),
+        registered_targets(clients),
+        classic_load_balancers(clients, id),
+    );
+    let (instance, group) = (inst?, group?);
+    let targets = match tally.check("target group lookup", targets) {
+        Some((found, lookup_failures)) => {
+            for (what, err) in lookup_failures {
+                tally.failed(what, err);
+            }
+            let (own, elsewhere) = instance_targets(&instance, found);
+            for t in elsewhere.iter().take(MAX_LISTED) {
+                tally.warn(format!(
+                    "{} is registered in {}, a target group of another VPC: most likely another server with the same address, so it was left registered; deregister it by hand if it is this instance (reached through a peering)",
                     t.target_id, t.target_group_arn
                 ));
-                left_targets.push(t.clone());
             }
-            Err(err) => failed.push((format!("target group {}", t.target_group_arn), err)),
+            own
         }
-    }
-    let mut left_classic = Vec::new();
-    for (lb, result) in classic.iter().zip(left) {
-        match result {
-            Ok(()) => {
-                done.push(format!("deregistered from {lb}"));
-                left_classic.push(lb.clone());
-            }
-            Err(err) => failed.push((format!("classic load balancer {lb}"), err)),
-        }
-    }
-    let record = record(&left_targets, &left_classic, auto_scaling.as_ref());
-    if !record.is_empty() {
-        let written = match &clients.case {
-            Some(case) => Box::pin(case.remember_all(&record)).await.map(|_| ()),
-            None => Err(Error::Misconfigured(
-                clients.case_unavailable.clone().unwrap_or_default(),
-            )),
+        None => Vec::new(),
+    };
+    let classic = tally
+        .check("Classic Load Balancer lookup", classic)
+        .unwrap_or_default();
+    Ok(InService {
+        instance,
+        group,
+        targets,
+        classic,
+    })
+}
+
+/// A dry run's plan: each change the step would make.
+fn plan_leaving(plan: &Plan, service: &InService, action: AutoScalingAction) {
+    let id = service.instance.instance_id().unwrap_or_default();
+    if let Some((name, state)) = &service.group
+        && action != AutoScalingAction::None
+        && state == "InService"
+    {
+        let call = match action {
+            AutoScalingAction::Detach => "autoscaling:DetachInstances",
+            _ => "autoscaling:EnterStandby",
         };
-        if let Err(err) = written {
-            warn!(error = %err, "record of the group and load balancers not written");
-            warnings.push(format!(
-                "the record of the Auto Scaling group and load balancers could not be written to the case ({err}): release cannot restore them; they are listed in this report"
+        let detail = "without a replacement where the group's minimum size allows";
+        plan.add(PlannedAction::unchecked(call, name, detail));
+    }
+    for t in &service.targets {
+        plan.add(PlannedAction::unchecked(
+            "elasticloadbalancing:DeregisterTargets",
+            &t.target_group_arn,
+            format!("target {} port {:?}", t.target_id, t.port),
+        ));
+    }
+    for lb in &service.classic {
+        plan.add(PlannedAction::unchecked(
+            "elasticloadbalancing:DeregisterInstancesFromLoadBalancer",
+            lb,
+            id,
+        ));
+    }
+}
+
+/// Leaves the group and every load balancer at once, tallying each change.
+async fn leave_service(
+    clients: &Clients,
+    service: &InService,
+    action: AutoScalingAction,
+    tally: &mut Tally,
+) -> Left {
+    let id = service.instance.instance_id().unwrap_or_default();
+    let (asg, deregistered, left) = futures::join!(
+        leave_group(clients, &service.instance, service.group.clone(), action),
+        stream::iter(
+            service
+                .targets
+                .iter()
+                .map(|t| deregister_target(clients, t))
+        )
+        .buffered(CONCURRENT_CALLS)
+        .collect::<Vec<_>>(),
+        stream::iter(
+            service
+                .classic
+                .iter()
+                .map(|lb| leave_classic(clients, lb, id))
+        )
+        .buffered(CONCURRENT_CALLS)
+        .collect::<Vec<_>>(),
+    );
+    let auto_scaling = tally.check("Auto Scaling group", asg).flatten();
+    let mut targets = Vec::new();
+    for (t, result) in service.targets.iter().zip(deregistered) {
+        let what = format!("target group {}", t.target_group_arn);
+        if tally.check(what, result).is_some() {
+            tally.done(format!(
+                "{} deregistered from {}",
+                t.target_id, t.target_group_arn
             ));
+            targets.push(t.clone());
         }
     }
-    if !failed.is_empty() {
-        for (what, err) in &failed {
-            warn!(what, error = %err, "out-of-service action failed");
+    let mut classic = Vec::new();
+    for (lb, result) in service.classic.iter().zip(left) {
+        if tally
+            .check(format!("classic load balancer {lb}"), result)
+            .is_some()
+        {
+            tally.done(format!("deregistered from {lb}"));
+            classic.push(lb.clone());
         }
-        done.extend(warnings.into_iter().map(|w| format!("warning: {w}")));
-        return Err(Error::Incomplete {
-            step: "out of service",
-            instance_id: id.to_owned(),
-            done,
-            failed,
-        });
+    }
+    Left {
+        auto_scaling,
+        targets,
+        classic,
+    }
+}
+
+/// Records on the case what the instance left, for release; a record that cannot be written is
+/// a warning (the changes stand, and the report lists them).
+async fn record_left(clients: &Clients, left: &Left, tally: &mut Tally) {
+    let record = record(&left.targets, &left.classic, left.auto_scaling.as_ref());
+    if record.is_empty() {
+        return;
+    }
+    let written = match &clients.case {
+        Some(case) => Box::pin(case.remember_all(&record)).await.map(|_| ()),
+        None => Err(Error::Misconfigured(
+            clients.case_unavailable.clone().unwrap_or_default(),
+        )),
+    };
+    if let Err(err) = written {
+        warn!(error = %err, "record of the group and load balancers not written");
+        tally.warn(format!(
+            "the record of the Auto Scaling group and load balancers could not be written to the case ({err}): release cannot restore them; they are listed in this report"
+        ));
+    }
+}
+
+/// The step's outcome from what it left and its tally.
+fn report(instance_id: &str, left: Left, tally: Tally) -> Result<Outcome<DeregisterReport>, Error> {
+    let warnings = tally.finish()?;
+    let Left {
+        auto_scaling,
+        targets,
+        classic,
+    } = left;
+    if auto_scaling.is_none() && targets.is_empty() && classic.is_empty() {
+        return Ok(Outcome::skipped(
+            "the instance is in no Auto Scaling group and behind no load balancer",
+        ));
     }
     let changed = !targets.is_empty()
         || !classic.is_empty()
         || auto_scaling
             .as_ref()
             .is_some_and(|a| a.status == GroupStatus::Applied);
-    if auto_scaling.is_none() && targets.is_empty() && classic.is_empty() {
-        return Ok(Outcome::skipped(
-            "the instance is in no Auto Scaling group and behind no load balancer",
-        ));
-    }
     info!(
         ?auto_scaling,
         targets = targets.len(),
@@ -250,7 +305,7 @@ pub async fn deregister_instance(
     Ok(Outcome::from_changes(
         changed,
         DeregisterReport {
-            instance_id: id.to_owned(),
+            instance_id: instance_id.to_owned(),
             auto_scaling,
             targets: targets.into_iter().take(MAX_LISTED).collect(),
             targets_total,

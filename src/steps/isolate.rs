@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use aws_sdk_ec2::operation::modify_instance_attribute::builders::ModifyInstanceAttributeFluentBuilder;
 use aws_sdk_ec2::types::{
     AttributeBooleanValue, AttributeValue, EbsInstanceBlockDeviceSpecification, Filter,
     GroupIdentifier, Instance, InstanceAttributeName, InstanceBlockDeviceMappingSpecification,
@@ -20,8 +21,8 @@ use tracing::{error, info, warn};
 use crate::aws::context::{Clients, Ctx};
 use crate::aws::{instance, tags};
 use crate::case::Previous;
-use crate::domain::finding::{StepRequest, Target};
-use crate::domain::outcome::{Outcome, Plan, PlannedAction};
+use crate::domain::finding::{Resolution, StepRequest, Target};
+use crate::domain::outcome::{Outcome, Plan, PlannedAction, Tally};
 use crate::error::Error;
 
 /// The name of the tool's quarantine group in each VPC (names are unique per VPC).
@@ -134,108 +135,57 @@ pub async fn isolate_instance(
     target: &Target,
     deadline: Option<Instant>,
 ) -> Result<Outcome<IsolateReport>, Error> {
-    let ec2 = &clients.ec2;
     let plan = clients.plan();
-    // What the finding already names is looked up while the instance is read: the tool's groups
-    // in the VPCs GuardDuty saw the instance in, and the interfaces services manage. For an
-    // instance whose groups exist, the interfaces then move right away: three dependent calls.
-    let (inst, found, managed) = futures::join!(
-        instance::describe(ec2, target),
-        join_all(
-            target
-                .vpc_ids
-                .iter()
-                .map(|vpc| async move { (vpc.as_str(), find_groups(ec2, vpc).await) })
-        ),
-        requester_managed(ec2, &target.instance_id),
-    );
-    let mut found: BTreeMap<&str, FoundGroups> = found.into_iter().collect();
-    let inst = inst?;
-    if let Some(reason) = instance::gone_reason(&inst) {
-        info!(%reason, "skipped");
-        return Ok(Outcome::skipped(reason));
-    }
-    let interfaces = interfaces(&inst);
-    if interfaces.is_empty() {
-        return Ok(Outcome::skipped("the instance has no network interface"));
-    }
-    let managed = managed?;
-    let vpcs: BTreeSet<&str> = interfaces.iter().map(|i| i.vpc_id.as_str()).collect();
-    let lookups: Vec<(&str, Option<FoundGroups>)> =
-        vpcs.iter().map(|vpc| (*vpc, found.remove(vpc))).collect();
-
+    let mut found = match Box::pin(read_instance(&clients.ec2, target)).await? {
+        Resolution::Contain(found) => found,
+        Resolution::Skip(reason) => {
+            info!(%reason, "skipped");
+            return Ok(Outcome::skipped(reason));
+        }
+    };
     // An interface an earlier run left isolated or in transit: its own groups are the ones the
     // case recorded (read only then, off the usual path).
-    let recalled = if interfaces.iter().any(|i| i.looks_isolated || i.in_transit) {
+    let recalled = if found
+        .interfaces
+        .iter()
+        .any(|i| i.looks_isolated || i.in_transit)
+    {
         Box::pin(recorded_groups(clients)).await
     } else {
         BTreeMap::new()
     };
-    let recalled = &recalled;
     // Evidence first and independent of the network change: a failure here must not hold
     // isolation back, and isolation must not wait for it.
-    let protect = protect(clients, &inst);
-    let isolate = async {
-        // The record of the previous groups is written while the interfaces move: it holds the
-        // groups read before any move, and a record that could not be written does not hold
-        // isolation back (the groups are in the report all the same).
-        let moved = async {
-            let groups = try_join_all(
-                lookups
-                    .into_iter()
-                    .map(|(vpc, found)| ensure_quarantine_group(ec2, plan, vpc, found)),
-            )
-            .await?;
-            let by_vpc: BTreeMap<&str, &QuarantineGroup> =
-                groups.iter().map(|g| (g.vpc_id.as_str(), g)).collect();
-            let moves = join_all(
-                interfaces
-                    .iter()
-                    .filter(|eni| !managed.contains(&eni.id))
-                    .map(|eni| {
-                        move_interface(
-                            ec2,
-                            plan,
-                            eni,
-                            by_vpc.get(eni.vpc_id.as_str()).copied(),
-                            recalled.get(&eni.id).cloned().unwrap_or_default(),
-                            deadline,
-                        )
-                    }),
-            )
-            .await;
-            Ok::<_, Error>((groups, moves))
-        };
-        let (recorded, moved) = futures::join!(record(clients, &inst, &interfaces), moved);
-        let (groups, moves) = moved?;
-        Ok::<_, Error>((recorded, groups, moves))
-    };
-    let (protection, isolated) = futures::join!(protect, isolate);
+    let lookups = std::mem::take(&mut found.lookups);
+    let (protection, isolated) = futures::join!(
+        protect(clients, &found.instance),
+        isolate_network(clients, &found, lookups, &recalled, deadline)
+    );
+    let Protection {
+        mut tally,
+        volumes_kept_on_termination,
+        termination_protection,
+    } = protection;
     let (recorded, groups, moves) = match isolated {
         Ok(isolated) => isolated,
         // An interface an earlier run left in the transit group is still there: say so first.
-        Err(err) if interfaces.iter().any(|i| i.in_transit) && plan.is_none() => {
-            return Err(Error::FailedOpen {
-                instance_id: target.instance_id.clone(),
-                exposed: interfaces
-                    .iter()
-                    .filter(|i| i.in_transit)
-                    .map(|i| i.id.clone())
-                    .collect(),
-                incomplete: Box::new(Error::Incomplete {
-                    step: "isolation",
-                    instance_id: target.instance_id.clone(),
-                    done: protection.done,
-                    failed: vec![("network isolation".into(), err)],
-                }),
-            });
+        Err(err) if found.interfaces.iter().any(|i| i.in_transit) && plan.is_none() => {
+            tally.failed("network isolation", err);
+            let exposed = found
+                .interfaces
+                .iter()
+                .filter(|i| i.in_transit)
+                .map(|i| i.id.clone())
+                .collect();
+            return Err(failed_open(target, exposed, tally));
         }
         Err(err) => return Err(err),
     };
     if let Some(plan) = plan {
         return Ok(plan.outcome());
     }
-    let skipped_interfaces: Vec<SkippedInterface> = managed
+    let skipped_interfaces: Vec<SkippedInterface> = found
+        .managed
         .iter()
         .map(|id| SkippedInterface {
             interface_id: id.clone(),
@@ -245,75 +195,26 @@ pub async fn isolate_instance(
     for s in &skipped_interfaces {
         warn!(eni = %s.interface_id, "requester-managed interface left as it is");
     }
-
-    let Protection {
-        mut done,
-        mut failed,
-        mut warnings,
-        volumes_kept_on_termination,
-        termination_protection,
-    } = protection;
-    let mut exposed = Vec::new();
-    let mut report_interfaces = Vec::new();
-    for result in moves {
-        match result {
-            Ok(eni) => {
-                done.push(format!(
-                    "{} isolated (previous groups: {})",
-                    eni.interface_id,
-                    eni.previous_groups.join(", ")
-                ));
-                report_interfaces.push(eni);
-            }
-            Err((eni, MoveFailure::NotIsolated(err))) => failed.push((
-                format!("interface {eni} (NOT isolated: left in its previous groups)"),
-                err,
-            )),
-            Err((eni, MoveFailure::Exposed(err))) => {
-                failed.push((
-                    format!("interface {eni} (EXPOSED: left in the allow-all transit group)"),
-                    err,
-                ));
-                exposed.push(eni);
-            }
-        }
-    }
+    let (report_interfaces, exposed) = tally_moves(moves, &mut tally);
     // The record only serves release: a record that could not be written (a full tag quota,
     // a denial) is reported, and the containment stands.
     let recorded = recorded.unwrap_or_else(|err| {
         warn!(error = %err, "record of the previous groups not written");
-        warnings.push(format!(
+        tally.warn(format!(
             "the record of each interface's previous groups could not be written to the case ({err}); they are listed in this report, for a release by hand"
         ));
         false
     });
     if let Err(err) = Box::pin(mark(clients, &target.instance_id)).await {
         warn!(error = %err, "marker tags not written");
-        warnings.push(format!(
+        tally.warn(format!(
             "the marker tags (case id, time) could not be written on the instance ({err}); the case holds the record"
         ));
     }
-    if !failed.is_empty() {
-        for (what, err) in &failed {
-            warn!(what, error = %err, "containment action failed");
-        }
-        done.extend(warnings.into_iter().map(|w| format!("warning: {w}")));
-        let incomplete = Error::Incomplete {
-            step: "isolation",
-            instance_id: target.instance_id.clone(),
-            done,
-            failed,
-        };
-        if !exposed.is_empty() {
-            return Err(Error::FailedOpen {
-                instance_id: target.instance_id.clone(),
-                exposed,
-                incomplete: Box::new(incomplete),
-            });
-        }
-        return Err(incomplete);
+    if !exposed.is_empty() {
+        return Err(failed_open(target, exposed, tally));
     }
-
+    let warnings = tally.finish()?;
     let changed = recorded
         || !volumes_kept_on_termination.is_empty()
         || groups.iter().any(|g| g.changed)
@@ -334,6 +235,158 @@ pub async fn isolate_instance(
             warnings,
         },
     ))
+}
+
+/// The instance as the isolation starts from it.
+struct Found {
+    instance: Instance,
+    interfaces: Vec<Interface>,
+    /// Interfaces a service manages, left as they are.
+    managed: BTreeSet<String>,
+    /// Each VPC of the instance's interfaces, with the tool's groups there when the finding's
+    /// VPC hints already found them.
+    lookups: Vec<(String, Option<FoundGroups>)>,
+}
+
+/// Reads the instance, and what the finding already names while it is read: the tool's groups
+/// in the VPCs GuardDuty saw the instance in, and the interfaces services manage. For an
+/// instance whose groups exist, the interfaces then move right away: three dependent calls. An
+/// instance that is gone, or has no interface, is skipped with the reason.
+async fn read_instance(
+    ec2: &aws_sdk_ec2::Client,
+    target: &Target,
+) -> Result<Resolution<Found>, Error> {
+    let (inst, found, managed) = futures::join!(
+        instance::describe(ec2, &target.scope, &target.instance_id),
+        join_all(
+            target
+                .vpc_ids
+                .iter()
+                .map(|vpc| async move { (vpc.as_str(), find_groups(ec2, vpc).await) })
+        ),
+        requester_managed(ec2, &target.instance_id),
+    );
+    let mut found: BTreeMap<&str, FoundGroups> = found.into_iter().collect();
+    let instance = inst?;
+    if let Some(reason) = instance::gone_reason(&instance) {
+        return Ok(Resolution::Skip(reason));
+    }
+    let interfaces = interfaces(&instance);
+    if interfaces.is_empty() {
+        return Ok(Resolution::Skip(
+            "the instance has no network interface".into(),
+        ));
+    }
+    let managed = managed?;
+    let vpcs: BTreeSet<&str> = interfaces.iter().map(|i| i.vpc_id.as_str()).collect();
+    let lookups = vpcs
+        .iter()
+        .map(|vpc| (vpc.to_string(), found.remove(vpc)))
+        .collect();
+    Ok(Resolution::Contain(Found {
+        instance,
+        interfaces,
+        managed,
+        lookups,
+    }))
+}
+
+/// Makes sure of each VPC's quarantine group, then moves every interface (but the managed ones)
+/// into it. The record of the previous groups is written while the interfaces move: it holds
+/// the groups read before any move, and a record that could not be written does not hold
+/// isolation back (the groups are in the report all the same). `Err`: a quarantine group could
+/// not be had, and no interface moved.
+async fn isolate_network(
+    clients: &Clients,
+    found: &Found,
+    lookups: Vec<(String, Option<FoundGroups>)>,
+    recalled: &BTreeMap<String, Vec<String>>,
+    deadline: Option<Instant>,
+) -> Result<(Result<bool, Error>, Vec<QuarantineGroup>, Vec<Moved>), Error> {
+    let (ec2, plan) = (&clients.ec2, clients.plan());
+    let moved = async {
+        let groups = try_join_all(lookups.into_iter().map(|(vpc, lookup)| async move {
+            ensure_quarantine_group(ec2, plan, &vpc, lookup).await
+        }))
+        .await?;
+        let by_vpc: BTreeMap<&str, &QuarantineGroup> =
+            groups.iter().map(|g| (g.vpc_id.as_str(), g)).collect();
+        let moves = join_all(
+            found
+                .interfaces
+                .iter()
+                .filter(|eni| !found.managed.contains(&eni.id))
+                .map(|eni| {
+                    move_interface(
+                        ec2,
+                        plan,
+                        eni,
+                        by_vpc.get(eni.vpc_id.as_str()).copied(),
+                        recalled.get(&eni.id).cloned().unwrap_or_default(),
+                        deadline,
+                    )
+                }),
+        )
+        .await;
+        Ok::<_, Error>((groups, moves))
+    };
+    let (recorded, moved) =
+        futures::join!(record(clients, &found.instance, &found.interfaces), moved);
+    let (groups, moves) = moved?;
+    Ok((recorded, groups, moves))
+}
+
+/// One interface's move: isolated, or how it was left.
+type Moved = Result<InterfaceIsolation, (String, MoveFailure)>;
+
+/// Tallies each interface's move; returns the isolated ones and those left EXPOSED in the
+/// transit group.
+fn tally_moves(moves: Vec<Moved>, tally: &mut Tally) -> (Vec<InterfaceIsolation>, Vec<String>) {
+    let mut isolated = Vec::new();
+    let mut exposed = Vec::new();
+    for result in moves {
+        match result {
+            Ok(eni) => {
+                tally.done(format!(
+                    "{} isolated (previous groups: {})",
+                    eni.interface_id,
+                    eni.previous_groups.join(", ")
+                ));
+                isolated.push(eni);
+            }
+            Err((eni, MoveFailure::NotIsolated(err))) => tally.failed(
+                format!("interface {eni} (NOT isolated: left in its previous groups)"),
+                err,
+            ),
+            Err((eni, MoveFailure::Exposed(err))) => {
+                tally.failed(
+                    format!("interface {eni} (EXPOSED: left in the allow-all transit group)"),
+                    err,
+                );
+                exposed.push(eni);
+            }
+        }
+    }
+    (isolated, exposed)
+}
+
+/// The step's error when an interface is left in the allow-all transit group: it names them
+/// first, and carries the step's tally (which holds at least the failure that left them).
+fn failed_open(target: &Target, exposed: Vec<String>, tally: Tally) -> Error {
+    let incomplete = match tally.finish() {
+        Err(incomplete) => incomplete,
+        Ok(_) => Error::Incomplete {
+            step: "isolation",
+            instance_id: target.instance_id.clone(),
+            done: Vec::new(),
+            failed: Vec::new(),
+        },
+    };
+    Error::FailedOpen {
+        instance_id: target.instance_id.clone(),
+        exposed,
+        incomplete: Box::new(incomplete),
+    }
 }
 
 /// The instance's interfaces that a service manages (requester-managed): EC2 refuses changes
@@ -463,9 +516,8 @@ fn deleted_on_termination(inst: &Instance) -> Vec<String> {
 
 /// What keeping the evidence did, each change on its own.
 struct Protection {
-    done: Vec<String>,
-    failed: Vec<(String, Error)>,
-    warnings: Vec<String>,
+    /// The step's tally, begun here: each change, and the warnings of the record.
+    tally: Tally,
     /// Devices whose DeleteOnTermination this run turned off.
     volumes_kept_on_termination: Vec<String>,
     termination_protection: bool,
@@ -473,113 +525,19 @@ struct Protection {
 
 /// Keeps the evidence: no API termination, a shutdown from inside stops, and no volume is
 /// deleted with the instance. Each of the three changes is made on its own, so that one refused
-/// does not hold the others back; Spot instances cannot have termination protection (EC2
-/// refuses it), so it is skipped for them with the reason. The attributes the instance had are
-/// read and recorded in the case first, for release; a record that fails never holds a change back.
+/// does not hold the others back. The attributes the instance had are read and recorded in the
+/// case first, for release; a record that fails never holds a change back.
 async fn protect(clients: &Clients, inst: &Instance) -> Protection {
-    let ec2 = &clients.ec2;
     let plan = clients.plan();
     let instance_id = inst.instance_id().unwrap_or_default();
     let mut out = Protection {
-        done: Vec::new(),
-        failed: Vec::new(),
-        warnings: Vec::new(),
+        tally: Tally::new("isolation", instance_id),
         volumes_kept_on_termination: Vec::new(),
         termination_protection: false,
     };
-    let previous = {
-        let attribute = |name: InstanceAttributeName| {
-            ec2.describe_instance_attribute()
-                .instance_id(instance_id)
-                .attribute(name)
-                .send()
-                .map(|r| r.map_err(|e| Error::from_sdk("ec2:DescribeInstanceAttribute", e)))
-        };
-        match futures::try_join!(
-            attribute(InstanceAttributeName::DisableApiTermination),
-            attribute(InstanceAttributeName::InstanceInitiatedShutdownBehavior),
-        ) {
-            Ok((termination, shutdown)) => {
-                let protected = termination
-                    .disable_api_termination()
-                    .and_then(|a| a.value())
-                    .unwrap_or(false);
-                let behaviour = shutdown
-                    .instance_initiated_shutdown_behavior()
-                    .and_then(|a| a.value())
-                    .unwrap_or("stop")
-                    .to_owned();
-                Some(Previous::Attributes {
-                    termination_protection: protected,
-                    shutdown: behaviour,
-                })
-            }
-            Err(err) => {
-                out.warnings.push(format!(
-                    "termination protection and shutdown behaviour before containment could not be read ({err}): release will not restore them"
-                ));
-                None
-            }
-        }
-    };
-    // Recorded before the change (the first record stands, so a retry that reads the changed
-    // attributes never overwrites it); a record that cannot be written holds nothing back.
-    if let (Some(previous), Some(case)) =
-        (previous, clients.case.as_ref().filter(|_| plan.is_none()))
-        && let Err(err) = Box::pin(case.remember(&previous)).await
-    {
-        warn!(error = %err, "record of the previous attributes not written");
-        out.warnings.push(format!(
-            "the record of termination protection and shutdown behaviour before containment could not be written to the case ({err}): release will not restore them"
-        ));
-    }
-    // Spot instances cannot take termination protection: EC2 refuses DisableApiTermination
-    // for them (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/ec2-instance-termination-protection.html).
-    let spot = inst.instance_lifecycle() == Some(&InstanceLifecycleType::Spot);
-    let mut requests = Vec::new();
-    if spot {
-        out.warnings.push(
-            "termination protection not set: EC2 does not allow it on Spot instances (an interruption or a person can still terminate this one: snapshots are the evidence)".into(),
-        );
-    } else {
-        requests.push((
-            ec2.modify_instance_attribute()
-                .instance_id(instance_id)
-                .disable_api_termination(AttributeBooleanValue::builder().value(true).build()),
-            "termination protection".to_owned(),
-            "termination protection on".to_owned(),
-        ));
-    }
-    requests.push((
-        ec2.modify_instance_attribute()
-            .instance_id(instance_id)
-            .instance_initiated_shutdown_behavior(AttributeValue::builder().value("stop").build()),
-        "shutdown behaviour".to_owned(),
-        "shutdown from inside the instance stops it".to_owned(),
-    ));
+    Box::pin(remember_attributes(clients, instance_id, &mut out.tally)).await;
     let devices = deleted_on_termination(inst);
-    if !devices.is_empty() {
-        let mappings = devices
-            .iter()
-            .map(|d| {
-                InstanceBlockDeviceMappingSpecification::builder()
-                    .device_name(d)
-                    .ebs(
-                        EbsInstanceBlockDeviceSpecification::builder()
-                            .delete_on_termination(false)
-                            .build(),
-                    )
-                    .build()
-            })
-            .collect();
-        requests.push((
-            ec2.modify_instance_attribute()
-                .instance_id(instance_id)
-                .set_block_device_mappings(Some(mappings)),
-            "volumes kept on termination".to_owned(),
-            format!("volumes kept on termination: {}", devices.join(", ")),
-        ));
-    }
+    let requests = attribute_changes(&clients.ec2, inst, &devices, &mut out.tally);
     let dry_run = plan.is_some();
     let answers = join_all(
         requests
@@ -600,21 +558,122 @@ async fn protect(clients: &Clients, inst: &Instance) -> Protection {
             plan.add_ec2("ec2:ModifyInstanceAttribute", instance_id, detail, answer);
             continue;
         }
-        match answer {
-            Ok(()) => {
-                if what == "termination protection" {
-                    out.termination_protection = true;
-                }
-                if what == "volumes kept on termination" {
-                    info!(?devices, "volumes kept on termination");
-                    out.volumes_kept_on_termination = devices.clone();
-                }
-                out.done.push(detail);
-            }
-            Err(err) => out.failed.push((what, err)),
+        if out.tally.check(what, answer).is_none() {
+            continue;
         }
+        if what == "termination protection" {
+            out.termination_protection = true;
+        }
+        if what == "volumes kept on termination" {
+            info!(?devices, "volumes kept on termination");
+            out.volumes_kept_on_termination = devices.clone();
+        }
+        out.tally.done(detail);
     }
     out
+}
+
+/// Reads termination protection and the shutdown behaviour the instance had, and records them
+/// in the case before the change (the first record stands, so a retry that reads the changed
+/// attributes never overwrites it). Neither a read nor a record that fails holds anything back:
+/// each is a warning, as release will not restore what it lacks.
+async fn remember_attributes(clients: &Clients, instance_id: &str, tally: &mut Tally) {
+    let ec2 = &clients.ec2;
+    let attribute = |name: InstanceAttributeName| {
+        ec2.describe_instance_attribute()
+            .instance_id(instance_id)
+            .attribute(name)
+            .send()
+            .map(|r| r.map_err(|e| Error::from_sdk("ec2:DescribeInstanceAttribute", e)))
+    };
+    let previous = match futures::try_join!(
+        attribute(InstanceAttributeName::DisableApiTermination),
+        attribute(InstanceAttributeName::InstanceInitiatedShutdownBehavior),
+    ) {
+        Ok((termination, shutdown)) => Previous::Attributes {
+            termination_protection: termination
+                .disable_api_termination()
+                .and_then(|a| a.value())
+                .unwrap_or(false),
+            shutdown: shutdown
+                .instance_initiated_shutdown_behavior()
+                .and_then(|a| a.value())
+                .unwrap_or("stop")
+                .to_owned(),
+        },
+        Err(err) => {
+            tally.warn(format!(
+                "termination protection and shutdown behaviour before containment could not be read ({err}): release will not restore them"
+            ));
+            return;
+        }
+    };
+    if let Some(case) = clients.case.as_ref().filter(|_| clients.plan().is_none())
+        && let Err(err) = Box::pin(case.remember(&previous)).await
+    {
+        warn!(error = %err, "record of the previous attributes not written");
+        tally.warn(format!(
+            "the record of termination protection and shutdown behaviour before containment could not be written to the case ({err}): release will not restore them"
+        ));
+    }
+}
+
+/// The attribute changes that keep the evidence, each a request of its own with what it is and
+/// its line for the report. Spot instances cannot take termination protection: EC2 refuses
+/// DisableApiTermination for them
+/// (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/ec2-instance-termination-protection.html),
+/// so it is left out with a warning.
+fn attribute_changes(
+    ec2: &aws_sdk_ec2::Client,
+    inst: &Instance,
+    devices: &[String],
+    tally: &mut Tally,
+) -> Vec<(ModifyInstanceAttributeFluentBuilder, &'static str, String)> {
+    let instance_id = inst.instance_id().unwrap_or_default();
+    let mut requests = Vec::new();
+    if inst.instance_lifecycle() == Some(&InstanceLifecycleType::Spot) {
+        tally.warn(
+            "termination protection not set: EC2 does not allow it on Spot instances (an interruption or a person can still terminate this one: snapshots are the evidence)",
+        );
+    } else {
+        requests.push((
+            ec2.modify_instance_attribute()
+                .instance_id(instance_id)
+                .disable_api_termination(AttributeBooleanValue::builder().value(true).build()),
+            "termination protection",
+            "termination protection on".to_owned(),
+        ));
+    }
+    requests.push((
+        ec2.modify_instance_attribute()
+            .instance_id(instance_id)
+            .instance_initiated_shutdown_behavior(AttributeValue::builder().value("stop").build()),
+        "shutdown behaviour",
+        "shutdown from inside the instance stops it".to_owned(),
+    ));
+    if !devices.is_empty() {
+        let mappings = devices
+            .iter()
+            .map(|d| {
+                InstanceBlockDeviceMappingSpecification::builder()
+                    .device_name(d)
+                    .ebs(
+                        EbsInstanceBlockDeviceSpecification::builder()
+                            .delete_on_termination(false)
+                            .build(),
+                    )
+                    .build()
+            })
+            .collect();
+        requests.push((
+            ec2.modify_instance_attribute()
+                .instance_id(instance_id)
+                .set_block_device_mappings(Some(mappings)),
+            "volumes kept on termination",
+            format!("volumes kept on termination: {}", devices.join(", ")),
+        ));
+    }
+    requests
 }
 
 /// How an interface that did not reach the quarantine group was left.

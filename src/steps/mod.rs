@@ -39,13 +39,10 @@ where
         other => other,
     });
     let (target, planned_case, event) = match request {
-        finding::StepRequest::Planned(planned) => {
-            planned.target.check()?;
-            (planned.target, planned.case, None)
-        }
+        finding::StepRequest::Planned(planned) => (planned.target, planned.case, None),
         finding::StepRequest::Finding(event) => match finding::resolve(&event)? {
-            Ok(target) => (target, None, Some(event)),
-            Err(finding::Skip(reason)) => {
+            finding::Resolution::Contain(target) => (target, None, Some(event)),
+            finding::Resolution::Skip(reason) => {
                 tracing::info!(%reason, "skipped: the finding names nothing to contain");
                 return Ok(Outcome::skipped(reason));
             }
@@ -55,7 +52,7 @@ where
         tracing::info!(%reason, "skipped: not acting in this account");
         return Ok(Outcome::skipped(reason));
     }
-    let mut clients = ctx.clients(&target).await?;
+    let mut clients = ctx.clients(&target.scope, &target.finding_id).await?;
     if clients.plan().is_none() {
         let updated_at = event.as_ref().and_then(|e| e.detail.updated_at.as_deref());
         attach_case(ctx, planned_case, updated_at, &target, &mut clients).await;

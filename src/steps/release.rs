@@ -23,8 +23,8 @@ use tracing::{info, warn};
 use crate::aws::context::{Clients, Ctx};
 use crate::aws::{instance, profile, tags};
 use crate::case::{Case, Previous, Store, is_case_id};
-use crate::domain::finding::{Scope, Target, is_instance_id};
-use crate::domain::outcome::Outcome;
+use crate::domain::finding::{InstanceRef, Scope, is_instance_id};
+use crate::domain::outcome::{Outcome, Tally};
 use crate::error::Error;
 use crate::steps::deregister::TargetRecord;
 use crate::steps::role::{
@@ -142,19 +142,13 @@ pub async fn release(ctx: &Ctx, request: &ReleaseRequest) -> Result<Outcome<Rele
         .clone()
         .or_else(|| ctx.config().region().map(|r| r.to_string()))
         .ok_or_else(|| Error::InvalidEvent("give region: the function has none".into()))?;
-    let target = Target {
-        finding_id: "release".into(),
-        finding_type: "release".into(),
-        severity: 0.0,
+    let target = InstanceRef {
         scope: Scope {
             account_id,
             region,
             partition: request.partition.clone().unwrap_or_else(|| "aws".into()),
         },
         instance_id: request.instance_id.clone(),
-        role_name: None,
-        instance_profile_arn: None,
-        vpc_ids: Vec::new(),
     };
     if let Some(reason) = ctx.org().refusal(&target.scope.account_id) {
         return Ok(Outcome::skipped(reason));
@@ -190,7 +184,9 @@ pub async fn release(ctx: &Ctx, request: &ReleaseRequest) -> Result<Outcome<Rele
             scope.region
         )));
     }
-    let clients = ctx.clients(&target).await?;
+    let clients = ctx
+        .clients(&target.scope, &format!("release-{case_id}"))
+        .await?;
     // The case is held for the release: a finding arriving meanwhile is triaged again after
     // it, instead of joining a case being undone. Then nothing of the case may still be
     // running (an execution whose steps would contain again what release restores).
@@ -293,11 +289,11 @@ pub async fn release_case(
     clients: &Clients,
     store: &Store,
     case: &Case,
-    target: &Target,
+    target: &InstanceRef,
     request: &ReleaseRequest,
 ) -> Result<Outcome<ReleaseReport>, Error> {
     let recorded = Recorded::of(case);
-    let inst = instance::describe(&clients.ec2, target).await?;
+    let inst = instance::describe(&clients.ec2, &target.scope, &target.instance_id).await?;
     let mut report = ReleaseReport {
         instance_id: target.instance_id.clone(),
         case_id: case.case_id.clone(),
@@ -320,11 +316,11 @@ pub async fn release_case(
         reregister_targets(clients, &recorded.targets),
         rejoin_classic(clients, target, &recorded.classic),
     );
-    let mut done = Vec::new();
-    let mut failed = Vec::new();
-    let mut keep = |what: &str, r: Result<(), Error>| match r {
-        Ok(()) => done.push(format!("{what} restored")),
-        Err(e) => failed.push((what.to_owned(), e)),
+    let mut tally = Tally::new("release", &target.instance_id);
+    let mut keep = |what: &str, r: Result<(), Error>| {
+        if tally.check(what, r).is_some() {
+            tally.done(format!("{what} restored"));
+        }
     };
     keep("interfaces", interfaces.map(|i| report.interfaces = i));
     keep(
@@ -345,21 +341,15 @@ pub async fn release_case(
         "classic load balancers",
         classic.map(|c| report.classic_load_balancers = c),
     );
-    let failures: Vec<String> = failed.iter().map(|(w, e)| format!("{w}: {e}")).collect();
-    Box::pin(store.record_release(&case.case_id, request.reason.as_deref(), &done, &failures))
-        .await?;
-    if !failed.is_empty() {
-        // The case stays open, so that release can be run again.
-        for (what, err) in &failed {
-            warn!(what, error = %err, "release action failed");
-        }
-        return Err(Error::Incomplete {
-            step: "release",
-            instance_id: target.instance_id.clone(),
-            done,
-            failed,
-        });
-    }
+    Box::pin(store.record_release(
+        &case.case_id,
+        request.reason.as_deref(),
+        tally.done_lines(),
+        &tally.failure_lines(),
+    ))
+    .await?;
+    // Any failure ends the step here: the case stays open, so that release can be run again.
+    tally.finish()?;
     Box::pin(store.mark_released(case, &target.scope)).await?;
     // Last: the marker tags, by their keys (never read).
     let markers = [tags::CASE, tags::CONTAINED_AT];
@@ -422,7 +412,7 @@ async fn restore_interfaces(
 /// Termination protection, shutdown behaviour and DeleteOnTermination, as recorded.
 async fn restore_attributes(
     clients: &Clients,
-    target: &Target,
+    target: &InstanceRef,
     recorded: &Recorded,
     spot: bool,
 ) -> Result<(Option<String>, Vec<String>), Error> {
@@ -483,7 +473,7 @@ async fn restore_attributes(
 
 async fn restore_profile(
     clients: &Clients,
-    target: &Target,
+    target: &InstanceRef,
     previous: Option<String>,
 ) -> Result<Option<String>, Error> {
     let Some(previous) = previous.filter(|p| !p.is_empty()) else {
@@ -517,7 +507,7 @@ async fn restore_profile(
 async fn release_role(
     clients: &Clients,
     store: &Store,
-    target: &Target,
+    target: &InstanceRef,
     role_name: Option<String>,
     release_credentials: bool,
 ) -> Result<Option<RoleRelease>, Error> {
@@ -639,7 +629,7 @@ async fn drop_hold(
 /// stay denied. The deny stays on the role.
 async fn date_instance_deny(
     clients: &Clients,
-    target: &Target,
+    target: &InstanceRef,
     role_name: &str,
 ) -> Result<(), Error> {
     let iam = &clients.iam;
@@ -665,7 +655,7 @@ async fn date_instance_deny(
 
 async fn rejoin_group(
     clients: &Clients,
-    target: &Target,
+    target: &InstanceRef,
     recorded: Option<(String, String, bool)>,
 ) -> Result<Option<String>, Error> {
     let Some((group, verb, decremented)) = recorded else {
@@ -745,7 +735,7 @@ async fn reregister_targets(
 
 async fn rejoin_classic(
     clients: &Clients,
-    target: &Target,
+    target: &InstanceRef,
     names: &[String],
 ) -> Result<Vec<String>, Error> {
     for answer in join_all(names.iter().map(|lb| {

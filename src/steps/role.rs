@@ -12,8 +12,8 @@ use crate::aws::context::{Clients, Ctx};
 use crate::aws::role_policy;
 use crate::aws::{instance, profile};
 use crate::case::{Claim, Previous};
-use crate::domain::finding::{Skip, StepRequest, Target, is_role_name};
-use crate::domain::outcome::{MAX_LISTED, Outcome, Plan, PlannedAction};
+use crate::domain::finding::{Resolution, StepRequest, Target, is_role_name};
+use crate::domain::outcome::{MAX_LISTED, Outcome, Plan, PlannedAction, Tally};
 use crate::domain::settings::RoleAction;
 use crate::error::Error;
 use crate::now_rfc3339;
@@ -171,91 +171,31 @@ pub async fn contain_instance_role(
     target: &Target,
 ) -> Result<Outcome<RoleReport>, Error> {
     let role_name = match role_of(clients, target).await? {
-        Ok(name) => name,
-        Err(Skip(reason)) => {
+        Resolution::Contain(name) => name,
+        Resolution::Skip(reason) => {
             info!(%reason, "skipped");
             return Ok(Outcome::skipped(reason));
         }
     };
     tracing::Span::current().record("role", role_name.as_str());
-    let iam = &clients.iam;
-    // One role action per case: an execution that meets another one's role action in
-    // progress leaves it to that one; once it has ended, a later finding's run checks what is
-    // in place (and changes nothing that is).
-    // A claim that cannot be made (the table throttled) never holds the role action back: the
-    // actions are idempotent, and the report says so.
-    let mut claim_warning = None;
-    if let Some(case) = &clients.case {
-        match Box::pin(case.claim("role")).await {
-            Ok(Claim::Taken {
-                by,
-                at,
-                ended: false,
-            }) => {
-                info!(%by, %at, "the role action of this case is taken by another execution");
-                return Ok(Outcome::skipped(format!(
-                    "the role action of case {} is done by another execution of it (started {at})",
-                    case.handle.case_id
-                )));
-            }
-            Ok(_) => {}
-            Err(err) => {
-                warn!(error = %err, "role action not claimed in the case: acting all the same");
-                claim_warning = Some(format!(
-                    "the role action could not be claimed in the case ({err}): acted all the same (its actions are idempotent)"
-                ));
-            }
-        }
-    }
-
-    let role = match iam.get_role().role_name(&role_name).send().await {
-        Ok(out) => out.role,
-        Err(e) => {
-            let err = Error::from_sdk("iam:GetRole", e);
-            if err.aws_code() == Some("NoSuchEntity") {
-                return Ok(Outcome::skipped(format!(
-                    "role {role_name} no longer exists"
-                )));
-            }
-            return Err(err);
-        }
+    let claim_warning = match Box::pin(claim_role_action(clients)).await {
+        Ok(warning) => warning,
+        Err(skipped) => return Ok(skipped),
     };
-    let role_arn = role
-        .as_ref()
-        .map(|r| r.arn().to_owned())
-        .unwrap_or_default();
-    if role
-        .as_ref()
-        .is_some_and(|r| r.path().starts_with("/aws-service-role/"))
-    {
-        return Ok(Outcome::skipped(format!(
-            "{role_name} is a service-linked role, which cannot take policies"
-        )));
-    }
-
-    let policy_arn = deny_all_policy_arn(&target.scope.partition, &target.scope.account_id);
-    let plan = clients.plan();
-    let mut warnings = Vec::new();
-    // Who else runs with the role decides how far the role action may go: DenyAll on a shared
-    // role stops every instance using it, so it takes an explicit opt-in. A role whose users
-    // could not be listed is taken as shared.
+    let role_arn = match Box::pin(read_role(&clients.iam, &role_name)).await? {
+        Resolution::Contain(arn) => arn,
+        Resolution::Skip(reason) => return Ok(Outcome::skipped(reason)),
+    };
+    let mut tally = Tally::new("role containment", &target.instance_id);
+    // Who else runs with the role decides how far the role action may go.
     let others = other_instances(clients, &role_name, &target.instance_id).await;
-    let shared = others.as_ref().map_or(true, |o| o.total > 0);
-    let action = match clients.settings.role_action {
-        RoleAction::DenyAll if shared && !clients.settings.deny_all_shared_roles => {
-            warnings.push(format!(
-                "the role {role_name} is {}: revoke-instance instead of deny-all, so that only this instance's credentials are denied (set DenyAllSharedRoles=true to deny the role to every instance)",
-                if others.is_ok() { "used by other instances" } else { "perhaps used by other instances (they could not be listed)" }
-            ));
-            RoleAction::RevokeInstance
-        }
-        configured => configured,
-    };
-    let instance_arn = target.instance_arn();
+    let action = choose_action(clients, &role_name, &others, &mut tally);
+    if let Some(warning) = claim_warning {
+        tally.warn(warning);
+    }
     // The role's hold only where release removes the role's policies once no contained
     // instance needs them; the role itself is recorded for every action that changes it.
     let undone_on_release = matches!(action, RoleAction::DenyAll | RoleAction::RevokeSessions);
-    warnings.extend(claim_warning);
     // The role and this instance's hold on it are recorded in the case before acting: a release
     // of another instance that holds the role then sees this hold and keeps the role's
     // DenyAll. A record that cannot be written never holds the actions back; the step then
@@ -265,46 +205,19 @@ pub async fn contain_instance_role(
     } else {
         Box::pin(record_role(clients, target, &role_name, undone_on_release)).await
     };
-    let (deny_all, revoke, revoke_instance, profile) = futures::join!(
-        async {
-            match action {
-                RoleAction::DenyAll => attach_deny_all(iam, plan, &role_name, &policy_arn).await,
-                _ => Ok(Change::NotConfigured),
-            }
-        },
-        async {
-            match action {
-                RoleAction::DenyAll | RoleAction::RevokeSessions => {
-                    revoke_older_sessions(iam, plan, &role_name).await
-                }
-                _ => Ok((Change::NotConfigured, None)),
-            }
-        },
-        async {
-            match action {
-                RoleAction::RevokeInstance => {
-                    revoke_instance_credentials(iam, plan, &role_name, target, &instance_arn).await
-                }
-                _ => Ok(Change::NotConfigured),
-            }
-        },
-        quarantine_instance_profile(clients, target),
-    );
-
-    if let Some(plan) = plan {
-        for err in [
-            deny_all.err(),
-            revoke.err(),
-            revoke_instance.err(),
-            profile.err(),
-        ]
-        .into_iter()
-        .flatten()
-        {
+    let acted = Box::pin(act_on_role(clients, target, &role_name, action)).await;
+    if let Some(plan) = clients.plan() {
+        for err in acted.errors() {
             warn!(error = %err, "dry run: could not plan a role action");
         }
         return Ok(plan.outcome());
     }
+    let RoleActions {
+        deny_all,
+        revoke,
+        revoke_instance,
+        profile,
+    } = acted;
     let (
         deny_all,
         (revoke_sessions, cutoff),
@@ -313,47 +226,17 @@ pub async fn contain_instance_role(
     ) = match (deny_all, revoke, revoke_instance, profile) {
         (Ok(d), Ok(r), Ok(i), Ok(p)) if recorded.is_ok() => (d, r, i, p),
         (d, r, i, p) => {
-            let mut done = Vec::new();
-            let mut failed = Vec::new();
-            if let Err(e) = recorded {
-                warn!(error = %e, "role record not written");
-                failed.push((
-                    format!("the case's record of the role {role_name} (release needs it to undo the role's policies)"),
-                    e,
-                ));
-            }
-            match d {
-                Ok(Change::NotConfigured) => {}
-                Ok(_) => done.push(format!("{DENY_ALL_POLICY_NAME} attached to {role_name}")),
-                Err(e) => failed.push(("DenyAll policy".to_owned(), e)),
-            }
-            match r {
-                Ok((Change::NotConfigured, _)) => {}
-                Ok(_) => done.push(format!("older sessions of {role_name} revoked")),
-                Err(e) => failed.push(("session revocation".to_owned(), e)),
-            }
-            match i {
-                Ok(Change::NotConfigured) => {}
-                Ok(_) => done.push(format!("credentials of {} revoked", target.instance_id)),
-                Err(e) => failed.push(("revocation of the instance's credentials".to_owned(), e)),
-            }
-            match p {
-                Ok((_, w)) => {
-                    done.push("instance profile replaced by the quarantine profile".to_owned());
-                    warnings.extend(w);
-                }
-                Err(e) => failed.push(("instance profile replacement".to_owned(), e)),
-            }
-            done.extend(warnings.into_iter().map(|w| format!("warning: {w}")));
-            return Err(Error::Incomplete {
-                step: "role containment",
-                instance_id: target.instance_id.clone(),
-                done,
-                failed,
-            });
+            tally_role_actions(&mut tally, &role_name, target, recorded, d, r, i, p);
+            tally.finish()?;
+            return Err(Error::Misconfigured(
+                "the role step's tally holds no failure although an action failed".into(),
+            ));
         }
     };
-    warnings.extend(profile_warnings);
+    for warning in profile_warnings {
+        tally.warn(warning);
+    }
+    let warnings = tally.finish()?;
     let (other_instances, other_instances_total, other_instances_more, other_instances_error) =
         match others {
             Ok(o) => (o.listed, o.total, o.more, None),
@@ -382,7 +265,10 @@ pub async fn contain_instance_role(
             role_name,
             role_action: action,
             role_arn,
-            deny_all_policy_arn: policy_arn,
+            deny_all_policy_arn: deny_all_policy_arn(
+                &target.scope.partition,
+                &target.scope.account_id,
+            ),
             deny_all,
             revoke_sessions,
             revoke_instance,
@@ -395,6 +281,196 @@ pub async fn contain_instance_role(
             warnings,
         },
     ))
+}
+
+/// One role action per case: an execution that meets another one's role action in progress
+/// leaves it to that one (`Err`: the step's skipped outcome); once it has ended, a later
+/// finding's run checks what is in place (and changes nothing that is). A claim that cannot be
+/// made (the table throttled) never holds the role action back: the actions are idempotent, and
+/// the warning says so.
+async fn claim_role_action(clients: &Clients) -> Result<Option<String>, Outcome<RoleReport>> {
+    let Some(case) = &clients.case else {
+        return Ok(None);
+    };
+    match Box::pin(case.claim("role")).await {
+        Ok(Claim::Taken {
+            by,
+            at,
+            ended: false,
+        }) => {
+            info!(%by, %at, "the role action of this case is taken by another execution");
+            Err(Outcome::skipped(format!(
+                "the role action of case {} is done by another execution of it (started {at})",
+                case.handle.case_id
+            )))
+        }
+        Ok(_) => Ok(None),
+        Err(err) => {
+            warn!(error = %err, "role action not claimed in the case: acting all the same");
+            Ok(Some(format!(
+                "the role action could not be claimed in the case ({err}): acted all the same (its actions are idempotent)"
+            )))
+        }
+    }
+}
+
+/// The role's ARN; a role that no longer exists, or a service-linked one (which cannot take
+/// policies), is skipped with the reason.
+async fn read_role(
+    iam: &aws_sdk_iam::Client,
+    role_name: &str,
+) -> Result<Resolution<String>, Error> {
+    let role = match iam.get_role().role_name(role_name).send().await {
+        Ok(out) => out.role,
+        Err(e) => {
+            let err = Error::from_sdk("iam:GetRole", e);
+            if err.aws_code() == Some("NoSuchEntity") {
+                return Ok(Resolution::Skip(format!(
+                    "role {role_name} no longer exists"
+                )));
+            }
+            return Err(err);
+        }
+    };
+    if role
+        .as_ref()
+        .is_some_and(|r| r.path().starts_with("/aws-service-role/"))
+    {
+        return Ok(Resolution::Skip(format!(
+            "{role_name} is a service-linked role, which cannot take policies"
+        )));
+    }
+    Ok(Resolution::Contain(
+        role.as_ref()
+            .map(|r| r.arn().to_owned())
+            .unwrap_or_default(),
+    ))
+}
+
+/// The role action to take: the configured one, except that DenyAll on a shared role stops
+/// every instance using it, so it takes an explicit opt-in; a role whose users could not be
+/// listed is taken as shared. The downgrade is a warning in the report.
+fn choose_action(
+    clients: &Clients,
+    role_name: &str,
+    others: &Result<OtherInstances, Error>,
+    tally: &mut Tally,
+) -> RoleAction {
+    let shared = others.as_ref().map_or(true, |o| o.total > 0);
+    match clients.settings.role_action {
+        RoleAction::DenyAll if shared && !clients.settings.deny_all_shared_roles => {
+            tally.warn(format!(
+                "the role {role_name} is {}: revoke-instance instead of deny-all, so that only this instance's credentials are denied (set DenyAllSharedRoles=true to deny the role to every instance)",
+                if others.is_ok() { "used by other instances" } else { "perhaps used by other instances (they could not be listed)" }
+            ));
+            RoleAction::RevokeInstance
+        }
+        configured => configured,
+    }
+}
+
+/// The results of the role's actions, taken at once.
+struct RoleActions {
+    deny_all: Result<Change, Error>,
+    revoke: Result<(Change, Option<String>), Error>,
+    revoke_instance: Result<Change, Error>,
+    profile: Result<(Option<ProfileSwap>, Vec<String>), Error>,
+}
+
+impl RoleActions {
+    fn errors(&self) -> impl Iterator<Item = &Error> {
+        [
+            self.deny_all.as_ref().err(),
+            self.revoke.as_ref().err(),
+            self.revoke_instance.as_ref().err(),
+            self.profile.as_ref().err(),
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
+/// Takes the role actions `action` calls for, and swaps the instance profile, at once (in a dry
+/// run, each is planned instead).
+async fn act_on_role(
+    clients: &Clients,
+    target: &Target,
+    role_name: &str,
+    action: RoleAction,
+) -> RoleActions {
+    let (iam, plan) = (&clients.iam, clients.plan());
+    let policy_arn = deny_all_policy_arn(&target.scope.partition, &target.scope.account_id);
+    let instance_arn = target.instance_arn();
+    let (deny_all, revoke, revoke_instance, profile) = futures::join!(
+        async {
+            match action {
+                RoleAction::DenyAll => attach_deny_all(iam, plan, role_name, &policy_arn).await,
+                _ => Ok(Change::NotConfigured),
+            }
+        },
+        async {
+            match action {
+                RoleAction::DenyAll | RoleAction::RevokeSessions => {
+                    revoke_older_sessions(iam, plan, role_name).await
+                }
+                _ => Ok((Change::NotConfigured, None)),
+            }
+        },
+        async {
+            match action {
+                RoleAction::RevokeInstance => {
+                    revoke_instance_credentials(iam, plan, role_name, target, &instance_arn).await
+                }
+                _ => Ok(Change::NotConfigured),
+            }
+        },
+        quarantine_instance_profile(clients, target),
+    );
+    RoleActions {
+        deny_all,
+        revoke,
+        revoke_instance,
+        profile,
+    }
+}
+
+/// Tallies the role actions of a step where one failed: what each did or why it failed.
+#[allow(clippy::too_many_arguments)]
+fn tally_role_actions(
+    tally: &mut Tally,
+    role_name: &str,
+    target: &Target,
+    recorded: Result<(), Error>,
+    deny_all: Result<Change, Error>,
+    revoke: Result<(Change, Option<String>), Error>,
+    revoke_instance: Result<Change, Error>,
+    profile: Result<(Option<ProfileSwap>, Vec<String>), Error>,
+) {
+    if let Err(e) = recorded {
+        warn!(error = %e, "role record not written");
+        tally.failed(
+            format!("the case's record of the role {role_name} (release needs it to undo the role's policies)"),
+            e,
+        );
+    }
+    match tally.check("DenyAll policy", deny_all) {
+        None | Some(Change::NotConfigured) => {}
+        Some(_) => tally.done(format!("{DENY_ALL_POLICY_NAME} attached to {role_name}")),
+    }
+    match tally.check("session revocation", revoke) {
+        None | Some((Change::NotConfigured, _)) => {}
+        Some(_) => tally.done(format!("older sessions of {role_name} revoked")),
+    }
+    match tally.check("revocation of the instance's credentials", revoke_instance) {
+        None | Some(Change::NotConfigured) => {}
+        Some(_) => tally.done(format!("credentials of {} revoked", target.instance_id)),
+    }
+    if let Some((_, warnings)) = tally.check("instance profile replacement", profile) {
+        tally.done("instance profile replaced by the quarantine profile");
+        for warning in warnings {
+            tally.warn(warning);
+        }
+    }
 }
 
 /// Adds the deny of the instance's own credentials ([`revoke_instance_document`], undated) to
@@ -467,7 +543,7 @@ async fn quarantine_instance_profile(
     let ec2 = &clients.ec2;
     let (association, inst) = futures::join!(
         profile::association(ec2, &target.instance_id),
-        instance::describe(ec2, target),
+        instance::describe(ec2, &target.scope, &target.instance_id),
     );
     let Some(association) = association? else {
         return Ok((None, Vec::new()));
@@ -633,17 +709,21 @@ async fn quarantine_instance_profile(
 
 /// The role to contain: named by an AccessKey finding, else the role in the instance profile
 /// the finding saw, else the one the instance has now.
-async fn role_of(clients: &Clients, target: &Target) -> Result<Result<String, Skip>, Error> {
+async fn role_of(clients: &Clients, target: &Target) -> Result<Resolution<String>, Error> {
     if let Some(role) = &target.role_name {
-        return Ok(Ok(role.clone()));
+        return Ok(Resolution::Contain(role.clone()));
     }
     let profile_arn = match &target.instance_profile_arn {
         Some(arn) => arn.clone(),
         None => {
-            let inst = instance::describe(&clients.ec2, target).await?;
+            let inst = instance::describe(&clients.ec2, &target.scope, &target.instance_id).await?;
             match inst.iam_instance_profile().and_then(|p| p.arn()) {
                 Some(arn) => arn.to_owned(),
-                None => return Ok(Err(Skip("the instance has no instance profile".into()))),
+                None => {
+                    return Ok(Resolution::Skip(
+                        "the instance has no instance profile".into(),
+                    ));
+                }
             }
         }
     };
@@ -659,9 +739,9 @@ async fn role_of(clients: &Clients, target: &Target) -> Result<Result<String, Sk
         Err(e) => {
             let err = Error::from_sdk("iam:GetInstanceProfile", e);
             if err.aws_code() == Some("NoSuchEntity") {
-                return Ok(Err(Skip(format!(
+                return Ok(Resolution::Skip(format!(
                     "instance profile {profile_name} no longer exists"
-                ))));
+                )));
             }
             return Err(err);
         }
@@ -671,10 +751,10 @@ async fn role_of(clients: &Clients, target: &Target) -> Result<Result<String, Sk
         .and_then(|p| p.roles().first())
         .map(|r| r.role_name())
     {
-        Some(name) if is_role_name(name) => Ok(Ok(name.to_owned())),
-        _ => Ok(Err(Skip(format!(
+        Some(name) if is_role_name(name) => Ok(Resolution::Contain(name.to_owned())),
+        _ => Ok(Resolution::Skip(format!(
             "instance profile {profile_name} holds no role"
-        )))),
+        ))),
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use aws_sdk_ec2::operation::create_snapshots::builders::CreateSnapshotsFluentBuilder;
 use aws_sdk_ec2::types::{
     CopyTagsFromSource, Filter, Instance, InstanceSpecification, ResourceType, Snapshot,
     TagSpecification,
@@ -57,93 +58,33 @@ pub async fn snapshot_instance(
     let ec2 = &clients.ec2;
     let case = clients.case.as_ref();
     let mut warnings: Vec<String> = clients.case_unavailable.iter().cloned().collect();
-    // Whether an earlier run of this case's step called CreateSnapshots: only then are
-    // snapshots found by the case's tag taken for the set (anyone allowed to tag a snapshot
-    // could otherwise pass one off as the evidence).
-    let mut create_called = case.is_none();
-    // One snapshot set per case: the step is claimed in the case before anything is taken, so
-    // that two executions of one finding (or two findings of one instance) take one set. A
-    // claim the table cannot answer never holds the evidence back: a set is taken.
-    if let Some(case) = case {
-        let claim = Box::pin(case.claim("snapshot")).await;
-        let recorded = match claim {
-            Err(err) => {
-                warn!(error = %err, "snapshot step not claimed in the case: taking a set all the same");
-                warnings.push(format!(
-                    "the snapshot step could not be claimed in the case ({err}): a set was taken all the same"
-                ));
-                Vec::new()
-            }
-            Ok(Claim::Mine) => {
-                create_called = Box::pin(case.create_called("snapshot"))
-                    .await
-                    .unwrap_or(false);
-                Box::pin(case.created("snapshot")).await.unwrap_or_default()
-            }
-            Ok(Claim::Taken { by, at, ended }) => {
-                let recorded = Box::pin(case.created("snapshot")).await.unwrap_or_default();
-                info!(%by, %at, ended, "snapshots of this case are taken by another execution");
-                if !ended {
-                    warnings.push(format!(
-                        "the snapshots of case {} are taken by another execution of it (started {at}); its ids are in the case",
-                        case.handle.case_id
-                    ));
-                }
-                return Ok(recorded_set(target, recorded, warnings));
-            }
-        };
-        if !recorded.is_empty() {
-            info!(case = %case.handle.case_id, "snapshots already taken for this case");
-            return Ok(recorded_set(target, recorded, warnings));
-        }
-    }
+    let create_called = match Box::pin(claim_set(case, &mut warnings)).await {
+        Claimed::Recorded(recorded) => return Ok(recorded_set(target, recorded, warnings)),
+        Claimed::Take { create_called } => create_called,
+    };
     // The set's key on the snapshots: the case (or, without one, the finding).
     let set_key = case.map_or(target.finding_id.as_str(), |c| c.handle.case_id.as_str());
-    let (inst, earlier) = futures::try_join!(instance::describe(ec2, target), async {
-        if create_called {
-            earlier_snapshots(ec2, target, set_key).await
-        } else {
-            Ok(Vec::new())
+    let (inst, earlier) = futures::try_join!(
+        instance::describe(ec2, &target.scope, &target.instance_id),
+        async {
+            if create_called {
+                earlier_snapshots(ec2, target, set_key).await
+            } else {
+                Ok(Vec::new())
+            }
         }
-    })?;
+    )?;
     let devices = devices_by_volume(&inst);
-    // CreateSnapshots has no idempotency token: the tags set at creation find a set taken by a
-    // run cut short before it recorded it. Only snapshots of the instance's own volumes
-    // started since the case opened count.
-    let opened = case.map(|c| c.handle.opened_at.as_str()).and_then(|t| {
-        aws_smithy_types::DateTime::from_str(t, aws_smithy_types::date_time::Format::DateTime).ok()
-    });
-    let earlier: Vec<&Snapshot> = earlier
-        .iter()
-        .filter(|s| s.volume_id().is_some_and(|v| devices.contains_key(v)))
-        .filter(|s| match (opened, s.start_time()) {
-            (Some(opened), Some(started)) => started.secs() >= opened.secs(),
-            (Some(_), None) => false,
-            (None, _) => true,
-        })
-        .collect();
+    let earlier = earlier_set(case, &earlier, &devices);
     if !earlier.is_empty() {
-        let snapshots: Vec<ForensicSnapshot> = earlier
-            .iter()
-            .filter_map(|s| {
-                let volume_id = s.volume_id()?.to_owned();
-                Some(ForensicSnapshot {
-                    snapshot_id: s.snapshot_id()?.to_owned(),
-                    device: tags::find(s.tags(), tags::DEVICE)
-                        .map(str::to_owned)
-                        .or_else(|| devices.get(&volume_id).cloned()),
-                    volume_id,
-                })
-            })
-            .collect();
         info!(
             set = set_key,
             "snapshots already taken for this containment"
         );
-        Box::pin(record_set(case, &snapshots, &mut warnings)).await;
+        Box::pin(record_set(case, &earlier, &mut warnings)).await;
         return Ok(Outcome::AlreadyDone(SnapshotReport {
             instance_id: target.instance_id.clone(),
-            snapshots,
+            snapshots: earlier,
             warnings,
         }));
     }
@@ -155,9 +96,139 @@ pub async fn snapshot_instance(
             "the instance has no attached EBS volume (instance store only)",
         ));
     }
+    let request = create_request(ec2, target, set_key);
+    if let Some(plan) = clients.plan() {
+        let answer = request
+            .dry_run(true)
+            .send()
+            .await
+            .map_err(|e| Error::from_sdk("ec2:CreateSnapshots", e));
+        plan.add_ec2(
+            "ec2:CreateSnapshots",
+            &target.instance_id,
+            format!("one crash-consistent set of {} volume(s)", devices.len()),
+            answer,
+        );
+        return Ok(plan.outcome());
+    }
+    if let Some(case) = case
+        && let Err(err) = Box::pin(case.creating("snapshot")).await
+    {
+        crate::case::warn_unrecorded("snapshot call", &err);
+    }
+    let snapshots = Box::pin(take_set(request, &devices, &mut warnings)).await?;
+    info!(snapshots = ?snapshots.iter().map(|s| &s.snapshot_id).collect::<Vec<_>>(), "snapshots requested");
+    Box::pin(record_set(case, &snapshots, &mut warnings)).await;
+    // Per-snapshot tags (CreateSnapshots applies the same tags to all). The snapshots exist and
+    // carry the finding's tags already, so a failure here is logged, not fatal.
+    let labels = join_all(snapshots.iter().map(|s| label(ec2, s))).await;
+    for (s, result) in snapshots.iter().zip(labels) {
+        if let Err(err) = result {
+            warn!(snapshot = %s.snapshot_id, error = %err, "could not tag snapshot with its device");
+        }
+    }
+    Ok(Outcome::Done(SnapshotReport {
+        instance_id: target.instance_id.clone(),
+        snapshots,
+        warnings,
+    }))
+}
 
-    let request = ec2
-        .create_snapshots()
+/// What the case says of the snapshot set.
+enum Claimed {
+    /// The set the case records: taken by an earlier run of this step, or by another execution.
+    Recorded(Vec<String>),
+    /// This run takes the set; `create_called`: whether an earlier run of the step called
+    /// CreateSnapshots (only then are snapshots found by the case's tag taken for the set:
+    /// anyone allowed to tag a snapshot could otherwise pass one off as the evidence).
+    Take { create_called: bool },
+}
+
+/// One snapshot set per case: the step is claimed in the case before anything is taken, so
+/// that two executions of one finding (or two findings of one instance) take one set. A claim
+/// the table cannot answer never holds the evidence back: a set is taken, with a warning.
+async fn claim_set(case: Option<&crate::case::Recorder>, warnings: &mut Vec<String>) -> Claimed {
+    let Some(case) = case else {
+        return Claimed::Take {
+            create_called: true,
+        };
+    };
+    match Box::pin(case.claim("snapshot")).await {
+        Err(err) => {
+            warn!(error = %err, "snapshot step not claimed in the case: taking a set all the same");
+            warnings.push(format!(
+                "the snapshot step could not be claimed in the case ({err}): a set was taken all the same"
+            ));
+            Claimed::Take {
+                create_called: false,
+            }
+        }
+        Ok(Claim::Mine) => {
+            let create_called = Box::pin(case.create_called("snapshot"))
+                .await
+                .unwrap_or(false);
+            let recorded = Box::pin(case.created("snapshot")).await.unwrap_or_default();
+            if recorded.is_empty() {
+                Claimed::Take { create_called }
+            } else {
+                info!(case = %case.handle.case_id, "snapshots already taken for this case");
+                Claimed::Recorded(recorded)
+            }
+        }
+        Ok(Claim::Taken { by, at, ended }) => {
+            let recorded = Box::pin(case.created("snapshot")).await.unwrap_or_default();
+            info!(%by, %at, ended, "snapshots of this case are taken by another execution");
+            if !ended {
+                warnings.push(format!(
+                    "the snapshots of case {} are taken by another execution of it (started {at}); its ids are in the case",
+                    case.handle.case_id
+                ));
+            }
+            Claimed::Recorded(recorded)
+        }
+    }
+}
+
+/// The set a run cut short before it recorded it took, found by the tags set at creation
+/// (CreateSnapshots has no idempotency token): only snapshots of the instance's own volumes
+/// started since the case opened count.
+fn earlier_set(
+    case: Option<&crate::case::Recorder>,
+    earlier: &[Snapshot],
+    devices: &BTreeMap<String, String>,
+) -> Vec<ForensicSnapshot> {
+    let opened = case.map(|c| c.handle.opened_at.as_str()).and_then(|t| {
+        aws_smithy_types::DateTime::from_str(t, aws_smithy_types::date_time::Format::DateTime).ok()
+    });
+    earlier
+        .iter()
+        .filter(|s| s.volume_id().is_some_and(|v| devices.contains_key(v)))
+        .filter(|s| match (opened, s.start_time()) {
+            (Some(opened), Some(started)) => started.secs() >= opened.secs(),
+            (Some(_), None) => false,
+            (None, _) => true,
+        })
+        .filter_map(|s| {
+            let volume_id = s.volume_id()?.to_owned();
+            Some(ForensicSnapshot {
+                snapshot_id: s.snapshot_id()?.to_owned(),
+                device: tags::find(s.tags(), tags::DEVICE)
+                    .map(str::to_owned)
+                    .or_else(|| devices.get(&volume_id).cloned()),
+                volume_id,
+            })
+        })
+        .collect()
+}
+
+/// One crash-consistent set of every volume of the instance, boot volume included, tagged at
+/// creation with the set's key (the case) and the instance, the volumes' own tags copied.
+fn create_request(
+    ec2: &aws_sdk_ec2::Client,
+    target: &Target,
+    set_key: &str,
+) -> CreateSnapshotsFluentBuilder {
+    ec2.create_snapshots()
         .instance_specification(
             InstanceSpecification::builder()
                 .instance_id(&target.instance_id)
@@ -179,34 +250,22 @@ pub async fn snapshot_instance(
                 .tags(tags::new(tags::CASE, set_key))
                 .tags(tags::new(tags::INSTANCE_ID, &target.instance_id))
                 .build(),
-        );
-    if let Some(plan) = clients.plan() {
-        let answer = request
-            .dry_run(true)
-            .send()
-            .await
-            .map_err(|e| Error::from_sdk("ec2:CreateSnapshots", e));
-        plan.add_ec2(
-            "ec2:CreateSnapshots",
-            &target.instance_id,
-            format!("one crash-consistent set of {} volume(s)", devices.len()),
-            answer,
-        );
-        return Ok(plan.outcome());
-    }
-    if let Some(case) = case
-        && let Err(err) = Box::pin(case.creating("snapshot")).await
-    {
-        crate::case::warn_unrecorded("snapshot call", &err);
-    }
+        )
+}
+
+/// Takes the set. The volumes' own tags and the tool's would pass EC2's 50 tags per snapshot:
+/// the evidence comes first, so the snapshots are then taken with the tool's tags alone.
+async fn take_set(
+    request: CreateSnapshotsFluentBuilder,
+    devices: &BTreeMap<String, String>,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<ForensicSnapshot>, Error> {
     let created = match request
         .clone()
         .send()
         .await
         .map_err(|e| Error::from_sdk("ec2:CreateSnapshots", e))
     {
-        // The volumes' own tags and the tool's would pass EC2's 50 tags per snapshot: the
-        // evidence comes first, so the snapshots are taken with the tool's tags alone.
         Err(err) if err.aws_code() == Some("TagLimitExceeded") => {
             warn!(error = %err, "volume tags not copied: over the tag quota");
             warnings.push(
@@ -220,8 +279,7 @@ pub async fn snapshot_instance(
         }
         other => other?,
     };
-
-    let snapshots: Vec<ForensicSnapshot> = created
+    Ok(created
         .snapshots()
         .iter()
         .filter_map(|s| {
@@ -232,23 +290,7 @@ pub async fn snapshot_instance(
                 volume_id,
             })
         })
-        .collect();
-    info!(snapshots = ?snapshots.iter().map(|s| &s.snapshot_id).collect::<Vec<_>>(), "snapshots requested");
-    Box::pin(record_set(case, &snapshots, &mut warnings)).await;
-
-    // Per-snapshot tags (CreateSnapshots applies the same tags to all). The snapshots exist and
-    // carry the finding's tags already, so a failure here is logged, not fatal.
-    let labels = join_all(snapshots.iter().map(|s| label(ec2, s))).await;
-    for (s, result) in snapshots.iter().zip(labels) {
-        if let Err(err) = result {
-            warn!(snapshot = %s.snapshot_id, error = %err, "could not tag snapshot with its device");
-        }
-    }
-    Ok(Outcome::Done(SnapshotReport {
-        instance_id: target.instance_id.clone(),
-        snapshots,
-        warnings,
-    }))
+        .collect())
 }
 
 /// The set the case records (taken by this execution earlier, or by another one of the case).

@@ -9,7 +9,7 @@ use crate::aws::context::Ctx;
 use crate::aws::{instance, tags};
 use crate::case::Opened;
 use crate::domain::evidence::{self, Evidence, Side};
-use crate::domain::finding::{self, FindingEvent, NamedTarget, PlannedTarget, Skip, Target};
+use crate::domain::finding::{self, FindingEvent, NamedTarget, PlannedTarget, Resolution, Target};
 use crate::domain::settings::{AutoScalingAction, RoleAction, TriagePolicy};
 use crate::error::Error;
 use futures::{StreamExt, TryStreamExt};
@@ -138,8 +138,8 @@ pub async fn triage(ctx: &Ctx, event: &FindingEvent) -> Result<TriageReport, Err
         evidence: None,
     };
     let named = match finding::targets(event)? {
-        Ok(named) => named,
-        Err(Skip(reason)) => {
+        Resolution::Contain(named) => named,
+        Resolution::Skip(reason) => {
             report.reason = reason;
             return Ok(report);
         }
@@ -182,7 +182,9 @@ pub async fn triage(ctx: &Ctx, event: &FindingEvent) -> Result<TriageReport, Err
     }
 
     // Every instance is in the finding's account and region: one set of clients.
-    let clients = &ctx.clients(&first.target).await?;
+    let clients = &ctx
+        .clients(&first.target.scope, &first.target.finding_id)
+        .await?;
     let updated_at = event.detail.updated_at.as_deref();
     let in_group = named.targets.len() > 1;
     let plans: Vec<TargetPlan> = futures::stream::iter(named.targets.iter())
@@ -242,7 +244,7 @@ async fn triage_instance(
     // A credential finding names the role: its stolen credentials are contained even when the
     // instance is gone or cannot be found; the steps report what they could not do.
     let role_still_matters = target.role_name.is_some();
-    let inst = match instance::describe(&clients.ec2, target).await {
+    let inst = match instance::describe(&clients.ec2, &target.scope, &target.instance_id).await {
         Ok(inst) => inst,
         // A group member EC2 no longer knows (terminated, say, by its Auto Scaling group since
         // GuardDuty saw it) has nothing left to contain; the others are contained.
@@ -408,7 +410,7 @@ mod tests {
     }
 
     fn reason(policy: &TriagePolicy, e: &FindingEvent) -> Option<String> {
-        let target = finding::resolve(e).unwrap().unwrap();
+        let target = finding::resolve(e).unwrap().contain().unwrap();
         policy_reason(policy, &evidence::side(&e.detail), &target)
     }
 
@@ -566,7 +568,7 @@ mod tests {
                                    "additionalInfo": {"value": "{\"sample\":\"false\"}", "type": "default"}}}
         }))
         .expect("read");
-        let target = finding::resolve(&e).unwrap().expect("a target");
+        let target = finding::resolve(&e).unwrap().contain().expect("a target");
         assert_eq!(target.severity, 8.0);
         assert_eq!(reason(&TriagePolicy::default(), &e), None);
         // The flags the decision reads are strict about what they cannot read.

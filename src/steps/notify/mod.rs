@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use crate::aws::context::Ctx;
-use crate::domain::finding::{self, FindingEvent, Skip, Target, severity_label};
+use crate::domain::finding::{self, FindingEvent, Resolution, Target, severity_label};
 use crate::domain::outcome::Outcome;
 use crate::error::{Error, ErrorName};
 use crate::steps::deregister::DeregisterReport;
@@ -341,7 +341,7 @@ fn resolve_instances<'a>(
     // Triage failed: nothing was contained, whatever the finding names. Each instance it names
     // is listed as failed, so that a group is never reported as not actionable.
     if triage_failed
-        && let Ok(Ok(named)) = finding::targets(event)
+        && let Ok(Resolution::Contain(named)) = finding::targets(event)
         && named.targets.len() > 1
     {
         return Resolved::Instances(
@@ -358,7 +358,7 @@ fn resolve_instances<'a>(
         );
     }
     match finding::resolve(event) {
-        Ok(Ok(target)) => {
+        Ok(Resolution::Contain(target)) => {
             let verdict = match triage.map(|t| t.decision) {
                 Some(Decision::NotifyOnly) => Verdict::NotifyOnly,
                 _ => judge(&flat, with_deregister, triage_failed),
@@ -370,7 +370,7 @@ fn resolve_instances<'a>(
                 verdict,
             }])
         }
-        Ok(Err(Skip(reason))) => Resolved::Skip(reason),
+        Ok(Resolution::Skip(reason)) => Resolved::Skip(reason),
         Err(e) => Resolved::Invalid(e.to_string()),
     }
 }
