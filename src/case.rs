@@ -462,6 +462,9 @@ impl Store {
     /// updates a finding when the activity recurs) opens a new case. While the open case is
     /// being released, a finding gets a transient error (the workflow retries it once the
     /// release is over) rather than join a case that is being undone.
+    ///
+    /// One piece on purpose: the branches of one conditional write (new case, joined case,
+    /// released case, lost race) read together, as DynamoDB decides between them.
     pub async fn open(
         &self,
         target: &Target,

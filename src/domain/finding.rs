@@ -649,6 +649,9 @@ impl Named {
 ///
 /// `Err` is an event that is not a usable GuardDuty finding at all; `Ok(Resolution::Skip(reason))` a finding
 /// that is not acted on as a whole (a sample, archived, no resource).
+///
+/// One piece on purpose: one match over GuardDuty's resource types, each arm what that type
+/// names.
 pub fn targets(event: &FindingEvent) -> Result<Resolution<Named>, Error> {
     let header = match header(event)? {
         Resolution::Contain(header) => header,
@@ -788,6 +791,9 @@ const NODE_LISTS: [&str; 2] = ["EKS_CLUSTER", "ECS_CLUSTER"];
 /// they share ([`SEQUENCE_GROUPS`]). A resource in another account or region than the
 /// finding's, or an id that is not an instance id, is passed over with the reason: every call
 /// for the finding is made in its own account and region.
+///
+/// One piece on purpose: one pass over an attack sequence's resources, each kind what it names
+/// or why it is passed over.
 fn sequence_targets(header: &Header, finding: &Finding, named: &mut Named) {
     let resources = finding
         .service

@@ -107,6 +107,8 @@ impl Settings {
     }
 
     /// Reads the settings through `lookup` (the environment, or a table in tests).
+    ///
+    /// One piece on purpose: one block per setting, each named as the template names it.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Settings, Error> {
         let var = |name: &str| {
             lookup(name)

@@ -623,3 +623,84 @@ async fn leave_classic(clients: &Clients, lb: &str, id: &str) -> Result<(), Erro
             )
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_autoscaling::operation::describe_auto_scaling_instances::DescribeAutoScalingInstancesOutput;
+    use aws_sdk_ec2::types::InstanceStateName;
+    use aws_sdk_elasticloadbalancing::operation::describe_load_balancers::DescribeLoadBalancersOutput;
+    use aws_sdk_elasticloadbalancingv2::error::ErrorMetadata;
+    use aws_sdk_elasticloadbalancingv2::operation::describe_target_groups::{
+        DescribeTargetGroupsError, DescribeTargetGroupsOutput,
+    };
+    use aws_smithy_mocks::{Rule, RuleMode, mock, mock_client};
+
+    use super::*;
+    use crate::ErrorName;
+    use crate::steps::testing;
+
+    fn in_no_group() -> Rule {
+        mock!(aws_sdk_autoscaling::Client::describe_auto_scaling_instances)
+            .then_output(|| DescribeAutoScalingInstancesOutput::builder().build())
+    }
+
+    fn no_classic() -> Rule {
+        mock!(aws_sdk_elasticloadbalancing::Client::describe_load_balancers)
+            .then_output(|| DescribeLoadBalancersOutput::builder().build())
+    }
+
+    fn clients(target_groups: &Rule) -> Clients {
+        let describe = mock!(aws_sdk_ec2::Client::describe_instances)
+            .then_output(|| testing::instance(InstanceStateName::Running));
+        let mut clients = testing::clients();
+        clients.ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, &[&describe]);
+        clients.autoscaling =
+            mock_client!(aws_sdk_autoscaling, RuleMode::MatchAny, &[&in_no_group()]);
+        clients.elbv2 = mock_client!(
+            aws_sdk_elasticloadbalancingv2,
+            RuleMode::MatchAny,
+            &[target_groups]
+        );
+        clients.elb = mock_client!(
+            aws_sdk_elasticloadbalancing,
+            RuleMode::MatchAny,
+            &[&no_classic()]
+        );
+        clients
+    }
+
+    #[tokio::test]
+    async fn an_instance_in_no_group_and_behind_no_load_balancer_is_skipped() {
+        let none = mock!(aws_sdk_elasticloadbalancingv2::Client::describe_target_groups)
+            .then_output(|| DescribeTargetGroupsOutput::builder().build());
+        let outcome = deregister_instance(&clients(&none), &testing::target())
+            .await
+            .unwrap();
+        assert_eq!(
+            outcome,
+            Outcome::skipped(
+                "the instance is in no Auto Scaling group and behind no load balancer"
+            )
+        );
+    }
+
+    /// A lookup that failed is never read as "behind no load balancer": the step fails with
+    /// the lookup named, retryable as the throttle is.
+    #[tokio::test]
+    async fn a_failed_target_group_lookup_is_not_nothing_to_do() {
+        let throttled = mock!(aws_sdk_elasticloadbalancingv2::Client::describe_target_groups)
+            .then_error(|| {
+                DescribeTargetGroupsError::generic(
+                    ErrorMetadata::builder()
+                        .code("Throttling")
+                        .message("Rate exceeded")
+                        .build(),
+                )
+            });
+        let err = deregister_instance(&clients(&throttled), &testing::target())
+            .await
+            .unwrap_err();
+        assert_eq!(err.name(), ErrorName::TransientAwsError, "{err}");
+        assert!(err.to_string().contains("target group lookup"), "{err}");
+    }
+}

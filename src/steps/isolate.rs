@@ -717,6 +717,10 @@ where
 /// Moves one interface into the quarantine group alone, through the transit group when there is
 /// one. Once the interface may be in the transit group it never stays there: it goes on to the
 /// quarantine group or back to the groups it had, or the failure says EXPOSED.
+///
+/// One piece on purpose: every way out of it says where the interface is left (quarantine, its
+/// own groups, or EXPOSED in transit), and the fail-safe is checked by reading that sequence
+/// whole (`tests/fail_open.rs` drives each exit).
 async fn move_interface(
     ec2: &aws_sdk_ec2::Client,
     plan: Option<&Plan>,
@@ -1298,4 +1302,47 @@ async fn revoke_listed(ec2: &aws_sdk_ec2::Client, group: &SecurityGroup) -> Resu
     };
     let (e, i) = futures::try_join!(revoke_egress, revoke_ingress)?;
     Ok(e || i)
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_ec2::operation::describe_network_interfaces::DescribeNetworkInterfacesOutput;
+    use aws_sdk_ec2::operation::modify_network_interface_attribute::ModifyNetworkInterfaceAttributeOutput;
+    use aws_sdk_ec2::types::InstanceStateName;
+    use aws_smithy_mocks::{RuleMode, mock, mock_client};
+
+    use super::*;
+    use crate::steps::testing;
+
+    /// A terminated (or terminating) instance is reported as gone, and nothing is changed: no
+    /// group is made and no interface moves.
+    #[tokio::test]
+    async fn a_terminated_instance_is_skipped_and_nothing_changes() {
+        for state in [
+            InstanceStateName::Terminated,
+            InstanceStateName::ShuttingDown,
+        ] {
+            let answered = state.clone();
+            let describe = mock!(aws_sdk_ec2::Client::describe_instances)
+                .then_output(move || testing::instance(answered.clone()));
+            let interfaces = mock!(aws_sdk_ec2::Client::describe_network_interfaces)
+                .then_output(|| DescribeNetworkInterfacesOutput::builder().build());
+            let moves = mock!(aws_sdk_ec2::Client::modify_network_interface_attribute)
+                .then_output(|| ModifyNetworkInterfaceAttributeOutput::builder().build());
+            let mut clients = testing::clients();
+            clients.ec2 = mock_client!(
+                aws_sdk_ec2,
+                RuleMode::MatchAny,
+                &[&describe, &interfaces, &moves]
+            );
+            let outcome = isolate_instance(&clients, &testing::target(), None)
+                .await
+                .unwrap();
+            let Outcome::Skipped { reason } = outcome else {
+                panic!("{state:?}: {outcome:?}");
+            };
+            assert!(reason.contains(state.as_str()), "{reason}");
+            assert_eq!(moves.num_calls(), 0);
+        }
+    }
 }

@@ -128,3 +128,85 @@ async fn attach_case(
         }
     }
 }
+
+/// What the steps' unit tests share: a target as a real finding names it, and clients whose
+/// services answer only the rules a test gives them (at the SDK boundary, with aws-smithy-mocks).
+#[cfg(test)]
+pub(crate) mod testing {
+    use aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput;
+    use aws_sdk_ec2::types::{
+        GroupIdentifier, Instance, InstanceNetworkInterface, InstanceState, InstanceStateName,
+        Reservation,
+    };
+    use aws_smithy_mocks::{RuleMode, mock_client};
+
+    use crate::Clients;
+    use crate::domain::finding::{Target, parse_event, resolve};
+
+    pub(crate) const INSTANCE: &str = "i-0123456789abcdef0";
+    pub(crate) const VPC: &str = "vpc-0123456789abcdef0";
+
+    /// The instance an instance-credential finding names (GuardDuty's AccessKey resource, the
+    /// session named after the instance), with its role.
+    pub(crate) fn target() -> Target {
+        let event = parse_event(serde_json::json!({
+            "detail-type": "GuardDuty Finding", "source": "aws.guardduty",
+            "detail": {
+                "id": "f1", "accountId": "123456789012", "region": "us-east-1",
+                "type": "UnauthorizedAccess:IAMUser/InstanceCredentialExfiltration.OutsideAWS",
+                "resource": {"resourceType": "AccessKey", "accessKeyDetails": {
+                    "principalId": format!("AROAEXAMPLE:{INSTANCE}"), "userName": "web-role",
+                    "userType": "AssumedRole"}}
+            }
+        }))
+        .expect("a finding event");
+        resolve(&event)
+            .expect("a usable finding")
+            .contain()
+            .expect("a target")
+    }
+
+    /// Clients of every service that answer no call: a test adds the rules of the calls it
+    /// expects, so an unexpected call fails it.
+    pub(crate) fn clients() -> Clients {
+        let config = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .build();
+        let mut c = Clients::new(&config, Default::default());
+        c.ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, &[]);
+        c.iam = mock_client!(aws_sdk_iam, RuleMode::MatchAny, &[]);
+        c.autoscaling = mock_client!(aws_sdk_autoscaling, RuleMode::MatchAny, &[]);
+        c.elbv2 = mock_client!(aws_sdk_elasticloadbalancingv2, RuleMode::MatchAny, &[]);
+        c.elb = mock_client!(aws_sdk_elasticloadbalancing, RuleMode::MatchAny, &[]);
+        c
+    }
+
+    /// DescribeInstances: the instance in `state`, with one interface in the VPC and no volume.
+    pub(crate) fn instance(state: InstanceStateName) -> DescribeInstancesOutput {
+        let eni = InstanceNetworkInterface::builder()
+            .network_interface_id("eni-0000000000000000a")
+            .vpc_id(VPC)
+            .groups(
+                GroupIdentifier::builder()
+                    .group_id("sg-0bbbbbbbbbbbbbbb0")
+                    .build(),
+            )
+            .build();
+        DescribeInstancesOutput::builder()
+            .reservations(
+                Reservation::builder()
+                    .instances(
+                        Instance::builder()
+                            .instance_id(INSTANCE)
+                            .vpc_id(VPC)
+                            .private_ip_address("10.0.0.10")
+                            .state(InstanceState::builder().name(state).build())
+                            .network_interfaces(eni)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .build()
+    }
+}

@@ -23,7 +23,7 @@ use tracing::{info, warn};
 use crate::aws::context::{Clients, Ctx};
 use crate::aws::{instance, profile, tags};
 use crate::case::{Case, Previous, Store, is_case_id};
-use crate::domain::finding::{InstanceRef, Scope, is_instance_id};
+use crate::domain::finding::{InstanceRef, Resolution, Scope, is_instance_id};
 use crate::domain::outcome::{Outcome, Tally};
 use crate::error::Error;
 use crate::steps::deregister::TargetRecord;
@@ -96,6 +96,34 @@ pub struct RoleRelease {
 /// Releases the instance a request names (the Lambda handler).
 pub async fn release(ctx: &Ctx, request: &ReleaseRequest) -> Result<Outcome<ReleaseReport>, Error> {
     let ctx = &ctx.acting_as("release");
+    let target = released_instance(ctx, request)?;
+    if let Some(reason) = ctx.org().refusal(&target.scope.account_id) {
+        return Ok(Outcome::skipped(reason));
+    }
+    let store = ctx.cases();
+    let case = match Box::pin(open_case_of(store, &target, request)).await? {
+        Resolution::Contain(case) => case,
+        Resolution::Skip(reason) => return Ok(Outcome::skipped(reason)),
+    };
+    let clients = ctx
+        .clients(&target.scope, &format!("release-{}", case.case_id))
+        .await?;
+    let scope = &target.scope;
+    let case = match Box::pin(hold_case(store, case, scope)).await? {
+        Resolution::Contain(case) => case,
+        Resolution::Skip(reason) => return Ok(Outcome::skipped(reason)),
+    };
+    let released = Box::pin(release_case(&clients, store, &case, &target, request)).await;
+    if released.is_err() {
+        // The case stays open: findings join it again, and release can be run again.
+        let _ = Box::pin(store.abort_release(&case, scope)).await;
+    }
+    released
+}
+
+/// The instance a release request names, each value checked before it reaches a request; the
+/// account defaults to the responder's own, the region to the function's.
+fn released_instance(ctx: &Ctx, request: &ReleaseRequest) -> Result<InstanceRef, Error> {
     if !is_instance_id(&request.instance_id) {
         return Err(Error::InvalidEvent(format!(
             "{:?} is not an EC2 instance id",
@@ -150,13 +178,20 @@ pub async fn release(ctx: &Ctx, request: &ReleaseRequest) -> Result<Outcome<Rele
         },
         instance_id: request.instance_id.clone(),
     };
-    if let Some(reason) = ctx.org().refusal(&target.scope.account_id) {
-        return Ok(Outcome::skipped(reason));
-    }
-    let store = ctx.cases();
+    Ok(target)
+}
+
+/// The instance's open case, as the case table records it (never as a tag says): none is
+/// nothing to release; one that is not the case the request names, or that records another
+/// instance, is refused.
+async fn open_case_of(
+    store: &crate::case::Store,
+    target: &InstanceRef,
+    request: &ReleaseRequest,
+) -> Result<Resolution<Case>, Error> {
     let Some((case_id, _)) = store.open_case(&target.scope, &target.instance_id).await? else {
-        return Ok(Outcome::skipped(
-            "the instance has no open case in the case table: nothing to release",
+        return Ok(Resolution::Skip(
+            "the instance has no open case in the case table: nothing to release".into(),
         ));
     };
     if let Some(asked) = &request.case_id
@@ -184,14 +219,21 @@ pub async fn release(ctx: &Ctx, request: &ReleaseRequest) -> Result<Outcome<Rele
             scope.region
         )));
     }
-    let clients = ctx
-        .clients(&target.scope, &format!("release-{case_id}"))
-        .await?;
-    // The case is held for the release: a finding arriving meanwhile is triaged again after
-    // it, instead of joining a case being undone. Then nothing of the case may still be
-    // running (an execution whose steps would contain again what release restores).
+    Ok(Resolution::Contain(case))
+}
+
+/// Holds the case for the release: a finding arriving meanwhile is triaged again after it,
+/// instead of joining a case being undone. Then nothing of the case may still be running (an
+/// execution whose steps would contain again what release restores): a busy case lets the
+/// hold go and asks for a retry.
+async fn hold_case(
+    store: &crate::case::Store,
+    case: Case,
+    scope: &Scope,
+) -> Result<Resolution<Case>, Error> {
+    let case_id = case.case_id.clone();
     if !Box::pin(store.begin_release(&case, scope)).await? {
-        return Ok(Outcome::skipped(format!(
+        return Ok(Resolution::Skip(format!(
             "case {case_id} is no longer the instance's open case: nothing to release"
         )));
     }
@@ -214,12 +256,7 @@ pub async fn release(ctx: &Ctx, request: &ReleaseRequest) -> Result<Outcome<Rele
             source: "case busy".into(),
         });
     }
-    let released = Box::pin(release_case(&clients, store, &case, &target, request)).await;
-    if released.is_err() {
-        // The case stays open: findings join it again, and release can be run again.
-        let _ = Box::pin(store.abort_release(&case, scope)).await;
-    }
-    released
+    Ok(Resolution::Contain(case))
 }
 
 /// `aws`, `aws-cn`, `aws-us-gov` and the like.
@@ -757,4 +794,57 @@ async fn rejoin_classic(
         })?;
     }
     Ok(names.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorName;
+    use crate::aws::context::OrgSettings;
+
+    fn request(instance_id: &str) -> ReleaseRequest {
+        ReleaseRequest {
+            instance_id: instance_id.into(),
+            account_id: Some("123456789012".into()),
+            region: Some("us-east-1".into()),
+            partition: None,
+            case_id: None,
+            reason: None,
+            release_credentials: false,
+        }
+    }
+
+    /// Every value of a release request that reaches an AWS request is checked before any call
+    /// (the context here has no credentials: a call would fail otherwise).
+    #[tokio::test]
+    async fn a_request_with_a_value_aws_would_not_take_is_refused_before_any_call() {
+        let config = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .build();
+        let ctx = Ctx::new(config, OrgSettings::default());
+        let bad = [
+            request("i-123; DROP"),
+            ReleaseRequest {
+                account_id: Some("12345".into()),
+                ..request(testing_instance())
+            },
+            ReleaseRequest {
+                region: Some("us-east-1\n".into()),
+                ..request(testing_instance())
+            },
+            ReleaseRequest {
+                case_id: Some("case with spaces".into()),
+                ..request(testing_instance())
+            },
+        ];
+        for r in bad {
+            let err = release(&ctx, &r).await.unwrap_err();
+            assert_eq!(err.name(), ErrorName::InvalidEvent, "{r:?}: {err}");
+        }
+    }
+
+    fn testing_instance() -> &'static str {
+        crate::steps::testing::INSTANCE
+    }
 }

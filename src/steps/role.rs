@@ -564,8 +564,48 @@ async fn quarantine_instance_profile(
         .ok()
         .and_then(|i| i.state().and_then(|s| s.name()).cloned())
         .unwrap_or(InstanceStateName::Running);
-    let iam = &clients.iam;
-    let exists = match iam
+    let plan = clients.plan();
+    let existed = Box::pin(ensure_quarantine_profile(&clients.iam, plan)).await?;
+    // The profile it had, recorded in the case before it is replaced (the first record stands).
+    let mut warnings = Vec::new();
+    if let Some(case) = clients.case.as_ref().filter(|_| plan.is_none()) {
+        let previous = Previous::Profile {
+            profile_arn: current.clone(),
+        };
+        if let Err(err) = Box::pin(case.remember(&previous)).await {
+            warn!(error = %err, "record of the previous profile not written");
+            warnings.push(format!(
+                "the record of the previous instance profile could not be written to the case ({err}): release will not give it back; it was {current}"
+            ));
+        }
+    }
+    let swap = ProfileChangeRequest {
+        instance_id: &target.instance_id,
+        association_id: association.association_id().unwrap_or_default(),
+        current: &current,
+        existed,
+    };
+    Box::pin(swap_profile(ec2, plan, &state, swap)).await?;
+    if plan.is_some() {
+        return Ok((None, warnings));
+    }
+    info!(previous = %current, profile = QUARANTINE_PROFILE_NAME, ?state, "instance profile replaced");
+    Ok((
+        Some(ProfileSwap {
+            previous_profile_arn: Some(current),
+            change: Change::Applied,
+        }),
+        warnings,
+    ))
+}
+
+/// Makes sure the empty quarantine profile exists (planned in a dry run); whether it existed
+/// already. One created meanwhile by another execution is the same empty profile.
+async fn ensure_quarantine_profile(
+    iam: &aws_sdk_iam::Client,
+    plan: Option<&Plan>,
+) -> Result<bool, Error> {
+    let existed = match iam
         .get_instance_profile()
         .instance_profile_name(QUARANTINE_PROFILE_NAME)
         .send()
@@ -580,8 +620,7 @@ async fn quarantine_instance_profile(
             false
         }
     };
-    let plan = clients.plan();
-    match (exists, plan) {
+    match (existed, plan) {
         (true, _) => {}
         (false, Some(plan)) => plan.add(PlannedAction::unchecked(
             "iam:CreateInstanceProfile",
@@ -597,26 +636,40 @@ async fn quarantine_instance_profile(
                 .await
                 .map_err(|e| Error::from_sdk("iam:CreateInstanceProfile", e));
             match created {
-                // Created meanwhile by another execution: it is the same empty profile.
                 Err(err) if err.aws_code() != Some("EntityAlreadyExists") => return Err(err),
                 _ => {}
             }
         }
     }
-    // The profile it had, recorded in the case before it is replaced (the first record stands).
-    let mut warnings = Vec::new();
-    if let Some(case) = clients.case.as_ref().filter(|_| plan.is_none()) {
-        let previous = Previous::Profile {
-            profile_arn: current.clone(),
-        };
-        if let Err(err) = Box::pin(case.remember(&previous)).await {
-            warn!(error = %err, "record of the previous profile not written");
-            warnings.push(format!(
-                "the record of the previous instance profile could not be written to the case ({err}): release will not give it back; it was {current}"
-            ));
-        }
-    }
-    let association_id = association.association_id().unwrap_or_default();
+    Ok(existed)
+}
+
+/// The instance's profile association to swap for the quarantine profile.
+struct ProfileChangeRequest<'a> {
+    instance_id: &'a str,
+    association_id: &'a str,
+    /// The profile it has.
+    current: &'a str,
+    /// Whether the quarantine profile existed before this run (one just created may not be
+    /// usable yet).
+    existed: bool,
+}
+
+/// Swaps the instance's profile for the quarantine profile: replaced on a running instance,
+/// removed and associated anew on a stopped one (EC2 replaces no association of a stopped
+/// instance); an instance between states is retried. Planned instead in a dry run.
+async fn swap_profile(
+    ec2: &aws_sdk_ec2::Client,
+    plan: Option<&Plan>,
+    state: &InstanceStateName,
+    swap: ProfileChangeRequest<'_>,
+) -> Result<(), Error> {
+    let ProfileChangeRequest {
+        instance_id,
+        association_id,
+        current,
+        existed,
+    } = swap;
     let quarantine = IamInstanceProfileSpecification::builder()
         .name(QUARANTINE_PROFILE_NAME)
         .build();
@@ -628,7 +681,7 @@ async fn quarantine_instance_profile(
             code,
             message,
             source,
-        } if code == "InvalidParameterValue" && !exists => Error::Transient {
+        } if code == "InvalidParameterValue" && !existed => Error::Transient {
             action,
             code,
             message,
@@ -636,21 +689,21 @@ async fn quarantine_instance_profile(
         },
         other => other,
     };
-    match (&state, plan) {
+    match (state, plan) {
         (InstanceStateName::Running, Some(plan)) => plan.add(PlannedAction::unchecked(
             "ec2:ReplaceIamInstanceProfileAssociation",
-            &target.instance_id,
+            instance_id,
             format!("{current} replaced by {QUARANTINE_PROFILE_NAME}"),
         )),
         (InstanceStateName::Stopped, Some(plan)) => {
             plan.add(PlannedAction::unchecked(
                 "ec2:DisassociateIamInstanceProfile",
-                &target.instance_id,
+                instance_id,
                 format!("{current} removed (the instance is stopped)"),
             ));
             plan.add(PlannedAction::unchecked(
                 "ec2:AssociateIamInstanceProfile",
-                &target.instance_id,
+                instance_id,
                 QUARANTINE_PROFILE_NAME,
             ));
         }
@@ -674,7 +727,7 @@ async fn quarantine_instance_profile(
                 .await
                 .map_err(|e| Error::from_sdk("ec2:DisassociateIamInstanceProfile", e))?;
             ec2.associate_iam_instance_profile()
-                .instance_id(&target.instance_id)
+                .instance_id(instance_id)
                 .iam_instance_profile(quarantine)
                 .send()
                 .await
@@ -694,17 +747,7 @@ async fn quarantine_instance_profile(
             });
         }
     }
-    if plan.is_some() {
-        return Ok((None, warnings));
-    }
-    info!(previous = %current, profile = QUARANTINE_PROFILE_NAME, ?state, "instance profile replaced");
-    Ok((
-        Some(ProfileSwap {
-            previous_profile_arn: Some(current),
-            change: Change::Applied,
-        }),
-        warnings,
-    ))
+    Ok(())
 }
 
 /// The role to contain: named by an AccessKey finding, else the role in the instance profile
@@ -1046,4 +1089,71 @@ async fn other_instances(
         listed: ids.into_iter().take(MAX_LISTED).collect(),
         more,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_iam::operation::get_role::GetRoleOutput;
+    use aws_sdk_iam::types::Role;
+    use aws_smithy_mocks::{RuleMode, mock, mock_client};
+
+    use super::*;
+    use crate::steps::testing;
+
+    fn role(path: &str) -> Role {
+        Role::builder()
+            .path(path)
+            .role_name("web-role")
+            .role_id("AROAEXAMPLEID")
+            .arn(format!("arn:aws:iam::123456789012:role{path}web-role"))
+            .create_date(aws_smithy_types::DateTime::from_secs(0))
+            .build()
+            .expect("every required field")
+    }
+
+    /// A service-linked role cannot take policies: it is skipped with the reason, before any
+    /// instance is listed or any policy written.
+    #[tokio::test]
+    async fn a_service_linked_role_is_skipped() {
+        let get = mock!(aws_sdk_iam::Client::get_role).then_output(|| {
+            GetRoleOutput::builder()
+                .role(role("/aws-service-role/ec2.amazonaws.com/"))
+                .build()
+        });
+        let mut clients = testing::clients();
+        clients.iam = mock_client!(aws_sdk_iam, RuleMode::MatchAny, &[&get]);
+        let outcome = contain_instance_role(&clients, &testing::target())
+            .await
+            .unwrap();
+        assert_eq!(
+            outcome,
+            Outcome::skipped("web-role is a service-linked role, which cannot take policies")
+        );
+    }
+
+    /// A role that no longer exists is nothing to contain, not a failure. (The error as the SDK
+    /// reads IAM's answer: its modeled exception, with the code `NoSuchEntity` IAM sends.)
+    #[tokio::test]
+    async fn a_role_that_no_longer_exists_is_skipped() {
+        let get = mock!(aws_sdk_iam::Client::get_role).then_error(|| {
+            let message = "The role with name web-role cannot be found.";
+            aws_sdk_iam::operation::get_role::GetRoleError::NoSuchEntityException(
+                aws_sdk_iam::types::error::NoSuchEntityException::builder()
+                    .message(message)
+                    .meta(
+                        aws_sdk_iam::error::ErrorMetadata::builder()
+                            .code("NoSuchEntity")
+                            .message(message)
+                            .build(),
+                    )
+                    .build(),
+            )
+        });
+        let mut clients = testing::clients();
+        clients.iam = mock_client!(aws_sdk_iam, RuleMode::MatchAny, &[&get]);
+        let outcome = contain_instance_role(&clients, &testing::target())
+            .await
+            .unwrap();
+        assert_eq!(outcome, Outcome::skipped("role web-role no longer exists"));
+    }
 }

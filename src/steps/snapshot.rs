@@ -398,3 +398,40 @@ async fn label(ec2: &aws_sdk_ec2::Client, s: &ForensicSnapshot) -> Result<(), Er
         .map_err(|e| Error::from_sdk("ec2:CreateTags", e))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_ec2::operation::create_snapshots::CreateSnapshotsOutput;
+    use aws_sdk_ec2::operation::describe_snapshots::DescribeSnapshotsOutput;
+    use aws_sdk_ec2::types::InstanceStateName;
+    use aws_smithy_mocks::{RuleMode, mock, mock_client};
+
+    use super::*;
+    use crate::steps::testing;
+
+    /// An instance with no EBS volume (instance store only) has nothing to snapshot: skipped
+    /// with the reason, and CreateSnapshots is not called.
+    #[tokio::test]
+    async fn an_instance_without_ebs_volumes_is_skipped() {
+        let describe = mock!(aws_sdk_ec2::Client::describe_instances)
+            .then_output(|| testing::instance(InstanceStateName::Running));
+        let earlier = mock!(aws_sdk_ec2::Client::describe_snapshots)
+            .then_output(|| DescribeSnapshotsOutput::builder().build());
+        let create = mock!(aws_sdk_ec2::Client::create_snapshots)
+            .then_output(|| CreateSnapshotsOutput::builder().build());
+        let mut clients = testing::clients();
+        clients.ec2 = mock_client!(
+            aws_sdk_ec2,
+            RuleMode::MatchAny,
+            &[&describe, &earlier, &create]
+        );
+        let outcome = snapshot_instance(&clients, &testing::target())
+            .await
+            .unwrap();
+        assert_eq!(
+            outcome,
+            Outcome::skipped("the instance has no attached EBS volume (instance store only)")
+        );
+        assert_eq!(create.num_calls(), 0);
+    }
+}

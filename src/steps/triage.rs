@@ -229,6 +229,9 @@ pub fn host_reason(policy: &TriagePolicy, finding: &finding::Finding) -> Option<
 }
 
 /// Decides for one instance of the plan by what it is now, and opens (or joins) its case.
+///
+/// One piece on purpose: the checks of one instance in the order they decide (gone, exempt,
+/// already contained, its case), each an early return with its reason.
 #[tracing::instrument(skip_all, fields(instance_id = %named.target.instance_id))]
 async fn triage_instance(
     ctx: &Ctx,

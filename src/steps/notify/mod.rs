@@ -279,6 +279,9 @@ enum Resolved<'a> {
 /// The instances of the message: triage's plan with the Map's results, in order; or, for an
 /// input written by hand (or a triage that failed), the one instance the finding names with
 /// the input's own step results.
+///
+/// One piece on purpose: the shapes notify is given (a plan of instances, a triage that failed,
+/// a finding alone) side by side, each resolved into the same instances.
 fn resolve_instances<'a>(
     input: &'a NotifyInput,
     event: &Result<FindingEvent, Error>,
@@ -402,6 +405,8 @@ fn overall(instances: &[Instance<'_>]) -> Verdict {
     .unwrap_or(Verdict::Skipped)
 }
 
+/// One piece on purpose: the message reads top to bottom as the function does (finding,
+/// verdict, each step, next actions); each section is a `write_*` function of `text.rs`.
 pub fn render(input: &NotifyInput) -> Message {
     if let Some(release) = &input.release {
         return render_release(&input.event, release);
@@ -601,6 +606,9 @@ fn finish(
 
 /// The body for a finding naming several instances: the finding, what was passed over, then
 /// each instance with its verdict, case and steps.
+///
+/// One piece on purpose: the group message in reading order (the finding, what was passed over,
+/// then each instance with its steps).
 fn write_group(
     body: &mut String,
     triage: Option<&TriageReport>,

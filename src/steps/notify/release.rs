@@ -9,6 +9,9 @@ use crate::domain::outcome::Outcome;
 use crate::steps::release::ReleaseReport;
 
 /// The message of the release workflow.
+///
+/// One piece on purpose: the release message in reading order, one section per thing given
+/// back.
 pub(super) fn render_release(
     request: &serde_json::Value,
     result: &StepResult<ReleaseReport>,

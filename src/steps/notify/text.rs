@@ -391,6 +391,8 @@ pub(super) fn write_snapshots(
     }
 }
 
+/// One piece on purpose: the role section in reading order, one line per role action and its
+/// links.
 pub(super) fn write_role(body: &mut String, r: Option<&StepResult<RoleReport>>, links: &Links) {
     let Some(report) = write_status(body, "IAM role containment", r) else {
         return;
