@@ -38,17 +38,15 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "helper_scripts" / "local"))
-import rie  # noqa: E402
-import run as local  # noqa: E402
-
-sys.path.insert(0, str(ROOT / "tests" / "tools"))
-from fault_proxy import EC2_BUCKETS, ec2_bucket  # noqa: E402
-from lambda_service import function_env  # noqa: E402
+from fault_proxy import EC2_BUCKETS, ec2_bucket
+from local import rie
+from local.lambda_service import function_env
+from local.stack import create_case_table, execute, local_stack
+from local.template import ACCOUNT, REGION, function_settings, load_template
+from local.world import IMAGE_ID, point_event_at, point_sample_at
 
 BASELINE_DIR = ROOT / "bench" / "baseline"
 PROXY = ROOT / "tests" / "tools" / "fault_proxy.py"
-REGION = local.REGION
 # Function -> (the template's logical id, the sample event it is invoked with, the baseline handler).
 FUNCTIONS = {
     "triage": ("TriageFunction", "credential-exfiltration.json", None),
@@ -76,9 +74,12 @@ def spread(values: list[float]) -> dict | None:
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+        platform.processor(),
+    )
     mem_kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
-    rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
+    rustc = subprocess.run(["rustc", "--version"], check=False, capture_output=True, text=True).stdout.strip()
     return {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "cpu": cpu,
@@ -115,7 +116,10 @@ def sizes(x86_dir: Path, arm_dir: Path | None) -> dict:
             row["arm64"] = {"bytes": len(data), "zip_bytes": zipped_size({"bootstrap": data})}
         out[name] = row
     handlers = {p.name: p.read_bytes() for p in BASELINE_DIR.glob("*.py")}
-    out["baseline"] = {"zip_bytes": zipped_size(handlers), "boto3_in_runtime_bytes": installed_size("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "urllib3")}
+    out["baseline"] = {
+        "zip_bytes": zipped_size(handlers),
+        "boto3_in_runtime_bytes": installed_size("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "urllib3"),
+    }
     return out
 
 
@@ -144,9 +148,16 @@ class Account:
         self.id = f"{300000000000 + os.getpid() % 1000 * 1000 + Account.counter}"
         sts = boto3.client("sts", region_name=REGION, endpoint_url=emulator, aws_access_key_id="testing", aws_secret_access_key="testing")
         c = sts.assume_role(RoleArn=f"arn:aws:iam::{self.id}:role/bench", RoleSessionName="bench")["Credentials"]
-        self.credentials = {"AWS_ACCESS_KEY_ID": c["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": c["SecretAccessKey"], "AWS_SESSION_TOKEN": c["SessionToken"]}
+        self.credentials = {
+            "AWS_ACCESS_KEY_ID": c["AccessKeyId"],
+            "AWS_SECRET_ACCESS_KEY": c["SecretAccessKey"],
+            "AWS_SESSION_TOKEN": c["SessionToken"],
+        }
         session = boto3.Session(
-            aws_access_key_id=c["AccessKeyId"], aws_secret_access_key=c["SecretAccessKey"], aws_session_token=c["SessionToken"], region_name=REGION
+            aws_access_key_id=c["AccessKeyId"],
+            aws_secret_access_key=c["SecretAccessKey"],
+            aws_session_token=c["SessionToken"],
+            region_name=REGION,
         )
         self.ec2 = session.client("ec2", endpoint_url=emulator)
         self.iam = session.client("iam", endpoint_url=emulator)
@@ -157,7 +168,7 @@ class Account:
         self.group = self.ec2.create_security_group(GroupName="web", Description="web tier", VpcId=vpc)["GroupId"]
         self.topic = self.sns.create_topic(Name="ec2-quarantine-alerts")["TopicArn"]
         # The case table, as the template declares it (the functions' CASE_TABLE).
-        local.create_case_table(session.client("dynamodb", endpoint_url=emulator), local.load_template())
+        create_case_table(session.client("dynamodb", endpoint_url=emulator), load_template())
 
 
 INSTANCE_NUMBERS = itertools.count(1)
@@ -170,7 +181,10 @@ def make_instance(ec2, iam, subnet: str, group: str, interfaces: int = 1, volume
     iam.create_role(
         RoleName=role,
         AssumeRolePolicyDocument=json.dumps(
-            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
+            {
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
+            }
         ),
     )
     profile = iam.create_instance_profile(InstanceProfileName=f"app-profile-{n}")["InstanceProfile"]
@@ -180,7 +194,7 @@ def make_instance(ec2, iam, subnet: str, group: str, interfaces: int = 1, volume
         {"DeviceName": f"/dev/sd{chr(ord('f') + i)}", "Ebs": {"VolumeSize": 10, "DeleteOnTermination": True}} for i in range(volumes - 1)
     ]
     instance = ec2.run_instances(
-        ImageId=local.IMAGE_ID,
+        ImageId=IMAGE_ID,
         InstanceType="t3.micro",
         MinCount=1,
         MaxCount=1,
@@ -200,7 +214,7 @@ def make_instance(ec2, iam, subnet: str, group: str, interfaces: int = 1, volume
 def event_for(name: str, acct: Account, sim: dict) -> bytes:
     """The function's sample event, pointed at the simulated instance in the bench account."""
     raw = json.loads((ROOT / "events" / FUNCTIONS[name][1]).read_text())
-    raw = local.point_sample_at(raw, {**sim, "account": acct.id})
+    raw = point_sample_at(raw, {**sim, "account": acct.id})
     if isinstance(raw.get("detail"), dict):
         # A finding of its own per instance: the steps keep one record per finding.
         raw["detail"]["id"] = f"bench{sim['instance_id'][2:]}"
@@ -208,7 +222,7 @@ def event_for(name: str, acct: Account, sim: dict) -> bytes:
 
 
 def settings_for(acct: Account, emulator: str) -> dict[str, str]:
-    settings = {**local.function_settings(local.load_template(), {}, acct.id), "ALERT_TOPIC_ARN": acct.topic}
+    settings = {**function_settings(load_template(), {}, acct.id), "ALERT_TOPIC_ARN": acct.topic}
     return {**function_env(emulator, REGION, settings), **acct.credentials}
 
 
@@ -247,9 +261,15 @@ def cold_starts(name: str, command: list[str], cwd: Path, emulator: str, runs: i
         events = [event_for(name, acct, make_instance(acct.ec2, acct.iam, acct.subnet, acct.group)) for _ in range(2)]
         under_rie(command, {**env, "AWS_ENDPOINT_URL": proxy}, events, cwd, log_dir / f"{name}-{cwd.name}-calls.log")
         counted = proxy_log(proxy)
-    return {"init_ms": spread(inits), "first_ms": spread(firsts), "warm_ms": spread(warms), "peak_rss_mib": spread(rss),
-            "calls_per_invocation": len(counted) / len(events),
-            "errors": sorted(set(errors))[:5], "error_count": len(errors)}
+    return {
+        "init_ms": spread(inits),
+        "first_ms": spread(firsts),
+        "warm_ms": spread(warms),
+        "peak_rss_mib": spread(rss),
+        "calls_per_invocation": len(counted) / len(events),
+        "errors": sorted(set(errors))[:5],
+        "error_count": len(errors),
+    }
 
 
 def network_at_init(binary: Path, env: dict[str, str]) -> dict:
@@ -259,8 +279,14 @@ def network_at_init(binary: Path, env: dict[str, str]) -> dict:
     for s in (runtime, endpoint):
         s.bind(("127.0.0.1", 0))
         s.listen(8)
-    env = {**env, "AWS_LAMBDA_RUNTIME_API": f"127.0.0.1:{runtime.getsockname()[1]}", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{endpoint.getsockname()[1]}",
-           "AWS_LAMBDA_FUNCTION_NAME": binary.name, "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "128", "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST"}
+    env = {
+        **env,
+        "AWS_LAMBDA_RUNTIME_API": f"127.0.0.1:{runtime.getsockname()[1]}",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{endpoint.getsockname()[1]}",
+        "AWS_LAMBDA_FUNCTION_NAME": binary.name,
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "128",
+        "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+    }
     proc = subprocess.Popen([str(binary)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         ready, _, _ = select.select([runtime], [], [], 10)
@@ -317,7 +343,7 @@ def workflow(bin_dir: Path, log_dir: Path, token_buckets: bool, copies: int = 1,
         return holder["proxy"]
 
     try:
-        with local.local_stack(bin_dir, log_dir, parameters=parameters, functions_endpoint=via_proxy, copies=copies) as st:
+        with local_stack(bin_dir, log_dir, parameters=parameters, functions_endpoint=via_proxy, copies=copies) as st:
             st.proxy = holder["proxy"]
             yield st
     finally:
@@ -337,9 +363,9 @@ def calls_per_finding(bin_dir: Path, log_dir: Path, shapes: list[tuple[int, int]
             group = st.ec2.create_security_group(GroupName="bench-web", Description="web", VpcId=vpc)["GroupId"]
             for groups in ("created", "found"):
                 sim = make_instance(st.ec2, st.iam, subnet, group, interfaces, volumes)
-                sim["account"] = local.ACCOUNT
+                sim["account"] = ACCOUNT
                 before = len(proxy_log(st.proxy))
-                outcome, _states, _note = local.execute(st, st.machine, local.point_event_at(template, sim, sim["instance_id"]))
+                outcome, _states, _note = execute(st, st.machine, point_event_at(template, sim, sim["instance_id"]))
                 calls = [c for c in proxy_log(st.proxy)[before:] if c.get("end") is not None]
                 moves = [c for c in calls if c["action"] == "ec2:ModifyNetworkInterfaceAttribute" and c["app"] == "isolate"]
                 last = max(moves, key=lambda c: c["end"]) if moves else None
@@ -348,18 +374,20 @@ def calls_per_finding(bin_dir: Path, log_dir: Path, shapes: list[tuple[int, int]
                 by_function: dict[str, int] = {}
                 for c in calls:
                     by_function[c["app"] or "?"] = by_function.get(c["app"] or "?", 0) + 1
-                out.append({
-                    "interfaces": interfaces,
-                    "volumes": volumes,
-                    "quarantine_groups": groups,
-                    "status": outcome["status"],
-                    "verdict": execution_verdict(outcome.get("output")),
-                    "calls": len(calls),
-                    "calls_by_function": by_function,
-                    "dependent_calls_isolate": len(chain),
-                    "dependent_calls_from_finding": len(whole),
-                    "chain": [c["action"].split(":")[1] for c in whole],
-                })
+                out.append(
+                    {
+                        "interfaces": interfaces,
+                        "volumes": volumes,
+                        "quarantine_groups": groups,
+                        "status": outcome["status"],
+                        "verdict": execution_verdict(outcome.get("output")),
+                        "calls": len(calls),
+                        "calls_by_function": by_function,
+                        "dependent_calls_isolate": len(chain),
+                        "dependent_calls_from_finding": len(whole),
+                        "chain": [c["action"].split(":")[1] for c in whole],
+                    }
+                )
     return out
 
 
@@ -376,8 +404,7 @@ def ec2_bucket_of(call: dict) -> str:
 def bucket_bound(calls: list[dict]) -> dict:
     """The least time EC2's token buckets let these calls through: per bucket, the calls beyond
     its capacity at its refill rate."""
-    sys.path.insert(0, str(PROXY.parent))
-    from fault_proxy import EC2_BUCKETS, ec2_bucket
+    from fault_proxy import ec2_bucket
 
     counts: dict[str, int] = {}
     for c in calls:
@@ -397,15 +424,19 @@ def burst(bin_dir: Path, log_dir: Path, findings: int, copies: int, token_bucket
         sims = []
         for _ in range(findings):
             sim = make_instance(st.ec2, st.iam, subnet, group)
-            sim["account"] = local.ACCOUNT
+            sim["account"] = ACCOUNT
             sims.append(sim)
         before = len(proxy_log(st.proxy))
         t0 = time.monotonic()
         executions = []
         for i, sim in enumerate(sims):
-            event = local.point_event_at(template, sim, sim["instance_id"])
+            event = point_event_at(template, sim, sim["instance_id"])
             event["detail"]["id"] = f"burst{i:04d}{sim['instance_id'][2:]}"
-            executions.append(st.sfn.start_execution(stateMachineArn=st.machine, name=f"burst-{i}-{time.time_ns()}", input=json.dumps(event))["executionArn"])
+            executions.append(
+                st.sfn.start_execution(stateMachineArn=st.machine, name=f"burst-{i}-{time.time_ns()}", input=json.dumps(event))[
+                    "executionArn"
+                ]
+            )
         pending = set(executions)
         finished: dict[str, dict] = {}
         deadline = t0 + 900
@@ -440,14 +471,16 @@ def burst(bin_dir: Path, log_dir: Path, findings: int, copies: int, token_bucket
                 message = json.loads(cause).get("errorMessage", cause) if cause.startswith("{") else cause
                 message = re.sub(r"[0-9a-f]{8,}|app-role-[0-9]+", "…", message)
                 # a step that did part of its work names what failed last: keep that part
-                message = message[message.find("failed:"):] if "failed:" in message else message
+                message = message[message.find("failed:") :] if "failed:" in message else message
                 key = f"{details.get('error')}: {message[:160]}"
                 causes[key] = causes.get(key, 0) + 1
         # What containment waits for: the reads of triage and isolate, and the interface moves
         # (isolate's other writes run beside the moves, in buckets of their own).
         containment_calls = [
-            c for c in calls
-            if c["app"] in ("triage", "isolate") and c["action"].startswith("ec2:")
+            c
+            for c in calls
+            if c["app"] in ("triage", "isolate")
+            and c["action"].startswith("ec2:")
             and ec2_bucket_of(c) in ("describe", "ModifyNetworkInterfaceAttribute")
         ]
         return {
@@ -481,13 +514,18 @@ def group_case(bin_dir: Path, log_dir: Path, instances: int) -> dict:
         sims = [make_instance(st.ec2, st.iam, subnet, group) for _ in range(instances)]
         event = json.loads((ROOT / "events" / "attack-sequence-instance-group.json").read_text())
         event["detail"]["service"]["detection"]["sequence"]["resources"] = [
-            {"uid": s["instance_id"], "resourceType": "EC2_INSTANCE", "accountId": local.ACCOUNT, "region": REGION,
-             "data": {"ec2Instance": {"instanceState": "running"}}}
+            {
+                "uid": s["instance_id"],
+                "resourceType": "EC2_INSTANCE",
+                "accountId": ACCOUNT,
+                "region": REGION,
+                "data": {"ec2Instance": {"instanceState": "running"}},
+            }
             for s in sims
         ]
         before = len(proxy_log(st.proxy))
         t0 = time.monotonic()
-        outcome, _states, _note = local.execute(st, st.machine, event)
+        outcome, _states, _note = execute(st, st.machine, event)
         finished = time.monotonic() - t0
         calls = [c for c in proxy_log(st.proxy)[before:] if c.get("end") is not None]
         interfaces = {e for s in sims for e in s["interfaces"]}
@@ -497,10 +535,12 @@ def group_case(bin_dir: Path, log_dir: Path, instances: int) -> dict:
         chains = []
         for s in sims:
             mine = set(s["interfaces"]) | {s["instance_id"]}
-            about = lambda c: set((c.get("params") or {}).values()) & named  # noqa: E731
+            about = lambda c: set((c.get("params") or {}).values()) & named
             moves = [
-                c for c in isolate_calls
-                if c["action"] == "ec2:ModifyNetworkInterfaceAttribute" and c["status"] == 200
+                c
+                for c in isolate_calls
+                if c["action"] == "ec2:ModifyNetworkInterfaceAttribute"
+                and c["status"] == 200
                 and (c.get("params") or {}).get("NetworkInterfaceId") in mine
             ]
             for c in moves:
@@ -510,8 +550,10 @@ def group_case(bin_dir: Path, log_dir: Path, instances: int) -> dict:
                 own = [c for c in isolate_calls if not about(c) or about(c) & mine]
                 chains.append(float(len(critical_path(own, max(moves, key=lambda c: c["end"])))))
         containment_calls = [
-            c for c in calls
-            if c["app"] in ("triage", "isolate") and c["action"].startswith("ec2:")
+            c
+            for c in calls
+            if c["app"] in ("triage", "isolate")
+            and c["action"].startswith("ec2:")
             and ec2_bucket_of(c) in ("describe", "ModifyNetworkInterfaceAttribute")
         ]
         return {
@@ -551,12 +593,16 @@ def render(r: dict) -> str:
     w = []
     m = r["machine"]
     w.append(f"## Benchmark ({r['mode']} mode), {m['date']}\n")
-    w.append(f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Linux {m['kernel']}; {m['rustc']}; Python {m['python']}. "
-             f"Runs: {r['runs']} cold starts × (1 first + {r['warm']} warm) invocations per function and implementation, "
-             "served by AWS's Runtime Interface Emulator against the moto emulator on loopback. "
-             "Times in ms, sizes in MB (10^6 bytes), memory in MiB: median (min–max).\n")
+    w.append(
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Linux {m['kernel']}; {m['rustc']}; Python {m['python']}. "
+        f"Runs: {r['runs']} cold starts × (1 first + {r['warm']} warm) invocations per function and implementation, "
+        "served by AWS's Runtime Interface Emulator against the moto emulator on loopback. "
+        "Times in ms, sizes in MB (10^6 bytes), memory in MiB: median (min–max).\n"
+    )
     w.append("### Per function\n")
-    w.append("| function | impl | bootstrap x86_64 | zip x86_64 | bootstrap arm64 | zip arm64 | init | first invoke | warm invoke | peak RSS | AWS calls per invocation | errors |")
+    w.append(
+        "| function | impl | bootstrap x86_64 | zip x86_64 | bootstrap arm64 | zip arm64 | init | first invoke | warm invoke | peak RSS | AWS calls per invocation | errors |"
+    )
     w.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in FUNCTIONS:
         size = r["sizes"].get(name, {})
@@ -565,51 +611,82 @@ def render(r: dict) -> str:
             if c is None:
                 continue
             if impl == "rust":
-                cells = [mb(size.get("x86_64", {}).get("bytes")), mb(size.get("x86_64", {}).get("zip_bytes")),
-                         mb(size.get("arm64", {}).get("bytes")), mb(size.get("arm64", {}).get("zip_bytes"))]
+                cells = [
+                    mb(size.get("x86_64", {}).get("bytes")),
+                    mb(size.get("x86_64", {}).get("zip_bytes")),
+                    mb(size.get("arm64", {}).get("bytes")),
+                    mb(size.get("arm64", {}).get("zip_bytes")),
+                ]
             else:
                 base = r["sizes"]["baseline"]
                 cells = ["—", f"{base['zip_bytes'] / 1e3:.1f} kB (+ boto3 in the runtime: {mb(base['boto3_in_runtime_bytes'])})", "—", "—"]
-            w.append(f"| {name} | {impl} | " + " | ".join(cells) + f" | {fmt(c['init_ms'])} | {fmt(c['first_ms'])} | {fmt(c['warm_ms'])} | {fmt(c['peak_rss_mib'])} | {c['calls_per_invocation']:.1f} | {c['error_count']} |")
+            w.append(
+                f"| {name} | {impl} | "
+                + " | ".join(cells)
+                + f" | {fmt(c['init_ms'])} | {fmt(c['first_ms'])} | {fmt(c['warm_ms'])} | {fmt(c['peak_rss_mib'])} | {c['calls_per_invocation']:.1f} | {c['error_count']} |"
+            )
     w.append("")
     w.append("### Rust beside the Python baseline (ratios of medians, Python ÷ Rust)\n")
     w.append("| function | init | first invoke | warm invoke | peak RSS |")
     w.append("|---|---|---|---|---|")
     for name, ratios in r["ratios"].items():
-        w.append(f"| {name} | " + " | ".join(f"{ratios[k]:.1f}×" if ratios.get(k) else "n/a" for k in ("init_ms", "first_ms", "warm_ms", "peak_rss_mib")) + " |")
+        w.append(
+            f"| {name} | "
+            + " | ".join(f"{ratios[k]:.1f}×" if ratios.get(k) else "n/a" for k in ("init_ms", "first_ms", "warm_ms", "peak_rss_mib"))
+            + " |"
+        )
     w.append("")
     w.append("### AWS calls per finding (instance finding, whole workflow)\n")
-    w.append("| instance | calls | by function | dependent calls before all ENIs quarantined: isolate step | from the finding (triage + isolate) | chain |")
+    w.append(
+        "| instance | calls | by function | dependent calls before all ENIs quarantined: isolate step | from the finding (triage + isolate) | chain |"
+    )
     w.append("|---|---|---|---|---|---|")
     for c in r["calls"]:
         by = ", ".join(f"{k} {v}" for k, v in sorted(c["calls_by_function"].items()))
-        w.append(f"| {c['interfaces']} ENI / {c['volumes']} vol, groups {c['quarantine_groups']} ({c['verdict'] or c['status']}) | {c['calls']} | {by} | {c['dependent_calls_isolate']} | {c['dependent_calls_from_finding']} | {' → '.join(c['chain'])} |")
+        w.append(
+            f"| {c['interfaces']} ENI / {c['volumes']} vol, groups {c['quarantine_groups']} ({c['verdict'] or c['status']}) | {c['calls']} | {by} | {c['dependent_calls_isolate']} | {c['dependent_calls_from_finding']} | {' → '.join(c['chain'])} |"
+        )
     w.append("")
     b = r["burst"]
     if b:
         w.append(f"### Burst: {b['findings']} findings for {b['findings']} instances, EC2 token buckets enforced\n")
-        w.append("| contained | last contained (s) | containment bound (s) | all finished (s) | whole-burst bound (s) | calls | throttled calls | step retries | failed executions | verdicts |")
+        w.append(
+            "| contained | last contained (s) | containment bound (s) | all finished (s) | whole-burst bound (s) | calls | throttled calls | step retries | failed executions | verdicts |"
+        )
         w.append("|---|---|---|---|---|---|---|---|---|---|")
         last = f"{b['all_contained_s']:.1f}" if b["all_contained_s"] is not None else "n/a"
-        w.append(f"| {b['contained']}/{b['findings']} | {last} | {b['bound_containment']['seconds']:.1f} | {b['all_finished_s']:.1f} | {b['bound_all']['seconds']:.1f} | {b['calls']} | {b['throttled_calls']} | {b['step_retries']} | {b['failed_executions']} | "
-                 + ", ".join(f"{k} {v}" for k, v in sorted(b["verdicts"].items())) + " |")
+        w.append(
+            f"| {b['contained']}/{b['findings']} | {last} | {b['bound_containment']['seconds']:.1f} | {b['all_finished_s']:.1f} | {b['bound_all']['seconds']:.1f} | {b['calls']} | {b['throttled_calls']} | {b['step_retries']} | {b['failed_executions']} | "
+            + ", ".join(f"{k} {v}" for k, v in sorted(b["verdicts"].items()))
+            + " |"
+        )
         f = r.get("burst_floor")
         if f:
-            w.append(f"| without token buckets (the harness alone): {f['contained']}/{f['findings']} | {f['all_contained_s'] if f['all_contained_s'] is None else round(f['all_contained_s'], 1)} | — | {f['all_finished_s']:.1f} | — | {f['calls']} | 0 | {f['step_retries']} | {f['failed_executions']} | "
-                     + ", ".join(f"{k} {v}" for k, v in sorted(f["verdicts"].items())) + " |")
+            w.append(
+                f"| without token buckets (the harness alone): {f['contained']}/{f['findings']} | {f['all_contained_s'] if f['all_contained_s'] is None else round(f['all_contained_s'], 1)} | — | {f['all_finished_s']:.1f} | — | {f['calls']} | 0 | {f['step_retries']} | {f['failed_executions']} | "
+                + ", ".join(f"{k} {v}" for k, v in sorted(f["verdicts"].items()))
+                + " |"
+            )
         if b.get("failed_attempt_causes"):
             w.append("\nFailed step attempts (retried by the state machine, or caught and reported):\n")
             for cause, n in b["failed_attempt_causes"].items():
                 w.append(f"- {n} × {cause}")
-        w.append(f"\nEC2 calls per bucket: " + ", ".join(f"{k} {v}" for k, v in sorted(b["bound_all"]["calls_per_bucket"].items()))
-                 + f"; each function served by {b['function_copies']} processes.\n")
+        w.append(
+            "\nEC2 calls per bucket: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(b["bound_all"]["calls_per_bucket"].items()))
+            + f"; each function served by {b['function_copies']} processes.\n"
+        )
     g = r.get("group")
     if g:
         w.append(f"### Group: one attack sequence naming {g['instances']} instances, EC2 token buckets enforced\n")
-        w.append("| contained | last interface quarantined (s) | containment bound (s) | execution finished (s) | calls | throttled calls | dependent calls per instance, isolate step | verdict |")
+        w.append(
+            "| contained | last interface quarantined (s) | containment bound (s) | execution finished (s) | calls | throttled calls | dependent calls per instance, isolate step | verdict |"
+        )
         w.append("|---|---|---|---|---|---|---|---|")
         last = f"{g['all_contained_s']:.1f}" if g["all_contained_s"] is not None else "n/a"
-        w.append(f"| {g['contained']}/{g['instances']} | {last} | {g['bound_containment']['seconds']:.1f} | {g['finished_s']:.1f} | {g['calls']} | {g['throttled_calls']} | {fmt(g['chain_per_instance'], 0)} | {g['verdict'] or g['status']} |")
+        w.append(
+            f"| {g['contained']}/{g['instances']} | {last} | {g['bound_containment']['seconds']:.1f} | {g['finished_s']:.1f} | {g['calls']} | {g['throttled_calls']} | {fmt(g['chain_per_instance'], 0)} | {g['verdict'] or g['status']} |"
+        )
         w.append("")
     w.append("### Targets\n")
     w.append("| target | measured | |")
@@ -619,7 +696,9 @@ def render(r: dict) -> str:
     w.append("")
     w.append("### Release build\n")
     rb = r["release"]
-    w.append(f"- TLS stacks in the dependency tree: {', '.join(rb['tls']) or 'none'}; duplicated crates (`cargo tree -d`, normal deps): {rb['duplicates']}")
+    w.append(
+        f"- TLS stacks in the dependency tree: {', '.join(rb['tls']) or 'none'}; duplicated crates (`cargo tree -d`, normal deps): {rb['duplicates']}"
+    )
     w.append(f"- Network calls before a function is ready: {rb['network_at_init']}")
     return "\n".join(w) + "\n"
 
@@ -629,37 +708,77 @@ def targets(r: dict) -> list[dict]:
     rust = {n: r["cold"][n]["rust"] for n in r["cold"] if "rust" in r["cold"][n]}
     inits = [c["init_ms"]["median"] for c in rust.values() if c["init_ms"]]
     if inits:
-        out.append({"target": f"init ≤ {TARGETS['init_ms']} ms", "measured": f"worst median {max(inits):.1f} ms", "met": max(inits) <= TARGETS["init_ms"]})
+        out.append(
+            {
+                "target": f"init ≤ {TARGETS['init_ms']} ms",
+                "measured": f"worst median {max(inits):.1f} ms",
+                "met": max(inits) <= TARGETS["init_ms"],
+            }
+        )
     ratios = [v["init_ms"] for v in r["ratios"].values() if v.get("init_ms")]
     if ratios:
-        out.append({"target": "init ≤ 1/20 of the baseline's", "measured": f"baseline ÷ Rust ≥ {min(ratios):.0f}×", "met": min(ratios) >= 1 / TARGETS["init_ratio"]})
+        out.append(
+            {
+                "target": "init ≤ 1/20 of the baseline's",
+                "measured": f"baseline ÷ Rust ≥ {min(ratios):.0f}×",
+                "met": min(ratios) >= 1 / TARGETS["init_ratio"],
+            }
+        )
     rss = [c["peak_rss_mib"]["max"] for c in rust.values() if c["peak_rss_mib"]]
     if rss:
-        out.append({"target": f"peak RSS ≤ {TARGETS['rss_mb']} MB", "measured": f"worst {max(rss):.1f} MiB", "met": max(rss) <= TARGETS["rss_mb"]})
+        out.append(
+            {"target": f"peak RSS ≤ {TARGETS['rss_mb']} MB", "measured": f"worst {max(rss):.1f} MiB", "met": max(rss) <= TARGETS["rss_mb"]}
+        )
     for arch in ("x86_64", "arm64"):
         sz = [v[arch]["bytes"] for k, v in r["sizes"].items() if k != "baseline" and arch in v]
-        out.append({"target": f"stripped bootstrap ≤ {TARGETS['bootstrap_mb']} MB ({arch})", "measured": f"largest {mb(max(sz))} MB" if sz else "not built",
-                    "met": (max(sz) <= TARGETS["bootstrap_mb"] * 1e6) if sz else None})
+        out.append(
+            {
+                "target": f"stripped bootstrap ≤ {TARGETS['bootstrap_mb']} MB ({arch})",
+                "measured": f"largest {mb(max(sz))} MB" if sz else "not built",
+                "met": (max(sz) <= TARGETS["bootstrap_mb"] * 1e6) if sz else None,
+            }
+        )
     for c in r["calls"]:
-        out.append({"target": f"≤ {TARGETS['dependent_calls']} dependent calls before isolation ({c['interfaces']} ENI, groups {c['quarantine_groups']})",
-                    "measured": f"{c['dependent_calls_isolate']} in the isolate step, {c['dependent_calls_from_finding']} from the finding",
-                    "met": c["verdict"] == "contained" and c["dependent_calls_isolate"] <= TARGETS["dependent_calls"]})
+        out.append(
+            {
+                "target": f"≤ {TARGETS['dependent_calls']} dependent calls before isolation ({c['interfaces']} ENI, groups {c['quarantine_groups']})",
+                "measured": f"{c['dependent_calls_isolate']} in the isolate step, {c['dependent_calls_from_finding']} from the finding",
+                "met": c["verdict"] == "contained" and c["dependent_calls_isolate"] <= TARGETS["dependent_calls"],
+            }
+        )
     b = r["burst"]
     if b:
         bound = b["bound_containment"]["seconds"]
-        ok = b["contained"] == b["findings"] and b["failed_executions"] == 0 and b["all_contained_s"] is not None and b["all_contained_s"] <= max(bound, 1.0) * TARGETS["burst_factor"]
-        out.append({"target": f"burst: {b['findings']}/{b['findings']} contained within 1.5× the bound, no failed execution",
-                    "measured": f"{b['contained']}/{b['findings']}, last at {b['all_contained_s'] if b['all_contained_s'] is None else round(b['all_contained_s'], 1)} s (bound {bound:.1f} s), {b['failed_executions']} failed"
-                    + (f"; the harness alone, without rate limits, took {f['all_contained_s']:.1f} s" if (f := r.get("burst_floor")) and f["all_contained_s"] else ""),
-                    "met": ok})
+        ok = (
+            b["contained"] == b["findings"]
+            and b["failed_executions"] == 0
+            and b["all_contained_s"] is not None
+            and b["all_contained_s"] <= max(bound, 1.0) * TARGETS["burst_factor"]
+        )
+        out.append(
+            {
+                "target": f"burst: {b['findings']}/{b['findings']} contained within 1.5× the bound, no failed execution",
+                "measured": f"{b['contained']}/{b['findings']}, last at {b['all_contained_s'] if b['all_contained_s'] is None else round(b['all_contained_s'], 1)} s (bound {bound:.1f} s), {b['failed_executions']} failed"
+                + (
+                    f"; the harness alone, without rate limits, took {f['all_contained_s']:.1f} s"
+                    if (f := r.get("burst_floor")) and f["all_contained_s"]
+                    else ""
+                ),
+                "met": ok,
+            }
+        )
     return out
 
 
 def release_checks(x86_dir: Path, emulator: str) -> dict:
-    tree = subprocess.run(["cargo", "tree", "-e", "normal", "--prefix", "none", "--locked"], cwd=ROOT, capture_output=True, text=True).stdout
+    tree = subprocess.run(
+        ["cargo", "tree", "-e", "normal", "--prefix", "none", "--locked"], check=False, cwd=ROOT, capture_output=True, text=True
+    ).stdout
     names = {line.split()[0] for line in tree.splitlines() if line.strip()}
     tls = sorted(n for n in names if n in ("rustls", "native-tls", "openssl", "openssl-sys", "s2n-tls", "aws-lc-rs", "ring"))
-    dups = subprocess.run(["cargo", "tree", "-d", "-e", "normal", "--depth", "0", "--locked"], cwd=ROOT, capture_output=True, text=True).stdout
+    dups = subprocess.run(
+        ["cargo", "tree", "-d", "-e", "normal", "--depth", "0", "--locked"], check=False, cwd=ROOT, capture_output=True, text=True
+    ).stdout
     dup_names = sorted({line.split()[0] for line in dups.splitlines() if line and not line.startswith(" ") and line[0].isalnum()})
     acct = Account(emulator)
     early = {}
@@ -701,10 +820,22 @@ def main(argv: list[str] | None = None) -> int:
         r["cold"][name] = {"rust": cold_starts(name, [str(x86_dir / name)], ROOT, emulator, runs, warm, log_dir)}
         if handler:
             log(f"{name}: Python baseline, {runs} cold starts")
-            py = cold_starts(name, [os.path.abspath(args.python), "-m", "awslambdaric", handler], BASELINE_DIR, emulator, runs, warm, log_dir, {"PYTHONPATH": str(BASELINE_DIR)})
+            py = cold_starts(
+                name,
+                [os.path.abspath(args.python), "-m", "awslambdaric", handler],
+                BASELINE_DIR,
+                emulator,
+                runs,
+                warm,
+                log_dir,
+                {"PYTHONPATH": str(BASELINE_DIR)},
+            )
             r["cold"][name]["python"] = py
             rust = r["cold"][name]["rust"]
-            r["ratios"][name] = {k: (py[k]["median"] / rust[k]["median"]) if py[k] and rust[k] and rust[k]["median"] else None for k in ("init_ms", "first_ms", "warm_ms", "peak_rss_mib")}
+            r["ratios"][name] = {
+                k: (py[k]["median"] / rust[k]["median"]) if py[k] and rust[k] and rust[k]["median"] else None
+                for k in ("init_ms", "first_ms", "warm_ms", "peak_rss_mib")
+            }
     log("AWS calls per finding (1 ENI/1 volume, 4 ENIs/8 volumes)")
     r["calls"] = calls_per_finding(x86_dir, log_dir, [(1, 1), (4, 8)])
     log(f"burst of {findings} findings through EC2's token buckets")
@@ -714,7 +845,7 @@ def main(argv: list[str] | None = None) -> int:
     # The same burst without rate limits: how fast this machine's emulator and interpreter go.
     r["burst_floor"] = None
     if not args.quick:
-        log(f"the same burst without rate limits (the local harness's own speed)")
+        log("the same burst without rate limits (the local harness's own speed)")
         r["burst_floor"] = burst(x86_dir, log_dir, findings, copies, token_buckets=False)
     r["targets"] = targets(r)
     r["invalid"] = invalid(r)

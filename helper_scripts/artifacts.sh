@@ -15,4 +15,4 @@ if [[ "$(uname -m)" != aarch64 ]]; then
   args+=(--qemu "$QEMU_AARCH64" --sysroot "$ARM64_SYSROOT")
 fi
 start_emulator
-"$VENV/bin/python" helper_scripts/local/artifacts.py "${args[@]}"
+"$VENV/bin/python" -m local.artifacts "${args[@]}"

@@ -19,7 +19,6 @@ import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 TEST_TEMPLATE = ROOT / "helper_scripts" / "test-instance.yaml"
 TEST_STACK = "ec2-quarantine-test-instance"
 TAG = "ec2-quarantine:"
@@ -60,11 +59,17 @@ def load_event(path: str) -> dict:
         raise UsageError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(event, dict):
         raise UsageError(f"{path}: not a JSON object")
-    if event.get("source") != "aws.guardduty" or event.get("detail-type") != "GuardDuty Finding" or not isinstance(event.get("detail"), dict):
+    if (
+        event.get("source") != "aws.guardduty"
+        or event.get("detail-type") != "GuardDuty Finding"
+        or not isinstance(event.get("detail"), dict)
+    ):
         raise UsageError(f"{path}: not a GuardDuty finding event (source aws.guardduty, detail-type GuardDuty Finding, an object detail)")
     resource = event["detail"].get("resource")
     if not (isinstance(resource, dict) and any(isinstance(resource.get(k), dict) for k in ("instanceDetails", "accessKeyDetails"))):
-        raise UsageError(f"{path}: a finding that names no EC2 instance (no detail.resource.instanceDetails or accessKeyDetails) to point at")
+        raise UsageError(
+            f"{path}: a finding that names no EC2 instance (no detail.resource.instanceDetails or accessKeyDetails) to point at"
+        )
     return event
 
 
@@ -98,7 +103,7 @@ def wait_stack(cfn, name: str, done: set[str], timeout_s: float = 1800) -> str:
             if "does not exist" in str(e) and "DELETE_COMPLETE" in done:
                 return "DELETE_COMPLETE"
             raise
-        if status in done or status.endswith("_FAILED") or status.endswith("ROLLBACK_COMPLETE"):
+        if status in done or status.endswith(("_FAILED", "ROLLBACK_COMPLETE")):
             return status
         if time.monotonic() > deadline:
             raise OpsError(f"stack {name} still {status} after {timeout_s:.0f} s")
@@ -113,8 +118,13 @@ def test_instance(args) -> int:
     cfn = session.client("cloudformation")
     params = [{"ParameterKey": "SshCidr", "ParameterValue": args.ssh_cidr}]
     if stack_outputs(cfn, TEST_STACK) is None:
-        cfn.create_stack(StackName=TEST_STACK, TemplateBody=TEST_TEMPLATE.read_text(), Parameters=params,
-                         Capabilities=["CAPABILITY_IAM"], Tags=[{"Key": f"{TAG}test-resource", "Value": "true"}])
+        cfn.create_stack(
+            StackName=TEST_STACK,
+            TemplateBody=TEST_TEMPLATE.read_text(),
+            Parameters=params,
+            Capabilities=["CAPABILITY_IAM"],
+            Tags=[{"Key": f"{TAG}test-resource", "Value": "true"}],
+        )
         status = wait_stack(cfn, TEST_STACK, {"CREATE_COMPLETE"})
         if status != "CREATE_COMPLETE":
             raise OpsError(f"the test stack ended {status}; see its events in the CloudFormation console")
@@ -161,7 +171,6 @@ def instance_role(session, instance_id: str, table=None) -> str | None:
     res = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
     if not res:
         raise OpsError(f"no instance {instance_id} in {session.region_name}")
-    inst = res[0]["Instances"][0]
     arn = current_profile(ec2, instance_id)
     if arn and arn.endswith("/" + QUARANTINE_PROFILE):
         arn = None
@@ -242,10 +251,15 @@ def verify(args) -> int:
             d = sfn.describe_execution(executionArn=e["executionArn"])
             if instance_id in (d.get("input") or ""):
                 output = json.loads(d["output"]) if d.get("output") else {}
-                rows.append({
-                    "name": e["name"], "status": d["status"], "started": str(e["startDate"]),
-                    "verdict": (output.get("notification") or {}).get("verdict"), "error": d.get("error"),
-                })
+                rows.append(
+                    {
+                        "name": e["name"],
+                        "status": d["status"],
+                        "started": str(e["startDate"]),
+                        "verdict": (output.get("notification") or {}).get("verdict"),
+                        "error": d.get("error"),
+                    }
+                )
         report["executions"] = rows[:5]
     except OpsError as e:
         report["executions"], report["executions_error"] = [], str(e)
@@ -255,13 +269,21 @@ def verify(args) -> int:
     report["interfaces"] = {
         n["NetworkInterfaceId"]: [f"{g['GroupId']} ({g['GroupName']})" for g in n["Groups"]] for n in inst.get("NetworkInterfaces", [])
     }
-    report["quarantine_tags"] = {t["Key"]: t["Value"] for t in inst.get("Tags", []) if t["Key"].startswith(TAG) and t["Key"] != f"{TAG}test-resource"}
+    report["quarantine_tags"] = {
+        t["Key"]: t["Value"] for t in inst.get("Tags", []) if t["Key"].startswith(TAG) and t["Key"] != f"{TAG}test-resource"
+    }
     report["instance_profile"] = current_profile(ec2, instance_id)
-    report["termination_protection"] = ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="disableApiTermination")["DisableApiTermination"]["Value"]
+    report["termination_protection"] = ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="disableApiTermination")[
+        "DisableApiTermination"
+    ]["Value"]
     snaps = ec2.describe_snapshots(OwnerIds=["self"], Filters=[{"Name": f"tag:{TAG}instance-id", "Values": [instance_id]}])["Snapshots"]
     report["snapshots"] = [
-        {"id": s["SnapshotId"], "volume": s["VolumeId"], "state": s.get("State"),
-         "device": next((t["Value"] for t in s.get("Tags", []) if t["Key"] == f"{TAG}device"), None)}
+        {
+            "id": s["SnapshotId"],
+            "volume": s["VolumeId"],
+            "state": s.get("State"),
+            "device": next((t["Value"] for t in s.get("Tags", []) if t["Key"] == f"{TAG}device"), None),
+        }
         for s in snaps
     ]
     try:
@@ -281,7 +303,9 @@ def verify(args) -> int:
         report["interfaces"]
         and all(len(gs) == 1 and "ec2-quarantine-isolation" in gs[0] for gs in report["interfaces"].values())
         and report["snapshots"]
-        and report["role"] and DENY_ALL in report["role"]["attached"] and INLINE_DENY in report["role"]["inline"]
+        and report["role"]
+        and DENY_ALL in report["role"]["attached"]
+        and INLINE_DENY in report["role"]["inline"]
         and (report["instance_profile"] or "").endswith("/" + QUARANTINE_PROFILE)
     )
     report["groups_seen"] = sorted(groups)
@@ -293,11 +317,17 @@ def verify(args) -> int:
 
 
 def render_verify(r: dict) -> str:
-    out = [f"Instance {r['instance_id']} ({r['state']}) in account {r['account']}, {r['region']}: "
-           + ("CONTAINED" if r["contained"] else "NOT (fully) contained")]
+    out = [
+        f"Instance {r['instance_id']} ({r['state']}) in account {r['account']}, {r['region']}: "
+        + ("CONTAINED" if r["contained"] else "NOT (fully) contained")
+    ]
     out.append("Executions of the state machine for it (newest first):")
     for e in r["executions"]:
-        out.append(f"  {e['name']}: {e['status']}" + (f", verdict {e['verdict']}" if e["verdict"] else "") + (f", {e['error']}" if e["error"] else ""))
+        out.append(
+            f"  {e['name']}: {e['status']}"
+            + (f", verdict {e['verdict']}" if e["verdict"] else "")
+            + (f", {e['error']}" if e["error"] else "")
+        )
     if not r["executions"]:
         out.append("  none" + (f" ({r['executions_error']})" if r.get("executions_error") else ""))
     out.append("Security groups per network interface:")
@@ -310,7 +340,9 @@ def render_verify(r: dict) -> str:
     if not r["snapshots"]:
         out.append("  none")
     if r["role"]:
-        out.append(f"Role {r['role']['name']}: attached {', '.join(r['role']['attached']) or 'none'}; inline {', '.join(r['role']['inline']) or 'none'}")
+        out.append(
+            f"Role {r['role']['name']}: attached {', '.join(r['role']['attached']) or 'none'}; inline {', '.join(r['role']['inline']) or 'none'}"
+        )
     else:
         out.append("Role: the instance has no instance profile")
     out.append("Quarantine tags:")
@@ -365,10 +397,17 @@ def artifacts(session, account: str, partition: str) -> dict:
     # Snapshots tagged with their case (or, by versions before the case table, the finding).
     # One call per key: moto answers a tag-key filter of two values with nothing for snapshots
     # that CreateSnapshots made (AWS ORs a filter's values), so the keys are asked one by one.
-    found["snapshots"] = sorted({s["SnapshotId"] for key in (f"{TAG}case", f"{TAG}finding-id") for s in ec2.describe_snapshots(
-        OwnerIds=["self"], Filters=[{"Name": "tag-key", "Values": [key]}])["Snapshots"]})
-    found["groups"] = [g["GroupId"] for g in ec2.describe_security_groups(
-        Filters=[{"Name": "tag-key", "Values": [f"{TAG}isolation-group"]}])["SecurityGroups"]]
+    found["snapshots"] = sorted(
+        {
+            s["SnapshotId"]
+            for key in (f"{TAG}case", f"{TAG}finding-id")
+            for s in ec2.describe_snapshots(OwnerIds=["self"], Filters=[{"Name": "tag-key", "Values": [key]}])["Snapshots"]
+        }
+    )
+    found["groups"] = [
+        g["GroupId"]
+        for g in ec2.describe_security_groups(Filters=[{"Name": "tag-key", "Values": [f"{TAG}isolation-group"]}])["SecurityGroups"]
+    ]
     try:
         found["deny_all_roles"] = [r["RoleName"] for r in iam.list_entities_for_policy(PolicyArn=policy_arn)["PolicyRoles"]]
         found["deny_all_policy"] = True
@@ -442,7 +481,11 @@ def delete_test_stack(ec2, iam, cfn, policy_arn: str) -> str:
     if outputs.get("RoleName"):
         release_role(iam, outputs["RoleName"], policy_arn)
     vpc = next(
-        (r["PhysicalResourceId"] for r in cfn.describe_stack_resources(StackName=TEST_STACK)["StackResources"] if r["LogicalResourceId"] == "Vpc"),
+        (
+            r["PhysicalResourceId"]
+            for r in cfn.describe_stack_resources(StackName=TEST_STACK)["StackResources"]
+            if r["LogicalResourceId"] == "Vpc"
+        ),
         None,
     )
     status = "DELETE_FAILED"
@@ -490,14 +533,20 @@ def nuke(args) -> int:
     if found:
         print(f"  forensic snapshots:       {', '.join(found['snapshots']) or 'none'}")
         print(f"  quarantine groups:        {', '.join(found['groups']) or 'none'}")
-        print(f"  DenyAll policy:           {found['policy_arn'] if found['deny_all_policy'] else 'none'}"
-              + (f" (attached to {', '.join(found['deny_all_roles'])})" if found["deny_all_roles"] else ""))
+        print(
+            f"  DenyAll policy:           {found['policy_arn'] if found['deny_all_policy'] else 'none'}"
+            + (f" (attached to {', '.join(found['deny_all_roles'])})" if found["deny_all_roles"] else "")
+        )
         print(f"  revoke-sessions denies:   {', '.join(found['inline_roles']) or 'none'}")
         print(f"  quarantine profile:       {QUARANTINE_PROFILE if found['quarantine_profile'] else 'none'}")
         print("Removing the IAM denies gives contained roles their permissions back; the snapshots are the evidence.")
     else:
         print("  (quarantine artifacts are kept; --purge-artifacts removes them too)")
-    if not (responder or test_stack or (found and (tables or any(found[k] for k in ("snapshots", "groups", "deny_all_policy", "inline_roles", "quarantine_profile"))))):
+    if not (
+        responder
+        or test_stack
+        or (found and (tables or any(found[k] for k in ("snapshots", "groups", "deny_all_policy", "inline_roles", "quarantine_profile"))))
+    ):
         print("Nothing to remove.")
         return 0
     if not confirm("Remove all of the above?", args.yes):
@@ -578,14 +627,17 @@ def main(argv: list[str] | None = None) -> int:
         c.add_argument("--stack-name", default="ec2-quarantine")
         c.add_argument("--table", default=None, help="the case table's name (default: the stack's CaseTableName output)")
         c.add_argument("--json", action="store_true")
-    n = sub.add_parser("nuke", parents=[common], help="remove the test stack, the responder stack and, with --purge-artifacts, the tool's artifacts")
+    n = sub.add_parser(
+        "nuke", parents=[common], help="remove the test stack, the responder stack and, with --purge-artifacts, the tool's artifacts"
+    )
     n.add_argument("--stack-name", default="ec2-quarantine")
     n.add_argument("--purge-artifacts", action="store_true")
     n.add_argument("--yes", action="store_true")
     try:
         args = p.parse_args(argv)
-        return {"test-instance": test_instance, "fire": fire, "verify": verify, "nuke": nuke,
-                "cases": show_cases, "case": show_cases}[args.command](args)
+        return {"test-instance": test_instance, "fire": fire, "verify": verify, "nuke": nuke, "cases": show_cases, "case": show_cases}[
+            args.command
+        ](args)
     except UsageError as e:
         print(f"deploy.sh: {e}", file=sys.stderr)
         return 2

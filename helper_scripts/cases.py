@@ -48,8 +48,7 @@ def _query(table, pk: str) -> list[dict]:
 
     items, start = [], None
     while True:
-        page = table.query(KeyConditionExpression=Key("pk").eq(pk), ConsistentRead=True,
-                           **({"ExclusiveStartKey": start} if start else {}))
+        page = table.query(KeyConditionExpression=Key("pk").eq(pk), ConsistentRead=True, **({"ExclusiveStartKey": start} if start else {}))
         items.extend(page.get("Items", []))
         start = page.get("LastEvaluatedKey")
         if not start:
@@ -97,8 +96,10 @@ def read_case(table, case_id: str) -> dict:
     header = next((i for i in items if i["sk"] == "case"), None)
     if header is None:
         raise CaseError(f"no case {case_id}")
+
     def kind(prefix):
         return [i for i in items if i["sk"].startswith(prefix)]
+
     return {
         "case_id": case_id,
         "instance_id": header.get("instance_id"),
@@ -108,7 +109,10 @@ def read_case(table, case_id: str) -> dict:
         "opened_at": header.get("opened_at"),
         "released_at": header.get("released_at"),
         "findings": [
-            {k: f.get(k) for k in ("finding_id", "finding_type", "severity", "updated_at", "first_seen", "last_seen", "seen", "decision", "evidence")}
+            {
+                k: f.get(k)
+                for k in ("finding_id", "finding_type", "severity", "updated_at", "first_seen", "last_seen", "seen", "decision", "evidence")
+            }
             for f in kind("finding#")
         ],
         "steps": [
@@ -155,7 +159,9 @@ def render_case(case: dict) -> str:
         "Findings:",
     ]
     for f in sorted(case["findings"], key=lambda f: f.get("first_seen") or ""):
-        out.append(f"  {f['finding_id']} {f['finding_type']} (severity {f['severity']}), first {f['first_seen']}, last {f['last_seen']}, seen {f['seen']}x")
+        out.append(
+            f"  {f['finding_id']} {f['finding_type']} (severity {f['severity']}), first {f['first_seen']}, last {f['last_seen']}, seen {f['seen']}x"
+        )
         if f.get("decision"):
             out.append(f"      triage: {f['decision']}" + (f", because {f['evidence']}" if f.get("evidence") else ""))
     out.append("Steps:")

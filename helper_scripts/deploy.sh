@@ -224,7 +224,7 @@ cmd_local() {
   fi
   build_functions
   log "running the workflow on the local emulator"
-  "$VENV/bin/python" "$PROJECT_ROOT/helper_scripts/local/run.py" --bin-dir "$CARGO_TARGET_DIR/debug" "${args[@]}"
+  "$VENV/bin/python" -m local.run --bin-dir "$CARGO_TARGET_DIR/debug" "${args[@]}"
 }
 
 build_functions() {
@@ -259,7 +259,7 @@ cmd_invoke() {
   check_input "$event" object
   event="$(cd "$(dirname "$event")" && pwd)/$(basename "$event")"
   build_functions
-  "$VENV/bin/python" "$PROJECT_ROOT/helper_scripts/local/run.py" --bin-dir "$CARGO_TARGET_DIR/debug" --invoke "$function" "$event"
+  "$VENV/bin/python" -m local.run --bin-dir "$CARGO_TARGET_DIR/debug" --invoke "$function" "$event"
 }
 
 # ------------------------------------------------------------------ deploy / nuke

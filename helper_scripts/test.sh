@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every check and test, from a fresh clone: installs the pinned tools into .tools/, starts the
-# local AWS emulator on a free loopback port, runs fmt, clippy and the Rust tests (unit tests and
+# local AWS emulator on a free loopback port, runs fmt, ruff (format and lint), clippy and the
+# Rust tests (unit tests and
 # the integration tests against the emulator), evaluates every AWS call the functions made there
 # and a list of abuses with IAM's evaluation logic against the template's policies
 # (tests/tools/iam_check.py), stops the emulator (also on failure or Ctrl-C),
@@ -16,8 +17,10 @@ ensure_node_tools
 start_emulator
 start_fault_proxy
 
-log "cargo fmt --check"
+log "cargo fmt --check, ruff format --check and ruff check (the Python of the harness, tests and bench)"
 cargo fmt --all --check
+"$VENV/bin/ruff" format --check helper_scripts tests bench
+"$VENV/bin/ruff" check helper_scripts tests bench
 log "cargo clippy (warnings are errors)"
 cargo clippy --locked --all-targets -- -D warnings
 log "cargo test, the emulator tests included"

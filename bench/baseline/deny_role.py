@@ -3,7 +3,6 @@
 import json
 
 import boto3
-
 from common import PREFIX, instance_id
 
 ec2 = boto3.client("ec2")

@@ -6,16 +6,15 @@ transit group, then to the quarantine group; termination protection on.
 """
 
 import boto3
-
 from common import PREFIX, finding_id, instance_id
 
 ec2 = boto3.client("ec2")
 
 
 def group(vpc_id, name, tag, open_all):
-    found = ec2.describe_security_groups(
-        Filters=[{"Name": "vpc-id", "Values": [vpc_id]}, {"Name": "group-name", "Values": [name]}]
-    )["SecurityGroups"]
+    found = ec2.describe_security_groups(Filters=[{"Name": "vpc-id", "Values": [vpc_id]}, {"Name": "group-name", "Values": [name]}])[
+        "SecurityGroups"
+    ]
     if found:
         return found[0]["GroupId"]
     group_id = ec2.create_security_group(

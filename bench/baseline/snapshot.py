@@ -1,7 +1,6 @@
 """Baseline snapshot: one crash-consistent set of snapshots per finding, tagged, never twice."""
 
 import boto3
-
 from common import PREFIX, finding_id, instance_id
 
 ec2 = boto3.client("ec2")

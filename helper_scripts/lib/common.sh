@@ -10,6 +10,9 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ec2
 # Nothing here may ever reach real AWS: no metadata-service probes, no shared profiles.
 export AWS_EC2_METADATA_DISABLED=true
 export SAM_CLI_TELEMETRY=0
+# The project's Python modules: the local run's package (helper_scripts/local, imported as
+# `local`) and the case reader, and the test tools (the fault proxy, the IAM check).
+export PYTHONPATH="$PROJECT_ROOT/helper_scripts:$PROJECT_ROOT/tests/tools${PYTHONPATH:+:$PYTHONPATH}"
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }

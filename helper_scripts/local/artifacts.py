@@ -16,12 +16,12 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import rie  # noqa: E402
-import run as local  # noqa: E402
-from lambda_service import function_env  # noqa: E402
+from local import rie
+from local.lambda_service import function_env
+from local.stack import create_case_table
+from local.template import ACCOUNT, REGION, ROOT, function_settings, load_template
+from local.world import point_sample_at, put_in_service, simulate_compromised_instance
 
-ROOT = local.ROOT
 # In workflow order: the function's logical id in template.yaml and its sample event.
 ARTIFACTS = [
     ("triage", "TriageFunction", "instance-backdoor.json"),
@@ -44,15 +44,15 @@ def main(argv: list[str] | None = None) -> int:
     import boto3
 
     emulator = os.environ["MOTO_ENDPOINT"]
-    creds = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": local.REGION, "endpoint_url": emulator}
+    creds = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": REGION, "endpoint_url": emulator}
     ec2, iam, sns, asg, elbv2, elb = (boto3.client(s, **creds) for s in ("ec2", "iam", "sns", "autoscaling", "elbv2", "elb"))
-    sim = local.simulate_compromised_instance(ec2, iam)
-    sim["account"] = local.ACCOUNT
-    local.put_in_service(sim, asg, elbv2, elb)
+    sim = simulate_compromised_instance(ec2, iam)
+    sim["account"] = ACCOUNT
+    put_in_service(sim, asg, elbv2, elb)
     topic = sns.create_topic(Name="ec2-quarantine-alerts")["TopicArn"]
-    local.create_case_table(boto3.client("dynamodb", **creds), local.load_template())
-    settings = {**local.function_settings(local.load_template(), {}, local.ACCOUNT), "ALERT_TOPIC_ARN": topic}
-    env = function_env(emulator, local.REGION, settings)
+    create_case_table(boto3.client("dynamodb", **creds), load_template())
+    settings = {**function_settings(load_template(), {}, ACCOUNT), "ALERT_TOPIC_ARN": topic}
+    env = function_env(emulator, REGION, settings)
     log_dir = Path(args.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     build = Path(args.build_dir)
@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, logical_id, event_file in ARTIFACTS:
         bootstrap = build / logical_id / "bootstrap"
         if not bootstrap.is_file():
-            print(f"{name:<11} {str(bootstrap.relative_to(ROOT)) if bootstrap.is_relative_to(ROOT) else bootstrap:<42} {'':>7}  MISSING (run sam build)")
+            print(
+                f"{name:<11} {str(bootstrap.relative_to(ROOT)) if bootstrap.is_relative_to(ROOT) else bootstrap:<42} {'':>7}  MISSING (run sam build)"
+            )
             failures += 1
             continue
         command = [str(bootstrap)]
@@ -71,13 +73,13 @@ def main(argv: list[str] | None = None) -> int:
                 failures += 1
                 continue
             command = [args.qemu, "-L", args.sysroot, str(bootstrap)]
-        raw = local.point_sample_at(json.loads((ROOT / "events" / event_file).read_text()), sim)
+        raw = point_sample_at(json.loads((ROOT / "events" / event_file).read_text()), sim)
         run = rie.invoke_all(command, env, [json.dumps(raw).encode()], ROOT, log_dir / f"{name}.log")
         ms, result = run["latencies_ms"][0], run["results"][0]
         error = rie.error_of(result)
         failures += error is not None
         shown = f"FAILED {error}" if error else summary(result)
-        print(f"{name:<11} {str(bootstrap.relative_to(ROOT)):<42} {ms:>7.0f}  {shown[:110]}")
+        print(f"{name:<11} {bootstrap.relative_to(ROOT)!s:<42} {ms:>7.0f}  {shown[:110]}")
     print(f"\n{len(ARTIFACTS) - failures}/{len(ARTIFACTS)} artifacts answered their sample event; logs in {log_dir}")
     return 1 if failures else 0
 

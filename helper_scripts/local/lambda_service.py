@@ -58,7 +58,7 @@ class Function:
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         port = self.server.server_address[1]
-        self.log = open(log_path, "wb")
+        self.log = open(log_path, "wb")  # noqa: SIM115 (open for the processes' lifetime; stop() closes it)
         self.processes: list[subprocess.Popen] = []
         for _ in range(max(1, copies)):
             self.processes.append(self._start(binary, env, port))
@@ -104,9 +104,12 @@ class Function:
 
     def invoke(self, payload: bytes, timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[bytes, bool]:
         if all(p.poll() is not None for p in self.processes):
-            body = self.init_error or json.dumps(
-                {"errorType": "Runtime.ExitError", "errorMessage": f"the function process exited with {self.processes[0].returncode}"}
-            ).encode()
+            body = (
+                self.init_error
+                or json.dumps(
+                    {"errorType": "Runtime.ExitError", "errorMessage": f"the function process exited with {self.processes[0].returncode}"}
+                ).encode()
+            )
             return body, True
         inv = Invocation(str(uuid.uuid4()), payload, timeout_s)
         self.invocations += 1
@@ -115,7 +118,9 @@ class Function:
             if inv.deadline_ms and time.time() * 1000 > inv.deadline_ms:
                 with self.lock:
                     self.inflight.pop(inv.request_id, None)
-                return json.dumps({"errorType": "Sandbox.Timedout", "errorMessage": f"Task timed out after {timeout_s:.0f} seconds"}).encode(), True
+                return json.dumps(
+                    {"errorType": "Sandbox.Timedout", "errorMessage": f"Task timed out after {timeout_s:.0f} seconds"}
+                ).encode(), True
         return inv.result, inv.error
 
     def stop(self) -> None:
@@ -168,7 +173,7 @@ def _runtime_handler(fn: Function):
             if self.path == RUNTIME_PREFIX + "init/error":
                 fn.init_error = body
                 return self._reply(202, b"{}")
-            parts = self.path[len(RUNTIME_PREFIX):].split("/")
+            parts = self.path[len(RUNTIME_PREFIX) :].split("/")
             if len(parts) != 3 or parts[0] != "invocation" or parts[2] not in ("response", "error"):
                 return self._reply(404)
             with fn.lock:
@@ -222,14 +227,16 @@ class LambdaService:
                 path = urllib.parse.unquote(self.path.split("?")[0])
                 if not (path.startswith(INVOKE_PREFIX) and path.endswith("/invocations")):
                     return self._reply(404, {"Type": "User", "message": f"no route {path}"})
-                name = path[len(INVOKE_PREFIX):-len("/invocations")]
+                name = path[len(INVOKE_PREFIX) : -len("/invocations")]
                 # A full ARN or a partial one names the function by its last part.
                 if ":function:" in name:
                     name = name.split(":function:")[1].split(":")[0]
                 fn = service.functions.get(name)
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 if fn is None:
-                    return self._reply(404, {"Type": "User", "message": f"Function not found: {name}"}, {"x-amzn-ErrorType": "ResourceNotFoundException"})
+                    return self._reply(
+                        404, {"Type": "User", "message": f"Function not found: {name}"}, {"x-amzn-ErrorType": "ResourceNotFoundException"}
+                    )
                 result, error = fn.invoke(body or b"{}")
                 headers = {"X-Amz-Executed-Version": "$LATEST"}
                 if error:

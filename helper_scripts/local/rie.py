@@ -73,8 +73,19 @@ def invoke_all(command: list[str], env: dict[str, str], payloads: list[bytes], c
     start_offset = log_path.stat().st_size if log_path.exists() else 0
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(
-            [str(rie_binary()), "--runtime-api-address", f"127.0.0.1:{api}", "--runtime-interface-emulator-address", f"127.0.0.1:{front}", *command],
-            env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                str(rie_binary()),
+                "--runtime-api-address",
+                f"127.0.0.1:{api}",
+                "--runtime-interface-emulator-address",
+                f"127.0.0.1:{front}",
+                *command,
+            ],
+            env=env,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     latencies, results, rss = [], [], None
     try:

@@ -113,8 +113,7 @@ def ec2_bucket(name: str) -> str:
 
 
 class State:
-    def __init__(self, upstream: str, seed: int, token_buckets: bool = False, strict: bool = True,
-                 authorization: bool = False):
+    def __init__(self, upstream: str, seed: int, token_buckets: bool = False, strict: bool = True, authorization: bool = False):
         self.authorization = authorization
         self.buckets = {k: TokenBucket(*v) for k, v in EC2_BUCKETS.items()} if token_buckets else None
         u = urllib.parse.urlparse(upstream)
@@ -332,16 +331,14 @@ class Lookup:
                 found[iid] = {
                     "state": text(item, "instanceState", "name"),
                     "lifecycle": text(item, "instanceLifecycle"),
-                    "metadata_tags": text(item, "metadataOptions", "instanceMetadataTags")
-                    or self.state.metadata_tags.get(iid),
+                    "metadata_tags": text(item, "metadataOptions", "instanceMetadataTags") or self.state.metadata_tags.get(iid),
                     "tags": [text(t, "key") or "" for t in tag_set] if tag_set is not None else [],
                 }
         return found
 
     def ec2_tag_values(self, resource_ids: list[str]) -> dict[str, dict[str, str]]:
         """resource id -> its tags (key -> value), every id present (empty when it has none)."""
-        params = {"Action": "DescribeTags", "Version": "2016-11-15", "Filter.1.Name": "resource-id",
-                  "MaxResults": "1000"}
+        params = {"Action": "DescribeTags", "Version": "2016-11-15", "Filter.1.Name": "resource-id", "MaxResults": "1000"}
         params.update({f"Filter.1.Value.{i}": r for i, r in enumerate(resource_ids, 1)})
         tags: dict[str, dict[str, str]] = {r: {} for r in resource_ids}
         while True:
@@ -371,11 +368,13 @@ class Lookup:
                     devices[name] = volume
         return devices
 
-    def iam(self) -> "Lookup":
+    def iam(self) -> Lookup:
         """The same caller, asking IAM (the credential scope names the service)."""
         other = Lookup(self.state, {})
-        other.headers = {k: re.sub(r"/[a-z0-9-]+/aws4_request", "/iam/aws4_request", v) if k.lower() == "authorization" else v
-                         for k, v in self.headers.items()}
+        other.headers = {
+            k: re.sub(r"/[a-z0-9-]+/aws4_request", "/iam/aws4_request", v) if k.lower() == "authorization" else v
+            for k, v in self.headers.items()
+        }
         return other
 
     def instance_profile(self, name: str) -> dict | None:
@@ -400,8 +399,7 @@ class Lookup:
         return None if root is None else next((e.text for e in descendants(root, "Arn")), None)
 
     def profile_association_instance(self, association_id: str) -> str | None:
-        root = self.query({"Action": "DescribeIamInstanceProfileAssociations", "Version": "2016-11-15",
-                           "AssociationId.1": association_id})
+        root = self.query({"Action": "DescribeIamInstanceProfileAssociations", "Version": "2016-11-15", "AssociationId.1": association_id})
         return None if root is None else next((i.text for i in descendants(root, "instanceId")), None)
 
     def iam_role_tag_keys(self, role: str) -> list[str] | None:
@@ -456,9 +454,7 @@ def check_ec2(look: Lookup, name: str, form: dict[str, str]) -> Refusal | None:
         bad = next((k for k in described.get("tags", []) if not imds_key_valid(k)), None)
         if bad is not None:
             return "metadata_tag_key", imds_key_message(bad)
-    if name == "ModifyInstanceAttribute" and (
-        "DisableApiTermination.Value" in form or form.get("Attribute") == "disableApiTermination"
-    ):
+    if name == "ModifyInstanceAttribute" and ("DisableApiTermination.Value" in form or form.get("Attribute") == "disableApiTermination"):
         iid = form.get("InstanceId", "")
         if look.ec2_instances([iid]).get(iid, {}).get("lifecycle") == "spot":
             return "spot_termination_protection", "Modifying 'disableApiTermination' is not supported for spot instances."
@@ -473,8 +469,10 @@ def check_ec2(look: Lookup, name: str, form: dict[str, str]) -> Refusal | None:
 
 
 def imds_key_message(key: str) -> str:
-    return (f"'{key}' is not a valid tag key. Tag keys must match pattern ([0-9a-zA-Z\\-_+=,.@:]{{1,255}}), "
-            "and must not be a reserved name ('.', '..', '_index')")
+    return (
+        f"'{key}' is not a valid tag key. Tag keys must match pattern ([0-9a-zA-Z\\-_+=,.@:]{{1,255}}), "
+        "and must not be a reserved name ('.', '..', '_index')"
+    )
 
 
 def check_iam(look: Lookup, name: str, form: dict[str, str]) -> tuple[str, int, str, str] | None:
@@ -482,9 +480,12 @@ def check_iam(look: Lookup, name: str, form: dict[str, str]) -> tuple[str, int, 
         return None
     keys = indexed(form, r"Tags\.member\.(\d+)\.Key")
     if len(keys) > IAM_TAG_LIMIT:
-        return ("iam_tag_limit", 400, "ValidationError",
-                "1 validation error detected: Value at 'tags' failed to satisfy constraint: "
-                "Member must have length less than or equal to 50")
+        return (
+            "iam_tag_limit",
+            400,
+            "ValidationError",
+            ("1 validation error detected: Value at 'tags' failed to satisfy constraint: Member must have length less than or equal to 50"),
+        )
     if name == "TagRole" and keys:
         existing = look.iam_role_tag_keys(form.get("RoleName", ""))
         if existing is None:
@@ -513,8 +514,7 @@ def sns_message_bytes(form: dict[str, str]) -> int:
     return size
 
 
-def strict_check(state: State, service: str, name: str, form: dict[str, str],
-                 headers: dict[str, str]) -> tuple[str, int, str, str] | None:
+def strict_check(state: State, service: str, name: str, form: dict[str, str], headers: dict[str, str]) -> tuple[str, int, str, str] | None:
     """(rule, status, code, message) when AWS would refuse the request, None otherwise."""
     look = Lookup(state, headers)
     if service == "ec2":
@@ -531,13 +531,14 @@ def strict_check(state: State, service: str, name: str, form: dict[str, str],
     return None
 
 
-EC2_RESOURCE_PARAM = re.compile(r"(InstanceId|NetworkInterfaceId|GroupId|SecurityGroupId\.\d+|ResourceId\.\d+|VolumeId"
-                                r"|SnapshotId|InstanceSpecification\.InstanceId)")
+EC2_RESOURCE_PARAM = re.compile(
+    r"(InstanceId|NetworkInterfaceId|GroupId|SecurityGroupId\.\d+|ResourceId\.\d+|VolumeId"
+    r"|SnapshotId|InstanceSpecification\.InstanceId)"
+)
 READS = ("Describe", "Get", "List")
 
 
-def authorization_state(state: State, service: str, name: str, form: dict[str, str],
-                        headers: dict[str, str]) -> dict:
+def authorization_state(state: State, service: str, name: str, form: dict[str, str], headers: dict[str, str]) -> dict:
     """What IAM reads from AWS's state to authorize this write, read now (see the module doc)."""
     look = Lookup(state, headers)
     auth: dict = {}
@@ -613,7 +614,7 @@ def handler(state: State):
             self.wfile.write(body)
 
         def _control(self, body: bytes):
-            path = self.path[len("/__proxy__/"):]
+            path = self.path[len("/__proxy__/") :]
             if self.command == "POST" and path == "faults":
                 rule = json.loads(body)
                 with state.lock:
@@ -653,14 +654,22 @@ def handler(state: State):
                 name = (form.get("Action") or query.get("Action") or ["unknown"])[0]
             action = f"{service}:{name}"
             # Every form parameter, empty values kept (a tag's value may be empty).
-            flat = ({k: v[0] for k, v in urllib.parse.parse_qs(body.decode(errors="replace"), keep_blank_values=True).items()}
-                    if body and not target else {})
+            flat = (
+                {k: v[0] for k, v in urllib.parse.parse_qs(body.decode(errors="replace"), keep_blank_values=True).items()}
+                if body and not target
+                else {}
+            )
             rule = state.match(action, access_key, flat)
             if rule is None and state.rate_limited(service, name):
                 rule = {"fault": "rate_limited"}
             app = APP_ID.search(self.headers.get("User-Agent", "") + " " + self.headers.get("X-Amz-User-Agent", ""))
-            entry = {"action": action, "access_key": access_key, "fault": rule["fault"] if rule else None,
-                     "app": app.group(1) if app else None, "start": time.monotonic()}
+            entry = {
+                "action": action,
+                "access_key": access_key,
+                "fault": rule["fault"] if rule else None,
+                "app": app.group(1) if app else None,
+                "start": time.monotonic(),
+            }
             scope = SCOPE_REGION.search(self.headers.get("Authorization", ""))
             if scope:
                 entry["region"] = scope.group(1)
@@ -673,8 +682,7 @@ def handler(state: State):
             if state.authorization and entry["app"] and target and body:
                 try:
                     request = json.loads(body)
-                    entry["json"] = {"TableName": request.get("TableName"),
-                                     "pk": ((request.get("Key") or {}).get("pk") or {}).get("S")}
+                    entry["json"] = {"TableName": request.get("TableName"), "pk": ((request.get("Key") or {}).get("pk") or {}).get("S")}
                 except (ValueError, AttributeError):
                     entry["json"] = {}
             if rule and rule["fault"] in FAULTS:
@@ -782,7 +790,7 @@ def summary(state: State) -> dict:
     refusals: dict[str, int] = {}
     for e in state.log:
         if (e["fault"] or "").startswith("strict:"):
-            rule = e["fault"][len("strict:"):]
+            rule = e["fault"][len("strict:") :]
             refusals[rule] = refusals.get(rule, 0) + 1
     return {
         "calls": len(state.log),
@@ -800,13 +808,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--ec2-token-buckets", action="store_true", help="enforce EC2's request rate limits")
-    p.add_argument("--lenient", action="store_true",
-                   help="turn the strict layer off: the emulator's answer, whatever AWS would answer")
-    p.add_argument("--authorization", action="store_true",
-                   help="record what IAM reads to authorize each function's write (for tests/tools/iam_check.py)")
+    p.add_argument("--lenient", action="store_true", help="turn the strict layer off: the emulator's answer, whatever AWS would answer")
+    p.add_argument(
+        "--authorization",
+        action="store_true",
+        help="record what IAM reads to authorize each function's write (for tests/tools/iam_check.py)",
+    )
     args = p.parse_args(argv)
-    state = State(args.upstream, args.seed, args.ec2_token_buckets, strict=not args.lenient,
-                  authorization=args.authorization)
+    state = State(args.upstream, args.seed, args.ec2_token_buckets, strict=not args.lenient, authorization=args.authorization)
     server = ThreadingHTTPServer(("127.0.0.1", args.port), handler(state))
     server.daemon_threads = True
     print(server.server_address[1], flush=True)

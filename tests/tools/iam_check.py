@@ -37,9 +37,10 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import yaml
+from local.template import CfnLoader, load_template
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "helper_scripts" / "local"))
-import run as local  # noqa: E402
 
 NODE_MODULES = ROOT / ".tools" / "node" / "node_modules"
 STACK = "ec2-quarantine"
@@ -50,14 +51,20 @@ MEMBER_ROLE = "ec2-quarantine-member"
 CASE_TABLE = re.search(r'DEFAULT_TABLE: &str = "([^"]+)"', (ROOT / "src" / "case.rs").read_text()).group(1)
 # The app id each binary puts in its User-Agent -> its function in template.yaml.
 FUNCTION_OF_APP = {
-    "triage": "TriageFunction", "isolate": "IsolateFunction", "deregister": "DeregisterFunction",
-    "snapshot": "SnapshotFunction", "deny-role": "DenyRoleFunction", "release": "ReleaseFunction",
+    "triage": "TriageFunction",
+    "isolate": "IsolateFunction",
+    "deregister": "DeregisterFunction",
+    "snapshot": "SnapshotFunction",
+    "deny-role": "DenyRoleFunction",
+    "release": "ReleaseFunction",
     "notify": "NotifyFunction",
 }
 # AWSLambdaBasicExecutionRole, the managed policy SAM gives every function role (its content as
 # AWS publishes it: https://docs.aws.amazon.com/aws-managed-policy/latest/reference/AWSLambdaBasicExecutionRole.html).
-LAMBDA_BASIC = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": [
-    "logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"], "Resource": "*"}]}
+LAMBDA_BASIC = {
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"], "Resource": "*"}],
+}
 MANAGED = {"arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole": LAMBDA_BASIC}
 # The configurations the template is evaluated in.
 CONFIGS = {
@@ -75,6 +82,7 @@ class Underivable(Exception):
 
 # ------------------------------------------------------------------------------ the policies
 
+
 @functools.cache
 def translated(config: str) -> dict:
     """template.yaml as CloudFormation receives it after the SAM transform (as sam package
@@ -83,18 +91,18 @@ def translated(config: str) -> dict:
     from samtranslator.parser.parser import Parser
     from samtranslator.translator.translator import Translator
 
-    template = copy.deepcopy(local.load_template())
+    template = copy.deepcopy(load_template())
     template["Globals"]["Function"]["CodeUri"] = "s3://packaged/code.zip"
     for resource in template["Resources"].values():
         if resource["Type"] == "AWS::Serverless::StateMachine":
             resource["Properties"]["DefinitionUri"] = "s3://packaged/definition.json"
     translator = Translator(None, Parser(), boto_session=boto3.session.Session(region_name="us-east-1"))
-    return translator.translate(template, dict(CONFIGS[config]), get_managed_policy_map=lambda: {})
+    return translator.translate(template, dict(CONFIGS[config]), get_managed_policy_map=dict)
 
 
 @functools.cache
 def member_template() -> dict:
-    return local.yaml.load((ROOT / "helper_scripts" / "member-account-role.yaml").read_text(), Loader=local._CfnLoader)
+    return yaml.load((ROOT / "helper_scripts" / "member-account-role.yaml").read_text(), Loader=CfnLoader)
 
 
 NO_VALUE = object()
@@ -129,6 +137,7 @@ class Resolver:
             if "." in name:
                 return str(self.attrs[tuple(name.split(".", 1))])
             return str(self.ref(name))
+
         return re.sub(r"\$\{([^}!]+)\}", one, text)
 
     def resolve(self, node):
@@ -186,11 +195,20 @@ def stack(config: str, account: str, region: str, topic: str) -> tuple[dict, dic
     refs = {"CaseTable": CASE_TABLE, "AlertTopic": f"arn:aws:sns:{region}:{account}:{topic}"}
     refs.update({f: f"{STACK}-{f}-TESTSUFFIX" for f in FUNCTION_OF_APP.values()})
     attrs = {("CaseTable", "Arn"): table_arn, ("AlertTopic", "TopicName"): topic}
-    attrs.update({(f, "Arn"): f"arn:aws:lambda:{region}:{account}:function:{STACK}-{f}-TESTSUFFIX"
-                  for f in FUNCTION_OF_APP.values()})
-    resolver = Resolver(template, dict(CONFIGS[config]),
-                        {"AWS::AccountId": account, "AWS::Region": region, "AWS::Partition": "aws",
-                         "AWS::StackName": STACK, "AWS::URLSuffix": "amazonaws.com"}, refs, attrs)
+    attrs.update({(f, "Arn"): f"arn:aws:lambda:{region}:{account}:function:{STACK}-{f}-TESTSUFFIX" for f in FUNCTION_OF_APP.values()})
+    resolver = Resolver(
+        template,
+        dict(CONFIGS[config]),
+        {
+            "AWS::AccountId": account,
+            "AWS::Region": region,
+            "AWS::Partition": "aws",
+            "AWS::StackName": STACK,
+            "AWS::URLSuffix": "amazonaws.com",
+        },
+        refs,
+        attrs,
+    )
     policies = {}
     for function in FUNCTION_OF_APP.values():
         role = template["Resources"][f"{function}Role"]["Properties"]
@@ -209,9 +227,13 @@ def stack(config: str, account: str, region: str, topic: str) -> tuple[dict, dic
 def member(account: str, responder: str, external_id: str) -> tuple[list, dict]:
     """The member role's policy documents and its trust policy, resolved."""
     template = member_template()
-    resolver = Resolver(template, {"ResponderAccountId": responder, "ExternalId": external_id},
-                        {"AWS::AccountId": account, "AWS::Region": "us-east-1", "AWS::Partition": "aws",
-                         "AWS::StackName": "ec2-quarantine-member-role"}, {}, {})
+    resolver = Resolver(
+        template,
+        {"ResponderAccountId": responder, "ExternalId": external_id},
+        {"AWS::AccountId": account, "AWS::Region": "us-east-1", "AWS::Partition": "aws", "AWS::StackName": "ec2-quarantine-member-role"},
+        {},
+        {},
+    )
     role = template["Resources"]["MemberRole"]["Properties"]
     policies = [resolver.resolve(p["PolicyDocument"]) for p in role["Policies"]]
     return policies, resolver.resolve(role["AssumeRolePolicyDocument"])
@@ -219,8 +241,15 @@ def member(account: str, responder: str, external_id: str) -> tuple[list, dict]:
 
 # ----------------------------------------------------------------- requests from recorded calls
 
-EC2_TYPES = {"i": "instance", "eni": "network-interface", "sg": "security-group", "vol": "volume",
-             "snap": "snapshot", "vpc": "vpc", "subnet": "subnet"}
+EC2_TYPES = {
+    "i": "instance",
+    "eni": "network-interface",
+    "sg": "security-group",
+    "vol": "volume",
+    "snap": "snapshot",
+    "vpc": "vpc",
+    "subnet": "subnet",
+}
 # ModifyInstanceAttribute's parameters. ec2:Attribute holds the name of the parameter a request
 # sets, as AWS's examples write it ("ec2:Attribute": "Description", "HttpTokens":
 # https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/iam-policies-for-amazon-ec2.html#attribute-key,
@@ -228,16 +257,38 @@ EC2_TYPES = {"i": "instance", "eni": "network-interface", "sg": "security-group"
 # ModifyInstanceAttribute itself, nor whether a list (BlockDeviceMapping, GroupId) is named at all:
 # the policies compare without case and pass a request that names none (tests/README.md).
 INSTANCE_ATTRIBUTES = {
-    "DisableApiTermination", "InstanceInitiatedShutdownBehavior", "BlockDeviceMapping", "UserData",
-    "InstanceType", "GroupId", "SourceDestCheck", "Kernel", "Ramdisk", "EbsOptimized", "SriovNetSupport",
-    "EnaSupport", "DisableApiStop",
+    "DisableApiTermination",
+    "InstanceInitiatedShutdownBehavior",
+    "BlockDeviceMapping",
+    "UserData",
+    "InstanceType",
+    "GroupId",
+    "SourceDestCheck",
+    "Kernel",
+    "Ramdisk",
+    "EbsOptimized",
+    "SriovNetSupport",
+    "EnaSupport",
+    "DisableApiStop",
 }
 # The condition keys this recorder derives for a request, whether the request carries them or not.
 # A policy statement for an evaluated action that reads another key fails the check by its name.
-DERIVED = (re.compile(r"aws:(ResourceTag|RequestTag)/.+|(ec2|iam):ResourceTag/.+|aws:PrincipalTag/.+"),
-           {"aws:TagKeys", "ec2:CreateAction", "ec2:Attribute", "iam:PolicyARN", "iam:PassedToService",
-            "dynamodb:LeadingKeys", "sts:ExternalId", "aws:PrincipalArn", "ec2:Region", "aws:RequestedRegion",
-            "ec2:NewInstanceProfile"})
+DERIVED = (
+    re.compile(r"aws:(ResourceTag|RequestTag)/.+|(ec2|iam):ResourceTag/.+|aws:PrincipalTag/.+"),
+    {
+        "aws:TagKeys",
+        "ec2:CreateAction",
+        "ec2:Attribute",
+        "iam:PolicyARN",
+        "iam:PassedToService",
+        "dynamodb:LeadingKeys",
+        "sts:ExternalId",
+        "aws:PrincipalArn",
+        "ec2:Region",
+        "aws:RequestedRegion",
+        "ec2:NewInstanceProfile",
+    },
+)
 
 
 def ec2_arn(region: str, account: str, resource_id: str) -> str:
@@ -292,12 +343,16 @@ def requests_for(call: dict, account: str) -> list[tuple[str, str, dict]]:
         base["ec2:Region"] = region
         arn = functools.partial(ec2_arn, region, account)
         if name == "CreateSecurityGroup":
-            tags = [(k, v) for spec in (1, 2, 3) if p.get(f"TagSpecification.{spec}.ResourceType") == "security-group"
-                    for k, v in zip(numbered(p, rf"TagSpecification\.{spec}\.Tag\.(\d+)\.Key"),
-                                    numbered(p, rf"TagSpecification\.{spec}\.Tag\.(\d+)\.Value"))]
+            tags = [
+                (k, v)
+                for spec in (1, 2, 3)
+                if p.get(f"TagSpecification.{spec}.ResourceType") == "security-group"
+                for k, v in zip(
+                    numbered(p, rf"TagSpecification\.{spec}\.Tag\.(\d+)\.Key"), numbered(p, rf"TagSpecification\.{spec}\.Tag\.(\d+)\.Value")
+                )
+            ]
             new = f"arn:aws:ec2:{region}:{account}:security-group/sg-created"
-            out = [(call["action"], new, {**base, **tag_context(tags)}),
-                   (call["action"], arn(p["VpcId"]), base)]
+            out = [(call["action"], new, {**base, **tag_context(tags)}), (call["action"], arn(p["VpcId"]), base)]
             if tags:
                 out.append(("ec2:CreateTags", new, {**base, **tag_context(tags), "ec2:CreateAction": "CreateSecurityGroup"}))
             return out
@@ -305,21 +360,27 @@ def requests_for(call: dict, account: str) -> list[tuple[str, str, dict]]:
             keys = numbered(p, r"Tag\.(\d+)\.Key")
             values = numbered(p, r"Tag\.(\d+)\.Value") if name == "CreateTags" else [""] * len(keys)
             ctx = tag_context(list(zip(keys, values))) if name == "CreateTags" else {"aws:TagKeys": keys}
-            return [(call["action"], arn(r), {**base, **ctx, **resource_tags(auth, r)})
-                    for r in numbered(p, r"ResourceId\.(\d+)")]
-        if name in ("RevokeSecurityGroupEgress", "RevokeSecurityGroupIngress",
-                    "AuthorizeSecurityGroupEgress", "AuthorizeSecurityGroupIngress"):
+            return [(call["action"], arn(r), {**base, **ctx, **resource_tags(auth, r)}) for r in numbered(p, r"ResourceId\.(\d+)")]
+        if name in (
+            "RevokeSecurityGroupEgress",
+            "RevokeSecurityGroupIngress",
+            "AuthorizeSecurityGroupEgress",
+            "AuthorizeSecurityGroupIngress",
+        ):
             return [(call["action"], arn(p["GroupId"]), {**base, **resource_tags(auth, p["GroupId"])})]
         if name == "ModifyNetworkInterfaceAttribute":
             eni = p["NetworkInterfaceId"]
             groups = numbered(p, r"SecurityGroupId\.(\d+)")
             # A group list is not named in ec2:Attribute (only single values are); the others are.
-            attribute = None if groups else next((a for a in ("SourceDestCheck", "Description", "Attachment") if any(k.startswith(a) for k in p)), None)
+            attribute = (
+                None
+                if groups
+                else next((a for a in ("SourceDestCheck", "Description", "Attachment") if any(k.startswith(a) for k in p)), None)
+            )
             ctx = {**base, **resource_tags(auth, eni)}
             if attribute:
                 ctx["ec2:Attribute"] = attribute
-            return [(call["action"], arn(eni), ctx)] + [
-                (call["action"], arn(g), {**base, **resource_tags(auth, g)}) for g in groups]
+            return [(call["action"], arn(eni), ctx)] + [(call["action"], arn(g), {**base, **resource_tags(auth, g)}) for g in groups]
         if name == "ModifyInstanceAttribute":
             instance = p["InstanceId"]
             attributes = sorted({k.split(".")[0] for k in p if k.split(".")[0] in INSTANCE_ATTRIBUTES})
@@ -345,8 +406,10 @@ def requests_for(call: dict, account: str) -> list[tuple[str, str, dict]]:
             volumes = auth.get("volumes")
             if volumes is None:
                 raise Underivable("CreateSnapshots: the instance's volumes")
-            out = [(call["action"], arn(instance), {**base, **resource_tags(auth, instance)}),
-                   (call["action"], new, {**base, **tag_context(tags)})]
+            out = [
+                (call["action"], arn(instance), {**base, **resource_tags(auth, instance)}),
+                (call["action"], new, {**base, **tag_context(tags)}),
+            ]
             out += [(call["action"], arn(v), base) for v in volumes]
             if tags:
                 out.append(("ec2:CreateTags", new, {**base, **tag_context(tags), "ec2:CreateAction": "CreateSnapshots"}))
@@ -363,10 +426,18 @@ def requests_for(call: dict, account: str) -> list[tuple[str, str, dict]]:
                     raise Underivable(f"{name}: the instance profile {p.get('IamInstanceProfile.Name') or p.get('IamInstanceProfile.Arn')}")
                 ctx["ec2:NewInstanceProfile"] = profile["arn"]
                 # A profile that holds a role passes that role to EC2.
-                out += [("iam:PassRole", r, {"iam:PassedToService": "ec2.amazonaws.com",
-                                             "iam:AssociatedResourceARN": arn(instance),
-                                             **role_tag_context((profile.get("role_tags") or {}).get(r))})
-                        for r in profile["roles"]]
+                out += [
+                    (
+                        "iam:PassRole",
+                        r,
+                        {
+                            "iam:PassedToService": "ec2.amazonaws.com",
+                            "iam:AssociatedResourceARN": arn(instance),
+                            **role_tag_context((profile.get("role_tags") or {}).get(r)),
+                        },
+                    )
+                    for r in profile["roles"]
+                ]
             return out
     if service == "iam":
         if "RoleName" in p:
@@ -439,6 +510,7 @@ def derivable(key: str) -> bool:
 
 # ------------------------------------------------------------------------- the evaluator
 
+
 def evaluate(requests: list[dict]) -> list[dict]:
     """IAM's answer for each request (tests/tools/iam_eval.mjs), identical requests asked once."""
     unique: dict[str, int] = {}
@@ -448,8 +520,13 @@ def evaluate(requests: list[dict]) -> list[dict]:
         if key not in unique:
             unique[key] = len(order)
             order.append(r)
-    answer = subprocess.run(["node", str(ROOT / "tests" / "tools" / "iam_eval.mjs")], input=json.dumps(order).encode(),
-                            capture_output=True, check=False, env={**os.environ, "IAM_NODE_MODULES": str(NODE_MODULES)})
+    answer = subprocess.run(
+        ["node", str(ROOT / "tests" / "tools" / "iam_eval.mjs")],
+        input=json.dumps(order).encode(),
+        capture_output=True,
+        check=False,
+        env={**os.environ, "IAM_NODE_MODULES": str(NODE_MODULES)},
+    )
     if answer.returncode != 0:
         raise SystemExit(f"the IAM evaluator failed: {answer.stderr.decode()[-2000:]}")
     results = json.loads(answer.stdout)
@@ -457,6 +534,7 @@ def evaluate(requests: list[dict]) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------- the abuses
+
 
 def abuses(account: str = "111111111111", region: str = "us-east-1") -> list[tuple[str, str, str, str, dict]]:
     """(what, principal, action, resource, context): requests an attacker who controls one
@@ -473,30 +551,88 @@ def abuses(account: str = "111111111111", region: str = "us-east-1") -> list[tup
     out = []
     for who in ("IsolateFunction", "member"):
         out += [
-            (f"{who}: open a customer's security group to the world (ingress)", who, "ec2:AuthorizeSecurityGroupIngress", user_group, untagged),
+            (
+                f"{who}: open a customer's security group to the world (ingress)",
+                who,
+                "ec2:AuthorizeSecurityGroupIngress",
+                user_group,
+                untagged,
+            ),
             (f"{who}: open a customer's security group (egress)", who, "ec2:AuthorizeSecurityGroupEgress", user_group, untagged),
             (f"{who}: empty a customer's security group", who, "ec2:RevokeSecurityGroupIngress", user_group, untagged),
-            (f"{who}: tag a customer's group as the tool's transit group", who, "ec2:CreateTags", user_group,
-             {**untagged, "aws:TagKeys": ["ec2-quarantine:untrack-group"], "aws:RequestTag/ec2-quarantine:untrack-group": "true"}),
-            (f"{who}: tag a customer's group as the tool's isolation group", who, "ec2:CreateTags", user_group,
-             {**untagged, "aws:TagKeys": ["ec2-quarantine:isolation-group"], "aws:RequestTag/ec2-quarantine:isolation-group": "true"}),
-            (f"{who}: change another instance's user data", who, "ec2:ModifyInstanceAttribute", f"{ec2}:instance/i-0other",
-             {"ec2:Attribute": "UserData"}),
-            (f"{who}: change an instance's type", who, "ec2:ModifyInstanceAttribute", f"{ec2}:instance/i-0other",
-             {"ec2:Attribute": "InstanceType"}),
-            (f"{who}: turn off an instance's stop protection", who, "ec2:ModifyInstanceAttribute", f"{ec2}:instance/i-0other",
-             {"ec2:Attribute": "DisableApiStop"}),
-            (f"{who}: turn off an interface's source/destination check", who, "ec2:ModifyNetworkInterfaceAttribute", f"{ec2}:network-interface/eni-0other",
-             {"ec2:Attribute": "SourceDestCheck"}),
-            (f"{who}: tag an instance as exempt", who, "ec2:CreateTags", f"{ec2}:instance/i-0other",
-             {"aws:TagKeys": ["ec2-quarantine-exempt"], "aws:RequestTag/ec2-quarantine-exempt": "true"}),
+            (
+                f"{who}: tag a customer's group as the tool's transit group",
+                who,
+                "ec2:CreateTags",
+                user_group,
+                {**untagged, "aws:TagKeys": ["ec2-quarantine:untrack-group"], "aws:RequestTag/ec2-quarantine:untrack-group": "true"},
+            ),
+            (
+                f"{who}: tag a customer's group as the tool's isolation group",
+                who,
+                "ec2:CreateTags",
+                user_group,
+                {**untagged, "aws:TagKeys": ["ec2-quarantine:isolation-group"], "aws:RequestTag/ec2-quarantine:isolation-group": "true"},
+            ),
+            (
+                f"{who}: change another instance's user data",
+                who,
+                "ec2:ModifyInstanceAttribute",
+                f"{ec2}:instance/i-0other",
+                {"ec2:Attribute": "UserData"},
+            ),
+            (
+                f"{who}: change an instance's type",
+                who,
+                "ec2:ModifyInstanceAttribute",
+                f"{ec2}:instance/i-0other",
+                {"ec2:Attribute": "InstanceType"},
+            ),
+            (
+                f"{who}: turn off an instance's stop protection",
+                who,
+                "ec2:ModifyInstanceAttribute",
+                f"{ec2}:instance/i-0other",
+                {"ec2:Attribute": "DisableApiStop"},
+            ),
+            (
+                f"{who}: turn off an interface's source/destination check",
+                who,
+                "ec2:ModifyNetworkInterfaceAttribute",
+                f"{ec2}:network-interface/eni-0other",
+                {"ec2:Attribute": "SourceDestCheck"},
+            ),
+            (
+                f"{who}: tag an instance as exempt",
+                who,
+                "ec2:CreateTags",
+                f"{ec2}:instance/i-0other",
+                {"aws:TagKeys": ["ec2-quarantine-exempt"], "aws:RequestTag/ec2-quarantine-exempt": "true"},
+            ),
         ]
     out += [
-        ("DenyRoleFunction: attach AdministratorAccess to a role", "DenyRoleFunction", "iam:AttachRolePolicy", victim, {"iam:PolicyARN": admin}),
+        (
+            "DenyRoleFunction: attach AdministratorAccess to a role",
+            "DenyRoleFunction",
+            "iam:AttachRolePolicy",
+            victim,
+            {"iam:PolicyARN": admin},
+        ),
         ("member: attach AdministratorAccess to a role", "member", "iam:AttachRolePolicy", victim, {"iam:PolicyARN": admin}),
-        ("ReleaseFunction: attach AdministratorAccess to a role", "ReleaseFunction", "iam:AttachRolePolicy", victim, {"iam:PolicyARN": admin}),
-        ("ReleaseFunction: detach a customer's managed policy", "ReleaseFunction", "iam:DetachRolePolicy", victim,
-         {"iam:PolicyARN": f"arn:aws:iam::{a}:policy/payments-access"}),
+        (
+            "ReleaseFunction: attach AdministratorAccess to a role",
+            "ReleaseFunction",
+            "iam:AttachRolePolicy",
+            victim,
+            {"iam:PolicyARN": admin},
+        ),
+        (
+            "ReleaseFunction: detach a customer's managed policy",
+            "ReleaseFunction",
+            "iam:DetachRolePolicy",
+            victim,
+            {"iam:PolicyARN": f"arn:aws:iam::{a}:policy/payments-access"},
+        ),
         ("DenyRoleFunction: put an inline policy on a customer's role", "DenyRoleFunction", "iam:PutRolePolicy", victim, {}),
         ("member: put an inline policy on a customer's role", "member", "iam:PutRolePolicy", victim, {}),
         ("ReleaseFunction: put an inline policy on a customer's role", "ReleaseFunction", "iam:PutRolePolicy", victim, {}),
@@ -504,51 +640,159 @@ def abuses(account: str = "111111111111", region: str = "us-east-1") -> list[tup
         ("member: delete a customer's inline policy", "member", "iam:DeleteRolePolicy", victim, {}),
         ("DenyRoleFunction: untag a role", "DenyRoleFunction", "iam:UntagRole", victim, {}),
         ("DenyRoleFunction: change a role's trust policy", "DenyRoleFunction", "iam:UpdateAssumeRolePolicy", victim, {}),
-        ("DenyRoleFunction: create a policy outside the tool's", "DenyRoleFunction", "iam:CreatePolicy", f"arn:aws:iam::{a}:policy/anything", {}),
+        (
+            "DenyRoleFunction: create a policy outside the tool's",
+            "DenyRoleFunction",
+            "iam:CreatePolicy",
+            f"arn:aws:iam::{a}:policy/anything",
+            {},
+        ),
         ("DenyRoleFunction: write a new version of the DenyAll policy", "DenyRoleFunction", "iam:CreatePolicyVersion", deny_all, {}),
-        ("ReleaseFunction: pass a role to a Lambda function", "ReleaseFunction", "iam:PassRole", victim, {"iam:PassedToService": "lambda.amazonaws.com"}),
+        (
+            "ReleaseFunction: pass a role to a Lambda function",
+            "ReleaseFunction",
+            "iam:PassRole",
+            victim,
+            {"iam:PassedToService": "lambda.amazonaws.com"},
+        ),
         ("member: pass a role to a Lambda function", "member", "iam:PassRole", victim, {"iam:PassedToService": "lambda.amazonaws.com"}),
-        ("DenyRoleFunction: attach DenyAll to the responder's own role", "DenyRoleFunction", "iam:AttachRolePolicy", own_role, {"iam:PolicyARN": deny_all}),
+        (
+            "DenyRoleFunction: attach DenyAll to the responder's own role",
+            "DenyRoleFunction",
+            "iam:AttachRolePolicy",
+            own_role,
+            {"iam:PolicyARN": deny_all},
+        ),
         ("DenyRoleFunction: put an inline policy on the responder's own role", "DenyRoleFunction", "iam:PutRolePolicy", own_role, {}),
-        ("DenyRoleFunction: attach DenyAll to a responder role whose name lost the stack's prefix", "DenyRoleFunction",
-         "iam:AttachRolePolicy", shortened, {"iam:PolicyARN": deny_all, f"aws:ResourceTag/{STACK}-case-writer": "ec2-quarantine-production-eu"}),
-        ("ReleaseFunction: detach a policy from a responder role whose name lost the stack's prefix", "ReleaseFunction",
-         "iam:DetachRolePolicy", shortened, {"iam:PolicyARN": deny_all, f"aws:ResourceTag/{STACK}-case-writer": "ec2-quarantine-production-eu"}),
+        (
+            "DenyRoleFunction: attach DenyAll to a responder role whose name lost the stack's prefix",
+            "DenyRoleFunction",
+            "iam:AttachRolePolicy",
+            shortened,
+            {"iam:PolicyARN": deny_all, f"aws:ResourceTag/{STACK}-case-writer": "ec2-quarantine-production-eu"},
+        ),
+        (
+            "ReleaseFunction: detach a policy from a responder role whose name lost the stack's prefix",
+            "ReleaseFunction",
+            "iam:DetachRolePolicy",
+            shortened,
+            {"iam:PolicyARN": deny_all, f"aws:ResourceTag/{STACK}-case-writer": "ec2-quarantine-production-eu"},
+        ),
         ("ReleaseFunction: put an inline policy on the responder's own role", "ReleaseFunction", "iam:PutRolePolicy", own_role, {}),
-        ("SnapshotFunction: share a snapshot with another account", "SnapshotFunction", "ec2:ModifySnapshotAttribute", f"arn:aws:ec2:{r}::snapshot/snap-0evidence", {}),
+        (
+            "SnapshotFunction: share a snapshot with another account",
+            "SnapshotFunction",
+            "ec2:ModifySnapshotAttribute",
+            f"arn:aws:ec2:{r}::snapshot/snap-0evidence",
+            {},
+        ),
         ("SnapshotFunction: delete a snapshot", "SnapshotFunction", "ec2:DeleteSnapshot", f"arn:aws:ec2:{r}::snapshot/snap-0evidence", {}),
-        ("SnapshotFunction: overwrite a customer's snapshot tags", "SnapshotFunction", "ec2:CreateTags", f"arn:aws:ec2:{r}::snapshot/snap-0customer",
-         {"aws:TagKeys": ["Owner"], "aws:RequestTag/Owner": "x"}),
+        (
+            "SnapshotFunction: overwrite a customer's snapshot tags",
+            "SnapshotFunction",
+            "ec2:CreateTags",
+            f"arn:aws:ec2:{r}::snapshot/snap-0customer",
+            {"aws:TagKeys": ["Owner"], "aws:RequestTag/Owner": "x"},
+        ),
         ("IsolateFunction: terminate an instance", "IsolateFunction", "ec2:TerminateInstances", f"{ec2}:instance/i-0other", {}),
-        ("ReleaseFunction: remove another tag than the markers", "ReleaseFunction", "ec2:DeleteTags", f"{ec2}:instance/i-0other",
-         {"aws:TagKeys": ["ec2-quarantine-exempt"]}),
-        ("DeregisterFunction: delete an Auto Scaling group", "DeregisterFunction", "autoscaling:DeleteAutoScalingGroup",
-         f"arn:aws:autoscaling:{r}:{a}:autoScalingGroup:{ASG_UUID}:autoScalingGroupName/web", {}),
+        (
+            "ReleaseFunction: remove another tag than the markers",
+            "ReleaseFunction",
+            "ec2:DeleteTags",
+            f"{ec2}:instance/i-0other",
+            {"aws:TagKeys": ["ec2-quarantine-exempt"]},
+        ),
+        (
+            "DeregisterFunction: delete an Auto Scaling group",
+            "DeregisterFunction",
+            "autoscaling:DeleteAutoScalingGroup",
+            f"arn:aws:autoscaling:{r}:{a}:autoScalingGroup:{ASG_UUID}:autoScalingGroupName/web",
+            {},
+        ),
         ("NotifyFunction: publish to another topic", "NotifyFunction", "sns:Publish", f"arn:aws:sns:{r}:{a}:someone-elses-topic", {}),
-        ("TriageFunction: delete a case item", "TriageFunction", "dynamodb:DeleteItem", f"arn:aws:dynamodb:{r}:{a}:table/{CASE_TABLE}",
-         {f"aws:PrincipalTag/{STACK}-case-writer": STACK, "dynamodb:LeadingKeys": ["case#i-0"]}),
-        ("ReleaseFunction: delete a case's own items", "ReleaseFunction", "dynamodb:DeleteItem", f"arn:aws:dynamodb:{r}:{a}:table/{CASE_TABLE}",
-         {f"aws:PrincipalTag/{STACK}-case-writer": STACK, "dynamodb:LeadingKeys": ["case#i-0"]}),
-        ("IsolateFunction: delete the case table", "IsolateFunction", "dynamodb:DeleteTable", f"arn:aws:dynamodb:{r}:{a}:table/{CASE_TABLE}", {}),
-        ("IsolateFunction: update the responder's stack", "IsolateFunction", "cloudformation:UpdateStack",
-         f"arn:aws:cloudformation:{r}:{a}:stack/{STACK}/00000000-0000-0000-0000-000000000000", {}),
-        ("DenyRoleFunction: change the responder's function code", "DenyRoleFunction", "lambda:UpdateFunctionCode",
-         f"arn:aws:lambda:{r}:{a}:function:{STACK}-IsolateFunction-TESTSUFFIX", {}),
-        ("IsolateFunction: assume a role other than the member role", "IsolateFunction", "sts:AssumeRole", f"arn:aws:iam::222222222222:role/OrganizationAccountAccessRole", {}),
+        (
+            "TriageFunction: delete a case item",
+            "TriageFunction",
+            "dynamodb:DeleteItem",
+            f"arn:aws:dynamodb:{r}:{a}:table/{CASE_TABLE}",
+            {f"aws:PrincipalTag/{STACK}-case-writer": STACK, "dynamodb:LeadingKeys": ["case#i-0"]},
+        ),
+        (
+            "ReleaseFunction: delete a case's own items",
+            "ReleaseFunction",
+            "dynamodb:DeleteItem",
+            f"arn:aws:dynamodb:{r}:{a}:table/{CASE_TABLE}",
+            {f"aws:PrincipalTag/{STACK}-case-writer": STACK, "dynamodb:LeadingKeys": ["case#i-0"]},
+        ),
+        (
+            "IsolateFunction: delete the case table",
+            "IsolateFunction",
+            "dynamodb:DeleteTable",
+            f"arn:aws:dynamodb:{r}:{a}:table/{CASE_TABLE}",
+            {},
+        ),
+        (
+            "IsolateFunction: update the responder's stack",
+            "IsolateFunction",
+            "cloudformation:UpdateStack",
+            f"arn:aws:cloudformation:{r}:{a}:stack/{STACK}/00000000-0000-0000-0000-000000000000",
+            {},
+        ),
+        (
+            "DenyRoleFunction: change the responder's function code",
+            "DenyRoleFunction",
+            "lambda:UpdateFunctionCode",
+            f"arn:aws:lambda:{r}:{a}:function:{STACK}-IsolateFunction-TESTSUFFIX",
+            {},
+        ),
+        (
+            "IsolateFunction: assume a role other than the member role",
+            "IsolateFunction",
+            "sts:AssumeRole",
+            "arn:aws:iam::222222222222:role/OrganizationAccountAccessRole",
+            {},
+        ),
         ("member: write a case in the member account", "member", "dynamodb:PutItem", f"arn:aws:dynamodb:{r}:{a}:table/{CASE_TABLE}", {}),
         # Residual (RESIDUAL below): allowed, with the reason.
-        ("ReleaseFunction: give any instance a profile holding an administrator role", "ReleaseFunction", "iam:PassRole", victim,
-         {"iam:PassedToService": "ec2.amazonaws.com", "iam:AssociatedResourceARN": f"{ec2}:instance/i-0other"}),
-        ("member: give any instance a profile holding an administrator role", "member", "iam:PassRole", victim,
-         {"iam:PassedToService": "ec2.amazonaws.com", "iam:AssociatedResourceARN": f"{ec2}:instance/i-0other"}),
-        ("DenyRoleFunction: create the DenyAll policy with other content before the first containment", "DenyRoleFunction",
-         "iam:CreatePolicy", deny_all, {}),
-        ("IsolateFunction: change user data where EC2 names no attribute", "IsolateFunction", "ec2:ModifyInstanceAttribute",
-         f"{ec2}:instance/i-0other", {}),
-        ("SnapshotFunction: overwrite the volume label of an earlier case's snapshot", "SnapshotFunction", "ec2:CreateTags",
-         f"arn:aws:ec2:{r}::snapshot/snap-0evidence", {"aws:TagKeys": ["ec2-quarantine:volume-id"],
-                                                        "aws:RequestTag/ec2-quarantine:volume-id": "vol-0forged",
-                                                        "aws:ResourceTag/ec2-quarantine:instance-id": "i-0earlier"}),
+        (
+            "ReleaseFunction: give any instance a profile holding an administrator role",
+            "ReleaseFunction",
+            "iam:PassRole",
+            victim,
+            {"iam:PassedToService": "ec2.amazonaws.com", "iam:AssociatedResourceARN": f"{ec2}:instance/i-0other"},
+        ),
+        (
+            "member: give any instance a profile holding an administrator role",
+            "member",
+            "iam:PassRole",
+            victim,
+            {"iam:PassedToService": "ec2.amazonaws.com", "iam:AssociatedResourceARN": f"{ec2}:instance/i-0other"},
+        ),
+        (
+            "DenyRoleFunction: create the DenyAll policy with other content before the first containment",
+            "DenyRoleFunction",
+            "iam:CreatePolicy",
+            deny_all,
+            {},
+        ),
+        (
+            "IsolateFunction: change user data where EC2 names no attribute",
+            "IsolateFunction",
+            "ec2:ModifyInstanceAttribute",
+            f"{ec2}:instance/i-0other",
+            {},
+        ),
+        (
+            "SnapshotFunction: overwrite the volume label of an earlier case's snapshot",
+            "SnapshotFunction",
+            "ec2:CreateTags",
+            f"arn:aws:ec2:{r}::snapshot/snap-0evidence",
+            {
+                "aws:TagKeys": ["ec2-quarantine:volume-id"],
+                "aws:RequestTag/ec2-quarantine:volume-id": "vol-0forged",
+                "aws:ResourceTag/ec2-quarantine:instance-id": "i-0earlier",
+            },
+        ),
     ]
     return out
 
@@ -581,6 +825,7 @@ RESIDUAL = {
 
 
 # ------------------------------------------------------------------------------- the check
+
 
 def principal_of(call: dict, principals: dict[str, str]) -> tuple[str, str, str]:
     """(kind, account, function): kind "member" for the member role's sessions, else "function"."""
@@ -642,10 +887,17 @@ def check(calls: list[dict], principals: dict[str, str]) -> tuple[int, list[str]
                     _, trust = member(target, account, external)
                     resource_policy = trust
                     context = {**context, "aws:PrincipalArn": principal, "aws:PrincipalAccount": account}
-                built.append({"principal": principal, "action": action, "resource": resource,
-                              "resourceAccount": resource.split(":")[4] or account if resource != "*" else account,
-                              "context": {"aws:PrincipalArn": principal, **context},
-                              "identityPolicies": policies, "resourcePolicy": resource_policy})
+                built.append(
+                    {
+                        "principal": principal,
+                        "action": action,
+                        "resource": resource,
+                        "resourceAccount": resource.split(":")[4] or account if resource != "*" else account,
+                        "context": {"aws:PrincipalArn": principal, **context},
+                        "identityPolicies": policies,
+                        "resourcePolicy": resource_policy,
+                    }
+                )
             # A call counts only when every request it makes could be built.
             requests += built
             owners += [call] * len(built)
@@ -675,11 +927,20 @@ def check(calls: list[dict], principals: dict[str, str]) -> tuple[int, list[str]
         else:
             policies = stack("member", "111111111111", "us-east-1", "alerts")[0][who]
             principal = role_arn("111111111111", who)
-        resource_policy = stack("member", "111111111111", "us-east-1", "alerts")[1] if action.startswith("dynamodb:") and who != "member" else None
-        abuse_requests.append({"principal": principal, "action": action, "resource": resource,
-                               "resourceAccount": resource.split(":")[4] or "111111111111",
-                               "context": {"aws:PrincipalArn": principal, **context},
-                               "identityPolicies": policies, "resourcePolicy": resource_policy})
+        resource_policy = (
+            stack("member", "111111111111", "us-east-1", "alerts")[1] if action.startswith("dynamodb:") and who != "member" else None
+        )
+        abuse_requests.append(
+            {
+                "principal": principal,
+                "action": action,
+                "resource": resource,
+                "resourceAccount": resource.split(":")[4] or "111111111111",
+                "context": {"aws:PrincipalArn": principal, **context},
+                "identityPolicies": policies,
+                "resourcePolicy": resource_policy,
+            }
+        )
     residual = []
     for (what, *_), request, result in zip(abuses(), abuse_requests, evaluate(abuse_requests)):
         dropped = ignored_policy_keys(request, result)
@@ -691,7 +952,9 @@ def check(calls: list[dict], principals: dict[str, str]) -> tuple[int, list[str]
         if what in RESIDUAL and result["result"] == "Allowed":
             residual.append(what)
         else:
-            abuse_failures.append(f"abuse not denied: {what}: {result['result']} {json.dumps(result.get('errors')) if result.get('errors') else ''}")
+            abuse_failures.append(
+                f"abuse not denied: {what}: {result['result']} {json.dumps(result.get('errors')) if result.get('errors') else ''}"
+            )
     return counted - len(denied_calls), failures, len(abuse_requests) - len(residual), abuse_failures, residual
 
 
@@ -717,9 +980,11 @@ def main(argv: list[str] | None = None) -> int:
         for function in sorted(set(FUNCTION_OF_APP.values()) - seen):
             failures.append(f"no call of {function} was recorded (is the proxy running with --authorization?)")
             print(f"IAM: no call of {function} was recorded")
-    print(f"==> IAM: {counted} calls allowed, {abused - len(abuse_failures)} abuses denied"
-          + f", {len(residual)} residual abuses allowed (README.md, Security)"
-          + (f"; FAILED: {len(failures)} calls not allowed, {len(abuse_failures)} abuses allowed" if failures or abuse_failures else ""))
+    print(
+        f"==> IAM: {counted} calls allowed, {abused - len(abuse_failures)} abuses denied"
+        + f", {len(residual)} residual abuses allowed (README.md, Security)"
+        + (f"; FAILED: {len(failures)} calls not allowed, {len(abuse_failures)} abuses allowed" if failures or abuse_failures else "")
+    )
     return 1 if failures or abuse_failures else 0
 
 

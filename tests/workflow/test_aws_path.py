@@ -16,17 +16,16 @@ import boto3
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-import sys  # noqa: E402
-
-sys.path.insert(0, str(ROOT / "helper_scripts" / "local"))
-import run as local  # noqa: E402
+import yaml
+from local.stack import local_stack
+from local.template import ACCOUNT, LOCAL_NAMES, REGION, CfnLoader
 
 BIN_DIR = Path(os.environ.get("FUNCTIONS_BIN_DIR") or Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug")
 
 
 @pytest.fixture
 def stack(tmp_path):
-    with local.local_stack(BIN_DIR, tmp_path / "logs") as st:
+    with local_stack(BIN_DIR, tmp_path / "logs") as st:
         yield st
 
 
@@ -37,19 +36,24 @@ def deploy_sh(st, *args: str, home: Path) -> subprocess.CompletedProcess:
         "AWS_ENDPOINT_URL": st.emulator,
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_REGION": local.REGION,
+        "AWS_REGION": REGION,
         "AWS_CONFIG_FILE": "/dev/null",
         "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
     }
     return subprocess.run(
         [str(ROOT / "helper_scripts" / "deploy.sh"), *args],
-        env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300,
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=300,
     )
 
 
 def test_test_instance_fire_verify_and_nuke(stack, tmp_path):
     st = stack
-    ec2, iam = boto3.client("ec2", region_name=local.REGION), boto3.client("iam", region_name=local.REGION)
+    ec2, iam = boto3.client("ec2", region_name=REGION), boto3.client("iam", region_name=REGION)
 
     r = deploy_sh(st, "test-instance", home=tmp_path)
     assert r.returncode == 0, r.stderr + r.stdout
@@ -60,7 +64,7 @@ def test_test_instance_fire_verify_and_nuke(stack, tmp_path):
     # The emulator's CloudFormation launches AWS::EC2::Instance without its NetworkInterfaces (one
     # default interface) and ignores a role's ManagedPolicyArns; what the template gives AWS there
     # is checked on the template itself.
-    template = local.yaml.load((ROOT / "helper_scripts" / "test-instance.yaml").read_text(), Loader=local._CfnLoader)
+    template = yaml.load((ROOT / "helper_scripts" / "test-instance.yaml").read_text(), Loader=CfnLoader)
     nics = template["Resources"]["Instance"]["Properties"]["NetworkInterfaces"]
     assert [n["DeviceIndex"] for n in nics] == ["0", "1"]
     assert "UserData" not in template["Resources"]["Instance"]["Properties"], "nothing runs at boot, nothing is printed"
@@ -80,7 +84,7 @@ def test_test_instance_fire_verify_and_nuke(stack, tmp_path):
     assert "EventBridge cannot be sent aws.guardduty events by hand" in r.stdout
     assert "Execution SUCCEEDED" in r.stdout
 
-    table = local.LOCAL_NAMES["CaseTable"]
+    table = LOCAL_NAMES["CaseTable"]
     r = deploy_sh(st, "verify", "--state-machine-arn", st.machine, "--table", table, "--json", home=tmp_path)
     assert r.returncode == 0, r.stderr + r.stdout
     report = json.loads(r.stdout)
@@ -103,11 +107,17 @@ def test_test_instance_fire_verify_and_nuke(stack, tmp_path):
     assert case_id in r.stdout and instance_id in r.stdout and " open " in r.stdout, r.stdout
     r = deploy_sh(st, "cases", "--table", table, "--open", "--json", home=tmp_path)
     rows = {c["case_id"]: c for c in json.loads(r.stdout)}
-    assert rows[case_id]["status"] == "open" and rows[case_id]["account_id"] == local.ACCOUNT
+    assert rows[case_id]["status"] == "open" and rows[case_id]["account_id"] == ACCOUNT
     r = deploy_sh(st, "case", instance_id, "--table", table, home=tmp_path)
     assert r.returncode == 0, r.stderr + r.stdout
-    for line in (f"Case {case_id}: instance {instance_id}", "a6c7d3f1e2b94c8d9e0f1a2b3c4d5e6f", "triage: contain, because",
-                 "isolate", "snapshot", "groups:"):
+    for line in (
+        f"Case {case_id}: instance {instance_id}",
+        "a6c7d3f1e2b94c8d9e0f1a2b3c4d5e6f",
+        "triage: contain, because",
+        "isolate",
+        "snapshot",
+        "groups:",
+    ):
         assert line in r.stdout, (line, r.stdout)
     r = deploy_sh(st, "case", case_id, "--table", table, "--json", home=tmp_path)
     case = json.loads(r.stdout)
@@ -124,18 +134,22 @@ def test_test_instance_fire_verify_and_nuke(stack, tmp_path):
     r = deploy_sh(st, "nuke", "--purge-artifacts", "--yes", home=tmp_path)
     assert r.returncode == 0, r.stderr + r.stdout
 
-    cfn = boto3.client("cloudformation", region_name=local.REGION)
-    assert all(s["StackName"] != "ec2-quarantine-test-instance" for s in cfn.describe_stacks()["Stacks"] if s["StackStatus"] != "DELETE_COMPLETE")
+    cfn = boto3.client("cloudformation", region_name=REGION)
+    assert all(
+        s["StackName"] != "ec2-quarantine-test-instance" for s in cfn.describe_stacks()["Stacks"] if s["StackStatus"] != "DELETE_COMPLETE"
+    )
     tagged = [{"Name": "tag-key", "Values": ["ec2-quarantine:isolation-group"]}]
     assert ec2.describe_security_groups(Filters=tagged)["SecurityGroups"] == []
-    assert ec2.describe_snapshots(OwnerIds=["self"], Filters=[{"Name": "tag-key", "Values": ["ec2-quarantine:case"]}])["Snapshots"] == [], r.stdout
-    assert table not in boto3.client("dynamodb", region_name=local.REGION).list_tables()["TableNames"], "purged on request"
+    assert ec2.describe_snapshots(OwnerIds=["self"], Filters=[{"Name": "tag-key", "Values": ["ec2-quarantine:case"]}])["Snapshots"] == [], (
+        r.stdout
+    )
+    assert table not in boto3.client("dynamodb", region_name=REGION).list_tables()["TableNames"], "purged on request"
     assert iam.list_policies(Scope="Local", PathPrefix="/ec2-quarantine/")["Policies"] == []
     for r_ in iam.list_roles()["Roles"]:
         assert "ec2-quarantine-revoke-older-sessions" not in iam.list_role_policies(RoleName=r_["RoleName"])["PolicyNames"]
     assert ec2.describe_network_interfaces(NetworkInterfaceIds=other["interfaces"])["NetworkInterfaces"] == other_groups
     assert other["role_name"] in [r_["RoleName"] for r_ in iam.list_roles()["Roles"]]
-    assert boto3.client("sns", region_name=local.REGION).list_topics()["Topics"], "the topic is not the tool's artifact"
+    assert boto3.client("sns", region_name=REGION).list_topics()["Topics"], "the topic is not the tool's artifact"
 
 
 def test_verify_and_fire_say_what_is_missing(stack, tmp_path):

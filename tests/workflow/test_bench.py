@@ -6,15 +6,13 @@ what it computes from a request log is what the table claims.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "bench"))
-sys.path.insert(0, str(ROOT / "tests" / "tools"))
 
-import bench  # noqa: E402
-from fault_proxy import EC2_BUCKETS, TokenBucket, ec2_bucket  # noqa: E402
+from fault_proxy import EC2_BUCKETS, TokenBucket, ec2_bucket
+
+import bench
 
 
 def call(action: str, start: float, end: float, **kw) -> dict:
@@ -77,7 +75,9 @@ def test_an_empty_bucket_refuses_until_it_refills():
 
 def test_an_invalid_run_is_named():
     r = {
-        "cold": {"isolate": {"rust": {"error_count": 1, "errors": ["InvalidEvent: x"], "init_ms": {"median": 5}, "peak_rss_mib": {"median": 9}}}},
+        "cold": {
+            "isolate": {"rust": {"error_count": 1, "errors": ["InvalidEvent: x"], "init_ms": {"median": 5}, "peak_rss_mib": {"median": 9}}}
+        },
         "calls": [{"interfaces": 1, "status": "SUCCEEDED", "verdict": "partial"}],
         "burst": {"unfinished": 2},
         "release": {"per_function": {"notify": {"ready": False}}},

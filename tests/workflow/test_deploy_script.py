@@ -53,6 +53,7 @@ def deploy_sh(project: Path, *args: str, env: dict[str, str] | None = None) -> s
     }
     return subprocess.run(
         ["bash", str(project / "helper_scripts" / "deploy.sh"), *args],
+        check=False,
         env=environment,
         capture_output=True,
         text=True,
@@ -127,15 +128,27 @@ def test_deploy_builds_and_deploys_with_the_parameters(project):
     stand_in(project, "cargo-lambda", "exit 0")
     aws_with_credentials(project)
     r = deploy_sh(
-        project, "deploy", "--region", "eu-west-1", "--stack-name", "ir-test",
-        "--alert-email", "soc@example.com", "--severity-threshold", "5.5",
+        project,
+        "deploy",
+        "--region",
+        "eu-west-1",
+        "--stack-name",
+        "ir-test",
+        "--alert-email",
+        "soc@example.com",
+        "--severity-threshold",
+        "5.5",
     )
     assert r.returncode == 0, r.stderr
     sam = [c for c in calls(project) if c.startswith("sam ")]
     assert sam[0].startswith("sam build --beta-features")
     deploy = sam[1]
-    for part in ("--stack-name ir-test", "--region eu-west-1", "--capabilities CAPABILITY_IAM",
-                 "--parameter-overrides AlertEmail=soc@example.com SeverityThreshold=5.5"):
+    for part in (
+        "--stack-name ir-test",
+        "--region eu-west-1",
+        "--capabilities CAPABILITY_IAM",
+        "--parameter-overrides AlertEmail=soc@example.com SeverityThreshold=5.5",
+    ):
         assert part in deploy, deploy
 
 
@@ -145,7 +158,7 @@ def test_environment_variables_configure_deploy(project):
     aws_with_credentials(project)
     r = deploy_sh(project, "deploy", env={"AWS_REGION": "ap-southeast-2", "STACK_NAME": "from-env", "SEVERITY_THRESHOLD": "8"})
     assert r.returncode == 0, r.stderr
-    deploy = [c for c in calls(project) if c.startswith("sam deploy")][0]
+    deploy = next(c for c in calls(project) if c.startswith("sam deploy"))
     assert "--stack-name from-env" in deploy and "--region ap-southeast-2" in deploy
     assert "SeverityThreshold=8" in deploy and "AlertEmail" not in deploy
 
@@ -168,11 +181,19 @@ def test_organization_parameters_reach_the_stack(project):
     stand_in(project, "cargo-lambda", "exit 0")
     aws_with_credentials(project)
     r = deploy_sh(
-        project, "deploy", "--region", "eu-west-1", "--member-role-name", "ec2-quarantine-member",
-        "--external-id", "s3cr3t-external", "--allow-accounts", "111111111111,222222222222",
+        project,
+        "deploy",
+        "--region",
+        "eu-west-1",
+        "--member-role-name",
+        "ec2-quarantine-member",
+        "--external-id",
+        "s3cr3t-external",
+        "--allow-accounts",
+        "111111111111,222222222222",
     )
     assert r.returncode == 0, r.stderr
-    deploy = [c for c in calls(project) if c.startswith("sam deploy")][0]
+    deploy = next(c for c in calls(project) if c.startswith("sam deploy"))
     assert "MemberRoleName=ec2-quarantine-member MemberRoleExternalId=s3cr3t-external" in deploy
     assert "MemberAccountsAllow=111111111111,222222222222" in deploy
 
@@ -203,7 +224,7 @@ EVENTS = ROOT / "events"
 
 def fake_tools(project: Path) -> dict[str, str]:
     """Stand-ins for the build (cargo and its binaries) and the pinned Python tools, recording
-    their calls: a valid call goes through to run.py or aws_ops.py and builds or reaches nothing."""
+    their calls: a valid call goes through to the local run or aws_ops.py and builds or reaches nothing."""
     stand_in(project, "cargo", "exit 0")
     venv = project / ".tools" / "venv"
     (venv / "bin").mkdir(parents=True)
@@ -255,8 +276,10 @@ BAD_FILES = {
     "fifo": (make_fifo, "not a regular file"),
     "no-read-permission": (make_unreadable, "not readable"),
     "empty": (lambda d: write(d / "empty.json", ""), "empty"),
-    "not-json": (lambda d: write(d / "bad.json", '{\n  "source": "aws.guardduty"\n  "detail": {}\n}\n'),
-                 "not valid JSON (line 3, column 3: Expecting ',' delimiter)"),
+    "not-json": (
+        lambda d: write(d / "bad.json", '{\n  "source": "aws.guardduty"\n  "detail": {}\n}\n'),
+        "not valid JSON (line 3, column 3: Expecting ',' delimiter)",
+    ),
     "truncated": (lambda d: write(d / "cut.json", (EVENTS / "credential-exfiltration.json").read_text()[:200]), "not valid JSON (line"),
     "not-utf8": (lambda d: write(d / "latin1.json", '{"title": "caf\u00e9"}'.encode("latin-1")), "not UTF-8 text"),
     "nan": (lambda d: write(d / "nan.json", '{"severity": NaN}'), "NaN is not a JSON value"),
@@ -267,17 +290,28 @@ BAD_FILES = {
 }
 # Objects that are not a GuardDuty finding event: refused by local and fire, taken by invoke.
 NOT_A_FINDING = {
-    "release-request": (lambda d: write(d / "release.json", (EVENTS / "release-request.json").read_text()),
-                        "not an EventBridge event (no source, detail-type or detail); it looks like a release request"),
-    "notify-input": (lambda d: write(d / "notify.json", (EVENTS / "notify-input.json").read_text()),
-                     "it looks like the notify function's input"),
-    "other-source": (lambda d: write(d / "ec2.json", json.dumps({**GUARDDUTY, "source": "aws.ec2", "detail-type": "EC2 Instance State-change Notification", "detail": {}})),
-                     'not a GuardDuty finding event (source "aws.ec2"'),
+    "release-request": (
+        lambda d: write(d / "release.json", (EVENTS / "release-request.json").read_text()),
+        "not an EventBridge event (no source, detail-type or detail); it looks like a release request",
+    ),
+    "notify-input": (
+        lambda d: write(d / "notify.json", (EVENTS / "notify-input.json").read_text()),
+        "it looks like the notify function's input",
+    ),
+    "other-source": (
+        lambda d: write(
+            d / "ec2.json",
+            json.dumps({**GUARDDUTY, "source": "aws.ec2", "detail-type": "EC2 Instance State-change Notification", "detail": {}}),
+        ),
+        'not a GuardDuty finding event (source "aws.ec2"',
+    ),
     "detail-null": (lambda d: write(d / "detail-null.json", json.dumps({**GUARDDUTY, "detail": None})), "its detail is missing"),
     "detail-string": (lambda d: write(d / "detail-string.json", json.dumps({**GUARDDUTY, "detail": "x"})), "its detail is not an object"),
 }
 # A finding fire cannot point at an instance: the EKS sample.
-NO_INSTANCE = {"names-no-instance": (lambda d: write(d / "eks.json", (EVENTS / "eks-runtime-cryptomining.json").read_text()), "names no EC2 instance")}
+NO_INSTANCE = {
+    "names-no-instance": (lambda d: write(d / "eks.json", (EVENTS / "eks-runtime-cryptomining.json").read_text()), "names no EC2 instance")
+}
 
 # subcommand -> its arguments around the input file
 WITH_INPUT = {
@@ -321,7 +355,12 @@ def test_a_relative_input_file_is_named_as_given(project):
     write(project / "broken.json", "{,}")
     r = subprocess.run(
         ["bash", str(project / "helper_scripts" / "deploy.sh"), "local", "broken.json"],
-        cwd=project, env={"PATH": "/usr/bin:/bin", "HOME": str(project)}, capture_output=True, text=True, timeout=60,
+        check=False,
+        cwd=project,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(project)},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert r.returncode == 2
     assert r.stderr == "deploy.sh: broken.json: not valid JSON (line 1, column 2: Expecting property name enclosed in double quotes)\n"
@@ -334,17 +373,27 @@ def test_invoke_takes_any_object_the_function_answers_for_itself(project, tmp_pa
     path = make(tmp_path)
     r = deploy_sh(project, "invoke", "triage", str(path), env=env)
     assert r.returncode == 0, r.stderr
-    assert calls(project)[-1].endswith(f"run.py --bin-dir {project}/target/debug --invoke triage {path}")
+    assert calls(project)[-1].endswith(f"-m local.run --bin-dir {project}/target/debug --invoke triage {path}")
 
 
-@pytest.mark.parametrize("event", ["credential-exfiltration.json", "instance-backdoor.json", "low-severity-ssh-probe.json",
-                                   "eks-runtime-cryptomining.json", "port-probe-target.json"])
+@pytest.mark.parametrize(
+    "event",
+    [
+        "credential-exfiltration.json",
+        "instance-backdoor.json",
+        "low-severity-ssh-probe.json",
+        "eks-runtime-cryptomining.json",
+        "port-probe-target.json",
+    ],
+)
 def test_local_takes_every_sample_finding(project, event):
     env = fake_tools(project)
     r = deploy_sh(project, "local", str(EVENTS / event), "--severity-threshold", "4", "--parameter", "DryRun=true", env=env)
     assert r.returncode == 0, r.stderr
     assert calls(project)[0] == "cargo test --locked --no-run --quiet", "validated, then built"
-    assert calls(project)[-1].endswith(f"run.py --bin-dir {project}/target/debug --severity-threshold 4 --parameter DryRun=true {EVENTS / event}")
+    assert calls(project)[-1].endswith(
+        f"-m local.run --bin-dir {project}/target/debug --severity-threshold 4 --parameter DryRun=true {EVENTS / event}"
+    )
 
 
 @pytest.mark.parametrize("event", ["credential-exfiltration.json", "instance-backdoor.json"])
@@ -388,7 +437,10 @@ BAD_OPTIONS = [
     (["fire"], "fire takes EVENT [INSTANCE_ID]"),
     (["fire", str(EVENTS / "credential-exfiltration.json"), "--json"], "unknown option --json for fire"),
     (["fire", str(EVENTS / "credential-exfiltration.json"), "my-instance"], "not an EC2 instance id: my-instance"),
-    (["fire", str(EVENTS / "credential-exfiltration.json"), "--state-machine-arn", "containment"], "--state-machine-arn takes a state machine ARN"),
+    (
+        ["fire", str(EVENTS / "credential-exfiltration.json"), "--state-machine-arn", "containment"],
+        "--state-machine-arn takes a state machine ARN",
+    ),
     (["fire", str(EVENTS / "credential-exfiltration.json"), "--region=somewhere"], "not an AWS region name: somewhere"),
     (["verify", "--wait"], "unknown option --wait for verify"),
     (["verify", "--stack-name"], "--stack-name needs a value"),
@@ -414,7 +466,11 @@ def test_a_bad_option_is_named_on_one_line(project, args, says):
     assert_one_line(r, project, says)
 
 
-@pytest.mark.parametrize("args", [["--help"], ["-h"], ["help"]] + [[sub, "--help"] for sub in ("local", "invoke", "deploy", "nuke", "test-instance", "fire", "verify", "cases", "case")])
+@pytest.mark.parametrize(
+    "args",
+    [["--help"], ["-h"], ["help"]]
+    + [[sub, "--help"] for sub in ("local", "invoke", "deploy", "nuke", "test-instance", "fire", "verify", "cases", "case")],
+)
 def test_help_prints_the_usage_and_succeeds(project, args):
     r = deploy_sh(project, *args)
     assert r.returncode == 0 and r.stderr == ""

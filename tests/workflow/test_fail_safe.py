@@ -16,19 +16,28 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
-import time
 from pathlib import Path
 
 import pytest
+from local import run as local_run
+from local.report import PAYLOAD_LIMIT_BYTES, execution_outcome, oversized_payloads, render, states_from_history
+from local.stack import wait_for
+from local.template import (
+    ACCOUNT,
+    FUNCTIONS,
+    REGION,
+    RELEASE_MACHINE,
+    STATE_MACHINE,
+    TOPIC_SUBSTITUTION,
+    load_template,
+    state_machine_definition,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "helper_scripts" / "local"))
-import run as local  # noqa: E402
 
 BIN_DIR = Path(os.environ.get("FUNCTIONS_BIN_DIR") or Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug")
 EVENTS = ROOT / "events"
-MACHINES = {"ContainmentStateMachine": local.STATE_MACHINE, "ReleaseStateMachine": local.RELEASE_MACHINE}
+MACHINES = {"ContainmentStateMachine": STATE_MACHINE, "ReleaseStateMachine": RELEASE_MACHINE}
 # What Step Functions reports for Lambda: the service errors, and an unhandled function error
 # (a timeout, a crash) as Lambda.Unknown
 # (https://docs.aws.amazon.com/step-functions/latest/dg/bp-lambda-serviceexception.html).
@@ -83,8 +92,7 @@ def reachable(states: dict, start: str) -> set[str]:
 
 def lambda_tasks(states: dict) -> dict:
     return {
-        n: s for n, s in all_states(states).items()
-        if s["Type"] == "Task" and re.fullmatch(r"\$\{[A-Za-z]+FunctionArn\}", s["Resource"])
+        n: s for n, s in all_states(states).items() if s["Type"] == "Task" and re.fullmatch(r"\$\{[A-Za-z]+FunctionArn\}", s["Resource"])
     }
 
 
@@ -121,7 +129,7 @@ def test_notify_has_a_catch_that_publishes_a_fallback_and_ends_failed(machine):
     assert ends and all(states[n]["Type"] == "Fail" for n in ends), ends
     fallback = states["NotifyFallback"]
     assert fallback["Resource"] == "arn:aws:states:::sns:publish"
-    assert fallback["Parameters"]["TopicArn"] == "${" + local.TOPIC_SUBSTITUTION + "}"
+    assert fallback["Parameters"]["TopicArn"] == "${" + TOPIC_SUBSTITUTION + "}"
     assert fallback["Next"] == "NotifyFailed" and states["NotifyFailed"]["Type"] == "Fail"
     assert [c["Next"] for c in fallback["Catch"]] == ["NobodyNotified"], "a failed fallback still ends Failed"
     assert fallback["ResultPath"] is None
@@ -169,7 +177,8 @@ def test_the_fallback_message_is_built_from_small_fields_only(machine):
         typed = {c["Variable"] for c in rule["And"] if c.get("IsString") is True}
         used = {
             (format_parts(v)[1][0] if v.startswith("States.") else v)
-            for k, v in states[rule["Next"]]["Parameters"].items() if k.endswith(".$")
+            for k, v in states[rule["Next"]]["Parameters"].items()
+            if k.endswith(".$")
         } - {"$.notify_error.Error"}
         assert used <= checked and used <= typed, f"{rule['Next']}: {used - checked}"
     subject, subject_args = format_parts(fallback["Parameters"]["Subject.$"])
@@ -189,7 +198,7 @@ def test_the_fallback_message_is_built_from_small_fields_only(machine):
 
 
 def resources(kind: str) -> dict:
-    return {k: r for k, r in local.load_template()["Resources"].items() if r["Type"] == kind}
+    return {k: r for k, r in load_template()["Resources"].items() if r["Type"] == kind}
 
 
 def alarms() -> dict:
@@ -224,7 +233,7 @@ def test_the_rule_target_retries_then_keeps_the_finding_in_a_dead_letter_queue()
     assert 0 < retry["MaximumRetryAttempts"] <= 185
     assert 60 <= retry["MaximumEventAgeInSeconds"] <= 86400
     queue_id = target["DeadLetterConfig"]["Arn"]["Fn::GetAtt"][0]
-    queue = local.load_template()["Resources"][queue_id]
+    queue = load_template()["Resources"][queue_id]
     assert queue["Type"] == "AWS::SQS::Queue"
     q = queue["Properties"]
     assert q.get("SqsManagedSseEnabled") is True or "KmsMasterKeyId" in q, "encrypted at rest"
@@ -241,7 +250,8 @@ def test_the_rule_target_retries_then_keeps_the_finding_in_a_dead_letter_queue()
 
     # A message in the queue alarms the team.
     depth = [
-        a for a in alarms().values()
+        a
+        for a in alarms().values()
         if a["Properties"].get("Namespace") == "AWS/SQS"
         and a["Properties"]["MetricName"] == "ApproximateNumberOfMessagesVisible"
         and a["Properties"]["Dimensions"] == [{"Name": "QueueName", "Value": {"Fn::GetAtt": [queue_id, "QueueName"]}}]
@@ -250,7 +260,8 @@ def test_the_rule_target_retries_then_keeps_the_finding_in_a_dead_letter_queue()
     # And every finding sent there, not only the first (the depth alarm stays in ALARM while
     # messages wait).
     sent = [
-        a for a in alarms().values()
+        a
+        for a in alarms().values()
         if a["Properties"].get("Namespace") == "AWS/Events"
         and a["Properties"]["MetricName"] == "InvocationsSentToDlq"
         and a["Properties"]["Dimensions"] == [{"Name": "RuleName", "Value": {"Ref": rule_id}}]
@@ -260,7 +271,7 @@ def test_the_rule_target_retries_then_keeps_the_finding_in_a_dead_letter_queue()
 
 
 def test_cloudwatch_may_publish_to_the_alert_topic():
-    topic = local.load_template()["Resources"]["AlertTopic"]["Properties"]
+    topic = load_template()["Resources"]["AlertTopic"]["Properties"]
     # A KMS-encrypted topic needs a key policy for cloudwatch.amazonaws.com, which a test here
     # cannot see: keep it unencrypted or extend this test with the key.
     assert "KmsMasterKeyId" not in topic
@@ -268,8 +279,10 @@ def test_cloudwatch_may_publish_to_the_alert_topic():
         if {"Ref": "AlertTopic"} not in policy["Properties"]["Topics"]:
             continue
         allowed = [
-            s for s in policy["Properties"]["PolicyDocument"]["Statement"]
-            if s["Effect"] == "Allow" and "cloudwatch.amazonaws.com" in json.dumps(s.get("Principal"))
+            s
+            for s in policy["Properties"]["PolicyDocument"]["Statement"]
+            if s["Effect"] == "Allow"
+            and "cloudwatch.amazonaws.com" in json.dumps(s.get("Principal"))
             and "sns:Publish" in json.dumps(s["Action"])
         ]
         assert allowed, "a topic policy must let CloudWatch alarms publish"
@@ -292,7 +305,7 @@ def history(*events: dict) -> list[dict]:
 
 def test_a_payload_over_256_kib_is_found_with_its_state():
     big = json.dumps({"x": "é" * 131_072}, ensure_ascii=False)  # 131,081 characters, 262,153 bytes of UTF-8
-    assert len(big) < local.PAYLOAD_LIMIT_BYTES < len(big.encode("utf-8"))
+    assert len(big) < PAYLOAD_LIMIT_BYTES < len(big.encode("utf-8"))
     events = history(
         ("ExecutionStarted", {"input": "{}"}),
         ("TaskStateEntered", {"name": "Triage", "input": "{}"}),
@@ -300,35 +313,38 @@ def test_a_payload_over_256_kib_is_found_with_its_state():
         ("LambdaFunctionSucceeded", {"output": big}),
         ("TaskStateExited", {"name": "Triage", "output": big}),
     )
-    found = local.oversized_payloads(events)
+    found = oversized_payloads(events)
     assert [(f["state"], f["event"], f["field"]) for f in found] == [
         ("Triage", "LambdaFunctionSucceeded", "output"),
         ("Triage", "TaskStateExited", "output"),
     ]
     assert found[0]["bytes"] == len(big.encode("utf-8"))
     # Exactly at the limit is allowed.
-    at_limit = "a" * local.PAYLOAD_LIMIT_BYTES
-    assert local.oversized_payloads(history(("TaskStateEntered", {"name": "Notify", "input": at_limit}))) == []
+    at_limit = "a" * PAYLOAD_LIMIT_BYTES
+    assert oversized_payloads(history(("TaskStateEntered", {"name": "Notify", "input": at_limit}))) == []
     over = history(("TaskStateEntered", {"name": "Notify", "input": at_limit + "a"}))
-    assert local.oversized_payloads(over)[0]["field"] == "input"
+    assert oversized_payloads(over)[0]["field"] == "input"
     task = history(("TaskStateEntered", {"name": "NotifyFallback", "input": "{}"}), ("TaskScheduled", {"parameters": at_limit + "a"}))
-    assert local.oversized_payloads(task)[0] == {
-        "state": "NotifyFallback", "event": "TaskScheduled", "field": "parameters", "bytes": local.PAYLOAD_LIMIT_BYTES + 1,
+    assert oversized_payloads(task)[0] == {
+        "state": "NotifyFallback",
+        "event": "TaskScheduled",
+        "field": "parameters",
+        "bytes": PAYLOAD_LIMIT_BYTES + 1,
     }
 
 
 def test_an_execution_with_an_oversized_payload_is_reported_failed_with_data_limit_exceeded():
     done = {"status": "SUCCEEDED", "output": "{}"}
     ok = history(("TaskStateEntered", {"name": "Notify", "input": "{}"}), ("TaskStateExited", {"name": "Notify", "output": "{}"}))
-    assert local.execution_outcome(done, ok) == {"status": "SUCCEEDED", "error": None, "cause": None, "output": {}}
-    oversized = history(("TaskStateEntered", {"name": "Notify", "input": "a" * (local.PAYLOAD_LIMIT_BYTES + 1)}))
-    outcome = local.execution_outcome(done, oversized)
+    assert execution_outcome(done, ok) == {"status": "SUCCEEDED", "error": None, "cause": None, "output": {}}
+    oversized = history(("TaskStateEntered", {"name": "Notify", "input": "a" * (PAYLOAD_LIMIT_BYTES + 1)}))
+    outcome = execution_outcome(done, oversized)
     assert outcome["status"] == "FAILED" and outcome["error"] == "States.DataLimitExceeded"
     assert outcome["emulator_status"] == "SUCCEEDED" and outcome["output"] is None
     assert "Notify" in outcome["cause"] and "262144" in outcome["cause"]
     assert [o["state"] for o in outcome["oversized"]] == ["Notify"]
     # A failed execution stays failed, with the error AWS would have given first.
-    failed = local.execution_outcome({"status": "FAILED", "error": "ContainmentFailed", "cause": "x"}, oversized)
+    failed = execution_outcome({"status": "FAILED", "error": "ContainmentFailed", "cause": "x"}, oversized)
     assert (failed["status"], failed["error"], failed["emulator_status"]) == ("FAILED", "States.DataLimitExceeded", "FAILED")
 
 
@@ -342,28 +358,35 @@ def test_the_fallback_names_what_it_can_when_the_input_is_not_a_finding():
     from moto import mock_aws
 
     with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
-        sns, sqs, sfn = (boto3.client(s, region_name=local.REGION) for s in ("sns", "sqs", "stepfunctions"))
+        sns, sqs, sfn = (boto3.client(s, region_name=REGION) for s in ("sns", "sqs", "stepfunctions"))
         topic = sns.create_topic(Name="alerts")["TopicArn"]
         queue = sqs.create_queue(QueueName="inbox")["QueueUrl"]
         queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
         sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
-        arns = {b: f"arn:aws:lambda:{local.REGION}:{local.ACCOUNT}:function:absent-{b}" for b in local.FUNCTIONS}
+        arns = {b: f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:absent-{b}" for b in FUNCTIONS}
         finding = json.loads((EVENTS / "credential-exfiltration.json").read_text())
         cases = [
-            (local.STATE_MACHINE, finding, "FallbackNamesFinding", "containment of an unnamed instance", finding["detail"]["id"]),
-            (local.STATE_MACHINE, {"hello": "world"}, "FallbackNamesNothing", "containment of an unnamed instance", "unreadable"),
-            (local.RELEASE_MACHINE, {"instance_id": "i-0123456789abcdef0"}, "FallbackNamesError", "release of the requested instance", "failed with"),
+            (STATE_MACHINE, finding, "FallbackNamesFinding", "containment of an unnamed instance", finding["detail"]["id"]),
+            (STATE_MACHINE, {"hello": "world"}, "FallbackNamesNothing", "containment of an unnamed instance", "unreadable"),
+            (
+                RELEASE_MACHINE,
+                {"instance_id": "i-0123456789abcdef0"},
+                "FallbackNamesError",
+                "release of the requested instance",
+                "failed with",
+            ),
         ]
         for i, (path, payload, branch, subject, said) in enumerate(cases):
             machine = sfn.create_state_machine(
-                name=f"fallback-{i}", definition=local.state_machine_definition(arns, path, topic),
-                roleArn=f"arn:aws:iam::{local.ACCOUNT}:role/sfn",
+                name=f"fallback-{i}",
+                definition=state_machine_definition(arns, path, topic),
+                roleArn=f"arn:aws:iam::{ACCOUNT}:role/sfn",
             )["stateMachineArn"]
             execution = sfn.start_execution(stateMachineArn=machine, name=f"case-{i}", input=json.dumps(payload))["executionArn"]
-            done = local.wait_for(sfn, execution, 60)
+            done = wait_for(sfn, execution, 60)
             assert (done["status"], done.get("error")) == ("FAILED", "NotifyFailed"), done
             events = sfn.get_execution_history(executionArn=execution, maxResults=1000)["events"]
-            assert branch in [s["name"] for s in local.states_from_history(events)]
+            assert branch in [s["name"] for s in states_from_history(events)]
             [m] = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1)["Messages"]
             sqs.delete_message(QueueUrl=queue, ReceiptHandle=m["ReceiptHandle"])
             body = json.loads(m["Body"])
@@ -376,7 +399,7 @@ def test_the_fallback_names_what_it_can_when_the_input_is_not_a_finding():
 def notify_fails_report():
     if not (BIN_DIR / "notify").is_file():
         pytest.skip(f"{BIN_DIR} has no built functions")
-    return local.run(EVENTS / "credential-exfiltration.json", BIN_DIR, notify_fails=True, release=True)
+    return local_run.run(EVENTS / "credential-exfiltration.json", BIN_DIR, local_run.Scenario(notify_fails=True, release=True))
 
 
 def test_when_notify_fails_for_good_the_fallback_reaches_the_team_and_the_execution_fails(notify_fails_report):
@@ -397,11 +420,11 @@ def test_when_notify_fails_for_good_the_fallback_reaches_the_team_and_the_execut
     assert n is not None and n["count"] == 1, "the fallback message reached the subscribed queue, once"
     assert n["subject"] == f"[NOTIFY FAILED] ec2-quarantine: containment of {sim['instance_id']}"
     finding = json.loads((EVENTS / "credential-exfiltration.json").read_text())["detail"]
-    for part in (finding["id"], finding["type"], sim["account"], local.REGION, "AwsRequestFailed", "execution:ec2-quarantine-containment:local-"):
+    for part in (finding["id"], finding["type"], sim["account"], REGION, "AwsRequestFailed", "execution:ec2-quarantine-containment:local-"):
         assert part in n["message"], part
     assert len(n["message"].encode()) < MAX_FALLBACK_MESSAGE
     assert not any(eni in n["message"] for eni in sim["interfaces"]), "no step output is copied"
-    assert "published the short fallback message" in local.render(report)
+    assert "published the short fallback message" in render(report)
 
 
 def test_when_notify_fails_the_release_falls_back_too(notify_fails_report):

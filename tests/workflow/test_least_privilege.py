@@ -11,20 +11,26 @@ check below makes sure no call escapes a label).
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import pytest
+import yaml
+from local.template import CfnLoader, load_template
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "helper_scripts" / "local"))
-import run as local  # noqa: E402
 
 CASE_USERS = {"TriageFunction", "IsolateFunction", "DeregisterFunction", "SnapshotFunction", "DenyRoleFunction", "ReleaseFunction"}
 
 # The one table: IAM action -> the functions that call it.
 ACTIONS: dict[str, set[str]] = {
-    "ec2:DescribeInstances": {"TriageFunction", "IsolateFunction", "DeregisterFunction", "SnapshotFunction", "DenyRoleFunction", "ReleaseFunction"},
+    "ec2:DescribeInstances": {
+        "TriageFunction",
+        "IsolateFunction",
+        "DeregisterFunction",
+        "SnapshotFunction",
+        "DenyRoleFunction",
+        "ReleaseFunction",
+    },
     "ec2:DescribeSecurityGroups": {"IsolateFunction"},
     "ec2:DescribeNetworkInterfaces": {"IsolateFunction"},
     "ec2:DescribeInstanceAttribute": {"IsolateFunction"},
@@ -69,7 +75,14 @@ ACTIONS: dict[str, set[str]] = {
     "elasticloadbalancing:DeregisterInstancesFromLoadBalancer": {"DeregisterFunction"},
     "elasticloadbalancing:RegisterTargets": {"ReleaseFunction"},
     "elasticloadbalancing:RegisterInstancesWithLoadBalancer": {"ReleaseFunction"},
-    "sts:AssumeRole": {"TriageFunction", "IsolateFunction", "DeregisterFunction", "SnapshotFunction", "DenyRoleFunction", "ReleaseFunction"},
+    "sts:AssumeRole": {
+        "TriageFunction",
+        "IsolateFunction",
+        "DeregisterFunction",
+        "SnapshotFunction",
+        "DenyRoleFunction",
+        "ReleaseFunction",
+    },
     "sns:Publish": {"NotifyFunction"},
     # The case table, in the responder's own account (src/case.rs serves every containment
     # function and release; release alone deletes an item, a role hold).
@@ -98,25 +111,48 @@ MODULES = {
 
 # Writes that IAM can scope: each must name resources (and the IAM ones a policy or condition).
 WRITES = {
-    "ec2:CreateSecurityGroup", "ec2:RevokeSecurityGroupEgress", "ec2:RevokeSecurityGroupIngress",
-    "ec2:AuthorizeSecurityGroupIngress", "ec2:AuthorizeSecurityGroupEgress",
-    "ec2:ModifyNetworkInterfaceAttribute", "ec2:ModifyInstanceAttribute", "ec2:CreateTags",
-    "ec2:CreateSnapshots", "iam:PutRolePolicy", "iam:CreatePolicy", "iam:AttachRolePolicy",
-    "ec2:ReplaceIamInstanceProfileAssociation", "iam:CreateInstanceProfile",
-    "ec2:DisassociateIamInstanceProfile", "ec2:AssociateIamInstanceProfile",
-    "sts:AssumeRole", "sns:Publish", "ec2:DeleteTags",
-    "iam:DetachRolePolicy", "iam:DeleteRolePolicy", "iam:PassRole", "autoscaling:EnterStandby",
-    "autoscaling:DetachInstances", "autoscaling:ExitStandby", "autoscaling:AttachInstances",
-    "elasticloadbalancing:DeregisterTargets", "elasticloadbalancing:RegisterTargets",
+    "ec2:CreateSecurityGroup",
+    "ec2:RevokeSecurityGroupEgress",
+    "ec2:RevokeSecurityGroupIngress",
+    "ec2:AuthorizeSecurityGroupIngress",
+    "ec2:AuthorizeSecurityGroupEgress",
+    "ec2:ModifyNetworkInterfaceAttribute",
+    "ec2:ModifyInstanceAttribute",
+    "ec2:CreateTags",
+    "ec2:CreateSnapshots",
+    "iam:PutRolePolicy",
+    "iam:CreatePolicy",
+    "iam:AttachRolePolicy",
+    "ec2:ReplaceIamInstanceProfileAssociation",
+    "iam:CreateInstanceProfile",
+    "ec2:DisassociateIamInstanceProfile",
+    "ec2:AssociateIamInstanceProfile",
+    "sts:AssumeRole",
+    "sns:Publish",
+    "ec2:DeleteTags",
+    "iam:DetachRolePolicy",
+    "iam:DeleteRolePolicy",
+    "iam:PassRole",
+    "autoscaling:EnterStandby",
+    "autoscaling:DetachInstances",
+    "autoscaling:ExitStandby",
+    "autoscaling:AttachInstances",
+    "elasticloadbalancing:DeregisterTargets",
+    "elasticloadbalancing:RegisterTargets",
     "elasticloadbalancing:DeregisterInstancesFromLoadBalancer",
     "elasticloadbalancing:RegisterInstancesWithLoadBalancer",
 }
 # Describe calls have no resource-level permissions in EC2: "*" is the only resource they take.
 UNSCOPABLE = {
-    "ec2:DescribeInstances", "ec2:DescribeSecurityGroups", "ec2:DescribeSnapshots",
-    "ec2:DescribeIamInstanceProfileAssociations", "ec2:DescribeNetworkInterfaces",
-    "ec2:DescribeInstanceAttribute", "autoscaling:DescribeAutoScalingInstances",
-    "elasticloadbalancing:DescribeTargetGroups", "elasticloadbalancing:DescribeTargetHealth",
+    "ec2:DescribeInstances",
+    "ec2:DescribeSecurityGroups",
+    "ec2:DescribeSnapshots",
+    "ec2:DescribeIamInstanceProfileAssociations",
+    "ec2:DescribeNetworkInterfaces",
+    "ec2:DescribeInstanceAttribute",
+    "autoscaling:DescribeAutoScalingInstances",
+    "elasticloadbalancing:DescribeTargetGroups",
+    "elasticloadbalancing:DescribeTargetHealth",
     "elasticloadbalancing:DescribeLoadBalancers",
 }
 
@@ -159,7 +195,7 @@ def as_list(v) -> list:
 
 
 def allowed(function: str) -> dict[str, list[dict]]:
-    props = local.load_template()["Resources"][function]["Properties"]
+    props = load_template()["Resources"][function]["Properties"]
     by_action: dict[str, list[dict]] = {}
     for st in statements(props.get("Policies", [])):
         if st["Effect"] != "Allow":
@@ -208,8 +244,9 @@ def test_no_wildcard_actions_and_writes_are_scoped(function):
                 assert st["Condition"]["StringEquals"]["iam:PassedToService"] == "ec2.amazonaws.com"
             if action in ("ec2:CreateTags", "ec2:DeleteTags"):
                 # The tool's keys, or tags in the call that creates the resource (its own).
-                assert "aws:TagKeys" in str(st.get("Condition")) or "ec2:CreateAction" in str(st.get("Condition")), \
+                assert "aws:TagKeys" in str(st.get("Condition")) or "ec2:CreateAction" in str(st.get("Condition")), (
                     f"{function}: CreateTags limited to the tool's keys or to creation"
+                )
             if action == "ec2:CreateTags" and "security-group" in str(resources):
                 assert st["Condition"]["StringEquals"]["ec2:CreateAction"] == "CreateSecurityGroup", "groups are tagged at creation only"
             if action == "ec2:ModifyInstanceAttribute":
@@ -225,7 +262,7 @@ def test_no_wildcard_actions_and_writes_are_scoped(function):
 
 
 def test_the_member_role_allows_the_union_of_the_containment_functions():
-    member = local.yaml.load((ROOT / "helper_scripts" / "member-account-role.yaml").read_text(), Loader=local._CfnLoader)
+    member = yaml.load((ROOT / "helper_scripts" / "member-account-role.yaml").read_text(), Loader=CfnLoader)
     policy = member["Resources"]["MemberRole"]["Properties"]["Policies"][0]["PolicyDocument"]
     allowed_there = {a for st in policy["Statement"] if st["Effect"] == "Allow" for a in as_list(st["Action"])}
     # The case table stays in the responder's account: the member role has no DynamoDB action.
@@ -260,7 +297,7 @@ def asl_resources(states: dict) -> list[tuple[str, dict]]:
 def test_each_state_machine_may_invoke_its_functions_and_publish_to_the_alert_topic_only(machine):
     import json
 
-    props = local.load_template()["Resources"][machine]["Properties"]
+    props = load_template()["Resources"][machine]["Properties"]
     subs = props["DefinitionSubstitutions"]
     definition = json.loads((ROOT / "statemachine" / STATE_MACHINES[machine]).read_text())
     used = asl_resources(definition["States"])
@@ -298,7 +335,7 @@ def test_nothing_destructive_is_allowed_anywhere():
 
 
 def test_the_case_table_is_kept_protected_and_written_only_by_the_functions():
-    template = local.load_template()
+    template = load_template()
     table = template["Resources"]["CaseTable"]
     assert table["DeletionPolicy"] == "Retain" and table["UpdateReplacePolicy"] == "Retain"
     props = table["Properties"]

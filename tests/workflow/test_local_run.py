@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
+from local import run as local_run
+from local.report import render
+from local.stack import MEMBER_ACCOUNT
+from local.template import ACCOUNT, FUNCTIONS, TOPIC_SUBSTITUTION, load_template
+from local.world import SIM_GROUP
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "helper_scripts" / "local"))
-import run as local  # noqa: E402
 
 BIN_DIR = Path(os.environ.get("FUNCTIONS_BIN_DIR") or Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug")
 EVENTS = ROOT / "events"
@@ -46,7 +48,7 @@ FUNCTION_INPUTS = {"notify-input.json": "notify", "release-request.json": "relea
 
 
 def run(name: str, **kwargs) -> dict:
-    return local.run(EVENTS / name, BIN_DIR, **kwargs)
+    return local_run.run(EVENTS / name, BIN_DIR, local_run.Scenario(**kwargs))
 
 
 def state(report: dict, name: str) -> dict:
@@ -59,24 +61,22 @@ def test_every_event_file_has_an_expected_outcome():
 
 
 def test_the_state_machine_is_the_deployed_one():
-    template = local.load_template()
+    template = load_template()
     sm = template["Resources"]["ContainmentStateMachine"]["Properties"]
     assert sm["DefinitionUri"] == "statemachine/containment.asl.json"
     release = template["Resources"]["ReleaseStateMachine"]["Properties"]
     assert release["DefinitionUri"] == "statemachine/release.asl.json"
     substitutions = set(sm["DefinitionSubstitutions"]) | set(release["DefinitionSubstitutions"])
-    assert substitutions == set(local.FUNCTIONS.values()) | {local.TOPIC_SUBSTITUTION}
+    assert substitutions == set(FUNCTIONS.values()) | {TOPIC_SUBSTITUTION}
     # The fallback message goes to the alert topic, the one the notify function publishes to.
     for machine in (sm, release):
-        assert machine["DefinitionSubstitutions"][local.TOPIC_SUBSTITUTION] == {"Ref": "AlertTopic"}
+        assert machine["DefinitionSubstitutions"][TOPIC_SUBSTITUTION] == {"Ref": "AlertTopic"}
     notify_env = template["Resources"]["NotifyFunction"]["Properties"]["Environment"]["Variables"]
     assert notify_env["ALERT_TOPIC_ARN"] == {"Ref": "AlertTopic"}
     binaries = {
-        r["Metadata"]["BuildProperties"]["Binary"]
-        for r in template["Resources"].values()
-        if r["Type"] == "AWS::Serverless::Function"
+        r["Metadata"]["BuildProperties"]["Binary"] for r in template["Resources"].values() if r["Type"] == "AWS::Serverless::Function"
     }
-    assert binaries == set(local.FUNCTIONS)
+    assert binaries == set(FUNCTIONS)
 
 
 @pytest.mark.parametrize("name", sorted(n for n, e in EXPECTED.items() if e == CONTAINED))
@@ -104,7 +104,7 @@ def test_a_compromised_instance_is_contained(name):
     assert after["role"]["inline_policies"] == ["ec2-quarantine-revoke-older-sessions"]
     assert after["instance"]["instance_profile"].endswith("/ec2-quarantine/ec2-quarantine-quarantined")
     # Out of service: Standby without a replacement, out of the target group and the Classic LB.
-    assert after["auto_scaling"] == [{"group": local.SIM_GROUP, "desired": 0, "instances": [[sim["instance_id"], "Standby"]]}]
+    assert after["auto_scaling"] == [{"group": SIM_GROUP, "desired": 0, "instances": [[sim["instance_id"], "Standby"]]}]
     assert report["emulator"]["before"]["targets"] and after["targets"] == []
     assert report["emulator"]["before"]["classic"] and after["classic"] == []
 
@@ -221,7 +221,7 @@ def test_a_failing_step_is_caught_and_the_rest_is_reported():
 
 
 def test_notify_alone_with_its_sample_input():
-    result = local.invoke("notify", EVENTS / "notify-input.json", BIN_DIR)
+    result = local_run.invoke("notify", EVENTS / "notify-input.json", BIN_DIR)
     assert result["function_error"] is None, result
     assert result["result"]["verdict"] == "partial"
     assert result["notification"]["attributes"]["verdict"] == "partial"
@@ -229,23 +229,23 @@ def test_notify_alone_with_its_sample_input():
 
 
 def test_a_function_error_reaches_the_caller_as_a_lambda_function_error():
-    result = local.invoke("isolate", EVENTS / "notify-input.json", BIN_DIR)
+    result = local_run.invoke("isolate", EVENTS / "notify-input.json", BIN_DIR)
     assert result["function_error"] == "Unhandled"
     assert result["result"]["errorType"] == "InvalidEvent", result
 
 
 def test_a_member_account_instance_is_contained_from_the_administrator_account():
     report = run("credential-exfiltration.json", member_account=True)
-    assert report["accounts"] == {"responder": local.ACCOUNT, "instance": local.MEMBER_ACCOUNT}
+    assert report["accounts"] == {"responder": ACCOUNT, "instance": MEMBER_ACCOUNT}
     assert report["execution"]["status"] == "SUCCEEDED", report["execution"]
     after = report["emulator"]["after"]
     [group] = after["quarantine_groups"]
     assert after["interface_groups"] == {eni: [group["id"]] for eni in report["simulated"]["interfaces"]}
-    assert f"arn:aws:iam::{local.MEMBER_ACCOUNT}:policy/ec2-quarantine/ec2-quarantine-DenyAll" in after["role"]["attached_policies"]
+    assert f"arn:aws:iam::{MEMBER_ACCOUNT}:policy/ec2-quarantine/ec2-quarantine-DenyAll" in after["role"]["attached_policies"]
     assert report["administrator_account"] == {"quarantine_groups": 0, "forensic_snapshots": 0, "deny_all_policies": 0}
     n = report["notification"]
     assert n["attributes"]["verdict"] == "contained"
-    assert n["attributes"]["account_id"] == local.MEMBER_ACCOUNT
+    assert n["attributes"]["account_id"] == MEMBER_ACCOUNT
     # The member role's credentials never reach a log.
     logs = "".join(p.read_text(errors="replace") for p in Path(report["logs"]).glob("*.log"))
     assert "SecretAccessKey" not in logs and "session_token" not in logs.lower()
@@ -312,7 +312,7 @@ def test_a_second_finding_changes_nothing_and_release_restores_the_state_before(
     assert len(case["findings"]) == 2, "one case, which the second finding joined"
     assert case["status"] == "released" and case["releases"][0]["outcome"] == "released"
     # The run prints the case table and the case as deploy.sh cases / case show them on AWS.
-    shown = local.render(report)
+    shown = render(report)
     assert "The case table (deploy.sh cases on AWS):" in shown
     row = next(line for line in shown.splitlines() if line.strip().startswith(case["case_id"]))
     assert "released" in row and case["instance_id"] in row, row
@@ -325,6 +325,6 @@ def test_a_second_finding_changes_nothing_and_release_restores_the_state_before(
 
 
 def test_release_alone_with_its_sample_input():
-    result = local.invoke("release", EVENTS / "release-request.json", BIN_DIR)
+    result = local_run.invoke("release", EVENTS / "release-request.json", BIN_DIR)
     assert result["function_error"] is None, result
     assert result["result"]["status"] == "skipped", "an instance never contained has nothing to release"

@@ -37,8 +37,7 @@ def free_port() -> int:
 
 
 def start_proxy(upstream: str, *flags: str) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, str(PROXY), "--upstream", upstream, *flags],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, str(PROXY), "--upstream", upstream, *flags], stdout=subprocess.PIPE, text=True)
     return proc, f"http://127.0.0.1:{int(proc.stdout.readline())}"
 
 
@@ -47,8 +46,7 @@ def endpoints():
     if not MOTO_SERVER.exists():
         pytest.skip(f"{MOTO_SERVER} missing: run helper_scripts/test.sh once to install the tools")
     port = free_port()
-    moto = subprocess.Popen([str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    moto = subprocess.Popen([str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     procs = [moto]
     try:
         direct = f"http://127.0.0.1:{port}"
@@ -76,13 +74,17 @@ class Account:
     def __init__(self, endpoints: dict[str, str]):
         self.endpoints = endpoints
         account_id = str(random.randint(10**11, 10**12 - 1))
-        sts = boto3.client("sts", endpoint_url=endpoints["direct"], region_name=REGION,
-                           aws_access_key_id="testing", aws_secret_access_key="testing")
+        sts = boto3.client(
+            "sts", endpoint_url=endpoints["direct"], region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing"
+        )
         creds = sts.assume_role(RoleArn=f"arn:aws:iam::{account_id}:role/x", RoleSessionName="strict-layer")["Credentials"]
         self.access_key = creds["AccessKeyId"]
-        self.session = boto3.Session(aws_access_key_id=creds["AccessKeyId"],
-                                     aws_secret_access_key=creds["SecretAccessKey"],
-                                     aws_session_token=creds["SessionToken"], region_name=REGION)
+        self.session = boto3.Session(
+            aws_access_key_id=creds["AccessKeyId"],
+            aws_secret_access_key=creds["SecretAccessKey"],
+            aws_session_token=creds["SessionToken"],
+            region_name=REGION,
+        )
 
     def client(self, service: str, via: str = "strict", config: Config = NO_RETRY):
         return self.session.client(service, endpoint_url=self.endpoints[via], config=config)
@@ -116,8 +118,7 @@ def run_instance(ec2, **kwargs) -> str:
 
 def proxy(endpoint: str, path: str, body: dict | None = None):
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(endpoint + "/__proxy__/" + path, data=data,
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(endpoint + "/__proxy__/" + path, data=data, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req) as r:
         return json.load(r)
 
@@ -128,6 +129,7 @@ def log_of(endpoint: str, key: str) -> list[dict]:
 
 # --- 1. at most 50 user tags per resource --------------------------------------------------------
 
+
 def test_ec2_create_tags_50th_passes_51st_is_refused(account):
     ec2, moto = account.client("ec2"), account.client("ec2", "lenient")
     instance = run_instance(ec2)
@@ -136,24 +138,30 @@ def test_ec2_create_tags_50th_passes_51st_is_refused(account):
         ec2.create_tags(Resources=[resource], Tags=tags(49))
         ec2.create_tags(Resources=[resource], Tags=[{"Key": "k49", "Value": "v"}])  # the 50th
         ec2.create_tags(Resources=[resource], Tags=[{"Key": "k0", "Value": "new"}])  # overwriting adds none
-        refused(lambda: ec2.create_tags(Resources=[resource], Tags=[{"Key": "k50", "Value": "v"}]),
-                "TagLimitExceeded", 400)
+        refused(
+            lambda resource=resource: ec2.create_tags(Resources=[resource], Tags=[{"Key": "k50", "Value": "v"}]), "TagLimitExceeded", 400
+        )
     # moto 5.2.5 enforces this one itself, with the same code.
-    refused(lambda: moto.create_tags(Resources=[instance], Tags=[{"Key": "k50", "Value": "v"}]),
-            "TagLimitExceeded", 400)
+    refused(lambda: moto.create_tags(Resources=[instance], Tags=[{"Key": "k50", "Value": "v"}]), "TagLimitExceeded", 400)
 
 
 def test_ec2_tags_at_creation_more_than_50_refused_without_leftovers(account):
     ec2, moto = account.client("ec2"), account.client("ec2", "lenient")
-    spec = lambda kind, n: [{"ResourceType": kind, "Tags": tags(n)}]  # noqa: E731
+    spec = lambda kind, n: [{"ResourceType": kind, "Tags": tags(n)}]
     refused(lambda: run_instance(ec2, TagSpecifications=spec("instance", 51)), "TagLimitExceeded", 400)
     assert not ec2.describe_instances()["Reservations"], "refused before the emulator made anything"
-    refused(lambda: ec2.create_security_group(GroupName="g51", Description="d",
-                                              TagSpecifications=spec("security-group", 51)), "TagLimitExceeded", 400)
+    refused(
+        lambda: ec2.create_security_group(GroupName="g51", Description="d", TagSpecifications=spec("security-group", 51)),
+        "TagLimitExceeded",
+        400,
+    )
     instance = run_instance(ec2, TagSpecifications=spec("instance", 50))
     volume = ec2.describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"][0]["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
-    refused(lambda: ec2.create_snapshots(InstanceSpecification={"InstanceId": instance},
-                                         TagSpecifications=spec("snapshot", 51)), "TagLimitExceeded", 400)
+    refused(
+        lambda: ec2.create_snapshots(InstanceSpecification={"InstanceId": instance}, TagSpecifications=spec("snapshot", 51)),
+        "TagLimitExceeded",
+        400,
+    )
     ec2.create_snapshots(InstanceSpecification={"InstanceId": instance}, TagSpecifications=spec("snapshot", 50))
     assert volume
     # moto refuses too, but only after it has made the instance: a half-made resource is left.
@@ -176,12 +184,14 @@ def test_iam_tag_role_past_50_is_limit_exceeded(account):
 
 # --- 2. tag keys on an instance that shows its tags in instance metadata ----------------------
 
+
 def test_metadata_tags_instance_refuses_keys_metadata_cannot_carry(account):
     ec2, moto = account.client("ec2"), account.client("ec2", "lenient")
     instance = run_instance(ec2, MetadataOptions={"InstanceMetadataTags": "enabled"})
     for key in ["a/b", "a b", ".", "..", "_index", "é"]:
-        message = refused(lambda: ec2.create_tags(Resources=[instance], Tags=[{"Key": key, "Value": "v"}]),
-                          "InvalidParameterValue", 400)
+        message = refused(
+            lambda key=key: ec2.create_tags(Resources=[instance], Tags=[{"Key": key, "Value": "v"}]), "InvalidParameterValue", 400
+        )
         assert f"'{key}' is not a valid tag key" in message
         moto.create_tags(Resources=[instance], Tags=[{"Key": key, "Value": "v"}])  # moto takes it
 
@@ -189,8 +199,10 @@ def test_metadata_tags_instance_refuses_keys_metadata_cannot_carry(account):
 def test_metadata_tags_neighbours_pass(account):
     ec2 = account.client("ec2")
     instance = run_instance(ec2, MetadataOptions={"InstanceMetadataTags": "enabled"})
-    ec2.create_tags(Resources=[instance], Tags=[{"Key": "ec2-quarantine:previous-groups:eni-1", "Value": "sg-1,sg-2"},
-                                                 {"Key": "a+b=c,d.e_f@g-h", "Value": ""}])
+    ec2.create_tags(
+        Resources=[instance],
+        Tags=[{"Key": "ec2-quarantine:previous-groups:eni-1", "Value": "sg-1,sg-2"}, {"Key": "a+b=c,d.e_f@g-h", "Value": ""}],
+    )
     plain = run_instance(ec2)
     ec2.create_tags(Resources=[plain], Tags=[{"Key": "a/b c", "Value": "v"}])  # tags not in metadata: any key
 
@@ -198,12 +210,12 @@ def test_metadata_tags_neighbours_pass(account):
 def test_metadata_tags_at_launch_and_when_enabled(account):
     ec2, moto = account.client("ec2"), account.client("ec2", "lenient")
     bad = [{"ResourceType": "instance", "Tags": [{"Key": "Patch Group", "Value": "v"}]}]
-    refused(lambda: run_instance(ec2, MetadataOptions={"InstanceMetadataTags": "enabled"}, TagSpecifications=bad),
-            "InvalidParameterValue", 400)
+    refused(
+        lambda: run_instance(ec2, MetadataOptions={"InstanceMetadataTags": "enabled"}, TagSpecifications=bad), "InvalidParameterValue", 400
+    )
     run_instance(moto, MetadataOptions={"InstanceMetadataTags": "enabled"}, TagSpecifications=bad)
     instance = run_instance(ec2, TagSpecifications=bad)  # not enabled: fine
-    refused(lambda: ec2.modify_instance_metadata_options(InstanceId=instance, InstanceMetadataTags="enabled"),
-            "InvalidParameterValue", 400)
+    refused(lambda: ec2.modify_instance_metadata_options(InstanceId=instance, InstanceMetadataTags="enabled"), "InvalidParameterValue", 400)
     # moto forgets InstanceMetadataTags when a later call leaves it out; AWS (and the proxy) keep it.
     clean = run_instance(ec2)
     ec2.modify_instance_metadata_options(InstanceId=clean, InstanceMetadataTags="enabled")
@@ -215,12 +227,16 @@ def test_metadata_tags_at_launch_and_when_enabled(account):
 
 # --- 3. no termination protection on Spot instances --------------------------------------------
 
+
 def test_spot_instance_termination_protection_refused(account):
     ec2, moto = account.client("ec2"), account.client("ec2", "lenient")
     spot = run_instance(ec2, InstanceMarketOptions={"MarketType": "spot"})
     for value in (True, False):
-        refused(lambda: ec2.modify_instance_attribute(InstanceId=spot, DisableApiTermination={"Value": value}),
-                "UnsupportedOperation", 400)
+        refused(
+            lambda value=value: ec2.modify_instance_attribute(InstanceId=spot, DisableApiTermination={"Value": value}),
+            "UnsupportedOperation",
+            400,
+        )
     ec2.modify_instance_attribute(InstanceId=spot, InstanceInitiatedShutdownBehavior={"Value": "stop"})
     moto.modify_instance_attribute(InstanceId=spot, DisableApiTermination={"Value": True})
     assert moto.describe_instance_attribute(InstanceId=spot, Attribute="disableApiTermination")["DisableApiTermination"]["Value"]
@@ -231,6 +247,7 @@ def test_spot_instance_termination_protection_refused(account):
 
 # --- 4. instance profile replaced only on a running instance ----------------------------------
 
+
 def test_replace_profile_association_on_stopped_instance_refused(account):
     ec2, iam = account.client("ec2"), account.client("iam")
     moto, direct = account.client("ec2", "lenient"), account.client("ec2", "direct")
@@ -239,16 +256,21 @@ def test_replace_profile_association_on_stopped_instance_refused(account):
     running = run_instance(ec2, IamInstanceProfile={"Name": "p1"})
     stopped = run_instance(ec2, IamInstanceProfile={"Name": "p1"})
     direct.stop_instances(InstanceIds=[stopped])  # set-up, past the proxies
-    association = {a["InstanceId"]: a["AssociationId"]
-                   for a in ec2.describe_iam_instance_profile_associations()["IamInstanceProfileAssociations"]}
-    message = refused(lambda: ec2.replace_iam_instance_profile_association(
-        AssociationId=association[stopped], IamInstanceProfile={"Name": "p2"}), "IncorrectState", 400)
+    association = {
+        a["InstanceId"]: a["AssociationId"] for a in ec2.describe_iam_instance_profile_associations()["IamInstanceProfileAssociations"]
+    }
+    message = refused(
+        lambda: ec2.replace_iam_instance_profile_association(AssociationId=association[stopped], IamInstanceProfile={"Name": "p2"}),
+        "IncorrectState",
+        400,
+    )
     assert association[stopped] in message
     ec2.replace_iam_instance_profile_association(AssociationId=association[running], IamInstanceProfile={"Name": "p2"})
     moto.replace_iam_instance_profile_association(AssociationId=association[stopped], IamInstanceProfile={"Name": "p3"})
 
 
 # --- 5. SNS messages up to 262,144 bytes, attributes included -----------------------------------
+
 
 def test_sns_publish_size_counts_bytes_and_attributes(account):
     sns, moto = account.client("sns"), account.client("sns", "lenient")
@@ -262,7 +284,7 @@ def test_sns_publish_size_counts_bytes_and_attributes(account):
         {"Message": "a" * (262_144 - 100), "MessageAttributes": attribute},
     ]
     for kwargs in too_long:
-        message = refused(lambda: sns.publish(TopicArn=topic, **kwargs), "InvalidParameter", 400)
+        message = refused(lambda kwargs=kwargs: sns.publish(TopicArn=topic, **kwargs), "InvalidParameter", 400)
         assert message == "Invalid parameter: Message too long"
     moto.publish(TopicArn=topic, **too_long[1])  # moto counts characters
     moto.publish(TopicArn=topic, **too_long[2])  # and leaves the attributes out
@@ -270,10 +292,21 @@ def test_sns_publish_size_counts_bytes_and_attributes(account):
 
 # --- 6. rule options and the slow answer -------------------------------------------------------
 
+
 def test_after_faults_only_later_matching_calls(account, endpoints):
     ec2 = account.client("ec2")
-    proxy(endpoints["strict"], "faults", {"action": "ec2:DescribeVpcs", "access_key": account.access_key,
-                                          "fault": "error", "code": "InjectedAfterOne", "after": 1, "times": 1})
+    proxy(
+        endpoints["strict"],
+        "faults",
+        {
+            "action": "ec2:DescribeVpcs",
+            "access_key": account.access_key,
+            "fault": "error",
+            "code": "InjectedAfterOne",
+            "after": 1,
+            "times": 1,
+        },
+    )
     ec2.describe_vpcs()
     refused(ec2.describe_vpcs, "InjectedAfterOne", 400)
     ec2.describe_vpcs()
@@ -283,8 +316,11 @@ def test_after_faults_only_later_matching_calls(account, endpoints):
 
 def test_params_matches_only_requests_holding_them(account, endpoints):
     ec2 = account.client("ec2")
-    proxy(endpoints["strict"], "faults", {"action": "ec2:CreateSecurityGroup", "access_key": account.access_key,
-                                          "fault": "denied", "params": {"GroupName": "second"}})
+    proxy(
+        endpoints["strict"],
+        "faults",
+        {"action": "ec2:CreateSecurityGroup", "access_key": account.access_key, "fault": "denied", "params": {"GroupName": "second"}},
+    )
     ec2.create_security_group(GroupName="first", Description="d")
     refused(lambda: ec2.create_security_group(GroupName="second", Description="d"), "UnauthorizedOperation", 403)
     names = {g["GroupName"] for g in ec2.describe_security_groups()["SecurityGroups"]}
@@ -292,8 +328,11 @@ def test_params_matches_only_requests_holding_them(account, endpoints):
 
 
 def test_slow_answer_applies_the_call_then_answers_late(account, endpoints):
-    proxy(endpoints["strict"], "faults", {"action": "ec2:CreateSecurityGroup", "access_key": account.access_key,
-                                          "fault": "slow_answer", "seconds": 1.5, "times": 1})
+    proxy(
+        endpoints["strict"],
+        "faults",
+        {"action": "ec2:CreateSecurityGroup", "access_key": account.access_key, "fault": "slow_answer", "seconds": 1.5, "times": 1},
+    )
     account.client("ec2").describe_vpcs()  # the account's first EC2 call is slow: not this one
     impatient = account.client("ec2", config=Config(read_timeout=0.4, retries={"total_max_attempts": 1, "mode": "standard"}))
     with pytest.raises(ReadTimeoutError):
@@ -306,6 +345,7 @@ def test_slow_answer_applies_the_call_then_answers_late(account, endpoints):
 
 
 # --- 7. refusals in the log and the summary ---------------------------------------------------
+
 
 def test_refusals_logged_and_counted_apart_from_faults(account, endpoints):
     sns = account.client("sns")

@@ -1,0 +1,229 @@
+"""The local stack: the emulator in this process with the stack's resources (case table, topic,
+subscriber queue, state machines), the functions served, and one execution run to its end."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+import types
+from pathlib import Path
+
+from local import HarnessError
+from local.lambda_service import LambdaService, function_env
+from local.report import execution_outcome, states_from_history
+from local.template import (
+    ACCOUNT,
+    FUNCTIONS,
+    LOCAL_NAMES,
+    MISSING_TOPIC,
+    REGION,
+    RELEASE_MACHINE,
+    ROOT,
+    STATE_MACHINE,
+    function_settings,
+    load_template,
+    state_machine_definition,
+)
+from local.world import put_in_service, simulate_compromised_instance
+
+MEMBER_ACCOUNT = "210987654321"
+
+
+MEMBER_ROLE = "ec2-quarantine-member"
+
+
+MEMBER_EXTERNAL_ID = "local-run-external-id"
+
+
+MEMBER_TEMPLATE = ROOT / "helper_scripts" / "member-account-role.yaml"
+
+
+def create_case_table(dynamodb, template: dict) -> str:
+    """The case table as the template declares it (keys, billing), under its local name."""
+    props = template["Resources"]["CaseTable"]["Properties"]
+    name = LOCAL_NAMES["CaseTable"]
+    dynamodb.create_table(
+        TableName=name,
+        KeySchema=props["KeySchema"],
+        AttributeDefinitions=props["AttributeDefinitions"],
+        BillingMode=props["BillingMode"],
+    )
+    return name
+
+
+def wait_for(sfn, execution_arn: str, timeout_s: float) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        d = sfn.describe_execution(executionArn=execution_arn)
+        if d["status"] != "RUNNING":
+            return d
+        if time.monotonic() > deadline:
+            raise HarnessError(f"the execution did not finish within {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def local_stack(
+    bin_dir: Path,
+    log_dir: Path,
+    member_account: str | None = None,
+    parameters: dict[str, str] | None = None,
+    functions_endpoint=None,
+    copies: int = 1,
+    notify_fails: bool = False,
+):
+    """The emulator with the stack's resources, the functions served, and a simulated instance.
+
+    Yields a namespace with the boto3 clients, the Lambda service, the topic and subscriber
+    queue, the state machine and the simulated instance; stops everything on the way out.
+    `functions_endpoint(emulator_url)` gives the address the functions call instead (a recording
+    or rate-limiting proxy, for the benchmarks); `copies` is how many processes serve each function.
+    `notify_fails` points the notify function at a topic that does not exist, so it fails for good
+    and the state machines' own fallback message is what reaches the subscriber queue.
+    """
+    import boto3
+    from moto import mock_aws
+    from moto.server import ThreadedMotoServer
+
+    for binary in FUNCTIONS:
+        if not (bin_dir / binary).is_file():
+            raise HarnessError(f"{bin_dir / binary} is missing: build the functions first (cargo test --no-run)")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    # This process only ever talks to the in-process emulator.
+    for var in [v for v in os.environ if v.startswith("AWS_ENDPOINT_URL") or v in ("AWS_PROFILE", "AWS_SESSION_TOKEN")]:
+        del os.environ[var]
+    os.environ.update(
+        {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_REGION": REGION,
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+    )
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+        server.start()
+        emulator = f"http://127.0.0.1:{server._server.server_port}"
+        service = LambdaService(REGION, ACCOUNT)
+        try:
+            os.environ["AWS_ENDPOINT_URL_LAMBDA"] = service.endpoint
+            st = types.SimpleNamespace(service=service, emulator=emulator)
+            st.ec2, st.iam, st.sns, st.sqs, st.sfn = (
+                boto3.client(s, region_name=REGION) for s in ("ec2", "iam", "sns", "sqs", "stepfunctions")
+            )
+            # The stack's resources, as the template creates them.
+            st.case_table = boto3.resource("dynamodb", region_name=REGION).Table(
+                create_case_table(boto3.client("dynamodb", region_name=REGION), load_template())
+            )
+            st.topic = st.sns.create_topic(Name="ec2-quarantine-alerts")["TopicArn"]
+            st.queue_url = st.sqs.create_queue(QueueName="security-team-inbox")["QueueUrl"]
+            queue_arn = st.sqs.get_queue_attributes(QueueUrl=st.queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+            st.sns.subscribe(TopicArn=st.topic, Protocol="sqs", Endpoint=queue_arn)
+            settings = {
+                **function_settings(load_template(), parameters or {}, ACCOUNT),
+                "ALERT_TOPIC_ARN": MISSING_TOPIC if notify_fails else st.topic,
+            }
+            if member_account:
+                settings.update({"MEMBER_ROLE_NAME": MEMBER_ROLE, "MEMBER_ROLE_EXTERNAL_ID": MEMBER_EXTERNAL_ID})
+            env = function_env(functions_endpoint(emulator) if functions_endpoint else emulator, REGION, settings)
+            for binary in FUNCTIONS:
+                service.add(binary, bin_dir / binary, env, log_dir / f"{binary}.log", copies)
+            sm_role = st.iam.create_role(
+                RoleName="ec2-quarantine-state-machine",
+                AssumeRolePolicyDocument=json.dumps(
+                    {
+                        "Version": "2012-10-17",
+                        "Statement": [{"Effect": "Allow", "Principal": {"Service": "states.amazonaws.com"}, "Action": "sts:AssumeRole"}],
+                    }
+                ),
+            )["Role"]["Arn"]
+            arns = {b: service.arn(b) for b in FUNCTIONS}
+            st.machine = st.sfn.create_state_machine(
+                name="ec2-quarantine-containment",
+                definition=state_machine_definition(arns, STATE_MACHINE, st.topic),
+                roleArn=sm_role,
+            )["stateMachineArn"]
+            st.release_machine = st.sfn.create_state_machine(
+                name="ec2-quarantine-release",
+                definition=state_machine_definition(arns, RELEASE_MACHINE, st.topic),
+                roleArn=sm_role,
+            )["stateMachineArn"]
+            st.target_ec2, st.target_iam = st.ec2, st.iam
+            if member_account:
+                st.target_ec2, st.target_iam = member_clients(member_account)
+            st.sim = simulate_compromised_instance(st.target_ec2, st.target_iam)
+            st.sim["account"] = member_account or ACCOUNT
+            st.service_clients = (None, None, None)
+            if not member_account:
+                st.service_clients = tuple(boto3.client(s, region_name=REGION) for s in ("autoscaling", "elbv2", "elb"))
+                put_in_service(st.sim, *st.service_clients)
+            yield st
+        finally:
+            service.stop()
+            server.stop()
+            os.environ.pop("AWS_ENDPOINT_URL_LAMBDA", None)
+
+
+def member_clients(account: str):
+    """Clients acting in a member account, whose member role comes from the member template."""
+    import boto3
+
+    sts = boto3.client("sts", region_name=REGION)
+    c = sts.assume_role(RoleArn=f"arn:aws:iam::{account}:role/OrganizationAccountAccessRole", RoleSessionName="setup")["Credentials"]
+    session = boto3.Session(
+        aws_access_key_id=c["AccessKeyId"],
+        aws_secret_access_key=c["SecretAccessKey"],
+        aws_session_token=c["SessionToken"],
+        region_name=REGION,
+    )
+    cfn = session.client("cloudformation")
+    cfn.create_stack(
+        StackName="ec2-quarantine-member",
+        TemplateBody=MEMBER_TEMPLATE.read_text(),
+        Parameters=[
+            {"ParameterKey": "ResponderAccountId", "ParameterValue": ACCOUNT},
+            {"ParameterKey": "ExternalId", "ParameterValue": MEMBER_EXTERNAL_ID},
+        ],
+        Capabilities=["CAPABILITY_NAMED_IAM"],
+    )
+    status = cfn.describe_stacks(StackName="ec2-quarantine-member")["Stacks"][0]["StackStatus"]
+    if status != "CREATE_COMPLETE":
+        raise HarnessError(f"the member template did not deploy on the emulator: {status}")
+    return session.client("ec2"), session.client("iam")
+
+
+def received_notification(st) -> dict | None:
+    messages = st.sqs.receive_message(QueueUrl=st.queue_url, MaxNumberOfMessages=10).get("Messages", [])
+    if not messages:
+        return None
+    envelope = json.loads(messages[0]["Body"])
+    st.sqs.delete_message_batch(
+        QueueUrl=st.queue_url, Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)]
+    )
+    return {
+        "subject": envelope.get("Subject"),
+        "message": envelope.get("Message"),
+        "attributes": {k: v.get("Value") for k, v in (envelope.get("MessageAttributes") or {}).items()},
+        "count": len(messages),
+    }
+
+
+def execute(st, machine: str, payload: dict) -> tuple[dict, list[dict], dict | None]:
+    """One execution of a state machine: its outcome, its states, and the notification it sent."""
+    name = f"local-{time.time_ns()}"
+    execution = st.sfn.start_execution(stateMachineArn=machine, name=name, input=json.dumps(payload))["executionArn"]
+    done = wait_for(st.sfn, execution, 180)
+    history = st.sfn.get_execution_history(executionArn=execution, maxResults=1000)["events"]
+    return execution_outcome(done, history), states_from_history(history), received_notification(st)

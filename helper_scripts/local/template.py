@@ -1,0 +1,137 @@
+"""What the local run reads from the template and the state machine files: the rule's event
+pattern, the functions' environment, the state machine definitions with their substitutions."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import yaml
+
+from local import HarnessError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+TEMPLATE = ROOT / "template.yaml"
+
+
+STATE_MACHINE = ROOT / "statemachine" / "containment.asl.json"
+
+
+RELEASE_MACHINE = ROOT / "statemachine" / "release.asl.json"
+
+
+DEFAULT_EVENT = ROOT / "events" / "credential-exfiltration.json"
+
+
+REGION = "us-east-1"
+
+
+ACCOUNT = "123456789012"
+
+
+# The physical names the local stack gives the template's resources a function's environment
+# refers to (CloudFormation would generate them).
+LOCAL_NAMES = {"CaseTable": "ec2-quarantine-CaseTable-local"}
+
+
+# Binary name -> the template's substitution for its ARN.
+FUNCTIONS = {
+    "triage": "TriageFunctionArn",
+    "isolate": "IsolateFunctionArn",
+    "deregister": "DeregisterFunctionArn",
+    "release": "ReleaseFunctionArn",
+    "snapshot": "SnapshotFunctionArn",
+    "deny-role": "DenyRoleFunctionArn",
+    "notify": "NotifyFunctionArn",
+}
+
+
+# The template's substitution for the alert topic: the state machines publish a short fallback
+# message to it themselves when the notify function fails.
+TOPIC_SUBSTITUTION = "AlertTopicArn"
+
+
+# A topic that does not exist, for the notify function when the run makes it fail (notify_fails).
+MISSING_TOPIC = f"arn:aws:sns:{REGION}:{ACCOUNT}:ec2-quarantine-no-such-topic"
+
+
+class CfnLoader(yaml.SafeLoader):
+    pass
+
+
+def _cfn_tag(loader, tag_suffix, node):
+    name = "Ref" if tag_suffix == "Ref" else f"Fn::{tag_suffix}"
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+        if name == "Fn::GetAtt":
+            value = value.split(".", 1)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    return {name: value}
+
+
+CfnLoader.add_multi_constructor("!", _cfn_tag)
+
+
+def load_template() -> dict:
+    return yaml.load(TEMPLATE.read_text(), Loader=CfnLoader)
+
+
+def rule_pattern(template: dict, overrides: dict[str, str]) -> dict:
+    """The EventBridge pattern of the template's rule, with its parameters substituted."""
+    rules = [r for r in template["Resources"].values() if r.get("Type") == "AWS::Events::Rule"]
+    if len(rules) != 1:
+        raise HarnessError(f"expected one AWS::Events::Rule in template.yaml, found {len(rules)}")
+    pattern = rules[0]["Properties"]["EventPattern"]
+    if isinstance(pattern, dict) and "Fn::Sub" in pattern:
+        params = {k: str(v.get("Default", "")) for k, v in template.get("Parameters", {}).items()}
+        params.update(overrides)
+
+        def sub(m: re.Match) -> str:
+            if m.group(1) not in params:
+                raise HarnessError(f"the rule pattern uses ${{{m.group(1)}}}, which is not a parameter")
+            return params[m.group(1)]
+
+        pattern = json.loads(re.sub(r"\$\{([A-Za-z0-9]+)\}", sub, pattern["Fn::Sub"]))
+    return pattern
+
+
+def rule_matches(pattern: dict, event: dict) -> bool:
+    from moto.events.models import EventPattern
+
+    return EventPattern.load(json.dumps(pattern)).matches_event(event)
+
+
+def function_settings(template: dict, overrides: dict[str, str], account: str) -> dict[str, str]:
+    """The functions' environment as the template's Globals give it, parameters resolved (their
+    defaults, or the overrides as `sam deploy --parameter-overrides` would give them)."""
+    params = {k: str(v.get("Default", "")) for k, v in template.get("Parameters", {}).items()}
+    unknown = set(overrides) - set(params)
+    if unknown:
+        raise HarnessError(f"no such template parameter: {', '.join(sorted(unknown))}")
+    params.update(overrides)
+    params.update({"AWS::AccountId": account, "AWS::Region": REGION, "AWS::Partition": "aws"})
+    params.update(LOCAL_NAMES)
+    out = {}
+    for name, value in template["Globals"]["Function"]["Environment"]["Variables"].items():
+        if isinstance(value, dict) and "Ref" in value:
+            value = params[value["Ref"]]
+        out[name] = str(value)
+    return out
+
+
+def state_machine_definition(arns: dict[str, str], path: Path = STATE_MACHINE, topic_arn: str | None = None) -> str:
+    text = path.read_text()
+    for binary, placeholder in FUNCTIONS.items():
+        text = text.replace("${" + placeholder + "}", arns[binary])
+    if topic_arn is not None:
+        text = text.replace("${" + TOPIC_SUBSTITUTION + "}", topic_arn)
+    left = re.findall(r"\$\{[A-Za-z0-9]+\}", text)
+    if left:
+        raise HarnessError(f"unresolved substitutions in the state machine: {left}")
+    return text
