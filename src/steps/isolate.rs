@@ -184,20 +184,88 @@ pub async fn isolate_instance(
     if let Some(plan) = plan {
         return Ok(plan.outcome());
     }
-    let skipped_interfaces: Vec<SkippedInterface> = found
-        .managed
-        .iter()
-        .map(|id| SkippedInterface {
-            interface_id: id.clone(),
-            reason: "requester-managed (a service such as ECS, EKS or Lambda owns it): its groups cannot be changed".into(),
-        })
-        .collect();
-    for s in &skipped_interfaces {
-        warn!(eni = %s.interface_id, "requester-managed interface left as it is");
-    }
+    let skipped_interfaces = skipped(&found.managed);
     let (report_interfaces, exposed) = tally_moves(moves, &mut tally);
-    // The record only serves release: a record that could not be written (a full tag quota,
-    // a denial) is reported, and the containment stands.
+    let recorded = Box::pin(note_records(clients, target, recorded, &mut tally)).await;
+    if !exposed.is_empty() {
+        return Err(failed_open(target, exposed, tally));
+    }
+    let warnings = tally.finish()?;
+    let isolated = Isolated {
+        recorded,
+        groups,
+        interfaces: report_interfaces,
+        skipped_interfaces,
+        volumes_kept_on_termination,
+        termination_protection,
+    };
+    Ok(isolate_report(target, isolated, warnings))
+}
+
+/// What the step did, every action having succeeded.
+struct Isolated {
+    /// The case's record of the previous groups was written by this run.
+    recorded: bool,
+    groups: Vec<QuarantineGroup>,
+    interfaces: Vec<InterfaceIsolation>,
+    skipped_interfaces: Vec<SkippedInterface>,
+    volumes_kept_on_termination: Vec<String>,
+    termination_protection: bool,
+}
+
+/// The step's outcome: done if this run changed anything, already done otherwise.
+fn isolate_report(
+    target: &Target,
+    isolated: Isolated,
+    warnings: Vec<String>,
+) -> Outcome<IsolateReport> {
+    let changed = isolated.recorded
+        || !isolated.volumes_kept_on_termination.is_empty()
+        || isolated.groups.iter().any(|g| g.changed)
+        || isolated
+            .interfaces
+            .iter()
+            .any(|i| i.status == InterfaceStatus::Isolated);
+    info!(changed, interfaces = isolated.interfaces.len(), "isolated");
+    Outcome::from_changes(
+        changed,
+        IsolateReport {
+            instance_id: target.instance_id.clone(),
+            quarantine_groups: isolated.groups,
+            interfaces: isolated.interfaces,
+            termination_protection: isolated.termination_protection,
+            shutdown_behavior: "stop".into(),
+            volumes_kept_on_termination: isolated.volumes_kept_on_termination,
+            skipped_interfaces: isolated.skipped_interfaces,
+            warnings,
+        },
+    )
+}
+
+/// The interfaces a service manages (requester-managed), left as they are, with why.
+fn skipped(managed: &BTreeSet<String>) -> Vec<SkippedInterface> {
+    managed
+        .iter()
+        .map(|id| {
+            warn!(eni = %id, "requester-managed interface left as it is");
+            SkippedInterface {
+                interface_id: id.clone(),
+                reason: "requester-managed (a service such as ECS, EKS or Lambda owns it): its groups cannot be changed".into(),
+            }
+        })
+        .collect()
+}
+
+/// The records of the isolation: the case's record of the previous groups (written while the
+/// interfaces moved) and the marker tags on the instance, written now. Either only serves
+/// release or a person: one that could not be written (a full tag quota, a denial) is a
+/// warning, and the containment stands. Whether the case's record was written by this run.
+async fn note_records(
+    clients: &Clients,
+    target: &Target,
+    recorded: Result<bool, Error>,
+    tally: &mut Tally,
+) -> bool {
     let recorded = recorded.unwrap_or_else(|err| {
         warn!(error = %err, "record of the previous groups not written");
         tally.warn(format!(
@@ -211,30 +279,7 @@ pub async fn isolate_instance(
             "the marker tags (case id, time) could not be written on the instance ({err}); the case holds the record"
         ));
     }
-    if !exposed.is_empty() {
-        return Err(failed_open(target, exposed, tally));
-    }
-    let warnings = tally.finish()?;
-    let changed = recorded
-        || !volumes_kept_on_termination.is_empty()
-        || groups.iter().any(|g| g.changed)
-        || report_interfaces
-            .iter()
-            .any(|i| i.status == InterfaceStatus::Isolated);
-    info!(changed, interfaces = report_interfaces.len(), "isolated");
-    Ok(Outcome::from_changes(
-        changed,
-        IsolateReport {
-            instance_id: target.instance_id.clone(),
-            quarantine_groups: groups,
-            interfaces: report_interfaces,
-            termination_protection,
-            shutdown_behavior: "stop".into(),
-            volumes_kept_on_termination,
-            skipped_interfaces,
-            warnings,
-        },
-    ))
+    recorded
 }
 
 /// The instance as the isolation starts from it.

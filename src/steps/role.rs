@@ -226,17 +226,51 @@ pub async fn contain_instance_role(
     ) = match (deny_all, revoke, revoke_instance, profile) {
         (Ok(d), Ok(r), Ok(i), Ok(p)) if recorded.is_ok() => (d, r, i, p),
         (d, r, i, p) => {
+            // An action failed, or its record was not written: the tally holds that failure,
+            // so it finishes into the step's named error (the fallback below cannot come).
             tally_role_actions(&mut tally, &role_name, target, recorded, d, r, i, p);
-            tally.finish()?;
-            return Err(Error::Misconfigured(
-                "the role step's tally holds no failure although an action failed".into(),
-            ));
+            return Err(tally.finish().err().unwrap_or_else(|| {
+                Error::Misconfigured("the role step's tally lost a failed action".into())
+            }));
         }
     };
     for warning in profile_warnings {
         tally.warn(warning);
     }
     let warnings = tally.finish()?;
+    let done = RoleActionsDone {
+        action,
+        deny_all,
+        revoke_sessions,
+        revoke_instance,
+        cutoff,
+        instance_profile,
+    };
+    Ok(role_report(
+        target, role_name, role_arn, done, others, warnings,
+    ))
+}
+
+/// What the role actions did, every one of them having succeeded.
+struct RoleActionsDone {
+    action: RoleAction,
+    deny_all: Change,
+    revoke_sessions: Change,
+    revoke_instance: Change,
+    /// Sessions issued before this time are denied.
+    cutoff: Option<String>,
+    instance_profile: Option<ProfileSwap>,
+}
+
+/// The step's outcome: done if any action changed something, with who else uses the role.
+fn role_report(
+    target: &Target,
+    role_name: String,
+    role_arn: String,
+    done: RoleActionsDone,
+    others: Result<OtherInstances, Error>,
+    warnings: Vec<String>,
+) -> Outcome<RoleReport> {
     let (other_instances, other_instances_total, other_instances_more, other_instances_error) =
         match others {
             Ok(o) => (o.listed, o.total, o.more, None),
@@ -246,41 +280,42 @@ pub async fn contain_instance_role(
             }
         };
     info!(
-        ?action,
-        ?deny_all,
-        ?revoke_sessions,
-        ?revoke_instance,
-        ?instance_profile,
+        action = ?done.action,
+        deny_all = ?done.deny_all,
+        revoke_sessions = ?done.revoke_sessions,
+        revoke_instance = ?done.revoke_instance,
+        instance_profile = ?done.instance_profile,
         shared_with = other_instances_total,
         "role contained"
     );
-    Ok(Outcome::from_changes(
-        deny_all == Change::Applied
-            || revoke_sessions == Change::Applied
-            || revoke_instance == Change::Applied
-            || instance_profile
+    Outcome::from_changes(
+        done.deny_all == Change::Applied
+            || done.revoke_sessions == Change::Applied
+            || done.revoke_instance == Change::Applied
+            || done
+                .instance_profile
                 .as_ref()
                 .is_some_and(|p| p.change == Change::Applied),
         RoleReport {
             role_name,
-            role_action: action,
+            role_action: done.action,
             role_arn,
             deny_all_policy_arn: deny_all_policy_arn(
                 &target.scope.partition,
                 &target.scope.account_id,
             ),
-            deny_all,
-            revoke_sessions,
-            revoke_instance,
-            sessions_issued_before: cutoff,
-            instance_profile,
+            deny_all: done.deny_all,
+            revoke_sessions: done.revoke_sessions,
+            revoke_instance: done.revoke_instance,
+            sessions_issued_before: done.cutoff,
+            instance_profile: done.instance_profile,
             other_instances,
             other_instances_total,
             other_instances_more,
             other_instances_error,
             warnings,
         },
-    ))
+    )
 }
 
 /// One role action per case: an execution that meets another one's role action in progress
