@@ -217,17 +217,6 @@ impl Tally {
         }
     }
 
-    /// Takes another tally's lines (a part of the step that kept its own) into this one.
-    pub fn absorb(&mut self, other: Tally) {
-        self.done.extend(other.done);
-        self.failed.extend(other.failed);
-        self.warnings.extend(other.warnings);
-    }
-
-    pub fn has_failed(&self) -> bool {
-        !self.failed.is_empty()
-    }
-
     /// The lines of what was done, so far.
     pub fn done_lines(&self) -> &[String] {
         &self.done
