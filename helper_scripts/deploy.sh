@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ec2-quarantine: deploy to AWS, remove, or run the whole workflow offline.
 #
-#   deploy.sh local [EVENT] [--json] [--missing-instance] [--member-account] [--severity-threshold N]
+#   deploy.sh local [EVENT] [--deployed] [--json] [--missing-instance] [--member-account] [--severity-threshold N]
 #   deploy.sh invoke FUNCTION EVENT
 #   deploy.sh deploy [--region R | --regions R1,R2] [--stack-name S] [--alert-email E] ...
 #   deploy.sh nuke   [--region R | --regions R1,R2] [--stack-name S] [--purge-artifacts] [--yes]
@@ -17,8 +17,9 @@ source "$(dirname "$0")/lib/common.sh"
 usage() {
   cat <<'EOF'
 Usage:
-  deploy.sh local [EVENT] [--json] [--missing-instance] [--member-account] [--severity-threshold N]
-                  [--parameter KEY=VALUE]... [--dry-run] [--exempt] [--repeat] [--release]
+  deploy.sh local [EVENT] [--deployed] [--json] [--missing-instance] [--member-account]
+                  [--severity-threshold N] [--parameter KEY=VALUE]... [--dry-run] [--exempt]
+                  [--repeat] [--release]
       Run the real state machine and the real Rust functions against a local AWS emulator, on a
       simulated compromised instance (two interfaces, two volumes, in an Auto Scaling group,
       behind a target group and a Classic Load Balancer), and print what happened. EVENT
@@ -30,6 +31,11 @@ Usage:
       for the same instance afterwards; --release then runs the release workflow and compares
       the state with the state before containment. Exit status: 0 when every execution
       succeeded or the rule did not match, 3 when one ended Failed.
+      --deployed deploys template.yaml itself: the release bootstraps packaged as sam build
+      packages them, `sam deploy` into a local control plane (MiniStack: CloudFormation with
+      the SAM transform, Lambda, EventBridge, Step Functions, SNS, DynamoDB), the finding
+      published to the deployed rule, the deployed state machine running the deployed functions
+      against the simulated instance (not with --member-account).
 
   deploy.sh invoke FUNCTION EVENT
       Invoke one function (triage, isolate, deregister, snapshot, deny-role, notify, release)
@@ -205,10 +211,12 @@ check_input() {
 # ------------------------------------------------------------------ local
 
 cmd_local() {
-  local args=() event=""
+  local args=() event="" deployed=false member=false
   while [[ $# -gt 0 ]]; do
     case "$1" in
-      --json | --missing-instance | --member-account | --dry-run | --exempt | --repeat | --release) args+=("$1") ;;
+      --deployed) deployed=true ;;
+      --member-account) member=true; args+=("$1") ;;
+      --json | --missing-instance | --dry-run | --exempt | --repeat | --release) args+=("$1") ;;
       --severity-threshold) need_value "$@"; check_severity "$2"; args+=("$1" "$2"); shift ;;
       --parameter) need_value "$@"; check_parameter "$2"; args+=("$1" "$2"); shift ;;
       -h | --help) usage; exit 0 ;;
@@ -222,7 +230,17 @@ cmd_local() {
     check_input "$event" finding
     args+=("$(cd "$(dirname "$event")" && pwd)/$(basename "$event")")
   fi
+  $deployed && $member && usage_error "--deployed runs the stack as deployed in one account: not with --member-account"
   build_functions
+  if $deployed; then
+    # What sam build builds: the release profile (helper_scripts/local/deployed.py, build).
+    log "building the release bootstraps"
+    (cd "$PROJECT_ROOT" && cargo build --release --locked --bins --quiet >&2)
+    ensure_control_plane_tools
+    log "deploying template.yaml with sam deploy into the local control plane, and running the finding through it"
+    "$VENV/bin/python" -m local.run --bin-dir "$CARGO_TARGET_DIR/debug" --deployed --release-dir "$CARGO_TARGET_DIR/release" "${args[@]}"
+    return
+  fi
   log "running the workflow on the local emulator"
   "$VENV/bin/python" -m local.run --bin-dir "$CARGO_TARGET_DIR/debug" "${args[@]}"
 }

@@ -5,14 +5,16 @@
 # the integration tests against the emulator), evaluates every AWS call the functions made there
 # and a list of abuses with IAM's evaluation logic against the template's policies
 # (tests/tools/iam_check.py), stops the emulator (also on failure or Ctrl-C),
-# checks the SAM template and the state machine, runs the offline end-to-end workflow tests, and
-# runs the benchmarks in quick mode (helper_scripts/bench.sh --quick).
+# checks the SAM template and the state machine, builds the release bootstraps, runs the offline
+# end-to-end workflow tests (the deployed path among them: template.yaml deployed with sam deploy
+# into a local control plane), and runs the benchmarks in quick mode (helper_scripts/bench.sh --quick).
 set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
 cd "$PROJECT_ROOT"
 
 command -v cargo >/dev/null || die "cargo is required (https://rustup.rs)"
 ensure_python_tools
+ensure_control_plane_tools
 ensure_node_tools
 start_emulator
 start_fault_proxy
@@ -56,8 +58,11 @@ log "asl-validator"
 for asl in statemachine/*.asl.json; do
   "$TOOLS_DIR/node/node_modules/.bin/asl-validator" --json-path "$asl"
 done
-log "the workflow end to end on the local emulator (every sample event)"
-FUNCTIONS_BIN_DIR="$CARGO_TARGET_DIR/debug" "$VENV/bin/pytest" -q -p no:cacheprovider tests/workflow
+log "cargo build --release (the bootstraps sam build would package: the deployed path's, and the benchmarks')"
+cargo build --release --locked --bins
+log "the workflow end to end on the local emulator (every sample event), and deployed with sam deploy (tests/workflow/test_deployed_path.py)"
+FUNCTIONS_BIN_DIR="$CARGO_TARGET_DIR/debug" RELEASE_BIN_DIR="$CARGO_TARGET_DIR/release" \
+  "$VENV/bin/pytest" -q -p no:cacheprovider tests/workflow
 log "deploy.sh local (the README's offline run)"
 ./helper_scripts/deploy.sh local >"$TOOLS_DIR/local-run.log" 2>&1 || { cat "$TOOLS_DIR/local-run.log" >&2; die "deploy.sh local failed"; }
 grep -q '^State machine execution: SUCCEEDED' "$TOOLS_DIR/local-run.log" || { cat "$TOOLS_DIR/local-run.log" >&2; die "deploy.sh local did not contain the sample"; }

@@ -36,6 +36,12 @@ ensure_python_tools() {
   ensure_venv "$VENV" "$PROJECT_ROOT/helper_scripts/requirements.txt" "the pinned Python tools"
 }
 
+# The deployed path's control plane (MiniStack and the SAM transform) in .tools/ministack.
+CONTROL_PLANE_VENV="$TOOLS_DIR/ministack"
+ensure_control_plane_tools() {
+  ensure_venv "$CONTROL_PLANE_VENV" "$PROJECT_ROOT/helper_scripts/requirements-control-plane.txt" "the deployed path's control plane (MiniStack)"
+}
+
 ASL_VALIDATOR_VERSION=4.0.0
 # The IAM policy evaluator (tests/tools/iam_check.py) and the IAM service reference it reads.
 IAM_SIMULATE_VERSION=0.1.173

@@ -136,7 +136,15 @@ def render(report: dict) -> str:
         w(f"The event names {f.get('target_instance')}, which does not exist.")
     w("")
     rule = report["rule"]
-    w(f"EventBridge rule (from template.yaml): {'MATCHED' if rule['matched'] else 'did not match'}")
+    if report.get("path") == "deployed":
+        w("Deployed with sam deploy into the local control plane; the finding was published to the deployed rule.")
+        w(f"EventBridge rule (deployed): {'MATCHED' if rule['matched'] else 'did not match'}")
+        if rule.get("template_pattern_matched") != rule["matched"]:
+            w(
+                f"  The template's pattern, checked beside it, says {'MATCHED' if rule.get('template_pattern_matched') else 'did not match'}."
+            )
+    else:
+        w(f"EventBridge rule (from template.yaml): {'MATCHED' if rule['matched'] else 'did not match'}")
     if not rule["matched"]:
         w("  Nothing runs for this finding on AWS either: the rule filters it out.")
         return "\n".join(out)

@@ -15,8 +15,9 @@ from pathlib import Path
 import cases
 
 from local import HarnessError
+from local.deployed import deployed_stack, started_executions
 from local.report import render, shown
-from local.stack import MEMBER_ACCOUNT, execute, local_stack, received_notification
+from local.stack import MEMBER_ACCOUNT, execute, follow, local_stack, received_notification
 from local.template import ACCOUNT, DEFAULT_EVENT, FUNCTIONS, ROOT, function_settings, load_template, rule_matches, rule_pattern
 from local.world import (
     MISSING_INSTANCE,
@@ -58,10 +59,16 @@ class Scenario:
         return out
 
 
-def run(event_path: Path, bin_dir: Path, scenario: Scenario | None = None, log_dir: Path | None = None) -> dict:
+def run(
+    event_path: Path, bin_dir: Path, scenario: Scenario | None = None, log_dir: Path | None = None, release_dir: Path | None = None
+) -> dict:
     """The whole workflow on one finding event, as EventBridge and Step Functions would run it,
-    in the given scenario."""
+    in the given scenario. With `release_dir` (the release bootstraps), on the deployed path
+    (deployed.py): template.yaml deployed with `sam deploy`, the finding through the deployed
+    rule; otherwise on the in-process emulator with the state machine files and `bin_dir`."""
     scenario = scenario or Scenario()
+    if release_dir and (scenario.member_account or scenario.notify_fails):
+        raise HarnessError("the deployed path runs the stack as deployed: no member account, no failing notify (use the default path)")
     raw = json.loads(event_path.read_text())
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="ec2-quarantine-local-"))
     overrides = scenario.overrides()
@@ -72,7 +79,15 @@ def run(event_path: Path, bin_dir: Path, scenario: Scenario | None = None, log_d
     started = time.monotonic()
     member = MEMBER_ACCOUNT if scenario.member_account else None
     try:
-        with local_stack(bin_dir, log_dir, member, overrides, notify_fails=scenario.notify_fails) as st:
+        stack = (
+            deployed_stack(release_dir, log_dir, overrides)
+            if release_dir
+            else local_stack(bin_dir, log_dir, member, overrides, notify_fails=scenario.notify_fails)
+        )
+        report["path"] = "deployed" if release_dir else "local"
+        with stack as st:
+            if release_dir:
+                report["deployed"] = st.facts
             sim = st.sim
             target = MISSING_INSTANCE if scenario.missing_instance else sim["instance_id"]
             # A finding naming a group gets as many simulated instances as it names.
@@ -130,21 +145,53 @@ def exempt_instance(st, sim: dict, overrides: dict[str, str]) -> None:
 
 
 def contain(st, pattern: dict, event: dict, report: dict) -> bool:
-    """The finding through the rule and, when it matches, the containment state machine."""
+    """The finding through the rule and, when it matches, the containment state machine.
+
+    On the deployed path the finding goes to the deployed rule, which starts the deployed state
+    machine or not; the template's pattern is still checked beside it, and both answers are
+    reported (`template_pattern_matched`, `deployed_rule_matched`)."""
     matched = rule_matches(pattern, event)
     report["rule"] = {"matched": matched, "pattern": pattern}
     report["execution"], report["states"], report["notification"] = None, [], None
+    if getattr(st, "deployed", False):
+        execution = through_deployed_rule(st, event)
+        report["rule"].update(template_pattern_matched=matched, deployed_rule_matched=execution is not None)
+        matched = execution is not None
+        report["rule"]["matched"] = matched
+        if execution:
+            report["execution"], report["states"], report["notification"] = follow(st, execution)
+        return matched
     if matched:
         report["execution"], report["states"], report["notification"] = execute(st, st.machine, event)
         report["invocations"] = {name: fn.invocations for name, fn in st.service.functions.items()}
     return matched
 
 
+def through_deployed_rule(st, event: dict) -> str | None:
+    """The finding published as GuardDuty publishes it: the execution the deployed rule started,
+    or None. The emulator's EventBridge starts it before PutEvents answers; one more second is
+    given to a late start, and two executions for one event would be a fault."""
+    before = {e["executionArn"] for e in st.sfn.list_executions(stateMachineArn=st.machine)["executions"]}
+    answer = st.publish(event)
+    if answer.get("FailedEntryCount"):
+        raise HarnessError(f"the finding event was not published: {answer}")
+    started = started_executions(st.sfn, st.machine, before, wait_s=1.0)
+    if len(started) > 1:
+        raise HarnessError(f"one finding started {len(started)} executions: {started}")
+    return started[0] if started else None
+
+
 def send_again(st, sim: dict, event: dict) -> dict:
     """A second finding (another id) for the same instance: nothing may change."""
     second = json.loads(json.dumps(event))
     second["detail"]["id"] = "f" * 32
-    ex, states, note = execute(st, st.machine, second)
+    if getattr(st, "deployed", False):
+        execution = through_deployed_rule(st, second)
+        if execution is None:
+            raise HarnessError("the deployed rule did not match the second finding, which it matched the first time")
+        ex, states, note = follow(st, execution)
+    else:
+        ex, states, note = execute(st, st.machine, second)
     return {"execution": ex, "states": states, "notification": note, "after": state_of(st, sim)}
 
 
@@ -226,13 +273,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--exempt", action="store_true", help="tag the instance with the exemption tag first")
     p.add_argument("--repeat", action="store_true", help="then send a second finding (another id) for the same instance")
     p.add_argument("--release", action="store_true", help="then run the release state machine and compare with the state before")
+    p.add_argument(
+        "--deployed",
+        action="store_true",
+        help="deploy template.yaml with sam deploy into the local control plane and send the finding to the deployed rule",
+    )
+    p.add_argument("--release-dir", default=None, help="with --deployed: where the release bootstraps are (cargo build --release)")
     args = p.parse_args(argv)
+    if args.deployed and (args.invoke or args.member_account):
+        p.error("--deployed runs the whole deployed stack: not with --invoke or --member-account")
 
     def on_term(_sig, _frame):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
-    bin_dir = Path(args.bin_dir or Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug")
+    target_dir = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    bin_dir = Path(args.bin_dir or target_dir / "debug")
+    release_dir = Path(args.release_dir or target_dir / "release") if args.deployed else None
     log_dir = Path(args.log_dir) if args.log_dir else None
     parameters = {}
     for item in args.parameter:
@@ -278,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             parameters=parameters,
             severity_threshold=args.severity_threshold,
         )
-        report = run(Path(args.event).resolve(), bin_dir, scenario, log_dir)
+        report = run(Path(args.event).resolve(), bin_dir, scenario, log_dir, release_dir)
     except HarnessError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -224,6 +224,11 @@ def execute(st, machine: str, payload: dict) -> tuple[dict, list[dict], dict | N
     """One execution of a state machine: its outcome, its states, and the notification it sent."""
     name = f"local-{time.time_ns()}"
     execution = st.sfn.start_execution(stateMachineArn=machine, name=name, input=json.dumps(payload))["executionArn"]
+    return follow(st, execution)
+
+
+def follow(st, execution: str) -> tuple[dict, list[dict], dict | None]:
+    """A started execution to its end: its outcome, its states, and the notification it sent."""
     done = wait_for(st.sfn, execution, 180)
     history = st.sfn.get_execution_history(executionArn=execution, maxResults=1000)["events"]
     return execution_outcome(done, history), states_from_history(history), received_notification(st)

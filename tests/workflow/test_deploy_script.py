@@ -233,6 +233,10 @@ def fake_tools(project: Path) -> dict[str, str]:
     python.chmod(0o755)
     requirements = (project / "helper_scripts" / "requirements.txt").read_bytes()
     (venv / ".requirements.sha256").write_text(hashlib.sha256(requirements).hexdigest() + "\n")
+    control_plane = project / ".tools" / "ministack"
+    control_plane.mkdir(parents=True)
+    requirements = (project / "helper_scripts" / "requirements-control-plane.txt").read_bytes()
+    (control_plane / ".requirements.sha256").write_text(hashlib.sha256(requirements).hexdigest() + "\n")
     debug = project / "target" / "debug"
     debug.mkdir(parents=True)
     for binary in ("isolate", "snapshot", "deny-role", "notify"):
@@ -396,6 +400,17 @@ def test_local_takes_every_sample_finding(project, event):
     )
 
 
+def test_local_deployed_builds_the_release_bootstraps_and_runs_the_deployed_path(project):
+    env = fake_tools(project)
+    event = EVENTS / "instance-backdoor.json"
+    r = deploy_sh(project, "local", str(event), "--deployed", "--release", env=env)
+    assert r.returncode == 0, r.stderr
+    assert calls(project)[:2] == ["cargo test --locked --no-run --quiet", "cargo build --release --locked --bins --quiet"]
+    assert calls(project)[-1].endswith(
+        f"-m local.run --bin-dir {project}/target/debug --deployed --release-dir {project}/target/release --release {event}"
+    )
+
+
 @pytest.mark.parametrize("event", ["credential-exfiltration.json", "instance-backdoor.json"])
 def test_fire_passes_a_finding_that_names_an_instance_on(project, event):
     env = fake_tools(project)
@@ -412,6 +427,7 @@ BAD_OPTIONS = [
     (["local", "--severity-threshold", "high"], "--severity-threshold must be a number from 0 to 10, got high"),
     (["local", "--severity-threshold", "10.5"], "from 0 to 10"),
     (["local", "--parameter", "DryRun"], "--parameter takes KEY=VALUE"),
+    (["local", "--deployed", "--member-account"], "--deployed runs the stack as deployed in one account: not with --member-account"),
     (["local", "--parameter", "NoSuchThing=1"], "template.yaml has no parameter NoSuchThing"),
     (["local", str(EVENTS / "instance-backdoor.json"), str(EVENTS / "credential-exfiltration.json")], "local takes one EVENT file"),
     (["invoke"], "invoke takes FUNCTION EVENT"),
