@@ -7,12 +7,12 @@ Run with MiniStack's own Python (its venv, .tools/ministack), not the harness's:
 MiniStack (ministack on PyPI, MIT) is the emulator `sam deploy` deploys template.yaml into:
 CloudFormation with the SAM transform, Lambda running each zip's `bootstrap` as a local process,
 EventBridge delivering to Step Functions, Step Functions invoking the deployed functions, SNS,
-SQS and DynamoDB. It listens on GATEWAY_PORT at BIND_HOST (the caller sets 127.0.0.1: loopback
-only).
+SQS and DynamoDB. It listens on GATEWAY_PORT at BIND_HOST (the caller sets 127.0.0.1, and turns
+MiniStack's IoT and SFTP listeners off: loopback only).
 
-GuardDuty is the one part no emulator has. AWS refuses PutEvents with an `aws.*` source from
-anyone but the service itself (https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-events-structure.html:
-"aws.* is reserved"), and MiniStack refuses it too. So this module stands in for GuardDuty: a
+GuardDuty is the one part no emulator has. A customer's event may have any source that does not
+begin with `aws.` (https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-events-structure.html;
+PutEvents answers NotAuthorizedForSourceException otherwise), and MiniStack refuses it too. So this module stands in for GuardDuty: a
 POST to /_test/guardduty/findings with a GuardDuty finding event (the EventBridge envelope, as
 events/*.json hold it) hands the event to MiniStack's own EventBridge as a service would
 publish it, on the default bus; the deployed rules then decide whether it matches. The answer is

@@ -122,6 +122,9 @@ def started(command: list[str], env: dict[str, str], log: Path, ready_url: str, 
                 if time.monotonic() > deadline:
                     raise HarnessError(f"{what} did not answer on {ready_url} within 60 s") from None
                 time.sleep(0.2)
+            # A port taken between choosing and binding it: the answer came from another server.
+            if proc.poll() is not None:
+                raise HarnessError(f"{what} exited after {ready_url} answered (port taken?): {log.read_text(errors='replace')[-2000:]}")
         yield proc
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -134,17 +137,28 @@ def started(command: list[str], env: dict[str, str], log: Path, ready_url: str, 
             proc.wait()
 
 
-def harness_env() -> dict[str, str]:
-    """This process's environment with no way to real AWS: no profile, no endpoint, test keys."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+def harness_env(log_dir: Path) -> dict[str, str]:
+    """An environment with no way to real AWS, whatever this machine's settings: the system's
+    basics only, test keys, empty AWS config and credentials files (no profile, no
+    `ignore_configured_endpoint_urls`), and a proxy that goes nowhere for anything not on
+    loopback (boto3 and the SAM CLI honour it; the bootstraps' every endpoint is on loopback)."""
+    empty = log_dir / "aws-config-empty"
+    empty.write_text("")
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "PYTHONPATH", "VIRTUAL_ENV")}
     env.update(
         {
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_REGION": REGION,
             "AWS_DEFAULT_REGION": REGION,
+            "AWS_CONFIG_FILE": str(empty),
+            "AWS_SHARED_CREDENTIALS_FILE": str(empty),
+            "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS": "false",
             "AWS_EC2_METADATA_DISABLED": "true",
             "SAM_CLI_TELEMETRY": "0",
+            "HTTPS_PROXY": "http://127.0.0.1:9",
+            "HTTP_PROXY": "http://127.0.0.1:9",
+            "NO_PROXY": "127.0.0.1,localhost",
         }
     )
     return env
@@ -176,9 +190,10 @@ def sam_deploy(built: Path, control_plane: str, parameters: dict[str, str], log:
     ]
     if parameters:
         command += ["--parameter-overrides", *(f"{k}={v}" for k, v in sorted(parameters.items()))]
-    env = {**harness_env(), "AWS_ENDPOINT_URL": control_plane}
+    env = {**harness_env(log.parent), "AWS_ENDPOINT_URL": control_plane}
+    # In the log folder, where no samconfig.toml can give it a profile or another stack.
     with open(log, "wb") as out:
-        done = subprocess.run(command, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=300, check=False)
+        done = subprocess.run(command, env=env, cwd=log.parent, stdout=out, stderr=subprocess.STDOUT, timeout=300, check=False)
     if done.returncode != 0:
         raise HarnessError(f"sam deploy failed (exit {done.returncode}): {log.read_text(errors='replace')[-3000:]}")
 
@@ -186,6 +201,11 @@ def sam_deploy(built: Path, control_plane: str, parameters: dict[str, str], log:
 def publish(control_plane: str, event: dict) -> dict:
     """The finding event as GuardDuty publishes it, through the control plane's test double
     (control_plane.py): PutEvents' answer."""
+    if (event.get("account"), event.get("region")) != (ACCOUNT, REGION):
+        raise HarnessError(
+            f"the event is for account {event.get('account')} in {event.get('region')}; the deployed stack is in {ACCOUNT} {REGION}"
+            " (GuardDuty publishes on the finding's own account's bus, where no rule of this stack listens)"
+        )
     request = urllib.request.Request(control_plane + FINDINGS_PATH, data=json.dumps(event).encode(), method="POST")
     try:
         with urllib.request.urlopen(request, timeout=30) as answer:
@@ -195,14 +215,25 @@ def publish(control_plane: str, event: dict) -> dict:
 
 
 def started_executions(sfn, machine: str, before: set[str], wait_s: float) -> list[str]:
-    """The executions of `machine` started since `before`, waiting up to wait_s for the first."""
+    """The executions of `machine` started since `before`: waits up to wait_s for the first,
+    then a little longer for any other."""
     deadline = time.monotonic() + wait_s
-    while True:
-        arns = [e["executionArn"] for e in sfn.list_executions(stateMachineArn=machine)["executions"]]
-        new = [a for a in arns if a not in before]
-        if new or time.monotonic() > deadline:
-            return new
+
+    def new() -> list[str]:
+        return [e["executionArn"] for e in sfn.list_executions(stateMachineArn=machine)["executions"] if e["executionArn"] not in before]
+
+    while not (found := new()) and time.monotonic() < deadline:
         time.sleep(0.1)
+    if found:
+        time.sleep(0.3)
+        found = new()
+    return found
+
+
+def finding_id_of(sfn, execution: str) -> str | None:
+    """The id of the finding an execution was started with (its input is the event)."""
+    started = json.loads(sfn.describe_execution(executionArn=execution)["input"])
+    return (started.get("detail") or {}).get("id") if isinstance(started, dict) else None
 
 
 @contextlib.contextmanager
@@ -222,11 +253,18 @@ def deployed_stack(release_dir: Path, log_dir: Path, parameters: dict[str, str] 
     data_plane = f"http://127.0.0.1:{moto_port}"
     control_plane = f"http://127.0.0.1:{control_port}"
     moto = [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(moto_port)]
+    scratch = log_dir / "tmp"
+    scratch.mkdir(exist_ok=True)
     cp_env = {
-        **harness_env(),
+        **harness_env(log_dir),
         "GATEWAY_PORT": str(control_port),
         "BIND_HOST": "127.0.0.1",
         "MINISTACK_ACCOUNT_ID": ACCOUNT,
+        # Nothing but the gateway listens (no IoT or SFTP listener on other interfaces); the
+        # unpacked bootstraps go to the run's own scratch folder, removed on the way out.
+        "IOT_MTLS_ENABLED": "0",
+        "SFTP_ENABLED": "0",
+        "TMPDIR": str(scratch),
         # The functions' endpoints (MiniStack's Lambda passes its environment on to them).
         "AWS_ENDPOINT_URL": control_plane,
         **{f"AWS_ENDPOINT_URL_{service}": data_plane for service in DATA_PLANE_SERVICES},
@@ -234,7 +272,8 @@ def deployed_stack(release_dir: Path, log_dir: Path, parameters: dict[str, str] 
     }
     control = [str(CONTROL_PLANE_PYTHON), "-m", "local.control_plane"]
     with (
-        started(moto, harness_env(), log_dir / "data-plane.log", data_plane + "/moto-api/", "the data plane (moto)"),
+        _removed(scratch, log_dir / "build"),
+        started(moto, harness_env(log_dir), log_dir / "data-plane.log", data_plane + "/moto-api/", "the data plane (moto)"),
         started(control, cp_env, log_dir / "control-plane.log", control_plane + "/_ministack/health", "the control plane (MiniStack)"),
     ):
         built = build(release_dir, log_dir / "build")
@@ -264,6 +303,16 @@ def deployed_stack(release_dir: Path, log_dir: Path, parameters: dict[str, str] 
         yield st
 
 
+@contextlib.contextmanager
+def _removed(*folders: Path):
+    """The folders removed on the way out (the bootstraps' copies; the logs stay)."""
+    try:
+        yield
+    finally:
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def deployed_facts(control_plane: str, resources: list[dict], outputs: dict[str, str]) -> dict:
     """What the deployed stack holds, as the control plane reports it: each resource and its
     status, each function's configuration (the environment its parameters reached), the rule's
@@ -289,6 +338,7 @@ def deployed_facts(control_plane: str, resources: list[dict], outputs: dict[str,
         elif kind == "AWS::StepFunctions::StateMachine":
             definition = sfn.describe_state_machine(stateMachineArn=r["PhysicalResourceId"])["definition"]
             facts["state_machines"][logical] = {
+                "definition": json.loads(definition),
                 "unresolved": sorted(set(re.findall(r"\$\{[A-Za-z0-9]+\}", definition))),
                 "resources": sorted({state["Resource"] for state in _states(json.loads(definition)) if "Resource" in state}),
                 "function_arns": sorted(set(re.findall(r"arn:aws:lambda:[^\"]+", definition))),

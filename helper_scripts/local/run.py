@@ -15,7 +15,7 @@ from pathlib import Path
 import cases
 
 from local import HarnessError
-from local.deployed import deployed_stack, started_executions
+from local.deployed import deployed_stack, finding_id_of, started_executions
 from local.report import render, shown
 from local.stack import MEMBER_ACCOUNT, execute, follow, local_stack, received_notification
 from local.template import ACCOUNT, DEFAULT_EVENT, FUNCTIONS, ROOT, function_settings, load_template, rule_matches, rule_pattern
@@ -176,8 +176,8 @@ def through_deployed_rule(st, event: dict) -> str | None:
     if answer.get("FailedEntryCount"):
         raise HarnessError(f"the finding event was not published: {answer}")
     started = started_executions(st.sfn, st.machine, before, wait_s=1.0)
-    if len(started) > 1:
-        raise HarnessError(f"one finding started {len(started)} executions: {started}")
+    if len(started) > 1 or any(finding_id_of(st.sfn, e) != event["detail"].get("id") for e in started):
+        raise HarnessError(f"one finding started {len(started)} executions, not one of its own: {started}")
     return started[0] if started else None
 
 

@@ -15,10 +15,11 @@ import re
 from pathlib import Path
 
 import pytest
-from iam_check import translated
 from local import run as local_run
-from local.deployed import HOST_ARCHITECTURE
-from local.template import ACCOUNT, function_settings, load_template
+from local.deployed import HOST_ARCHITECTURE, deployed_stack, finding_id_of, started_executions
+from local.stack import wait_for
+from local.template import ACCOUNT, load_template
+from local.world import point_event_at
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
@@ -31,78 +32,161 @@ CONTAINED_EVENT = EVENTS / "instance-backdoor.json"
 FILTERED_EVENT = EVENTS / "low-severity-ssh-probe.json"
 
 
+# What template.yaml deploys with its parameters' defaults (the SAM transform adds each
+# function's and state machine's role), written out so that a resource dropped from the template
+# fails the test. AlertEmailSubscription only with AlertEmail set.
+RESOURCES = {
+    **{f: "AWS::Lambda::Function" for f in ("TriageFunction", "IsolateFunction", "DeregisterFunction", "SnapshotFunction")},
+    **{f: "AWS::Lambda::Function" for f in ("DenyRoleFunction", "NotifyFunction", "ReleaseFunction")},
+    **{f"{f}Role": "AWS::IAM::Role" for f in ("TriageFunction", "IsolateFunction", "DeregisterFunction", "SnapshotFunction")},
+    **{f"{f}Role": "AWS::IAM::Role" for f in ("DenyRoleFunction", "NotifyFunction", "ReleaseFunction")},
+    "ContainmentStateMachine": "AWS::StepFunctions::StateMachine",
+    "ContainmentStateMachineRole": "AWS::IAM::Role",
+    "ReleaseStateMachine": "AWS::StepFunctions::StateMachine",
+    "ReleaseStateMachineRole": "AWS::IAM::Role",
+    "CaseTable": "AWS::DynamoDB::Table",
+    "AlertTopic": "AWS::SNS::Topic",
+    "GuardDutyFindingRule": "AWS::Events::Rule",
+    "GuardDutyFindingRuleRole": "AWS::IAM::Role",
+    "FindingDeadLetterQueue": "AWS::SQS::Queue",
+    "FindingDeadLetterQueuePolicy": "AWS::SQS::QueuePolicy",
+    **{
+        alarm: "AWS::CloudWatch::Alarm"
+        for alarm in ("FindingDeadLetterAlarm", "FindingSentToDeadLetterAlarm", "FindingLostAlarm")
+        + tuple(f"{m}Executions{e}Alarm" for m in ("Containment", "Release") for e in ("Failed", "TimedOut", "Aborted"))
+    },
+}
+
+# Each function setting, the template parameter that gives it, and a value the stack of the
+# filtered-finding test is deployed with: every text parameter a value of its own, other than
+# its default, so that CloudFormation passing a variable the wrong parameter, or none, fails the
+# test; two booleans cannot all differ, so the template's wiring itself is checked too (each
+# variable `!Ref`s its parameter). SeverityThreshold 7.5 still passes the High-severity finding
+# and filters the Low one; DryRun=true makes its execution change nothing.
+PARAMETERS = {
+    "DRY_RUN": ("DryRun", "true"),
+    "ROLE_ACTION": ("RoleAction", "revoke-sessions"),
+    "DENY_ALL_SHARED_ROLES": ("DenyAllSharedRoles", "true"),
+    "AUTO_SCALING_ACTION": ("AutoScalingAction", "detach"),
+    "SEVERITY_THRESHOLD": ("SeverityThreshold", "7.5"),
+    "ACT_ON_TYPE_PREFIXES": ("ActOnTypePrefixes", "Backdoor:EC2/,CryptoCurrency:EC2/"),
+    "NOTIFY_ONLY_TYPE_PREFIXES": ("NotifyOnlyTypePrefixes", "Recon:EC2/"),
+    "CONTAIN_TARGETS": ("ContainTargets", "false"),
+    "CONTAIN_CONTAINER_HOSTS": ("ContainContainerHosts", "true"),
+    "EXEMPTION_TAG_KEY": ("ExemptionTagKey", "ops-exempt"),
+    "MAX_INSTANCES_PER_FINDING": ("MaxInstancesPerFinding", "7"),
+    "MEMBER_ROLE_NAME": ("MemberRoleName", "ops-member-role"),
+    "MEMBER_ROLE_EXTERNAL_ID": ("MemberRoleExternalId", "ops-external-id"),
+    "MEMBER_ACCOUNTS_ALLOW": ("MemberAccountsAllow", "111111111111,222222222222"),
+    "MEMBER_ACCOUNTS_DENY": ("MemberAccountsDeny", "333333333333"),
+}
+# The settings no parameter gives: the stack's own resources and account.
+STACK_SETTINGS = ("CASE_TABLE", "RESPONDER_ACCOUNT_ID")
+OVERRIDES = {parameter: value for parameter, value in PARAMETERS.values()} | {"AlertEmail": "soc@example.com"}
+
+
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory) -> dict:
-    """One run on the deployed path: the stack deployed, the finding through the deployed rule."""
-    return local_run.run(CONTAINED_EVENT, BIN_DIR, local_run.Scenario(), tmp_path_factory.mktemp("deployed"), release_dir=RELEASE_DIR)
+    """One run on the deployed path: the stack deployed, the finding through the deployed rule,
+    a second finding for the same instance, then the release."""
+    scenario = local_run.Scenario(repeat=True, release=True)
+    return local_run.run(CONTAINED_EVENT, BIN_DIR, scenario, tmp_path_factory.mktemp("deployed"), release_dir=RELEASE_DIR)
 
 
 @pytest.fixture(scope="module")
 def local(tmp_path_factory) -> dict:
-    """The same finding on today's local path (the state machine file in moto's interpreter)."""
-    return local_run.run(CONTAINED_EVENT, BIN_DIR, local_run.Scenario(), tmp_path_factory.mktemp("local"))
+    """The same finding, second finding and release on today's local path (the state machine
+    files in moto's interpreter)."""
+    scenario = local_run.Scenario(repeat=True, release=True)
+    return local_run.run(CONTAINED_EVENT, BIN_DIR, scenario, tmp_path_factory.mktemp("local"))
+
+
+@pytest.fixture(scope="module")
+def configured(tmp_path_factory) -> dict:
+    """A stack deployed with every parameter set to a value other than its default; the
+    filtered finding, then the contained one, published to its rule."""
+    log_dir = tmp_path_factory.mktemp("configured")
+    with deployed_stack(RELEASE_DIR, log_dir, OVERRIDES) as st:
+        machine = st.machine
+        events = {}
+        for name, path in (("filtered", FILTERED_EVENT), ("passed", CONTAINED_EVENT)):
+            event = point_event_at(json.loads(path.read_text()), st.sim, st.sim["instance_id"])
+            before = {e["executionArn"] for e in st.sfn.list_executions(stateMachineArn=machine)["executions"]}
+            answer = st.publish(event)
+            started = started_executions(st.sfn, machine, before, wait_s=3.0)
+            events[name] = {"answer": answer, "finding_id": event["detail"]["id"], "started": started}
+            events[name]["ids"] = [finding_id_of(st.sfn, e) for e in started]
+            events[name]["ended"] = [wait_for(st.sfn, e, 120)["status"] for e in started]
+        return {"facts": st.facts, "events": events, "before": None}
 
 
 def test_the_deployed_rule_starts_the_deployed_state_machine_which_contains_the_instance(deployed):
     assert deployed["path"] == "deployed"
     assert deployed["rule"]["deployed_rule_matched"] and deployed["rule"]["template_pattern_matched"]
     assert deployed["execution"]["status"] == "SUCCEEDED", deployed["execution"]
-    # Every interface in the quarantine group alone, in the data plane.
+    # Every interface in the quarantine group alone, in the data plane (moto): the functions'
+    # EC2, IAM, Auto Scaling and load-balancing calls reached it, not the control plane.
     after = deployed["emulator"]["after"]
     (quarantine,) = after["quarantine_groups"]
     assert (quarantine["ingress_rules"], quarantine["egress_rules"]) == (0, 0), quarantine
     assert set(map(tuple, after["interface_groups"].values())) == {(quarantine["id"],)}, after["interface_groups"]
     assert after["instance"]["instance_profile"].endswith("/ec2-quarantine-quarantined"), after["instance"]
     assert after["instance"]["termination_protection"] is True
+    assert [g["instances"][0][1] for g in after["auto_scaling"]] == ["Standby"] and after["targets"] == [] and after["classic"] == []
+    assert any(p.endswith("/ec2-quarantine-DenyAll") for p in after["role"]["attached_policies"]), after["role"]
     # The notification reached a subscriber of the deployed topic.
     note = deployed["notification"]
     assert note and note["attributes"]["verdict"] == "contained", note
     assert note["subject"].startswith("[CONTAINED]"), note["subject"]
-    # One case, in the deployed case table.
-    assert [c["status"] for c in deployed["case_list"]] == ["open"]
+    # The second finding joined the case; the release restored the instance; one case.
+    assert deployed["second_finding"]["after"] == after
+    assert deployed["release"]["execution"]["status"] == "SUCCEEDED" and deployed["release"]["restored"], deployed["release"]["differences"]
+    assert [c["status"] for c in deployed["case_list"]] == ["released"]
 
 
 def test_the_deployed_path_ends_as_the_local_run_does(deployed, local):
-    mine, theirs = outcome(deployed), outcome(local)
     # MiniStack's execution history leaves out the states inside a Map's iterations, which AWS's
     # history holds (tests/README, emulator gaps); the steps' outcomes are compared through the
     # case record, which each step writes itself.
     inner = map_iteration_states(json.loads((ROOT / "statemachine" / "containment.asl.json").read_text()))
     assert inner, "the containment state machine has no Map"
-    assert [s for s in theirs.pop("states") if s[0] not in inner] == mine.pop("states")
-    for key in mine:
-        assert mine[key] == theirs[key], f"{key}: deployed {mine[key]!r} != local {theirs[key]!r}"
+    for part in (None, "second_finding", "release"):
+        mine, theirs = outcome(deployed, part), outcome(local, part)
+        assert [s for s in theirs.pop("states") if s[0] not in inner] == mine.pop("states"), part
+        for key in mine:
+            assert mine[key] == theirs[key], f"{part or 'first finding'}, {key}: deployed {mine[key]!r} != local {theirs[key]!r}"
 
 
-def test_every_resource_the_template_declares_is_deployed(deployed):
-    template = translated("single")
-    params = {k: str(v.get("Default", "")) for k, v in load_template()["Parameters"].items()}
-    wanted = {
-        logical: resource["Type"]
-        for logical, resource in template["Resources"].items()
-        if condition_holds(template, resource.get("Condition"), params)
-    }
-    got = {logical: r["type"] for logical, r in deployed["deployed"]["resources"].items()}
-    assert got == wanted
-    assert {r["status"] for r in deployed["deployed"]["resources"].values()} == {"CREATE_COMPLETE"}
+def test_every_resource_the_template_declares_is_deployed(deployed, configured):
+    for facts, extra in ((deployed["deployed"], {}), (configured["facts"], {"AlertEmailSubscription": "AWS::SNS::Subscription"})):
+        got = {logical: r["type"] for logical, r in facts["resources"].items()}
+        assert got == RESOURCES | extra
+        assert {r["status"] for r in facts["resources"].values()} == {"CREATE_COMPLETE"}
 
 
-def test_the_parameters_reach_the_functions_as_the_template_gives_them(deployed):
+def test_each_parameter_reaches_the_functions_through_its_own_variable(deployed, configured):
     template = load_template()
-    facts = deployed["deployed"]
-    expected = function_settings(template, {}, ACCOUNT)
-    expected["CASE_TABLE"] = facts["outputs"]["CaseTableName"]
+    variables = set(template["Globals"]["Function"]["Environment"]["Variables"])
+    assert variables == set(PARAMETERS) | set(STACK_SETTINGS), "a function setting this test does not know"
+    # Every variable is one the functions read.
+    source = "\n".join(p.read_text() for p in (ROOT / "src").rglob("*.rs"))
+    assert [v for v in variables if f'"{v}"' not in source] == []
     globals_ = template["Globals"]["Function"]
-    functions = {k for k, r in template["Resources"].items() if r["Type"] == "AWS::Serverless::Function"}
-    assert set(facts["functions"]) == functions
-    for logical, f in facts["functions"].items():
-        for name, value in expected.items():
-            assert f["environment"].get(name) == value, (logical, name, f["environment"].get(name), value)
-        # The one adaptation: the host's architecture (deployed.build says why).
-        assert f["architectures"] == [HOST_ARCHITECTURE[os.uname().machine]]
-        assert (f["runtime"], f["handler"]) == (globals_["Runtime"], globals_["Handler"])
-        assert (f["memory_mb"], f["timeout_s"]) == (globals_["MemorySize"], globals_["Timeout"])
-    assert facts["functions"]["NotifyFunction"]["environment"]["ALERT_TOPIC_ARN"] == facts["outputs"]["AlertTopicArn"]
+    wiring = {v: ref.get("Ref") if isinstance(ref, dict) else ref for v, ref in globals_["Environment"]["Variables"].items()}
+    assert {v: wiring[v] for v in PARAMETERS} == {v: parameter for v, (parameter, _) in PARAMETERS.items()}
+    for facts, given in ((deployed["deployed"], {}), (configured["facts"], OVERRIDES)):
+        assert set(facts["functions"]) == {f for f, t in RESOURCES.items() if t == "AWS::Lambda::Function"}
+        for logical, f in facts["functions"].items():
+            env = f["environment"]
+            for variable, (parameter, _) in PARAMETERS.items():
+                want = given.get(parameter, str(template["Parameters"][parameter].get("Default", "")))
+                assert env.get(variable) == want, (logical, variable, env.get(variable), want)
+            assert (env["CASE_TABLE"], env["RESPONDER_ACCOUNT_ID"]) == (facts["outputs"]["CaseTableName"], ACCOUNT)
+            # The one adaptation: the host's architecture (deployed.build says why).
+            assert f["architectures"] == [HOST_ARCHITECTURE[os.uname().machine]]
+            assert (f["runtime"], f["handler"]) == (globals_["Runtime"], globals_["Handler"])
+            assert (f["memory_mb"], f["timeout_s"]) == (globals_["MemorySize"], globals_["Timeout"])
+        assert facts["functions"]["NotifyFunction"]["environment"]["ALERT_TOPIC_ARN"] == facts["outputs"]["AlertTopicArn"]
 
 
 def test_the_rule_targets_the_containment_state_machine_with_its_role_retries_and_dead_letter_queue(deployed):
@@ -111,25 +195,36 @@ def test_the_rule_targets_the_containment_state_machine_with_its_role_retries_an
     assert target["Arn"] == facts["outputs"]["StateMachineArn"]
     assert ":role/" in target["RoleArn"] and "GuardDutyFindingRuleRole" in target["RoleArn"]
     assert target["RetryPolicy"] == {"MaximumRetryAttempts": 185, "MaximumEventAgeInSeconds": 3600}
-    assert target["DeadLetterConfig"]["Arn"].endswith(facts["outputs"]["FindingDeadLetterQueueUrl"].rsplit("/", 1)[1])
+    assert target["DeadLetterConfig"]["Arn"].endswith(":" + facts["outputs"]["FindingDeadLetterQueueUrl"].rsplit("/", 1)[1])
 
 
-def test_the_deployed_state_machines_call_the_deployed_functions(deployed):
+def test_each_deployed_task_calls_the_function_its_substitution_names(deployed):
     facts = deployed["deployed"]
     arns = {logical: f["arn"] for logical, f in facts["functions"].items()}
-    calls = {"ContainmentStateMachine": 6, "ReleaseStateMachine": 2}
-    for logical, machine in facts["state_machines"].items():
+    for logical, source in (("ContainmentStateMachine", "containment"), ("ReleaseStateMachine", "release")):
+        machine = facts["state_machines"][logical]
         assert machine["unresolved"] == [], (logical, machine["unresolved"])
-        assert set(machine["function_arns"]) <= set(arns.values()), (logical, machine["function_arns"])
-        assert len(machine["function_arns"]) == calls[logical], (logical, machine["function_arns"])
+        wanted = json.loads((ROOT / "statemachine" / f"{source}.asl.json").read_text())
+        got = {name: state for name, state in all_states(machine["definition"])}
+        tasks = 0
+        for name, state in all_states(wanted):
+            resource = state.get("Resource", "")
+            if m := re.fullmatch(r"\$\{(\w+)FunctionArn\}", resource):
+                tasks += 1
+                assert got[name]["Resource"] == arns[f"{m.group(1)}Function"], (logical, name)
+            elif state.get("Parameters", {}).get("TopicArn") == "${AlertTopicArn}":
+                assert got[name]["Parameters"]["TopicArn"] == facts["outputs"]["AlertTopicArn"], (logical, name)
+        assert tasks == {"ContainmentStateMachine": 6, "ReleaseStateMachine": 2}[logical]
 
 
-def test_a_finding_the_deployed_rule_must_not_match_starts_nothing(tmp_path):
-    report = local_run.run(FILTERED_EVENT, BIN_DIR, local_run.Scenario(), tmp_path, release_dir=RELEASE_DIR)
-    assert report["rule"] == {**report["rule"], "matched": False, "deployed_rule_matched": False, "template_pattern_matched": False}
-    assert report["execution"] is None and report["notification"] is None
-    assert report["emulator"]["after"] == report["emulator"]["before"]
-    assert report["case_list"] == []
+def test_the_deployed_rule_filters_what_the_template_filters_and_passes_the_rest(configured):
+    filtered, passed = configured["events"]["filtered"], configured["events"]["passed"]
+    assert filtered["answer"]["FailedEntryCount"] == 0 and passed["answer"]["FailedEntryCount"] == 0
+    # Published first, the filtered finding started nothing; the one published after it started
+    # exactly one execution, its own (so delivery was not merely late).
+    assert filtered["started"] == []
+    assert len(passed["started"]) == 1 and passed["ids"] == [passed["finding_id"]]
+    assert passed["ended"] == ["SUCCEEDED"]
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -142,52 +237,36 @@ def scrub(value) -> str:
     return IDS.sub("*", json.dumps(value, sort_keys=True))
 
 
-def outcome(report: dict) -> dict:
-    """What a run ended with, without the identifiers the emulators choose."""
+def outcome(whole: dict, part: str | None) -> dict:
+    """What a run (or its second finding, or its release) ended with, without the identifiers
+    the emulators choose."""
+    report = whole[part] if part else whole
 
     def step(state: dict) -> tuple:
         out = state.get("output") if isinstance(state.get("output"), dict) else {}
         return state["name"], state["type"], out.get("status"), out.get("decision"), out.get("verdict")
 
     note = report["notification"] or {}
+    after = report["emulator"]["after"] if "emulator" in report else report["after"]
     return {
-        "rule": report["rule"]["matched"],
         "status": report["execution"]["status"],
         "states": [step(s) for s in report["states"]],
         "subject": scrub(note.get("subject")),
-        "message": scrub(note.get("message")),
+        # Its lines as a set: lists of interfaces follow their ids, which the emulator chooses.
+        "message": sorted(IDS.sub("*", note.get("message") or "").splitlines()),
         "attributes": scrub({k: v for k, v in (note.get("attributes") or {}).items() if k != "instance_id"}),
         # The snapshots in device order (the emulator lists them by volume id, which it chooses).
+        # and the interfaces by their groups (keyed by id, they sort by the id).
         "after": scrub(
             {
-                **report["emulator"]["after"],
-                "snapshots": sorted(report["emulator"]["after"]["snapshots"], key=lambda s: sorted(s["tags"].items())),
+                **after,
+                "snapshots": sorted(after.get("snapshots", []), key=lambda s: sorted(s["tags"].items())),
+                "interface_groups": sorted(IDS.sub("*", json.dumps(g)) for g in after["interface_groups"].values()),
             }
         ),
-        "cases": [c["status"] for c in report["case_list"]],
-        "steps": sorted((s["step"], s["outcome"], s["attempts"]) for c in report["cases"] for s in c["steps"]),
+        "cases": [c["status"] for c in whole["case_list"]],
+        "steps": sorted((s["step"], s["outcome"], s["attempts"]) for c in whole["cases"] for s in c["steps"]),
     }
-
-
-def condition_holds(template: dict, name: str | None, params: dict[str, str]) -> bool:
-    """A template condition with the parameters' values (the template's conditions are
-    Not/Equals of a Ref and a literal)."""
-    if name is None:
-        return True
-
-    def value(node):
-        if isinstance(node, dict) and "Ref" in node:
-            return params[node["Ref"]]
-        if isinstance(node, dict) and "Fn::Not" in node:
-            return not value(node["Fn::Not"][0])
-        if isinstance(node, dict) and "Fn::Equals" in node:
-            left, right = node["Fn::Equals"]
-            return value(left) == value(right)
-        if isinstance(node, str):
-            return node
-        raise AssertionError(f"a condition this test cannot evaluate: {node}")
-
-    return value(template["Conditions"][name])
 
 
 def map_iteration_states(definition: dict, inside: bool = False) -> set[str]:
@@ -202,3 +281,12 @@ def map_iteration_states(definition: dict, inside: bool = False) -> set[str]:
         for branch in state.get("Branches") or []:
             names |= map_iteration_states(branch, inside)
     return names
+
+
+def all_states(definition: dict):
+    """Each state of a definition by name, those inside Map and Parallel states too."""
+    for name, state in definition.get("States", {}).items():
+        yield name, state
+        for inner in [state.get("ItemProcessor"), state.get("Iterator"), *(state.get("Branches") or [])]:
+            if isinstance(inner, dict):
+                yield from all_states(inner)
