@@ -386,6 +386,87 @@ def show_cases(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- the pause switch
+
+# What `resume` writes as the switch's description (`pause` writes the reason there).
+NOT_PAUSED = "Not paused."
+
+
+def pause_switch(session, stack: str) -> str:
+    """The pause switch's parameter name: the responder stack's PauseParameterName output."""
+    outputs = stack_outputs(session.client("cloudformation"), stack)
+    if outputs is None:
+        raise OpsError(f"no stack {stack} in {session.region_name}: pass --stack-name")
+    name = outputs.get("PauseParameterName")
+    if not name:
+        raise OpsError(f"stack {stack} has no PauseParameterName output: deploy the current template first")
+    return name
+
+
+def pause(ssm, name: str, reason: str) -> None:
+    """Pauses the responder: every finding is then reported, none contained automatically.
+    SSM records who did it and when; the reason goes into the parameter's description."""
+    reason = " ".join(reason.split())
+    if not reason:
+        raise UsageError("pause needs --reason TEXT: the notification shows it to the team")
+    if len(reason) > 1024:
+        raise UsageError(f"--reason is {len(reason)} characters; SSM keeps at most 1024")
+    _set_switch(ssm, name, "true", reason)
+
+
+def resume(ssm, name: str) -> None:
+    """Resumes automatic containment."""
+    _set_switch(ssm, name, "false", NOT_PAUSED)
+
+
+def _set_switch(ssm, name: str, value: str, description: str) -> None:
+    # With the template's type and pattern each time: a switch deleted by hand is made again,
+    # and a pattern changed by hand is set back to true|false.
+    ssm.put_parameter(Name=name, Value=value, Type="String", AllowedPattern=SWITCH_PATTERN, Overwrite=True, Description=description)
+
+
+# The switch's AllowedPattern, as template.yaml declares it.
+SWITCH_PATTERN = "^(true|false)$"
+
+
+def pause_state(ssm, name: str) -> dict:
+    """The switch as triage reads it: its value, and SSM's record of the change that set that
+    version (who, when, the reason)."""
+    parameter = ssm.get_parameter(Name=name)["Parameter"]
+    change = {}
+    for page in ssm.get_paginator("get_parameter_history").paginate(Name=name):
+        change = next((h for h in page["Parameters"] if h["Version"] == parameter["Version"]), change)
+    since = change.get("LastModifiedDate")
+    return {
+        "parameter": name,
+        "paused": parameter["Value"].strip() == "true",
+        "value": parameter["Value"],
+        "version": parameter["Version"],
+        "since": since.isoformat() if since else None,
+        "by": change.get("LastModifiedUser"),
+        "reason": change.get("Description"),
+    }
+
+
+def set_pause(args) -> int:
+    session, _, _ = clients(args.region)
+    ssm = session.client("ssm")
+    name = pause_switch(session, args.stack_name)
+    if args.command == "pause":
+        pause(ssm, name, args.reason)
+    else:
+        resume(ssm, name)
+    state = pause_state(ssm, name)
+    if state["paused"]:
+        print(
+            f"{args.stack_name} in {session.region_name} is PAUSED since {state['since']} by {state['by']} "
+            f"({state['reason']}): every finding is reported, none contained automatically; the functions read the switch within seconds"
+        )
+    else:
+        print(f"{args.stack_name} in {session.region_name} is running: findings are contained again (switch {name} = {state['value']})")
+    return 0
+
+
 # ---------------------------------------------------------------- clean-up
 
 
@@ -627,6 +708,11 @@ def main(argv: list[str] | None = None) -> int:
         c.add_argument("--stack-name", default="ec2-quarantine")
         c.add_argument("--table", default=None, help="the case table's name (default: the stack's CaseTableName output)")
         c.add_argument("--json", action="store_true")
+    for name in ("pause", "resume"):
+        c = sub.add_parser(name, parents=[common])
+        c.add_argument("--stack-name", default="ec2-quarantine")
+        if name == "pause":
+            c.add_argument("--reason", required=True, help="why, for the team (it goes into every notification while paused)")
     n = sub.add_parser(
         "nuke", parents=[common], help="remove the test stack, the responder stack and, with --purge-artifacts, the tool's artifacts"
     )
@@ -635,9 +721,16 @@ def main(argv: list[str] | None = None) -> int:
     n.add_argument("--yes", action="store_true")
     try:
         args = p.parse_args(argv)
-        return {"test-instance": test_instance, "fire": fire, "verify": verify, "nuke": nuke, "cases": show_cases, "case": show_cases}[
-            args.command
-        ](args)
+        return {
+            "test-instance": test_instance,
+            "fire": fire,
+            "verify": verify,
+            "nuke": nuke,
+            "cases": show_cases,
+            "case": show_cases,
+            "pause": set_pause,
+            "resume": set_pause,
+        }[args.command](args)
     except UsageError as e:
         print(f"deploy.sh: {e}", file=sys.stderr)
         return 2

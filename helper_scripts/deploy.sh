@@ -7,8 +7,9 @@
 #   deploy.sh nuke   [--region R | --regions R1,R2] [--stack-name S] [--purge-artifacts] [--yes]
 #   deploy.sh test-instance | fire EVENT [INSTANCE_ID] | verify [INSTANCE_ID]   (the test path)
 #   deploy.sh cases [--open] | case ID_OR_INSTANCE                             (the case record)
+#   deploy.sh pause --reason TEXT | resume                                     (the pause switch)
 #
-# Only deploy, nuke, test-instance, fire, verify, cases and case talk to AWS, with the caller's
+# Only deploy, nuke, test-instance, fire, verify, cases, case, pause and resume talk to AWS, with the caller's
 # credentials (AWS_ENDPOINT_URL points them at an emulator).
 # local and invoke need no AWS at all.
 set -euo pipefail
@@ -19,7 +20,7 @@ usage() {
 Usage:
   deploy.sh local [EVENT] [--deployed] [--json] [--missing-instance] [--member-account]
                   [--severity-threshold N] [--parameter KEY=VALUE]... [--dry-run] [--exempt]
-                  [--repeat] [--release]
+                  [--paused] [--repeat] [--release]
       Run the real state machine and the real Rust functions against a local AWS emulator, on a
       simulated compromised instance (two interfaces, two volumes, in an Auto Scaling group,
       behind a target group and a Classic Load Balancer), and print what happened. EVENT
@@ -27,7 +28,8 @@ Usage:
       instance that does not exist, to show a failing step caught and reported. --member-account
       puts the instance in a member account, contained through the member role. --parameter
       sets a template parameter (RoleAction=revoke-sessions, ...); --dry-run is DryRun=true.
-      --exempt tags the instance with the exemption tag first. --repeat sends a second finding
+      --exempt tags the instance with the exemption tag first; --paused pauses the responder
+      first, as deploy.sh pause does. --repeat sends a second finding
       for the same instance afterwards; --release then runs the release workflow and compares
       the state with the state before containment. Exit status: 0 when every execution
       succeeded or the rule did not match, 3 when one ended Failed.
@@ -75,6 +77,12 @@ Usage:
       One case's timeline: its findings, each step (start, end, outcome, what it created), the
       exact previous state it recorded (what release restores), and every release attempt. An
       instance id shows its open case, else its latest.
+
+  deploy.sh pause --reason TEXT [--region R] [--stack-name S]
+  deploy.sh resume [--region R] [--stack-name S]
+      The pause switch (the stack's PauseParameterName): while paused, every finding is reported
+      and none contained automatically; the notification says since when, by whom (SSM's record)
+      and why (TEXT). The functions read the switch within seconds. resume contains again.
 
   deploy.sh help | --help | -h
       This text. A mistake in the call (an unknown subcommand or option, a missing or bad value,
@@ -216,7 +224,7 @@ cmd_local() {
     case "$1" in
       --deployed) deployed=true ;;
       --member-account) member=true; args+=("$1") ;;
-      --json | --missing-instance | --dry-run | --exempt | --repeat | --release) args+=("$1") ;;
+      --json | --missing-instance | --dry-run | --exempt | --paused | --repeat | --release) args+=("$1") ;;
       --severity-threshold) need_value "$@"; check_severity "$2"; args+=("$1" "$2"); shift ;;
       --parameter) need_value "$@"; check_parameter "$2"; args+=("$1" "$2"); shift ;;
       -h | --help) usage; exit 0 ;;
@@ -401,7 +409,10 @@ cmd_test_path() {
     verify) valued=" --region --stack-name --state-machine-arn --table " flags=" --json " most=1 ;;
     cases) valued=" --region --stack-name --table " flags=" --open --json " most=0 ;;
     case) valued=" --region --stack-name --table " flags=" --json " most=1 ;;
+    pause) valued=" --region --stack-name --reason " flags=" " most=0 ;;
+    resume) valued=" --region --stack-name " flags=" " most=0 ;;
   esac
+  local reason_given=false
   while [[ $# -gt 0 ]]; do
     case "$1" in
       -h | --help) usage; exit 0 ;;
@@ -413,6 +424,7 @@ cmd_test_path() {
             --region) check_region "$2" ;;
             --stack-name) check_stack_name "$2" ;;
             --table) [[ "$2" =~ ^[A-Za-z0-9_.-]{3,255}$ ]] || usage_error "--table takes a DynamoDB table name, got $2" ;;
+            --reason) [[ "$2" =~ [^[:space:]] ]] || usage_error "--reason takes a text for the team, got an empty one"; reason_given=true ;;
             --state-machine-arn)
               [[ "$2" =~ ^arn:[a-z-]+:states:[a-z0-9-]+:[0-9]{12}:stateMachine:[A-Za-z0-9_.-]+$ ]] ||
                 usage_error "--state-machine-arn takes a state machine ARN (arn:aws:states:REGION:ACCOUNT:stateMachine:NAME), got $2" ;;
@@ -430,6 +442,7 @@ cmd_test_path() {
     shift
   done
   [[ ${#positional[@]} -le $most ]] || usage_error "unexpected argument ${positional[$most]} for $COMMAND (see deploy.sh --help)"
+  [[ "$COMMAND" != pause ]] || $reason_given || usage_error "pause takes --reason TEXT (why, for the team), e.g. deploy.sh pause --reason \"scanner mistaken for an attacker\""
   local instance_id="" event=""
   if [[ "$COMMAND" == fire ]]; then
     [[ ${#positional[@]} -ge 1 ]] || usage_error "fire takes EVENT [INSTANCE_ID], e.g. deploy.sh fire events/credential-exfiltration.json"
@@ -463,10 +476,10 @@ shift
 case "$COMMAND" in
   local) cmd_local "$@" ;;
   invoke) cmd_invoke "$@" ;;
-  test-instance | fire | verify | cases | case) cmd_test_path "$@" ;;
+  test-instance | fire | verify | cases | case | pause | resume) cmd_test_path "$@" ;;
   deploy) cmd_deploy "$@" ;;
   nuke) cmd_nuke "$@" ;;
   -h | --help | help) usage ;;
   -*) usage_error "unknown option $COMMAND: the subcommand comes first (see deploy.sh --help)" ;;
-  *) usage_error "unknown subcommand $COMMAND: one of local, invoke, deploy, nuke, test-instance, fire, verify, cases, case (see deploy.sh --help)" ;;
+  *) usage_error "unknown subcommand $COMMAND: one of local, invoke, deploy, nuke, test-instance, fire, verify, cases, case, pause, resume (see deploy.sh --help)" ;;
 esac

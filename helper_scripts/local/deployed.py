@@ -278,14 +278,17 @@ def deployed_stack(release_dir: Path, log_dir: Path, parameters: dict[str, str] 
     ):
         built = build(release_dir, log_dir / "build")
         sam_deploy(built, control_plane, parameters or {}, log_dir / "sam-deploy.log")
-        cp = {s: boto3.client(s, endpoint_url=control_plane, **CREDENTIALS) for s in ("cloudformation", "sns", "sqs", "stepfunctions")}
+        cp = {
+            s: boto3.client(s, endpoint_url=control_plane, **CREDENTIALS) for s in ("cloudformation", "sns", "sqs", "stepfunctions", "ssm")
+        }
         dp = {s: boto3.client(s, endpoint_url=data_plane, **CREDENTIALS) for s in ("ec2", "iam", "autoscaling", "elbv2", "elb")}
         stack = cp["cloudformation"].describe_stacks(StackName=STACK_NAME)["Stacks"][0]
         outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
         st = types.SimpleNamespace(deployed=True, control_plane=control_plane, data_plane=data_plane, stack_outputs=outputs)
         st.resources = cp["cloudformation"].list_stack_resources(StackName=STACK_NAME)["StackResourceSummaries"]
         st.ec2, st.iam = dp["ec2"], dp["iam"]
-        st.sns, st.sqs, st.sfn = cp["sns"], cp["sqs"], cp["stepfunctions"]
+        st.sns, st.sqs, st.sfn, st.ssm = cp["sns"], cp["sqs"], cp["stepfunctions"], cp["ssm"]
+        st.pause_parameter = outputs["PauseParameterName"]
         st.case_table = boto3.resource("dynamodb", endpoint_url=control_plane, **CREDENTIALS).Table(outputs["CaseTableName"])
         st.topic = outputs["AlertTopicArn"]
         st.machine, st.release_machine = outputs["StateMachineArn"], outputs["ReleaseStateMachineArn"]

@@ -150,6 +150,9 @@ def render(report: dict) -> str:
         return "\n".join(out)
     if report.get("parameters"):
         w("Template parameters: " + ", ".join(f"{k}={v}" for k, v in sorted(report["parameters"].items())))
+    if report.get("paused"):
+        p = report["paused"]
+        w(f"Paused first, as deploy.sh pause does: {p['parameter']} = {p['value']} since {p['since']} (reason: {p['reason']})")
     if report.get("notify_fails"):
         w(f"The notify function publishes to {MISSING_TOPIC}, which does not exist: it fails, and the fallback runs.")
     ex = report["execution"]

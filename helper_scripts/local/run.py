@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aws_ops
 import cases
 
 from local import HarnessError
@@ -41,7 +42,8 @@ class Scenario:
     instance after the first ([`send_again`]); `release` then runs the release state machine and
     compares the emulator's state with the state before containment ([`release_and_compare`]);
     `notify_fails` points the notify function at a topic that does not exist (the fallback
-    path). `parameters` are the template's, as `sam deploy --parameter-overrides` takes them."""
+    path). `paused` pauses the responder first, as `deploy.sh pause` does ([`pause_responder`]).
+    `parameters` are the template's, as `sam deploy --parameter-overrides` takes them."""
 
     missing_instance: bool = False
     member_account: bool = False
@@ -49,6 +51,7 @@ class Scenario:
     repeat: bool = False
     release: bool = False
     notify_fails: bool = False
+    paused: bool = False
     parameters: dict[str, str] = field(default_factory=dict)
     severity_threshold: str | None = None
 
@@ -99,6 +102,8 @@ def run(
             report["accounts"] = {"responder": ACCOUNT, "instance": sim["account"]}
             if scenario.exempt:
                 exempt_instance(st, sim, overrides)
+            if scenario.paused:
+                report["paused"] = pause_responder(st)
             before = state_of(st, sim)
             others_before = [emulator_state(st.target_ec2, st.target_iam, s) for s in sims[1:]]
             matched = contain(st, pattern, event, report)
@@ -142,6 +147,12 @@ def exempt_instance(st, sim: dict, overrides: dict[str, str]) -> None:
     """Tags the instance with the exemption tag the functions are configured with."""
     key = function_settings(load_template(), overrides, ACCOUNT)["EXEMPTION_TAG_KEY"]
     st.target_ec2.create_tags(Resources=[sim["instance_id"]], Tags=[{"Key": key, "Value": "local run"}])
+
+
+def pause_responder(st) -> dict:
+    """Pauses the responder as `deploy.sh pause` does (aws_ops.pause), and reads the switch back."""
+    aws_ops.pause(st.ssm, st.pause_parameter, "local run: a scanner mistaken for an attacker")
+    return aws_ops.pause_state(st.ssm, st.pause_parameter)
 
 
 def contain(st, pattern: dict, event: dict, report: dict) -> bool:
@@ -271,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--dry-run", action="store_true", help="the same as --parameter DryRun=true")
     p.add_argument("--exempt", action="store_true", help="tag the instance with the exemption tag first")
+    p.add_argument("--paused", action="store_true", help="pause the responder first, as deploy.sh pause does")
     p.add_argument("--repeat", action="store_true", help="then send a second finding (another id) for the same instance")
     p.add_argument("--release", action="store_true", help="then run the release state machine and compare with the state before")
     p.add_argument(
@@ -330,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             missing_instance=args.missing_instance,
             member_account=args.member_account,
             exempt=args.exempt,
+            paused=args.paused,
             repeat=args.repeat,
             release=args.release,
             parameters=parameters,

@@ -55,6 +55,17 @@ def create_case_table(dynamodb, template: dict) -> str:
     return name
 
 
+def create_pause_switch(ssm, template: dict) -> str:
+    """The pause switch as the template declares it (value, pattern, description), under its
+    local name."""
+    props = template["Resources"]["PauseSwitch"]["Properties"]
+    name = LOCAL_NAMES["PauseSwitch"]
+    ssm.put_parameter(
+        Name=name, Type=props["Type"], Value=props["Value"], AllowedPattern=props["AllowedPattern"], Description=props["Description"]
+    )
+    return name
+
+
 def wait_for(sfn, execution_arn: str, timeout_s: float) -> dict:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -120,13 +131,14 @@ def local_stack(
         try:
             os.environ["AWS_ENDPOINT_URL_LAMBDA"] = service.endpoint
             st = types.SimpleNamespace(service=service, emulator=emulator)
-            st.ec2, st.iam, st.sns, st.sqs, st.sfn = (
-                boto3.client(s, region_name=REGION) for s in ("ec2", "iam", "sns", "sqs", "stepfunctions")
+            st.ec2, st.iam, st.sns, st.sqs, st.sfn, st.ssm = (
+                boto3.client(s, region_name=REGION) for s in ("ec2", "iam", "sns", "sqs", "stepfunctions", "ssm")
             )
             # The stack's resources, as the template creates them.
             st.case_table = boto3.resource("dynamodb", region_name=REGION).Table(
                 create_case_table(boto3.client("dynamodb", region_name=REGION), load_template())
             )
+            st.pause_parameter = create_pause_switch(st.ssm, load_template())
             st.topic = st.sns.create_topic(Name="ec2-quarantine-alerts")["TopicArn"]
             st.queue_url = st.sqs.create_queue(QueueName="security-team-inbox")["QueueUrl"]
             queue_arn = st.sqs.get_queue_attributes(QueueUrl=st.queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]

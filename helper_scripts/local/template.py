@@ -34,7 +34,7 @@ ACCOUNT = "123456789012"
 
 # The physical names the local stack gives the template's resources a function's environment
 # refers to (CloudFormation would generate them).
-LOCAL_NAMES = {"CaseTable": "ec2-quarantine-CaseTable-local"}
+LOCAL_NAMES = {"CaseTable": "ec2-quarantine-CaseTable-local", "PauseSwitch": "/ec2-quarantine-local/paused"}
 
 
 # Binary name -> the template's substitution for its ARN.

@@ -122,6 +122,8 @@ pub struct Ctx {
     org: OrgSettings,
     settings: Settings,
     cases: crate::case::Store,
+    /// The pause switch, in the responder's own account (none without `PAUSE_PARAMETER`).
+    pause: Option<crate::aws::pause::PauseSwitch>,
 }
 
 /// The clients a containment step uses, bound to the finding's account and region, and the
@@ -173,9 +175,18 @@ impl Ctx {
             .ok()
             .filter(|t| !t.trim().is_empty())
             .unwrap_or_else(|| crate::case::DEFAULT_TABLE.to_owned());
-        Ok(Ctx::new(config, OrgSettings::from_env()?)
+        let pause = match std::env::var("PAUSE_PARAMETER") {
+            Ok(name) if !name.trim().is_empty() => Some(crate::aws::pause::PauseSwitch::new(
+                aws_sdk_ssm::Client::new(&config),
+                &name,
+            )?),
+            _ => None,
+        };
+        let mut ctx = Ctx::new(config, OrgSettings::from_env()?)
             .with_settings(Settings::from_env()?)
-            .with_case_table(table.trim()))
+            .with_case_table(table.trim());
+        ctx.pause = pause;
+        Ok(ctx)
     }
 
     pub fn new(config: SdkConfig, org: OrgSettings) -> Ctx {
@@ -187,6 +198,22 @@ impl Ctx {
             org,
             settings: Settings::default(),
             cases,
+            pause: None,
+        }
+    }
+
+    /// The same context with a pause switch (tests give one on the emulator or mocked).
+    pub fn with_pause_switch(mut self, switch: crate::aws::pause::PauseSwitch) -> Ctx {
+        self.pause = Some(switch);
+        self
+    }
+
+    /// What the pause switch says now ([`crate::aws::pause`]); running when there is none. An
+    /// error only when SSM failed transiently and no recent value stands in (retryable).
+    pub async fn pause(&self) -> Result<crate::aws::pause::Pause, Error> {
+        match &self.pause {
+            Some(switch) => switch.read().await,
+            None => Ok(crate::aws::pause::Pause::Running),
         }
     }
 
@@ -225,6 +252,7 @@ impl Ctx {
         );
         Ctx {
             sts,
+            pause: self.pause.as_ref().map(|p| p.acting_as(app.clone())),
             cases: self.cases.acting_as(app),
             config,
             ..self.clone()

@@ -2,6 +2,7 @@
 
 pub mod context;
 pub mod instance;
+pub mod pause;
 pub mod profile;
 pub mod role_policy;
 pub mod tags;

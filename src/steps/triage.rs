@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use crate::aws::context::Ctx;
+use crate::aws::pause::Pause;
 use crate::aws::{instance, tags};
 use crate::case::Opened;
 use crate::domain::evidence::{self, Evidence, Side};
@@ -54,6 +55,10 @@ pub struct TriageReport {
     pub side: Option<Side>,
     #[serde(default)]
     pub evidence: Option<String>,
+    /// What the safety rails said about this finding, one line each (the pause switch: paused,
+    /// or why it did not apply); the notification shows them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rails: Vec<String>,
 }
 
 /// One instance of the plan: what the steps act on ([`PlannedTarget`]'s fields: `target` and
@@ -136,6 +141,7 @@ pub async fn triage(ctx: &Ctx, event: &FindingEvent) -> Result<TriageReport, Err
         auto_scaling_action: settings.auto_scaling_action,
         side: None,
         evidence: None,
+        rails: Vec::new(),
     };
     let named = match finding::targets(event)? {
         Resolution::Contain(named) => named,
@@ -163,8 +169,17 @@ pub async fn triage(ctx: &Ctx, event: &FindingEvent) -> Result<TriageReport, Err
         Some((Decision::NotifyOnly, reason))
     } else if let Some(reason) = host_reason(&settings.triage, &event.detail) {
         Some((Decision::NotifyOnly, reason))
+    } else if let Some(reason) = cap_reason(&settings.triage, named.instances_named) {
+        Some((Decision::NotifyOnly, reason))
     } else {
-        cap_reason(&settings.triage, named.instances_named).map(|r| (Decision::NotifyOnly, r))
+        // The pause switch: read only for a finding that would be contained.
+        let pause = ctx.pause().await?;
+        report.rails.extend(pause.line());
+        matches!(pause, Pause::Paused { .. }).then(|| {
+            let reason =
+                "the responder is paused: findings are reported, none is contained automatically";
+            (Decision::NotifyOnly, reason.to_owned())
+        })
     };
     if let Some((decision, reason)) = finding_wide {
         info!(%reason, ?decision, "not contained");

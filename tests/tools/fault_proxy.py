@@ -682,7 +682,12 @@ def handler(state: State):
             if state.authorization and entry["app"] and target and body:
                 try:
                     request = json.loads(body)
-                    entry["json"] = {"TableName": request.get("TableName"), "pk": ((request.get("Key") or {}).get("pk") or {}).get("S")}
+                    entry["json"] = {
+                        "TableName": request.get("TableName"),
+                        "pk": ((request.get("Key") or {}).get("pk") or {}).get("S"),
+                        # An SSM parameter's name (the pause switch).
+                        "Name": request.get("Name") if isinstance(request.get("Name"), str) else None,
+                    }
                 except (ValueError, AttributeError):
                     entry["json"] = {}
             if rule and rule["fault"] in FAULTS:

@@ -192,7 +192,11 @@ def stack(config: str, account: str, region: str, topic: str) -> tuple[dict, dic
     """(function -> its role's policy documents, the case table's resource policy), resolved."""
     template = translated(config)
     table_arn = f"arn:aws:dynamodb:{region}:{account}:table/{CASE_TABLE}"
-    refs = {"CaseTable": CASE_TABLE, "AlertTopic": f"arn:aws:sns:{region}:{account}:{topic}"}
+    refs = {
+        "CaseTable": CASE_TABLE,
+        "AlertTopic": f"arn:aws:sns:{region}:{account}:{topic}",
+        "PauseSwitch": f"/ec2-quarantine/{STACK}/paused",
+    }
     refs.update({f: f"{STACK}-{f}-TESTSUFFIX" for f in FUNCTION_OF_APP.values()})
     attrs = {("CaseTable", "Arn"): table_arn, ("AlertTopic", "TopicName"): topic}
     attrs.update({(f, "Arn"): f"arn:aws:lambda:{region}:{account}:function:{STACK}-{f}-TESTSUFFIX" for f in FUNCTION_OF_APP.values()})
@@ -478,6 +482,12 @@ def requests_for(call: dict, account: str) -> list[tuple[str, str, dict]]:
         if pk:
             ctx["dynamodb:LeadingKeys"] = [pk]
         return [(call["action"], f"arn:aws:dynamodb:{region}:{account}:table/{table}", ctx)]
+    if service == "ssm" and name in ("GetParameter", "GetParameterHistory"):
+        parameter = (call.get("json") or {}).get("Name")
+        if not parameter:
+            raise Underivable(f"{call['action']}: its parameter")
+        # A name starting with "/" gives arn:...:parameter/a/b; without, parameter/<name>.
+        return [(call["action"], f"arn:aws:ssm:{region}:{account}:parameter/{parameter.lstrip('/')}", base)]
     raise Underivable(f"{call['action']} with parameters {sorted(p)}")
 
 
@@ -792,6 +802,27 @@ def abuses(account: str = "111111111111", region: str = "us-east-1") -> list[tup
                 "aws:RequestTag/ec2-quarantine:volume-id": "vol-0forged",
                 "aws:ResourceTag/ec2-quarantine:instance-id": "i-0earlier",
             },
+        ),
+        # The pause switch: triage reads it, and nothing of the responder may turn it.
+        *[
+            (f"{who}: {what}", who, action, f"arn:aws:ssm:{r}:{a}:parameter{switch}", {})
+            for switch in (f"/ec2-quarantine/{STACK}/paused",)
+            for who in ("TriageFunction", "IsolateFunction", "member")
+            for what, action in (("pause the responder", "ssm:PutParameter"), ("delete the pause switch", "ssm:DeleteParameter"))
+        ],
+        (
+            "TriageFunction: read another parameter (a secret)",
+            "TriageFunction",
+            "ssm:GetParameter",
+            f"arn:aws:ssm:{r}:{a}:parameter/prod/db-password",
+            {},
+        ),
+        (
+            "TriageFunction: read another parameter's history",
+            "TriageFunction",
+            "ssm:GetParameterHistory",
+            f"arn:aws:ssm:{r}:{a}:parameter/prod/db-password",
+            {},
         ),
     ]
     return out

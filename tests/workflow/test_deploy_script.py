@@ -411,6 +411,14 @@ def test_local_deployed_builds_the_release_bootstraps_and_runs_the_deployed_path
     )
 
 
+@pytest.mark.parametrize("args", [["pause", "--reason", "scanner mistaken for an attacker", "--region=eu-west-1"], ["resume"]])
+def test_pause_and_resume_pass_their_arguments_on(project, args):
+    env = fake_tools(project)
+    r = deploy_sh(project, *args, env=env)
+    assert r.returncode == 0, r.stderr
+    assert calls(project) == [f"python {project}/helper_scripts/aws_ops.py " + " ".join(args)]
+
+
 @pytest.mark.parametrize("event", ["credential-exfiltration.json", "instance-backdoor.json"])
 def test_fire_passes_a_finding_that_names_an_instance_on(project, event):
     env = fake_tools(project)
@@ -470,6 +478,11 @@ BAD_OPTIONS = [
     (["case", "--open"], "unknown option --open for case"),
     (["case", "case-1"], "not a case id (i-...-YYYYMMDDTHHMMSSmmmZ) or an instance id: case-1"),
     (["case", "i-0123456789abcdef0-2026"], "not a case id"),
+    (["pause"], "pause takes --reason TEXT (why, for the team)"),
+    (["pause", "--reason", "  "], "--reason takes a text for the team, got an empty one"),
+    (["pause", "--reason"], "--reason needs a value"),
+    (["pause", "--reason", "x", "now"], "unexpected argument now for pause"),
+    (["resume", "--reason", "x"], "unknown option --reason for resume"),
 ]
 
 
@@ -485,7 +498,10 @@ def test_a_bad_option_is_named_on_one_line(project, args, says):
 @pytest.mark.parametrize(
     "args",
     [["--help"], ["-h"], ["help"]]
-    + [[sub, "--help"] for sub in ("local", "invoke", "deploy", "nuke", "test-instance", "fire", "verify", "cases", "case")],
+    + [
+        [sub, "--help"]
+        for sub in ("local", "invoke", "deploy", "nuke", "test-instance", "fire", "verify", "cases", "case", "pause", "resume")
+    ],
 )
 def test_help_prints_the_usage_and_succeeds(project, args):
     r = deploy_sh(project, *args)

@@ -12,13 +12,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from local import run as local_run
 from local.deployed import HOST_ARCHITECTURE, deployed_stack, finding_id_of, started_executions
-from local.stack import wait_for
-from local.template import ACCOUNT, load_template
+from local.stack import received_notification, wait_for
+from local.template import ACCOUNT, REGION, load_template
 from local.world import point_event_at
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,6 +47,7 @@ RESOURCES = {
     "ReleaseStateMachine": "AWS::StepFunctions::StateMachine",
     "ReleaseStateMachineRole": "AWS::IAM::Role",
     "CaseTable": "AWS::DynamoDB::Table",
+    "PauseSwitch": "AWS::SSM::Parameter",
     "AlertTopic": "AWS::SNS::Topic",
     "GuardDutyFindingRule": "AWS::Events::Rule",
     "GuardDutyFindingRuleRole": "AWS::IAM::Role",
@@ -81,7 +84,7 @@ PARAMETERS = {
     "MEMBER_ACCOUNTS_DENY": ("MemberAccountsDeny", "333333333333"),
 }
 # The settings no parameter gives: the stack's own resources and account.
-STACK_SETTINGS = ("CASE_TABLE", "RESPONDER_ACCOUNT_ID")
+STACK_SETTINGS = ("CASE_TABLE", "RESPONDER_ACCOUNT_ID", "PAUSE_PARAMETER")
 OVERRIDES = {parameter: value for parameter, value in PARAMETERS.values()} | {"AlertEmail": "soc@example.com"}
 
 
@@ -117,7 +120,38 @@ def configured(tmp_path_factory) -> dict:
             events[name] = {"answer": answer, "finding_id": event["detail"]["id"], "started": started}
             events[name]["ids"] = [finding_id_of(st.sfn, e) for e in started]
             events[name]["ended"] = [wait_for(st.sfn, e, 120)["status"] for e in started]
-        return {"facts": st.facts, "events": events, "before": None}
+        # The pause switch, set and cleared with deploy.sh as the on-call engineer does; the
+        # same finding (a new id each time) published while paused and after the resume.
+        rails = {}
+        for step, args in (("paused", ["pause", "--reason", "scanner mistaken for an attacker"]), ("resumed", ["resume"])):
+            done = deploy_sh(st.control_plane, log_dir, *args)
+            # A warm triage reuses its last read of the switch for 5 s (src/aws/pause.rs, CACHE_FOR).
+            time.sleep(5.5)
+            event = point_event_at(json.loads(CONTAINED_EVENT.read_text()), st.sim, st.sim["instance_id"])
+            event["detail"]["id"] = {"paused": "a1" * 16, "resumed": "b2" * 16}[step]
+            before = {e["executionArn"] for e in st.sfn.list_executions(stateMachineArn=machine)["executions"]}
+            received_notification(st)  # the inbox emptied of the earlier findings' messages
+            st.publish(event)
+            (execution,) = started_executions(st.sfn, machine, before, wait_s=3.0)
+            wait_for(st.sfn, execution, 120)
+            rails[step] = {"deploy_sh": done, "notification": received_notification(st)}
+        return {"facts": st.facts, "events": events, "rails": rails}
+
+
+def deploy_sh(control_plane: str, home: Path, *args: str) -> subprocess.CompletedProcess:
+    """deploy.sh as a user runs it, its AWS calls going to the control plane."""
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(home),
+        "AWS_ENDPOINT_URL": control_plane,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": REGION,
+        "AWS_CONFIG_FILE": "/dev/null",
+        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+    }
+    command = [str(ROOT / "helper_scripts" / "deploy.sh"), *args]
+    return subprocess.run(command, check=False, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
 
 
 def test_the_deployed_rule_starts_the_deployed_state_machine_which_contains_the_instance(deployed):
@@ -182,6 +216,7 @@ def test_each_parameter_reaches_the_functions_through_its_own_variable(deployed,
                 want = given.get(parameter, str(template["Parameters"][parameter].get("Default", "")))
                 assert env.get(variable) == want, (logical, variable, env.get(variable), want)
             assert (env["CASE_TABLE"], env["RESPONDER_ACCOUNT_ID"]) == (facts["outputs"]["CaseTableName"], ACCOUNT)
+            assert env["PAUSE_PARAMETER"] == facts["outputs"]["PauseParameterName"] == "/ec2-quarantine/ec2-quarantine/paused"
             # The one adaptation: the host's architecture (deployed.build says why).
             assert f["architectures"] == [HOST_ARCHITECTURE[os.uname().machine]]
             assert (f["runtime"], f["handler"]) == (globals_["Runtime"], globals_["Handler"])
@@ -215,6 +250,22 @@ def test_each_deployed_task_calls_the_function_its_substitution_names(deployed):
             elif state.get("Parameters", {}).get("TopicArn") == "${AlertTopicArn}":
                 assert got[name]["Parameters"]["TopicArn"] == facts["outputs"]["AlertTopicArn"], (logical, name)
         assert tasks == {"ContainmentStateMachine": 6, "ReleaseStateMachine": 2}[logical]
+
+
+def test_deploy_sh_pauses_and_resumes_the_deployed_responder(configured):
+    paused, resumed = configured["rails"]["paused"], configured["rails"]["resumed"]
+    assert paused["deploy_sh"].returncode == 0, paused["deploy_sh"].stderr
+    assert "is PAUSED since " in paused["deploy_sh"].stdout, paused["deploy_sh"].stdout
+    note = paused["notification"]
+    assert note["attributes"]["verdict"] == "notify_only", note
+    assert "the responder is paused" in note["message"]
+    assert "Safety rail: paused since " in note["message"] and "(reason given: scanner mistaken for an attacker)" in note["message"]
+    assert resumed["deploy_sh"].returncode == 0, resumed["deploy_sh"].stderr
+    assert "is running" in resumed["deploy_sh"].stdout
+    # Resumed: contained again (a dry run on this stack), and nothing about the switch.
+    note = resumed["notification"]
+    assert note["attributes"]["verdict"] == "dry_run", note
+    assert "Safety rail" not in note["message"]
 
 
 def test_the_deployed_rule_filters_what_the_template_filters_and_passes_the_rest(configured):

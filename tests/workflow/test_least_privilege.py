@@ -90,6 +90,9 @@ ACTIONS: dict[str, set[str]] = {
     "dynamodb:PutItem": CASE_USERS,
     "dynamodb:UpdateItem": CASE_USERS,
     "dynamodb:Query": CASE_USERS,
+    # The pause switch, in the responder's own account: triage reads it and its record.
+    "ssm:GetParameter": {"TriageFunction"},
+    "ssm:GetParameterHistory": {"TriageFunction"},
     "dynamodb:DeleteItem": {"ReleaseFunction"},
 }
 
@@ -100,7 +103,7 @@ IMPLIED = {("ReleaseFunction", "ec2:ReplaceIamInstanceProfileAssociation"): "iam
 # Which source files (under src/; a folder is every file in it) run in which function: each
 # step's module, plus the shared ones it uses.
 MODULES = {
-    "TriageFunction": ["steps/triage.rs", "aws/instance.rs", "aws/context.rs", "case.rs"],
+    "TriageFunction": ["steps/triage.rs", "aws/instance.rs", "aws/context.rs", "aws/pause.rs", "case.rs"],
     "IsolateFunction": ["steps/isolate.rs", "aws/instance.rs", "aws/context.rs", "aws/tags.rs", "case.rs"],
     "DeregisterFunction": ["steps/deregister.rs", "aws/instance.rs", "aws/context.rs", "case.rs"],
     "SnapshotFunction": ["steps/snapshot.rs", "aws/instance.rs", "aws/context.rs", "case.rs"],
@@ -265,8 +268,9 @@ def test_the_member_role_allows_the_union_of_the_containment_functions():
     member = yaml.load((ROOT / "helper_scripts" / "member-account-role.yaml").read_text(), Loader=CfnLoader)
     policy = member["Resources"]["MemberRole"]["Properties"]["Policies"][0]["PolicyDocument"]
     allowed_there = {a for st in policy["Statement"] if st["Effect"] == "Allow" for a in as_list(st["Action"])}
-    # The case table stays in the responder's account: the member role has no DynamoDB action.
-    containment = {a for a, fs in ACTIONS.items() if fs - {"NotifyFunction"} and not a.startswith("dynamodb:")}
+    # The case table and the pause switch stay in the responder's account: the member role has
+    # no DynamoDB or SSM action.
+    containment = {a for a, fs in ACTIONS.items() if fs - {"NotifyFunction"} and not a.startswith(("dynamodb:", "ssm:"))}
     assert allowed_there == containment - {"sts:AssumeRole"}
     denied_there = {a for st in policy["Statement"] if st["Effect"] == "Deny" for a in as_list(st["Action"])}
     assert {"iam:PutRolePolicy", "iam:AttachRolePolicy"} <= denied_there, "the member role cannot change itself"

@@ -281,6 +281,19 @@ def test_an_exempt_instance_is_only_reported():
     assert "ec2-quarantine-exempt" in report["notification"]["message"]
 
 
+def test_a_paused_responder_reports_the_finding_and_changes_nothing():
+    report = run("instance-backdoor.json", paused=True)
+    assert report["paused"]["paused"] is True and report["paused"]["reason"] == "local run: a scanner mistaken for an attacker"
+    assert report["execution"]["status"] == "SUCCEEDED", report["execution"]
+    assert state(report, "Triage")["output"]["triage"]["decision"] == "notify_only"
+    assert report["emulator"]["before"] == report["emulator"]["after"]
+    assert report["case_list"] == [], "no case while paused"
+    n = report["notification"]
+    assert n["attributes"]["verdict"] == "notify_only"
+    assert "the responder is paused" in n["message"]
+    assert "Safety rail: paused since " in n["message"] and "(reason given: local run: a scanner mistaken for an attacker)" in n["message"]
+
+
 def test_a_dry_run_reports_every_step_and_changes_nothing():
     report = run("instance-backdoor.json", parameters={"DryRun": "true"})
     assert report["execution"]["status"] == "SUCCEEDED", report["execution"]

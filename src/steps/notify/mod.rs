@@ -659,6 +659,7 @@ fn write_group(
             let _ = writeln!(body, "\n{lead}: {}.", t.reason);
             let _ = writeln!(body, "Nothing was changed on any instance.");
         }
+        text::write_rails(body, t);
         if !t.passed_over.is_empty() {
             let _ = writeln!(body, "\nNamed by the finding but not contained:");
             for line in &t.passed_over {
@@ -978,6 +979,41 @@ mod tests {
             );
         }
         assert!(!m.body.contains("[NOT RUN]"), "{}", m.body);
+    }
+
+    /// A paused responder: the finding's notification says so, and shows the rail's line, for a
+    /// group as for a single instance.
+    #[test]
+    fn a_paused_responder_says_so_with_the_rails_line() {
+        let rail = "paused since 2027-01-15T08:00:03Z by arn:aws:iam::123456789012:user/oncall (reason given: scanner): no finding is contained, whether the rule or a person starts the workflow; resume with helper_scripts/deploy.sh resume";
+        let reason =
+            "the responder is paused: findings are reported, none is contained automatically";
+        let plan = [
+            ("i-00000000000000001", "notify_only"),
+            ("i-00000000000000002", "notify_only"),
+        ];
+        let mut group = group_triage(&plan, "notify_only", reason);
+        group["rails"] = json!([rail]);
+        let mut single = group_triage(&plan[..1], "notify_only", reason);
+        single["rails"] = json!([rail]);
+        single["instance_id"] = json!("i-00000000000000001");
+        for triage in [group, single] {
+            let m = render(&input(
+                json!({"event": sequence_event(), "triage": triage, "instances": []}),
+            ));
+            assert_eq!(m.verdict, Verdict::NotifyOnly);
+            assert!(
+                m.body
+                    .contains(&format!("Not contained, by policy: {reason}.")),
+                "{}",
+                m.body
+            );
+            assert!(
+                m.body.contains(&format!("Safety rail: {rail}.")),
+                "{}",
+                m.body
+            );
+        }
     }
 
     #[test]

@@ -288,11 +288,19 @@ pub(super) fn write_triage(
                     }
                 }
             }
+            write_rails(body, t);
         }
         Some(other) => {
             let _ = writeln!(body, "\nActions");
             write_status::<TriageReport>(body, "Triage", Some(other));
         }
+    }
+}
+
+/// What the safety rails said about the finding (the pause switch), one line each.
+pub(super) fn write_rails(body: &mut String, t: &TriageReport) {
+    for line in &t.rails {
+        let _ = writeln!(body, "Safety rail: {line}.");
     }
 }
 
