@@ -14,6 +14,7 @@
 //! | `case#<case id>`                        | `previous#<what>[#<resource>]`| the exact state a step changed ([`Previous`]) |
 //! | `case#<case id>`                        | `release#<time>`              | one release attempt and what it restored |
 //! | `role#<account>#<role name>`            | `hold#<instance id>`          | a contained instance holding its role contained |
+//! | `rate#<account>`                        | `slot#<n>`                    | one of the rate cap's slots: when a containment took it, and which |
 //!
 //! Every write is conditional where two executions could meet: the case is opened once per
 //! instance (a second finding joins it), a previous state is recorded by the first step that
@@ -321,6 +322,22 @@ fn role_key(account_id: &str, role_name: &str) -> String {
     format!("role#{account_id}#{role_name}")
 }
 
+fn rate_key(account_id: &str) -> String {
+    format!("rate#{account_id}")
+}
+
+/// The rolling window of the rate cap.
+pub const RATE_WINDOW_SECS: i64 = 3600;
+
+/// What a containment got from the rate cap ([`Store::claim_containment`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateSlot {
+    /// One of the account's slots for the rolling hour, now this containment's.
+    Claimed(usize),
+    /// Every slot was taken within the hour; the oldest frees at this time (RFC 3339).
+    Full { frees_at: Option<String> },
+}
+
 /// A token no other execution holds: the time and a random key from the standard library's
 /// hasher seeds.
 pub fn new_claim() -> String {
@@ -435,6 +452,105 @@ impl Store {
             .try_collect()
             .await
             .map_err(|e| Error::from_sdk("dynamodb:Query", e))
+    }
+
+    /// Claims one of `cap` slots of `account_id`'s automatic containments in the rolling hour,
+    /// for `instance_id` (`finding_id` recorded on the slot too).
+    ///
+    /// A slot is an item (`rate#<account>`, `slot#<n>`) holding the time a containment took
+    /// it and the instance; it is free when missing or taken more than an hour ago. Each claim
+    /// is a conditional write (the slot still free), so two executions can never take one slot,
+    /// and the cap is never overshot however many findings arrive at once; slots taken within
+    /// the hour count whatever their number, so a cap lowered since is not overshot either. An
+    /// instance that took a slot within the hour gets it again (a retried triage takes no
+    /// second one). The slots are read first (one query), and the free ones tried from an
+    /// offset of the instance's, so that concurrent claims spread.
+    pub async fn claim_containment(
+        &self,
+        account_id: &str,
+        cap: usize,
+        instance_id: &str,
+        finding_id: &str,
+    ) -> Result<RateSlot, Error> {
+        let now = aws_smithy_types::DateTime::from(std::time::SystemTime::now()).secs();
+        let window_start = now - RATE_WINDOW_SECS;
+        // Two rounds: the slots others took while this one tried are read again before the
+        // answer is "full" (and when the next one frees is told from that read).
+        let mut taken = HashMap::new();
+        for _ in 0..2 {
+            taken = self.rate_slots(account_id).await?;
+            let in_window = |at: &i64| *at > window_start;
+            if let Some((slot, _)) = taken
+                .iter()
+                .find(|(_, (at, holder))| in_window(at) && holder == instance_id)
+            {
+                return Ok(RateSlot::Claimed(*slot));
+            }
+            if taken.values().filter(|(at, _)| in_window(at)).count() >= cap {
+                break;
+            }
+            let mut free: Vec<usize> = (0..cap)
+                .filter(|k| taken.get(k).is_none_or(|(at, _)| !in_window(at)))
+                .collect();
+            if free.is_empty() {
+                break;
+            }
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            h.write(instance_id.as_bytes());
+            let offset = (h.finish() as usize) % free.len();
+            free.rotate_left(offset);
+            for slot in free {
+                let put = self
+                    .db
+                    .put_item()
+                    .table_name(&self.table)
+                    .item("pk", s(rate_key(account_id)))
+                    .item("sk", s(format!("slot#{slot:04}")))
+                    .item("taken_at", AttributeValue::N(now.to_string()))
+                    .item("instance", s(instance_id))
+                    .item("finding", s(finding_id))
+                    .condition_expression("attribute_not_exists(pk) OR taken_at <= :window_start")
+                    .expression_attribute_values(
+                        ":window_start",
+                        AttributeValue::N(window_start.to_string()),
+                    )
+                    .send()
+                    .await
+                    .map_err(|e| Error::from_sdk("dynamodb:PutItem", e));
+                match put {
+                    Ok(_) => return Ok(RateSlot::Claimed(slot)),
+                    // Another execution took it first: the next free one.
+                    Err(err) if err.aws_code() == Some(CONDITION_FAILED) => continue,
+                    Err(err) => return Err(err),
+                }
+            }
+        }
+        let frees_at = taken
+            .values()
+            .map(|(at, _)| *at)
+            .filter(|at| *at > window_start)
+            .min()
+            .and_then(|at| {
+                aws_smithy_types::DateTime::from_secs(at + RATE_WINDOW_SECS)
+                    .fmt(aws_smithy_types::date_time::Format::DateTime)
+                    .ok()
+            });
+        Ok(RateSlot::Full { frees_at })
+    }
+
+    /// The rate cap's slots of `account_id`: slot number -> when it was taken (epoch seconds)
+    /// and by which instance.
+    async fn rate_slots(&self, account_id: &str) -> Result<HashMap<usize, (i64, String)>, Error> {
+        Ok(self
+            .query(rate_key(account_id), "slot#")
+            .await?
+            .iter()
+            .filter_map(|item| {
+                let slot = text(item, "sk")?.strip_prefix("slot#")?.parse().ok()?;
+                let at = item.get("taken_at")?.as_n().ok()?.parse().ok()?;
+                Some((slot, (at, text(item, "instance").unwrap_or_default())))
+            })
+            .collect())
     }
 
     /// The instance's open case, if it has one (read only: triage in a dry run).

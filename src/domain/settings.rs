@@ -62,6 +62,10 @@ pub struct TriagePolicy {
     /// The blast-radius cap (`MAX_INSTANCES_PER_FINDING`): a finding naming more instances than
     /// this contains none of them, and the team is told why.
     pub max_instances: usize,
+    /// The rate cap (`MAX_CONTAINMENTS_PER_HOUR`): at most this many automatic containments per
+    /// account in any rolling hour; further findings are reported, not contained. `None`: no cap
+    /// (the tests' default policy; the template always sets one).
+    pub max_containments_per_hour: Option<usize>,
 }
 
 /// The default blast-radius cap. GuardDuty lists at most 25 compromised instances per shared
@@ -72,6 +76,16 @@ pub struct TriagePolicy {
 pub const DEFAULT_MAX_INSTANCES: usize = 10;
 
 pub const DEFAULT_EXEMPTION_TAG: &str = "ec2-quarantine-exempt";
+
+/// The default rate cap: 20 automatic containments per account per rolling hour. Two findings
+/// naming as many instances as the blast-radius cap allows (10 each) are contained in full; a
+/// noisy detector or a scanner mistaken for an attacker, which produce a finding per instance
+/// they touch, isolate at most 20 instances before a person looks. Real compromises seen by
+/// GuardDuty name a few instances; raise it (up to 1,000) for fleets where more is expected.
+pub const DEFAULT_MAX_CONTAINMENTS_PER_HOUR: usize = 20;
+
+/// The highest rate cap the template takes.
+pub const MAX_CONTAINMENTS_PER_HOUR_LIMIT: usize = 1000;
 
 impl Default for TriagePolicy {
     /// Every type the rule passes, any severity, ACTOR instances only, the default exemption tag.
@@ -84,6 +98,7 @@ impl Default for TriagePolicy {
             exemption_tag: DEFAULT_EXEMPTION_TAG.to_owned(),
             contain_container_hosts: false,
             max_instances: DEFAULT_MAX_INSTANCES,
+            max_containments_per_hour: None,
         }
     }
 }
@@ -176,6 +191,18 @@ impl Settings {
                     ))
                 })?,
         };
+        let max_containments_per_hour = match var("MAX_CONTAINMENTS_PER_HOUR") {
+            None => DEFAULT_MAX_CONTAINMENTS_PER_HOUR,
+            Some(s) => s
+                .parse::<usize>()
+                .ok()
+                .filter(|v| (1..=MAX_CONTAINMENTS_PER_HOUR_LIMIT).contains(v))
+                .ok_or_else(|| {
+                    Error::Misconfigured(format!(
+                        "MAX_CONTAINMENTS_PER_HOUR {s:?} is not a whole number from 1 to {MAX_CONTAINMENTS_PER_HOUR_LIMIT}"
+                    ))
+                })?,
+        };
         Ok(Settings {
             dry_run: boolean("DRY_RUN")?,
             role_action,
@@ -190,6 +217,7 @@ impl Settings {
                     .unwrap_or_else(|| DEFAULT_EXEMPTION_TAG.to_owned()),
                 contain_container_hosts: boolean("CONTAIN_CONTAINER_HOSTS")?,
                 max_instances,
+                max_containments_per_hour: Some(max_containments_per_hour),
             },
         })
     }
@@ -235,8 +263,14 @@ mod tests {
             ("EXEMPTION_TAG_KEY", "do-not-quarantine"),
             ("MAX_INSTANCES_PER_FINDING", "25"),
             ("CONTAIN_CONTAINER_HOSTS", "true"),
+            ("MAX_CONTAINMENTS_PER_HOUR", "150"),
         ])
         .unwrap();
+        assert_eq!(s.triage.max_containments_per_hour, Some(150));
+        assert_eq!(
+            read(&[]).unwrap().triage.max_containments_per_hour,
+            Some(DEFAULT_MAX_CONTAINMENTS_PER_HOUR)
+        );
         assert!(s.triage.contain_container_hosts);
         assert!(!read(&[]).unwrap().triage.contain_container_hosts);
         assert_eq!(s.triage.max_instances, 25);
@@ -284,6 +318,9 @@ mod tests {
             ("CONTAIN_CONTAINER_HOSTS", "yes"),
             ("MAX_INSTANCES_PER_FINDING", "101"),
             ("MAX_INSTANCES_PER_FINDING", "ten"),
+            ("MAX_CONTAINMENTS_PER_HOUR", "0"),
+            ("MAX_CONTAINMENTS_PER_HOUR", "1001"),
+            ("MAX_CONTAINMENTS_PER_HOUR", "-3"),
         ] {
             let err = read(&[(name, value)]).unwrap_err();
             assert!(err.to_string().contains(name), "{name}={value}: {err}");

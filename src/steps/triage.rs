@@ -8,7 +8,7 @@ use tracing::info;
 use crate::aws::context::Ctx;
 use crate::aws::pause::Pause;
 use crate::aws::{instance, tags};
-use crate::case::Opened;
+use crate::case::{Opened, RateSlot};
 use crate::domain::evidence::{self, Evidence, Side};
 use crate::domain::finding::{self, FindingEvent, NamedTarget, PlannedTarget, Resolution, Target};
 use crate::domain::settings::{AutoScalingAction, RoleAction, TriagePolicy};
@@ -79,6 +79,9 @@ pub struct TargetPlan {
     /// joins it: nothing is done twice), and when that case was opened.
     pub already_contained_by: Option<String>,
     pub contained_at: Option<String>,
+    /// The safety rail that applied to this instance, in one line (the rate cap), if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rail: Option<String>,
 }
 
 impl TargetPlan {
@@ -91,6 +94,7 @@ impl TargetPlan {
             case: None,
             already_contained_by: None,
             contained_at: None,
+            rail: None,
         }
     }
 
@@ -214,6 +218,11 @@ pub async fn triage(ctx: &Ctx, event: &FindingEvent) -> Result<TriageReport, Err
     if let [one] = plans.as_slice() {
         report.reason = one.reason.clone();
     }
+    for line in plans.iter().filter_map(|p| p.rail.as_ref()) {
+        if !report.rails.contains(line) {
+            report.rails.push(line.clone());
+        }
+    }
     report.targets = plans;
     info!(decision = ?report.decision, instances = report.targets.len(), "triaged");
     Ok(report)
@@ -302,6 +311,38 @@ async fn triage_instance(
         }
         return Ok(out);
     }
+    // The rate cap: a containment not yet under way takes one of the account's slots for the
+    // rolling hour (a finding joining an open case takes none). A table that cannot be reached
+    // never holds containment back, here either.
+    if let Some(cap) = settings.triage.max_containments_per_hour {
+        let checked = tokio::time::timeout(CASE_OPEN_TIMEOUT, rate_capped(ctx, target, cap))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Transient {
+                    action: "dynamodb:PutItem",
+                    code: "Timeout".into(),
+                    message: "the case table did not answer in time".into(),
+                    source: "timeout".into(),
+                })
+            });
+        match checked {
+            Ok(None) => {}
+            Ok(Some(rail)) => {
+                let reason = "the rate cap is reached (see the safety rail): raise MaxContainmentsPerHour and send the finding again, or isolate the instance by hand".to_owned();
+                info!(%rail, "notify only");
+                let mut capped = plan(Decision::NotifyOnly, reason);
+                capped.rail = Some(rail);
+                return Ok(capped);
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "rate cap not checked: containing");
+                out.rail = Some(format!(
+                    "the rate cap could not be checked ({}): the instance was contained all the same",
+                    err.name()
+                ));
+            }
+        }
+    }
     // A case table that cannot be reached never holds containment back: the steps act and
     // each says that nothing was recorded.
     let opened = tokio::time::timeout(
@@ -352,6 +393,38 @@ async fn triage_instance(
     }
     info!(decision = ?out.decision, case = ?out.case, already_contained_by = ?out.already_contained_by, "triaged");
     Ok(out)
+}
+
+/// The rate cap's line when it stops this containment (none when a slot was taken, or the
+/// instance's case is already open).
+async fn rate_capped(ctx: &Ctx, target: &Target, cap: usize) -> Result<Option<String>, Error> {
+    let store = ctx.cases();
+    if store
+        .open_case(&target.scope, &target.instance_id)
+        .await?
+        .is_some()
+    {
+        return Ok(None);
+    }
+    match store
+        .claim_containment(
+            &target.scope.account_id,
+            cap,
+            &target.instance_id,
+            &target.finding_id,
+        )
+        .await?
+    {
+        RateSlot::Claimed(_) => Ok(None),
+        RateSlot::Full { frees_at } => Ok(Some(format!(
+            "rate cap reached: {cap} automatic containment{} in account {} within the last hour (MaxContainmentsPerHour){}",
+            if cap == 1 { "" } else { "s" },
+            target.scope.account_id,
+            frees_at
+                .map(|t| format!("; the next one may start after {t}"))
+                .unwrap_or_default()
+        ))),
+    }
 }
 
 /// How long triage waits for the case table before containing without a case.

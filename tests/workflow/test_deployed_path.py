@@ -78,6 +78,7 @@ PARAMETERS = {
     "CONTAIN_CONTAINER_HOSTS": ("ContainContainerHosts", "true"),
     "EXEMPTION_TAG_KEY": ("ExemptionTagKey", "ops-exempt"),
     "MAX_INSTANCES_PER_FINDING": ("MaxInstancesPerFinding", "7"),
+    "MAX_CONTAINMENTS_PER_HOUR": ("MaxContainmentsPerHour", "15"),
     "MEMBER_ROLE_NAME": ("MemberRoleName", "ops-member-role"),
     "MEMBER_ROLE_EXTERNAL_ID": ("MemberRoleExternalId", "ops-external-id"),
     "MEMBER_ACCOUNTS_ALLOW": ("MemberAccountsAllow", "111111111111,222222222222"),

@@ -294,6 +294,18 @@ def test_a_paused_responder_reports_the_finding_and_changes_nothing():
     assert "Safety rail: paused since " in n["message"] and "(reason given: local run: a scanner mistaken for an attacker)" in n["message"]
 
 
+def test_the_rate_cap_contains_as_many_instances_as_it_allows_and_reports_the_rest():
+    # The sample sequence names two instances: with a cap of one, one is contained.
+    report = run("attack-sequence-instance-group.json", parameters={"MaxContainmentsPerHour": "1"})
+    assert report["execution"]["status"] == "SUCCEEDED", report["execution"]
+    plan = state(report, "Triage")["output"]["triage"]["targets"]
+    assert sorted(p["decision"] for p in plan) == ["contain", "notify_only"], plan
+    assert len(report["case_list"]) == 1, "a case for the contained instance, none for the other"
+    n = report["notification"]
+    assert "Safety rail: rate cap reached: 1 automatic containment in account 123456789012" in n["message"], n["message"]
+    assert "the rate cap is reached" in n["message"]
+
+
 def test_a_dry_run_reports_every_step_and_changes_nothing():
     report = run("instance-backdoor.json", parameters={"DryRun": "true"})
     assert report["execution"]["status"] == "SUCCEEDED", report["execution"]
