@@ -56,7 +56,8 @@ pub struct TriageReport {
     #[serde(default)]
     pub evidence: Option<String>,
     /// What the safety rails said about this finding, one line each (the pause switch: paused,
-    /// or why it did not apply); the notification shows them.
+    /// or why it did not apply; the rate cap: reached, or not checked); the notification shows
+    /// them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rails: Vec<String>,
 }
