@@ -355,17 +355,21 @@ def render_verify(r: dict) -> str:
 # ---------------------------------------------------------------- cases
 
 
+def responder_output(session, stack: str, key: str, hint: str) -> str:
+    """One output of the responder stack; `hint` says how to name the stack (or do without it)."""
+    outputs = stack_outputs(session.client("cloudformation"), stack)
+    if outputs is None:
+        raise OpsError(f"no stack {stack} in {session.region_name}: {hint}")
+    value = outputs.get(key)
+    if not value:
+        raise OpsError(f"stack {stack} has no {key} output: deploy the current template first")
+    return value
+
+
 def case_table(session, stack: str, explicit: str | None):
     """The case table: the one named, or the responder stack's (its CaseTableName output)."""
-    if explicit:
-        name = explicit
-    else:
-        outputs = stack_outputs(session.client("cloudformation"), stack)
-        if outputs is None:
-            raise OpsError(f"no stack {stack} in {session.region_name}: pass --stack-name, or --table with the case table's name")
-        name = outputs.get("CaseTableName")
-        if not name:
-            raise OpsError(f"stack {stack} has no CaseTableName output: deploy the current template first")
+    hint = "pass --stack-name, or --table with the case table's name"
+    name = explicit or responder_output(session, stack, "CaseTableName", hint)
     return session.resource("dynamodb").Table(name)
 
 
@@ -394,13 +398,7 @@ NOT_PAUSED = "Not paused."
 
 def pause_switch(session, stack: str) -> str:
     """The pause switch's parameter name: the responder stack's PauseParameterName output."""
-    outputs = stack_outputs(session.client("cloudformation"), stack)
-    if outputs is None:
-        raise OpsError(f"no stack {stack} in {session.region_name}: pass --stack-name")
-    name = outputs.get("PauseParameterName")
-    if not name:
-        raise OpsError(f"stack {stack} has no PauseParameterName output: deploy the current template first")
-    return name
+    return responder_output(session, stack, "PauseParameterName", "pass --stack-name")
 
 
 def pause(ssm, name: str, reason: str) -> None:
