@@ -26,6 +26,19 @@ INVOKE_PREFIX = "/2015-03-31/functions/"
 DEFAULT_TIMEOUT_S = 60
 
 
+class _Server(ThreadingHTTPServer):
+    """A threaded server that takes a burst of connections at once, as Lambda's endpoints do.
+
+    Step Functions opens one connection per running branch of a Map; with the standard library's
+    listen backlog of 5, a burst of them overflowed it and the interpreter got "Connection was
+    closed before we received a valid response", a failure no Lambda endpoint gives for a burst
+    (it throttles with 429 instead, which this service never needs to).
+    """
+
+    daemon_threads = True
+    request_queue_size = 256
+
+
 @dataclass
 class Invocation:
     request_id: str
@@ -54,8 +67,7 @@ class Function:
         self.lock = threading.Lock()
         self.init_error: bytes | None = None
         self.invocations = 0
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _runtime_handler(self))
-        self.server.daemon_threads = True
+        self.server = _Server(("127.0.0.1", 0), _runtime_handler(self))
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         port = self.server.server_address[1]
         self.log = open(log_path, "wb")  # noqa: SIM115 (open for the processes' lifetime; stop() closes it)
@@ -194,8 +206,7 @@ class LambdaService:
         self.region = region
         self.account = account
         self.functions: dict[str, Function] = {}
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._invoke_handler())
-        self.server.daemon_threads = True
+        self.server = _Server(("127.0.0.1", 0), self._invoke_handler())
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
 

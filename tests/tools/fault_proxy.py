@@ -807,6 +807,13 @@ def summary(state: State) -> dict:
     }
 
 
+class _Server(ThreadingHTTPServer):
+    # A burst of functions connects at once: a listen backlog beyond the standard library's 5, so
+    # that the harness drops no connection (AWS's endpoints throttle a burst, they do not drop it).
+    daemon_threads = True
+    request_queue_size = 256
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="fault-injecting proxy in front of the AWS emulator")
     p.add_argument("--upstream", required=True)
@@ -821,8 +828,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     state = State(args.upstream, args.seed, args.ec2_token_buckets, strict=not args.lenient, authorization=args.authorization)
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), handler(state))
-    server.daemon_threads = True
+    server = _Server(("127.0.0.1", args.port), handler(state))
     print(server.server_address[1], flush=True)
     try:
         server.serve_forever()
