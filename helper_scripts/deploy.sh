@@ -20,7 +20,7 @@ usage() {
 Usage:
   deploy.sh local [EVENT] [--deployed] [--json] [--missing-instance] [--member-account]
                   [--severity-threshold N] [--parameter KEY=VALUE]... [--dry-run] [--exempt]
-                  [--paused] [--repeat] [--release]
+                  [--paused] [--security-hub] [--repeat] [--release]
       Run the real state machine and the real Rust functions against a local AWS emulator, on a
       simulated compromised instance (two interfaces, two volumes, in an Auto Scaling group,
       behind a target group and a Classic Load Balancer), and print what happened. EVENT
@@ -29,7 +29,8 @@ Usage:
       puts the instance in a member account, contained through the member role. --parameter
       sets a template parameter (RoleAction=revoke-sessions, ...); --dry-run is DryRun=true.
       --exempt tags the instance with the exemption tag first; --paused pauses the responder
-      first, as deploy.sh pause does. --repeat sends a second finding
+      first, as deploy.sh pause does; --security-hub enables Security Hub where the finding is and
+      puts the finding there first, as GuardDuty does. --repeat sends a second finding
       for the same instance afterwards; --release then runs the release workflow and compares
       the state with the state before containment. Exit status: 0 when every execution
       succeeded or the rule did not match, 3 when one ended Failed.
@@ -40,7 +41,7 @@ Usage:
       against the simulated instance (not with --member-account).
 
   deploy.sh invoke FUNCTION EVENT
-      Invoke one function (triage, isolate, deregister, snapshot, deny-role, notify, release)
+      Invoke one function (triage, isolate, deregister, snapshot, deny-role, notify, security-hub, release)
       with an event, on the local
       emulator and a simulated instance: `sam local invoke` without Docker. Prints the result.
 
@@ -224,7 +225,7 @@ cmd_local() {
     case "$1" in
       --deployed) deployed=true ;;
       --member-account) member=true; args+=("$1") ;;
-      --json | --missing-instance | --dry-run | --exempt | --paused | --repeat | --release) args+=("$1") ;;
+      --json | --missing-instance | --dry-run | --exempt | --paused | --security-hub | --repeat | --release) args+=("$1") ;;
       --severity-threshold) need_value "$@"; check_severity "$2"; args+=("$1" "$2"); shift ;;
       --parameter) need_value "$@"; check_parameter "$2"; args+=("$1" "$2"); shift ;;
       -h | --help) usage; exit 0 ;;
@@ -260,12 +261,12 @@ build_functions() {
   # The test build's binaries: the same feature set as the test suite, so nothing builds twice.
   (cd "$PROJECT_ROOT" && cargo test --locked --no-run --quiet >&2)
   local bin
-  for bin in isolate snapshot deny-role notify; do
+  for bin in isolate snapshot deny-role notify security-hub; do
     [[ -x "$CARGO_TARGET_DIR/debug/$bin" ]] || die "the build did not produce $bin"
   done
 }
 
-FUNCTIONS="triage, isolate, deregister, snapshot, deny-role, notify, release"
+FUNCTIONS="triage, isolate, deregister, snapshot, deny-role, notify, security-hub, release"
 
 cmd_invoke() {
   local positional=()

@@ -38,10 +38,13 @@ pub enum ErrorName {
     /// state machine retries it (the next attempt moves the interface on) and then reports it
     /// first.
     IsolationFailedOpen,
+    /// Security Hub does not hold the finding yet (GuardDuty sends it within minutes): the state
+    /// machine retries the Security Hub step later.
+    FindingNotInSecurityHub,
 }
 
 impl ErrorName {
-    pub const ALL: [ErrorName; 9] = [
+    pub const ALL: [ErrorName; 10] = [
         ErrorName::TransientAwsError,
         ErrorName::AccessDenied,
         ErrorName::AwsRequestFailed,
@@ -51,6 +54,7 @@ impl ErrorName {
         ErrorName::Misconfigured,
         ErrorName::MemberRoleUnavailable,
         ErrorName::IsolationFailedOpen,
+        ErrorName::FindingNotInSecurityHub,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -64,6 +68,7 @@ impl ErrorName {
             ErrorName::Misconfigured => "Misconfigured",
             ErrorName::MemberRoleUnavailable => "MemberRoleUnavailable",
             ErrorName::IsolationFailedOpen => "IsolationFailedOpen",
+            ErrorName::FindingNotInSecurityHub => "FindingNotInSecurityHub",
         }
     }
 
@@ -142,7 +147,17 @@ pub enum Error {
 
     #[error("cannot act in the member account: assuming {role_arn} failed: {reason}")]
     MemberRoleUnavailable { role_arn: String, reason: String },
+
+    #[error(
+        "Security Hub does not hold the finding {finding} yet (GuardDuty sends a new finding within minutes)"
+    )]
+    NotInSecurityHub { finding: String },
 }
+
+/// An AWS answer that is no SDK error: an item a batch call lists as not processed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Answer(String);
 
 fn render_failures(failed: &[(String, Error)]) -> String {
     failed
@@ -173,6 +188,29 @@ impl Error {
             Error::Misconfigured(_) => ErrorName::Misconfigured,
             Error::MemberRoleUnavailable { .. } => ErrorName::MemberRoleUnavailable,
             Error::FailedOpen { .. } => ErrorName::IsolationFailedOpen,
+            Error::NotInSecurityHub { .. } => ErrorName::FindingNotInSecurityHub,
+        }
+    }
+
+    /// An error an AWS API answered inside a successful response (an unprocessed item of a
+    /// batch call), transient or final.
+    pub fn answered(action: &'static str, code: &str, message: &str, transient: bool) -> Error {
+        let source: Source = Box::new(Answer(format!("{code}: {message}")));
+        let (code, message) = (code.to_owned(), message.to_owned());
+        if transient {
+            Error::Transient {
+                action,
+                code,
+                message,
+                source,
+            }
+        } else {
+            Error::Aws {
+                action,
+                code,
+                message,
+                source,
+            }
         }
     }
 
@@ -333,7 +371,8 @@ mod tests {
                 "ContainmentIncomplete",
                 "Misconfigured",
                 "MemberRoleUnavailable",
-                "IsolationFailedOpen"
+                "IsolationFailedOpen",
+                "FindingNotInSecurityHub"
             ]
         );
         let retryable: Vec<&str> = ErrorName::ALL

@@ -101,6 +101,7 @@ async fn the_users_test_stack_is_contained_and_the_team_is_told() {
     let sub = Subscriber::new(&f).await;
     let settings = NotifySettings {
         topic_arn: sub.topic_arn.clone(),
+        chat_topic_arn: None,
     };
 
     let input_json = contain(&f).await;
@@ -199,6 +200,7 @@ async fn a_failed_step_is_reported_as_failed_and_the_rest_as_done() {
     let input: NotifyInput = serde_json::from_value(input).unwrap();
     let settings = NotifySettings {
         topic_arn: sub.topic_arn.clone(),
+        chat_topic_arn: None,
     };
     let out = Notifier::new(&f.ctx, &settings)
         .notify(&input)

@@ -30,6 +30,7 @@ fn lambda_error(name: &str) -> bool {
 fn retried_beyond_transient(function: &str) -> BTreeSet<&'static str> {
     match function {
         "isolate" => BTreeSet::from([ErrorName::IsolationFailedOpen.as_str()]),
+        "security-hub" => BTreeSet::from([ErrorName::FindingNotInSecurityHub.as_str()]),
         _ => BTreeSet::new(),
     }
 }
@@ -37,7 +38,13 @@ fn retried_beyond_transient(function: &str) -> BTreeSet<&'static str> {
 /// The errors only one function returns; any other function's Retry or Catch naming one of them
 /// names an error that can never come.
 fn returned_only_by(name: &str) -> Option<&'static str> {
-    (name == ErrorName::IsolationFailedOpen.as_str()).then_some("isolate")
+    if name == ErrorName::IsolationFailedOpen.as_str() {
+        Some("isolate")
+    } else if name == ErrorName::FindingNotInSecurityHub.as_str() {
+        Some("security-hub")
+    } else {
+        None
+    }
 }
 
 /// A task state that invokes one of the tool's functions, with its Retry and Catch.
@@ -135,6 +142,7 @@ fn every_function_of_the_template_has_its_task() {
         "isolate",
         "notify",
         "release",
+        "security-hub",
         "snapshot",
         "triage",
     ];

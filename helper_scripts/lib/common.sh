@@ -68,7 +68,8 @@ start_emulator() {
   local port
   port="$(free_port)"
   MOTO_LOG="$TOOLS_DIR/moto-$port.log"
-  "$VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >"$MOTO_LOG" 2>&1 &
+  # moto's server with the harness's corrections (helper_scripts/local/moto_server.py).
+  "$VENV/bin/python" -m local.moto_server -H 127.0.0.1 -p "$port" >"$MOTO_LOG" 2>&1 &
   MOTO_PID=$!
   trap stop_emulator EXIT
   trap 'exit 130' INT

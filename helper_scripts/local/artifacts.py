@@ -30,6 +30,7 @@ ARTIFACTS = [
     ("snapshot", "SnapshotFunction", "instance-backdoor.json"),
     ("deny-role", "DenyRoleFunction", "credential-exfiltration.json"),
     ("notify", "NotifyFunction", "notify-input.json"),
+    ("security-hub", "SecurityHubFunction", "security-hub-input.json"),
     ("release", "ReleaseFunction", "release-request.json"),
 ]
 

@@ -57,7 +57,7 @@ CONTROL_PLANE_PYTHON = ROOT / ".tools" / "ministack" / "bin" / "python"
 # service-specific endpoint variables
 # (https://docs.aws.amazon.com/sdkref/latest/guide/feature-ss-endpoints.html): each one's
 # AWS_ENDPOINT_URL_<ID>. DynamoDB and SNS are not among them: the deployed stack's.
-DATA_PLANE_SERVICES = ("EC2", "IAM", "STS", "AUTO_SCALING", "ELASTIC_LOAD_BALANCING", "ELASTIC_LOAD_BALANCING_V2")
+DATA_PLANE_SERVICES = ("EC2", "IAM", "STS", "AUTO_SCALING", "ELASTIC_LOAD_BALANCING", "ELASTIC_LOAD_BALANCING_V2", "SECURITYHUB")
 
 
 # Where each architecture's bootstraps run: the template's arm64, adapted to the host's.
@@ -252,7 +252,8 @@ def deployed_stack(release_dir: Path, log_dir: Path, parameters: dict[str, str] 
     moto_port, control_port = free_port(), free_port()
     data_plane = f"http://127.0.0.1:{moto_port}"
     control_plane = f"http://127.0.0.1:{control_port}"
-    moto = [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(moto_port)]
+    # moto's server with the harness's corrections (local/moto_server.py).
+    moto = [sys.executable, "-m", "local.moto_server", "-H", "127.0.0.1", "-p", str(moto_port)]
     scratch = log_dir / "tmp"
     scratch.mkdir(exist_ok=True)
     cp_env = {
@@ -273,7 +274,13 @@ def deployed_stack(release_dir: Path, log_dir: Path, parameters: dict[str, str] 
     control = [str(CONTROL_PLANE_PYTHON), "-m", "local.control_plane"]
     with (
         _removed(scratch, log_dir / "build"),
-        started(moto, harness_env(log_dir), log_dir / "data-plane.log", data_plane + "/moto-api/", "the data plane (moto)"),
+        started(
+            moto,
+            {**harness_env(log_dir), "PYTHONPATH": str(ROOT / "helper_scripts")},
+            log_dir / "data-plane.log",
+            data_plane + "/moto-api/",
+            "the data plane (moto)",
+        ),
         started(control, cp_env, log_dir / "control-plane.log", control_plane + "/_ministack/health", "the control plane (MiniStack)"),
     ):
         built = build(release_dir, log_dir / "build")
@@ -287,6 +294,7 @@ def deployed_stack(release_dir: Path, log_dir: Path, parameters: dict[str, str] 
         st = types.SimpleNamespace(deployed=True, control_plane=control_plane, data_plane=data_plane, stack_outputs=outputs)
         st.resources = cp["cloudformation"].list_stack_resources(StackName=STACK_NAME)["StackResourceSummaries"]
         st.ec2, st.iam = dp["ec2"], dp["iam"]
+        st.securityhub = boto3.client("securityhub", endpoint_url=data_plane, **CREDENTIALS)
         st.sns, st.sqs, st.sfn, st.ssm = cp["sns"], cp["sqs"], cp["stepfunctions"], cp["ssm"]
         st.pause_parameter = outputs["PauseParameterName"]
         st.case_table = boto3.resource("dynamodb", endpoint_url=control_plane, **CREDENTIALS).Table(outputs["CaseTableName"])

@@ -170,6 +170,21 @@ def render(report: dict) -> str:
                 w(f"  {other['instance_id']} {eni}: {', '.join(other['before']['interface_groups'][eni])} -> {', '.join(groups)}")
     w("")
     _render_notification(w, report.get("notification"))
+    for card in report.get("chat") or []:
+        w("")
+        w("Chat notification (AWS Chatbot custom notification, on the chat topic):")
+        w(f"  {card['content']['title']}")
+        for line in card["content"]["description"].splitlines():
+            w(f"    {line}")
+        for step in card["content"].get("nextSteps") or []:
+            w(f"  next: {step}")
+    hub = report.get("security_hub")
+    if hub:
+        w("")
+        w("The finding in Security Hub (workflow status, note):")
+        for when in ("before", "after"):
+            seen = hub.get(when) or {}
+            w(f"  {when}: {seen.get('workflow_status')}, {(seen.get('note') or {}).get('Text') or 'no note'}")
     second = report.get("second_finding")
     if second:
         w("")

@@ -15,10 +15,10 @@ from pathlib import Path
 import aws_ops
 import cases
 
-from local import HarnessError
+from local import HarnessError, securityhub
 from local.deployed import deployed_stack, finding_id_of, started_executions
 from local.report import render, shown
-from local.stack import MEMBER_ACCOUNT, execute, follow, local_stack, received_notification
+from local.stack import MEMBER_ACCOUNT, execute, follow, local_stack, received_chat, received_notification
 from local.template import ACCOUNT, DEFAULT_EVENT, FUNCTIONS, ROOT, function_settings, load_template, rule_matches, rule_pattern
 from local.world import (
     MISSING_INSTANCE,
@@ -43,6 +43,9 @@ class Scenario:
     compares the emulator's state with the state before containment ([`release_and_compare`]);
     `notify_fails` points the notify function at a topic that does not exist (the fallback
     path). `paused` pauses the responder first, as `deploy.sh pause` does ([`pause_responder`]).
+    `security_hub` enables Security Hub in the instance's account and region and puts the finding
+    there as GuardDuty does ([`in_security_hub`]); the report then holds the finding's workflow
+    status and note before and after.
     `parameters` are the template's, as `sam deploy --parameter-overrides` takes them."""
 
     missing_instance: bool = False
@@ -52,6 +55,7 @@ class Scenario:
     release: bool = False
     notify_fails: bool = False
     paused: bool = False
+    security_hub: bool = False
     parameters: dict[str, str] = field(default_factory=dict)
     severity_threshold: str | None = None
 
@@ -104,9 +108,13 @@ def run(
                 exempt_instance(st, sim, overrides)
             if scenario.paused:
                 report["paused"] = pause_responder(st)
+            if scenario.security_hub:
+                report["security_hub"] = {"before": in_security_hub(st, event)}
             before = state_of(st, sim)
             others_before = [emulator_state(st.target_ec2, st.target_iam, s) for s in sims[1:]]
             matched = contain(st, pattern, event, report)
+            if scenario.security_hub:
+                report["security_hub"]["after"] = security_hub_state(st, event)
             report["emulator"] = {"before": before, "after": state_of(st, sim)}
             # Every instance the finding names, before and after (the first is the one above).
             report["instances"] = [{"instance_id": sim["instance_id"], **report["emulator"]}] + [
@@ -155,6 +163,29 @@ def pause_responder(st) -> dict:
     return aws_ops.pause_state(st.ssm, st.pause_parameter)
 
 
+def in_security_hub(st, event: dict) -> dict:
+    """Security Hub enabled where the finding is, holding it as GuardDuty sends it."""
+    st.securityhub.enable_security_hub(EnableDefaultStandards=False)
+    answer = st.securityhub.batch_import_findings(Findings=[securityhub.guardduty_finding(event)])
+    if answer.get("FailedCount"):
+        raise HarnessError(f"the finding was not imported into Security Hub: {answer}")
+    return security_hub_state(st, event)
+
+
+def security_hub_state(st, event: dict) -> dict:
+    """The finding's workflow status and note, as Security Hub holds them."""
+    product = f"arn:aws:securityhub:{event['detail']['region']}::product/aws/guardduty"
+    found = st.securityhub.get_findings(
+        Filters={
+            "Id": [{"Value": event["detail"]["arn"], "Comparison": "EQUALS"}],
+            "ProductArn": [{"Value": product, "Comparison": "EQUALS"}],
+        }
+    )["Findings"]
+    if len(found) != 1:
+        raise HarnessError(f"Security Hub holds {len(found)} findings for {event['detail']['arn']}")
+    return {"workflow_status": found[0].get("Workflow", {}).get("Status"), "note": found[0].get("Note")}
+
+
 def contain(st, pattern: dict, event: dict, report: dict) -> bool:
     """The finding through the rule and, when it matches, the containment state machine.
 
@@ -175,6 +206,8 @@ def contain(st, pattern: dict, event: dict, report: dict) -> bool:
     if matched:
         report["execution"], report["states"], report["notification"] = execute(st, st.machine, event)
         report["invocations"] = {name: fn.invocations for name, fn in st.service.functions.items()}
+        if getattr(st, "chat_queue_url", None):
+            report["chat"] = received_chat(st)
     return matched
 
 
@@ -283,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="the same as --parameter DryRun=true")
     p.add_argument("--exempt", action="store_true", help="tag the instance with the exemption tag first")
     p.add_argument("--paused", action="store_true", help="pause the responder first, as deploy.sh pause does")
+    p.add_argument("--security-hub", action="store_true", help="enable Security Hub where the finding is, and put the finding there first")
     p.add_argument("--repeat", action="store_true", help="then send a second finding (another id) for the same instance")
     p.add_argument("--release", action="store_true", help="then run the release state machine and compare with the state before")
     p.add_argument(
@@ -343,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
             member_account=args.member_account,
             exempt=args.exempt,
             paused=args.paused,
+            security_hub=args.security_hub,
             repeat=args.repeat,
             release=args.release,
             parameters=parameters,

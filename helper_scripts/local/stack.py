@@ -12,7 +12,7 @@ import time
 import types
 from pathlib import Path
 
-from local import HarnessError
+from local import HarnessError, securityhub
 from local.lambda_service import LambdaService, function_env
 from local.report import execution_outcome, states_from_history
 from local.template import (
@@ -123,6 +123,7 @@ def local_stack(
         }
     )
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    securityhub.patch()
     with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
         server.start()
@@ -131,8 +132,8 @@ def local_stack(
         try:
             os.environ["AWS_ENDPOINT_URL_LAMBDA"] = service.endpoint
             st = types.SimpleNamespace(service=service, emulator=emulator)
-            st.ec2, st.iam, st.sns, st.sqs, st.sfn, st.ssm = (
-                boto3.client(s, region_name=REGION) for s in ("ec2", "iam", "sns", "sqs", "stepfunctions", "ssm")
+            st.ec2, st.iam, st.sns, st.sqs, st.sfn, st.ssm, st.securityhub = (
+                boto3.client(s, region_name=REGION) for s in ("ec2", "iam", "sns", "sqs", "stepfunctions", "ssm", "securityhub")
             )
             # The stack's resources, as the template creates them.
             st.case_table = boto3.resource("dynamodb", region_name=REGION).Table(
@@ -146,7 +147,16 @@ def local_stack(
             settings = {
                 **function_settings(load_template(), parameters or {}, ACCOUNT),
                 "ALERT_TOPIC_ARN": MISSING_TOPIC if notify_fails else st.topic,
+                "CHAT_TOPIC_ARN": "",
             }
+            # The template's ChatTopic (condition HasChatTopic), with a queue standing in for the
+            # chat channel.
+            st.chat_queue_url = None
+            if (parameters or {}).get("ChatNotifications") == "Enabled":
+                settings["CHAT_TOPIC_ARN"] = st.sns.create_topic(Name="ec2-quarantine-chat")["TopicArn"]
+                st.chat_queue_url = st.sqs.create_queue(QueueName="security-team-chat")["QueueUrl"]
+                chat_queue = st.sqs.get_queue_attributes(QueueUrl=st.chat_queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+                st.sns.subscribe(TopicArn=settings["CHAT_TOPIC_ARN"], Protocol="sqs", Endpoint=chat_queue)
             if member_account:
                 settings.update({"MEMBER_ROLE_NAME": MEMBER_ROLE, "MEMBER_ROLE_EXTERNAL_ID": MEMBER_EXTERNAL_ID})
             env = function_env(functions_endpoint(emulator) if functions_endpoint else emulator, REGION, settings)
@@ -214,6 +224,20 @@ def member_clients(account: str):
     if status != "CREATE_COMPLETE":
         raise HarnessError(f"the member template did not deploy on the emulator: {status}")
     return session.client("ec2"), session.client("iam")
+
+
+def received_chat(st) -> list[dict]:
+    """The chat notifications received (each the custom notification's JSON), oldest first."""
+    out = []
+    while st.chat_queue_url:
+        messages = st.sqs.receive_message(QueueUrl=st.chat_queue_url, MaxNumberOfMessages=10).get("Messages", [])
+        if not messages:
+            break
+        out += [json.loads(json.loads(m["Body"])["Message"]) for m in messages]
+        st.sqs.delete_message_batch(
+            QueueUrl=st.chat_queue_url, Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)]
+        )
+    return out
 
 
 def received_notification(st) -> dict | None:

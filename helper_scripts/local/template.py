@@ -46,6 +46,7 @@ FUNCTIONS = {
     "snapshot": "SnapshotFunctionArn",
     "deny-role": "DenyRoleFunctionArn",
     "notify": "NotifyFunctionArn",
+    "security-hub": "SecurityHubFunctionArn",
 }
 
 

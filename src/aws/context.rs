@@ -283,13 +283,24 @@ impl Ctx {
     /// session named after what the clients act on (`on_behalf_of`: the finding, or the release),
     /// as the member account's CloudTrail shows it.
     pub async fn clients(&self, scope: &Scope, on_behalf_of: &str) -> Result<Clients, Error> {
+        let config = self.scoped_config(scope, on_behalf_of).await?;
+        Ok(Clients::new(&config, self.settings.clone()))
+    }
+
+    /// The SDK configuration for an account and region, as [`Ctx::clients`] uses it: for a
+    /// service the containment steps do not share.
+    pub async fn scoped_config(
+        &self,
+        scope: &Scope,
+        on_behalf_of: &str,
+    ) -> Result<SdkConfig, Error> {
         let mut config = self.config.to_builder();
         config.set_region(Some(Region::new(scope.region.clone())));
         if !self.org.is_own(&scope.account_id) {
             let credentials = self.assume_member_role(scope, on_behalf_of).await?;
             config.set_credentials_provider(Some(SharedCredentialsProvider::new(credentials)));
         }
-        Ok(Clients::new(&config.build(), self.settings.clone()))
+        Ok(config.build())
     }
 
     async fn assume_member_role(

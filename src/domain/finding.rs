@@ -101,6 +101,10 @@ pub const GUARDDUTY_DETAIL_TYPE: &str = "GuardDuty Finding";
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Finding {
+    /// `arn:<partition>:guardduty:<region>:<account>:detector/<detector>/finding/<id>`; read
+    /// only through [`hub_finding`], which checks it against the finding's own fields.
+    #[serde(default, deserialize_with = "shown_string")]
+    pub arn: Option<String>,
     pub id: Option<String>,
     pub account_id: Option<String>,
     pub region: Option<String>,
@@ -571,6 +575,57 @@ fn header(event: &FindingEvent) -> Result<Resolution<Header>, Error> {
             region: region.to_owned(),
             partition: partition.to_owned(),
         },
+    }))
+}
+
+/// A GuardDuty finding as Security Hub CSPM holds it: `Id` is the finding's ARN and
+/// `ProductArn` GuardDuty's product
+/// (https://docs.aws.amazon.com/guardduty/latest/ug/securityhub-integration.html).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubFinding {
+    pub scope: Scope,
+    pub finding_id: String,
+    pub id: String,
+    pub product_arn: String,
+}
+
+/// The Security Hub identifiers of a finding, built from its checked account, region, partition
+/// and id and the detector its ARN names; `Ok(Err(reason))` when the finding has no ARN of that
+/// exact shape, or is a sample or archived (nothing of it is updated then).
+pub fn hub_finding(event: &FindingEvent) -> Result<Result<HubFinding, String>, Error> {
+    let header = match header(event)? {
+        Resolution::Contain(header) => header,
+        Resolution::Skip(reason) => return Ok(Err(reason)),
+    };
+    let Scope {
+        account_id,
+        region,
+        partition,
+    } = &header.scope;
+    let prefix = format!("arn:{partition}:guardduty:{region}:{account_id}:detector/");
+    let suffix = format!("/finding/{}", header.finding_id);
+    let detector = event
+        .detail
+        .arn
+        .as_deref()
+        .and_then(|arn| arn.strip_prefix(&prefix))
+        .and_then(|rest| rest.strip_suffix(&suffix))
+        .filter(|d| {
+            !d.is_empty()
+                && d.len() <= 300
+                && d.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        });
+    let Some(detector) = detector else {
+        return Ok(Err(format!(
+            "the finding's ARN is not {prefix}<detector>{suffix}"
+        )));
+    };
+    Ok(Ok(HubFinding {
+        id: format!("{prefix}{detector}{suffix}"),
+        product_arn: format!("arn:{partition}:securityhub:{region}::product/aws/guardduty"),
+        finding_id: header.finding_id.clone(),
+        scope: header.scope,
     }))
 }
 

@@ -12,6 +12,7 @@ pub mod isolate;
 pub mod notify;
 pub mod release;
 pub mod role;
+pub mod security_hub;
 pub mod snapshot;
 pub mod triage;
 

@@ -414,6 +414,11 @@ impl Fixture {
         v["account"] = self.account.clone().into();
         let d = &mut v["detail"];
         d["accountId"] = self.account.clone().into();
+        // The finding's ARN names its account too, as GuardDuty writes it.
+        if let Some(arn) = d["arn"].as_str() {
+            let arn = arn.replace(":123456789012:", &format!(":{}:", self.account));
+            d["arn"] = arn.into();
+        }
         let r = &mut d["resource"];
         if let Some(k) = r.get_mut("accessKeyDetails").filter(|k| k.is_object()) {
             k["principalId"] = format!("AROAEXAMPLEROLEID1234:{}", self.instance_id).into();

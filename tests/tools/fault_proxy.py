@@ -646,8 +646,18 @@ def handler(state: State):
             m = CREDENTIAL.search(self.headers.get("Authorization", ""))
             access_key, service = (m.group(1), m.group(2)) if m else (None, "unknown")
             target = self.headers.get("X-Amz-Target")
+            hub_json = None
             if target:
                 name = target.split(".")[-1]
+            elif service == "securityhub":
+                # A REST-JSON API: the operation is the method and path (the service model's
+                # requestUri), the parameters a JSON body.
+                path = urllib.parse.urlparse(self.path).path.rstrip("/")
+                name = SECURITY_HUB_OPERATIONS.get((self.command, path), "unknown")
+                try:
+                    hub_json = json.loads(body) if body else {}
+                except ValueError:
+                    hub_json = {}
             else:
                 form = urllib.parse.parse_qs(body.decode(errors="replace")) if body else {}
                 query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
@@ -656,7 +666,7 @@ def handler(state: State):
             # Every form parameter, empty values kept (a tag's value may be empty).
             flat = (
                 {k: v[0] for k, v in urllib.parse.parse_qs(body.decode(errors="replace"), keep_blank_values=True).items()}
-                if body and not target
+                if body and not target and hub_json is None
                 else {}
             )
             rule = state.match(action, access_key, flat)
@@ -673,8 +683,11 @@ def handler(state: State):
             scope = SCOPE_REGION.search(self.headers.get("Authorization", ""))
             if scope:
                 entry["region"] = scope.group(1)
-            if not target and body:
+            if not target and body and hub_json is None:
                 entry["params"] = {k: v[0] for k, v in form.items() if len(v[0]) <= 200}
+            if state.authorization and entry["app"] and hub_json is not None:
+                # What BatchUpdateFindings' condition keys name: each field the request writes.
+                entry["json"] = {"asff": asff_paths(hub_json)} if name == "BatchUpdateFindings" else {}
             if state.authorization and entry["app"] and not target and not name.startswith(READS) and service in ("ec2", "iam"):
                 looked = time.monotonic()
                 entry["auth"] = authorization_state(state, service, name, flat, dict(self.headers.items()))
@@ -766,7 +779,7 @@ def handler(state: State):
             finally:
                 conn.close()
 
-        do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _handle
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _handle
 
     return Handler
 
@@ -805,6 +818,33 @@ def summary(state: State) -> dict:
         "strict": state.strict,
         "strict_refusals": refusals,
     }
+
+
+# Security Hub's operations the tool and its tests call: (method, path) -> name, from the service
+# model (botocore's securityhub/2018-10-26/service-2.json, each operation's http requestUri).
+SECURITY_HUB_OPERATIONS = {
+    ("POST", "/findings"): "GetFindings",
+    ("PATCH", "/findings/batchupdate"): "BatchUpdateFindings",
+    ("POST", "/findings/import"): "BatchImportFindings",
+    ("POST", "/accounts"): "EnableSecurityHub",
+    ("GET", "/accounts"): "DescribeHub",
+}
+
+
+def asff_paths(request: dict) -> dict:
+    """The ASFF syntax paths a BatchUpdateFindings request writes, with their values: what IAM puts
+    in `securityhub:ASFFSyntaxPath/<path>`
+    (https://docs.aws.amazon.com/securityhub/latest/userguide/finding-update-batchupdatefindings.html)."""
+    out = {}
+    for field, value in request.items():
+        if field == "FindingIdentifiers":
+            continue
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                out[f"{field}.{sub}"] = v
+        else:
+            out[field] = value
+    return out
 
 
 class _Server(ThreadingHTTPServer):

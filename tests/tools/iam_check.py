@@ -58,6 +58,7 @@ FUNCTION_OF_APP = {
     "deny-role": "DenyRoleFunction",
     "release": "ReleaseFunction",
     "notify": "NotifyFunction",
+    "security-hub": "SecurityHubFunction",
 }
 # AWSLambdaBasicExecutionRole, the managed policy SAM gives every function role (its content as
 # AWS publishes it: https://docs.aws.amazon.com/aws-managed-policy/latest/reference/AWSLambdaBasicExecutionRole.html).
@@ -216,7 +217,8 @@ def stack(config: str, account: str, region: str, topic: str) -> tuple[dict, dic
     policies = {}
     for function in FUNCTION_OF_APP.values():
         role = template["Resources"][f"{function}Role"]["Properties"]
-        documents = [resolver.resolve(p["PolicyDocument"]) for p in role.get("Policies", [])]
+        # A policy under a condition (Fn::If) is there or not by the configuration.
+        documents = [p["PolicyDocument"] for p in resolver.resolve(role.get("Policies", []))]
         for arn in role.get("ManagedPolicyArns", []):
             arn = resolver.resolve(arn)
             if arn not in MANAGED:
@@ -278,7 +280,7 @@ INSTANCE_ATTRIBUTES = {
 # The condition keys this recorder derives for a request, whether the request carries them or not.
 # A policy statement for an evaluated action that reads another key fails the check by its name.
 DERIVED = (
-    re.compile(r"aws:(ResourceTag|RequestTag)/.+|(ec2|iam):ResourceTag/.+|aws:PrincipalTag/.+"),
+    re.compile(r"aws:(ResourceTag|RequestTag)/.+|(ec2|iam):ResourceTag/.+|aws:PrincipalTag/.+|securityhub:(ASFF|OCSF)SyntaxPath/.+"),
     {
         "aws:TagKeys",
         "ec2:CreateAction",
@@ -488,6 +490,12 @@ def requests_for(call: dict, account: str) -> list[tuple[str, str, dict]]:
             raise Underivable(f"{call['action']}: its parameter")
         # A name starting with "/" gives arn:...:parameter/a/b; without, parameter/<name>.
         return [(call["action"], f"arn:aws:ssm:{region}:{account}:parameter/{parameter.lstrip('/')}", base)]
+    if service == "securityhub" and name in ("GetFindings", "BatchUpdateFindings"):
+        # The hub of the account and region; BatchUpdateFindings' keys name each field written.
+        ctx = dict(base)
+        for path, value in ((call.get("json") or {}).get("asff") or {}).items():
+            ctx[f"securityhub:ASFFSyntaxPath/{path}"] = value
+        return [(call["action"], f"arn:aws:securityhub:{region}:{account}:hub/default", ctx)]
     raise Underivable(f"{call['action']} with parameters {sorted(p)}")
 
 
@@ -810,6 +818,39 @@ def abuses(account: str = "111111111111", region: str = "us-east-1") -> list[tup
             for who in ("TriageFunction", "IsolateFunction", "member")
             for what, action in (("pause the responder", "ssm:PutParameter"), ("delete the pause switch", "ssm:DeleteParameter"))
         ],
+        # The finding in Security Hub: only the note and the status NOTIFIED.
+        *[
+            (f"{who}: {what}", who, "securityhub:BatchUpdateFindings", f"arn:aws:securityhub:{r}:{a}:hub/default", context)
+            for who in ("SecurityHubFunction", "member")
+            for what, context in (
+                ("suppress a finding", {"securityhub:ASFFSyntaxPath/Workflow.Status": "SUPPRESSED"}),
+                ("resolve a finding", {"securityhub:ASFFSyntaxPath/Workflow.Status": "RESOLVED"}),
+                ("lower a finding's severity", {"securityhub:ASFFSyntaxPath/Severity.Label": "INFORMATIONAL"}),
+                ("retype a finding", {"securityhub:ASFFSyntaxPath/Types": ["Software and Configuration Checks"]}),
+                ("mark a finding a false positive", {"securityhub:ASFFSyntaxPath/VerificationState": "FALSE_POSITIVE"}),
+                ("suppress a finding of the newer Security Hub (BatchUpdateFindingsV2)", {"securityhub:OCSFSyntaxPath/StatusId": "3"}),
+                # Residual (RESIDUAL below): IAM sees the values written, not the finding's.
+                ("reopen a resolved finding as NOTIFIED", {"securityhub:ASFFSyntaxPath/Workflow.Status": "NOTIFIED"}),
+                (
+                    "overwrite an analyst's note",
+                    {"securityhub:ASFFSyntaxPath/Note.Text": "nothing to see", "securityhub:ASFFSyntaxPath/Note.UpdatedBy": "x"},
+                ),
+            )
+        ],
+        (
+            "SecurityHubFunction: read another account's findings",
+            "SecurityHubFunction",
+            "securityhub:GetFindings",
+            f"arn:aws:securityhub:{r}:222222222222:hub/default",
+            {},
+        ),
+        (
+            "SecurityHubFunction: publish to the alert topic",
+            "SecurityHubFunction",
+            "sns:Publish",
+            f"arn:aws:sns:{r}:{a}:ec2-quarantine-alerts",
+            {},
+        ),
         (
             "TriageFunction: read another parameter (a secret)",
             "TriageFunction",
@@ -852,6 +893,14 @@ RESIDUAL = {
     "ReleaseFunction: put an inline policy on a customer's role",
     "ReleaseFunction: delete a customer's inline policy",
     "member: delete a customer's inline policy",
+    # BatchUpdateFindings' condition keys name the fields and values a request writes, never the
+    # finding's current status or note: that the status is set only while NEW and an analyst's
+    # note is kept is the code's check (src/steps/security_hub.rs), not IAM's.
+    *(
+        f"{who}: {what}"
+        for who in ("SecurityHubFunction", "member")
+        for what in ("reopen a resolved finding as NOTIFIED", "overwrite an analyst's note")
+    ),
 }
 
 

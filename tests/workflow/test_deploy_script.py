@@ -239,7 +239,7 @@ def fake_tools(project: Path) -> dict[str, str]:
     (control_plane / ".requirements.sha256").write_text(hashlib.sha256(requirements).hexdigest() + "\n")
     debug = project / "target" / "debug"
     debug.mkdir(parents=True)
-    for binary in ("isolate", "snapshot", "deny-role", "notify"):
+    for binary in ("isolate", "snapshot", "deny-role", "notify", "security-hub"):
         (debug / binary).write_text("#!/bin/sh\n")
         (debug / binary).chmod(0o755)
     return {"CARGO_TARGET_DIR": str(project / "target")}

@@ -39,9 +39,9 @@ FILTERED_EVENT = EVENTS / "low-severity-ssh-probe.json"
 # fails the test. AlertEmailSubscription only with AlertEmail set.
 RESOURCES = {
     **{f: "AWS::Lambda::Function" for f in ("TriageFunction", "IsolateFunction", "DeregisterFunction", "SnapshotFunction")},
-    **{f: "AWS::Lambda::Function" for f in ("DenyRoleFunction", "NotifyFunction", "ReleaseFunction")},
+    **{f: "AWS::Lambda::Function" for f in ("DenyRoleFunction", "NotifyFunction", "ReleaseFunction", "SecurityHubFunction")},
     **{f"{f}Role": "AWS::IAM::Role" for f in ("TriageFunction", "IsolateFunction", "DeregisterFunction", "SnapshotFunction")},
-    **{f"{f}Role": "AWS::IAM::Role" for f in ("DenyRoleFunction", "NotifyFunction", "ReleaseFunction")},
+    **{f"{f}Role": "AWS::IAM::Role" for f in ("DenyRoleFunction", "NotifyFunction", "ReleaseFunction", "SecurityHubFunction")},
     "ContainmentStateMachine": "AWS::StepFunctions::StateMachine",
     "ContainmentStateMachineRole": "AWS::IAM::Role",
     "ReleaseStateMachine": "AWS::StepFunctions::StateMachine",
@@ -86,7 +86,12 @@ PARAMETERS = {
 }
 # The settings no parameter gives: the stack's own resources and account.
 STACK_SETTINGS = ("CASE_TABLE", "RESPONDER_ACCOUNT_ID", "PAUSE_PARAMETER")
-OVERRIDES = {parameter: value for parameter, value in PARAMETERS.values()} | {"AlertEmail": "soc@example.com"}
+# The parameters of one function's own settings (and the resources they add), set too.
+OVERRIDES = {parameter: value for parameter, value in PARAMETERS.values()} | {
+    "AlertEmail": "soc@example.com",
+    "ChatNotifications": "Enabled",
+    "SecurityHubUpdates": "Disabled",
+}
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +198,8 @@ def test_the_deployed_path_ends_as_the_local_run_does(deployed, local):
 
 
 def test_every_resource_the_template_declares_is_deployed(deployed, configured):
-    for facts, extra in ((deployed["deployed"], {}), (configured["facts"], {"AlertEmailSubscription": "AWS::SNS::Subscription"})):
+    configured_extra = {"AlertEmailSubscription": "AWS::SNS::Subscription", "ChatTopic": "AWS::SNS::Topic"}
+    for facts, extra in ((deployed["deployed"], {}), (configured["facts"], configured_extra)):
         got = {logical: r["type"] for logical, r in facts["resources"].items()}
         assert got == RESOURCES | extra
         assert {r["status"] for r in facts["resources"].values()} == {"CREATE_COMPLETE"}
@@ -222,7 +228,13 @@ def test_each_parameter_reaches_the_functions_through_its_own_variable(deployed,
             assert f["architectures"] == [HOST_ARCHITECTURE[os.uname().machine]]
             assert (f["runtime"], f["handler"]) == (globals_["Runtime"], globals_["Handler"])
             assert (f["memory_mb"], f["timeout_s"]) == (globals_["MemorySize"], globals_["Timeout"])
-        assert facts["functions"]["NotifyFunction"]["environment"]["ALERT_TOPIC_ARN"] == facts["outputs"]["AlertTopicArn"]
+        notify_env = facts["functions"]["NotifyFunction"]["environment"]
+        assert notify_env["ALERT_TOPIC_ARN"] == facts["outputs"]["AlertTopicArn"]
+        # The chat topic only where ChatNotifications=Enabled; Security Hub updates unless disabled.
+        assert notify_env["CHAT_TOPIC_ARN"] == facts["outputs"].get("ChatTopicArn", "")
+        assert bool(notify_env["CHAT_TOPIC_ARN"]) == (given.get("ChatNotifications") == "Enabled")
+        hub_env = facts["functions"]["SecurityHubFunction"]["environment"]
+        assert hub_env["SECURITY_HUB_UPDATES"] == given.get("SecurityHubUpdates", "Enabled")
 
 
 def test_the_rule_targets_the_containment_state_machine_with_its_role_retries_and_dead_letter_queue(deployed):
@@ -250,7 +262,7 @@ def test_each_deployed_task_calls_the_function_its_substitution_names(deployed):
                 assert got[name]["Resource"] == arns[f"{m.group(1)}Function"], (logical, name)
             elif state.get("Parameters", {}).get("TopicArn") == "${AlertTopicArn}":
                 assert got[name]["Parameters"]["TopicArn"] == facts["outputs"]["AlertTopicArn"], (logical, name)
-        assert tasks == {"ContainmentStateMachine": 6, "ReleaseStateMachine": 2}[logical]
+        assert tasks == {"ContainmentStateMachine": 7, "ReleaseStateMachine": 2}[logical]
 
 
 def test_deploy_sh_pauses_and_resumes_the_deployed_responder(configured):

@@ -82,8 +82,12 @@ ACTIONS: dict[str, set[str]] = {
         "SnapshotFunction",
         "DenyRoleFunction",
         "ReleaseFunction",
+        "SecurityHubFunction",
     },
     "sns:Publish": {"NotifyFunction"},
+    # The finding in Security Hub CSPM, in the finding's account: read, and note.
+    "securityhub:GetFindings": {"SecurityHubFunction"},
+    "securityhub:BatchUpdateFindings": {"SecurityHubFunction"},
     # The case table, in the responder's own account (src/case.rs serves every containment
     # function and release; release alone deletes an item, a role hold).
     "dynamodb:GetItem": CASE_USERS,
@@ -110,6 +114,7 @@ MODULES = {
     "DenyRoleFunction": ["steps/role.rs", "aws/role_policy.rs", "aws/instance.rs", "aws/context.rs", "aws/profile.rs", "case.rs"],
     "ReleaseFunction": ["steps/release.rs", "aws/role_policy.rs", "aws/instance.rs", "aws/context.rs", "aws/profile.rs", "case.rs"],
     "NotifyFunction": ["steps/notify"],
+    "SecurityHubFunction": ["steps/security_hub.rs", "aws/context.rs"],
 }
 
 # Writes that IAM can scope: each must name resources (and the IAM ones a policy or condition).
@@ -132,6 +137,7 @@ WRITES = {
     "ec2:AssociateIamInstanceProfile",
     "sts:AssumeRole",
     "sns:Publish",
+    "securityhub:BatchUpdateFindings",
     "ec2:DeleteTags",
     "iam:DetachRolePolicy",
     "iam:DeleteRolePolicy",
@@ -180,6 +186,8 @@ def code_actions(function: str) -> set[str]:
 def statements(policies: list) -> list[dict]:
     out = []
     for p in policies:
+        if isinstance(p, dict) and "Fn::If" in p:
+            p = p["Fn::If"][1]  # the policy when the condition holds
         if isinstance(p, dict) and "Statement" in p:
             for st in p["Statement"]:
                 if isinstance(st, dict) and "Fn::If" in st:
@@ -187,7 +195,8 @@ def statements(policies: list) -> list[dict]:
                 if isinstance(st, dict) and st.get("Effect"):
                     out.append(st)
         elif isinstance(p, dict) and "SNSPublishMessagePolicy" in p:
-            out.append({"Effect": "Allow", "Action": ["sns:Publish"], "Resource": {"Ref": "AlertTopic"}})
+            topic = p["SNSPublishMessagePolicy"]["TopicName"]["Fn::GetAtt"][0]
+            out.append({"Effect": "Allow", "Action": ["sns:Publish"], "Resource": {"Ref": topic}})
         else:
             raise AssertionError(f"a policy this test cannot read: {p}")
     return out
@@ -254,6 +263,11 @@ def test_no_wildcard_actions_and_writes_are_scoped(function):
                 assert st["Condition"]["StringEquals"]["ec2:CreateAction"] == "CreateSecurityGroup", "groups are tagged at creation only"
             if action == "ec2:ModifyInstanceAttribute":
                 assert "ec2:Attribute" in str(st["Condition"]), f"{function}: only the attributes the tool changes"
+            if action == "securityhub:BatchUpdateFindings":
+                # The note and the status NOTIFIED only: no other field of the finding.
+                assert st["Condition"]["StringEqualsIfExists"] == {"securityhub:ASFFSyntaxPath/Workflow.Status": "NOTIFIED"}
+                assert {"securityhub:ASFFSyntaxPath/Severity.Label", "securityhub:ASFFSyntaxPath/Types"} <= set(st["Condition"]["Null"])
+                assert set(st["Condition"]["Null"].values()) == {"true"}
             if action.startswith("dynamodb:"):
                 assert resources == [{"Fn::GetAtt": ["CaseTable", "Arn"]}], f"{function}: {action} on the case table only"
             if action == "dynamodb:DeleteItem":

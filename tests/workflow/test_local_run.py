@@ -44,7 +44,7 @@ EXPECTED = {
     "attack-sequence-above-cap.json": {"matched": True, "status": "SUCCEEDED", "verdict": "notify_only"},
 }
 # Inputs of one function, not finding events.
-FUNCTION_INPUTS = {"notify-input.json": "notify", "release-request.json": "release"}
+FUNCTION_INPUTS = {"notify-input.json": "notify", "release-request.json": "release", "security-hub-input.json": "security-hub"}
 
 
 def run(name: str, **kwargs) -> dict:
@@ -155,7 +155,7 @@ def test_an_attack_sequence_over_the_cap_contains_nothing_and_says_why():
     assert len(report["instances"]) == 12
     for i in report["instances"]:
         assert i["before"] == i["after"], i["instance_id"]
-    assert {k for k, v in report["invocations"].items() if v} == {"triage", "notify"}
+    assert {k for k, v in report["invocations"].items() if v} == {"triage", "notify", "security-hub"}
     assert report["case_list"] == []
     n = report["notification"]
     assert n["attributes"]["verdict"] == "notify_only"
@@ -196,7 +196,7 @@ def test_a_finding_that_names_no_instance_is_notified_as_skipped():
     assert report["execution"]["status"] == "SUCCEEDED"
     names = [s["name"] for s in report["states"]]
     assert "NotContained" in names and "Isolate" not in names
-    assert {k for k, v in report["invocations"].items() if v} == {"triage", "notify"}, "no containment step ran"
+    assert {k for k, v in report["invocations"].items() if v} == {"triage", "notify", "security-hub"}, "no containment step ran"
     n = report["notification"]
     assert n["attributes"]["verdict"] == "skipped"
     assert 'resource type "EKSCluster" names no EC2 instance' in n["message"]
@@ -226,6 +226,14 @@ def test_notify_alone_with_its_sample_input():
     assert result["result"]["verdict"] == "partial"
     assert result["notification"]["attributes"]["verdict"] == "partial"
     assert "[FAILED] IAM role containment: AccessDenied" in result["notification"]["message"]
+
+
+def test_security_hub_alone_with_its_sample_input():
+    # The emulator's account has not enabled Security Hub: the step says so and changes nothing.
+    result = local_run.invoke("security-hub", EVENTS / "security-hub-input.json", BIN_DIR)
+    assert result["function_error"] is None, result
+    assert result["result"]["status"] == "skipped"
+    assert "Security Hub is not enabled in account 123456789012 region us-east-1" in result["result"]["reason"], result
 
 
 def test_a_function_error_reaches_the_caller_as_a_lambda_function_error():
@@ -304,6 +312,64 @@ def test_the_rate_cap_contains_as_many_instances_as_it_allows_and_reports_the_re
     n = report["notification"]
     assert "Safety rail: rate cap reached: 1 automatic containment in account 123456789012" in n["message"], n["message"]
     assert "the rate cap is reached" in n["message"]
+
+
+def test_the_chat_topic_gets_the_report_as_a_chatbot_custom_notification():
+    report = run("attack-sequence-instance-group.json", parameters={"ChatNotifications": "Enabled"})
+    assert report["execution"]["status"] == "SUCCEEDED", report["execution"]
+    [card] = report["chat"]
+    # The custom notification schema: https://docs.aws.amazon.com/chatbot/latest/adminguide/custom-notifs.html
+    assert card["version"] == "1.0" and card["source"] == "custom"
+    content, metadata = card["content"], card["metadata"]
+    assert content["textType"] == "client-markdown"
+    assert content["title"].startswith("CONTAINED: GuardDuty Critical 9.0 AttackSequence:EC2/")
+    cases = sorted(c["case_id"] for c in report["case_list"])
+    for i in report["instances"]:
+        assert f"`{i['instance_id']}`: CONTAINED, case `" in content["description"]
+    assert any(c in content["description"] for c in cases)
+    assert len(content["description"]) <= 3000
+    assert metadata["threadId"] == state(report, "Triage")["output"]["triage"]["targets"][0]["target"]["finding_id"]
+    assert metadata["summary"] == report["notification"]["subject"]
+    assert sorted(metadata["relatedResources"]) == sorted(i["instance_id"] for i in report["instances"])
+    assert metadata["additionalContext"]["account"] == ACCOUNT
+    assert any(step.startswith("Read the case: `helper_scripts/deploy.sh case i-") for step in content["nextSteps"])
+    # The alert topic still has the whole text report, and nothing else.
+    assert report["notification"]["count"] == 1 and not report["notification"]["message"].startswith("{")
+
+
+def test_without_a_chat_topic_nothing_else_is_published():
+    report = run("instance-backdoor.json")
+    assert "chat" not in report
+    assert "chat" not in report["execution"]["output"]["notification"]
+
+
+def test_where_security_hub_holds_the_finding_it_gets_the_verdict_and_the_case():
+    report = run("instance-backdoor.json", security_hub=True)
+    assert report["execution"]["status"] == "SUCCEEDED", report["execution"]
+    hub = report["security_hub"]
+    assert hub["before"] == {"workflow_status": "NEW", "note": None}
+    [case] = report["case_list"]
+    assert hub["after"]["workflow_status"] == "NOTIFIED"
+    assert hub["after"]["note"]["UpdatedBy"] == "ec2-quarantine"
+    assert hub["after"]["note"]["Text"].startswith(f"ec2-quarantine: CONTAINED. Case {case['case_id']} ")
+    output = state(report, "SecurityHub")["output"]["security_hub"]
+    assert output["status"] == "done" and output["workflow_status"] == "NOTIFIED", output
+
+
+def test_without_security_hub_the_step_is_skipped_and_the_verdict_stands():
+    report = run("instance-backdoor.json")
+    assert report["execution"]["status"] == "SUCCEEDED", report["execution"]
+    output = state(report, "SecurityHub")["output"]["security_hub"]
+    assert output["status"] == "skipped"
+    assert output["reason"].startswith("Security Hub is not enabled in account 123456789012 region us-east-1"), output
+
+
+def test_a_finding_not_contained_by_policy_gets_the_note_and_stays_new():
+    report = run("port-probe-target.json", security_hub=True)
+    assert report["execution"]["status"] == "SUCCEEDED", report["execution"]
+    after = report["security_hub"]["after"]
+    assert after["workflow_status"] == "NEW", "left for an analyst to triage"
+    assert after["note"]["Text"].startswith("ec2-quarantine: NOT CONTAINED BY POLICY.")
 
 
 def test_a_dry_run_reports_every_step_and_changes_nothing():

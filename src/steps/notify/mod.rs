@@ -18,6 +18,7 @@ use crate::steps::role::RoleReport;
 use crate::steps::snapshot::SnapshotReport;
 use crate::steps::triage::{Decision, TargetPlan, TriageReport};
 
+pub mod chat;
 mod release;
 mod text;
 
@@ -29,24 +30,55 @@ use text::{
 /// SNS rejects subjects of 100 characters or more.
 pub const MAX_SUBJECT_CHARS: usize = 99;
 
+/// The longest the chat form's publish may take (the function's timeout is 30 s).
+const CHAT_PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Settings of the notify function, read once at init.
 #[derive(Debug, Clone)]
 pub struct NotifySettings {
     pub topic_arn: String,
+    /// The topic of the chat form (AWS Chatbot's custom notifications), when the stack has one.
+    pub chat_topic_arn: Option<String>,
 }
 
 impl NotifySettings {
     pub const TOPIC_ARN_VAR: &'static str = "ALERT_TOPIC_ARN";
+    pub const CHAT_TOPIC_ARN_VAR: &'static str = "CHAT_TOPIC_ARN";
 
     pub fn from_env() -> Result<NotifySettings, Error> {
         let topic_arn = std::env::var(Self::TOPIC_ARN_VAR).unwrap_or_default();
-        if !topic_arn.starts_with("arn:") || topic_arn.split(':').count() != 6 {
+        let chat_topic_arn = std::env::var(Self::CHAT_TOPIC_ARN_VAR).unwrap_or_default();
+        Self::from_values(topic_arn, chat_topic_arn)
+    }
+
+    fn from_values(topic_arn: String, chat_topic_arn: String) -> Result<NotifySettings, Error> {
+        let is_topic = |arn: &str| {
+            let parts: Vec<&str> = arn.split(':').collect();
+            parts.len() == 6 && parts[0] == "arn" && parts[2] == "sns" && !parts[5].is_empty()
+        };
+        if !is_topic(&topic_arn) {
             return Err(Error::Misconfigured(format!(
                 "{} must be the ARN of the SNS topic to notify, got {topic_arn:?}",
                 Self::TOPIC_ARN_VAR
             )));
         }
-        Ok(NotifySettings { topic_arn })
+        // A bad chat topic turns the chat form off, never the report: the function must start.
+        let chat_topic_arn = match chat_topic_arn.trim() {
+            "" => None,
+            arn if is_topic(arn) => Some(arn.to_owned()),
+            other => {
+                tracing::warn!(
+                    value = %finding::clip(other),
+                    "{} is not an SNS topic ARN: no chat notifications",
+                    Self::CHAT_TOPIC_ARN_VAR
+                );
+                None
+            }
+        };
+        Ok(NotifySettings {
+            topic_arn,
+            chat_topic_arn,
+        })
     }
 }
 
@@ -172,7 +204,7 @@ impl Verdict {
         matches!(self, Verdict::Partial | Verdict::Failed | Verdict::Invalid)
     }
 
-    fn headline(self) -> &'static str {
+    pub fn headline(self) -> &'static str {
         match self {
             Verdict::Contained => "CONTAINED",
             Verdict::Partial => "PARTIALLY CONTAINED",
@@ -193,6 +225,18 @@ pub struct NotifyOutput {
     pub failed: bool,
     pub subject: String,
     pub message_id: String,
+    /// The chat form's delivery, when the stack has a chat topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat: Option<Delivery>,
+}
+
+/// How a second form of the report fared. Its failure does not fail the step: the report
+/// reached the alert topic already, and a retry would send it twice.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    Sent { message_id: String },
+    Failed { error: String },
 }
 
 /// The message, rendered before it is sent (and testable without SNS).
@@ -202,6 +246,8 @@ pub struct Message {
     pub subject: String,
     pub body: String,
     pub attributes: Vec<(&'static str, &'static str, String)>,
+    /// The chat form of the same report (sent when the stack has a chat topic).
+    pub chat: chat::Card,
 }
 
 /// The notify function's client for its topic, made once at init.
@@ -209,19 +255,60 @@ pub struct Message {
 pub struct Notifier {
     sns: aws_sdk_sns::Client,
     topic_arn: String,
+    chat: Option<(aws_sdk_sns::Client, String)>,
 }
 
 impl Notifier {
     pub fn new(ctx: &Ctx, settings: &NotifySettings) -> Notifier {
+        let ctx = ctx.acting_as("notify");
         Notifier {
-            sns: ctx.acting_as("notify").sns_for_topic(&settings.topic_arn),
+            sns: ctx.sns_for_topic(&settings.topic_arn),
             topic_arn: settings.topic_arn.clone(),
+            chat: settings
+                .chat_topic_arn
+                .as_ref()
+                .map(|arn| (ctx.sns_for_topic(arn), arn.clone())),
         }
     }
 
-    /// Publishes the message for `input`.
+    /// Publishes the message for `input`, then its chat form when there is a chat topic.
     pub async fn notify(&self, input: &NotifyInput) -> Result<NotifyOutput, Error> {
-        notify(&self.sns, &self.topic_arn, input).await
+        let message = render(input);
+        let mut out = notify(&self.sns, &self.topic_arn, &message).await?;
+        if let Some((sns, topic_arn)) = &self.chat {
+            out.chat = Some(publish_chat(sns, topic_arn, &message).await);
+        }
+        Ok(out)
+    }
+}
+
+/// The chat form, after the report went out: a failure is reported in the output and the log.
+#[tracing::instrument(skip_all)]
+async fn publish_chat(sns: &aws_sdk_sns::Client, topic_arn: &str, message: &Message) -> Delivery {
+    let publish = sns
+        .publish()
+        .topic_arn(topic_arn)
+        .message(message.chat.to_json(&message.subject))
+        .send();
+    // Bounded well inside the function's timeout: a hung chat publish must not time the function
+    // out after the report went out (the state machine's retry would send the report twice).
+    let Ok(sent) = tokio::time::timeout(CHAT_PUBLISH_TIMEOUT, publish).await else {
+        tracing::warn!("chat notification not sent within {CHAT_PUBLISH_TIMEOUT:?}");
+        return Delivery::Failed {
+            error: format!("sns:Publish took longer than {CHAT_PUBLISH_TIMEOUT:?}"),
+        };
+    };
+    match sent {
+        Ok(out) => {
+            let message_id = out.message_id().unwrap_or_default().to_owned();
+            info!(%message_id, "chat notification sent");
+            Delivery::Sent { message_id }
+        }
+        Err(e) => {
+            let error = Error::from_sdk("sns:Publish", e).to_string();
+            tracing::warn!(%error, "chat notification not sent (the report went to the alert topic)");
+            Delivery::Failed { error }
+        }
     }
 }
 
@@ -229,9 +316,8 @@ impl Notifier {
 async fn notify(
     sns: &aws_sdk_sns::Client,
     topic_arn: &str,
-    input: &NotifyInput,
+    message: &Message,
 ) -> Result<NotifyOutput, Error> {
-    let message = render(input);
     let mut request = sns
         .publish()
         .topic_arn(topic_arn)
@@ -256,8 +342,9 @@ async fn notify(
     Ok(NotifyOutput {
         verdict: message.verdict,
         failed: message.verdict.is_failure(),
-        subject: message.subject,
+        subject: message.subject.clone(),
         message_id,
+        chat: None,
     })
 }
 
@@ -500,6 +587,7 @@ pub fn render(input: &NotifyInput) -> Message {
                     finding_type,
                     severity,
                     instances,
+                    triage,
                 );
             };
             let target = &one.target;
@@ -546,10 +634,12 @@ pub fn render(input: &NotifyInput) -> Message {
         finding_type,
         severity,
         instances,
+        triage,
     )
 }
 
-/// The closing line, the size bound, the subject and the attributes.
+/// The closing line, the size bound, the subject, the attributes and the chat card.
+#[allow(clippy::too_many_arguments)]
 fn finish(
     mut body: String,
     verdict: Verdict,
@@ -558,6 +648,7 @@ fn finish(
     finding_type: &str,
     severity: Option<f64>,
     instances: &[Instance<'_>],
+    triage: Option<&TriageReport>,
 ) -> Message {
     let _ = writeln!(
         body,
@@ -596,12 +687,155 @@ fn finish(
         many => attributes.push(("instance_count", "Number", many.len().to_string())),
     }
     attributes.retain(|(_, _, v)| !v.is_empty());
+    let chat = chat_card(verdict, exposed, finding_type, severity, instances, triage);
     Message {
         verdict,
         subject,
         body,
         attributes,
+        chat,
     }
+}
+
+/// The chat card of a containment report: the verdict, each instance in a line (its case and
+/// what failed), the safety rails that applied, and what to do next.
+fn chat_card(
+    verdict: Verdict,
+    exposed: &[(String, String)],
+    finding_type: &str,
+    severity: Option<f64>,
+    instances: &[Instance<'_>],
+    triage: Option<&TriageReport>,
+) -> chat::Card {
+    use chat::escape;
+    let severity_text = severity.map_or_else(
+        || String::from("Unknown"),
+        |s| format!("{} {s:.1}", severity_label(s)),
+    );
+    let first = instances.first().map(|i| &i.target);
+    let mut card = chat::Card {
+        title: format!(
+            "{}{}: GuardDuty {} {}",
+            if exposed.is_empty() { "" } else { "EXPOSED, " },
+            verdict.headline(),
+            severity_text,
+            escape(finding_type)
+        ),
+        event_type: format!("ec2-quarantine.{}", verdict_name(verdict)),
+        thread_id: first.map(|t| t.finding_id.clone()),
+        keywords: vec![verdict.headline().to_owned(), severity_text.clone()],
+        ..chat::Card::default()
+    };
+    card.lines.push(format!("*{}*", verdict.headline()));
+    for (instance, _) in exposed {
+        card.lines.push(format!(
+            "*`{instance}` still has an open network interface: isolate it by hand now.*"
+        ));
+    }
+    if let Some(t) = first {
+        card.lines.push(format!(
+            "Account `{}`, {}. Finding `{}`.",
+            t.scope.account_id,
+            t.scope.region,
+            escape(&t.finding_id)
+        ));
+        card.context = vec![
+            ("account", t.scope.account_id.clone()),
+            ("region", t.scope.region.clone()),
+            ("finding_id", t.finding_id.clone()),
+            ("finding_type", finding_type.to_owned()),
+            (
+                "severity",
+                severity.map(|s| format!("{s}")).unwrap_or_default(),
+            ),
+        ];
+        card.keywords.push(t.scope.account_id.clone());
+    }
+    for i in instances.iter().take(chat::MAX_LISTED) {
+        let mut line = format!("• `{}`: {}", i.target.instance_id, i.verdict.headline());
+        if let Some(case) = i.plan.and_then(|p| p.case.as_ref()) {
+            line.push_str(&format!(", case `{}`", case.case_id));
+        }
+        if i.verdict.is_failure() {
+            line.push_str(&format!(
+                "; not done: {}",
+                unfinished_steps(&i.steps).join(", ")
+            ));
+        } else if let Some(reason) = i.plan.map(|p| p.reason.as_str()).filter(|r| !r.is_empty()) {
+            line.push_str(&format!(" ({})", escape(reason)));
+        }
+        card.lines.push(line);
+        card.related_resources.push(i.target.instance_id.clone());
+    }
+    if let Some(more) = instances
+        .len()
+        .checked_sub(chat::MAX_LISTED)
+        .filter(|n| *n > 0)
+    {
+        card.lines
+            .push(format!("• ... and {more} more (the email lists each)"));
+    }
+    if let Some(t) = triage {
+        if t.decision != Decision::Contain && !t.reason.is_empty() {
+            card.lines
+                .push(format!("Not contained: {}.", escape(&t.reason)));
+        }
+        for rail in t
+            .rails
+            .iter()
+            .chain(t.targets.iter().filter_map(|p| p.rail.as_ref()))
+        {
+            card.lines.push(format!("Safety rail: {}", escape(rail)));
+        }
+    }
+    if let Some(t) = first {
+        card.lines.push(format!(
+            "Finding: {}",
+            text::Links::new(t).finding(&t.finding_id)
+        ));
+    }
+    if !exposed.is_empty() || verdict.is_failure() {
+        card.next_steps.push(String::from(
+            "Act on what was not done, by hand: the email gives each step's error.",
+        ));
+    }
+    if let Some(case) = instances
+        .iter()
+        .find_map(|i| i.plan.and_then(|p| p.case.as_ref()))
+    {
+        card.next_steps.push(format!(
+            "Read the case: `helper_scripts/deploy.sh case {}`",
+            case.case_id
+        ));
+    }
+    card
+}
+
+/// The steps of an instance that failed or did not run, by name.
+fn unfinished_steps(steps: &Steps<'_>) -> Vec<&'static str> {
+    fn unfinished<T>(r: Option<&StepResult<T>>) -> bool {
+        !matches!(r, Some(StepResult::Completed(_)))
+    }
+    let mut out = Vec::new();
+    if unfinished(steps.isolate) {
+        out.push("network isolation");
+    }
+    if matches!(
+        steps.deregister,
+        Some(StepResult::Failed(_) | StepResult::Unreadable(_))
+    ) {
+        out.push("out of service");
+    }
+    if unfinished(steps.snapshot) {
+        out.push("forensic snapshots");
+    }
+    if unfinished(steps.role) {
+        out.push("IAM role");
+    }
+    if out.is_empty() {
+        out.push("triage");
+    }
+    out
 }
 
 /// The body for a finding naming several instances: the finding, what was passed over, then

@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 
+use super::chat::{Card, escape};
 use super::text::{subject_line, write_status};
 use super::{Message, StepResult, Verdict, verdict_name};
 use crate::domain::finding;
@@ -114,6 +115,18 @@ pub(super) fn render_release(
         "\nForensic snapshots are kept. Sent by ec2-quarantine."
     );
     let subject = subject_line(&format!("[{headline}] {instance} - ec2-quarantine release"));
+    let chat = Card {
+        title: format!("{headline}: ec2-quarantine release of {}", escape(instance)),
+        lines: body
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(escape)
+            .collect(),
+        event_type: format!("ec2-quarantine.release.{}", verdict_name(verdict)),
+        keywords: vec![headline.to_owned()],
+        related_resources: vec![instance.to_owned()],
+        ..Card::default()
+    };
     Message {
         verdict,
         subject,
@@ -122,5 +135,6 @@ pub(super) fn render_release(
             ("verdict", "String", verdict_name(verdict).to_owned()),
             ("instance_id", "String", instance.to_owned()),
         ],
+        chat,
     }
 }
