@@ -37,6 +37,10 @@ ACCOUNT = "123456789012"
 LOCAL_NAMES = {"CaseTable": "ec2-quarantine-CaseTable-local", "PauseSwitch": "/ec2-quarantine-local/paused"}
 
 
+# The rule that sends GuardDuty's findings to the containment state machine.
+FINDING_RULE = "GuardDutyFindingRule"
+
+
 # Binary name -> the template's substitution for its ARN.
 FUNCTIONS = {
     "triage": "TriageFunctionArn",
@@ -84,11 +88,12 @@ def load_template() -> dict:
 
 
 def rule_pattern(template: dict, overrides: dict[str, str]) -> dict:
-    """The EventBridge pattern of the template's rule, with its parameters substituted."""
-    rules = [r for r in template["Resources"].values() if r.get("Type") == "AWS::Events::Rule"]
-    if len(rules) != 1:
-        raise HarnessError(f"expected one AWS::Events::Rule in template.yaml, found {len(rules)}")
-    pattern = rules[0]["Properties"]["EventPattern"]
+    """The EventBridge pattern of the template's finding rule (the one that starts the state
+    machine), with its parameters substituted."""
+    rule = template["Resources"].get(FINDING_RULE) or {}
+    if rule.get("Type") != "AWS::Events::Rule":
+        raise HarnessError(f"template.yaml has no AWS::Events::Rule {FINDING_RULE}")
+    pattern = rule["Properties"]["EventPattern"]
     if isinstance(pattern, dict) and "Fn::Sub" in pattern:
         params = {k: str(v.get("Default", "")) for k, v in template.get("Parameters", {}).items()}
         params.update(overrides)

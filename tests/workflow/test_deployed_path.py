@@ -50,6 +50,8 @@ RESOURCES = {
     "PauseSwitch": "AWS::SSM::Parameter",
     "AlertTopic": "AWS::SNS::Topic",
     "GuardDutyFindingRule": "AWS::Events::Rule",
+    "PauseSwitchChangedRule": "AWS::Events::Rule",
+    "AlertTopicPolicy": "AWS::SNS::TopicPolicy",
     "GuardDutyFindingRuleRole": "AWS::IAM::Role",
     "FindingDeadLetterQueue": "AWS::SQS::Queue",
     "FindingDeadLetterQueuePolicy": "AWS::SQS::QueuePolicy",

@@ -226,8 +226,8 @@ def test_executions_that_end_failed_timed_out_or_aborted_alarm_the_team(machine)
 
 
 def test_the_rule_target_retries_then_keeps_the_finding_in_a_dead_letter_queue():
-    [rule] = resources("AWS::Events::Rule").items()
-    rule_id, rule = rule
+    rule_id = "GuardDutyFindingRule"
+    rule = resources("AWS::Events::Rule")[rule_id]
     [target] = rule["Properties"]["Targets"]
     retry = target["RetryPolicy"]
     assert 0 < retry["MaximumRetryAttempts"] <= 185

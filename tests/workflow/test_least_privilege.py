@@ -10,6 +10,7 @@ check below makes sure no call escapes a label).
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -380,3 +381,55 @@ def test_release_has_no_code_path_that_reads_a_tag():
         text = path.read_text()
         code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("//"))
         assert not reads.search(code), f"{path.name}: {reads.search(code).group(0)}"
+
+
+def parameter_store_change(name: str, operation: str = "Update", description: str = "scanner mistaken for an attacker") -> dict:
+    """The event SSM sends EventBridge for a parameter change, as its user guide shows it
+    (https://docs.aws.amazon.com/systems-manager/latest/userguide/sysman-paramstore-cwe.html)."""
+    return {
+        "version": "0",
+        "id": "9547ef2d-3b7e-4057-b6cb-5fdf09ee7c8f",
+        "detail-type": "Parameter Store Change",
+        "source": "aws.ssm",
+        "account": "123456789012",
+        "time": "2026-12-02T08:00:00Z",
+        "region": "us-east-1",
+        "resources": [f"arn:aws:ssm:us-east-1:123456789012:parameter{name}"],
+        "detail": {"operation": operation, "name": name, "type": "String", "description": description},
+    }
+
+
+def test_a_change_of_the_pause_switch_and_only_of_it_reaches_the_alert_topic():
+    from local.template import rule_matches
+
+    template = load_template()
+    rule = template["Resources"]["PauseSwitchChangedRule"]["Properties"]
+    switch = "/ec2-quarantine/ec2-quarantine/paused"
+    pattern = json.loads(json.dumps(rule["EventPattern"]).replace('{"Ref": "PauseSwitch"}', json.dumps(switch)))
+    assert rule_matches(pattern, parameter_store_change(switch))
+    assert rule_matches(pattern, parameter_store_change(switch, "Delete"))
+    assert not rule_matches(pattern, parameter_store_change("/prod/db-password"))
+    [target] = rule["Targets"]
+    assert target["Arn"] == {"Ref": "AlertTopic"}
+    paths = target["InputTransformer"]["InputPathsMap"]
+    assert paths["description"] == "$.detail.description" and paths["name"] == "$.detail.name"
+    for placeholder in paths:
+        assert f"<{placeholder}>" in target["InputTransformer"]["InputTemplate"], placeholder
+
+
+def test_the_alert_topic_takes_the_alarms_of_its_account_and_the_pause_rule_only():
+    template = load_template()
+    policy = template["Resources"]["AlertTopicPolicy"]["Properties"]
+    assert policy["Topics"] == [{"Ref": "AlertTopic"}]
+    statements = {st["Sid"]: st for st in policy["PolicyDocument"]["Statement"]}
+    assert {st["Effect"] for st in statements.values()} == {"Allow"}
+    assert {st["Action"] for st in statements.values()} == {"sns:Publish"}
+    alarms, rule = statements["AlarmsOfThisAccount"], statements["ThePauseRule"]
+    # Service principals, each held to its source (the confused-deputy conditions SNS documents).
+    assert alarms["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
+    assert alarms["Condition"] == {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
+    assert rule["Principal"] == {"Service": "events.amazonaws.com"}
+    assert rule["Condition"] == {"ArnEquals": {"aws:SourceArn": {"Fn::GetAtt": ["PauseSwitchChangedRule", "Arn"]}}}
+    # Every alarm notifies that topic.
+    alarms_in_template = [r for r in template["Resources"].values() if r["Type"] == "AWS::CloudWatch::Alarm"]
+    assert alarms_in_template and all(r["Properties"]["AlarmActions"] == [{"Ref": "AlertTopic"}] for r in alarms_in_template)
