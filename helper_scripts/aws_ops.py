@@ -404,7 +404,10 @@ def pause_switch(session, stack: str) -> str:
 def pause(ssm, name: str, reason: str) -> None:
     """Pauses the responder: every finding is then reported, none contained automatically.
     SSM records who did it and when; the reason goes into the parameter's description."""
-    reason = " ".join(reason.split())
+    # One line, and nothing that would end the JSON string EventBridge's input transformer puts
+    # the description in for the pause alert (it does not escape values:
+    # https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-transform-target-input.html).
+    reason = " ".join(reason.split()).replace('"', "'").replace("\\", "/")
     if not reason:
         raise UsageError("pause needs --reason TEXT: the notification shows it to the team")
     if len(reason) > 1024:

@@ -57,7 +57,7 @@ RESOURCES = {
     "FindingDeadLetterQueuePolicy": "AWS::SQS::QueuePolicy",
     **{
         alarm: "AWS::CloudWatch::Alarm"
-        for alarm in ("FindingDeadLetterAlarm", "FindingSentToDeadLetterAlarm", "FindingLostAlarm")
+        for alarm in ("FindingDeadLetterAlarm", "FindingSentToDeadLetterAlarm", "FindingLostAlarm", "PauseAlertFailedAlarm")
         + tuple(f"{m}Executions{e}Alarm" for m in ("Containment", "Release") for e in ("Failed", "TimedOut", "Aborted"))
     },
 }

@@ -409,6 +409,7 @@ def test_a_change_of_the_pause_switch_and_only_of_it_reaches_the_alert_topic():
     assert rule_matches(pattern, parameter_store_change(switch))
     assert rule_matches(pattern, parameter_store_change(switch, "Delete"))
     assert not rule_matches(pattern, parameter_store_change("/prod/db-password"))
+    assert not rule_matches(pattern, parameter_store_change(switch, "LabelParameterVersion")), "a label changes no value"
     [target] = rule["Targets"]
     assert target["Arn"] == {"Ref": "AlertTopic"}
     paths = target["InputTransformer"]["InputPathsMap"]
@@ -430,6 +431,25 @@ def test_the_alert_topic_takes_the_alarms_of_its_account_and_the_pause_rule_only
     assert alarms["Condition"] == {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
     assert rule["Principal"] == {"Service": "events.amazonaws.com"}
     assert rule["Condition"] == {"ArnEquals": {"aws:SourceArn": {"Fn::GetAtt": ["PauseSwitchChangedRule", "Arn"]}}}
+    # A pause alert EventBridge could not deliver is alarmed on.
+    failed = template["Resources"]["PauseAlertFailedAlarm"]["Properties"]
+    assert (failed["Namespace"], failed["MetricName"]) == ("AWS/Events", "FailedInvocations")
+    assert failed["Dimensions"] == [{"Name": "RuleName", "Value": {"Ref": "PauseSwitchChangedRule"}}]
     # Every alarm notifies that topic.
     alarms_in_template = [r for r in template["Resources"].values() if r["Type"] == "AWS::CloudWatch::Alarm"]
     assert alarms_in_template and all(r["Properties"]["AlarmActions"] == [{"Ref": "AlertTopic"}] for r in alarms_in_template)
+
+
+def test_a_pause_reason_cannot_break_the_alerts_json():
+    """EventBridge puts the description into the alert's JSON string without escaping it."""
+    import aws_ops
+
+    class Ssm:
+        def put_parameter(self, **kwargs):
+            self.kwargs = kwargs
+
+    ssm = Ssm()
+    aws_ops.pause(ssm, "/ec2-quarantine/ec2-quarantine/paused", 'scanner "10.0.3.7"\\n\tINC-1234 \\ ok')
+    description = ssm.kwargs["Description"]
+    assert '"' not in description and "\\" not in description and "\n" not in description and "\t" not in description
+    assert json.loads(f'"{description}"') == description == "scanner '10.0.3.7'/n INC-1234 / ok"
