@@ -21,7 +21,7 @@ use common::Fixture;
 use ec2_quarantine::Outcome;
 use ec2_quarantine::error::ErrorName;
 use ec2_quarantine::steps::notify::{NotifyOutput, Verdict};
-use ec2_quarantine::steps::security_hub::{HubInput, HubSettings, UPDATED_BY, update};
+use ec2_quarantine::steps::security_hub::{HubInput, HubReport, HubSettings, UPDATED_BY, update};
 
 const BACKDOOR: &str = "instance-backdoor.json";
 
@@ -56,6 +56,15 @@ fn input(f: &Fixture, verdict: Verdict) -> HubInput {
             chat: None,
         }),
     }
+}
+
+/// The step, as the state machine runs it after a report of `verdict`.
+async fn step(
+    f: &Fixture,
+    enabled: bool,
+    verdict: Verdict,
+) -> Result<Outcome<HubReport>, ec2_quarantine::Error> {
+    update(&f.ctx, HubSettings { enabled }, input(f, verdict)).await
 }
 
 /// Security Hub enabled in the fixture's account, holding the finding as GuardDuty sends it
@@ -167,13 +176,7 @@ fn a_contained_finding_gets_notified_and_the_note() {
 async fn a_contained_finding_gets_notified_and_the_note_body() {
     let f = Fixture::new().await;
     let hub = in_security_hub(&f, WorkflowStatus::New, None).await;
-    let out = update(
-        &f.ctx,
-        HubSettings { enabled: true },
-        input(&f, Verdict::Contained),
-    )
-    .await
-    .unwrap();
+    let out = step(&f, true, Verdict::Contained).await.unwrap();
     assert!(matches!(out, Outcome::Done(_)), "{out:?}");
     let (status, note) = held(&f, &hub).await;
     assert_eq!(status, "NOTIFIED");
@@ -181,13 +184,7 @@ async fn a_contained_finding_gets_notified_and_the_note_body() {
     assert_eq!(by, UPDATED_BY);
     assert!(text.starts_with("ec2-quarantine: CONTAINED."), "{text}");
     // Again: nothing more to write.
-    let again = update(
-        &f.ctx,
-        HubSettings { enabled: true },
-        input(&f, Verdict::Contained),
-    )
-    .await
-    .unwrap();
+    let again = step(&f, true, Verdict::Contained).await.unwrap();
     assert!(matches!(again, Outcome::AlreadyDone(_)), "{again:?}");
 }
 
@@ -209,13 +206,7 @@ async fn an_analysts_status_and_note_stay_body() {
         Some(analyst),
     ))
     .await;
-    let out = update(
-        &f.ctx,
-        HubSettings { enabled: true },
-        input(&f, Verdict::Contained),
-    )
-    .await
-    .unwrap();
+    let out = step(&f, true, Verdict::Contained).await.unwrap();
     let Outcome::AlreadyDone(report) = out else {
         panic!("{out:?}")
     };
@@ -233,13 +224,7 @@ fn an_account_without_security_hub_is_skipped() {
 
 async fn an_account_without_security_hub_is_skipped_body() {
     let f = Fixture::new().await;
-    let out = update(
-        &f.ctx,
-        HubSettings { enabled: true },
-        input(&f, Verdict::Contained),
-    )
-    .await
-    .unwrap();
+    let out = step(&f, true, Verdict::Contained).await.unwrap();
     let Outcome::Skipped { reason } = out else {
         panic!("{out:?}")
     };
@@ -262,13 +247,7 @@ async fn a_finding_not_there_yet_is_named_for_the_retry_body() {
     let f = Fixture::new().await;
     let hub = aws_sdk_securityhub::Client::new(&f.config);
     hub.enable_security_hub().send().await.unwrap();
-    let err = update(
-        &f.ctx,
-        HubSettings { enabled: true },
-        input(&f, Verdict::Contained),
-    )
-    .await
-    .unwrap_err();
+    let err = step(&f, true, Verdict::Contained).await.unwrap_err();
     assert_eq!(err.name(), ErrorName::FindingNotInSecurityHub, "{err}");
 }
 
@@ -281,22 +260,10 @@ fn a_finding_only_reported_keeps_its_status_and_turned_off_writes_nothing() {
 async fn a_finding_only_reported_keeps_its_status_and_turned_off_writes_nothing_body() {
     let f = Fixture::new().await;
     let hub = in_security_hub(&f, WorkflowStatus::New, None).await;
-    let off = update(
-        &f.ctx,
-        HubSettings { enabled: false },
-        input(&f, Verdict::Contained),
-    )
-    .await
-    .unwrap();
+    let off = step(&f, false, Verdict::Contained).await.unwrap();
     assert!(matches!(off, Outcome::Skipped { .. }), "{off:?}");
     assert_eq!(held(&f, &hub).await, ("NEW".to_owned(), None));
-    update(
-        &f.ctx,
-        HubSettings { enabled: true },
-        input(&f, Verdict::NotifyOnly),
-    )
-    .await
-    .unwrap();
+    step(&f, true, Verdict::NotifyOnly).await.unwrap();
     let (status, note) = held(&f, &hub).await;
     assert_eq!(status, "NEW", "left for an analyst");
     assert!(note.is_some_and(|(t, _)| t.starts_with("ec2-quarantine: NOT CONTAINED BY POLICY.")),);
