@@ -47,21 +47,20 @@ def patch() -> None:
         if not backend.enabled:
             raise InvalidAccess(backend.account_id)
 
-    original_get = models.SecurityHubBackend.get_findings
-
     def get_findings(self, filters=None, sort_criteria=None, max_results=None, next_token=None):
         subscribed(self)
-        wanted = []
+        # A filter's values are alternatives; different filters must all hold (GetFindings).
+        wanted: dict[str, set] = {}
         for name, values in (filters or {}).items():
             if name not in ("Id", "ProductArn"):
                 raise InvalidInput(f"the local Security Hub double filters on Id and ProductArn only, not {name}")
             for v in values:
                 if v.get("Comparison") != "EQUALS":
                     raise InvalidInput(f"the local Security Hub double compares with EQUALS only, not {v.get('Comparison')}")
-                wanted.append((name, v.get("Value")))
-        findings, token = original_get(self, filters=None, sort_criteria=sort_criteria, max_results=100, next_token=next_token)
-        findings = [f for f in findings if all(f.get(k) == v for k, v in wanted)]
-        return findings[: int(max_results or 100)], token
+                wanted.setdefault(name, set()).add(v.get("Value"))
+        # Every finding the account holds is looked at (not one page of them); one page answered.
+        found = [f.as_dict() for f in self.findings if all(f.data.get(k) in vs for k, vs in wanted.items())]
+        return found[: int(max_results or 100)], None
 
     def batch_update_findings(self, body: dict) -> dict:
         subscribed(self)
