@@ -468,6 +468,32 @@ def set_pause(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- approvals
+
+
+def decide(args) -> int:
+    """Approves or rejects a waiting request (`apr-...`, named in the request message): the
+    stack's approval function records the decision, who made it (the caller's identity, as STS
+    gives it) and when, and hands it to the waiting execution. A decision on a request that is
+    decided already, past its deadline or unknown is refused and changes nothing."""
+    session, _, _ = clients(args.region)
+    function = responder_output(session, args.stack_name, "ApprovalFunctionName", "pass --stack-name")
+    caller = session.client("sts").get_caller_identity()["Arn"]
+    payload = {
+        "action": "decide",
+        "approval_id": args.approval_id,
+        "approve": args.command == "approve",
+        "by": caller,
+        "reason": " ".join((args.reason or "").split()),
+    }
+    answer = session.client("lambda").invoke(FunctionName=function, Payload=json.dumps(payload).encode())
+    body = json.loads(answer["Payload"].read() or b"{}")
+    if answer.get("FunctionError"):
+        raise OpsError(f"the approval function failed: {body.get('errorType')}: {body.get('errorMessage')}")
+    print(json.dumps(body, indent=2) if args.json else f"{body.get('status', '?').upper()}: {body.get('message', '')}")
+    return 0 if body.get("status") == "recorded" else 1
+
+
 # ---------------------------------------------------------------- clean-up
 
 
@@ -714,6 +740,12 @@ def main(argv: list[str] | None = None) -> int:
         c.add_argument("--stack-name", default="ec2-quarantine")
         if name == "pause":
             c.add_argument("--reason", required=True, help="why, for the team (it goes into every notification while paused)")
+    for name in ("approve", "reject"):
+        c = sub.add_parser(name, parents=[common])
+        c.add_argument("approval_id", help="the request's id (apr-...), as the request message gives it")
+        c.add_argument("--stack-name", default="ec2-quarantine")
+        c.add_argument("--reason", required=name == "reject", help="why, for the record")
+        c.add_argument("--json", action="store_true")
     n = sub.add_parser(
         "nuke", parents=[common], help="remove the test stack, the responder stack and, with --purge-artifacts, the tool's artifacts"
     )
@@ -731,6 +763,8 @@ def main(argv: list[str] | None = None) -> int:
             "case": show_cases,
             "pause": set_pause,
             "resume": set_pause,
+            "approve": decide,
+            "reject": decide,
         }[args.command](args)
     except UsageError as e:
         print(f"deploy.sh: {e}", file=sys.stderr)

@@ -8,8 +8,9 @@
 #   deploy.sh test-instance | fire EVENT [INSTANCE_ID] | verify [INSTANCE_ID]   (the test path)
 #   deploy.sh cases [--open] | case ID_OR_INSTANCE                             (the case record)
 #   deploy.sh pause --reason TEXT | resume                                     (the pause switch)
+#   deploy.sh approve APPROVAL_ID | reject APPROVAL_ID --reason TEXT           (approvals)
 #
-# Only deploy, nuke, test-instance, fire, verify, cases, case, pause and resume talk to AWS, with the caller's
+# Only deploy, nuke, test-instance, fire, verify, cases, case, pause, resume, approve and reject talk to AWS, with the caller's
 # credentials (AWS_ENDPOINT_URL points them at an emulator).
 # local and invoke need no AWS at all.
 set -euo pipefail
@@ -84,6 +85,13 @@ Usage:
       The pause switch (the stack's PauseParameterName): while paused, every finding is reported
       and none contained automatically; the notification says since when, by whom (SSM's record)
       and why (TEXT). The functions read the switch within seconds. resume contains again.
+
+  deploy.sh approve APPROVAL_ID [--reason TEXT] [--json] [--region R] [--stack-name S]
+  deploy.sh reject APPROVAL_ID --reason TEXT [--json] [--region R] [--stack-name S]
+      Answers an approval request (Approvals=true; APPROVAL_ID is apr-..., as the request
+      message gives it): the decision, your identity (STS) and the time are recorded, and the
+      waiting execution goes on (approve: the instances that waited are contained). A request
+      decided already, past its deadline or unknown is refused and nothing changes (exit 1).
 
   deploy.sh help | --help | -h
       This text. A mistake in the call (an unknown subcommand or option, a missing or bad value,
@@ -266,7 +274,7 @@ build_functions() {
   done
 }
 
-FUNCTIONS="triage, isolate, deregister, snapshot, deny-role, notify, security-hub, release"
+FUNCTIONS="triage, isolate, deregister, snapshot, deny-role, notify, security-hub, approval, release"
 
 cmd_invoke() {
   local positional=()
@@ -412,6 +420,7 @@ cmd_test_path() {
     case) valued=" --region --stack-name --table " flags=" --json " most=1 ;;
     pause) valued=" --region --stack-name --reason " flags=" " most=0 ;;
     resume) valued=" --region --stack-name " flags=" " most=0 ;;
+    approve | reject) valued=" --region --stack-name --reason " flags=" --json " most=1 ;;
   esac
   local reason_given=false
   while [[ $# -gt 0 ]]; do
@@ -444,12 +453,17 @@ cmd_test_path() {
   done
   [[ ${#positional[@]} -le $most ]] || usage_error "unexpected argument ${positional[$most]} for $COMMAND (see deploy.sh --help)"
   [[ "$COMMAND" != pause ]] || $reason_given || usage_error "pause takes --reason TEXT (why, for the team), e.g. deploy.sh pause --reason \"scanner mistaken for an attacker\""
+  [[ "$COMMAND" != reject ]] || $reason_given || usage_error "reject takes --reason TEXT (why, for the record), e.g. deploy.sh reject apr-0123456789abcdef --reason \"our vulnerability scanner\""
   local instance_id="" event=""
   if [[ "$COMMAND" == fire ]]; then
     [[ ${#positional[@]} -ge 1 ]] || usage_error "fire takes EVENT [INSTANCE_ID], e.g. deploy.sh fire events/credential-exfiltration.json"
     event="${positional[0]}" instance_id="${positional[1]:-}"
   elif [[ "$COMMAND" == verify ]]; then
     instance_id="${positional[0]:-}"
+  elif [[ "$COMMAND" == approve || "$COMMAND" == reject ]]; then
+    [[ ${#positional[@]} -ge 1 ]] || usage_error "$COMMAND takes the request's id, e.g. deploy.sh $COMMAND apr-0123456789abcdef"
+    [[ "${positional[0]}" =~ ^apr-[0-9a-f]{16}$ ]] ||
+      usage_error "not an approval request id (apr- and 16 hexadecimal digits, as the request message gives it): ${positional[0]}"
   elif [[ "$COMMAND" == case ]]; then
     [[ ${#positional[@]} -ge 1 ]] || usage_error "case takes a case id or an instance id, e.g. deploy.sh case i-0123456789abcdef0"
     [[ "${positional[0]}" =~ ^i-([0-9a-f]{8}|[0-9a-f]{17})(-[0-9]{8}T[0-9]{9}Z)?$ ]] ||
@@ -477,10 +491,10 @@ shift
 case "$COMMAND" in
   local) cmd_local "$@" ;;
   invoke) cmd_invoke "$@" ;;
-  test-instance | fire | verify | cases | case | pause | resume) cmd_test_path "$@" ;;
+  test-instance | fire | verify | cases | case | pause | resume | approve | reject) cmd_test_path "$@" ;;
   deploy) cmd_deploy "$@" ;;
   nuke) cmd_nuke "$@" ;;
   -h | --help | help) usage ;;
   -*) usage_error "unknown option $COMMAND: the subcommand comes first (see deploy.sh --help)" ;;
-  *) usage_error "unknown subcommand $COMMAND: one of local, invoke, deploy, nuke, test-instance, fire, verify, cases, case, pause, resume (see deploy.sh --help)" ;;
+  *) usage_error "unknown subcommand $COMMAND: one of local, invoke, deploy, nuke, test-instance, fire, verify, cases, case, pause, resume, approve, reject (see deploy.sh --help)" ;;
 esac

@@ -15,6 +15,7 @@
 //!   per finding, the tool's tags, reading the instance, its profile and its role's denies;
 //! - [`error`]: the named errors the state machines' Retry and Catch match.
 
+pub mod approval;
 pub mod aws;
 pub mod case;
 pub mod domain;

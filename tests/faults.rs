@@ -12,6 +12,12 @@ use ec2_quarantine::steps::role::contain_role;
 use ec2_quarantine::steps::snapshot::snapshot;
 use ec2_quarantine::{Ctx, Error, ErrorName, Outcome};
 use futures::future::join_all;
+
+/// How many cases run at once, across the tests of this file. The emulator answers one call at
+/// a time (about 17 ms each); with every case at once (50 fixtures), a call could wait in its
+/// queue past the functions' own 2 s timeout for the case table, which no AWS table would make
+/// it do, and a test would fail on the emulator's queue, not on the fault it injects.
+static AT_ONCE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(6);
 use serde_json::{Value, json};
 
 const EXFILTRATION: &str = "credential-exfiltration.json";
@@ -52,6 +58,10 @@ fn caught(err: &Error) -> Value {
 
 /// A transient fault on `action` once: the SDK retries it and the step contains.
 async fn transient(step: Step, action: &'static str, fault: &'static str, event: &'static str) {
+    let _turn = AT_ONCE
+        .acquire()
+        .await
+        .expect("the semaphore is never closed");
     let f = Fixture::new().await;
     let key = access_key(&f.config).await;
     inject(&key, action, fault, Some(1));
@@ -72,6 +82,10 @@ async fn transient(step: Step, action: &'static str, fault: &'static str, event:
 
 /// A permanent denial of `action`: the named outcome, the other steps done, an honest report.
 async fn permanent(step: Step, action: &'static str, event: &'static str, expect: Expect) {
+    let _turn = AT_ONCE
+        .acquire()
+        .await
+        .expect("the semaphore is never closed");
     let f = Fixture::new().await;
     let key = access_key(&f.config).await;
     inject(&key, action, "denied", None);

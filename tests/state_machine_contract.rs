@@ -117,7 +117,14 @@ fn function_tasks() -> Vec<FunctionTask> {
     all_states()
         .into_iter()
         .filter_map(|(machine, state, value)| {
-            let function = function_of(value["Resource"].as_str()?)?;
+            // A function the task invokes directly, or through the Lambda integration (the
+            // approval's `.waitForTaskToken` task names it in its parameters).
+            let resource = value["Resource"].as_str()?;
+            let function = if resource.starts_with("arn:aws:states:::lambda:invoke") {
+                function_of(value["Parameters"]["FunctionName"].as_str()?)?
+            } else {
+                function_of(resource)?
+            };
             Some(FunctionTask {
                 machine,
                 state,
@@ -137,6 +144,7 @@ fn tool_error(name: &str) -> bool {
 fn every_function_of_the_template_has_its_task() {
     let functions: BTreeSet<String> = function_tasks().into_iter().map(|t| t.function).collect();
     let binaries = [
+        "approval",
         "deny-role",
         "deregister",
         "isolate",

@@ -31,6 +31,7 @@ ARTIFACTS = [
     ("deny-role", "DenyRoleFunction", "credential-exfiltration.json"),
     ("notify", "NotifyFunction", "notify-input.json"),
     ("security-hub", "SecurityHubFunction", "security-hub-input.json"),
+    ("approval", "ApprovalFunction", "approval-decide.json"),
     ("release", "ReleaseFunction", "release-request.json"),
 ]
 

@@ -16,8 +16,8 @@ PutEvents answers NotAuthorizedForSourceException otherwise), and MiniStack refu
 POST to /_test/guardduty/findings with a GuardDuty finding event (the EventBridge envelope, as
 events/*.json hold it) hands the event to MiniStack's own EventBridge as a service would
 publish it, on the default bus; the deployed rules then decide whether it matches. The answer is
-PutEvents' answer (`{"FailedEntryCount": ..., "Entries": [...]}`). Nothing else is changed in
-MiniStack: every other request goes to its application as is.
+PutEvents' answer (`{"FailedEntryCount": ..., "Entries": [...]}`). One gap of MiniStack is
+corrected ([`timeout_seconds_path`]); every other request goes to its application as is.
 """
 
 from __future__ import annotations
@@ -73,9 +73,36 @@ def wrap(ministack_app):
     return app
 
 
+def timeout_seconds_path() -> None:
+    """MiniStack's Task state takes TimeoutSeconds only; AWS takes TimeoutSecondsPath as well, a
+    reference path into the state's input that gives the timeout
+    (https://docs.aws.amazon.com/step-functions/latest/dg/state-task.html). The containment
+    state machine's approval wait uses it, so the deployed path resolves it as AWS does: before
+    the task runs, the path's value becomes the state's TimeoutSeconds (a dotted path of field
+    names, which is all the state machine uses)."""
+    from ministack.services import stepfunctions
+
+    execute = stepfunctions._execute_task
+    if getattr(execute, "_timeout_path", False):
+        return
+
+    def _execute_task(state_def, raw_input, execution, ctx):
+        path = state_def.get("TimeoutSecondsPath")
+        if path and "TimeoutSeconds" not in state_def:
+            value = raw_input
+            for name in path.removeprefix("$.").split("."):
+                value = value[name]
+            state_def = {**state_def, "TimeoutSeconds": int(value)}
+        return execute(state_def, raw_input, execution, ctx)
+
+    _execute_task._timeout_path = True
+    stepfunctions._execute_task = _execute_task
+
+
 def main() -> None:
     import ministack.app
 
+    timeout_seconds_path()
     ministack.app.app = wrap(ministack.app.app)
     ministack.app.main()
 

@@ -150,6 +150,9 @@ class Function:
 
 def _runtime_handler(fn: Function):
     class Handler(BaseHTTPRequestHandler):
+        # Headers and body are two writes: no Nagle wait for the peer's delayed ACK between them.
+        disable_nagle_algorithm = True
+
         def log_message(self, *_args):  # quiet
             pass
 
@@ -231,6 +234,8 @@ class LambdaService:
         service = self
 
         class Handler(BaseHTTPRequestHandler):
+            disable_nagle_algorithm = True
+
             def log_message(self, *_args):
                 pass
 

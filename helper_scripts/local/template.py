@@ -51,6 +51,7 @@ FUNCTIONS = {
     "deny-role": "DenyRoleFunctionArn",
     "notify": "NotifyFunctionArn",
     "security-hub": "SecurityHubFunctionArn",
+    "approval": "ApprovalFunctionArn",
 }
 
 

@@ -66,6 +66,72 @@ pub struct TriagePolicy {
     /// account in any rolling hour; further findings are reported, not contained. `None`: no cap
     /// (the tests' default policy; the template always sets one).
     pub max_containments_per_hour: Option<usize>,
+    /// Which findings wait for a person's approval before anything is contained.
+    pub approval: ApprovalPolicy,
+}
+
+/// When a person approves before the instances are contained (`APPROVALS` and the rules
+/// below). A finding over the rate cap waits for approval too when approvals are on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApprovalPolicy {
+    /// Approvals on (`APPROVALS`); off, no finding waits and the rate cap reports only.
+    pub enabled: bool,
+    /// Finding type prefixes that wait for approval (`APPROVAL_TYPE_PREFIXES`).
+    pub type_prefixes: Vec<String>,
+    /// Findings whose severity is in this band, both ends included, wait for approval
+    /// (`APPROVAL_SEVERITY_BAND`, `LOW-HIGH` such as `4-6.9`).
+    pub severity_band: Option<(f64, f64)>,
+    /// Instances carrying this tag (`APPROVAL_TAG`, `Key=Value`, or `Key` for any value) wait
+    /// for approval.
+    pub tag: Option<(String, Option<String>)>,
+    /// What an unanswered request leads to (`APPROVAL_TIMEOUT_ACTION`).
+    pub on_timeout: crate::approval::OnTimeout,
+    /// How long the state machine waits for an answer (`APPROVAL_TIMEOUT_SECONDS`).
+    pub timeout_secs: i64,
+}
+
+/// The default wait for an approval: one hour, the time an on-call engineer is expected to
+/// acknowledge a page; the rate cap's window too.
+pub const DEFAULT_APPROVAL_TIMEOUT_SECS: i64 = 3600;
+
+/// The shortest and longest wait: one minute to one week.
+pub const APPROVAL_TIMEOUT_RANGE_SECS: std::ops::RangeInclusive<i64> = 60..=604_800;
+
+impl Default for ApprovalPolicy {
+    fn default() -> ApprovalPolicy {
+        ApprovalPolicy {
+            enabled: false,
+            type_prefixes: Vec::new(),
+            severity_band: None,
+            tag: None,
+            on_timeout: crate::approval::OnTimeout::NotifyOnly,
+            timeout_secs: DEFAULT_APPROVAL_TIMEOUT_SECS,
+        }
+    }
+}
+
+impl ApprovalPolicy {
+    /// Why the finding as a whole waits for approval (its type or severity), if it does.
+    pub fn finding_rule(&self, finding_type: &str, severity: Option<f64>) -> Option<String> {
+        if !self.enabled {
+            return None;
+        }
+        if let Some(prefix) = self
+            .type_prefixes
+            .iter()
+            .find(|p| finding_type.starts_with(p.as_str()))
+        {
+            return Some(format!(
+                "approval required: the finding type starts with {prefix} (ApprovalTypePrefixes)"
+            ));
+        }
+        match (self.severity_band, severity) {
+            (Some((low, high)), Some(sev)) if (low..=high).contains(&sev) => Some(format!(
+                "approval required: severity {sev} is in {low}-{high} (ApprovalSeverityBand)"
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// The default blast-radius cap. GuardDuty lists at most 25 compromised instances per shared
@@ -99,6 +165,7 @@ impl Default for TriagePolicy {
             contain_container_hosts: false,
             max_instances: DEFAULT_MAX_INSTANCES,
             max_containments_per_hour: None,
+            approval: ApprovalPolicy::default(),
         }
     }
 }
@@ -203,6 +270,56 @@ impl Settings {
                     ))
                 })?,
         };
+        let severity_band = match var("APPROVAL_SEVERITY_BAND") {
+            None => None,
+            Some(s) => Some(
+                s.split_once('-')
+                    .and_then(|(low, high)| {
+                        Some((low.trim().parse::<f64>().ok()?, high.trim().parse::<f64>().ok()?))
+                    })
+                    .filter(|(low, high)| (0.0..=10.0).contains(low) && (*low..=10.0).contains(high))
+                    .ok_or_else(|| {
+                        Error::Misconfigured(format!(
+                            "APPROVAL_SEVERITY_BAND {s:?} is not LOW-HIGH with 0 <= LOW <= HIGH <= 10"
+                        ))
+                    })?,
+            ),
+        };
+        let approval_tag = match var("APPROVAL_TAG") {
+            None => None,
+            Some(s) => {
+                let (key, value) = match s.split_once('=') {
+                    Some((k, v)) => (k.trim().to_owned(), Some(v.trim().to_owned())),
+                    None => (s.clone(), None),
+                };
+                if key.is_empty() || key.chars().count() > 128 || key.starts_with("aws:") {
+                    return Err(Error::Misconfigured(format!(
+                        "APPROVAL_TAG {s:?} is not Key=Value or Key (an EC2 tag key, 1 to 128 characters, not aws:)"
+                    )));
+                }
+                Some((key, value))
+            }
+        };
+        let on_timeout = serde_json::from_value(choice("APPROVAL_TIMEOUT_ACTION", "notify-only")?)
+            .map_err(|_| {
+                Error::Misconfigured(
+                    "APPROVAL_TIMEOUT_ACTION must be one of notify-only, contain".into(),
+                )
+            })?;
+        let approval_timeout = match var("APPROVAL_TIMEOUT_SECONDS") {
+            None => DEFAULT_APPROVAL_TIMEOUT_SECS,
+            Some(s) => s
+                .parse::<i64>()
+                .ok()
+                .filter(|v| APPROVAL_TIMEOUT_RANGE_SECS.contains(v))
+                .ok_or_else(|| {
+                    Error::Misconfigured(format!(
+                        "APPROVAL_TIMEOUT_SECONDS {s:?} is not a whole number of seconds from {} to {}",
+                        APPROVAL_TIMEOUT_RANGE_SECS.start(),
+                        APPROVAL_TIMEOUT_RANGE_SECS.end()
+                    ))
+                })?,
+        };
         Ok(Settings {
             dry_run: boolean("DRY_RUN")?,
             role_action,
@@ -218,6 +335,14 @@ impl Settings {
                 contain_container_hosts: boolean("CONTAIN_CONTAINER_HOSTS")?,
                 max_instances,
                 max_containments_per_hour: Some(max_containments_per_hour),
+                approval: ApprovalPolicy {
+                    enabled: boolean("APPROVALS")?,
+                    type_prefixes: list("APPROVAL_TYPE_PREFIXES"),
+                    severity_band,
+                    tag: approval_tag,
+                    on_timeout,
+                    timeout_secs: approval_timeout,
+                },
             },
         })
     }
@@ -321,9 +446,75 @@ mod tests {
             ("MAX_CONTAINMENTS_PER_HOUR", "0"),
             ("MAX_CONTAINMENTS_PER_HOUR", "1001"),
             ("MAX_CONTAINMENTS_PER_HOUR", "-3"),
+            ("APPROVALS", "on"),
+            ("APPROVAL_SEVERITY_BAND", "7"),
+            ("APPROVAL_SEVERITY_BAND", "8-4"),
+            ("APPROVAL_SEVERITY_BAND", "4-11"),
+            ("APPROVAL_TAG", "=production"),
+            ("APPROVAL_TAG", "aws:cloudformation:stack-name"),
+            ("APPROVAL_TIMEOUT_ACTION", "terminate"),
+            ("APPROVAL_TIMEOUT_SECONDS", "59"),
+            ("APPROVAL_TIMEOUT_SECONDS", "604801"),
+            ("APPROVAL_TIMEOUT_SECONDS", "an hour"),
         ] {
             let err = read(&[(name, value)]).unwrap_err();
             assert!(err.to_string().contains(name), "{name}={value}: {err}");
         }
+    }
+
+    #[test]
+    fn the_approval_policy_is_read_and_matched() {
+        let off = read(&[("APPROVAL_TYPE_PREFIXES", "Backdoor:")]).unwrap();
+        assert_eq!(
+            off.triage
+                .approval
+                .finding_rule("Backdoor:EC2/X", Some(8.0)),
+            None
+        );
+        let s = read(&[
+            ("APPROVALS", "true"),
+            ("APPROVAL_TYPE_PREFIXES", "Backdoor:EC2/, Trojan:"),
+            ("APPROVAL_SEVERITY_BAND", " 4 - 6.9 "),
+            ("APPROVAL_TAG", "Environment=production"),
+            ("APPROVAL_TIMEOUT_ACTION", "contain"),
+            ("APPROVAL_TIMEOUT_SECONDS", "900"),
+        ])
+        .unwrap();
+        let a = &s.triage.approval;
+        assert_eq!(a.severity_band, Some((4.0, 6.9)));
+        assert_eq!(
+            a.tag,
+            Some(("Environment".to_owned(), Some("production".to_owned())))
+        );
+        assert_eq!(a.on_timeout, crate::approval::OnTimeout::Contain);
+        assert_eq!(a.timeout_secs, 900);
+        assert_eq!(
+            read(&[]).unwrap().triage.approval.timeout_secs,
+            DEFAULT_APPROVAL_TIMEOUT_SECS
+        );
+        assert!(
+            a.finding_rule("Backdoor:EC2/C&CActivity.B", Some(8.0))
+                .unwrap()
+                .contains("Backdoor:EC2/")
+        );
+        assert!(
+            a.finding_rule("Recon:EC2/PortProbe", Some(5.0))
+                .unwrap()
+                .contains("severity 5")
+        );
+        assert_eq!(a.finding_rule("Recon:EC2/PortProbe", Some(8.0)), None);
+        assert_eq!(a.finding_rule("Recon:EC2/PortProbe", None), None);
+        assert_eq!(
+            read(&[("APPROVAL_TAG", "Critical")])
+                .unwrap()
+                .triage
+                .approval
+                .tag,
+            Some(("Critical".to_owned(), None))
+        );
+        assert_eq!(
+            read(&[]).unwrap().triage.approval.on_timeout,
+            crate::approval::OnTimeout::NotifyOnly
+        );
     }
 }

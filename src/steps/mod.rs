@@ -7,6 +7,8 @@
 //! This module holds what every containment step shares: finding its target and its case, and
 //! recording the step's start and end in the case.
 
+pub mod approval;
+pub mod approval_link;
 pub mod deregister;
 pub mod isolate;
 pub mod notify;

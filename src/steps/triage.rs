@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
+use crate::approval::{ApprovalAsk, ApprovalOutcome};
 use crate::aws::context::Ctx;
 use crate::aws::pause::Pause;
 use crate::aws::{instance, tags};
@@ -24,6 +25,9 @@ pub enum Decision {
     NotifyOnly,
     /// The finding names nothing this tool can contain (or an account it must not act in).
     NothingToContain,
+    /// A person approves first (the approval policy, or the rate cap with approvals on): the
+    /// state machine asks and waits, then triages again.
+    AwaitApproval,
 }
 
 /// Triage's plan for a finding: the finding's decision, and one entry per instance it names.
@@ -60,6 +64,11 @@ pub struct TriageReport {
     /// them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rails: Vec<String>,
+    /// What a person is asked to approve, when an instance waits for approval (the state
+    /// machine then asks, and writes the outcome here); after an approval, the request and its
+    /// outcome as the case table holds them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalAsk>,
 }
 
 /// One instance of the plan: what the steps act on ([`PlannedTarget`]'s fields: `target` and
@@ -130,8 +139,31 @@ pub const MAX_LISTED_UNCONTAINED: usize = 25;
 /// Triages a finding event (the Lambda handler): resolves every instance it names once, applies
 /// the policy to the finding and the blast-radius cap, then decides for each instance by what
 /// it is now (gone, exempt, already contained) and opens its case.
-#[tracing::instrument(skip_all, fields(finding_id = event.detail.id.as_deref().map(finding::clip)))]
 pub async fn triage(ctx: &Ctx, event: &FindingEvent) -> Result<TriageReport, Error> {
+    triage_after(ctx, event, None).await
+}
+
+/// What the approval policy says for a finding's instances.
+#[derive(Debug, Default)]
+struct Gate {
+    /// Why the finding as a whole waits (its type or severity), if it does.
+    finding_rule: Option<String>,
+    /// A person's approval (or the timeout's contain), as the case table holds it.
+    granted: Option<ApprovalOutcome>,
+    /// Whether approval was asked before in this execution: it is never asked twice.
+    asked_before: bool,
+}
+
+/// Triages a finding again after its approval request (`asked`: the earlier report's request
+/// and outcome, from the state machine's input). The outcome is believed only as the case
+/// table records it, for this finding; then the instances that waited are contained (the
+/// rate cap does not hold back what a person approved), and approval is never asked again.
+#[tracing::instrument(skip_all, fields(finding_id = event.detail.id.as_deref().map(finding::clip)))]
+pub async fn triage_after(
+    ctx: &Ctx,
+    event: &FindingEvent,
+    asked: Option<&ApprovalAsk>,
+) -> Result<TriageReport, Error> {
     let ctx = &ctx.acting_as("triage");
     let settings = ctx.settings();
     let mut report = TriageReport {
@@ -147,6 +179,7 @@ pub async fn triage(ctx: &Ctx, event: &FindingEvent) -> Result<TriageReport, Err
         side: None,
         evidence: None,
         rails: Vec::new(),
+        approval: None,
     };
     let named = match finding::targets(event)? {
         Resolution::Contain(named) => named,
@@ -186,6 +219,31 @@ pub async fn triage(ctx: &Ctx, event: &FindingEvent) -> Result<TriageReport, Err
             (Decision::NotifyOnly, reason.to_owned())
         })
     };
+    let mut gate = Gate {
+        asked_before: asked.is_some(),
+        ..Gate::default()
+    };
+    if let Some(asked) = asked {
+        match granted(ctx, asked, &first.target).await {
+            Ok(Some((ask, outcome))) => {
+                report.rails.push(outcome.line());
+                gate.granted = Some(outcome);
+                report.approval = Some(ask);
+            }
+            Ok(None) => {}
+            Err(err) => {
+                tracing::warn!(error = %err, "approval not read: the instances that waited are reported only");
+                report.rails.push(format!(
+                    "the approval could not be read from the case table ({}): the instances that waited are reported, not contained",
+                    err.name()
+                ));
+            }
+        }
+    }
+    gate.finding_rule = settings
+        .triage
+        .approval
+        .finding_rule(&first.target.finding_type, event.detail.severity);
     if let Some((decision, reason)) = finding_wide {
         info!(%reason, ?decision, "not contained");
         // The reason is the finding's, said once; the plan lists the instances (at most
@@ -208,14 +266,28 @@ pub async fn triage(ctx: &Ctx, event: &FindingEvent) -> Result<TriageReport, Err
     let updated_at = event.detail.updated_at.as_deref();
     let in_group = named.targets.len() > 1;
     let plans: Vec<TargetPlan> = futures::stream::iter(named.targets.iter())
-        .map(|n| triage_instance(ctx, clients, n, in_group, updated_at, &evidence.because))
+        .map(|n| {
+            triage_instance(
+                ctx,
+                clients,
+                n,
+                in_group,
+                updated_at,
+                &evidence.because,
+                &gate,
+            )
+        })
         .buffered(TRIAGE_CONCURRENCY)
         .try_collect()
         .await?;
-    report.decision = [Decision::Contain, Decision::NotifyOnly]
-        .into_iter()
-        .find(|d| plans.iter().any(|p| p.decision == *d))
-        .unwrap_or(Decision::NothingToContain);
+    report.decision = [
+        Decision::Contain,
+        Decision::AwaitApproval,
+        Decision::NotifyOnly,
+    ]
+    .into_iter()
+    .find(|d| plans.iter().any(|p| p.decision == *d))
+    .unwrap_or(Decision::NothingToContain);
     if let [one] = plans.as_slice() {
         report.reason = one.reason.clone();
     }
@@ -223,6 +295,39 @@ pub async fn triage(ctx: &Ctx, event: &FindingEvent) -> Result<TriageReport, Err
         if !report.rails.contains(line) {
             report.rails.push(line.clone());
         }
+    }
+    let waiting: Vec<String> = plans
+        .iter()
+        .filter(|p| p.decision == Decision::AwaitApproval)
+        .map(|p| match &p.rail {
+            Some(rail) => format!("{} ({rail})", p.target.instance_id),
+            None => p.target.instance_id.clone(),
+        })
+        .collect();
+    if !waiting.is_empty() {
+        report.approval = Some(ApprovalAsk {
+            account_id: first.target.scope.account_id.clone(),
+            region: first.target.scope.region.clone(),
+            finding_id: first.target.finding_id.clone(),
+            finding_type: first.target.finding_type.clone(),
+            severity: event.detail.severity,
+            instances: waiting,
+            // The rate cap holds what nobody approved: an instance over it is never contained by
+            // a timeout, whatever ApprovalTimeoutAction says.
+            on_timeout: if plans.iter().any(|p| {
+                p.decision == Decision::AwaitApproval
+                    && p.rail
+                        .as_deref()
+                        .is_some_and(|r| r.starts_with(RATE_CAP_RAIL))
+            }) {
+                crate::approval::OnTimeout::NotifyOnly
+            } else {
+                settings.triage.approval.on_timeout
+            },
+            wait_seconds: settings.triage.approval.timeout_secs,
+            outcome: None,
+            error: None,
+        });
     }
     report.targets = plans;
     info!(decision = ?report.decision, instances = report.targets.len(), "triaged");
@@ -265,10 +370,31 @@ async fn triage_instance(
     in_group: bool,
     updated_at: Option<&str>,
     evidence: &str,
+    gate: &Gate,
 ) -> Result<TargetPlan, Error> {
     let settings = ctx.settings();
     let target = &named.target;
     let plan = |decision, reason: String| TargetPlan::new(named, decision, reason);
+    // What the finding's approval rule makes of a containment decided before the instance can
+    // be read (a credential finding's role, the instance gone): it waits too, or, asked before
+    // and not given, is only reported.
+    let gated = |reason: String| -> TargetPlan {
+        match (&gate.finding_rule, &gate.granted, settings.dry_run) {
+            (Some(rule), None, false) if gate.asked_before => plan(
+                Decision::NotifyOnly,
+                format!("{rule}, and it was not given: {reason}"),
+            ),
+            (Some(rule), None, false) => {
+                let mut waiting = plan(
+                    Decision::AwaitApproval,
+                    format!("waits for a person's approval (see the safety rail): {reason}"),
+                );
+                waiting.rail = Some(rule.clone());
+                waiting
+            }
+            _ => plan(Decision::Contain, reason),
+        }
+    };
     // A credential finding names the role: its stolen credentials are contained even when the
     // instance is gone or cannot be found; the steps report what they could not do.
     let role_still_matters = target.role_name.is_some();
@@ -280,18 +406,18 @@ async fn triage_instance(
             return Ok(plan(Decision::NothingToContain, err.to_string()));
         }
         Err(err @ Error::InstanceNotFound { .. }) => {
-            let reason = format!("{err}: each step reports what it can still do");
-            return Ok(plan(Decision::Contain, reason));
+            return Ok(gated(format!(
+                "{err}: each step reports what it can still do"
+            )));
         }
         Err(err) => return Err(err),
     };
     if let Some(reason) = instance::gone_reason(&inst) {
-        let decision = if role_still_matters {
-            Decision::Contain
+        return Ok(if role_still_matters {
+            gated(reason)
         } else {
-            Decision::NothingToContain
-        };
-        return Ok(plan(decision, reason));
+            plan(Decision::NothingToContain, reason)
+        });
     }
     let exemption = &settings.triage.exemption_tag;
     if tags::find(inst.tags(), exemption).is_some() {
@@ -302,7 +428,14 @@ async fn triage_instance(
     let mut out = plan(Decision::Contain, String::new());
     // The case: from the responder's own record, never from the instance's tags.
     let store = ctx.cases();
+    let approval_rule = gate
+        .finding_rule
+        .clone()
+        .or_else(|| tag_rule(&settings.triage.approval, inst.tags()));
     if settings.dry_run {
+        if let Some(rule) = &approval_rule {
+            out.rail = Some(format!("{rule} (a dry run asks nobody)"));
+        }
         if let Ok(Some((case_id, opened_at))) =
             store.open_case(&target.scope, &target.instance_id).await
         {
@@ -312,10 +445,38 @@ async fn triage_instance(
         }
         return Ok(out);
     }
+    // Approval: an instance the policy gates waits for a person, unless its containment is
+    // already under way (the finding joins the case) or a person approved.
+    if let Some(rule) = approval_rule
+        && gate.granted.is_none()
+        && !matches!(
+            store.open_case(&target.scope, &target.instance_id).await,
+            Ok(Some(_))
+        )
+    {
+        return Ok(if gate.asked_before {
+            let reason = format!("{rule}, and it was not given: the instance is reported only");
+            info!(%reason, "notify only");
+            plan(Decision::NotifyOnly, reason)
+        } else {
+            info!(%rule, "awaits approval");
+            let mut waiting = plan(
+                Decision::AwaitApproval,
+                "waits for a person's approval (see the safety rail)".into(),
+            );
+            waiting.rail = Some(rule);
+            waiting
+        });
+    }
     // The rate cap: a containment not yet under way takes one of the account's slots for the
-    // rolling hour (a finding joining an open case takes none). A table that cannot be reached
-    // never holds containment back, here either.
-    if let Some(cap) = settings.triage.max_containments_per_hour {
+    // rolling hour (a finding joining an open case takes none); what a person approved is not
+    // held back by it. A table that cannot be reached never holds containment back, here
+    // either.
+    if let Some(cap) = settings
+        .triage
+        .max_containments_per_hour
+        .filter(|_| gate.granted.is_none())
+    {
         let checked = tokio::time::timeout(CASE_OPEN_TIMEOUT, rate_capped(ctx, target, cap))
             .await
             .unwrap_or_else(|_| {
@@ -328,6 +489,16 @@ async fn triage_instance(
             });
         match checked {
             Ok(None) => {}
+            Ok(Some(rail)) if settings.triage.approval.enabled && !gate.asked_before => {
+                info!(%rail, "awaits approval");
+                let mut waiting = plan(
+                    Decision::AwaitApproval,
+                    "waits for a person's approval: the rate cap is reached (see the safety rail)"
+                        .into(),
+                );
+                waiting.rail = Some(rail);
+                return Ok(waiting);
+            }
             Ok(Some(rail)) => {
                 let reason = "the rate cap is reached (see the safety rail): raise MaxContainmentsPerHour and send the finding again, or isolate the instance by hand".to_owned();
                 info!(%rail, "notify only");
@@ -373,6 +544,12 @@ async fn triage_instance(
             return Ok(out);
         }
     };
+    if let (Some(outcome), Opened::New(handle) | Opened::Joined { handle, .. }) =
+        (&gate.granted, &opened)
+        && let Err(err) = store.approval_in_case(&handle.case_id, outcome).await
+    {
+        crate::case::warn_unrecorded("approval", &err);
+    }
     match opened {
         Opened::New(handle) => out.case = Some(handle),
         Opened::Joined { handle, opened_at } => {
@@ -396,6 +573,63 @@ async fn triage_instance(
     Ok(out)
 }
 
+/// Why an instance waits for approval by its tags (`APPROVAL_TAG`), if it does. A tag is
+/// anyone's with `ec2:CreateTags`: it makes an instance wait for a person (and, unanswered with
+/// the `notify-only` timeout, stay uncontained), never skips a rule of the finding; the README
+/// says to protect the key.
+fn tag_rule(
+    policy: &crate::domain::settings::ApprovalPolicy,
+    tags: &[aws_sdk_ec2::types::Tag],
+) -> Option<String> {
+    let (key, want) = policy.tag.as_ref().filter(|_| policy.enabled)?;
+    let value = tags::find(tags, key)?;
+    match want {
+        Some(want) if want != value => None,
+        Some(want) => Some(format!(
+            "approval required: the instance is tagged {key}={want} (ApprovalTag)"
+        )),
+        None => Some(format!(
+            "approval required: the instance carries the tag {key} (ApprovalTag)"
+        )),
+    }
+}
+
+/// The approval `asked` for, as the case table records it, when it lets the finding's
+/// instances be contained: the request must be this finding's (its account and id), and its
+/// recorded outcome approved (or the timeout's contain). Anything else: `None`.
+async fn granted(
+    ctx: &Ctx,
+    asked: &ApprovalAsk,
+    target: &Target,
+) -> Result<Option<(ApprovalAsk, ApprovalOutcome)>, Error> {
+    let Some(id) = asked
+        .outcome
+        .as_ref()
+        .map(|o| o.approval_id.as_str())
+        .filter(|id| crate::approval::is_approval_id(id))
+    else {
+        return Ok(None);
+    };
+    let Some(record) = ctx.cases().approval(id).await? else {
+        return Ok(None);
+    };
+    let ours = record.ask.finding_id == target.finding_id
+        && record.ask.account_id == target.scope.account_id
+        && record.ask.region == target.scope.region;
+    Ok(record.outcome.filter(|o| ours && o.contain).map(|o| {
+        (
+            ApprovalAsk {
+                outcome: Some(o.clone()),
+                ..record.ask
+            },
+            o,
+        )
+    }))
+}
+
+/// How the rate cap's line begins.
+const RATE_CAP_RAIL: &str = "rate cap reached";
+
 /// The rate cap's line when it stops this containment (none when a slot was taken, or the
 /// instance's case is already open).
 async fn rate_capped(ctx: &Ctx, target: &Target, cap: usize) -> Result<Option<String>, Error> {
@@ -418,7 +652,7 @@ async fn rate_capped(ctx: &Ctx, target: &Target, cap: usize) -> Result<Option<St
     {
         RateSlot::Claimed(_) => Ok(None),
         RateSlot::Full { frees_at } => Ok(Some(format!(
-            "rate cap reached: {cap} automatic containment{} in account {} within the last hour (MaxContainmentsPerHour){}",
+            "{RATE_CAP_RAIL}: {cap} automatic containment{} in account {} within the last hour (MaxContainmentsPerHour){}",
             if cap == 1 { "" } else { "s" },
             target.scope.account_id,
             frees_at

@@ -59,6 +59,8 @@ FUNCTION_OF_APP = {
     "release": "ReleaseFunction",
     "notify": "NotifyFunction",
     "security-hub": "SecurityHubFunction",
+    "approval": "ApprovalFunction",
+    "approval-link": "ApprovalLinkFunction",
 }
 # AWSLambdaBasicExecutionRole, the managed policy SAM gives every function role (its content as
 # AWS publishes it: https://docs.aws.amazon.com/aws-managed-policy/latest/reference/AWSLambdaBasicExecutionRole.html).
@@ -496,6 +498,9 @@ def requests_for(call: dict, account: str) -> list[tuple[str, str, dict]]:
         for path, value in ((call.get("json") or {}).get("asff") or {}).items():
             ctx[f"securityhub:ASFFSyntaxPath/{path}"] = value
         return [(call["action"], f"arn:aws:securityhub:{region}:{account}:hub/default", ctx)]
+    if service == "states" and name == "SendTaskSuccess":
+        # No resource type: IAM evaluates it on "*" (the Service Authorization Reference).
+        return [(call["action"], "*", base)]
     raise Underivable(f"{call['action']} with parameters {sorted(p)}")
 
 
@@ -851,6 +856,20 @@ def abuses(account: str = "111111111111", region: str = "us-east-1") -> list[tup
             f"arn:aws:sns:{r}:{a}:ec2-quarantine-alerts",
             {},
         ),
+        # Approvals: the function answers waiting executions and records decisions, no more.
+        *[
+            (f"ApprovalFunction: {what}", "ApprovalFunction", action, resource, {})
+            for what, action, resource in (
+                ("fail a waiting execution", "states:SendTaskFailure", "*"),
+                ("stop an execution", "states:StopExecution", f"arn:aws:states:{r}:{a}:execution:containment:e1"),
+                ("start a containment", "states:StartExecution", f"arn:aws:states:{r}:{a}:stateMachine:containment"),
+                ("delete a case item", "dynamodb:DeleteItem", f"arn:aws:dynamodb:{r}:{a}:table/{CASE_TABLE}"),
+                ("read the whole case table", "dynamodb:Scan", f"arn:aws:dynamodb:{r}:{a}:table/{CASE_TABLE}"),
+                ("write another table", "dynamodb:PutItem", f"arn:aws:dynamodb:{r}:{a}:table/orders"),
+                ("publish to another topic", "sns:Publish", f"arn:aws:sns:{r}:{a}:customer-notifications"),
+                ("assume a member role", "sts:AssumeRole", f"arn:aws:iam::222222222222:role/{MEMBER_ROLE}"),
+            )
+        ],
         (
             "TriageFunction: read another parameter (a secret)",
             "TriageFunction",
@@ -1015,7 +1034,8 @@ def check(calls: list[dict], principals: dict[str, str]) -> tuple[int, list[str]
                 "principal": principal,
                 "action": action,
                 "resource": resource,
-                "resourceAccount": resource.split(":")[4] or "111111111111",
+                # "*" (an action without a resource type): the principal's own account.
+                "resourceAccount": (resource.split(":")[4] if resource != "*" else "") or "111111111111",
                 "context": {"aws:PrincipalArn": principal, **context},
                 "identityPolicies": policies,
                 "resourcePolicy": resource_policy,

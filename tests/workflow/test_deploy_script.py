@@ -411,8 +411,16 @@ def test_local_deployed_builds_the_release_bootstraps_and_runs_the_deployed_path
     )
 
 
-@pytest.mark.parametrize("args", [["pause", "--reason", "scanner mistaken for an attacker", "--region=eu-west-1"], ["resume"]])
-def test_pause_and_resume_pass_their_arguments_on(project, args):
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["pause", "--reason", "scanner mistaken for an attacker", "--region=eu-west-1"],
+        ["resume"],
+        ["approve", "apr-0123456789abcdef"],
+        ["reject", "apr-0123456789abcdef", "--reason", "our scanner", "--json"],
+    ],
+)
+def test_pause_resume_and_approvals_pass_their_arguments_on(project, args):
     env = fake_tools(project)
     r = deploy_sh(project, *args, env=env)
     assert r.returncode == 0, r.stderr
@@ -483,6 +491,12 @@ BAD_OPTIONS = [
     (["pause", "--reason"], "--reason needs a value"),
     (["pause", "--reason", "x", "now"], "unexpected argument now for pause"),
     (["resume", "--reason", "x"], "unknown option --reason for resume"),
+    (["approve"], "approve takes the request's id"),
+    (["approve", "i-0123456789abcdef0"], "not an approval request id (apr- and 16 hexadecimal digits"),
+    (["approve", "apr-0123456789ABCDEF"], "not an approval request id"),
+    (["approve", "apr-0123456789abcdef", "apr-0123456789abcdee"], "unexpected argument apr-0123456789abcdee for approve"),
+    (["reject", "apr-0123456789abcdef"], "reject takes --reason TEXT (why, for the record)"),
+    (["reject", "apr-0123456789abcdef", "--wait"], "unknown option --wait for reject"),
 ]
 
 
@@ -500,7 +514,21 @@ def test_a_bad_option_is_named_on_one_line(project, args, says):
     [["--help"], ["-h"], ["help"]]
     + [
         [sub, "--help"]
-        for sub in ("local", "invoke", "deploy", "nuke", "test-instance", "fire", "verify", "cases", "case", "pause", "resume")
+        for sub in (
+            "local",
+            "invoke",
+            "deploy",
+            "nuke",
+            "test-instance",
+            "fire",
+            "verify",
+            "cases",
+            "case",
+            "pause",
+            "resume",
+            "approve",
+            "reject",
+        )
     ],
 )
 def test_help_prints_the_usage_and_succeeds(project, args):

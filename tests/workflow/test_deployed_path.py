@@ -39,9 +39,15 @@ FILTERED_EVENT = EVENTS / "low-severity-ssh-probe.json"
 # fails the test. AlertEmailSubscription only with AlertEmail set.
 RESOURCES = {
     **{f: "AWS::Lambda::Function" for f in ("TriageFunction", "IsolateFunction", "DeregisterFunction", "SnapshotFunction")},
-    **{f: "AWS::Lambda::Function" for f in ("DenyRoleFunction", "NotifyFunction", "ReleaseFunction", "SecurityHubFunction")},
+    **{
+        f: "AWS::Lambda::Function"
+        for f in ("DenyRoleFunction", "NotifyFunction", "ReleaseFunction", "SecurityHubFunction", "ApprovalFunction")
+    },
     **{f"{f}Role": "AWS::IAM::Role" for f in ("TriageFunction", "IsolateFunction", "DeregisterFunction", "SnapshotFunction")},
-    **{f"{f}Role": "AWS::IAM::Role" for f in ("DenyRoleFunction", "NotifyFunction", "ReleaseFunction", "SecurityHubFunction")},
+    **{
+        f"{f}Role": "AWS::IAM::Role"
+        for f in ("DenyRoleFunction", "NotifyFunction", "ReleaseFunction", "SecurityHubFunction", "ApprovalFunction")
+    },
     "ContainmentStateMachine": "AWS::StepFunctions::StateMachine",
     "ContainmentStateMachineRole": "AWS::IAM::Role",
     "ReleaseStateMachine": "AWS::StepFunctions::StateMachine",
@@ -60,6 +66,16 @@ RESOURCES = {
         for alarm in ("FindingDeadLetterAlarm", "FindingSentToDeadLetterAlarm", "FindingLostAlarm", "PauseAlertFailedAlarm")
         + tuple(f"{m}Executions{e}Alarm" for m in ("Containment", "Release") for e in ("Failed", "TimedOut", "Aborted"))
     },
+}
+
+# What ApprovalLinks=true adds (the function with its role, its URL and the two permissions a
+# public function URL needs).
+LINK_RESOURCES = {
+    "ApprovalLinkFunction": "AWS::Lambda::Function",
+    "ApprovalLinkFunctionRole": "AWS::IAM::Role",
+    "ApprovalLinkFunctionUrl": "AWS::Lambda::Url",
+    "ApprovalLinkFunctionUrlPublicPermissions": "AWS::Lambda::Permission",
+    "ApprovalLinkFunctionURLInvokeAllowPublicAccess": "AWS::Lambda::Permission",
 }
 
 # Each function setting, the template parameter that gives it, and a value the stack of the
@@ -81,6 +97,12 @@ PARAMETERS = {
     "EXEMPTION_TAG_KEY": ("ExemptionTagKey", "ops-exempt"),
     "MAX_INSTANCES_PER_FINDING": ("MaxInstancesPerFinding", "7"),
     "MAX_CONTAINMENTS_PER_HOUR": ("MaxContainmentsPerHour", "15"),
+    "APPROVALS": ("Approvals", "false"),
+    "APPROVAL_TYPE_PREFIXES": ("ApprovalTypePrefixes", "Recon:EC2/Portscan"),
+    "APPROVAL_SEVERITY_BAND": ("ApprovalSeverityBand", "2-3.9"),
+    "APPROVAL_TAG": ("ApprovalTag", "Environment=production"),
+    "APPROVAL_TIMEOUT_SECONDS": ("ApprovalTimeoutSeconds", "900"),
+    "APPROVAL_TIMEOUT_ACTION": ("ApprovalTimeoutAction", "contain"),
     "MEMBER_ROLE_NAME": ("MemberRoleName", "ops-member-role"),
     "MEMBER_ROLE_EXTERNAL_ID": ("MemberRoleExternalId", "ops-external-id"),
     "MEMBER_ACCOUNTS_ALLOW": ("MemberAccountsAllow", "111111111111,222222222222"),
@@ -93,6 +115,7 @@ OVERRIDES = {parameter: value for parameter, value in PARAMETERS.values()} | {
     "AlertEmail": "soc@example.com",
     "ChatNotifications": "Enabled",
     "SecurityHubUpdates": "Disabled",
+    "ApprovalLinks": "true",
 }
 
 
@@ -144,6 +167,131 @@ def configured(tmp_path_factory) -> dict:
             wait_for(st.sfn, execution, 120)
             rails[step] = {"deploy_sh": done, "notification": received_notification(st)}
         return {"facts": st.facts, "events": events, "rails": rails}
+
+
+# Approvals on: every Backdoor finding waits; a person's answer, or the shortest timeout the
+# template takes.
+APPROVAL_OVERRIDES = {"Approvals": "true", "ApprovalTypePrefixes": "Backdoor:EC2/", "ApprovalTimeoutSeconds": "60", "ApprovalLinks": "true"}
+APPROVAL_ID = re.compile(r"deploy\.sh approve (apr-[0-9a-f]{16})")
+APPROVAL_LINK = re.compile(r"https://([a-z0-9]+)\.lambda-url\.[a-z0-9-]+\.on\.aws/\?(a=apr-[0-9a-f]{16}&t=[0-9a-f]{64})")
+
+
+def open_link(control_plane: str, url_id: str, query: str, form: dict | None = None) -> tuple[int, str]:
+    """The approval link as a browser opens it (GET) or confirms it (POST), through MiniStack's
+    path-based function URL address (`/_aws/lambda-url/<id>/`)."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    data = urllib.parse.urlencode(form).encode() if form is not None else None
+    request = urllib.request.Request(f"{control_plane}/_aws/lambda-url/{url_id}/?{query}", data=data)
+    if data is not None:
+        request.add_header("Content-Type", "application/x-www-form-urlencoded")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def next_message(st, wanted, timeout_s: float = 60) -> dict:
+    """The next message of the stack's topic that `wanted` accepts (others are dropped)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for m in st.sqs.receive_message(QueueUrl=st.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", []):
+            st.sqs.delete_message(QueueUrl=st.queue_url, ReceiptHandle=m["ReceiptHandle"])
+            envelope = json.loads(m["Body"])
+            message = {
+                "subject": envelope.get("Subject") or "",
+                "message": envelope.get("Message") or "",
+                "attributes": {k: v.get("Value") for k, v in (envelope.get("MessageAttributes") or {}).items()},
+            }
+            if wanted(message):
+                return message
+    raise AssertionError(f"no such message within {timeout_s:.0f} s")
+
+
+@pytest.fixture(scope="module")
+def approvals(tmp_path_factory) -> dict:
+    """A stack deployed with approvals and links on. One finding nobody answers (it times out
+    after 60 s, and a reject after that is refused); one a person rejects through the link (and
+    a replay of the link is refused); then one a person approves with deploy.sh, which the
+    waiting execution takes on at once."""
+    log_dir = tmp_path_factory.mktemp("approvals")
+    out = {}
+    with deployed_stack(RELEASE_DIR, log_dir, APPROVAL_OVERRIDES) as st:
+        machine = st.machine
+        for case, finding_id in (("timed_out", "c3" * 16), ("linked", "e5" * 16), ("approved", "d4" * 16)):
+            event = point_event_at(json.loads(CONTAINED_EVENT.read_text()), st.sim, st.sim["instance_id"])
+            event["detail"]["id"] = finding_id
+            before = {e["executionArn"] for e in st.sfn.list_executions(stateMachineArn=machine)["executions"]}
+            st.publish(event)
+            (execution,) = started_executions(st.sfn, machine, before, wait_s=3.0)
+            request = next_message(st, lambda m: "APPROVAL NEEDED" in m["subject"])
+            approval_id = APPROVAL_ID.search(request["message"]).group(1)
+            answered = link = None
+            if case == "approved":
+                answered = deploy_sh(st.control_plane, log_dir, "approve", approval_id)
+            if case == "linked":
+                url_id, query = APPROVAL_LINK.search(request["message"]).groups()
+                fields = dict(pair.split("=") for pair in query.split("&"))
+                confirm = {**fields, "decision": "reject", "reason": "our scanner", "confirm": "reject"}
+                link = {
+                    "opened": open_link(st.control_plane, url_id, query),
+                    "confirmed": open_link(st.control_plane, url_id, "", confirm),
+                    "replayed": open_link(st.control_plane, url_id, "", {**confirm, "decision": "approve", "confirm": "approve"}),
+                    "forged": open_link(st.control_plane, url_id, "", {**confirm, "t": "0" * 64}),
+                }
+            done = wait_for(st.sfn, execution, 120)
+            report = next_message(st, lambda m: "APPROVAL NEEDED" not in m["subject"])
+            late = deploy_sh(st.control_plane, log_dir, "reject", approval_id, "--reason", "too late") if case == "timed_out" else None
+            out[case] = {
+                "request": request,
+                "approval_id": approval_id,
+                "answered": answered,
+                "link": link,
+                "status": done["status"],
+                "report": report,
+                "late": late,
+            }
+    return out
+
+
+def test_an_approval_request_is_answered_with_deploy_sh_and_the_waiting_execution_contains(approvals):
+    approved = approvals["approved"]
+    assert approved["request"]["subject"].startswith("[ec2-quarantine] APPROVAL NEEDED to contain i-"), approved["request"]
+    assert "ApprovalTypePrefixes" in approved["request"]["message"] and "Deadline:" in approved["request"]["message"]
+    assert approved["answered"].returncode == 0, approved["answered"].stderr
+    assert approved["answered"].stdout.startswith("RECORDED: approval apr-"), approved["answered"].stdout
+    assert approved["status"] == "SUCCEEDED"
+    report = approved["report"]
+    assert report["attributes"]["verdict"] == "contained", report
+    assert f"Safety rail: approval {approved['approval_id']}: approved by " in report["message"], report["message"]
+
+
+def test_an_unanswered_request_takes_the_default_and_a_later_answer_is_refused(approvals):
+    timed_out = approvals["timed_out"]
+    assert timed_out["status"] == "SUCCEEDED"
+    report = timed_out["report"]
+    assert report["attributes"]["verdict"] == "notify_only", report
+    assert f"approval {timed_out['approval_id']}: nobody answered by " in report["message"], report["message"]
+    assert "notify only, nothing is contained" in report["message"]
+    assert timed_out["late"].returncode == 1, (timed_out["late"].stdout, timed_out["late"].stderr)
+    assert timed_out["late"].stdout.startswith("REFUSED: already decided"), timed_out["late"].stdout
+
+
+def test_the_approval_link_shows_the_request_takes_one_confirmed_decision_and_refuses_replays(approvals):
+    linked = approvals["linked"]
+    status, page = linked["link"]["opened"]
+    assert status == 200 and 'value="reject"' in page and linked["approval_id"] in page, page
+    status, page = linked["link"]["confirmed"]
+    assert status == 200 and "rejected by the approval link (from " in page, page
+    assert linked["link"]["replayed"][0] == 409 and "already decided" in linked["link"]["replayed"][1]
+    assert linked["link"]["forged"][0] == 403
+    assert linked["status"] == "SUCCEEDED"
+    report = linked["report"]
+    assert report["attributes"]["verdict"] == "notify_only", report
+    assert "rejected by the approval link" in report["message"] and "(our scanner)" in report["message"], report["message"]
 
 
 def deploy_sh(control_plane: str, home: Path, *args: str) -> subprocess.CompletedProcess:
@@ -200,7 +348,11 @@ def test_the_deployed_path_ends_as_the_local_run_does(deployed, local):
 
 
 def test_every_resource_the_template_declares_is_deployed(deployed, configured):
-    configured_extra = {"AlertEmailSubscription": "AWS::SNS::Subscription", "ChatTopic": "AWS::SNS::Topic"}
+    configured_extra = {
+        "AlertEmailSubscription": "AWS::SNS::Subscription",
+        "ChatTopic": "AWS::SNS::Topic",
+        **LINK_RESOURCES,
+    }
     for facts, extra in ((deployed["deployed"], {}), (configured["facts"], configured_extra)):
         got = {logical: r["type"] for logical, r in facts["resources"].items()}
         assert got == RESOURCES | extra
@@ -218,7 +370,8 @@ def test_each_parameter_reaches_the_functions_through_its_own_variable(deployed,
     wiring = {v: ref.get("Ref") if isinstance(ref, dict) else ref for v, ref in globals_["Environment"]["Variables"].items()}
     assert {v: wiring[v] for v in PARAMETERS} == {v: parameter for v, (parameter, _) in PARAMETERS.items()}
     for facts, given in ((deployed["deployed"], {}), (configured["facts"], OVERRIDES)):
-        assert set(facts["functions"]) == {f for f, t in RESOURCES.items() if t == "AWS::Lambda::Function"}
+        links = {"ApprovalLinkFunction"} if given.get("ApprovalLinks") == "true" else set()
+        assert set(facts["functions"]) == {f for f, t in RESOURCES.items() if t == "AWS::Lambda::Function"} | links
         for logical, f in facts["functions"].items():
             env = f["environment"]
             for variable, (parameter, _) in PARAMETERS.items():
@@ -235,6 +388,10 @@ def test_each_parameter_reaches_the_functions_through_its_own_variable(deployed,
         # The chat topic only where ChatNotifications=Enabled; Security Hub updates unless disabled.
         assert notify_env["CHAT_TOPIC_ARN"] == facts["outputs"].get("ChatTopicArn", "")
         assert bool(notify_env["CHAT_TOPIC_ARN"]) == (given.get("ChatNotifications") == "Enabled")
+        # The approval link only where ApprovalLinks=true: the approval function knows its URL.
+        approval_env = facts["functions"]["ApprovalFunction"]["environment"]
+        assert approval_env["APPROVAL_LINK_URL"] == facts["outputs"].get("ApprovalLinkUrl", ""), approval_env
+        assert bool(approval_env["APPROVAL_LINK_URL"]) == bool(links)
         hub_env = facts["functions"]["SecurityHubFunction"]["environment"]
         assert hub_env["SECURITY_HUB_UPDATES"] == given.get("SecurityHubUpdates", "Enabled")
 
@@ -264,7 +421,7 @@ def test_each_deployed_task_calls_the_function_its_substitution_names(deployed):
                 assert got[name]["Resource"] == arns[f"{m.group(1)}Function"], (logical, name)
             elif state.get("Parameters", {}).get("TopicArn") == "${AlertTopicArn}":
                 assert got[name]["Parameters"]["TopicArn"] == facts["outputs"]["AlertTopicArn"], (logical, name)
-        assert tasks == {"ContainmentStateMachine": 7, "ReleaseStateMachine": 2}[logical]
+        assert tasks == {"ContainmentStateMachine": 8, "ReleaseStateMachine": 2}[logical]
 
 
 def test_deploy_sh_pauses_and_resumes_the_deployed_responder(configured):

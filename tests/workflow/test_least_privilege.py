@@ -85,15 +85,17 @@ ACTIONS: dict[str, set[str]] = {
         "ReleaseFunction",
         "SecurityHubFunction",
     },
-    "sns:Publish": {"NotifyFunction"},
+    "sns:Publish": {"NotifyFunction", "ApprovalFunction"},
+    # The decision handed to the execution waiting on the approval.
+    "states:SendTaskSuccess": {"ApprovalFunction", "ApprovalLinkFunction"},
     # The finding in Security Hub CSPM, in the finding's account: read, and note.
     "securityhub:GetFindings": {"SecurityHubFunction"},
     "securityhub:BatchUpdateFindings": {"SecurityHubFunction"},
     # The case table, in the responder's own account (src/case.rs serves every containment
     # function and release; release alone deletes an item, a role hold).
-    "dynamodb:GetItem": CASE_USERS,
-    "dynamodb:PutItem": CASE_USERS,
-    "dynamodb:UpdateItem": CASE_USERS,
+    "dynamodb:GetItem": CASE_USERS | {"ApprovalFunction", "ApprovalLinkFunction"},
+    "dynamodb:PutItem": CASE_USERS | {"ApprovalFunction"},
+    "dynamodb:UpdateItem": CASE_USERS | {"ApprovalFunction", "ApprovalLinkFunction"},
     "dynamodb:Query": CASE_USERS,
     # The pause switch, in the responder's own account: triage reads it and its record.
     "ssm:GetParameter": {"TriageFunction"},
@@ -108,7 +110,7 @@ IMPLIED = {("ReleaseFunction", "ec2:ReplaceIamInstanceProfileAssociation"): "iam
 # Which source files (under src/; a folder is every file in it) run in which function: each
 # step's module, plus the shared ones it uses.
 MODULES = {
-    "TriageFunction": ["steps/triage.rs", "aws/instance.rs", "aws/context.rs", "aws/pause.rs", "case.rs"],
+    "TriageFunction": ["steps/triage.rs", "aws/instance.rs", "aws/context.rs", "aws/pause.rs", "case.rs", "approval.rs"],
     "IsolateFunction": ["steps/isolate.rs", "aws/instance.rs", "aws/context.rs", "aws/tags.rs", "case.rs"],
     "DeregisterFunction": ["steps/deregister.rs", "aws/instance.rs", "aws/context.rs", "case.rs"],
     "SnapshotFunction": ["steps/snapshot.rs", "aws/instance.rs", "aws/context.rs", "case.rs"],
@@ -116,7 +118,17 @@ MODULES = {
     "ReleaseFunction": ["steps/release.rs", "aws/role_policy.rs", "aws/instance.rs", "aws/context.rs", "aws/profile.rs", "case.rs"],
     "NotifyFunction": ["steps/notify"],
     "SecurityHubFunction": ["steps/security_hub.rs", "aws/context.rs"],
+    # Its own account only (no member role): the context's clients, none of its calls.
+    "ApprovalFunction": ["steps/approval.rs", "approval.rs"],
+    # Its calls are the approval record's and the hand-over's (THROUGH below).
+    "ApprovalLinkFunction": ["steps/approval_link.rs"],
 }
+
+# A function that calls into shared code whose other calls it never makes: the actions of the
+# calls it makes there, named here (the link's page reads a request, records a decision and hands
+# it over: src/approval.rs `approval` and `decide_approval_by_link`, src/steps/approval.rs
+# `deliver`; never a request's PutItem nor its message).
+THROUGH = {"ApprovalLinkFunction": {"dynamodb:GetItem", "dynamodb:UpdateItem", "states:SendTaskSuccess"}}
 
 # Writes that IAM can scope: each must name resources (and the IAM ones a policy or condition).
 WRITES = {
@@ -164,6 +176,8 @@ UNSCOPABLE = {
     "elasticloadbalancing:DescribeTargetGroups",
     "elasticloadbalancing:DescribeTargetHealth",
     "elasticloadbalancing:DescribeLoadBalancers",
+    # No resource type: IAM cannot tell a task token's state machine (template.yaml says more).
+    "states:SendTaskSuccess",
 }
 
 LABEL = re.compile(r'(?:from_sdk|group_error|written)\(\s*"([a-z0-9]+:[A-Za-z]+)"')
@@ -181,6 +195,7 @@ def code_actions(function: str) -> set[str]:
     found = set()
     for path in sources(function):
         found |= set(LABEL.findall(path.read_text()))
+    found |= THROUGH.get(function, set())
     return found | {implied for (f, action), implied in IMPLIED.items() if f == function and action in found}
 
 
@@ -285,7 +300,11 @@ def test_the_member_role_allows_the_union_of_the_containment_functions():
     allowed_there = {a for st in policy["Statement"] if st["Effect"] == "Allow" for a in as_list(st["Action"])}
     # The case table and the pause switch stay in the responder's account: the member role has
     # no DynamoDB or SSM action.
-    containment = {a for a, fs in ACTIONS.items() if fs - {"NotifyFunction"} and not a.startswith(("dynamodb:", "ssm:"))}
+    containment = {
+        a
+        for a, fs in ACTIONS.items()
+        if fs - {"NotifyFunction", "ApprovalFunction", "ApprovalLinkFunction"} and not a.startswith(("dynamodb:", "ssm:"))
+    }
     assert allowed_there == containment - {"sts:AssumeRole"}
     denied_there = {a for st in policy["Statement"] if st["Effect"] == "Deny" for a in as_list(st["Action"])}
     assert {"iam:PutRolePolicy", "iam:AttachRolePolicy"} <= denied_there, "the member role cannot change itself"
@@ -328,6 +347,10 @@ def test_each_state_machine_may_invoke_its_functions_and_publish_to_the_alert_to
             topics.add(subs[ref[2:-1]]["Ref"])
             assert not {"TargetArn", "PhoneNumber", "TargetArn.$", "PhoneNumber.$", "TopicArn.$"} & set(params)
         else:
+            # The Lambda integration (the approval's `.waitForTaskToken`) names the function in
+            # its parameters; lambda:InvokeFunction on it all the same.
+            if resource.startswith("arn:aws:states:::lambda:invoke"):
+                resource = params["FunctionName"]
             name = resource[2:-1]
             assert resource == "${" + name + "}" and subs[name]["Fn::GetAtt"][1] == "Arn", resource
             functions.add(subs[name]["Fn::GetAtt"][0])

@@ -44,7 +44,12 @@ EXPECTED = {
     "attack-sequence-above-cap.json": {"matched": True, "status": "SUCCEEDED", "verdict": "notify_only"},
 }
 # Inputs of one function, not finding events.
-FUNCTION_INPUTS = {"notify-input.json": "notify", "release-request.json": "release", "security-hub-input.json": "security-hub"}
+FUNCTION_INPUTS = {
+    "notify-input.json": "notify",
+    "release-request.json": "release",
+    "security-hub-input.json": "security-hub",
+    "approval-decide.json": "approval",
+}
 
 
 def run(name: str, **kwargs) -> dict:
@@ -76,7 +81,9 @@ def test_the_state_machine_is_the_deployed_one():
     binaries = {
         r["Metadata"]["BuildProperties"]["Binary"] for r in template["Resources"].values() if r["Type"] == "AWS::Serverless::Function"
     }
-    assert binaries == set(FUNCTIONS)
+    # Every function but the approval link's page, which a function URL invokes, never a state
+    # machine.
+    assert binaries == set(FUNCTIONS) | {"approval-link"}
 
 
 @pytest.mark.parametrize("name", sorted(n for n, e in EXPECTED.items() if e == CONTAINED))
@@ -234,6 +241,14 @@ def test_security_hub_alone_with_its_sample_input():
     assert result["function_error"] is None, result
     assert result["result"]["status"] == "skipped"
     assert "Security Hub is not enabled in account 123456789012 region us-east-1" in result["result"]["reason"], result
+
+
+def test_approval_alone_with_its_sample_decision():
+    # The sample answers a request that does not exist: refused, and nothing changes.
+    result = local_run.invoke("approval", EVENTS / "approval-decide.json", BIN_DIR)
+    assert result["function_error"] is None, result
+    assert result["result"]["status"] == "refused", result
+    assert result["result"]["message"] == "there is no approval request apr-0123456789abcdef", result
 
 
 def test_a_function_error_reaches_the_caller_as_a_lambda_function_error():

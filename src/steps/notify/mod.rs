@@ -414,7 +414,8 @@ fn resolve_instances<'a>(
                     },
                 );
                 let verdict = match plan.decision {
-                    Decision::NotifyOnly => Verdict::NotifyOnly,
+                    // Still waiting at the report: the approval was not given.
+                    Decision::NotifyOnly | Decision::AwaitApproval => Verdict::NotifyOnly,
                     Decision::NothingToContain => Verdict::Skipped,
                     Decision::Contain => judge(&steps, with_deregister, triage_failed),
                 };
@@ -450,7 +451,7 @@ fn resolve_instances<'a>(
     match finding::resolve(event) {
         Ok(Resolution::Contain(target)) => {
             let verdict = match triage.map(|t| t.decision) {
-                Some(Decision::NotifyOnly) => Verdict::NotifyOnly,
+                Some(Decision::NotifyOnly | Decision::AwaitApproval) => Verdict::NotifyOnly,
                 _ => judge(&flat, with_deregister, triage_failed),
             };
             Resolved::Instances(vec![Instance {
@@ -784,6 +785,7 @@ fn chat_card(
             .rails
             .iter()
             .chain(t.targets.iter().filter_map(|p| p.rail.as_ref()))
+            .chain(text::approval_line(t).as_ref())
         {
             card.lines.push(format!("Safety rail: {}", escape(rail)));
         }

@@ -251,6 +251,16 @@ pub(super) fn write_triage(
                 Decision::NothingToContain => {
                     let _ = writeln!(body, "\nNothing to contain: {reason}.");
                 }
+                Decision::AwaitApproval => {
+                    let _ = writeln!(
+                        body,
+                        "\nNot contained: it {reason}, and the approval was not given (see the safety rails)."
+                    );
+                    let _ = writeln!(
+                        body,
+                        "Nothing was changed. Contain it by hand if it should be."
+                    );
+                }
                 Decision::Contain => {
                     if let Some(evidence) = &t.evidence {
                         let _ = writeln!(body, "\nContained because: {evidence}.");
@@ -299,9 +309,28 @@ pub(super) fn write_triage(
 
 /// What the safety rails said about the finding (the pause switch), one line each.
 pub(super) fn write_rails(body: &mut String, t: &TriageReport) {
-    for line in &t.rails {
+    for line in t.rails.iter().chain(approval_line(t).as_ref()) {
         let _ = writeln!(body, "Safety rail: {line}.");
     }
+}
+
+/// The approval's outcome or error, when the rails do not say it already (triage writes it
+/// there after an approval; a rejection or a timeout ends the workflow before).
+pub(super) fn approval_line(t: &TriageReport) -> Option<String> {
+    let approval = t.approval.as_ref()?;
+    let error = approval.error.as_ref().map(|error| {
+        format!(
+            "the approval request failed ({}); what followed: {}",
+            error.to_string().chars().take(300).collect::<String>(),
+            approval
+                .outcome
+                .as_ref()
+                .map(|o| o.line())
+                .unwrap_or_else(|| "nothing that waited for it was contained".into())
+        )
+    });
+    let line = error.or_else(|| approval.outcome.as_ref().map(|o| o.line()))?;
+    (!t.rails.contains(&line)).then_some(line)
 }
 
 pub(super) fn write_deregistration(body: &mut String, r: Option<&StepResult<DeregisterReport>>) {
