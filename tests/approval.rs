@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::Fixture;
+use common::{Fixture, Subscriber};
 use ec2_quarantine::approval::{ApprovalAsk, ApprovalStatus, approval_id};
 use ec2_quarantine::domain::finding::{FindingEvent, parse_event};
 use ec2_quarantine::domain::settings::Settings;
@@ -24,73 +24,22 @@ fn gated() -> Settings {
     s
 }
 
-/// The alert topic (named as iam_check binds it) with a queue that receives what it is sent.
-struct Inbox {
-    sqs: aws_sdk_sqs::Client,
-    queue_url: String,
-    topic_arn: String,
-}
+/// The alert topic (named as iam_check binds it, where no notification names it) and its
+/// subscriber.
+struct Inbox(Subscriber);
 
 impl Inbox {
     async fn new(f: &Fixture) -> Inbox {
-        let sns = aws_sdk_sns::Client::new(&f.config);
-        let sqs = aws_sdk_sqs::Client::new(&f.config);
-        let topic_arn = sns
-            .create_topic()
-            .name("alerts")
-            .send()
-            .await
-            .unwrap()
-            .topic_arn
-            .unwrap();
-        let queue_url = sqs
-            .create_queue()
-            .queue_name("approvals")
-            .send()
-            .await
-            .unwrap()
-            .queue_url
-            .unwrap();
-        let queue_arn = sqs
-            .get_queue_attributes()
-            .queue_url(&queue_url)
-            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-            .send()
-            .await
-            .unwrap()
-            .attributes()
-            .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
-            .clone();
-        sns.subscribe()
-            .topic_arn(&topic_arn)
-            .protocol("sqs")
-            .endpoint(queue_arn)
-            .send()
-            .await
-            .unwrap();
-        Inbox {
-            sqs,
-            queue_url,
-            topic_arn,
-        }
+        Inbox(Subscriber::new(&f.config, "alerts").await)
     }
 
     /// The messages received so far (their SNS bodies).
     async fn messages(&self) -> Vec<String> {
-        let out = self
-            .sqs
-            .receive_message()
-            .queue_url(&self.queue_url)
-            .max_number_of_messages(10)
-            .send()
+        self.0
+            .received()
             .await
-            .unwrap();
-        out.messages()
             .iter()
-            .filter_map(|m| {
-                let envelope: serde_json::Value = serde_json::from_str(m.body()?).ok()?;
-                Some(envelope["Message"].as_str()?.to_owned())
-            })
+            .filter_map(|envelope| Some(envelope["Message"].as_str()?.to_owned()))
             .collect()
     }
 }
@@ -103,7 +52,7 @@ fn execution(f: &Fixture, name: &str) -> String {
 }
 
 async fn run(ctx: &Ctx, inbox: &Inbox, input: serde_json::Value) -> Result<ApprovalOutput, Error> {
-    let settings = ApprovalSettings::from_value(inbox.topic_arn.clone()).unwrap();
+    let settings = ApprovalSettings::from_value(inbox.0.topic_arn.clone()).unwrap();
     let input: ApprovalInput = serde_json::from_value(input).unwrap();
     handle(ctx, &settings, input).await
 }
@@ -397,7 +346,7 @@ async fn the_link_shows_the_request_records_one_confirmed_decision_and_refuses_f
     let ctx = f.ctx.clone().with_settings(gated());
     let event = f.event(BACKDOOR);
     let ask = triage(&ctx, &event).await.unwrap().approval.unwrap();
-    let settings = ApprovalSettings::from_value(inbox.topic_arn.clone())
+    let settings = ApprovalSettings::from_value(inbox.0.topic_arn.clone())
         .unwrap()
         .with_link("https://abc.lambda-url.us-east-1.on.aws".into())
         .unwrap();

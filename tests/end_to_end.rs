@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::Fixture;
+use common::{Fixture, Subscriber};
 use ec2_quarantine::steps::isolate::isolate;
 use ec2_quarantine::steps::notify::{Notifier, NotifyInput, NotifySettings, Verdict};
 use ec2_quarantine::steps::role::contain_role;
@@ -11,72 +11,6 @@ use ec2_quarantine::steps::snapshot::snapshot;
 use serde_json::{Value, json};
 
 const EXFILTRATION: &str = "credential-exfiltration.json";
-
-struct Subscriber {
-    sqs: aws_sdk_sqs::Client,
-    queue_url: String,
-    topic_arn: String,
-}
-
-impl Subscriber {
-    async fn new(f: &Fixture) -> Subscriber {
-        let sns = aws_sdk_sns::Client::new(&f.config);
-        let sqs = aws_sdk_sqs::Client::new(&f.config);
-        let topic_arn = sns
-            .create_topic()
-            .name("ec2-quarantine-alerts")
-            .send()
-            .await
-            .unwrap()
-            .topic_arn
-            .unwrap();
-        let queue_url = sqs
-            .create_queue()
-            .queue_name("security-team")
-            .send()
-            .await
-            .unwrap()
-            .queue_url
-            .unwrap();
-        let attrs = sqs
-            .get_queue_attributes()
-            .queue_url(&queue_url)
-            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-            .send()
-            .await
-            .unwrap();
-        let queue_arn =
-            attrs.attributes().unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn].clone();
-        sns.subscribe()
-            .topic_arn(&topic_arn)
-            .protocol("sqs")
-            .endpoint(queue_arn)
-            .send()
-            .await
-            .unwrap();
-        Subscriber {
-            sqs,
-            queue_url,
-            topic_arn,
-        }
-    }
-
-    /// The SNS envelopes the queue received.
-    async fn received(&self) -> Vec<Value> {
-        let out = self
-            .sqs
-            .receive_message()
-            .queue_url(&self.queue_url)
-            .max_number_of_messages(10)
-            .send()
-            .await
-            .unwrap();
-        out.messages()
-            .iter()
-            .map(|m| serde_json::from_str(m.body().unwrap()).unwrap())
-            .collect()
-    }
-}
 
 /// Runs the three containment steps and returns notify's input as the state machine builds it.
 async fn contain(f: &Fixture) -> Value {
@@ -98,7 +32,7 @@ async fn contain(f: &Fixture) -> Value {
 #[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
 async fn the_users_test_stack_is_contained_and_the_team_is_told() {
     let f = Fixture::new().await;
-    let sub = Subscriber::new(&f).await;
+    let sub = Subscriber::new(&f.config, "ec2-quarantine-alerts").await;
     let settings = NotifySettings {
         topic_arn: sub.topic_arn.clone(),
         chat_topic_arn: None,
@@ -190,7 +124,7 @@ async fn the_users_test_stack_is_contained_and_the_team_is_told() {
 #[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
 async fn a_failed_step_is_reported_as_failed_and_the_rest_as_done() {
     let f = Fixture::new().await;
-    let sub = Subscriber::new(&f).await;
+    let sub = Subscriber::new(&f.config, "ec2-quarantine-alerts").await;
     let mut input = contain(&f).await;
     // What Catch passes on when the role step fails for good.
     input["role"] = json!({

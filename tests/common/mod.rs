@@ -778,3 +778,71 @@ pub fn inject_error(key: &str, action: &str, code: &str, status: u16) {
         serde_json::json!({"access_key": key, "action": action, "fault": "error", "code": code, "status": status, "times": 1}),
     );
 }
+
+/// A topic with an SQS queue subscribed to it: what a subscriber of the alert topic receives.
+pub struct Subscriber {
+    pub sqs: aws_sdk_sqs::Client,
+    pub queue_url: String,
+    pub topic_arn: String,
+}
+
+impl Subscriber {
+    /// The topic `topic_name` and a queue subscribed to it, in the account of `config`.
+    pub async fn new(config: &SdkConfig, topic_name: &str) -> Subscriber {
+        let sns = aws_sdk_sns::Client::new(config);
+        let sqs = aws_sdk_sqs::Client::new(config);
+        let topic_arn = sns
+            .create_topic()
+            .name(topic_name)
+            .send()
+            .await
+            .unwrap()
+            .topic_arn
+            .unwrap();
+        let queue_url = sqs
+            .create_queue()
+            .queue_name("security-team")
+            .send()
+            .await
+            .unwrap()
+            .queue_url
+            .unwrap();
+        let attrs = sqs
+            .get_queue_attributes()
+            .queue_url(&queue_url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .unwrap();
+        let queue_arn =
+            attrs.attributes().unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn].clone();
+        sns.subscribe()
+            .topic_arn(&topic_arn)
+            .protocol("sqs")
+            .endpoint(queue_arn)
+            .send()
+            .await
+            .unwrap();
+        Subscriber {
+            sqs,
+            queue_url,
+            topic_arn,
+        }
+    }
+
+    /// The SNS envelopes the queue received.
+    pub async fn received(&self) -> Vec<serde_json::Value> {
+        let out = self
+            .sqs
+            .receive_message()
+            .queue_url(&self.queue_url)
+            .max_number_of_messages(10)
+            .send()
+            .await
+            .unwrap();
+        out.messages()
+            .iter()
+            .map(|m| serde_json::from_str(m.body().unwrap()).unwrap())
+            .collect()
+    }
+}
