@@ -375,23 +375,29 @@ async fn triage_instance(
     let settings = ctx.settings();
     let target = &named.target;
     let plan = |decision, reason: String| TargetPlan::new(named, decision, reason);
+    // The instance waits for a person (`rail`: the rule that asks; `more`: what else to say);
+    // or, asked before and not given, is only reported.
+    let ask = |rail: String, more: Option<&str>| -> TargetPlan {
+        let more = more.map(|m| format!(": {m}")).unwrap_or_default();
+        if gate.asked_before {
+            let reason =
+                format!("{rail}, and it was not given: the instance is reported only{more}");
+            info!(%reason, "notify only");
+            return plan(Decision::NotifyOnly, reason);
+        }
+        info!(%rail, "awaits approval");
+        let mut waiting = plan(
+            Decision::AwaitApproval,
+            format!("waits for a person's approval (see the safety rail){more}"),
+        );
+        waiting.rail = Some(rail);
+        waiting
+    };
     // What the finding's approval rule makes of a containment decided before the instance can
-    // be read (a credential finding's role, the instance gone): it waits too, or, asked before
-    // and not given, is only reported.
+    // be read (a credential finding's role, the instance gone).
     let gated = |reason: String| -> TargetPlan {
         match (&gate.finding_rule, &gate.granted, settings.dry_run) {
-            (Some(rule), None, false) if gate.asked_before => plan(
-                Decision::NotifyOnly,
-                format!("{rule}, and it was not given: {reason}"),
-            ),
-            (Some(rule), None, false) => {
-                let mut waiting = plan(
-                    Decision::AwaitApproval,
-                    format!("waits for a person's approval (see the safety rail): {reason}"),
-                );
-                waiting.rail = Some(rule.clone());
-                waiting
-            }
+            (Some(rule), None, false) => ask(rule.clone(), Some(&reason)),
             _ => plan(Decision::Contain, reason),
         }
     };
@@ -454,19 +460,7 @@ async fn triage_instance(
             Ok(Some(_))
         )
     {
-        return Ok(if gate.asked_before {
-            let reason = format!("{rule}, and it was not given: the instance is reported only");
-            info!(%reason, "notify only");
-            plan(Decision::NotifyOnly, reason)
-        } else {
-            info!(%rule, "awaits approval");
-            let mut waiting = plan(
-                Decision::AwaitApproval,
-                "waits for a person's approval (see the safety rail)".into(),
-            );
-            waiting.rail = Some(rule);
-            waiting
-        });
+        return Ok(ask(rule, None));
     }
     // The rate cap: a containment not yet under way takes one of the account's slots for the
     // rolling hour (a finding joining an open case takes none); what a person approved is not
@@ -490,14 +484,7 @@ async fn triage_instance(
         match checked {
             Ok(None) => {}
             Ok(Some(rail)) if settings.triage.approval.enabled && !gate.asked_before => {
-                info!(%rail, "awaits approval");
-                let mut waiting = plan(
-                    Decision::AwaitApproval,
-                    "waits for a person's approval: the rate cap is reached (see the safety rail)"
-                        .into(),
-                );
-                waiting.rail = Some(rail);
-                return Ok(waiting);
+                return Ok(ask(rail, Some("the rate cap is reached")));
             }
             Ok(Some(rail)) => {
                 let reason = "the rate cap is reached (see the safety rail): raise MaxContainmentsPerHour and send the finding again, or isolate the instance by hand".to_owned();
