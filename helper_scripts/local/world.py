@@ -200,7 +200,10 @@ def point_event_at(event: dict, sim: dict, instance_id: str) -> dict:
 
 def point_sample_at(raw: dict, sim: dict) -> dict:
     """A sample input of any function pointed at the simulated instance: a release request, a
-    notify input (its finding), or a finding event."""
+    notify input (its finding), or a finding event. An approval's decision names no instance,
+    account or region (only its request), so it is sent as it is."""
+    if "approval_id" in raw:
+        return raw
     if "instance_id" in raw:
         return {**raw, "instance_id": sim["instance_id"]}
     if isinstance(raw.get("event"), dict):
