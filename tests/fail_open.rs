@@ -189,10 +189,12 @@ async fn no_fault_at_any_call_leaves_an_interface_in_the_transit_group() {
 #[tokio::test]
 #[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
 async fn a_function_running_out_of_time_after_the_transit_move_moves_the_interface_back() {
-    // The move to quarantine answers after 30 s; the function has 17: the step stops waiting
+    // The move to quarantine answers after 30 s; the function has 25: the step stops waiting
     // with time left to move the interface back. (The transit group is used only with 12 s
-    // left; 17 leaves 5 s for the reads before the moves on a loaded test machine.)
-    const BUDGET: Duration = Duration::from_secs(17);
+    // left; 25 leaves 13 s for the reads before the moves: on a 2-core machine, with this
+    // binary's other tests loading the emulator, 5 s were not always enough, and a step with
+    // less than 12 s left rightly moves straight to quarantine, which this test is not about.)
+    const BUDGET: Duration = Duration::from_secs(25);
     for fault in ["slow_answer", "delay"] {
         let f = Fixture::new().await;
         let key = access_key(&f.config).await;
