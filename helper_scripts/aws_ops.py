@@ -468,6 +468,40 @@ def set_pause(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- the rails' state
+
+
+def show_rails(args) -> int:
+    """The safety rails as they stand: the pause switch, the rate cap's use per account in the
+    last hour, and the approval requests waiting for a person."""
+    import cases
+
+    session, _, _ = clients(args.region)
+    cfn = session.client("cloudformation")
+    try:
+        stack = cfn.describe_stacks(StackName=args.stack_name)["Stacks"][0]
+    except ClientError as e:
+        if "does not exist" in str(e):
+            raise OpsError(f"no stack {args.stack_name} in {session.region_name}: pass --stack-name") from None
+        raise
+    # DescribeStacks lists every parameter the template declares, defaults included.
+    parameters = {p["ParameterKey"]: p.get("ParameterValue") for p in stack.get("Parameters", [])}
+    table = session.resource("dynamodb").Table(responder_output(session, args.stack_name, "CaseTableName", "pass --stack-name"))
+    state = cases.rails_state(table, time.time())
+    switch = pause_switch(session, args.stack_name)
+    try:
+        state["pause"] = pause_state(session.client("ssm"), switch)
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") != "ParameterNotFound":
+            raise
+        state["pause"] = {"parameter": switch, "missing": True, "paused": False}
+    state["max_containments_per_hour"] = parameters.get("MaxContainmentsPerHour")
+    state["approvals"] = parameters.get("Approvals")
+    options = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in (("region", args.region), ("stack_name", args.stack_name)) if v)
+    print(json.dumps(state, indent=2, default=str) if args.json else cases.render_rails(state, options))
+    return 0
+
+
 # ---------------------------------------------------------------- approvals
 
 
@@ -479,19 +513,19 @@ def decide(args) -> int:
     session, _, _ = clients(args.region)
     function = responder_output(session, args.stack_name, "ApprovalFunctionName", "pass --stack-name")
     caller = session.client("sts").get_caller_identity()["Arn"]
-    payload = {
-        "action": "decide",
-        "approval_id": args.approval_id,
-        "approve": args.command == "approve",
-        "by": caller,
-        "reason": " ".join((args.reason or "").split()),
-    }
-    answer = session.client("lambda").invoke(FunctionName=function, Payload=json.dumps(payload).encode())
+    body = answer_approval(session.client("lambda"), function, args.approval_id, args.command == "approve", caller, args.reason)
+    print(json.dumps(body, indent=2) if args.json else f"{body.get('status', '?').upper()}: {body.get('message', '')}")
+    return 0 if body.get("status") == "recorded" else 1
+
+
+def answer_approval(lam, function: str, approval_id: str, approve: bool, by: str, reason: str | None) -> dict:
+    """The approval function's answer to a decision (`status` recorded or refused, `message`)."""
+    payload = {"action": "decide", "approval_id": approval_id, "approve": approve, "by": by, "reason": " ".join((reason or "").split())}
+    answer = lam.invoke(FunctionName=function, Payload=json.dumps(payload).encode())
     body = json.loads(answer["Payload"].read() or b"{}")
     if answer.get("FunctionError"):
         raise OpsError(f"the approval function failed: {body.get('errorType')}: {body.get('errorMessage')}")
-    print(json.dumps(body, indent=2) if args.json else f"{body.get('status', '?').upper()}: {body.get('message', '')}")
-    return 0 if body.get("status") == "recorded" else 1
+    return body
 
 
 # ---------------------------------------------------------------- clean-up
@@ -740,6 +774,9 @@ def main(argv: list[str] | None = None) -> int:
         c.add_argument("--stack-name", default="ec2-quarantine")
         if name == "pause":
             c.add_argument("--reason", required=True, help="why, for the team (it goes into every notification while paused)")
+    r = sub.add_parser("rails", parents=[common], help="the pause switch, the rate cap's use, the approvals waiting")
+    r.add_argument("--stack-name", default="ec2-quarantine")
+    r.add_argument("--json", action="store_true")
     for name in ("approve", "reject"):
         c = sub.add_parser(name, parents=[common])
         c.add_argument("approval_id", help="the request's id (apr-...), as the request message gives it")
@@ -763,6 +800,7 @@ def main(argv: list[str] | None = None) -> int:
             "case": show_cases,
             "pause": set_pause,
             "resume": set_pause,
+            "rails": show_rails,
             "approve": decide,
             "reject": decide,
         }[args.command](args)

@@ -184,3 +184,135 @@ def render_case(case: dict) -> str:
     if not case["releases"]:
         out.append("  none")
     return "\n".join(out)
+
+
+# The rate cap's window (src/case.rs, RATE_WINDOW_SECS): a slot taken at or before
+# now - window is free again.
+RATE_WINDOW_S = 3600
+
+
+def _iso(epoch) -> str | None:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(int(epoch), UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if isinstance(epoch, (int, float)) else None
+
+
+def _only(*names: str) -> dict:
+    """A scan's projection of these attributes, each through an expression attribute name (any
+    may be a DynamoDB reserved word; boto3 adds the filter's own names beside them)."""
+    return {
+        "ProjectionExpression": ", ".join(f"#p{i}" for i in range(len(names))),
+        "ExpressionAttributeNames": {f"#p{i}": n for i, n in enumerate(names)},
+    }
+
+
+def rails_state(table, now: float) -> dict:
+    """What the rate cap and the approvals hold at `now` (epoch seconds), as the case table
+    records them (src/case.rs's slots `rate#<account>`/`slot#<n>`, src/approval.rs's requests
+    `approval#<id>`/`request`): each account's automatic containments of the last hour and when
+    the first of their slots frees, and every approval request still pending (within its
+    deadline, or past it with the default not applied yet). Task tokens are not read."""
+    from boto3.dynamodb.conditions import Attr
+
+    taken: dict[str, list[dict]] = {}
+    slots = _scan(
+        table,
+        FilterExpression=Attr("pk").begins_with("rate#") & Attr("sk").begins_with("slot#"),
+        ConsistentRead=True,
+        **_only("pk", "sk", "taken_at", "instance", "finding"),
+    )
+    for s in slots:
+        at = s.get("taken_at")
+        # Free again once taken at or before now - window (src/case.rs, the claim's condition).
+        if isinstance(at, (int, float)) and at > now - RATE_WINDOW_S:
+            taken.setdefault(s["pk"].removeprefix("rate#"), []).append(
+                {"at": at, "instance": s.get("instance"), "finding": s.get("finding")}
+            )
+    rate = [
+        {
+            "account": account,
+            "containments_last_hour": len(slots),
+            "first_slot_frees_at": _iso(min(s["at"] for s in slots) + RATE_WINDOW_S),
+            "slots": [{**s, "at": _iso(s["at"])} for s in sorted(slots, key=lambda s: s["at"])],
+        }
+        for account, slots in sorted(taken.items())
+    ]
+    pending = []
+    requests = _scan(
+        table,
+        FilterExpression=Attr("pk").begins_with("approval#") & Attr("sk").eq("request") & Attr("status").eq("pending"),
+        ConsistentRead=True,
+        **_only("approval_id", "ask", "requested_at", "expires_at", "published"),
+    )
+    for r in requests:
+        expires = r.get("expires_at")
+        try:
+            ask = json.loads(r.get("ask") or "{}")
+        except ValueError:
+            ask = {}
+        ask = ask if isinstance(ask, dict) else {}
+        pending.append(
+            {
+                "approval_id": r.get("approval_id"),
+                "requested_at": r.get("requested_at"),
+                "deadline": _iso(expires),
+                "past_deadline": not isinstance(expires, (int, float)) or expires <= now,
+                "message_sent": r.get("published") is True,
+                "account": ask.get("account_id"),
+                "region": ask.get("region"),
+                "finding": ask.get("finding_id"),
+                "finding_type": ask.get("finding_type"),
+                "instances": ask.get("instances") or [],
+                "on_timeout": ask.get("on_timeout"),
+            }
+        )
+    return {"rate_cap": rate, "pending_approvals": sorted(pending, key=lambda w: w["requested_at"] or "")}
+
+
+def render_rails(state: dict, answer_options: str = "") -> str:
+    """The rails' state for the on-call engineer (`deploy.sh rails`); `answer_options` are the
+    options (`--region ...`) the printed answer commands repeat."""
+    out = []
+    pause = state.get("pause") or {}
+    if pause.get("missing"):
+        out.append(f"Pause switch: {pause['parameter']} does not exist: triage reads that as not paused (and says so)")
+    elif pause.get("paused"):
+        out.append(f"Pause switch: PAUSED since {pause['since']} by {pause['by']} ({pause['reason']}): nothing is contained automatically")
+    elif pause:
+        out.append(f"Pause switch: not paused ({pause['parameter']} = {pause['value']}, since {pause['since']})")
+    cap = state.get("max_containments_per_hour")
+    limit = int(cap) if isinstance(cap, str) and cap.isdigit() else None
+    if not state["rate_cap"]:
+        out.append(f"Rate cap: {cap or '?'} automatic containments per account per hour; none in the last hour")
+    for r in state["rate_cap"]:
+        n = r["containments_last_hour"]
+        if limit is not None and n >= limit:
+            room = f"FULL: the next may start at {r['first_slot_frees_at']}"
+        else:
+            room = f"{limit - n} more may start now" if limit is not None else f"the first slot frees at {r['first_slot_frees_at']}"
+        out.append(f"Rate cap: account {r['account']}: {n} of {cap or '?'} automatic containments in the last hour; {room}")
+        for s in r["slots"]:
+            out.append(f"  {s['at']}  {s['instance']}  finding {s['finding']}")
+    if state.get("approvals") is not None:
+        out.append(f"Approvals: {'on' if state['approvals'] == 'true' else 'off'}")
+    if not state["pending_approvals"]:
+        out.append("No approval request is waiting.")
+    options = f" {answer_options}" if answer_options else ""
+    for w in state["pending_approvals"]:
+        if w["past_deadline"]:
+            when = f"past its deadline {w['deadline']}: {w['on_timeout']} is being applied, an answer is refused"
+        else:
+            when = f"deadline {w['deadline']} (then {w['on_timeout']})"
+        out.append(
+            f"WAITING {w['approval_id']} since {w['requested_at']}, {when}: "
+            f"{w['finding_type']} in {w['account']} {w['region']}, finding {w['finding']}"
+        )
+        if not w["message_sent"]:
+            out.append("  its request message was not sent (or not yet): the team may not know of it")
+        for i in w["instances"]:
+            out.append(f"  {i}")
+        if not w["past_deadline"]:
+            out.append(
+                f"  answer: deploy.sh approve {w['approval_id']}{options}  |  deploy.sh reject {w['approval_id']} --reason TEXT{options}"
+            )
+    return "\n".join(out)

@@ -9,8 +9,9 @@
 #   deploy.sh cases [--open] | case ID_OR_INSTANCE                             (the case record)
 #   deploy.sh pause --reason TEXT | resume                                     (the pause switch)
 #   deploy.sh approve APPROVAL_ID | reject APPROVAL_ID --reason TEXT           (approvals)
+#   deploy.sh rails [--json]                                                    (the rails' state)
 #
-# Only deploy, nuke, test-instance, fire, verify, cases, case, pause, resume, approve and reject talk to AWS, with the caller's
+# Only deploy, nuke, test-instance, fire, verify, cases, case, pause, resume, approve, reject and rails talk to AWS, with the caller's
 # credentials (AWS_ENDPOINT_URL points them at an emulator).
 # local and invoke need no AWS at all.
 set -euo pipefail
@@ -22,6 +23,7 @@ Usage:
   deploy.sh local [EVENT] [--deployed] [--json] [--missing-instance] [--member-account]
                   [--severity-threshold N] [--parameter KEY=VALUE]... [--dry-run] [--exempt]
                   [--paused] [--security-hub] [--repeat] [--release]
+                  [--approval approve|reject|timeout] [--burst N]
       Run the real state machine and the real Rust functions against a local AWS emulator, on a
       simulated compromised instance (two interfaces, two volumes, in an Auto Scaling group,
       behind a target group and a Classic Load Balancer), and print what happened. EVENT
@@ -39,7 +41,11 @@ Usage:
       packages them, `sam deploy` into a local control plane (MiniStack: CloudFormation with
       the SAM transform, Lambda, EventBridge, Step Functions, SNS, DynamoDB), the finding
       published to the deployed rule, the deployed state machine running the deployed functions
-      against the simulated instance (not with --member-account).
+      against the simulated instance (not with --member-account). With --deployed only (task
+      tokens): --approval turns approvals on for the finding's type and answers the request as
+      deploy.sh approve or reject does, or lets it time out (60 s); --burst N sets the rate cap to
+      N and sends N+1 findings at once, one instance each: N are contained, the rest wait for
+      approval (answered as --approval says, else left to time out).
 
   deploy.sh invoke FUNCTION EVENT
       Invoke one function (triage, isolate, deregister, snapshot, deny-role, notify, security-hub, release)
@@ -92,6 +98,12 @@ Usage:
       message gives it): the decision, your identity (STS) and the time are recorded, and the
       waiting execution goes on (approve: the instances that waited are contained). A request
       decided already, past its deadline or unknown is refused and nothing changes (exit 1).
+
+  deploy.sh rails [--json] [--region R] [--stack-name S]
+      The safety rails as they stand: the pause switch (since when, by whom, why), each
+      account's automatic containments in the last hour against MaxContainmentsPerHour (and
+      when the first slot frees), and every approval request waiting for a person, with its
+      deadline and the commands that answer it.
 
   deploy.sh help | --help | -h
       This text. A mistake in the call (an unknown subcommand or option, a missing or bad value,
@@ -228,14 +240,23 @@ check_input() {
 # ------------------------------------------------------------------ local
 
 cmd_local() {
-  local args=() event="" deployed=false member=false
+  local args=() alone=() event="" deployed=false member=false approval=false
   while [[ $# -gt 0 ]]; do
     case "$1" in
       --deployed) deployed=true ;;
       --member-account) member=true; args+=("$1") ;;
-      --json | --missing-instance | --dry-run | --exempt | --paused | --security-hub | --repeat | --release) args+=("$1") ;;
+      --json) args+=("$1") ;;
+      --missing-instance | --dry-run | --exempt | --paused | --security-hub | --repeat | --release) alone+=("$1"); args+=("$1") ;;
       --severity-threshold) need_value "$@"; check_severity "$2"; args+=("$1" "$2"); shift ;;
       --parameter) need_value "$@"; check_parameter "$2"; args+=("$1" "$2"); shift ;;
+      --approval)
+        need_value "$@"
+        [[ "$2" =~ ^(approve|reject|timeout)$ ]] || usage_error "--approval takes approve, reject or timeout, not $2"
+        approval=true; args+=("$1" "$2"); shift ;;
+      --burst)
+        need_value "$@"
+        [[ "$2" =~ ^[1-9]$ ]] || usage_error "--burst takes 1 to 9 (the rate cap; one more finding is sent), not $2"
+        approval=true; args+=("$1" "$2"); shift ;;
       -h | --help) usage; exit 0 ;;
       -*) usage_error "unknown option $1 for local (see deploy.sh --help)" ;;
       *) [[ -z "$event" ]] || usage_error "local takes one EVENT file, got $event and $1"; event="$1" ;;
@@ -248,6 +269,9 @@ cmd_local() {
     args+=("$(cd "$(dirname "$event")" && pwd)/$(basename "$event")")
   fi
   $deployed && $member && usage_error "--deployed runs the stack as deployed in one account: not with --member-account"
+  $approval && ! $deployed && usage_error "--approval and --burst need --deployed: approvals wait with a Step Functions task token, which the default path's interpreter (moto's) does not run"
+  $approval && [[ ${#alone[@]} -gt 0 ]] &&
+    usage_error "--approval and --burst need a request to answer and run their own findings: not with ${alone[*]}"
   build_functions
   if $deployed; then
     # What sam build builds: the release profile (helper_scripts/local/deployed.py, build).
@@ -421,6 +445,7 @@ cmd_test_path() {
     pause) valued=" --region --stack-name --reason " flags=" " most=0 ;;
     resume) valued=" --region --stack-name " flags=" " most=0 ;;
     approve | reject) valued=" --region --stack-name --reason " flags=" --json " most=1 ;;
+    rails) valued=" --region --stack-name " flags=" --json " most=0 ;;
   esac
   local reason_given=false
   while [[ $# -gt 0 ]]; do
@@ -491,10 +516,10 @@ shift
 case "$COMMAND" in
   local) cmd_local "$@" ;;
   invoke) cmd_invoke "$@" ;;
-  test-instance | fire | verify | cases | case | pause | resume | approve | reject) cmd_test_path "$@" ;;
+  test-instance | fire | verify | cases | case | pause | resume | approve | reject | rails) cmd_test_path "$@" ;;
   deploy) cmd_deploy "$@" ;;
   nuke) cmd_nuke "$@" ;;
   -h | --help | help) usage ;;
   -*) usage_error "unknown option $COMMAND: the subcommand comes first (see deploy.sh --help)" ;;
-  *) usage_error "unknown subcommand $COMMAND: one of local, invoke, deploy, nuke, test-instance, fire, verify, cases, case, pause, resume, approve, reject (see deploy.sh --help)" ;;
+  *) usage_error "unknown subcommand $COMMAND: one of local, invoke, deploy, nuke, test-instance, fire, verify, cases, case, pause, resume, approve, reject, rails (see deploy.sh --help)" ;;
 esac

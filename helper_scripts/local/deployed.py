@@ -286,7 +286,8 @@ def deployed_stack(release_dir: Path, log_dir: Path, parameters: dict[str, str] 
         built = build(release_dir, log_dir / "build")
         sam_deploy(built, control_plane, parameters or {}, log_dir / "sam-deploy.log")
         cp = {
-            s: boto3.client(s, endpoint_url=control_plane, **CREDENTIALS) for s in ("cloudformation", "sns", "sqs", "stepfunctions", "ssm")
+            s: boto3.client(s, endpoint_url=control_plane, **CREDENTIALS)
+            for s in ("cloudformation", "sns", "sqs", "stepfunctions", "ssm", "lambda")
         }
         dp = {s: boto3.client(s, endpoint_url=data_plane, **CREDENTIALS) for s in ("ec2", "iam", "autoscaling", "elbv2", "elb")}
         stack = cp["cloudformation"].describe_stacks(StackName=STACK_NAME)["Stacks"][0]
@@ -296,6 +297,7 @@ def deployed_stack(release_dir: Path, log_dir: Path, parameters: dict[str, str] 
         st.ec2, st.iam = dp["ec2"], dp["iam"]
         st.securityhub = boto3.client("securityhub", endpoint_url=data_plane, **CREDENTIALS)
         st.sns, st.sqs, st.sfn, st.ssm = cp["sns"], cp["sqs"], cp["stepfunctions"], cp["ssm"]
+        st.lambda_client = cp["lambda"]
         st.pause_parameter = outputs["PauseParameterName"]
         st.case_table = boto3.resource("dynamodb", endpoint_url=control_plane, **CREDENTIALS).Table(outputs["CaseTableName"])
         st.topic = outputs["AlertTopicArn"]

@@ -135,6 +135,12 @@ def render(report: dict) -> str:
     if f.get("target_instance") != sim.get("instance_id"):
         w(f"The event names {f.get('target_instance')}, which does not exist.")
     w("")
+    if report.get("burst"):
+        _render_burst(w, report)
+        _render_cases(w, report)
+        w("")
+        w(f"Wall time {report['wall_seconds']} s; function logs in {report['logs']}")
+        return "\n".join(out)
     rule = report["rule"]
     if report.get("path") == "deployed":
         w("Deployed with sam deploy into the local control plane; the finding was published to the deployed rule.")
@@ -155,6 +161,10 @@ def render(report: dict) -> str:
         w(f"Paused first, as deploy.sh pause does: {p['parameter']} = {p['value']} since {p['since']} (reason: {p['reason']})")
     if report.get("notify_fails"):
         w(f"The notify function publishes to {MISSING_TOPIC}, which does not exist: it fails, and the fallback runs.")
+    if report.get("approval"):
+        w("")
+        _render_approval(w, report["approval"])
+        w("")
     ex = report["execution"]
     w(f"State machine execution: {ex['status']}" + (f" ({ex['error']}: {ex['cause']})" if ex.get("error") else ""))
     w("")
@@ -206,6 +216,13 @@ def render(report: dict) -> str:
         for k, d in rel["differences"].items():
             w(f"    differs: {k}: before {d['before']} after {d['after']}")
         _render_notification(w, rel.get("notification"))
+    _render_cases(w, report)
+    w("")
+    w(f"Wall time {report['wall_seconds']} s; function logs in {report['logs']}")
+    return "\n".join(out)
+
+
+def _render_cases(w, report: dict) -> None:
     if report.get("case_list"):
         w("")
         w("The case table (deploy.sh cases on AWS):")
@@ -216,9 +233,50 @@ def render(report: dict) -> str:
         w("The case record (deploy.sh case on AWS):")
         for line in cases.render_case(case).splitlines():
             w(f"  {line}")
+
+
+def _render_approval(w, a: dict, indent: str = "") -> None:
+    """An approval request as the team received it, and how it was answered."""
+    waited = a["while_waiting"]
+    w(f"{indent}Approval {a['approval_id']} requested: {a['request']['subject']}")
+    w(f"{indent}  While it waited, the execution was {waited['status']} in state {waited['state']}.")
+    decision = a.get("decision")
+    if decision:
+        w(f"{indent}  Answered with deploy.sh {a['answer']}: {decision.get('status', '?').upper()}: {decision.get('message', '')}")
+    else:
+        w(f"{indent}  Nobody answered: the wait ends after ApprovalTimeoutSeconds and the default applies.")
+
+
+def _render_burst(w, report: dict) -> None:
+    burst = report["burst"]
+    instances = burst["instances"]
+    w(
+        f"A burst: {len(instances)} findings published at once to the deployed rule, one instance each, "
+        f"with MaxContainmentsPerHour={burst['cap']} and Approvals=true."
+    )
+    if report.get("parameters"):
+        w("Template parameters: " + ", ".join(f"{k}={v}" for k, v in sorted(report["parameters"].items())))
     w("")
-    w(f"Wall time {report['wall_seconds']} s; function logs in {report['logs']}")
-    return "\n".join(out)
+    w("When the burst had settled (every execution ended or asking for approval):")
+    for i in instances:
+        seen = i["while_burst_settled"]
+        w(f"  {i['instance_id']}: {seen['status']}" + (f", waiting in {seen['state']}" if seen["status"] == "RUNNING" else ""))
+    w("")
+    w("What deploy.sh rails showed then:")
+    for line in cases.render_rails(burst["rails_while_settled"]).splitlines():
+        w(f"  {line}")
+    for i in instances:
+        if i.get("approval"):
+            w("")
+            _render_approval(w, i["approval"])
+    w("")
+    w("At the end (interfaces: groups before -> after):")
+    for i in instances:
+        w(f"  {i['instance_id']}: execution {i['status']}, verdict {i['verdict']}")
+        for eni, groups in i["after"]["interface_groups"].items():
+            w(f"    {eni}: {', '.join(i['before']['interface_groups'][eni])} -> {', '.join(groups)}")
+        for rail in i["rails"]:
+            w(f"    {rail}")
 
 
 def _render_states(w, states: list[dict]) -> None:

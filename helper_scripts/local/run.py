@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import re
 import signal
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +21,17 @@ import cases
 from local import HarnessError, securityhub
 from local.deployed import deployed_stack, finding_id_of, started_executions
 from local.report import render, shown
-from local.stack import MEMBER_ACCOUNT, execute, follow, local_stack, received_chat, received_notification
+from local.stack import (
+    MEMBER_ACCOUNT,
+    execute,
+    follow,
+    local_stack,
+    next_message,
+    received_chat,
+    received_messages,
+    received_notification,
+    wait_for,
+)
 from local.template import ACCOUNT, DEFAULT_EVENT, FUNCTIONS, ROOT, function_settings, load_template, rule_matches, rule_pattern
 from local.world import (
     MISSING_INSTANCE,
@@ -46,6 +59,12 @@ class Scenario:
     `security_hub` enables Security Hub in the instance's account and region and puts the finding
     there as GuardDuty does ([`in_security_hub`]); the report then holds the finding's workflow
     status and note before and after.
+    `approval` (the deployed path only: moto's interpreter has no task tokens) turns approvals on
+    for the finding's type and answers the request as a person would: `approve` or `reject` with
+    `deploy.sh approve|reject`'s call, or `timeout`, nobody, with the shortest wait the template
+    takes ([`answer_request`]). `burst` N (deployed too) sets the rate cap to N and sends N+1
+    findings at once, each for an instance of its own: N are contained, the last waits for
+    approval, answered as `approval` says or left to time out ([`capped_burst`]).
     `parameters` are the template's, as `sam deploy --parameter-overrides` takes them."""
 
     missing_instance: bool = False
@@ -56,14 +75,38 @@ class Scenario:
     notify_fails: bool = False
     paused: bool = False
     security_hub: bool = False
+    approval: str | None = None
+    burst: int = 0
     parameters: dict[str, str] = field(default_factory=dict)
     severity_threshold: str | None = None
 
-    def overrides(self) -> dict[str, str]:
+    def overrides(self, finding_type: str | None = None) -> dict[str, str]:
         out = dict(self.parameters)
         if self.severity_threshold is not None:
             out["SeverityThreshold"] = self.severity_threshold
+        if self.approval or self.burst:
+            out["Approvals"] = "true"
+        if self.approval and not self.burst:
+            # The finding's own family (`Backdoor:EC2/`, say) is what the approval rule gates.
+            family = (finding_type or "").partition("/")
+            if not family[1]:
+                raise HarnessError(f"--approval needs a finding with a type such as Backdoor:EC2/..., not {finding_type!r}")
+            out["ApprovalTypePrefixes"] = family[0] + "/"
+        if self.approval == "timeout" or (self.burst and not self.approval):
+            out["ApprovalTimeoutSeconds"] = str(SHORTEST_APPROVAL_WAIT_S)
+        if self.burst:
+            out["MaxContainmentsPerHour"] = str(self.burst)
         return out
+
+
+# The shortest ApprovalTimeoutSeconds the template takes: how long `timeout` waits.
+SHORTEST_APPROVAL_WAIT_S = 60
+
+# How the request message names its id (src/steps/approval.rs, the request's text).
+APPROVAL_ID = re.compile(r"deploy\.sh approve (apr-[0-9a-f]{16})")
+
+# Who answers in the local run (deploy.sh passes the caller's identity, as STS gives it).
+LOCAL_APPROVER = f"arn:aws:iam::{ACCOUNT}:user/local-run"
 
 
 def run(
@@ -76,9 +119,31 @@ def run(
     scenario = scenario or Scenario()
     if release_dir and (scenario.member_account or scenario.notify_fails):
         raise HarnessError("the deployed path runs the stack as deployed: no member account, no failing notify (use the default path)")
+    if not release_dir and (scenario.approval or scenario.burst):
+        raise HarnessError("approvals wait with a Step Functions task token, which moto's interpreter does not run: add --deployed")
+    if scenario.approval or scenario.burst:
+        # Each of these sends no request, or runs a single finding the burst replaces.
+        others = {
+            "--paused": scenario.paused,
+            "--exempt": scenario.exempt,
+            "--missing-instance": scenario.missing_instance,
+            "--security-hub": scenario.security_hub,
+            "--repeat": scenario.repeat,
+            "--release": scenario.release,
+            "--dry-run": scenario.parameters.get("DryRun") == "true",
+        }
+        taken = {"Approvals", "ApprovalTypePrefixes", "ApprovalTimeoutSeconds", "MaxContainmentsPerHour"} & set(scenario.parameters)
+        if any(others.values()) or taken:
+            named = [k for k, v in others.items() if v] + [f"--parameter {k}" for k in sorted(taken)]
+            raise HarnessError(
+                f"--approval and --burst set the approval rules themselves and need a request to answer: not with {', '.join(named)}"
+            )
     raw = json.loads(event_path.read_text())
+    if scenario.burst and sequence_instances(raw):
+        raise HarnessError("a burst sends one finding per instance: give a finding that names one instance, not a group")
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="ec2-quarantine-local-"))
-    overrides = scenario.overrides()
+    detail = raw.get("detail") if isinstance(raw.get("detail"), dict) else {}
+    overrides = scenario.overrides(detail.get("type"))
     report: dict = {"event_file": shown(event_path), "logs": str(log_dir), "parameters": overrides}
     if scenario.notify_fails:
         report["notify_fails"] = True
@@ -110,9 +175,14 @@ def run(
                 report["paused"] = pause_responder(st)
             if scenario.security_hub:
                 report["security_hub"] = {"before": in_security_hub(st, event)}
+            if scenario.burst:
+                report["burst"] = capped_burst(st, raw, sim, scenario.burst, scenario.approval)
+                report["case_list"] = cases.list_cases(st.case_table)
+                report["cases"] = [cases.read_case(st.case_table, c["case_id"]) for c in report["case_list"]]
+                return report
             before = state_of(st, sim)
             others_before = [emulator_state(st.target_ec2, st.target_iam, s) for s in sims[1:]]
-            matched = contain(st, pattern, event, report)
+            matched = contain(st, pattern, event, report, scenario.approval)
             if scenario.security_hub:
                 report["security_hub"]["after"] = security_hub_state(st, event)
             report["emulator"] = {"before": before, "after": state_of(st, sim)}
@@ -186,8 +256,9 @@ def security_hub_state(st, event: dict) -> dict:
     return {"workflow_status": found[0].get("Workflow", {}).get("Status"), "note": found[0].get("Note")}
 
 
-def contain(st, pattern: dict, event: dict, report: dict) -> bool:
-    """The finding through the rule and, when it matches, the containment state machine.
+def contain(st, pattern: dict, event: dict, report: dict, answer: str | None = None) -> bool:
+    """The finding through the rule and, when it matches, the containment state machine; with
+    `answer`, its approval request answered so ([`answer_request`]).
 
     On the deployed path the finding goes to the deployed rule, which starts the deployed state
     machine or not; the template's pattern is still checked beside it, and both answers are
@@ -200,6 +271,8 @@ def contain(st, pattern: dict, event: dict, report: dict) -> bool:
         report["rule"].update(template_pattern_matched=matched, deployed_rule_matched=execution is not None)
         matched = execution is not None
         report["rule"]["matched"] = matched
+        if execution and answer:
+            report["approval"] = answer_request(st, execution, answer)
         if execution:
             report["execution"], report["states"], report["notification"] = follow(st, execution)
         return matched
@@ -223,6 +296,117 @@ def through_deployed_rule(st, event: dict) -> str | None:
     if len(started) > 1 or any(finding_id_of(st.sfn, e) != event["detail"].get("id") for e in started):
         raise HarnessError(f"one finding started {len(started)} executions, not one of its own: {started}")
     return started[0] if started else None
+
+
+def is_request(message: dict) -> bool:
+    return "APPROVAL NEEDED" in message["subject"]
+
+
+def current_state(sfn, execution: str) -> dict:
+    """The execution's status and the state it entered last."""
+    status = sfn.describe_execution(executionArn=execution)["status"]
+    events = sfn.get_execution_history(executionArn=execution, maxResults=1000)["events"]
+    entered = [e["stateEnteredEventDetails"]["name"] for e in events if "stateEnteredEventDetails" in e]
+    return {"status": status, "state": entered[-1] if entered else None}
+
+
+# What the local run's person says with a decision.
+ANSWER_REASONS = {"approve": "local run: the owner confirmed the compromise", "reject": "local run: our own scanner, not an attacker"}
+
+
+def answer_request(st, execution: str, answer: str, request: dict | None = None) -> dict:
+    """The execution's approval request, read from the team's inbox as a person reads it (or
+    `request`, read already), then answered: `approve` or `reject` with the call `deploy.sh
+    approve|reject` makes (aws_ops.answer_approval, by LOCAL_APPROVER), or `timeout`: nobody
+    answers, and the wait ends after ApprovalTimeoutSeconds."""
+    request = request or next_message(st, is_request)
+    found = APPROVAL_ID.search(request["message"])
+    if not found:
+        raise HarnessError(f"the approval request names no approval id: {request['subject']}")
+    out = {"approval_id": found.group(1), "request": request, "while_waiting": current_state(st.sfn, execution), "answer": answer}
+    if answer in ANSWER_REASONS:
+        function = st.stack_outputs["ApprovalFunctionName"]
+        out["decision"] = aws_ops.answer_approval(
+            st.lambda_client, function, out["approval_id"], answer == "approve", LOCAL_APPROVER, ANSWER_REASONS[answer]
+        )
+    return out
+
+
+def approval_id_of(execution: str) -> str:
+    """The id the approval function gives an execution's request (src/approval.rs, approval_id)."""
+    return "apr-" + hashlib.sha256(execution.encode()).hexdigest()[:16]
+
+
+def capped_burst(st, raw: dict, sim: dict, cap: int, answer: str | None) -> dict:
+    """cap+1 findings published at once, each for an instance of its own, with the rate cap at
+    `cap` and approvals on: `cap` instances are contained, the others wait for a person. Once
+    every execution has ended or sent its request, the rails are read as `deploy.sh rails` reads
+    them; then each request is answered with `answer`, or left to time out; every execution is
+    followed to its end, and each instance's report and interfaces are read."""
+    sims = [sim] + more_instances(st.target_ec2, sim, cap)
+    events = []
+    for k, s in enumerate(sims):
+        event = point_event_at(raw, s, s["instance_id"])
+        event["detail"]["id"] = f"b{k:031x}"
+        events.append(event)
+    before = {s["instance_id"]: state_of(st, s) for s in sims}
+    known = {e["executionArn"] for e in st.sfn.list_executions(stateMachineArn=st.machine)["executions"]}
+    with ThreadPoolExecutor(len(events)) as pool:
+        published = list(pool.map(st.publish, events))
+    if any(a.get("FailedEntryCount") for a in published):
+        raise HarnessError(f"a finding event was not published: {published}")
+    started: list[str] = []
+    deadline = time.monotonic() + 10
+    while len(started) < len(events) and time.monotonic() < deadline:
+        started = started_executions(st.sfn, st.machine, known, wait_s=1.0)
+    if len(started) != len(events):
+        raise HarnessError(f"{len(events)} findings started {len(started)} executions")
+    instance_of = {e["detail"]["id"]: s["instance_id"] for e, s in zip(events, sims, strict=True)}
+    execution_of = {instance_of[finding_id_of(st.sfn, arn)]: arn for arn in started}
+    instance_asking = {approval_id_of(arn): i for i, arn in execution_of.items()}
+    # The burst settles: every execution has ended, or is waiting with its request sent.
+    messages: list[dict] = []
+    deadline = time.monotonic() + 180
+    while True:
+        messages += received_messages(st)
+        waiting = {}
+        for m in filter(is_request, messages):
+            asked = APPROVAL_ID.search(m["message"])
+            if asked and asked.group(1) in instance_asking:
+                waiting[instance_asking[asked.group(1)]] = m
+        now = {i: current_state(st.sfn, arn) for i, arn in execution_of.items()}
+        if all(i in waiting or now[i]["status"] != "RUNNING" for i in execution_of):
+            break
+        if time.monotonic() > deadline:
+            raise HarnessError(f"the burst did not settle within 180 s: {now}, {len(waiting)} approval requests")
+    rails = cases.rails_state(st.case_table, time.time())
+    rails["max_containments_per_hour"], rails["approvals"] = str(cap), "true"
+    answered = {i: answer_request(st, execution_of[i], answer or "timeout", m) for i, m in waiting.items()}
+    ended = {i: wait_for(st.sfn, arn, SHORTEST_APPROVAL_WAIT_S + 180) for i, arn in execution_of.items()}
+    reports: dict[str, dict] = {}
+    deadline = time.monotonic() + 60
+    while len(reports) < len(events) and time.monotonic() < deadline:
+        messages += received_messages(st)
+        reports = {m["attributes"].get("instance_id"): m for m in messages if not is_request(m)}
+    return {
+        "cap": cap,
+        "answer": answer or "timeout",
+        "rails_while_settled": rails,
+        "instances": [
+            {
+                "instance_id": i,
+                "finding_id": finding_id,
+                "while_burst_settled": now[i],
+                "approval": answered.get(i),
+                "status": ended[i]["status"],
+                "verdict": (reports.get(i) or {}).get("attributes", {}).get("verdict"),
+                "rails": [line.strip() for line in (reports.get(i) or {}).get("message", "").splitlines() if "Safety rail:" in line],
+                "before": before[i],
+                "after": state_of(st, s),
+            }
+            for (finding_id, i), s in zip(instance_of.items(), sims, strict=True)
+        ],
+    }
 
 
 def send_again(st, sim: dict, event: dict) -> dict:
@@ -317,6 +501,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--exempt", action="store_true", help="tag the instance with the exemption tag first")
     p.add_argument("--paused", action="store_true", help="pause the responder first, as deploy.sh pause does")
     p.add_argument("--security-hub", action="store_true", help="enable Security Hub where the finding is, and put the finding there first")
+    p.add_argument(
+        "--approval",
+        choices=("approve", "reject", "timeout"),
+        default=None,
+        help="with --deployed: approvals on for the finding's type, the request answered so (timeout: nobody answers, 60 s)",
+    )
+    p.add_argument(
+        "--burst",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --deployed: N+1 findings at once, one instance each, the rate cap at N: N contained, the rest wait for approval",
+    )
     p.add_argument("--repeat", action="store_true", help="then send a second finding (another id) for the same instance")
     p.add_argument("--release", action="store_true", help="then run the release state machine and compare with the state before")
     p.add_argument(
@@ -328,6 +525,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.deployed and (args.invoke or args.member_account):
         p.error("--deployed runs the whole deployed stack: not with --invoke or --member-account")
+    if (args.approval or args.burst) and not args.deployed:
+        p.error("--approval and --burst need --deployed: approvals wait with a task token, which moto's interpreter does not run")
+    if args.burst is not None and not 1 <= args.burst <= 9:
+        p.error("--burst takes 1 to 9 (the rate cap; one more finding than that is sent)")
 
     def on_term(_sig, _frame):
         raise KeyboardInterrupt
@@ -378,6 +579,8 @@ def main(argv: list[str] | None = None) -> int:
             exempt=args.exempt,
             paused=args.paused,
             security_hub=args.security_hub,
+            approval=args.approval,
+            burst=args.burst or 0,
             repeat=args.repeat,
             release=args.release,
             parameters=parameters,
@@ -392,6 +595,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     print(json.dumps(report, indent=2, sort_keys=True) if args.json else render(report))
     executions = [report.get("execution")] + [(report.get(k) or {}).get("execution") for k in ("second_finding", "release")]
+    executions += [{"status": i["status"]} for i in (report.get("burst") or {}).get("instances", [])]
     return 3 if any(e and e["status"] != "SUCCEEDED" for e in executions) else 0
 
 

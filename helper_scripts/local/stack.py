@@ -256,6 +256,32 @@ def received_notification(st) -> dict | None:
     }
 
 
+def received_messages(st, wait_s: int = 1) -> list[dict]:
+    """What the stack's topic delivered to the team's inbox since the last read (taken from it)."""
+    out = []
+    for m in st.sqs.receive_message(QueueUrl=st.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=wait_s).get("Messages", []):
+        st.sqs.delete_message(QueueUrl=st.queue_url, ReceiptHandle=m["ReceiptHandle"])
+        envelope = json.loads(m["Body"])
+        out.append(
+            {
+                "subject": envelope.get("Subject") or "",
+                "message": envelope.get("Message") or "",
+                "attributes": {k: v.get("Value") for k, v in (envelope.get("MessageAttributes") or {}).items()},
+            }
+        )
+    return out
+
+
+def next_message(st, wanted, timeout_s: float = 60) -> dict:
+    """The next message of the stack's topic that `wanted` accepts (the others are dropped)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for message in received_messages(st):
+            if wanted(message):
+                return message
+    raise HarnessError(f"no such message within {timeout_s:.0f} s")
+
+
 def execute(st, machine: str, payload: dict) -> tuple[dict, list[dict], dict | None]:
     """One execution of a state machine: its outcome, its states, and the notification it sent."""
     name = f"local-{time.time_ns()}"

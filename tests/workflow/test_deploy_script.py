@@ -418,6 +418,7 @@ def test_local_deployed_builds_the_release_bootstraps_and_runs_the_deployed_path
         ["resume"],
         ["approve", "apr-0123456789abcdef"],
         ["reject", "apr-0123456789abcdef", "--reason", "our scanner", "--json"],
+        ["rails", "--json", "--stack-name", "responder"],
     ],
 )
 def test_pause_resume_and_approvals_pass_their_arguments_on(project, args):
@@ -491,6 +492,14 @@ BAD_OPTIONS = [
     (["pause", "--reason"], "--reason needs a value"),
     (["pause", "--reason", "x", "now"], "unexpected argument now for pause"),
     (["resume", "--reason", "x"], "unknown option --reason for resume"),
+    (["rails", "apr-0123456789abcdef"], "unexpected argument apr-0123456789abcdef for rails"),
+    (["local", "--approval", "maybe"], "--approval takes approve, reject or timeout, not maybe"),
+    (["local", "--burst", "10"], "--burst takes 1 to 9"),
+    (["local", "--burst", "2"], "--approval and --burst need --deployed"),
+    (
+        ["local", "--deployed", "--approval", "approve", "--paused"],
+        "need a request to answer and run their own findings: not with --paused",
+    ),
     (["approve"], "approve takes the request's id"),
     (["approve", "i-0123456789abcdef0"], "not an approval request id (apr- and 16 hexadecimal digits"),
     (["approve", "apr-0123456789ABCDEF"], "not an approval request id"),
@@ -528,6 +537,7 @@ def test_a_bad_option_is_named_on_one_line(project, args, says):
             "resume",
             "approve",
             "reject",
+            "rails",
         )
     ],
 )

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from local import run as local_run
 from local.deployed import HOST_ARCHITECTURE, deployed_stack, finding_id_of, started_executions
-from local.stack import received_notification, wait_for
+from local.stack import next_message, received_notification, wait_for
 from local.template import ACCOUNT, REGION, load_template
 from local.world import point_event_at
 
@@ -172,7 +172,6 @@ def configured(tmp_path_factory) -> dict:
 # Approvals on: every Backdoor finding waits; a person's answer, or the shortest timeout the
 # template takes.
 APPROVAL_OVERRIDES = {"Approvals": "true", "ApprovalTypePrefixes": "Backdoor:EC2/", "ApprovalTimeoutSeconds": "60", "ApprovalLinks": "true"}
-APPROVAL_ID = re.compile(r"deploy\.sh approve (apr-[0-9a-f]{16})")
 APPROVAL_LINK = re.compile(r"https://([a-z0-9]+)\.lambda-url\.[a-z0-9-]+\.on\.aws/\?(a=apr-[0-9a-f]{16}&t=[0-9a-f]{64})")
 
 
@@ -194,23 +193,6 @@ def open_link(control_plane: str, url_id: str, query: str, form: dict | None = N
         return e.code, e.read().decode()
 
 
-def next_message(st, wanted, timeout_s: float = 60) -> dict:
-    """The next message of the stack's topic that `wanted` accepts (others are dropped)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for m in st.sqs.receive_message(QueueUrl=st.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", []):
-            st.sqs.delete_message(QueueUrl=st.queue_url, ReceiptHandle=m["ReceiptHandle"])
-            envelope = json.loads(m["Body"])
-            message = {
-                "subject": envelope.get("Subject") or "",
-                "message": envelope.get("Message") or "",
-                "attributes": {k: v.get("Value") for k, v in (envelope.get("MessageAttributes") or {}).items()},
-            }
-            if wanted(message):
-                return message
-    raise AssertionError(f"no such message within {timeout_s:.0f} s")
-
-
 @pytest.fixture(scope="module")
 def approvals(tmp_path_factory) -> dict:
     """A stack deployed with approvals and links on. One finding nobody answers (it times out
@@ -228,7 +210,10 @@ def approvals(tmp_path_factory) -> dict:
             st.publish(event)
             (execution,) = started_executions(st.sfn, machine, before, wait_s=3.0)
             request = next_message(st, lambda m: "APPROVAL NEEDED" in m["subject"])
-            approval_id = APPROVAL_ID.search(request["message"]).group(1)
+            approval_id = local_run.APPROVAL_ID.search(request["message"]).group(1)
+            if case == "timed_out":
+                # The on-call engineer's view while it waits.
+                out["rails_waiting"] = deploy_sh(st.control_plane, log_dir, "rails", "--json")
             answered = link = None
             if case == "approved":
                 answered = deploy_sh(st.control_plane, log_dir, "approve", approval_id)
@@ -254,7 +239,25 @@ def approvals(tmp_path_factory) -> dict:
                 "report": report,
                 "late": late,
             }
+        out["rails_after"] = deploy_sh(st.control_plane, log_dir, "rails")
     return out
+
+
+def test_deploy_sh_rails_shows_the_request_waiting_and_nothing_once_answered(approvals):
+    waiting = approvals["rails_waiting"]
+    assert waiting.returncode == 0, waiting.stderr
+    state = json.loads(waiting.stdout)
+    assert state["pause"]["paused"] is False and state["approvals"] == "true", state
+    (request,) = state["pending_approvals"]
+    assert request["approval_id"] == approvals["timed_out"]["approval_id"], request
+    assert request["on_timeout"] == "notify-only" and request["finding"] == "c3" * 16 and not request["past_deadline"], request
+    assert request["message_sent"] is True, request
+    assert len(request["instances"]) == 1 and request["instances"][0].startswith("i-"), request
+    after = approvals["rails_after"]
+    assert after.returncode == 0, after.stderr
+    assert "Pause switch: not paused" in after.stdout and "No approval request is waiting." in after.stdout, after.stdout
+    # A containment a person approved takes no slot of the rate cap (src/steps/triage.rs).
+    assert "none in the last hour" in after.stdout, after.stdout
 
 
 def test_an_approval_request_is_answered_with_deploy_sh_and_the_waiting_execution_contains(approvals):
@@ -292,6 +295,42 @@ def test_the_approval_link_shows_the_request_takes_one_confirmed_decision_and_re
     report = linked["report"]
     assert report["attributes"]["verdict"] == "notify_only", report
     assert "rejected by the approval link" in report["message"] and "(our scanner)" in report["message"], report["message"]
+
+
+@pytest.fixture(scope="module")
+def burst(tmp_path_factory) -> dict:
+    """`deploy.sh local --deployed --burst 2 --approval approve`: three findings at once with the
+    rate cap at 2 and approvals on."""
+    scenario = local_run.Scenario(burst=2, approval="approve")
+    return local_run.run(CONTAINED_EVENT, BIN_DIR, scenario, tmp_path_factory.mktemp("burst"), release_dir=RELEASE_DIR)
+
+
+def test_a_burst_over_the_rate_cap_contains_the_cap_and_the_rest_waits_for_a_person(burst):
+    instances = burst["burst"]["instances"]
+    assert burst["parameters"] == {"Approvals": "true", "MaxContainmentsPerHour": "2"}, burst["parameters"]
+    # When it settled: two ended, contained; the third waited in AskApproval, asking.
+    settled = sorted((i["while_burst_settled"]["status"], i["while_burst_settled"]["state"]) for i in instances)
+    assert [s for s, _ in settled] == ["RUNNING", "SUCCEEDED", "SUCCEEDED"], settled
+    (waited,) = [i for i in instances if i["approval"]]
+    assert waited["while_burst_settled"]["state"] == "AskApproval", waited
+    assert waited["approval"]["decision"]["status"] == "recorded", waited["approval"]
+    assert "rate cap reached" in waited["approval"]["request"]["message"], waited["approval"]["request"]["message"]
+    # At the end: all three contained, the third by the person's approval, whatever the cap says.
+    assert [(i["status"], i["verdict"]) for i in instances] == [("SUCCEEDED", "contained")] * 3, instances
+    assert any(f"approval {waited['approval']['approval_id']}: approved by arn:aws:iam::" in r for r in waited["rails"]), waited["rails"]
+    for i in instances:
+        assert all(
+            len(g) == 1 and g != b for g, b in zip(i["after"]["interface_groups"].values(), i["before"]["interface_groups"].values())
+        ), i
+    # What deploy.sh rails showed while it waited: the cap full, the request waiting.
+    rails = burst["burst"]["rails_while_settled"]
+    assert [r["containments_last_hour"] for r in rails["rate_cap"]] == [2], rails
+    assert [p["approval_id"] for p in rails["pending_approvals"]] == [waited["approval"]["approval_id"]], rails
+    shown = local_run.render(burst)
+    assert "2 of 2 automatic containments in the last hour; FULL" in shown, shown
+    assert (
+        "When the burst had settled" in shown and "waiting in AskApproval" in shown and "Answered with deploy.sh approve: RECORDED" in shown
+    )
 
 
 def deploy_sh(control_plane: str, home: Path, *args: str) -> subprocess.CompletedProcess:
