@@ -49,6 +49,12 @@ fn faults() -> Vec<Value> {
 }
 
 /// The interfaces left in the transit group alone, read past the proxy.
+/// One test of this file at a time. Two of them measure time against a function's deadline
+/// (a step that gives up waiting, a step killed after 2 s); run beside the sweep over every
+/// call, which keeps the emulator busy, their reads waited seconds in its queue on a 2-core
+/// machine and CI failed them on timing alone.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn left_in_transit(f: &Fixture) -> Vec<String> {
     let ec2 = direct_ec2(&f.config);
     let transit: Vec<String> = ec2
@@ -147,6 +153,7 @@ async fn case(rule: Value, budget: Duration) -> Option<String> {
 #[tokio::test]
 #[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
 async fn no_fault_at_any_call_leaves_an_interface_in_the_transit_group() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut rules = Vec::new();
     for action in ISOLATE_CALLS {
         for fault in faults() {
@@ -189,6 +196,7 @@ async fn no_fault_at_any_call_leaves_an_interface_in_the_transit_group() {
 #[tokio::test]
 #[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
 async fn a_function_running_out_of_time_after_the_transit_move_moves_the_interface_back() {
+    let _one = ONE_AT_A_TIME.lock().await;
     // The move to quarantine answers after 30 s; the function has 25: the step stops waiting
     // with time left to move the interface back. (The transit group is used only with 12 s
     // left; 25 leaves 13 s for the reads before the moves: on a 2-core machine, with this
@@ -230,6 +238,7 @@ async fn a_function_running_out_of_time_after_the_transit_move_moves_the_interfa
 #[tokio::test]
 #[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
 async fn a_function_killed_after_the_transit_move_is_finished_by_the_retry() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let f = Fixture::new().await;
     let key = access_key(&f.config).await;
     // Every move after the first waits 30 s: the invocation is killed while it waits, with the
@@ -254,6 +263,7 @@ async fn a_function_killed_after_the_transit_move_is_finished_by_the_retry() {
 #[tokio::test]
 #[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
 async fn an_interface_that_cannot_leave_the_transit_group_is_reported_exposed() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let f = Fixture::new().await;
     let key = access_key(&f.config).await;
     // Transit moves pass; every later move of one interface is denied: it cannot go on to

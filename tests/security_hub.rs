@@ -5,8 +5,8 @@
 //! with the name the state machine retries.
 //!
 //! Reading a Security Hub finding (a structure of some hundred fields) takes more stack in a debug
-//! build than a test thread's 2 MiB: each test runs on a thread of its own with 16 MiB, as a
-//! Lambda function's main thread has 8 MiB for the release build's much smaller frames.
+//! build than a test thread's 2 MiB: each test runs on a thread of its own with 16 MiB
+//! (`common::on_a_big_stack`).
 //!
 //! moto's Security Hub answers as AWS does through the harness's corrections
 //! (`helper_scripts/local/securityhub.py`, loaded by `helper_scripts/local/moto_server.py`).
@@ -17,28 +17,13 @@ use aws_sdk_securityhub::types::{
     AwsSecurityFinding, AwsSecurityFindingFilters, Resource, Severity, StringFilter,
     StringFilterComparison, Workflow, WorkflowStatus,
 };
-use common::Fixture;
+use common::{Fixture, on_a_big_stack};
 use ec2_quarantine::Outcome;
 use ec2_quarantine::error::ErrorName;
 use ec2_quarantine::steps::notify::{NotifyOutput, Verdict};
 use ec2_quarantine::steps::security_hub::{HubInput, HubReport, HubSettings, UPDATED_BY, update};
 
 const BACKDOOR: &str = "instance-backdoor.json";
-
-fn on_a_big_stack<F: std::future::Future<Output = ()> + 'static>(test: fn() -> F) {
-    std::thread::Builder::new()
-        .stack_size(16 << 20)
-        .spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime")
-                .block_on(test())
-        })
-        .expect("a test thread")
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-}
 
 fn product(region: &str) -> String {
     format!("arn:aws:securityhub:{region}::product/aws/guardduty")

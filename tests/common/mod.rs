@@ -846,3 +846,22 @@ impl Subscriber {
             .collect()
     }
 }
+
+/// Runs an async test on a thread of its own with 16 MiB of stack. The debug build's futures of
+/// a whole step (its SDK calls' deserializers, the step's own state) need more than a test
+/// thread's 2 MiB where a test runs several steps in one future; a Lambda function's main
+/// thread has 8 MiB for the release build's much smaller frames.
+pub fn on_a_big_stack<F: std::future::Future<Output = ()> + 'static>(test: fn() -> F) {
+    std::thread::Builder::new()
+        .stack_size(16 << 20)
+        .spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime")
+                .block_on(test())
+        })
+        .expect("a test thread")
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+}
