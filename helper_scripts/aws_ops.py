@@ -546,6 +546,7 @@ def artifacts(session, account: str, partition: str) -> dict:
             for s in ec2.describe_snapshots(OwnerIds=["self"], Filters=[{"Name": "tag-key", "Values": [key]}])["Snapshots"]
         }
     )
+    found["snapshots"], found["locked_snapshots"] = split_locked(ec2, found["snapshots"])
     found["groups"] = [
         g["GroupId"]
         for g in ec2.describe_security_groups(Filters=[{"Name": "tag-key", "Values": [f"{TAG}isolation-group"]}])["SecurityGroups"]
@@ -648,6 +649,33 @@ def delete_test_stack(ec2, iam, cfn, policy_arn: str) -> str:
     return status
 
 
+def split_locked(ec2, snapshot_ids: list[str]) -> tuple[list[str], list[str]]:
+    """The snapshots that may be deleted, and those kept, each with why: a snapshot whose EBS
+    Snapshot Lock holds (governance, compliance or its cooling-off period) is never deleted,
+    and when the locks cannot be read none is."""
+    if not snapshot_ids:
+        return [], []
+    held: dict[str, str] = {}
+    try:
+        for start in range(0, len(snapshot_ids), 100):
+            token = None
+            while True:
+                page = ec2.describe_locked_snapshots(
+                    SnapshotIds=snapshot_ids[start : start + 100], **({"NextToken": token} if token else {})
+                )
+                for s in page.get("Snapshots", []):
+                    if s.get("LockState") and s["LockState"] != "expired":
+                        expires = s.get("LockExpiresOn")
+                        held[s["SnapshotId"]] = f"{s['LockState']} lock until {expires.isoformat() if expires else '?'}"
+                token = page.get("NextToken")
+                if not token:
+                    break
+    except (ClientError, BotoCoreError) as e:
+        why = e.response["Error"]["Code"] if isinstance(e, ClientError) else type(e).__name__
+        return [], [f"{i} (its lock could not be read: {why})" for i in snapshot_ids]
+    return [i for i in snapshot_ids if i not in held], [f"{i} ({held[i]})" for i in snapshot_ids if i in held]
+
+
 def nuke(args) -> int:
     """After one confirmation, removes: with --purge-artifacts the forensic snapshots and the
     tool's IAM denies; the test stack (when present); then the quarantine groups, the DenyAll
@@ -674,6 +702,8 @@ def nuke(args) -> int:
             print(f"    {still_open} case(s) still open: release them first; a new deployment starts a new, empty case table")
     if found:
         print(f"  forensic snapshots:       {', '.join(found['snapshots']) or 'none'}")
+        if found["locked_snapshots"]:
+            print(f"  kept, locked (evidence):  {', '.join(found['locked_snapshots'])}")
         print(f"  quarantine groups:        {', '.join(found['groups']) or 'none'}")
         print(
             f"  DenyAll policy:           {found['policy_arn'] if found['deny_all_policy'] else 'none'}"

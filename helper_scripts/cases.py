@@ -152,6 +152,17 @@ def _summary(report: str | None) -> str:
     return ""
 
 
+def _locks(report: str | None) -> list[dict]:
+    """The locked snapshots a snapshot step's report lists (src/steps/snapshot.rs)."""
+    try:
+        value = json.loads(report or "")
+    except ValueError:
+        return []
+    body = value.get("report") if isinstance(value, dict) and isinstance(value.get("report"), dict) else value
+    snapshots = body.get("snapshots") if isinstance(body, dict) else None
+    return [s for s in snapshots or [] if isinstance(s, dict) and isinstance(s.get("lock"), dict)]
+
+
 def render_case(case: dict) -> str:
     out = [
         f"Case {case['case_id']}: instance {case['instance_id']} in {case['account_id']} {case['region']}, {case['status']}",
@@ -171,6 +182,9 @@ def render_case(case: dict) -> str:
         out.append(line + (f": {note}" if note else ""))
         for c in s.get("created") or []:
             out.append(f"      created {c}")
+        for snapshot in _locks(s.get("report")):
+            lock = snapshot["lock"]
+            out.append(f"      locked {snapshot['snapshot_id']}: {lock.get('state')} until {lock.get('expires_on') or '?'}")
     out.append("Previous state (what release restores):")
     for p in case["previous"]:
         fields = ", ".join(f"{k}={v}" for k, v in p.items() if k not in ("kind", "recorded_at"))

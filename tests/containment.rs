@@ -447,6 +447,101 @@ async fn snapshot_takes_every_volume_once() {
 
 #[tokio::test]
 #[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
+async fn each_forensic_snapshot_is_locked_and_cannot_be_deleted() {
+    let f = Fixture::new().await;
+    let out = snapshot(&f.ctx, &f.event(EXFILTRATION)).await.unwrap();
+    let Outcome::Done(report) = out else {
+        panic!("expected done, got {out:?}")
+    };
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    let ids: Vec<String> = report
+        .snapshots
+        .iter()
+        .map(|s| s.snapshot_id.clone())
+        .collect();
+    // EC2's record of the locks: governance, the default 90 days.
+    let held = f
+        .ec2
+        .describe_locked_snapshots()
+        .set_snapshot_ids(Some(ids.clone()))
+        .send()
+        .await
+        .unwrap();
+    let mut locked: Vec<(String, String, Option<i32>)> = held
+        .snapshots()
+        .iter()
+        .map(|s| {
+            (
+                s.snapshot_id().unwrap_or_default().to_owned(),
+                s.lock_state()
+                    .map(|l| l.as_str().to_owned())
+                    .unwrap_or_default(),
+                s.lock_duration(),
+            )
+        })
+        .collect();
+    locked.sort();
+    let mut want: Vec<_> = ids
+        .iter()
+        .map(|i| (i.clone(), "governance".to_owned(), Some(90)))
+        .collect();
+    want.sort();
+    assert_eq!(locked, want);
+    assert!(
+        report.snapshots.iter().all(|s| s
+            .lock
+            .as_ref()
+            .is_some_and(|l| l.state == "governance" && l.expires_on.is_some())),
+        "{:?}",
+        report.snapshots
+    );
+    // Nobody deletes the evidence while the lock holds.
+    let refused = f.ec2.delete_snapshot().snapshot_id(&ids[0]).send().await;
+    assert!(refused.is_err(), "a locked snapshot was deleted");
+    assert_eq!(f.snapshots().await.len(), 2);
+    // A retried step finds the locks and asks for none again.
+    let again = snapshot(&f.ctx, &f.event(EXFILTRATION)).await.unwrap();
+    let Outcome::AlreadyDone(second) = again else {
+        panic!("expected already_done, got {again:?}")
+    };
+    assert!(second.warnings.is_empty(), "{:?}", second.warnings);
+    assert!(second.snapshots.iter().all(|s| s.lock.is_some()));
+}
+
+#[tokio::test]
+#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
+async fn with_snapshot_lock_none_nothing_is_locked() {
+    use ec2_quarantine::domain::settings::{SnapshotLock, SnapshotLockMode};
+    let f = Fixture::new().await;
+    let settings = Settings {
+        snapshot_lock: SnapshotLock {
+            mode: SnapshotLockMode::None,
+            ..SnapshotLock::default()
+        },
+        ..Settings::default()
+    };
+    let ctx = f.ctx.clone().with_settings(settings);
+    let out = snapshot(&ctx, &f.event(EXFILTRATION)).await.unwrap();
+    let Outcome::Done(report) = out else {
+        panic!("expected done, got {out:?}")
+    };
+    assert!(report.snapshots.iter().all(|s| s.lock.is_none()));
+    let held = f.ec2.describe_locked_snapshots().send().await.unwrap();
+    let ids: BTreeSet<&str> = report
+        .snapshots
+        .iter()
+        .map(|s| s.snapshot_id.as_str())
+        .collect();
+    assert!(
+        held.snapshots()
+            .iter()
+            .all(|s| !ids.contains(s.snapshot_id().unwrap_or_default())),
+        "locked with SnapshotLockMode=none"
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
 async fn a_deny_all_policy_someone_else_created_is_never_attached() {
     let f = Fixture::new().await;
     // A policy under the tool's DenyAll name and path that allows everything, created before

@@ -5,7 +5,9 @@
 
 mod common;
 
-use common::{Fixture, access_key, impatient_ctx, inject, record_outcome, retrying_ctx};
+use common::{
+    Fixture, access_key, impatient_ctx, inject, on_a_big_stack, record_outcome, retrying_ctx,
+};
 use ec2_quarantine::steps::isolate::isolate;
 use ec2_quarantine::steps::notify::{NotifyInput, render};
 use ec2_quarantine::steps::role::contain_role;
@@ -188,6 +190,7 @@ const SNAPSHOT_CALLS: &[&str] = &[
     "ec2:DescribeInstances",
     "ec2:DescribeSnapshots",
     "ec2:CreateSnapshots",
+    "ec2:LockSnapshot",
     "ec2:CreateTags",
 ];
 const ROLE_CALLS: &[&str] = &[
@@ -206,161 +209,183 @@ const ROLE_CALLS: &[&str] = &[
     "ec2:ReplaceIamInstanceProfileAssociation",
 ];
 
-#[tokio::test]
+#[test]
 #[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
-async fn transient_faults_on_every_call_are_retried_and_contained() {
-    let mut cases = Vec::new();
-    for (step, calls) in [
-        (Step::Isolate, ISOLATE_CALLS),
-        (Step::Snapshot, SNAPSHOT_CALLS),
-        (Step::Role, ROLE_CALLS),
-    ] {
-        for action in calls {
-            for fault in ["throttle", "unavailable"] {
-                cases.push(transient(step, action, fault, EXFILTRATION));
+fn transient_faults_on_every_call_are_retried_and_contained() {
+    on_a_big_stack(|| async {
+        let mut cases = Vec::new();
+        for (step, calls) in [
+            (Step::Isolate, ISOLATE_CALLS),
+            (Step::Snapshot, SNAPSHOT_CALLS),
+            (Step::Role, ROLE_CALLS),
+        ] {
+            for action in calls {
+                for fault in ["throttle", "unavailable"] {
+                    cases.push(transient(step, action, fault, EXFILTRATION));
+                }
             }
         }
-    }
-    // The Instance finding's path to the role: through the instance profile.
-    cases.push(transient(
-        Step::Role,
-        "iam:GetInstanceProfile",
-        "throttle",
-        BACKDOOR,
-    ));
-    join_all(cases).await;
+        // The Instance finding's path to the role: through the instance profile.
+        cases.push(transient(
+            Step::Role,
+            "iam:GetInstanceProfile",
+            "throttle",
+            BACKDOOR,
+        ));
+        join_all(cases).await;
+    });
 }
 
-#[tokio::test]
+#[test]
 #[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
-async fn a_call_slower_than_the_client_timeout_is_retried() {
-    transient(
-        Step::Isolate,
-        "ec2:ModifyNetworkInterfaceAttribute",
-        "delay",
-        EXFILTRATION,
-    )
-    .await;
-}
-
-#[tokio::test]
-#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
-async fn a_denied_isolation_call_is_named_and_reported() {
-    use Expect::*;
-    let cases = [
-        ("ec2:DescribeInstances", Fails(ErrorName::AccessDenied)),
-        ("ec2:DescribeSecurityGroups", Fails(ErrorName::AccessDenied)),
-        ("ec2:CreateSecurityGroup", Fails(ErrorName::AccessDenied)),
-        (
-            "ec2:RevokeSecurityGroupEgress",
-            Fails(ErrorName::AccessDenied),
-        ),
-        // The record is for release only: the instance is contained, and the report says the
-        // record is missing.
-        ("ec2:CreateTags", StillDone),
-        (
+fn a_call_slower_than_the_client_timeout_is_retried() {
+    on_a_big_stack(|| async {
+        transient(
+            Step::Isolate,
             "ec2:ModifyNetworkInterfaceAttribute",
-            Fails(ErrorName::ContainmentIncomplete),
-        ),
-        (
-            "ec2:ModifyInstanceAttribute",
-            Fails(ErrorName::ContainmentIncomplete),
-        ),
-    ];
-    join_all(cases.map(|(action, expect)| permanent(Step::Isolate, action, EXFILTRATION, expect)))
+            "delay",
+            EXFILTRATION,
+        )
         .await;
+    });
 }
 
-#[tokio::test]
+#[test]
 #[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
-async fn a_denied_snapshot_call_is_named_and_reported() {
-    use Expect::*;
-    let cases = [
-        // Snapshots are looked up by their tag only when the case says an earlier run called
-        // CreateSnapshots (a retry after a crash): a first run does not need the lookup.
-        ("ec2:DescribeSnapshots", StillDone),
-        ("ec2:CreateSnapshots", Fails(ErrorName::AccessDenied)),
-    ];
-    join_all(cases.map(|(action, expect)| permanent(Step::Snapshot, action, EXFILTRATION, expect)))
+fn a_denied_isolation_call_is_named_and_reported() {
+    on_a_big_stack(|| async {
+        use Expect::*;
+        let cases = [
+            ("ec2:DescribeInstances", Fails(ErrorName::AccessDenied)),
+            ("ec2:DescribeSecurityGroups", Fails(ErrorName::AccessDenied)),
+            ("ec2:CreateSecurityGroup", Fails(ErrorName::AccessDenied)),
+            (
+                "ec2:RevokeSecurityGroupEgress",
+                Fails(ErrorName::AccessDenied),
+            ),
+            // The record is for release only: the instance is contained, and the report says the
+            // record is missing.
+            ("ec2:CreateTags", StillDone),
+            (
+                "ec2:ModifyNetworkInterfaceAttribute",
+                Fails(ErrorName::ContainmentIncomplete),
+            ),
+            (
+                "ec2:ModifyInstanceAttribute",
+                Fails(ErrorName::ContainmentIncomplete),
+            ),
+        ];
+        join_all(
+            cases.map(|(action, expect)| permanent(Step::Isolate, action, EXFILTRATION, expect)),
+        )
         .await;
+    });
 }
 
-#[tokio::test]
+#[test]
 #[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
-async fn a_denied_role_call_is_named_and_reported() {
-    use Expect::*;
-    let cases = [
-        ("iam:GetRole", Fails(ErrorName::AccessDenied)),
-        ("iam:GetPolicy", Fails(ErrorName::ContainmentIncomplete)),
-        ("iam:CreatePolicy", Fails(ErrorName::ContainmentIncomplete)),
-        (
-            "iam:ListAttachedRolePolicies",
-            Fails(ErrorName::ContainmentIncomplete),
-        ),
-        (
-            "iam:AttachRolePolicy",
-            Fails(ErrorName::ContainmentIncomplete),
-        ),
-        ("iam:GetRolePolicy", Fails(ErrorName::ContainmentIncomplete)),
-        ("iam:PutRolePolicy", Fails(ErrorName::ContainmentIncomplete)),
-        (
-            "iam:CreateInstanceProfile",
-            Fails(ErrorName::ContainmentIncomplete),
-        ),
-        (
-            "ec2:ReplaceIamInstanceProfileAssociation",
-            Fails(ErrorName::ContainmentIncomplete),
-        ),
-        (
-            "ec2:DescribeIamInstanceProfileAssociations",
-            Fails(ErrorName::ContainmentIncomplete),
-        ),
-        // Only the count of other instances using the role depends on this: reported, not fatal.
-        ("iam:ListInstanceProfilesForRole", StillDone),
-    ];
-    join_all(cases.map(|(action, expect)| permanent(Step::Role, action, EXFILTRATION, expect)))
+fn a_denied_snapshot_call_is_named_and_reported() {
+    on_a_big_stack(|| async {
+        use Expect::*;
+        let cases = [
+            // Snapshots are looked up by their tag only when the case says an earlier run called
+            // CreateSnapshots (a retry after a crash): a first run does not need the lookup.
+            ("ec2:DescribeSnapshots", StillDone),
+            ("ec2:CreateSnapshots", Fails(ErrorName::AccessDenied)),
+            // A lock refused leaves the evidence taken, unlocked and said (src/steps/snapshot.rs).
+            ("ec2:LockSnapshot", StillDone),
+        ];
+        join_all(
+            cases.map(|(action, expect)| permanent(Step::Snapshot, action, EXFILTRATION, expect)),
+        )
         .await;
+    });
 }
 
-#[tokio::test]
+#[test]
 #[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
-async fn a_denied_instance_profile_lookup_is_named() {
-    permanent(
-        Step::Role,
-        "iam:GetInstanceProfile",
-        BACKDOOR,
-        Expect::Fails(ErrorName::AccessDenied),
-    )
-    .await;
+fn a_denied_role_call_is_named_and_reported() {
+    on_a_big_stack(|| async {
+        use Expect::*;
+        let cases = [
+            ("iam:GetRole", Fails(ErrorName::AccessDenied)),
+            ("iam:GetPolicy", Fails(ErrorName::ContainmentIncomplete)),
+            ("iam:CreatePolicy", Fails(ErrorName::ContainmentIncomplete)),
+            (
+                "iam:ListAttachedRolePolicies",
+                Fails(ErrorName::ContainmentIncomplete),
+            ),
+            (
+                "iam:AttachRolePolicy",
+                Fails(ErrorName::ContainmentIncomplete),
+            ),
+            ("iam:GetRolePolicy", Fails(ErrorName::ContainmentIncomplete)),
+            ("iam:PutRolePolicy", Fails(ErrorName::ContainmentIncomplete)),
+            (
+                "iam:CreateInstanceProfile",
+                Fails(ErrorName::ContainmentIncomplete),
+            ),
+            (
+                "ec2:ReplaceIamInstanceProfileAssociation",
+                Fails(ErrorName::ContainmentIncomplete),
+            ),
+            (
+                "ec2:DescribeIamInstanceProfileAssociations",
+                Fails(ErrorName::ContainmentIncomplete),
+            ),
+            // Only the count of other instances using the role depends on this: reported, not fatal.
+            ("iam:ListInstanceProfilesForRole", StillDone),
+        ];
+        join_all(cases.map(|(action, expect)| permanent(Step::Role, action, EXFILTRATION, expect)))
+            .await;
+    });
 }
 
-#[tokio::test]
+#[test]
 #[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
-async fn a_persistent_5xx_is_named_retryable_for_the_state_machine() {
-    let f = Fixture::new().await;
-    let key = access_key(&f.config).await;
-    inject(&key, "ec2:CreateSnapshots", "unavailable", None);
-    let err = snapshot(&retrying_ctx(&f.config), &f.event(EXFILTRATION))
-        .await
-        .unwrap_err();
-    assert_eq!(err.name(), ErrorName::TransientAwsError, "{err}");
-    assert!(f.snapshots().await.is_empty());
-    record_outcome("honest_failure");
+fn a_denied_instance_profile_lookup_is_named() {
+    on_a_big_stack(|| async {
+        permanent(
+            Step::Role,
+            "iam:GetInstanceProfile",
+            BACKDOOR,
+            Expect::Fails(ErrorName::AccessDenied),
+        )
+        .await;
+    });
 }
 
-#[tokio::test]
+#[test]
 #[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
-async fn when_a_label_is_denied_the_snapshots_are_still_reported() {
-    let f = Fixture::new().await;
-    let key = access_key(&f.config).await;
-    // CreateTags after CreateSnapshots labels the device: denied, the snapshots stand.
-    inject(&key, "ec2:CreateTags", "denied", None);
-    match snapshot(&retrying_ctx(&f.config), &f.event(EXFILTRATION))
-        .await
-        .unwrap()
-    {
-        Outcome::Done(r) => assert_eq!(r.snapshots.len(), 2),
-        other => panic!("{other:?}"),
-    }
-    record_outcome("contained");
+fn a_persistent_5xx_is_named_retryable_for_the_state_machine() {
+    on_a_big_stack(|| async {
+        let f = Fixture::new().await;
+        let key = access_key(&f.config).await;
+        inject(&key, "ec2:CreateSnapshots", "unavailable", None);
+        let err = snapshot(&retrying_ctx(&f.config), &f.event(EXFILTRATION))
+            .await
+            .unwrap_err();
+        assert_eq!(err.name(), ErrorName::TransientAwsError, "{err}");
+        assert!(f.snapshots().await.is_empty());
+        record_outcome("honest_failure");
+    });
+}
+
+#[test]
+#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
+fn when_a_label_is_denied_the_snapshots_are_still_reported() {
+    on_a_big_stack(|| async {
+        let f = Fixture::new().await;
+        let key = access_key(&f.config).await;
+        // CreateTags after CreateSnapshots labels the device: denied, the snapshots stand.
+        inject(&key, "ec2:CreateTags", "denied", None);
+        match snapshot(&retrying_ctx(&f.config), &f.event(EXFILTRATION))
+            .await
+            .unwrap()
+        {
+            Outcome::Done(r) => assert_eq!(r.snapshots.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        record_outcome("contained");
+    });
 }

@@ -1,4 +1,5 @@
-"""moto's server with the harness's corrections (Security Hub as AWS answers: local.securityhub).
+"""moto's server with the harness's corrections (Security Hub as AWS answers: local.securityhub;
+EBS Snapshot Lock, which moto lacks: local.snapshot_lock).
 
 python -m local.moto_server -H 127.0.0.1 -p PORT
 """
@@ -7,11 +8,12 @@ from __future__ import annotations
 
 import sys
 
-from local import securityhub
+from local import securityhub, snapshot_lock
 
 
 def main() -> int:
     securityhub.patch()
+    snapshot_lock.patch()
     from moto.server import main as moto_main
 
     moto_main(sys.argv[1:])

@@ -12,7 +12,7 @@ import time
 import types
 from pathlib import Path
 
-from local import HarnessError, securityhub
+from local import HarnessError, securityhub, snapshot_lock
 from local.lambda_service import LambdaService, function_env
 from local.report import execution_outcome, states_from_history
 from local.template import (
@@ -124,6 +124,7 @@ def local_stack(
     )
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     securityhub.patch()
+    snapshot_lock.patch()
     with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
         server.start()

@@ -41,6 +41,55 @@ pub enum AutoScalingAction {
     None,
 }
 
+/// How the forensic snapshots are locked against deletion (EBS Snapshot Lock,
+/// `SNAPSHOT_LOCK_MODE`): a locked snapshot cannot be deleted by anyone until the lock expires
+/// (<https://docs.aws.amazon.com/ebs/latest/userguide/ebs-snapshot-lock.html>).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SnapshotLockMode {
+    /// Governance mode (the default): a user with `ec2:UnlockSnapshot` may unlock or shorten
+    /// the lock; nobody may delete the snapshot while it holds.
+    #[default]
+    Governance,
+    /// Compliance mode: after the cooling-off period nobody, the account's root included, can
+    /// unlock or shorten it, or delete the snapshot before it expires.
+    Compliance,
+    /// No lock.
+    None,
+}
+
+/// The lock put on each forensic snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotLock {
+    pub mode: SnapshotLockMode,
+    /// How long the lock holds, in days (`SNAPSHOT_LOCK_DAYS`, 1 to 36,500), counted from the
+    /// snapshot's completion.
+    pub days: i32,
+    /// Compliance mode's cooling-off period in hours (`SNAPSHOT_LOCK_COOL_OFF_HOURS`, 1 to 72),
+    /// during which a mistaken lock can still be undone; `None` (0): compliance at once.
+    pub cool_off_hours: Option<i32>,
+}
+
+/// The default lock: 90 days, as long as GuardDuty keeps the finding that explains the evidence
+/// (<https://docs.aws.amazon.com/guardduty/latest/ug/guardduty_findings.html>): long enough to
+/// investigate, copy the snapshots away, or put them under a legal hold. Governance mode, so
+/// that a lock set by mistake can be lifted by the account's administrators, never by the
+/// attacker of an instance.
+pub const DEFAULT_SNAPSHOT_LOCK_DAYS: i32 = 90;
+
+/// The default cooling-off period of a compliance lock: one day to notice a mistake.
+pub const DEFAULT_SNAPSHOT_LOCK_COOL_OFF_HOURS: i32 = 24;
+
+impl Default for SnapshotLock {
+    fn default() -> SnapshotLock {
+        SnapshotLock {
+            mode: SnapshotLockMode::Governance,
+            days: DEFAULT_SNAPSHOT_LOCK_DAYS,
+            cool_off_hours: Some(DEFAULT_SNAPSHOT_LOCK_COOL_OFF_HOURS),
+        }
+    }
+}
+
 /// Which findings are acted on and which only notify.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TriagePolicy {
@@ -181,6 +230,7 @@ pub struct Settings {
     pub deny_all_shared_roles: bool,
     pub auto_scaling_action: AutoScalingAction,
     pub triage: TriagePolicy,
+    pub snapshot_lock: SnapshotLock,
 }
 
 impl Settings {
@@ -320,7 +370,42 @@ impl Settings {
                     ))
                 })?,
         };
+        let lock_mode = serde_json::from_value(choice("SNAPSHOT_LOCK_MODE", "governance")?)
+            .map_err(|_| {
+                Error::Misconfigured(
+                    "SNAPSHOT_LOCK_MODE must be one of governance, compliance, none".into(),
+                )
+            })?;
+        let lock_days = match var("SNAPSHOT_LOCK_DAYS") {
+            None => DEFAULT_SNAPSHOT_LOCK_DAYS,
+            Some(s) => s
+                .parse::<i32>()
+                .ok()
+                .filter(|v| (1..=36_500).contains(v))
+                .ok_or_else(|| {
+                    Error::Misconfigured(format!(
+                        "SNAPSHOT_LOCK_DAYS {s:?} is not a whole number of days from 1 to 36500"
+                    ))
+                })?,
+        };
+        let cool_off_hours = match var("SNAPSHOT_LOCK_COOL_OFF_HOURS") {
+            None => Some(DEFAULT_SNAPSHOT_LOCK_COOL_OFF_HOURS),
+            Some(s) => match s.parse::<i32>().ok().filter(|v| (0..=72).contains(v)) {
+                Some(0) => None,
+                Some(hours) => Some(hours),
+                None => {
+                    return Err(Error::Misconfigured(format!(
+                        "SNAPSHOT_LOCK_COOL_OFF_HOURS {s:?} is not a whole number of hours from 0 to 72"
+                    )));
+                }
+            },
+        };
         Ok(Settings {
+            snapshot_lock: SnapshotLock {
+                mode: lock_mode,
+                days: lock_days,
+                cool_off_hours,
+            },
             dry_run: boolean("DRY_RUN")?,
             role_action,
             deny_all_shared_roles: boolean("DENY_ALL_SHARED_ROLES")?,
@@ -359,6 +444,44 @@ mod tests {
                 .find(|(k, _)| *k == name)
                 .map(|(_, v)| (*v).to_owned())
         })
+    }
+
+    #[test]
+    fn snapshots_are_locked_in_governance_mode_for_90_days_unless_told_otherwise() {
+        assert_eq!(read(&[]).unwrap().snapshot_lock, SnapshotLock::default());
+        let lock = read(&[
+            ("SNAPSHOT_LOCK_MODE", "compliance"),
+            ("SNAPSHOT_LOCK_DAYS", "3650"),
+            ("SNAPSHOT_LOCK_COOL_OFF_HOURS", "0"),
+        ])
+        .unwrap()
+        .snapshot_lock;
+        assert_eq!(
+            lock,
+            SnapshotLock {
+                mode: SnapshotLockMode::Compliance,
+                days: 3650,
+                cool_off_hours: None
+            }
+        );
+        assert_eq!(
+            read(&[("SNAPSHOT_LOCK_MODE", "none")])
+                .unwrap()
+                .snapshot_lock
+                .mode,
+            SnapshotLockMode::None
+        );
+        for (name, bad) in [
+            ("SNAPSHOT_LOCK_MODE", "legal-hold"),
+            ("SNAPSHOT_LOCK_DAYS", "0"),
+            ("SNAPSHOT_LOCK_DAYS", "36501"),
+            ("SNAPSHOT_LOCK_DAYS", "7.5"),
+            ("SNAPSHOT_LOCK_COOL_OFF_HOURS", "73"),
+            ("SNAPSHOT_LOCK_COOL_OFF_HOURS", "-1"),
+        ] {
+            let err = read(&[(name, bad)]).unwrap_err();
+            assert!(err.to_string().contains(name), "{name}={bad}: {err}");
+        }
     }
 
     #[test]

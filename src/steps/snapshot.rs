@@ -1,12 +1,17 @@
 //! Forensic snapshots: every attached EBS volume of the instance, in one crash-consistent
 //! CreateSnapshots call. The Lambda returns the snapshot ids at once; snapshots complete in EBS
 //! on their own, and a snapshot is usable as evidence from the moment it is requested.
+//!
+//! Each snapshot is then locked (EBS Snapshot Lock, `SNAPSHOT_LOCK_MODE`), while still pending:
+//! nobody can delete it until the lock expires, whatever their `ec2:DeleteSnapshot` rights. A
+//! retried step locks what an earlier run left unlocked; a lock that fails is reported, and the
+//! snapshots stand.
 
 use std::collections::BTreeMap;
 
 use aws_sdk_ec2::operation::create_snapshots::builders::CreateSnapshotsFluentBuilder;
 use aws_sdk_ec2::types::{
-    CopyTagsFromSource, Filter, Instance, InstanceSpecification, ResourceType, Snapshot,
+    CopyTagsFromSource, Filter, Instance, InstanceSpecification, LockMode, ResourceType, Snapshot,
     TagSpecification,
 };
 use futures::future::join_all;
@@ -18,6 +23,7 @@ use crate::aws::{instance, tags};
 use crate::case::Claim;
 use crate::domain::finding::{StepRequest, Target};
 use crate::domain::outcome::Outcome;
+use crate::domain::settings::{SnapshotLock, SnapshotLockMode};
 use crate::error::Error;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,6 +40,19 @@ pub struct ForensicSnapshot {
     pub snapshot_id: String,
     pub volume_id: String,
     pub device: Option<String>,
+    /// Its lock, as EC2 answered (none when locks are off, or the lock failed: see warnings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock: Option<SnapshotLockState>,
+}
+
+/// A snapshot's lock as EC2 reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotLockState {
+    /// `governance`, `compliance-cooloff` or `compliance` (EC2's `LockState`).
+    pub state: String,
+    /// When it expires (for a pending snapshot, EC2 counts the duration from its completion).
+    pub expires_on: Option<String>,
+    pub days: Option<i32>,
 }
 
 /// Snapshots the volumes of the instance a finding names (the Lambda handler).
@@ -59,7 +78,9 @@ pub async fn snapshot_instance(
     let case = clients.case.as_ref();
     let mut warnings: Vec<String> = clients.case_unavailable.iter().cloned().collect();
     let create_called = match Box::pin(claim_set(case, &mut warnings)).await {
-        Claimed::Recorded(recorded) => return Ok(recorded_set(target, recorded, warnings)),
+        Claimed::Recorded(recorded) => {
+            return Ok(Box::pin(recorded_set(clients, target, recorded, warnings)).await);
+        }
         Claimed::Take { create_called } => create_called,
     };
     // The set's key on the snapshots: the case (or, without one, the finding).
@@ -82,6 +103,7 @@ pub async fn snapshot_instance(
             "snapshots already taken for this containment"
         );
         Box::pin(record_set(case, &earlier, &mut warnings)).await;
+        let earlier = Box::pin(lock_set(clients, earlier, false, &mut warnings)).await;
         return Ok(Outcome::AlreadyDone(SnapshotReport {
             instance_id: target.instance_id.clone(),
             snapshots: earlier,
@@ -109,6 +131,14 @@ pub async fn snapshot_instance(
             format!("one crash-consistent set of {} volume(s)", devices.len()),
             answer,
         );
+        if let Some(lock) = planned_lock(&clients.settings.snapshot_lock) {
+            plan.add(crate::domain::outcome::PlannedAction::new(
+                "ec2:LockSnapshot",
+                &target.instance_id,
+                format!("each new snapshot locked: {lock} (checked once the snapshots exist)"),
+                crate::domain::outcome::Check::NotCheckable,
+            ));
+        }
         return Ok(plan.outcome());
     }
     if let Some(case) = case
@@ -119,6 +149,7 @@ pub async fn snapshot_instance(
     let snapshots = Box::pin(take_set(request, &devices, &mut warnings)).await?;
     info!(snapshots = ?snapshots.iter().map(|s| &s.snapshot_id).collect::<Vec<_>>(), "snapshots requested");
     Box::pin(record_set(case, &snapshots, &mut warnings)).await;
+    let snapshots = Box::pin(lock_set(clients, snapshots, true, &mut warnings)).await;
     // Per-snapshot tags (CreateSnapshots applies the same tags to all). The snapshots exist and
     // carry the finding's tags already, so a failure here is logged, not fatal.
     let labels = join_all(snapshots.iter().map(|s| label(ec2, s))).await;
@@ -132,6 +163,127 @@ pub async fn snapshot_instance(
         snapshots,
         warnings,
     }))
+}
+
+/// The lock to set, in words (`governance, 90 days`), or none.
+fn planned_lock(lock: &SnapshotLock) -> Option<String> {
+    let mode = match lock.mode {
+        SnapshotLockMode::None => return None,
+        SnapshotLockMode::Governance => "governance".to_owned(),
+        SnapshotLockMode::Compliance => match lock.cool_off_hours {
+            Some(h) => format!("compliance after a {h}-hour cooling-off period"),
+            None => "compliance at once".to_owned(),
+        },
+    };
+    Some(format!("{mode}, {} days", lock.days))
+}
+
+/// Locks the set's snapshots (`fresh`: just created, so none is locked yet; otherwise the
+/// locks EC2 holds are read first and only the missing ones set, so that a retry never asks
+/// EC2 to change a lock: a compliance lock past its cooling-off period refuses any change but a
+/// longer duration). A snapshot whose lock fails stays in the set, unlocked, with a warning.
+async fn lock_set(
+    clients: &Clients,
+    mut snapshots: Vec<ForensicSnapshot>,
+    fresh: bool,
+    warnings: &mut Vec<String>,
+) -> Vec<ForensicSnapshot> {
+    let lock = clients.settings.snapshot_lock;
+    let mode = match lock.mode {
+        SnapshotLockMode::None => return snapshots,
+        SnapshotLockMode::Governance => LockMode::Governance,
+        SnapshotLockMode::Compliance => LockMode::Compliance,
+    };
+    if snapshots.is_empty() {
+        return snapshots;
+    }
+    let ec2 = &clients.ec2;
+    if !fresh {
+        let ids: Vec<String> = snapshots.iter().map(|s| s.snapshot_id.clone()).collect();
+        match ec2
+            .describe_locked_snapshots()
+            .set_snapshot_ids(Some(ids))
+            .send()
+            .await
+            .map_err(|e| Error::from_sdk("ec2:DescribeLockedSnapshots", e))
+        {
+            Ok(out) => {
+                for held in out.snapshots() {
+                    let state = held.lock_state().map(|s| s.as_str().to_owned());
+                    if state.as_deref().is_none_or(|s| s == "expired") {
+                        continue;
+                    }
+                    if let Some(s) = snapshots
+                        .iter_mut()
+                        .find(|s| Some(s.snapshot_id.as_str()) == held.snapshot_id())
+                    {
+                        s.lock = Some(SnapshotLockState {
+                            state: state.unwrap_or_default(),
+                            expires_on: held.lock_expires_on().and_then(rfc3339),
+                            days: held.lock_duration(),
+                        });
+                    }
+                }
+            }
+            Err(err) => {
+                warn!(error = %err, "locks not read: locking every snapshot of the set");
+            }
+        }
+    }
+    let locking = snapshots.iter().filter(|s| s.lock.is_none()).map(|s| {
+        let mut request = ec2
+            .lock_snapshot()
+            .snapshot_id(&s.snapshot_id)
+            .lock_mode(mode.clone())
+            .lock_duration(lock.days);
+        if lock.mode == SnapshotLockMode::Compliance
+            && let Some(hours) = lock.cool_off_hours
+        {
+            request = request.cool_off_period(hours);
+        }
+        let id = s.snapshot_id.clone();
+        async move {
+            let answer = request
+                .send()
+                .await
+                .map_err(|e| Error::from_sdk("ec2:LockSnapshot", e));
+            (id, answer)
+        }
+    });
+    for (id, answer) in join_all(locking).await {
+        let Some(s) = snapshots.iter_mut().find(|s| s.snapshot_id == id) else {
+            continue;
+        };
+        match answer {
+            Ok(out) => {
+                s.lock = Some(SnapshotLockState {
+                    state: out
+                        .lock_state()
+                        .map_or_else(|| mode.as_str().to_owned(), |l| l.as_str().to_owned()),
+                    expires_on: out.lock_expires_on().and_then(rfc3339),
+                    days: out.lock_duration().or(Some(lock.days)),
+                });
+            }
+            Err(err) => {
+                warn!(snapshot = %id, error = %err, "snapshot not locked");
+                warnings.push(format!(
+                    "{id} was not locked ({err}): anyone allowed ec2:DeleteSnapshot can delete it; lock it by hand (aws ec2 lock-snapshot --snapshot-id {id} --lock-mode {} --lock-duration {})",
+                    mode.as_str(),
+                    lock.days
+                ));
+            }
+        }
+    }
+    info!(
+        locked = snapshots.iter().filter(|s| s.lock.is_some()).count(),
+        of = snapshots.len(),
+        "snapshot locks"
+    );
+    snapshots
+}
+
+fn rfc3339(t: &aws_smithy_types::DateTime) -> Option<String> {
+    t.fmt(aws_smithy_types::date_time::Format::DateTime).ok()
 }
 
 /// What the case says of the snapshot set.
@@ -216,6 +368,7 @@ fn earlier_set(
                     .map(str::to_owned)
                     .or_else(|| devices.get(&volume_id).cloned()),
                 volume_id,
+                lock: None,
             })
         })
         .collect()
@@ -288,23 +441,28 @@ async fn take_set(
                 snapshot_id: s.snapshot_id()?.to_owned(),
                 device: devices.get(&volume_id).cloned(),
                 volume_id,
+                lock: None,
             })
         })
         .collect())
 }
 
-/// The set the case records (taken by this execution earlier, or by another one of the case).
-fn recorded_set(
+/// The set the case records (taken by this execution earlier, or by another one of the case),
+/// with any lock an earlier run did not set.
+async fn recorded_set(
+    clients: &Clients,
     target: &Target,
     recorded: Vec<String>,
-    warnings: Vec<String>,
+    mut warnings: Vec<String>,
 ) -> Outcome<SnapshotReport> {
+    let snapshots = recorded
+        .iter()
+        .map(|entry| ForensicSnapshot::recorded(entry))
+        .collect();
+    let snapshots = Box::pin(lock_set(clients, snapshots, false, &mut warnings)).await;
     Outcome::AlreadyDone(SnapshotReport {
         instance_id: target.instance_id.clone(),
-        snapshots: recorded
-            .iter()
-            .map(|entry| ForensicSnapshot::recorded(entry))
-            .collect(),
+        snapshots,
         warnings,
     })
 }
@@ -347,6 +505,7 @@ impl ForensicSnapshot {
             snapshot_id: parts.next().unwrap_or_default().to_owned(),
             volume_id: parts.next().unwrap_or_default().to_owned(),
             device: parts.next().filter(|d| !d.is_empty()).map(str::to_owned),
+            lock: None,
         }
     }
 }
@@ -433,5 +592,188 @@ mod tests {
             Outcome::skipped("the instance has no attached EBS volume (instance store only)")
         );
         assert_eq!(create.num_calls(), 0);
+    }
+
+    /// The instance with two EBS volumes, and CreateSnapshots' answer for them.
+    fn with_volumes() -> (
+        aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput,
+        CreateSnapshotsOutput,
+    ) {
+        use aws_sdk_ec2::types::{
+            EbsInstanceBlockDevice, InstanceBlockDeviceMapping, Reservation, SnapshotInfo,
+        };
+        let described = testing::instance(InstanceStateName::Running);
+        let mut instance = described.reservations()[0].instances()[0].clone();
+        for (device, volume) in [("/dev/xvda", "vol-0a"), ("/dev/sdf", "vol-0b")] {
+            instance
+                .block_device_mappings
+                .get_or_insert_with(Vec::new)
+                .push(
+                    InstanceBlockDeviceMapping::builder()
+                        .device_name(device)
+                        .ebs(EbsInstanceBlockDevice::builder().volume_id(volume).build())
+                        .build(),
+                );
+        }
+        let described =
+            aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput::builder()
+                .reservations(Reservation::builder().instances(instance).build())
+                .build();
+        let created = CreateSnapshotsOutput::builder()
+            .snapshots(
+                SnapshotInfo::builder()
+                    .snapshot_id("snap-0a")
+                    .volume_id("vol-0a")
+                    .build(),
+            )
+            .snapshots(
+                SnapshotInfo::builder()
+                    .snapshot_id("snap-0b")
+                    .volume_id("vol-0b")
+                    .build(),
+            )
+            .build();
+        (described, created)
+    }
+
+    /// The step on an instance with two volumes, LockSnapshot answered by `lock`: its report.
+    async fn taken_with(mut clients: Clients, lock: &aws_smithy_mocks::Rule) -> SnapshotReport {
+        let (described, created) = with_volumes();
+        let describe =
+            mock!(aws_sdk_ec2::Client::describe_instances).then_output(move || described.clone());
+        let earlier = mock!(aws_sdk_ec2::Client::describe_snapshots)
+            .then_output(|| DescribeSnapshotsOutput::builder().build());
+        let create =
+            mock!(aws_sdk_ec2::Client::create_snapshots).then_output(move || created.clone());
+        let tag = mock!(aws_sdk_ec2::Client::create_tags).then_output(|| {
+            aws_sdk_ec2::operation::create_tags::CreateTagsOutput::builder().build()
+        });
+        clients.ec2 = mock_client!(
+            aws_sdk_ec2,
+            RuleMode::MatchAny,
+            &[&describe, &earlier, &create, &tag, lock]
+        );
+        let outcome = snapshot_instance(&clients, &testing::target())
+            .await
+            .unwrap();
+        let Outcome::Done(report) = outcome else {
+            panic!("{outcome:?}")
+        };
+        report
+    }
+
+    /// Each new snapshot is locked once, with the configured mode and duration, and the
+    /// report says so; compliance mode sends its cooling-off period, governance none (the API
+    /// refuses one there).
+    #[tokio::test]
+    async fn each_new_snapshot_is_locked_as_configured() {
+        use aws_sdk_ec2::operation::lock_snapshot::LockSnapshotOutput;
+        use aws_sdk_ec2::types::LockState;
+        for (mode, cool_off, state) in [
+            (SnapshotLockMode::Governance, None, LockState::Governance),
+            (
+                SnapshotLockMode::Compliance,
+                Some(24),
+                LockState::ComplianceCooloff,
+            ),
+        ] {
+            let wanted = match mode {
+                SnapshotLockMode::Governance => LockMode::Governance,
+                _ => LockMode::Compliance,
+            };
+            let answered = state.clone();
+            let lock = mock!(aws_sdk_ec2::Client::lock_snapshot)
+                .match_requests(move |r| {
+                    r.lock_mode() == Some(&wanted)
+                        && r.lock_duration() == Some(30)
+                        && r.cool_off_period() == cool_off
+                        && r.expiration_date().is_none()
+                })
+                .then_output(move || {
+                    LockSnapshotOutput::builder()
+                        .lock_state(answered.clone())
+                        .lock_duration(30)
+                        .build()
+                });
+            let mut clients = testing::clients();
+            clients.settings.snapshot_lock = SnapshotLock {
+                mode,
+                days: 30,
+                cool_off_hours: Some(24),
+            };
+            let report = taken_with(clients, &lock).await;
+            assert_eq!(lock.num_calls(), 2, "{mode:?}");
+            assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+            for s in &report.snapshots {
+                let held = s.lock.as_ref().expect("locked");
+                assert_eq!((held.state.as_str(), held.days), (state.as_str(), Some(30)));
+            }
+        }
+    }
+
+    /// A lock EC2 refuses leaves the snapshot in the set, unlocked, and says so with the
+    /// command that locks it by hand; the evidence is taken all the same.
+    #[tokio::test]
+    async fn a_refused_lock_is_reported_and_the_snapshots_stand() {
+        let lock = mock!(aws_sdk_ec2::Client::lock_snapshot).then_error(|| {
+            aws_sdk_ec2::operation::lock_snapshot::LockSnapshotError::generic(
+                aws_smithy_types::error::ErrorMetadata::builder()
+                    .code("UnauthorizedOperation")
+                    .message("not allowed")
+                    .build(),
+            )
+        });
+        let report = taken_with(testing::clients(), &lock).await;
+        assert_eq!(report.snapshots.len(), 2);
+        assert!(report.snapshots.iter().all(|s| s.lock.is_none()));
+        assert_eq!(report.warnings.len(), 2, "{:?}", report.warnings);
+        assert!(
+            report.warnings[0].contains("was not locked")
+                && report.warnings[0].contains("aws ec2 lock-snapshot --snapshot-id snap-0"),
+            "{:?}",
+            report.warnings
+        );
+    }
+
+    /// A retried step locks only what an earlier run left unlocked: a lock EC2 holds is never
+    /// asked to change (a compliance lock past its cooling-off period would refuse).
+    #[tokio::test]
+    async fn a_retry_locks_only_the_snapshots_left_unlocked() {
+        use aws_sdk_ec2::operation::describe_locked_snapshots::DescribeLockedSnapshotsOutput;
+        use aws_sdk_ec2::operation::lock_snapshot::LockSnapshotOutput;
+        use aws_sdk_ec2::types::{LockState, LockedSnapshotsInfo};
+        let held = mock!(aws_sdk_ec2::Client::describe_locked_snapshots).then_output(|| {
+            DescribeLockedSnapshotsOutput::builder()
+                .snapshots(
+                    LockedSnapshotsInfo::builder()
+                        .snapshot_id("snap-0a")
+                        .lock_state(LockState::Compliance)
+                        .lock_duration(90)
+                        .build(),
+                )
+                .build()
+        });
+        let lock = mock!(aws_sdk_ec2::Client::lock_snapshot)
+            .match_requests(|r| r.snapshot_id() == Some("snap-0b"))
+            .then_output(|| {
+                LockSnapshotOutput::builder()
+                    .lock_state(LockState::Governance)
+                    .build()
+            });
+        let mut clients = testing::clients();
+        clients.ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, &[&held, &lock]);
+        let snapshots = vec![
+            ForensicSnapshot::recorded("snap-0a vol-0a /dev/xvda"),
+            ForensicSnapshot::recorded("snap-0b vol-0b /dev/sdf"),
+        ];
+        let mut warnings = Vec::new();
+        let locked = lock_set(&clients, snapshots, false, &mut warnings).await;
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(lock.num_calls(), 1);
+        let states: Vec<_> = locked
+            .iter()
+            .map(|s| s.lock.as_ref().map(|l| l.state.as_str()))
+            .collect();
+        assert_eq!(states, [Some("compliance"), Some("governance")]);
     }
 }

@@ -422,6 +422,9 @@ def requests_for(call: dict, account: str) -> list[tuple[str, str, dict]]:
             if tags:
                 out.append(("ec2:CreateTags", new, {**base, **tag_context(tags), "ec2:CreateAction": "CreateSnapshots"}))
             return out
+        if name == "LockSnapshot":
+            snapshot = p["SnapshotId"]
+            return [(call["action"], arn(snapshot), {**base, **resource_tags(auth, snapshot)})]
         if name in ("ReplaceIamInstanceProfileAssociation", "AssociateIamInstanceProfile", "DisassociateIamInstanceProfile"):
             instance = p.get("InstanceId") or auth.get("association_instance")
             if not instance:
@@ -711,6 +714,20 @@ def abuses(account: str = "111111111111", region: str = "us-east-1") -> list[tup
         ),
         ("SnapshotFunction: delete a snapshot", "SnapshotFunction", "ec2:DeleteSnapshot", f"arn:aws:ec2:{r}::snapshot/snap-0evidence", {}),
         (
+            "SnapshotFunction: unlock a forensic snapshot",
+            "SnapshotFunction",
+            "ec2:UnlockSnapshot",
+            f"arn:aws:ec2:{r}::snapshot/snap-0evidence",
+            {"aws:ResourceTag/ec2-quarantine:instance-id": "i-0abc", "ec2:ResourceTag/ec2-quarantine:instance-id": "i-0abc"},
+        ),
+        (
+            "SnapshotFunction: lock a customer's snapshot (years of storage they cannot delete)",
+            "SnapshotFunction",
+            "ec2:LockSnapshot",
+            f"arn:aws:ec2:{r}::snapshot/snap-0customer",
+            {"aws:ResourceTag/Name": "nightly-backup", "ec2:ResourceTag/Name": "nightly-backup"},
+        ),
+        (
             "SnapshotFunction: overwrite a customer's snapshot tags",
             "SnapshotFunction",
             "ec2:CreateTags",
@@ -804,6 +821,13 @@ def abuses(account: str = "111111111111", region: str = "us-east-1") -> list[tup
             "ec2:ModifyInstanceAttribute",
             f"{ec2}:instance/i-0other",
             {},
+        ),
+        (
+            "SnapshotFunction: lock a forensic snapshot in compliance mode for a hundred years",
+            "SnapshotFunction",
+            "ec2:LockSnapshot",
+            f"arn:aws:ec2:{r}::snapshot/snap-0evidence",
+            {"aws:ResourceTag/ec2-quarantine:instance-id": "i-0abc", "ec2:ResourceTag/ec2-quarantine:instance-id": "i-0abc"},
         ),
         (
             "SnapshotFunction: overwrite the volume label of an earlier case's snapshot",
@@ -905,6 +929,11 @@ RESIDUAL = {
     # ec2:Attribute is set only where EC2 names the attribute (not documented for the SDK's
     # structured parameters); the policies pass a request that names none.
     "IsolateFunction: change user data where EC2 names no attribute",
+    # The lock's mode and duration are the step's settings; ec2:SnapshotLockDuration is listed
+    # for LockSnapshot, but the Service Authorization Reference does not say whether it is the
+    # request's duration or the held lock's, so no bound on it is relied on. Locking keeps
+    # evidence (and its storage cost); it never deletes or exposes anything.
+    "SnapshotFunction: lock a forensic snapshot in compliance mode for a hundred years",
     # A label can be rewritten (a retried step writes it again); the case records the snapshots.
     "SnapshotFunction: overwrite the volume label of an earlier case's snapshot",
     "DenyRoleFunction: put an inline policy on a customer's role",

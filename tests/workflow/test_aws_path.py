@@ -140,9 +140,12 @@ def test_test_instance_fire_verify_and_nuke(stack, tmp_path):
     )
     tagged = [{"Name": "tag-key", "Values": ["ec2-quarantine:isolation-group"]}]
     assert ec2.describe_security_groups(Filters=tagged)["SecurityGroups"] == []
-    assert ec2.describe_snapshots(OwnerIds=["self"], Filters=[{"Name": "tag-key", "Values": ["ec2-quarantine:case"]}])["Snapshots"] == [], (
-        r.stdout
-    )
+    # The forensic snapshots are locked (SnapshotLockMode's default, governance): the purge
+    # keeps them, and says so.
+    kept = ec2.describe_snapshots(OwnerIds=["self"], Filters=[{"Name": "tag-key", "Values": ["ec2-quarantine:case"]}])["Snapshots"]
+    assert len(kept) == len(volumes), r.stdout
+    assert "kept, locked (evidence):" in r.stdout and "governance lock until" in r.stdout, r.stdout
+    assert {s["SnapshotId"] for s in ec2.describe_locked_snapshots()["Snapshots"]} == {s["SnapshotId"] for s in kept}
     assert table not in boto3.client("dynamodb", region_name=REGION).list_tables()["TableNames"], "purged on request"
     assert iam.list_policies(Scope="Local", PathPrefix="/ec2-quarantine/")["Policies"] == []
     for r_ in iam.list_roles()["Roles"]:

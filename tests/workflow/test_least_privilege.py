@@ -50,6 +50,8 @@ ACTIONS: dict[str, set[str]] = {
     "iam:CreateInstanceProfile": {"DenyRoleFunction"},
     "ec2:DescribeSnapshots": {"SnapshotFunction"},
     "ec2:CreateSnapshots": {"SnapshotFunction"},
+    "ec2:DescribeLockedSnapshots": {"SnapshotFunction"},
+    "ec2:LockSnapshot": {"SnapshotFunction"},
     "ec2:DescribeIamInstanceProfileAssociations": {"DenyRoleFunction", "ReleaseFunction"},
     "iam:GetInstanceProfile": {"DenyRoleFunction"},
     "iam:GetRole": {"DenyRoleFunction"},
@@ -169,6 +171,7 @@ UNSCOPABLE = {
     "ec2:DescribeInstances",
     "ec2:DescribeSecurityGroups",
     "ec2:DescribeSnapshots",
+    "ec2:DescribeLockedSnapshots",
     "ec2:DescribeIamInstanceProfileAssociations",
     "ec2:DescribeNetworkInterfaces",
     "ec2:DescribeInstanceAttribute",
@@ -292,6 +295,8 @@ def test_no_wildcard_actions_and_writes_are_scoped(function):
                 assert "aws:ResourceTag/ec2-quarantine:isolation-group" in str(st["Condition"]), "only the quarantine group"
             if action in ("ec2:AuthorizeSecurityGroupEgress", "ec2:AuthorizeSecurityGroupIngress"):
                 assert "aws:ResourceTag/ec2-quarantine:untrack-group" in str(st["Condition"]), "only the transit group"
+            if action == "ec2:LockSnapshot":
+                assert "aws:ResourceTag/ec2-quarantine:instance-id" in str(st["Condition"]), "only the tool's snapshots"
 
 
 def test_the_member_role_allows_the_union_of_the_containment_functions():
@@ -371,7 +376,14 @@ def test_each_state_machine_may_invoke_its_functions_and_publish_to_the_alert_to
 
 
 def test_nothing_destructive_is_allowed_anywhere():
-    destructive = {"ec2:TerminateInstances", "ec2:StopInstances", "ec2:DeleteVolume", "ec2:DeleteSnapshot", "ec2:DetachVolume"}
+    destructive = {
+        "ec2:TerminateInstances",
+        "ec2:StopInstances",
+        "ec2:DeleteVolume",
+        "ec2:DeleteSnapshot",
+        "ec2:DetachVolume",
+        "ec2:UnlockSnapshot",
+    }
     for function in MODULES:
         assert not destructive & set(allowed(function)), function
 

@@ -414,9 +414,19 @@ pub(super) fn write_snapshots(
         return;
     };
     for s in &report.snapshots {
+        // Its lock, when it has one (a lock that failed is among the warnings).
+        let lock = s.lock.as_ref().map_or_else(String::new, |l| {
+            format!(
+                ", locked ({}{})",
+                l.state,
+                l.expires_on
+                    .as_deref()
+                    .map_or_else(String::new, |e| format!(" until {e}"))
+            )
+        });
         let _ = writeln!(
             body,
-            "      {} of {} ({}): {}",
+            "      {} of {} ({}){lock}: {}",
             s.snapshot_id,
             s.volume_id,
             s.device.as_deref().unwrap_or("unknown device"),
