@@ -727,8 +727,14 @@ def nuke(args) -> int:
     problems = []
     policy_arn = f"arn:{partition}:iam::{account}:policy/ec2-quarantine/{DENY_ALL}"
     if found:
+        # Read again after the confirmation: a snapshot locked meanwhile (by hand, say) is kept.
+        found["snapshots"], locked_now = split_locked(ec2, found["snapshots"])
+        problems.extend(f"snapshot {s}: kept, locked since the list above" for s in locked_now)
         for snap in found["snapshots"]:
-            ec2.delete_snapshot(SnapshotId=snap)
+            try:
+                ec2.delete_snapshot(SnapshotId=snap)
+            except ClientError as e:
+                problems.append(f"snapshot {snap}: {e.response['Error']['Code']}")
         for role in set(found["deny_all_roles"]) | set(found["inline_roles"]):
             release_role(iam, role, policy_arn)
     if test_stack:

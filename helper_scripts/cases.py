@@ -184,7 +184,8 @@ def render_case(case: dict) -> str:
             out.append(f"      created {c}")
         for snapshot in _locks(s.get("report")):
             lock = snapshot["lock"]
-            out.append(f"      locked {snapshot['snapshot_id']}: {lock.get('state')} until {lock.get('expires_on') or '?'}")
+            term = f"until {lock['expires_on']}" if lock.get("expires_on") else f"{lock.get('days') or '?'} days from its completion"
+            out.append(f"      locked {snapshot['snapshot_id']}: {lock.get('state')}, {term}")
     out.append("Previous state (what release restores):")
     for p in case["previous"]:
         fields = ", ".join(f"{k}={v}" for k, v in p.items() if k not in ("kind", "recorded_at"))

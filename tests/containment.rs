@@ -491,12 +491,17 @@ async fn each_forensic_snapshot_is_locked_and_cannot_be_deleted() {
         report.snapshots.iter().all(|s| s
             .lock
             .as_ref()
-            .is_some_and(|l| l.state == "governance" && l.expires_on.is_some())),
+            .is_some_and(|l| l.state == "governance" && l.days == Some(90))),
         "{:?}",
         report.snapshots
     );
-    // Nobody deletes the evidence while the lock holds.
-    let refused = f.ec2.delete_snapshot().snapshot_id(&ids[0]).send().await;
+    // Nobody deletes the evidence while the lock holds (tried past the proxy, whose log must
+    // show no destructive call of the code under test).
+    let refused = common::direct_ec2(&f.config)
+        .delete_snapshot()
+        .snapshot_id(&ids[0])
+        .send()
+        .await;
     assert!(refused.is_err(), "a locked snapshot was deleted");
     assert_eq!(f.snapshots().await.len(), 2);
     // A retried step finds the locks and asks for none again.

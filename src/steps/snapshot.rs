@@ -78,8 +78,8 @@ pub async fn snapshot_instance(
     let case = clients.case.as_ref();
     let mut warnings: Vec<String> = clients.case_unavailable.iter().cloned().collect();
     let create_called = match Box::pin(claim_set(case, &mut warnings)).await {
-        Claimed::Recorded(recorded) => {
-            return Ok(Box::pin(recorded_set(clients, target, recorded, warnings)).await);
+        Claimed::Recorded { ids, owner_running } => {
+            return Ok(Box::pin(recorded_set(clients, target, ids, owner_running, warnings)).await);
         }
         Claimed::Take { create_called } => create_called,
     };
@@ -226,7 +226,13 @@ async fn lock_set(
                 }
             }
             Err(err) => {
-                warn!(error = %err, "locks not read: locking every snapshot of the set");
+                // Never a lock request on a lock that may exist: a compliance lock past its
+                // cooling-off period refuses any change, and one within it may restart it.
+                warn!(error = %err, "locks not read: none set again");
+                warnings.push(format!(
+                    "the snapshots' locks could not be read ({err}): none was set again; check them with aws ec2 describe-locked-snapshots"
+                ));
+                return snapshots;
             }
         }
     }
@@ -266,8 +272,12 @@ async fn lock_set(
             }
             Err(err) => {
                 warn!(snapshot = %id, error = %err, "snapshot not locked");
+                let cool_off = match (lock.mode, lock.cool_off_hours) {
+                    (SnapshotLockMode::Compliance, Some(h)) => format!(" --cool-off-period {h}"),
+                    _ => String::new(),
+                };
                 warnings.push(format!(
-                    "{id} was not locked ({err}): anyone allowed ec2:DeleteSnapshot can delete it; lock it by hand (aws ec2 lock-snapshot --snapshot-id {id} --lock-mode {} --lock-duration {})",
+                    "{id} was not locked ({err}): anyone allowed ec2:DeleteSnapshot can delete it; lock it by hand (aws ec2 lock-snapshot --snapshot-id {id} --lock-mode {} --lock-duration {}{cool_off})",
                     mode.as_str(),
                     lock.days
                 ));
@@ -289,7 +299,11 @@ fn rfc3339(t: &aws_smithy_types::DateTime) -> Option<String> {
 /// What the case says of the snapshot set.
 enum Claimed {
     /// The set the case records: taken by an earlier run of this step, or by another execution.
-    Recorded(Vec<String>),
+    /// `owner_running`: the execution that took the set is still at it, and locks it itself.
+    Recorded {
+        ids: Vec<String>,
+        owner_running: bool,
+    },
     /// This run takes the set; `create_called`: whether an earlier run of the step called
     /// CreateSnapshots (only then are snapshots found by the case's tag taken for the set:
     /// anyone allowed to tag a snapshot could otherwise pass one off as the evidence).
@@ -324,7 +338,10 @@ async fn claim_set(case: Option<&crate::case::Recorder>, warnings: &mut Vec<Stri
                 Claimed::Take { create_called }
             } else {
                 info!(case = %case.handle.case_id, "snapshots already taken for this case");
-                Claimed::Recorded(recorded)
+                Claimed::Recorded {
+                    ids: recorded,
+                    owner_running: false,
+                }
             }
         }
         Ok(Claim::Taken { by, at, ended }) => {
@@ -336,7 +353,10 @@ async fn claim_set(case: Option<&crate::case::Recorder>, warnings: &mut Vec<Stri
                     case.handle.case_id
                 ));
             }
-            Claimed::Recorded(recorded)
+            Claimed::Recorded {
+                ids: recorded,
+                owner_running: !ended,
+            }
         }
     }
 }
@@ -453,13 +473,19 @@ async fn recorded_set(
     clients: &Clients,
     target: &Target,
     recorded: Vec<String>,
+    owner_running: bool,
     mut warnings: Vec<String>,
 ) -> Outcome<SnapshotReport> {
     let snapshots = recorded
         .iter()
         .map(|entry| ForensicSnapshot::recorded(entry))
         .collect();
-    let snapshots = Box::pin(lock_set(clients, snapshots, false, &mut warnings)).await;
+    // The execution that took the set locks it; this one never races it for the same locks.
+    let snapshots = if owner_running {
+        snapshots
+    } else {
+        Box::pin(lock_set(clients, snapshots, false, &mut warnings)).await
+    };
     Outcome::AlreadyDone(SnapshotReport {
         instance_id: target.instance_id.clone(),
         snapshots,
@@ -775,5 +801,32 @@ mod tests {
             .map(|s| s.lock.as_ref().map(|l| l.state.as_str()))
             .collect();
         assert_eq!(states, [Some("compliance"), Some("governance")]);
+    }
+
+    /// Locks that cannot be read are not set again (a held compliance lock would refuse the
+    /// request, or restart its cooling-off period): said, and nothing is asked of EC2.
+    #[tokio::test]
+    async fn a_retry_that_cannot_read_the_locks_sets_none() {
+        let held = mock!(aws_sdk_ec2::Client::describe_locked_snapshots).then_error(|| {
+            aws_sdk_ec2::operation::describe_locked_snapshots::DescribeLockedSnapshotsError::generic(
+                aws_smithy_types::error::ErrorMetadata::builder()
+                    .code("UnauthorizedOperation")
+                    .build(),
+            )
+        });
+        let lock = mock!(aws_sdk_ec2::Client::lock_snapshot).then_output(|| {
+            aws_sdk_ec2::operation::lock_snapshot::LockSnapshotOutput::builder().build()
+        });
+        let mut clients = testing::clients();
+        clients.ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, &[&held, &lock]);
+        let mut warnings = Vec::new();
+        let snapshots = vec![ForensicSnapshot::recorded("snap-0a vol-0a /dev/xvda")];
+        let out = lock_set(&clients, snapshots, false, &mut warnings).await;
+        assert_eq!(lock.num_calls(), 0);
+        assert!(out[0].lock.is_none());
+        assert!(
+            warnings.len() == 1 && warnings[0].contains("could not be read"),
+            "{warnings:?}"
+        );
     }
 }

@@ -830,6 +830,13 @@ def abuses(account: str = "111111111111", region: str = "us-east-1") -> list[tup
             {"aws:ResourceTag/ec2-quarantine:instance-id": "i-0abc", "ec2:ResourceTag/ec2-quarantine:instance-id": "i-0abc"},
         ),
         (
+            "SnapshotFunction: shorten a forensic snapshot's governance lock to one day",
+            "SnapshotFunction",
+            "ec2:LockSnapshot",
+            f"arn:aws:ec2:{r}::snapshot/snap-0evidence",
+            {"aws:ResourceTag/ec2-quarantine:instance-id": "i-0abc", "ec2:ResourceTag/ec2-quarantine:instance-id": "i-0abc"},
+        ),
+        (
             "SnapshotFunction: overwrite the volume label of an earlier case's snapshot",
             "SnapshotFunction",
             "ec2:CreateTags",
@@ -929,11 +936,10 @@ RESIDUAL = {
     # ec2:Attribute is set only where EC2 names the attribute (not documented for the SDK's
     # structured parameters); the policies pass a request that names none.
     "IsolateFunction: change user data where EC2 names no attribute",
-    # The lock's mode and duration are the step's settings; ec2:SnapshotLockDuration is listed
-    # for LockSnapshot, but the Service Authorization Reference does not say whether it is the
-    # request's duration or the held lock's, so no bound on it is relied on. Locking keeps
-    # evidence (and its storage cost); it never deletes or exposes anything.
+    # LockSnapshot sets and changes a lock; the policies do not bound the request's duration
+    # yet (ec2:SnapshotLockDuration, to be confirmed on AWS first): README.md, Evidence.
     "SnapshotFunction: lock a forensic snapshot in compliance mode for a hundred years",
+    "SnapshotFunction: shorten a forensic snapshot's governance lock to one day",
     # A label can be rewritten (a retried step writes it again); the case records the snapshots.
     "SnapshotFunction: overwrite the volume label of an earlier case's snapshot",
     "DenyRoleFunction: put an inline policy on a customer's role",

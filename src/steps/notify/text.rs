@@ -415,14 +415,14 @@ pub(super) fn write_snapshots(
     };
     for s in &report.snapshots {
         // Its lock, when it has one (a lock that failed is among the warnings).
+        // A snapshot locked while pending has no expiry yet: its duration starts at completion.
         let lock = s.lock.as_ref().map_or_else(String::new, |l| {
-            format!(
-                ", locked ({}{})",
-                l.state,
-                l.expires_on
-                    .as_deref()
-                    .map_or_else(String::new, |e| format!(" until {e}"))
-            )
+            let term = match (&l.expires_on, l.days) {
+                (Some(e), _) => format!(" until {e}"),
+                (None, Some(d)) => format!(", {d} days from its completion"),
+                (None, None) => String::new(),
+            };
+            format!(", locked ({}{term})", l.state)
         });
         let _ = writeln!(
             body,
