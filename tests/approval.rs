@@ -6,7 +6,7 @@
 mod common;
 
 use common::{Fixture, Subscriber};
-use ec2_quarantine::approval::{ApprovalAsk, ApprovalStatus, approval_id};
+use ec2_quarantine::approval::{ApprovalAsk, ApprovalOutcome, ApprovalStatus, approval_id};
 use ec2_quarantine::domain::finding::{FindingEvent, parse_event};
 use ec2_quarantine::domain::settings::Settings;
 use ec2_quarantine::steps::approval::{
@@ -55,6 +55,21 @@ async fn run(ctx: &Ctx, inbox: &Inbox, input: serde_json::Value) -> Result<Appro
     let settings = ApprovalSettings::from_value(inbox.0.topic_arn.clone()).unwrap();
     let input: ApprovalInput = serde_json::from_value(input).unwrap();
     handle(ctx, &settings, input).await
+}
+
+/// The wait ended (a timeout, or the state after an answer): the outcome the record settles on.
+async fn settle(ctx: &Ctx, inbox: &Inbox, exec: &str) -> ApprovalOutcome {
+    let settled = run(
+        ctx,
+        inbox,
+        serde_json::json!({"action": "settle", "execution": exec}),
+    )
+    .await
+    .unwrap();
+    let ApprovalOutput::Outcome(outcome) = settled else {
+        panic!("{settled:?}")
+    };
+    outcome
 }
 
 fn answer(out: ApprovalOutput) -> Answer {
@@ -153,16 +168,7 @@ async fn a_gated_finding_waits_and_is_contained_only_once_a_person_approves() {
     assert_eq!(record.status, ApprovalStatus::Approved);
 
     // The timeout after a person's decision: the decision stands.
-    let expired = run(
-        &ctx,
-        &inbox,
-        serde_json::json!({"action": "settle", "execution": exec}),
-    )
-    .await
-    .unwrap();
-    let ApprovalOutput::Outcome(outcome) = expired else {
-        panic!("{expired:?}")
-    };
+    let outcome = settle(&ctx, &inbox, &exec).await;
     assert_eq!(
         (outcome.status, outcome.contain),
         (ApprovalStatus::Approved, true)
@@ -263,16 +269,7 @@ async fn forged_late_and_misdirected_answers_change_nothing() {
         .unwrap(),
     );
     let id = approval_id(&exec);
-    let expired = run(
-        &ctx,
-        &inbox,
-        serde_json::json!({"action": "settle", "execution": exec}),
-    )
-    .await
-    .unwrap();
-    let ApprovalOutput::Outcome(outcome) = expired else {
-        panic!("{expired:?}")
-    };
+    let outcome = settle(&ctx, &inbox, &exec).await;
     assert_eq!(
         (outcome.status, outcome.contain),
         (ApprovalStatus::TimedOut, false)
