@@ -700,6 +700,9 @@ def nuke(args) -> int:
         print(f"  case table:               {table} ({kept})")
         if still_open:
             print(f"    {still_open} case(s) still open: release them first; a new deployment starts a new, empty case table")
+    if outputs and outputs.get("EvidenceBucketName"):
+        # Retained by the stack and object-locked: this tool never deletes evidence.
+        print(f"  evidence bucket:          {outputs['EvidenceBucketName']} (kept: the cases' manifests, object-locked)")
     if found:
         print(f"  forensic snapshots:       {', '.join(found['snapshots']) or 'none'}")
         if found["locked_snapshots"]:

@@ -152,15 +152,26 @@ def _summary(report: str | None) -> str:
     return ""
 
 
-def _locks(report: str | None) -> list[dict]:
-    """The locked snapshots a snapshot step's report lists (src/steps/snapshot.rs)."""
+def _snapshot_report(report: str | None) -> dict:
+    """A snapshot step's report as the case records it (src/steps/snapshot.rs), or {}."""
     try:
         value = json.loads(report or "")
     except ValueError:
-        return []
+        return {}
     body = value.get("report") if isinstance(value, dict) and isinstance(value.get("report"), dict) else value
-    snapshots = body.get("snapshots") if isinstance(body, dict) else None
+    return body if isinstance(body, dict) else {}
+
+
+def _locks(report: str | None) -> list[dict]:
+    """The locked snapshots a snapshot step's report lists."""
+    snapshots = _snapshot_report(report).get("snapshots")
     return [s for s in snapshots or [] if isinstance(s, dict) and isinstance(s.get("lock"), dict)]
+
+
+def _manifest(report: str | None) -> dict | None:
+    """The evidence manifest a snapshot step's report names (bucket, key, sha256)."""
+    manifest = _snapshot_report(report).get("manifest")
+    return manifest if isinstance(manifest, dict) and manifest.get("key") else None
 
 
 def render_case(case: dict) -> str:
@@ -186,6 +197,9 @@ def render_case(case: dict) -> str:
             lock = snapshot["lock"]
             term = f"until {lock['expires_on']}" if lock.get("expires_on") else f"{lock.get('days') or '?'} days from its completion"
             out.append(f"      locked {snapshot['snapshot_id']}: {lock.get('state')}, {term}")
+        manifest = _manifest(s.get("report"))
+        if manifest:
+            out.append(f"      manifest s3://{manifest.get('bucket')}/{manifest['key']}, SHA-256 {manifest.get('sha256')}")
     out.append("Previous state (what release restores):")
     for p in case["previous"]:
         fields = ", ".join(f"{k}={v}" for k, v in p.items() if k not in ("kind", "recorded_at"))

@@ -515,6 +515,106 @@ async fn each_forensic_snapshot_is_locked_and_cannot_be_deleted() {
 
 #[tokio::test]
 #[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
+async fn the_snapshot_set_has_one_manifest_in_the_object_locked_bucket() {
+    use aws_sdk_s3::types::{ChecksumMode, ObjectLockMode};
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let f = Fixture::new().await;
+    let bucket = common::evidence_bucket(&f.config, &f.account).await;
+    let ctx = f.ctx.clone().with_evidence_bucket(&bucket).unwrap();
+    let out = snapshot(&ctx, &f.event(EXFILTRATION)).await.unwrap();
+    let Outcome::Done(report) = out else {
+        panic!("expected done, got {out:?}")
+    };
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    let m = report.manifest.clone().expect("a manifest");
+    assert_eq!(m.bucket, bucket);
+    assert!(
+        m.key.starts_with("cases/") && m.key.ends_with(&format!("/manifest-{}.json", m.sha256)),
+        "{m:?}"
+    );
+    assert!(m.version_id.is_some(), "{m:?}");
+
+    // The object: its bytes hash to the recorded SHA-256, S3 kept that checksum, and the
+    // bucket's default retention holds it (governance, 90 days).
+    let s3 = common::direct_s3(&f.config);
+    let object = s3
+        .get_object()
+        .bucket(&bucket)
+        .key(&m.key)
+        .checksum_mode(ChecksumMode::Enabled)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(object.object_lock_mode(), Some(&ObjectLockMode::Governance));
+    let until = object.object_lock_retain_until_date().expect("a retention");
+    let days = (until.secs()
+        - aws_smithy_types::DateTime::from(std::time::SystemTime::now()).secs())
+        / 86_400;
+    assert!((89..=90).contains(&days), "retained {days} days");
+    let stored_checksum = object.checksum_sha256().map(str::to_owned);
+    let bytes = object.body.collect().await.unwrap().into_bytes();
+    let digest = sha2::Sha256::digest(&bytes);
+    assert_eq!(hex::encode(digest), m.sha256);
+    assert_eq!(
+        stored_checksum.as_deref(),
+        Some(
+            base64::engine::general_purpose::STANDARD
+                .encode(digest)
+                .as_str()
+        )
+    );
+
+    // What it says: the finding, the instance, each snapshot with its volume, size, start and lock.
+    let doc: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(doc["format"], ec2_quarantine::steps::manifest::FORMAT);
+    assert_eq!(doc["instance_id"], f.instance_id.as_str());
+    assert_eq!(doc["account_id"], f.account.as_str());
+    assert_eq!(
+        doc["finding"]["type"],
+        "UnauthorizedAccess:IAMUser/InstanceCredentialExfiltration.OutsideAWS"
+    );
+    let listed = doc["snapshots"].as_array().unwrap();
+    assert_eq!(listed.len(), 2, "{doc}");
+    for s in listed {
+        assert!(
+            f.volumes.iter().any(|v| s["volume_id"] == v.as_str()),
+            "{s}"
+        );
+        assert!(s["volume_size_gib"].as_i64().is_some_and(|g| g > 0), "{s}");
+        assert!(s["started_at"].is_string(), "{s}");
+        assert_eq!(s["lock_mode"], "governance");
+        assert_eq!(s["lock_days"], 90);
+    }
+
+    // A retried step writes the same manifest: found there, nothing written twice.
+    let again = snapshot(&ctx, &f.event(EXFILTRATION)).await.unwrap();
+    let Outcome::AlreadyDone(second) = again else {
+        panic!("expected already_done, got {again:?}")
+    };
+    assert!(second.warnings.is_empty(), "{:?}", second.warnings);
+    let m2 = second.manifest.expect("the manifest");
+    assert_eq!((m2.key.as_str(), m2.version_id), (m.key.as_str(), None));
+    let versions = s3
+        .list_object_versions()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(versions.versions().len(), 1, "{versions:?}");
+    // Nobody deletes it while the retention holds.
+    let refused = s3
+        .delete_object()
+        .bucket(&bucket)
+        .key(&m.key)
+        .set_version_id(m.version_id.clone())
+        .send()
+        .await;
+    assert!(refused.is_err(), "a retained manifest was deleted");
+}
+
+#[tokio::test]
+#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
 async fn with_snapshot_lock_none_nothing_is_locked() {
     use ec2_quarantine::domain::settings::{SnapshotLock, SnapshotLockMode};
     let f = Fixture::new().await;

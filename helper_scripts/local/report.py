@@ -222,7 +222,22 @@ def render(report: dict) -> str:
     return "\n".join(out)
 
 
+def _render_evidence(w, report: dict) -> None:
+    """The evidence bucket's objects, as S3 holds them: the manifest, its hash, its retention."""
+    if report.get("evidence") is None:
+        return
+    w("")
+    w(f"The evidence bucket {report.get('evidence_bucket')} (S3 Object Lock):")
+    for o in report["evidence"]:
+        w(f"  {o['key']}: SHA-256 {o['sha256']}, {o['lock_mode'] or 'NOT LOCKED'} until {o['retain_until']}")
+        listed = (o.get("manifest") or {}).get("snapshots") or []
+        w(f"      lists {len(listed)} snapshot(s): " + ", ".join(f"{s.get('snapshot_id')} of {s.get('volume_id')}" for s in listed))
+    if not report["evidence"]:
+        w("  empty")
+
+
 def _render_cases(w, report: dict) -> None:
+    _render_evidence(w, report)
     if report.get("case_list"):
         w("")
         w("The case table (deploy.sh cases on AWS):")

@@ -200,9 +200,38 @@ def run(
             # The case record, as `deploy.sh cases` and `deploy.sh case` show it on AWS.
             report["case_list"] = cases.list_cases(st.case_table)
             report["cases"] = [cases.read_case(st.case_table, c["case_id"]) for c in report["case_list"]]
+            if getattr(st, "evidence_bucket", None):
+                report["evidence_bucket"] = st.evidence_bucket
+                report["evidence"] = evidence_objects(st.s3, st.evidence_bucket)
     finally:
         report["wall_seconds"] = round(time.monotonic() - started, 2)
     return report
+
+
+def evidence_objects(s3, bucket: str) -> list[dict]:
+    """Every object version in the evidence bucket: its key, the SHA-256 of its bytes, the
+    checksum S3 kept with it, its retention, and the manifest it holds."""
+    out = []
+    for v in s3.list_object_versions(Bucket=bucket).get("Versions", []):
+        obj = s3.get_object(Bucket=bucket, Key=v["Key"], VersionId=v["VersionId"], ChecksumMode="ENABLED")
+        body = obj["Body"].read()
+        try:
+            manifest = json.loads(body)
+        except ValueError:
+            manifest = None
+        until = obj.get("ObjectLockRetainUntilDate")
+        out.append(
+            {
+                "key": v["Key"],
+                "version_id": v["VersionId"],
+                "sha256": hashlib.sha256(body).hexdigest(),
+                "checksum_sha256": obj.get("ChecksumSHA256"),
+                "lock_mode": obj.get("ObjectLockMode"),
+                "retain_until": until.isoformat() if hasattr(until, "isoformat") else until,
+                "manifest": manifest,
+            }
+        )
+    return out
 
 
 def finding_summary(event: dict, target: str) -> dict:

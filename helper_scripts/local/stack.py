@@ -66,6 +66,29 @@ def create_pause_switch(ssm, template: dict) -> str:
     return name
 
 
+def create_evidence_bucket(s3, template: dict, parameters: dict[str, str]) -> str:
+    """The evidence bucket as the template declares it: Object Lock on, versioned, its default
+    retention in the mode and for the days the stack's parameters give (the template's
+    CompliantEvidence condition), under its local name."""
+    props = template["Resources"]["EvidenceBucket"]["Properties"]
+    params = template["Parameters"]
+    lock_mode = parameters.get("SnapshotLockMode", params["SnapshotLockMode"]["Default"])
+    days = int(parameters.get("SnapshotLockDays", params["SnapshotLockDays"]["Default"]))
+    rule = props["ObjectLockConfiguration"]["Rule"]["DefaultRetention"]
+    if rule["Mode"] != {"Fn::If": ["CompliantEvidence", "COMPLIANCE", "GOVERNANCE"]} or rule["Days"] != {"Ref": "SnapshotLockDays"}:
+        raise HarnessError("the template's EvidenceBucket retention changed: update create_evidence_bucket")
+    name = LOCAL_NAMES["EvidenceBucket"]
+    s3.create_bucket(Bucket=name, ObjectLockEnabledForBucket=props["ObjectLockEnabled"])
+    s3.put_object_lock_configuration(
+        Bucket=name,
+        ObjectLockConfiguration={
+            "ObjectLockEnabled": "Enabled",
+            "Rule": {"DefaultRetention": {"Mode": "COMPLIANCE" if lock_mode == "compliance" else "GOVERNANCE", "Days": days}},
+        },
+    )
+    return name
+
+
 def wait_for(sfn, execution_arn: str, timeout_s: float) -> dict:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -141,6 +164,8 @@ def local_stack(
                 create_case_table(boto3.client("dynamodb", region_name=REGION), load_template())
             )
             st.pause_parameter = create_pause_switch(st.ssm, load_template())
+            st.s3 = boto3.client("s3", region_name=REGION)
+            st.evidence_bucket = create_evidence_bucket(st.s3, load_template(), parameters or {})
             st.topic = st.sns.create_topic(Name="ec2-quarantine-alerts")["TopicArn"]
             st.queue_url = st.sqs.create_queue(QueueName="security-team-inbox")["QueueUrl"]
             queue_arn = st.sqs.get_queue_attributes(QueueUrl=st.queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
@@ -149,6 +174,7 @@ def local_stack(
                 **function_settings(load_template(), parameters or {}, ACCOUNT),
                 "ALERT_TOPIC_ARN": MISSING_TOPIC if notify_fails else st.topic,
                 "CHAT_TOPIC_ARN": "",
+                "EVIDENCE_BUCKET": st.evidence_bucket,
             }
             # The template's ChatTopic (condition HasChatTopic), with a queue standing in for the
             # chat channel.

@@ -34,7 +34,11 @@ ACCOUNT = "123456789012"
 
 # The physical names the local stack gives the template's resources a function's environment
 # refers to (CloudFormation would generate them).
-LOCAL_NAMES = {"CaseTable": "ec2-quarantine-CaseTable-local", "PauseSwitch": "/ec2-quarantine-local/paused"}
+LOCAL_NAMES = {
+    "CaseTable": "ec2-quarantine-CaseTable-local",
+    "PauseSwitch": "/ec2-quarantine-local/paused",
+    "EvidenceBucket": "ec2-quarantine-evidence-local",
+}
 
 
 # The rule that sends GuardDuty's findings to the containment state machine.

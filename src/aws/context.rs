@@ -124,6 +124,8 @@ pub struct Ctx {
     cases: crate::case::Store,
     /// The pause switch, in the responder's own account (none without `PAUSE_PARAMETER`).
     pause: Option<crate::aws::pause::PauseSwitch>,
+    /// The evidence bucket, in the responder's own account (none without `EVIDENCE_BUCKET`).
+    evidence: Option<crate::aws::evidence::EvidenceStore>,
 }
 
 /// The clients a containment step uses, bound to the finding's account and region, and the
@@ -142,6 +144,8 @@ pub struct Clients {
     pub case: Option<crate::case::Recorder>,
     /// Why there is no case, when there should be one.
     pub case_unavailable: Option<String>,
+    /// The evidence bucket (the responder's own, whatever account the clients act in).
+    pub evidence: Option<crate::aws::evidence::EvidenceStore>,
 }
 
 impl Clients {
@@ -157,6 +161,7 @@ impl Clients {
             settings,
             case: None,
             case_unavailable: None,
+            evidence: None,
         }
     }
 
@@ -182,10 +187,17 @@ impl Ctx {
             )?),
             _ => None,
         };
+        let evidence = match std::env::var("EVIDENCE_BUCKET") {
+            Ok(bucket) if !bucket.trim().is_empty() => Some(
+                crate::aws::evidence::EvidenceStore::new(&config, bucket.trim())?,
+            ),
+            _ => None,
+        };
         let mut ctx = Ctx::new(config, OrgSettings::from_env()?)
             .with_settings(Settings::from_env()?)
             .with_case_table(table.trim());
         ctx.pause = pause;
+        ctx.evidence = evidence;
         Ok(ctx)
     }
 
@@ -199,7 +211,17 @@ impl Ctx {
             settings: Settings::default(),
             cases,
             pause: None,
+            evidence: None,
         }
+    }
+
+    /// The same context writing evidence to `bucket` (checked as an S3 bucket name).
+    pub fn with_evidence_bucket(mut self, bucket: &str) -> Result<Ctx, Error> {
+        self.evidence = Some(crate::aws::evidence::EvidenceStore::new(
+            &self.config,
+            bucket,
+        )?);
+        Ok(self)
     }
 
     /// The same context with a pause switch (tests give one on the emulator or mocked).
@@ -253,6 +275,7 @@ impl Ctx {
         Ctx {
             sts,
             pause: self.pause.as_ref().map(|p| p.acting_as(app.clone())),
+            evidence: self.evidence.as_ref().map(|e| e.acting_as(app.clone())),
             cases: self.cases.acting_as(app),
             config,
             ..self.clone()
@@ -284,7 +307,9 @@ impl Ctx {
     /// as the member account's CloudTrail shows it.
     pub async fn clients(&self, scope: &Scope, on_behalf_of: &str) -> Result<Clients, Error> {
         let config = self.scoped_config(scope, on_behalf_of).await?;
-        Ok(Clients::new(&config, self.settings.clone()))
+        let mut clients = Clients::new(&config, self.settings.clone());
+        clients.evidence = self.evidence.clone();
+        Ok(clients)
     }
 
     /// The SDK configuration for an account and region, as [`Ctx::clients`] uses it: for a

@@ -1,6 +1,7 @@
 //! The AWS pieces the steps share.
 
 pub mod context;
+pub mod evidence;
 pub mod instance;
 pub mod pause;
 pub mod profile;

@@ -11,6 +11,7 @@ pub mod approval;
 pub mod approval_link;
 pub mod deregister;
 pub mod isolate;
+pub mod manifest;
 pub mod notify;
 pub mod release;
 pub mod role;

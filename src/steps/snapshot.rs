@@ -6,6 +6,9 @@
 //! nobody can delete it until the lock expires, whatever their `ec2:DeleteSnapshot` rights. A
 //! retried step locks what an earlier run left unlocked; a lock that fails is reported, and the
 //! snapshots stand.
+//!
+//! Last, the set's manifest is written once to the object-locked evidence bucket
+//! ([`super::manifest`]); a manifest that cannot be written is reported, and the snapshots stand.
 
 use std::collections::BTreeMap;
 
@@ -33,6 +36,9 @@ pub struct SnapshotReport {
     /// What was not done as usual, in plain words (the snapshots stand).
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// The set's manifest in the evidence bucket (none: see warnings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<super::manifest::ManifestRecord>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,6 +49,12 @@ pub struct ForensicSnapshot {
     /// Its lock, as EC2 answered (none when locks are off, or the lock failed: see warnings).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lock: Option<SnapshotLockState>,
+    /// The volume's size in GiB, as EC2 reported it with the snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_size_gib: Option<i32>,
+    /// When EBS started the snapshot (RFC 3339): the moment the volume's data was captured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
 }
 
 /// A snapshot's lock as EC2 reports it.
@@ -104,10 +116,12 @@ pub async fn snapshot_instance(
         );
         Box::pin(record_set(case, &earlier, &mut warnings)).await;
         let earlier = Box::pin(lock_set(clients, earlier, false, &mut warnings)).await;
+        let manifest = Box::pin(manifest(clients, target, &earlier, &mut warnings)).await;
         return Ok(Outcome::AlreadyDone(SnapshotReport {
             instance_id: target.instance_id.clone(),
             snapshots: earlier,
             warnings,
+            manifest,
         }));
     }
     if let Some(reason) = instance::gone_reason(&inst) {
@@ -139,6 +153,18 @@ pub async fn snapshot_instance(
                 crate::domain::outcome::Check::NotCheckable,
             ));
         }
+        plan.add(crate::domain::outcome::PlannedAction::new(
+            "s3:PutObject",
+            &target.instance_id,
+            match &clients.evidence {
+                Some(store) => format!(
+                    "the set's manifest written once to the object-locked bucket {}",
+                    store.bucket()
+                ),
+                None => "no manifest: no evidence bucket is configured (EVIDENCE_BUCKET)".into(),
+            },
+            crate::domain::outcome::Check::NotCheckable,
+        ));
         return Ok(plan.outcome());
     }
     if let Some(case) = case
@@ -150,6 +176,7 @@ pub async fn snapshot_instance(
     info!(snapshots = ?snapshots.iter().map(|s| &s.snapshot_id).collect::<Vec<_>>(), "snapshots requested");
     Box::pin(record_set(case, &snapshots, &mut warnings)).await;
     let snapshots = Box::pin(lock_set(clients, snapshots, true, &mut warnings)).await;
+    let manifest = Box::pin(manifest(clients, target, &snapshots, &mut warnings)).await;
     // Per-snapshot tags (CreateSnapshots applies the same tags to all). The snapshots exist and
     // carry the finding's tags already, so a failure here is logged, not fatal.
     let labels = join_all(snapshots.iter().map(|s| label(ec2, s))).await;
@@ -162,7 +189,30 @@ pub async fn snapshot_instance(
         instance_id: target.instance_id.clone(),
         snapshots,
         warnings,
+        manifest,
     }))
+}
+
+/// Writes the set's manifest (none for an empty set, or where no evidence bucket is configured:
+/// the stack always configures one); a failure becomes a warning.
+async fn manifest(
+    clients: &Clients,
+    target: &Target,
+    snapshots: &[ForensicSnapshot],
+    warnings: &mut Vec<String>,
+) -> Option<super::manifest::ManifestRecord> {
+    let store = clients.evidence.as_ref()?;
+    if snapshots.is_empty() {
+        return None;
+    }
+    let case = clients.case.as_ref().map(|c| &c.handle);
+    match super::manifest::write(store, target, case, snapshots).await {
+        Ok(record) => Some(record),
+        Err(warning) => {
+            warnings.push(warning);
+            None
+        }
+    }
 }
 
 /// The lock to set, in words (`governance, 90 days`), or none.
@@ -389,6 +439,8 @@ fn earlier_set(
                     .or_else(|| devices.get(&volume_id).cloned()),
                 volume_id,
                 lock: None,
+                volume_size_gib: s.volume_size(),
+                started_at: s.start_time().and_then(rfc3339),
             })
         })
         .collect()
@@ -462,6 +514,8 @@ async fn take_set(
                 device: devices.get(&volume_id).cloned(),
                 volume_id,
                 lock: None,
+                volume_size_gib: s.volume_size(),
+                started_at: s.start_time().and_then(rfc3339),
             })
         })
         .collect())
@@ -480,17 +534,64 @@ async fn recorded_set(
         .iter()
         .map(|entry| ForensicSnapshot::recorded(entry))
         .collect();
-    // The execution that took the set locks it; this one never races it for the same locks.
-    let snapshots = if owner_running {
-        snapshots
-    } else {
-        Box::pin(lock_set(clients, snapshots, false, &mut warnings)).await
-    };
+    // The execution that took the set locks it and writes its manifest; this one never races
+    // it for the same locks.
+    if owner_running {
+        return Outcome::AlreadyDone(SnapshotReport {
+            instance_id: target.instance_id.clone(),
+            snapshots,
+            warnings,
+            manifest: None,
+        });
+    }
+    let snapshots = Box::pin(described(&clients.ec2, snapshots, &mut warnings)).await;
+    let snapshots = Box::pin(lock_set(clients, snapshots, false, &mut warnings)).await;
+    let manifest = Box::pin(manifest(clients, target, &snapshots, &mut warnings)).await;
     Outcome::AlreadyDone(SnapshotReport {
         instance_id: target.instance_id.clone(),
         snapshots,
         warnings,
+        manifest,
     })
+}
+
+/// The recorded set with the sizes and start times EC2 reports (the case records ids alone);
+/// a set EC2 cannot describe now keeps what the case holds, with a warning.
+async fn described(
+    ec2: &aws_sdk_ec2::Client,
+    mut snapshots: Vec<ForensicSnapshot>,
+    warnings: &mut Vec<String>,
+) -> Vec<ForensicSnapshot> {
+    if snapshots.is_empty() {
+        return snapshots;
+    }
+    let ids: Vec<String> = snapshots.iter().map(|s| s.snapshot_id.clone()).collect();
+    match ec2
+        .describe_snapshots()
+        .set_snapshot_ids(Some(ids))
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk("ec2:DescribeSnapshots", e))
+    {
+        Ok(out) => {
+            for found in out.snapshots() {
+                if let Some(s) = snapshots
+                    .iter_mut()
+                    .find(|s| Some(s.snapshot_id.as_str()) == found.snapshot_id())
+                {
+                    s.volume_size_gib = found.volume_size();
+                    s.started_at = found.start_time().and_then(rfc3339);
+                }
+            }
+        }
+        Err(err) => {
+            warn!(error = %err, "recorded snapshots not described");
+            warnings.push(format!(
+                "the recorded snapshots could not be described ({err}): their sizes and start times are missing from the manifest"
+            ));
+        }
+    }
+    snapshots
 }
 
 /// Records the set in the case (the snapshots stand if this fails: they carry the case's tag).
@@ -532,6 +633,8 @@ impl ForensicSnapshot {
             volume_id: parts.next().unwrap_or_default().to_owned(),
             device: parts.next().filter(|d| !d.is_empty()).map(str::to_owned),
             lock: None,
+            volume_size_gib: None,
+            started_at: None,
         }
     }
 }

@@ -771,6 +771,56 @@ pub fn direct_ec2(config: &SdkConfig) -> aws_sdk_ec2::Client {
     aws_sdk_ec2::Client::new(&config.to_builder().endpoint_url(direct).build())
 }
 
+/// An S3 client that bypasses the fault proxy (path-style, as the emulator needs), for set-up and
+/// for checks of what the code under test left.
+pub fn direct_s3(config: &SdkConfig) -> aws_sdk_s3::Client {
+    let direct = std::env::var("MOTO_DIRECT").unwrap_or_else(|_| endpoint());
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&config.to_builder().endpoint_url(direct).build())
+            .force_path_style(true)
+            .build(),
+    )
+}
+
+/// The responder's evidence bucket in the account of `config`, as `template.yaml` declares it:
+/// Object Lock on, versioned, a default retention of governance for 90 days (the snapshot lock's
+/// defaults). Named as `tests/tools/iam_check.py` names it (`evidence_bucket`).
+pub async fn evidence_bucket(config: &SdkConfig, account: &str) -> String {
+    use aws_sdk_s3::types::{
+        DefaultRetention, ObjectLockConfiguration, ObjectLockEnabled, ObjectLockRetentionMode,
+        ObjectLockRule,
+    };
+    let name = format!("ec2-quarantine-evidence-{account}");
+    let s3 = direct_s3(config);
+    s3.create_bucket()
+        .bucket(&name)
+        .object_lock_enabled_for_bucket(true)
+        .send()
+        .await
+        .expect("s3:CreateBucket on the emulator");
+    s3.put_object_lock_configuration()
+        .bucket(&name)
+        .object_lock_configuration(
+            ObjectLockConfiguration::builder()
+                .object_lock_enabled(ObjectLockEnabled::Enabled)
+                .rule(
+                    ObjectLockRule::builder()
+                        .default_retention(
+                            DefaultRetention::builder()
+                                .mode(ObjectLockRetentionMode::Governance)
+                                .days(90)
+                                .build(),
+                        )
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .expect("s3:PutObjectLockConfiguration on the emulator");
+    name
+}
+
 /// Makes the proxy answer one `action` call signed with `key` with an AWS error `code`.
 pub fn inject_error(key: &str, action: &str, code: &str, status: u16) {
     proxy_post(

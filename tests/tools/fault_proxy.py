@@ -652,6 +652,7 @@ def handler(state: State):
             access_key, service = (m.group(1), m.group(2)) if m else (None, "unknown")
             target = self.headers.get("X-Amz-Target")
             hub_json = None
+            s3_json = None
             if target:
                 name = target.split(".")[-1]
             elif service == "securityhub":
@@ -663,6 +664,10 @@ def handler(state: State):
                     hub_json = json.loads(body) if body else {}
                 except ValueError:
                     hub_json = {}
+            elif service == "s3":
+                # A REST-XML API: the operation is the method, the path (path-style: /bucket/key)
+                # and the query's subresource; the body is the object, never parameters.
+                name, s3_json = s3_operation(self.command, self.path, dict(self.headers.items()))
             else:
                 form = urllib.parse.parse_qs(body.decode(errors="replace")) if body else {}
                 query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
@@ -671,7 +676,7 @@ def handler(state: State):
             # Every form parameter, empty values kept (a tag's value may be empty).
             flat = (
                 {k: v[0] for k, v in urllib.parse.parse_qs(body.decode(errors="replace"), keep_blank_values=True).items()}
-                if body and not target and hub_json is None
+                if body and not target and hub_json is None and s3_json is None
                 else {}
             )
             rule = state.match(action, access_key, flat)
@@ -688,7 +693,9 @@ def handler(state: State):
             scope = SCOPE_REGION.search(self.headers.get("Authorization", ""))
             if scope:
                 entry["region"] = scope.group(1)
-            if not target and body and hub_json is None:
+            if s3_json is not None:
+                entry["json"] = s3_json
+            if not target and body and hub_json is None and s3_json is None:
                 entry["params"] = {k: v[0] for k, v in form.items() if len(v[0]) <= 200}
             if state.authorization and entry["app"] and hub_json is not None:
                 # What BatchUpdateFindings' condition keys name: each field the request writes.
@@ -827,6 +834,28 @@ def summary(state: State) -> dict:
 
 # Security Hub's operations the tool and its tests call: (method, path) -> name, from the service
 # model (botocore's securityhub/2018-10-26/service-2.json, each operation's http requestUri).
+def s3_operation(method: str, path: str, headers: dict) -> tuple[str, dict]:
+    """An S3 request's operation (the service model's method, path and subresource) and what the
+    IAM check needs of it: the bucket, the key, and the conditional-write header."""
+    url = urllib.parse.urlparse(path)
+    bucket, _, key = urllib.parse.unquote(url.path).lstrip("/").partition("/")
+    query = urllib.parse.parse_qs(url.query, keep_blank_values=True)
+    if key:
+        name = {"PUT": "PutObject", "GET": "GetObject", "HEAD": "HeadObject", "DELETE": "DeleteObject"}.get(method, "unknown")
+        if "retention" in query:
+            name = {"PUT": "PutObjectRetention", "GET": "GetObjectRetention"}.get(method, "unknown")
+    elif "versions" in query:
+        name = "ListObjectVersions"
+    elif "object-lock" in query:
+        name = {"PUT": "PutObjectLockConfiguration", "GET": "GetObjectLockConfiguration"}.get(method, "unknown")
+    elif method == "GET":
+        name = "ListObjects"
+    else:
+        name = {"PUT": "CreateBucket", "DELETE": "DeleteBucket", "HEAD": "HeadBucket"}.get(method, "unknown")
+    lowered = {k.lower(): v for k, v in headers.items()}
+    return name, {"bucket": bucket, "key": key, "if-none-match": lowered.get("if-none-match")}
+
+
 SECURITY_HUB_OPERATIONS = {
     ("POST", "/findings"): "GetFindings",
     ("PATCH", "/findings/batchupdate"): "BatchUpdateFindings",

@@ -186,6 +186,11 @@ class Resolver:
         return {k: v for k, v in ((k, self.resolve(v)) for k, v in node.items()) if v is not NO_VALUE}
 
 
+def evidence_bucket(account: str) -> str:
+    """The evidence bucket of an account in the tests (tests/common: evidence_bucket)."""
+    return f"ec2-quarantine-evidence-{account}"
+
+
 def role_arn(account: str, function: str) -> str:
     return f"arn:aws:iam::{account}:role/{STACK}-{function}Role-TESTSUFFIX"
 
@@ -199,9 +204,14 @@ def stack(config: str, account: str, region: str, topic: str) -> tuple[dict, dic
         "CaseTable": CASE_TABLE,
         "AlertTopic": f"arn:aws:sns:{region}:{account}:{topic}",
         "PauseSwitch": f"/ec2-quarantine/{STACK}/paused",
+        "EvidenceBucket": evidence_bucket(account),
     }
     refs.update({f: f"{STACK}-{f}-TESTSUFFIX" for f in FUNCTION_OF_APP.values()})
-    attrs = {("CaseTable", "Arn"): table_arn, ("AlertTopic", "TopicName"): topic}
+    attrs = {
+        ("CaseTable", "Arn"): table_arn,
+        ("AlertTopic", "TopicName"): topic,
+        ("EvidenceBucket", "Arn"): f"arn:aws:s3:::{evidence_bucket(account)}",
+    }
     attrs.update({(f, "Arn"): f"arn:aws:lambda:{region}:{account}:function:{STACK}-{f}-TESTSUFFIX" for f in FUNCTION_OF_APP.values()})
     resolver = Resolver(
         template,
@@ -295,6 +305,7 @@ DERIVED = (
         "ec2:Region",
         "aws:RequestedRegion",
         "ec2:NewInstanceProfile",
+        "s3:if-none-match",
     },
 )
 
@@ -501,6 +512,16 @@ def requests_for(call: dict, account: str) -> list[tuple[str, str, dict]]:
         for path, value in ((call.get("json") or {}).get("asff") or {}).items():
             ctx[f"securityhub:ASFFSyntaxPath/{path}"] = value
         return [(call["action"], f"arn:aws:securityhub:{region}:{account}:hub/default", ctx)]
+    if service == "s3" and name == "PutObject":
+        # An object's ARN has no account or region; the conditional-write header is the key
+        # s3:if-none-match (https://docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-writes-enforce.html).
+        j = call.get("json") or {}
+        if not j.get("bucket") or not j.get("key"):
+            raise Underivable(f"{call['action']}: its bucket and key")
+        ctx = dict(base)
+        if j.get("if-none-match"):
+            ctx["s3:if-none-match"] = j["if-none-match"]
+        return [(call["action"], f"arn:aws:s3:::{j['bucket']}/{j['key']}", ctx)]
     if service == "states" and name == "SendTaskSuccess":
         # No resource type: IAM evaluates it on "*" (the Service Authorization Reference).
         return [(call["action"], "*", base)]
@@ -726,6 +747,34 @@ def abuses(account: str = "111111111111", region: str = "us-east-1") -> list[tup
             "ec2:LockSnapshot",
             f"arn:aws:ec2:{r}::snapshot/snap-0customer",
             {"aws:ResourceTag/Name": "nightly-backup", "ec2:ResourceTag/Name": "nightly-backup"},
+        ),
+        (
+            "SnapshotFunction: write over a case's manifest (no If-None-Match)",
+            "SnapshotFunction",
+            "s3:PutObject",
+            f"arn:aws:s3:::{evidence_bucket(a)}/cases/i-0abc/manifest-0.json",
+            {},
+        ),
+        (
+            "SnapshotFunction: write outside the cases folder of the evidence bucket",
+            "SnapshotFunction",
+            "s3:PutObject",
+            f"arn:aws:s3:::{evidence_bucket(a)}/index.html",
+            {"s3:if-none-match": "*"},
+        ),
+        (
+            "SnapshotFunction: shorten a manifest's retention",
+            "SnapshotFunction",
+            "s3:PutObjectRetention",
+            f"arn:aws:s3:::{evidence_bucket(a)}/cases/i-0abc/manifest-0.json",
+            {},
+        ),
+        (
+            "SnapshotFunction: delete a manifest's version, bypassing governance",
+            "SnapshotFunction",
+            "s3:DeleteObjectVersion",
+            f"arn:aws:s3:::{evidence_bucket(a)}/cases/i-0abc/manifest-0.json",
+            {},
         ),
         (
             "SnapshotFunction: overwrite a customer's snapshot tags",

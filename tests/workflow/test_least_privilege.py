@@ -52,6 +52,7 @@ ACTIONS: dict[str, set[str]] = {
     "ec2:CreateSnapshots": {"SnapshotFunction"},
     "ec2:DescribeLockedSnapshots": {"SnapshotFunction"},
     "ec2:LockSnapshot": {"SnapshotFunction"},
+    "s3:PutObject": {"SnapshotFunction"},
     "ec2:DescribeIamInstanceProfileAssociations": {"DenyRoleFunction", "ReleaseFunction"},
     "iam:GetInstanceProfile": {"DenyRoleFunction"},
     "iam:GetRole": {"DenyRoleFunction"},
@@ -115,7 +116,7 @@ MODULES = {
     "TriageFunction": ["steps/triage.rs", "aws/instance.rs", "aws/context.rs", "aws/pause.rs", "case.rs", "approval.rs"],
     "IsolateFunction": ["steps/isolate.rs", "aws/instance.rs", "aws/context.rs", "aws/tags.rs", "case.rs"],
     "DeregisterFunction": ["steps/deregister.rs", "aws/instance.rs", "aws/context.rs", "case.rs"],
-    "SnapshotFunction": ["steps/snapshot.rs", "aws/instance.rs", "aws/context.rs", "case.rs"],
+    "SnapshotFunction": ["steps/snapshot.rs", "steps/manifest.rs", "aws/evidence.rs", "aws/instance.rs", "aws/context.rs", "case.rs"],
     "DenyRoleFunction": ["steps/role.rs", "aws/role_policy.rs", "aws/instance.rs", "aws/context.rs", "aws/profile.rs", "case.rs"],
     "ReleaseFunction": ["steps/release.rs", "aws/role_policy.rs", "aws/instance.rs", "aws/context.rs", "aws/profile.rs", "case.rs"],
     "NotifyFunction": ["steps/notify"],
@@ -143,6 +144,7 @@ WRITES = {
     "ec2:ModifyInstanceAttribute",
     "ec2:CreateTags",
     "ec2:CreateSnapshots",
+    "s3:PutObject",
     "iam:PutRolePolicy",
     "iam:CreatePolicy",
     "iam:AttachRolePolicy",
@@ -297,18 +299,20 @@ def test_no_wildcard_actions_and_writes_are_scoped(function):
                 assert "aws:ResourceTag/ec2-quarantine:untrack-group" in str(st["Condition"]), "only the transit group"
             if action == "ec2:LockSnapshot":
                 assert "aws:ResourceTag/ec2-quarantine:instance-id" in str(st["Condition"]), "only the tool's snapshots"
+            if action == "s3:PutObject":
+                assert st["Condition"] == {"StringEquals": {"s3:if-none-match": "*"}}, "never over an object"
 
 
 def test_the_member_role_allows_the_union_of_the_containment_functions():
     member = yaml.load((ROOT / "helper_scripts" / "member-account-role.yaml").read_text(), Loader=CfnLoader)
     policy = member["Resources"]["MemberRole"]["Properties"]["Policies"][0]["PolicyDocument"]
     allowed_there = {a for st in policy["Statement"] if st["Effect"] == "Allow" for a in as_list(st["Action"])}
-    # The case table and the pause switch stay in the responder's account: the member role has
-    # no DynamoDB or SSM action.
+    # The case table, the pause switch and the evidence bucket stay in the responder's account:
+    # the member role has no DynamoDB, SSM or S3 action.
     containment = {
         a
         for a, fs in ACTIONS.items()
-        if fs - {"NotifyFunction", "ApprovalFunction", "ApprovalLinkFunction"} and not a.startswith(("dynamodb:", "ssm:"))
+        if fs - {"NotifyFunction", "ApprovalFunction", "ApprovalLinkFunction"} and not a.startswith(("dynamodb:", "ssm:", "s3:"))
     }
     assert allowed_there == containment - {"sts:AssumeRole"}
     denied_there = {a for st in policy["Statement"] if st["Effect"] == "Deny" for a in as_list(st["Action"])}

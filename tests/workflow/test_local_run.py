@@ -6,10 +6,12 @@ Run by helper_scripts/test.sh after the Rust build; FUNCTIONS_BIN_DIR names the 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from pathlib import Path
 
+import cases
 import pytest
 from local import run as local_run
 from local.report import render
@@ -122,6 +124,19 @@ def test_a_compromised_instance_is_contained(name):
     for eni in sim["interfaces"]:
         assert f"{eni} isolated" in n["message"]
     assert report["execution"]["output"]["notification"]["verdict"] == "contained"
+    # The set's manifest, once, in the object-locked evidence bucket: named by the SHA-256 of its
+    # bytes (which S3 kept as the object's checksum), listing the snapshots taken, and shown in
+    # the case record and the notification.
+    [manifest] = report["evidence"]
+    assert manifest["key"] == f"cases/{report['cases'][0]['case_id']}/manifest-{manifest['sha256']}.json"
+    assert base64.b64decode(manifest["checksum_sha256"]).hex() == manifest["sha256"]
+    assert manifest["lock_mode"] == "GOVERNANCE" and manifest["retain_until"]
+    assert sorted(s["snapshot_id"] for s in manifest["manifest"]["snapshots"]) == sorted(s["id"] for s in after["snapshots"])
+    assert manifest["manifest"]["instance_id"] == sim["instance_id"]
+    assert f"SHA-256 {manifest['sha256']}" in n["message"]
+    assert f"manifest s3://{report['evidence_bucket']}/{manifest['key']}, SHA-256 {manifest['sha256']}" in cases.render_case(
+        report["cases"][0]
+    )
 
 
 def test_an_attack_sequence_contains_every_instance_it_names_with_one_notification():

@@ -433,6 +433,13 @@ pub(super) fn write_snapshots(
             links.snapshot(&s.snapshot_id)
         );
     }
+    if let Some(m) = &report.manifest {
+        let _ = writeln!(
+            body,
+            "      Manifest: s3://{}/{} (SHA-256 {}), object-locked",
+            m.bucket, m.key, m.sha256
+        );
+    }
     for w in &report.warnings {
         let _ = writeln!(body, "      WARNING: {w}");
     }

@@ -1,0 +1,162 @@
+//! The evidence bucket (`EVIDENCE_BUCKET`): an S3 bucket of the responder's own account, in its
+//! own region, created by the stack with S3 Object Lock and a default retention, where each case's
+//! manifest is written once and cannot be changed or deleted until its retention ends.
+//!
+//! An object is written once under a name that carries the SHA-256 of its content, with
+//! `If-None-Match: *`: S3 refuses to write over an existing key (412 Precondition Failed,
+//! <https://docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-writes.html>), so a retried
+//! step that writes the same content finds it there and writes nothing twice. The content's
+//! SHA-256 goes with the request (`x-amz-checksum-sha256`): S3 checks the bytes it received
+//! against it and keeps it with the object, where `GetObject` with `ChecksumMode=ENABLED` shows it
+//! (<https://docs.aws.amazon.com/AmazonS3/latest/userguide/checking-object-integrity.html>). An
+//! Object Lock bucket requires a checksum on every upload
+//! (<https://docs.aws.amazon.com/AmazonS3/latest/API/API_PutObject.html>); the retention is the
+//! bucket's default, so the functions never choose it.
+
+use aws_config::{AppName, SdkConfig};
+use aws_sdk_s3::types::ChecksumAlgorithm;
+use base64::Engine as _;
+
+use crate::error::Error;
+
+/// The evidence bucket and the client for it (always the responder's own account and region).
+#[derive(Debug, Clone)]
+pub struct EvidenceStore {
+    s3: aws_sdk_s3::Client,
+    bucket: String,
+}
+
+/// What writing an object found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    /// Written by this call; the version S3 gave it (the bucket is versioned, as Object Lock needs).
+    New { version_id: Option<String> },
+    /// The key was there already: with the content's hash in its name, the same content.
+    Existing,
+}
+
+impl EvidenceStore {
+    /// The store for `bucket`, whose name is checked against S3's rules for general purpose
+    /// buckets (3 to 63 lowercase letters, digits, dots and hyphens, a letter or digit at each end).
+    pub fn new(config: &SdkConfig, bucket: &str) -> Result<EvidenceStore, Error> {
+        if !is_bucket_name(bucket) {
+            return Err(Error::Misconfigured(format!(
+                "EVIDENCE_BUCKET {bucket:?} is not an S3 bucket name"
+            )));
+        }
+        Ok(EvidenceStore {
+            s3: s3_client(config),
+            bucket: bucket.to_owned(),
+        })
+    }
+
+    /// A store on a given client (tests give a mocked one).
+    pub fn with_client(s3: aws_sdk_s3::Client, bucket: &str) -> EvidenceStore {
+        EvidenceStore {
+            s3,
+            bucket: bucket.to_owned(),
+        }
+    }
+
+    /// The same bucket, its requests naming `app` in their User-Agent.
+    pub fn acting_as(&self, app: AppName) -> EvidenceStore {
+        EvidenceStore {
+            s3: aws_sdk_s3::Client::from_conf(self.s3.config().to_builder().app_name(app).build()),
+            bucket: self.bucket.clone(),
+        }
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// Writes `body` (JSON) under `key` unless the key exists. `sha256` is the body's digest.
+    pub async fn put_once(&self, key: &str, body: Vec<u8>, sha256: &[u8]) -> Result<Stored, Error> {
+        let checksum = base64::engine::general_purpose::STANDARD.encode(sha256);
+        // A conflicting write of the same key answers 409 ConditionalRequestConflict, to be
+        // retried (the PutObject reference); the second answer is a 412 or a success.
+        let mut conflicts = 0;
+        loop {
+            let answer = self
+                .s3
+                .put_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .content_type("application/json")
+                .checksum_algorithm(ChecksumAlgorithm::Sha256)
+                .checksum_sha256(&checksum)
+                .if_none_match("*")
+                .body(body.clone().into())
+                .send()
+                .await
+                .map_err(|e| Error::from_sdk("s3:PutObject", e));
+            match answer {
+                Ok(out) => {
+                    return Ok(Stored::New {
+                        version_id: out.version_id().map(str::to_owned),
+                    });
+                }
+                Err(err) if err.aws_code() == Some("PreconditionFailed") => {
+                    return Ok(Stored::Existing);
+                }
+                Err(err)
+                    if conflicts == 0 && err.aws_code() == Some("ConditionalRequestConflict") =>
+                {
+                    conflicts += 1;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+}
+
+/// An S3 client of `config`, with path-style addressing where an endpoint is set (a local
+/// emulator answers on one host name; AWS itself is reached by its own endpoints, virtual-host
+/// style).
+fn s3_client(config: &SdkConfig) -> aws_sdk_s3::Client {
+    let local = config.endpoint_url().is_some();
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(config)
+            .force_path_style(local)
+            .build(),
+    )
+}
+
+/// S3's naming rules for general purpose buckets
+/// (<https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html>), the parts that
+/// matter for a name in a request: length, characters, the ends, no `..`.
+pub fn is_bucket_name(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    (3..=63).contains(&s.len())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'.' || *b == b'-')
+        && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
+        && !s.contains("..")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_names_follow_s3s_rules() {
+        for good in ["abc", "ec2-quarantine-evidence-123456789012", "a.b-c"] {
+            assert!(is_bucket_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            "ab",
+            "Upper",
+            "-start",
+            "end-",
+            "two..dots",
+            "under_score",
+            "a/b",
+            &"a".repeat(64),
+        ] {
+            assert!(!is_bucket_name(bad), "{bad}");
+        }
+    }
+}
