@@ -199,7 +199,8 @@ def render_case(case: dict) -> str:
             out.append(f"      locked {snapshot['snapshot_id']}: {lock.get('state')}, {term}")
         manifest = _manifest(s.get("report"))
         if manifest:
-            out.append(f"      manifest s3://{manifest.get('bucket')}/{manifest['key']}, SHA-256 {manifest.get('sha256')}")
+            version = f" version {manifest['version_id']}" if manifest.get("version_id") else ""
+            out.append(f"      manifest s3://{manifest.get('bucket')}/{manifest['key']}{version}, SHA-256 {manifest.get('sha256')}")
     out.append("Previous state (what release restores):")
     for p in case["previous"]:
         fields = ", ".join(f"{k}={v}" for k, v in p.items() if k not in ("kind", "recorded_at"))

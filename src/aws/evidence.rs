@@ -14,7 +14,7 @@
 //! bucket's default, so the functions never choose it.
 
 use aws_config::{AppName, SdkConfig};
-use aws_sdk_s3::types::ChecksumAlgorithm;
+use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumMode};
 use base64::Engine as _;
 
 use crate::error::Error;
@@ -24,6 +24,9 @@ use crate::error::Error;
 pub struct EvidenceStore {
     s3: aws_sdk_s3::Client,
     bucket: String,
+    /// Why the configured name cannot be used (not an S3 bucket name): every write is refused
+    /// with this, so the reports say it, and the function still takes the snapshots.
+    unusable: Option<String>,
 }
 
 /// What writing an object found.
@@ -31,30 +34,45 @@ pub struct EvidenceStore {
 pub enum Stored {
     /// Written by this call; the version S3 gave it (the bucket is versioned, as Object Lock needs).
     New { version_id: Option<String> },
-    /// The key was there already: with the content's hash in its name, the same content.
-    Existing,
+    /// The key was there already with the same content (the checksum S3 kept is the body's).
+    Existing { version_id: Option<String> },
+    /// The key holds other content (someone wrote under the name first): nothing was written.
+    Other { found: Option<String> },
 }
 
 impl EvidenceStore {
-    /// The store for `bucket`, whose name is checked against S3's rules for general purpose
-    /// buckets (3 to 63 lowercase letters, digits, dots and hyphens, a letter or digit at each end).
-    pub fn new(config: &SdkConfig, bucket: &str) -> Result<EvidenceStore, Error> {
-        if !is_bucket_name(bucket) {
-            return Err(Error::Misconfigured(format!(
-                "EVIDENCE_BUCKET {bucket:?} is not an S3 bucket name"
-            )));
-        }
-        Ok(EvidenceStore {
-            s3: s3_client(config),
-            bucket: bucket.to_owned(),
-        })
+    /// The store for `bucket`. A name that breaks S3's rules for general purpose buckets (3 to 63
+    /// lowercase letters, digits, dots and hyphens, a letter or digit at each end) makes a store
+    /// that refuses every write, saying why.
+    pub fn new(config: &SdkConfig, bucket: &str) -> EvidenceStore {
+        // A slow bucket never holds the step long: each call gives up after a few seconds (the
+        // manifest is then a warning, and the snapshots stand), as the case table's calls do.
+        let timeouts = aws_config::timeout::TimeoutConfig::builder()
+            .operation_attempt_timeout(std::time::Duration::from_secs(2))
+            .operation_timeout(std::time::Duration::from_secs(5))
+            .build();
+        let local = config.endpoint_url().is_some();
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(config)
+                .timeout_config(timeouts)
+                // A local emulator answers on one host name; AWS is reached virtual-host style.
+                .force_path_style(local)
+                .build(),
+        );
+        EvidenceStore::with_client(s3, bucket)
     }
 
     /// A store on a given client (tests give a mocked one).
     pub fn with_client(s3: aws_sdk_s3::Client, bucket: &str) -> EvidenceStore {
+        let unusable = (!is_bucket_name(bucket))
+            .then(|| format!("EVIDENCE_BUCKET {bucket:?} is not an S3 bucket name"));
+        if let Some(why) = &unusable {
+            tracing::error!(%why, "no manifest can be written");
+        }
         EvidenceStore {
             s3,
             bucket: bucket.to_owned(),
+            unusable,
         }
     }
 
@@ -62,7 +80,7 @@ impl EvidenceStore {
     pub fn acting_as(&self, app: AppName) -> EvidenceStore {
         EvidenceStore {
             s3: aws_sdk_s3::Client::from_conf(self.s3.config().to_builder().app_name(app).build()),
-            bucket: self.bucket.clone(),
+            ..self.clone()
         }
     }
 
@@ -72,6 +90,9 @@ impl EvidenceStore {
 
     /// Writes `body` (JSON) under `key` unless the key exists. `sha256` is the body's digest.
     pub async fn put_once(&self, key: &str, body: Vec<u8>, sha256: &[u8]) -> Result<Stored, Error> {
+        if let Some(why) = &self.unusable {
+            return Err(Error::Misconfigured(why.clone()));
+        }
         let checksum = base64::engine::general_purpose::STANDARD.encode(sha256);
         // A conflicting write of the same key answers 409 ConditionalRequestConflict, to be
         // retried (the PutObject reference); the second answer is a 412 or a success.
@@ -96,8 +117,9 @@ impl EvidenceStore {
                         version_id: out.version_id().map(str::to_owned),
                     });
                 }
-                Err(err) if err.aws_code() == Some("PreconditionFailed") => {
-                    return Ok(Stored::Existing);
+                // S3's 412 (its code, or the status alone when the answer has no body).
+                Err(err) if matches!(err.aws_code(), Some("PreconditionFailed" | "HTTP 412")) => {
+                    return self.existing(key, &checksum).await;
                 }
                 Err(err)
                     if conflicts == 0 && err.aws_code() == Some("ConditionalRequestConflict") =>
@@ -108,18 +130,27 @@ impl EvidenceStore {
             }
         }
     }
-}
 
-/// An S3 client of `config`, with path-style addressing where an endpoint is set (a local
-/// emulator answers on one host name; AWS itself is reached by its own endpoints, virtual-host
-/// style).
-fn s3_client(config: &SdkConfig) -> aws_sdk_s3::Client {
-    let local = config.endpoint_url().is_some();
-    aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(config)
-            .force_path_style(local)
-            .build(),
-    )
+    /// What holds `key`: the same content when the checksum S3 kept is `checksum`.
+    async fn existing(&self, key: &str, checksum: &str) -> Result<Stored, Error> {
+        let head = self
+            .s3
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .checksum_mode(ChecksumMode::Enabled)
+            .send()
+            .await
+            .map_err(|e| Error::from_sdk("s3:GetObject", e))?;
+        let version_id = head.version_id().map(str::to_owned);
+        Ok(if head.checksum_sha256() == Some(checksum) {
+            Stored::Existing { version_id }
+        } else {
+            Stored::Other {
+                found: head.checksum_sha256().map(str::to_owned),
+            }
+        })
+    }
 }
 
 /// S3's naming rules for general purpose buckets

@@ -1,13 +1,16 @@
 //! The case's evidence manifest: what the snapshot step preserved, for whom and why, written once
 //! to the object-locked evidence bucket ([`crate::aws::evidence`]) with its SHA-256.
 //!
-//! The manifest lists the case, the finding that opened the work (id, type, severity), the
-//! instance and where it runs, and each forensic snapshot: its id, the volume it copies and the
-//! device it was attached as, the volume's size, when EBS started the snapshot, and its lock. Its
-//! content is fixed by those facts alone (no time of writing: S3 keeps that), so a retried step
-//! or another execution of the same case and finding writes the same bytes under the same name,
-//! and S3 keeps one object. Its name is `cases/<case>/manifest-<sha256>.json`: anyone holding the
-//! name can check the bytes, and S3 checked them on arrival.
+//! The manifest lists the case, the finding the step ran for (id, type, severity), the instance
+//! and where it runs, and each forensic snapshot: its id, the volume it copies and the device it
+//! was attached as, the volume's size, and when EBS started the snapshot. Those facts never change
+//! once the snapshots exist, and the manifest holds nothing else (no time of writing: S3 keeps
+//! that; no lock: a lock's state changes, and EC2 keeps its record), so a retried step writes the
+//! same bytes under the same name and S3 keeps one object. A manifest is written only when every
+//! fact is known: a case to file it under, and each snapshot's size and start time (a run that
+//! lacks one leaves the manifest to a retry, and says so), so that no two manifests of one set
+//! disagree. Its name is `cases/<case>/manifest-<sha256>.json`: anyone holding the name can check
+//! the bytes, and S3 checked them on arrival.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -27,7 +30,8 @@ pub struct ManifestRecord {
     pub key: String,
     /// The SHA-256 of the object's bytes, in hex (S3 keeps it too, in base64).
     pub sha256: String,
-    /// The object's version, when this run wrote it (none when it was there already).
+    /// The object's version (read it with `--version-id`: a later version or a delete marker
+    /// on the key never changes this one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version_id: Option<String>,
 }
@@ -35,8 +39,7 @@ pub struct ManifestRecord {
 #[derive(Debug, Serialize)]
 struct Manifest<'a> {
     format: &'static str,
-    /// The case the snapshots belong to (none when the case table could not be reached).
-    case_id: Option<&'a str>,
+    case_id: &'a str,
     case_opened_at: Option<&'a str>,
     finding: Finding<'a>,
     partition: &'a str,
@@ -59,46 +62,40 @@ struct Snapshot<'a> {
     snapshot_id: &'a str,
     volume_id: &'a str,
     device: Option<&'a str>,
-    volume_size_gib: Option<i32>,
-    started_at: Option<&'a str>,
-    /// `governance` or `compliance` (a compliance lock in its cooling-off period included),
-    /// none when the snapshot is not locked.
-    lock_mode: Option<&'a str>,
-    lock_days: Option<i32>,
+    volume_size_gib: i32,
+    started_at: &'a str,
 }
 
-/// The manifest's bytes (pretty JSON, the snapshots in id order) and their SHA-256.
+/// The manifest's bytes (pretty JSON, the snapshots in id order) and their SHA-256; what is
+/// missing to write it (a snapshot's size or start time) instead.
 pub fn render(
     target: &Target,
-    case: Option<&crate::case::CaseHandle>,
+    case: &crate::case::CaseHandle,
     snapshots: &[ForensicSnapshot],
-) -> (Vec<u8>, [u8; 32]) {
-    let mut listed: Vec<Snapshot<'_>> = snapshots
-        .iter()
-        .map(|s| {
-            let lock = s.lock.as_ref();
-            Snapshot {
-                snapshot_id: &s.snapshot_id,
-                volume_id: &s.volume_id,
-                device: s.device.as_deref(),
-                volume_size_gib: s.volume_size_gib,
-                started_at: s.started_at.as_deref(),
-                lock_mode: lock.map(|l| {
-                    if l.state.starts_with("compliance") {
-                        "compliance"
-                    } else {
-                        "governance"
-                    }
-                }),
-                lock_days: lock.and_then(|l| l.days),
-            }
-        })
-        .collect();
+) -> Result<(Vec<u8>, [u8; 32]), String> {
+    let mut listed = Vec::with_capacity(snapshots.len());
+    for s in snapshots {
+        let (Some(volume_size_gib), Some(started_at)) =
+            (s.volume_size_gib, s.started_at.as_deref())
+        else {
+            return Err(format!(
+                "the size or start time of {} is not known",
+                s.snapshot_id
+            ));
+        };
+        listed.push(Snapshot {
+            snapshot_id: &s.snapshot_id,
+            volume_id: &s.volume_id,
+            device: s.device.as_deref(),
+            volume_size_gib,
+            started_at,
+        });
+    }
     listed.sort_by(|a, b| a.snapshot_id.cmp(b.snapshot_id));
     let manifest = Manifest {
         format: FORMAT,
-        case_id: case.map(|c| c.case_id.as_str()),
-        case_opened_at: case.map(|c| c.opened_at.as_str()).filter(|t| !t.is_empty()),
+        case_id: &case.case_id,
+        case_opened_at: Some(case.opened_at.as_str()).filter(|t| !t.is_empty()),
         finding: Finding {
             id: &target.finding_id,
             finding_type: &target.finding_type,
@@ -114,7 +111,7 @@ pub fn render(
     let mut bytes = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
     bytes.push(b'\n');
     let digest: [u8; 32] = Sha256::digest(&bytes).into();
-    (bytes, digest)
+    Ok((bytes, digest))
 }
 
 /// Writes the manifest of `snapshots` once to `store`. Never fails the step: what went wrong is
@@ -125,22 +122,36 @@ pub async fn write(
     case: Option<&crate::case::CaseHandle>,
     snapshots: &[ForensicSnapshot],
 ) -> Result<ManifestRecord, String> {
-    let (bytes, digest) = render(target, case, snapshots);
+    let Some(case) = case else {
+        return Err("no evidence manifest was written: the case could not be read (a retry with the case writes it)".into());
+    };
+    let (bytes, digest) = render(target, case, snapshots).map_err(|missing| {
+        format!("no evidence manifest was written: {missing} (a retry writes it)")
+    })?;
     let sha256 = hex::encode(digest);
-    let folder = case.map_or(target.finding_id.as_str(), |c| c.case_id.as_str());
-    let key = format!("cases/{folder}/manifest-{sha256}.json");
+    let key = format!("cases/{}/manifest-{sha256}.json", case.case_id);
+    let record = |version_id| ManifestRecord {
+        bucket: store.bucket().to_owned(),
+        key: key.clone(),
+        sha256: sha256.clone(),
+        version_id,
+    };
     match store.put_once(&key, bytes, &digest).await {
-        Ok(stored) => {
-            info!(bucket = store.bucket(), %key, new = matches!(stored, Stored::New { .. }), "evidence manifest");
-            Ok(ManifestRecord {
-                bucket: store.bucket().to_owned(),
-                key,
-                sha256,
-                version_id: match stored {
-                    Stored::New { version_id } => version_id,
-                    Stored::Existing => None,
-                },
-            })
+        Ok(Stored::New { version_id }) => {
+            info!(bucket = store.bucket(), %key, "evidence manifest written");
+            Ok(record(version_id))
+        }
+        Ok(Stored::Existing { version_id }) => {
+            info!(bucket = store.bucket(), %key, "evidence manifest already there");
+            Ok(record(version_id))
+        }
+        Ok(Stored::Other { found }) => {
+            warn!(%key, ?found, "another object holds the manifest's name");
+            Err(format!(
+                "the evidence manifest was not written: s3://{}/{key} holds other content (checksum {}); the snapshots stand and the case lists them",
+                store.bucket(),
+                found.as_deref().unwrap_or("none")
+            ))
         }
         Err(err) => {
             warn!(error = %err, %key, "evidence manifest not written");
@@ -154,13 +165,23 @@ pub async fn write(
 
 #[cfg(test)]
 mod tests {
+    use aws_sdk_s3::operation::head_object::HeadObjectOutput;
     use aws_sdk_s3::operation::put_object::{PutObjectError, PutObjectOutput};
     use aws_smithy_mocks::{RuleMode, mock, mock_client};
     use base64::Engine as _;
 
     use super::*;
+    use crate::case::CaseHandle;
     use crate::steps::snapshot::SnapshotLockState;
     use crate::steps::testing;
+
+    fn case() -> CaseHandle {
+        CaseHandle {
+            case_id: "i-0abc-20261202T100000Z".into(),
+            claim: "claim".into(),
+            opened_at: "2026-12-02T10:00:00Z".into(),
+        }
+    }
 
     fn set() -> Vec<ForensicSnapshot> {
         ["snap-0b vol-0b /dev/sdf", "snap-0a vol-0a /dev/xvda"]
@@ -177,7 +198,7 @@ mod tests {
                         days: Some(90),
                     }),
                     volume_size_gib: Some(8),
-                    started_at: Some("2026-12-02T10:00:00Z".into()),
+                    started_at: Some("2026-12-02T10:00:01Z".into()),
                 }
             })
             .collect()
@@ -198,79 +219,148 @@ mod tests {
         )
     }
 
-    /// The same facts make the same bytes whatever order the set came in, and the lock is named
-    /// by its mode (a compliance lock in its cooling-off period is compliance), so that a retry
-    /// writes what the first run wrote.
+    fn checksum() -> String {
+        let (_, digest) = render(&testing::target(), &case(), &set()).unwrap();
+        base64::engine::general_purpose::STANDARD.encode(digest)
+    }
+
+    /// The same facts make the same bytes whatever order the set came in and whatever its
+    /// locks say now (a lock's state changes; EC2 keeps its record), so that a retry writes what
+    /// the first run wrote.
     #[test]
     fn the_content_is_fixed_by_the_facts() {
         let target = testing::target();
-        let (bytes, digest) = render(&target, None, &set());
-        let mut reversed = set();
-        reversed.reverse();
-        assert_eq!(render(&target, None, &reversed).0, bytes);
+        let (bytes, digest) = render(&target, &case(), &set()).unwrap();
+        let mut later = set();
+        later.reverse();
+        for s in &mut later {
+            s.lock = None;
+        }
+        assert_eq!(render(&target, &case(), &later).unwrap().0, bytes);
         assert_eq!(digest, <[u8; 32]>::from(Sha256::digest(&bytes)));
         let doc: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(doc["format"], FORMAT);
+        assert_eq!(doc["case_id"], "i-0abc-20261202T100000Z");
         assert_eq!(doc["snapshots"][0]["snapshot_id"], "snap-0a");
-        assert_eq!(doc["snapshots"][0]["lock_mode"], "compliance");
+        assert_eq!(doc["snapshots"][0]["volume_size_gib"], 8);
         assert_eq!(doc["finding"]["id"], target.finding_id.as_str());
+    }
+
+    /// A fact missing (the describe of a recorded set failed), or no case to file it under:
+    /// no manifest, and a warning that a retry writes it; S3 is not called.
+    #[tokio::test]
+    async fn a_manifest_with_a_fact_missing_is_not_written() {
+        let put = mock!(aws_sdk_s3::Client::put_object)
+            .then_output(|| PutObjectOutput::builder().build());
+        let store = store(&[&put]);
+        let mut unknown = set();
+        unknown[1].started_at = None;
+        let warning = write(&store, &testing::target(), Some(&case()), &unknown)
+            .await
+            .unwrap_err();
+        assert!(
+            warning.contains("start time of snap-0a") && warning.contains("a retry writes it"),
+            "{warning}"
+        );
+        let warning = write(&store, &testing::target(), None, &set())
+            .await
+            .unwrap_err();
+        assert!(warning.contains("the case could not be read"), "{warning}");
+        assert_eq!(put.num_calls(), 0);
     }
 
     /// The write carries If-None-Match: * and the body's SHA-256, under a name holding it.
     #[tokio::test]
     async fn the_manifest_is_written_once_with_its_checksum() {
         let target = testing::target();
-        let (_, digest) = render(&target, None, &set());
-        let checksum = base64::engine::general_purpose::STANDARD.encode(digest);
+        let (_, digest) = render(&target, &case(), &set()).unwrap();
         let key = format!(
             "cases/{}/manifest-{}.json",
-            target.finding_id,
+            case().case_id,
             hex::encode(digest)
         );
-        let wanted = key.clone();
+        let (wanted, sum) = (key.clone(), checksum());
         let put = mock!(aws_sdk_s3::Client::put_object)
             .match_requests(move |r| {
                 r.bucket() == Some("evidence-bucket")
                     && r.key() == Some(wanted.as_str())
                     && r.if_none_match() == Some("*")
-                    && r.checksum_sha256() == Some(checksum.as_str())
+                    && r.checksum_sha256() == Some(sum.as_str())
             })
             .then_output(|| PutObjectOutput::builder().version_id("v1").build());
-        let record = write(&store(&[&put]), &target, None, &set()).await.unwrap();
+        let record = write(&store(&[&put]), &target, Some(&case()), &set())
+            .await
+            .unwrap();
         assert_eq!(put.num_calls(), 1);
         assert_eq!(record.key, key);
         assert_eq!(record.sha256, hex::encode(digest));
         assert_eq!(record.version_id.as_deref(), Some("v1"));
     }
 
-    /// A manifest already there (S3's 412 to If-None-Match) is the same content: found, not
-    /// written again; a write conflicting with another is asked once more.
+    /// A manifest already there (S3's 412 to If-None-Match; a write conflicting with another is
+    /// asked once more first) is taken for this one only when the checksum S3 kept is this
+    /// content's; other content under the name is a warning.
     #[tokio::test]
-    async fn a_manifest_already_there_is_found() {
-        let conflict = mock!(aws_sdk_s3::Client::put_object)
-            .then_error(|| s3_error("ConditionalRequestConflict"));
-        let there =
-            mock!(aws_sdk_s3::Client::put_object).then_error(|| s3_error("PreconditionFailed"));
-        let s3 = mock_client!(aws_sdk_s3, RuleMode::Sequential, &[&conflict, &there]);
-        let store = EvidenceStore::with_client(s3, "evidence-bucket");
-        let record = write(&store, &testing::target(), None, &set())
-            .await
-            .unwrap();
-        assert_eq!((conflict.num_calls(), there.num_calls()), (1, 1));
-        assert_eq!(record.version_id, None);
+    async fn a_manifest_already_there_is_checked() {
+        for (kept, same) in [(checksum(), true), ("b3RoZXI=".to_owned(), false)] {
+            let conflict = mock!(aws_sdk_s3::Client::put_object)
+                .then_error(|| s3_error("ConditionalRequestConflict"));
+            let there =
+                mock!(aws_sdk_s3::Client::put_object).then_error(|| s3_error("PreconditionFailed"));
+            let head = mock!(aws_sdk_s3::Client::head_object)
+                .match_requests(|r| r.checksum_mode().is_some())
+                .then_output(move || {
+                    HeadObjectOutput::builder()
+                        .checksum_sha256(kept.clone())
+                        .version_id("v1")
+                        .build()
+                });
+            let s3 = mock_client!(
+                aws_sdk_s3,
+                RuleMode::Sequential,
+                &[&conflict, &there, &head]
+            );
+            let store = EvidenceStore::with_client(s3, "evidence-bucket");
+            let written = write(&store, &testing::target(), Some(&case()), &set()).await;
+            assert_eq!(
+                (conflict.num_calls(), there.num_calls(), head.num_calls()),
+                (1, 1, 1)
+            );
+            if same {
+                assert_eq!(written.unwrap().version_id.as_deref(), Some("v1"));
+            } else {
+                let warning = written.unwrap_err();
+                assert!(warning.contains("holds other content"), "{warning}");
+            }
+        }
     }
 
-    /// A refused write is a warning that names where the manifest should be; nothing fails.
+    /// A refused write, or a bucket name S3 would refuse, is a warning that names where the
+    /// manifest should be; nothing fails.
     #[tokio::test]
     async fn a_refused_write_is_a_warning() {
         let denied = mock!(aws_sdk_s3::Client::put_object).then_error(|| s3_error("AccessDenied"));
-        let warning = write(&store(&[&denied]), &testing::target(), None, &set())
-            .await
-            .unwrap_err();
+        let warning = write(
+            &store(&[&denied]),
+            &testing::target(),
+            Some(&case()),
+            &set(),
+        )
+        .await
+        .unwrap_err();
         assert!(
             warning.contains("was not written to s3://evidence-bucket/cases/")
                 && warning.contains("AccessDenied"),
             "{warning}"
         );
+        let bad = EvidenceStore::with_client(
+            mock_client!(aws_sdk_s3, RuleMode::MatchAny, &[&denied]),
+            "Not_A_Bucket",
+        );
+        let warning = write(&bad, &testing::target(), Some(&case()), &set())
+            .await
+            .unwrap_err();
+        assert!(warning.contains("is not an S3 bucket name"), "{warning}");
+        assert_eq!(denied.num_calls(), 1);
     }
 }

@@ -176,7 +176,6 @@ pub async fn snapshot_instance(
     info!(snapshots = ?snapshots.iter().map(|s| &s.snapshot_id).collect::<Vec<_>>(), "snapshots requested");
     Box::pin(record_set(case, &snapshots, &mut warnings)).await;
     let snapshots = Box::pin(lock_set(clients, snapshots, true, &mut warnings)).await;
-    let manifest = Box::pin(manifest(clients, target, &snapshots, &mut warnings)).await;
     // Per-snapshot tags (CreateSnapshots applies the same tags to all). The snapshots exist and
     // carry the finding's tags already, so a failure here is logged, not fatal.
     let labels = join_all(snapshots.iter().map(|s| label(ec2, s))).await;
@@ -185,6 +184,7 @@ pub async fn snapshot_instance(
             warn!(snapshot = %s.snapshot_id, error = %err, "could not tag snapshot with its device");
         }
     }
+    let manifest = Box::pin(manifest(clients, target, &snapshots, &mut warnings)).await;
     Ok(Outcome::Done(SnapshotReport {
         instance_id: target.instance_id.clone(),
         snapshots,
@@ -434,9 +434,9 @@ fn earlier_set(
             let volume_id = s.volume_id()?.to_owned();
             Some(ForensicSnapshot {
                 snapshot_id: s.snapshot_id()?.to_owned(),
-                device: tags::find(s.tags(), tags::DEVICE)
-                    .map(str::to_owned)
-                    .or_else(|| devices.get(&volume_id).cloned()),
+                // From the instance's block device mappings (AWS's state), never from a tag:
+                // CreateSnapshots copies the volume's tags, which anyone allowed to tag it writes.
+                device: devices.get(&volume_id).cloned(),
                 volume_id,
                 lock: None,
                 volume_size_gib: s.volume_size(),

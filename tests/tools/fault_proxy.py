@@ -171,6 +171,9 @@ def error_body(service: str, code: str, message: str, json_protocol: bool = Fals
         return "application/x-amz-json-1.0", json.dumps({"__type": code, "message": message}).encode()
     if service == "ec2":
         body = f"<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>fault-proxy</RequestID></Response>"
+    elif service == "s3":
+        # S3's REST-XML errors: https://docs.aws.amazon.com/AmazonS3/latest/API/ErrorResponses.html
+        body = f"<Error><Code>{code}</Code><Message>{message}</Message><RequestId>fault-proxy</RequestId></Error>"
     else:
         body = f"<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error><RequestId>fault-proxy</RequestId></ErrorResponse>"
     return "text/xml", body.encode()
@@ -832,8 +835,6 @@ def summary(state: State) -> dict:
     }
 
 
-# Security Hub's operations the tool and its tests call: (method, path) -> name, from the service
-# model (botocore's securityhub/2018-10-26/service-2.json, each operation's http requestUri).
 def s3_operation(method: str, path: str, headers: dict) -> tuple[str, dict]:
     """An S3 request's operation (the service model's method, path and subresource) and what the
     IAM check needs of it: the bucket, the key, and the conditional-write header."""
@@ -856,6 +857,8 @@ def s3_operation(method: str, path: str, headers: dict) -> tuple[str, dict]:
     return name, {"bucket": bucket, "key": key, "if-none-match": lowered.get("if-none-match")}
 
 
+# Security Hub's operations the tool and its tests call: (method, path) -> name, from the service
+# model (botocore's securityhub/2018-10-26/service-2.json, each operation's http requestUri).
 SECURITY_HUB_OPERATIONS = {
     ("POST", "/findings"): "GetFindings",
     ("PATCH", "/findings/batchupdate"): "BatchUpdateFindings",

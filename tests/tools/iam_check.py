@@ -306,6 +306,8 @@ DERIVED = (
         "aws:RequestedRegion",
         "ec2:NewInstanceProfile",
         "s3:if-none-match",
+        "ec2:SnapshotLockDuration",
+        "ec2:SnapshotCoolOffPeriod",
     },
 )
 
@@ -435,7 +437,11 @@ def requests_for(call: dict, account: str) -> list[tuple[str, str, dict]]:
             return out
         if name == "LockSnapshot":
             snapshot = p["SnapshotId"]
-            return [(call["action"], arn(snapshot), {**base, **resource_tags(auth, snapshot)})]
+            # The request's duration (days) and cooling-off period (hours), where it names them.
+            asked = {
+                k: p[q] for k, q in (("ec2:SnapshotLockDuration", "LockDuration"), ("ec2:SnapshotCoolOffPeriod", "CoolOffPeriod")) if q in p
+            }
+            return [(call["action"], arn(snapshot), {**base, **resource_tags(auth, snapshot), **asked})]
         if name in ("ReplaceIamInstanceProfileAssociation", "AssociateIamInstanceProfile", "DisassociateIamInstanceProfile"):
             instance = p.get("InstanceId") or auth.get("association_instance")
             if not instance:
@@ -512,6 +518,10 @@ def requests_for(call: dict, account: str) -> list[tuple[str, str, dict]]:
         for path, value in ((call.get("json") or {}).get("asff") or {}).items():
             ctx[f"securityhub:ASFFSyntaxPath/{path}"] = value
         return [(call["action"], f"arn:aws:securityhub:{region}:{account}:hub/default", ctx)]
+    if service == "s3" and name == "HeadObject":
+        # HeadObject is authorized as s3:GetObject (the PutObject/HeadObject API references).
+        j = call.get("json") or {}
+        return [("s3:GetObject", f"arn:aws:s3:::{j['bucket']}/{j['key']}", dict(base))]
     if service == "s3" and name == "PutObject":
         # An object's ARN has no account or region; the conditional-write header is the key
         # s3:if-none-match (https://docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-writes-enforce.html).
@@ -763,6 +773,13 @@ def abuses(account: str = "111111111111", region: str = "us-east-1") -> list[tup
             {"s3:if-none-match": "*"},
         ),
         (
+            "SnapshotFunction: store data under cases/ that, in compliance mode, nobody can delete for years",
+            "SnapshotFunction",
+            "s3:PutObject",
+            f"arn:aws:s3:::{evidence_bucket(a)}/cases/i-0abc/filler.bin",
+            {"s3:if-none-match": "*"},
+        ),
+        (
             "SnapshotFunction: shorten a manifest's retention",
             "SnapshotFunction",
             "s3:PutObjectRetention",
@@ -872,14 +889,41 @@ def abuses(account: str = "111111111111", region: str = "us-east-1") -> list[tup
             {},
         ),
         (
-            "SnapshotFunction: lock a forensic snapshot in compliance mode for a hundred years",
+            "SnapshotFunction: lock a forensic snapshot for a hundred years",
             "SnapshotFunction",
             "ec2:LockSnapshot",
             f"arn:aws:ec2:{r}::snapshot/snap-0evidence",
-            {"aws:ResourceTag/ec2-quarantine:instance-id": "i-0abc", "ec2:ResourceTag/ec2-quarantine:instance-id": "i-0abc"},
+            {
+                "aws:ResourceTag/ec2-quarantine:instance-id": "i-0abc",
+                "ec2:ResourceTag/ec2-quarantine:instance-id": "i-0abc",
+                "ec2:SnapshotLockDuration": "36500",
+            },
         ),
         (
             "SnapshotFunction: shorten a forensic snapshot's governance lock to one day",
+            "SnapshotFunction",
+            "ec2:LockSnapshot",
+            f"arn:aws:ec2:{r}::snapshot/snap-0evidence",
+            {
+                "aws:ResourceTag/ec2-quarantine:instance-id": "i-0abc",
+                "ec2:ResourceTag/ec2-quarantine:instance-id": "i-0abc",
+                "ec2:SnapshotLockDuration": "1",
+            },
+        ),
+        (
+            "SnapshotFunction: lock a forensic snapshot in compliance mode after a one-hour cooling-off period",
+            "SnapshotFunction",
+            "ec2:LockSnapshot",
+            f"arn:aws:ec2:{r}::snapshot/snap-0evidence",
+            {
+                "aws:ResourceTag/ec2-quarantine:instance-id": "i-0abc",
+                "ec2:ResourceTag/ec2-quarantine:instance-id": "i-0abc",
+                "ec2:SnapshotLockDuration": "90",
+                "ec2:SnapshotCoolOffPeriod": "1",
+            },
+        ),
+        (
+            "SnapshotFunction: lock a forensic snapshot until a date years away (ExpirationDate)",
             "SnapshotFunction",
             "ec2:LockSnapshot",
             f"arn:aws:ec2:{r}::snapshot/snap-0evidence",
@@ -985,10 +1029,13 @@ RESIDUAL = {
     # ec2:Attribute is set only where EC2 names the attribute (not documented for the SDK's
     # structured parameters); the policies pass a request that names none.
     "IsolateFunction: change user data where EC2 names no attribute",
-    # LockSnapshot sets and changes a lock; the policies do not bound the request's duration
-    # yet (ec2:SnapshotLockDuration, to be confirmed on AWS first): README.md, Evidence.
-    "SnapshotFunction: lock a forensic snapshot in compliance mode for a hundred years",
-    "SnapshotFunction: shorten a forensic snapshot's governance lock to one day",
+    # LockSnapshot sets and changes a lock; the policies deny another duration or cooling-off
+    # period where the request carries the key, and an ExpirationDate carries no duration:
+    # README.md, Evidence.
+    "SnapshotFunction: lock a forensic snapshot until a date years away (ExpirationDate)",
+    # The function writes manifests under cases/ with the bucket's default retention; IAM cannot
+    # tell a manifest from other bytes (README.md, Evidence).
+    "SnapshotFunction: store data under cases/ that, in compliance mode, nobody can delete for years",
     # A label can be rewritten (a retried step writes it again); the case records the snapshots.
     "SnapshotFunction: overwrite the volume label of an earlier case's snapshot",
     "DenyRoleFunction: put an inline policy on a customer's role",

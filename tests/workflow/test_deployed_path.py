@@ -61,6 +61,8 @@ RESOURCES = {
     "GuardDutyFindingRuleRole": "AWS::IAM::Role",
     "FindingDeadLetterQueue": "AWS::SQS::Queue",
     "FindingDeadLetterQueuePolicy": "AWS::SQS::QueuePolicy",
+    "EvidenceBucket": "AWS::S3::Bucket",
+    "EvidenceBucketPolicy": "AWS::S3::BucketPolicy",
     **{
         alarm: "AWS::CloudWatch::Alarm"
         for alarm in ("FindingDeadLetterAlarm", "FindingSentToDeadLetterAlarm", "FindingLostAlarm", "PauseAlertFailedAlarm")
@@ -494,8 +496,13 @@ def test_the_deployed_rule_filters_what_the_template_filters_and_passes_the_rest
 
 # ------------------------------------------------------------------------------ helpers
 
-# The identifiers that differ from one emulator run to the next.
-IDS = re.compile(r"\b(i|sg|snap|vol|eni|vpc|subnet|ami)-[0-9a-f]{8,17}\b|\d{8}T\d+Z|\d{4}-\d\d-\d\dT[\d:.]+Z|\b[0-9a-f]{16}\b")
+# The identifiers that differ from one emulator run to the next: the emulators' ids and times; the
+# evidence bucket's name (the stack's, or the local run's), a manifest's version and its SHA-256
+# (its content names the case and the snapshots).
+IDS = re.compile(
+    r"\b(i|sg|snap|vol|eni|vpc|subnet|ami)-[0-9a-f]{8,17}\b|\d{8}T\d+Z|\d{4}-\d\d-\d\dT[\d:.]+Z|\b[0-9a-f]{16}\b"
+    r"|s3://[a-z0-9.-]+/|\b[0-9a-f]{64}\b|(?<=json version )\S+"
+)
 
 
 def scrub(value) -> str:

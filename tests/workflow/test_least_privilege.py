@@ -53,6 +53,7 @@ ACTIONS: dict[str, set[str]] = {
     "ec2:DescribeLockedSnapshots": {"SnapshotFunction"},
     "ec2:LockSnapshot": {"SnapshotFunction"},
     "s3:PutObject": {"SnapshotFunction"},
+    "s3:GetObject": {"SnapshotFunction"},
     "ec2:DescribeIamInstanceProfileAssociations": {"DenyRoleFunction", "ReleaseFunction"},
     "iam:GetInstanceProfile": {"DenyRoleFunction"},
     "iam:GetRole": {"DenyRoleFunction"},

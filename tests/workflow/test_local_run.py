@@ -134,9 +134,8 @@ def test_a_compromised_instance_is_contained(name):
     assert sorted(s["snapshot_id"] for s in manifest["manifest"]["snapshots"]) == sorted(s["id"] for s in after["snapshots"])
     assert manifest["manifest"]["instance_id"] == sim["instance_id"]
     assert f"SHA-256 {manifest['sha256']}" in n["message"]
-    assert f"manifest s3://{report['evidence_bucket']}/{manifest['key']}, SHA-256 {manifest['sha256']}" in cases.render_case(
-        report["cases"][0]
-    )
+    shown = f"manifest s3://{report['evidence_bucket']}/{manifest['key']} version {manifest['version_id']}, SHA-256 {manifest['sha256']}"
+    assert shown in cases.render_case(report["cases"][0])
 
 
 def test_an_attack_sequence_contains_every_instance_it_names_with_one_notification():

@@ -436,8 +436,13 @@ pub(super) fn write_snapshots(
     if let Some(m) = &report.manifest {
         let _ = writeln!(
             body,
-            "      Manifest: s3://{}/{} (SHA-256 {}), object-locked",
-            m.bucket, m.key, m.sha256
+            "      Manifest: s3://{}/{}{} (SHA-256 {}), in the Object Lock bucket",
+            m.bucket,
+            m.key,
+            m.version_id
+                .as_deref()
+                .map_or_else(String::new, |v| format!(" version {v}")),
+            m.sha256
         );
     }
     for w in &report.warnings {
