@@ -8,9 +8,9 @@
 //! that; no lock: a lock's state changes, and EC2 keeps its record), so a retried step writes the
 //! same bytes under the same name and S3 keeps one object. A manifest is written only when every
 //! fact is known: a case to file it under, and each snapshot's size and start time (a run that
-//! lacks one leaves the manifest to a retry, and says so), so that no two manifests of one set
-//! disagree. Its name is `cases/<case>/manifest-<sha256>.json`: anyone holding the name can check
-//! the bytes, and S3 checked them on arrival.
+//! lacks one writes none and says so), so that no two manifests of one set disagree. Its name is
+//! `cases/<case>/manifest-<sha256>.json`: anyone holding the name can check the bytes, and S3
+//! checked them on arrival.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -123,10 +123,10 @@ pub async fn write(
     snapshots: &[ForensicSnapshot],
 ) -> Result<ManifestRecord, String> {
     let Some(case) = case else {
-        return Err("no evidence manifest was written: the case could not be read (a retry with the case writes it)".into());
+        return Err("no evidence manifest was written: the case could not be read (the snapshots stand, tagged with the case)".into());
     };
     let (bytes, digest) = render(target, case, snapshots).map_err(|missing| {
-        format!("no evidence manifest was written: {missing} (a retry writes it)")
+        format!("no evidence manifest was written: {missing} (the snapshots stand and the case lists them)")
     })?;
     let sha256 = hex::encode(digest);
     let key = format!("cases/{}/manifest-{sha256}.json", case.case_id);
@@ -247,7 +247,7 @@ mod tests {
     }
 
     /// A fact missing (the describe of a recorded set failed), or no case to file it under:
-    /// no manifest, and a warning that a retry writes it; S3 is not called.
+    /// no manifest, and a warning that says why; S3 is not called.
     #[tokio::test]
     async fn a_manifest_with_a_fact_missing_is_not_written() {
         let put = mock!(aws_sdk_s3::Client::put_object)
@@ -259,7 +259,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            warning.contains("start time of snap-0a") && warning.contains("a retry writes it"),
+            warning.contains("start time of snap-0a") && warning.contains("snapshots stand"),
             "{warning}"
         );
         let warning = write(&store, &testing::target(), None, &set())

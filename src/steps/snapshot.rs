@@ -193,6 +193,9 @@ pub async fn snapshot_instance(
     }))
 }
 
+/// The longest the manifest's write may hold the step (and so the notification) back.
+const MANIFEST_WITHIN: std::time::Duration = std::time::Duration::from_secs(8);
+
 /// Writes the set's manifest (none for an empty set, or where no evidence bucket is configured:
 /// the stack always configures one); a failure becomes a warning.
 async fn manifest(
@@ -206,7 +209,19 @@ async fn manifest(
         return None;
     }
     let case = clients.case.as_ref().map(|c| &c.handle);
-    match super::manifest::write(store, target, case, snapshots).await {
+    // Each S3 call gives up after 5 s; the write (at most three calls) after MANIFEST_WITHIN.
+    let written = tokio::time::timeout(
+        MANIFEST_WITHIN,
+        super::manifest::write(store, target, case, snapshots),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(format!(
+            "the evidence manifest was not written within {} s; the snapshots stand and the case lists them",
+            MANIFEST_WITHIN.as_secs()
+        ))
+    });
+    match written {
         Ok(record) => Some(record),
         Err(warning) => {
             warnings.push(warning);

@@ -923,7 +923,26 @@ def abuses(account: str = "111111111111", region: str = "us-east-1") -> list[tup
             },
         ),
         (
+            "SnapshotFunction: turn a governance lock into compliance after the configured cooling-off period",
+            "SnapshotFunction",
+            "ec2:LockSnapshot",
+            f"arn:aws:ec2:{r}::snapshot/snap-0evidence",
+            {
+                "aws:ResourceTag/ec2-quarantine:instance-id": "i-0abc",
+                "ec2:ResourceTag/ec2-quarantine:instance-id": "i-0abc",
+                "ec2:SnapshotLockDuration": "90",
+                "ec2:SnapshotCoolOffPeriod": "24",
+            },
+        ),
+        (
             "SnapshotFunction: lock a forensic snapshot until a date years away (ExpirationDate)",
+            "SnapshotFunction",
+            "ec2:LockSnapshot",
+            f"arn:aws:ec2:{r}::snapshot/snap-0evidence",
+            {"aws:ResourceTag/ec2-quarantine:instance-id": "i-0abc", "ec2:ResourceTag/ec2-quarantine:instance-id": "i-0abc"},
+        ),
+        (
+            "SnapshotFunction: shorten a forensic snapshot's governance lock to tomorrow (ExpirationDate)",
             "SnapshotFunction",
             "ec2:LockSnapshot",
             f"arn:aws:ec2:{r}::snapshot/snap-0evidence",
@@ -1033,6 +1052,7 @@ RESIDUAL = {
     # period where the request carries the key, and an ExpirationDate carries no duration:
     # README.md, Evidence.
     "SnapshotFunction: lock a forensic snapshot until a date years away (ExpirationDate)",
+    "SnapshotFunction: shorten a forensic snapshot's governance lock to tomorrow (ExpirationDate)",
     # The function writes manifests under cases/ with the bucket's default retention; IAM cannot
     # tell a manifest from other bytes (README.md, Evidence).
     "SnapshotFunction: store data under cases/ that, in compliance mode, nobody can delete for years",
