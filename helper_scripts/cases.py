@@ -174,6 +174,12 @@ def _manifest(report: str | None) -> dict | None:
     return manifest if isinstance(manifest, dict) and manifest.get("key") else None
 
 
+def _copies(report: str | None) -> list[dict]:
+    """The forensic account's copies an evidence-copy step's report lists (src/steps/evidence_copy.rs)."""
+    copies = _snapshot_report(report).get("copies")
+    return [c for c in copies or [] if isinstance(c, dict) and c.get("source_snapshot_id")]
+
+
 def render_case(case: dict) -> str:
     out = [
         f"Case {case['case_id']}: instance {case['instance_id']} in {case['account_id']} {case['region']}, {case['status']}",
@@ -201,6 +207,13 @@ def render_case(case: dict) -> str:
         if manifest:
             version = f" version {manifest['version_id']}" if manifest.get("version_id") else ""
             out.append(f"      manifest s3://{manifest.get('bucket')}/{manifest['key']}{version}, SHA-256 {manifest.get('sha256')}")
+        body = _snapshot_report(s.get("report"))
+        for c in _copies(s.get("report")):
+            detail = f" ({c['detail']})" if c.get("detail") else ""
+            copy = c.get("copy_snapshot_id") or "no copy"
+            out.append(
+                f"      copy of {c['source_snapshot_id']} in {body.get('forensic_account')} {body.get('region')}: {copy}, {c.get('state')}{detail}"
+            )
     out.append("Previous state (what release restores):")
     for p in case["previous"]:
         fields = ", ".join(f"{k}={v}" for k, v in p.items() if k not in ("kind", "recorded_at"))

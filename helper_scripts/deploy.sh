@@ -22,7 +22,7 @@ usage() {
 Usage:
   deploy.sh local [EVENT] [--deployed] [--json] [--missing-instance] [--member-account]
                   [--severity-threshold N] [--parameter KEY=VALUE]... [--dry-run] [--exempt]
-                  [--paused] [--security-hub] [--repeat] [--release]
+                  [--paused] [--security-hub] [--repeat] [--release] [--no-forensic-account]
                   [--approval approve|reject|timeout] [--burst N]
       Run the real state machine and the real Rust functions against a local AWS emulator, on a
       simulated compromised instance (two interfaces, two volumes, in an Auto Scaling group,
@@ -35,7 +35,9 @@ Usage:
       first, as deploy.sh pause does; --security-hub enables Security Hub where the finding is and
       puts the finding there first, as GuardDuty does. --repeat sends a second finding
       for the same instance afterwards; --release then runs the release workflow and compares
-      the state with the state before containment. Exit status: 0 when every execution
+      the state with the state before containment. The evidence is copied to a simulated
+      forensic account unless --no-forensic-account (the template's default: no account; the
+      deployed path deploys the defaults). Exit status: 0 when every execution
       succeeded or the rule did not match, 3 when one ended Failed.
       --deployed deploys template.yaml itself: the release bootstraps packaged as sam build
       packages them, `sam deploy` into a local control plane (MiniStack: CloudFormation with
@@ -48,7 +50,7 @@ Usage:
       approval (answered as --approval says, else left to time out).
 
   deploy.sh invoke FUNCTION EVENT
-      Invoke one function (triage, isolate, deregister, snapshot, deny-role, notify, security-hub, release)
+      Invoke one function (triage, isolate, deregister, snapshot, deny-role, notify, security-hub, evidence-copy, release)
       with an event, on the local
       emulator and a simulated instance: `sam local invoke` without Docker. Prints the result.
 
@@ -245,7 +247,7 @@ cmd_local() {
     case "$1" in
       --deployed) deployed=true ;;
       --member-account) member=true; args+=("$1") ;;
-      --json) args+=("$1") ;;
+      --json | --no-forensic-account) args+=("$1") ;;
       --missing-instance | --dry-run | --exempt | --paused | --security-hub | --repeat | --release) alone+=("$1"); args+=("$1") ;;
       --severity-threshold) need_value "$@"; check_severity "$2"; args+=("$1" "$2"); shift ;;
       --parameter) need_value "$@"; check_parameter "$2"; args+=("$1" "$2"); shift ;;
@@ -298,7 +300,7 @@ build_functions() {
   done
 }
 
-FUNCTIONS="triage, isolate, deregister, snapshot, deny-role, notify, security-hub, approval, release"
+FUNCTIONS="triage, isolate, deregister, snapshot, deny-role, notify, security-hub, evidence-copy, approval, release"
 
 cmd_invoke() {
   local positional=()

@@ -1156,3 +1156,143 @@ async fn recorded_profile(f: &Fixture) -> Option<String> {
         _ => None,
     })
 }
+
+/// The evidence copied to a forensic account, pass by pass as the workflow runs the step: the
+/// first pass shares each snapshot of the case's set with that account alone and copies it
+/// there, encrypted with the forensic key and tagged with its source; the next finds the copies
+/// by that tag and follows them until they complete; a later pass creates nothing more.
+#[tokio::test]
+#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
+async fn the_evidence_is_copied_to_the_forensic_account_once() {
+    use ec2_quarantine::domain::forensic::ForensicAccount;
+    use ec2_quarantine::steps::evidence_copy::{CopyState, SOURCE_SNAPSHOT_TAG, copy_evidence};
+    let f = Fixture::new().await;
+    let forensic_account = common::fresh_account_id();
+    let key = format!(
+        "arn:aws:kms:{}:{forensic_account}:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+        common::REGION
+    );
+    let forensic = ForensicAccount::from_lookup(|name| match name {
+        "FORENSIC_ACCOUNT_ID" => Some(forensic_account.clone()),
+        "FORENSIC_KMS_KEY_ARN" => Some(key.clone()),
+        _ => None,
+    })
+    .unwrap()
+    .unwrap();
+    let Outcome::Done(taken) = snapshot(&f.ctx, &f.event(EXFILTRATION)).await.unwrap() else {
+        panic!("snapshots expected")
+    };
+    let sources: BTreeSet<String> = taken
+        .snapshots
+        .iter()
+        .map(|s| s.snapshot_id.clone())
+        .collect();
+    let pass = |n: u32| {
+        let mut payload = f.event_json(EXFILTRATION);
+        payload["pass"] = n.into();
+        copy_evidence(&f.ctx, Some(&forensic), payload)
+    };
+
+    let first = pass(0).await.unwrap();
+    assert!(!first.finished, "{first:?}");
+    assert_eq!((first.next_pass, first.wait_seconds), (1, 300));
+    let Outcome::Done(report) = &first.outcome else {
+        panic!("copies requested: {first:?}")
+    };
+    assert_eq!(report.forensic_account, forensic_account);
+    assert_eq!(
+        report
+            .copies
+            .iter()
+            .map(|c| c.source_snapshot_id.clone())
+            .collect::<BTreeSet<_>>(),
+        sources
+    );
+    assert!(
+        report
+            .copies
+            .iter()
+            .all(|c| c.state == CopyState::Copying && c.copy_snapshot_id.is_some()),
+        "{report:?}"
+    );
+
+    // Each source may now be used by the forensic account, and by no one else.
+    for source in &sources {
+        let shared = f
+            .ec2
+            .describe_snapshot_attribute()
+            .snapshot_id(source)
+            .attribute(aws_sdk_ec2::types::SnapshotAttributeName::CreateVolumePermission)
+            .send()
+            .await
+            .unwrap();
+        let who: Vec<_> = shared
+            .create_volume_permissions()
+            .iter()
+            .map(|p| p.user_id().map(str::to_owned))
+            .collect();
+        assert_eq!(who, vec![Some(forensic_account.clone())], "{source}");
+    }
+
+    // moto's copies complete at once: the next pass reports them completed, and that is all.
+    let second = pass(1).await.unwrap();
+    assert!(second.finished, "{second:?}");
+    let Outcome::AlreadyDone(report) = &second.outcome else {
+        panic!("copies followed: {second:?}")
+    };
+    assert!(
+        report
+            .copies
+            .iter()
+            .all(|c| c.state == CopyState::Completed),
+        "{report:?}"
+    );
+    let third = pass(2).await.unwrap();
+    assert!(
+        matches!(third.outcome, Outcome::AlreadyDone(_)),
+        "{third:?}"
+    );
+
+    // In the forensic account: one copy per source, encrypted with the forensic key, tagged.
+    let there = aws_sdk_ec2::Client::new(&common::config_in(&forensic_account).await);
+    let copies = there
+        .describe_snapshots()
+        .owner_ids("self")
+        // moto lists AMI snapshots as the caller's own: the copies are selected by the tool's tag.
+        .filters(common::filter("tag-key", SOURCE_SNAPSHOT_TAG))
+        .send()
+        .await
+        .unwrap();
+    let copies = copies.snapshots();
+    assert_eq!(copies.len(), sources.len(), "{} copies", copies.len());
+    for copy in copies {
+        assert_eq!(
+            (copy.encrypted(), copy.kms_key_id()),
+            (Some(true), Some(key.as_str())),
+            "{copy:?}"
+        );
+        let source = copy
+            .tags()
+            .iter()
+            .find(|t| t.key() == Some(SOURCE_SNAPSHOT_TAG))
+            .and_then(|t| t.value());
+        assert!(source.is_some_and(|s| sources.contains(s)), "{copy:?}");
+    }
+    // The case records each copy beside its source.
+    let recorder = ec2_quarantine::case::Recorder {
+        store: f.ctx.cases().clone(),
+        handle: ec2_quarantine::case::CaseHandle {
+            case_id: f.case().await.case_id,
+            claim: "reader".into(),
+            opened_at: String::new(),
+        },
+    };
+    let recorded = recorder.created("evidence-copy").await.unwrap();
+    assert_eq!(recorded.len(), sources.len(), "{recorded:?}");
+    assert!(
+        recorded
+            .iter()
+            .all(|r| sources.contains(r.split(' ').next().unwrap())),
+        "{recorded:?}"
+    );
+}

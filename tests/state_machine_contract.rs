@@ -8,12 +8,16 @@ use std::collections::BTreeSet;
 use ec2_quarantine::ErrorName;
 use serde_json::Value;
 
-const STATE_MACHINES: [(&str, &str); 2] = [
+const STATE_MACHINES: [(&str, &str); 3] = [
     (
         "containment",
         include_str!("../statemachine/containment.asl.json"),
     ),
     ("release", include_str!("../statemachine/release.asl.json")),
+    (
+        "evidence-copy",
+        include_str!("../statemachine/evidence-copy.asl.json"),
+    ),
 ];
 
 /// The errors Lambda raises itself rather than the function's code: the service integration's
@@ -147,6 +151,7 @@ fn every_function_of_the_template_has_its_task() {
         "approval",
         "deny-role",
         "deregister",
+        "evidence-copy",
         "isolate",
         "notify",
         "release",

@@ -31,6 +31,8 @@ ARTIFACTS = [
     ("deny-role", "DenyRoleFunction", "credential-exfiltration.json"),
     ("notify", "NotifyFunction", "notify-input.json"),
     ("security-hub", "SecurityHubFunction", "security-hub-input.json"),
+    # Without a forensic account (the template's default) it answers that it has nothing to copy.
+    ("evidence-copy", "EvidenceCopyFunction", "instance-backdoor.json"),
     ("approval", "ApprovalFunction", "approval-decide.json"),
     ("release", "ReleaseFunction", "release-request.json"),
 ]

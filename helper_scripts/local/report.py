@@ -234,6 +234,26 @@ def _render_evidence(w, report: dict) -> None:
         w(f"      lists {len(listed)} snapshot(s): " + ", ".join(f"{s.get('snapshot_id')} of {s.get('volume_id')}" for s in listed))
     if not report["evidence"]:
         w("  empty")
+    forensic = report.get("forensic")
+    if forensic:
+        w("")
+        w(f"The forensic account {forensic['account']} (copies encrypted with {forensic['key_arn']}):")
+        for c in forensic["copies"]:
+            key = "its key" if c["kms_key_id"] == forensic["key_arn"] else f"ANOTHER KEY {c['kms_key_id']}"
+            w(
+                f"  {c['snapshot_id']}: copy of {c['source']}, {c['state']}, {'encrypted with ' + key if c['encrypted'] else 'NOT ENCRYPTED'}"
+            )
+        if not forensic["copies"]:
+            w("  no copy")
+        for snapshot, who in forensic["shared_with"].items():
+            w(f"  {snapshot} may be used by: {', '.join(who) or 'its own account only'}")
+    copies = report.get("evidence_copy")
+    if copies:
+        statuses = ", ".join(e["status"] for e in copies["executions"]) or "none started"
+        w(
+            f"  the evidence-copy workflow: {statuses}; its report to the team: "
+            + ("; ".join(r["subject"] for r in copies["reports"]) or "none")
+        )
 
 
 def _render_cases(w, report: dict) -> None:

@@ -23,6 +23,7 @@ from local.deployed import deployed_stack, finding_id_of, started_executions
 from local.report import render, shown
 from local.stack import (
     MEMBER_ACCOUNT,
+    evidence_copies,
     execute,
     follow,
     local_stack,
@@ -65,6 +66,9 @@ class Scenario:
     takes ([`answer_request`]). `burst` N (deployed too) sets the rate cap to N and sends N+1
     findings at once, each for an instance of its own: N are contained, the last waits for
     approval, answered as `approval` says or left to time out ([`capped_burst`]).
+    `forensic_account` (the local path) deploys helper_scripts/forensic-account.yaml in a
+    second account and configures the responder to copy the evidence there; the report then
+    lists the copies as that account holds them ([`forensic_copies`]).
     `parameters` are the template's, as `sam deploy --parameter-overrides` takes them."""
 
     missing_instance: bool = False
@@ -79,6 +83,7 @@ class Scenario:
     burst: int = 0
     parameters: dict[str, str] = field(default_factory=dict)
     severity_threshold: str | None = None
+    forensic_account: bool = False
 
     def overrides(self, finding_type: str | None = None) -> dict[str, str]:
         out = dict(self.parameters)
@@ -117,8 +122,10 @@ def run(
     (deployed.py): template.yaml deployed with `sam deploy`, the finding through the deployed
     rule; otherwise on the in-process emulator with the state machine files and `bin_dir`."""
     scenario = scenario or Scenario()
-    if release_dir and (scenario.member_account or scenario.notify_fails):
-        raise HarnessError("the deployed path runs the stack as deployed: no member account, no failing notify (use the default path)")
+    if release_dir and (scenario.member_account or scenario.notify_fails or scenario.forensic_account):
+        raise HarnessError(
+            "the deployed path runs the stack as deployed: no member account, no failing notify, no forensic account (use the default path)"
+        )
     if not release_dir and (scenario.approval or scenario.burst):
         raise HarnessError("approvals wait with a Step Functions task token, which moto's interpreter does not run: add --deployed")
     if scenario.approval or scenario.burst:
@@ -154,7 +161,9 @@ def run(
         stack = (
             deployed_stack(release_dir, log_dir, overrides)
             if release_dir
-            else local_stack(bin_dir, log_dir, member, overrides, notify_fails=scenario.notify_fails)
+            else local_stack(
+                bin_dir, log_dir, member, overrides, notify_fails=scenario.notify_fails, forensic_account=scenario.forensic_account
+            )
         )
         report["path"] = "deployed" if release_dir else "local"
         with stack as st:
@@ -203,6 +212,12 @@ def run(
             if getattr(st, "evidence_bucket", None):
                 report["evidence_bucket"] = st.evidence_bucket
                 report["evidence"] = evidence_objects(st.s3, st.evidence_bucket)
+            if getattr(st, "forensic", None):
+                # The copies run in their own workflow, after the report: waited for here.
+                report["evidence_copy"] = evidence_copies(st)
+                report["case_list"] = cases.list_cases(st.case_table)
+                report["cases"] = [cases.read_case(st.case_table, c["case_id"]) for c in report["case_list"]]
+                report["forensic"] = forensic_copies(st.forensic, st.target_ec2, report["cases"])
     finally:
         report["wall_seconds"] = round(time.monotonic() - started, 2)
     return report
@@ -232,6 +247,48 @@ def evidence_objects(s3, bucket: str) -> list[dict]:
             }
         )
     return out
+
+
+def forensic_copies(forensic: dict, source_ec2, cases_read: list[dict]) -> dict:
+    """The forensic account's copies as it holds them (each with its source, its encryption and
+    key, its state), and who may create volumes from each source snapshot the cases record."""
+    # By the tool's tag: moto lists AMI snapshots as the caller's own (tests/README).
+    copies = forensic["ec2"].describe_snapshots(
+        OwnerIds=["self"], Filters=[{"Name": "tag-key", "Values": ["ec2-quarantine:source-snapshot"]}]
+    )["Snapshots"]
+    sources = sorted(
+        {
+            created.split(" ")[0]
+            for case in cases_read
+            for step in case.get("steps", [])
+            if step.get("step") == "snapshot"
+            for created in step.get("created") or []
+        }
+    )
+    import botocore.exceptions
+
+    shared = {}
+    for snapshot in sources:
+        try:
+            answer = source_ec2.describe_snapshot_attribute(SnapshotId=snapshot, Attribute="createVolumePermission")
+            shared[snapshot] = sorted(p.get("UserId") or p.get("Group") for p in answer.get("CreateVolumePermissions", []))
+        except botocore.exceptions.ClientError as e:  # a snapshot gone: say so
+            shared[snapshot] = [f"unreadable: {e}"]
+    return {
+        "account": forensic["account"],
+        "key_arn": forensic["key_arn"],
+        "copies": [
+            {
+                "snapshot_id": c["SnapshotId"],
+                "source": {t["Key"]: t["Value"] for t in c.get("Tags", [])}.get("ec2-quarantine:source-snapshot"),
+                "state": c.get("State"),
+                "encrypted": c.get("Encrypted"),
+                "kms_key_id": c.get("KmsKeyId"),
+            }
+            for c in sorted(copies, key=lambda c: c["SnapshotId"])
+        ],
+        "shared_with": shared,
+    }
 
 
 def finding_summary(event: dict, target: str) -> dict:
@@ -551,6 +608,11 @@ def main(argv: list[str] | None = None) -> int:
         help="deploy template.yaml with sam deploy into the local control plane and send the finding to the deployed rule",
     )
     p.add_argument("--release-dir", default=None, help="with --deployed: where the release bootstraps are (cargo build --release)")
+    p.add_argument(
+        "--no-forensic-account",
+        action="store_true",
+        help="no simulated forensic account: the evidence is not copied (the template's default, ForensicAccountId empty)",
+    )
     args = p.parse_args(argv)
     if args.deployed and (args.invoke or args.member_account):
         p.error("--deployed runs the whole deployed stack: not with --invoke or --member-account")
@@ -614,6 +676,9 @@ def main(argv: list[str] | None = None) -> int:
             release=args.release,
             parameters=parameters,
             severity_threshold=args.severity_threshold,
+            # The local run copies the evidence to a simulated forensic account unless told not
+            # to; the deployed path deploys the template's defaults (no forensic account).
+            forensic_account=not (args.no_forensic_account or args.deployed),
         )
         report = run(Path(args.event).resolve(), bin_dir, scenario, log_dir, release_dir)
     except HarnessError as e:

@@ -12,11 +12,12 @@ import time
 import types
 from pathlib import Path
 
-from local import HarnessError, securityhub, snapshot_lock
+from local import HarnessError, securityhub, sfn_integration, snapshot_copy, snapshot_lock
 from local.lambda_service import LambdaService, function_env
 from local.report import execution_outcome, states_from_history
 from local.template import (
     ACCOUNT,
+    EVIDENCE_COPY_MACHINE,
     FUNCTIONS,
     LOCAL_NAMES,
     MISSING_TOPIC,
@@ -40,6 +41,19 @@ MEMBER_EXTERNAL_ID = "local-run-external-id"
 
 
 MEMBER_TEMPLATE = ROOT / "helper_scripts" / "member-account-role.yaml"
+
+
+# The simulated forensic account: helper_scripts/forensic-account.yaml deployed there, its key
+# encrypting the copies.
+FORENSIC_ACCOUNT = "999988887777"
+
+
+FORENSIC_TEMPLATE = ROOT / "helper_scripts" / "forensic-account.yaml"
+
+
+# How long the workflow waits between two passes of the copy step in the local run (moto's
+# copies complete at once; on AWS, FORENSIC_COPY_WAIT_SECONDS' default, 300).
+LOCAL_COPY_WAIT_SECONDS = "1"
 
 
 def create_case_table(dynamodb, template: dict) -> str:
@@ -115,6 +129,7 @@ def local_stack(
     functions_endpoint=None,
     copies: int = 1,
     notify_fails: bool = False,
+    forensic_account: bool = False,
 ):
     """The emulator with the stack's resources, the functions served, and a simulated instance.
 
@@ -124,6 +139,9 @@ def local_stack(
     or rate-limiting proxy, for the benchmarks); `copies` is how many processes serve each function.
     `notify_fails` points the notify function at a topic that does not exist, so it fails for good
     and the state machines' own fallback message is what reaches the subscriber queue.
+    `forensic_account` deploys helper_scripts/forensic-account.yaml in a second account and
+    configures the responder to copy the evidence there (as ForensicAccountId and
+    ForensicKmsKeyArn would).
     """
     import boto3
     from moto import mock_aws
@@ -148,6 +166,8 @@ def local_stack(
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     securityhub.patch()
     snapshot_lock.patch()
+    snapshot_copy.patch()
+    sfn_integration.patch()
     with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
         server.start()
@@ -186,6 +206,17 @@ def local_stack(
                 st.sns.subscribe(TopicArn=settings["CHAT_TOPIC_ARN"], Protocol="sqs", Endpoint=chat_queue)
             if member_account:
                 settings.update({"MEMBER_ROLE_NAME": MEMBER_ROLE, "MEMBER_ROLE_EXTERNAL_ID": MEMBER_EXTERNAL_ID})
+            st.forensic = None
+            if forensic_account:
+                st.forensic = forensic_setup(FORENSIC_ACCOUNT)
+                settings.update(
+                    {
+                        "FORENSIC_ACCOUNT_ID": FORENSIC_ACCOUNT,
+                        "FORENSIC_KMS_KEY_ARN": st.forensic["key_arn"],
+                        "FORENSIC_ROLE_NAME": st.forensic["role_name"],
+                        "FORENSIC_COPY_WAIT_SECONDS": LOCAL_COPY_WAIT_SECONDS,
+                    }
+                )
             env = function_env(functions_endpoint(emulator) if functions_endpoint else emulator, REGION, settings)
             for binary in FUNCTIONS:
                 service.add(binary, bin_dir / binary, env, log_dir / f"{binary}.log", copies)
@@ -199,9 +230,17 @@ def local_stack(
                 ),
             )["Role"]["Arn"]
             arns = {b: service.arn(b) for b in FUNCTIONS}
+            # The evidence copies' machine, which the containment machine starts (with a forensic account).
+            st.copy_machine = st.sfn.create_state_machine(
+                name="ec2-quarantine-evidence-copy",
+                definition=state_machine_definition(arns, EVIDENCE_COPY_MACHINE, st.topic),
+                roleArn=sm_role,
+            )["stateMachineArn"]
             st.machine = st.sfn.create_state_machine(
                 name="ec2-quarantine-containment",
-                definition=state_machine_definition(arns, STATE_MACHINE, st.topic),
+                definition=state_machine_definition(
+                    arns, STATE_MACHINE, st.topic, forensic_copy=forensic_account, copy_machine_arn=st.copy_machine
+                ),
                 roleArn=sm_role,
             )["stateMachineArn"]
             st.release_machine = st.sfn.create_state_machine(
@@ -223,6 +262,43 @@ def local_stack(
             service.stop()
             server.stop()
             os.environ.pop("AWS_ENDPOINT_URL_LAMBDA", None)
+
+
+def _account_session(account: str):
+    """A boto3 session acting in `account` of the emulator (moto keeps each account apart)."""
+    import boto3
+
+    sts = boto3.client("sts", region_name=REGION)
+    c = sts.assume_role(RoleArn=f"arn:aws:iam::{account}:role/OrganizationAccountAccessRole", RoleSessionName="setup")["Credentials"]
+    return boto3.Session(
+        aws_access_key_id=c["AccessKeyId"],
+        aws_secret_access_key=c["SecretAccessKey"],
+        aws_session_token=c["SessionToken"],
+        region_name=REGION,
+    )
+
+
+def forensic_setup(account: str) -> dict:
+    """helper_scripts/forensic-account.yaml deployed in `account`, as a security team deploys
+    it: its key's ARN, its role's name, and an EC2 client there (to read the copies)."""
+    session = _account_session(account)
+    cfn = session.client("cloudformation")
+    cfn.create_stack(
+        StackName="ec2-quarantine-forensic",
+        TemplateBody=FORENSIC_TEMPLATE.read_text(),
+        Parameters=[{"ParameterKey": "ResponderAccountId", "ParameterValue": ACCOUNT}],
+        Capabilities=["CAPABILITY_NAMED_IAM"],
+    )
+    stack = cfn.describe_stacks(StackName="ec2-quarantine-forensic")["Stacks"][0]
+    if stack["StackStatus"] != "CREATE_COMPLETE":
+        raise HarnessError(f"the forensic template did not deploy on the emulator: {stack['StackStatus']}")
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+    return {
+        "account": account,
+        "key_arn": outputs["ForensicKmsKeyArn"],
+        "role_name": outputs["CopierRoleName"],
+        "ec2": session.client("ec2"),
+    }
 
 
 def member_clients(account: str):
@@ -267,19 +343,50 @@ def received_chat(st) -> list[dict]:
     return out
 
 
+# The subject of the evidence-copy workflow's report (statemachine/evidence-copy.asl.json).
+COPY_REPORT_SUBJECT = "[EVIDENCE COPIES]"
+
+
 def received_notification(st) -> dict | None:
+    """The containment's (or release's) notification; the evidence copies' reports, which come
+    on their own time, are kept aside in `st.copy_reports`."""
     messages = st.sqs.receive_message(QueueUrl=st.queue_url, MaxNumberOfMessages=10).get("Messages", [])
     if not messages:
         return None
-    envelope = json.loads(messages[0]["Body"])
     st.sqs.delete_message_batch(
         QueueUrl=st.queue_url, Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)]
     )
+    envelopes = [json.loads(m["Body"]) for m in messages]
+    reports = [e for e in envelopes if (e.get("Subject") or "").startswith(COPY_REPORT_SUBJECT)]
+    if reports:
+        if not hasattr(st, "copy_reports"):
+            st.copy_reports = []
+        st.copy_reports += [{"subject": e.get("Subject"), "message": e.get("Message")} for e in reports]
+    messages = [e for e in envelopes if e not in reports]
+    if not messages:
+        return None
+    envelope = messages[0]
     return {
         "subject": envelope.get("Subject"),
         "message": envelope.get("Message"),
         "attributes": {k: v.get("Value") for k, v in (envelope.get("MessageAttributes") or {}).items()},
         "count": len(messages),
+    }
+
+
+def evidence_copies(st, timeout_s: float = 120) -> dict:
+    """The evidence-copy executions the containments started, each waited for to its end, and
+    the reports they sent to the team's inbox."""
+    executions = st.sfn.list_executions(stateMachineArn=st.copy_machine)["executions"]
+    ended = [wait_for(st.sfn, e["executionArn"], timeout_s) for e in executions]
+    if not hasattr(st, "copy_reports"):
+        st.copy_reports = []
+    deadline = time.monotonic() + 10
+    while len(st.copy_reports) < len(ended) and time.monotonic() < deadline:
+        st.copy_reports += [m for m in received_messages(st) if m["subject"].startswith(COPY_REPORT_SUBJECT)]
+    return {
+        "executions": [{"name": e.get("name"), "status": e["status"]} for e in ended],
+        "reports": [{"subject": r["subject"], "copies": json.loads(r["message"])} for r in st.copy_reports],
     }
 
 

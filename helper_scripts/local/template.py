@@ -23,6 +23,13 @@ STATE_MACHINE = ROOT / "statemachine" / "containment.asl.json"
 RELEASE_MACHINE = ROOT / "statemachine" / "release.asl.json"
 
 
+EVIDENCE_COPY_MACHINE = ROOT / "statemachine" / "evidence-copy.asl.json"
+
+
+# The containment machine's substitution for the evidence-copy machine it starts.
+COPY_MACHINE_SUBSTITUTION = "EvidenceCopyStateMachineArn"
+
+
 DEFAULT_EVENT = ROOT / "events" / "credential-exfiltration.json"
 
 
@@ -56,7 +63,13 @@ FUNCTIONS = {
     "notify": "NotifyFunctionArn",
     "security-hub": "SecurityHubFunctionArn",
     "approval": "ApprovalFunctionArn",
+    "evidence-copy": "EvidenceCopyFunctionArn",
 }
+
+
+# The template's substitution that turns the evidence copies on ("on": a forensic account is
+# configured) or off.
+FORENSIC_SUBSTITUTION = "ForensicCopy"
 
 
 # The template's substitution for the alert topic: the state machines publish a short fallback
@@ -136,12 +149,22 @@ def function_settings(template: dict, overrides: dict[str, str], account: str) -
     return out
 
 
-def state_machine_definition(arns: dict[str, str], path: Path = STATE_MACHINE, topic_arn: str | None = None) -> str:
+def state_machine_definition(
+    arns: dict[str, str],
+    path: Path = STATE_MACHINE,
+    topic_arn: str | None = None,
+    forensic_copy: bool = False,
+    copy_machine_arn: str | None = None,
+) -> str:
     text = path.read_text()
+    # Without the copy machine (no forensic account), a name that starts nothing: the switch is off.
+    copy_machine_arn = copy_machine_arn or f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:ec2-quarantine-evidence-copy-not-created"
+    text = text.replace("${" + COPY_MACHINE_SUBSTITUTION + "}", copy_machine_arn)
     for binary, placeholder in FUNCTIONS.items():
         text = text.replace("${" + placeholder + "}", arns[binary])
     if topic_arn is not None:
         text = text.replace("${" + TOPIC_SUBSTITUTION + "}", topic_arn)
+    text = text.replace("${" + FORENSIC_SUBSTITUTION + "}", "on" if forensic_copy else "off")
     left = re.findall(r"\$\{[A-Za-z0-9]+\}", text)
     if left:
         raise HarnessError(f"unresolved substitutions in the state machine: {left}")

@@ -339,7 +339,32 @@ impl Ctx {
             "arn:{}:iam::{}:role/{role_name}",
             scope.partition, scope.account_id
         );
-        // The session name shows in the member account's CloudTrail: it names the finding.
+        // Boxed: the SDK's futures nest deep enough to exceed rustc's layout depth limit otherwise.
+        let credentials =
+            Box::pin(self.assume(&role_arn, on_behalf_of, self.org.external_id.clone()))
+                .await
+                .map_err(|err| {
+                    if err.name().is_retryable() {
+                        err
+                    } else {
+                        Error::MemberRoleUnavailable {
+                            role_arn: role_arn.clone(),
+                            reason: err.to_string(),
+                        }
+                    }
+                })?;
+        info!(role = %role_arn, "acting in member account");
+        Ok(credentials)
+    }
+
+    /// Credentials of `role_arn` for 15 minutes, in a session named after what they act on
+    /// (`on_behalf_of`), as the role's account's CloudTrail shows it.
+    async fn assume(
+        &self,
+        role_arn: &str,
+        on_behalf_of: &str,
+        external_id: Option<String>,
+    ) -> Result<Credentials, Error> {
         let session: String = format!("ec2-quarantine-{on_behalf_of}")
             .chars()
             .take(64)
@@ -347,37 +372,41 @@ impl Ctx {
         let out = self
             .sts
             .assume_role()
-            .role_arn(&role_arn)
+            .role_arn(role_arn)
             .role_session_name(&session)
-            .set_external_id(self.org.external_id.clone())
+            .set_external_id(external_id)
             .duration_seconds(900)
             .send()
             .await
-            .map_err(|e| {
-                let err = Error::from_sdk("sts:AssumeRole", e);
-                if err.name().is_retryable() {
-                    err
-                } else {
-                    Error::MemberRoleUnavailable {
-                        role_arn: role_arn.clone(),
-                        reason: err.to_string(),
-                    }
-                }
-            })?;
-        let c = out
-            .credentials()
-            .ok_or_else(|| Error::MemberRoleUnavailable {
-                role_arn: role_arn.clone(),
-                reason: "sts:AssumeRole returned no credentials".into(),
-            })?;
-        info!(role = %role_arn, session = %session, "acting in member account");
+            .map_err(|e| Error::from_sdk("sts:AssumeRole", e))?;
+        let c = out.credentials().ok_or_else(|| Error::Aws {
+            action: "sts:AssumeRole",
+            code: "NoCredentials".into(),
+            message: "sts:AssumeRole returned no credentials".into(),
+            source: "no credentials".into(),
+        })?;
         Ok(Credentials::new(
             c.access_key_id(),
             c.secret_access_key(),
             Some(c.session_token().to_owned()),
             std::time::SystemTime::try_from(*c.expiration()).ok(),
-            "ec2-quarantine-member-role",
+            "ec2-quarantine-assumed-role",
         ))
+    }
+
+    /// An EC2 client acting in the forensic account, in its key's region, through the role
+    /// that receives copies there (`helper_scripts/forensic-account.yaml`).
+    pub async fn forensic_ec2(
+        &self,
+        forensic: &crate::domain::forensic::ForensicAccount,
+        on_behalf_of: &str,
+    ) -> Result<aws_sdk_ec2::Client, Error> {
+        let credentials = Box::pin(self.assume(&forensic.role_arn(), on_behalf_of, None)).await?;
+        info!(role = %forensic.role_arn(), "acting in the forensic account");
+        let mut config = self.config.to_builder();
+        config.set_region(Some(Region::new(forensic.region.clone())));
+        config.set_credentials_provider(Some(SharedCredentialsProvider::new(credentials)));
+        Ok(aws_sdk_ec2::Client::new(&config.build()))
     }
 
     /// A client for the responder's own SNS topic, in the region named by its ARN.

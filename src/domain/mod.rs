@@ -2,5 +2,6 @@
 
 pub mod evidence;
 pub mod finding;
+pub mod forensic;
 pub mod outcome;
 pub mod settings;

@@ -10,6 +10,7 @@
 pub mod approval;
 pub mod approval_link;
 pub mod deregister;
+pub mod evidence_copy;
 pub mod isolate;
 pub mod manifest;
 pub mod notify;

@@ -49,8 +49,13 @@ pub async fn emulator_config() -> SdkConfig {
 
 /// SDK configuration acting in a fresh emulated account.
 pub async fn account_config() -> (SdkConfig, String) {
-    let base = emulator_config().await;
     let account = fresh_account_id();
+    (config_in(&account).await, account)
+}
+
+/// SDK configuration acting in the emulated `account`.
+pub async fn config_in(account: &str) -> SdkConfig {
+    let base = emulator_config().await;
     let assumed = aws_sdk_sts::Client::new(&base)
         .assume_role()
         .role_arn(format!("arn:aws:iam::{account}:role/test-runner"))
@@ -66,11 +71,9 @@ pub async fn account_config() -> (SdkConfig, String) {
         None,
         "assumed",
     );
-    let config = base
-        .into_builder()
+    base.into_builder()
         .credentials_provider(SharedCredentialsProvider::new(creds))
-        .build();
-    (config, account)
+        .build()
 }
 
 /// The responder's case table in the account of `config`, keyed as `template.yaml` declares it

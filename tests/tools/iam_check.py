@@ -45,6 +45,8 @@ ROOT = Path(__file__).resolve().parents[2]
 NODE_MODULES = ROOT / ".tools" / "node" / "node_modules"
 STACK = "ec2-quarantine"
 MEMBER_ROLE = "ec2-quarantine-member"
+# The forensic account's copier role (helper_scripts/forensic-account.yaml, its default name).
+FORENSIC_ROLE = "ec2-quarantine-forensic-copier"
 # The responder's case table name in the tests (src/case.rs DEFAULT_TABLE): the deployment's
 # CaseTable. The alert topic is the one the notify function is configured with; in the tests that
 # is the topic it published to, so AlertTopic is bound per account to that topic's name.
@@ -61,6 +63,7 @@ FUNCTION_OF_APP = {
     "security-hub": "SecurityHubFunction",
     "approval": "ApprovalFunction",
     "approval-link": "ApprovalLinkFunction",
+    "evidence-copy": "EvidenceCopyFunction",
 }
 # AWSLambdaBasicExecutionRole, the managed policy SAM gives every function role (its content as
 # AWS publishes it: https://docs.aws.amazon.com/aws-managed-policy/latest/reference/AWSLambdaBasicExecutionRole.html).
@@ -100,7 +103,16 @@ def translated(config: str) -> dict:
         if resource["Type"] == "AWS::Serverless::StateMachine":
             resource["Properties"]["DefinitionUri"] = "s3://packaged/definition.json"
     translator = Translator(None, Parser(), boto_session=boto3.session.Session(region_name="us-east-1"))
-    return translator.translate(template, dict(CONFIGS[config]), get_managed_policy_map=dict)
+    return translator.translate(template, config_params(config), get_managed_policy_map=dict)
+
+
+def config_params(config: str) -> dict:
+    """The template's parameters in a configuration: one of CONFIGS, or `forensic:<account>`
+    (the evidence copied to that account, as the test that made the call configured it)."""
+    if config.startswith("forensic:"):
+        account = config.split(":", 1)[1]
+        return {"ForensicAccountId": account, "ForensicKmsKeyArn": f"arn:aws:kms:us-east-1:{account}:key/test-key"}
+    return dict(CONFIGS[config])
 
 
 @functools.cache
@@ -215,7 +227,7 @@ def stack(config: str, account: str, region: str, topic: str) -> tuple[dict, dic
     attrs.update({(f, "Arn"): f"arn:aws:lambda:{region}:{account}:function:{STACK}-{f}-TESTSUFFIX" for f in FUNCTION_OF_APP.values()})
     resolver = Resolver(
         template,
-        dict(CONFIGS[config]),
+        config_params(config),
         {
             "AWS::AccountId": account,
             "AWS::Region": region,
@@ -255,6 +267,32 @@ def member(account: str, responder: str, external_id: str) -> tuple[list, dict]:
     role = template["Resources"]["MemberRole"]["Properties"]
     policies = [resolver.resolve(p["PolicyDocument"]) for p in role["Policies"]]
     return policies, resolver.resolve(role["AssumeRolePolicyDocument"])
+
+
+@functools.cache
+def forensic(account: str, responder: str) -> tuple[list, dict]:
+    """The forensic account's copier role: its policy documents and its trust policy, resolved."""
+    template = yaml.load((ROOT / "helper_scripts" / "forensic-account.yaml").read_text(), Loader=CfnLoader)
+    resolver = Resolver(
+        template,
+        {"ResponderAccountId": responder},
+        {"AWS::AccountId": account, "AWS::Region": "us-east-1", "AWS::Partition": "aws", "AWS::StackName": "ec2-quarantine-forensic"},
+        {"CopierRole": FORENSIC_ROLE},
+        {("CopierRole", "Arn"): f"arn:aws:iam::{account}:role/{FORENSIC_ROLE}"},
+    )
+    role = template["Resources"]["CopierRole"]["Properties"]
+    policies = [resolver.resolve(p["PolicyDocument"]) for p in role["Policies"]]
+    return policies, resolver.resolve(role["AssumeRolePolicyDocument"])
+
+
+def forensic_account_of(call: dict) -> str | None:
+    """The forensic account an evidence-copy call names (the one its test configured)."""
+    p = call.get("params") or {}
+    if call["action"] == "ec2:ModifySnapshotAttribute":
+        return p.get("CreateVolumePermission.Add.1.UserId") or p.get("UserId.1")
+    if call["action"] == "sts:AssumeRole" and p.get("RoleArn", "").endswith(f":role/{FORENSIC_ROLE}"):
+        return p["RoleArn"].split(":")[4]
+    return None
 
 
 # ----------------------------------------------------------------- requests from recorded calls
@@ -308,6 +346,10 @@ DERIVED = (
         "s3:if-none-match",
         "ec2:SnapshotLockDuration",
         "ec2:SnapshotCoolOffPeriod",
+        "ec2:Add/userId",
+        "ec2:Add/group",
+        "ec2:Remove/userId",
+        "ec2:Remove/group",
     },
 )
 
@@ -442,6 +484,31 @@ def requests_for(call: dict, account: str) -> list[tuple[str, str, dict]]:
                 k: p[q] for k, q in (("ec2:SnapshotLockDuration", "LockDuration"), ("ec2:SnapshotCoolOffPeriod", "CoolOffPeriod")) if q in p
             }
             return [(call["action"], arn(snapshot), {**base, **resource_tags(auth, snapshot), **asked})]
+        if name == "ModifySnapshotAttribute":
+            # Who is added or removed (ec2:Add/userId and the like: the Service Authorization
+            # Reference's keys for the action), from the request's CreateVolumePermission.Add and
+            # .Remove lists, or from the older UserId/UserGroup form with its OperationType.
+            snapshot = p["SnapshotId"]
+            ctx = {**base, **resource_tags(auth, snapshot)}
+            older = {"add": "Add", "remove": "Remove"}.get(p.get("OperationType", ""))
+            for operation in ("Add", "Remove"):
+                for key, field in (("userId", "UserId"), ("group", "Group")):
+                    values = numbered(p, rf"CreateVolumePermission\.{operation}\.(\d+)\.{field}")
+                    if not values and operation == older:
+                        values = numbered(p, r"UserId\.(\d+)" if key == "userId" else r"UserGroup\.(\d+)")
+                    if values:
+                        ctx[f"ec2:{operation}/{key}"] = values[0] if len(values) == 1 else values
+            return [(call["action"], ec2_arn(region, account, snapshot), ctx)]
+        if name == "CopySnapshot":
+            # Authorized on the source and on the copy (the Service Authorization Reference);
+            # the copy's tags at creation ask ec2:CreateTags besides.
+            tags = list(zip(numbered(p, r"TagSpecification\.1\.Tag\.(\d+)\.Key"), numbered(p, r"TagSpecification\.1\.Tag\.(\d+)\.Value")))
+            source = f"arn:aws:ec2:{p.get('SourceRegion') or region}::snapshot/{p['SourceSnapshotId']}"
+            new = f"arn:aws:ec2:{region}::snapshot/snap-created"
+            out = [(call["action"], source, {**base, **tag_context(tags)}), (call["action"], new, {**base, **tag_context(tags)})]
+            if tags:
+                out.append(("ec2:CreateTags", new, {**base, **tag_context(tags), "ec2:CreateAction": "CopySnapshot"}))
+            return out
         if name in ("ReplaceIamInstanceProfileAssociation", "AssociateIamInstanceProfile", "DisassociateIamInstanceProfile"):
             instance = p.get("InstanceId") or auth.get("association_instance")
             if not instance:
@@ -605,6 +672,8 @@ def abuses(account: str = "111111111111", region: str = "us-east-1") -> list[tup
     victim = f"arn:aws:iam::{a}:role/payments-app"
     user_group = f"{ec2}:security-group/sg-0customer"
     untagged = {"aws:ResourceTag/Name": "web"}
+    # A snapshot the tool made (tagged at creation with its instance).
+    tool_snapshot = {"aws:ResourceTag/ec2-quarantine:instance-id": "i-0abc", "ec2:ResourceTag/ec2-quarantine:instance-id": "i-0abc"}
     out = []
     for who in ("IsolateFunction", "member"):
         out += [
@@ -1027,8 +1096,63 @@ def abuses(account: str = "111111111111", region: str = "us-east-1") -> list[tup
             f"arn:aws:ssm:{r}:{a}:parameter/prod/db-password",
             {},
         ),
+        # The evidence copy (configured with the forensic account FORENSIC_OF_ABUSES): shares
+        # the tool's snapshots with that account alone; the copier role there copies, no more.
+        *[
+            (f"{who}: {what}", who, "ec2:ModifySnapshotAttribute", f"arn:aws:ec2:{r}::snapshot/{snapshot}", context)
+            for who in ("EvidenceCopyFunction", "member")
+            for what, snapshot, context in (
+                (
+                    "share a forensic snapshot with an outside account",
+                    "snap-0evidence",
+                    {**tool_snapshot, "ec2:Add/userId": "444455556666"},
+                ),
+                ("make a forensic snapshot public", "snap-0evidence", {**tool_snapshot, "ec2:Add/group": "all"}),
+                (
+                    "make a forensic snapshot public while sharing it with the forensic account",
+                    "snap-0evidence",
+                    {**tool_snapshot, "ec2:Add/userId": FORENSIC_OF_ABUSES, "ec2:Add/group": "all"},
+                ),
+                (
+                    "take the forensic account's permission away",
+                    "snap-0evidence",
+                    {**tool_snapshot, "ec2:Remove/userId": FORENSIC_OF_ABUSES},
+                ),
+                ("share a snapshot that is not the tool's", "snap-0customer", {"ec2:Add/userId": FORENSIC_OF_ABUSES}),
+            )
+        ],
+        *[
+            (f"forensic: {what}", "forensic", action, resource, context)
+            for what, action, resource, context in (
+                ("delete a copy", "ec2:DeleteSnapshot", f"arn:aws:ec2:{r}::snapshot/snap-0copy", {}),
+                ("unlock a copy", "ec2:UnlockSnapshot", f"arn:aws:ec2:{r}::snapshot/snap-0copy", {}),
+                (
+                    "share a copy with another account",
+                    "ec2:ModifySnapshotAttribute",
+                    f"arn:aws:ec2:{r}::snapshot/snap-0copy",
+                    {"ec2:Add/userId": "444455556666"},
+                ),
+                (
+                    "remove a copy's source tag",
+                    "ec2:DeleteTags",
+                    f"arn:aws:ec2:{r}::snapshot/snap-0copy",
+                    {"aws:TagKeys": ["ec2-quarantine:source-snapshot"]},
+                ),
+                (
+                    "retag an existing copy",
+                    "ec2:CreateTags",
+                    f"arn:aws:ec2:{r}::snapshot/snap-0copy",
+                    {"aws:TagKeys": ["ec2-quarantine:source-snapshot"], "aws:RequestTag/ec2-quarantine:source-snapshot": "snap-0other"},
+                ),
+                ("read objects in the account", "s3:GetObject", "arn:aws:s3:::forensic-bucket/x", {}),
+            )
+        ],
     ]
     return out
+
+
+# The forensic account the abuses' stack is configured with.
+FORENSIC_OF_ABUSES = "999999999999"
 
 
 # Abuses the policies still allow, each with its reason (README.md, "Security"): IAM has no
@@ -1084,6 +1208,8 @@ def principal_of(call: dict, principals: dict[str, str]) -> tuple[str, str, str]
     function = FUNCTION_OF_APP[call["app"]]
     if role.endswith(f":role/{MEMBER_ROLE}"):
         return "member", account, function
+    if role.endswith(f":role/{FORENSIC_ROLE}"):
+        return "forensic", account, function
     return "function", account, function
 
 
@@ -1115,10 +1241,16 @@ def check(calls: list[dict], principals: dict[str, str]) -> tuple[int, list[str]
         kind, account, function = principal_of(call, principals)
         region = call.get("region") or "us-east-1"
         config = "member" if call["action"] == "sts:AssumeRole" else "single"
+        if function == "EvidenceCopyFunction" and forensic_account_of(call):
+            config = f"forensic:{forensic_account_of(call)}"
         try:
             if kind == "member":
                 policies, _ = member(account, "123456789012", "external-id-of-the-test")
                 principal = f"arn:aws:iam::{account}:role/{MEMBER_ROLE}"
+            elif kind == "forensic":
+                # The copier role's calls in the forensic account (the responder: any account).
+                policies, _ = forensic(account, "123456789012")
+                principal = f"arn:aws:iam::{account}:role/{FORENSIC_ROLE}"
             else:
                 stack_policies, table_policy = stack(config, account, region, topics.get(account, "alerts"))
                 policies = stack_policies[function]
@@ -1134,7 +1266,10 @@ def check(calls: list[dict], principals: dict[str, str]) -> tuple[int, list[str]
                 if kind == "function" and action == "sts:AssumeRole":
                     target = resource.split(":")[4]
                     external = context.get("sts:ExternalId", "")
-                    _, trust = member(target, account, external)
+                    if resource.endswith(f":role/{FORENSIC_ROLE}"):
+                        _, trust = forensic(target, account)
+                    else:
+                        _, trust = member(target, account, external)
                     resource_policy = trust
                     context = {**context, "aws:PrincipalArn": principal, "aws:PrincipalAccount": account}
                 built.append(
@@ -1174,6 +1309,12 @@ def check(calls: list[dict], principals: dict[str, str]) -> tuple[int, list[str]
         if who == "member":
             policies, _ = member("111111111111", "123456789012", "external-id-of-the-test")
             principal = f"arn:aws:iam::111111111111:role/{MEMBER_ROLE}"
+        elif who == "forensic":
+            policies, _ = forensic(FORENSIC_OF_ABUSES, "111111111111")
+            principal = f"arn:aws:iam::{FORENSIC_OF_ABUSES}:role/{FORENSIC_ROLE}"
+        elif who == "EvidenceCopyFunction":
+            policies = stack(f"forensic:{FORENSIC_OF_ABUSES}", "111111111111", "us-east-1", "alerts")[0][who]
+            principal = role_arn("111111111111", who)
         else:
             policies = stack("member", "111111111111", "us-east-1", "alerts")[0][who]
             principal = role_arn("111111111111", who)

@@ -37,21 +37,27 @@ FILTERED_EVENT = EVENTS / "low-severity-ssh-probe.json"
 # What template.yaml deploys with its parameters' defaults (the SAM transform adds each
 # function's and state machine's role), written out so that a resource dropped from the template
 # fails the test. AlertEmailSubscription only with AlertEmail set.
+FUNCTIONS = (
+    "TriageFunction",
+    "IsolateFunction",
+    "DeregisterFunction",
+    "SnapshotFunction",
+    "DenyRoleFunction",
+    "NotifyFunction",
+    "ReleaseFunction",
+    "SecurityHubFunction",
+    "ApprovalFunction",
+    "EvidenceCopyFunction",
+)
 RESOURCES = {
-    **{f: "AWS::Lambda::Function" for f in ("TriageFunction", "IsolateFunction", "DeregisterFunction", "SnapshotFunction")},
-    **{
-        f: "AWS::Lambda::Function"
-        for f in ("DenyRoleFunction", "NotifyFunction", "ReleaseFunction", "SecurityHubFunction", "ApprovalFunction")
-    },
-    **{f"{f}Role": "AWS::IAM::Role" for f in ("TriageFunction", "IsolateFunction", "DeregisterFunction", "SnapshotFunction")},
-    **{
-        f"{f}Role": "AWS::IAM::Role"
-        for f in ("DenyRoleFunction", "NotifyFunction", "ReleaseFunction", "SecurityHubFunction", "ApprovalFunction")
-    },
+    **{f: "AWS::Lambda::Function" for f in FUNCTIONS},
+    **{f"{f}Role": "AWS::IAM::Role" for f in FUNCTIONS},
     "ContainmentStateMachine": "AWS::StepFunctions::StateMachine",
     "ContainmentStateMachineRole": "AWS::IAM::Role",
     "ReleaseStateMachine": "AWS::StepFunctions::StateMachine",
     "ReleaseStateMachineRole": "AWS::IAM::Role",
+    "EvidenceCopyStateMachine": "AWS::StepFunctions::StateMachine",
+    "EvidenceCopyStateMachineRole": "AWS::IAM::Role",
     "CaseTable": "AWS::DynamoDB::Table",
     "PauseSwitch": "AWS::SSM::Parameter",
     "AlertTopic": "AWS::SNS::Topic",
@@ -66,7 +72,7 @@ RESOURCES = {
     **{
         alarm: "AWS::CloudWatch::Alarm"
         for alarm in ("FindingDeadLetterAlarm", "FindingSentToDeadLetterAlarm", "FindingLostAlarm", "PauseAlertFailedAlarm")
-        + tuple(f"{m}Executions{e}Alarm" for m in ("Containment", "Release") for e in ("Failed", "TimedOut", "Aborted"))
+        + tuple(f"{m}Executions{e}Alarm" for m in ("Containment", "Release", "EvidenceCopy") for e in ("Failed", "TimedOut", "Aborted"))
     },
 }
 
@@ -452,7 +458,11 @@ def test_the_rule_targets_the_containment_state_machine_with_its_role_retries_an
 def test_each_deployed_task_calls_the_function_its_substitution_names(deployed):
     facts = deployed["deployed"]
     arns = {logical: f["arn"] for logical, f in facts["functions"].items()}
-    for logical, source in (("ContainmentStateMachine", "containment"), ("ReleaseStateMachine", "release")):
+    for logical, source in (
+        ("ContainmentStateMachine", "containment"),
+        ("ReleaseStateMachine", "release"),
+        ("EvidenceCopyStateMachine", "evidence-copy"),
+    ):
         machine = facts["state_machines"][logical]
         assert machine["unresolved"] == [], (logical, machine["unresolved"])
         wanted = json.loads((ROOT / "statemachine" / f"{source}.asl.json").read_text())
@@ -465,7 +475,7 @@ def test_each_deployed_task_calls_the_function_its_substitution_names(deployed):
                 assert got[name]["Resource"] == arns[f"{m.group(1)}Function"], (logical, name)
             elif state.get("Parameters", {}).get("TopicArn") == "${AlertTopicArn}":
                 assert got[name]["Parameters"]["TopicArn"] == facts["outputs"]["AlertTopicArn"], (logical, name)
-        assert tasks == {"ContainmentStateMachine": 8, "ReleaseStateMachine": 2}[logical]
+        assert tasks == {"ContainmentStateMachine": 8, "ReleaseStateMachine": 2, "EvidenceCopyStateMachine": 1}[logical]
 
 
 def test_deploy_sh_pauses_and_resumes_the_deployed_responder(configured):

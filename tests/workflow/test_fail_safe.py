@@ -24,6 +24,7 @@ from local.report import PAYLOAD_LIMIT_BYTES, execution_outcome, oversized_paylo
 from local.stack import wait_for
 from local.template import (
     ACCOUNT,
+    EVIDENCE_COPY_MACHINE,
     FUNCTIONS,
     REGION,
     RELEASE_MACHINE,
@@ -38,6 +39,8 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN_DIR = Path(os.environ.get("FUNCTIONS_BIN_DIR") or Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug")
 EVENTS = ROOT / "events"
 MACHINES = {"ContainmentStateMachine": STATE_MACHINE, "ReleaseStateMachine": RELEASE_MACHINE}
+# Every state machine: the two above, and the evidence copies' (which notifies by its own report).
+ALL_MACHINES = MACHINES | {"EvidenceCopyStateMachine": EVIDENCE_COPY_MACHINE}
 # What Step Functions reports for Lambda: the service errors, and an unhandled function error
 # (a timeout, a crash) as Lambda.Unknown
 # (https://docs.aws.amazon.com/step-functions/latest/dg/bp-lambda-serviceexception.html).
@@ -99,9 +102,9 @@ def lambda_tasks(states: dict) -> dict:
 # ---------------------------------------------------------------- the state machines (static)
 
 
-@pytest.mark.parametrize("machine", sorted(MACHINES))
+@pytest.mark.parametrize("machine", sorted(ALL_MACHINES))
 def test_every_lambda_task_retries_a_timeout_or_crash_and_the_service_errors(machine):
-    tasks = lambda_tasks(asl(MACHINES[machine])["States"])
+    tasks = lambda_tasks(asl(ALL_MACHINES[machine])["States"])
     assert tasks, machine
     if machine == "ContainmentStateMachine":
         # The steps inside the Map are found too.
@@ -213,7 +216,7 @@ def fires_on_any(p: dict) -> bool:
     return p["ComparisonOperator"] == "GreaterThanThreshold" and p["Threshold"] == 0 and p.get("TreatMissingData") == "notBreaching"
 
 
-@pytest.mark.parametrize("machine", sorted(MACHINES))
+@pytest.mark.parametrize("machine", sorted(ALL_MACHINES))
 def test_executions_that_end_failed_timed_out_or_aborted_alarm_the_team(machine):
     covered = set()
     for name, alarm in alarms().items():

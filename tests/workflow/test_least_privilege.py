@@ -20,18 +20,13 @@ from local.template import CfnLoader, load_template
 
 ROOT = Path(__file__).resolve().parents[2]
 
-CASE_USERS = {"TriageFunction", "IsolateFunction", "DeregisterFunction", "SnapshotFunction", "DenyRoleFunction", "ReleaseFunction"}
+# The functions that read the instance (triage, the containment steps, release).
+INSTANCE_READERS = {"TriageFunction", "IsolateFunction", "DeregisterFunction", "SnapshotFunction", "DenyRoleFunction", "ReleaseFunction"}
+CASE_USERS = INSTANCE_READERS | {"EvidenceCopyFunction"}
 
 # The one table: IAM action -> the functions that call it.
 ACTIONS: dict[str, set[str]] = {
-    "ec2:DescribeInstances": {
-        "TriageFunction",
-        "IsolateFunction",
-        "DeregisterFunction",
-        "SnapshotFunction",
-        "DenyRoleFunction",
-        "ReleaseFunction",
-    },
+    "ec2:DescribeInstances": INSTANCE_READERS,
     "ec2:DescribeSecurityGroups": {"IsolateFunction"},
     "ec2:DescribeNetworkInterfaces": {"IsolateFunction"},
     "ec2:DescribeInstanceAttribute": {"IsolateFunction"},
@@ -48,7 +43,9 @@ ACTIONS: dict[str, set[str]] = {
     "ec2:DisassociateIamInstanceProfile": {"DenyRoleFunction"},
     "ec2:AssociateIamInstanceProfile": {"DenyRoleFunction"},
     "iam:CreateInstanceProfile": {"DenyRoleFunction"},
-    "ec2:DescribeSnapshots": {"SnapshotFunction"},
+    "ec2:DescribeSnapshots": {"SnapshotFunction", "EvidenceCopyFunction"},
+    # The tool's snapshots shared with the forensic account, for their copies there.
+    "ec2:ModifySnapshotAttribute": {"EvidenceCopyFunction"},
     "ec2:CreateSnapshots": {"SnapshotFunction"},
     "ec2:DescribeLockedSnapshots": {"SnapshotFunction"},
     "ec2:LockSnapshot": {"SnapshotFunction"},
@@ -80,15 +77,7 @@ ACTIONS: dict[str, set[str]] = {
     "elasticloadbalancing:DeregisterInstancesFromLoadBalancer": {"DeregisterFunction"},
     "elasticloadbalancing:RegisterTargets": {"ReleaseFunction"},
     "elasticloadbalancing:RegisterInstancesWithLoadBalancer": {"ReleaseFunction"},
-    "sts:AssumeRole": {
-        "TriageFunction",
-        "IsolateFunction",
-        "DeregisterFunction",
-        "SnapshotFunction",
-        "DenyRoleFunction",
-        "ReleaseFunction",
-        "SecurityHubFunction",
-    },
+    "sts:AssumeRole": INSTANCE_READERS | {"SecurityHubFunction", "EvidenceCopyFunction"},
     "sns:Publish": {"NotifyFunction", "ApprovalFunction"},
     # The decision handed to the execution waiting on the approval.
     "states:SendTaskSuccess": {"ApprovalFunction", "ApprovalLinkFunction"},
@@ -126,7 +115,12 @@ MODULES = {
     "ApprovalFunction": ["steps/approval.rs", "approval.rs"],
     # Its calls are the approval record's and the hand-over's (THROUGH below).
     "ApprovalLinkFunction": ["steps/approval_link.rs"],
+    "EvidenceCopyFunction": ["steps/evidence_copy.rs", "aws/context.rs", "case.rs"],
 }
+
+# Calls a function makes only through the forensic account's copier role
+# (helper_scripts/forensic-account.yaml), never with its own: its policy does not hold them.
+FORENSIC = {"EvidenceCopyFunction": {"ec2:CopySnapshot"}}
 
 # A function that calls into shared code whose other calls it never makes: the actions of the
 # calls it makes there, named here (the link's page reads a request, records a decision and hands
@@ -145,6 +139,7 @@ WRITES = {
     "ec2:ModifyInstanceAttribute",
     "ec2:CreateTags",
     "ec2:CreateSnapshots",
+    "ec2:ModifySnapshotAttribute",
     "s3:PutObject",
     "iam:PutRolePolicy",
     "iam:CreatePolicy",
@@ -202,6 +197,7 @@ def code_actions(function: str) -> set[str]:
     for path in sources(function):
         found |= set(LABEL.findall(path.read_text()))
     found |= THROUGH.get(function, set())
+    found -= FORENSIC.get(function, set())
     return found | {implied for (f, action), implied in IMPLIED.items() if f == function and action in found}
 
 
@@ -302,6 +298,15 @@ def test_no_wildcard_actions_and_writes_are_scoped(function):
                 assert "aws:ResourceTag/ec2-quarantine:instance-id" in str(st["Condition"]), "only the tool's snapshots"
             if action == "s3:PutObject":
                 assert st["Condition"] == {"StringEquals": {"s3:if-none-match": "*"}}, "never over an object"
+            if action == "ec2:ModifySnapshotAttribute":
+                # With the forensic account only, on the tool's snapshots, never public or a removal.
+                assert st["Condition"]["StringEquals"] == {"ec2:Add/userId": {"Ref": "ForensicAccountId"}}
+                assert st["Condition"]["Null"] == {
+                    "aws:ResourceTag/ec2-quarantine:instance-id": "false",
+                    "ec2:Add/group": "true",
+                    "ec2:Remove/userId": "true",
+                    "ec2:Remove/group": "true",
+                }
 
 
 def test_the_member_role_allows_the_union_of_the_containment_functions():
@@ -320,11 +325,39 @@ def test_the_member_role_allows_the_union_of_the_containment_functions():
     assert {"iam:PutRolePolicy", "iam:AttachRolePolicy"} <= denied_there, "the member role cannot change itself"
 
 
+def test_the_forensic_role_copies_into_its_account_and_can_neither_delete_nor_share():
+    forensic = yaml.load((ROOT / "helper_scripts" / "forensic-account.yaml").read_text(), Loader=CfnLoader)
+    role = forensic["Resources"]["CopierRole"]["Properties"]
+    policy = role["Policies"][0]["PolicyDocument"]
+    allowed_there = {a for st in policy["Statement"] if st["Effect"] == "Allow" for a in as_list(st["Action"])}
+    ec2_there = {a for a in allowed_there if a.startswith("ec2:")}
+    # What the function calls there (FORENSIC), the read that finds the copies, the tags of the copy.
+    assert ec2_there == FORENSIC["EvidenceCopyFunction"] | {"ec2:DescribeSnapshots", "ec2:CreateTags"}
+    tags = next(st for st in policy["Statement"] if "ec2:CreateTags" in as_list(st["Action"]))
+    assert tags["Condition"] == {"StringEquals": {"ec2:CreateAction": "CopySnapshot"}}, "tags at creation only"
+    denied = {a for st in policy["Statement"] if st["Effect"] == "Deny" for a in as_list(st["Action"])}
+    assert {"ec2:DeleteSnapshot", "ec2:ModifySnapshotAttribute", "ec2:UnlockSnapshot"} <= denied
+    # Trusted by the copy function's role only.
+    trust = role["AssumeRolePolicyDocument"]["Statement"]
+    assert len(trust) == 1 and "EvidenceCopyFunctionRole-*" in str(trust[0]["Condition"]["ArnLike"]["aws:PrincipalArn"])
+    # The key: kept with the stack deleted, and used by the role only through EC2.
+    key = forensic["Resources"]["EvidenceKey"]
+    assert key["DeletionPolicy"] == "Retain"
+    for use in key["Properties"]["KeyPolicy"]["Statement"][1:]:
+        assert use["Principal"] == {"AWS": {"Fn::GetAtt": ["CopierRole", "Arn"]}} and "kms:ViaService" in use["Condition"]["StringEquals"]
+        if use["Action"] == "kms:CreateGrant":
+            assert use["Condition"]["Bool"] == {"kms:GrantIsForAWSResource": "true"}
+
+
 # What each state machine's role may do, from its definition: invoke its own functions (one
 # LambdaInvokePolicy per function substitution) and, for the fallback message when notify fails,
 # publish to the alert topic only (the policy Step Functions documents for a static TopicArn:
 # https://docs.aws.amazon.com/step-functions/latest/dg/sns-iam.html).
-STATE_MACHINES = {"ContainmentStateMachine": "containment.asl.json", "ReleaseStateMachine": "release.asl.json"}
+STATE_MACHINES = {
+    "ContainmentStateMachine": "containment.asl.json",
+    "ReleaseStateMachine": "release.asl.json",
+    "EvidenceCopyStateMachine": "evidence-copy.asl.json",
+}
 
 
 def asl_resources(states: dict) -> list[tuple[str, dict]]:
@@ -349,9 +382,14 @@ def test_each_state_machine_may_invoke_its_functions_and_publish_to_the_alert_to
     subs = props["DefinitionSubstitutions"]
     definition = json.loads((ROOT / "statemachine" / STATE_MACHINES[machine]).read_text())
     used = asl_resources(definition["States"])
-    functions, topics = set(), set()
+    functions, topics, started = set(), set(), set()
     for resource, params in used:
-        if resource == "arn:aws:states:::sns:publish":
+        if resource == "arn:aws:states:::states:startExecution":
+            # Another of the stack's state machines, named by a substitution, never a path.
+            ref = params["StateMachineArn"]
+            assert ref.startswith("${") and ref.endswith("}") and "StateMachineArn.$" not in params
+            started.add(subs[ref[2:-1]]["Ref"])
+        elif resource == "arn:aws:states:::sns:publish":
             ref = params["TopicArn"]
             assert ref.startswith("${") and ref.endswith("}"), "a static topic, never a path (that needs sns:Publish on *)"
             topics.add(subs[ref[2:-1]]["Ref"])
@@ -366,11 +404,14 @@ def test_each_state_machine_may_invoke_its_functions_and_publish_to_the_alert_to
             functions.add(subs[name]["Fn::GetAtt"][0])
     assert topics == {"AlertTopic"}, "the fallback message goes to the alert topic"
 
-    invoke, publish = set(), set()
+    invoke, publish, start = set(), set(), set()
     for policy in props["Policies"]:
         [(template, args)] = policy.items()
         if template == "LambdaInvokePolicy":
             invoke.add(args["FunctionName"]["Ref"])
+        elif template == "StepFunctionsExecutionPolicy":
+            assert args["StateMachineName"]["Fn::GetAtt"][1] == "Name"
+            start.add(args["StateMachineName"]["Fn::GetAtt"][0])
         elif template == "SNSPublishMessagePolicy":
             publish.add(args["TopicName"]["Fn::GetAtt"][0])
             assert args["TopicName"]["Fn::GetAtt"][1] == "TopicName"
@@ -378,6 +419,7 @@ def test_each_state_machine_may_invoke_its_functions_and_publish_to_the_alert_to
             raise AssertionError(f"{machine}: a policy this test cannot read: {policy}")
     assert invoke == functions, "invoke exactly the functions the definition calls"
     assert publish == topics, "sns:Publish on exactly the topics the definition publishes to"
+    assert start == started, "states:StartExecution on exactly the state machines the definition starts"
 
 
 def test_nothing_destructive_is_allowed_anywhere():

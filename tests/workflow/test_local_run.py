@@ -16,7 +16,7 @@ import pytest
 from local import run as local_run
 from local.report import render
 from local.stack import MEMBER_ACCOUNT
-from local.template import ACCOUNT, FUNCTIONS, TOPIC_SUBSTITUTION, load_template
+from local.template import ACCOUNT, COPY_MACHINE_SUBSTITUTION, FORENSIC_SUBSTITUTION, FUNCTIONS, TOPIC_SUBSTITUTION, load_template
 from local.world import SIM_GROUP
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,9 +74,15 @@ def test_the_state_machine_is_the_deployed_one():
     release = template["Resources"]["ReleaseStateMachine"]["Properties"]
     assert release["DefinitionUri"] == "statemachine/release.asl.json"
     substitutions = set(sm["DefinitionSubstitutions"]) | set(release["DefinitionSubstitutions"])
-    assert substitutions == set(FUNCTIONS.values()) | {TOPIC_SUBSTITUTION}
+    copies = template["Resources"]["EvidenceCopyStateMachine"]["Properties"]
+    assert copies["DefinitionUri"] == "statemachine/evidence-copy.asl.json"
+    substitutions |= set(copies["DefinitionSubstitutions"])
+    assert substitutions == set(FUNCTIONS.values()) | {TOPIC_SUBSTITUTION, FORENSIC_SUBSTITUTION, COPY_MACHINE_SUBSTITUTION}
+    # The evidence copies start where a forensic account is configured, as the local run sets them.
+    assert sm["DefinitionSubstitutions"][FORENSIC_SUBSTITUTION] == {"Fn::If": ["HasForensicAccount", "on", "off"]}
+    assert sm["DefinitionSubstitutions"][COPY_MACHINE_SUBSTITUTION] == {"Ref": "EvidenceCopyStateMachine"}
     # The fallback message goes to the alert topic, the one the notify function publishes to.
-    for machine in (sm, release):
+    for machine in (sm, release, copies):
         assert machine["DefinitionSubstitutions"][TOPIC_SUBSTITUTION] == {"Ref": "AlertTopic"}
     notify_env = template["Resources"]["NotifyFunction"]["Properties"]["Environment"]["Variables"]
     assert notify_env["ALERT_TOPIC_ARN"] == {"Ref": "AlertTopic"}
@@ -136,6 +142,39 @@ def test_a_compromised_instance_is_contained(name):
     assert f"SHA-256 {manifest['sha256']}" in n["message"]
     shown = f"manifest s3://{report['evidence_bucket']}/{manifest['key']} version {manifest['version_id']}, SHA-256 {manifest['sha256']}"
     assert shown in cases.render_case(report["cases"][0])
+
+
+def test_the_evidence_is_copied_to_the_forensic_account_after_the_report():
+    report = run("instance-backdoor.json", forensic_account=True)
+    assert report["execution"]["status"] == "SUCCEEDED", report["execution"]
+    after = report["emulator"]["after"]
+    sources = sorted(s["id"] for s in after["snapshots"])
+    forensic = report["forensic"]
+    # One copy per snapshot, in the forensic account, encrypted with its key, naming its source.
+    assert sorted(c["source"] for c in forensic["copies"]) == sources, forensic
+    assert all(c["state"] == "completed" and c["encrypted"] and c["kms_key_id"] == forensic["key_arn"] for c in forensic["copies"])
+    # Each source may be used by the forensic account alone.
+    assert forensic["shared_with"] == {s: [forensic["account"]] for s in sources}
+    # Started after the notification, in a workflow of its own that the containment does not
+    # wait for: two passes (the copies requested, a wait, the copies completed), then its report
+    # to the team's inbox.
+    names = [s["name"] for s in report["states"]]
+    assert names.index("Notify") < names.index("StartEvidenceCopy") < names.index("Done"), names
+    copies = report["evidence_copy"]
+    assert [e["status"] for e in copies["executions"]] == ["SUCCEEDED"], copies
+    [sent] = copies["reports"]
+    assert sent["subject"] == f"[EVIDENCE COPIES] finding {report['cases'][0]['findings'][0]['finding_id']}", sent
+    [last] = sent["copies"]
+    assert (last["status"], last["finished"], last["pass"]) == ("already_done", True, 1), last
+    assert sorted(c["source_snapshot_id"] for c in last["copies"]) == sources
+    assert {c["state"] for c in last["copies"]} == {"completed"}
+    # The case lists each copy beside its source, and the last pass's report.
+    [case] = report["cases"]
+    [step] = [s for s in case["steps"] if s["step"] == "evidence-copy"]
+    assert sorted(c.split(" ")[0] for c in step["created"]) == sources
+    shown = cases.render_case(case)
+    for c in forensic["copies"]:
+        assert f"copy of {c['source']} in {forensic['account']} us-east-1: {c['snapshot_id']}, completed" in shown, shown
 
 
 def test_an_attack_sequence_contains_every_instance_it_names_with_one_notification():

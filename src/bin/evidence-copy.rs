@@ -1,0 +1,23 @@
+//! Lambda function: the `evidence-copy` step, one pass of copying an instance's forensic
+//! snapshots to the forensic account. Input: one target of triage's plan and the pass's number.
+use ec2_quarantine::Ctx;
+use ec2_quarantine::domain::forensic::ForensicAccount;
+use lambda_runtime::{LambdaEvent, service_fn};
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    lambda_runtime::tracing::init_default_subscriber();
+    let ctx = &Ctx::load().await?;
+    let forensic = &ForensicAccount::from_env()?;
+    lambda_runtime::run(service_fn(
+        |event: LambdaEvent<serde_json::Value>| async move {
+            ec2_quarantine::steps::evidence_copy::copy_evidence(
+                ctx,
+                forensic.as_ref(),
+                event.payload,
+            )
+            .await
+        },
+    ))
+    .await
+}
