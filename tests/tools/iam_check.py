@@ -818,7 +818,7 @@ def abuses(account: str = "111111111111", region: str = "us-east-1") -> list[tup
             "SnapshotFunction",
             "ec2:UnlockSnapshot",
             f"arn:aws:ec2:{r}::snapshot/snap-0evidence",
-            {"aws:ResourceTag/ec2-quarantine:instance-id": "i-0abc", "ec2:ResourceTag/ec2-quarantine:instance-id": "i-0abc"},
+            tool_snapshot,
         ),
         (
             "SnapshotFunction: lock a customer's snapshot (years of storage they cannot delete)",
@@ -963,8 +963,7 @@ def abuses(account: str = "111111111111", region: str = "us-east-1") -> list[tup
             "ec2:LockSnapshot",
             f"arn:aws:ec2:{r}::snapshot/snap-0evidence",
             {
-                "aws:ResourceTag/ec2-quarantine:instance-id": "i-0abc",
-                "ec2:ResourceTag/ec2-quarantine:instance-id": "i-0abc",
+                **tool_snapshot,
                 "ec2:SnapshotLockDuration": "36500",
             },
         ),
@@ -974,8 +973,7 @@ def abuses(account: str = "111111111111", region: str = "us-east-1") -> list[tup
             "ec2:LockSnapshot",
             f"arn:aws:ec2:{r}::snapshot/snap-0evidence",
             {
-                "aws:ResourceTag/ec2-quarantine:instance-id": "i-0abc",
-                "ec2:ResourceTag/ec2-quarantine:instance-id": "i-0abc",
+                **tool_snapshot,
                 "ec2:SnapshotLockDuration": "1",
             },
         ),
@@ -985,8 +983,7 @@ def abuses(account: str = "111111111111", region: str = "us-east-1") -> list[tup
             "ec2:LockSnapshot",
             f"arn:aws:ec2:{r}::snapshot/snap-0evidence",
             {
-                "aws:ResourceTag/ec2-quarantine:instance-id": "i-0abc",
-                "ec2:ResourceTag/ec2-quarantine:instance-id": "i-0abc",
+                **tool_snapshot,
                 "ec2:SnapshotLockDuration": "90",
                 "ec2:SnapshotCoolOffPeriod": "1",
             },
@@ -997,8 +994,7 @@ def abuses(account: str = "111111111111", region: str = "us-east-1") -> list[tup
             "ec2:LockSnapshot",
             f"arn:aws:ec2:{r}::snapshot/snap-0evidence",
             {
-                "aws:ResourceTag/ec2-quarantine:instance-id": "i-0abc",
-                "ec2:ResourceTag/ec2-quarantine:instance-id": "i-0abc",
+                **tool_snapshot,
                 "ec2:SnapshotLockDuration": "90",
                 "ec2:SnapshotCoolOffPeriod": "24",
             },
@@ -1008,14 +1004,14 @@ def abuses(account: str = "111111111111", region: str = "us-east-1") -> list[tup
             "SnapshotFunction",
             "ec2:LockSnapshot",
             f"arn:aws:ec2:{r}::snapshot/snap-0evidence",
-            {"aws:ResourceTag/ec2-quarantine:instance-id": "i-0abc", "ec2:ResourceTag/ec2-quarantine:instance-id": "i-0abc"},
+            tool_snapshot,
         ),
         (
             "SnapshotFunction: shorten a forensic snapshot's governance lock to tomorrow (ExpirationDate)",
             "SnapshotFunction",
             "ec2:LockSnapshot",
             f"arn:aws:ec2:{r}::snapshot/snap-0evidence",
-            {"aws:ResourceTag/ec2-quarantine:instance-id": "i-0abc", "ec2:ResourceTag/ec2-quarantine:instance-id": "i-0abc"},
+            tool_snapshot,
         ),
         (
             "SnapshotFunction: overwrite the volume label of an earlier case's snapshot",
