@@ -1081,7 +1081,7 @@ impl Recorder {
         written("dynamodb:UpdateItem", answer).map(|_| ())
     }
 
-    /// Records a step's end: its outcome (`done`, `already_done`, `skipped`, or the error's
+    /// Records a step's end: its outcome (`done`, `already_done`, `failed`, `skipped`, or the error's
     /// name) and its report or error (cut to [`MAX_REPORT_BYTES`]). A step another execution
     /// has claimed keeps that execution's record: this one's end is not written over it.
     pub async fn finished(&self, step: &str, outcome: &str, report: &str) -> Result<(), Error> {

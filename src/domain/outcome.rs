@@ -10,14 +10,16 @@ use crate::error::Error;
 /// the account must never reach either.
 pub const MAX_LISTED: usize = 50;
 
-/// A step's result: it acted, found its work already done by an earlier run, had nothing to do
-/// (with the reason), or, in a dry run, what it would do. Serialized with a `status` field the
+/// A step's result: it acted, found its work already done by an earlier run, ran to its end
+/// with its work failed (the report says what failed and why), had nothing to do (with the
+/// reason), or, in a dry run, what it would do. Serialized with a `status` field the
 /// state machine and notify read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Outcome<T> {
     Done(T),
     AlreadyDone(T),
+    Failed(T),
     Skipped { reason: String },
     DryRun { actions: Vec<PlannedAction> },
 }
@@ -108,7 +110,7 @@ impl<T> Outcome<T> {
 
     pub fn report(&self) -> Option<&T> {
         match self {
-            Outcome::Done(r) | Outcome::AlreadyDone(r) => Some(r),
+            Outcome::Done(r) | Outcome::AlreadyDone(r) | Outcome::Failed(r) => Some(r),
             Outcome::Skipped { .. } | Outcome::DryRun { .. } => None,
         }
     }
@@ -117,6 +119,7 @@ impl<T> Outcome<T> {
         match self {
             Outcome::Done(_) => "done",
             Outcome::AlreadyDone(_) => "already_done",
+            Outcome::Failed(_) => "failed",
             Outcome::Skipped { .. } => "skipped",
             Outcome::DryRun { .. } => "dry_run",
         }

@@ -167,21 +167,30 @@ async fn copy_for_target(
                     .unwrap_or("none was passed on")
             )));
         };
-        let set: Vec<(String, String)> = case
-            .created("snapshot")
-            .await?
-            .iter()
-            .filter_map(|entry| {
-                let mut parts = entry.split(' ');
-                let snapshot = parts.next().filter(|s| is_snapshot_id(s))?;
-                let volume = parts.next().unwrap_or_default();
-                Some((snapshot.to_owned(), volume.to_owned()))
-            })
-            .collect();
-        if set.is_empty() {
+        // The case is the responder's own record, but each id is checked all the same before it
+        // reaches a request, a tag or a description.
+        let mut malformed = Vec::new();
+        let mut set: Vec<(String, String)> = Vec::new();
+        for entry in case.created("snapshot").await? {
+            let recorded = super::snapshot::ForensicSnapshot::recorded(&entry);
+            if is_snapshot_id(&recorded.snapshot_id) && is_volume_id(&recorded.volume_id) {
+                set.push((recorded.snapshot_id, recorded.volume_id));
+            } else {
+                malformed.push(format!(
+                    "the case's snapshot entry {:?} is not a snapshot and a volume id: not copied",
+                    crate::domain::finding::clip(&entry)
+                ));
+            }
+        }
+        if set.is_empty() && malformed.is_empty() {
             return Ok(Outcome::skipped(
                 "the case records no snapshot set for this instance",
             ));
+        }
+        if set.is_empty() {
+            let mut report = report(&target, forensic, Vec::new());
+            report.warnings = malformed;
+            return Ok(Outcome::Failed(report));
         }
         let forensic_ec2 = match ctx
             .acting_as(STEP)
@@ -196,13 +205,15 @@ async fn copy_for_target(
                     "the forensic account's role {} could not be assumed: {err}",
                     forensic.role_arn()
                 );
-                return Ok(Outcome::Done(report(
+                let mut report = report(
                     &target,
                     forensic,
                     set.iter()
                         .map(|(s, v)| failed(s, v, None, why.clone()))
                         .collect(),
-                )));
+                );
+                report.warnings = malformed;
+                return Ok(Outcome::Failed(report));
             }
         };
         let (mut report, changed) = Box::pin(copy_pass(
@@ -214,6 +225,8 @@ async fn copy_for_target(
             &set,
         ))
         .await?;
+        let uncopyable = !malformed.is_empty();
+        report.warnings.extend(malformed);
         let copies: Vec<String> = report
             .copies
             .iter()
@@ -235,7 +248,7 @@ async fn copy_for_target(
         if pass.saturating_add(1) >= forensic.max_passes {
             give_up(&mut report, pass.saturating_add(1), forensic.wait_seconds);
         }
-        Ok(Outcome::from_changes(changed, report))
+        Ok(settled(changed, uncopyable, report))
     })
     .await
 }
@@ -588,6 +601,19 @@ fn report(target: &Target, forensic: &ForensicAccount, copies: Vec<EvidenceCopy>
     }
 }
 
+/// The pass's outcome: failed once every copy is over and one of them failed (or an entry of
+/// the set could not be copied at all), so the case's record of the step never says done while
+/// evidence is missing from the forensic account; otherwise done or already done.
+fn settled(changed: bool, uncopyable: bool, report: CopyReport) -> Outcome<CopyReport> {
+    let over = report.copies.iter().all(|c| c.state.is_final());
+    let lost = uncopyable || report.copies.iter().any(|c| c.state == CopyState::Failed);
+    if over && lost {
+        Outcome::Failed(report)
+    } else {
+        Outcome::from_changes(changed, report)
+    }
+}
+
 /// The last pass: what is not over is no longer followed (a running copy goes on in EBS).
 fn give_up(report: &mut CopyReport, passes: u32, wait_seconds: u32) {
     let hours = u64::from(passes) * u64::from(wait_seconds) / 3600;
@@ -639,6 +665,13 @@ async fn described(
         found.extend(page.snapshots().iter().cloned());
     }
     Ok(found)
+}
+
+/// `vol-` and 8 or 17 hexadecimal digits, as EC2 names volumes.
+pub fn is_volume_id(s: &str) -> bool {
+    s.strip_prefix("vol-").is_some_and(|hex| {
+        matches!(hex.len(), 8 | 17) && hex.bytes().all(|b| b.is_ascii_hexdigit())
+    })
 }
 
 /// `snap-` and 8 or 17 hexadecimal digits, as EC2 names snapshots.
@@ -953,5 +986,45 @@ mod tests {
         ] {
             assert!(!is_snapshot_id(bad), "{bad}");
         }
+        assert!(is_volume_id("vol-0aaaaaaaaaaaaaaa1") && is_volume_id("vol-1234abcd"));
+        for bad in [
+            "vol-",
+            "vol-0a",
+            SOURCE,
+            "vol-1234abcd\nx",
+            "vol-1234abcd x",
+        ] {
+            assert!(!is_volume_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_pass_is_failed_only_once_every_copy_is_over_and_one_is_lost() {
+        let copy = |state| EvidenceCopy {
+            source_snapshot_id: SOURCE.into(),
+            volume_id: "vol-0a".into(),
+            copy_snapshot_id: Some(COPY.into()),
+            state,
+            detail: None,
+        };
+        let status = |changed, uncopyable, states: &[CopyState]| {
+            let copies = states.iter().map(|s| copy(*s)).collect();
+            settled(
+                changed,
+                uncopyable,
+                report(&testing::target(), &forensic(), copies),
+            )
+            .status()
+        };
+        use CopyState::*;
+        assert_eq!(status(true, false, &[Completed, Completed]), "done");
+        assert_eq!(status(false, false, &[Completed]), "already_done");
+        assert_eq!(status(false, false, &[Completed, Failed]), "failed");
+        assert_eq!(status(true, false, &[Failed]), "failed");
+        // Not over yet: the next pass may still copy; its last pass says failed.
+        assert_eq!(status(true, false, &[Copying, Failed]), "done");
+        assert_eq!(status(false, false, &[Retrying, Failed]), "already_done");
+        // An entry of the set the case holds malformed is evidence not copied.
+        assert_eq!(status(false, true, &[Completed]), "failed");
     }
 }

@@ -641,7 +641,7 @@ async fn record_set(
 
 impl ForensicSnapshot {
     /// A snapshot as the case records it: `<snapshot> <volume> <device>`.
-    fn recorded(entry: &str) -> ForensicSnapshot {
+    pub(crate) fn recorded(entry: &str) -> ForensicSnapshot {
         let mut parts = entry.split(' ');
         ForensicSnapshot {
             snapshot_id: parts.next().unwrap_or_default().to_owned(),

@@ -101,6 +101,7 @@ pub(super) fn write_status<'a, T>(
             let label = match outcome {
                 Outcome::Done(_) => "done",
                 Outcome::AlreadyDone(_) => "already done",
+                Outcome::Failed(_) => "FAILED",
                 Outcome::Skipped { .. } => "skipped",
                 Outcome::DryRun { .. } => "DRY RUN, nothing changed",
             };
