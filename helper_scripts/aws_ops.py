@@ -539,13 +539,16 @@ def artifacts(session, account: str, partition: str) -> dict:
     # Snapshots tagged with their case (or, by versions before the case table, the finding).
     # One call per key: moto answers a tag-key filter of two values with nothing for snapshots
     # that CreateSnapshots made (AWS ORs a filter's values), so the keys are asked one by one.
-    found["snapshots"] = sorted(
-        {
-            s["SnapshotId"]
-            for key in (f"{TAG}case", f"{TAG}finding-id")
-            for s in ec2.describe_snapshots(OwnerIds=["self"], Filters=[{"Name": "tag-key", "Values": [key]}])["Snapshots"]
-        }
-    )
+    tagged = {
+        s["SnapshotId"]: s
+        for key in (f"{TAG}case", f"{TAG}finding-id")
+        for s in ec2.describe_snapshots(OwnerIds=["self"], Filters=[{"Name": "tag-key", "Values": [key]}])["Snapshots"]
+    }
+    found["snapshots"] = sorted(tagged)
+    # The case each names (a tag: only ever a reason to keep a snapshot, never to delete one).
+    found["snapshot_cases"] = {
+        i: next((t["Value"] for t in s.get("Tags", []) if t["Key"] == f"{TAG}case"), None) for i, s in tagged.items()
+    }
     found["snapshots"], found["locked_snapshots"] = split_locked(ec2, found["snapshots"])
     found["groups"] = [
         g["GroupId"]
@@ -589,6 +592,67 @@ def open_cases(session, table: str) -> int:
         return len(cases.list_cases(session.resource("dynamodb").Table(table), open_only=True))
     except (ClientError, BotoCoreError):
         return 0
+
+
+def open_case_holds(session, tables: list[str], exempt_instances: set[str]) -> dict | None:
+    """What the open cases hold, read from the responder's own record (the case tables, never a
+    tag): their ids, the snapshots each recorded, and the roles their instances hold contained.
+    The test stack's instance is left out (the nuke removes it). None when a table cannot be
+    read: then nothing an open case might hold is removed."""
+    import cases
+    from boto3.dynamodb.conditions import Attr
+
+    held: dict = {"cases": {}, "snapshots": {}, "roles": {}}
+    for name in tables:
+        table = session.resource("dynamodb").Table(name)
+        try:
+            still_open = [c for c in cases.list_cases(table, open_only=True) if c["instance_id"] not in exempt_instances]
+            for case in still_open:
+                held["cases"][case["case_id"]] = name
+                for step in cases.read_case(table, case["case_id"])["steps"]:
+                    if step["step"] == "snapshot":
+                        for entry in step.get("created") or []:
+                            held["snapshots"][str(entry).split(" ")[0]] = case["case_id"]
+            open_instances = {c["instance_id"] for c in still_open}
+            for hold in cases._scan(table, FilterExpression=Attr("pk").begins_with("role#") & Attr("sk").begins_with("hold#")):
+                instance = hold["sk"].split("#", 1)[1]
+                if instance in open_instances:
+                    held["roles"][hold["pk"].split("#", 2)[2]] = instance
+        except (ClientError, BotoCoreError):
+            return None
+    return held
+
+
+def held_open(held: dict | None) -> bool:
+    """Whether an open case (or a table that could not be read) may still need what the tool made."""
+    return held is None or bool(held["cases"])
+
+
+def keep_for_open_cases(found: dict, held: dict | None) -> dict[str, list[str]]:
+    """Takes out of `found` what an open case holds (everything, when the record could not be
+    read), and returns what was kept, with why."""
+    kept: dict[str, list[str]] = {"snapshots": [], "roles": []}
+    if held is None:
+        why = "a case table could not be read"
+        kept["snapshots"] = [f"{s} ({why})" for s in found["snapshots"]]
+        kept["roles"] = [f"{r} ({why})" for r in sorted(set(found["deny_all_roles"]) | set(found["inline_roles"]))]
+        found["snapshots"], found["deny_all_roles"], found["inline_roles"] = [], [], []
+        return kept
+    deletable = []
+    for snap in found["snapshots"]:
+        case = held["snapshots"].get(snap) or (
+            found["snapshot_cases"].get(snap) if found["snapshot_cases"].get(snap) in held["cases"] else None
+        )
+        if case:
+            kept["snapshots"].append(f"{snap} (case {case} is open)")
+        else:
+            deletable.append(snap)
+    found["snapshots"] = deletable
+    for key in ("deny_all_roles", "inline_roles"):
+        kept["roles"].extend(f"{r} (instance {held['roles'][r]}'s case is open)" for r in found[key] if r in held["roles"])
+        found[key] = [r for r in found[key] if r not in held["roles"]]
+    kept["roles"] = sorted(set(kept["roles"]))
+    return kept
 
 
 def confirm(question: str, assume_yes: bool) -> bool:
@@ -688,6 +752,15 @@ def nuke(args) -> int:
     responder = outputs is not None
     tables = case_table_names(session, args.stack_name, outputs)
     found = artifacts(session, account, partition) if args.purge_artifacts else None
+    kept: dict[str, list[str]] = {"snapshots": [], "roles": []}
+    held: dict | None = {"cases": {}}
+    if found is not None:
+        # What an open case holds stays: its evidence, its roles' denies, its record. The test
+        # stack's instance is the nuke's to remove, its case with it.
+        test_instance = (stack_outputs(cfn, TEST_STACK) or {}).get("InstanceId")
+        held = open_case_holds(session, tables, {test_instance} if test_instance else set())
+        kept = keep_for_open_cases(found, held)
+    kept_tables = set(tables) if held is None else set(held["cases"].values())
     print(f"In account {account}, {session.region_name}:")
     print(f"  responder stack:          {args.stack_name if responder else 'none'}")
     print(f"  test instance stack:      {TEST_STACK if test_stack else 'none'}")
@@ -696,8 +769,13 @@ def nuke(args) -> int:
             print("  case table:               none")
             continue
         still_open = open_cases(session, table)
-        kept = "deleted: the record of every case" if found is not None else "kept: the record of every case; --purge-artifacts deletes it"
-        print(f"  case table:               {table} ({kept})")
+        if found is None:
+            fate = "kept: the record of every case; --purge-artifacts deletes it"
+        elif table in kept_tables:
+            fate = "kept: it records open cases" if held is not None else "kept: it could not be read"
+        else:
+            fate = "deleted: the record of every case"
+        print(f"  case table:               {table} ({fate})")
         if still_open:
             print(f"    {still_open} case(s) still open: release them first; a new deployment starts a new, empty case table")
     if outputs and outputs.get("EvidenceBucketName"):
@@ -707,13 +785,25 @@ def nuke(args) -> int:
         print(f"  forensic snapshots:       {', '.join(found['snapshots']) or 'none'}")
         if found["locked_snapshots"]:
             print(f"  kept, locked (evidence):  {', '.join(found['locked_snapshots'])}")
-        print(f"  quarantine groups:        {', '.join(found['groups']) or 'none'}")
-        print(
-            f"  DenyAll policy:           {found['policy_arn'] if found['deny_all_policy'] else 'none'}"
-            + (f" (attached to {', '.join(found['deny_all_roles'])})" if found["deny_all_roles"] else "")
-        )
+        if kept["snapshots"]:
+            print(f"  kept, open cases' evidence: {', '.join(kept['snapshots'])}")
+        if kept["roles"]:
+            print(f"  kept, denied for open cases: {', '.join(kept['roles'])}")
+        groups = ", ".join(found["groups"]) or "none"
+        if found["groups"] and held_open(held):
+            groups += " (kept: open cases' instances are isolated in them)"
+        print(f"  quarantine groups:        {groups}")
+        policy = found["policy_arn"] if found["deny_all_policy"] else "none"
+        if found["deny_all_policy"] and kept["roles"]:
+            policy += " (kept: open cases' roles hold it)"
+        elif found["deny_all_roles"]:
+            policy += f" (attached to {', '.join(found['deny_all_roles'])})"
+        print(f"  DenyAll policy:           {policy}")
         print(f"  revoke-sessions denies:   {', '.join(found['inline_roles']) or 'none'}")
-        print(f"  quarantine profile:       {QUARANTINE_PROFILE if found['quarantine_profile'] else 'none'}")
+        profile = QUARANTINE_PROFILE if found["quarantine_profile"] else "none"
+        if found["quarantine_profile"] and held_open(held):
+            profile += " (kept: open cases' instances use it)"
+        print(f"  quarantine profile:       {profile}")
         print("Removing the IAM denies gives contained roles their permissions back; the snapshots are the evidence.")
     else:
         print("  (quarantine artifacts are kept; --purge-artifacts removes them too)")
@@ -745,16 +835,16 @@ def nuke(args) -> int:
         if status != "DELETE_COMPLETE":
             problems.append(f"test stack: {status}")
     if found:
-        for group in found["groups"]:
+        for group in [] if held_open(held) else found["groups"]:
             try:
                 ec2.delete_security_group(GroupId=group)
             except ClientError as e:
                 code = e.response["Error"]["Code"]
                 if code != "InvalidGroup.NotFound":  # gone with the test stack's VPC
                     problems.append(f"quarantine group {group} (still used by an isolated instance?): {code}")
-        if found["deny_all_policy"]:
+        if found["deny_all_policy"] and not kept["roles"]:
             iam.delete_policy(PolicyArn=policy_arn)
-        if found["quarantine_profile"]:
+        if found["quarantine_profile"] and not held_open(held):
             iam.delete_instance_profile(InstanceProfileName=QUARANTINE_PROFILE)
     if responder:
         cfn.delete_stack(StackName=args.stack_name)
@@ -766,6 +856,8 @@ def nuke(args) -> int:
         # DeleteTable is refused while the table is UPDATING: wait until it is ACTIVE again.
         db = session.client("dynamodb")
         for table in tables:
+            if table in kept_tables:
+                continue
             try:
                 db.update_table(TableName=table, DeletionProtectionEnabled=False)
                 db.get_waiter("table_exists").wait(TableName=table, WaiterConfig={"Delay": 2, "MaxAttempts": 60})

@@ -160,3 +160,46 @@ def test_verify_and_fire_say_what_is_missing(stack, tmp_path):
     assert r.returncode == 1 and "no test instance stack" in r.stderr
     r = deploy_sh(stack, "fire", "events/credential-exfiltration.json", stack.sim["instance_id"], home=tmp_path)
     assert r.returncode == 1 and "no responder stack ec2-quarantine" in r.stderr
+
+
+def test_a_purge_keeps_what_an_open_case_holds(tmp_path):
+    """nuke --purge-artifacts with an instance still contained (not the test stack's): its
+    snapshots (unlocked here, SnapshotLockMode=none), its role's DenyAll and the case table that
+    records it stay; what no open case holds goes. The record decides, never a tag."""
+    with local_stack(BIN_DIR, tmp_path / "logs", parameters={"SnapshotLockMode": "none"}) as st:
+        ec2, iam = boto3.client("ec2", region_name=REGION), boto3.client("iam", region_name=REGION)
+        instance = st.sim["instance_id"]
+        r = deploy_sh(
+            st, "fire", "events/credential-exfiltration.json", instance, "--state-machine-arn", st.machine, "--wait", home=tmp_path
+        )
+        assert r.returncode == 0 and "Execution SUCCEEDED" in r.stdout, r.stderr + r.stdout
+        table = LOCAL_NAMES["CaseTable"]
+        by_case = [{"Name": "tag-key", "Values": ["ec2-quarantine:case"]}]
+        evidence = {s["SnapshotId"] for s in ec2.describe_snapshots(OwnerIds=["self"], Filters=by_case)["Snapshots"]}
+        assert evidence and not ec2.describe_locked_snapshots(SnapshotIds=sorted(evidence)).get("Snapshots")
+        # An orphan the tool made for a case long gone: no open case holds it, it goes. Its tag
+        # names the open case's instance but not the case: tags never make a snapshot deletable.
+        volume = ec2.describe_volumes(Filters=[{"Name": "attachment.instance-id", "Values": [instance]}])["Volumes"][0]["VolumeId"]
+        orphan = ec2.create_snapshot(
+            VolumeId=volume,
+            TagSpecifications=[
+                {"ResourceType": "snapshot", "Tags": [{"Key": "ec2-quarantine:case", "Value": f"{instance}-20250101T000000000Z"}]}
+            ],
+        )["SnapshotId"]
+        role = st.sim["role_name"]
+        assert any(p["PolicyName"] == "ec2-quarantine-DenyAll" for p in iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"])
+
+        r = deploy_sh(st, "nuke", "--purge-artifacts", "--yes", home=tmp_path)
+        shown = r.stdout
+        assert "kept, open cases' evidence:" in shown and all(s in shown for s in evidence), shown
+        assert f"kept, denied for open cases: {role}" in shown and "(kept: it records open cases)" in shown, shown
+        left = {s["SnapshotId"] for s in ec2.describe_snapshots(OwnerIds=["self"], Filters=by_case)["Snapshots"]}
+        assert left == evidence, "the open case's snapshots stay, the orphan goes"
+        assert orphan not in left
+        assert any(p["PolicyName"] == "ec2-quarantine-DenyAll" for p in iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"])
+        assert table in boto3.client("dynamodb", region_name=REGION).list_tables()["TableNames"]
+        assert "(kept: open cases' roles hold it)" in shown and "(kept: open cases' instances are isolated in them)" in shown, shown
+        assert iam.list_policies(Scope="Local", PathPrefix="/ec2-quarantine/")["Policies"], "the DenyAll policy stays"
+        groups = ec2.describe_network_interfaces(NetworkInterfaceIds=st.sim["interfaces"])["NetworkInterfaces"]
+        assert ec2.describe_security_groups(GroupIds=sorted({g["GroupId"] for n in groups for g in n["Groups"]}))["SecurityGroups"]
+        assert r.returncode == 0 and "Done." in shown, shown
