@@ -594,33 +594,69 @@ def open_cases(session, table: str) -> int:
         return 0
 
 
-def open_case_holds(session, tables: list[str], exempt_instances: set[str]) -> dict | None:
+def every_case_table(session) -> list[tuple[str, str]] | None:
+    """Every responder case table of the account, in every region and whatever its stack's name
+    (`<stack>-CaseTable-*`): the IAM denies are global, so an open case anywhere keeps them. None
+    when a region cannot be listed."""
+    try:
+        regions = [r["RegionName"] for r in session.client("ec2").describe_regions()["Regions"]]
+        found = []
+        for region in regions:
+            for page in session.client("dynamodb", region_name=region).get_paginator("list_tables").paginate():
+                found.extend((region, n) for n in page["TableNames"] if "-CaseTable-" in n)
+        return found
+    except (ClientError, BotoCoreError):
+        return None
+
+
+def open_case_holds(session, tables: list[tuple[str, str]] | None, exempt_instances: set[str]) -> dict | None:
     """What the open cases hold, read from the responder's own record (the case tables, never a
-    tag): their ids, the snapshots each recorded, and the roles their instances hold contained.
-    The test stack's instance is left out (the nuke removes it). None when a table cannot be
-    read: then nothing an open case might hold is removed."""
+    tag), consistently: their ids and tables, the snapshots each recorded, the roles their
+    instances hold contained, and whether a role step did not settle (it acts before it records
+    the hold: then every role's denies stay). The test stack's instance is left out (the nuke
+    removes it). None when a table cannot be read: then nothing an open case might hold goes."""
     import cases
     from boto3.dynamodb.conditions import Attr
 
-    held: dict = {"cases": {}, "snapshots": {}, "roles": {}}
-    for name in tables:
-        table = session.resource("dynamodb").Table(name)
+    if tables is None:
+        return None
+    held: dict = {"cases": {}, "snapshots": {}, "roles": {}, "every_role": False}
+    for region, name in tables:
+        table = session.resource("dynamodb", region_name=region).Table(name)
         try:
-            still_open = [c for c in cases.list_cases(table, open_only=True) if c["instance_id"] not in exempt_instances]
+            still_open = [c for c in cases.list_cases(table, open_only=True, consistent=True) if c["instance_id"] not in exempt_instances]
             for case in still_open:
-                held["cases"][case["case_id"]] = name
+                held["cases"][case["case_id"]] = (region, name)
                 for step in cases.read_case(table, case["case_id"])["steps"]:
                     if step["step"] == "snapshot":
                         for entry in step.get("created") or []:
                             held["snapshots"][str(entry).split(" ")[0]] = case["case_id"]
+                    if step["step"] == "role" and step.get("outcome") not in ("done", "already_done", "skipped", "dry_run"):
+                        held["every_role"] = True
             open_instances = {c["instance_id"] for c in still_open}
-            for hold in cases._scan(table, FilterExpression=Attr("pk").begins_with("role#") & Attr("sk").begins_with("hold#")):
+            holds = cases._scan(
+                table, FilterExpression=Attr("pk").begins_with("role#") & Attr("sk").begins_with("hold#"), ConsistentRead=True
+            )
+            for hold in holds:
                 instance = hold["sk"].split("#", 1)[1]
                 if instance in open_instances:
                     held["roles"][hold["pk"].split("#", 2)[2]] = instance
-        except (ClientError, BotoCoreError):
+        except (ClientError, BotoCoreError, cases.CaseError, KeyError, IndexError):
             return None
     return held
+
+
+def merged(first: dict | None, second: dict | None) -> dict | None:
+    """What either reading of the open cases holds (the second is taken after the question:
+    a case opened meanwhile keeps what it holds)."""
+    if first is None or second is None:
+        return None
+    return {
+        "cases": {**first["cases"], **second["cases"]},
+        "snapshots": {**first["snapshots"], **second["snapshots"]},
+        "roles": {**first["roles"], **second["roles"]},
+        "every_role": first["every_role"] or second["every_role"],
+    }
 
 
 def held_open(held: dict | None) -> bool:
@@ -630,28 +666,31 @@ def held_open(held: dict | None) -> bool:
 
 def keep_for_open_cases(found: dict, held: dict | None) -> dict[str, list[str]]:
     """Takes out of `found` what an open case holds (everything, when the record could not be
-    read), and returns what was kept, with why."""
+    read; every role's denies, when a role step did not settle), and returns what is kept, with
+    why."""
     kept: dict[str, list[str]] = {"snapshots": [], "roles": []}
+    roles = sorted(set(found["deny_all_roles"]) | set(found["inline_roles"]))
+    if held is None or held["every_role"]:
+        why = "a case table could not be read" if held is None else "an open case's role step did not settle"
+        kept["roles"] = [f"{r} ({why})" for r in roles]
+        found["deny_all_roles"], found["inline_roles"] = [], []
+    else:
+        kept["roles"] = [f"{r} (instance {held['roles'][r]}'s case is open)" for r in roles if r in held["roles"]]
+        for key in ("deny_all_roles", "inline_roles"):
+            found[key] = [r for r in found[key] if r not in held["roles"]]
     if held is None:
-        why = "a case table could not be read"
-        kept["snapshots"] = [f"{s} ({why})" for s in found["snapshots"]]
-        kept["roles"] = [f"{r} ({why})" for r in sorted(set(found["deny_all_roles"]) | set(found["inline_roles"]))]
-        found["snapshots"], found["deny_all_roles"], found["inline_roles"] = [], [], []
+        kept["snapshots"] = [f"{s} (a case table could not be read)" for s in found["snapshots"]]
+        found["snapshots"] = []
         return kept
     deletable = []
     for snap in found["snapshots"]:
-        case = held["snapshots"].get(snap) or (
-            found["snapshot_cases"].get(snap) if found["snapshot_cases"].get(snap) in held["cases"] else None
-        )
+        tagged = found["snapshot_cases"].get(snap)
+        case = held["snapshots"].get(snap) or (tagged if tagged in held["cases"] else None)
         if case:
             kept["snapshots"].append(f"{snap} (case {case} is open)")
         else:
             deletable.append(snap)
     found["snapshots"] = deletable
-    for key in ("deny_all_roles", "inline_roles"):
-        kept["roles"].extend(f"{r} (instance {held['roles'][r]}'s case is open)" for r in found[key] if r in held["roles"])
-        found[key] = [r for r in found[key] if r not in held["roles"]]
-    kept["roles"] = sorted(set(kept["roles"]))
     return kept
 
 
@@ -677,16 +716,41 @@ def release_role(iam, role: str, policy_arn: str) -> None:
             raise
 
 
+def test_stack_members(ec2, cfn) -> dict[str, str]:
+    """The test stack's instance and role, from the stack's own resources (never its outputs,
+    which whoever creates a stack of that name writes). The instance counts only if it carries
+    the stack's id in its aws:cloudformation:stack-id tag, which no user can write."""
+    members: dict[str, str] = {}
+    try:
+        stack_id = cfn.describe_stacks(StackName=TEST_STACK)["Stacks"][0]["StackId"]
+        resources = cfn.describe_stack_resources(StackName=TEST_STACK)["StackResources"]
+    except ClientError:
+        return members
+    by_id = {r.get("LogicalResourceId"): r for r in resources}
+    instance = by_id.get("Instance", {})
+    if instance.get("ResourceType") == "AWS::EC2::Instance" and instance.get("PhysicalResourceId"):
+        try:
+            found = ec2.describe_instances(InstanceIds=[instance["PhysicalResourceId"]])["Reservations"][0]["Instances"][0]
+        except (ClientError, IndexError):
+            found = {}
+        if {t["Key"]: t["Value"] for t in found.get("Tags", [])}.get("aws:cloudformation:stack-id") == stack_id:
+            members["instance"] = instance["PhysicalResourceId"]
+    role = by_id.get("InstanceRole", {})
+    if role.get("ResourceType") == "AWS::IAM::Role" and role.get("PhysicalResourceId"):
+        members["role"] = role["PhysicalResourceId"]
+    return members
+
+
 def delete_test_stack(ec2, iam, cfn, policy_arn: str) -> str:
     """Deletes the test stack. The responder protected its instance from termination, denied its
     role and put a quarantine group in its VPC: lift the protection on that instance, take the
     tool's policies off that role (CloudFormation cannot delete a role with policies it did not
     attach), and remove the group in that VPC once the instance is gone and the VPC waits on it."""
-    outputs = stack_outputs(cfn, TEST_STACK) or {}
-    if outputs.get("InstanceId"):
-        ec2.modify_instance_attribute(InstanceId=outputs["InstanceId"], DisableApiTermination={"Value": False})
-    if outputs.get("RoleName"):
-        release_role(iam, outputs["RoleName"], policy_arn)
+    members = test_stack_members(ec2, cfn)
+    if members.get("instance"):
+        ec2.modify_instance_attribute(InstanceId=members["instance"], DisableApiTermination={"Value": False})
+    if members.get("role"):
+        release_role(iam, members["role"], policy_arn)
     vpc = next(
         (
             r["PhysicalResourceId"]
@@ -754,13 +818,16 @@ def nuke(args) -> int:
     found = artifacts(session, account, partition) if args.purge_artifacts else None
     kept: dict[str, list[str]] = {"snapshots": [], "roles": []}
     held: dict | None = {"cases": {}}
+    exempt: set[str] = set()
     if found is not None:
-        # What an open case holds stays: its evidence, its roles' denies, its record. The test
-        # stack's instance is the nuke's to remove, its case with it.
-        test_instance = (stack_outputs(cfn, TEST_STACK) or {}).get("InstanceId")
-        held = open_case_holds(session, tables, {test_instance} if test_instance else set())
+        # What an open case holds stays: its evidence, its roles' denies, its record, read from
+        # every case table of the account (IAM is global). The test stack's own instance is the
+        # nuke's to remove, its case with it.
+        exempt = {m for k, m in test_stack_members(ec2, cfn).items() if k == "instance"}
+        held = open_case_holds(session, every_case_table(session), exempt)
         kept = keep_for_open_cases(found, held)
-    kept_tables = set(tables) if held is None else set(held["cases"].values())
+    here = session.region_name
+    kept_tables = set(tables) if held is None else {name for region, name in held["cases"].values() if region == here}
     print(f"In account {account}, {session.region_name}:")
     print(f"  responder stack:          {args.stack_name if responder else 'none'}")
     print(f"  test instance stack:      {TEST_STACK if test_stack else 'none'}")
@@ -820,6 +887,12 @@ def nuke(args) -> int:
     problems = []
     policy_arn = f"arn:{partition}:iam::{account}:policy/ec2-quarantine/{DENY_ALL}"
     if found:
+        # Read again after the question: a case opened meanwhile keeps what it holds too.
+        held = merged(held, open_case_holds(session, every_case_table(session), exempt))
+        more = keep_for_open_cases(found, held)
+        problems.extend(f"{what}: kept, an open case holds it since the list above" for what in more["snapshots"] + more["roles"])
+        kept = {k: kept[k] + more[k] for k in kept}
+        kept_tables |= set(tables) if held is None else {name for region, name in held["cases"].values() if region == here}
         # Read again after the confirmation: a snapshot locked meanwhile (by hand, say) is kept.
         found["snapshots"], locked_now = split_locked(ec2, found["snapshots"])
         problems.extend(f"snapshot {s}: kept, locked since the list above" for s in locked_now)
@@ -842,10 +915,16 @@ def nuke(args) -> int:
                 code = e.response["Error"]["Code"]
                 if code != "InvalidGroup.NotFound":  # gone with the test stack's VPC
                     problems.append(f"quarantine group {group} (still used by an isolated instance?): {code}")
-        if found["deny_all_policy"] and not kept["roles"]:
-            iam.delete_policy(PolicyArn=policy_arn)
-        if found["quarantine_profile"] and not held_open(held):
-            iam.delete_instance_profile(InstanceProfileName=QUARANTINE_PROFILE)
+        try:
+            if found["deny_all_policy"] and not kept["roles"]:
+                iam.delete_policy(PolicyArn=policy_arn)
+        except ClientError as e:
+            problems.append(f"DenyAll policy: {e.response['Error']['Code']}")
+        try:
+            if found["quarantine_profile"] and not held_open(held):
+                iam.delete_instance_profile(InstanceProfileName=QUARANTINE_PROFILE)
+        except ClientError as e:
+            problems.append(f"quarantine profile: {e.response['Error']['Code']}")
     if responder:
         cfn.delete_stack(StackName=args.stack_name)
         status = wait_stack(cfn, args.stack_name, {"DELETE_COMPLETE"})
@@ -855,10 +934,17 @@ def nuke(args) -> int:
         # Retained by the stack and protected from deletion: both lifted here, on request only.
         # DeleteTable is refused while the table is UPDATING: wait until it is ACTIVE again.
         db = session.client("dynamodb")
+        import cases
+
         for table in tables:
             if table in kept_tables:
                 continue
             try:
+                # Checked once more just before: a case opened since is never deleted with it.
+                still = cases.list_cases(session.resource("dynamodb").Table(table), open_only=True, consistent=True)
+                if any(c["instance_id"] not in exempt for c in still):
+                    problems.append(f"case table {table}: kept, a case opened in it meanwhile")
+                    continue
                 db.update_table(TableName=table, DeletionProtectionEnabled=False)
                 db.get_waiter("table_exists").wait(TableName=table, WaiterConfig={"Delay": 2, "MaxAttempts": 60})
                 db.delete_table(TableName=table)

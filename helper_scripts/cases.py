@@ -55,11 +55,11 @@ def _query(table, pk: str) -> list[dict]:
             return [_plain(i) for i in items]
 
 
-def list_cases(table, open_only: bool = False) -> list[dict]:
-    """Every case's header, newest first."""
+def list_cases(table, open_only: bool = False, consistent: bool = False) -> list[dict]:
+    """Every case's header, newest first (`consistent`: a strongly consistent scan)."""
     from boto3.dynamodb.conditions import Attr
 
-    headers = _scan(table, FilterExpression=Attr("sk").eq("case"))
+    headers = _scan(table, FilterExpression=Attr("sk").eq("case"), **({"ConsistentRead": True} if consistent else {}))
     rows = [
         {
             "case_id": h.get("case_id"),

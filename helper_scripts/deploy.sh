@@ -65,8 +65,8 @@ Usage:
       Delete the responder stack and the test instance stack. With --purge-artifacts, also the
       quarantine artifacts the responder created (forensic snapshots, quarantine groups, the
       DenyAll policy and inline denies, the quarantine profile), selected by the tool's tags and
-      names only; what an open case holds (its snapshots, its role's denies, the groups, the
-      profile, its case table) is kept. Lists everything and asks first (--yes: no question).
+      names only; what an open case (in any region's case table) holds is kept: its
+      snapshots, its role's denies, the groups, the profile, its case table. Lists everything and asks first (--yes: no question).
 
   deploy.sh test-instance [--region R] [--ssh-cidr CIDR]
       Deploy the deliberately "compromised" test instance (helper_scripts/test-instance.yaml);
