@@ -804,6 +804,12 @@ def split_locked(ec2, snapshot_ids: list[str]) -> tuple[list[str], list[str]]:
     return [i for i in snapshot_ids if i not in held], [f"{i} ({held[i]})" for i in snapshot_ids if i in held]
 
 
+def tables_kept(held: dict | None, tables: list[str], region: str) -> set[str]:
+    """The case tables of `region` that keep an open case (every one when the cases could not
+    be read: `held` is None)."""
+    return set(tables) if held is None else {name for where, name in held["cases"].values() if where == region}
+
+
 def nuke(args) -> int:
     """After one confirmation, removes: with --purge-artifacts the forensic snapshots and the
     tool's IAM denies; the test stack (when present); then the quarantine groups, the DenyAll
@@ -827,7 +833,7 @@ def nuke(args) -> int:
         held = open_case_holds(session, every_case_table(session), exempt)
         kept = keep_for_open_cases(found, held)
     here = session.region_name
-    kept_tables = set(tables) if held is None else {name for region, name in held["cases"].values() if region == here}
+    kept_tables = tables_kept(held, tables, here)
     print(f"In account {account}, {session.region_name}:")
     print(f"  responder stack:          {args.stack_name if responder else 'none'}")
     print(f"  test instance stack:      {TEST_STACK if test_stack else 'none'}")
@@ -892,7 +898,7 @@ def nuke(args) -> int:
         more = keep_for_open_cases(found, held)
         problems.extend(f"{what}: kept, an open case holds it since the list above" for what in more["snapshots"] + more["roles"])
         kept = {k: kept[k] + more[k] for k in kept}
-        kept_tables |= set(tables) if held is None else {name for region, name in held["cases"].values() if region == here}
+        kept_tables |= tables_kept(held, tables, here)
         # Read again after the confirmation: a snapshot locked meanwhile (by hand, say) is kept.
         found["snapshots"], locked_now = split_locked(ec2, found["snapshots"])
         problems.extend(f"snapshot {s}: kept, locked since the list above" for s in locked_now)

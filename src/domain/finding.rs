@@ -1012,6 +1012,16 @@ pub fn is_instance_id(s: &str) -> bool {
     is_hex_id(s, "i-", &[8, 17])
 }
 
+/// `vol-` and 8 or 17 hexadecimal digits, as EC2 names volumes.
+pub fn is_volume_id(s: &str) -> bool {
+    is_hex_id(s, "vol-", &[8, 17])
+}
+
+/// `snap-` and 8 or 17 hexadecimal digits, as EC2 names snapshots.
+pub fn is_snapshot_id(s: &str) -> bool {
+    is_hex_id(s, "snap-", &[8, 17])
+}
+
 const MAX_VPC_HINTS: usize = 4;
 
 fn is_vpc_id(s: &str) -> bool {

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::aws::tags;
-use crate::domain::finding::{StepRequest, Target};
+use crate::domain::finding::{self, StepRequest, Target};
 use crate::domain::forensic::ForensicAccount;
 use crate::domain::outcome::{Check, Outcome, PlannedAction};
 use crate::error::Error;
@@ -173,7 +173,8 @@ async fn copy_for_target(
         let mut set: Vec<(String, String)> = Vec::new();
         for entry in case.created("snapshot").await? {
             let recorded = super::snapshot::ForensicSnapshot::recorded(&entry);
-            if is_snapshot_id(&recorded.snapshot_id) && is_volume_id(&recorded.volume_id) {
+            if finding::is_snapshot_id(&recorded.snapshot_id)
+                && finding::is_volume_id(&recorded.volume_id) {
                 set.push((recorded.snapshot_id, recorded.volume_id));
             } else {
                 malformed.push(format!(
@@ -667,20 +668,6 @@ async fn described(
     Ok(found)
 }
 
-/// `vol-` and 8 or 17 hexadecimal digits, as EC2 names volumes.
-pub fn is_volume_id(s: &str) -> bool {
-    s.strip_prefix("vol-").is_some_and(|hex| {
-        matches!(hex.len(), 8 | 17) && hex.bytes().all(|b| b.is_ascii_hexdigit())
-    })
-}
-
-/// `snap-` and 8 or 17 hexadecimal digits, as EC2 names snapshots.
-pub fn is_snapshot_id(s: &str) -> bool {
-    s.strip_prefix("snap-").is_some_and(|hex| {
-        matches!(hex.len(), 8 | 17) && hex.bytes().all(|b| b.is_ascii_hexdigit())
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use aws_sdk_ec2::operation::copy_snapshot::{CopySnapshotError, CopySnapshotOutput};
@@ -692,6 +679,7 @@ mod tests {
     use aws_smithy_types::error::ErrorMetadata;
 
     use super::*;
+    use crate::domain::finding::{is_snapshot_id, is_volume_id};
     use crate::steps::testing;
 
     const SOURCE: &str = "snap-0aaaaaaaaaaaaaaa1";
