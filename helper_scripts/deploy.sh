@@ -50,7 +50,7 @@ Usage:
       approval (answered as --approval says, else left to time out).
 
   deploy.sh invoke FUNCTION EVENT
-      Invoke one function (triage, isolate, deregister, snapshot, deny-role, notify, security-hub, evidence-copy, release)
+      Invoke one function (triage, isolate, deregister, snapshot, deny-role, notify, security-hub, evidence-copy, collect, release)
       with an event, on the local
       emulator and a simulated instance: `sam local invoke` without Docker. Prints the result.
 
@@ -301,7 +301,7 @@ build_functions() {
   done
 }
 
-FUNCTIONS="triage, isolate, deregister, snapshot, deny-role, notify, security-hub, evidence-copy, approval, release"
+FUNCTIONS="triage, isolate, deregister, snapshot, deny-role, notify, security-hub, evidence-copy, collect, approval, release"
 
 cmd_invoke() {
   local positional=()

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use ec2_quarantine::ErrorName;
 use serde_json::Value;
 
-const STATE_MACHINES: [(&str, &str); 3] = [
+const STATE_MACHINES: [(&str, &str); 4] = [
     (
         "containment",
         include_str!("../statemachine/containment.asl.json"),
@@ -17,6 +17,10 @@ const STATE_MACHINES: [(&str, &str); 3] = [
     (
         "evidence-copy",
         include_str!("../statemachine/evidence-copy.asl.json"),
+    ),
+    (
+        "collection",
+        include_str!("../statemachine/collection.asl.json"),
     ),
 ];
 
@@ -149,6 +153,7 @@ fn every_function_of_the_template_has_its_task() {
     let functions: BTreeSet<String> = function_tasks().into_iter().map(|t| t.function).collect();
     let binaries = [
         "approval",
+        "collect",
         "deny-role",
         "deregister",
         "evidence-copy",

@@ -33,6 +33,8 @@ ARTIFACTS = [
     ("security-hub", "SecurityHubFunction", "security-hub-input.json"),
     # Without a forensic account (the template's default) it answers that it has nothing to copy.
     ("evidence-copy", "EvidenceCopyFunction", "instance-backdoor.json"),
+    # Without VolatileEvidenceDocument=Collect (the default) it answers that it has no document.
+    ("collect", "CollectFunction", "collect-input.json"),
     ("approval", "ApprovalFunction", "approval-decide.json"),
     ("release", "ReleaseFunction", "release-request.json"),
 ]

@@ -17,6 +17,7 @@ from local.lambda_service import LambdaService, function_env
 from local.report import execution_outcome, states_from_history
 from local.template import (
     ACCOUNT,
+    COLLECTION_MACHINE,
     EVIDENCE_COPY_MACHINE,
     FUNCTIONS,
     LOCAL_NAMES,
@@ -76,6 +77,21 @@ def create_pause_switch(ssm, template: dict) -> str:
     name = LOCAL_NAMES["PauseSwitch"]
     ssm.put_parameter(
         Name=name, Type=props["Type"], Value=props["Value"], AllowedPattern=props["AllowedPattern"], Description=props["Description"]
+    )
+    return name
+
+
+def create_collector_document(ssm, template: dict) -> str:
+    """The volatile-data collector as the template declares it (its content, type and target
+    type), under its local name."""
+    props = template["Resources"]["VolatileEvidenceCollector"]["Properties"]
+    name = LOCAL_NAMES["VolatileEvidenceCollector"]
+    ssm.create_document(
+        Name=name,
+        Content=json.dumps(props["Content"]),
+        DocumentType=props["DocumentType"],
+        DocumentFormat="JSON",
+        TargetType=props["TargetType"],
     )
     return name
 
@@ -217,6 +233,11 @@ def local_stack(
                         "FORENSIC_COPY_WAIT_SECONDS": LOCAL_COPY_WAIT_SECONDS,
                     }
                 )
+            # The collector document (VolatileEvidenceDocument=Collect), which the collect
+            # function sends; moto runs no agent (tests/README.md).
+            if (parameters or {}).get("VolatileEvidenceDocument") == "Collect":
+                settings["VOLATILE_EVIDENCE_DOCUMENT"] = create_collector_document(st.ssm, load_template())
+                settings["COLLECT_WAIT_SECONDS"] = LOCAL_COPY_WAIT_SECONDS
             env = function_env(functions_endpoint(emulator) if functions_endpoint else emulator, REGION, settings)
             for binary in FUNCTIONS:
                 service.add(binary, bin_dir / binary, env, log_dir / f"{binary}.log", copies)
@@ -236,10 +257,23 @@ def local_stack(
                 definition=state_machine_definition(arns, EVIDENCE_COPY_MACHINE, st.topic),
                 roleArn=sm_role,
             )["stateMachineArn"]
+            # The volatile-evidence collections' machine, which the containment machine starts
+            # before it asks for an approval (VolatileEvidenceDocument=Collect).
+            st.collection_machine = st.sfn.create_state_machine(
+                name="ec2-quarantine-collection",
+                definition=state_machine_definition(arns, COLLECTION_MACHINE, st.topic),
+                roleArn=sm_role,
+            )["stateMachineArn"]
             st.machine = st.sfn.create_state_machine(
                 name="ec2-quarantine-containment",
                 definition=state_machine_definition(
-                    arns, STATE_MACHINE, st.topic, forensic_copy=forensic_account, copy_machine_arn=st.copy_machine
+                    arns,
+                    STATE_MACHINE,
+                    st.topic,
+                    forensic_copy=forensic_account,
+                    copy_machine_arn=st.copy_machine,
+                    collection_machine_arn=st.collection_machine,
+                    collection=(parameters or {}).get("VolatileEvidenceDocument") == "Collect",
                 ),
                 roleArn=sm_role,
             )["stateMachineArn"]

@@ -30,6 +30,15 @@ EVIDENCE_COPY_MACHINE = ROOT / "statemachine" / "evidence-copy.asl.json"
 COPY_MACHINE_SUBSTITUTION = "EvidenceCopyStateMachineArn"
 
 
+COLLECTION_MACHINE = ROOT / "statemachine" / "collection.asl.json"
+
+
+# The containment machine's substitution for the collection machine it starts, and the switch
+# that turns the collection on ("on": VolatileEvidenceDocument=Collect) or off.
+COLLECTION_MACHINE_SUBSTITUTION = "CollectionStateMachineArn"
+COLLECTION_SUBSTITUTION = "VolatileCollection"
+
+
 DEFAULT_EVENT = ROOT / "events" / "credential-exfiltration.json"
 
 
@@ -45,6 +54,7 @@ LOCAL_NAMES = {
     "CaseTable": "ec2-quarantine-CaseTable-local",
     "PauseSwitch": "/ec2-quarantine-local/paused",
     "EvidenceBucket": "ec2-quarantine-evidence-local",
+    "VolatileEvidenceCollector": "ec2-quarantine-VolatileEvidenceCollector-local",
 }
 
 
@@ -64,6 +74,7 @@ FUNCTIONS = {
     "security-hub": "SecurityHubFunctionArn",
     "approval": "ApprovalFunctionArn",
     "evidence-copy": "EvidenceCopyFunctionArn",
+    "collect": "CollectFunctionArn",
 }
 
 
@@ -155,11 +166,18 @@ def state_machine_definition(
     topic_arn: str | None = None,
     forensic_copy: bool = False,
     copy_machine_arn: str | None = None,
+    collection_machine_arn: str | None = None,
+    collection: bool = False,
 ) -> str:
     text = path.read_text()
     # Without the copy machine (no forensic account), a name that starts nothing: the switch is off.
     copy_machine_arn = copy_machine_arn or f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:ec2-quarantine-evidence-copy-not-created"
     text = text.replace("${" + COPY_MACHINE_SUBSTITUTION + "}", copy_machine_arn)
+    collection_machine_arn = (
+        collection_machine_arn or f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:ec2-quarantine-collection-not-created"
+    )
+    text = text.replace("${" + COLLECTION_MACHINE_SUBSTITUTION + "}", collection_machine_arn)
+    text = text.replace("${" + COLLECTION_SUBSTITUTION + "}", "on" if collection else "off")
     for binary, placeholder in FUNCTIONS.items():
         text = text.replace("${" + placeholder + "}", arns[binary])
     if topic_arn is not None:

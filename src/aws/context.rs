@@ -83,7 +83,7 @@ impl OrgSettings {
         Ok(settings)
     }
 
-    fn is_own(&self, account: &str) -> bool {
+    pub fn is_own(&self, account: &str) -> bool {
         self.responder_account
             .as_deref()
             .is_none_or(|own| own == account)
@@ -244,6 +244,11 @@ impl Ctx {
     pub fn with_case_table(mut self, table: &str) -> Ctx {
         self.cases = crate::case::Store::new(&self.config, table);
         self
+    }
+
+    /// The evidence bucket, when `EVIDENCE_BUCKET` names one.
+    pub fn evidence(&self) -> Option<&crate::aws::evidence::EvidenceStore> {
+        self.evidence.as_ref()
     }
 
     /// The case table, in the responder's own account whatever account a finding names.

@@ -27,6 +27,17 @@ pub struct EvidenceStore {
     /// Why the configured name cannot be used (not an S3 bucket name): every write is refused
     /// with this, so the reports say it, and the function still takes the snapshots.
     unusable: Option<String>,
+    /// Reached through a configured endpoint (a local emulator), not AWS's.
+    local: bool,
+}
+
+/// An object's SHA-256 as this tool computed it from the bytes S3 returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectDigest {
+    /// None when the object is larger than the reader would read.
+    pub sha256: Option<String>,
+    pub bytes: u64,
+    pub version_id: Option<String>,
 }
 
 /// What writing an object found.
@@ -59,7 +70,10 @@ impl EvidenceStore {
                 .force_path_style(local)
                 .build(),
         );
-        EvidenceStore::with_client(s3, bucket)
+        EvidenceStore {
+            local,
+            ..EvidenceStore::with_client(s3, bucket)
+        }
     }
 
     /// A store on a given client (tests give a mocked one).
@@ -73,6 +87,7 @@ impl EvidenceStore {
             s3,
             bucket: bucket.to_owned(),
             unusable,
+            local: false,
         }
     }
 
@@ -86,6 +101,12 @@ impl EvidenceStore {
 
     pub fn bucket(&self) -> &str {
         &self.bucket
+    }
+
+    /// Whether the bucket is reached through a configured endpoint (a local emulator, which
+    /// serves plain HTTP: its presigned URLs are `http://`).
+    pub fn is_local(&self) -> bool {
+        self.local
     }
 
     /// Writes `body` (JSON) under `key` unless the key exists. `sha256` is the body's digest.
@@ -129,6 +150,87 @@ impl EvidenceStore {
                 Err(err) => return Err(err),
             }
         }
+    }
+
+    /// A presigned PUT of `key`, valid for `seconds`: what a command on an instance uploads to
+    /// without any permission of its own. Signed here with the function's credentials (S3 checks
+    /// them, and the bucket's policy, when the URL is used).
+    pub async fn presign_put(&self, key: &str, seconds: u64) -> Result<String, Error> {
+        if let Some(why) = &self.unusable {
+            return Err(Error::Misconfigured(why.clone()));
+        }
+        let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(
+            std::time::Duration::from_secs(seconds),
+        )
+        .map_err(|e| Error::Misconfigured(format!("a presigned URL of {seconds} s: {e}")))?;
+        let request = self
+            .s3
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .presigned(config)
+            .await
+            .map_err(|e| {
+                Error::Misconfigured(format!("the upload URL could not be signed: {e}"))
+            })?;
+        Ok(request.uri().to_owned())
+    }
+
+    /// The SHA-256 of the object under `key`, computed from its bytes as S3 returns them: none
+    /// when there is no object (S3 says so, 404, to a reader allowed `s3:ListBucket`; without it,
+    /// 403), and only its size when it is larger than `max_bytes` (it is not read).
+    pub async fn digest(&self, key: &str, max_bytes: u64) -> Result<Option<ObjectDigest>, Error> {
+        if let Some(why) = &self.unusable {
+            return Err(Error::Misconfigured(why.clone()));
+        }
+        let answer = self
+            .s3
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| Error::from_sdk("s3:GetObject", e));
+        let out = match answer {
+            Ok(out) => out,
+            Err(err) if matches!(err.aws_code(), Some("NoSuchKey" | "HTTP 404")) => {
+                return Ok(None);
+            }
+            Err(err) => return Err(err),
+        };
+        let version_id = out.version_id().map(str::to_owned);
+        let length = out.content_length().and_then(|l| u64::try_from(l).ok());
+        if let Some(length) = length.filter(|l| *l > max_bytes) {
+            return Ok(Some(ObjectDigest {
+                sha256: None,
+                bytes: length,
+                version_id,
+            }));
+        }
+        let mut body = out.body;
+        let mut hasher = sha2::Sha256::default();
+        let mut bytes = 0u64;
+        while let Some(chunk) = body.try_next().await.map_err(|e| Error::Transient {
+            action: "s3:GetObject",
+            code: "BodyRead".into(),
+            message: format!("the object's body could not be read: {e}"),
+            source: e.into(),
+        })? {
+            bytes += chunk.len() as u64;
+            if bytes > max_bytes {
+                return Ok(Some(ObjectDigest {
+                    sha256: None,
+                    bytes,
+                    version_id,
+                }));
+            }
+            sha2::Digest::update(&mut hasher, &chunk);
+        }
+        Ok(Some(ObjectDigest {
+            sha256: Some(hex::encode(sha2::Digest::finalize(hasher))),
+            bytes,
+            version_id,
+        }))
     }
 
     /// What holds `key`: the same content when the checksum S3 kept is `checksum`.

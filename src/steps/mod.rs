@@ -9,6 +9,7 @@
 
 pub mod approval;
 pub mod approval_link;
+pub mod collect;
 pub mod deregister;
 pub mod evidence_copy;
 pub mod isolate;

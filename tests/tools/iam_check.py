@@ -64,6 +64,7 @@ FUNCTION_OF_APP = {
     "approval": "ApprovalFunction",
     "approval-link": "ApprovalLinkFunction",
     "evidence-copy": "EvidenceCopyFunction",
+    "collect": "CollectFunction",
 }
 # AWSLambdaBasicExecutionRole, the managed policy SAM gives every function role (its content as
 # AWS publishes it: https://docs.aws.amazon.com/aws-managed-policy/latest/reference/AWSLambdaBasicExecutionRole.html).
@@ -585,9 +586,11 @@ def requests_for(call: dict, account: str) -> list[tuple[str, str, dict]]:
         for path, value in ((call.get("json") or {}).get("asff") or {}).items():
             ctx[f"securityhub:ASFFSyntaxPath/{path}"] = value
         return [(call["action"], f"arn:aws:securityhub:{region}:{account}:hub/default", ctx)]
-    if service == "s3" and name == "HeadObject":
+    if service == "s3" and name in ("HeadObject", "GetObject"):
         # HeadObject is authorized as s3:GetObject (the PutObject/HeadObject API references).
         j = call.get("json") or {}
+        if not j.get("bucket") or not j.get("key"):
+            raise Underivable(f"{call['action']}: its bucket and key")
         return [("s3:GetObject", f"arn:aws:s3:::{j['bucket']}/{j['key']}", dict(base))]
     if service == "s3" and name == "PutObject":
         # An object's ARN has no account or region; the conditional-write header is the key

@@ -48,6 +48,7 @@ FUNCTIONS = (
     "SecurityHubFunction",
     "ApprovalFunction",
     "EvidenceCopyFunction",
+    "CollectFunction",
 )
 RESOURCES = {
     **{f: "AWS::Lambda::Function" for f in FUNCTIONS},
@@ -58,6 +59,8 @@ RESOURCES = {
     "ReleaseStateMachineRole": "AWS::IAM::Role",
     "EvidenceCopyStateMachine": "AWS::StepFunctions::StateMachine",
     "EvidenceCopyStateMachineRole": "AWS::IAM::Role",
+    "CollectionStateMachine": "AWS::StepFunctions::StateMachine",
+    "CollectionStateMachineRole": "AWS::IAM::Role",
     "CaseTable": "AWS::DynamoDB::Table",
     "PauseSwitch": "AWS::SSM::Parameter",
     "AlertTopic": "AWS::SNS::Topic",
@@ -72,7 +75,11 @@ RESOURCES = {
     **{
         alarm: "AWS::CloudWatch::Alarm"
         for alarm in ("FindingDeadLetterAlarm", "FindingSentToDeadLetterAlarm", "FindingLostAlarm", "PauseAlertFailedAlarm")
-        + tuple(f"{m}Executions{e}Alarm" for m in ("Containment", "Release", "EvidenceCopy") for e in ("Failed", "TimedOut", "Aborted"))
+        + tuple(
+            f"{m}Executions{e}Alarm"
+            for m in ("Containment", "Release", "EvidenceCopy", "Collection")
+            for e in ("Failed", "TimedOut", "Aborted")
+        )
     },
 }
 
@@ -462,6 +469,7 @@ def test_each_deployed_task_calls_the_function_its_substitution_names(deployed):
         ("ContainmentStateMachine", "containment"),
         ("ReleaseStateMachine", "release"),
         ("EvidenceCopyStateMachine", "evidence-copy"),
+        ("CollectionStateMachine", "collection"),
     ):
         machine = facts["state_machines"][logical]
         assert machine["unresolved"] == [], (logical, machine["unresolved"])
@@ -475,7 +483,10 @@ def test_each_deployed_task_calls_the_function_its_substitution_names(deployed):
                 assert got[name]["Resource"] == arns[f"{m.group(1)}Function"], (logical, name)
             elif state.get("Parameters", {}).get("TopicArn") == "${AlertTopicArn}":
                 assert got[name]["Parameters"]["TopicArn"] == facts["outputs"]["AlertTopicArn"], (logical, name)
-        assert tasks == {"ContainmentStateMachine": 8, "ReleaseStateMachine": 2, "EvidenceCopyStateMachine": 1}[logical]
+        assert (
+            tasks
+            == {"ContainmentStateMachine": 8, "ReleaseStateMachine": 2, "EvidenceCopyStateMachine": 1, "CollectionStateMachine": 1}[logical]
+        )
 
 
 def test_deploy_sh_pauses_and_resumes_the_deployed_responder(configured):

@@ -49,8 +49,14 @@ ACTIONS: dict[str, set[str]] = {
     "ec2:CreateSnapshots": {"SnapshotFunction"},
     "ec2:DescribeLockedSnapshots": {"SnapshotFunction"},
     "ec2:LockSnapshot": {"SnapshotFunction"},
-    "s3:PutObject": {"SnapshotFunction"},
-    "s3:GetObject": {"SnapshotFunction"},
+    "s3:PutObject": {"SnapshotFunction", "CollectFunction"},
+    "s3:GetObject": {"SnapshotFunction", "CollectFunction"},
+    # The volatile-data collector, sent to an instance that waits for approval, and followed.
+    "ssm:SendCommand": {"CollectFunction"},
+    # No call names it: S3 needs it to answer 404, not 403, for an archive never uploaded.
+    "s3:ListBucket": {"CollectFunction"},
+    "ssm:GetCommandInvocation": {"CollectFunction"},
+    "ssm:ListCommands": {"CollectFunction"},
     "ec2:DescribeIamInstanceProfileAssociations": {"DenyRoleFunction", "ReleaseFunction"},
     "iam:GetInstanceProfile": {"DenyRoleFunction"},
     "iam:GetRole": {"DenyRoleFunction"},
@@ -86,9 +92,9 @@ ACTIONS: dict[str, set[str]] = {
     "securityhub:BatchUpdateFindings": {"SecurityHubFunction"},
     # The case table, in the responder's own account (src/case.rs serves every containment
     # function and release; release alone deletes an item, a role hold).
-    "dynamodb:GetItem": CASE_USERS | {"ApprovalFunction", "ApprovalLinkFunction"},
-    "dynamodb:PutItem": CASE_USERS | {"ApprovalFunction"},
-    "dynamodb:UpdateItem": CASE_USERS | {"ApprovalFunction", "ApprovalLinkFunction"},
+    "dynamodb:GetItem": CASE_USERS | {"ApprovalFunction", "ApprovalLinkFunction", "CollectFunction"},
+    "dynamodb:PutItem": CASE_USERS | {"ApprovalFunction", "CollectFunction"},
+    "dynamodb:UpdateItem": CASE_USERS | {"ApprovalFunction", "ApprovalLinkFunction", "CollectFunction"},
     "dynamodb:Query": CASE_USERS,
     # The pause switch, in the responder's own account: triage reads it and its record.
     "ssm:GetParameter": {"TriageFunction"},
@@ -98,7 +104,10 @@ ACTIONS: dict[str, set[str]] = {
 
 # Actions IAM checks that no call names: giving an instance back a profile that holds a role
 # passes that role to EC2.
-IMPLIED = {("ReleaseFunction", "ec2:ReplaceIamInstanceProfileAssociation"): "iam:PassRole"}
+IMPLIED = {
+    ("ReleaseFunction", "ec2:ReplaceIamInstanceProfileAssociation"): "iam:PassRole",
+    ("CollectFunction", "s3:GetObject"): "s3:ListBucket",
+}
 
 # Which source files (under src/; a folder is every file in it) run in which function: each
 # step's module, plus the shared ones it uses.
@@ -116,6 +125,9 @@ MODULES = {
     # Its calls are the approval record's and the hand-over's (THROUGH below).
     "ApprovalLinkFunction": ["steps/approval_link.rs"],
     "EvidenceCopyFunction": ["steps/evidence_copy.rs", "aws/context.rs", "case.rs"],
+    # Its own account and region only (no member role): the collection's record is its own
+    # (approval#<id>, collection#<instance>), and the evidence bucket's calls.
+    "CollectFunction": ["steps/collect.rs", "aws/evidence.rs"],
 }
 
 # Calls a function makes only through the forensic account's copier role
@@ -163,6 +175,7 @@ WRITES = {
     "elasticloadbalancing:RegisterTargets",
     "elasticloadbalancing:DeregisterInstancesFromLoadBalancer",
     "elasticloadbalancing:RegisterInstancesWithLoadBalancer",
+    "ssm:SendCommand",
 }
 # Describe calls have no resource-level permissions in EC2: "*" is the only resource they take.
 UNSCOPABLE = {
@@ -179,6 +192,9 @@ UNSCOPABLE = {
     "elasticloadbalancing:DescribeLoadBalancers",
     # No resource type: IAM cannot tell a task token's state machine (template.yaml says more).
     "states:SendTaskSuccess",
+    # No resource type either (the service authorization reference for Systems Manager).
+    "ssm:GetCommandInvocation",
+    "ssm:ListCommands",
 }
 
 LABEL = re.compile(r'(?:from_sdk|group_error|written)\(\s*"([a-z0-9]+:[A-Za-z]+)"')
@@ -318,7 +334,8 @@ def test_the_member_role_allows_the_union_of_the_containment_functions():
     containment = {
         a
         for a, fs in ACTIONS.items()
-        if fs - {"NotifyFunction", "ApprovalFunction", "ApprovalLinkFunction"} and not a.startswith(("dynamodb:", "ssm:", "s3:"))
+        if fs - {"NotifyFunction", "ApprovalFunction", "ApprovalLinkFunction", "CollectFunction"}
+        and not a.startswith(("dynamodb:", "ssm:", "s3:"))
     }
     assert allowed_there == containment - {"sts:AssumeRole"}
     denied_there = {a for st in policy["Statement"] if st["Effect"] == "Deny" for a in as_list(st["Action"])}
@@ -357,6 +374,7 @@ STATE_MACHINES = {
     "ContainmentStateMachine": "containment.asl.json",
     "ReleaseStateMachine": "release.asl.json",
     "EvidenceCopyStateMachine": "evidence-copy.asl.json",
+    "CollectionStateMachine": "collection.asl.json",
 }
 
 

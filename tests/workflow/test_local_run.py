@@ -16,7 +16,16 @@ import pytest
 from local import run as local_run
 from local.report import render
 from local.stack import MEMBER_ACCOUNT
-from local.template import ACCOUNT, COPY_MACHINE_SUBSTITUTION, FORENSIC_SUBSTITUTION, FUNCTIONS, TOPIC_SUBSTITUTION, load_template
+from local.template import (
+    ACCOUNT,
+    COLLECTION_MACHINE_SUBSTITUTION,
+    COLLECTION_SUBSTITUTION,
+    COPY_MACHINE_SUBSTITUTION,
+    FORENSIC_SUBSTITUTION,
+    FUNCTIONS,
+    TOPIC_SUBSTITUTION,
+    load_template,
+)
 from local.world import SIM_GROUP
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,6 +60,7 @@ FUNCTION_INPUTS = {
     "release-request.json": "release",
     "security-hub-input.json": "security-hub",
     "approval-decide.json": "approval",
+    "collect-input.json": "collect",
 }
 
 
@@ -77,12 +87,24 @@ def test_the_state_machine_is_the_deployed_one():
     copies = template["Resources"]["EvidenceCopyStateMachine"]["Properties"]
     assert copies["DefinitionUri"] == "statemachine/evidence-copy.asl.json"
     substitutions |= set(copies["DefinitionSubstitutions"])
-    assert substitutions == set(FUNCTIONS.values()) | {TOPIC_SUBSTITUTION, FORENSIC_SUBSTITUTION, COPY_MACHINE_SUBSTITUTION}
+    collections = template["Resources"]["CollectionStateMachine"]["Properties"]
+    assert collections["DefinitionUri"] == "statemachine/collection.asl.json"
+    substitutions |= set(collections["DefinitionSubstitutions"])
+    assert substitutions == set(FUNCTIONS.values()) | {
+        TOPIC_SUBSTITUTION,
+        FORENSIC_SUBSTITUTION,
+        COPY_MACHINE_SUBSTITUTION,
+        COLLECTION_MACHINE_SUBSTITUTION,
+        COLLECTION_SUBSTITUTION,
+    }
+    # The collection starts only with VolatileEvidenceDocument=Collect, as the local stack sets it.
+    assert sm["DefinitionSubstitutions"][COLLECTION_SUBSTITUTION] == {"Fn::If": ["HasVolatileCollection", "on", "off"]}
+    assert sm["DefinitionSubstitutions"][COLLECTION_MACHINE_SUBSTITUTION] == {"Ref": "CollectionStateMachine"}
     # The evidence copies start where a forensic account is configured, as the local run sets them.
     assert sm["DefinitionSubstitutions"][FORENSIC_SUBSTITUTION] == {"Fn::If": ["HasForensicAccount", "on", "off"]}
     assert sm["DefinitionSubstitutions"][COPY_MACHINE_SUBSTITUTION] == {"Ref": "EvidenceCopyStateMachine"}
     # The fallback message goes to the alert topic, the one the notify function publishes to.
-    for machine in (sm, release, copies):
+    for machine in (sm, release, copies, collections):
         assert machine["DefinitionSubstitutions"][TOPIC_SUBSTITUTION] == {"Ref": "AlertTopic"}
     notify_env = template["Resources"]["NotifyFunction"]["Properties"]["Environment"]["Variables"]
     assert notify_env["ALERT_TOPIC_ARN"] == {"Ref": "AlertTopic"}

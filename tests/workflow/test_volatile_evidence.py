@@ -367,6 +367,7 @@ def test_nothing_is_written_but_to_memory_and_nothing_is_left(collected):
         ("CaseId", "i-0123456789abcdef0-20261203T081401123Z; reboot"),
         ("CaseId", "i-0123456789abcdef0'"),
         ("CaseId", "$(reboot)"),
+        ("CaseId", "apr-0123456789abcdef; reboot"),
         ("CaseId", ""),
         ("UploadUrl", "http://bucket.s3.amazonaws.com/cases/x"),
         ("UploadUrl", "https://bucket.s3.amazonaws.com/cases/x'; reboot #"),
@@ -379,6 +380,16 @@ def test_nothing_is_written_but_to_memory_and_nothing_is_left(collected):
 def test_ssm_refuses_a_parameter_that_could_reach_the_shell(name, value):
     spec = document()["parameters"][name]
     assert not re.fullmatch(spec["allowedPattern"], value)
+
+
+def test_ssm_takes_a_case_or_an_approval_as_the_evidences_owner():
+    """A person sends it for a case; the workflow for the approval an instance waits for
+    (src/steps/collect.rs: apr- and 16 hex digits)."""
+    pattern = document()["parameters"]["CaseId"]["allowedPattern"]
+    for good in (CASE, "apr-0123456789abcdef"):
+        assert re.fullmatch(pattern, good), good
+    for bad in ("apr-0123456789abcde", "apr-0123456789ABCDEF", "apr-0123456789abcdef0"):
+        assert not re.fullmatch(pattern, bad), bad
 
 
 def test_a_value_outside_the_pattern_is_refused_by_the_script_too(tmp_path):

@@ -1,0 +1,133 @@
+"""The collection workflow (statemachine/collection.asl.json) with the collect function, on the
+in-process emulator, as the containment workflow starts it before it asks for an approval: only
+the instances that wait are collected, one command each, whatever the passes; the record is the
+approval's; the report goes to the team.
+
+moto runs no SSM agent: its invocations are `Success` at once with no output, and nothing is
+uploaded (tests/README.md). So the end seen here is the one AWS gives when the command ran and
+printed nothing: no archive in the bucket, the collection `failed`. What a real archive makes of
+the step (its hash read back from the bucket) is tested in tests/collect.rs; the script itself
+in test_volatile_evidence.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+from local.stack import local_stack, received_messages, wait_for
+from local.template import LOCAL_NAMES
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN_DIR = Path(os.environ.get("FUNCTIONS_BIN_DIR") or Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug")
+EXECUTION = "arn:aws:states:us-east-1:123456789012:execution:ec2-quarantine-containment:local-approval"
+
+
+def approval_id(execution: str) -> str:
+    """src/approval.rs `approval_id`: apr- and the first 8 bytes of the execution's SHA-256."""
+    return "apr-" + hashlib.sha256(execution.encode()).hexdigest()[:16]
+
+
+def plan_entry(sim: dict, decision: str) -> dict:
+    return {
+        "decision": decision,
+        "reason": "",
+        "named_as": "resource.instanceDetails.instanceId",
+        "target": {
+            "finding_id": "b2c4e6a8f0d24b6e8a0c2e4f6a8b0d2e",
+            "finding_type": "Backdoor:EC2/C&CActivity.B!DNS",
+            "severity": 8.0,
+            "scope": {"partition": "aws", "account_id": sim["account"], "region": "us-east-1"},
+            "instance_id": sim["instance_id"],
+            "role_name": None,
+            "instance_profile_arn": None,
+            "vpc_ids": [],
+        },
+        "case": None,
+        "already_contained_by": None,
+        "contained_at": None,
+    }
+
+
+@pytest.fixture(scope="module")
+def collected():
+    if not (BIN_DIR / "collect").is_file():
+        pytest.skip(f"{BIN_DIR} has no built functions")
+    log_dir = Path(tempfile.mkdtemp(prefix="ec2-quarantine-collection-"))
+    with local_stack(BIN_DIR, log_dir, parameters={"VolatileEvidenceDocument": "Collect"}) as st:
+        waiting = plan_entry(st.sim, "await_approval")
+        contained = plan_entry(st.sim, "contain")
+        contained["target"]["instance_id"] = "i-0fffffffffffffff0"
+        payload = {"finding_id": waiting["target"]["finding_id"], "execution": EXECUTION, "targets": [waiting, contained]}
+        started = st.sfn.start_execution(stateMachineArn=st.collection_machine, name="local-approval", input=json.dumps(payload))
+        ended = wait_for(st.sfn, started["executionArn"], 120)
+        messages = received_messages(st, wait_s=2)
+        record = st.case_table.get_item(
+            Key={"pk": f"approval#{approval_id(EXECUTION)}", "sk": f"collection#{st.sim['instance_id']}"}, ConsistentRead=True
+        ).get("Item")
+        commands = st.ssm.list_commands()["Commands"]
+        seen = {"ended": ended, "messages": messages, "record": record, "commands": commands, "sim": st.sim}
+    return seen
+
+
+def test_the_waiting_instance_gets_one_command_of_the_tools_document(collected):
+    assert collected["ended"]["status"] == "SUCCEEDED", collected["ended"]
+    [command] = collected["commands"]
+    assert command["DocumentName"] == LOCAL_NAMES["VolatileEvidenceCollector"]
+    assert command["InstanceIds"] == [collected["sim"]["instance_id"]], "the contained instance is not sent anything"
+    assert command["Parameters"]["CaseId"] == [approval_id(EXECUTION)]
+    [url] = command["Parameters"]["UploadUrl"]
+    parsed = urlparse(url)
+    assert parsed.path.endswith(f"/volatile/{approval_id(EXECUTION)}/{collected['sim']['instance_id']}.tar.gz")
+    assert "X-Amz-Signature=" in parsed.query and "X-Amz-Expires=3600" in parsed.query
+
+
+def test_the_record_is_the_approvals_and_the_team_hears_the_end(collected):
+    record = collected["record"]
+    assert record and record["command_id"] == collected["commands"][0]["CommandId"]
+    report = json.loads(record["report"])
+    # Nothing uploaded (moto's agent prints nothing): not evidence, and said so.
+    assert report["status"] == "failed" and report["archive"]["verified"] is False
+    assert report["command_status"] == "Success"
+    [message] = [m for m in collected["messages"] if m["subject"].startswith("[VOLATILE EVIDENCE]")]
+    entries = json.loads(message["message"])
+    assert [e["status"] for e in entries if e] == ["failed"], entries
+    assert entries[1] is None, "the contained instance has no entry"
+
+
+def test_the_containment_workflow_starts_the_collection_before_it_asks():
+    """The containment machine itself, with approvals on for the finding's type and
+    VolatileEvidenceDocument=Collect: the collection starts (named after the execution, the
+    instance waiting in its plan) before the request, which moto's interpreter cannot wait on
+    (a task token: the deployed path runs approvals); the execution is stopped there."""
+    if not (BIN_DIR / "collect").is_file():
+        pytest.skip(f"{BIN_DIR} has no built functions")
+    from local.world import point_event_at
+
+    log_dir = Path(tempfile.mkdtemp(prefix="ec2-quarantine-collection-"))
+    parameters = {"VolatileEvidenceDocument": "Collect", "Approvals": "true", "ApprovalTypePrefixes": "Backdoor:EC2/"}
+    with local_stack(BIN_DIR, log_dir, parameters=parameters) as st:
+        event = point_event_at(json.loads((ROOT / "events" / "instance-backdoor.json").read_text()), st.sim, st.sim["instance_id"])
+        containment = st.sfn.start_execution(stateMachineArn=st.machine, name="local-gated", input=json.dumps(event))["executionArn"]
+        try:
+            started = []
+            deadline = time.monotonic() + 60
+            while not started and time.monotonic() < deadline:
+                started = st.sfn.list_executions(stateMachineArn=st.collection_machine)["executions"]
+                time.sleep(0.5)
+            [collection] = started
+            assert collection["name"] == "local-gated"
+            given = json.loads(st.sfn.describe_execution(executionArn=collection["executionArn"])["input"])
+            assert given["execution"] == containment
+            assert [t["decision"] for t in given["targets"]] == ["await_approval"]
+            assert given["targets"][0]["target"]["instance_id"] == st.sim["instance_id"]
+            ended = wait_for(st.sfn, collection["executionArn"], 120)
+            assert ended["status"] == "SUCCEEDED", ended
+        finally:
+            st.sfn.stop_execution(executionArn=containment)
