@@ -45,7 +45,7 @@ const CONDITION_FAILED: &str = "ConditionalCheckFailedException";
 
 /// A conditional write's answer: `true` written, `false` refused by its condition (another
 /// execution was first, or the record already stands); any other failure is the error.
-fn written<O, E>(
+pub(crate) fn written<O, E>(
     action: &'static str,
     answer: Result<
         O,

@@ -34,7 +34,7 @@ use crate::Ctx;
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use crate::aws::evidence::{EvidenceStore, ObjectDigest};
-use crate::case::Store;
+use crate::case::{Store, written};
 use crate::domain::finding::{self, StepRequest, Target};
 use crate::domain::outcome::{Check, Outcome, PlannedAction};
 use crate::error::Error;
@@ -684,8 +684,6 @@ fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
 }
 
-const CONDITION_FAILED: &str = "ConditionalCheckFailedException";
-
 /// The volatile-evidence collection of one instance of an approval (`approval#<id>`,
 /// `collection#<instance>`): the command sent, and once it is over, its report.
 #[derive(Debug, Clone, PartialEq)]
@@ -756,14 +754,9 @@ impl Store {
                 .item("claimed_at", AttributeValue::N(now.to_string()))
                 .condition_expression(condition.to_owned())
         };
-        let fresh = put("attribute_not_exists(pk)")
-            .send()
-            .await
-            .map_err(|e| Error::from_sdk("dynamodb:PutItem", e));
-        match fresh {
-            Ok(_) => return Ok(CollectionClaim::Fresh),
-            Err(err) if err.aws_code() != Some(CONDITION_FAILED) => return Err(err),
-            Err(_) => {}
+        let fresh = put("attribute_not_exists(pk)").send().await;
+        if written("dynamodb:PutItem", fresh)? {
+            return Ok(CollectionClaim::Fresh);
         }
         let stale = put(
             "attribute_not_exists(command_id) AND attribute_not_exists(report) AND claimed_at < :stale",
@@ -773,13 +766,12 @@ impl Store {
             AttributeValue::N((now - COLLECTION_CLAIM_SECS).to_string()),
         )
         .send()
-        .await
-        .map_err(|e| Error::from_sdk("dynamodb:PutItem", e));
-        match stale {
-            Ok(_) => Ok(CollectionClaim::TakenOver),
-            Err(err) if err.aws_code() == Some(CONDITION_FAILED) => Ok(CollectionClaim::Held),
-            Err(err) => Err(err),
-        }
+        .await;
+        Ok(if written("dynamodb:PutItem", stale)? {
+            CollectionClaim::TakenOver
+        } else {
+            CollectionClaim::Held
+        })
     }
 
     /// Records the command sent, once.
@@ -823,12 +815,9 @@ impl Store {
             .expression_attribute_names("#report", "report")
             .expression_attribute_values(":never", AttributeValue::N("0".into()))
             .send()
-            .await
-            .map_err(|e| Error::from_sdk("dynamodb:UpdateItem", e));
-        match answer {
-            Err(err) if err.aws_code() != Some(CONDITION_FAILED) => Err(err),
-            _ => Ok(()),
-        }
+            .await;
+        // Refused by its condition: the record already stands as it should.
+        written("dynamodb:UpdateItem", answer).map(|_| ())
     }
 
     /// Records the collection's end (its report), once: a later pass reads it and sends nothing.
@@ -852,12 +841,9 @@ impl Store {
             .expression_attribute_values(":report", s(json))
             .expression_attribute_values(":now", s(crate::now_rfc3339()))
             .send()
-            .await
-            .map_err(|e| Error::from_sdk("dynamodb:UpdateItem", e));
-        match answer {
-            Err(err) if err.aws_code() != Some(CONDITION_FAILED) => Err(err),
-            _ => Ok(()),
-        }
+            .await;
+        // Refused by its condition: the record already stands as it should.
+        written("dynamodb:UpdateItem", answer).map(|_| ())
     }
 }
 
