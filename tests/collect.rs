@@ -87,7 +87,7 @@ async fn pass(
     n: u32,
 ) -> CollectPass {
     let collector = Collector::new("ec2-quarantine-collector").unwrap();
-    collect(ctx, Some(&collector), Some(ssm.clone()), payload(f, n))
+    collect(ctx, Some(&collector), ssm, payload(f, n))
         .await
         .expect("a pass")
 }
@@ -243,7 +243,7 @@ async fn a_send_that_may_have_been_taken_is_not_sent_again() {
         .build();
     let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, &[&unknown]);
     let collector = Collector::new("ec2-quarantine-collector").unwrap();
-    let first = collect(&ctx, Some(&collector), Some(ssm.clone()), payload(&f, 0)).await;
+    let first = collect(&ctx, Some(&collector), &ssm, payload(&f, 0)).await;
     assert!(first.is_err(), "{first:?}");
     assert_eq!(unknown.num_calls(), 1, "the SDK does not send it again");
     // The retried pass finds the claim held and sends nothing; the takeover (after 3 minutes)
@@ -271,7 +271,7 @@ async fn a_send_that_may_have_been_taken_is_not_sent_again() {
         &[&refused, &listed, &send]
     );
     assert!(
-        collect(&ctx2, Some(&collector), Some(ssm.clone()), payload(&f2, 0))
+        collect(&ctx2, Some(&collector), &ssm, payload(&f2, 0))
             .await
             .is_err()
     );

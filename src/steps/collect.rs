@@ -298,7 +298,7 @@ pub fn archive_key(approval_id: &str, instance_id: &str) -> String {
 pub async fn collect(
     ctx: &Ctx,
     collector: Option<&Collector>,
-    ssm: Option<aws_sdk_ssm::Client>,
+    ssm: &aws_sdk_ssm::Client,
     payload: serde_json::Value,
 ) -> Result<CollectPass, Error> {
     let ctx = &ctx.acting_as(STEP);
@@ -348,7 +348,7 @@ pub async fn collect(
 async fn pass_for(
     ctx: &Ctx,
     collector: Option<&Collector>,
-    ssm: Option<aws_sdk_ssm::Client>,
+    ssm: &aws_sdk_ssm::Client,
     target: &Target,
     approval_id: &str,
     pass: u32,
@@ -385,7 +385,6 @@ async fn pass_for(
             "no evidence bucket is configured (EVIDENCE_BUCKET)",
         ));
     };
-    let ssm = ssm.unwrap_or_else(|| aws_sdk_ssm::Client::new(ctx.config()));
     let cases = ctx.cases();
     let instance_id = &target.instance_id;
     let key = archive_key(approval_id, instance_id);
@@ -413,7 +412,7 @@ async fn pass_for(
                 // The pass that claimed it died: perhaps after Systems Manager took its
                 // command, which is followed rather than sent twice.
                 CollectionClaim::TakenOver => {
-                    sent_earlier(&ssm, collector, instance_id, approval_id).await?
+                    sent_earlier(ssm, collector, instance_id, approval_id).await?
                 }
                 CollectionClaim::Held => {
                     // Another pass is sending the command: found at the next pass.
@@ -434,7 +433,7 @@ async fn pass_for(
                             url.len()
                         ))))
                     }
-                    Ok(url) => send(&ssm, collector, target, approval_id, &url).await,
+                    Ok(url) => send(ssm, collector, target, approval_id, &url).await,
                     Err(err) => Err(Sent::Refused(err)),
                 },
             };
