@@ -2,7 +2,9 @@
 case ID_OR_INSTANCE` shows one case's timeline. The same reader prints the local run's case.
 
 The table's layout is the one `src/case.rs` writes (pk, sk): a header item per case (`case`),
-one item per finding, per step, per recorded previous state and per release attempt.
+one item per finding, per step, per recorded previous state and per release attempt. The
+volatile evidence collected while an approval was awaited is the approval's
+(`approval#<id>`/`collection#<instance>`, src/steps/collect.rs): a case shows its instance's.
 """
 
 from __future__ import annotations
@@ -121,7 +123,38 @@ def read_case(table, case_id: str) -> dict:
         ],
         "previous": [{**p.get("state", {}), "recorded_at": p.get("recorded_at")} for p in kind("previous#")],
         "releases": [{k: r.get(k) for k in ("at", "reason", "outcome", "restored", "failed")} for r in kind("release#")],
+        "collections": collections(table, header.get("instance_id") or ""),
     }
+
+
+def collections(table, instance_id: str) -> list[dict]:
+    """The volatile-evidence collections of an instance, oldest first: each approval's command,
+    its status (`running` until the collect step has written its report) and that report."""
+    from boto3.dynamodb.conditions import Attr
+
+    if not INSTANCE_ID.match(instance_id):
+        return []
+    items = _scan(
+        table, FilterExpression=Attr("pk").begins_with("approval#") & Attr("sk").eq(f"collection#{instance_id}"), ConsistentRead=True
+    )
+    out = []
+    for item in items:
+        try:
+            report = json.loads(item.get("report") or "null")
+        except ValueError:
+            report = {"status": "unreadable", "reason": str(item.get("report"))[:300]}
+        report = report if isinstance(report, dict) else None
+        out.append(
+            {
+                "approval_id": item["pk"].split("#", 1)[1],
+                "command_id": item.get("command_id"),
+                "started": _iso(item.get("claimed_at")),
+                "ended": item.get("ended_at"),
+                "status": (report or {}).get("status") or "running",
+                "report": report,
+            }
+        )
+    return sorted(out, key=lambda c: c["started"] or "")
 
 
 def render_cases(rows: list[dict]) -> str:
@@ -226,7 +259,37 @@ def render_case(case: dict) -> str:
         out.extend(f"      failed: {f}" for f in r.get("failed") or [])
     if not case["releases"]:
         out.append("  none")
+    out.extend(_render_collections(case.get("collections") or []))
     return "\n".join(out)
+
+
+def _render_collections(found: list[dict]) -> list[str]:
+    """The instance's volatile evidence: each command, its archive and its files' hashes."""
+    out = ["Volatile evidence (collected while an approval was awaited):"]
+    if not found:
+        return [*out, "  none"]
+    for c in found:
+        report = c.get("report") or {}
+        status = c["status"] + (f" ({report['command_status']})" if report.get("command_status") else "")
+        out.append(
+            f"  {c['approval_id']} command {c.get('command_id') or 'not sent'}: {status}, {c.get('started')} .. {c.get('ended') or '?'}"
+        )
+        if report.get("reason"):
+            out.append(f"      {str(report['reason'])[:300]}")
+        archive = report.get("archive") if isinstance(report.get("archive"), dict) else None
+        if archive:
+            version = f" version {archive['version_id']}" if archive.get("version_id") else ""
+            verdict = (
+                "verified: the stored object's SHA-256 is the one the instance printed"
+                if archive.get("verified")
+                else f"NOT verified: printed {archive.get('printed_sha256') or 'nothing'}, stored {archive.get('stored_sha256') or 'nothing'}"
+            )
+            out.append(f"      archive s3://{archive.get('bucket')}/{archive.get('key')}{version}")
+            out.append(f"        SHA-256 {archive.get('stored_sha256') or '?'} ({archive.get('stored_bytes') or '?'} bytes), {verdict}")
+        for f in report.get("files") or []:
+            out.append(f"      file {f.get('name')}: SHA-256 {f.get('sha256')}")
+        out.extend(f"      warning: {w}" for w in report.get("warnings") or [])
+    return out
 
 
 # The rate cap's window (src/case.rs, RATE_WINDOW_SECS): a slot taken at or before

@@ -23,7 +23,7 @@ Usage:
   deploy.sh local [EVENT] [--deployed] [--json] [--missing-instance] [--member-account]
                   [--severity-threshold N] [--parameter KEY=VALUE]... [--dry-run] [--exempt]
                   [--paused] [--security-hub] [--repeat] [--release] [--no-forensic-account]
-                  [--approval approve|reject|timeout] [--burst N]
+                  [--approval approve|reject|timeout [--collect]] [--burst N]
       Run the real state machine and the real Rust functions against a local AWS emulator, on a
       simulated compromised instance (two interfaces, two volumes, in an Auto Scaling group,
       behind a target group and a Classic Load Balancer), and print what happened. EVENT
@@ -43,11 +43,15 @@ Usage:
       packages them, `sam deploy` into a local control plane (MiniStack: CloudFormation with
       the SAM transform, Lambda, EventBridge, Step Functions, SNS, DynamoDB), the finding
       published to the deployed rule, the deployed state machine running the deployed functions
-      against the simulated instance (not with --member-account). With --deployed only (task
-      tokens): --approval turns approvals on for the finding's type and answers the request as
-      deploy.sh approve or reject does, or lets it time out (60 s); --burst N sets the rate cap to
-      N and sends N+1 findings at once, one instance each: N are contained, the rest wait for
-      approval (answered as --approval says, else left to time out).
+      against the simulated instance (not with --member-account). --approval turns approvals on
+      for the finding's type and answers the request as deploy.sh approve or reject does, or lets
+      it time out (60 s); with --collect (default path), the workflow collects the instance's
+      volatile evidence while the approval is awaited (VolatileEvidenceDocument=Collect: a
+      simulated SSM agent runs the tool's document on the simulated instance, its archive goes
+      to the evidence bucket), and the answer comes once the collection has ended. With
+      --deployed only: --burst N sets the rate cap to N and sends N+1 findings at once, one
+      instance each: N are contained, the rest wait for approval (answered as --approval says,
+      else left to time out).
 
   deploy.sh invoke FUNCTION EVENT
       Invoke one function (triage, isolate, deregister, snapshot, deny-role, notify, security-hub, evidence-copy, collect, release)
@@ -243,12 +247,13 @@ check_input() {
 # ------------------------------------------------------------------ local
 
 cmd_local() {
-  local args=() alone=() event="" deployed=false member=false approval=false
+  local args=() alone=() event="" deployed=false member=false approval=false burst=false collect=false
   while [[ $# -gt 0 ]]; do
     case "$1" in
       --deployed) deployed=true ;;
       --member-account) member=true; args+=("$1") ;;
       --json | --no-forensic-account) args+=("$1") ;;
+      --collect) collect=true; args+=("$1") ;;
       --missing-instance | --dry-run | --exempt | --paused | --security-hub | --repeat | --release) alone+=("$1"); args+=("$1") ;;
       --severity-threshold) need_value "$@"; check_severity "$2"; args+=("$1" "$2"); shift ;;
       --parameter) need_value "$@"; check_parameter "$2"; args+=("$1" "$2"); shift ;;
@@ -259,7 +264,7 @@ cmd_local() {
       --burst)
         need_value "$@"
         [[ "$2" =~ ^[1-9]$ ]] || usage_error "--burst takes 1 to 9 (the rate cap; one more finding is sent), not $2"
-        approval=true; args+=("$1" "$2"); shift ;;
+        approval=true; burst=true; args+=("$1" "$2"); shift ;;
       -h | --help) usage; exit 0 ;;
       -*) usage_error "unknown option $1 for local (see deploy.sh --help)" ;;
       *) [[ -z "$event" ]] || usage_error "local takes one EVENT file, got $event and $1"; event="$1" ;;
@@ -272,7 +277,9 @@ cmd_local() {
     args+=("$(cd "$(dirname "$event")" && pwd)/$(basename "$event")")
   fi
   $deployed && $member && usage_error "--deployed runs the stack as deployed in one account: not with --member-account"
-  $approval && ! $deployed && usage_error "--approval and --burst need --deployed: approvals wait with a Step Functions task token, which the default path's interpreter (moto's) does not run"
+  $burst && ! $deployed && usage_error "--burst publishes its findings to the deployed rule: add --deployed"
+  $collect && { $deployed || $burst || ! $approval; } &&
+    usage_error "--collect collects while an approval is awaited, on the default path: with --approval, not with --deployed or --burst"
   $approval && [[ ${#alone[@]} -gt 0 ]] &&
     usage_error "--approval and --burst need a request to answer and run their own findings: not with ${alone[*]}"
   build_functions

@@ -161,6 +161,9 @@ def render(report: dict) -> str:
         w(f"Paused first, as deploy.sh pause does: {p['parameter']} = {p['value']} since {p['since']} (reason: {p['reason']})")
     if report.get("notify_fails"):
         w(f"The notify function publishes to {MISSING_TOPIC}, which does not exist: it fails, and the fallback runs.")
+    if report.get("collection"):
+        w("")
+        _render_collection(w, report["collection"])
     if report.get("approval"):
         w("")
         _render_approval(w, report["approval"])
@@ -230,8 +233,9 @@ def _render_evidence(w, report: dict) -> None:
     w(f"The evidence bucket {report.get('evidence_bucket')} (S3 Object Lock):")
     for o in report["evidence"]:
         w(f"  {o['key']}: SHA-256 {o['sha256']}, {o['lock_mode'] or 'NOT LOCKED'} until {o['retain_until']}")
-        listed = (o.get("manifest") or {}).get("snapshots") or []
-        w(f"      lists {len(listed)} snapshot(s): " + ", ".join(f"{s.get('snapshot_id')} of {s.get('volume_id')}" for s in listed))
+        if isinstance(o.get("manifest"), dict):
+            listed = o["manifest"].get("snapshots") or []
+            w(f"      lists {len(listed)} snapshot(s): " + ", ".join(f"{s.get('snapshot_id')} of {s.get('volume_id')}" for s in listed))
     if not report["evidence"]:
         w("  empty")
     forensic = report.get("forensic")
@@ -268,6 +272,24 @@ def _render_cases(w, report: dict) -> None:
         w("The case record (deploy.sh case on AWS):")
         for line in cases.render_case(case).splitlines():
             w(f"  {line}")
+
+
+def _render_collection(w, c: dict) -> None:
+    """The volatile evidence the workflow collected while the approval was awaited."""
+    w("While the approval was awaited, the workflow collected the instance's volatile evidence")
+    w("(the simulated SSM agent ran the tool's document; the person answered once it had ended):")
+    for e in c["executions"]:
+        w(f"  collection execution {e['name']}: {e['status']}")
+    if c.get("team_report"):
+        w(f"  the team received: {c['team_report']['subject']}")
+    for r in c["records"]:
+        archive = (r.get("report") or {}).get("archive") or {}
+        verdict = "verified against the hash the instance printed" if archive.get("verified") else "NOT verified"
+        w(f"  {r['approval_id']} command {r.get('command_id')}: {r['status']}")
+        if archive:
+            w(f"    s3://{archive.get('bucket')}/{archive.get('key')}: SHA-256 {archive.get('stored_sha256')}, {verdict}")
+    if not c["records"]:
+        w("  no collection was recorded")
 
 
 def _render_approval(w, a: dict, indent: str = "") -> None:

@@ -60,10 +60,12 @@ class Scenario:
     `security_hub` enables Security Hub in the instance's account and region and puts the finding
     there as GuardDuty does ([`in_security_hub`]); the report then holds the finding's workflow
     status and note before and after.
-    `approval` (the deployed path only: moto's interpreter has no task tokens) turns approvals on
-    for the finding's type and answers the request as a person would: `approve` or `reject` with
-    `deploy.sh approve|reject`'s call, or `timeout`, nobody, with the shortest wait the template
-    takes ([`answer_request`]). `burst` N (deployed too) sets the rate cap to N and sends N+1
+    `approval` turns approvals on for the finding's type and answers the request as a person
+    would: `approve` or `reject` with `deploy.sh approve|reject`'s call, or `timeout`, nobody,
+    with the shortest wait the template takes ([`answer_request`]). On the local path, with
+    `--parameter VolatileEvidenceDocument=Collect`, the person first waits for the volatile
+    evidence the workflow collects meanwhile ([`collected_meanwhile`]): the simulated agent runs
+    the tool's document on the simulated instance. `burst` N (the deployed path) sets the rate cap to N and sends N+1
     findings at once, each for an instance of its own: N are contained, the last waits for
     approval, answered as `approval` says or left to time out ([`capped_burst`]).
     `forensic_account` (the local path) deploys helper_scripts/forensic-account.yaml in a
@@ -126,8 +128,8 @@ def run(
         raise HarnessError(
             "the deployed path runs the stack as deployed: no member account, no failing notify, no forensic account (use the default path)"
         )
-    if not release_dir and (scenario.approval or scenario.burst):
-        raise HarnessError("approvals wait with a Step Functions task token, which moto's interpreter does not run: add --deployed")
+    if not release_dir and scenario.burst:
+        raise HarnessError("a burst publishes its findings to the deployed rule: add --deployed")
     if scenario.approval or scenario.burst:
         # Each of these sends no request, or runs a single finding the burst replaces.
         others = {
@@ -362,8 +364,18 @@ def contain(st, pattern: dict, event: dict, report: dict, answer: str | None = N
         if execution:
             report["execution"], report["states"], report["notification"] = follow(st, execution)
         return matched
-    if matched:
+    if matched and answer:
+        execution = st.sfn.start_execution(stateMachineArn=st.machine, name=f"local-{time.time_ns()}", input=json.dumps(event))[
+            "executionArn"
+        ]
+        request, collection = collected_meanwhile(st, execution)
+        if collection is not None:
+            report["collection"] = collection
+        report["approval"] = answer_request(st, execution, answer, request)
+        report["execution"], report["states"], report["notification"] = follow(st, execution)
+    elif matched:
         report["execution"], report["states"], report["notification"] = execute(st, st.machine, event)
+    if matched:
         report["invocations"] = {name: fn.invocations for name, fn in st.service.functions.items()}
         if getattr(st, "chat_queue_url", None):
             report["chat"] = received_chat(st)
@@ -386,6 +398,37 @@ def through_deployed_rule(st, event: dict) -> str | None:
 
 def is_request(message: dict) -> bool:
     return "APPROVAL NEEDED" in message["subject"]
+
+
+# The subject of the collection workflow's report (statemachine/collection.asl.json).
+COLLECTION_REPORT_SUBJECT = "[VOLATILE EVIDENCE]"
+
+
+def collected_meanwhile(st, execution: str, timeout_s: float = 180) -> tuple[dict, dict | None]:
+    """The execution's approval request as the team receives it and, when the stack collects
+    volatile evidence (a simulated agent runs), the collection the workflow started before it:
+    its execution followed to its end, the report the team received, and the record."""
+    collecting = getattr(st, "agent", None) is not None
+    request, report = None, None
+    deadline = time.monotonic() + timeout_s
+    while (request is None or (collecting and report is None)) and time.monotonic() < deadline:
+        for m in received_messages(st):
+            if is_request(m):
+                request = request or m
+            elif m["subject"].startswith(COLLECTION_REPORT_SUBJECT):
+                report = report or m
+    if request is None:
+        raise HarnessError(f"no approval request within {timeout_s:.0f} s")
+    if not collecting:
+        return request, None
+    name = execution.rsplit(":", 1)[1]
+    started = [e for e in st.sfn.list_executions(stateMachineArn=st.collection_machine)["executions"] if e["name"] == name]
+    ended = [wait_for(st.sfn, e["executionArn"], timeout_s) for e in started]
+    return request, {
+        "executions": [{"name": e.get("name"), "status": e["status"]} for e in ended],
+        "team_report": {"subject": report["subject"], "entries": json.loads(report["message"])} if report else None,
+        "records": cases.collections(st.case_table, st.sim["instance_id"]),
+    }
 
 
 def current_state(sfn, execution: str) -> dict:
@@ -591,7 +634,13 @@ def main(argv: list[str] | None = None) -> int:
         "--approval",
         choices=("approve", "reject", "timeout"),
         default=None,
-        help="with --deployed: approvals on for the finding's type, the request answered so (timeout: nobody answers, 60 s)",
+        help="approvals on for the finding's type, the request answered so (timeout: nobody answers, 60 s)",
+    )
+    p.add_argument(
+        "--collect",
+        action="store_true",
+        help="with --approval, on the default path: collect volatile evidence while the approval is awaited "
+        "(VolatileEvidenceDocument=Collect; a simulated SSM agent runs the tool's document on the simulated instance)",
     )
     p.add_argument(
         "--burst",
@@ -616,8 +665,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.deployed and (args.invoke or args.member_account):
         p.error("--deployed runs the whole deployed stack: not with --invoke or --member-account")
-    if (args.approval or args.burst) and not args.deployed:
-        p.error("--approval and --burst need --deployed: approvals wait with a task token, which moto's interpreter does not run")
+    if args.burst is not None and not args.deployed:
+        p.error("--burst publishes its findings to the deployed rule: add --deployed")
+    if args.collect and (args.deployed or args.burst is not None or not args.approval):
+        p.error("--collect collects while an approval is awaited, on the default path: with --approval, not with --deployed or --burst")
     if args.burst is not None and not 1 <= args.burst <= 9:
         p.error("--burst takes 1 to 9 (the rate cap; one more finding than that is sent)")
 
@@ -637,6 +688,8 @@ def main(argv: list[str] | None = None) -> int:
         parameters[key] = value
     if args.dry_run:
         parameters["DryRun"] = "true"
+    if args.collect:
+        parameters["VolatileEvidenceDocument"] = "Collect"
     # The event file, checked before anything starts: one line naming it and the problem, exit
     # status 2 (deploy.sh checks the same, and more, first; this is for a direct call).
     event_path, problem = Path(args.event), None

@@ -12,7 +12,7 @@ import time
 import types
 from pathlib import Path
 
-from local import HarnessError, securityhub, sfn_integration, snapshot_copy, snapshot_lock
+from local import HarnessError, securityhub, sfn_integration, snapshot_copy, snapshot_lock, ssm_agent
 from local.lambda_service import LambdaService, function_env
 from local.report import execution_outcome, states_from_history
 from local.template import (
@@ -30,6 +30,7 @@ from local.template import (
     load_template,
     state_machine_definition,
 )
+from local.tls_front import TlsFront
 from local.world import put_in_service, simulate_compromised_instance
 
 MEMBER_ACCOUNT = "210987654321"
@@ -184,14 +185,17 @@ def local_stack(
     snapshot_lock.patch()
     snapshot_copy.patch()
     sfn_integration.patch()
-    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
+    collection = (parameters or {}).get("VolatileEvidenceDocument") == "Collect"
+    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}), contextlib.ExitStack() as running:
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
         server.start()
         emulator = f"http://127.0.0.1:{server._server.server_port}"
         service = LambdaService(REGION, ACCOUNT)
         try:
             os.environ["AWS_ENDPOINT_URL_LAMBDA"] = service.endpoint
-            st = types.SimpleNamespace(service=service, emulator=emulator)
+            st = types.SimpleNamespace(service=service, emulator=emulator, agent=None)
+            st.lambda_client = boto3.client("lambda", region_name=REGION)
+            st.stack_outputs = {"ApprovalFunctionName": service.arn("approval")}
             st.ec2, st.iam, st.sns, st.sqs, st.sfn, st.ssm, st.securityhub = (
                 boto3.client(s, region_name=REGION) for s in ("ec2", "iam", "sns", "sqs", "stepfunctions", "ssm", "securityhub")
             )
@@ -234,10 +238,17 @@ def local_stack(
                     }
                 )
             # The collector document (VolatileEvidenceDocument=Collect), which the collect
-            # function sends; moto runs no agent (tests/README.md).
-            if (parameters or {}).get("VolatileEvidenceDocument") == "Collect":
+            # function sends, and a simulated agent on the simulated instance to run it
+            # (local.ssm_agent): its archive goes to the bucket through an HTTPS front, as
+            # presigned URLs are https:// on AWS (local.tls_front); every function reaches S3
+            # there, trusting the run's CA only.
+            if collection:
                 settings["VOLATILE_EVIDENCE_DOCUMENT"] = create_collector_document(st.ssm, load_template())
                 settings["COLLECT_WAIT_SECONDS"] = LOCAL_COPY_WAIT_SECONDS
+                front = TlsFront(server._server.server_port, log_dir / "tls")
+                running.callback(front.stop)
+                settings.update(AWS_ENDPOINT_URL_S3=front.endpoint, SSL_CERT_FILE=str(front.ca))
+                st.agent = running.enter_context(ssm_agent.running(log_dir / "agent", front.ca))
             env = function_env(functions_endpoint(emulator) if functions_endpoint else emulator, REGION, settings)
             for binary in FUNCTIONS:
                 service.add(binary, bin_dir / binary, env, log_dir / f"{binary}.log", copies)
@@ -273,7 +284,7 @@ def local_stack(
                     forensic_copy=forensic_account,
                     copy_machine_arn=st.copy_machine,
                     collection_machine_arn=st.collection_machine,
-                    collection=(parameters or {}).get("VolatileEvidenceDocument") == "Collect",
+                    collection=collection,
                 ),
                 roleArn=sm_role,
             )["stateMachineArn"]
@@ -287,6 +298,8 @@ def local_stack(
                 st.target_ec2, st.target_iam = member_clients(member_account)
             st.sim = simulate_compromised_instance(st.target_ec2, st.target_iam)
             st.sim["account"] = member_account or ACCOUNT
+            if st.agent:
+                st.agent.manage(st.sim["instance_id"])
             st.service_clients = (None, None, None)
             if not member_account:
                 st.service_clients = tuple(boto3.client(s, region_name=REGION) for s in ("autoscaling", "elbv2", "elb"))

@@ -3,18 +3,21 @@ in-process emulator, as the containment workflow starts it before it asks for an
 the instances that wait are collected, one command each, whatever the passes; the record is the
 approval's; the report goes to the team.
 
-moto runs no SSM agent: its invocations are `Success` at once with no output, and nothing is
-uploaded (tests/README.md). So the end seen here is the one AWS gives when the command ran and
-printed nothing: no archive in the bucket, the collection `failed`. What a real archive makes of
-the step (its hash read back from the bucket) is tested in tests/collect.rs; the script itself
-in test_volatile_evidence.py.
+moto runs no SSM agent (tests/README.md): the stack's simulated agent (helper_scripts/local/
+ssm_agent.py) runs the document's script on a simulated instance (a PID and mount namespace with
+an implant whose binary was deleted), and its archive reaches the bucket through the HTTPS front
+(local/tls_front.py), as a presigned URL is used on AWS. The script's own findings are tested in
+test_volatile_evidence.py; the step's answers to every SSM outcome in tests/collect.rs.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import re
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -72,7 +75,30 @@ def collected():
             Key={"pk": f"approval#{approval_id(EXECUTION)}", "sk": f"collection#{st.sim['instance_id']}"}, ConsistentRead=True
         ).get("Item")
         commands = st.ssm.list_commands()["Commands"]
-        seen = {"ended": ended, "messages": messages, "record": record, "commands": commands, "sim": st.sim}
+        report = json.loads(record["report"]) if record else {}
+        key = (report.get("archive") or {}).get("key")
+        stored = st.s3.get_object(Bucket=st.evidence_bucket, Key=key)["Body"].read() if key else None
+        seen = {"ended": ended, "messages": messages, "record": record, "commands": commands, "sim": st.sim, "stored": stored}
+        # What SSM refuses, as AWS does (moto takes anything): a value outside its pattern, an
+        # instance without the agent, a document that does not exist. Nothing is created.
+        refused = {}
+        asks = {
+            "pattern": {"InstanceIds": [st.sim["instance_id"]], "Parameters": {"CaseId": ["apr-0123; reboot"]}},
+            "undeclared": {"InstanceIds": [st.sim["instance_id"]], "Parameters": {"CaseId": [approval_id(EXECUTION)], "Extra": ["x"]}},
+            "required": {"InstanceIds": [st.sim["instance_id"]], "Parameters": {}},
+            "unmanaged": {"InstanceIds": ["i-0fffffffffffffff0"], "Parameters": {"CaseId": [approval_id(EXECUTION)]}},
+        }
+        for name, ask in asks.items():
+            try:
+                st.ssm.send_command(DocumentName=LOCAL_NAMES["VolatileEvidenceCollector"], **ask)
+            except st.ssm.exceptions.ClientError as e:
+                refused[name] = e.response["Error"]["Code"]
+        try:
+            st.ssm.send_command(DocumentName="not-a-document", InstanceIds=[st.sim["instance_id"]])
+        except st.ssm.exceptions.ClientError as e:
+            refused["document"] = e.response["Error"]["Code"]
+        seen["refused"] = refused
+        seen["commands_after"] = len(st.ssm.list_commands()["Commands"])
     return seen
 
 
@@ -92,13 +118,39 @@ def test_the_record_is_the_approvals_and_the_team_hears_the_end(collected):
     record = collected["record"]
     assert record and record["command_id"] == collected["commands"][0]["CommandId"]
     report = json.loads(record["report"])
-    # Nothing uploaded (moto's agent prints nothing): not evidence, and said so.
-    assert report["status"] == "failed" and report["archive"]["verified"] is False
-    assert report["command_status"] == "Success"
+    assert report["status"] == "done" and report["command_status"] == "Success", report
     [message] = [m for m in collected["messages"] if m["subject"].startswith("[VOLATILE EVIDENCE]")]
     entries = json.loads(message["message"])
-    assert [e["status"] for e in entries if e] == ["failed"], entries
+    assert [e["status"] for e in entries if e] == ["done"], entries
     assert entries[1] is None, "the contained instance has no entry"
+
+
+def test_the_archive_in_the_bucket_is_the_one_the_instance_printed_and_holds_the_implant(collected):
+    archive = json.loads(collected["record"]["report"])["archive"]
+    stored = collected["stored"]
+    digest = hashlib.sha256(stored).hexdigest()
+    assert archive["verified"] is True
+    assert archive["printed_sha256"] == archive["stored_sha256"] == digest and archive["stored_bytes"] == len(stored)
+    assert archive["key"] == f"volatile/{approval_id(EXECUTION)}/{collected['sim']['instance_id']}.tar.gz"
+    with tarfile.open(fileobj=io.BytesIO(stored), mode="r:gz") as tar:
+        files = {Path(m.name).name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+    # Each file's hash as the record holds it (printed by the script) is the file's in the archive.
+    listed = {f["name"]: f["sha256"] for f in json.loads(collected["record"]["report"])["files"]}
+    assert listed and all(hashlib.sha256(files[name]).hexdigest() == want for name, want in listed.items()), listed
+    # The simulated instance's implant: its binary deleted from disk, found and hashed anyway.
+    processes = files["processes.tsv"].decode()
+    assert re.search(r"\timplant\t\S*/implant \(deleted\)\t", processes), processes
+
+
+def test_ssm_refuses_what_aws_refuses_and_creates_nothing(collected):
+    assert collected["refused"] == {
+        "pattern": "InvalidParameters",
+        "undeclared": "InvalidParameters",
+        "required": "InvalidParameters",
+        "unmanaged": "InvalidInstanceId",
+        "document": "InvalidDocument",
+    }
+    assert collected["commands_after"] == len(collected["commands"]) == 1
 
 
 def test_the_containment_workflow_starts_the_collection_before_it_asks():

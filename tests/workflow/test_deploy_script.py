@@ -495,7 +495,9 @@ BAD_OPTIONS = [
     (["rails", "apr-0123456789abcdef"], "unexpected argument apr-0123456789abcdef for rails"),
     (["local", "--approval", "maybe"], "--approval takes approve, reject or timeout, not maybe"),
     (["local", "--burst", "10"], "--burst takes 1 to 9"),
-    (["local", "--burst", "2"], "--approval and --burst need --deployed"),
+    (["local", "--burst", "2"], "--burst publishes its findings to the deployed rule: add --deployed"),
+    (["local", "--collect"], "--collect collects while an approval is awaited, on the default path: with --approval"),
+    (["local", "--deployed", "--approval", "approve", "--collect"], "not with --deployed or --burst"),
     (
         ["local", "--deployed", "--approval", "approve", "--paused"],
         "need a request to answer and run their own findings: not with --paused",

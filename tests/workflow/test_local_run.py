@@ -199,6 +199,37 @@ def test_the_evidence_is_copied_to_the_forensic_account_after_the_report():
         assert f"copy of {c['source']} in {forensic['account']} us-east-1: {c['snapshot_id']}, completed" in shown, shown
 
 
+def test_while_an_approval_is_awaited_the_volatile_evidence_is_collected_and_its_hashes_kept():
+    """deploy.sh local --approval approve --collect: the containment workflow starts the
+    collection before it asks; the simulated agent runs the tool's document on the instance; the
+    archive lands in the Object Lock bucket; the person answers once it has ended; the instance
+    is then contained, and its case lists the collection with the archive's and files' hashes."""
+    report = run("instance-backdoor.json", approval="approve", parameters={"VolatileEvidenceDocument": "Collect"})
+    assert report["execution"]["status"] == "SUCCEEDED", report["execution"]
+    names = [s["name"] for s in report["states"]]
+    assert names.index("StartCollection") < names.index("AskApproval"), names
+    collection = report["collection"]
+    assert [e["status"] for e in collection["executions"]] == ["SUCCEEDED"], collection
+    assert collection["team_report"]["subject"].startswith("[VOLATILE EVIDENCE]")
+    [record] = collection["records"]
+    assert record["approval_id"] == report["approval"]["approval_id"] and record["status"] == "done", record
+    archive = record["report"]["archive"]
+    # The hash the instance printed is the object's the bucket holds, read back by the harness.
+    [stored] = [o for o in report["evidence"] if o["key"] == archive["key"]]
+    assert archive["verified"] and archive["printed_sha256"] == archive["stored_sha256"] == stored["sha256"], (archive, stored)
+    assert stored["lock_mode"] == "GOVERNANCE", "the archive is kept under the bucket's default retention"
+    assert {f["name"] for f in record["report"]["files"]} >= {"processes.tsv", "binaries.tsv", "sockets.txt", "auth-log.txt"}
+    # Contained after the answer, and the case shows the collection an investigator looks for.
+    after = report["emulator"]["after"]
+    [group] = after["quarantine_groups"]
+    assert after["interface_groups"] == {eni: [group["id"]] for eni in report["simulated"]["interfaces"]}
+    [case] = report["cases"]
+    assert [c["command_id"] for c in case["collections"]] == [record["command_id"]]
+    shown = cases.render_case(case)
+    assert f"SHA-256 {archive['stored_sha256']} ({archive['stored_bytes']} bytes), verified" in shown, shown
+    assert all(f"file {f['name']}: SHA-256 {f['sha256']}" in shown for f in record["report"]["files"])
+
+
 def test_an_attack_sequence_contains_every_instance_it_names_with_one_notification():
     report = run("attack-sequence-instance-group.json")
     assert report["rule"]["matched"]

@@ -121,6 +121,11 @@ ip link set lo up
 cp /bin/sleep implant
 ./implant 600 &
 echo $! >implant.pid
+# Deleted once it runs: removed before the child's exec, it would never start.
+for _ in $(seq 100); do
+  case $(readlink "/proc/$!/exe") in */implant) break ;; esac
+  sleep 0.05
+done
 rm implant
 "$python" listener.py {LISTEN_PORT} listener.ready &
 echo $! >listener.pid
