@@ -416,6 +416,7 @@ def collected_meanwhile(st, execution: str, timeout_s: float = 180) -> tuple[dic
             if is_request(m):
                 request = request or m
             elif m["subject"].startswith(COLLECTION_REPORT_SUBJECT):
+                # The collection's report, or the containment workflow's word that it did not start.
                 report = report or m
     if request is None:
         raise HarnessError(f"no approval request within {timeout_s:.0f} s")
@@ -426,9 +427,19 @@ def collected_meanwhile(st, execution: str, timeout_s: float = 180) -> tuple[dic
     ended = [wait_for(st.sfn, e["executionArn"], timeout_s) for e in started]
     return request, {
         "executions": [{"name": e.get("name"), "status": e["status"]} for e in ended],
-        "team_report": {"subject": report["subject"], "entries": json.loads(report["message"])} if report else None,
+        "team_report": team_report(report),
         "records": cases.collections(st.case_table, st.sim["instance_id"]),
     }
+
+
+def team_report(message: dict | None) -> dict | None:
+    """The collection's report to the team (its entries), or the notice that it did not start."""
+    if message is None:
+        return None
+    try:
+        return {"subject": message["subject"], "entries": json.loads(message["message"])}
+    except ValueError:
+        return {"subject": message["subject"], "text": message["message"]}
 
 
 def current_state(sfn, execution: str) -> dict:

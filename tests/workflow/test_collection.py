@@ -183,3 +183,52 @@ def test_the_containment_workflow_starts_the_collection_before_it_asks():
             assert ended["status"] == "SUCCEEDED", ended
         finally:
             st.sfn.stop_execution(executionArn=containment)
+
+
+def test_a_collection_or_copy_that_cannot_start_is_told_to_the_team():
+    """The containment machine with the collection's and the copies' machines missing (as after
+    a failed deploy, or a role that may not start them): the request is sent all the same, the
+    containment goes on once approved, and the team hears of each start that failed, from Step
+    Functions itself, with the finding and the error's name."""
+    if not (BIN_DIR / "collect").is_file():
+        pytest.skip(f"{BIN_DIR} has no built functions")
+    import aws_ops
+    from local.run import APPROVAL_ID, LOCAL_APPROVER, is_request
+    from local.template import ACCOUNT, FUNCTIONS, REGION, STATE_MACHINE, state_machine_definition
+    from local.world import point_event_at
+
+    log_dir = Path(tempfile.mkdtemp(prefix="ec2-quarantine-collection-"))
+    parameters = {"VolatileEvidenceDocument": "Collect", "Approvals": "true", "ApprovalTypePrefixes": "Backdoor:EC2/"}
+    with local_stack(BIN_DIR, log_dir, parameters=parameters, forensic_account=True) as st:
+        missing = f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:"
+        definition = state_machine_definition(
+            {b: st.service.arn(b) for b in FUNCTIONS},
+            STATE_MACHINE,
+            st.topic,
+            forensic_copy=True,
+            copy_machine_arn=missing + "copies-missing",
+            collection_machine_arn=missing + "collection-missing",
+            collection=True,
+        )
+        role = st.iam.get_role(RoleName="ec2-quarantine-state-machine")["Role"]["Arn"]
+        machine = st.sfn.create_state_machine(name="ec2-quarantine-broken-starts", definition=definition, roleArn=role)["stateMachineArn"]
+        event = point_event_at(json.loads((ROOT / "events" / "instance-backdoor.json").read_text()), st.sim, st.sim["instance_id"])
+        execution = st.sfn.start_execution(stateMachineArn=machine, name="local-broken", input=json.dumps(event))["executionArn"]
+        messages, deadline = [], time.monotonic() + 120
+        while not any(is_request(m) for m in messages) and time.monotonic() < deadline:
+            messages += received_messages(st)
+        [request] = [m for m in messages if is_request(m)]
+        approval = APPROVAL_ID.search(request["message"]).group(1)
+        aws_ops.answer_approval(st.lambda_client, st.service.arn("approval"), approval, True, LOCAL_APPROVER, "test")
+        ended = wait_for(st.sfn, execution, 180)
+        messages += received_messages(st, wait_s=2)
+    finding = event["detail"]["id"]
+    assert ended["status"] == "SUCCEEDED", ended
+    subjects = [m["subject"] for m in messages]
+    assert f"[VOLATILE EVIDENCE] NOT STARTED {finding}" in subjects, subjects
+    assert f"[EVIDENCE COPIES] NOT STARTED {finding}" in subjects, subjects
+    assert subjects.index(f"[VOLATILE EVIDENCE] NOT STARTED {finding}") < subjects.index(request["subject"]), "told before it asks"
+    for tag in ("[VOLATILE EVIDENCE]", "[EVIDENCE COPIES]"):
+        [notice] = [m for m in messages if m["subject"] == f"{tag} NOT STARTED {finding}"]
+        assert execution in notice["message"] and finding in notice["message"], notice
+        assert "StateMachineDoesNotExist" in notice["message"], "the error's name"

@@ -141,6 +141,30 @@ def test_notify_has_a_catch_that_publishes_a_fallback_and_ends_failed(machine):
     assert "twice" in notify["Comment"]
 
 
+def test_a_workflow_that_cannot_be_started_is_told_to_the_team_and_the_containment_goes_on():
+    """Each start of another workflow (the collection, the evidence copies) is caught into a
+    publish of Step Functions' own to the alert topic, which goes on where the start would have,
+    whether it is sent or not: nothing the team must hear of fails silently, and nothing holds
+    the request or the verdict back."""
+    states = asl(STATE_MACHINE)["States"]
+    starts = {n: s for n, s in states.items() if s.get("Resource") == "arn:aws:states:::states:startExecution"}
+    assert set(starts) == {"StartCollection", "StartEvidenceCopy"}
+    for name, start in starts.items():
+        [catch] = start["Catch"]
+        assert catch["ErrorEquals"] == ["States.ALL"]
+        notice = states[catch["Next"]]
+        assert notice["Resource"] == "arn:aws:states:::sns:publish", name
+        assert notice["Parameters"]["TopicArn"] == "${" + TOPIC_SUBSTITUTION + "}"
+        assert notice["Next"] == start["Next"] and [c["Next"] for c in notice["Catch"]] == [start["Next"]], name
+        assert notice["ResultPath"] is None and notice["TimeoutSeconds"] <= 300
+        # Small fields only: the plan's finding id, the execution, the error's name (never a cause).
+        _, fields = format_parts(notice["Parameters"]["Message.$"])
+        assert fields == ["$.triage.targets[0].target.finding_id", "$$.Execution.Id", catch["ResultPath"] + ".Error"], fields
+        subject, _ = format_parts(notice["Parameters"]["Subject.$"])
+        # SNS subjects: at most 100 characters; a finding id is at most 64 (src/domain/finding.rs).
+        assert len(subject.replace("{}", "")) + 64 <= 100, subject
+
+
 FORMAT = re.compile(r"^States\.Format\('((?:[^'\\]|\\.)*)'((?:,\s*[^,]+)*)\)$")
 
 
