@@ -4,6 +4,7 @@
 //! the init with [`Error::Misconfigured`], naming the variable.
 
 use crate::domain::finding::is_role_name;
+use crate::domain::settings::number_in;
 use crate::error::Error;
 
 /// The role the evidence-copy function assumes in the forensic account, as
@@ -73,21 +74,9 @@ impl ForensicAccount {
                 "FORENSIC_ROLE_NAME {role_name:?} is not an IAM role name"
             )));
         }
-        let number =
-            |name: &str, default: u32, range: std::ops::RangeInclusive<u32>| match var(name) {
-                None => Ok(default),
-                Some(s) => s
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|v| range.contains(v))
-                    .ok_or_else(|| {
-                        Error::Misconfigured(format!(
-                            "{name} {s:?} is not a whole number from {} to {}",
-                            range.start(),
-                            range.end()
-                        ))
-                    }),
-            };
+        let number = |name: &str, default: u32, range| {
+            number_in(name, var(name).as_deref(), default, range, "a whole number")
+        };
         Ok(Some(ForensicAccount {
             account_id,
             kms_key_arn: key,

@@ -233,6 +233,33 @@ pub struct Settings {
     pub snapshot_lock: SnapshotLock,
 }
 
+/// The number a setting holds, within `range`: `default` when it is unset, else an error naming
+/// the variable, its value and the range (`what` says what it counts: "a whole number of days").
+pub(crate) fn number_in<T>(
+    name: &str,
+    value: Option<&str>,
+    default: T,
+    range: std::ops::RangeInclusive<T>,
+    what: &str,
+) -> Result<T, Error>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display,
+{
+    let Some(s) = value else {
+        return Ok(default);
+    };
+    s.parse::<T>()
+        .ok()
+        .filter(|v| range.contains(v))
+        .ok_or_else(|| {
+            Error::Misconfigured(format!(
+                "{name} {s:?} is not {what} from {} to {}",
+                range.start(),
+                range.end()
+            ))
+        })
+}
+
 impl Settings {
     pub fn from_env() -> Result<Settings, Error> {
         Settings::from_lookup(|name| std::env::var(name).ok())
@@ -283,43 +310,27 @@ impl Settings {
                     "AUTO_SCALING_ACTION must be one of standby, detach, none".into(),
                 )
             })?;
-        let severity_threshold = match var("SEVERITY_THRESHOLD") {
-            None => 0.0,
-            Some(s) => s
-                .parse::<f64>()
-                .ok()
-                .filter(|v| (0.0..=10.0).contains(v))
-                .ok_or_else(|| {
-                    Error::Misconfigured(format!(
-                        "SEVERITY_THRESHOLD {s:?} is not a number from 0 to 10"
-                    ))
-                })?,
-        };
-        let max_instances = match var("MAX_INSTANCES_PER_FINDING") {
-            None => DEFAULT_MAX_INSTANCES,
-            Some(s) => s
-                .parse::<usize>()
-                .ok()
-                .filter(|v| (1..=crate::domain::finding::MAX_NAMED_INSTANCES).contains(v))
-                .ok_or_else(|| {
-                    Error::Misconfigured(format!(
-                        "MAX_INSTANCES_PER_FINDING {s:?} is not a whole number from 1 to {}",
-                        crate::domain::finding::MAX_NAMED_INSTANCES
-                    ))
-                })?,
-        };
-        let max_containments_per_hour = match var("MAX_CONTAINMENTS_PER_HOUR") {
-            None => DEFAULT_MAX_CONTAINMENTS_PER_HOUR,
-            Some(s) => s
-                .parse::<usize>()
-                .ok()
-                .filter(|v| (1..=MAX_CONTAINMENTS_PER_HOUR_LIMIT).contains(v))
-                .ok_or_else(|| {
-                    Error::Misconfigured(format!(
-                        "MAX_CONTAINMENTS_PER_HOUR {s:?} is not a whole number from 1 to {MAX_CONTAINMENTS_PER_HOUR_LIMIT}"
-                    ))
-                })?,
-        };
+        let severity_threshold = number_in(
+            "SEVERITY_THRESHOLD",
+            var("SEVERITY_THRESHOLD").as_deref(),
+            0.0,
+            0.0..=10.0,
+            "a number",
+        )?;
+        let max_instances = number_in(
+            "MAX_INSTANCES_PER_FINDING",
+            var("MAX_INSTANCES_PER_FINDING").as_deref(),
+            DEFAULT_MAX_INSTANCES,
+            1..=crate::domain::finding::MAX_NAMED_INSTANCES,
+            "a whole number",
+        )?;
+        let max_containments_per_hour = number_in(
+            "MAX_CONTAINMENTS_PER_HOUR",
+            var("MAX_CONTAINMENTS_PER_HOUR").as_deref(),
+            DEFAULT_MAX_CONTAINMENTS_PER_HOUR,
+            1..=MAX_CONTAINMENTS_PER_HOUR_LIMIT,
+            "a whole number",
+        )?;
         let severity_band = match var("APPROVAL_SEVERITY_BAND") {
             None => None,
             Some(s) => Some(
@@ -356,50 +367,35 @@ impl Settings {
                     "APPROVAL_TIMEOUT_ACTION must be one of notify-only, contain".into(),
                 )
             })?;
-        let approval_timeout = match var("APPROVAL_TIMEOUT_SECONDS") {
-            None => DEFAULT_APPROVAL_TIMEOUT_SECS,
-            Some(s) => s
-                .parse::<i64>()
-                .ok()
-                .filter(|v| APPROVAL_TIMEOUT_RANGE_SECS.contains(v))
-                .ok_or_else(|| {
-                    Error::Misconfigured(format!(
-                        "APPROVAL_TIMEOUT_SECONDS {s:?} is not a whole number of seconds from {} to {}",
-                        APPROVAL_TIMEOUT_RANGE_SECS.start(),
-                        APPROVAL_TIMEOUT_RANGE_SECS.end()
-                    ))
-                })?,
-        };
+        let approval_timeout = number_in(
+            "APPROVAL_TIMEOUT_SECONDS",
+            var("APPROVAL_TIMEOUT_SECONDS").as_deref(),
+            DEFAULT_APPROVAL_TIMEOUT_SECS,
+            APPROVAL_TIMEOUT_RANGE_SECS,
+            "a whole number of seconds",
+        )?;
         let lock_mode = serde_json::from_value(choice("SNAPSHOT_LOCK_MODE", "governance")?)
             .map_err(|_| {
                 Error::Misconfigured(
                     "SNAPSHOT_LOCK_MODE must be one of governance, compliance, none".into(),
                 )
             })?;
-        let lock_days = match var("SNAPSHOT_LOCK_DAYS") {
-            None => DEFAULT_SNAPSHOT_LOCK_DAYS,
-            Some(s) => s
-                .parse::<i32>()
-                .ok()
-                .filter(|v| (1..=36_500).contains(v))
-                .ok_or_else(|| {
-                    Error::Misconfigured(format!(
-                        "SNAPSHOT_LOCK_DAYS {s:?} is not a whole number of days from 1 to 36500"
-                    ))
-                })?,
-        };
-        let cool_off_hours = match var("SNAPSHOT_LOCK_COOL_OFF_HOURS") {
-            None => Some(DEFAULT_SNAPSHOT_LOCK_COOL_OFF_HOURS),
-            Some(s) => match s.parse::<i32>().ok().filter(|v| (0..=72).contains(v)) {
-                Some(0) => None,
-                Some(hours) => Some(hours),
-                None => {
-                    return Err(Error::Misconfigured(format!(
-                        "SNAPSHOT_LOCK_COOL_OFF_HOURS {s:?} is not a whole number of hours from 0 to 72"
-                    )));
-                }
-            },
-        };
+        let lock_days = number_in(
+            "SNAPSHOT_LOCK_DAYS",
+            var("SNAPSHOT_LOCK_DAYS").as_deref(),
+            DEFAULT_SNAPSHOT_LOCK_DAYS,
+            1..=36_500,
+            "a whole number of days",
+        )?;
+        // 0: no cooling-off period.
+        let cool_off_hours = Some(number_in(
+            "SNAPSHOT_LOCK_COOL_OFF_HOURS",
+            var("SNAPSHOT_LOCK_COOL_OFF_HOURS").as_deref(),
+            DEFAULT_SNAPSHOT_LOCK_COOL_OFF_HOURS,
+            0..=72,
+            "a whole number of hours",
+        )?)
+        .filter(|&hours| hours != 0);
         Ok(Settings {
             snapshot_lock: SnapshotLock {
                 mode: lock_mode,
@@ -482,6 +478,33 @@ mod tests {
             let err = read(&[(name, bad)]).unwrap_err();
             assert!(err.to_string().contains(name), "{name}={bad}: {err}");
         }
+    }
+
+    #[test]
+    fn a_number_outside_its_range_is_named_with_its_value_and_the_range() {
+        assert_eq!(number_in("N", None, 7, 1..=9, "a whole number").unwrap(), 7);
+        assert_eq!(
+            number_in("N", Some("9"), 7, 1..=9, "a whole number").unwrap(),
+            9
+        );
+        for bad in ["0", "10", "x", "1.5", ""] {
+            let err = number_in("N", Some(bad), 7_u32, 1..=9, "a whole number of days");
+            assert_eq!(
+                err.unwrap_err().to_string(),
+                Error::Misconfigured(format!(
+                    "N {bad:?} is not a whole number of days from 1 to 9"
+                ))
+                .to_string()
+            );
+        }
+        let nan = number_in(
+            "SEVERITY_THRESHOLD",
+            Some("NaN"),
+            0.0,
+            0.0..=10.0,
+            "a number",
+        );
+        assert!(nan.unwrap_err().to_string().contains("from 0 to 10"));
     }
 
     #[test]

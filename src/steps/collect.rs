@@ -86,18 +86,17 @@ pub struct Collector {
 impl Collector {
     /// From `VOLATILE_EVIDENCE_DOCUMENT`; none when it is unset or empty (the step then skips).
     pub fn from_env() -> Result<Option<Collector>, Error> {
-        let wait = match std::env::var("COLLECT_WAIT_SECONDS") {
-            Ok(v) if !v.is_empty() => v
-                .parse::<u32>()
+        let wait = crate::domain::settings::number_in(
+            "COLLECT_WAIT_SECONDS",
+            std::env::var("COLLECT_WAIT_SECONDS")
                 .ok()
-                .filter(|w| (1..=600).contains(w))
-                .ok_or_else(|| {
-                    Error::Misconfigured(format!(
-                        "COLLECT_WAIT_SECONDS {v:?} is not a number of seconds from 1 to 600"
-                    ))
-                })?,
-            _ => WAIT_SECONDS,
-        };
+                .as_deref()
+                .map(str::trim)
+                .filter(|v| !v.is_empty()),
+            WAIT_SECONDS,
+            1..=600,
+            "a whole number of seconds",
+        )?;
         match std::env::var("VOLATILE_EVIDENCE_DOCUMENT") {
             Ok(name) if !name.is_empty() => Collector::new(&name).map(|c| Some(c.waiting(wait))),
             _ => Ok(None),
