@@ -123,13 +123,15 @@ def read_case(table, case_id: str) -> dict:
         ],
         "previous": [{**p.get("state", {}), "recorded_at": p.get("recorded_at")} for p in kind("previous#")],
         "releases": [{k: r.get(k) for k in ("at", "reason", "outcome", "restored", "failed")} for r in kind("release#")],
-        "collections": collections(table, header.get("instance_id") or ""),
+        "collections": collections(table, header.get("instance_id") or "", {f.get("finding_id") for f in kind("finding#")}),
     }
 
 
-def collections(table, instance_id: str) -> list[dict]:
+def collections(table, instance_id: str, findings: set[str] | None = None) -> list[dict]:
     """The volatile-evidence collections of an instance, oldest first: each approval's command,
-    its status (`running` until the collect step has written its report) and that report."""
+    its status (`running` until the collect step has written its report) and that report. With
+    `findings`, only those made while a request about one of them waited (the request's record,
+    `approval#<id>`/`request`, names its finding): a case shows its own, not the instance's others."""
     from boto3.dynamodb.conditions import Attr
 
     if not INSTANCE_ID.match(instance_id):
@@ -137,6 +139,8 @@ def collections(table, instance_id: str) -> list[dict]:
     items = _scan(
         table, FilterExpression=Attr("pk").begins_with("approval#") & Attr("sk").eq(f"collection#{instance_id}"), ConsistentRead=True
     )
+    if findings is not None:
+        items = [i for i in items if _asked_about(table, i["pk"]) in findings]
     out = []
     for item in items:
         try:
@@ -148,7 +152,8 @@ def collections(table, instance_id: str) -> list[dict]:
             {
                 "approval_id": item["pk"].split("#", 1)[1],
                 "command_id": item.get("command_id"),
-                "started": _iso(item.get("claimed_at")),
+                # A claim given back (nothing sent) holds 0 until the next pass takes it.
+                "started": _iso(item.get("claimed_at") or None),
                 "ended": item.get("ended_at"),
                 "status": (report or {}).get("status") or "running",
                 "report": report,
@@ -261,6 +266,16 @@ def render_case(case: dict) -> str:
         out.append("  none")
     out.extend(_render_collections(case.get("collections") or []))
     return "\n".join(out)
+
+
+def _asked_about(table, approval_pk: str) -> str | None:
+    """The finding an approval request was about (its record's `ask`, src/approval.rs)."""
+    request = table.get_item(Key={"pk": approval_pk, "sk": "request"}, ConsistentRead=True).get("Item") or {}
+    try:
+        ask = json.loads(request.get("ask") or "{}")
+    except ValueError:
+        return None
+    return ask.get("finding_id") if isinstance(ask, dict) else None
 
 
 def _render_collections(found: list[dict]) -> list[str]:

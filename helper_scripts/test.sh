@@ -11,6 +11,8 @@
 set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
 cd "$PROJECT_ROOT"
+# Each stage says when it starts (minutes and seconds since the command began): where the time goes.
+log() { printf '==> [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*" >&2; }
 
 command -v cargo >/dev/null || die "cargo is required (https://rustup.rs)"
 ensure_python_tools

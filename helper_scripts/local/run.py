@@ -412,6 +412,8 @@ def collected_meanwhile(st, execution: str, timeout_s: float = 180) -> tuple[dic
     request, report = None, None
     deadline = time.monotonic() + timeout_s
     while (request is None or (collecting and report is None)) and time.monotonic() < deadline:
+        if request is None and st.sfn.describe_execution(executionArn=execution)["status"] != "RUNNING":
+            break  # ended without asking (the finding did not need an approval)
         for m in received_messages(st):
             if is_request(m):
                 request = request or m

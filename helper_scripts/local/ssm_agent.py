@@ -10,17 +10,25 @@ invocation is `Success` at once with no output (tests/README.md). With an agent 
   an instance the agent does not manage is `InvalidInstanceId` (not running the agent, or not
   registered). Nothing is created then.
 - The agent picks the command up a moment later: until then GetCommandInvocation answers
-  `InvocationDoesNotExist`, as AWS may right after SendCommand; then `InProgress` (ResponseCode
-  -1); then `Success` or `Failed` with the script's exit code, StandardOutputContent cut at
-  24,000 characters and StandardErrorContent at 8,000
+  `InvocationDoesNotExist`, as AWS may right after SendCommand; then `Pending`, then
+  `InProgress` (ResponseCode -1, no output yet); then `Success` or `Failed` with the script's
+  exit code, or `TimedOut` past the step's `timeoutSeconds`; StandardOutputContent cut at 24,000
+  characters and StandardErrorContent at 8,000
   (https://docs.aws.amazon.com/systems-manager/latest/APIReference/API_GetCommandInvocation.html).
+- Only the documents the harness gives the agent run (the template's, by name), and only as the
+  template holds them: another name, or a stored copy that differs, is `InvalidDocument`. The
+  emulator listens on loopback without authentication and the agent runs scripts as root, so
+  nothing another local process stores in the emulator is ever run.
 - The script: the document's `aws:runShellScript` lines with `{{ Name }}` replaced by the values
   (defaults for those not given), written to `_script.sh` and run with `sh`, as
-  amazon-ssm-agent's runshellscript plugin does. It runs on this host in a PID and mount namespace
-  of its own (`unshare`, as test_volatile_evidence.py does), which stands for the instance: the
-  attacker's implant runs there (a copy of `sleep` deleted from disk after it started), and the
-  run's CA is the instance's system bundle, so the archive's upload reaches the HTTPS front for
-  the emulator's S3 (local.tls_front) as it would reach S3.
+  amazon-ssm-agent's runshellscript plugin does. It runs on this host in PID, mount and UTS
+  namespaces of its own (`unshare`, as test_volatile_evidence.py does), which stand for the
+  instance (host name `simulated-instance`): the attacker's implant runs there (a copy of `sleep`
+  deleted from disk after it started), its logs are an authentication log with the attacker's
+  login over an empty `/var/log` (the host's logs, logins and journal are hidden), and the run's
+  CA is its system bundle, so the archive's upload reaches the HTTPS front for the emulator's S3
+  (local.tls_front) as it would reach S3. The network is the host's (the upload must reach the
+  front): the archive's sockets and routes, and the kernel log, are this machine's.
 
 The namespaces need root (or user namespaces); without `unshare` the agent fails the invocation,
 saying why, rather than run the script on the host itself.
@@ -41,14 +49,34 @@ from pathlib import Path
 # GetCommandInvocation's limits on the output it returns (the API reference).
 MAX_STDOUT = 24_000
 MAX_STDERR = 8_000
-# How long the agent takes to pick a command up (AWS: the agent polls; seconds at most).
-PICKUP_S = 0.5
+# When the agent picks a command up (the invocation exists, Pending) and starts it (InProgress),
+# in seconds after SendCommand: AWS's agent polls; the local run's collection reads every second,
+# so it meets each phase.
+PICKUP_S = 1.0
+START_S = 2.0
+# The target's exit status when the simulated instance itself could not be made.
+TARGET_FAILED = 97
 
-# The instance as the script sees it: the implant, then the agent's run of the script.
-TARGET = """set -u
+# The instance as the script sees it, then the agent's run of the script. Any step of the set-up
+# that fails ends it with TARGET_FAILED, saying why: never a script run on the host's own files.
+TARGET = f"""set -u
 cd "$1"
-if [ -n "${2:-}" ]; then
-  mount --bind "$2" /etc/ssl/certs/ca-certificates.crt
+fail() {{ echo "the simulated instance could not be made: $*" >&2; exit {TARGET_FAILED}; }}
+hostname simulated-instance || fail "no UTS namespace"
+if [ -n "${{2:-}}" ]; then
+  [ -f /etc/ssl/certs/ca-certificates.crt ] || fail "no /etc/ssl/certs/ca-certificates.crt to put the run's CA in place of"
+  mount --bind "$2" /etc/ssl/certs/ca-certificates.crt || fail "the run's CA could not be mounted"
+fi
+# The instance's own logs and logins, not the host's.
+mount -t tmpfs tmpfs /var/log || fail "no tmpfs over /var/log"
+echo "Dec  3 08:00:00 simulated-instance sshd[4242]: Accepted publickey for attacker from 203.0.113.7" >/var/log/auth.log
+: >/var/log/wtmp
+if [ -e /run/utmp ]; then
+  : >utmp
+  mount --bind utmp /run/utmp || fail "the host's utmp could not be hidden"
+fi
+if [ -d /run/log/journal ]; then
+  mount -t tmpfs tmpfs /run/log/journal || fail "the host's journal could not be hidden"
 fi
 cp /bin/sleep implant
 ./implant 3600 &
@@ -65,14 +93,17 @@ echo "$rc" >rc
 
 
 class Agent:
-    """The agent on the instances it manages; `ca` is the bundle they trust (local.tls_front)."""
+    """The agent on the instances it manages; `ca` is the bundle they trust (local.tls_front);
+    `documents` the only documents it runs, by name (their content as the template holds it)."""
 
-    def __init__(self, folder: Path, ca: Path | None):
+    def __init__(self, folder: Path, ca: Path | None, documents: dict[str, dict]):
         self.folder = folder
         self.ca = ca
+        self.documents = documents
         self.managed: set[str] = set()
         self.runs: list[dict] = []
         self._threads: list[threading.Thread] = []
+        self._processes: list[subprocess.Popen] = []
 
     def manage(self, instance_id: str) -> None:
         self.managed.add(instance_id)
@@ -82,13 +113,19 @@ class Agent:
         for t in list(self._threads):
             t.join(max(0.0, deadline - time.monotonic()))
 
-    def start(self, command, script: str) -> None:
+    def stop(self) -> None:
+        """Kills what still runs (unshare --kill-child takes the namespace's processes with it)."""
+        for p in self._processes:
+            if p.poll() is None:
+                p.kill()
+
+    def start(self, command, script: str, timeout_s: int) -> None:
         for instance_id in command.instance_ids:
-            t = threading.Thread(target=self._run, args=(command, instance_id, script), daemon=True)
+            t = threading.Thread(target=self._run, args=(command, instance_id, script, timeout_s), daemon=True)
             self._threads.append(t)
             t.start()
 
-    def _run(self, command, instance_id: str, script: str) -> None:
+    def _run(self, command, instance_id: str, script: str, timeout_s: int) -> None:
         time.sleep(PICKUP_S)
         started = datetime.datetime.now(datetime.UTC)
         invocation = {
@@ -99,75 +136,106 @@ class Agent:
             "DocumentVersion": "$DEFAULT",
             "PluginName": "collectVolatileState",
             "ResponseCode": -1,
-            "ExecutionStartDateTime": started.isoformat(),
-            "ExecutionElapsedTime": "PT0S",
+            "ExecutionStartDateTime": "",
+            "ExecutionElapsedTime": "",
             "ExecutionEndDateTime": "",
-            "Status": "InProgress",
-            "StatusDetails": "InProgress",
+            "Status": "Pending",
+            "StatusDetails": "Pending",
             "StandardOutputContent": "",
             "StandardOutputUrl": "",
             "StandardErrorContent": "",
             "StandardErrorUrl": "",
         }
         command.invocations.append(invocation)
-        work = self.folder / f"{command.command_id}-{instance_id}"
-        work.mkdir(parents=True)
-        (work / "_script.sh").write_text(script)
-        (work / "target.sh").write_text(TARGET)
-        rc, stdout, stderr = self._execute(work)
-        ended = datetime.datetime.now(datetime.UTC)
-        status = "Success" if rc == 0 else "Failed"
-        invocation.update(
-            ResponseCode=rc,
-            ExecutionEndDateTime=ended.isoformat(),
-            ExecutionElapsedTime=f"PT{(ended - started).total_seconds():.3f}S",
-            StandardOutputContent=stdout[:MAX_STDOUT],
-            StandardErrorContent=stderr[:MAX_STDERR],
-            Status=status,
-            StatusDetails=status,
-        )
-        self.runs.append({"command_id": command.command_id, "instance_id": instance_id, "rc": rc, "folder": str(work)})
-        command.completed_count = len(command.invocations)
-        if all(i["Status"] != "InProgress" for i in command.invocations) and len(command.invocations) == len(command.instance_ids):
-            command.error_count = sum(1 for i in command.invocations if i["Status"] != "Success")
-            command.status = "Failed" if command.error_count else "Success"
-            command.status_details = command.status
+        status, details, rc, stdout, stderr = "Failed", "Failed", 1, "", ""
+        try:
+            time.sleep(START_S - PICKUP_S)
+            invocation.update(Status="InProgress", StatusDetails="In Progress", ExecutionStartDateTime=started.isoformat())
+            command.status = command.status_details = "InProgress"
+            work = self.folder / f"{command.command_id}-{instance_id}"
+            work.mkdir(parents=True)
+            (work / "_script.sh").write_text(script, encoding="utf-8")
+            (work / "target.sh").write_text(TARGET, encoding="utf-8")
+            rc, stdout, stderr, timed_out = self._execute(work, timeout_s)
+            if timed_out:
+                status, details, rc = "TimedOut", "Execution Timed Out", -1
+            elif rc == 0:
+                status = details = "Success"
+            self.runs.append({"command_id": command.command_id, "instance_id": instance_id, "rc": rc, "folder": str(work)})
+        except (OSError, subprocess.SubprocessError, ValueError) as e:  # the agent's own failure: the invocation ends, saying so
+            stderr = f"the simulated agent failed: {e!r}"
+        finally:
+            ended = datetime.datetime.now(datetime.UTC)
+            invocation.update(
+                ResponseCode=rc,
+                ExecutionEndDateTime=ended.isoformat(),
+                ExecutionElapsedTime=f"PT{(ended - started).total_seconds():.3f}S",
+                StandardOutputContent=stdout[:MAX_STDOUT],
+                StandardErrorContent=stderr[:MAX_STDERR],
+                Status=status,
+                StatusDetails=details,
+            )
+            ended_all = [i for i in command.invocations if i["Status"] not in ("Pending", "InProgress")]
+            command.completed_count = len(ended_all)
+            if len(ended_all) == len(command.instance_ids):
+                command.error_count = sum(1 for i in ended_all if i["Status"] != "Success")
+                command.status = command.status_details = "Failed" if command.error_count else "Success"
 
-    def _execute(self, work: Path) -> tuple[int, str, str]:
+    def _execute(self, work: Path, timeout_s: int) -> tuple[int, str, str, bool]:
         unshare = shutil.which("unshare")
         if not unshare:
-            return 1, "", "the simulated agent needs unshare (util-linux) to make the instance: nothing run"
-        answer = subprocess.run(
-            [unshare, "--pid", "--mount", "--fork", "--mount-proc", "bash", str(work / "target.sh"), str(work), str(self.ca or "")],
-            check=False,
-            capture_output=True,
+            return 1, "", "the simulated agent needs unshare (util-linux) to make the instance: nothing run", False
+        process = subprocess.Popen(
+            [
+                unshare,
+                "--pid",
+                "--mount",
+                "--uts",
+                "--fork",
+                "--kill-child",
+                "--mount-proc",
+                "bash",
+                str(work / "target.sh"),
+                str(work),
+                str(self.ca or ""),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=660,
         )
-        if answer.returncode != 0 or not (work / "rc").is_file():
-            return 1, "", f"the simulated instance could not be made (unshare needs root here): {answer.stderr[-2000:]}"
-        rc, stdout, stderr = ((work / name).read_text(errors="replace") for name in ("rc", "stdout", "stderr"))
-        return (int(rc) if rc.strip().isdigit() else 1), stdout, stderr
+        self._processes.append(process)
+        try:
+            _, made = process.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            return -1, "", f"the script ran past its {timeout_s} s", True
+        if not (work / "rc").is_file():
+            return 1, "", f"the simulated instance could not be made (unshare needs root here): {made[-2000:]}", False
+        rc, stdout, stderr = ((work / name).read_text(encoding="utf-8", errors="replace") for name in ("rc", "stdout", "stderr"))
+        return (int(rc) if rc.strip().isdigit() else 1), stdout, stderr, False
 
 
 _AGENT: Agent | None = None
 
 
 @contextlib.contextmanager
-def running(folder: Path, ca: Path | None):
+def running(folder: Path, ca: Path | None, documents: dict[str, dict]):
     """The agent for the block: moto's SSM answers as above while it runs."""
     global _AGENT
     patch()
-    _AGENT = Agent(folder, ca)
+    _AGENT = Agent(folder, ca, documents)
     try:
         yield _AGENT
     finally:
         _AGENT.wait(30)
+        _AGENT.stop()
         _AGENT = None
 
 
-def render(content: dict, parameters: dict[str, list[str]]) -> str:
-    """The script the agent runs, or the error SSM answers (`InvalidParameters`) as ValueError."""
+def render(content: dict, parameters: dict[str, list[str]]) -> tuple[str, int]:
+    """The script the agent runs and its step's timeout, or the error SSM answers
+    (`InvalidParameters`) as ValueError."""
     declared = content.get("parameters", {})
     unknown = set(parameters) - set(declared)
     if unknown:
@@ -187,11 +255,11 @@ def render(content: dict, parameters: dict[str, list[str]]) -> str:
         else:
             value = values[0]
         pattern = spec.get("allowedPattern")
-        # SSM matches allowedPattern as a Java regular expression; these patterns are anchored.
-        if pattern and not re.search(pattern, value):
+        # The whole value (re.search's `$` would let a trailing newline through).
+        if pattern and not re.fullmatch(pattern.removeprefix("^").removesuffix("$"), value):
             raise ValueError(f"{name} does not match its allowedPattern")
         script = script.replace("{{ " + name + " }}", value).replace("{{" + name + "}}", value)
-    return script
+    return script, int(steps[0]["inputs"].get("timeoutSeconds", 3600))
 
 
 def patch() -> None:
@@ -208,12 +276,15 @@ def patch() -> None:
         if agent is None:
             return original(self, **kwargs)
         name = kwargs.get("document_name")
+        trusted = agent.documents.get(name)
         try:
-            document = self.get_document(name, None, None, "JSON")
+            stored = json.loads(self.get_document(name, None, None, "JSON")["Content"])
         except Exception as e:  # moto's own error for a missing document, named as AWS names it
             raise InvalidDocument("The document does not exist or is not shared with this account.") from e
+        if trusted is None or stored != trusted:
+            raise InvalidDocument(f"{name}: not a document the simulated agent runs (only the template's, as the template holds it)")
         try:
-            script = render(json.loads(document["Content"]), kwargs.get("parameters") or {})
+            script, timeout_s = render(trusted, kwargs.get("parameters") or {})
         except ValueError as e:
             raise RESTError("InvalidParameters", f"The specified parameters are not valid for the document: {e}") from e
         unmanaged = [i for i in kwargs.get("instance_ids") or [] if i not in agent.managed]
@@ -221,9 +292,9 @@ def patch() -> None:
             raise RESTError("InvalidInstanceId", "Instances not in a valid state for account")
         command = original(self, **kwargs)
         command.invocations = []
-        command.status = command.status_details = "InProgress"
+        command.status = command.status_details = "Pending"
         command.completed_count = 0
-        agent.start(command, script)
+        agent.start(command, script, timeout_s)
         return command
 
     SSMBackend.send_command = send_command

@@ -186,7 +186,7 @@ def local_stack(
     snapshot_copy.patch()
     sfn_integration.patch()
     collection = (parameters or {}).get("VolatileEvidenceDocument") == "Collect"
-    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}), contextlib.ExitStack() as running:
+    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}), contextlib.ExitStack() as helpers:
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
         server.start()
         emulator = f"http://127.0.0.1:{server._server.server_port}"
@@ -243,12 +243,14 @@ def local_stack(
             # presigned URLs are https:// on AWS (local.tls_front); every function reaches S3
             # there, trusting the run's CA only.
             if collection:
-                settings["VOLATILE_EVIDENCE_DOCUMENT"] = create_collector_document(st.ssm, load_template())
+                document = create_collector_document(st.ssm, load_template())
+                settings["VOLATILE_EVIDENCE_DOCUMENT"] = document
                 settings["COLLECT_WAIT_SECONDS"] = LOCAL_COPY_WAIT_SECONDS
                 front = TlsFront(server._server.server_port, log_dir / "tls")
-                running.callback(front.stop)
+                helpers.callback(front.stop)
                 settings.update(AWS_ENDPOINT_URL_S3=front.endpoint, SSL_CERT_FILE=str(front.ca))
-                st.agent = running.enter_context(ssm_agent.running(log_dir / "agent", front.ca))
+                trusted = {document: load_template()["Resources"]["VolatileEvidenceCollector"]["Properties"]["Content"]}
+                st.agent = helpers.enter_context(ssm_agent.running(log_dir / "agent", front.ca, trusted))
             env = function_env(functions_endpoint(emulator) if functions_endpoint else emulator, REGION, settings)
             for binary in FUNCTIONS:
                 service.add(binary, bin_dir / binary, env, log_dir / f"{binary}.log", copies)

@@ -11,11 +11,14 @@ is set); the simulated instance trusts it as its system bundle (local.ssm_agent)
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
+import select
 import socket
 import ssl
 import threading
+import time
 from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
@@ -61,6 +64,7 @@ def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
     paths = folder / "ca.pem", folder / "leaf.pem", folder / "leaf.key"
     paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     paths[1].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    paths[2].touch(mode=0o600)
     paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     return paths
 
@@ -74,15 +78,20 @@ class TlsFront:
         self._context.load_cert_chain(cert, key)
         self._upstream = upstream_port
         self._listener = socket.create_server((LOOPBACK, 0))
+        self._listener.settimeout(0.5)
         self.port = self._listener.getsockname()[1]
         self.endpoint = f"https://{LOOPBACK}:{self.port}"
         self._stopped = threading.Event()
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
         threading.Thread(target=self._accept, name="tls-front", daemon=True).start()
 
     def _accept(self) -> None:
         while not self._stopped.is_set():
             try:
                 client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
             except OSError:
                 return
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
@@ -91,29 +100,48 @@ class TlsFront:
         try:
             client.settimeout(30)
             tls = self._context.wrap_socket(client, server_side=True)
-            tls.settimeout(None)
-            upstream = socket.create_connection((LOOPBACK, self._upstream))
         except (OSError, ssl.SSLError):
             client.close()
             return
-        threading.Thread(target=_pump, args=(upstream, tls), daemon=True).start()
-        _pump(tls, upstream)
+        try:
+            upstream = socket.create_connection((LOOPBACK, self._upstream))
+        except OSError:
+            tls.close()
+            return
+        with self._lock:
+            self._open.update((tls, upstream))
+        try:
+            _relay(tls, upstream, self._stopped)
+        finally:
+            with self._lock:
+                self._open.difference_update((tls, upstream))
+            for s in (tls, upstream):
+                with contextlib.suppress(OSError):
+                    s.close()
 
     def stop(self) -> None:
         self._stopped.set()
         self._listener.close()
+        with self._lock:
+            for s in list(self._open):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
 
 
-def _pump(source: socket.socket, sink: socket.socket) -> None:
-    """Bytes from source to sink until either side ends; then both are closed."""
-    try:
-        while data := source.recv(65536):
-            sink.sendall(data)
-    except OSError:
-        pass
-    finally:
-        for s in (source, sink):
+def _relay(tls: ssl.SSLSocket, upstream: socket.socket, stopped: threading.Event) -> None:
+    """Bytes both ways, from one thread (an SSL socket is never used by two threads at once),
+    until either side ends, nothing moves for a minute, or the front stops."""
+    idle_since = time.monotonic()
+    while not stopped.is_set() and time.monotonic() - idle_since < 60:
+        ready = [tls] if tls.pending() else select.select([tls, upstream], [], [], 0.5)[0]
+        for source in ready:
             try:
-                s.close()
+                data = source.recv(65536)
+            except ssl.SSLWantReadError:
+                continue
             except OSError:
-                pass
+                return
+            if not data:
+                return
+            (upstream if source is tls else tls).sendall(data)
+            idle_since = time.monotonic()

@@ -103,8 +103,8 @@ impl EvidenceStore {
         &self.bucket
     }
 
-    /// Whether the bucket is reached through a configured endpoint (a local emulator, which
-    /// serves plain HTTP: its presigned URLs are `http://`).
+    /// Whether the bucket is reached through a configured endpoint (a local emulator, whose
+    /// presigned URLs may be `http://`).
     pub fn is_local(&self) -> bool {
         self.local
     }

@@ -424,8 +424,10 @@ async fn pass_for(
             let sent = match sent_before {
                 Some(id) => Ok(id),
                 None => match store.presign_put(&key, URL_SECONDS).await {
-                    // SSM checks the URL against the document's pattern (https only); a local
-                    // emulator's S3 serves HTTP, and its SSM checks no pattern.
+                    // SSM checks the URL against the document's pattern (https only). With an
+                    // endpoint configured (never on AWS: the Rust suite's emulator, plain HTTP),
+                    // that check is left to the emulator's SSM: the local run's simulated agent
+                    // makes it as SSM does, behind an HTTPS front.
                     Ok(url) if !is_upload_url(&url) && !store.is_local() => {
                         Err(Sent::Refused(Error::Misconfigured(format!(
                             "the presigned upload URL ({} characters) does not fit the document's UploadUrl pattern: SSM would refuse it",

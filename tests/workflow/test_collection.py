@@ -84,6 +84,7 @@ def collected():
         refused = {}
         asks = {
             "pattern": {"InstanceIds": [st.sim["instance_id"]], "Parameters": {"CaseId": ["apr-0123; reboot"]}},
+            "newline": {"InstanceIds": [st.sim["instance_id"]], "Parameters": {"CaseId": [approval_id(EXECUTION) + "\n"]}},
             "undeclared": {"InstanceIds": [st.sim["instance_id"]], "Parameters": {"CaseId": [approval_id(EXECUTION)], "Extra": ["x"]}},
             "required": {"InstanceIds": [st.sim["instance_id"]], "Parameters": {}},
             "unmanaged": {"InstanceIds": ["i-0fffffffffffffff0"], "Parameters": {"CaseId": [approval_id(EXECUTION)]}},
@@ -140,11 +141,17 @@ def test_the_archive_in_the_bucket_is_the_one_the_instance_printed_and_holds_the
     # The simulated instance's implant: its binary deleted from disk, found and hashed anyway.
     processes = files["processes.tsv"].decode()
     assert re.search(r"\timplant\t\S*/implant \(deleted\)\t", processes), processes
+    # The simulated instance's own name and logs, not this machine's.
+    assert "hostname: simulated-instance" in files["system.txt"].decode()
+    auth = files["auth-log.txt"].decode()
+    assert "sshd[4242]: Accepted publickey for attacker from 203.0.113.7" in auth
+    assert auth.count("\n") <= 3, auth
 
 
 def test_ssm_refuses_what_aws_refuses_and_creates_nothing(collected):
     assert collected["refused"] == {
         "pattern": "InvalidParameters",
+        "newline": "InvalidParameters",
         "undeclared": "InvalidParameters",
         "required": "InvalidParameters",
         "unmanaged": "InvalidInstanceId",
@@ -156,8 +163,8 @@ def test_ssm_refuses_what_aws_refuses_and_creates_nothing(collected):
 def test_the_containment_workflow_starts_the_collection_before_it_asks():
     """The containment machine itself, with approvals on for the finding's type and
     VolatileEvidenceDocument=Collect: the collection starts (named after the execution, the
-    instance waiting in its plan) before the request, which moto's interpreter cannot wait on
-    (a task token: the deployed path runs approvals); the execution is stopped there."""
+    instance waiting in its plan) before the request; nobody answers here, and the execution is
+    stopped while it waits (test_local_run.py answers it)."""
     if not (BIN_DIR / "collect").is_file():
         pytest.skip(f"{BIN_DIR} has no built functions")
     from local.world import point_event_at

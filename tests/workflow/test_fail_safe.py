@@ -158,11 +158,19 @@ def test_a_workflow_that_cannot_be_started_is_told_to_the_team_and_the_containme
         assert notice["Next"] == start["Next"] and [c["Next"] for c in notice["Catch"]] == [start["Next"]], name
         assert notice["ResultPath"] is None and notice["TimeoutSeconds"] <= 300
         # Small fields only: the plan's finding id, the execution, the error's name (never a cause).
-        _, fields = format_parts(notice["Parameters"]["Message.$"])
+        message, fields = format_parts(notice["Parameters"]["Message.$"])
         assert fields == ["$.triage.targets[0].target.finding_id", "$$.Execution.Id", catch["ResultPath"] + ".Error"], fields
-        subject, _ = format_parts(notice["Parameters"]["Subject.$"])
-        # SNS subjects: at most 100 characters; a finding id is at most 64 (src/domain/finding.rs).
-        assert len(subject.replace("{}", "")) + 64 <= 100, subject
+        subject, subject_fields = format_parts(notice["Parameters"]["Subject.$"])
+        for text, args in ((message, fields), (subject, subject_fields)):
+            assert text.count("{}") == len(args) and "\n" not in text, text
+        # SNS subjects: fewer than 100 characters; a finding id is at most 64 (src/domain/finding.rs).
+        assert len(subject.replace("{}", "")) + 64 <= MAX_SUBJECT, subject
+        # A missing path is States.Runtime, which no Catch catches: the choice that leads to the
+        # start checks that the plan's finding id is there.
+        [guard] = [s for s in states.values() if s["Type"] == "Choice" and any(c.get("Next") == name for c in s["Choices"])]
+        [rule] = [c for c in guard["Choices"] if c.get("Next") == name]
+        checked = {c["Variable"] for c in rule.get("And", [rule]) if c.get("IsPresent") is True}
+        assert "$.triage.targets[0].target.finding_id" in checked, rule
 
 
 FORMAT = re.compile(r"^States\.Format\('((?:[^'\\]|\\.)*)'((?:,\s*[^,]+)*)\)$")
