@@ -749,28 +749,39 @@ def targets(r: dict) -> list[dict]:
                 "met": c["verdict"] == "contained" and c["dependent_calls_isolate"] <= TARGETS["dependent_calls"],
             }
         )
-    b = r["burst"]
-    if b:
-        bound = b["bound_containment"]["seconds"]
-        ok = (
-            b["contained"] == b["findings"]
-            and b["failed_executions"] == 0
-            and b["all_contained_s"] is not None
-            and b["all_contained_s"] <= max(bound, 1.0) * TARGETS["burst_factor"]
-        )
-        out.append(
-            {
-                "target": f"burst: {b['findings']}/{b['findings']} contained within 1.5× the bound, no failed execution",
-                "measured": f"{b['contained']}/{b['findings']}, last at {b['all_contained_s'] if b['all_contained_s'] is None else round(b['all_contained_s'], 1)} s (bound {bound:.1f} s), {b['failed_executions']} failed"
-                + (
-                    f"; the harness alone, without rate limits, took {f['all_contained_s']:.1f} s"
-                    if (f := r.get("burst_floor")) and f["all_contained_s"]
-                    else ""
-                ),
-                "met": ok,
-            }
-        )
+    if r["burst"]:
+        out.append(burst_target(r))
     return out
+
+
+def burst_target(r: dict) -> dict:
+    """The burst's target: every instance contained, within 1.5x what it cannot beat."""
+    b = r["burst"]
+    buckets, floor = burst_bounds(r)
+    bound = max(buckets, floor or 0.0)
+    ok = (
+        b["contained"] == b["findings"]
+        and b["failed_executions"] == 0
+        and b["all_contained_s"] is not None
+        and floor is not None
+        and b["all_contained_s"] <= bound * TARGETS["burst_factor"]
+    )
+    return {
+        "target": f"burst: {b['findings']}/{b['findings']} contained within 1.5× the bound (the larger of EC2's buckets' and the harness's own time without them), no failed execution",
+        "measured": f"{b['contained']}/{b['findings']}, last at {b['all_contained_s'] if b['all_contained_s'] is None else round(b['all_contained_s'], 1)} s "
+        + f"(buckets' bound {buckets:.1f} s, the harness alone "
+        + (f"{floor:.1f} s" if floor is not None else "not measured")
+        + f"), {b['failed_executions']} failed",
+        "met": ok if floor is not None else None,
+    }
+
+
+def burst_bounds(r: dict) -> tuple[float, float | None]:
+    """What the burst cannot beat: EC2's token buckets for the calls containment waits for, and
+    the same burst without them (this machine's emulator and interpreter alone), or None when
+    that run did not contain every instance."""
+    floor = r.get("burst_floor") or {}
+    return r["burst"]["bound_containment"]["seconds"], floor.get("all_contained_s")
 
 
 def release_checks(x86_dir: Path, emulator: str) -> dict:
@@ -845,11 +856,11 @@ def main(argv: list[str] | None = None) -> int:
     r["burst"] = burst(x86_dir, log_dir, findings, copies)
     log(f"one attack sequence naming {group_size} instances through EC2's token buckets")
     r["group"] = group_case(x86_dir, log_dir, group_size)
-    # The same burst without rate limits: how fast this machine's emulator and interpreter go.
-    r["burst_floor"] = None
-    if not args.quick:
-        log("the same burst without rate limits (the local harness's own speed)")
-        r["burst_floor"] = burst(x86_dir, log_dir, findings, copies, token_buckets=False)
+    # The same burst without rate limits: how fast this machine's emulator and interpreter go,
+    # the other bound the burst cannot beat (quick mode too: the buckets' bound of a small burst
+    # is 0, every call within the buckets' capacity).
+    log("the same burst without rate limits (the local harness's own speed)")
+    r["burst_floor"] = burst(x86_dir, log_dir, findings, copies, token_buckets=False)
     r["targets"] = targets(r)
     r["invalid"] = invalid(r)
     table = render(r)

@@ -84,3 +84,19 @@ def test_an_invalid_run_is_named():
     }
     problems = bench.invalid(r)
     assert len(problems) == 4
+
+
+def burst_run(last: float | None, buckets: float, floor: float | None) -> dict:
+    burst = {"findings": 10, "contained": 10, "failed_executions": 0, "all_contained_s": last, "bound_containment": {"seconds": buckets}}
+    return {"burst": burst, "burst_floor": None if floor is None else {"all_contained_s": floor}}
+
+
+def test_the_burst_is_judged_against_what_it_cannot_beat():
+    """A 10-finding burst stays within EC2's buckets' capacity (their bound is 0 s): the bound is
+    then the harness's own time without them, not 0."""
+    assert bench.burst_target(burst_run(7.1, 0.0, 6.0))["met"] is True
+    assert bench.burst_target(burst_run(9.5, 0.0, 6.0))["met"] is False
+    assert bench.burst_target(burst_run(50.0, 37.6, 6.0))["met"] is True, "the buckets' bound, when larger"
+    assert bench.burst_target(burst_run(7.1, 0.0, None))["met"] is None, "not judged without the floor"
+    measured = bench.burst_target(burst_run(7.1, 0.0, 6.0))["measured"]
+    assert "buckets' bound 0.0 s, the harness alone 6.0 s" in measured, measured
