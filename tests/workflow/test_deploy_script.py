@@ -400,6 +400,15 @@ def test_local_takes_every_sample_finding(project, event):
     )
 
 
+def test_local_approval_and_collect_run_on_the_default_path(project):
+    env = fake_tools(project)
+    event = EVENTS / "instance-backdoor.json"
+    r = deploy_sh(project, "local", str(event), "--approval", "approve", "--collect", env=env)
+    assert r.returncode == 0, r.stderr
+    assert calls(project)[0] == "cargo test --locked --no-run --quiet", "the debug build only: no release build"
+    assert calls(project)[-1].endswith(f"-m local.run --bin-dir {project}/target/debug --approval approve --collect {event}")
+
+
 def test_local_deployed_builds_the_release_bootstraps_and_runs_the_deployed_path(project):
     env = fake_tools(project)
     event = EVENTS / "instance-backdoor.json"
