@@ -104,6 +104,10 @@ class Agent:
         self.runs: list[dict] = []
         self._threads: list[threading.Thread] = []
         self._processes: list[subprocess.Popen] = []
+        # Cleared, the agent picks commands up but starts none (InProgress waits) until it is set:
+        # a test holds a collection running while the workflow goes on.
+        self.released = threading.Event()
+        self.released.set()
 
     def manage(self, instance_id: str) -> None:
         self.managed.add(instance_id)
@@ -150,6 +154,7 @@ class Agent:
         status, details, rc, stdout, stderr = "Failed", "Failed", 1, "", ""
         try:
             time.sleep(START_S - PICKUP_S)
+            self.released.wait(timeout_s)
             invocation.update(Status="InProgress", StatusDetails="In Progress", ExecutionStartDateTime=started.isoformat())
             command.status = command.status_details = "InProgress"
             work = self.folder / f"{command.command_id}-{instance_id}"

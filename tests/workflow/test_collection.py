@@ -239,3 +239,38 @@ def test_a_collection_or_copy_that_cannot_start_is_told_to_the_team():
         [notice] = [m for m in messages if m["subject"] == f"{tag} NOT STARTED {finding}"]
         assert execution in notice["message"] and finding in notice["message"], notice
         assert "StateMachineDoesNotExist" in notice["message"], "the error's name"
+
+
+def test_an_approval_answered_while_the_collection_runs_is_not_held_back_by_it():
+    """The person approves at once: the containment goes on and ends while the collection is
+    still under way (the simulated agent holds it), which then ends on its own."""
+    if not (BIN_DIR / "collect").is_file():
+        pytest.skip(f"{BIN_DIR} has no built functions")
+    import aws_ops
+    from local.run import APPROVAL_ID, LOCAL_APPROVER, is_request
+    from local.world import point_event_at
+
+    log_dir = Path(tempfile.mkdtemp(prefix="ec2-quarantine-collection-"))
+    parameters = {"VolatileEvidenceDocument": "Collect", "Approvals": "true", "ApprovalTypePrefixes": "Backdoor:EC2/"}
+    with local_stack(BIN_DIR, log_dir, parameters=parameters) as st:
+        st.agent.released.clear()
+        event = point_event_at(json.loads((ROOT / "events" / "instance-backdoor.json").read_text()), st.sim, st.sim["instance_id"])
+        containment = st.sfn.start_execution(stateMachineArn=st.machine, name="local-early", input=json.dumps(event))["executionArn"]
+        messages, deadline = [], time.monotonic() + 60
+        while not any(is_request(m) for m in messages) and time.monotonic() < deadline:
+            messages += received_messages(st)
+        [request] = [m for m in messages if is_request(m)]
+        aws_ops.answer_approval(
+            st.lambda_client, st.service.arn("approval"), APPROVAL_ID.search(request["message"]).group(1), True, LOCAL_APPROVER, "test"
+        )
+        contained = wait_for(st.sfn, containment, 120)
+        [collection] = st.sfn.list_executions(stateMachineArn=st.collection_machine)["executions"]
+        while_contained = st.sfn.describe_execution(executionArn=collection["executionArn"])["status"]
+        st.agent.released.set()
+        collected = wait_for(st.sfn, collection["executionArn"], 120)
+        record = st.case_table.get_item(
+            Key={"pk": f"approval#{approval_id(containment)}", "sk": f"collection#{st.sim['instance_id']}"}, ConsistentRead=True
+        ).get("Item")
+    assert contained["status"] == "SUCCEEDED", contained
+    assert while_contained == "RUNNING", "the containment did not wait for the collection"
+    assert collected["status"] == "SUCCEEDED" and json.loads(record["report"])["status"] == "done", record
