@@ -6,13 +6,11 @@ allowedPattern), writes it to `_script.sh` and runs `sh _script.sh` (amazon-ssm-
 runshellscript plugin; /bin/sh is dash on this machine, as on Debian and Ubuntu). The target is a
 new PID, network and mount namespace (unshare) holding what an investigator must find: a process
 listening on a socket, and a process whose binary was deleted from disk after it started. An HTTPS
-server with a certificate made here stands in for the presigned S3 PUT."""
+server with a certificate made here (local.tls_front, a CA and a leaf) stands in for the presigned S3 PUT."""
 
 import base64
-import datetime
 import hashlib
 import io
-import ipaddress
 import os
 import re
 import shutil
@@ -22,13 +20,10 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "helper_scripts"))
 from local.template import load_template
+from local.tls_front import make_certificates
 
 CASE = "i-0123456789abcdef0-20261203T081401123Z"
 LISTEN_PORT = 4444
@@ -110,7 +105,7 @@ open(sys.argv[2], "w").close()
 time.sleep(600)
 """
 
-# Runs inside the namespaces: the target's processes, the stand-in for S3 (its certificate in place
+# Runs inside the namespaces: the target's processes, the stand-in for S3 (its CA in place
 # of the system's CA bundle, which curl reads), then the collector as the agent runs it, once per
 # run in RUNS.
 DRIVER = f"""
@@ -129,14 +124,14 @@ done
 rm implant
 "$python" listener.py {LISTEN_PORT} listener.ready &
 echo $! >listener.pid
-"$python" receiver.py cert.pem key.pem {UPLOAD_PORT} upload &
+"$python" receiver.py leaf.pem leaf.key {UPLOAD_PORT} upload &
 for _ in $(seq 100); do [ -e listener.ready ] && [ -e upload.ready ] && break; sleep 0.1; done
 [ -e listener.ready ] && [ -e upload.ready ] || {{ echo "the target's servers did not start" >&2; exit 1; }}
 # Files the attacker replaced (after the servers start: Python reads /etc/hosts as it binds).
 mount --bind /dev/zero /etc/resolv.conf
 mkfifo hosts.fifo
 mount --bind hosts.fifo /etc/hosts
-mount --bind cert.pem /etc/ssl/certs/ca-certificates.crt
+mount --bind ca.pem /etc/ssl/certs/ca-certificates.crt
 # An authentication log with the attacker's login, and enough noise that the archive is too big
 # to print into the command's output.
 mount -t tmpfs tmpfs /var/log
@@ -169,28 +164,6 @@ def render(parameters: dict[str, str], check: bool = True) -> str:
     return script
 
 
-def certificate(workdir: Path) -> None:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
-    (workdir / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (workdir / "key.pem").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-
-
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -203,7 +176,7 @@ def shm_entries() -> set[str]:
 def collected(tmp_path_factory):
     assert shutil.which("unshare"), "unshare (util-linux) makes the target: it is missing"
     workdir = tmp_path_factory.mktemp("volatile")
-    certificate(workdir)
+    make_certificates(workdir)
     (workdir / "listener.py").write_text(LISTENER)
     (workdir / "receiver.py").write_text(RECEIVER)
     (workdir / "driver.sh").write_text(DRIVER)
