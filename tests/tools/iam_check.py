@@ -896,6 +896,13 @@ def abuses(account: str = "111111111111", region: str = "us-east-1") -> list[tup
             {f"aws:PrincipalTag/{STACK}-case-writer": STACK, "dynamodb:LeadingKeys": ["case#i-0"]},
         ),
         (
+            "CollectFunction: rewrite a case's record",
+            "CollectFunction",
+            "dynamodb:PutItem",
+            f"arn:aws:dynamodb:{r}:{a}:table/{CASE_TABLE}",
+            {f"aws:PrincipalTag/{STACK}-case-writer": STACK, "dynamodb:LeadingKeys": ["case#i-0"]},
+        ),
+        (
             "ReleaseFunction: delete a case's own items",
             "ReleaseFunction",
             "dynamodb:DeleteItem",
