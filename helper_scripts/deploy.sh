@@ -400,6 +400,65 @@ require_aws_tools() {
   export SAM_CLI_TELEMETRY=0
 }
 
+# AVML (Microsoft's memory acquisition tool, crate avml, pinned) for MemoryImages=Collect: built
+# here from the crate's published source and lock file, static (musl) for both architectures,
+# without its upload features; uploaded to the evidence bucket once the stack is deployed. Its
+# SHA-256 goes into the template's parameters: an instance runs only these bytes, fetched from
+# the bucket through a presigned URL, never from the internet.
+AVML_VERSION=0.21.0
+AVML_DIR="$TOOLS_DIR/avml"
+wants_memory_images() {
+  local p
+  for p in ${EXTRA_PARAMS[@]+"${EXTRA_PARAMS[@]}"}; do
+    [[ "$p" == "MemoryImages=Collect" ]] && return 0
+  done
+  return 1
+}
+
+build_avml() {
+  local src="$AVML_DIR/avml-$AVML_VERSION" fetch="$AVML_DIR/fetch" arch target
+  if [[ ! -f "$src/Cargo.lock" ]]; then
+    log "fetching the source of avml $AVML_VERSION from crates.io"
+    mkdir -p "$fetch/src"
+    printf '[package]\nname = "avml-fetch"\nversion = "0.0.0"\nedition = "2021"\n\n[dependencies]\navml = { version = "=%s", default-features = false }\n' \
+      "$AVML_VERSION" >"$fetch/Cargo.toml"
+    echo 'fn main() {}' >"$fetch/src/main.rs"
+    local manifest
+    manifest="$(cargo metadata --manifest-path "$fetch/Cargo.toml" --format-version 1 |
+      python3 -c 'import json, sys; print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"] == "avml"))')"
+    rm -rf "$src"
+    cp -r "$(dirname "$manifest")" "$src"
+  fi
+  for arch in x86_64 aarch64; do
+    target="$arch-unknown-linux-musl"
+    if [[ ! -x "$AVML_DIR/$target/avml" ]]; then
+      rustup target list --installed 2>/dev/null | grep -qx "$target" || timeout 600 rustup target add "$target" >&2 ||
+        die "the $target Rust target could not be installed (rustup needs static.rust-lang.org)"
+      log "building avml $AVML_VERSION for $target (cargo-lambda's zig links it)"
+      (cd "$src" && CARGO_TARGET_DIR="$AVML_DIR/target" cargo lambda build --release --locked --no-default-features \
+        --bin avml --target "$target") >&2
+      mkdir -p "$AVML_DIR/$target"
+      cp "$AVML_DIR/target/lambda/avml/bootstrap" "$AVML_DIR/$target/avml"
+    fi
+  done
+}
+
+avml_sha256() { sha256sum "$AVML_DIR/$1-unknown-linux-musl/avml" | cut -d' ' -f1; }
+
+upload_avml() {
+  local region=$1 bucket arch key
+  bucket="$(aws cloudformation describe-stacks --stack-name "$STACK_NAME" --region "$region" \
+    --query "Stacks[0].Outputs[?OutputKey=='EvidenceBucketName'].OutputValue" --output text)"
+  [[ -n "$bucket" && "$bucket" != None ]] || die "the stack has no EvidenceBucketName output: the AVML binaries are not uploaded"
+  for arch in x86_64 aarch64; do
+    key="tools/avml-$AVML_VERSION-$arch-unknown-linux-musl"
+    log "uploading avml ($arch, sha256 $(avml_sha256 "$arch")) to s3://$bucket/$key"
+    # The bucket's default Object Lock retention needs an integrity header on each PUT.
+    aws s3api put-object --region "$region" --bucket "$bucket" --key "$key" \
+      --body "$AVML_DIR/$arch-unknown-linux-musl/avml" --checksum-algorithm SHA256 >/dev/null
+  done
+}
+
 cmd_deploy() {
   parse_aws_flags "$@"
   require_aws_tools
@@ -407,6 +466,10 @@ cmd_deploy() {
   # cargo-lambda (pinned, into .tools/venv) and the aarch64 Rust target come with it.
   sam_build
   local params=()
+  if wants_memory_images; then
+    build_avml
+    params+=("AvmlSha256X8664=$(avml_sha256 x86_64)" "AvmlSha256Arm64=$(avml_sha256 aarch64)")
+  fi
   [[ -n "$ALERT_EMAIL" ]] && params+=("AlertEmail=$ALERT_EMAIL")
   [[ -n "$SEVERITY_THRESHOLD" ]] && params+=("SeverityThreshold=$SEVERITY_THRESHOLD")
   [[ -n "$MEMBER_ROLE_NAME" ]] && params+=("MemberRoleName=$MEMBER_ROLE_NAME" "MemberRoleExternalId=$MEMBER_ROLE_EXTERNAL_ID")
@@ -420,6 +483,7 @@ cmd_deploy() {
     "$SAM" deploy --stack-name "$STACK_NAME" --region "$region" --resolve-s3 \
       --capabilities CAPABILITY_IAM --no-fail-on-empty-changeset --no-confirm-changeset \
       ${params[@]:+--parameter-overrides "${params[@]}"}
+    wants_memory_images && upload_avml "$region"
     aws cloudformation describe-stacks --stack-name "$STACK_NAME" --region "$region" \
       --query 'Stacks[0].Outputs[].[OutputKey,OutputValue]' --output text
   done

@@ -87,7 +87,7 @@ async fn pass(
     n: u32,
 ) -> CollectPass {
     let collector = Collector::new("ec2-quarantine-collector").unwrap();
-    collect(ctx, Some(&collector), ssm, payload(f, n))
+    collect(ctx, Some(&collector), None, ssm, payload(f, n))
         .await
         .expect("a pass")
 }
@@ -243,7 +243,7 @@ async fn a_send_that_may_have_been_taken_is_not_sent_again() {
         .build();
     let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, &[&unknown]);
     let collector = Collector::new("ec2-quarantine-collector").unwrap();
-    let first = collect(&ctx, Some(&collector), &ssm, payload(&f, 0)).await;
+    let first = collect(&ctx, Some(&collector), None, &ssm, payload(&f, 0)).await;
     assert!(first.is_err(), "{first:?}");
     assert_eq!(unknown.num_calls(), 1, "the SDK does not send it again");
     // The retried pass finds the claim held and sends nothing; the takeover (after 3 minutes)
@@ -271,11 +271,218 @@ async fn a_send_that_may_have_been_taken_is_not_sent_again() {
         &[&refused, &listed, &send]
     );
     assert!(
-        collect(&ctx2, Some(&collector), &ssm, payload(&f2, 0))
+        collect(&ctx2, Some(&collector), None, &ssm, payload(&f2, 0))
             .await
             .is_err()
     );
     let resent = pass(&f2, &ctx2, &ssm, 1).await;
     assert!(!resent.finished);
     assert_eq!(send.num_calls(), 1);
+}
+
+const MEMORY_COMMAND: &str = "6c2f3a10-1d2e-4f00-8a9b-0123456789ab";
+const MEMORY_DOCUMENT: &str = "ec2-quarantine-memory";
+
+/// The volatile collection over (its archive in the bucket), for the memory image to follow.
+async fn volatile_over(f: &Fixture, bucket: &str) -> Rule {
+    let archive = b"tar!\n".to_vec();
+    let sum = hex::encode(sha2::Sha256::digest(&archive));
+    common::direct_s3(&f.config)
+        .put_object()
+        .bucket(bucket)
+        .key(archive_key(&approval(), &f.instance_id))
+        .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Sha256)
+        .body(archive.into())
+        .send()
+        .await
+        .unwrap();
+    invocation(CommandInvocationStatus::Success, output(&sum))
+}
+
+#[tokio::test]
+#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
+async fn the_memory_image_goes_onto_its_own_volume_then_a_locked_snapshot() {
+    use ec2_quarantine::steps::memory::{Imager, MEMORY_IMAGE_TAG};
+    let f = Fixture::new().await;
+    let bucket = common::evidence_bucket(&f.config, &f.account).await;
+    let ctx = f.ctx.clone().with_evidence_bucket(&bucket);
+    let image_sha = "cd".repeat(32);
+    let send = sent(&f);
+    let volatile = volatile_over(&f, &bucket).await;
+    let instance = f.instance_id.clone();
+    let memory_sent = mock!(aws_sdk_ssm::Client::send_command)
+        .match_requests(move |r| {
+            let params = r.parameters().cloned().unwrap_or_default();
+            let one = |k: &str| params.get(k).and_then(|v| v.first()).cloned();
+            r.document_name() == Some(MEMORY_DOCUMENT)
+                && r.instance_ids() == [instance.clone()]
+                && one("CaseId") == Some(approval())
+                && one("VolumeId").is_some_and(|v| v.starts_with("vol-"))
+                // The first of /dev/sdf-/dev/sdp the instance does not use (the fixture's data
+                // volume is at /dev/sdf).
+                && one("Device").as_deref() == Some("/dev/sdg")
+                && one("ToolSha256") == Some("ab".repeat(32))
+                && one("ToolUrl").is_some_and(|u| {
+                    u.contains("tools/avml-0.21.0-x86_64-unknown-linux-musl")
+                        && u.contains("X-Amz-Signature=")
+                })
+        })
+        .then_output(|| {
+            SendCommandOutput::builder()
+                .command(Command::builder().command_id(MEMORY_COMMAND).build())
+                .build()
+        });
+    let printed = format!(
+        "device: /dev/nvme1n1\navml_exit: 0\nwrite_exit: 0\nimage_bytes: 1048576\nimage_sha256: {image_sha}\n"
+    );
+    let imaging = mock!(aws_sdk_ssm::Client::get_command_invocation)
+        .match_requests(|r| r.command_id() == Some(MEMORY_COMMAND))
+        .sequence()
+        .output(|| {
+            GetCommandInvocationOutput::builder()
+                .status(CommandInvocationStatus::InProgress)
+                .build()
+        })
+        .output(move || {
+            GetCommandInvocationOutput::builder()
+                .status(CommandInvocationStatus::Success)
+                .standard_output_content(printed.clone())
+                .build()
+        })
+        .repeatedly()
+        .build();
+    let ssm = mock_client!(
+        aws_sdk_ssm,
+        RuleMode::MatchAny,
+        &[&send, &volatile, &memory_sent, &imaging]
+    );
+    let imager = Imager::new(MEMORY_DOCUMENT, Some(&"ab".repeat(32)), None).unwrap();
+    let collector = Collector::new("ec2-quarantine-collector").unwrap();
+    let mut passes = Vec::new();
+    for n in 0..20 {
+        // Each pass twice, as a retry after a lost answer would run it: nothing is done twice.
+        for _ in 0..2 {
+            let p = collect(&ctx, Some(&collector), Some(&imager), &ssm, payload(&f, n))
+                .await
+                .expect("a pass");
+            passes.push(p);
+        }
+        if passes.last().unwrap().finished {
+            break;
+        }
+    }
+    let last = passes.last().unwrap();
+    assert!(last.finished, "{last:?}");
+    assert_eq!(
+        memory_sent.num_calls(),
+        1,
+        "one memory command, whatever the retries"
+    );
+    let Some(Outcome::Done(report)) = &last.memory else {
+        panic!("{last:?}")
+    };
+    assert_eq!(
+        report.memory_mib,
+        Some(1024),
+        "t3.micro, as EC2 describes the type"
+    );
+    assert_eq!(report.volume_size_gib, Some(3));
+    let image = report.image.as_ref().unwrap();
+    assert_eq!(
+        (image.bytes, image.sha256.as_str()),
+        (1_048_576, image_sha.as_str())
+    );
+    let volume_id = report.volume_id.clone().unwrap();
+    let snapshot_id = report.snapshot_id.clone().unwrap();
+    assert_eq!(
+        report.lock.as_ref().map(|l| l.state.as_str()),
+        Some("governance")
+    );
+    // EC2's state: one volume made, encrypted, tagged, detached and kept; one snapshot of it.
+    let ec2 = aws_sdk_ec2::Client::new(&f.config);
+    let tagged = ec2
+        .describe_volumes()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name(format!("tag:{MEMORY_IMAGE_TAG}"))
+                .values(approval())
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let volumes = tagged.volumes();
+    assert_eq!(volumes.len(), 1, "one volume, whatever the retries");
+    let volume = &volumes[0];
+    assert_eq!(volume.volume_id(), Some(volume_id.as_str()));
+    assert_eq!(volume.encrypted(), Some(true));
+    assert_eq!(volume.size(), Some(3));
+    assert_eq!(
+        volume.state(),
+        Some(&aws_sdk_ec2::types::VolumeState::Available)
+    );
+    let snapshots = ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("volume-id")
+                .values(&volume_id)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        snapshots
+            .snapshots()
+            .iter()
+            .filter_map(|s| s.snapshot_id())
+            .collect::<Vec<_>>(),
+        [snapshot_id.as_str()]
+    );
+    // The record stands: a later pass reads it and asks nothing.
+    let silent = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, &[]);
+    let later = collect(
+        &ctx,
+        Some(&collector),
+        Some(&imager),
+        &silent,
+        payload(&f, 30),
+    )
+    .await
+    .unwrap();
+    assert_eq!(later.memory, last.memory);
+}
+
+#[tokio::test]
+#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
+async fn an_architecture_without_a_deployed_tool_is_not_imaged() {
+    use ec2_quarantine::steps::memory::Imager;
+    let f = Fixture::new().await;
+    let bucket = common::evidence_bucket(&f.config, &f.account).await;
+    let ctx = f.ctx.clone().with_evidence_bucket(&bucket);
+    let send = sent(&f);
+    let volatile = volatile_over(&f, &bucket).await;
+    let ssm = mock_client!(aws_sdk_ssm, RuleMode::MatchAny, &[&send, &volatile]);
+    // Only an arm64 build: the emulator's instance is x86_64.
+    let imager = Imager::new(MEMORY_DOCUMENT, None, Some(&"ab".repeat(32))).unwrap();
+    let collector = Collector::new("ec2-quarantine-collector").unwrap();
+    let mut last = None;
+    for n in 0..4 {
+        let p = collect(&ctx, Some(&collector), Some(&imager), &ssm, payload(&f, n))
+            .await
+            .unwrap();
+        let finished = p.finished;
+        last = Some(p);
+        if finished {
+            break;
+        }
+    }
+    let last = last.unwrap();
+    assert!(last.finished);
+    let Some(Outcome::Skipped { reason }) = &last.memory else {
+        panic!("{last:?}")
+    };
+    assert!(reason.contains("no AVML binary for X86_64"), "{reason}");
 }

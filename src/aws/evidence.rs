@@ -176,6 +176,30 @@ impl EvidenceStore {
         Ok(request.uri().to_owned())
     }
 
+    /// A presigned GET of `key`, valid for `seconds`: how a command on an instance fetches the
+    /// tool the deployment put in the bucket (the memory imager's AVML), with no permission of
+    /// its own.
+    pub async fn presign_get(&self, key: &str, seconds: u64) -> Result<String, Error> {
+        if let Some(why) = &self.unusable {
+            return Err(Error::Misconfigured(why.clone()));
+        }
+        let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(
+            std::time::Duration::from_secs(seconds),
+        )
+        .map_err(|e| Error::Misconfigured(format!("a presigned URL of {seconds} s: {e}")))?;
+        let request = self
+            .s3
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .presigned(config)
+            .await
+            .map_err(|e| {
+                Error::Misconfigured(format!("the tool's URL could not be signed: {e}"))
+            })?;
+        Ok(request.uri().to_owned())
+    }
+
     /// The SHA-256 of the object under `key`, computed from its bytes as S3 returns them: none
     /// when there is no object (S3 says so, 404, to a reader allowed `s3:ListBucket`; without it,
     /// 403), and only its size when it is larger than `max_bytes` (it is not read).

@@ -10,12 +10,19 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     lambda_runtime::tracing::init_default_subscriber();
     let ctx = &Ctx::load().await?.acting_as("collect");
     let collector = &Collector::from_env()?;
+    let imager = &ec2_quarantine::steps::memory::Imager::from_env()?;
     // Systems Manager in the function's own account and region: the only place it collects.
     let ssm = &aws_sdk_ssm::Client::new(ctx.config());
     lambda_runtime::run(service_fn(
         |event: LambdaEvent<serde_json::Value>| async move {
-            ec2_quarantine::steps::collect::collect(ctx, collector.as_ref(), ssm, event.payload)
-                .await
+            ec2_quarantine::steps::collect::collect(
+                ctx,
+                collector.as_ref(),
+                imager.as_ref(),
+                ssm,
+                event.payload,
+            )
+            .await
         },
     ))
     .await

@@ -50,8 +50,13 @@ pub const URL_SECONDS: u64 = 3600;
 /// (`TimeoutSeconds` of SendCommand: 30 to 2,592,000).
 pub const DELIVERY_SECONDS: i32 = 300;
 
-/// The most passes: at the wait below, about 25 minutes (the document runs at most 600 s).
-pub const MAX_PASSES: u32 = 50;
+/// The most passes of the volatile collection: at the wait below, about 25 minutes (the
+/// document runs at most 600 s).
+pub const VOLATILE_PASSES: u32 = 50;
+
+/// The most passes in all, the memory image's included: at the wait below, 100 minutes (its
+/// document runs at most an hour, after the volatile collection).
+pub const MAX_PASSES: u32 = 200;
 
 /// The wait between two passes (`COLLECT_WAIT_SECONDS`, 1 to 600).
 pub const WAIT_SECONDS: u32 = 30;
@@ -138,6 +143,9 @@ pub struct CollectPass {
     pub pass: u32,
     pub next_pass: u32,
     pub wait_seconds: u32,
+    /// The memory image, once the volatile collection is over (when one is configured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Outcome<super::memory::MemoryReport>>,
 }
 
 /// What the collection found, as the approval's record keeps it.
@@ -297,6 +305,7 @@ pub fn archive_key(approval_id: &str, instance_id: &str) -> String {
 pub async fn collect(
     ctx: &Ctx,
     collector: Option<&Collector>,
+    imager: Option<&super::memory::Imager>,
     ssm: &aws_sdk_ssm::Client,
     payload: serde_json::Value,
 ) -> Result<CollectPass, Error> {
@@ -327,17 +336,35 @@ pub async fn collect(
         }
     };
     let outcome = pass_for(ctx, collector, ssm, &target, &approval_id, pass).await?;
-    let finished = match &outcome {
-        Outcome::Done(_) | Outcome::Failed(_) | Outcome::Skipped { .. } => true,
-        Outcome::DryRun { .. } => true,
-        Outcome::AlreadyDone(_) => false,
-    } || pass.saturating_add(1) >= MAX_PASSES;
+    let last_pass = pass.saturating_add(1) >= MAX_PASSES;
+    // The memory image follows the volatile collection: the small, quick evidence first.
+    let memory = match (imager, &outcome) {
+        (None, _) | (_, Outcome::AlreadyDone(_)) => None,
+        (Some(imager), Outcome::DryRun { .. }) => Some(Outcome::DryRun {
+            actions: super::memory::planned(imager, &target.instance_id),
+        }),
+        (Some(_), Outcome::Skipped { reason }) => Some(Outcome::skipped(format!(
+            "not imaged, as the volatile collection was skipped: {reason}"
+        ))),
+        (Some(imager), Outcome::Done(_) | Outcome::Failed(_)) => {
+            Some(super::memory::pass(ctx, imager, ssm, &target, &approval_id, last_pass).await?)
+        }
+    };
+    let over = |o: &Outcome<_>| !matches!(o, Outcome::AlreadyDone(_));
+    let finished = (over(&outcome)
+        && memory
+            .as_ref()
+            .is_none_or(|m: &Outcome<super::memory::MemoryReport>| {
+                !matches!(m, Outcome::AlreadyDone(_))
+            }))
+        || last_pass;
     Ok(CollectPass {
         outcome,
         finished,
         pass,
         next_pass: pass.saturating_add(1),
         wait_seconds: collector.map_or(WAIT_SECONDS, |c| c.wait_seconds),
+        memory,
     })
 }
 
@@ -411,7 +438,8 @@ async fn pass_for(
                 // The pass that claimed it died: perhaps after Systems Manager took its
                 // command, which is followed rather than sent twice.
                 CollectionClaim::TakenOver => {
-                    sent_earlier(ssm, collector, instance_id, approval_id).await?
+                    sent_earlier(ssm, &collector.document, instance_id, &comment(approval_id))
+                        .await?
                 }
                 CollectionClaim::Held => {
                     // Another pass is sending the command: found at the next pass.
@@ -546,11 +574,11 @@ async fn running(
     mut report: CollectReport,
     pass: u32,
 ) -> Result<Outcome<CollectReport>, Error> {
-    if pass.saturating_add(1) < MAX_PASSES {
+    if pass.saturating_add(1) < VOLATILE_PASSES {
         return Ok(Outcome::AlreadyDone(report));
     }
     report.warnings.push(format!(
-        "the command was still {} after {MAX_PASSES} passes: no longer followed",
+        "the command was still {} after {VOLATILE_PASSES} passes: no longer followed",
         report.command_status.as_deref().unwrap_or("unknown")
     ));
     let over = Outcome::Failed(report);
@@ -585,22 +613,21 @@ fn comment(approval_id: &str) -> String {
     format!("ec2-quarantine volatile evidence, {approval_id}")
 }
 
-/// The command an earlier pass sent to the instance for this approval, if Systems Manager
-/// lists one (its comment names the approval; commands are listed for 30 days).
-async fn sent_earlier(
+/// The command of `document` an earlier pass sent to the instance, if Systems Manager lists
+/// one with the comment `wanted` (it names the approval; commands are listed for 30 days).
+pub(crate) async fn sent_earlier(
     ssm: &aws_sdk_ssm::Client,
-    collector: &Collector,
+    document: &str,
     instance_id: &str,
-    approval_id: &str,
+    wanted: &str,
 ) -> Result<Option<String>, Error> {
-    let wanted = comment(approval_id);
     let mut pages = ssm
         .list_commands()
         .instance_id(instance_id)
         .filters(
             aws_sdk_ssm::types::CommandFilter::builder()
                 .key(aws_sdk_ssm::types::CommandFilterKey::DocumentName)
-                .value(&collector.document)
+                .value(document)
                 .build()
                 .map_err(|e| Error::InvalidEvent(format!("a command filter: {e}")))?,
         )
@@ -611,7 +638,7 @@ async fn sent_earlier(
         if let Some(id) = page
             .commands()
             .iter()
-            .find(|c| c.comment() == Some(wanted.as_str()))
+            .find(|c| c.comment() == Some(wanted))
             .and_then(|c| c.command_id())
         {
             return Ok(Some(id.to_owned()));

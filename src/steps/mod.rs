@@ -14,6 +14,7 @@ pub mod deregister;
 pub mod evidence_copy;
 pub mod isolate;
 pub mod manifest;
+pub mod memory;
 pub mod notify;
 pub mod release;
 pub mod role;

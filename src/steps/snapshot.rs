@@ -247,7 +247,7 @@ fn planned_lock(lock: &SnapshotLock) -> Option<String> {
 /// locks EC2 holds are read first and only the missing ones set, so that a retry never asks
 /// EC2 to change a lock: a compliance lock past its cooling-off period refuses any change but a
 /// longer duration). A snapshot whose lock fails stays in the set, unlocked, with a warning.
-async fn lock_set(
+pub(crate) async fn lock_set(
     clients: &Clients,
     mut snapshots: Vec<ForensicSnapshot>,
     fresh: bool,

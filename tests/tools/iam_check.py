@@ -77,6 +77,16 @@ MANAGED = {"arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole": L
 CONFIGS = {
     "single": {},
     "member": {"MemberRoleName": MEMBER_ROLE, "MemberRoleExternalId": "external-id-of-the-test"},
+    # The collect function's calls and abuses: with the collections it makes turned on (volatile
+    # evidence and memory images, an AVML build for each architecture).
+    "collect": {
+        "MemberRoleName": MEMBER_ROLE,
+        "MemberRoleExternalId": "external-id-of-the-test",
+        "VolatileEvidenceDocument": "Collect",
+        "MemoryImages": "Collect",
+        "AvmlSha256X8664": "ab" * 32,
+        "AvmlSha256Arm64": "cd" * 32,
+    },
 }
 # An Auto Scaling group's ARN holds a UUID that no call names; IAM matches it by the policy's
 # `autoScalingGroup:*:` wildcard, so any UUID stands for it.
@@ -218,6 +228,9 @@ def stack(config: str, account: str, region: str, topic: str) -> tuple[dict, dic
         "AlertTopic": f"arn:aws:sns:{region}:{account}:{topic}",
         "PauseSwitch": f"/ec2-quarantine/{STACK}/paused",
         "EvidenceBucket": evidence_bucket(account),
+        # The SSM documents' names (CloudFormation names them after the stack).
+        "VolatileEvidenceCollector": f"{STACK}-VolatileEvidenceCollector-TESTSUFFIX",
+        "MemoryImageCollector": f"{STACK}-MemoryImageCollector-TESTSUFFIX",
     }
     refs.update({f: f"{STACK}-{f}-TESTSUFFIX" for f in FUNCTION_OF_APP.values()})
     attrs = {
@@ -344,6 +357,7 @@ DERIVED = (
         "ec2:Region",
         "aws:RequestedRegion",
         "ec2:NewInstanceProfile",
+        "ec2:Encrypted",
         "s3:if-none-match",
         "ec2:SnapshotLockDuration",
         "ec2:SnapshotCoolOffPeriod",
@@ -477,6 +491,32 @@ def requests_for(call: dict, account: str) -> list[tuple[str, str, dict]]:
             out += [(call["action"], arn(v), base) for v in volumes]
             if tags:
                 out.append(("ec2:CreateTags", new, {**base, **tag_context(tags), "ec2:CreateAction": "CreateSnapshots"}))
+            return out
+        if name == "CreateVolume":
+            # Authorized on the new volume, with its tags and encryption (the Service
+            # Authorization Reference's ec2:Encrypted); the tags at creation ask ec2:CreateTags.
+            tags = list(zip(numbered(p, r"TagSpecification\.1\.Tag\.(\d+)\.Key"), numbered(p, r"TagSpecification\.1\.Tag\.(\d+)\.Value")))
+            new = arn("vol-created")
+            ctx = {**base, **tag_context(tags), "ec2:Encrypted": str(p.get("Encrypted", "false")).lower()}
+            out = [(call["action"], new, ctx)]
+            if tags:
+                out.append(("ec2:CreateTags", new, {**base, **tag_context(tags), "ec2:CreateAction": "CreateVolume"}))
+            return out
+        if name in ("AttachVolume", "DetachVolume"):
+            # Authorized on the volume and on the instance, each with its own tags.
+            if "InstanceId" not in p:
+                raise Underivable(f"{name} without the instance")
+            return [(call["action"], arn(r), {**base, **resource_tags(auth, r)}) for r in (p["VolumeId"], p["InstanceId"])]
+        if name == "CreateSnapshot":
+            # Authorized on the volume (its tags) and on the new snapshot (the request's tags).
+            tags = list(zip(numbered(p, r"TagSpecification\.1\.Tag\.(\d+)\.Key"), numbered(p, r"TagSpecification\.1\.Tag\.(\d+)\.Value")))
+            new = f"arn:aws:ec2:{region}::snapshot/snap-created"
+            out = [
+                (call["action"], arn(p["VolumeId"]), {**base, **resource_tags(auth, p["VolumeId"])}),
+                (call["action"], new, {**base, **tag_context(tags)}),
+            ]
+            if tags:
+                out.append(("ec2:CreateTags", new, {**base, **tag_context(tags), "ec2:CreateAction": "CreateSnapshot"}))
             return out
         if name == "LockSnapshot":
             snapshot = p["SnapshotId"]
@@ -895,6 +935,64 @@ def abuses(account: str = "111111111111", region: str = "us-east-1") -> list[tup
             f"arn:aws:dynamodb:{r}:{a}:table/{CASE_TABLE}",
             {f"aws:PrincipalTag/{STACK}-case-writer": STACK, "dynamodb:LeadingKeys": ["case#i-0"]},
         ),
+        # The memory imager makes, attaches, detaches, snapshots and locks its own volumes only.
+        (
+            "CollectFunction: detach an instance's own disk",
+            "CollectFunction",
+            "ec2:DetachVolume",
+            f"{ec2}:volume/vol-0customer",
+            untagged,
+        ),
+        (
+            "CollectFunction: attach a customer's disk to another instance",
+            "CollectFunction",
+            "ec2:AttachVolume",
+            f"{ec2}:volume/vol-0customer",
+            untagged,
+        ),
+        (
+            "CollectFunction: make an unencrypted memory volume",
+            "CollectFunction",
+            "ec2:CreateVolume",
+            f"{ec2}:volume/vol-created",
+            {
+                "aws:RequestTag/ec2-quarantine:memory-image": "apr-0123456789abcdef",
+                "aws:TagKeys": ["ec2-quarantine:memory-image"],
+                "ec2:Encrypted": "false",
+            },
+        ),
+        (
+            "CollectFunction: make a volume that is not a memory image's",
+            "CollectFunction",
+            "ec2:CreateVolume",
+            f"{ec2}:volume/vol-created",
+            {"aws:RequestTag/Name": "scratch", "aws:TagKeys": ["Name"], "ec2:Encrypted": "true"},
+        ),
+        (
+            "CollectFunction: snapshot a customer's disk",
+            "CollectFunction",
+            "ec2:CreateSnapshot",
+            f"{ec2}:volume/vol-0customer",
+            untagged,
+        ),
+        (
+            "CollectFunction: lock a memory image's snapshot for a day",
+            "CollectFunction",
+            "ec2:LockSnapshot",
+            f"arn:aws:ec2:{r}::snapshot/snap-0memory",
+            {
+                "aws:ResourceTag/ec2-quarantine:memory-image": "apr-0123456789abcdef",
+                "ec2:ResourceTag/ec2-quarantine:memory-image": "apr-0123456789abcdef",
+                "ec2:SnapshotLockDuration": "1",
+            },
+        ),
+        (
+            "CollectFunction: read a case's manifest through a presigned URL",
+            "CollectFunction",
+            "s3:GetObject",
+            f"arn:aws:s3:::{evidence_bucket(a)}/cases/i-0/manifest.json",
+            {},
+        ),
         (
             "CollectFunction: rewrite a case's record",
             "CollectFunction",
@@ -1249,6 +1347,8 @@ def check(calls: list[dict], principals: dict[str, str]) -> tuple[int, list[str]
         config = "member" if call["action"] == "sts:AssumeRole" else "single"
         if function == "EvidenceCopyFunction" and forensic_account_of(call):
             config = f"forensic:{forensic_account_of(call)}"
+        if function == "CollectFunction":
+            config = "collect"
         try:
             if kind == "member":
                 policies, _ = member(account, "123456789012", "external-id-of-the-test")
@@ -1320,6 +1420,9 @@ def check(calls: list[dict], principals: dict[str, str]) -> tuple[int, list[str]
             principal = f"arn:aws:iam::{FORENSIC_OF_ABUSES}:role/{FORENSIC_ROLE}"
         elif who == "EvidenceCopyFunction":
             policies = stack(f"forensic:{FORENSIC_OF_ABUSES}", "111111111111", "us-east-1", "alerts")[0][who]
+            principal = role_arn("111111111111", who)
+        elif who == "CollectFunction":
+            policies = stack("collect", "111111111111", "us-east-1", "alerts")[0][who]
             principal = role_arn("111111111111", who)
         else:
             policies = stack("member", "111111111111", "us-east-1", "alerts")[0][who]

@@ -26,7 +26,7 @@ CASE_USERS = INSTANCE_READERS | {"EvidenceCopyFunction"}
 
 # The one table: IAM action -> the functions that call it.
 ACTIONS: dict[str, set[str]] = {
-    "ec2:DescribeInstances": INSTANCE_READERS,
+    "ec2:DescribeInstances": INSTANCE_READERS | {"CollectFunction"},
     "ec2:DescribeSecurityGroups": {"IsolateFunction"},
     "ec2:DescribeNetworkInterfaces": {"IsolateFunction"},
     "ec2:DescribeInstanceAttribute": {"IsolateFunction"},
@@ -37,18 +37,25 @@ ACTIONS: dict[str, set[str]] = {
     "ec2:AuthorizeSecurityGroupEgress": {"IsolateFunction"},
     "ec2:ModifyNetworkInterfaceAttribute": {"IsolateFunction", "ReleaseFunction"},
     "ec2:ModifyInstanceAttribute": {"IsolateFunction", "ReleaseFunction"},
-    "ec2:CreateTags": {"IsolateFunction", "SnapshotFunction"},
+    "ec2:CreateTags": {"IsolateFunction", "SnapshotFunction", "CollectFunction"},
     "ec2:DeleteTags": {"ReleaseFunction"},
     "ec2:ReplaceIamInstanceProfileAssociation": {"DenyRoleFunction", "ReleaseFunction"},
     "ec2:DisassociateIamInstanceProfile": {"DenyRoleFunction"},
     "ec2:AssociateIamInstanceProfile": {"DenyRoleFunction"},
     "iam:CreateInstanceProfile": {"DenyRoleFunction"},
-    "ec2:DescribeSnapshots": {"SnapshotFunction", "EvidenceCopyFunction"},
+    "ec2:DescribeSnapshots": {"SnapshotFunction", "EvidenceCopyFunction", "CollectFunction"},
     # The tool's snapshots shared with the forensic account, for their copies there.
     "ec2:ModifySnapshotAttribute": {"EvidenceCopyFunction"},
     "ec2:CreateSnapshots": {"SnapshotFunction"},
-    "ec2:DescribeLockedSnapshots": {"SnapshotFunction"},
-    "ec2:LockSnapshot": {"SnapshotFunction"},
+    "ec2:DescribeLockedSnapshots": {"SnapshotFunction", "CollectFunction"},
+    "ec2:LockSnapshot": {"SnapshotFunction", "CollectFunction"},
+    # The memory image: a volume made for it, attached, detached, snapshotted (and locked).
+    "ec2:DescribeInstanceTypes": {"CollectFunction"},
+    "ec2:DescribeVolumes": {"CollectFunction"},
+    "ec2:CreateVolume": {"CollectFunction"},
+    "ec2:AttachVolume": {"CollectFunction"},
+    "ec2:DetachVolume": {"CollectFunction"},
+    "ec2:CreateSnapshot": {"CollectFunction"},
     "s3:PutObject": {"SnapshotFunction", "CollectFunction"},
     "s3:GetObject": {"SnapshotFunction", "CollectFunction"},
     # The volatile-data collector, sent to an instance that waits for approval, and followed.
@@ -107,6 +114,9 @@ ACTIONS: dict[str, set[str]] = {
 IMPLIED = {
     ("ReleaseFunction", "ec2:ReplaceIamInstanceProfileAssociation"): "iam:PassRole",
     ("CollectFunction", "s3:GetObject"): "s3:ListBucket",
+    # Tags given in the call that creates the volume (and the snapshot) are authorized as
+    # ec2:CreateTags with ec2:CreateAction.
+    ("CollectFunction", "ec2:CreateVolume"): "ec2:CreateTags",
 }
 
 # Which source files (under src/; a folder is every file in it) run in which function: each
@@ -127,7 +137,9 @@ MODULES = {
     "EvidenceCopyFunction": ["steps/evidence_copy.rs", "aws/context.rs", "case.rs"],
     # Its own account and region only (no member role): the collection's record is its own
     # (approval#<id>, collection#<instance>), and the evidence bucket's calls.
-    "CollectFunction": ["steps/collect.rs", "aws/evidence.rs"],
+    # The memory image's steps too, with the instance read and the snapshot lock of the
+    # snapshot step (THROUGH below); its clients are its own account's (no member role).
+    "CollectFunction": ["steps/collect.rs", "steps/memory.rs", "aws/evidence.rs", "aws/instance.rs"],
 }
 
 # Calls a function makes only through the forensic account's copier role
@@ -138,7 +150,11 @@ FORENSIC = {"EvidenceCopyFunction": {"ec2:CopySnapshot"}}
 # calls it makes there, named here (the link's page reads a request, records a decision and hands
 # it over: src/approval.rs `approval` and `decide_approval_by_link`, src/steps/approval.rs
 # `deliver`; never a request's PutItem nor its message).
-THROUGH = {"ApprovalLinkFunction": {"dynamodb:GetItem", "dynamodb:UpdateItem", "states:SendTaskSuccess"}}
+THROUGH = {
+    "ApprovalLinkFunction": {"dynamodb:GetItem", "dynamodb:UpdateItem", "states:SendTaskSuccess"},
+    # The memory image's snapshot locked as the disks' are (src/steps/snapshot.rs `lock_set`).
+    "CollectFunction": {"ec2:DescribeLockedSnapshots", "ec2:LockSnapshot"},
+}
 
 # Writes that IAM can scope: each must name resources (and the IAM ones a policy or condition).
 WRITES = {
@@ -176,6 +192,11 @@ WRITES = {
     "elasticloadbalancing:DeregisterInstancesFromLoadBalancer",
     "elasticloadbalancing:RegisterInstancesWithLoadBalancer",
     "ssm:SendCommand",
+    "ec2:CreateVolume",
+    "ec2:AttachVolume",
+    "ec2:DetachVolume",
+    "ec2:CreateSnapshot",
+    "ec2:LockSnapshot",
 }
 # Describe calls have no resource-level permissions in EC2: "*" is the only resource they take.
 UNSCOPABLE = {
@@ -183,6 +204,8 @@ UNSCOPABLE = {
     "ec2:DescribeSecurityGroups",
     "ec2:DescribeSnapshots",
     "ec2:DescribeLockedSnapshots",
+    "ec2:DescribeInstanceTypes",
+    "ec2:DescribeVolumes",
     "ec2:DescribeIamInstanceProfileAssociations",
     "ec2:DescribeNetworkInterfaces",
     "ec2:DescribeInstanceAttribute",
@@ -311,7 +334,11 @@ def test_no_wildcard_actions_and_writes_are_scoped(function):
             if action in ("ec2:AuthorizeSecurityGroupEgress", "ec2:AuthorizeSecurityGroupIngress"):
                 assert "aws:ResourceTag/ec2-quarantine:untrack-group" in str(st["Condition"]), "only the transit group"
             if action == "ec2:LockSnapshot":
-                assert "aws:ResourceTag/ec2-quarantine:instance-id" in str(st["Condition"]), "only the tool's snapshots"
+                assert "aws:ResourceTag/ec2-quarantine:instance-id" in str(st["Condition"]) or (
+                    "aws:ResourceTag/ec2-quarantine:memory-image" in str(st["Condition"])
+                ), "only the tool's snapshots"
+            if action in ("ec2:CreateVolume", "ec2:AttachVolume", "ec2:DetachVolume", "ec2:CreateSnapshot") and "volume/" in str(resources):
+                assert "ec2-quarantine:memory-image" in str(st["Condition"]), f"{function}: {action} on the memory images' volumes only"
             if action == "s3:PutObject":
                 assert st["Condition"] == {"StringEquals": {"s3:if-none-match": "*"}}, "never over an object"
             if action == "ec2:ModifySnapshotAttribute":
@@ -450,7 +477,14 @@ def test_nothing_destructive_is_allowed_anywhere():
         "ec2:UnlockSnapshot",
     }
     for function in MODULES:
-        assert not destructive & set(allowed(function)), function
+        actions = set(allowed(function))
+        if function == "CollectFunction":
+            # Detaching only the volume it made for a memory image (tagged at its creation):
+            # never a disk of the instance.
+            volumes = [st for st in allowed(function)["ec2:DetachVolume"] if "volume/" in str(st["Resource"])]
+            assert volumes and all("aws:ResourceTag/ec2-quarantine:memory-image" in str(st["Condition"]) for st in volumes)
+            actions.discard("ec2:DetachVolume")
+        assert not destructive & actions, function
 
 
 def test_the_case_table_is_kept_protected_and_written_only_by_the_functions():

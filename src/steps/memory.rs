@@ -1,0 +1,974 @@
+//! A memory image of an instance that waits for a person's approval, taken with AVML
+//! (Microsoft's Linux memory acquisition tool) after its volatile evidence, onto an EBS volume
+//! made for it, which is then snapshotted and locked like the instance's own disks.
+//!
+//! Where the image is written decides whether it helps or harms (README, Evidence): never the
+//! instance's own disks (their free blocks hold deleted files), never its memory (the image is
+//! as large), never S3 through a presigned PUT (at most 5 GiB, and the length must be known
+//! first). So, one step per pass of the collection workflow (Step Functions waits between two):
+//!
+//! 1. the instance's Availability Zone, architecture and memory size are read from EC2 (never
+//!    from a tag or the finding), and an encrypted gp3 volume somewhat larger than its memory is
+//!    created there, tagged for the approval (`CreateVolume`'s client token makes a retry return
+//!    the same volume);
+//! 2. once available, it is attached to the instance under a device name the instance does not
+//!    use;
+//! 3. once attached, the tool's `MemoryImageCollector` document is sent: it fetches the AVML
+//!    binary the deployment put in the evidence bucket through a presigned GET, checks it
+//!    against the pinned SHA-256 the template holds, finds the volume by its id, and streams
+//!    `avml --compress` onto the raw device while hashing the stream (it prints the image's
+//!    length and SHA-256);
+//! 4. once the command is over (whatever its status), the volume is detached;
+//! 5. once detached, it is snapshotted and the snapshot locked with the stack's lock settings.
+//!
+//! Nothing here deletes anything: the volume stays (tagged, for the investigator), and so does
+//! the snapshot. Each step is read back from EC2 before the next: a retried pass finds what the
+//! last one did. The record is the approval's (`approval#<id>`, `memory#<instance>`).
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_ec2::types::{
+    ArchitectureValues, Filter, InstanceStateName, PlatformValues, ResourceType, TagSpecification,
+    VolumeAttachmentState, VolumeState, VolumeType,
+};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::Ctx;
+use crate::aws::context::Clients;
+use crate::aws::{instance, tags};
+use crate::case::{Store, written};
+use crate::domain::finding::Target;
+use crate::domain::outcome::{Check, Outcome, PlannedAction};
+use crate::error::Error;
+use crate::steps::snapshot::{ForensicSnapshot, SnapshotLockState};
+
+/// The AVML release the deployment builds (crate `avml` on crates.io), pinned.
+pub const AVML_VERSION: &str = "0.21.0";
+
+/// The tag that marks the volume (and its snapshot) as an approval's memory image.
+pub const MEMORY_IMAGE_TAG: &str = "ec2-quarantine:memory-image";
+
+/// How long the document may run (its `timeoutSeconds`): AVML reads memory at a few hundred
+/// MiB/s and EBS takes a gp3 volume's baseline of 125 MiB/s, so about 50 minutes for 256 GiB.
+pub const COMMAND_SECONDS: u32 = 3600;
+
+/// The device names offered to the instance (EC2's recommended names for EBS volumes on Linux,
+/// `/dev/sd[f-p]`): the first one its block device mappings do not use.
+const DEVICE_LETTERS: std::ops::RangeInclusive<u8> = b'f'..=b'p';
+
+/// The status the record gives a command Systems Manager did not take.
+const NOT_SENT: &str = "NotSent";
+
+/// The largest volume EC2 makes of gp3 (16 TiB), in GiB.
+const MAX_VOLUME_GIB: i64 = 16_384;
+
+/// The instance's architecture, as EC2 reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Arch {
+    X86_64,
+    Arm64,
+}
+
+impl Arch {
+    /// The binary's name in the evidence bucket, as `deploy.sh deploy` uploads it.
+    pub fn tool_key(self) -> String {
+        let arch = match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Arm64 => "aarch64",
+        };
+        format!("tools/avml-{AVML_VERSION}-{arch}-unknown-linux-musl")
+    }
+}
+
+/// The memory imager as the function's environment configures it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Imager {
+    /// The document's name (`MEMORY_IMAGE_DOCUMENT`), in the responder's account.
+    pub document: String,
+    /// The pinned SHA-256 of each architecture's binary (`AVML_SHA256_X86_64`,
+    /// `AVML_SHA256_ARM64`); an architecture without one is not imaged.
+    pub x86_64_sha256: Option<String>,
+    pub arm64_sha256: Option<String>,
+}
+
+impl Imager {
+    /// From `MEMORY_IMAGE_DOCUMENT` (none when unset or empty) and the binaries' hashes.
+    pub fn from_env() -> Result<Option<Imager>, Error> {
+        let var = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let Some(document) = var("MEMORY_IMAGE_DOCUMENT") else {
+            return Ok(None);
+        };
+        Imager::new(
+            &document,
+            var("AVML_SHA256_X86_64").as_deref(),
+            var("AVML_SHA256_ARM64").as_deref(),
+        )
+        .map(Some)
+    }
+
+    pub fn new(
+        document: &str,
+        x86_64_sha256: Option<&str>,
+        arm64_sha256: Option<&str>,
+    ) -> Result<Imager, Error> {
+        if !super::collect::is_document_name(document) {
+            return Err(Error::Misconfigured(format!(
+                "MEMORY_IMAGE_DOCUMENT {document:?} is not an SSM document name"
+            )));
+        }
+        for (name, hash) in [
+            ("AVML_SHA256_X86_64", x86_64_sha256),
+            ("AVML_SHA256_ARM64", arm64_sha256),
+        ] {
+            if let Some(h) = hash.filter(|h| !is_sha256_hex(h)) {
+                return Err(Error::Misconfigured(format!(
+                    "{name} {h:?} is not a SHA-256 in lowercase hexadecimal"
+                )));
+            }
+        }
+        Ok(Imager {
+            document: document.to_owned(),
+            x86_64_sha256: x86_64_sha256.map(str::to_owned),
+            arm64_sha256: arm64_sha256.map(str::to_owned),
+        })
+    }
+
+    fn sha256(&self, arch: Arch) -> Option<&str> {
+        match arch {
+            Arch::X86_64 => self.x86_64_sha256.as_deref(),
+            Arch::Arm64 => self.arm64_sha256.as_deref(),
+        }
+    }
+}
+
+pub(crate) fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// What the memory imaging did, as the approval's record keeps it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MemoryReport {
+    pub instance_id: String,
+    pub approval_id: String,
+    pub document: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<Arch>,
+    /// The instance type's memory, as EC2 describes the type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<i64>,
+    /// The volume made for the image: it stays (never deleted), tagged for the approval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_size_gib: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// A command is being sent (set before `SendCommand`, so that a pass that died meanwhile
+    /// is followed by a look for the command rather than a second one).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sending: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_status_details: Option<String>,
+    /// The image as the command printed it (the instance's word: its root wrote both).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<PrintedImage>,
+    /// The volume's snapshot, locked as the stack's lock settings say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock: Option<SnapshotLockState>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// The image's length and SHA-256 as the document printed them, and the tool's hash it checked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrintedImage {
+    pub bytes: u64,
+    pub sha256: String,
+    /// The device the command found for the volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// AVML's exit status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avml_exit: Option<i32>,
+}
+
+/// Reads the image's figures from the command's output. Lines that do not have the document's
+/// shape are ignored (the output comes from a host the attacker may control).
+pub fn parse_output(stdout: &str) -> Option<PrintedImage> {
+    let mut bytes = None;
+    let mut sha256 = None;
+    let mut device = None;
+    let mut avml_exit = None;
+    for line in stdout.lines().map(str::trim_end) {
+        if let Some(v) = line.strip_prefix("image_bytes: ") {
+            bytes = v.parse::<u64>().ok();
+        } else if let Some(v) = line.strip_prefix("image_sha256: ") {
+            sha256 = Some(v).filter(|v| is_sha256_hex(v)).map(str::to_owned);
+        } else if let Some(v) = line.strip_prefix("device: ") {
+            device = Some(v)
+                .filter(|v| {
+                    v.len() <= 64
+                        && v.starts_with("/dev/")
+                        && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'/')
+                })
+                .map(str::to_owned);
+        } else if let Some(v) = line.strip_prefix("avml_exit: ") {
+            avml_exit = v.parse::<i32>().ok();
+        }
+    }
+    Some(PrintedImage {
+        bytes: bytes?,
+        sha256: sha256?,
+        device,
+        avml_exit,
+    })
+}
+
+/// The volume's size for an instance of `memory_mib`: the memory, 1/64 more for LiME's headers
+/// and Snappy's frames on pages that do not compress, and a GiB of margin, at least 1 GiB and at
+/// most what gp3 allows (none beyond: such an instance is not imaged).
+pub fn volume_gib(memory_mib: i64) -> Option<i32> {
+    if memory_mib <= 0 {
+        return None;
+    }
+    let bytes_mib = memory_mib + memory_mib / 64;
+    let gib = (bytes_mib + 1023) / 1024 + 1;
+    (gib <= MAX_VOLUME_GIB)
+        .then(|| i32::try_from(gib).ok())
+        .flatten()
+}
+
+/// The first of `/dev/sdf` to `/dev/sdp` that the instance's block device mappings use neither
+/// as `sdX` nor as `xvdX`.
+pub fn free_device(used: &[&str]) -> Option<String> {
+    DEVICE_LETTERS
+        .map(char::from)
+        .find(|l| {
+            !used.iter().any(|u| {
+                let name = u.trim_start_matches("/dev/");
+                name == format!("sd{l}") || name == format!("xvd{l}")
+            })
+        })
+        .map(|l| format!("/dev/sd{l}"))
+}
+
+/// `CreateVolume`'s client token for the approval's image of the instance (at most 64 ASCII
+/// characters: `apr-` and 16 hex digits, the instance id).
+fn client_token(approval_id: &str, instance_id: &str) -> String {
+    format!("{approval_id}-{instance_id}")
+}
+
+fn comment(approval_id: &str) -> String {
+    format!("ec2-quarantine memory image, {approval_id}")
+}
+
+/// What the pass planned, in a dry run.
+pub fn planned(imager: &Imager, instance_id: &str) -> Vec<PlannedAction> {
+    [
+        (
+            "ec2:CreateVolume",
+            "an encrypted gp3 volume the size of its memory, in its Availability Zone",
+        ),
+        ("ec2:AttachVolume", "the volume attached to the instance"),
+        ("ssm:SendCommand", "AVML's image streamed onto the volume"),
+        ("ec2:DetachVolume", "the volume detached (it stays)"),
+        (
+            "ec2:CreateSnapshot",
+            "the volume's snapshot, locked as the stack says",
+        ),
+    ]
+    .into_iter()
+    .map(|(action, what)| {
+        PlannedAction::new(
+            action,
+            instance_id,
+            format!("{what} ({})", imager.document),
+            Check::NotCheckable,
+        )
+    })
+    .collect()
+}
+
+/// One pass of the image of `target` for `approval_id`: `AlreadyDone` while a step is under way
+/// (the workflow waits and passes again), `Done` once the locked snapshot exists and the command
+/// printed its image, `Failed` when it ended otherwise, `Skipped` when it cannot start.
+pub async fn pass(
+    ctx: &Ctx,
+    imager: &Imager,
+    ssm: &aws_sdk_ssm::Client,
+    target: &Target,
+    approval_id: &str,
+    last_pass: bool,
+) -> Result<Outcome<MemoryReport>, Error> {
+    let Some(store) = ctx.evidence() else {
+        return Ok(Outcome::skipped(
+            "no evidence bucket is configured (EVIDENCE_BUCKET): the tool cannot be fetched",
+        ));
+    };
+    let cases = ctx.cases();
+    let instance_id = &target.instance_id;
+    let mut report = match cases.memory(approval_id, instance_id).await? {
+        Some(Memory::Over(over)) => return Ok(over),
+        Some(Memory::Progress(report)) => report,
+        None => MemoryReport {
+            instance_id: instance_id.clone(),
+            approval_id: approval_id.to_owned(),
+            document: imager.document.clone(),
+            ..MemoryReport::default()
+        },
+    };
+    let clients = ctx.clients(&target.scope, approval_id).await?;
+    let ec2 = &clients.ec2;
+    let step = step(ec2, imager, ssm, store, target, &mut report).await;
+    let next = match step {
+        Ok(Step::Wait) if last_pass => {
+            report.warnings.push(format!(
+                "still under way after the collection's last pass: no longer followed (volume {} stays)",
+                report.volume_id.as_deref().unwrap_or("none")
+            ));
+            Some(Outcome::Failed(report.clone()))
+        }
+        Ok(Step::Wait) => None,
+        Ok(Step::Snapshotted { fresh }) => {
+            Some(lock_and_end(&clients, report.clone(), fresh).await)
+        }
+        Ok(Step::Failed) => Some(Outcome::Failed(report.clone())),
+        Ok(Step::Skipped(why)) => Some(Outcome::skipped(why)),
+        Err(err) if err.name().is_retryable() => {
+            cases
+                .memory_progress(approval_id, instance_id, &report)
+                .await?;
+            return Err(err);
+        }
+        Err(err) => {
+            warn!(error = %err, "memory image given up");
+            report.warnings.push(format!("given up: {err}"));
+            Some(Outcome::Failed(report.clone()))
+        }
+    };
+    match next {
+        Some(over) => {
+            cases.memory_over(approval_id, instance_id, &over).await?;
+            Ok(over)
+        }
+        None => {
+            cases
+                .memory_progress(approval_id, instance_id, &report)
+                .await?;
+            Ok(Outcome::AlreadyDone(report))
+        }
+    }
+}
+
+enum Step {
+    /// A step is under way: the workflow waits.
+    Wait,
+    /// The snapshot exists (`fresh`: just created, so not locked yet): locked, then over.
+    Snapshotted { fresh: bool },
+    /// Over without an image: the record says why.
+    Failed,
+    /// Not started, for this reason.
+    Skipped(String),
+}
+
+async fn step(
+    ec2: &aws_sdk_ec2::Client,
+    imager: &Imager,
+    ssm: &aws_sdk_ssm::Client,
+    store: &crate::aws::evidence::EvidenceStore,
+    target: &Target,
+    report: &mut MemoryReport,
+) -> Result<Step, Error> {
+    let instance_id = target.instance_id.as_str();
+    let Some(volume_id) = report.volume_id.clone() else {
+        return create_volume(ec2, imager, target, report).await;
+    };
+    let volume = ec2
+        .describe_volumes()
+        .volume_ids(&volume_id)
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk("ec2:DescribeVolumes", e))?
+        .volumes()
+        .first()
+        .cloned()
+        .ok_or_else(|| Error::InvalidEvent(format!("volume {volume_id} is not described")))?;
+    let attachment = volume
+        .attachments()
+        .iter()
+        .find(|a| a.instance_id() == Some(instance_id))
+        .and_then(|a| a.state().cloned());
+    if let Some(elsewhere) = volume
+        .attachments()
+        .iter()
+        .find(|a| a.instance_id().is_some_and(|i| i != instance_id))
+    {
+        report.warnings.push(format!(
+            "the volume is attached to {}, not to the instance: left as it is",
+            elsewhere.instance_id().unwrap_or("another instance")
+        ));
+        return Ok(Step::Failed);
+    }
+    match volume.state() {
+        Some(VolumeState::Creating) => return Ok(Step::Wait),
+        Some(VolumeState::Available | VolumeState::InUse) => {}
+        other => {
+            report.warnings.push(format!(
+                "the volume is {}: nothing can be written to it",
+                other.map_or("unknown", |s| s.as_str())
+            ));
+            return Ok(Step::Failed);
+        }
+    }
+    if report.command_status.is_none() {
+        // Before the command is over: attach, then send.
+        return match attachment {
+            None | Some(VolumeAttachmentState::Detached) => {
+                attach(ec2, target, &volume_id, report).await
+            }
+            Some(VolumeAttachmentState::Attached) => {
+                send_or_follow(imager, ssm, store, target, report).await
+            }
+            // Attaching, or busy: asked again at the next pass.
+            _ => Ok(Step::Wait),
+        };
+    }
+    // The command is over: detach, then snapshot.
+    match attachment {
+        Some(VolumeAttachmentState::Attached | VolumeAttachmentState::Busy) => {
+            ec2.detach_volume()
+                .volume_id(&volume_id)
+                .instance_id(instance_id)
+                .send()
+                .await
+                .map_err(|e| Error::from_sdk("ec2:DetachVolume", e))?;
+            info!(volume = %volume_id, "memory volume detached");
+            Ok(Step::Wait)
+        }
+        Some(VolumeAttachmentState::Attaching | VolumeAttachmentState::Detaching) => Ok(Step::Wait),
+        // Never sent: the volume holds nothing, and is not snapshotted.
+        _ if report.command_status.as_deref() == Some(NOT_SENT) => Ok(Step::Failed),
+        _ if volume.state() == Some(&VolumeState::Available) => {
+            snapshot(ec2, &volume_id, report).await
+        }
+        _ => Ok(Step::Wait),
+    }
+}
+
+async fn create_volume(
+    ec2: &aws_sdk_ec2::Client,
+    imager: &Imager,
+    target: &Target,
+    report: &mut MemoryReport,
+) -> Result<Step, Error> {
+    let skip = |why: String| Ok(Step::Skipped(why));
+    let inst = instance::describe(ec2, &target.scope, &target.instance_id).await?;
+    if inst.state().and_then(|s| s.name()) != Some(&InstanceStateName::Running) {
+        return skip("the instance is not running: its memory cannot be read".into());
+    }
+    if inst.platform() == Some(&PlatformValues::Windows) {
+        return skip("AVML images Linux instances only".into());
+    }
+    let arch = match inst.architecture() {
+        Some(ArchitectureValues::X8664) => Arch::X86_64,
+        Some(ArchitectureValues::Arm64) => Arch::Arm64,
+        other => {
+            return skip(format!(
+                "no AVML build for the instance's architecture ({})",
+                other.map_or("unknown", |a| a.as_str())
+            ));
+        }
+    };
+    report.arch = Some(arch);
+    if imager.sha256(arch).is_none() {
+        return skip(format!(
+            "no AVML binary for {arch:?} was deployed (its SHA-256 parameter is empty)"
+        ));
+    }
+    let Some(zone) = inst.placement().and_then(|p| p.availability_zone()) else {
+        return skip("EC2 did not give the instance's Availability Zone".into());
+    };
+    let Some(instance_type) = inst.instance_type().cloned() else {
+        return skip("EC2 did not give the instance's type".into());
+    };
+    let memory_mib = ec2
+        .describe_instance_types()
+        .instance_types(instance_type.clone())
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk("ec2:DescribeInstanceTypes", e))?
+        .instance_types()
+        .first()
+        .and_then(|t| t.memory_info())
+        .and_then(|m| m.size_in_mib());
+    report.memory_mib = memory_mib;
+    let Some(size) = memory_mib.and_then(volume_gib) else {
+        return skip(format!(
+            "the memory of {} is unknown or beyond one volume",
+            instance_type.as_str()
+        ));
+    };
+    let tag_spec = TagSpecification::builder()
+        .resource_type(ResourceType::Volume)
+        .tags(tags::new(MEMORY_IMAGE_TAG, &report.approval_id))
+        .tags(tags::new(tags::INSTANCE_ID, &target.instance_id))
+        .tags(tags::new(
+            "Name",
+            format!(
+                "memory image of {} ({})",
+                target.instance_id, report.approval_id
+            ),
+        ))
+        .build();
+    let out = ec2
+        .create_volume()
+        .availability_zone(zone)
+        .size(size)
+        .volume_type(VolumeType::Gp3)
+        .encrypted(true)
+        .tag_specifications(tag_spec)
+        .client_token(client_token(&report.approval_id, &target.instance_id))
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk("ec2:CreateVolume", e))?;
+    let Some(volume_id) = out.volume_id() else {
+        return Err(Error::Aws {
+            action: "ec2:CreateVolume",
+            code: "NoVolumeId".into(),
+            message: "CreateVolume answered without a volume id".into(),
+            source: "no volume id".into(),
+        });
+    };
+    info!(volume = volume_id, size_gib = size, "memory volume created");
+    report.volume_id = Some(volume_id.to_owned());
+    report.volume_size_gib = Some(size);
+    Ok(Step::Wait)
+}
+
+async fn attach(
+    ec2: &aws_sdk_ec2::Client,
+    target: &Target,
+    volume_id: &str,
+    report: &mut MemoryReport,
+) -> Result<Step, Error> {
+    let inst = instance::describe(ec2, &target.scope, &target.instance_id).await?;
+    if inst.state().and_then(|s| s.name()) != Some(&InstanceStateName::Running) {
+        report
+            .warnings
+            .push("the instance is no longer running: nothing attached".into());
+        return Ok(Step::Failed);
+    }
+    let used: Vec<&str> = inst
+        .block_device_mappings()
+        .iter()
+        .filter_map(|m| m.device_name())
+        .collect();
+    let Some(device) = free_device(&used) else {
+        report
+            .warnings
+            .push("no free device name from /dev/sdf to /dev/sdp: nothing attached".into());
+        return Ok(Step::Failed);
+    };
+    ec2.attach_volume()
+        .volume_id(volume_id)
+        .instance_id(&target.instance_id)
+        .device(&device)
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk("ec2:AttachVolume", e))?;
+    info!(volume = volume_id, %device, "memory volume attached");
+    report.device = Some(device);
+    Ok(Step::Wait)
+}
+
+async fn send_or_follow(
+    imager: &Imager,
+    ssm: &aws_sdk_ssm::Client,
+    store: &crate::aws::evidence::EvidenceStore,
+    target: &Target,
+    report: &mut MemoryReport,
+) -> Result<Step, Error> {
+    let instance_id = target.instance_id.as_str();
+    if report.command_id.is_none() && report.sending {
+        // A pass died while it sent: the command Systems Manager took, if any, is followed.
+        report.command_id = super::collect::sent_earlier(
+            ssm,
+            &imager.document,
+            instance_id,
+            &comment(&report.approval_id),
+        )
+        .await?;
+    }
+    let Some(command_id) = report.command_id.clone() else {
+        return send(imager, ssm, store, target, report).await;
+    };
+    let invocation = match ssm
+        .get_command_invocation()
+        .command_id(&command_id)
+        .instance_id(instance_id)
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk("ssm:GetCommandInvocation", e))
+    {
+        Ok(out) => out,
+        Err(err) if err.aws_code() == Some("InvocationDoesNotExist") => return Ok(Step::Wait),
+        Err(err) => return Err(err),
+    };
+    use aws_sdk_ssm::types::CommandInvocationStatus as S;
+    let status = invocation.status().cloned();
+    if matches!(
+        status,
+        None | Some(S::Pending | S::InProgress | S::Delayed | S::Cancelling)
+    ) {
+        return Ok(Step::Wait);
+    }
+    report.command_status = status.map(|s| s.as_str().to_owned());
+    report.command_status_details = invocation.status_details().map(str::to_owned);
+    report.image = parse_output(invocation.standard_output_content().unwrap_or_default());
+    if report.image.is_none() {
+        report
+            .warnings
+            .push("the command printed no image length and hash".into());
+    }
+    // Detached at the next pass (the record of the command's end first).
+    Ok(Step::Wait)
+}
+
+async fn send(
+    imager: &Imager,
+    ssm: &aws_sdk_ssm::Client,
+    store: &crate::aws::evidence::EvidenceStore,
+    target: &Target,
+    report: &mut MemoryReport,
+) -> Result<Step, Error> {
+    let (Some(arch), Some(volume_id), Some(device)) =
+        (report.arch, report.volume_id.clone(), report.device.clone())
+    else {
+        report
+            .warnings
+            .push("the record lacks the volume's architecture or device".into());
+        return Ok(Step::Failed);
+    };
+    let Some(tool_sha256) = imager.sha256(arch) else {
+        return Ok(Step::Skipped(format!(
+            "no AVML binary for {arch:?} was deployed"
+        )));
+    };
+    let url = store
+        .presign_get(&arch.tool_key(), super::collect::URL_SECONDS)
+        .await?;
+    if !super::collect::is_upload_url(&url) && !store.is_local() {
+        return Err(Error::Misconfigured(format!(
+            "the presigned URL of the tool ({} characters) does not fit the document's pattern",
+            url.len()
+        )));
+    }
+    report.sending = true;
+    let answer = ssm
+        .send_command()
+        .document_name(&imager.document)
+        .instance_ids(&target.instance_id)
+        .parameters("CaseId", vec![report.approval_id.clone()])
+        .parameters("VolumeId", vec![volume_id])
+        .parameters("Device", vec![device])
+        .parameters("ToolUrl", vec![url])
+        .parameters("ToolSha256", vec![tool_sha256.to_owned()])
+        .comment(comment(&report.approval_id))
+        .timeout_seconds(super::collect::DELIVERY_SECONDS)
+        // No idempotency token: never sent twice by the SDK (a lost answer is looked for with
+        // ListCommands at the next pass, as `sending` says).
+        .customize()
+        .config_override(
+            aws_sdk_ssm::config::Builder::default()
+                .retry_config(aws_config::retry::RetryConfig::disabled()),
+        )
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk("ssm:SendCommand", e));
+    match answer {
+        Ok(out) => {
+            report.command_id = out
+                .command()
+                .and_then(|c| c.command_id())
+                .map(str::to_owned);
+            info!(command = ?report.command_id, "memory image command sent");
+            Ok(Step::Wait)
+        }
+        Err(err) if err.aws_code() == Some("InvalidInstanceId") => {
+            // Not managed, or no longer online (contained meanwhile): the volume comes off.
+            report.sending = false;
+            report.command_status = Some(NOT_SENT.into());
+            report.warnings.push(format!(
+                "Systems Manager does not manage the instance, or it is not online ({err}): no memory image"
+            ));
+            Ok(Step::Wait)
+        }
+        Err(err) => {
+            if err
+                .aws_code()
+                .is_some_and(|c| c.starts_with("Invalid") || c == "AccessDeniedException")
+            {
+                report.sending = false;
+            }
+            Err(err)
+        }
+    }
+}
+
+async fn snapshot(
+    ec2: &aws_sdk_ec2::Client,
+    volume_id: &str,
+    report: &mut MemoryReport,
+) -> Result<Step, Error> {
+    // A pass that died after CreateSnapshot left one: found, never taken twice.
+    let earlier = ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(
+            Filter::builder()
+                .name("volume-id")
+                .values(volume_id)
+                .build(),
+        )
+        .filters(
+            Filter::builder()
+                .name(format!("tag:{MEMORY_IMAGE_TAG}"))
+                .values(&report.approval_id)
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk("ec2:DescribeSnapshots", e))?;
+    if let Some(id) = earlier.snapshots().iter().find_map(|s| s.snapshot_id()) {
+        report.snapshot_id = Some(id.to_owned());
+        return Ok(Step::Snapshotted { fresh: false });
+    }
+    let tag_spec = TagSpecification::builder()
+        .resource_type(ResourceType::Snapshot)
+        .tags(tags::new(MEMORY_IMAGE_TAG, &report.approval_id))
+        .tags(tags::new(tags::INSTANCE_ID, &report.instance_id))
+        .tags(tags::new(tags::VOLUME_ID, volume_id))
+        .build();
+    let out = ec2
+        .create_snapshot()
+        .volume_id(volume_id)
+        .description(tags::value(&format!(
+            "ec2-quarantine memory image of {} for {}",
+            report.instance_id, report.approval_id
+        )))
+        .tag_specifications(tag_spec)
+        .send()
+        .await
+        .map_err(|e| Error::from_sdk("ec2:CreateSnapshot", e))?;
+    report.snapshot_id = out.snapshot_id().map(str::to_owned);
+    info!(snapshot = ?report.snapshot_id, "memory volume snapshotted");
+    Ok(Step::Snapshotted { fresh: true })
+}
+
+/// Locks the snapshot (as the disks' snapshots are locked) and ends the image: `Done` when the
+/// command succeeded and printed its image, `Failed` otherwise (the snapshot stands all the same).
+async fn lock_and_end(
+    clients: &Clients,
+    mut report: MemoryReport,
+    fresh: bool,
+) -> Outcome<MemoryReport> {
+    if let Some(id) = report.snapshot_id.clone() {
+        let set = vec![ForensicSnapshot {
+            snapshot_id: id,
+            volume_id: report.volume_id.clone().unwrap_or_default(),
+            device: report.device.clone(),
+            lock: None,
+            volume_size_gib: report.volume_size_gib,
+            started_at: None,
+        }];
+        let locked =
+            crate::steps::snapshot::lock_set(clients, set, fresh, &mut report.warnings).await;
+        report.lock = locked.into_iter().next().and_then(|s| s.lock);
+    }
+    let imaged = report.command_status.as_deref() == Some("Success")
+        && report
+            .image
+            .as_ref()
+            .is_some_and(|i| i.bytes > 0 && i.avml_exit == Some(0));
+    if imaged && report.snapshot_id.is_some() {
+        Outcome::Done(report)
+    } else {
+        Outcome::Failed(report)
+    }
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn memory_sort_key(instance_id: &str) -> String {
+    format!("memory#{instance_id}")
+}
+
+/// The approval's record of an instance's memory image.
+pub enum Memory {
+    Progress(MemoryReport),
+    Over(Outcome<MemoryReport>),
+}
+
+impl Store {
+    /// The memory image of `instance_id` for `approval_id`, if one was started.
+    pub async fn memory(
+        &self,
+        approval_id: &str,
+        instance_id: &str,
+    ) -> Result<Option<Memory>, Error> {
+        let out = self
+            .db()
+            .get_item()
+            .table_name(self.table())
+            .key("pk", s(format!("approval#{approval_id}")))
+            .key("sk", s(memory_sort_key(instance_id)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| Error::from_sdk("dynamodb:GetItem", e))?;
+        let Some(item) = out.item else {
+            return Ok(None);
+        };
+        let text = |name: &str| item.get(name).and_then(|v| v.as_s().ok()).cloned();
+        if let Some(over) = text("report").and_then(|r| serde_json::from_str(&r).ok()) {
+            return Ok(Some(Memory::Over(over)));
+        }
+        Ok(text("progress")
+            .and_then(|r| serde_json::from_str(&r).ok())
+            .map(Memory::Progress))
+    }
+
+    /// Records how far the image got (passes run one after the other: the last one wins).
+    pub async fn memory_progress(
+        &self,
+        approval_id: &str,
+        instance_id: &str,
+        report: &MemoryReport,
+    ) -> Result<(), Error> {
+        let json = serde_json::to_string(report)
+            .map_err(|e| Error::InvalidEvent(format!("memory report: {e}")))?;
+        let answer = self
+            .db()
+            .update_item()
+            .table_name(self.table())
+            .key("pk", s(format!("approval#{approval_id}")))
+            .key("sk", s(memory_sort_key(instance_id)))
+            .update_expression("SET progress = :p, instance_id = :i")
+            .condition_expression("attribute_not_exists(#report)")
+            .expression_attribute_names("#report", "report")
+            .expression_attribute_values(":p", s(json))
+            .expression_attribute_values(":i", s(instance_id))
+            .send()
+            .await;
+        written("dynamodb:UpdateItem", answer).map(|_| ())
+    }
+
+    /// Records the image's end, once.
+    pub async fn memory_over(
+        &self,
+        approval_id: &str,
+        instance_id: &str,
+        report: &Outcome<MemoryReport>,
+    ) -> Result<(), Error> {
+        let json = serde_json::to_string(report)
+            .map_err(|e| Error::InvalidEvent(format!("memory report: {e}")))?;
+        let answer = self
+            .db()
+            .update_item()
+            .table_name(self.table())
+            .key("pk", s(format!("approval#{approval_id}")))
+            .key("sk", s(memory_sort_key(instance_id)))
+            .update_expression("SET #report = :r, instance_id = :i, ended_at = :now")
+            .condition_expression("attribute_not_exists(#report)")
+            .expression_attribute_names("#report", "report")
+            .expression_attribute_values(":r", s(json))
+            .expression_attribute_values(":i", s(instance_id))
+            .expression_attribute_values(":now", s(crate::now_rfc3339()))
+            .send()
+            .await;
+        written("dynamodb:UpdateItem", answer).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_volume_holds_the_memory_and_a_margin() {
+        assert_eq!(volume_gib(1024), Some(3));
+        assert_eq!(volume_gib(512), Some(2));
+        assert_eq!(volume_gib(16 * 1024), Some(18));
+        assert_eq!(volume_gib(0), None);
+        assert_eq!(volume_gib(-1), None);
+        // u-24tb1: beyond one gp3 volume.
+        assert_eq!(volume_gib(24 * 1024 * 1024), None);
+    }
+
+    #[test]
+    fn the_device_is_one_the_instance_does_not_use() {
+        assert_eq!(free_device(&["/dev/xvda"]).as_deref(), Some("/dev/sdf"));
+        assert_eq!(
+            free_device(&["/dev/sda1", "/dev/sdf", "xvdg"]).as_deref(),
+            Some("/dev/sdh")
+        );
+        let all: Vec<String> = (b'f'..=b'p')
+            .map(|l| format!("/dev/sd{}", char::from(l)))
+            .collect();
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        assert_eq!(free_device(&all), None);
+    }
+
+    #[test]
+    fn the_output_gives_checked_figures_only() {
+        let sha = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let image = parse_output(&format!(
+            "== memory image\ndevice: /dev/nvme1n1\nimage_bytes: 4096\nimage_sha256: {sha}\navml_exit: 0\n"
+        ))
+        .unwrap();
+        assert_eq!(image.bytes, 4096);
+        assert_eq!(image.sha256, sha);
+        assert_eq!(image.device.as_deref(), Some("/dev/nvme1n1"));
+        assert_eq!(image.avml_exit, Some(0));
+        assert_eq!(parse_output("image_bytes: 4096\nimage_sha256: ABC\n"), None);
+        assert_eq!(
+            parse_output(&format!(
+                "image_bytes: -1\nimage_sha256: {sha}\ndevice: /dev/../etc\n"
+            )),
+            None
+        );
+        let hostile = parse_output(&format!(
+            "image_bytes: 1\nimage_sha256: {sha}\ndevice: /dev/../etc/passwd\n"
+        ))
+        .unwrap();
+        assert_eq!(hostile.device, None);
+    }
+
+    #[test]
+    fn the_tool_names_and_hashes_are_checked() {
+        assert_eq!(
+            Arch::Arm64.tool_key(),
+            "tools/avml-0.21.0-aarch64-unknown-linux-musl"
+        );
+        assert!(Imager::new("MemoryImageCollector", Some(&"a".repeat(64)), None).is_ok());
+        assert!(Imager::new("MemoryImageCollector", Some("ABC"), None).is_err());
+        assert!(Imager::new("x", None, None).is_err());
+        assert!(client_token("apr-0123456789abcdef", "i-0123456789abcdef0").len() <= 64);
+    }
+}
