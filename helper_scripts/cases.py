@@ -151,6 +151,7 @@ def collections(table, instance_id: str, findings: set[str] | None = None) -> li
         out.append(
             {
                 "approval_id": item["pk"].split("#", 1)[1],
+                "memory": _memory(table, item["pk"], instance_id),
                 "command_id": item.get("command_id"),
                 # A claim given back (nothing sent) holds 0 until the next pass takes it.
                 "started": _iso(item.get("claimed_at") or None),
@@ -160,6 +161,22 @@ def collections(table, instance_id: str, findings: set[str] | None = None) -> li
             }
         )
     return sorted(out, key=lambda c: c["started"] or "")
+
+
+def _memory(table, pk: str, instance_id: str) -> dict | None:
+    """The memory image of the instance under the approval (`memory#<instance>`): its report once
+    over, else how far it got (`running`); none when none was started."""
+    item = table.get_item(Key={"pk": pk, "sk": f"memory#{instance_id}"}, ConsistentRead=True).get("Item")
+    if not item:
+        return None
+    try:
+        over = json.loads(item.get("report") or "null")
+        progress = json.loads(item.get("progress") or "null")
+    except ValueError:
+        return {"status": "unreadable"}
+    if isinstance(over, dict):
+        return {**over, "ended": item.get("ended_at")}
+    return {"status": "running", **(progress if isinstance(progress, dict) else {})}
 
 
 def render_cases(rows: list[dict]) -> str:
@@ -304,6 +321,31 @@ def _render_collections(found: list[dict]) -> list[str]:
         for f in report.get("files") or []:
             out.append(f"      file {f.get('name')}: SHA-256 {f.get('sha256')}")
         out.extend(f"      warning: {w}" for w in report.get("warnings") or [])
+        out.extend(_render_memory(c.get("memory")))
+    return out
+
+
+def _render_memory(m: dict | None) -> list[str]:
+    """A memory image: its volume, the command, the image as printed, the locked snapshot."""
+    if not m:
+        return []
+    out = [f"    memory image: {m.get('status')}" + (f" ({m['command_status']})" if m.get("command_status") else "")]
+    if m.get("reason"):
+        out.append(f"      {str(m['reason'])[:300]}")
+    if m.get("volume_id"):
+        out.append(f"      volume {m['volume_id']} ({m.get('volume_size_gib') or '?'} GiB, kept) at {m.get('device') or '?'}")
+    if m.get("command_id"):
+        out.append(f"      command {m['command_id']}")
+    image = m.get("image") if isinstance(m.get("image"), dict) else None
+    if image:
+        out.append(f"      image: {image.get('bytes')} bytes, SHA-256 {image.get('sha256')} (as the instance printed)")
+    if m.get("snapshot_id"):
+        lock = m.get("lock") if isinstance(m.get("lock"), dict) else None
+        held = (
+            f"locked ({lock.get('state')}, until {lock.get('expires_on') or 'its completion plus the duration'})" if lock else "NOT locked"
+        )
+        out.append(f"      snapshot {m['snapshot_id']}: {held}")
+    out.extend(f"      warning: {w}" for w in m.get("warnings") or [])
     return out
 
 

@@ -46,9 +46,11 @@ Usage:
       against the simulated instance (not with --member-account). --approval turns approvals on
       for the finding's type and answers the request as deploy.sh approve or reject does, or lets
       it time out (60 s); with --collect (default path), the workflow collects the instance's
-      volatile evidence while the approval is awaited (VolatileEvidenceDocument=Collect: a
-      simulated SSM agent runs the tool's document on the simulated instance, its archive goes
-      to the evidence bucket), and the answer comes once the collection has ended. With
+      volatile evidence, then a memory image, while the approval is awaited
+      (VolatileEvidenceDocument=Collect, MemoryImages=Collect: a simulated SSM agent runs the
+      tool's documents on the simulated instance, its archive goes to the evidence bucket, a
+      stand-in for AVML writes to the volume made for the image), and the answer comes once the
+      collection has ended. With
       --deployed only: --burst N sets the rate cap to N and sends N+1 findings at once, one
       instance each: N are contained, the rest wait for approval (answered as --approval says,
       else left to time out).
@@ -445,16 +447,25 @@ build_avml() {
 
 avml_sha256() { sha256sum "$AVML_DIR/$1-unknown-linux-musl/avml" | cut -d' ' -f1; }
 
+# Each binary under a name with its SHA-256 (src/steps/memory.rs, Arch::tool_key): the bucket
+# writes a name once (WriteOnceOnly: If-None-Match), so a rebuilt binary gets a name of its own,
+# and one already there is not uploaded again.
+
 upload_avml() {
   local region=$1 bucket arch key
   bucket="$(aws cloudformation describe-stacks --stack-name "$STACK_NAME" --region "$region" \
     --query "Stacks[0].Outputs[?OutputKey=='EvidenceBucketName'].OutputValue" --output text)"
   [[ -n "$bucket" && "$bucket" != None ]] || die "the stack has no EvidenceBucketName output: the AVML binaries are not uploaded"
   for arch in x86_64 aarch64; do
-    key="tools/avml-$AVML_VERSION-$arch-unknown-linux-musl"
-    log "uploading avml ($arch, sha256 $(avml_sha256 "$arch")) to s3://$bucket/$key"
-    # The bucket's default Object Lock retention needs an integrity header on each PUT.
-    aws s3api put-object --region "$region" --bucket "$bucket" --key "$key" \
+    key="tools/avml-$AVML_VERSION-$arch-unknown-linux-musl-$(avml_sha256 "$arch")"
+    if aws s3api head-object --region "$region" --bucket "$bucket" --key "$key" >/dev/null 2>&1; then
+      log "avml ($arch) is already in s3://$bucket/$key"
+      continue
+    fi
+    log "uploading avml ($arch) to s3://$bucket/$key"
+    # Written once (the bucket refuses a PUT without If-None-Match), with an integrity header
+    # (the bucket's default Object Lock retention needs one).
+    aws s3api put-object --region "$region" --bucket "$bucket" --key "$key" --if-none-match '*' \
       --body "$AVML_DIR/$arch-unknown-linux-musl/avml" --checksum-algorithm SHA256 >/dev/null
   done
 }

@@ -322,9 +322,13 @@ async fn the_memory_image_goes_onto_its_own_volume_then_a_locked_snapshot() {
                 // volume is at /dev/sdf).
                 && one("Device").as_deref() == Some("/dev/sdg")
                 && one("ToolSha256") == Some("ab".repeat(32))
+                // t3.micro's 1 GiB: a volume of 3 GiB.
+                && one("VolumeBytes").as_deref() == Some("3221225472")
                 && one("ToolUrl").is_some_and(|u| {
-                    u.contains("tools/avml-0.21.0-x86_64-unknown-linux-musl")
-                        && u.contains("X-Amz-Signature=")
+                    u.contains(&format!(
+                        "tools/avml-0.21.0-x86_64-unknown-linux-musl-{}",
+                        "ab".repeat(32)
+                    )) && u.contains("X-Amz-Signature=")
                 })
         })
         .then_output(|| {
@@ -333,7 +337,7 @@ async fn the_memory_image_goes_onto_its_own_volume_then_a_locked_snapshot() {
                 .build()
         });
     let printed = format!(
-        "device: /dev/nvme1n1\navml_exit: 0\nwrite_exit: 0\nimage_bytes: 1048576\nimage_sha256: {image_sha}\n"
+        "device: /dev/nvme1n1\nstarted: 2026-12-03T08:00:00Z\navml_exit: 0\nwrite_exit: 0\nimage_bytes: 1048576\nimage_sha256: {image_sha}\n"
     );
     let imaging = mock!(aws_sdk_ssm::Client::get_command_invocation)
         .match_requests(|r| r.command_id() == Some(MEMORY_COMMAND))
@@ -485,4 +489,74 @@ async fn an_architecture_without_a_deployed_tool_is_not_imaged() {
         panic!("{last:?}")
     };
     assert!(reason.contains("no AVML binary for X86_64"), "{reason}");
+}
+
+#[tokio::test]
+#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
+async fn a_memory_command_not_taken_takes_the_empty_volume_off_without_a_snapshot() {
+    use ec2_quarantine::steps::memory::{Imager, MEMORY_IMAGE_TAG};
+    let f = Fixture::new().await;
+    let bucket = common::evidence_bucket(&f.config, &f.account).await;
+    let ctx = f.ctx.clone().with_evidence_bucket(&bucket);
+    let send = sent(&f);
+    let volatile = volatile_over(&f, &bucket).await;
+    // Contained meanwhile (or never managed): Systems Manager takes no command.
+    let refused = mock!(aws_sdk_ssm::Client::send_command)
+        .match_requests(|r| r.document_name() == Some(MEMORY_DOCUMENT))
+        .then_error(|| {
+            SendCommandError::generic(
+                ErrorMetadata::builder()
+                    .code("InvalidInstanceId")
+                    .message("Instances not in a valid state for account")
+                    .build(),
+            )
+        });
+    let ssm = mock_client!(
+        aws_sdk_ssm,
+        RuleMode::MatchAny,
+        &[&send, &volatile, &refused]
+    );
+    let imager = Imager::new(MEMORY_DOCUMENT, Some(&"ab".repeat(32)), None).unwrap();
+    let collector = Collector::new("ec2-quarantine-collector").unwrap();
+    let mut last = None;
+    for n in 0..20 {
+        let p = collect(&ctx, Some(&collector), Some(&imager), &ssm, payload(&f, n))
+            .await
+            .unwrap();
+        let finished = p.finished;
+        last = Some(p);
+        if finished {
+            break;
+        }
+    }
+    let last = last.unwrap();
+    assert!(last.finished, "{last:?}");
+    let Some(Outcome::Failed(report)) = &last.memory else {
+        panic!("{last:?}")
+    };
+    assert_eq!(refused.num_calls(), 1);
+    assert_eq!(report.command_status.as_deref(), Some("NotSent"));
+    assert_eq!(
+        report.snapshot_id, None,
+        "an empty volume is not snapshotted"
+    );
+    // The volume came off the instance, and stays.
+    let ec2 = aws_sdk_ec2::Client::new(&f.config);
+    let volumes = ec2
+        .describe_volumes()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name(format!("tag:{MEMORY_IMAGE_TAG}"))
+                .values(approval())
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let volume = &volumes.volumes()[0];
+    assert_eq!(
+        volume.state(),
+        Some(&aws_sdk_ec2::types::VolumeState::Available)
+    );
+    assert!(volume.attachments().is_empty());
 }

@@ -288,6 +288,14 @@ def _render_collection(w, c: dict) -> None:
         w(f"  {r['approval_id']} command {r.get('command_id')}: {r['status']}")
         if archive:
             w(f"    s3://{archive.get('bucket')}/{archive.get('key')}: SHA-256 {archive.get('stored_sha256')}, {verdict}")
+        memory = r.get("memory") or {}
+        if memory:
+            image = memory.get("image") or {}
+            w(
+                f"    memory image: {memory.get('status')}, volume {memory.get('volume_id')}, snapshot {memory.get('snapshot_id')} "
+                f"({(memory.get('lock') or {}).get('state') or 'not locked'}), image {image.get('bytes')} bytes "
+                f"SHA-256 {image.get('sha256')} (a stand-in for AVML wrote it)"
+            )
     if not c["records"]:
         w("  no collection was recorded")
 

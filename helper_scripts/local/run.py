@@ -652,8 +652,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--collect",
         action="store_true",
-        help="with --approval, on the default path: collect volatile evidence while the approval is awaited "
-        "(VolatileEvidenceDocument=Collect; a simulated SSM agent runs the tool's document on the simulated instance)",
+        help="with --approval, on the default path: collect volatile evidence, then a memory image, while the approval is "
+        "awaited (VolatileEvidenceDocument=Collect, MemoryImages=Collect; a simulated SSM agent runs the tool's documents on "
+        "the simulated instance, with a stand-in for AVML)",
     )
     p.add_argument(
         "--burst",
@@ -703,6 +704,7 @@ def main(argv: list[str] | None = None) -> int:
         parameters["DryRun"] = "true"
     if args.collect:
         parameters["VolatileEvidenceDocument"] = "Collect"
+        parameters["MemoryImages"] = "Collect"
     # The event file, checked before anything starts: one line naming it and the problem, exit
     # status 2 (deploy.sh checks the same, and more, first; this is for a direct call).
     event_path, problem = Path(args.event), None

@@ -30,6 +30,13 @@ invocation is `Success` at once with no output (tests/README.md). With an agent 
   (local.tls_front) as it would reach S3. The network is the host's (the upload must reach the
   front): the archive's sockets and routes, and the kernel log, are this machine's.
 
+- A volume the responder attached (the memory imager's `VolumeId` and `Device` parameters): EBS
+  has no bytes in the emulator, so the agent gives the instance one. A sparse file of the
+  volume's size (as moto records it) behind a loop device, under the name a Xen instance shows
+  for the attachment (`/dev/sdg` is `/dev/xvdg`) in a `/dev` of the instance's own (a tmpfs with
+  null, zero, urandom, the standard streams and `/dev/shm`). The file stays in the agent's folder
+  (`runs[...]["volume"]`), so what the script wrote can be read back.
+
 The namespaces need root (or user namespaces); without `unshare` the agent fails the invocation,
 saying why, rather than run the script on the host itself.
 """
@@ -86,6 +93,18 @@ for _ in $(seq 100); do
   sleep 0.05
 done
 rm implant
+# A volume attached to the instance (the memory imager's): the loop device standing for it, under
+# the name the attachment shows on a Xen instance, in a /dev of the instance's own.
+if [ -n "${{3:-}}" ]; then
+  numbers="$((0x$(stat -c %t "$3"))) $((0x$(stat -c %T "$3")))" || fail "no loop device $3"
+  mount -t tmpfs -o mode=755 tmpfs /dev || fail "no tmpfs over /dev"
+  mknod /dev/null c 1 3 && mknod /dev/zero c 1 5 && mknod /dev/urandom c 1 9 || fail "no device nodes"
+  chmod 666 /dev/null /dev/zero /dev/urandom
+  ln -s /proc/self/fd /dev/fd && ln -s /proc/self/fd/0 /dev/stdin && ln -s /proc/self/fd/1 /dev/stdout && ln -s /proc/self/fd/2 /dev/stderr
+  mkdir /dev/shm && mount -t tmpfs tmpfs /dev/shm || fail "no /dev/shm"
+  # shellcheck disable=SC2086 # the major and minor numbers, split on purpose
+  mknod "$4" b $numbers || fail "no $4"
+fi
 rc=0
 sh _script.sh >stdout 2>stderr || rc=$?
 echo "$rc" >rc
@@ -161,12 +180,25 @@ class Agent:
             work.mkdir(parents=True)
             (work / "_script.sh").write_text(script, encoding="utf-8")
             (work / "target.sh").write_text(TARGET, encoding="utf-8")
-            rc, stdout, stderr, timed_out = self._execute(work, timeout_s)
+            volume = self._attached(command, work)
+            try:
+                rc, stdout, stderr, timed_out = self._execute(work, timeout_s, volume)
+            finally:
+                if volume:
+                    subprocess.run(["losetup", "--detach", volume["loop"]], check=False, capture_output=True)
             if timed_out:
                 status, details, rc = "TimedOut", "Execution Timed Out", -1
             elif rc == 0:
                 status = details = "Success"
-            self.runs.append({"command_id": command.command_id, "instance_id": instance_id, "rc": rc, "folder": str(work)})
+            self.runs.append(
+                {
+                    "command_id": command.command_id,
+                    "instance_id": instance_id,
+                    "rc": rc,
+                    "folder": str(work),
+                    "volume": volume and volume["file"],
+                }
+            )
         except (OSError, subprocess.SubprocessError, ValueError) as e:  # the agent's own failure: the invocation ends, saying so
             stderr = f"the simulated agent failed: {e!r}"
         finally:
@@ -186,7 +218,30 @@ class Agent:
                 command.error_count = sum(1 for i in ended_all if i["Status"] != "Success")
                 command.status = command.status_details = "Failed" if command.error_count else "Success"
 
-    def _execute(self, work: Path, timeout_s: int) -> tuple[int, str, str, bool]:
+    def _attached(self, command, work: Path) -> dict | None:
+        """The loop device standing for the volume a command names (`VolumeId`, `Device`), or
+        none: a sparse file of the volume's size as the emulator records it."""
+        parameters = command.parameters or {}
+        volume_id, device = (parameters.get(k, [None])[0] for k in ("VolumeId", "Device"))
+        if not volume_id or not device:
+            return None
+        from moto.backends import get_backend
+
+        size_gib = None
+        for account in get_backend("ec2").values():
+            for backend in account.values():
+                found = backend.volumes.get(volume_id)
+                if found is not None:
+                    size_gib = found.size
+        if size_gib is None:
+            raise ValueError(f"{volume_id} is not a volume of the emulator")
+        backing = work / f"{volume_id}.img"
+        with backing.open("wb") as f:
+            f.truncate(int(size_gib) * 1024**3)
+        loop = subprocess.run(["losetup", "--find", "--show", str(backing)], check=True, capture_output=True, text=True).stdout.strip()
+        return {"file": str(backing), "loop": loop, "device": "/dev/xvd" + device.removeprefix("/dev/sd")}
+
+    def _execute(self, work: Path, timeout_s: int, volume: dict | None = None) -> tuple[int, str, str, bool]:
         unshare = shutil.which("unshare")
         if not unshare:
             return 1, "", "the simulated agent needs unshare (util-linux) to make the instance: nothing run", False
@@ -203,6 +258,7 @@ class Agent:
                 str(work / "target.sh"),
                 str(work),
                 str(self.ca or ""),
+                *((volume["loop"], volume["device"]) if volume else ()),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -4,6 +4,7 @@ subscriber queue, state machines), the functions served, and one execution run t
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -82,11 +83,11 @@ def create_pause_switch(ssm, template: dict) -> str:
     return name
 
 
-def create_collector_document(ssm, template: dict) -> str:
-    """The volatile-data collector as the template declares it (its content, type and target
-    type), under its local name."""
-    props = template["Resources"]["VolatileEvidenceCollector"]["Properties"]
-    name = LOCAL_NAMES["VolatileEvidenceCollector"]
+def create_collector_document(ssm, template: dict, resource: str = "VolatileEvidenceCollector") -> str:
+    """One of the template's SSM documents (the volatile-data collector, or the memory imager) as
+    the template declares it (its content, type and target type), under its local name."""
+    props = template["Resources"][resource]["Properties"]
+    name = LOCAL_NAMES[resource]
     ssm.create_document(
         Name=name,
         Content=json.dumps(props["Content"]),
@@ -95,6 +96,33 @@ def create_collector_document(ssm, template: dict) -> str:
         TargetType=props["TargetType"],
     )
     return name
+
+
+# Stands in for AVML in the local run: the real binary would image this machine's whole memory
+# (and the run has no musl build of it). Called only as the document calls AVML, it writes a
+# header and the simulated instance's /proc/meminfo and a MiB of random bytes to its output.
+AVML_STANDIN = """#!/bin/sh
+[ "$#" = 3 ] && [ "$1" = acquire ] && [ "$2" = --compress ] && [ "$3" = /dev/stdout ] || { echo "unexpected arguments: $*" >&2; exit 64; }
+echo "ec2-quarantine local run: a stand-in for AVML 0.21.0 (not a memory image)"
+cat /proc/meminfo
+head -c 1048576 /dev/urandom
+"""
+
+
+def upload_avml_standin(s3, bucket: str) -> str:
+    """The stand-in for AVML where deploy.sh puts the x86_64 binary (the simulated instance's
+    architecture), and its SHA-256 (the template's AvmlSha256X8664)."""
+    body = AVML_STANDIN.encode()
+    sha = hashlib.sha256(body).hexdigest()
+    # Written once, with an integrity header (the bucket's policy and default Object Lock retention).
+    s3.put_object(
+        Bucket=bucket,
+        Key=f"tools/avml-0.21.0-x86_64-unknown-linux-musl-{sha}",
+        Body=body,
+        ChecksumAlgorithm="SHA256",
+        IfNoneMatch="*",
+    )
+    return sha
 
 
 def create_evidence_bucket(s3, template: dict, parameters: dict[str, str]) -> str:
@@ -250,6 +278,13 @@ def local_stack(
                 helpers.callback(front.stop)
                 settings.update(AWS_ENDPOINT_URL_S3=front.endpoint, SSL_CERT_FILE=str(front.ca))
                 trusted = {document: load_template()["Resources"]["VolatileEvidenceCollector"]["Properties"]["Content"]}
+                # The memory imager (MemoryImages=Collect) after it, with a stand-in for AVML in
+                # the bucket (local.ssm_agent gives the instance the volume it is sent to).
+                if (parameters or {}).get("MemoryImages") == "Collect":
+                    memory = create_collector_document(st.ssm, load_template(), "MemoryImageCollector")
+                    settings["MEMORY_IMAGE_DOCUMENT"] = memory
+                    settings["AVML_SHA256_X86_64"] = upload_avml_standin(st.s3, st.evidence_bucket)
+                    trusted[memory] = load_template()["Resources"]["MemoryImageCollector"]["Properties"]["Content"]
                 st.agent = helpers.enter_context(ssm_agent.running(log_dir / "agent", front.ca, trusted))
             env = function_env(functions_endpoint(emulator) if functions_endpoint else emulator, REGION, settings)
             for binary in FUNCTIONS:

@@ -55,6 +55,7 @@ LOCAL_NAMES = {
     "PauseSwitch": "/ec2-quarantine-local/paused",
     "EvidenceBucket": "ec2-quarantine-evidence-local",
     "VolatileEvidenceCollector": "ec2-quarantine-VolatileEvidenceCollector-local",
+    "MemoryImageCollector": "ec2-quarantine-MemoryImageCollector-local",
 }
 
 

@@ -346,9 +346,17 @@ pub async fn collect(
         (Some(_), Outcome::Skipped { reason }) => Some(Outcome::skipped(format!(
             "not imaged, as the volatile collection was skipped: {reason}"
         ))),
-        (Some(imager), Outcome::Done(_) | Outcome::Failed(_)) => {
-            Some(super::memory::pass(ctx, imager, ssm, &target, &approval_id, last_pass).await?)
-        }
+        (Some(imager), Outcome::Done(_) | Outcome::Failed(_)) => Some(
+            super::memory::pass(
+                ctx,
+                imager,
+                ssm,
+                &target,
+                &approval_id,
+                MAX_PASSES.saturating_sub(pass),
+            )
+            .await?,
+        ),
     };
     let over = |o: &Outcome<_>| !matches!(o, Outcome::AlreadyDone(_));
     let finished = (over(&outcome)

@@ -45,8 +45,32 @@ use crate::steps::snapshot::{ForensicSnapshot, SnapshotLockState};
 /// The AVML release the deployment builds (crate `avml` on crates.io), pinned.
 pub const AVML_VERSION: &str = "0.21.0";
 
-/// The tag that marks the volume (and its snapshot) as an approval's memory image.
+/// The tag that marks the volume as an approval's memory image.
 pub const MEMORY_IMAGE_TAG: &str = "ec2-quarantine:memory-image";
+
+/// The tag that marks the volume's snapshot (a key of its own: a snapshot of the volume that the
+/// containment's `CreateSnapshots` takes copies the volume's tags, and is not this one).
+pub const MEMORY_SNAPSHOT_TAG: &str = "ec2-quarantine:memory-snapshot";
+
+/// How long after its first pass the image is followed: the document's hour, the command's
+/// delivery and a margin. Past it, the volume comes off.
+pub const DEADLINE_SECONDS: i64 = COMMAND_SECONDS as i64 + 300 + 600;
+
+/// The collection's last passes, kept for detaching, snapshotting and locking.
+pub const RESERVED_PASSES: u32 = 10;
+
+/// How long a claimed send holds before another pass may send (ListCommands may lag behind).
+const SEND_CLAIM_SECONDS: i64 = 180;
+
+/// How long a volume just created may be unknown to DescribeVolumes (EC2's eventual consistency).
+const NOT_FOUND_GRACE_SECONDS: i64 = 300;
+
+/// Lock attempts on the snapshot, one per pass.
+const LOCK_ATTEMPTS: u32 = 3;
+
+/// The most memory imaged: what the document writes within its hour at a gp3 volume's baseline
+/// of 125 MiB/s (AVML's compression helps, never counted on).
+pub const MAX_MEMORY_MIB: i64 = 384 * 1024;
 
 /// How long the document may run (its `timeoutSeconds`): AVML reads memory at a few hundred
 /// MiB/s and EBS takes a gp3 volume's baseline of 125 MiB/s, so about 50 minutes for 256 GiB.
@@ -58,6 +82,9 @@ const DEVICE_LETTERS: std::ops::RangeInclusive<u8> = b'f'..=b'p';
 
 /// The status the record gives a command Systems Manager did not take.
 const NOT_SENT: &str = "NotSent";
+
+/// The status the record gives a command no longer followed (out of time or of passes).
+const NOT_FOLLOWED: &str = "NotFollowed";
 
 /// The largest volume EC2 makes of gp3 (16 TiB), in GiB.
 const MAX_VOLUME_GIB: i64 = 16_384;
@@ -71,13 +98,15 @@ pub enum Arch {
 }
 
 impl Arch {
-    /// The binary's name in the evidence bucket, as `deploy.sh deploy` uploads it.
-    pub fn tool_key(self) -> String {
+    /// The binary's name in the evidence bucket, as `deploy.sh deploy` uploads it: named by its
+    /// SHA-256 too, so that a rebuilt binary never meets an older one under the same name (the
+    /// bucket writes each name once).
+    pub fn tool_key(self, sha256: &str) -> String {
         let arch = match self {
             Arch::X86_64 => "x86_64",
             Arch::Arm64 => "aarch64",
         };
-        format!("tools/avml-{AVML_VERSION}-{arch}-unknown-linux-musl")
+        format!("tools/avml-{AVML_VERSION}-{arch}-unknown-linux-musl-{sha256}")
     }
 }
 
@@ -147,6 +176,10 @@ impl Imager {
     }
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 pub(crate) fn is_sha256_hex(s: &str) -> bool {
     s.len() == 64
         && s.bytes()
@@ -171,10 +204,21 @@ pub struct MemoryReport {
     pub volume_size_gib: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
-    /// A command is being sent (set before `SendCommand`, so that a pass that died meanwhile
-    /// is followed by a look for the command rather than a second one).
+    /// When the volume was created (seconds since the epoch): the image's deadline counts from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<i64>,
+    /// When a pass claimed the send (recorded before `SendCommand`, so that a pass that died
+    /// meanwhile is followed by a look for the command rather than a second one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sending_at: Option<i64>,
+    /// Why the image ends early: the volume comes off (detached, snapshotted if written).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub winding_down: Option<String>,
+    /// The command's output says it started writing to the volume.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub sending: bool,
+    pub wrote: bool,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lock_attempts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -306,13 +350,14 @@ pub fn planned(imager: &Imager, instance_id: &str) -> Vec<PlannedAction> {
 /// One pass of the image of `target` for `approval_id`: `AlreadyDone` while a step is under way
 /// (the workflow waits and passes again), `Done` once the locked snapshot exists and the command
 /// printed its image, `Failed` when it ended otherwise, `Skipped` when it cannot start.
+/// `passes_left` counts this pass: the last few are kept for taking the volume off.
 pub async fn pass(
     ctx: &Ctx,
     imager: &Imager,
     ssm: &aws_sdk_ssm::Client,
     target: &Target,
     approval_id: &str,
-    last_pass: bool,
+    passes_left: u32,
 ) -> Result<Outcome<MemoryReport>, Error> {
     let Some(store) = ctx.evidence() else {
         return Ok(Outcome::skipped(
@@ -331,20 +376,48 @@ pub async fn pass(
             ..MemoryReport::default()
         },
     };
+    // Out of time (the document's hour and a margin) or of passes (the last ones are kept for
+    // detaching and snapshotting): the command is no longer followed, the volume comes off.
+    let late = report
+        .started_at
+        .is_some_and(|at| now_secs() - at > DEADLINE_SECONDS);
+    if report.volume_id.is_some()
+        && report.command_status.is_none()
+        && (late || passes_left <= RESERVED_PASSES)
+    {
+        wind_down(
+            &mut report,
+            format!(
+                "still under way after {} passes or {DEADLINE_SECONDS} s: no longer followed, the volume comes off",
+                MAX_PASSES_SHOWN
+            ),
+        );
+    }
     let clients = ctx.clients(&target.scope, approval_id).await?;
     let ec2 = &clients.ec2;
-    let step = step(ec2, imager, ssm, store, target, &mut report).await;
+    let step = step(ec2, imager, ssm, store, cases, target, &mut report).await;
     let next = match step {
-        Ok(Step::Wait) if last_pass => {
+        Ok(Step::Wait) if passes_left <= 1 => {
             report.warnings.push(format!(
-                "still under way after the collection's last pass: no longer followed (volume {} stays)",
-                report.volume_id.as_deref().unwrap_or("none")
+                "the collection's passes are used up: volume {} left as it is{}",
+                report.volume_id.as_deref().unwrap_or("none"),
+                if report.snapshot_id.is_some() {
+                    ""
+                } else {
+                    ", not snapshotted"
+                }
             ));
             Some(Outcome::Failed(report.clone()))
         }
         Ok(Step::Wait) => None,
         Ok(Step::Snapshotted { fresh }) => {
-            Some(lock_and_end(&clients, report.clone(), fresh).await)
+            lock(&clients, &mut report, fresh).await;
+            if report.lock.is_none() && locks_on(&clients) && passes_left > 1 {
+                // Tried again at the next pass (reading the lock first).
+                None
+            } else {
+                Some(end(report.clone()))
+            }
         }
         Ok(Step::Failed) => Some(Outcome::Failed(report.clone())),
         Ok(Step::Skipped(why)) => Some(Outcome::skipped(why)),
@@ -353,6 +426,17 @@ pub async fn pass(
                 .memory_progress(approval_id, instance_id, &report)
                 .await?;
             return Err(err);
+        }
+        Err(err)
+            if report.volume_id.is_some()
+                && report.snapshot_id.is_none()
+                && report.winding_down.is_none() =>
+        {
+            // Whatever failed, a volume that may be attached comes off (and is snapshotted if
+            // the command wrote to it): never left on the instance.
+            warn!(error = %err, "memory image wound down");
+            wind_down(&mut report, format!("given up: {err}"));
+            None
         }
         Err(err) => {
             warn!(error = %err, "memory image given up");
@@ -374,6 +458,31 @@ pub async fn pass(
     }
 }
 
+/// The passes shown in the wind-down's reason (the collection's budget).
+const MAX_PASSES_SHOWN: u32 = super::collect::MAX_PASSES;
+
+fn now_secs() -> i64 {
+    aws_smithy_types::DateTime::from(std::time::SystemTime::now()).secs()
+}
+
+/// Ends the image early: the command (if any) is no longer followed; the next passes detach the
+/// volume, and snapshot it if the command wrote to it.
+fn wind_down(report: &mut MemoryReport, why: String) {
+    report.warnings.push(why.clone());
+    report.winding_down = Some(why);
+    report.sending_at = None;
+    if report.command_status.is_none() {
+        report.command_status = Some(
+            if report.command_id.is_some() {
+                NOT_FOLLOWED
+            } else {
+                NOT_SENT
+            }
+            .into(),
+        );
+    }
+}
+
 enum Step {
     /// A step is under way: the workflow waits.
     Wait,
@@ -390,6 +499,7 @@ async fn step(
     imager: &Imager,
     ssm: &aws_sdk_ssm::Client,
     store: &crate::aws::evidence::EvidenceStore,
+    cases: &Store,
     target: &Target,
     report: &mut MemoryReport,
 ) -> Result<Step, Error> {
@@ -397,21 +507,43 @@ async fn step(
     let Some(volume_id) = report.volume_id.clone() else {
         return create_volume(ec2, imager, target, report).await;
     };
-    let volume = ec2
+    if report.snapshot_id.is_some() {
+        // Snapshotted by an earlier pass, whose lock failed: locked again (read first).
+        return Ok(Step::Snapshotted { fresh: false });
+    }
+    let described = ec2
         .describe_volumes()
         .volume_ids(&volume_id)
         .send()
         .await
-        .map_err(|e| Error::from_sdk("ec2:DescribeVolumes", e))?
-        .volumes()
-        .first()
-        .cloned()
-        .ok_or_else(|| Error::InvalidEvent(format!("volume {volume_id} is not described")))?;
-    let attachment = volume
+        .map_err(|e| Error::from_sdk("ec2:DescribeVolumes", e));
+    let volume = match described {
+        Ok(out) => out.volumes().first().cloned(),
+        // EC2's reads are eventually consistent: a volume just created may not be described yet.
+        Err(err) if err.aws_code() == Some("InvalidVolume.NotFound") => None,
+        Err(err) => return Err(err),
+    };
+    let Some(volume) = volume else {
+        let young = report
+            .started_at
+            .is_some_and(|at| now_secs() - at < NOT_FOUND_GRACE_SECONDS);
+        if young {
+            return Ok(Step::Wait);
+        }
+        report.warnings.push(format!(
+            "volume {volume_id} is not found: deleted, or never made (a customer-managed EBS default key the function may not use)"
+        ));
+        return Ok(Step::Failed);
+    };
+    let ours = volume
         .attachments()
         .iter()
-        .find(|a| a.instance_id() == Some(instance_id))
-        .and_then(|a| a.state().cloned());
+        .find(|a| a.instance_id() == Some(instance_id));
+    if report.device.is_none() {
+        // An attachment a pass requested but did not record.
+        report.device = ours.and_then(|a| a.device()).map(str::to_owned);
+    }
+    let attachment = ours.and_then(|a| a.state().cloned());
     if let Some(elsewhere) = volume
         .attachments()
         .iter()
@@ -441,13 +573,13 @@ async fn step(
                 attach(ec2, target, &volume_id, report).await
             }
             Some(VolumeAttachmentState::Attached) => {
-                send_or_follow(imager, ssm, store, target, report).await
+                send_or_follow(imager, ssm, store, cases, target, report).await
             }
             // Attaching, or busy: asked again at the next pass.
             _ => Ok(Step::Wait),
         };
     }
-    // The command is over: detach, then snapshot.
+    // The command is over (or no longer followed): detach, then snapshot what it wrote.
     match attachment {
         Some(VolumeAttachmentState::Attached | VolumeAttachmentState::Busy) => {
             ec2.detach_volume()
@@ -460,13 +592,24 @@ async fn step(
             Ok(Step::Wait)
         }
         Some(VolumeAttachmentState::Attaching | VolumeAttachmentState::Detaching) => Ok(Step::Wait),
-        // Never sent: the volume holds nothing, and is not snapshotted.
-        _ if report.command_status.as_deref() == Some(NOT_SENT) => Ok(Step::Failed),
-        _ if volume.state() == Some(&VolumeState::Available) => {
-            snapshot(ec2, &volume_id, report).await
+        _ if volume.state() != Some(&VolumeState::Available) => Ok(Step::Wait),
+        // The command never wrote to it (not sent, not delivered, refused the device or the
+        // tool): the volume holds nothing, and is not snapshotted.
+        _ if !wrote(report) => {
+            report
+                .warnings
+                .push("nothing was written to the volume: not snapshotted".into());
+            Ok(Step::Failed)
         }
-        _ => Ok(Step::Wait),
+        _ => snapshot(ec2, &volume_id, report).await,
     }
+}
+
+/// Whether the command may have written to the volume: its output says it started writing, or
+/// it was no longer followed (its output is not known).
+fn wrote(report: &MemoryReport) -> bool {
+    report.command_id.is_some()
+        && (report.wrote || report.command_status.as_deref() == Some(NOT_FOLLOWED))
 }
 
 async fn create_volume(
@@ -516,9 +659,16 @@ async fn create_volume(
         .and_then(|t| t.memory_info())
         .and_then(|m| m.size_in_mib());
     report.memory_mib = memory_mib;
+    if memory_mib.is_some_and(|m| m > MAX_MEMORY_MIB) {
+        return skip(format!(
+            "{} has more memory than the document can write within its hour (at most {} GiB at a gp3 volume's baseline)",
+            instance_type.as_str(),
+            MAX_MEMORY_MIB / 1024
+        ));
+    }
     let Some(size) = memory_mib.and_then(volume_gib) else {
         return skip(format!(
-            "the memory of {} is unknown or beyond one volume",
+            "the memory of {} is unknown",
             instance_type.as_str()
         ));
     };
@@ -556,6 +706,7 @@ async fn create_volume(
     info!(volume = volume_id, size_gib = size, "memory volume created");
     report.volume_id = Some(volume_id.to_owned());
     report.volume_size_gib = Some(size);
+    report.started_at = Some(now_secs());
     Ok(Step::Wait)
 }
 
@@ -599,12 +750,16 @@ async fn send_or_follow(
     imager: &Imager,
     ssm: &aws_sdk_ssm::Client,
     store: &crate::aws::evidence::EvidenceStore,
+    cases: &Store,
     target: &Target,
     report: &mut MemoryReport,
 ) -> Result<Step, Error> {
     let instance_id = target.instance_id.as_str();
-    if report.command_id.is_none() && report.sending {
-        // A pass died while it sent: the command Systems Manager took, if any, is followed.
+    if report.command_id.is_none()
+        && let Some(at) = report.sending_at
+    {
+        // A pass died while it sent: the command Systems Manager took, if any, is followed;
+        // none is sent again before the claim is stale (ListCommands may lag behind).
         report.command_id = super::collect::sent_earlier(
             ssm,
             &imager.document,
@@ -612,9 +767,12 @@ async fn send_or_follow(
             &comment(&report.approval_id),
         )
         .await?;
+        if report.command_id.is_none() && now_secs() - at < SEND_CLAIM_SECONDS {
+            return Ok(Step::Wait);
+        }
     }
     let Some(command_id) = report.command_id.clone() else {
-        return send(imager, ssm, store, target, report).await;
+        return send(imager, ssm, store, cases, target, report).await;
     };
     let invocation = match ssm
         .get_command_invocation()
@@ -636,9 +794,11 @@ async fn send_or_follow(
     ) {
         return Ok(Step::Wait);
     }
+    let stdout = invocation.standard_output_content().unwrap_or_default();
     report.command_status = status.map(|s| s.as_str().to_owned());
     report.command_status_details = invocation.status_details().map(str::to_owned);
-    report.image = parse_output(invocation.standard_output_content().unwrap_or_default());
+    report.image = parse_output(stdout);
+    report.wrote = started_writing(stdout);
     if report.image.is_none() {
         report
             .warnings
@@ -652,24 +812,28 @@ async fn send(
     imager: &Imager,
     ssm: &aws_sdk_ssm::Client,
     store: &crate::aws::evidence::EvidenceStore,
+    cases: &Store,
     target: &Target,
     report: &mut MemoryReport,
 ) -> Result<Step, Error> {
-    let (Some(arch), Some(volume_id), Some(device)) =
-        (report.arch, report.volume_id.clone(), report.device.clone())
-    else {
-        report
-            .warnings
-            .push("the record lacks the volume's architecture or device".into());
-        return Ok(Step::Failed);
+    let (Some(arch), Some(volume_id), Some(device), Some(size)) = (
+        report.arch,
+        report.volume_id.clone(),
+        report.device.clone(),
+        report.volume_size_gib,
+    ) else {
+        wind_down(
+            report,
+            "the record lacks the volume's architecture, device or size".into(),
+        );
+        return Ok(Step::Wait);
     };
     let Some(tool_sha256) = imager.sha256(arch) else {
-        return Ok(Step::Skipped(format!(
-            "no AVML binary for {arch:?} was deployed"
-        )));
+        wind_down(report, format!("no AVML binary for {arch:?} was deployed"));
+        return Ok(Step::Wait);
     };
     let url = store
-        .presign_get(&arch.tool_key(), super::collect::URL_SECONDS)
+        .presign_get(&arch.tool_key(tool_sha256), super::collect::URL_SECONDS)
         .await?;
     if !super::collect::is_upload_url(&url) && !store.is_local() {
         return Err(Error::Misconfigured(format!(
@@ -677,20 +841,27 @@ async fn send(
             url.len()
         )));
     }
-    report.sending = true;
+    // Claimed in the record before it is sent: a pass that dies after Systems Manager took the
+    // command is followed by a look for it, never by a second one.
+    report.sending_at = Some(now_secs());
+    cases
+        .memory_progress(&report.approval_id, &target.instance_id, report)
+        .await?;
+    let bytes = i64::from(size) * 1024 * 1024 * 1024;
     let answer = ssm
         .send_command()
         .document_name(&imager.document)
         .instance_ids(&target.instance_id)
         .parameters("CaseId", vec![report.approval_id.clone()])
         .parameters("VolumeId", vec![volume_id])
+        .parameters("VolumeBytes", vec![bytes.to_string()])
         .parameters("Device", vec![device])
         .parameters("ToolUrl", vec![url])
         .parameters("ToolSha256", vec![tool_sha256.to_owned()])
         .comment(comment(&report.approval_id))
         .timeout_seconds(super::collect::DELIVERY_SECONDS)
         // No idempotency token: never sent twice by the SDK (a lost answer is looked for with
-        // ListCommands at the next pass, as `sending` says).
+        // ListCommands at the next pass, as `sending_at` says).
         .customize()
         .config_override(
             aws_sdk_ssm::config::Builder::default()
@@ -710,23 +881,32 @@ async fn send(
         }
         Err(err) if err.aws_code() == Some("InvalidInstanceId") => {
             // Not managed, or no longer online (contained meanwhile): the volume comes off.
-            report.sending = false;
-            report.command_status = Some(NOT_SENT.into());
-            report.warnings.push(format!(
-                "Systems Manager does not manage the instance, or it is not online ({err}): no memory image"
-            ));
+            wind_down(
+                report,
+                format!(
+                    "Systems Manager does not manage the instance, or it is not online ({err}): no memory image"
+                ),
+            );
             Ok(Step::Wait)
         }
         Err(err) => {
-            if err
-                .aws_code()
-                .is_some_and(|c| c.starts_with("Invalid") || c == "AccessDeniedException")
-            {
-                report.sending = false;
+            if err.aws_code().is_some_and(|c| {
+                c.starts_with("Invalid")
+                    || c == "AccessDeniedException"
+                    || c == "UnsupportedPlatformType"
+                    || c == "ThrottlingException"
+            }) {
+                // Refused: nothing was taken, another pass may send.
+                report.sending_at = None;
             }
             Err(err)
         }
     }
+}
+
+/// The output's line that the script prints just before AVML starts writing to the device.
+fn started_writing(stdout: &str) -> bool {
+    stdout.lines().any(|l| l.starts_with("started: "))
 }
 
 async fn snapshot(
@@ -734,7 +914,9 @@ async fn snapshot(
     volume_id: &str,
     report: &mut MemoryReport,
 ) -> Result<Step, Error> {
-    // A pass that died after CreateSnapshot left one: found, never taken twice.
+    // A pass that died after CreateSnapshot left one: found by the snapshot's own tag (never one
+    // the containment's CreateSnapshots made of the volume while it was attached, which carries
+    // the volume's tags), never taken twice.
     let earlier = ec2
         .describe_snapshots()
         .owner_ids("self")
@@ -746,7 +928,7 @@ async fn snapshot(
         )
         .filters(
             Filter::builder()
-                .name(format!("tag:{MEMORY_IMAGE_TAG}"))
+                .name(format!("tag:{MEMORY_SNAPSHOT_TAG}"))
                 .values(&report.approval_id)
                 .build(),
         )
@@ -759,7 +941,7 @@ async fn snapshot(
     }
     let tag_spec = TagSpecification::builder()
         .resource_type(ResourceType::Snapshot)
-        .tags(tags::new(MEMORY_IMAGE_TAG, &report.approval_id))
+        .tags(tags::new(MEMORY_SNAPSHOT_TAG, &report.approval_id))
         .tags(tags::new(tags::INSTANCE_ID, &report.instance_id))
         .tags(tags::new(tags::VOLUME_ID, volume_id))
         .build();
@@ -779,25 +961,41 @@ async fn snapshot(
     Ok(Step::Snapshotted { fresh: true })
 }
 
-/// Locks the snapshot (as the disks' snapshots are locked) and ends the image: `Done` when the
-/// command succeeded and printed its image, `Failed` otherwise (the snapshot stands all the same).
-async fn lock_and_end(
-    clients: &Clients,
-    mut report: MemoryReport,
-    fresh: bool,
-) -> Outcome<MemoryReport> {
-    if let Some(id) = report.snapshot_id.clone() {
-        let set = vec![ForensicSnapshot {
-            snapshot_id: id,
-            volume_id: report.volume_id.clone().unwrap_or_default(),
-            device: report.device.clone(),
-            lock: None,
-            volume_size_gib: report.volume_size_gib,
-            started_at: None,
-        }];
-        let locked =
-            crate::steps::snapshot::lock_set(clients, set, fresh, &mut report.warnings).await;
-        report.lock = locked.into_iter().next().and_then(|s| s.lock);
+fn locks_on(clients: &Clients) -> bool {
+    clients.settings.snapshot_lock.mode != crate::domain::settings::SnapshotLockMode::None
+}
+
+/// Locks the snapshot as the disks' snapshots are locked (`fresh`: just created; otherwise the
+/// lock EC2 holds is read first, and only a missing one set).
+async fn lock(clients: &Clients, report: &mut MemoryReport, fresh: bool) {
+    let Some(id) = report.snapshot_id.clone() else {
+        return;
+    };
+    report.lock_attempts += 1;
+    let set = vec![ForensicSnapshot {
+        snapshot_id: id,
+        volume_id: report.volume_id.clone().unwrap_or_default(),
+        device: report.device.clone(),
+        lock: None,
+        volume_size_gib: report.volume_size_gib,
+        started_at: None,
+    }];
+    let mut warnings = Vec::new();
+    let locked = crate::steps::snapshot::lock_set(clients, set, fresh, &mut warnings).await;
+    report.lock = locked.into_iter().next().and_then(|s| s.lock);
+    if report.lock.is_none() && report.lock_attempts >= LOCK_ATTEMPTS {
+        report.warnings.extend(warnings);
+    }
+}
+
+/// The image's end: `Done` when the command succeeded, AVML exited 0 and the snapshot exists,
+/// `Failed` otherwise (the snapshot stands all the same).
+fn end(mut report: MemoryReport) -> Outcome<MemoryReport> {
+    if report.lock.is_none() && report.lock_attempts > 0 && report.lock_attempts < LOCK_ATTEMPTS {
+        report.warnings.push(
+            "the snapshot's lock could not be set: check it with aws ec2 describe-locked-snapshots"
+                .into(),
+        );
     }
     let imaged = report.command_status.as_deref() == Some("Success")
         && report
@@ -963,8 +1161,8 @@ mod tests {
     #[test]
     fn the_tool_names_and_hashes_are_checked() {
         assert_eq!(
-            Arch::Arm64.tool_key(),
-            "tools/avml-0.21.0-aarch64-unknown-linux-musl"
+            Arch::Arm64.tool_key("ab"),
+            "tools/avml-0.21.0-aarch64-unknown-linux-musl-ab"
         );
         assert!(Imager::new("MemoryImageCollector", Some(&"a".repeat(64)), None).is_ok());
         assert!(Imager::new("MemoryImageCollector", Some("ABC"), None).is_err());

@@ -358,6 +358,7 @@ DERIVED = (
         "aws:RequestedRegion",
         "ec2:NewInstanceProfile",
         "ec2:Encrypted",
+        "ec2:VolumeType",
         "s3:if-none-match",
         "ec2:SnapshotLockDuration",
         "ec2:SnapshotCoolOffPeriod",
@@ -497,7 +498,12 @@ def requests_for(call: dict, account: str) -> list[tuple[str, str, dict]]:
             # Authorization Reference's ec2:Encrypted); the tags at creation ask ec2:CreateTags.
             tags = list(zip(numbered(p, r"TagSpecification\.1\.Tag\.(\d+)\.Key"), numbered(p, r"TagSpecification\.1\.Tag\.(\d+)\.Value")))
             new = arn("vol-created")
-            ctx = {**base, **tag_context(tags), "ec2:Encrypted": str(p.get("Encrypted", "false")).lower()}
+            ctx = {
+                **base,
+                **tag_context(tags),
+                "ec2:Encrypted": str(p.get("Encrypted", "false")).lower(),
+                "ec2:VolumeType": p.get("VolumeType", "gp2"),
+            }
             out = [(call["action"], new, ctx)]
             if tags:
                 out.append(("ec2:CreateTags", new, {**base, **tag_context(tags), "ec2:CreateAction": "CreateVolume"}))
@@ -959,6 +965,7 @@ def abuses(account: str = "111111111111", region: str = "us-east-1") -> list[tup
                 "aws:RequestTag/ec2-quarantine:memory-image": "apr-0123456789abcdef",
                 "aws:TagKeys": ["ec2-quarantine:memory-image"],
                 "ec2:Encrypted": "false",
+                "ec2:VolumeType": "gp3",
             },
         ),
         (
@@ -966,7 +973,19 @@ def abuses(account: str = "111111111111", region: str = "us-east-1") -> list[tup
             "CollectFunction",
             "ec2:CreateVolume",
             f"{ec2}:volume/vol-created",
-            {"aws:RequestTag/Name": "scratch", "aws:TagKeys": ["Name"], "ec2:Encrypted": "true"},
+            {"aws:RequestTag/Name": "scratch", "aws:TagKeys": ["Name"], "ec2:Encrypted": "true", "ec2:VolumeType": "gp3"},
+        ),
+        (
+            "CollectFunction: make a memory volume of a costly type",
+            "CollectFunction",
+            "ec2:CreateVolume",
+            f"{ec2}:volume/vol-created",
+            {
+                "aws:RequestTag/ec2-quarantine:memory-image": "apr-0123456789abcdef",
+                "aws:TagKeys": ["ec2-quarantine:memory-image"],
+                "ec2:Encrypted": "true",
+                "ec2:VolumeType": "io2",
+            },
         ),
         (
             "CollectFunction: snapshot a customer's disk",
@@ -981,8 +1000,8 @@ def abuses(account: str = "111111111111", region: str = "us-east-1") -> list[tup
             "ec2:LockSnapshot",
             f"arn:aws:ec2:{r}::snapshot/snap-0memory",
             {
-                "aws:ResourceTag/ec2-quarantine:memory-image": "apr-0123456789abcdef",
-                "ec2:ResourceTag/ec2-quarantine:memory-image": "apr-0123456789abcdef",
+                "aws:ResourceTag/ec2-quarantine:memory-snapshot": "apr-0123456789abcdef",
+                "ec2:ResourceTag/ec2-quarantine:memory-snapshot": "apr-0123456789abcdef",
                 "ec2:SnapshotLockDuration": "1",
             },
         ),

@@ -335,7 +335,7 @@ def test_no_wildcard_actions_and_writes_are_scoped(function):
                 assert "aws:ResourceTag/ec2-quarantine:untrack-group" in str(st["Condition"]), "only the transit group"
             if action == "ec2:LockSnapshot":
                 assert "aws:ResourceTag/ec2-quarantine:instance-id" in str(st["Condition"]) or (
-                    "aws:ResourceTag/ec2-quarantine:memory-image" in str(st["Condition"])
+                    "aws:ResourceTag/ec2-quarantine:memory-snapshot" in str(st["Condition"])
                 ), "only the tool's snapshots"
             if action in ("ec2:CreateVolume", "ec2:AttachVolume", "ec2:DetachVolume", "ec2:CreateSnapshot") and "volume/" in str(resources):
                 assert "ec2-quarantine:memory-image" in str(st["Condition"]), f"{function}: {action} on the memory images' volumes only"

@@ -7,6 +7,7 @@ Run by helper_scripts/test.sh after the Rust build; FUNCTIONS_BIN_DIR names the 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -228,6 +229,37 @@ def test_while_an_approval_is_awaited_the_volatile_evidence_is_collected_and_its
     shown = cases.render_case(case)
     assert f"SHA-256 {archive['stored_sha256']} ({archive['stored_bytes']} bytes), verified" in shown, shown
     assert all(f"file {f['name']}: SHA-256 {f['sha256']}" in shown for f in record["report"]["files"])
+
+
+def test_after_the_volatile_evidence_a_memory_image_lands_on_its_own_volume_then_a_locked_snapshot():
+    """deploy.sh local --approval approve --collect (MemoryImages=Collect too): after the volatile
+    evidence, the collect function creates a volume for the image, attaches it, sends the memory
+    document (the simulated agent gives the instance the volume as a loop device, and a stand-in
+    for AVML writes the image), detaches it, snapshots and locks the snapshot; the image on the
+    volume is the one whose length and hash the command printed, and the case shows it all."""
+    report = run(
+        "instance-backdoor.json", approval="approve", parameters={"VolatileEvidenceDocument": "Collect", "MemoryImages": "Collect"}
+    )
+    assert report["execution"]["status"] == "SUCCEEDED", report["execution"]
+    [record] = report["collection"]["records"]
+    memory = record["memory"]
+    assert memory["status"] == "done", memory
+    assert memory["command_status"] == "Success" and memory["memory_mib"] == 1024 and memory["volume_size_gib"] == 3
+    image = memory["image"]
+    assert image["avml_exit"] == 0 and image["device"] == memory["device"].replace("/dev/sd", "/dev/xvd")
+    # What the stand-in wrote to the volume (the agent's loop device) is the image the record holds.
+    [volume_file] = Path(report["logs"]).glob(f"agent/{memory['command_id']}-*/{memory['volume_id']}.img")
+    with volume_file.open("rb") as f:
+        written = f.read(image["bytes"])
+    assert hashlib.sha256(written).hexdigest() == image["sha256"]
+    assert written.startswith(b"ec2-quarantine local run: a stand-in for AVML 0.21.0")
+    # The volume came off the instance and stays; its snapshot is locked.
+    assert memory["lock"]["state"] == "governance", memory
+    assert memory["snapshot_id"] and memory["volume_id"]
+    [case] = report["cases"]
+    shown = cases.render_case(case)
+    assert f"image: {image['bytes']} bytes, SHA-256 {image['sha256']}" in shown, shown
+    assert f"snapshot {memory['snapshot_id']}: locked (governance" in shown, shown
 
 
 def test_an_attack_sequence_contains_every_instance_it_names_with_one_notification():

