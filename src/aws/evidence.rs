@@ -152,17 +152,22 @@ impl EvidenceStore {
         }
     }
 
+    /// How a URL valid for `seconds` is signed (none when the bucket is not usable).
+    fn presigning(&self, seconds: u64) -> Result<aws_sdk_s3::presigning::PresigningConfig, Error> {
+        if let Some(why) = &self.unusable {
+            return Err(Error::Misconfigured(why.clone()));
+        }
+        aws_sdk_s3::presigning::PresigningConfig::expires_in(std::time::Duration::from_secs(
+            seconds,
+        ))
+        .map_err(|e| Error::Misconfigured(format!("a presigned URL of {seconds} s: {e}")))
+    }
+
     /// A presigned PUT of `key`, valid for `seconds`: what a command on an instance uploads to
     /// without any permission of its own. Signed here with the function's credentials (S3 checks
     /// them, and the bucket's policy, when the URL is used).
     pub async fn presign_put(&self, key: &str, seconds: u64) -> Result<String, Error> {
-        if let Some(why) = &self.unusable {
-            return Err(Error::Misconfigured(why.clone()));
-        }
-        let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(
-            std::time::Duration::from_secs(seconds),
-        )
-        .map_err(|e| Error::Misconfigured(format!("a presigned URL of {seconds} s: {e}")))?;
+        let config = self.presigning(seconds)?;
         let request = self
             .s3
             .put_object()
@@ -180,13 +185,7 @@ impl EvidenceStore {
     /// tool the deployment put in the bucket (the memory imager's AVML), with no permission of
     /// its own.
     pub async fn presign_get(&self, key: &str, seconds: u64) -> Result<String, Error> {
-        if let Some(why) = &self.unusable {
-            return Err(Error::Misconfigured(why.clone()));
-        }
-        let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(
-            std::time::Duration::from_secs(seconds),
-        )
-        .map_err(|e| Error::Misconfigured(format!("a presigned URL of {seconds} s: {e}")))?;
+        let config = self.presigning(seconds)?;
         let request = self
             .s3
             .get_object()

@@ -1059,22 +1059,8 @@ impl Store {
         instance_id: &str,
         report: &MemoryReport,
     ) -> Result<(), Error> {
-        let json = serde_json::to_string(report)
-            .map_err(|e| Error::InvalidEvent(format!("memory report: {e}")))?;
-        let answer = self
-            .db()
-            .update_item()
-            .table_name(self.table())
-            .key("pk", s(format!("approval#{approval_id}")))
-            .key("sk", s(memory_sort_key(instance_id)))
-            .update_expression("SET progress = :p, instance_id = :i")
-            .condition_expression("attribute_not_exists(#report)")
-            .expression_attribute_names("#report", "report")
-            .expression_attribute_values(":p", s(json))
-            .expression_attribute_values(":i", s(instance_id))
-            .send()
-            .await;
-        written("dynamodb:UpdateItem", answer).map(|_| ())
+        self.write_memory(approval_id, instance_id, "progress", report, false)
+            .await
     }
 
     /// Records the image's end, once.
@@ -1084,22 +1070,42 @@ impl Store {
         instance_id: &str,
         report: &Outcome<MemoryReport>,
     ) -> Result<(), Error> {
-        let json = serde_json::to_string(report)
+        self.write_memory(approval_id, instance_id, "report", report, true)
+            .await
+    }
+
+    /// Sets `attribute` to `value` (JSON) on the image's item, unless its end is recorded (that
+    /// item never changes again); `ended`: with the time it ended.
+    async fn write_memory(
+        &self,
+        approval_id: &str,
+        instance_id: &str,
+        attribute: &str,
+        value: &impl Serialize,
+        ended: bool,
+    ) -> Result<(), Error> {
+        let json = serde_json::to_string(value)
             .map_err(|e| Error::InvalidEvent(format!("memory report: {e}")))?;
-        let answer = self
+        let mut update = self
             .db()
             .update_item()
             .table_name(self.table())
             .key("pk", s(format!("approval#{approval_id}")))
             .key("sk", s(memory_sort_key(instance_id)))
-            .update_expression("SET #report = :r, instance_id = :i, ended_at = :now")
+            .update_expression(if ended {
+                "SET #attr = :v, instance_id = :i, ended_at = :now"
+            } else {
+                "SET #attr = :v, instance_id = :i"
+            })
             .condition_expression("attribute_not_exists(#report)")
+            .expression_attribute_names("#attr", attribute)
             .expression_attribute_names("#report", "report")
-            .expression_attribute_values(":r", s(json))
-            .expression_attribute_values(":i", s(instance_id))
-            .expression_attribute_values(":now", s(crate::now_rfc3339()))
-            .send()
-            .await;
+            .expression_attribute_values(":v", s(json))
+            .expression_attribute_values(":i", s(instance_id));
+        if ended {
+            update = update.expression_attribute_values(":now", s(crate::now_rfc3339()));
+        }
+        let answer = update.send().await;
         written("dynamodb:UpdateItem", answer).map(|_| ())
     }
 }

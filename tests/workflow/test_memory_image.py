@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "helper_scripts"))
+from local import ssm_agent
 from local.template import load_template
 from local.tls_front import make_certificates
 
@@ -106,18 +107,10 @@ def document() -> dict:
     return load_template()["Resources"]["MemoryImageCollector"]["Properties"]["Content"]
 
 
-def render(parameters: dict[str, str], check: bool = True) -> str:
-    """The script as the agent runs it (every parameter checked against its allowedPattern)."""
-    doc = document()
-    script = doc["mainSteps"][0]["inputs"]["runCommand"][0]
-    for name, spec in doc["parameters"].items():
-        value = parameters.get(name, spec.get("default"))
-        assert value is not None, f"{name} has no default"
-        if check:
-            assert re.fullmatch(spec["allowedPattern"], value), f"{name}={value!r} refused by SSM"
-        script = script.replace(f"{{{{ {name} }}}}", value)
-    assert "{{" not in script, "a parameter the document does not declare"
-    return script
+def render(parameters: dict[str, str]) -> str:
+    """The script as the agent runs it (every parameter checked against its allowedPattern, as
+    the local run's simulated agent checks it: local.ssm_agent.render)."""
+    return ssm_agent.render(document(), {k: [v] for k, v in parameters.items()})[0]
 
 
 def sha256(data: bytes) -> str:
