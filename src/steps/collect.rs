@@ -206,7 +206,8 @@ pub struct Printed {
     pub uploaded: Option<bool>,
 }
 
-fn is_sha256_hex(s: &str) -> bool {
+/// A SHA-256 as sha256sum prints it: 64 lowercase hexadecimal digits.
+pub(crate) fn is_sha256_hex(s: &str) -> bool {
     s.len() == 64
         && s.bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))

@@ -42,6 +42,8 @@ use crate::domain::outcome::{Check, Outcome, PlannedAction};
 use crate::error::Error;
 use crate::steps::snapshot::{ForensicSnapshot, SnapshotLockState};
 
+use super::collect::is_sha256_hex;
+
 /// The AVML release the deployment builds (crate `avml` on crates.io), pinned.
 pub const AVML_VERSION: &str = "0.21.0";
 
@@ -178,12 +180,6 @@ impl Imager {
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
-}
-
-pub(crate) fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// What the memory imaging did, as the approval's record keeps it.
