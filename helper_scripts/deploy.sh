@@ -433,19 +433,19 @@ build_avml() {
   fi
   for arch in x86_64 aarch64; do
     target="$arch-unknown-linux-musl"
-    if [[ ! -x "$AVML_DIR/$target/avml" ]]; then
+    if [[ ! -x "$AVML_DIR/$AVML_VERSION/$target/avml" ]]; then
       rustup target list --installed 2>/dev/null | grep -qx "$target" || timeout 600 rustup target add "$target" >&2 ||
         die "the $target Rust target could not be installed (rustup needs static.rust-lang.org)"
       log "building avml $AVML_VERSION for $target (cargo-lambda's zig links it)"
       (cd "$src" && CARGO_TARGET_DIR="$AVML_DIR/target" cargo lambda build --release --locked --no-default-features \
         --bin avml --target "$target") >&2
-      mkdir -p "$AVML_DIR/$target"
-      cp "$AVML_DIR/target/lambda/avml/bootstrap" "$AVML_DIR/$target/avml"
+      mkdir -p "$AVML_DIR/$AVML_VERSION/$target"
+      cp "$AVML_DIR/target/lambda/avml/bootstrap" "$AVML_DIR/$AVML_VERSION/$target/avml"
     fi
   done
 }
 
-avml_sha256() { sha256sum "$AVML_DIR/$1-unknown-linux-musl/avml" | cut -d' ' -f1; }
+avml_sha256() { sha256sum "$AVML_DIR/$AVML_VERSION/$1-unknown-linux-musl/avml" | cut -d' ' -f1; }
 
 # Each binary under a name with its SHA-256 (src/steps/memory.rs, Arch::tool_key): the bucket
 # writes a name once (WriteOnceOnly: If-None-Match), so a rebuilt binary gets a name of its own,
@@ -466,7 +466,7 @@ upload_avml() {
     # Written once (the bucket refuses a PUT without If-None-Match), with an integrity header
     # (the bucket's default Object Lock retention needs one).
     aws s3api put-object --region "$region" --bucket "$bucket" --key "$key" --if-none-match '*' \
-      --body "$AVML_DIR/$arch-unknown-linux-musl/avml" --checksum-algorithm SHA256 >/dev/null
+      --body "$AVML_DIR/$AVML_VERSION/$arch-unknown-linux-musl/avml" --checksum-algorithm SHA256 >/dev/null
   done
 }
 

@@ -227,14 +227,19 @@ class Agent:
             return None
         from moto.backends import get_backend
 
-        size_gib = None
+        size_gib = attached_to = None
         for account in get_backend("ec2").values():
             for backend in account.values():
                 found = backend.volumes.get(volume_id)
                 if found is not None:
                     size_gib = found.size
+                    attached_to = getattr(getattr(found, "attachment", None), "instance", None)
+                    attached_to = getattr(attached_to, "id", None)
         if size_gib is None:
             raise ValueError(f"{volume_id} is not a volume of the emulator")
+        if attached_to not in command.instance_ids:
+            # On AWS the device would not be there: the script finds no volume.
+            return None
         backing = work / f"{volume_id}.img"
         with backing.open("wb") as f:
             f.truncate(int(size_gib) * 1024**3)

@@ -102,6 +102,7 @@ def create_collector_document(ssm, template: dict, resource: str = "VolatileEvid
 # (and the run has no musl build of it). Called only as the document calls AVML, it writes a
 # header and the simulated instance's /proc/meminfo and a MiB of random bytes to its output.
 AVML_STANDIN = """#!/bin/sh
+[ "$*" = --version ] && { echo "avml 0.21.0 (a stand-in)"; exit 0; }
 [ "$#" = 3 ] && [ "$1" = acquire ] && [ "$2" = --compress ] && [ "$3" = /dev/stdout ] || { echo "unexpected arguments: $*" >&2; exit 64; }
 echo "ec2-quarantine local run: a stand-in for AVML 0.21.0 (not a memory image)"
 cat /proc/meminfo

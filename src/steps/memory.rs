@@ -70,9 +70,13 @@ const NOT_FOUND_GRACE_SECONDS: i64 = 300;
 /// Lock attempts on the snapshot, one per pass.
 const LOCK_ATTEMPTS: u32 = 3;
 
+/// The collection's last passes in which the volume is detached with `Force`.
+const FORCE_PASSES: u32 = 3;
+
 /// The most memory imaged: what the document writes within its hour at a gp3 volume's baseline
-/// of 125 MiB/s (AVML's compression helps, never counted on).
-pub const MAX_MEMORY_MIB: i64 = 384 * 1024;
+/// of 125 MiB/s (AVML's compression helps, never counted on), with time left for fetching the
+/// tool and flushing the device.
+pub const MAX_MEMORY_MIB: i64 = 320 * 1024;
 
 /// How long the document may run (its `timeoutSeconds`): AVML reads memory at a few hundred
 /// MiB/s and EBS takes a gp3 volume's baseline of 125 MiB/s, so about 50 minutes for 256 GiB.
@@ -377,69 +381,83 @@ pub async fn pass(
     let late = report
         .started_at
         .is_some_and(|at| now_secs() - at > DEADLINE_SECONDS);
-    if report.volume_id.is_some()
-        && report.command_status.is_none()
-        && (late || passes_left <= RESERVED_PASSES)
-    {
-        wind_down(
-            &mut report,
-            format!(
-                "still under way after {} passes or {DEADLINE_SECONDS} s: no longer followed, the volume comes off",
-                MAX_PASSES_SHOWN
-            ),
+    let must_end = late || passes_left <= RESERVED_PASSES;
+    if report.volume_id.is_none() && passes_left <= RESERVED_PASSES {
+        let over = Outcome::skipped(
+            "too few of the collection's passes are left to make, write and take off a volume",
         );
+        cases.memory_over(approval_id, instance_id, &over).await?;
+        return Ok(over);
     }
     let clients = ctx.clients(&target.scope, approval_id).await?;
     let ec2 = &clients.ec2;
-    let step = step(ec2, imager, ssm, store, cases, target, &mut report).await;
-    let next = match step {
-        Ok(Step::Wait) if passes_left <= 1 => {
-            report.warnings.push(format!(
-                "the collection's passes are used up: volume {} left as it is{}",
-                report.volume_id.as_deref().unwrap_or("none"),
-                if report.snapshot_id.is_some() {
-                    ""
-                } else {
-                    ", not snapshotted"
-                }
-            ));
-            Some(Outcome::Failed(report.clone()))
-        }
+    let step = step(
+        ec2,
+        imager,
+        ssm,
+        store,
+        cases,
+        target,
+        &mut report,
+        must_end,
+        passes_left,
+    )
+    .await;
+    let mut next = match step {
         Ok(Step::Wait) => None,
         Ok(Step::Snapshotted { fresh }) => {
             lock(&clients, &mut report, fresh).await;
-            if report.lock.is_none() && locks_on(&clients) && passes_left > 1 {
+            if report.lock.is_none()
+                && locks_on(&clients)
+                && report.lock_attempts < LOCK_ATTEMPTS
+                && passes_left > 1
+            {
                 // Tried again at the next pass (reading the lock first).
                 None
             } else {
-                Some(end(report.clone()))
+                Some(end(report.clone(), locks_on(&clients)))
             }
         }
         Ok(Step::Failed) => Some(Outcome::Failed(report.clone())),
         Ok(Step::Skipped(why)) => Some(Outcome::skipped(why)),
-        Err(err) if err.name().is_retryable() => {
+        // Nothing made yet: a throttle or a failed call is retried by the workflow.
+        Err(err) if report.volume_id.is_none() && err.name().is_retryable() => {
             cases
                 .memory_progress(approval_id, instance_id, &report)
                 .await?;
             return Err(err);
         }
-        Err(err)
-            if report.volume_id.is_some()
-                && report.snapshot_id.is_none()
-                && report.winding_down.is_none() =>
-        {
-            // Whatever failed, a volume that may be attached comes off (and is snapshotted if
-            // the command wrote to it): never left on the instance.
-            warn!(error = %err, "memory image wound down");
-            wind_down(&mut report, format!("given up: {err}"));
-            None
-        }
-        Err(err) => {
+        Err(err) if report.volume_id.is_none() => {
             warn!(error = %err, "memory image given up");
             report.warnings.push(format!("given up: {err}"));
             Some(Outcome::Failed(report.clone()))
         }
+        Err(err) => {
+            // A volume exists: the image never ends on an error (the volume could stay on the
+            // instance), and a pass never fails (five failed passes end the collection). Said,
+            // and the next pass goes on; one that is not a throttle or a lost answer ends the
+            // image early (the volume comes off).
+            warn!(error = %err, "memory image pass failed");
+            note(&mut report, format!("a pass failed: {err}"));
+            if report.winding_down.is_none() && !err.name().is_retryable() {
+                wind_down(&mut report, format!("given up: {err}"));
+            }
+            None
+        }
     };
+    if next.is_none() && passes_left <= 1 {
+        let why = format!(
+            "the collection's passes are used up: volume {} left as it is{}",
+            report.volume_id.as_deref().unwrap_or("none"),
+            if report.snapshot_id.is_some() {
+                ""
+            } else {
+                ", not snapshotted"
+            }
+        );
+        note(&mut report, why);
+        next = Some(Outcome::Failed(report.clone()));
+    }
     match next {
         Some(over) => {
             cases.memory_over(approval_id, instance_id, &over).await?;
@@ -454,29 +472,29 @@ pub async fn pass(
     }
 }
 
-/// The passes shown in the wind-down's reason (the collection's budget).
-const MAX_PASSES_SHOWN: u32 = super::collect::MAX_PASSES;
+/// The most warnings a record keeps (each once).
+const MAX_WARNINGS: usize = 20;
+
+fn note(report: &mut MemoryReport, warning: String) {
+    if !report.warnings.contains(&warning) && report.warnings.len() < MAX_WARNINGS {
+        report.warnings.push(warning);
+    }
+}
 
 fn now_secs() -> i64 {
     aws_smithy_types::DateTime::from(std::time::SystemTime::now()).secs()
 }
 
 /// Ends the image early: the command (if any) is no longer followed; the next passes detach the
-/// volume, and snapshot it if the command wrote to it.
+/// volume, and snapshot it if a command was, or may have been, taken (it may have written).
 fn wind_down(report: &mut MemoryReport, why: String) {
-    report.warnings.push(why.clone());
+    note(report, why.clone());
     report.winding_down = Some(why);
-    report.sending_at = None;
     if report.command_status.is_none() {
-        report.command_status = Some(
-            if report.command_id.is_some() {
-                NOT_FOLLOWED
-            } else {
-                NOT_SENT
-            }
-            .into(),
-        );
+        let taken = report.command_id.is_some() || report.sending_at.is_some();
+        report.command_status = Some(if taken { NOT_FOLLOWED } else { NOT_SENT }.into());
     }
+    report.sending_at = None;
 }
 
 enum Step {
@@ -490,6 +508,7 @@ enum Step {
     Skipped(String),
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn step(
     ec2: &aws_sdk_ec2::Client,
     imager: &Imager,
@@ -498,6 +517,8 @@ async fn step(
     cases: &Store,
     target: &Target,
     report: &mut MemoryReport,
+    must_end: bool,
+    passes_left: u32,
 ) -> Result<Step, Error> {
     let instance_id = target.instance_id.as_str();
     let Some(volume_id) = report.volume_id.clone() else {
@@ -563,13 +584,17 @@ async fn step(
         }
     }
     if report.command_status.is_none() {
-        // Before the command is over: attach, then send.
+        // Before the command is over: attach, then send (or, out of time, end early).
         return match attachment {
+            Some(VolumeAttachmentState::Attached) => {
+                send_or_follow(imager, ssm, store, cases, target, report, must_end).await
+            }
+            _ if must_end => {
+                wind_down(report, out_of_time());
+                Ok(Step::Wait)
+            }
             None | Some(VolumeAttachmentState::Detached) => {
                 attach(ec2, target, &volume_id, report).await
-            }
-            Some(VolumeAttachmentState::Attached) => {
-                send_or_follow(imager, ssm, store, cases, target, report).await
             }
             // Attaching, or busy: asked again at the next pass.
             _ => Ok(Step::Wait),
@@ -578,13 +603,27 @@ async fn step(
     // The command is over (or no longer followed): detach, then snapshot what it wrote.
     match attachment {
         Some(VolumeAttachmentState::Attached | VolumeAttachmentState::Busy) => {
-            ec2.detach_volume()
+            // Forced in the last passes: the volume is the tool's, and must not stay on the
+            // instance (a detach the instance's kernel holds stays `busy` otherwise).
+            let force = passes_left <= FORCE_PASSES;
+            let answer = ec2
+                .detach_volume()
                 .volume_id(&volume_id)
                 .instance_id(instance_id)
+                .force(force)
                 .send()
                 .await
-                .map_err(|e| Error::from_sdk("ec2:DetachVolume", e))?;
-            info!(volume = %volume_id, "memory volume detached");
+                .map_err(|e| Error::from_sdk("ec2:DetachVolume", e));
+            match answer {
+                Ok(_) => info!(volume = %volume_id, force, "memory volume detached"),
+                // Already detaching (DescribeVolumes lags behind): the next pass looks again.
+                Err(err)
+                    if matches!(
+                        err.aws_code(),
+                        Some("IncorrectState" | "InvalidAttachment.NotFound")
+                    ) => {}
+                Err(err) => return Err(err),
+            }
             Ok(Step::Wait)
         }
         Some(VolumeAttachmentState::Attaching | VolumeAttachmentState::Detaching) => Ok(Step::Wait),
@@ -602,10 +641,15 @@ async fn step(
 }
 
 /// Whether the command may have written to the volume: its output says it started writing, or
-/// it was no longer followed (its output is not known).
+/// it was no longer followed (taken, or perhaps taken: its output is not known).
 fn wrote(report: &MemoryReport) -> bool {
-    report.command_id.is_some()
-        && (report.wrote || report.command_status.as_deref() == Some(NOT_FOLLOWED))
+    report.wrote || report.command_status.as_deref() == Some(NOT_FOLLOWED)
+}
+
+fn out_of_time() -> String {
+    format!(
+        "still under way {DEADLINE_SECONDS} s after the volume was made, or with only the collection's last {RESERVED_PASSES} passes left: no longer followed, the volume comes off"
+    )
 }
 
 async fn create_volume(
@@ -749,6 +793,7 @@ async fn send_or_follow(
     cases: &Store,
     target: &Target,
     report: &mut MemoryReport,
+    must_end: bool,
 ) -> Result<Step, Error> {
     let instance_id = target.instance_id.as_str();
     if report.command_id.is_none()
@@ -763,11 +808,15 @@ async fn send_or_follow(
             &comment(&report.approval_id),
         )
         .await?;
-        if report.command_id.is_none() && now_secs() - at < SEND_CLAIM_SECONDS {
+        if report.command_id.is_none() && now_secs() - at < SEND_CLAIM_SECONDS && !must_end {
             return Ok(Step::Wait);
         }
     }
     let Some(command_id) = report.command_id.clone() else {
+        if must_end {
+            wind_down(report, out_of_time());
+            return Ok(Step::Wait);
+        }
         return send(imager, ssm, store, cases, target, report).await;
     };
     let invocation = match ssm
@@ -788,6 +837,9 @@ async fn send_or_follow(
         status,
         None | Some(S::Pending | S::InProgress | S::Delayed | S::Cancelling)
     ) {
+        if must_end {
+            wind_down(report, out_of_time());
+        }
         return Ok(Step::Wait);
     }
     let stdout = invocation.standard_output_content().unwrap_or_default();
@@ -876,7 +928,9 @@ async fn send(
             Ok(Step::Wait)
         }
         Err(err) if err.aws_code() == Some("InvalidInstanceId") => {
-            // Not managed, or no longer online (contained meanwhile): the volume comes off.
+            // Not managed, or no longer online (contained meanwhile): nothing was taken, the
+            // volume comes off.
+            report.sending_at = None;
             wind_down(
                 report,
                 format!(
@@ -979,18 +1033,20 @@ async fn lock(clients: &Clients, report: &mut MemoryReport, fresh: bool) {
     let mut warnings = Vec::new();
     let locked = crate::steps::snapshot::lock_set(clients, set, fresh, &mut warnings).await;
     report.lock = locked.into_iter().next().and_then(|s| s.lock);
-    if report.lock.is_none() && report.lock_attempts >= LOCK_ATTEMPTS {
-        report.warnings.extend(warnings);
+    if report.lock.is_none() {
+        for w in warnings {
+            note(report, w);
+        }
     }
 }
 
 /// The image's end: `Done` when the command succeeded, AVML exited 0 and the snapshot exists,
 /// `Failed` otherwise (the snapshot stands all the same).
-fn end(mut report: MemoryReport) -> Outcome<MemoryReport> {
-    if report.lock.is_none() && report.lock_attempts > 0 && report.lock_attempts < LOCK_ATTEMPTS {
-        report.warnings.push(
-            "the snapshot's lock could not be set: check it with aws ec2 describe-locked-snapshots"
-                .into(),
+fn end(mut report: MemoryReport, locks_on: bool) -> Outcome<MemoryReport> {
+    if locks_on && report.lock.is_none() {
+        note(
+            &mut report,
+            "the snapshot is not locked: check it with aws ec2 describe-locked-snapshots".into(),
         );
     }
     let imaged = report.command_status.as_deref() == Some("Success")

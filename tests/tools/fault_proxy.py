@@ -76,6 +76,23 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from xml.sax.saxutils import escape
 
 DESTRUCTIVE = {"ec2:TerminateInstances", "ec2:DeleteVolume", "ec2:DeleteSnapshot", "ec2:DetachVolume", "ec2:StopInstances"}
+# The one volume the tool detaches: the one it made for a memory image (tagged so at its creation,
+# src/steps/memory.rs), never a disk of the instance.
+MEMORY_IMAGE_TAG = "ec2-quarantine:memory-image"
+
+
+def is_destructive(entry: dict) -> bool:
+    """A call that destroys or takes away something of the customer's: the DESTRUCTIVE actions,
+    except the detach of a memory image's own volume (its tags as AWS's state held them then)."""
+    if entry["action"] not in DESTRUCTIVE:
+        return False
+    if entry["action"] == "ec2:DetachVolume":
+        volume = (entry.get("params") or {}).get("VolumeId")
+        tags = ((entry.get("auth") or {}).get("tags") or {}).get(volume) or {}
+        return MEMORY_IMAGE_TAG not in tags
+    return True
+
+
 CREDENTIAL = re.compile(r"Credential=([^/]+)/[^/]+/[^/]+/([^/]+)/aws4_request")
 APP_ID = re.compile(r"(?:^| )app/([^ ]+)")
 SCOPE_REGION = re.compile(r"Credential=[^/]+/[^/]+/([^/]+)/")
@@ -819,7 +836,7 @@ def item_lock(state: State, service: str, name: str, body: bytes):
 
 def summary(state: State) -> dict:
     faults = [e for e in state.log if e["fault"] and not e["fault"].startswith("strict:")]
-    destructive = sorted({e["action"] for e in state.log if e["action"] in DESTRUCTIVE})
+    destructive = sorted({e["action"] for e in state.log if is_destructive(e)})
     refusals: dict[str, int] = {}
     for e in state.log:
         if (e["fault"] or "").startswith("strict:"):

@@ -54,6 +54,7 @@ while True:
 
 # Stands in for AVML: only as the document calls it, it writes the known image to its output.
 AVML = """#!/bin/sh
+[ "$*" = --version ] && {{ echo "avml 0.21.0 (a stand-in)"; exit 0; }}
 [ "$#" = 3 ] && [ "$1" = acquire ] && [ "$2" = --compress ] && [ "$3" = /dev/stdout ] || {{ echo "unexpected arguments: $*" >&2; exit 64; }}
 exec cat -- {image}
 """

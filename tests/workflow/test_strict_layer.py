@@ -361,3 +361,19 @@ def test_refusals_logged_and_counted_apart_from_faults(account, endpoints):
     assert after["destructive_calls"] == [] and after["calls"] == before["calls"] + 1
     publish = [e for e in log_of(endpoints["strict"], account.access_key) if e["action"] == "sns:Publish"]
     assert [(e["fault"], e["status"]) for e in publish] == [("strict:sns_message_size", 400)]
+
+
+def test_only_a_memory_images_own_volume_may_be_detached():
+    """The suite's summary counts a DetachVolume as destructive unless the volume carried the
+    memory-image tag when it was detached (AWS's state, as the proxy read it for IAM)."""
+    sys.path.insert(0, str(PROXY.parent))
+    from fault_proxy import is_destructive
+
+    def detach(tags: dict) -> dict:
+        return {"action": "ec2:DetachVolume", "params": {"VolumeId": "vol-0a"}, "auth": {"tags": {"vol-0a": tags}}}
+
+    assert not is_destructive(detach({"ec2-quarantine:memory-image": "apr-0123456789abcdef"}))
+    assert is_destructive(detach({"Name": "data"}))
+    assert is_destructive({"action": "ec2:DetachVolume", "params": {"VolumeId": "vol-0a"}})
+    assert is_destructive({"action": "ec2:DeleteSnapshot", "params": {}})
+    assert not is_destructive({"action": "ec2:CreateSnapshot", "params": {}})
