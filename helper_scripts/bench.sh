@@ -8,9 +8,7 @@
 #   helper_scripts/bench.sh           full: 10 cold starts x 10 warm invocations, a 100-finding
 #                                     burst, and the arm64 bootstraps built by `sam build`
 #   helper_scripts/bench.sh --quick   quick (the test command's): 2 x 3, a 10-finding burst,
-#                                     x86_64 only, built with the quick profile (Cargo.toml: the
-#                                     release profile with thin LTO; sizes and starts differ a
-#                                     little from the release build's)
+#                                     x86_64 only
 # Everything runs on loopback against the local emulator; nothing reaches AWS.
 set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
@@ -25,11 +23,9 @@ esac
 
 ensure_python_tools
 ensure_baseline_python
-profile=release
-[[ "$mode" == quick ]] && profile=quick
-log "cargo build --profile $profile (x86_64 bootstraps)"
-cargo build --profile "$profile" --locked --bins
-args=(--x86-dir "$CARGO_TARGET_DIR/$profile" --python "$BASELINE_VENV/bin/python")
+log "cargo build --release (x86_64 bootstraps)"
+cargo build --release --locked --bins
+args=(--x86-dir "$CARGO_TARGET_DIR/release" --python "$BASELINE_VENV/bin/python")
 if [[ "$mode" == full ]]; then
   sam_build
   args+=(--arm-dir "$PROJECT_ROOT/.aws-sam/build")

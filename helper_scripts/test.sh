@@ -60,10 +60,10 @@ log "asl-validator"
 for asl in statemachine/*.asl.json; do
   "$TOOLS_DIR/node/node_modules/.bin/asl-validator" --json-path "$asl"
 done
-log "cargo build --profile quick (the bootstraps of the deployed path and the quick benchmark: the release profile with thin LTO, Cargo.toml)"
-cargo build --profile quick --locked --bins
+log "cargo build --release (the bootstraps sam build would package: the deployed path's, and the benchmarks')"
+cargo build --release --locked --bins
 log "the workflow end to end on the local emulator (every sample event), and deployed with sam deploy (tests/workflow/test_deployed_path.py)"
-FUNCTIONS_BIN_DIR="$CARGO_TARGET_DIR/debug" RELEASE_BIN_DIR="$CARGO_TARGET_DIR/quick" \
+FUNCTIONS_BIN_DIR="$CARGO_TARGET_DIR/debug" RELEASE_BIN_DIR="$CARGO_TARGET_DIR/release" \
   "$VENV/bin/pytest" -q -p no:cacheprovider tests/workflow
 log "deploy.sh local (the README's offline run)"
 ./helper_scripts/deploy.sh local >"$TOOLS_DIR/local-run.log" 2>&1 || { cat "$TOOLS_DIR/local-run.log" >&2; die "deploy.sh local failed"; }
