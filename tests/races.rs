@@ -7,7 +7,10 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{Fixture, access_key, inject, inject_error, proxy_log, record_outcome, retrying_ctx};
+use common::{
+    Fixture, access_key, inject, inject_error, inject_error_times, proxy_log, record_outcome,
+    retrying_ctx,
+};
 use ec2_quarantine::steps::isolate::{InterfaceStatus, QUARANTINE_GROUP_NAME, isolate};
 use ec2_quarantine::steps::role::{Change, REVOKE_SESSIONS_POLICY_NAME, contain_role};
 use ec2_quarantine::steps::snapshot::snapshot;
@@ -196,26 +199,37 @@ async fn isolation_retried_after_failing_half_way() {
 #[tokio::test]
 #[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
 async fn a_quarantine_group_not_visible_yet_is_retried() {
+    // Right after creation, EC2 may not know the new group yet: the step asks again a few times
+    // within the second (the call was refused, so not applied).
     let f = Fixture::new().await;
     let key = access_key(&f.config).await;
-    // Right after creation, EC2 may not know the new group yet.
     inject_error(
         &key,
         "ec2:RevokeSecurityGroupEgress",
         "InvalidGroup.NotFound",
         400,
     );
+    let done = isolate(&f.ctx, &f.event(EXFILTRATION)).await.unwrap();
+    assert_eq!(done.status(), "done", "the step waited for the group");
+    let groups = f.security_groups_named(QUARANTINE_GROUP_NAME).await;
+    assert!(groups[0].ip_permissions_egress().is_empty(), "emptied");
+
+    // A group EC2 still does not know after that (the IPv4 and IPv6 revocations, each asked four
+    // times): the step fails transiently, every interface as it was (moved back out of the
+    // transit group), and the state machine's retry finishes.
+    let f = Fixture::new().await;
+    let key = access_key(&f.config).await;
+    inject_error_times(
+        &key,
+        "ec2:RevokeSecurityGroupEgress",
+        "InvalidGroup.NotFound",
+        400,
+        8,
+    );
+    let before = f.interface_groups().await;
     let first = isolate(&f.ctx, &f.event(EXFILTRATION)).await.unwrap_err();
     assert_eq!(first.name(), ErrorName::TransientAwsError, "{first}");
-    assert_eq!(
-        f.interface_groups()
-            .await
-            .values()
-            .filter(|g| g.len() == 1)
-            .count(),
-        1,
-        "nothing moved yet"
-    );
+    assert_eq!(f.interface_groups().await, before, "nothing moved");
 
     let second = isolate(&f.ctx, &f.event(EXFILTRATION)).await.unwrap();
     assert_eq!(second.status(), "done");

@@ -148,11 +148,23 @@ pub struct Clients {
     pub evidence: Option<crate::aws::evidence::EvidenceStore>,
 }
 
+/// The EC2 client of a step, tracing its calls when the benchmarks ask
+/// ([`crate::aws::calls`]).
+fn ec2_client(config: &SdkConfig) -> aws_sdk_ec2::Client {
+    if !crate::aws::calls::enabled() {
+        return aws_sdk_ec2::Client::new(config);
+    }
+    let conf = aws_sdk_ec2::config::Builder::from(config)
+        .interceptor(crate::aws::calls::CallTrace)
+        .build();
+    aws_sdk_ec2::Client::from_conf(conf)
+}
+
 impl Clients {
     /// Clients of every service for one configuration (one account and region).
     pub fn new(config: &SdkConfig, settings: Settings) -> Clients {
         Clients {
-            ec2: aws_sdk_ec2::Client::new(config),
+            ec2: ec2_client(config),
             iam: aws_sdk_iam::Client::new(config),
             autoscaling: aws_sdk_autoscaling::Client::new(config),
             elbv2: aws_sdk_elasticloadbalancingv2::Client::new(config),

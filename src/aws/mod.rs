@@ -1,5 +1,6 @@
 //! The AWS pieces the steps share.
 
+pub mod calls;
 pub mod context;
 pub mod evidence;
 pub mod instance;

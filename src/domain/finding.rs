@@ -1022,9 +1022,9 @@ pub fn is_snapshot_id(s: &str) -> bool {
     is_hex_id(s, "snap-", &[8, 17])
 }
 
-const MAX_VPC_HINTS: usize = 4;
+pub(crate) const MAX_VPC_HINTS: usize = 4;
 
-fn is_vpc_id(s: &str) -> bool {
+pub(crate) fn is_vpc_id(s: &str) -> bool {
     is_hex_id(s, "vpc-", &[8, 17])
 }
 

@@ -2,6 +2,7 @@
 //! that allows nothing in and nothing out, plus the evidence-keeping instance attributes.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use aws_sdk_ec2::operation::modify_instance_attribute::builders::ModifyInstanceAttributeFluentBuilder;
 use aws_sdk_ec2::types::{
@@ -19,7 +20,7 @@ use tokio::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
 use crate::aws::context::{Clients, Ctx};
-use crate::aws::{instance, tags};
+use crate::aws::{calls, instance, tags};
 use crate::case::Previous;
 use crate::domain::finding::{Resolution, StepRequest, Target};
 use crate::domain::outcome::{Outcome, Plan, PlannedAction, Tally};
@@ -136,13 +137,14 @@ pub async fn isolate_instance(
     deadline: Option<Instant>,
 ) -> Result<Outcome<IsolateReport>, Error> {
     let plan = clients.plan();
-    let mut found = match Box::pin(read_instance(&clients.ec2, target)).await? {
-        Resolution::Contain(found) => found,
-        Resolution::Skip(reason) => {
-            info!(%reason, "skipped");
-            return Ok(Outcome::skipped(reason));
-        }
-    };
+    let mut found =
+        match Box::pin(calls::branch("read", read_instance(&clients.ec2, target))).await? {
+            Resolution::Contain(found) => found,
+            Resolution::Skip(reason) => {
+                info!(%reason, "skipped");
+                return Ok(Outcome::skipped(reason));
+            }
+        };
     // An interface an earlier run left isolated or in transit: its own groups are the ones the
     // case recorded (read only then, off the usual path).
     let recalled = if found
@@ -158,8 +160,11 @@ pub async fn isolate_instance(
     // isolation back, and isolation must not wait for it.
     let lookups = std::mem::take(&mut found.lookups);
     let (protection, isolated) = futures::join!(
-        protect(clients, &found.instance),
-        isolate_network(clients, &found, lookups, &recalled, deadline)
+        calls::branch("evidence", protect(clients, &found.instance)),
+        calls::branch(
+            "network",
+            isolate_network(clients, &found, lookups, &recalled, deadline)
+        )
     );
     let Protection {
         mut tally,
@@ -186,7 +191,11 @@ pub async fn isolate_instance(
     }
     let skipped_interfaces = skipped(&found.managed);
     let (report_interfaces, exposed) = tally_moves(moves, &mut tally);
-    let recorded = Box::pin(note_records(clients, target, recorded, &mut tally)).await;
+    let recorded = Box::pin(calls::branch(
+        "after",
+        note_records(clients, target, recorded, &mut tally),
+    ))
+    .await;
     if !exposed.is_empty() {
         return Err(failed_open(target, exposed, tally));
     }
@@ -336,11 +345,13 @@ async fn read_instance(
     }))
 }
 
-/// Makes sure of each VPC's quarantine group, then moves every interface (but the managed ones)
-/// into it. The record of the previous groups is written while the interfaces move: it holds
-/// the groups read before any move, and a record that could not be written does not hold
-/// isolation back (the groups are in the report all the same). `Err`: a quarantine group could
-/// not be had, and no interface moved.
+/// Has each VPC's two groups (found, or created), then moves every interface (but the managed
+/// ones) through them while their rules are set: the quarantine group emptied, the transit group
+/// opened. An interface moves on into the quarantine group only once its group is empty. The
+/// record of the previous groups is written while the interfaces move: it holds the groups read
+/// before any move, and a record that could not be written does not hold isolation back (the
+/// groups are in the report all the same). `Err`: a VPC's groups could not be had, and no
+/// interface moved.
 async fn isolate_network(
     clients: &Clients,
     found: &Found,
@@ -350,33 +361,80 @@ async fn isolate_network(
 ) -> Result<(Result<bool, Error>, Vec<QuarantineGroup>, Vec<Moved>), Error> {
     let (ec2, plan) = (&clients.ec2, clients.plan());
     let moved = async {
-        let groups = try_join_all(lookups.into_iter().map(|(vpc, lookup)| async move {
-            ensure_quarantine_group(ec2, plan, &vpc, lookup).await
-        }))
+        let had = try_join_all(
+            lookups
+                .into_iter()
+                .map(|(vpc, lookup)| async move { obtain_groups(ec2, plan, &vpc, lookup).await }),
+        )
         .await?;
-        let by_vpc: BTreeMap<&str, &QuarantineGroup> =
-            groups.iter().map(|g| (g.vpc_id.as_str(), g)).collect();
+        let ready: BTreeMap<&str, Ready> = had
+            .iter()
+            .map(|g| {
+                (
+                    g.vpc_id.as_str(),
+                    calls::branch("network", prepare_groups(ec2, plan, g))
+                        .boxed()
+                        .shared(),
+                )
+            })
+            .collect();
+        let by_vpc: BTreeMap<&str, &Groups> = had.iter().map(|g| (g.vpc_id.as_str(), g)).collect();
         let moves = join_all(
             found
                 .interfaces
                 .iter()
                 .filter(|eni| !found.managed.contains(&eni.id))
                 .map(|eni| {
-                    move_interface(
+                    let vpc = eni.vpc_id.as_str();
+                    let group = by_vpc.get(vpc).map(|g| g.ids());
+                    let ready = ready.get(vpc).cloned();
+                    let moved = move_interface(
                         ec2,
                         plan,
                         eni,
-                        by_vpc.get(eni.vpc_id.as_str()).copied(),
+                        group,
+                        ready,
                         recalled.get(&eni.id).cloned().unwrap_or_default(),
                         deadline,
-                    )
+                    );
+                    calls::branch(format!("network/{}", eni.id), moved)
                 }),
         )
         .await;
+        // Every VPC's preparation, done (a VPC whose interfaces were all isolated already
+        // still has its rules checked).
+        let mut groups = Vec::new();
+        let mut unprepared = None;
+        for g in &had {
+            let prepared = match ready.get(g.vpc_id.as_str()) {
+                Some(r) => r.clone().await,
+                None => Prepared::nothing(),
+            };
+            if let Err(err) = &prepared.quarantine {
+                unprepared.get_or_insert_with(|| err.again());
+            }
+            groups.push(g.report(&prepared));
+        }
+        // A quarantine group that could not be emptied, and every interface in the groups it
+        // had (none was in the transit group before this run): that failure is the step's.
+        let all_as_before = moves
+            .iter()
+            .all(|m| matches!(m, Err((_, MoveFailure::NotIsolated(_)))));
+        if let Some(err) = unprepared
+            && all_as_before
+            && !found.interfaces.iter().any(|i| i.in_transit)
+        {
+            return Err(err);
+        }
         Ok::<_, Error>((groups, moves))
     };
-    let (recorded, moved) =
-        futures::join!(record(clients, &found.instance, &found.interfaces), moved);
+    let (recorded, moved) = futures::join!(
+        calls::branch(
+            "record",
+            record(clients, &found.instance, &found.interfaces)
+        ),
+        moved
+    );
     let (groups, moves) = moved?;
     Ok((recorded, groups, moves))
 }
@@ -760,8 +818,11 @@ where
 }
 
 /// Moves one interface into the quarantine group alone, through the transit group when there is
-/// one. Once the interface may be in the transit group it never stays there: it goes on to the
-/// quarantine group or back to the groups it had, or the failure says EXPOSED.
+/// one. The move into the transit group goes while the VPC's groups get their rules (`ready`):
+/// the move on to the quarantine group waits until that group is empty, and counts the
+/// connections as cut only if the transit group was open by then. Once the interface may be in
+/// the transit group it never stays there: it goes on to the quarantine group or back to the
+/// groups it had, or the failure says EXPOSED.
 ///
 /// One piece on purpose: every way out of it says where the interface is left (quarantine, its
 /// own groups, or EXPOSED in transit), and the fail-safe is checked by reading that sequence
@@ -770,13 +831,12 @@ async fn move_interface(
     ec2: &aws_sdk_ec2::Client,
     plan: Option<&Plan>,
     eni: &Interface,
-    group: Option<&QuarantineGroup>,
+    group: Option<(&str, &str)>,
+    ready: Option<Ready<'_>>,
     recorded: Vec<String>,
     deadline: Option<Instant>,
 ) -> Result<InterfaceIsolation, (String, MoveFailure)> {
-    let (group_id, transit_id) = group
-        .map(|g| (g.group_id.as_str(), g.transit_group_id.as_str()))
-        .unwrap_or_default();
+    let (group_id, transit_id) = group.unwrap_or_default();
     let isolated = eni.groups.len() == 1 && eni.groups[0] == group_id;
     // An interface found in the transit group was put there by an earlier run cut short: its
     // own groups are the ones that run recorded.
@@ -808,14 +868,16 @@ async fn move_interface(
         return Ok(report(InterfaceStatus::Isolated, false));
     }
     let set_groups = |groups: Vec<String>| {
-        ec2.modify_network_interface_attribute()
-            .network_interface_id(&eni.id)
-            .set_groups(Some(groups))
-            .send()
-            .map(|r| {
-                r.map(|_| ())
-                    .map_err(|e| Error::from_sdk("ec2:ModifyNetworkInterfaceAttribute", e))
-            })
+        settle(move || {
+            ec2.modify_network_interface_attribute()
+                .network_interface_id(&eni.id)
+                .set_groups(Some(groups.clone()))
+                .send()
+                .map(|r| {
+                    r.map(|_| ())
+                        .map_err(|e| Error::from_sdk("ec2:ModifyNetworkInterfaceAttribute", e))
+                })
+        })
     };
     let time_left = |reserve: Duration| {
         deadline.is_none_or(|d| d.saturating_duration_since(Instant::now()) > reserve)
@@ -825,22 +887,32 @@ async fn move_interface(
     let mut maybe_in_transit = eni.in_transit;
     let mut connections_cut = eni.in_transit;
     let transit_tried = !eni.in_transit && !transit_id.is_empty() && time_left(TRANSIT_MIN_TIME);
-    if transit_tried {
-        match until(
-            deadline.map(|d| d - REVERT_RESERVE),
-            set_groups(vec![transit_id.to_owned()]),
+    let to_transit = async {
+        if !transit_tried {
+            return None;
+        }
+        Some(
+            until(
+                deadline.map(|d| d - REVERT_RESERVE),
+                set_groups(vec![transit_id.to_owned()]),
+            )
+            .await,
         )
-        .await
-        {
-            Ok(()) => {
-                maybe_in_transit = true;
-                connections_cut = true;
-            }
-            Err(err) => {
-                maybe_in_transit = err.maybe_applied();
-                warn!(eni = %eni.id, error = %err, "transit move failed: open connections may persist");
+    };
+    let (to_transit, prepared) = futures::join!(to_transit, prepared(ready, deadline));
+    match to_transit {
+        Some(Ok(())) => {
+            maybe_in_transit = true;
+            connections_cut = prepared.transit_open;
+            if !prepared.transit_open {
+                warn!(eni = %eni.id, "the transit group could not be opened: open connections may persist");
             }
         }
+        Some(Err(err)) => {
+            maybe_in_transit = err.maybe_applied();
+            warn!(eni = %eni.id, error = %err, "transit move failed: open connections may persist");
+        }
+        None => {}
     }
     let to_quarantine = || {
         until(
@@ -852,28 +924,45 @@ async fn move_interface(
         info!(eni = %eni.id, sg = %group_id, previous = ?previous_groups, connections_cut, "interface isolated");
         Ok(report(InterfaceStatus::Isolated, connections_cut))
     };
-    let err = match to_quarantine().await {
-        Ok(()) => return isolated(connections_cut),
-        Err(err) if !maybe_in_transit && !transit_tried => {
-            return Err((eni.id.clone(), MoveFailure::NotIsolated(err)));
-        }
-        Err(err) => err,
-    };
-    // A call that failed may still have been applied (an earlier attempt the SDK retried, an
-    // answer that never came): where the interface is, AWS says.
     let not_open = |groups: &[String]| groups != [transit_id.to_owned()];
-    match until(deadline, current_groups(ec2, &eni.id)).await {
-        Ok(groups) if groups == [group_id.to_owned()] => return isolated(connections_cut),
-        Ok(groups) if not_open(&groups) => {
-            return Err((eni.id.clone(), MoveFailure::NotIsolated(err)));
+    let err = match prepared.quarantine {
+        // The quarantine group is empty: on into it.
+        Ok(_) => {
+            let err = match to_quarantine().await {
+                Ok(()) => return isolated(connections_cut),
+                Err(err) if !maybe_in_transit && !transit_tried => {
+                    return Err((eni.id.clone(), MoveFailure::NotIsolated(err)));
+                }
+                Err(err) => err,
+            };
+            // A call that failed may still have been applied (an earlier attempt the SDK
+            // retried, an answer that never came): where the interface is, AWS says.
+            match until(deadline, current_groups(ec2, &eni.id)).await {
+                Ok(groups) if groups == [group_id.to_owned()] => return isolated(connections_cut),
+                Ok(groups) if not_open(&groups) => {
+                    return Err((eni.id.clone(), MoveFailure::NotIsolated(err)));
+                }
+                _ => {}
+            }
+            // In the transit group (or unknown): once more to quarantine when the failure may
+            // pass, then back to the groups it had.
+            if err.name().is_retryable() && to_quarantine().await.is_ok() {
+                return isolated(connections_cut);
+            }
+            err
         }
-        _ => {}
-    }
-    // In the transit group (or unknown): once more to quarantine when the failure may pass,
-    // then back to the groups it had, which allow no more than before.
-    if err.name().is_retryable() && to_quarantine().await.is_ok() {
-        return isolated(connections_cut);
-    }
+        // The quarantine group could not be emptied: never into it. Back to the groups the
+        // interface had, if it may have left them.
+        Err(shared) => {
+            let err = shared.again();
+            warn!(eni = %eni.id, error = %err, "the quarantine group is not empty: the interface does not move into it");
+            if !maybe_in_transit {
+                return Err((eni.id.clone(), MoveFailure::NotIsolated(err)));
+            }
+            err
+        }
+    };
+    // Back to the groups it had, which allow no more than before.
     warn!(eni = %eni.id, error = %err, "the move to quarantine failed after the transit group: moving the interface back");
     if !previous_groups.is_empty()
         && until(deadline, set_groups(previous_groups.clone()))
@@ -891,6 +980,51 @@ async fn move_interface(
             Err((eni.id.clone(), MoveFailure::Exposed(err)))
         }
     }
+}
+
+/// The VPC's groups' preparation as one interface waits for it: until the function's time
+/// leaves only the reserve to move the interface back.
+async fn prepared(ready: Option<Ready<'_>>, deadline: Option<Instant>) -> Prepared {
+    let Some(ready) = ready else {
+        return Prepared::nothing();
+    };
+    let Some(deadline) = deadline else {
+        return ready.await;
+    };
+    tokio::time::timeout_at(deadline - REVERT_RESERVE, ready)
+        .await
+        .unwrap_or_else(|_| Prepared {
+            quarantine: Err(Arc::new(Error::Transient {
+                action: "ec2:RevokeSecurityGroupEgress",
+                code: "FunctionDeadline".into(),
+                message: "the quarantine group was not emptied before the function's time ran out"
+                    .into(),
+                source: "deadline".into(),
+            })),
+            transit_open: false,
+            transit_changed: false,
+        })
+}
+
+/// Runs `call` again while EC2 does not know a group yet: `InvalidGroup.NotFound` right after
+/// the group's creation is EC2's eventual consistency, and a call refused so was not applied.
+/// Three more times at most, over 1.4 s.
+async fn settle<T, F, Fut>(mut call: F) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    let mut wait = Duration::from_millis(200);
+    for _ in 0..3 {
+        match call().await {
+            Err(err) if err.aws_code() == Some("InvalidGroup.NotFound") => {
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            other => return other,
+        }
+    }
+    call().await
 }
 
 /// The interface's groups as EC2 has them now.
@@ -948,68 +1082,252 @@ fn filter(name: &str, value: &str) -> Filter {
     Filter::builder().name(name).values(value).build()
 }
 
-/// Finds or creates the tool's two groups in a VPC: the quarantine group, with every rule
-/// revoked, and the transit group, allowing all traffic. Without a usable transit group the
-/// interfaces are still isolated, only without cutting open connections. `found` is a lookup
-/// already made (while the instance was read); without it the groups are looked up here.
-async fn ensure_quarantine_group(
+/// A VPC's two groups as found or created, before their rules are set.
+struct Groups {
+    vpc_id: String,
+    quarantine: Had,
+    /// Without a usable transit group the interfaces are still isolated, only without cutting
+    /// open connections.
+    transit: Option<Had>,
+}
+
+/// One of the tool's groups, and whether this run created it (then its rules are the ones EC2
+/// gives a new group, and no read is needed to know them).
+struct Had {
+    group: SecurityGroup,
+    created: bool,
+}
+
+impl Had {
+    fn id(&self) -> &str {
+        self.group.group_id().unwrap_or_default()
+    }
+}
+
+impl Groups {
+    /// The quarantine group's id and the transit group's ("" without one).
+    fn ids(&self) -> (&str, &str) {
+        (
+            self.quarantine.id(),
+            self.transit.as_ref().map(Had::id).unwrap_or_default(),
+        )
+    }
+
+    fn report(&self, prepared: &Prepared) -> QuarantineGroup {
+        let (group_id, transit_group_id) = self.ids();
+        QuarantineGroup {
+            vpc_id: self.vpc_id.clone(),
+            group_id: group_id.to_owned(),
+            transit_group_id: transit_group_id.to_owned(),
+            changed: self.quarantine.created
+                || self.transit.as_ref().is_some_and(|t| t.created)
+                || matches!(prepared.quarantine, Ok(true))
+                || prepared.transit_changed,
+        }
+    }
+}
+
+/// What setting a VPC's groups' rules came to, which each of its interfaces waits for.
+#[derive(Clone)]
+struct Prepared {
+    /// The quarantine group is empty (and whether this run revoked rules to make it so), or why
+    /// it is not.
+    quarantine: Result<bool, Arc<Error>>,
+    /// The transit group allows all traffic in and out, IPv4 and IPv6.
+    transit_open: bool,
+    /// This run added rules to the transit group.
+    transit_changed: bool,
+}
+
+impl Prepared {
+    /// No groups to prepare (an interface of a VPC the lookups did not cover).
+    fn nothing() -> Prepared {
+        Prepared {
+            quarantine: Ok(false),
+            transit_open: false,
+            transit_changed: false,
+        }
+    }
+}
+
+/// A VPC's preparation, shared by its interfaces.
+type Ready<'a> = futures::future::Shared<futures::future::BoxFuture<'a, Prepared>>;
+
+/// Finds or creates the tool's two groups in a VPC, both at once, each tagged in its create
+/// call and known from what the call returns (no read back). `found` is a lookup already made
+/// (while the instance was read); without it the groups are looked up here.
+async fn obtain_groups(
     ec2: &aws_sdk_ec2::Client,
     plan: Option<&Plan>,
     vpc_id: &str,
     found: Option<FoundGroups>,
-) -> Result<QuarantineGroup, Error> {
+) -> Result<Groups, Error> {
     let (found_quarantine, found_transit) = match found {
         Some(found) => found,
         None => find_groups(ec2, vpc_id).await,
     };
     let quarantine = async {
-        let (group, created) = ensure_group(
-            ec2,
-            plan,
-            vpc_id,
-            (
-                QUARANTINE_GROUP_NAME,
-                QUARANTINE_GROUP_DESCRIPTION,
-                tags::ISOLATION_GROUP,
-            ),
-            found_quarantine?,
-        )
-        .await?;
-        let emptied = revoke_all_rules(ec2, plan, &group).await?;
-        Ok::<_, Error>((group, created || emptied))
+        let names = (
+            QUARANTINE_GROUP_NAME,
+            QUARANTINE_GROUP_DESCRIPTION,
+            tags::ISOLATION_GROUP,
+        );
+        ensure_group(ec2, plan, vpc_id, names, found_quarantine?).await
     };
     let transit = async {
-        let (group, created) = ensure_group(
-            ec2,
-            plan,
-            vpc_id,
-            (
-                TRANSIT_GROUP_NAME,
-                TRANSIT_GROUP_DESCRIPTION,
-                tags::TRANSIT_GROUP,
-            ),
-            found_transit?,
-        )
-        .await?;
-        let opened = allow_all(ec2, plan, &group).await?;
-        Ok::<_, Error>((group, created || opened))
+        let names = (
+            TRANSIT_GROUP_NAME,
+            TRANSIT_GROUP_DESCRIPTION,
+            tags::TRANSIT_GROUP,
+        );
+        ensure_group(ec2, plan, vpc_id, names, found_transit?).await
     };
     let (quarantine, transit) = futures::join!(quarantine, transit);
-    let (group, quarantine_changed) = quarantine?;
-    let (transit_group_id, transit_changed) = match transit {
-        Ok((g, changed)) => (g.group_id().unwrap_or_default().to_owned(), changed),
+    let (group, created) = quarantine?;
+    let transit = match transit {
+        Ok((group, created)) => Some(Had { group, created }),
         Err(err) => {
             warn!(vpc_id, error = %err, "no transit group: open connections will not be cut");
-            (String::new(), false)
+            None
         }
     };
-    let group_id = group.group_id().unwrap_or_default().to_owned();
-    Ok(QuarantineGroup {
+    Ok(Groups {
         vpc_id: vpc_id.to_owned(),
-        group_id,
-        transit_group_id,
-        changed: quarantine_changed || transit_changed,
+        quarantine: Had { group, created },
+        transit,
     })
+}
+
+/// Sets a VPC's groups' rules, both at once: the quarantine group emptied, the transit group
+/// opened to all traffic. A group this run created has the rules EC2 gives every new group; a
+/// group found has the rules its lookup listed.
+async fn prepare_groups(ec2: &aws_sdk_ec2::Client, plan: Option<&Plan>, g: &Groups) -> Prepared {
+    let quarantine = async {
+        if g.quarantine.created {
+            revoke_defaults(ec2, plan, g.quarantine.id()).await
+        } else {
+            revoke_all_rules(ec2, plan, &g.quarantine.group).await
+        }
+    };
+    let transit = async {
+        match &g.transit {
+            None => None,
+            Some(t) if t.created => Some(open_new(ec2, plan, t.id()).await),
+            Some(t) => Some(allow_all(ec2, plan, &t.group).await),
+        }
+    };
+    let (quarantine, transit) = futures::join!(quarantine, transit);
+    let (transit_open, transit_changed) = match transit {
+        None => (false, false),
+        Some(Ok(changed)) => (true, changed),
+        Some(Err(err)) => {
+            warn!(vpc_id = %g.vpc_id, error = %err, "the transit group could not be opened: open connections will not be cut");
+            (false, false)
+        }
+    };
+    if let Err(err) = &quarantine {
+        warn!(vpc_id = %g.vpc_id, error = %err, "the quarantine group could not be emptied: no interface moves into it");
+    }
+    Prepared {
+        quarantine: quarantine.map_err(Arc::new),
+        transit_open,
+        transit_changed,
+    }
+}
+
+/// Every protocol to or from anywhere, IPv4 (`v6` false) or IPv6.
+fn all_traffic(v6: bool) -> IpPermission {
+    let p = IpPermission::builder().ip_protocol("-1");
+    if v6 {
+        p.ipv6_ranges(Ipv6Range::builder().cidr_ipv6("::/0").build())
+    } else {
+        p.ip_ranges(IpRange::builder().cidr_ip("0.0.0.0/0").build())
+    }
+    .build()
+}
+
+/// Revokes the rules EC2 gives a new group in a VPC: all traffic out, IPv4, and IPv6 in a
+/// dual-stack VPC (both asked at once; a rule that is not there, IPv6 in an IPv4-only VPC or
+/// one a concurrent execution revoked first, is the state wanted).
+async fn revoke_defaults(
+    ec2: &aws_sdk_ec2::Client,
+    plan: Option<&Plan>,
+    id: &str,
+) -> Result<bool, Error> {
+    if let Some(plan) = plan {
+        plan.add(PlannedAction::unchecked(
+            "ec2:RevokeSecurityGroupEgress",
+            id,
+            "revoke the new quarantine group's default rules (all traffic out)",
+        ));
+        return Ok(false);
+    }
+    let revoke = |v6: bool| {
+        settle(move || async move {
+            let revoked = ec2
+                .revoke_security_group_egress()
+                .group_id(id)
+                .ip_permissions(all_traffic(v6))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| group_error("ec2:RevokeSecurityGroupEgress", e));
+            match revoked {
+                Err(e) if e.aws_code() == Some("InvalidPermission.NotFound") => Ok(()),
+                other => other,
+            }
+        })
+    };
+    futures::try_join!(revoke(false), revoke(true))?;
+    Ok(true)
+}
+
+/// Opens a group this run created to all traffic: in, IPv4 and IPv6, and out, IPv6 (EC2 gives
+/// every new group the IPv4 rule out, and the IPv6 one in a dual-stack VPC: a duplicate is the
+/// state wanted).
+async fn open_new(ec2: &aws_sdk_ec2::Client, plan: Option<&Plan>, id: &str) -> Result<bool, Error> {
+    if let Some(plan) = plan {
+        for action in [
+            "ec2:AuthorizeSecurityGroupIngress",
+            "ec2:AuthorizeSecurityGroupEgress",
+        ] {
+            plan.add(PlannedAction::unchecked(
+                action,
+                id,
+                "allow all traffic, IPv4 and IPv6 (transit group)",
+            ));
+        }
+        return Ok(true);
+    }
+    let duplicate_is_fine = |r: Result<(), Error>| match r {
+        Err(e) if e.aws_code() == Some("InvalidPermission.Duplicate") => Ok(()),
+        other => other,
+    };
+    let ingress = settle(|| async {
+        duplicate_is_fine(
+            ec2.authorize_security_group_ingress()
+                .group_id(id)
+                .ip_permissions(all_traffic(false))
+                .ip_permissions(all_traffic(true))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| group_error("ec2:AuthorizeSecurityGroupIngress", e)),
+        )
+    });
+    let egress = settle(|| async {
+        duplicate_is_fine(
+            ec2.authorize_security_group_egress()
+                .group_id(id)
+                .ip_permissions(all_traffic(true))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| group_error("ec2:AuthorizeSecurityGroupEgress", e)),
+        )
+    });
+    futures::try_join!(ingress, egress)?;
+    Ok(true)
 }
 
 /// The tool's group with that tag in the VPC, if there is one.
@@ -1079,25 +1397,23 @@ async fn ensure_group(
             .build();
         return Ok((planned, true));
     }
-    Ok((
-        create_group(ec2, vpc_id, name, description, tag).await?,
-        true,
-    ))
+    create_group(ec2, vpc_id, name, description, tag).await
 }
 
 /// Creates the tool's group `name` in the VPC, tagged in the same call (the only tags the tool
 /// may put on a security group: IAM allows `ec2:CreateTags` on groups only with
-/// `ec2:CreateAction=CreateSecurityGroup`). When the name is taken, the group of that name is
-/// adopted if it carries the tool's tag (another execution created it first); a group someone
-/// else made under the tool's name is never tagged nor used: the tool's group is created beside
-/// it under the name with a suffix.
+/// `ec2:CreateAction=CreateSecurityGroup`), and known from the id the call returns. When the
+/// name is taken, the group of that name is adopted if it carries the tool's tag (another
+/// execution created it first: its rules as listed); a group someone else made under the
+/// tool's name is never tagged nor used: the tool's group is created beside it under the name
+/// with a suffix. Returns the group and whether this call created it.
 async fn create_group(
     ec2: &aws_sdk_ec2::Client,
     vpc_id: &str,
     name: &str,
     description: &str,
     tag: &str,
-) -> Result<SecurityGroup, Error> {
+) -> Result<(SecurityGroup, bool), Error> {
     let mut chosen = name.to_owned();
     for attempt in 0..2 {
         let created = ec2
@@ -1114,25 +1430,41 @@ async fn create_group(
             )
             .send()
             .await;
-        let (by, made) = match created {
-            Ok(out) => (filter("group-id", out.group_id().unwrap_or_default()), true),
+        match created {
+            Ok(out) => {
+                let Some(id) = out.group_id() else {
+                    return Err(Error::Transient {
+                        action: "ec2:CreateSecurityGroup",
+                        code: "NoGroupId".into(),
+                        message: format!(
+                            "the group {chosen} of {vpc_id} was created without an id in the answer"
+                        ),
+                        source: "no group id".into(),
+                    });
+                };
+                let group = SecurityGroup::builder()
+                    .group_id(id)
+                    .group_name(&chosen)
+                    .vpc_id(vpc_id)
+                    .build();
+                return Ok((group, true));
+            }
             Err(e) => {
                 let err = Error::from_sdk("ec2:CreateSecurityGroup", e);
                 if err.aws_code() != Some("InvalidGroup.Duplicate") {
                     return Err(err);
                 }
-                (filter("group-name", &chosen), false)
             }
-        };
+        }
         let described = ec2
             .describe_security_groups()
             .filters(filter("vpc-id", vpc_id))
-            .filters(by)
+            .filters(filter("group-name", &chosen))
             .send()
             .await
             .map_err(|e| Error::from_sdk("ec2:DescribeSecurityGroups", e))?;
-        // EC2 is eventually consistent: a group just created may not be listed yet. Retrying
-        // the step finds it.
+        // EC2 is eventually consistent: a group another execution just created may not be
+        // listed yet. Retrying the step finds it.
         let group = described
             .security_groups()
             .first()
@@ -1143,10 +1475,9 @@ async fn create_group(
                 message: format!("the group {chosen} of {vpc_id} is not visible yet"),
                 source: "group not visible after creation".into(),
             })?;
-        // A group this call created is the tool's (its tags may not be listed yet); one of
-        // that name made earlier is only if it carries the tag.
-        if made || tags::find(group.tags(), tag) == Some("true") {
-            return Ok(group);
+        // A group of that name made earlier is the tool's only if it carries the tag.
+        if tags::find(group.tags(), tag) == Some("true") {
+            return Ok((group, false));
         }
         warn!(group = ?group.group_id(), name = %chosen, "a group not made by the tool holds its name: left alone");
         if attempt == 1 {

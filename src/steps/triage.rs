@@ -358,6 +358,22 @@ pub fn host_reason(policy: &TriagePolicy, finding: &finding::Finding) -> Option<
         })
 }
 
+/// The VPCs of the instance's interfaces, as EC2 describes them.
+fn instance_vpcs(inst: &aws_sdk_ec2::types::Instance) -> Vec<String> {
+    let mut vpcs: Vec<String> = inst
+        .network_interfaces()
+        .iter()
+        .filter_map(|i| i.vpc_id())
+        .chain(inst.vpc_id())
+        .filter(|v| finding::is_vpc_id(v))
+        .map(str::to_owned)
+        .collect();
+    vpcs.sort();
+    vpcs.dedup();
+    vpcs.truncate(finding::MAX_VPC_HINTS);
+    vpcs
+}
+
 /// Decides for one instance of the plan by what it is now, and opens (or joins) its case.
 ///
 /// One piece on purpose: the checks of one instance in the order they decide (gone, exempt,
@@ -432,6 +448,9 @@ async fn triage_instance(
         return Ok(plan(Decision::NotifyOnly, reason));
     }
     let mut out = plan(Decision::Contain, String::new());
+    // The instance's VPCs as EC2 has them (not as the finding says: a group finding names
+    // none): the isolate step looks the tool's groups up there while it reads the instance.
+    out.target.vpc_ids = instance_vpcs(&inst);
     // The case: from the responder's own record, never from the instance's tags.
     let store = ctx.cases();
     let approval_rule = gate

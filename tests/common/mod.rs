@@ -826,9 +826,14 @@ pub async fn evidence_bucket(config: &SdkConfig, account: &str) -> String {
 
 /// Makes the proxy answer one `action` call signed with `key` with an AWS error `code`.
 pub fn inject_error(key: &str, action: &str, code: &str, status: u16) {
+    inject_error_times(key, action, code, status, 1);
+}
+
+/// EC2's error `code` for the next `times` calls of `action`.
+pub fn inject_error_times(key: &str, action: &str, code: &str, status: u16, times: u32) {
     proxy_post(
         "faults",
-        serde_json::json!({"access_key": key, "action": action, "fault": "error", "code": code, "status": status, "times": 1}),
+        serde_json::json!({"access_key": key, "action": action, "fault": "error", "code": code, "status": status, "times": times}),
     );
 }
 
