@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import itertools
 import json
@@ -57,7 +58,16 @@ FUNCTIONS = {
     "release": ("ReleaseFunction", "release-request.json", None),
     "notify": ("NotifyFunction", "notify-input.json", "notify.handler"),
 }
-TARGETS = {"init_ms": 20, "init_ratio": 1 / 20, "rss_mb": 16, "bootstrap_mb": 8, "dependent_calls": 3, "burst_factor": 1.5}
+TARGETS = {
+    "init_ms": 20,
+    "init_ratio": 1 / 20,
+    "rss_mb": 16,
+    "bootstrap_mb": 8,
+    # The isolate step's dependent calls before every interface is quarantined: the first
+    # containment in a VPC (the tool's groups created), and every later one (found).
+    "dependent_calls": {"created": 4, "found": 3},
+    "burst_factor": 1.5,
+}
 
 
 def log(msg: str) -> None:
@@ -322,6 +332,107 @@ def proxy_log(proxy: str) -> list[dict]:
         return json.load(r)
 
 
+# Set in the harness's environment, it makes the functions trace their EC2 calls
+# (src/aws/calls.rs): one `aws call` log line each, with the branch of the step that made it
+# and where it started and ended in the function's own order of events.
+CALL_TRACE = "EC2Q_CALL_TRACE"
+# The isolate step's branches that run beside the interfaces' moves and that no move waits for:
+# the evidence attributes, the case's record, the marker tags after the moves.
+BESIDE_THE_MOVES = {"evidence", "record", "after"}
+# The branches every later call of the step comes after: the read, and calls outside any branch.
+BEFORE_THE_BRANCHES = {"read", "step"}
+
+
+def may_wait_for(call: dict, earlier: dict) -> bool:
+    """Whether `call` can have waited for `earlier`: made in the same branch, in a branch around
+    it (`network` around `network/<eni>`), or before the branches began."""
+    b, e = call["branch"], earlier["branch"]
+    return e in BEFORE_THE_BRANCHES or b == e or b.startswith(e + "/")
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+TRACE_FIELD = re.compile(r'(\w+)=("[^"]*"|[^\s}]+)')
+
+
+def traced_calls(lines: list[str]) -> list[dict]:
+    """The `aws call` lines of a function's log (JSON or text), in the order written."""
+    out = []
+    for line in lines:
+        line = ANSI.sub("", line)
+        if "aws call" not in line:
+            continue
+        if line.lstrip().startswith("{"):
+            try:
+                j = json.loads(line)
+            except ValueError:
+                continue
+            fields = dict(j.get("fields") or {})
+            if fields.get("message") != "aws call":
+                continue
+            spans = j.get("spans") or []
+            fields["instance_id"] = next((sp["instance_id"] for sp in spans if sp.get("instance_id")), None)
+        else:
+            head, _, tail = line.partition("aws call")
+            fields = {k: v.strip('"') for k, v in TRACE_FIELD.findall(tail)}
+            m = re.search(r"instance_id=([^\s}]+)", head)
+            fields["instance_id"] = m.group(1) if m else None
+        try:
+            out.append(
+                {
+                    "op": str(fields["op"]),
+                    "branch": str(fields["branch"]),
+                    "started": int(fields["started"]),
+                    "ended": int(fields["ended"]),
+                    "ok": str(fields["ok"]).lower() == "true",
+                    "instance_id": fields["instance_id"],
+                }
+            )
+        except (KeyError, ValueError):
+            continue
+    return out
+
+
+def awaited_chain(calls: list[dict]) -> list[dict]:
+    """The isolate step's longest chain of dependent calls up to its last successful interface
+    move, from its own trace: a call may have waited for one of the calls that ended before it
+    started (in the function's order of events) in its own branch or one around it, never for a
+    call of a branch that runs beside it. Empty without a move."""
+    mine = sorted((c for c in calls if c["branch"] not in BESIDE_THE_MOVES), key=lambda c: c["started"])
+    depth: list[int] = []
+    before: list[int | None] = []
+    for c in mine:
+        waited = [j for j in range(len(depth)) if mine[j]["ended"] < c["started"] and may_wait_for(c, mine[j])]
+        best = max(waited, key=lambda j: (depth[j], mine[j]["ended"]), default=None)
+        depth.append(1 + (depth[best] if best is not None else 0))
+        before.append(best)
+    moves = [i for i, c in enumerate(mine) if c["op"] == "ModifyNetworkInterfaceAttribute" and c["ok"]]
+    if not moves:
+        return []
+    at: int | None = max(moves, key=lambda i: mine[i]["ended"])
+    chain = []
+    while at is not None:
+        chain.insert(0, mine[at])
+        at = before[at]
+    return chain
+
+
+class LogTail:
+    """The lines a log file gains from now on."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.at = path.stat().st_size if path.exists() else 0
+
+    def lines(self) -> list[str]:
+        if not self.path.exists():
+            return []
+        with self.path.open("rb") as f:
+            f.seek(self.at)
+            data = f.read()
+        self.at += len(data)
+        return data.decode("utf-8", "replace").splitlines()
+
+
 def critical_path(calls: list[dict], last: dict) -> list[dict]:
     """The calls `last` waited for, back to the first: each call's predecessor is the call that
     ended last before it started (calls that overlapped ran at the same time and count once)."""
@@ -354,44 +465,74 @@ def workflow(bin_dir: Path, log_dir: Path, token_buckets: bool, copies: int = 1,
             holder["proxy_cm"].__exit__(None, None, None)
 
 
-def calls_per_finding(bin_dir: Path, log_dir: Path, shapes: list[tuple[int, int]]) -> list[dict]:
-    """Per shape, two instance findings in a VPC of their own: the first creates the tool's
-    groups there, the second finds them."""
+def calls_per_finding(bin_dir: Path, log_dir: Path, shapes: list[tuple[int, int]], runs: int) -> list[dict]:
+    """Per shape and run, two instance findings in a VPC of their own: the first creates the
+    tool's groups there, the second finds them. The isolate step's chain of dependent calls
+    comes from its own trace of its calls (`awaited_chain`); triage's calls come before it."""
+    per: dict[tuple[int, int, str], list[dict]] = {}
+    profile: list[dict] = []
+    os.environ[CALL_TRACE] = "1"
+    try:
+        with workflow(bin_dir, log_dir, token_buckets=False) as st:
+            template = json.loads((ROOT / "events" / "instance-backdoor.json").read_text())
+            isolate_log = log_dir / "isolate.log"
+            for run, (k, (interfaces, volumes)) in itertools.product(range(runs), enumerate(shapes)):
+                n = run * len(shapes) + k
+                vpc = st.ec2.create_vpc(CidrBlock=f"10.{100 + n}.0.0/16")["Vpc"]["VpcId"]
+                subnet = st.ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.{100 + n}.0.0/20", AvailabilityZone=f"{REGION}a")["Subnet"][
+                    "SubnetId"
+                ]
+                group = st.ec2.create_security_group(GroupName="bench-web", Description="web", VpcId=vpc)["GroupId"]
+                for groups in ("created", "found"):
+                    sim = make_instance(st.ec2, st.iam, subnet, group, interfaces, volumes)
+                    sim["account"] = ACCOUNT
+                    before = len(proxy_log(st.proxy))
+                    tail = LogTail(isolate_log)
+                    outcome, _states, _note = execute(st, st.machine, point_event_at(template, sim, sim["instance_id"]))
+                    calls = [c for c in proxy_log(st.proxy)[before:] if c.get("end") is not None]
+                    chain = awaited_chain(traced_calls(tail.lines()))
+                    triage = [c for c in calls if c["app"] == "triage"]
+                    triage_chain = critical_path(triage, max(triage, key=lambda c: c["end"])) if triage else []
+                    by_function: dict[str, int] = {}
+                    for c in calls:
+                        by_function[c["app"] or "?"] = by_function.get(c["app"] or "?", 0) + 1
+                    if (interfaces, volumes, groups) == (1, 1, "found") and not profile:
+                        # One containment's calls as the burst's instances make them (1 ENI, 1
+                        # volume, the groups there): the simulation's profile.
+                        profile = calls
+                    per.setdefault((interfaces, volumes, groups), []).append(
+                        {
+                            "status": outcome["status"],
+                            "verdict": execution_verdict(outcome.get("output")),
+                            "calls": len(calls),
+                            "calls_by_function": by_function,
+                            "dependent_calls_isolate": len(chain),
+                            "dependent_calls_from_finding": len(chain) + len(triage_chain) if chain else 0,
+                            "chain": [c["action"].split(":")[1] for c in triage_chain] + [c["op"] for c in chain],
+                        }
+                    )
+    finally:
+        os.environ.pop(CALL_TRACE, None)
     out = []
-    with workflow(bin_dir, log_dir, token_buckets=False) as st:
-        template = json.loads((ROOT / "events" / "instance-backdoor.json").read_text())
-        for k, (interfaces, volumes) in enumerate(shapes):
-            vpc = st.ec2.create_vpc(CidrBlock=f"10.{100 + k}.0.0/16")["Vpc"]["VpcId"]
-            subnet = st.ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.{100 + k}.0.0/20", AvailabilityZone=f"{REGION}a")["Subnet"]["SubnetId"]
-            group = st.ec2.create_security_group(GroupName="bench-web", Description="web", VpcId=vpc)["GroupId"]
-            for groups in ("created", "found"):
-                sim = make_instance(st.ec2, st.iam, subnet, group, interfaces, volumes)
-                sim["account"] = ACCOUNT
-                before = len(proxy_log(st.proxy))
-                outcome, _states, _note = execute(st, st.machine, point_event_at(template, sim, sim["instance_id"]))
-                calls = [c for c in proxy_log(st.proxy)[before:] if c.get("end") is not None]
-                moves = [c for c in calls if c["action"] == "ec2:ModifyNetworkInterfaceAttribute" and c["app"] == "isolate"]
-                last = max(moves, key=lambda c: c["end"]) if moves else None
-                chain = critical_path([c for c in calls if c["app"] == "isolate"], last) if last else []
-                whole = critical_path([c for c in calls if c["app"] in ("triage", "isolate")], last) if last else []
-                by_function: dict[str, int] = {}
-                for c in calls:
-                    by_function[c["app"] or "?"] = by_function.get(c["app"] or "?", 0) + 1
-                out.append(
-                    {
-                        "interfaces": interfaces,
-                        "volumes": volumes,
-                        "quarantine_groups": groups,
-                        "status": outcome["status"],
-                        "verdict": execution_verdict(outcome.get("output")),
-                        "calls": len(calls),
-                        "calls_by_function": by_function,
-                        "dependent_calls_isolate": len(chain),
-                        "dependent_calls_from_finding": len(whole),
-                        "chain": [c["action"].split(":")[1] for c in whole],
-                    }
-                )
-    return out
+    for (interfaces, volumes, groups), rs in per.items():
+        verdicts = {r["verdict"] for r in rs}
+        out.append(
+            {
+                "interfaces": interfaces,
+                "volumes": volumes,
+                "quarantine_groups": groups,
+                "runs": len(rs),
+                "status": rs[-1]["status"],
+                "verdict": verdicts.pop() if len(verdicts) == 1 else ", ".join(sorted(map(str, verdicts))),
+                "calls": spread([r["calls"] for r in rs]),
+                "calls_by_function": rs[-1]["calls_by_function"],
+                "dependent_calls_isolate": spread([r["dependent_calls_isolate"] for r in rs]),
+                "dependent_calls_from_finding": spread([r["dependent_calls_from_finding"] for r in rs]),
+                # The longest chain of the runs, as an example.
+                "chain": max(rs, key=lambda r: r["dependent_calls_isolate"])["chain"],
+            }
+        )
+    return out, profile
 
 
 def execution_verdict(output) -> str | None:
@@ -501,6 +642,8 @@ def burst(bin_dir: Path, log_dir: Path, findings: int, copies: int, token_bucket
             "failed_attempt_causes": dict(sorted(causes.items(), key=lambda kv: -kv[1])[:8]),
             "bound_containment": bucket_bound(containment_calls),
             "bound_all": bucket_bound(calls),
+            # How long the harness answered calls for: from the first call to the last answer.
+            "calls_span_s": (max(c["end"] for c in calls) - min(c["start"] for c in calls)) if calls else 0.0,
         }
 
 
@@ -508,10 +651,13 @@ def group_case(bin_dir: Path, log_dir: Path, instances: int) -> dict:
     """One attack sequence naming `instances` instances (GuardDuty lists at most 25 per shared
     resource), through EC2's token buckets, MaxInstancesPerFinding raised to contain them all:
     the time until every interface is quarantined, the buckets' bound for the calls containment
-    waits for, and each instance's dependent-call chain in its isolate step (inferred from the
-    calls' times, as the table above)."""
+    waits for, and each instance's dependent-call chain in its isolate step (from the step's own
+    trace, as the table above)."""
     cap = {"MaxInstancesPerFinding": str(instances)}
-    with workflow(bin_dir, log_dir, token_buckets=True, parameters=cap) as st:
+    os.environ[CALL_TRACE] = "1"
+    with contextlib.ExitStack() as stack:
+        stack.callback(os.environ.pop, CALL_TRACE, None)
+        st = stack.enter_context(workflow(bin_dir, log_dir, token_buckets=True, parameters=cap))
         subnet = st.ec2.create_subnet(VpcId=st.sim["vpc_id"], CidrBlock="10.0.32.0/20", AvailabilityZone=f"{REGION}a")["Subnet"]["SubnetId"]
         group = st.ec2.create_security_group(GroupName="bench-group", Description="web", VpcId=st.sim["vpc_id"])["GroupId"]
         sims = [make_instance(st.ec2, st.iam, subnet, group) for _ in range(instances)]
@@ -527,18 +673,18 @@ def group_case(bin_dir: Path, log_dir: Path, instances: int) -> dict:
             for s in sims
         ]
         before = len(proxy_log(st.proxy))
+        tail = LogTail(log_dir / "isolate.log")
         t0 = time.monotonic()
         outcome, _states, _note = execute(st, st.machine, event)
         finished = time.monotonic() - t0
+        traced = traced_calls(tail.lines())
         calls = [c for c in proxy_log(st.proxy)[before:] if c.get("end") is not None]
         interfaces = {e for s in sims for e in s["interfaces"]}
-        named = interfaces | {s["instance_id"] for s in sims}
         isolate_calls = [c for c in calls if c["app"] == "isolate" and c["action"].startswith("ec2:")]
         quarantined_at: dict[str, float] = {}
         chains = []
         for s in sims:
             mine = set(s["interfaces"]) | {s["instance_id"]}
-            about = lambda c: set((c.get("params") or {}).values()) & named
             moves = [
                 c
                 for c in isolate_calls
@@ -548,10 +694,9 @@ def group_case(bin_dir: Path, log_dir: Path, instances: int) -> dict:
             ]
             for c in moves:
                 quarantined_at[c["params"]["NetworkInterfaceId"]] = c["end"] - t0
-            if moves:
-                # This instance's calls, and the group lookups every instance makes alike.
-                own = [c for c in isolate_calls if not about(c) or about(c) & mine]
-                chains.append(float(len(critical_path(own, max(moves, key=lambda c: c["end"])))))
+            chain = awaited_chain([c for c in traced if c["instance_id"] == s["instance_id"]])
+            if chain:
+                chains.append(float(len(chain)))
         containment_calls = [
             c
             for c in calls
@@ -571,6 +716,53 @@ def group_case(bin_dir: Path, log_dir: Path, instances: int) -> dict:
             "bound_containment": bucket_bound(containment_calls),
             "chain_per_instance": spread(chains),
         }
+
+
+# The simulation's assumptions for AWS (bench/burst_sim.py): each AWS call answered in 150 ms,
+# a Lambda function's first call 50 ms after its state started, Lambda's default account
+# concurrency (1,000 environments) and the state machine's Map (10 instances at once).
+AWS_LATENCY_S, AWS_INVOKE_S, AWS_CONCURRENCY = 0.15, 0.05, 1000
+
+
+def simulation(profile_calls: list[dict], r: dict, copies: int, group_size: int) -> dict | None:
+    """The burst predicted by the simulation (bench/burst_sim.py): first at the harness's own
+    speed (fitted to the burst without token buckets) against the burst measured through them,
+    then with AWS's answers for 100 and 1,000 findings and a 25-instance group."""
+    import burst_sim
+
+    b, floor = r.get("burst"), r.get("burst_floor")
+    if not profile_calls or not b or not floor or not floor["all_contained_s"]:
+        return None
+    profile = burst_sim.profile_of(profile_calls)
+    # The harness: its function processes, a state's start as one execution alone shows it, and
+    # one server answering calls one at a time, as fast as the burst without buckets says.
+    overhead_s = burst_sim.step_overhead(profile_calls)
+    harness = burst_sim.Model(service_s=0.0, copies=copies, invoke_s=overhead_s)
+    service_s = burst_sim.fit_service(
+        profile, dataclasses.replace(harness, token_buckets=False), floor["findings"], floor["all_contained_s"]
+    )
+    harness = dataclasses.replace(harness, service_s=service_s)
+    predicted = burst_sim.simulate(profile, harness, b["findings"])
+    measured = b["all_contained_s"]
+    error = (predicted["all_isolated_s"] / measured - 1) if measured and predicted["all_isolated_s"] else None
+    aws = burst_sim.Model(latency_s=AWS_LATENCY_S, invoke_s=AWS_INVOKE_S, concurrency=AWS_CONCURRENCY)
+    return {
+        # The execution it was fed, to run it again (`burst_sim.profile_of`).
+        "profile_calls": [{k: c.get(k) for k in ("app", "action", "start", "end", "fault")} for c in profile_calls],
+        "profile": {f: [len(x) for x in rounds] for f, rounds in profile.items()},
+        "harness_service_ms": service_s * 1000,
+        "harness_step_overhead_ms": overhead_s * 1000,
+        "check": {"findings": b["findings"], "predicted": predicted, "measured_s": measured, "error": error},
+        "aws": {
+            "assumptions": {"latency_s": AWS_LATENCY_S, "invoke_s": AWS_INVOKE_S, "concurrency": AWS_CONCURRENCY},
+            "burst_100": burst_sim.simulate(profile, aws, 100),
+            "burst_1000": burst_sim.simulate(profile, aws, 1000, seeds=2),
+            "group_25": burst_sim.simulate(profile, aws, 1, 25),
+            # The same 100 with the SDK asking up to 8 times (AWS_MAX_ATTEMPTS=8 in the
+            # functions' environment): what more patience with EC2's buckets would change.
+            "burst_100_attempts_8": burst_sim.simulate(profile, dataclasses.replace(aws, sdk_attempts=8), 100),
+        },
+    }
 
 
 # ---------------------------------------------------------------- the table
@@ -639,15 +831,16 @@ def render(r: dict) -> str:
             + " |"
         )
     w.append("")
-    w.append("### AWS calls per finding (instance finding, whole workflow)\n")
+    runs = r["calls"][0].get("runs", 1) if r["calls"] else 0
+    w.append(f"### AWS calls per finding (instance finding, whole workflow; {runs} runs each: median (min–max))\n")
     w.append(
-        "| instance | calls | by function | dependent calls before all ENIs quarantined: isolate step | from the finding (triage + isolate) | chain |"
+        "| instance | calls | by function (last run) | dependent calls before all ENIs quarantined: isolate step (its own trace) | from the finding (triage + isolate) | the longest chain |"
     )
     w.append("|---|---|---|---|---|---|")
     for c in r["calls"]:
         by = ", ".join(f"{k} {v}" for k, v in sorted(c["calls_by_function"].items()))
         w.append(
-            f"| {c['interfaces']} ENI / {c['volumes']} vol, groups {c['quarantine_groups']} ({c['verdict'] or c['status']}) | {c['calls']} | {by} | {c['dependent_calls_isolate']} | {c['dependent_calls_from_finding']} | {' → '.join(c['chain'])} |"
+            f"| {c['interfaces']} ENI / {c['volumes']} vol, groups {c['quarantine_groups']} ({c['verdict'] or c['status']}) | {fmt(c['calls'], 0)} | {by} | {fmt(c['dependent_calls_isolate'], 0)} | {fmt(c['dependent_calls_from_finding'], 0)} | {' → '.join(c['chain'])} |"
         )
     w.append("")
     b = r["burst"]
@@ -679,6 +872,43 @@ def render(r: dict) -> str:
             + ", ".join(f"{k} {v}" for k, v in sorted(b["bound_all"]["calls_per_bucket"].items()))
             + f"; each function served by {b['function_copies']} processes.\n"
         )
+    sim = r.get("simulation")
+    if sim:
+        c = sim["check"]
+        p = c["predicted"]
+        w.append("### Burst simulated (bench/burst_sim.py)\n")
+        w.append(
+            f"Fed by one containment's calls (per function, in rounds: {', '.join(f'{k} {v}' for k, v in sorted(sim['profile'].items()))}), "
+            "EC2's token buckets, the SDK's standard retries and the state machine's Retry.\n"
+        )
+        w.append(
+            "| case | where the calls go | instances isolated | last isolated (s) | median isolated (s) | calls | throttled | step retries | failed steps |"
+        )
+        w.append("|---|---|---|---|---|---|---|---|---|")
+
+        def row(name: str, where: str, x: dict) -> str:
+            last = "n/a" if x["all_isolated_s"] is None else f"{x['all_isolated_s']:.1f}"
+            med = "n/a" if x["median_isolated_s"] is None else f"{x['median_isolated_s']:.1f}"
+            return f"| {name} | {where} | {x['isolated']}/{x['instances']} | {last} | {med} | {x['calls']:.0f} | {x['throttled']:.0f} | {x['step_retries']:.0f} | {x['failed_steps']:.0f} |"
+
+        w.append(
+            row(
+                f"check: the {c['findings']}-finding burst above",
+                f"the harness ({sim['harness_service_ms']:.1f} ms a call, one at a time; {sim['harness_step_overhead_ms']:.0f} ms from a state to its first call)",
+                p,
+            )
+        )
+        a = sim["aws"]
+        where = f"AWS ({a['assumptions']['latency_s'] * 1000:.0f} ms a call, {a['assumptions']['concurrency']} Lambda environments)"
+        w.append(row("100 findings at once", where, a["burst_100"]))
+        w.append(row("1,000 findings at once", where, a["burst_1000"]))
+        w.append(row("one finding naming 25 instances", where, a["group_25"]))
+        if a.get("burst_100_attempts_8"):
+            w.append(row("100 findings at once, the SDK asking up to 8 times (`AWS_MAX_ATTEMPTS=8`)", where, a["burst_100_attempts_8"]))
+        measured = "n/a" if c["measured_s"] is None else f"{c['measured_s']:.1f} s"
+        err = "n/a" if c["error"] is None else f"{c['error'] * 100:+.0f}%"
+        pred = "n/a" if p["all_isolated_s"] is None else f"{p['all_isolated_s']:.1f} s"
+        w.append(f"\nThe check: predicted {pred} against {measured} measured ({err}).\n")
     g = r.get("group")
     if g:
         w.append(f"### Group: one attack sequence naming {g['instances']} instances, EC2 token buckets enforced\n")
@@ -742,15 +972,27 @@ def targets(r: dict) -> list[dict]:
             }
         )
     for c in r["calls"]:
+        most = TARGETS["dependent_calls"][c["quarantine_groups"]]
+        chain = c["dependent_calls_isolate"]
         out.append(
             {
-                "target": f"≤ {TARGETS['dependent_calls']} dependent calls before isolation ({c['interfaces']} ENI, groups {c['quarantine_groups']})",
-                "measured": f"{c['dependent_calls_isolate']} in the isolate step, {c['dependent_calls_from_finding']} from the finding",
-                "met": c["verdict"] == "contained" and c["dependent_calls_isolate"] <= TARGETS["dependent_calls"],
+                "target": f"≤ {most} dependent calls in the isolate step before isolation ({c['interfaces']} ENI, groups {c['quarantine_groups']})",
+                "measured": f"{fmt(chain, 0)} over {c['runs']} runs ({fmt(c['dependent_calls_from_finding'], 0)} from the finding)",
+                "met": c["verdict"] == "contained" and bool(chain) and chain["max"] <= most,
             }
         )
     if r["burst"]:
         out.append(burst_target(r))
+    sim = r.get("simulation")
+    if sim:
+        err = sim["check"]["error"]
+        out.append(
+            {
+                "target": "the burst simulation predicts the harness's measured burst within 20%",
+                "measured": "n/a" if err is None else f"{err * 100:+.0f}%",
+                "met": None if err is None else abs(err) <= 0.2,
+            }
+        )
     return out
 
 
@@ -814,12 +1056,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", required=True, help="where the results go")
     p.add_argument("--markdown", help="where the table goes too")
     p.add_argument("--render", action="store_true", help="only print the table of the results in --json")
+    p.add_argument("--burst", type=int, help="findings in the burst (default: 10 quick, 100 full)")
     args = p.parse_args(argv)
     if args.render:
         print(render(json.loads(Path(args.json).read_text())))
         return 0
     emulator = os.environ["MOTO_ENDPOINT"]
     runs, warm, findings, copies = (2, 3, 10, 2) if args.quick else (10, 10, 100, 10)
+    if args.burst:
+        findings, copies = args.burst, 2 if args.burst <= 10 else 10
     group_size = 10 if args.quick else 25
     x86_dir, arm_dir = Path(args.x86_dir), Path(args.arm_dir) if args.arm_dir else None
     log_dir = Path(tempfile.mkdtemp(prefix="ec2-quarantine-bench-"))
@@ -851,7 +1096,7 @@ def main(argv: list[str] | None = None) -> int:
                 for k in ("init_ms", "first_ms", "warm_ms", "peak_rss_mib")
             }
     log("AWS calls per finding (1 ENI/1 volume, 4 ENIs/8 volumes)")
-    r["calls"] = calls_per_finding(x86_dir, log_dir, [(1, 1), (4, 8)])
+    r["calls"], profile = calls_per_finding(x86_dir, log_dir, [(1, 1), (4, 8)], 2 if args.quick else 5)
     log(f"burst of {findings} findings through EC2's token buckets")
     r["burst"] = burst(x86_dir, log_dir, findings, copies)
     log(f"one attack sequence naming {group_size} instances through EC2's token buckets")
@@ -861,6 +1106,8 @@ def main(argv: list[str] | None = None) -> int:
     # is 0, every call within the buckets' capacity).
     log("the same burst without rate limits (the local harness's own speed)")
     r["burst_floor"] = burst(x86_dir, log_dir, findings, copies, token_buckets=False)
+    log("the burst simulated: checked against the harness's burst, then with AWS's answers")
+    r["simulation"] = simulation(profile, r, copies, group_size)
     r["targets"] = targets(r)
     r["invalid"] = invalid(r)
     table = render(r)

@@ -276,7 +276,8 @@ class LambdaService:
 
 def function_env(emulator_endpoint: str, region: str, extra: dict[str, str]) -> dict[str, str]:
     """The environment of a function process: the emulator's address and test credentials only."""
-    keep = {k: os.environ[k] for k in ("PATH", "HOME", "RUST_LOG", "RUST_BACKTRACE") if k in os.environ}
+    # EC2Q_CALL_TRACE: the benchmarks' trace of each function's EC2 calls (src/aws/calls.rs).
+    keep = {k: os.environ[k] for k in ("PATH", "HOME", "RUST_LOG", "RUST_BACKTRACE", "EC2Q_CALL_TRACE") if k in os.environ}
     return {
         **keep,
         "AWS_ENDPOINT_URL": emulator_endpoint,
