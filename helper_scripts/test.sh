@@ -5,9 +5,17 @@
 # the integration tests against the emulator), evaluates every AWS call the functions made there
 # and a list of abuses with IAM's evaluation logic against the template's policies
 # (tests/tools/iam_check.py), stops the emulator (also on failure or Ctrl-C),
-# checks the SAM template and the state machine, builds the release bootstraps, runs the offline
-# end-to-end workflow tests (the deployed path among them: template.yaml deployed with sam deploy
-# into a local control plane), and runs the benchmarks in quick mode (helper_scripts/bench.sh --quick).
+# checks the SAM template and the state machine, runs the offline end-to-end workflow tests (the
+# deployed path among them: template.yaml deployed with sam deploy into a local control plane,
+# from the release bootstraps), and runs the benchmarks in quick mode (helper_scripts/bench.sh
+# --quick).
+#
+# Independent stages run at once where the 2 cores allow. The release build (fat LTO, one
+# codegen unit: the longest stage) starts first, in the background at the lowest CPU priority:
+# it takes the cores the other stages leave idle (the tools' download, the tests waiting on an
+# emulator), and the stages that need it wait for it (log: .tools/release-build.log). The
+# workflow tests (each on an emulator of its own) run beside the Rust suite (log:
+# .tools/workflow-tests.log, printed when they end).
 set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
 cd "$PROJECT_ROOT"
@@ -15,10 +23,35 @@ cd "$PROJECT_ROOT"
 log() { printf '==> [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*" >&2; }
 
 command -v cargo >/dev/null || die "cargo is required (https://rustup.rs)"
+mkdir -p "$TOOLS_DIR"
+RELEASE_LOG="$TOOLS_DIR/release-build.log"
+log "cargo build --release, in the background (nice 19; log: ${RELEASE_LOG#"$PROJECT_ROOT/"})"
+# A session of its own, so that stopping it stops its compilers too.
+setsid nice -n 19 cargo build --release --locked --bins >"$RELEASE_LOG" 2>&1 &
+RELEASE_PID=$!
+WORKFLOW_PID=
+stop_background() {
+  local pid
+  for pid in "${RELEASE_PID:-}" "${WORKFLOW_PID:-}"; do
+    if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
+      kill -- "-$pid" 2>/dev/null || true
+      wait "$pid" 2>/dev/null || true
+    fi
+  done
+}
+wait_release_build() {
+  log "waiting for the release build"
+  wait "$RELEASE_PID" || { cat "$RELEASE_LOG" >&2; die "cargo build --release failed"; }
+  RELEASE_PID=
+  log "release build done"
+}
+trap stop_background EXIT
 ensure_python_tools
 ensure_control_plane_tools
 ensure_node_tools
 start_emulator
+# start_emulator's trap, and the background stages'.
+trap 'stop_emulator; stop_background' EXIT
 start_fault_proxy
 
 log "cargo fmt --check, ruff format --check and ruff check (the Python of the harness, tests and bench)"
@@ -27,6 +60,13 @@ cargo fmt --all --check
 "$VENV/bin/ruff" check helper_scripts tests bench
 log "cargo clippy (warnings are errors)"
 cargo clippy --locked --all-targets -- -D warnings
+log "cargo test --no-run (the test binaries, and the functions' debug bootstraps the workflow tests run)"
+cargo test --locked --no-run
+WORKFLOW_LOG="$TOOLS_DIR/workflow-tests.log"
+log "the workflow end to end on the local emulator (every sample event), in the background (log: ${WORKFLOW_LOG#"$PROJECT_ROOT/"})"
+FUNCTIONS_BIN_DIR="$CARGO_TARGET_DIR/debug" setsid "$VENV/bin/pytest" -q -p no:cacheprovider tests/workflow \
+  --ignore=tests/workflow/test_deployed_path.py >"$WORKFLOW_LOG" 2>&1 &
+WORKFLOW_PID=$!
 log "cargo test, the emulator tests included"
 # The tests that need the emulator are #[ignore]d so that plain `cargo test` passes without it;
 # here the emulator runs, so they run too.
@@ -60,11 +100,19 @@ log "asl-validator"
 for asl in statemachine/*.asl.json; do
   "$TOOLS_DIR/node/node_modules/.bin/asl-validator" --json-path "$asl"
 done
-log "cargo build --release (the bootstraps sam build would package: the deployed path's, and the benchmarks')"
-cargo build --release --locked --bins
-log "the workflow end to end on the local emulator (every sample event), and deployed with sam deploy (tests/workflow/test_deployed_path.py)"
+log "waiting for the workflow tests"
+if wait "$WORKFLOW_PID"; then
+  WORKFLOW_PID=
+  tail -n 3 "$WORKFLOW_LOG" >&2
+else
+  WORKFLOW_PID=
+  cat "$WORKFLOW_LOG" >&2
+  die "the workflow tests failed"
+fi
+wait_release_build
+log "the workflow deployed with sam deploy, from the release bootstraps (tests/workflow/test_deployed_path.py)"
 FUNCTIONS_BIN_DIR="$CARGO_TARGET_DIR/debug" RELEASE_BIN_DIR="$CARGO_TARGET_DIR/release" \
-  "$VENV/bin/pytest" -q -p no:cacheprovider tests/workflow
+  "$VENV/bin/pytest" -q -p no:cacheprovider tests/workflow/test_deployed_path.py
 log "deploy.sh local (the README's offline run)"
 ./helper_scripts/deploy.sh local >"$TOOLS_DIR/local-run.log" 2>&1 || { cat "$TOOLS_DIR/local-run.log" >&2; die "deploy.sh local failed"; }
 grep -q '^State machine execution: SUCCEEDED' "$TOOLS_DIR/local-run.log" || { cat "$TOOLS_DIR/local-run.log" >&2; die "deploy.sh local did not contain the sample"; }
