@@ -214,53 +214,6 @@ impl Error {
         }
     }
 
-    /// The same failure again, for each of several waiters on one call: the same name, action,
-    /// code and message, with the first one's text as the source.
-    pub fn again(&self) -> Error {
-        let source = || -> Source { Box::new(Answer(self.to_string())) };
-        match self {
-            Error::Transient {
-                action,
-                code,
-                message,
-                ..
-            } => Error::Transient {
-                action,
-                code: code.clone(),
-                message: message.clone(),
-                source: source(),
-            },
-            Error::AccessDenied {
-                action,
-                code,
-                message,
-                ..
-            } => Error::AccessDenied {
-                action,
-                code: code.clone(),
-                message: message.clone(),
-                source: source(),
-            },
-            Error::Aws {
-                action,
-                code,
-                message,
-                ..
-            } => Error::Aws {
-                action,
-                code: code.clone(),
-                message: message.clone(),
-                source: source(),
-            },
-            other => Error::Aws {
-                action: "ec2:SecurityGroup",
-                code: other.name().to_string(),
-                message: other.to_string(),
-                source: source(),
-            },
-        }
-    }
-
     /// Whether the failed request may still have taken effect: no answer came (a timeout, a
     /// dropped connection) or the service failed while handling it (a 5xx). A throttle or any
     /// other refusal is an answer that nothing was done.

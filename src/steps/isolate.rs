@@ -2,7 +2,6 @@
 //! that allows nothing in and nothing out, plus the evidence-keeping instance attributes.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
 use aws_sdk_ec2::operation::modify_instance_attribute::builders::ModifyInstanceAttributeFluentBuilder;
 use aws_sdk_ec2::types::{
@@ -345,13 +344,11 @@ async fn read_instance(
     }))
 }
 
-/// Has each VPC's two groups (found, or created), then moves every interface (but the managed
-/// ones) through them while their rules are set: the quarantine group emptied, the transit group
-/// opened. An interface moves on into the quarantine group only once its group is empty. The
-/// record of the previous groups is written while the interfaces move: it holds the groups read
-/// before any move, and a record that could not be written does not hold isolation back (the
-/// groups are in the report all the same). `Err`: a VPC's groups could not be had, and no
-/// interface moved.
+/// Makes sure of each VPC's quarantine group, then moves every interface (but the managed ones)
+/// into it. The record of the previous groups is written while the interfaces move: it holds
+/// the groups read before any move, and a record that could not be written does not hold
+/// isolation back (the groups are in the report all the same). `Err`: a quarantine group could
+/// not be had, and no interface moved.
 async fn isolate_network(
     clients: &Clients,
     found: &Found,
@@ -361,39 +358,23 @@ async fn isolate_network(
 ) -> Result<(Result<bool, Error>, Vec<QuarantineGroup>, Vec<Moved>), Error> {
     let (ec2, plan) = (&clients.ec2, clients.plan());
     let moved = async {
-        let had = try_join_all(
-            lookups
-                .into_iter()
-                .map(|(vpc, lookup)| async move { obtain_groups(ec2, plan, &vpc, lookup).await }),
-        )
+        let groups = try_join_all(lookups.into_iter().map(|(vpc, lookup)| async move {
+            ensure_quarantine_group(ec2, plan, &vpc, lookup).await
+        }))
         .await?;
-        let ready: BTreeMap<&str, Ready> = had
-            .iter()
-            .map(|g| {
-                (
-                    g.vpc_id.as_str(),
-                    calls::branch("network", prepare_groups(ec2, plan, g))
-                        .boxed()
-                        .shared(),
-                )
-            })
-            .collect();
-        let by_vpc: BTreeMap<&str, &Groups> = had.iter().map(|g| (g.vpc_id.as_str(), g)).collect();
+        let by_vpc: BTreeMap<&str, &QuarantineGroup> =
+            groups.iter().map(|g| (g.vpc_id.as_str(), g)).collect();
         let moves = join_all(
             found
                 .interfaces
                 .iter()
                 .filter(|eni| !found.managed.contains(&eni.id))
                 .map(|eni| {
-                    let vpc = eni.vpc_id.as_str();
-                    let group = by_vpc.get(vpc).map(|g| g.ids());
-                    let ready = ready.get(vpc).cloned();
                     let moved = move_interface(
                         ec2,
                         plan,
                         eni,
-                        group,
-                        ready,
+                        by_vpc.get(eni.vpc_id.as_str()).copied(),
                         recalled.get(&eni.id).cloned().unwrap_or_default(),
                         deadline,
                     );
@@ -401,31 +382,6 @@ async fn isolate_network(
                 }),
         )
         .await;
-        // Every VPC's preparation, done (a VPC whose interfaces were all isolated already
-        // still has its rules checked).
-        let mut groups = Vec::new();
-        let mut unprepared = None;
-        for g in &had {
-            let prepared = match ready.get(g.vpc_id.as_str()) {
-                Some(r) => r.clone().await,
-                None => Prepared::nothing(),
-            };
-            if let Err(err) = &prepared.quarantine {
-                unprepared.get_or_insert_with(|| err.again());
-            }
-            groups.push(g.report(&prepared));
-        }
-        // A quarantine group that could not be emptied, and every interface in the groups it
-        // had (none was in the transit group before this run): that failure is the step's.
-        let all_as_before = moves
-            .iter()
-            .all(|m| matches!(m, Err((_, MoveFailure::NotIsolated(_)))));
-        if let Some(err) = unprepared
-            && all_as_before
-            && !found.interfaces.iter().any(|i| i.in_transit)
-        {
-            return Err(err);
-        }
         Ok::<_, Error>((groups, moves))
     };
     let (recorded, moved) = futures::join!(
@@ -818,11 +774,8 @@ where
 }
 
 /// Moves one interface into the quarantine group alone, through the transit group when there is
-/// one. The move into the transit group goes while the VPC's groups get their rules (`ready`):
-/// the move on to the quarantine group waits until that group is empty, and counts the
-/// connections as cut only if the transit group was open by then. Once the interface may be in
-/// the transit group it never stays there: it goes on to the quarantine group or back to the
-/// groups it had, or the failure says EXPOSED.
+/// one. Once the interface may be in the transit group it never stays there: it goes on to the
+/// quarantine group or back to the groups it had, or the failure says EXPOSED.
 ///
 /// One piece on purpose: every way out of it says where the interface is left (quarantine, its
 /// own groups, or EXPOSED in transit), and the fail-safe is checked by reading that sequence
@@ -831,12 +784,13 @@ async fn move_interface(
     ec2: &aws_sdk_ec2::Client,
     plan: Option<&Plan>,
     eni: &Interface,
-    group: Option<(&str, &str)>,
-    ready: Option<Ready<'_>>,
+    group: Option<&QuarantineGroup>,
     recorded: Vec<String>,
     deadline: Option<Instant>,
 ) -> Result<InterfaceIsolation, (String, MoveFailure)> {
-    let (group_id, transit_id) = group.unwrap_or_default();
+    let (group_id, transit_id) = group
+        .map(|g| (g.group_id.as_str(), g.transit_group_id.as_str()))
+        .unwrap_or_default();
     let isolated = eni.groups.len() == 1 && eni.groups[0] == group_id;
     // An interface found in the transit group was put there by an earlier run cut short: its
     // own groups are the ones that run recorded.
@@ -887,32 +841,22 @@ async fn move_interface(
     let mut maybe_in_transit = eni.in_transit;
     let mut connections_cut = eni.in_transit;
     let transit_tried = !eni.in_transit && !transit_id.is_empty() && time_left(TRANSIT_MIN_TIME);
-    let to_transit = async {
-        if !transit_tried {
-            return None;
-        }
-        Some(
-            until(
-                deadline.map(|d| d - REVERT_RESERVE),
-                set_groups(vec![transit_id.to_owned()]),
-            )
-            .await,
+    if transit_tried {
+        match until(
+            deadline.map(|d| d - REVERT_RESERVE),
+            set_groups(vec![transit_id.to_owned()]),
         )
-    };
-    let (to_transit, prepared) = futures::join!(to_transit, prepared(ready, deadline));
-    match to_transit {
-        Some(Ok(())) => {
-            maybe_in_transit = true;
-            connections_cut = prepared.transit_open;
-            if !prepared.transit_open {
-                warn!(eni = %eni.id, "the transit group could not be opened: open connections may persist");
+        .await
+        {
+            Ok(()) => {
+                maybe_in_transit = true;
+                connections_cut = true;
+            }
+            Err(err) => {
+                maybe_in_transit = err.maybe_applied();
+                warn!(eni = %eni.id, error = %err, "transit move failed: open connections may persist");
             }
         }
-        Some(Err(err)) => {
-            maybe_in_transit = err.maybe_applied();
-            warn!(eni = %eni.id, error = %err, "transit move failed: open connections may persist");
-        }
-        None => {}
     }
     let to_quarantine = || {
         until(
@@ -924,45 +868,28 @@ async fn move_interface(
         info!(eni = %eni.id, sg = %group_id, previous = ?previous_groups, connections_cut, "interface isolated");
         Ok(report(InterfaceStatus::Isolated, connections_cut))
     };
-    let not_open = |groups: &[String]| groups != [transit_id.to_owned()];
-    let err = match prepared.quarantine {
-        // The quarantine group is empty: on into it.
-        Ok(_) => {
-            let err = match to_quarantine().await {
-                Ok(()) => return isolated(connections_cut),
-                Err(err) if !maybe_in_transit && !transit_tried => {
-                    return Err((eni.id.clone(), MoveFailure::NotIsolated(err)));
-                }
-                Err(err) => err,
-            };
-            // A call that failed may still have been applied (an earlier attempt the SDK
-            // retried, an answer that never came): where the interface is, AWS says.
-            match until(deadline, current_groups(ec2, &eni.id)).await {
-                Ok(groups) if groups == [group_id.to_owned()] => return isolated(connections_cut),
-                Ok(groups) if not_open(&groups) => {
-                    return Err((eni.id.clone(), MoveFailure::NotIsolated(err)));
-                }
-                _ => {}
-            }
-            // In the transit group (or unknown): once more to quarantine when the failure may
-            // pass, then back to the groups it had.
-            if err.name().is_retryable() && to_quarantine().await.is_ok() {
-                return isolated(connections_cut);
-            }
-            err
+    let err = match to_quarantine().await {
+        Ok(()) => return isolated(connections_cut),
+        Err(err) if !maybe_in_transit && !transit_tried => {
+            return Err((eni.id.clone(), MoveFailure::NotIsolated(err)));
         }
-        // The quarantine group could not be emptied: never into it. Back to the groups the
-        // interface had, if it may have left them.
-        Err(shared) => {
-            let err = shared.again();
-            warn!(eni = %eni.id, error = %err, "the quarantine group is not empty: the interface does not move into it");
-            if !maybe_in_transit {
-                return Err((eni.id.clone(), MoveFailure::NotIsolated(err)));
-            }
-            err
-        }
+        Err(err) => err,
     };
-    // Back to the groups it had, which allow no more than before.
+    // A call that failed may still have been applied (an earlier attempt the SDK retried, an
+    // answer that never came): where the interface is, AWS says.
+    let not_open = |groups: &[String]| groups != [transit_id.to_owned()];
+    match until(deadline, current_groups(ec2, &eni.id)).await {
+        Ok(groups) if groups == [group_id.to_owned()] => return isolated(connections_cut),
+        Ok(groups) if not_open(&groups) => {
+            return Err((eni.id.clone(), MoveFailure::NotIsolated(err)));
+        }
+        _ => {}
+    }
+    // In the transit group (or unknown): once more to quarantine when the failure may pass,
+    // then back to the groups it had, which allow no more than before.
+    if err.name().is_retryable() && to_quarantine().await.is_ok() {
+        return isolated(connections_cut);
+    }
     warn!(eni = %eni.id, error = %err, "the move to quarantine failed after the transit group: moving the interface back");
     if !previous_groups.is_empty()
         && until(deadline, set_groups(previous_groups.clone()))
@@ -980,30 +907,6 @@ async fn move_interface(
             Err((eni.id.clone(), MoveFailure::Exposed(err)))
         }
     }
-}
-
-/// The VPC's groups' preparation as one interface waits for it: until the function's time
-/// leaves only the reserve to move the interface back.
-async fn prepared(ready: Option<Ready<'_>>, deadline: Option<Instant>) -> Prepared {
-    let Some(ready) = ready else {
-        return Prepared::nothing();
-    };
-    let Some(deadline) = deadline else {
-        return ready.await;
-    };
-    tokio::time::timeout_at(deadline - REVERT_RESERVE, ready)
-        .await
-        .unwrap_or_else(|_| Prepared {
-            quarantine: Err(Arc::new(Error::Transient {
-                action: "ec2:RevokeSecurityGroupEgress",
-                code: "FunctionDeadline".into(),
-                message: "the quarantine group was not emptied before the function's time ran out"
-                    .into(),
-                source: "deadline".into(),
-            })),
-            transit_open: false,
-            transit_changed: false,
-        })
 }
 
 /// Runs `call` again while EC2 does not know a group yet: `InvalidGroup.NotFound` right after
@@ -1082,157 +985,80 @@ fn filter(name: &str, value: &str) -> Filter {
     Filter::builder().name(name).values(value).build()
 }
 
-/// A VPC's two groups as found or created, before their rules are set.
-struct Groups {
-    vpc_id: String,
-    quarantine: Had,
-    /// Without a usable transit group the interfaces are still isolated, only without cutting
-    /// open connections.
-    transit: Option<Had>,
-}
-
-/// One of the tool's groups, and whether this run created it (then its rules are the ones EC2
-/// gives a new group, and no read is needed to know them).
-struct Had {
-    group: SecurityGroup,
-    created: bool,
-}
-
-impl Had {
-    fn id(&self) -> &str {
-        self.group.group_id().unwrap_or_default()
-    }
-}
-
-impl Groups {
-    /// The quarantine group's id and the transit group's ("" without one).
-    fn ids(&self) -> (&str, &str) {
-        (
-            self.quarantine.id(),
-            self.transit.as_ref().map(Had::id).unwrap_or_default(),
-        )
-    }
-
-    fn report(&self, prepared: &Prepared) -> QuarantineGroup {
-        let (group_id, transit_group_id) = self.ids();
-        QuarantineGroup {
-            vpc_id: self.vpc_id.clone(),
-            group_id: group_id.to_owned(),
-            transit_group_id: transit_group_id.to_owned(),
-            changed: self.quarantine.created
-                || self.transit.as_ref().is_some_and(|t| t.created)
-                || matches!(prepared.quarantine, Ok(true))
-                || prepared.transit_changed,
-        }
-    }
-}
-
-/// What setting a VPC's groups' rules came to, which each of its interfaces waits for.
-#[derive(Clone)]
-struct Prepared {
-    /// The quarantine group is empty (and whether this run revoked rules to make it so), or why
-    /// it is not.
-    quarantine: Result<bool, Arc<Error>>,
-    /// The transit group allows all traffic in and out, IPv4 and IPv6.
-    transit_open: bool,
-    /// This run added rules to the transit group.
-    transit_changed: bool,
-}
-
-impl Prepared {
-    /// No groups to prepare (an interface of a VPC the lookups did not cover).
-    fn nothing() -> Prepared {
-        Prepared {
-            quarantine: Ok(false),
-            transit_open: false,
-            transit_changed: false,
-        }
-    }
-}
-
-/// A VPC's preparation, shared by its interfaces.
-type Ready<'a> = futures::future::Shared<futures::future::BoxFuture<'a, Prepared>>;
-
-/// Finds or creates the tool's two groups in a VPC, both at once, each tagged in its create
-/// call and known from what the call returns (no read back). `found` is a lookup already made
-/// (while the instance was read); without it the groups are looked up here.
-async fn obtain_groups(
+/// Finds or creates the tool's two groups in a VPC (both at once, each created tagged and known
+/// from what its create call returns: no read back), then sets their rules, both at once: the
+/// quarantine group with every rule revoked, the transit group allowing all traffic. No
+/// interface moves before both are set. Without a usable transit group the interfaces are still
+/// isolated, only without cutting open connections. `found` is a lookup already made (while the
+/// instance was read); without it the groups are looked up here.
+async fn ensure_quarantine_group(
     ec2: &aws_sdk_ec2::Client,
     plan: Option<&Plan>,
     vpc_id: &str,
     found: Option<FoundGroups>,
-) -> Result<Groups, Error> {
+) -> Result<QuarantineGroup, Error> {
     let (found_quarantine, found_transit) = match found {
         Some(found) => found,
         None => find_groups(ec2, vpc_id).await,
     };
     let quarantine = async {
-        let names = (
-            QUARANTINE_GROUP_NAME,
-            QUARANTINE_GROUP_DESCRIPTION,
-            tags::ISOLATION_GROUP,
-        );
-        ensure_group(ec2, plan, vpc_id, names, found_quarantine?).await
+        let (group, created) = ensure_group(
+            ec2,
+            plan,
+            vpc_id,
+            (
+                QUARANTINE_GROUP_NAME,
+                QUARANTINE_GROUP_DESCRIPTION,
+                tags::ISOLATION_GROUP,
+            ),
+            found_quarantine?,
+        )
+        .await?;
+        // A group this run created has the rules EC2 gives every new group; a group found has
+        // the rules its lookup listed.
+        let emptied = if created {
+            revoke_defaults(ec2, plan, group.group_id().unwrap_or_default()).await?
+        } else {
+            revoke_all_rules(ec2, plan, &group).await?
+        };
+        Ok::<_, Error>((group, created || emptied))
     };
     let transit = async {
-        let names = (
-            TRANSIT_GROUP_NAME,
-            TRANSIT_GROUP_DESCRIPTION,
-            tags::TRANSIT_GROUP,
-        );
-        ensure_group(ec2, plan, vpc_id, names, found_transit?).await
+        let (group, created) = ensure_group(
+            ec2,
+            plan,
+            vpc_id,
+            (
+                TRANSIT_GROUP_NAME,
+                TRANSIT_GROUP_DESCRIPTION,
+                tags::TRANSIT_GROUP,
+            ),
+            found_transit?,
+        )
+        .await?;
+        let opened = if created {
+            open_new(ec2, plan, group.group_id().unwrap_or_default()).await?
+        } else {
+            allow_all(ec2, plan, &group).await?
+        };
+        Ok::<_, Error>((group, created || opened))
     };
     let (quarantine, transit) = futures::join!(quarantine, transit);
-    let (group, created) = quarantine?;
-    let transit = match transit {
-        Ok((group, created)) => Some(Had { group, created }),
+    let (group, quarantine_changed) = quarantine?;
+    let (transit_group_id, transit_changed) = match transit {
+        Ok((g, changed)) => (g.group_id().unwrap_or_default().to_owned(), changed),
         Err(err) => {
             warn!(vpc_id, error = %err, "no transit group: open connections will not be cut");
-            None
+            (String::new(), false)
         }
     };
-    Ok(Groups {
+    let group_id = group.group_id().unwrap_or_default().to_owned();
+    Ok(QuarantineGroup {
         vpc_id: vpc_id.to_owned(),
-        quarantine: Had { group, created },
-        transit,
+        group_id,
+        transit_group_id,
+        changed: quarantine_changed || transit_changed,
     })
-}
-
-/// Sets a VPC's groups' rules, both at once: the quarantine group emptied, the transit group
-/// opened to all traffic. A group this run created has the rules EC2 gives every new group; a
-/// group found has the rules its lookup listed.
-async fn prepare_groups(ec2: &aws_sdk_ec2::Client, plan: Option<&Plan>, g: &Groups) -> Prepared {
-    let quarantine = async {
-        if g.quarantine.created {
-            revoke_defaults(ec2, plan, g.quarantine.id()).await
-        } else {
-            revoke_all_rules(ec2, plan, &g.quarantine.group).await
-        }
-    };
-    let transit = async {
-        match &g.transit {
-            None => None,
-            Some(t) if t.created => Some(open_new(ec2, plan, t.id()).await),
-            Some(t) => Some(allow_all(ec2, plan, &t.group).await),
-        }
-    };
-    let (quarantine, transit) = futures::join!(quarantine, transit);
-    let (transit_open, transit_changed) = match transit {
-        None => (false, false),
-        Some(Ok(changed)) => (true, changed),
-        Some(Err(err)) => {
-            warn!(vpc_id = %g.vpc_id, error = %err, "the transit group could not be opened: open connections will not be cut");
-            (false, false)
-        }
-    };
-    if let Err(err) = &quarantine {
-        warn!(vpc_id = %g.vpc_id, error = %err, "the quarantine group could not be emptied: no interface moves into it");
-    }
-    Prepared {
-        quarantine: quarantine.map_err(Arc::new),
-        transit_open,
-        transit_changed,
-    }
 }
 
 /// Every protocol to or from anywhere, IPv4 (`v6` false) or IPv6.
