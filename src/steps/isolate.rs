@@ -1104,7 +1104,10 @@ async fn revoke_defaults(
             }
         })
     };
-    futures::try_join!(revoke(false), revoke(true))?;
+    // Both to their end (neither cut short by the other's failure).
+    let (v4, v6) = futures::join!(revoke(false), revoke(true));
+    v4?;
+    v6?;
     Ok(true)
 }
 
@@ -1473,7 +1476,8 @@ async fn revoke_all_rules(
     }
 }
 
-/// Revokes the rules `group` lists. Returns whether there were any.
+/// Revokes the rules `group` lists (waiting out a group EC2 does not know yet, as a group
+/// another execution just created may be). Returns whether there were any.
 async fn revoke_listed(ec2: &aws_sdk_ec2::Client, group: &SecurityGroup) -> Result<bool, Error> {
     let id = group.group_id().unwrap_or_default();
     let egress = group.ip_permissions_egress().to_vec();
@@ -1482,24 +1486,28 @@ async fn revoke_listed(ec2: &aws_sdk_ec2::Client, group: &SecurityGroup) -> Resu
         if egress.is_empty() {
             return Ok(false);
         }
-        ec2.revoke_security_group_egress()
-            .group_id(id)
-            .set_ip_permissions(Some(egress))
-            .send()
-            .await
-            .map_err(|e| group_error("ec2:RevokeSecurityGroupEgress", e))?;
+        settle(|| {
+            ec2.revoke_security_group_egress()
+                .group_id(id)
+                .set_ip_permissions(Some(egress.clone()))
+                .send()
+                .map(|r| r.map_err(|e| group_error("ec2:RevokeSecurityGroupEgress", e)))
+        })
+        .await?;
         Ok(true)
     };
     let revoke_ingress = async {
         if ingress.is_empty() {
             return Ok(false);
         }
-        ec2.revoke_security_group_ingress()
-            .group_id(id)
-            .set_ip_permissions(Some(ingress))
-            .send()
-            .await
-            .map_err(|e| group_error("ec2:RevokeSecurityGroupIngress", e))?;
+        settle(|| {
+            ec2.revoke_security_group_ingress()
+                .group_id(id)
+                .set_ip_permissions(Some(ingress.clone()))
+                .send()
+                .map(|r| r.map_err(|e| group_error("ec2:RevokeSecurityGroupIngress", e)))
+        })
+        .await?;
         Ok(true)
     };
     let (e, i) = futures::try_join!(revoke_egress, revoke_ingress)?;
