@@ -10,7 +10,8 @@ in order, grouped into rounds of calls made at once), it runs many executions at
   environments shared by all functions (Lambda's account concurrency);
 - EC2's token buckets (tests/tools/fault_proxy.py's EC2_BUCKETS, as AWS publishes them): a call
   finding its bucket empty is refused (RequestLimitExceeded), and the SDK's standard retry
-  policy asks again (3 attempts in all, full-jitter exponential backoff from 1 s, at most 20 s);
+  policy asks again (3 attempts in all, full-jitter exponential backoff from 1 s, at most 20 s,
+  within the retry quota of each process);
   a call refused three times fails its step (the rounds after it are not made), which the
   state machine retries;
 - the service answering the calls: the harness's one process (a single server answering calls
@@ -67,7 +68,7 @@ def step_retry(asl: Path = ASL) -> dict:
 
 
 # The SDK's standard retry policy (aws-smithy-runtime's StandardRetryStrategy defaults).
-SDK_RETRY = {"max_attempts": 3, "initial_s": 1.0, "max_s": 20.0}
+SDK_RETRY = {"max_attempts": 3, "initial_s": 1.0, "max_s": 20.0, "quota": 500, "retry_cost": 5}
 MOVE = "ec2:ModifyNetworkInterfaceAttribute"
 
 
@@ -151,6 +152,7 @@ class Simulation:
         self.waiting: dict[str, list] = {}
         self.calls = self.throttled = self.step_retries = self.failed_steps = 0
         self.retry = step_retry()
+        self.quota: dict[str, float] = {}
 
     # -- the clock
     def at(self, t: float, fn) -> None:
@@ -176,17 +178,39 @@ class Simulation:
             return True
         return False
 
+    # -- the SDK's retry quota of a function's processes (aws-smithy-runtime's token bucket:
+    # 500 per process; a retry of a throttled call takes 5, given back when the call ends, but
+    # for the earlier retries of the same call, which are lost; a first attempt that succeeds
+    # adds 1). A process that has none left does not retry. The harness's processes serve many
+    # invocations each; on AWS a burst mostly gets fresh environments, so it is not counted.
+    def quota_left(self, function: str) -> float | None:
+        if not self.m.copies:
+            return None
+        return self.quota.setdefault(function, float(SDK_RETRY["quota"] * self.m.copies))
+
+    def quota_add(self, function: str, n: float) -> None:
+        left = self.quota_left(function)
+        if left is not None:
+            self.quota[function] = min(left + n, float(SDK_RETRY["quota"] * self.m.copies))
+
     # -- one call, with the SDK's retries; done(ok)
-    def call(self, action: str, done, attempt: int = 1) -> None:
+    def call(self, function: str, action: str, done, attempt: int = 1) -> None:
+        held = attempt > 1  # a retry permit of this call's last retry
         if not self.take(action):
             self.throttled += 1
-            if attempt >= self.m.sdk_attempts:
+            left = self.quota_left(function)
+            if attempt >= self.m.sdk_attempts or (left is not None and left < SDK_RETRY["retry_cost"]):
+                if held:
+                    self.quota_add(function, SDK_RETRY["retry_cost"])
                 self.at(self.now, lambda: done(False))
                 return
+            if left is not None:
+                self.quota[function] = left - SDK_RETRY["retry_cost"]
             wait = self.rng.random() * min(SDK_RETRY["initial_s"] * 2 ** (attempt - 1), SDK_RETRY["max_s"])
-            self.at(self.now + wait, lambda: self.call(action, done, attempt + 1))
+            self.at(self.now + wait, lambda: self.call(function, action, done, attempt + 1))
             return
         self.calls += 1
+        self.quota_add(function, SDK_RETRY["retry_cost"] if held else 1)
         if self.m.service_s is not None:
             start = max(self.now, self.server_free)
             self.server_free = start + self.m.service_s
@@ -255,7 +279,7 @@ class Simulation:
                         round_at(i + 1 if ok_all[0] else len(rounds))
 
                 for action in rounds[i]:
-                    self.call(action, lambda ok, a=action: one(a, ok))
+                    self.call(function, action, lambda ok, a=action: one(a, ok))
 
             self.at(self.now + self.m.invoke_s, lambda: round_at(0))
 
