@@ -340,14 +340,21 @@ CALL_TRACE = "EC2Q_CALL_TRACE"
 # the evidence attributes, the case's record, the marker tags after the moves.
 BESIDE_THE_MOVES = {"evidence", "record", "after"}
 # The branches every later call of the step comes after: the read, and calls outside any branch.
-BEFORE_THE_BRANCHES = {"read", "step"}
 
 
 def may_wait_for(call: dict, earlier: dict) -> bool:
-    """Whether `call` can have waited for `earlier`: made in the same branch, in a branch around
-    it (`network` around `network/<eni>`), or before the branches began."""
+    """Whether `call` can have waited for `earlier`: made outside any branch (`step`), in the
+    same branch, in a branch around it (`network` around `network/<eni>`), or in the read (or a
+    branch of it: the groups made while the instance is read, `read/groups/<vpc>`), which every
+    branch after the read waits for; a branch of the read never waits for the read's own
+    calls, nor for another branch of it."""
     b, e = call["branch"], earlier["branch"]
-    return e in BEFORE_THE_BRANCHES or b == e or b.startswith(e + "/")
+    if e == "step":
+        return True
+    if b == e or b.startswith(e + "/"):
+        # a branch of the read starts with the read's first calls, never after them
+        return not (e == "read" and b != e)
+    return e.split("/")[0] == "read" and b.split("/")[0] != "read"
 
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -593,6 +600,10 @@ def burst(bin_dir: Path, log_dir: Path, findings: int, copies: int, token_bucket
                     pending.discard(e["executionArn"])
         t_all_done = time.monotonic() - t0
         calls = [c for c in proxy_log(st.proxy)[before:] if c.get("end") is not None]
+        # Every call of the burst, kept for a closer look (the simulation's inputs are drawn
+        # from one execution; this is what the many did).
+        kept = [{k: c.get(k) for k in ("app", "action", "start", "end", "status", "fault")} for c in calls]
+        (log_dir / f"burst-{findings}-{'buckets' if token_buckets else 'floor'}-calls.json").write_text(json.dumps(kept))
         interfaces = {eni for s in sims for eni in s["interfaces"]}
         quarantined_at: dict[str, float] = {}
         for c in calls:

@@ -16,6 +16,7 @@ use ec2_quarantine::steps::role::{
     Change, DENY_ALL_POLICY_NAME, REVOKE_SESSIONS_POLICY_NAME, contain_role, deny_all_policy_arn,
 };
 use ec2_quarantine::steps::snapshot::snapshot;
+use ec2_quarantine::steps::triage::triage;
 use ec2_quarantine::{Ctx, ErrorName, Outcome, aws::tags};
 
 const EXFILTRATION: &str = "credential-exfiltration.json";
@@ -254,6 +255,89 @@ async fn in_a_dual_stack_vpc_ipv6_egress_is_revoked_too() {
     assert!(groups[0].ip_permissions().is_empty());
 }
 
+/// Every rule of `rules` that allows all traffic from or to anywhere, IPv4 and IPv6.
+fn allows_everything(rules: &[IpPermission]) -> bool {
+    let all: Vec<_> = rules
+        .iter()
+        .filter(|p| p.ip_protocol() == Some("-1"))
+        .collect();
+    let v4 = all.iter().any(|p| {
+        p.ip_ranges()
+            .iter()
+            .any(|r| r.cidr_ip() == Some("0.0.0.0/0"))
+    });
+    let v6 = all.iter().any(|p| {
+        p.ipv6_ranges()
+            .iter()
+            .any(|r| r.cidr_ipv6() == Some("::/0"))
+    });
+    v4 && v6
+}
+
+/// Triage finds neither of the tool's groups in the instance's VPC and says so in the target;
+/// isolate then creates them while it reads the instance, with no lookup of its own, and with
+/// the same result: the quarantine group empty (IPv6 too in a dual-stack VPC), the transit
+/// group open to everything, IPv4 and IPv6, before any interface moves. The hint gone stale
+/// (the groups exist by the next run) costs a refused creation, never a second group.
+#[tokio::test]
+#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
+async fn groups_triage_found_missing_are_made_while_the_instance_is_read() {
+    let f = Fixture::dual_stack().await;
+    let key = common::access_key(&f.config).await;
+    let lookups = || {
+        common::proxy_log(&key)
+            .iter()
+            .filter(|e| e["action"] == "ec2:DescribeSecurityGroups")
+            .count()
+    };
+    let triaged = triage(&f.ctx, &f.event(BACKDOOR)).await.unwrap();
+    let planned = triaged.targets[0].planned();
+    assert_eq!(planned.target.vpcs_without_groups, vec![f.vpc_id.clone()]);
+    let before = lookups();
+
+    let out = isolate(&f.ctx, planned.clone()).await.unwrap();
+    let Outcome::Done(report) = out else {
+        panic!("expected done, got {out:?}")
+    };
+    assert_eq!(lookups(), before, "isolate looked no group up");
+    let quarantine = f.security_groups_named(QUARANTINE_GROUP_NAME).await;
+    let transit = f.security_groups_named(TRANSIT_GROUP_NAME).await;
+    assert_eq!((quarantine.len(), transit.len()), (1, 1));
+    assert!(quarantine[0].ip_permissions().is_empty(), "{quarantine:?}");
+    assert!(
+        quarantine[0].ip_permissions_egress().is_empty(),
+        "{quarantine:?}"
+    );
+    assert!(
+        allows_everything(transit[0].ip_permissions()),
+        "{transit:?}"
+    );
+    assert!(
+        allows_everything(transit[0].ip_permissions_egress()),
+        "{transit:?}"
+    );
+    let qsg = quarantine[0].group_id().unwrap().to_owned();
+    for eni in &f.interfaces {
+        assert_eq!(f.interface_groups().await[eni], vec![qsg.clone()], "{eni}");
+    }
+    assert!(report.interfaces.iter().all(|i| i.connections_cut));
+
+    // The same target again (a retry of the step): its hint is stale now.
+    let again = isolate(&f.ctx, planned).await.unwrap();
+    assert_eq!(again.status(), "already_done", "{again:?}");
+    assert_eq!(
+        f.security_groups_named(QUARANTINE_GROUP_NAME).await.len(),
+        1
+    );
+    assert_eq!(f.security_groups_named(TRANSIT_GROUP_NAME).await.len(), 1);
+    // A finding triaged now finds the groups.
+    let later = triage(&f.ctx, &f.event(BACKDOOR)).await.unwrap();
+    assert!(
+        later.targets[0].target.vpcs_without_groups.is_empty(),
+        "{later:?}"
+    );
+}
+
 #[tokio::test]
 #[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
 async fn a_second_finding_keeps_the_first_findings_marks() {
@@ -378,6 +462,56 @@ async fn a_group_someone_else_made_under_the_tools_name_is_never_tagged_nor_used
             .starts_with(QUARANTINE_GROUP_NAME)
     );
     assert!(ours.ip_permissions().is_empty() && ours.ip_permissions_egress().is_empty());
+}
+
+/// The same squatter, and a target whose hint says the VPC has none of the tool's groups (as
+/// triage said before the first run made them): each run of the step with that target finds
+/// the tool's group under its suffixed name, never makes a second one.
+#[tokio::test]
+#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
+async fn a_stale_hint_beside_a_squatter_never_makes_a_second_group() {
+    let f = Fixture::new().await;
+    let everything = IpPermission::builder()
+        .ip_protocol("-1")
+        .ip_ranges(IpRange::builder().cidr_ip("0.0.0.0/0").build())
+        .build();
+    let squatter = hand_made_quarantine_group(&f, None, everything).await;
+    let triaged = triage(&f.ctx, &f.event(BACKDOOR)).await.unwrap();
+    let planned = triaged.targets[0].planned();
+    assert_eq!(planned.target.vpcs_without_groups, vec![f.vpc_id.clone()]);
+
+    let first = isolate(&f.ctx, planned.clone()).await.unwrap();
+    let quarantine = first.report().unwrap().quarantine_groups[0]
+        .group_id
+        .clone();
+    assert_ne!(quarantine, squatter);
+    for _ in 0..2 {
+        let again = isolate(&f.ctx, planned.clone()).await.unwrap();
+        assert_eq!(again.status(), "already_done", "{again:?}");
+        assert_eq!(
+            again.report().unwrap().quarantine_groups[0].group_id,
+            quarantine
+        );
+    }
+    let tools = |tag: &'static str| {
+        let ec2 = f.ec2.clone();
+        let vpc = f.vpc_id.clone();
+        async move {
+            ec2.describe_security_groups()
+                .filters(filter("vpc-id", &vpc))
+                .filters(filter(&format!("tag:{tag}"), "true"))
+                .send()
+                .await
+                .unwrap()
+                .security_groups()
+                .len()
+        }
+    };
+    assert_eq!(tools(tags::ISOLATION_GROUP).await, 1);
+    assert_eq!(tools(tags::TRANSIT_GROUP).await, 1);
+    for groups in f.interface_groups().await.values() {
+        assert_eq!(groups, &vec![quarantine.clone()]);
+    }
 }
 
 #[tokio::test]

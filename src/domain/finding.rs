@@ -320,9 +320,16 @@ pub struct Target {
     /// The instance profile the finding saw on the instance (Instance findings name it).
     pub instance_profile_arn: Option<String>,
     /// The VPCs of the instance's interfaces as the finding saw them (Instance findings name
-    /// them): a hint to look the quarantine groups up early, never trusted for a change.
+    /// them), then as triage read them from EC2: where isolate looks the tool's groups up (or
+    /// makes them, see `vpcs_without_groups`) while it reads the instance; no interface is
+    /// moved by it (the instance's own VPCs, as EC2 describes them, decide).
     #[serde(default)]
     pub vpc_ids: Vec<String>,
+    /// Those of `vpc_ids` where triage found neither of the tool's groups: isolate creates them
+    /// there at once, without looking them up again. A hint too: a group there after all is
+    /// found by its name when its creation is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vpcs_without_groups: Vec<String>,
 }
 
 /// A target as a payload carries it, before its values are checked.
@@ -337,6 +344,8 @@ struct UncheckedTarget {
     instance_profile_arn: Option<String>,
     #[serde(default)]
     vpc_ids: Vec<String>,
+    #[serde(default)]
+    vpcs_without_groups: Vec<String>,
 }
 
 impl TryFrom<UncheckedTarget> for Target {
@@ -352,6 +361,7 @@ impl TryFrom<UncheckedTarget> for Target {
             role_name: u.role_name,
             instance_profile_arn: u.instance_profile_arn,
             vpc_ids: u.vpc_ids,
+            vpcs_without_groups: u.vpcs_without_groups,
         };
         target.check()?;
         Ok(target)
@@ -421,6 +431,27 @@ impl Target {
         }
         if self.vpc_ids.len() > MAX_VPC_HINTS {
             return bad("VPC list", &self.vpc_ids.len().to_string());
+        }
+        // Each VPC once (two makings of one VPC's groups would race), and only VPCs of the list
+        // (so as many, and checked above).
+        let once = |list: &[String]| {
+            list.iter()
+                .enumerate()
+                .find(|(i, v)| list[..*i].contains(v))
+                .map(|(_, v)| v.clone())
+        };
+        if let Some(vpc) = once(&self.vpc_ids) {
+            return bad("VPC named twice", &vpc);
+        }
+        if let Some(vpc) = once(&self.vpcs_without_groups) {
+            return bad("VPC named twice", &vpc);
+        }
+        if let Some(vpc) = self
+            .vpcs_without_groups
+            .iter()
+            .find(|v| !self.vpc_ids.contains(v))
+        {
+            return bad("VPC without groups", vpc);
         }
         Ok(())
     }
@@ -640,6 +671,7 @@ impl Header {
             role_name: None,
             instance_profile_arn: None,
             vpc_ids: Vec::new(),
+            vpcs_without_groups: Vec::new(),
         }
     }
 }
@@ -1507,7 +1539,16 @@ mod tests {
         injected.instance_id = "i-0123456789abcdef0 --dry-run".into();
         let mut profile = target.clone();
         profile.instance_profile_arn = Some("not-an-arn".into());
-        for t in [bad, injected, profile] {
+        // A VPC to make groups in that is not one of the instance's.
+        let mut elsewhere = target.clone();
+        elsewhere.vpc_ids = vec!["vpc-11111111".into()];
+        elsewhere.vpcs_without_groups = vec!["vpc-22222222".into()];
+        let mut twice = target.clone();
+        twice.vpc_ids = vec!["vpc-11111111".into(), "vpc-11111111".into()];
+        let mut twice_made = target.clone();
+        twice_made.vpc_ids = vec!["vpc-11111111".into()];
+        twice_made.vpcs_without_groups = vec!["vpc-11111111".into(), "vpc-11111111".into()];
+        for t in [bad, injected, profile, elsewhere, twice, twice_made] {
             let err = parse_step_request(planned(&t)).unwrap_err();
             assert_eq!(err.name().as_str(), "InvalidEvent", "{t:?}");
         }

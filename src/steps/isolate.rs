@@ -136,14 +136,18 @@ pub async fn isolate_instance(
     deadline: Option<Instant>,
 ) -> Result<Outcome<IsolateReport>, Error> {
     let plan = clients.plan();
-    let mut found =
-        match Box::pin(calls::branch("read", read_instance(&clients.ec2, target))).await? {
-            Resolution::Contain(found) => found,
-            Resolution::Skip(reason) => {
-                info!(%reason, "skipped");
-                return Ok(Outcome::skipped(reason));
-            }
-        };
+    let mut found = match Box::pin(calls::branch(
+        "read",
+        read_instance(&clients.ec2, plan, target),
+    ))
+    .await?
+    {
+        Resolution::Contain(found) => found,
+        Resolution::Skip(reason) => {
+            info!(%reason, "skipped");
+            return Ok(Outcome::skipped(reason));
+        }
+    };
     // An interface an earlier run left isolated or in transit: its own groups are the ones the
     // case recorded (read only then, off the usual path).
     let recalled = if found
@@ -296,30 +300,52 @@ struct Found {
     interfaces: Vec<Interface>,
     /// Interfaces a service manages, left as they are.
     managed: BTreeSet<String>,
-    /// Each VPC of the instance's interfaces, with the tool's groups there when the finding's
-    /// VPC hints already found them.
-    lookups: Vec<(String, Option<FoundGroups>)>,
+    /// Each VPC of the instance's interfaces, with the tool's groups there as far as the read
+    /// got them.
+    lookups: Vec<(String, Prepared)>,
 }
 
-/// Reads the instance, and what the finding already names while it is read: the tool's groups
-/// in the VPCs GuardDuty saw the instance in, and the interfaces services manage. For an
-/// instance whose groups exist, the interfaces then move right away: three dependent calls. An
-/// instance that is gone, or has no interface, is skipped with the reason.
+/// A VPC's groups as the instance's read left them.
+enum Prepared {
+    /// Looked up (`None`: not yet): still to be set.
+    Lookup(Option<Box<FoundGroups>>),
+    /// Created and set while the instance was read (triage found none there).
+    Ready(Result<QuarantineGroup, Error>),
+}
+
+/// Reads the instance, and while it is read: the interfaces services manage, and the tool's
+/// groups in the VPCs triage saw the instance in: looked up where triage found them, created
+/// and set where it found none (a group there after all is found by its name). For an
+/// instance whose groups exist, the interfaces then move right away: three dependent calls;
+/// four where the groups are created. An instance that is gone, or has no interface, is
+/// skipped with the reason (groups made meanwhile stay, empty, for the next containment).
 async fn read_instance(
     ec2: &aws_sdk_ec2::Client,
+    plan: Option<&Plan>,
     target: &Target,
 ) -> Result<Resolution<Found>, Error> {
-    let (inst, found, managed) = futures::join!(
+    let absent = |vpc: &String| target.vpcs_without_groups.contains(vpc);
+    let (inst, found, made, managed) = futures::join!(
         instance::describe(ec2, &target.scope, &target.instance_id),
         join_all(
             target
                 .vpc_ids
                 .iter()
+                .filter(|vpc| !absent(vpc))
                 .map(|vpc| async move { (vpc.as_str(), find_groups(ec2, vpc).await) })
         ),
+        join_all(target.vpc_ids.iter().filter(|vpc| absent(vpc)).map(|vpc| {
+            let none = (Ok(None), Ok(None));
+            let made = async move {
+                let made = ensure_quarantine_group(ec2, plan, vpc, Some(none)).await;
+                (vpc.as_str(), made)
+            };
+            calls::branch(format!("read/groups/{vpc}"), made)
+        })),
         requester_managed(ec2, &target.instance_id),
     );
     let mut found: BTreeMap<&str, FoundGroups> = found.into_iter().collect();
+    let mut made: BTreeMap<&str, Result<QuarantineGroup, Error>> = made.into_iter().collect();
     let instance = inst?;
     if let Some(reason) = instance::gone_reason(&instance) {
         return Ok(Resolution::Skip(reason));
@@ -334,7 +360,13 @@ async fn read_instance(
     let vpcs: BTreeSet<&str> = interfaces.iter().map(|i| i.vpc_id.as_str()).collect();
     let lookups = vpcs
         .iter()
-        .map(|vpc| (vpc.to_string(), found.remove(vpc)))
+        .map(|vpc| {
+            let prepared = match made.remove(vpc) {
+                Some(made) => Prepared::Ready(made),
+                None => Prepared::Lookup(found.remove(vpc).map(Box::new)),
+            };
+            (vpc.to_string(), prepared)
+        })
         .collect();
     Ok(Resolution::Contain(Found {
         instance,
@@ -352,14 +384,19 @@ async fn read_instance(
 async fn isolate_network(
     clients: &Clients,
     found: &Found,
-    lookups: Vec<(String, Option<FoundGroups>)>,
+    lookups: Vec<(String, Prepared)>,
     recalled: &BTreeMap<String, Vec<String>>,
     deadline: Option<Instant>,
 ) -> Result<(Result<bool, Error>, Vec<QuarantineGroup>, Vec<Moved>), Error> {
     let (ec2, plan) = (&clients.ec2, clients.plan());
     let moved = async {
-        let groups = try_join_all(lookups.into_iter().map(|(vpc, lookup)| async move {
-            ensure_quarantine_group(ec2, plan, &vpc, lookup).await
+        let groups = try_join_all(lookups.into_iter().map(|(vpc, prepared)| async move {
+            match prepared {
+                Prepared::Ready(made) => made,
+                Prepared::Lookup(lookup) => {
+                    ensure_quarantine_group(ec2, plan, &vpc, lookup.map(|l| *l)).await
+                }
+            }
         }))
         .await?;
         let by_vpc: BTreeMap<&str, &QuarantineGroup> =
@@ -1036,11 +1073,16 @@ async fn ensure_quarantine_group(
             found_transit?,
         )
         .await?;
-        let opened = if created {
-            open_new(ec2, plan, group.group_id().unwrap_or_default()).await?
+        // A group this run created has the one rule EC2 gives every new group: all traffic
+        // out, IPv4 (and IPv6 in a dual-stack VPC: asked again, a duplicate is fine).
+        let listed = if created {
+            let mut new = group.clone();
+            new.ip_permissions_egress = Some(vec![all_traffic(false)]);
+            new
         } else {
-            allow_all(ec2, plan, &group).await?
+            group.clone()
         };
+        let opened = allow_all(ec2, plan, &listed).await?;
         Ok::<_, Error>((group, created || opened))
     };
     let (quarantine, transit) = futures::join!(quarantine, transit);
@@ -1108,54 +1150,6 @@ async fn revoke_defaults(
     let (v4, v6) = futures::join!(revoke(false), revoke(true));
     v4?;
     v6?;
-    Ok(true)
-}
-
-/// Opens a group this run created to all traffic: in, IPv4 and IPv6, and out, IPv6 (EC2 gives
-/// every new group the IPv4 rule out, and the IPv6 one in a dual-stack VPC: a duplicate is the
-/// state wanted).
-async fn open_new(ec2: &aws_sdk_ec2::Client, plan: Option<&Plan>, id: &str) -> Result<bool, Error> {
-    if let Some(plan) = plan {
-        for action in [
-            "ec2:AuthorizeSecurityGroupIngress",
-            "ec2:AuthorizeSecurityGroupEgress",
-        ] {
-            plan.add(PlannedAction::unchecked(
-                action,
-                id,
-                "allow all traffic, IPv4 and IPv6 (transit group)",
-            ));
-        }
-        return Ok(true);
-    }
-    let duplicate_is_fine = |r: Result<(), Error>| match r {
-        Err(e) if e.aws_code() == Some("InvalidPermission.Duplicate") => Ok(()),
-        other => other,
-    };
-    let ingress = settle(|| async {
-        duplicate_is_fine(
-            ec2.authorize_security_group_ingress()
-                .group_id(id)
-                .ip_permissions(all_traffic(false))
-                .ip_permissions(all_traffic(true))
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(|e| group_error("ec2:AuthorizeSecurityGroupIngress", e)),
-        )
-    });
-    let egress = settle(|| async {
-        duplicate_is_fine(
-            ec2.authorize_security_group_egress()
-                .group_id(id)
-                .ip_permissions(all_traffic(true))
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(|e| group_error("ec2:AuthorizeSecurityGroupEgress", e)),
-        )
-    });
-    futures::try_join!(ingress, egress)?;
     Ok(true)
 }
 
@@ -1312,6 +1306,11 @@ async fn create_group(
         if attempt == 1 {
             break;
         }
+        // The tool's group may be there already under a suffixed name (made by an earlier run,
+        // when it was not looked up first: triage found none): that one, never a second.
+        if let Some(group) = find_group(ec2, vpc_id, tag).await? {
+            return Ok((group, false));
+        }
         chosen = format!("{name}-{}", &crate::case::new_claim()[..8]);
     }
     Err(Error::Transient {
@@ -1324,51 +1323,51 @@ async fn create_group(
     })
 }
 
-/// Makes the transit group allow all traffic in and out, IPv4 and IPv6. Returns whether it
-/// added a rule.
+/// Makes the transit group allow all traffic in and out, IPv4 and IPv6, from the rules `group`
+/// lists (for a group this run created, the one EC2 gives it). Each missing rule is its own
+/// request, all at once: EC2 refuses a request whole when one of its rules exists, so a
+/// duplicate (a concurrent execution added it first, the state wanted) never hides another
+/// rule that is missing. Returns whether it added a rule.
 async fn allow_all(
     ec2: &aws_sdk_ec2::Client,
     plan: Option<&Plan>,
     group: &SecurityGroup,
 ) -> Result<bool, Error> {
     let id = group.group_id().unwrap_or_default();
-    let missing = |perms: &[IpPermission]| -> Option<IpPermission> {
-        let all = perms.iter().filter(|p| p.ip_protocol() == Some("-1"));
-        let v4 = all.clone().any(|p| {
-            p.ip_ranges()
-                .iter()
-                .any(|r| r.cidr_ip() == Some("0.0.0.0/0"))
-        });
-        let v6 = all.clone().any(|p| {
-            p.ipv6_ranges()
-                .iter()
-                .any(|r| r.cidr_ipv6() == Some("::/0"))
-        });
-        if v4 && v6 {
-            return None;
-        }
-        let mut p = IpPermission::builder().ip_protocol("-1");
-        if !v4 {
-            p = p.ip_ranges(IpRange::builder().cidr_ip("0.0.0.0/0").build());
-        }
-        if !v6 {
-            p = p.ipv6_ranges(Ipv6Range::builder().cidr_ipv6("::/0").build());
-        }
-        Some(p.build())
+    let has = |perms: &[IpPermission], v6: bool| {
+        perms
+            .iter()
+            .filter(|p| p.ip_protocol() == Some("-1"))
+            .any(|p| {
+                if v6 {
+                    p.ipv6_ranges()
+                        .iter()
+                        .any(|r| r.cidr_ipv6() == Some("::/0"))
+                } else {
+                    p.ip_ranges()
+                        .iter()
+                        .any(|r| r.cidr_ip() == Some("0.0.0.0/0"))
+                }
+            })
     };
-    // A concurrent execution may add the same rule first: a duplicate is the state we want.
-    let ok_if_duplicate = |r: Result<(), Error>| match r {
-        Err(e) if e.aws_code() == Some("InvalidPermission.Duplicate") => Ok(()),
-        other => other,
-    };
-    let ingress = missing(group.ip_permissions());
-    let egress = missing(group.ip_permissions_egress());
+    // (ingress, v6) of each rule missing.
+    let missing: Vec<(bool, bool)> = [(true, false), (true, true), (false, false), (false, true)]
+        .into_iter()
+        .filter(|&(ingress, v6)| {
+            let listed = if ingress {
+                group.ip_permissions()
+            } else {
+                group.ip_permissions_egress()
+            };
+            !has(listed, v6)
+        })
+        .collect();
     if let Some(plan) = plan {
-        for (action, missing) in [
-            ("ec2:AuthorizeSecurityGroupIngress", &ingress),
-            ("ec2:AuthorizeSecurityGroupEgress", &egress),
+        for (action, direction) in [
+            ("ec2:AuthorizeSecurityGroupIngress", true),
+            ("ec2:AuthorizeSecurityGroupEgress", false),
         ] {
-            if missing.is_some() {
+            if missing.iter().any(|&(ingress, _)| ingress == direction) {
                 plan.add(PlannedAction::unchecked(
                     action,
                     id,
@@ -1376,38 +1375,40 @@ async fn allow_all(
                 ));
             }
         }
-        return Ok(ingress.is_some() || egress.is_some());
+        return Ok(!missing.is_empty());
     }
-    let add_ingress = async {
-        let Some(p) = ingress.clone() else {
-            return Ok(());
-        };
-        ok_if_duplicate(
-            ec2.authorize_security_group_ingress()
-                .group_id(id)
-                .ip_permissions(p)
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(|e| group_error("ec2:AuthorizeSecurityGroupIngress", e)),
-        )
+    // A group just created may not be known to EC2 yet: `settle` waits that out.
+    let add = |(ingress, v6): (bool, bool)| {
+        settle(move || async move {
+            let added = if ingress {
+                ec2.authorize_security_group_ingress()
+                    .group_id(id)
+                    .ip_permissions(all_traffic(v6))
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| group_error("ec2:AuthorizeSecurityGroupIngress", e))
+            } else {
+                ec2.authorize_security_group_egress()
+                    .group_id(id)
+                    .ip_permissions(all_traffic(v6))
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| group_error("ec2:AuthorizeSecurityGroupEgress", e))
+            };
+            match added {
+                Err(e) if e.aws_code() == Some("InvalidPermission.Duplicate") => Ok(()),
+                other => other,
+            }
+        })
     };
-    let add_egress = async {
-        let Some(p) = egress.clone() else {
-            return Ok(());
-        };
-        ok_if_duplicate(
-            ec2.authorize_security_group_egress()
-                .group_id(id)
-                .ip_permissions(p)
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(|e| group_error("ec2:AuthorizeSecurityGroupEgress", e)),
-        )
-    };
-    futures::try_join!(add_ingress, add_egress)?;
-    Ok(ingress.is_some() || egress.is_some())
+    // Each to its end (none cut short by another's failure).
+    join_all(missing.iter().copied().map(add))
+        .await
+        .into_iter()
+        .collect::<Result<Vec<()>, Error>>()?;
+    Ok(!missing.is_empty())
 }
 
 /// An error about the quarantine group the step just found or created: "not found" there is

@@ -451,132 +451,203 @@ async fn triage_instance(
     // The instance's VPCs as EC2 has them (not as the finding says: a group finding names
     // none): the isolate step looks the tool's groups up there while it reads the instance.
     out.target.vpc_ids = instance_vpcs(&inst);
-    // The case: from the responder's own record, never from the instance's tags.
-    let store = ctx.cases();
-    let approval_rule = gate
-        .finding_rule
-        .clone()
-        .or_else(|| tag_rule(&settings.triage.approval, inst.tags()));
-    if settings.dry_run {
-        if let Some(rule) = &approval_rule {
-            out.rail = Some(format!("{rule} (a dry run asks nobody)"));
-        }
-        if let Ok(Some((case_id, opened_at))) =
-            store.open_case(&target.scope, &target.instance_id).await
-        {
-            out.reason = format!("already contained (case {case_id}): nothing is done twice");
-            out.already_contained_by = Some(case_id);
-            out.contained_at = Some(opened_at);
-        }
-        return Ok(out);
-    }
-    // Approval: an instance the policy gates waits for a person, unless its containment is
-    // already under way (the finding joins the case) or a person approved.
-    if let Some(rule) = approval_rule
-        && gate.granted.is_none()
-        && !matches!(
-            store.open_case(&target.scope, &target.instance_id).await,
-            Ok(Some(_))
-        )
-    {
-        return Ok(ask(rule, None));
-    }
-    // The rate cap: a containment not yet under way takes one of the account's slots for the
-    // rolling hour (a finding joining an open case takes none); what a person approved is not
-    // held back by it. A table that cannot be reached never holds containment back, here
-    // either.
-    if let Some(cap) = settings
-        .triage
-        .max_containments_per_hour
-        .filter(|_| gate.granted.is_none())
-    {
-        let checked = tokio::time::timeout(CASE_OPEN_TIMEOUT, rate_capped(ctx, target, cap))
-            .await
-            .unwrap_or_else(|_| {
-                Err(Error::Transient {
-                    action: "dynamodb:PutItem",
-                    code: "Timeout".into(),
-                    message: "the case table did not answer in time".into(),
-                    source: "timeout".into(),
-                })
-            });
-        match checked {
-            Ok(None) => {}
-            Ok(Some(rail)) if settings.triage.approval.enabled && !gate.asked_before => {
-                return Ok(ask(rail, Some("the rate cap is reached")));
+    // The tool's groups in those VPCs, looked up beside the case's calls (see
+    // `vpcs_without_groups`).
+    let lookup = vpcs_without_groups(&clients.ec2, out.target.vpc_ids.clone());
+    let decided = async {
+        // The case: from the responder's own record, never from the instance's tags.
+        let store = ctx.cases();
+        let approval_rule = gate
+            .finding_rule
+            .clone()
+            .or_else(|| tag_rule(&settings.triage.approval, inst.tags()));
+        if settings.dry_run {
+            if let Some(rule) = &approval_rule {
+                out.rail = Some(format!("{rule} (a dry run asks nobody)"));
             }
-            Ok(Some(rail)) => {
-                let reason = "the rate cap is reached (see the safety rail): raise MaxContainmentsPerHour and send the finding again, or isolate the instance by hand".to_owned();
-                info!(%rail, "notify only");
-                let mut capped = plan(Decision::NotifyOnly, reason);
-                capped.rail = Some(rail);
-                return Ok(capped);
+            if let Ok(Some((case_id, opened_at))) =
+                store.open_case(&target.scope, &target.instance_id).await
+            {
+                out.reason = format!("already contained (case {case_id}): nothing is done twice");
+                out.already_contained_by = Some(case_id);
+                out.contained_at = Some(opened_at);
             }
-            Err(err) => {
-                tracing::warn!(error = %err, "rate cap not checked: containing");
-                out.rail = Some(format!(
-                    "the rate cap could not be checked ({}): the instance was contained all the same",
-                    err.name()
-                ));
-            }
-        }
-    }
-    // A case table that cannot be reached never holds containment back: the steps act and
-    // each says that nothing was recorded.
-    let opened = tokio::time::timeout(
-        CASE_OPEN_TIMEOUT,
-        Box::pin(store.open(target, updated_at, Some(evidence), true)),
-    )
-    .await
-    .unwrap_or_else(|_| {
-        Err(Error::Transient {
-            action: "dynamodb:UpdateItem",
-            code: "Timeout".into(),
-            message: "the case table did not answer in time".into(),
-            source: "timeout".into(),
-        })
-    });
-    let opened = match opened {
-        Ok(opened) => opened,
-        // The instance's case is being released: triage again once it is over (the state
-        // machine retries this transient error), so that the finding does not join a case
-        // being undone.
-        Err(err) if err.aws_code() == Some("CaseBeingReleased") => return Err(err),
-        Err(err) => {
-            tracing::warn!(error = %err, "case table unavailable: containing without a case");
-            out.reason = format!(
-                "contained without a case record: the case table could not be reached ({err})"
-            );
             return Ok(out);
         }
+        // Approval: an instance the policy gates waits for a person, unless its containment is
+        // already under way (the finding joins the case) or a person approved.
+        if let Some(rule) = approval_rule
+            && gate.granted.is_none()
+            && !matches!(
+                store.open_case(&target.scope, &target.instance_id).await,
+                Ok(Some(_))
+            )
+        {
+            return Ok(ask(rule, None));
+        }
+        // The rate cap: a containment not yet under way takes one of the account's slots for the
+        // rolling hour (a finding joining an open case takes none); what a person approved is not
+        // held back by it. A table that cannot be reached never holds containment back, here
+        // either.
+        if let Some(cap) = settings
+            .triage
+            .max_containments_per_hour
+            .filter(|_| gate.granted.is_none())
+        {
+            let checked = tokio::time::timeout(CASE_OPEN_TIMEOUT, rate_capped(ctx, target, cap))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::Transient {
+                        action: "dynamodb:PutItem",
+                        code: "Timeout".into(),
+                        message: "the case table did not answer in time".into(),
+                        source: "timeout".into(),
+                    })
+                });
+            match checked {
+                Ok(None) => {}
+                Ok(Some(rail)) if settings.triage.approval.enabled && !gate.asked_before => {
+                    return Ok(ask(rail, Some("the rate cap is reached")));
+                }
+                Ok(Some(rail)) => {
+                    let reason = "the rate cap is reached (see the safety rail): raise MaxContainmentsPerHour and send the finding again, or isolate the instance by hand".to_owned();
+                    info!(%rail, "notify only");
+                    let mut capped = plan(Decision::NotifyOnly, reason);
+                    capped.rail = Some(rail);
+                    return Ok(capped);
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "rate cap not checked: containing");
+                    out.rail = Some(format!(
+                        "the rate cap could not be checked ({}): the instance was contained all the same",
+                        err.name()
+                    ));
+                }
+            }
+        }
+        // A case table that cannot be reached never holds containment back: the steps act and
+        // each says that nothing was recorded.
+        let opened = tokio::time::timeout(
+            CASE_OPEN_TIMEOUT,
+            Box::pin(store.open(target, updated_at, Some(evidence), true)),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::Transient {
+                action: "dynamodb:UpdateItem",
+                code: "Timeout".into(),
+                message: "the case table did not answer in time".into(),
+                source: "timeout".into(),
+            })
+        });
+        let opened = match opened {
+            Ok(opened) => opened,
+            // The instance's case is being released: triage again once it is over (the state
+            // machine retries this transient error), so that the finding does not join a case
+            // being undone.
+            Err(err) if err.aws_code() == Some("CaseBeingReleased") => return Err(err),
+            Err(err) => {
+                tracing::warn!(error = %err, "case table unavailable: containing without a case");
+                out.reason = format!(
+                    "contained without a case record: the case table could not be reached ({err})"
+                );
+                return Ok(out);
+            }
+        };
+        if let (Some(outcome), Opened::New(handle) | Opened::Joined { handle, .. }) =
+            (&gate.granted, &opened)
+            && let Err(err) = store.approval_in_case(&handle.case_id, outcome).await
+        {
+            crate::case::warn_unrecorded("approval", &err);
+        }
+        match opened {
+            Opened::New(handle) => out.case = Some(handle),
+            Opened::Joined { handle, opened_at } => {
+                out.reason = format!(
+                    "already contained (case {}): the finding joins the case, nothing is done twice",
+                    handle.case_id
+                );
+                out.already_contained_by = Some(handle.case_id.clone());
+                out.contained_at = Some(opened_at);
+                out.case = Some(handle);
+            }
+            Opened::Released { case_id } => {
+                let reason = format!(
+                    "the finding belongs to case {case_id}, which the security team released: a copy sent again contains nothing (a new finding does)"
+                );
+                info!(%reason, "notify only");
+                return Ok(plan(Decision::NotifyOnly, reason));
+            }
+        }
+        info!(decision = ?out.decision, case = ?out.case, already_contained_by = ?out.already_contained_by, "triaged");
+        Ok::<_, Error>(out)
     };
-    if let (Some(outcome), Opened::New(handle) | Opened::Joined { handle, .. }) =
-        (&gate.granted, &opened)
-        && let Err(err) = store.approval_in_case(&handle.case_id, outcome).await
-    {
-        crate::case::warn_unrecorded("approval", &err);
+    // A decision other than containing does not wait for the lookup.
+    let contains =
+        |d: &Result<TargetPlan, Error>| matches!(d, Ok(p) if p.decision == Decision::Contain);
+    let (decided, without_groups) =
+        match futures::future::select(Box::pin(decided), Box::pin(lookup)).await {
+            futures::future::Either::Left((decided, lookup)) if contains(&decided) => {
+                (decided, lookup.await)
+            }
+            futures::future::Either::Left((decided, _)) => (decided, Vec::new()),
+            futures::future::Either::Right((without, decided)) => (decided.await, without),
+        };
+    let mut decided = decided?;
+    if decided.decision == Decision::Contain {
+        decided.target.vpcs_without_groups = without_groups;
     }
-    match opened {
-        Opened::New(handle) => out.case = Some(handle),
-        Opened::Joined { handle, opened_at } => {
-            out.reason = format!(
-                "already contained (case {}): the finding joins the case, nothing is done twice",
-                handle.case_id
-            );
-            out.already_contained_by = Some(handle.case_id.clone());
-            out.contained_at = Some(opened_at);
-            out.case = Some(handle);
-        }
-        Opened::Released { case_id } => {
-            let reason = format!(
-                "the finding belongs to case {case_id}, which the security team released: a copy sent again contains nothing (a new finding does)"
-            );
-            info!(%reason, "notify only");
-            return Ok(plan(Decision::NotifyOnly, reason));
-        }
+    Ok(decided)
+}
+
+/// The VPCs of `vpcs` where neither of the tool's groups (tagged as the tool's, `true`) exists:
+/// one lookup, so that isolate creates the groups there while it reads the instance rather
+/// than after looking them up again. A lookup that fails or does not answer in time finds
+/// nothing missing (isolate then looks the groups up itself).
+async fn vpcs_without_groups(ec2: &aws_sdk_ec2::Client, vpcs: Vec<String>) -> Vec<String> {
+    if vpcs.is_empty() {
+        return vpcs;
     }
-    info!(decision = ?out.decision, case = ?out.case, already_contained_by = ?out.already_contained_by, "triaged");
-    Ok(out)
+    let filter = |name: &str, values: &[&str]| {
+        aws_sdk_ec2::types::Filter::builder()
+            .name(name)
+            .set_values(Some(values.iter().map(|v| v.to_string()).collect()))
+            .build()
+    };
+    let vpc_refs: Vec<&str> = vpcs.iter().map(String::as_str).collect();
+    let lookup = ec2
+        .describe_security_groups()
+        .filters(filter("vpc-id", &vpc_refs))
+        .filters(filter(
+            "tag-key",
+            &[tags::ISOLATION_GROUP, tags::TRANSIT_GROUP],
+        ))
+        .send();
+    let found = match tokio::time::timeout(GROUP_LOOKUP_TIMEOUT, lookup).await {
+        Ok(Ok(found)) => found,
+        Ok(Err(e)) => {
+            let err = Error::from_sdk("ec2:DescribeSecurityGroups", e);
+            tracing::warn!(error = %err, "the tool's groups not looked up: isolate will");
+            return Vec::new();
+        }
+        Err(_) => {
+            tracing::warn!("the tool's groups not looked up in time: isolate will");
+            return Vec::new();
+        }
+    };
+    let the_tools = |g: &aws_sdk_ec2::types::SecurityGroup| {
+        [tags::ISOLATION_GROUP, tags::TRANSIT_GROUP]
+            .iter()
+            .any(|tag| tags::find(g.tags(), tag) == Some("true"))
+    };
+    vpcs.into_iter()
+        .filter(|vpc| {
+            !found
+                .security_groups()
+                .iter()
+                .any(|g| g.vpc_id() == Some(vpc.as_str()) && the_tools(g))
+        })
+        .collect()
 }
 
 /// Why an instance waits for approval by its tags (`APPROVAL_TAG`), if it does. A tag is
@@ -667,6 +738,9 @@ async fn rate_capped(ctx: &Ctx, target: &Target, cap: usize) -> Result<Option<St
         ))),
     }
 }
+
+/// How long triage waits for the lookup of the tool's groups (beside the case's calls).
+const GROUP_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// How long triage waits for the case table before containing without a case.
 pub const CASE_OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(8);

@@ -159,6 +159,35 @@ def test_the_awaited_chain_follows_the_steps_own_order_and_ignores_the_branches_
     ]
 
 
+def test_groups_made_while_the_instance_is_read_come_before_the_moves():
+    lines = [
+        # round 1: the instance read, and the groups created beside it (triage found none)
+        traced("DescribeInstances", "read", 0, 3),
+        traced("CreateSecurityGroup", "read/groups/vpc-1", 1, 4),
+        traced("CreateSecurityGroup", "read/groups/vpc-1", 2, 5),
+        # round 2: their rules (made beside the read, never after it)
+        traced("RevokeSecurityGroupEgress", "read/groups/vpc-1", 6, 8),
+        traced("AuthorizeSecurityGroupIngress", "read/groups/vpc-1", 7, 9),
+        # rounds 3 and 4: the interface's two moves
+        traced("ModifyNetworkInterfaceAttribute", "network/eni-1", 10, 11),
+        traced("ModifyNetworkInterfaceAttribute", "network/eni-1", 12, 13),
+    ]
+    chain = bench.awaited_chain(bench.traced_calls(lines))
+    assert [c["op"] for c in chain] == [
+        "CreateSecurityGroup",
+        "AuthorizeSecurityGroupIngress",
+        "ModifyNetworkInterfaceAttribute",
+        "ModifyNetworkInterfaceAttribute",
+    ], [c["op"] for c in chain]
+    # a branch of the read never waits for the read's other calls' branches beside it
+    made = {"branch": "read/groups/vpc-1"}
+    assert not bench.may_wait_for({"branch": "read/groups/vpc-2"}, made)
+    assert bench.may_wait_for({"branch": "network/eni-1"}, made)
+    assert not bench.may_wait_for({"branch": "read/groups/vpc-1"}, {"branch": "read"})
+    assert bench.may_wait_for({"branch": "read"}, {"branch": "read"})
+    assert bench.may_wait_for({"branch": "network"}, {"branch": "read"})
+
+
 def test_no_successful_move_no_chain():
     lines = [traced("DescribeInstances", "read", 0, 1), traced("ModifyNetworkInterfaceAttribute", "network", 2, 3, ok=False)]
     assert bench.awaited_chain(bench.traced_calls(lines)) == []

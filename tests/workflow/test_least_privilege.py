@@ -27,7 +27,7 @@ CASE_USERS = INSTANCE_READERS | {"EvidenceCopyFunction"}
 # The one table: IAM action -> the functions that call it.
 ACTIONS: dict[str, set[str]] = {
     "ec2:DescribeInstances": INSTANCE_READERS | {"CollectFunction"},
-    "ec2:DescribeSecurityGroups": {"IsolateFunction"},
+    "ec2:DescribeSecurityGroups": {"TriageFunction", "IsolateFunction"},
     "ec2:DescribeNetworkInterfaces": {"IsolateFunction"},
     "ec2:DescribeInstanceAttribute": {"IsolateFunction"},
     "ec2:CreateSecurityGroup": {"IsolateFunction"},
