@@ -15,8 +15,8 @@ in order, grouped into rounds of calls made at once), it runs many executions at
   a call refused three times fails its step (the rounds after it are not made), which the
   state machine retries;
 - the service answering the calls: the harness's one process (a single server answering calls
-  one at a time, `service_s` each, measured), or AWS (each call answered after `latency_s`, no
-  queue).
+  one at a time, `service_s` each, measured, and none before `start_s`, the time it takes to
+  start a burst's executions), or AWS (each call answered after `latency_s`, no queue).
 
 It predicts, per execution, when the isolate step's last interface move succeeded.
 """
@@ -126,6 +126,9 @@ class Model:
     copies: int | None = None  # processes per function (the harness)
     concurrency: int | None = None  # environments shared by all functions (Lambda)
     invoke_s: float = 0.0  # from a state's start to the function's first call
+    # When the executions begin: the harness answers no call while it starts a burst's
+    # executions (its first answer comes this long after the first start; 0 on AWS).
+    start_s: float = 0.0
     token_buckets: bool = True
     map_concurrency: int = 10
     sdk_attempts: int = SDK_RETRY["max_attempts"]  # AWS_MAX_ATTEMPTS
@@ -355,7 +358,7 @@ def simulate(profile: dict, model: Model, findings: int, instances_per_finding: 
         sim = Simulation(profile, model, seed)
         isolated: list[float] = []
         for _ in range(findings):
-            sim.execution(instances_per_finding, isolated)
+            sim.at(model.start_s, lambda sim=sim, isolated=isolated: sim.execution(instances_per_finding, isolated))
         sim.run_until_idle()
         want = findings * instances_per_finding
         results.append(

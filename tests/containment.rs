@@ -406,18 +406,22 @@ async fn a_quarantine_group_someone_added_rules_to_is_emptied() {
     assert!(groups[0].ip_permissions_egress().is_empty());
 }
 
-#[tokio::test]
-#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
-async fn a_group_someone_else_made_under_the_tools_name_is_never_tagged_nor_used() {
-    let f = Fixture::new().await;
-    // A group under the tool's name, without its tag, that lets everything in: the tool may
-    // not tag it as its own (IAM allows its tags on groups only at creation) nor move an
-    // interface into it.
+/// A group under the tool's name, without its tag, that lets everything in: the tool may not
+/// tag it as its own (IAM allows its tags on groups only at creation) nor move an interface
+/// into it.
+async fn squat(f: &Fixture) -> String {
     let everything = IpPermission::builder()
         .ip_protocol("-1")
         .ip_ranges(IpRange::builder().cidr_ip("0.0.0.0/0").build())
         .build();
-    let squatter = hand_made_quarantine_group(&f, None, everything).await;
+    hand_made_quarantine_group(f, None, everything).await
+}
+
+#[tokio::test]
+#[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
+async fn a_group_someone_else_made_under_the_tools_name_is_never_tagged_nor_used() {
+    let f = Fixture::new().await;
+    let squatter = squat(&f).await;
 
     let out = isolate(&f.ctx, &f.event(EXFILTRATION)).await.unwrap();
     let report = out.report().unwrap();
@@ -471,11 +475,7 @@ async fn a_group_someone_else_made_under_the_tools_name_is_never_tagged_nor_used
 #[ignore = "needs the local AWS emulator: helper_scripts/test.sh starts it"]
 async fn a_stale_hint_beside_a_squatter_never_makes_a_second_group() {
     let f = Fixture::new().await;
-    let everything = IpPermission::builder()
-        .ip_protocol("-1")
-        .ip_ranges(IpRange::builder().cidr_ip("0.0.0.0/0").build())
-        .build();
-    let squatter = hand_made_quarantine_group(&f, None, everything).await;
+    let squatter = squat(&f).await;
     let triaged = triage(&f.ctx, &f.event(BACKDOOR)).await.unwrap();
     let planned = triaged.targets[0].planned();
     assert_eq!(planned.target.vpcs_without_groups, vec![f.vpc_id.clone()]);

@@ -280,6 +280,7 @@ pub async fn triage_after(
         .buffered(TRIAGE_CONCURRENCY)
         .try_collect()
         .await?;
+    let plans = one_maker_per_vpc(plans);
     report.decision = [
         Decision::Contain,
         Decision::AwaitApproval,
@@ -600,6 +601,20 @@ async fn triage_instance(
     Ok(decided)
 }
 
+/// Keeps each VPC without the tool's groups for the first instance of the plan in it: that
+/// one's isolate step makes the groups while it reads its instance; the others (a group
+/// finding's instances share VPCs) look them up, rather than each asking to create them and
+/// being refused, two mutating calls each in EC2's smallest request bucket.
+fn one_maker_per_vpc(mut plans: Vec<TargetPlan>) -> Vec<TargetPlan> {
+    let mut claimed = std::collections::BTreeSet::new();
+    for plan in &mut plans {
+        plan.target
+            .vpcs_without_groups
+            .retain(|vpc| claimed.insert(vpc.clone()));
+    }
+    plans
+}
+
 /// The VPCs of `vpcs` where neither of the tool's groups (tagged as the tool's, `true`) exists:
 /// one lookup, so that isolate creates the groups there while it reads the instance rather
 /// than after looking them up again. A lookup that fails or does not answer in time finds
@@ -838,6 +853,45 @@ mod tests {
             };
             assert_eq!(host_reason(&hosts, &finding(kind)), None);
         }
+    }
+
+    #[test]
+    fn one_instance_per_vpc_makes_the_groups() {
+        let e = event("Backdoor:EC2/C&CActivity.B", 8.0, instance(), "ACTOR");
+        let target = finding::resolve(&e).unwrap().contain().unwrap();
+        let plan = |vpcs: &[&str], without: &[&str]| {
+            let mut t = target.clone();
+            t.vpc_ids = vpcs.iter().map(|v| v.to_string()).collect();
+            t.vpcs_without_groups = without.iter().map(|v| v.to_string()).collect();
+            TargetPlan::new(
+                &NamedTarget {
+                    target: t,
+                    named_as: String::new(),
+                },
+                Decision::Contain,
+                String::new(),
+            )
+        };
+        let plans = one_maker_per_vpc(vec![
+            plan(&["vpc-11111111"], &["vpc-11111111"]),
+            plan(
+                &["vpc-11111111", "vpc-22222222"],
+                &["vpc-11111111", "vpc-22222222"],
+            ),
+            plan(&["vpc-22222222"], &["vpc-22222222"]),
+        ]);
+        let made: Vec<&[String]> = plans
+            .iter()
+            .map(|p| p.target.vpcs_without_groups.as_slice())
+            .collect();
+        assert_eq!(
+            made,
+            [
+                &["vpc-11111111".to_owned()][..],
+                &["vpc-22222222".to_owned()][..],
+                &[][..]
+            ]
+        );
     }
 
     #[test]
