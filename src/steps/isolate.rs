@@ -196,7 +196,9 @@ pub async fn isolate_instance(
     let (report_interfaces, exposed) = tally_moves(moves, &mut tally);
     let recorded = Box::pin(calls::branch(
         "after",
-        note_records(clients, target, recorded, &mut tally),
+        // An interface left EXPOSED: the failure is returned at once (no marker tags, whose
+        // calls could outlast the function's time).
+        note_records(clients, target, recorded, &mut tally, exposed.is_empty()),
     ))
     .await;
     if !exposed.is_empty() {
@@ -269,7 +271,8 @@ fn skipped(managed: &BTreeSet<String>) -> Vec<SkippedInterface> {
 }
 
 /// The records of the isolation: the case's record of the previous groups (written while the
-/// interfaces moved) and the marker tags on the instance, written now. Either only serves
+/// interfaces moved) and the marker tags on the instance, written now (`mark_instance`: not
+/// when an interface was left EXPOSED). Either only serves
 /// release or a person: one that could not be written (a full tag quota, a denial) is a
 /// warning, and the containment stands. Whether the case's record was written by this run.
 async fn note_records(
@@ -277,6 +280,7 @@ async fn note_records(
     target: &Target,
     recorded: Result<bool, Error>,
     tally: &mut Tally,
+    mark_instance: bool,
 ) -> bool {
     let recorded = recorded.unwrap_or_else(|err| {
         warn!(error = %err, "record of the previous groups not written");
@@ -285,6 +289,9 @@ async fn note_records(
         ));
         false
     });
+    if !mark_instance {
+        return recorded;
+    }
     if let Err(err) = Box::pin(mark(clients, &target.instance_id)).await {
         warn!(error = %err, "marker tags not written");
         tally.warn(format!(
@@ -788,6 +795,10 @@ const REVERT_RESERVE: Duration = Duration::from_secs(5);
 /// Below this much time left, an interface goes straight to quarantine: the transit group is
 /// used only when there is time both to leave it and to come back from it.
 const TRANSIT_MIN_TIME: Duration = Duration::from_secs(12);
+/// Time kept back from the deadline by the move back and its checks, for the step to return
+/// what it left (EXPOSED): a call the SDK keeps asking under throttling (`SdkMaxAttempts`)
+/// never runs into the function's end.
+const ANSWER_RESERVE: Duration = Duration::from_secs(1);
 
 /// Runs `call` until `deadline` (none: until it ends); a call cut by the deadline is a transient
 /// failure whose effect is unknown.
@@ -915,7 +926,8 @@ async fn move_interface(
     // A call that failed may still have been applied (an earlier attempt the SDK retried, an
     // answer that never came): where the interface is, AWS says.
     let not_open = |groups: &[String]| groups != [transit_id.to_owned()];
-    match until(deadline, current_groups(ec2, &eni.id)).await {
+    let answer_by = deadline.map(|d| d - ANSWER_RESERVE);
+    match until(answer_by, current_groups(ec2, &eni.id)).await {
         Ok(groups) if groups == [group_id.to_owned()] => return isolated(connections_cut),
         Ok(groups) if not_open(&groups) => {
             return Err((eni.id.clone(), MoveFailure::NotIsolated(err)));
@@ -929,14 +941,14 @@ async fn move_interface(
     }
     warn!(eni = %eni.id, error = %err, "the move to quarantine failed after the transit group: moving the interface back");
     if !previous_groups.is_empty()
-        && until(deadline, set_groups(previous_groups.clone()))
+        && until(answer_by, set_groups(previous_groups.clone()))
             .await
             .is_ok()
     {
         warn!(eni = %eni.id, previous = ?previous_groups, "moved back to its previous groups: not isolated");
         return Err((eni.id.clone(), MoveFailure::NotIsolated(err)));
     }
-    match until(deadline, current_groups(ec2, &eni.id)).await {
+    match until(answer_by, current_groups(ec2, &eni.id)).await {
         Ok(groups) if groups == [group_id.to_owned()] => isolated(connections_cut),
         Ok(groups) if not_open(&groups) => Err((eni.id.clone(), MoveFailure::NotIsolated(err))),
         _ => {
