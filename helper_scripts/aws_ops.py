@@ -502,6 +502,180 @@ def show_rails(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- operations: status and logs
+
+# deploy.sh logs --function NAME: the log group each name reads (template.yaml's logical ids).
+LOG_GROUPS = {
+    "triage": "TriageLogGroup",
+    "isolate": "IsolateLogGroup",
+    "deregister": "DeregisterLogGroup",
+    "snapshot": "SnapshotLogGroup",
+    "deny-role": "DenyRoleLogGroup",
+    "notify": "NotifyLogGroup",
+    "security-hub": "SecurityHubLogGroup",
+    "approval": "ApprovalLogGroup",
+    "approval-link": "ApprovalLinkLogGroup",
+    "evidence-copy": "EvidenceCopyLogGroup",
+    "collect": "CollectLogGroup",
+    "release": "ReleaseLogGroup",
+    "containment": "ContainmentStateMachineLogGroup",
+    "release-workflow": "ReleaseStateMachineLogGroup",
+    "evidence-copy-workflow": "EvidenceCopyStateMachineLogGroup",
+    "collection-workflow": "CollectionStateMachineLogGroup",
+}
+MAX_LOG_LINES = 1000
+WORKFLOWS = (("containment", "ContainmentStateMachine"), ("release", "ReleaseStateMachine"))
+
+
+def stack_resources(session, stack: str) -> dict[str, tuple[str, str]]:
+    """The stack's resources: logical id -> (physical id, type)."""
+    cfn = session.client("cloudformation")
+    out = {}
+    try:
+        for page in cfn.get_paginator("list_stack_resources").paginate(StackName=stack):
+            for r in page["StackResourceSummaries"]:
+                if r.get("PhysicalResourceId"):
+                    out[r["LogicalResourceId"]] = (r["PhysicalResourceId"], r["ResourceType"])
+    except ClientError as e:
+        if "does not exist" in str(e):
+            raise OpsError(f"no stack {stack} in {session.region_name}: pass --stack-name") from None
+        raise
+    return out
+
+
+def since_ms(text: str, now_s: float) -> int:
+    """The start of `--since` (30m, 1h, 2d) in milliseconds since the epoch."""
+    match = re.fullmatch(r"([0-9]{1,4})([mhd])", text)
+    if not match:
+        raise UsageError(f"--since takes a duration such as 30m, 1h or 2d, got {text}")
+    seconds = int(match[1]) * {"m": 60, "h": 3600, "d": 86400}[match[2]]
+    return int((now_s - seconds) * 1000)
+
+
+def show_logs(args) -> int:
+    """The stack's log lines since `--since`, oldest first, each named by its function or
+    workflow; at most MAX_LOG_LINES per log group, and a line says when there were more."""
+    if args.function and args.function not in LOG_GROUPS:
+        raise UsageError(f"--function takes one of {', '.join(LOG_GROUPS)}, got {args.function}")
+    session, _, _ = clients(args.region)
+    resources = stack_resources(session, args.stack_name)
+    start = since_ms(args.since, time.time())
+    logs = session.client("logs")
+    lines, cut = [], []
+    for name in [args.function] if args.function else list(LOG_GROUPS):
+        group = resources.get(LOG_GROUPS[name], (None,))[0]
+        if group is None:
+            if args.function:
+                raise OpsError(
+                    f"the stack {args.stack_name} has no {LOG_GROUPS[name]} (the function is not deployed with these parameters)"
+                )
+            continue
+        got = 0
+        for page in logs.get_paginator("filter_log_events").paginate(logGroupName=group, startTime=start):
+            for event in page.get("events", []):
+                if got == MAX_LOG_LINES:
+                    cut.append(name)
+                    break
+                lines.append((event["timestamp"], name, event["message"].rstrip("\n")))
+                got += 1
+            if name in cut:
+                break
+    for stamp, name, message in sorted(lines, key=lambda line: line[0]):
+        at = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(stamp / 1000)) + f".{stamp % 1000:03d}Z"
+        print(f"{at} {name:<22} {message}")
+    if not lines:
+        print(f"No log line since {args.since} ago.")
+    for name in cut:
+        print(f"(more than {MAX_LOG_LINES} lines from {name}: narrow --since, or use CloudWatch Logs Insights)")
+    return 0
+
+
+def status(session, stack: str, now_s: float) -> dict:
+    """What the on-call engineer asks first: paused or not, the alarms, the last executions."""
+    resources = stack_resources(session, stack)
+    alarm_names = {physical: logical for logical, (physical, kind) in resources.items() if kind == "AWS::CloudWatch::Alarm"}
+    alarms = []
+    if alarm_names:
+        found = session.client("cloudwatch").describe_alarms(AlarmNames=sorted(alarm_names)[:100])["MetricAlarms"]
+        for a in found:
+            updated = a.get("StateUpdatedTimestamp")
+            alarms.append(
+                {
+                    "alarm": alarm_names.get(a["AlarmName"], a["AlarmName"]),
+                    "name": a["AlarmName"],
+                    "state": a["StateValue"],
+                    "since": updated.isoformat() if updated else None,
+                    "reason": a.get("StateReason"),
+                }
+            )
+    alarms.sort(key=lambda a: (a["state"] != "ALARM", a["alarm"]))
+    sfn = session.client("stepfunctions")
+    executions = {}
+    for name, logical in WORKFLOWS:
+        arn = resources.get(logical, (None,))[0]
+        if arn is None:
+            continue
+        listed = sfn.list_executions(stateMachineArn=arn, maxResults=10)["executions"]
+        executions[name] = [
+            {
+                "name": e["name"],
+                "status": e["status"],
+                "started": e["startDate"].isoformat(),
+                "seconds": round(((e.get("stopDate") or e["startDate"]).timestamp() - e["startDate"].timestamp()), 1)
+                if e.get("stopDate")
+                else round(now_s - e["startDate"].timestamp(), 1),
+            }
+            for e in listed
+        ]
+    try:
+        pause = pause_state(session.client("ssm"), pause_switch(session, stack))
+    except ClientError as e:
+        pause = {"paused": False, "unreadable": e.response.get("Error", {}).get("Code", str(e))}
+    region = session.region_name
+    dashboard = resources.get("Dashboard", (None,))[0]
+    return {
+        "stack": stack,
+        "region": region,
+        "pause": pause,
+        "alarms": alarms,
+        "executions": executions,
+        "dashboard": f"https://{region}.console.aws.amazon.com/cloudwatch/home?region={region}#dashboards/dashboard/{dashboard}"
+        if dashboard
+        else None,
+    }
+
+
+def render_status(state: dict) -> str:
+    out = [f"{state['stack']} in {state['region']}"]
+    pause = state["pause"]
+    if pause.get("paused"):
+        out.append(f"PAUSED since {pause.get('since')} by {pause.get('by')} ({pause.get('reason')}): findings are reported, none contained")
+    elif pause.get("unreadable"):
+        out.append(f"Pause switch: could not be read ({pause['unreadable']})")
+    else:
+        out.append("Pause switch: not paused")
+    firing = [a for a in state["alarms"] if a["state"] == "ALARM"]
+    out.append(f"Alarms: {len(firing)} in ALARM of {len(state['alarms'])}")
+    for a in state["alarms"]:
+        if a["state"] != "OK":
+            out.append(f"  {a['state']:<17} {a['alarm']} since {a['since']}: {a['reason']}")
+    for name, listed in state["executions"].items():
+        out.append(f"Last {name} executions: " + ("none" if not listed else ""))
+        for e in listed:
+            out.append(f"  {e['started']}  {e['status']:<10} {e['seconds']:>8.1f} s  {e['name']}")
+    if state["dashboard"]:
+        out.append(f"Dashboard: {state['dashboard']}")
+    return "\n".join(out)
+
+
+def show_status(args) -> int:
+    session, _, _ = clients(args.region)
+    state = status(session, args.stack_name, time.time())
+    print(json.dumps(state, indent=2, default=str) if args.json else render_status(state))
+    firing = any(a["state"] == "ALARM" for a in state["alarms"])
+    return 3 if firing or state["pause"].get("paused") else 0
+
+
 # ---------------------------------------------------------------- approvals
 
 
@@ -854,6 +1028,12 @@ def nuke(args) -> int:
     if outputs and outputs.get("EvidenceBucketName"):
         # Retained by the stack and object-locked: this tool never deletes evidence.
         print(f"  evidence bucket:          {outputs['EvidenceBucketName']} (kept: the cases' manifests, object-locked)")
+    if responder:
+        # Retained by the stack (DeletionPolicy: Retain): the audit trail of what the responder
+        # did, kept for LogRetentionDays, then expired by CloudWatch Logs.
+        log_groups = sorted(p for p, kind in stack_resources(session, args.stack_name).values() if kind == "AWS::Logs::LogGroup")
+        if log_groups:
+            print(f"  log groups (kept: the audit trail, expired after LogRetentionDays): {', '.join(log_groups)}")
     if found:
         print(f"  forensic snapshots:       {', '.join(found['snapshots']) or 'none'}")
         if found["locked_snapshots"]:
@@ -1000,6 +1180,13 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("rails", parents=[common], help="the pause switch, the rate cap's use, the approvals waiting")
     r.add_argument("--stack-name", default="ec2-quarantine")
     r.add_argument("--json", action="store_true")
+    st = sub.add_parser("status", parents=[common], help="paused or not, the alarms, the last executions, the dashboard")
+    st.add_argument("--stack-name", default="ec2-quarantine")
+    st.add_argument("--json", action="store_true")
+    lg = sub.add_parser("logs", parents=[common], help="the stack's log lines, oldest first")
+    lg.add_argument("--stack-name", default="ec2-quarantine")
+    lg.add_argument("--function", default=None, help=f"one of {', '.join(LOG_GROUPS)}")
+    lg.add_argument("--since", default="1h", help="30m, 1h, 2d (default 1h)")
     for name in ("approve", "reject"):
         c = sub.add_parser(name, parents=[common])
         c.add_argument("approval_id", help="the request's id (apr-...), as the request message gives it")
@@ -1024,6 +1211,8 @@ def main(argv: list[str] | None = None) -> int:
             "pause": set_pause,
             "resume": set_pause,
             "rails": show_rails,
+            "status": show_status,
+            "logs": show_logs,
             "approve": decide,
             "reject": decide,
         }[args.command](args)

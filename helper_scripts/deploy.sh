@@ -10,8 +10,9 @@
 #   deploy.sh pause --reason TEXT | resume                                     (the pause switch)
 #   deploy.sh approve APPROVAL_ID | reject APPROVAL_ID --reason TEXT           (approvals)
 #   deploy.sh rails [--json]                                                    (the rails' state)
+#   deploy.sh status [--json] | logs [--function NAME] [--since 1h]            (operations)
 #
-# Only deploy, nuke, test-instance, fire, verify, cases, case, pause, resume, approve, reject and rails talk to AWS, with the caller's
+# Only deploy, nuke, test-instance, fire, verify, cases, case, pause, resume, approve, reject, rails, status and logs talk to AWS, with the caller's
 # credentials (AWS_ENDPOINT_URL points them at an emulator).
 # local and invoke need no AWS at all.
 set -euo pipefail
@@ -113,6 +114,20 @@ Usage:
       account's automatic containments in the last hour against MaxContainmentsPerHour (and
       when the first slot frees), and every approval request waiting for a person, with its
       deadline and the commands that answer it.
+
+  deploy.sh status [--json] [--region R] [--stack-name S]
+      For the on-call engineer: the pause switch, every alarm of the stack and its state (the
+      ones in ALARM first), the last executions of the containment and release workflows with
+      their status and duration, and the dashboard's address. Exit status 0, or 3 when an alarm
+      is in ALARM or the responder is paused.
+
+  deploy.sh logs [--function NAME] [--since DURATION] [--region R] [--stack-name S]
+      The stack's log lines since DURATION ago (30m, 1h, 2d; default 1h), oldest first, each
+      with the function or state machine it came from: every function and state machine, or
+      NAME only (triage, isolate, deregister, snapshot, deny-role, notify, security-hub,
+      approval, approval-link, evidence-copy, collect, release; containment, release-workflow,
+      evidence-copy-workflow, collection-workflow for the state machines). At most 1,000 lines
+      per log group; it says so when there are more.
 
   deploy.sh help | --help | -h
       This text. A mistake in the call (an unknown subcommand or option, a missing or bad value,
@@ -530,7 +545,8 @@ cmd_test_path() {
     pause) valued=" --region --stack-name --reason " flags=" " most=0 ;;
     resume) valued=" --region --stack-name " flags=" " most=0 ;;
     approve | reject) valued=" --region --stack-name --reason " flags=" --json " most=1 ;;
-    rails) valued=" --region --stack-name " flags=" --json " most=0 ;;
+    rails | status) valued=" --region --stack-name " flags=" --json " most=0 ;;
+    logs) valued=" --region --stack-name --function --since " flags=" " most=0 ;;
   esac
   local reason_given=false
   while [[ $# -gt 0 ]]; do
@@ -544,6 +560,8 @@ cmd_test_path() {
             --region) check_region "$2" ;;
             --stack-name) check_stack_name "$2" ;;
             --table) [[ "$2" =~ ^[A-Za-z0-9_.-]{3,255}$ ]] || usage_error "--table takes a DynamoDB table name, got $2" ;;
+            --function) [[ "$2" =~ ^[a-z-]{3,40}$ ]] || usage_error "--function takes a function or workflow name (triage, isolate, ..., containment), got $2" ;;
+            --since) [[ "$2" =~ ^[0-9]{1,4}[mhd]$ ]] || usage_error "--since takes a duration such as 30m, 1h or 2d, got $2" ;;
             --reason) [[ "$2" =~ [^[:space:]] ]] || usage_error "--reason takes a text for the team, got an empty one"; reason_given=true ;;
             --state-machine-arn)
               [[ "$2" =~ ^arn:[a-z-]+:states:[a-z0-9-]+:[0-9]{12}:stateMachine:[A-Za-z0-9_.-]+$ ]] ||
@@ -601,10 +619,10 @@ shift
 case "$COMMAND" in
   local) cmd_local "$@" ;;
   invoke) cmd_invoke "$@" ;;
-  test-instance | fire | verify | cases | case | pause | resume | approve | reject | rails) cmd_test_path "$@" ;;
+  test-instance | fire | verify | cases | case | pause | resume | approve | reject | rails | status | logs) cmd_test_path "$@" ;;
   deploy) cmd_deploy "$@" ;;
   nuke) cmd_nuke "$@" ;;
   -h | --help | help) usage ;;
   -*) usage_error "unknown option $COMMAND: the subcommand comes first (see deploy.sh --help)" ;;
-  *) usage_error "unknown subcommand $COMMAND: one of local, invoke, deploy, nuke, test-instance, fire, verify, cases, case, pause, resume, approve, reject, rails (see deploy.sh --help)" ;;
+  *) usage_error "unknown subcommand $COMMAND: one of local, invoke, deploy, nuke, test-instance, fire, verify, cases, case, pause, resume, approve, reject, rails, status, logs (see deploy.sh --help)" ;;
 esac

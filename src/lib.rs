@@ -13,6 +13,8 @@
 //!   and every retry decide from;
 //! - [`aws`]: the AWS pieces the steps share: the context loaded once at init and the clients
 //!   per finding, the tool's tags, reading the instance, its profile and its role's denies;
+//! - [`telemetry`]: what the functions tell CloudWatch and X-Ray: their metrics (embedded
+//!   metric format lines) and their spans in the invocation's trace;
 //! - [`error`]: the named errors the state machines' Retry and Catch match.
 
 pub mod approval;
@@ -21,6 +23,7 @@ pub mod case;
 pub mod domain;
 pub mod error;
 pub mod steps;
+pub mod telemetry;
 
 pub use aws::context::{Clients, Ctx};
 pub use domain::outcome::Outcome;

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import cases
 
+from local.metrics import summary
 from local.template import MISSING_TOPIC, ROOT
 
 # Step Functions refuses a state input or output (and a task's parameters or result) over 256 KiB,
@@ -220,9 +221,24 @@ def render(report: dict) -> str:
             w(f"    differs: {k}: before {d['before']} after {d['after']}")
         _render_notification(w, rel.get("notification"))
     _render_cases(w, report)
+    _render_metrics(w, report)
     w("")
     w(f"Wall time {report['wall_seconds']} s; function logs in {report['logs']}")
     return "\n".join(out)
+
+
+def _render_metrics(w, report: dict) -> None:
+    """The metrics the functions wrote as EMF lines: what CloudWatch would hold on AWS."""
+    metrics = report.get("metrics")
+    if not metrics:
+        return
+    namespaces = sorted({m["namespace"] for m in metrics if m.get("namespace")})
+    w("")
+    w(
+        f"Metrics the functions emitted (embedded metric format in their logs; CloudWatch extracts them on AWS), namespace {', '.join(namespaces)}:"
+    )
+    for line in summary(metrics):
+        w(f"  {line}")
 
 
 def _render_evidence(w, report: dict) -> None:

@@ -20,6 +20,7 @@ import cases
 
 from local import HarnessError, securityhub
 from local.deployed import deployed_stack, finding_id_of, started_executions
+from local.metrics import emitted
 from local.report import render, shown
 from local.stack import (
     MEMBER_ACCOUNT,
@@ -177,6 +178,10 @@ def run(
             named = sequence_instances(raw)
             sims = [sim] + more_instances(st.target_ec2, sim, len(named) - 1) if named else [sim]
             event = point_sequence_at(raw, sim, sims) if named else point_event_at(raw, sim, target)
+            # GuardDuty sends the finding as it updates it: updatedAt is now, the start of the
+            # time-to-isolation metric.
+            if isinstance(event.get("detail"), dict):
+                event["detail"]["updatedAt"] = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
             report["finding"] = finding_summary(event, target)
             report["simulated"] = sim
             report["accounts"] = {"responder": ACCOUNT, "instance": sim["account"]}
@@ -222,6 +227,9 @@ def run(
                 report["forensic"] = forensic_copies(st.forensic, st.target_ec2, report["cases"])
     finally:
         report["wall_seconds"] = round(time.monotonic() - started, 2)
+        if not release_dir:
+            # What CloudWatch would extract from the function logs (deployed: in MiniStack's).
+            report["metrics"] = emitted(log_dir)
     return report
 
 

@@ -143,6 +143,10 @@ def rule_matches(pattern: dict, event: dict) -> bool:
     return EventPattern.load(json.dumps(pattern)).matches_event(event)
 
 
+# The stack name the local run stands for (`AWS::StackName`), as deploy.sh deploys by default.
+LOCAL_STACK_NAME = "ec2-quarantine"
+
+
 def function_settings(template: dict, overrides: dict[str, str], account: str) -> dict[str, str]:
     """The functions' environment as the template's Globals give it, parameters resolved (their
     defaults, or the overrides as `sam deploy --parameter-overrides` would give them)."""
@@ -151,12 +155,14 @@ def function_settings(template: dict, overrides: dict[str, str], account: str) -
     if unknown:
         raise HarnessError(f"no such template parameter: {', '.join(sorted(unknown))}")
     params.update(overrides)
-    params.update({"AWS::AccountId": account, "AWS::Region": REGION, "AWS::Partition": "aws"})
+    params.update({"AWS::AccountId": account, "AWS::Region": REGION, "AWS::Partition": "aws", "AWS::StackName": LOCAL_STACK_NAME})
     params.update(LOCAL_NAMES)
     out = {}
     for name, value in template["Globals"]["Function"]["Environment"]["Variables"].items():
         if isinstance(value, dict) and "Ref" in value:
             value = params[value["Ref"]]
+        elif isinstance(value, dict) and isinstance(value.get("Fn::Sub"), str):
+            value = re.sub(r"\$\{([A-Za-z0-9:]+)\}", lambda m: params[m[1]], value["Fn::Sub"])
         out[name] = str(value)
     return out
 

@@ -22,6 +22,7 @@ use aws_smithy_runtime_api::client::interceptors::context::{
 };
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_runtime_api::http::Response as HttpResponse;
 use aws_smithy_types::config_bag::{ConfigBag, Storable, StoreReplace};
 use tracing::info;
 
@@ -107,5 +108,91 @@ impl Intercept for CallTrace {
             );
         }
         Ok(())
+    }
+}
+
+/// The interceptor every step's clients carry: counts each operation, each attempt of it and
+/// each throttled answer for the invocation's metrics ([`crate::telemetry`]).
+#[derive(Debug, Default)]
+pub struct CallMetrics;
+
+impl Intercept for CallMetrics {
+    fn name(&self) -> &'static str {
+        "CallMetrics"
+    }
+
+    fn read_before_execution(
+        &self,
+        _context: &BeforeSerializationInterceptorContextRef<'_>,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        crate::telemetry::operation_started();
+        Ok(())
+    }
+
+    fn read_after_attempt(
+        &self,
+        context: &FinalizerInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        crate::telemetry::attempt_made(context.response().is_some_and(is_throttle));
+        Ok(())
+    }
+}
+
+/// Whether an answer refused the request for its rate: HTTP 429, or an error code the SDK's
+/// retry policy treats as throttling (its own list), as the query and EC2 protocols (XML
+/// `<Code>`) and the JSON protocols (`__type`, `x-amzn-ErrorType`) carry it.
+fn is_throttle(response: &HttpResponse) -> bool {
+    let status = response.status().as_u16();
+    if status == 429 {
+        return true;
+    }
+    if status < 400 {
+        return false;
+    }
+    let error_type = response
+        .headers()
+        .get("x-amzn-errortype")
+        .and_then(|t| t.split(':').next())
+        .unwrap_or_default();
+    let body = response
+        .body()
+        .bytes()
+        .map(String::from_utf8_lossy)
+        .unwrap_or_default();
+    aws_runtime::retries::classifiers::THROTTLING_ERRORS
+        .iter()
+        .any(|code| {
+            error_type == *code
+                || body.contains(&format!("<Code>{code}</Code>"))
+                || body.contains(&format!("#{code}\""))
+                || body.contains(&format!("\"{code}\""))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_smithy_types::body::SdkBody;
+
+    fn answer(status: u16, body: &str) -> HttpResponse {
+        HttpResponse::new(status.try_into().unwrap(), SdkBody::from(body))
+    }
+
+    #[test]
+    fn throttles_are_told_from_other_refusals() {
+        let ec2 = "<Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors></Response>";
+        assert!(is_throttle(&answer(503, ec2)));
+        let iam = "<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code></Error></ErrorResponse>";
+        assert!(is_throttle(&answer(400, iam)));
+        let dynamodb = r#"{"__type":"com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException","message":"slow down"}"#;
+        assert!(is_throttle(&answer(400, dynamodb)));
+        assert!(is_throttle(&answer(429, "")));
+        let denied = "<Response><Errors><Error><Code>UnauthorizedOperation</Code></Error></Errors></Response>";
+        assert!(!is_throttle(&answer(403, denied)));
+        assert!(!is_throttle(&answer(503, "<Code>Unavailable</Code>")));
+        assert!(!is_throttle(&answer(200, "<Code>Throttling</Code>")));
     }
 }

@@ -13,6 +13,7 @@ use aws_credential_types::Credentials;
 use aws_credential_types::provider::SharedCredentialsProvider;
 use tracing::info;
 
+use crate::aws::calls::CallMetrics;
 use crate::domain::finding::{Scope, is_role_name};
 use crate::domain::outcome::Plan;
 use crate::domain::settings::Settings;
@@ -151,13 +152,22 @@ pub struct Clients {
 /// The EC2 client of a step, tracing its calls when the benchmarks ask
 /// ([`crate::aws::calls`]).
 fn ec2_client(config: &SdkConfig) -> aws_sdk_ec2::Client {
-    if !crate::aws::calls::enabled() {
-        return aws_sdk_ec2::Client::new(config);
+    let mut conf = aws_sdk_ec2::config::Builder::from(config).interceptor(CallMetrics);
+    if crate::aws::calls::enabled() {
+        conf = conf.interceptor(crate::aws::calls::CallTrace);
     }
-    let conf = aws_sdk_ec2::config::Builder::from(config)
-        .interceptor(crate::aws::calls::CallTrace)
-        .build();
-    aws_sdk_ec2::Client::from_conf(conf)
+    aws_sdk_ec2::Client::from_conf(conf.build())
+}
+
+/// A client of `$service` whose calls count in the invocation's metrics.
+macro_rules! counted {
+    ($service:ident, $config:expr) => {
+        $service::Client::from_conf(
+            $service::config::Builder::from($config)
+                .interceptor(CallMetrics)
+                .build(),
+        )
+    };
 }
 
 impl Clients {
@@ -165,10 +175,10 @@ impl Clients {
     pub fn new(config: &SdkConfig, settings: Settings) -> Clients {
         Clients {
             ec2: ec2_client(config),
-            iam: aws_sdk_iam::Client::new(config),
-            autoscaling: aws_sdk_autoscaling::Client::new(config),
-            elbv2: aws_sdk_elasticloadbalancingv2::Client::new(config),
-            elb: aws_sdk_elasticloadbalancing::Client::new(config),
+            iam: counted!(aws_sdk_iam, config),
+            autoscaling: counted!(aws_sdk_autoscaling, config),
+            elbv2: counted!(aws_sdk_elasticloadbalancingv2, config),
+            elb: counted!(aws_sdk_elasticloadbalancing, config),
             plan: settings.dry_run.then(Default::default),
             settings,
             case: None,

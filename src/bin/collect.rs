@@ -3,17 +3,18 @@
 //! the pass's number.
 use ec2_quarantine::Ctx;
 use ec2_quarantine::steps::collect::Collector;
-use lambda_runtime::{LambdaEvent, service_fn};
+use lambda_runtime::LambdaEvent;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    lambda_runtime::tracing::init_default_subscriber();
+    ec2_quarantine::telemetry::init_logging();
     let ctx = &Ctx::load().await?.acting_as("collect");
     let collector = &Collector::from_env()?;
     let imager = &ec2_quarantine::steps::memory::Imager::from_env()?;
     // Systems Manager in the function's own account and region: the only place it collects.
     let ssm = &aws_sdk_ssm::Client::new(ctx.config());
-    lambda_runtime::run(service_fn(
+    ec2_quarantine::telemetry::serve(
+        "collect",
         |event: LambdaEvent<serde_json::Value>| async move {
             ec2_quarantine::steps::collect::collect(
                 ctx,
@@ -24,6 +25,6 @@ async fn main() -> Result<(), lambda_runtime::Error> {
             )
             .await
         },
-    ))
+    )
     .await
 }

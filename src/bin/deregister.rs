@@ -1,16 +1,17 @@
 //! Lambda function: the `deregister` containment step (out of service). Input: one target of triage's plan, or a GuardDuty finding event (invoked alone).
 use ec2_quarantine::{Ctx, domain::finding};
-use lambda_runtime::{LambdaEvent, service_fn};
+use lambda_runtime::LambdaEvent;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    lambda_runtime::tracing::init_default_subscriber();
+    ec2_quarantine::telemetry::init_logging();
     let ctx = &Ctx::load().await?;
-    lambda_runtime::run(service_fn(
+    ec2_quarantine::telemetry::serve(
+        "deregister",
         |event: LambdaEvent<serde_json::Value>| async move {
             let request = finding::parse_step_request(event.payload)?;
             ec2_quarantine::steps::deregister::deregister(ctx, request).await
         },
-    ))
+    )
     .await
 }

@@ -2,14 +2,15 @@
 //! snapshots to the forensic account. Input: one target of triage's plan and the pass's number.
 use ec2_quarantine::Ctx;
 use ec2_quarantine::domain::forensic::ForensicAccount;
-use lambda_runtime::{LambdaEvent, service_fn};
+use lambda_runtime::LambdaEvent;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    lambda_runtime::tracing::init_default_subscriber();
+    ec2_quarantine::telemetry::init_logging();
     let ctx = &Ctx::load().await?;
     let forensic = &ForensicAccount::from_env()?;
-    lambda_runtime::run(service_fn(
+    ec2_quarantine::telemetry::serve(
+        "evidence-copy",
         |event: LambdaEvent<serde_json::Value>| async move {
             ec2_quarantine::steps::evidence_copy::copy_evidence(
                 ctx,
@@ -18,6 +19,6 @@ async fn main() -> Result<(), lambda_runtime::Error> {
             )
             .await
         },
-    ))
+    )
     .await
 }

@@ -1,13 +1,14 @@
 //! Lambda function: triage, the workflow's first state. Input: a GuardDuty finding event.
 use ec2_quarantine::approval::ApprovalAsk;
 use ec2_quarantine::{Ctx, domain::finding};
-use lambda_runtime::{LambdaEvent, service_fn};
+use lambda_runtime::LambdaEvent;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    lambda_runtime::tracing::init_default_subscriber();
+    ec2_quarantine::telemetry::init_logging();
     let ctx = &Ctx::load().await?;
-    lambda_runtime::run(service_fn(
+    ec2_quarantine::telemetry::serve(
+        "triage",
         |event: LambdaEvent<serde_json::Value>| async move {
             // After an approval request, the state machine's input holds the earlier plan's
             // request and outcome: triage believes it only as the case table records it.
@@ -29,6 +30,6 @@ async fn main() -> Result<(), lambda_runtime::Error> {
                 .await
                 .map(ec2_quarantine::Outcome::Done)
         },
-    ))
+    )
     .await
 }

@@ -304,6 +304,13 @@ pub struct Scope {
     pub partition: String,
 }
 
+/// Whether `at` is an RFC 3339 time, as GuardDuty writes `updatedAt`, of a sane length.
+fn is_time(at: &str) -> bool {
+    at.len() <= 40
+        && aws_smithy_types::DateTime::from_str(at, aws_smithy_types::date_time::Format::DateTime)
+            .is_ok()
+}
+
 /// The instance (and role) a finding asks us to contain. A target read from a payload (a step's
 /// planned target, triage's plan in notify's input) is checked as it is read ([`Target::check`]):
 /// its values reach AWS requests.
@@ -330,6 +337,10 @@ pub struct Target {
     /// found by its name when its creation is refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vpcs_without_groups: Vec<String>,
+    /// The finding's `updatedAt` (RFC 3339), when it has one that reads as a time: the start of
+    /// the time-to-isolation metric ([`crate::telemetry::TIME_TO_ISOLATION`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
 }
 
 /// A target as a payload carries it, before its values are checked.
@@ -346,6 +357,8 @@ struct UncheckedTarget {
     vpc_ids: Vec<String>,
     #[serde(default)]
     vpcs_without_groups: Vec<String>,
+    #[serde(default)]
+    updated_at: Option<String>,
 }
 
 impl TryFrom<UncheckedTarget> for Target {
@@ -362,6 +375,7 @@ impl TryFrom<UncheckedTarget> for Target {
             instance_profile_arn: u.instance_profile_arn,
             vpc_ids: u.vpc_ids,
             vpcs_without_groups: u.vpcs_without_groups,
+            updated_at: u.updated_at,
         };
         target.check()?;
         Ok(target)
@@ -415,6 +429,9 @@ impl Target {
         }
         if !is_instance_id(&self.instance_id) {
             return bad("instance id", &self.instance_id);
+        }
+        if let Some(at) = self.updated_at.as_deref().filter(|at| !is_time(at)) {
+            return bad("updatedAt", at);
         }
         if let Some(role) = self.role_name.as_deref().filter(|r| !is_role_name(r)) {
             return bad("role name", role);
@@ -524,6 +541,8 @@ pub const MAX_PASSED_OVER: usize = 10;
 
 /// The finding's own fields every target carries, validated once.
 struct Header {
+    /// `updatedAt`, kept only when it reads as an RFC 3339 time.
+    updated_at: Option<String>,
     finding_id: String,
     finding_type: String,
     severity: f64,
@@ -592,6 +611,7 @@ fn header(event: &FindingEvent) -> Result<Resolution<Header>, Error> {
         ));
     }
     Ok(Resolution::Contain(Header {
+        updated_at: finding.updated_at.clone().filter(|at| is_time(at)),
         finding_id,
         finding_type: printable(
             finding
@@ -672,6 +692,7 @@ impl Header {
             instance_profile_arn: None,
             vpc_ids: Vec::new(),
             vpcs_without_groups: Vec::new(),
+            updated_at: self.updated_at.clone(),
         }
     }
 }

@@ -194,6 +194,13 @@ pub async fn isolate_instance(
     }
     let skipped_interfaces = skipped(&found.managed);
     let (report_interfaces, exposed) = tally_moves(moves, &mut tally);
+    if exposed.is_empty()
+        && report_interfaces
+            .iter()
+            .any(|i| i.status == InterfaceStatus::Isolated)
+    {
+        crate::telemetry::time_to_isolation(target.updated_at.as_deref());
+    }
     let recorded = Box::pin(calls::branch(
         "after",
         // An interface left EXPOSED: the failure is returned at once (no marker tags, whose

@@ -30,6 +30,18 @@ pub enum Decision {
     AwaitApproval,
 }
 
+impl Decision {
+    /// As the plan writes it (`contain`, `notify_only`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Contain => "contain",
+            Decision::NotifyOnly => "notify_only",
+            Decision::NothingToContain => "nothing_to_contain",
+            Decision::AwaitApproval => "await_approval",
+        }
+    }
+}
+
 /// Triage's plan for a finding: the finding's decision, and one entry per instance it names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TriageReport {
@@ -164,6 +176,20 @@ pub async fn triage_after(
     event: &FindingEvent,
     asked: Option<&ApprovalAsk>,
 ) -> Result<TriageReport, Error> {
+    let report = decide(ctx, event, asked).await?;
+    let finding_type = report
+        .targets
+        .first()
+        .map_or("unknown", |t| t.target.finding_type.as_str());
+    crate::telemetry::verdict(finding_type, report.decision.as_str());
+    Ok(report)
+}
+
+async fn decide(
+    ctx: &Ctx,
+    event: &FindingEvent,
+    asked: Option<&ApprovalAsk>,
+) -> Result<TriageReport, Error> {
     let ctx = &ctx.acting_as("triage");
     let settings = ctx.settings();
     let mut report = TriageReport {
@@ -208,12 +234,14 @@ pub async fn triage_after(
     } else if let Some(reason) = host_reason(&settings.triage, &event.detail) {
         Some((Decision::NotifyOnly, reason))
     } else if let Some(reason) = cap_reason(&settings.triage, named.instances_named) {
+        crate::telemetry::rail("blast_radius_cap");
         Some((Decision::NotifyOnly, reason))
     } else {
         // The pause switch: read only for a finding that would be contained.
         let pause = ctx.pause().await?;
         report.rails.extend(pause.line());
         matches!(pause, Pause::Paused { .. }).then(|| {
+            crate::telemetry::rail("pause");
             let reason =
                 "the responder is paused: findings are reported, none is contained automatically";
             (Decision::NotifyOnly, reason.to_owned())
@@ -403,6 +431,7 @@ async fn triage_instance(
             return plan(Decision::NotifyOnly, reason);
         }
         info!(%rail, "awaits approval");
+        crate::telemetry::rail("approval");
         let mut waiting = plan(
             Decision::AwaitApproval,
             format!("waits for a person's approval (see the safety rail){more}"),
@@ -508,9 +537,11 @@ async fn triage_instance(
             match checked {
                 Ok(None) => {}
                 Ok(Some(rail)) if settings.triage.approval.enabled && !gate.asked_before => {
+                    crate::telemetry::rail("rate_cap");
                     return Ok(ask(rail, Some("the rate cap is reached")));
                 }
                 Ok(Some(rail)) => {
+                    crate::telemetry::rail("rate_cap");
                     let reason = "the rate cap is reached (see the safety rail): raise MaxContainmentsPerHour and send the finding again, or isolate the instance by hand".to_owned();
                     info!(%rail, "notify only");
                     let mut capped = plan(Decision::NotifyOnly, reason);
@@ -833,6 +864,18 @@ mod tests {
     fn reason(policy: &TriagePolicy, e: &FindingEvent) -> Option<String> {
         let target = finding::resolve(e).unwrap().contain().unwrap();
         policy_reason(policy, &evidence::side(&e.detail), &target)
+    }
+
+    #[test]
+    fn a_decision_is_named_in_metrics_as_the_plan_writes_it() {
+        for d in [
+            Decision::Contain,
+            Decision::NotifyOnly,
+            Decision::NothingToContain,
+            Decision::AwaitApproval,
+        ] {
+            assert_eq!(serde_json::to_value(d).unwrap(), d.as_str());
+        }
     }
 
     #[test]

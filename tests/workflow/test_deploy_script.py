@@ -428,6 +428,9 @@ def test_local_deployed_builds_the_release_bootstraps_and_runs_the_deployed_path
         ["approve", "apr-0123456789abcdef"],
         ["reject", "apr-0123456789abcdef", "--reason", "our scanner", "--json"],
         ["rails", "--json", "--stack-name", "responder"],
+        ["status", "--json", "--stack-name", "responder"],
+        ["logs", "--function", "isolate", "--since", "30m"],
+        ["logs"],
     ],
 )
 def test_pause_resume_and_approvals_pass_their_arguments_on(project, args):
@@ -502,6 +505,11 @@ BAD_OPTIONS = [
     (["pause", "--reason", "x", "now"], "unexpected argument now for pause"),
     (["resume", "--reason", "x"], "unknown option --reason for resume"),
     (["rails", "apr-0123456789abcdef"], "unexpected argument apr-0123456789abcdef for rails"),
+    (["status", "--since", "1h"], "unknown option --since for status"),
+    (["logs", "--since", "an hour"], "--since takes a duration such as 30m, 1h or 2d, got an hour"),
+    (["logs", "--since"], "--since needs a value"),
+    (["logs", "--function", "Isolate!"], "--function takes a function or workflow name"),
+    (["logs", "isolate"], "unexpected argument isolate for logs"),
     (["local", "--approval", "maybe"], "--approval takes approve, reject or timeout, not maybe"),
     (["local", "--burst", "10"], "--burst takes 1 to 9"),
     (["local", "--burst", "2"], "--burst publishes its findings to the deployed rule: add --deployed"),
@@ -549,6 +557,8 @@ def test_a_bad_option_is_named_on_one_line(project, args, says):
             "approve",
             "reject",
             "rails",
+            "status",
+            "logs",
         )
     ],
 )

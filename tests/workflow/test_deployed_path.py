@@ -81,6 +81,10 @@ RESOURCES = {
             for e in ("Failed", "TimedOut", "Aborted")
         )
     },
+    # Each function's and state machine's log group, with its retention, and the dashboard.
+    **{f"{f.removesuffix('Function')}LogGroup": "AWS::Logs::LogGroup" for f in FUNCTIONS},
+    **{f"{m}StateMachineLogGroup": "AWS::Logs::LogGroup" for m in ("Containment", "Release", "EvidenceCopy", "Collection")},
+    "Dashboard": "AWS::CloudWatch::Dashboard",
 }
 
 # What ApprovalLinks=true adds (the function with its role, its URL and the two permissions a
@@ -91,6 +95,7 @@ LINK_RESOURCES = {
     "ApprovalLinkFunctionUrl": "AWS::Lambda::Url",
     "ApprovalLinkFunctionUrlPublicPermissions": "AWS::Lambda::Permission",
     "ApprovalLinkFunctionURLInvokeAllowPublicAccess": "AWS::Lambda::Permission",
+    "ApprovalLinkLogGroup": "AWS::Logs::LogGroup",
 }
 
 # Each function setting, the template parameter that gives it, and a value the stack of the
@@ -130,13 +135,16 @@ PARAMETERS = {
 # The settings the AWS SDK reads itself (aws-config's environment provider), not the code.
 SDK_SETTINGS = ("AWS_MAX_ATTEMPTS",)
 # The settings no parameter gives: the stack's own resources and account.
-STACK_SETTINGS = ("CASE_TABLE", "RESPONDER_ACCOUNT_ID", "PAUSE_PARAMETER")
+STACK_SETTINGS = ("CASE_TABLE", "RESPONDER_ACCOUNT_ID", "PAUSE_PARAMETER", "METRICS_NAMESPACE")
 # The parameters of one function's own settings (and the resources they add), set too.
 OVERRIDES = {parameter: value for parameter, value in PARAMETERS.values()} | {
     "AlertEmail": "soc@example.com",
     "ChatNotifications": "Enabled",
     "SecurityHubUpdates": "Disabled",
     "ApprovalLinks": "true",
+    # Not function settings: the stack deploys with them all the same.
+    "LogRetentionDays": "30",
+    "Tracing": "Disabled",
 }
 
 
@@ -439,6 +447,7 @@ def test_each_parameter_reaches_the_functions_through_its_own_variable(deployed,
                 assert env.get(variable) == want, (logical, variable, env.get(variable), want)
             assert (env["CASE_TABLE"], env["RESPONDER_ACCOUNT_ID"]) == (facts["outputs"]["CaseTableName"], ACCOUNT)
             assert env["PAUSE_PARAMETER"] == facts["outputs"]["PauseParameterName"] == "/ec2-quarantine/ec2-quarantine/paused"
+            assert env["METRICS_NAMESPACE"] == "ec2-quarantine/ec2-quarantine"
             # The one adaptation: the host's architecture (deployed.build says why).
             assert f["architectures"] == [HOST_ARCHITECTURE[os.uname().machine]]
             assert (f["runtime"], f["handler"]) == (globals_["Runtime"], globals_["Handler"])

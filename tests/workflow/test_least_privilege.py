@@ -449,8 +449,11 @@ def test_each_state_machine_may_invoke_its_functions_and_publish_to_the_alert_to
             functions.add(subs[name]["Fn::GetAtt"][0])
     assert topics == {"AlertTopic"}, "the fallback message goes to the alert topic"
 
-    invoke, publish, start = set(), set(), set()
+    invoke, publish, start, own = set(), set(), set(), []
     for policy in props["Policies"]:
+        if "Statement" in policy:
+            own.append(policy)
+            continue
         [(template, args)] = policy.items()
         if template == "LambdaInvokePolicy":
             invoke.add(args["FunctionName"]["Ref"])
@@ -465,6 +468,32 @@ def test_each_state_machine_may_invoke_its_functions_and_publish_to_the_alert_to
     assert invoke == functions, "invoke exactly the functions the definition calls"
     assert publish == topics, "sns:Publish on exactly the topics the definition publishes to"
     assert start == started, "states:StartExecution on exactly the state machines the definition starts"
+    # Besides: writing its log (the log delivery actions Step Functions' logging needs, which have
+    # no resource types) and, with Tracing=Active only, its traces.
+    [logs_and_traces] = own
+    deliver, trace = logs_and_traces["Statement"]
+    assert deliver["Effect"] == "Allow" and deliver["Resource"] == "*"
+    assert set(deliver["Action"]) == {
+        f"logs:{a}"
+        for a in (
+            "CreateLogDelivery",
+            "GetLogDelivery",
+            "UpdateLogDelivery",
+            "DeleteLogDelivery",
+            "ListLogDeliveries",
+            "PutResourcePolicy",
+            "DescribeResourcePolicies",
+            "DescribeLogGroups",
+        )
+    }
+    condition, xray, otherwise = trace["Fn::If"]
+    assert condition == "HasTracing" and otherwise == {"Ref": "AWS::NoValue"}
+    assert set(xray["Action"]) == {"xray:PutTraceSegments", "xray:PutTelemetryRecords", "xray:GetSamplingRules", "xray:GetSamplingTargets"}
+    assert props["Logging"] == {
+        "Level": "ALL",
+        "IncludeExecutionData": False,
+        "Destinations": [{"CloudWatchLogsLogGroup": {"LogGroupArn": {"Fn::GetAtt": [f"{machine}LogGroup", "Arn"]}}}],
+    }, "every event, and never the finding or the reports in it"
 
 
 def test_nothing_destructive_is_allowed_anywhere():

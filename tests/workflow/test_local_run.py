@@ -10,6 +10,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import cases
@@ -71,6 +72,35 @@ def run(name: str, **kwargs) -> dict:
 
 def state(report: dict, name: str) -> dict:
     return next(s for s in report["states"] if s["name"] == name)
+
+
+# The metrics' contract (src/telemetry.rs): each name's unit and dimensions. The dashboard and any
+# alarm on them match these exactly (a metric is its name and its whole set of dimensions).
+METRICS = {
+    "StepOutcome": ("Count", {"Step", "Outcome"}),
+    "StepDuration": ("Milliseconds", {"Step"}),
+    "Findings": ("Count", {"Step", "FindingType", "Verdict"}),
+    "TimeToIsolation": ("Milliseconds", {"Step"}),
+    "RailApplied": ("Count", {"Step", "Rail"}),
+    "Retries": ("Count", {"Step"}),
+    "Throttles": ("Count", {"Step"}),
+}
+NAMESPACE = "ec2-quarantine/ec2-quarantine"
+
+
+def metrics(report: dict, name: str, **dimensions) -> list[dict]:
+    """The metrics of that name the run emitted whose dimensions include those given; each
+    checked against the contract first."""
+    for m in report["metrics"]:
+        unit, names = METRICS[m["metric"]]
+        assert (m["unit"], set(m["dimensions"]), m["namespace"]) == (unit, names, NAMESPACE), m
+        # Bounded dimensions: never an instance, account, finding or volume id.
+        assert not any(re.search(r"\b(i|vol|snap|eni)-[0-9a-f]{8}|[0-9]{12}|[0-9a-f]{32}", str(v)) for v in m["dimensions"].values()), m
+    return [m for m in report["metrics"] if m["metric"] == name and all(m["dimensions"].get(k) == v for k, v in dimensions.items())]
+
+
+def values(found: list[dict]) -> list[float]:
+    return [v for m in found for v in m["values"]]
 
 
 def test_every_event_file_has_an_expected_outcome():
@@ -165,6 +195,22 @@ def test_a_compromised_instance_is_contained(name):
     assert f"SHA-256 {manifest['sha256']}" in n["message"]
     shown = f"manifest s3://{report['evidence_bucket']}/{manifest['key']} version {manifest['version_id']}, SHA-256 {manifest['sha256']}"
     assert shown in cases.render_case(report["cases"][0])
+
+    # What CloudWatch would extract from the functions' logs: the verdict by finding type, the
+    # time from the finding's updatedAt (the local run sends it as GuardDuty does, now) to every
+    # interface quarantined, and each step's outcome and duration.
+    finding_type = report["finding"]["type"]
+    assert values(metrics(report, "Findings", Step="triage", FindingType=finding_type, Verdict="contain")) == [1]
+    [isolated] = values(metrics(report, "TimeToIsolation", Step="isolate"))
+    assert 0 < isolated < report["wall_seconds"] * 1000, isolated
+    for step in ("triage", "isolate", "deregister", "snapshot", "deny-role", "notify"):
+        # Notify's answer has no status: the function answered.
+        outcome = "answered" if step == "notify" else "done"
+        assert values(metrics(report, "StepOutcome", Step=step, Outcome=outcome)) == [1], step
+        [took] = values(metrics(report, "StepDuration", Step=step))
+        assert 0 < took < report["wall_seconds"] * 1000, (step, took)
+    assert not metrics(report, "RailApplied")
+    assert "TimeToIsolation{Step=isolate} " in render(report)
 
 
 def test_the_evidence_is_copied_to_the_forensic_account_after_the_report():
@@ -453,6 +499,9 @@ def test_a_paused_responder_reports_the_finding_and_changes_nothing():
     assert n["attributes"]["verdict"] == "notify_only"
     assert "the responder is paused" in n["message"]
     assert "Safety rail: paused since " in n["message"] and "(reason given: local run: a scanner mistaken for an attacker)" in n["message"]
+    assert values(metrics(report, "RailApplied", Step="triage", Rail="pause")) == [1]
+    assert values(metrics(report, "Findings", Step="triage", Verdict="notify_only")) == [1]
+    assert not metrics(report, "TimeToIsolation")
 
 
 def test_the_rate_cap_contains_as_many_instances_as_it_allows_and_reports_the_rest():
