@@ -3,6 +3,7 @@
 #
 #   deploy.sh local [EVENT] [--deployed] [--json] [--missing-instance] [--member-account] [--severity-threshold N]
 #   deploy.sh invoke FUNCTION EVENT
+#   deploy.sh emulator [--json] [--bind ADDRESS] [--port N]   (for sam local invoke, safely)
 #   deploy.sh deploy [--region R | --regions R1,R2] [--stack-name S] [--alert-email E] ...
 #   deploy.sh nuke   [--region R | --regions R1,R2] [--stack-name S] [--purge-artifacts] [--yes]
 #   deploy.sh test-instance | fire EVENT [INSTANCE_ID] | verify [INSTANCE_ID]   (the test path)
@@ -14,7 +15,7 @@
 #
 # Only deploy, nuke, test-instance, fire, verify, cases, case, pause, resume, approve, reject, rails, status and logs talk to AWS, with the caller's
 # credentials (AWS_ENDPOINT_URL points them at an emulator).
-# local and invoke need no AWS at all.
+# local, invoke and emulator need no AWS at all.
 set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
 
@@ -60,6 +61,16 @@ Usage:
       Invoke one function (triage, isolate, deregister, snapshot, deny-role, notify, security-hub, evidence-copy, collect, release)
       with an event, on the local
       emulator and a simulated instance: `sam local invoke` without Docker. Prints the result.
+
+  deploy.sh emulator [--json] [--bind ADDRESS] [--port N]
+      For `sam local invoke`, which otherwise acts on the real account of your credentials: starts
+      the local AWS emulator with the simulated compromised instance and the stack's resources,
+      writes the sample events pointed at it (.tools/emulator/events/) and an --env-vars file
+      that points every function at the emulator (.tools/emulator/env.json), prints the exact
+      `sam local invoke` command for every function (test credentials, never yours), and keeps
+      running until Ctrl-C. It listens on Docker's bridge address (docker0) where there is one,
+      else on loopback (Docker Desktop: host.docker.internal); --bind chooses. --json prints
+      what it made as one JSON line.
 
   deploy.sh deploy [--region R | --regions R1,R2] [--stack-name S] [--alert-email E]
                    [--severity-threshold N] [--member-role-name NAME --external-id ID]
@@ -323,6 +334,28 @@ build_functions() {
   for bin in isolate snapshot deny-role notify security-hub; do
     [[ -x "$CARGO_TARGET_DIR/debug/$bin" ]] || die "the build did not produce $bin"
   done
+}
+
+cmd_emulator() {
+  local args=("$@")
+  while [[ $# -gt 0 ]]; do
+    case "$1" in
+      -h | --help) usage; exit 0 ;;
+      --json) ;;
+      --bind)
+        need_value "$@"
+        [[ "$2" =~ ^[0-9.]+$|^[0-9a-fA-F:]+$ ]] || usage_error "--bind takes an IP address, got $2"
+        shift ;;
+      --port)
+        need_value "$@"
+        [[ "$2" =~ ^[0-9]{1,5}$ ]] && (($2 > 0 && $2 < 65536)) || usage_error "--port takes a port number, got $2"
+        shift ;;
+      *) usage_error "unknown option $1 for emulator (see deploy.sh --help)" ;;
+    esac
+    shift
+  done
+  ensure_python_tools
+  exec "$VENV/bin/python" -m local.emulator ${args[@]+"${args[@]}"}
 }
 
 FUNCTIONS="triage, isolate, deregister, snapshot, deny-role, notify, security-hub, evidence-copy, collect, approval, release"
@@ -621,8 +654,9 @@ case "$COMMAND" in
   invoke) cmd_invoke "$@" ;;
   test-instance | fire | verify | cases | case | pause | resume | approve | reject | rails | status | logs) cmd_test_path "$@" ;;
   deploy) cmd_deploy "$@" ;;
+  emulator) cmd_emulator "$@" ;;
   nuke) cmd_nuke "$@" ;;
   -h | --help | help) usage ;;
   -*) usage_error "unknown option $COMMAND: the subcommand comes first (see deploy.sh --help)" ;;
-  *) usage_error "unknown subcommand $COMMAND: one of local, invoke, deploy, nuke, test-instance, fire, verify, cases, case, pause, resume, approve, reject, rails, status, logs (see deploy.sh --help)" ;;
+  *) usage_error "unknown subcommand $COMMAND: one of local, invoke, emulator, deploy, nuke, test-instance, fire, verify, cases, case, pause, resume, approve, reject, rails, status, logs (see deploy.sh --help)" ;;
 esac

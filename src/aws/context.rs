@@ -193,11 +193,45 @@ impl Clients {
     }
 }
 
+/// The local emulator `sam local invoke` points the function at (`SAM_LOCAL_ENDPOINT_URL`, which
+/// the template declares empty so that an `--env-vars` file can set it: SAM passes only the
+/// variables a function declares). Honoured only inside SAM's container (`AWS_SAM_LOCAL=true`,
+/// which SAM sets and Lambda never does); set anywhere else, the function refuses to start
+/// rather than send a deployed function's calls elsewhere than AWS.
+fn sam_local_endpoint(url: Option<&str>, sam_local: Option<&str>) -> Result<Option<String>, Error> {
+    let Some(url) = url.map(str::trim).filter(|u| !u.is_empty()) else {
+        return Ok(None);
+    };
+    if sam_local != Some("true") {
+        return Err(Error::Misconfigured(
+            "SAM_LOCAL_ENDPOINT_URL is for sam local invoke only (AWS_SAM_LOCAL=true): leave it empty in a deployed function".into(),
+        ));
+    }
+    let shaped = (url.starts_with("http://") || url.starts_with("https://"))
+        && url.len() <= 200
+        && !url.chars().any(|c| c.is_whitespace() || c.is_control());
+    if !shaped {
+        return Err(Error::Misconfigured(format!(
+            "SAM_LOCAL_ENDPOINT_URL must be an http:// or https:// address, got {:?}",
+            url.chars().take(80).collect::<String>()
+        )));
+    }
+    Ok(Some(url.to_owned()))
+}
+
 impl Ctx {
     /// Loads the SDK configuration and the organization settings from the environment. Makes
     /// no network call; bad settings fail here, at init, with a clear message.
     pub async fn load() -> Result<Ctx, Error> {
-        let config = aws_config::load_defaults(BehaviorVersion::latest()).await;
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let Some(endpoint) = sam_local_endpoint(
+            std::env::var("SAM_LOCAL_ENDPOINT_URL").ok().as_deref(),
+            std::env::var("AWS_SAM_LOCAL").ok().as_deref(),
+        )? {
+            info!(%endpoint, "sam local invoke: every AWS call goes to the local emulator");
+            loader = loader.endpoint_url(endpoint);
+        }
+        let config = loader.load().await;
         let table = std::env::var("CASE_TABLE")
             .ok()
             .filter(|t| !t.trim().is_empty())
@@ -448,6 +482,22 @@ impl Ctx {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_sam_local_endpoint_is_taken_only_inside_sam_local() {
+        assert_eq!(sam_local_endpoint(None, Some("true")).unwrap(), None);
+        assert_eq!(sam_local_endpoint(Some(" "), None).unwrap(), None);
+        assert_eq!(
+            sam_local_endpoint(Some("http://172.17.0.1:5000"), Some("true")).unwrap(),
+            Some("http://172.17.0.1:5000".to_owned())
+        );
+        // A deployed function (no AWS_SAM_LOCAL) with it set refuses to start.
+        assert!(sam_local_endpoint(Some("http://172.17.0.1:5000"), None).is_err());
+        assert!(sam_local_endpoint(Some("http://x:1"), Some("1")).is_err());
+        assert!(sam_local_endpoint(Some("ftp://x"), Some("true")).is_err());
+        assert!(sam_local_endpoint(Some("http://x y"), Some("true")).is_err());
+    }
+
     use super::*;
 
     fn org() -> OrgSettings {

@@ -72,7 +72,28 @@ LAMBDA_BASIC = {
     "Version": "2012-10-17",
     "Statement": [{"Effect": "Allow", "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"], "Resource": "*"}],
 }
-MANAGED = {"arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole": LAMBDA_BASIC}
+# AWSXrayWriteOnlyAccess, which SAM adds with Tracing=Active (its content as AWS publishes it:
+# https://docs.aws.amazon.com/aws-managed-policy/latest/reference/AWSXrayWriteOnlyAccess.html).
+XRAY_WRITE = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {
+            "Effect": "Allow",
+            "Action": [
+                "xray:PutTraceSegments",
+                "xray:PutTelemetryRecords",
+                "xray:GetSamplingRules",
+                "xray:GetSamplingTargets",
+                "xray:GetSamplingStatisticSummaries",
+            ],
+            "Resource": ["*"],
+        }
+    ],
+}
+MANAGED = {
+    "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole": LAMBDA_BASIC,
+    "arn:aws:iam::aws:policy/AWSXrayWriteOnlyAccess": XRAY_WRITE,
+}
 # The configurations the template is evaluated in.
 CONFIGS = {
     "single": {},

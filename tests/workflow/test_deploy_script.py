@@ -506,6 +506,9 @@ BAD_OPTIONS = [
     (["resume", "--reason", "x"], "unknown option --reason for resume"),
     (["rails", "apr-0123456789abcdef"], "unexpected argument apr-0123456789abcdef for rails"),
     (["status", "--since", "1h"], "unknown option --since for status"),
+    (["emulator", "--bind", "localhost"], "--bind takes an IP address, got localhost"),
+    (["emulator", "--port", "70000"], "--port takes a port number, got 70000"),
+    (["emulator", "--stack-name", "x"], "unknown option --stack-name for emulator"),
     (["logs", "--since", "an hour"], "--since takes a duration such as 30m, 1h or 2d, got an hour"),
     (["logs", "--since"], "--since needs a value"),
     (["logs", "--function", "Isolate!"], "--function takes a function or workflow name"),
@@ -559,6 +562,7 @@ def test_a_bad_option_is_named_on_one_line(project, args, says):
             "rails",
             "status",
             "logs",
+            "emulator",
         )
     ],
 )

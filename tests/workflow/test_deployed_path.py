@@ -136,6 +136,8 @@ PARAMETERS = {
 SDK_SETTINGS = ("AWS_MAX_ATTEMPTS",)
 # The settings no parameter gives: the stack's own resources and account.
 STACK_SETTINGS = ("CASE_TABLE", "RESPONDER_ACCOUNT_ID", "PAUSE_PARAMETER", "METRICS_NAMESPACE")
+# The setting only `sam local invoke` gives (deploy.sh emulator's env file): empty when deployed.
+LOCAL_SETTINGS = ("SAM_LOCAL_ENDPOINT_URL",)
 # The parameters of one function's own settings (and the resources they add), set too.
 OVERRIDES = {parameter: value for parameter, value in PARAMETERS.values()} | {
     "AlertEmail": "soc@example.com",
@@ -430,7 +432,7 @@ def test_every_resource_the_template_declares_is_deployed(deployed, configured):
 def test_each_parameter_reaches_the_functions_through_its_own_variable(deployed, configured):
     template = load_template()
     variables = set(template["Globals"]["Function"]["Environment"]["Variables"])
-    assert variables == set(PARAMETERS) | set(STACK_SETTINGS), "a function setting this test does not know"
+    assert variables == set(PARAMETERS) | set(STACK_SETTINGS) | set(LOCAL_SETTINGS), "a function setting this test does not know"
     # Every variable is one the functions read (or their AWS SDK: its retry policy's attempts).
     source = "\n".join(p.read_text() for p in (ROOT / "src").rglob("*.rs"))
     assert [v for v in variables - set(SDK_SETTINGS) if f'"{v}"' not in source] == []
@@ -448,6 +450,7 @@ def test_each_parameter_reaches_the_functions_through_its_own_variable(deployed,
             assert (env["CASE_TABLE"], env["RESPONDER_ACCOUNT_ID"]) == (facts["outputs"]["CaseTableName"], ACCOUNT)
             assert env["PAUSE_PARAMETER"] == facts["outputs"]["PauseParameterName"] == "/ec2-quarantine/ec2-quarantine/paused"
             assert env["METRICS_NAMESPACE"] == "ec2-quarantine/ec2-quarantine"
+            assert env["SAM_LOCAL_ENDPOINT_URL"] == "", "a deployed function talks to AWS only"
             # The one adaptation: the host's architecture (deployed.build says why).
             assert f["architectures"] == [HOST_ARCHITECTURE[os.uname().machine]]
             assert (f["runtime"], f["handler"]) == (globals_["Runtime"], globals_["Handler"])
