@@ -386,6 +386,7 @@ impl Store {
             .build();
         let conf = aws_sdk_dynamodb::config::Builder::from(config)
             .timeout_config(timeouts)
+            .interceptor(crate::aws::calls::CallMetrics)
             .build();
         Store {
             db: aws_sdk_dynamodb::Client::from_conf(conf),

@@ -18,9 +18,11 @@ use std::time::Instant;
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::interceptors::context::{
-    BeforeSerializationInterceptorContextRef, FinalizerInterceptorContextRef,
+    BeforeSerializationInterceptorContextRef, BeforeTransmitInterceptorContextRef,
+    FinalizerInterceptorContextRef,
 };
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
+use aws_smithy_runtime_api::client::retries::RequestAttempts;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_runtime_api::http::Response as HttpResponse;
 use aws_smithy_types::config_bag::{ConfigBag, Storable, StoreReplace};
@@ -111,8 +113,9 @@ impl Intercept for CallTrace {
     }
 }
 
-/// The interceptor every step's clients carry: counts each operation, each attempt of it and
-/// each throttled answer for the invocation's metrics ([`crate::telemetry`]).
+/// The interceptor every client of the functions carries: counts each attempt the SDK makes
+/// again (its retry policy's count, before the attempt is sent: one cut short by a deadline
+/// counts too) and each throttled answer, for the invocation's metrics ([`crate::telemetry`]).
 #[derive(Debug, Default)]
 pub struct CallMetrics;
 
@@ -121,12 +124,18 @@ impl Intercept for CallMetrics {
         "CallMetrics"
     }
 
-    fn read_before_execution(
+    fn read_before_attempt(
         &self,
-        _context: &BeforeSerializationInterceptorContextRef<'_>,
-        _cfg: &mut ConfigBag,
+        _context: &BeforeTransmitInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        crate::telemetry::operation_started();
+        if cfg
+            .load::<RequestAttempts>()
+            .is_some_and(|a| a.attempts() > 1)
+        {
+            crate::telemetry::retried();
+        }
         Ok(())
     }
 
@@ -136,7 +145,9 @@ impl Intercept for CallMetrics {
         _runtime_components: &RuntimeComponents,
         _cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        crate::telemetry::attempt_made(context.response().is_some_and(is_throttle));
+        if context.response().is_some_and(is_throttle) {
+            crate::telemetry::throttled();
+        }
         Ok(())
     }
 }

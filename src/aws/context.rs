@@ -238,7 +238,7 @@ impl Ctx {
             .unwrap_or_else(|| crate::case::DEFAULT_TABLE.to_owned());
         let pause = match std::env::var("PAUSE_PARAMETER") {
             Ok(name) if !name.trim().is_empty() => Some(crate::aws::pause::PauseSwitch::new(
-                aws_sdk_ssm::Client::new(&config),
+                counted!(aws_sdk_ssm, &config),
                 &name,
             )?),
             _ => None,
@@ -258,7 +258,7 @@ impl Ctx {
     }
 
     pub fn new(config: SdkConfig, org: OrgSettings) -> Ctx {
-        let sts = aws_sdk_sts::Client::new(&config);
+        let sts = counted!(aws_sdk_sts, &config);
         let cases = crate::case::Store::new(&config, crate::case::DEFAULT_TABLE);
         Ctx {
             config,
@@ -467,7 +467,7 @@ impl Ctx {
         let mut config = self.config.to_builder();
         config.set_region(Some(Region::new(forensic.region.clone())));
         config.set_credentials_provider(Some(SharedCredentialsProvider::new(credentials)));
-        Ok(aws_sdk_ec2::Client::new(&config.build()))
+        Ok(counted!(aws_sdk_ec2, &config.build()))
     }
 
     /// A client for the responder's own SNS topic, in the region named by its ARN.
@@ -476,7 +476,7 @@ impl Ctx {
         if let Some(region) = topic_arn.split(':').nth(3).filter(|r| !r.is_empty()) {
             builder = builder.region(Region::new(region.to_owned()));
         }
-        aws_sdk_sns::Client::from_conf(builder.build())
+        aws_sdk_sns::Client::from_conf(builder.interceptor(CallMetrics).build())
     }
 }
 

@@ -68,6 +68,7 @@ impl EvidenceStore {
                 .timeout_config(timeouts)
                 // A local emulator answers on one host name; AWS is reached virtual-host style.
                 .force_path_style(local)
+                .interceptor(crate::aws::calls::CallMetrics)
                 .build(),
         );
         EvidenceStore {

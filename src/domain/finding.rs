@@ -375,7 +375,9 @@ impl TryFrom<UncheckedTarget> for Target {
             instance_profile_arn: u.instance_profile_arn,
             vpc_ids: u.vpc_ids,
             vpcs_without_groups: u.vpcs_without_groups,
-            updated_at: u.updated_at,
+            // Only the time-to-isolation metric reads it: one that does not read as a time is
+            // dropped, never a reason to refuse the target.
+            updated_at: u.updated_at.filter(|at| is_time(at)),
         };
         target.check()?;
         Ok(target)
@@ -429,9 +431,6 @@ impl Target {
         }
         if !is_instance_id(&self.instance_id) {
             return bad("instance id", &self.instance_id);
-        }
-        if let Some(at) = self.updated_at.as_deref().filter(|at| !is_time(at)) {
-            return bad("updatedAt", at);
         }
         if let Some(role) = self.role_name.as_deref().filter(|r| !is_role_name(r)) {
             return bad("role name", role);

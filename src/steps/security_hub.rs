@@ -129,7 +129,11 @@ pub async fn update(
     };
     // Boxed: the SDK's futures nest deep enough to overflow a test thread's stack otherwise.
     let config = Box::pin(ctx.scoped_config(&hub.scope, &hub.finding_id)).await?;
-    let client = aws_sdk_securityhub::Client::new(&config);
+    let client = aws_sdk_securityhub::Client::from_conf(
+        aws_sdk_securityhub::config::Builder::from(&config)
+            .interceptor(crate::aws::calls::CallMetrics)
+            .build(),
+    );
     Box::pin(update_finding(
         &client,
         &hub,

@@ -176,12 +176,21 @@ pub async fn triage_after(
     event: &FindingEvent,
     asked: Option<&ApprovalAsk>,
 ) -> Result<TriageReport, Error> {
-    let report = decide(ctx, event, asked).await?;
-    let finding_type = report
-        .targets
-        .first()
-        .map_or("unknown", |t| t.target.finding_type.as_str());
-    crate::telemetry::verdict(finding_type, report.decision.as_str());
+    let mut report = decide(ctx, event, asked).await?;
+    if asked.is_none() {
+        // Each finding once, at its first triage (a finding that waits for a person is
+        // counted as such, not again when the answer comes).
+        crate::telemetry::verdict(
+            event.detail.finding_type.as_deref(),
+            report.decision.as_str(),
+        );
+    } else {
+        // After a person's answer: no time to isolation from the finding, which would measure
+        // the person's wait, not the responder.
+        for plan in &mut report.targets {
+            plan.target.updated_at = None;
+        }
+    }
     Ok(report)
 }
 

@@ -68,9 +68,35 @@ pub fn step() -> &'static str {
 }
 
 /// Records triage's verdict on a finding.
-pub fn verdict(finding_type: &str, verdict: &'static str) {
-    metrics::counter!(FINDINGS, "Step" => step(), "FindingType" => finding_type.to_owned(), "Verdict" => verdict)
+pub fn verdict(finding_type: Option<&str>, verdict: &'static str) {
+    metrics::counter!(FINDINGS, "Step" => step(), "FindingType" => finding_type_dimension(finding_type), "Verdict" => verdict)
         .increment(1);
+}
+
+/// A finding type as a dimension value: GuardDuty's `ThreatPurpose:ResourceType/ThreatFamily`
+/// shape (letters, digits and `. _ ! & -` in the last part, at most 128 characters), else
+/// `other` (`unknown` without one): a dimension of bounded values.
+fn finding_type_dimension(finding_type: Option<&str>) -> String {
+    let Some(t) = finding_type else {
+        return "unknown".to_owned();
+    };
+    let word = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric());
+    let shaped = t.len() <= 128
+        && t.split_once(':').is_some_and(|(purpose, rest)| {
+            word(purpose)
+                && rest.split_once('/').is_some_and(|(resource, family)| {
+                    word(resource)
+                        && !family.is_empty()
+                        && family
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"._!&-".contains(&b))
+                })
+        });
+    if shaped {
+        t.to_owned()
+    } else {
+        "other".to_owned()
+    }
 }
 
 /// Records a safety rail that applied.
@@ -101,24 +127,20 @@ fn since_ms(rfc3339: &str) -> Option<u64> {
     u64::try_from(ms).ok()
 }
 
-/// The AWS requests of this invocation: sent (each attempt), operations, throttled answers.
-/// A Lambda function runs one invocation at a time, so a process-wide count is the
-/// invocation's own.
-static ATTEMPTS: AtomicU64 = AtomicU64::new(0);
-static OPERATIONS: AtomicU64 = AtomicU64::new(0);
+/// The AWS requests of this invocation sent again, and the answers that throttled one. A
+/// Lambda function runs one invocation at a time, so a process-wide count is the invocation's
+/// own.
+static RETRIED: AtomicU64 = AtomicU64::new(0);
 static THROTTLED: AtomicU64 = AtomicU64::new(0);
 
-/// Counts an operation (before its first attempt).
-pub(crate) fn operation_started() {
-    OPERATIONS.fetch_add(1, Ordering::Relaxed);
+/// Counts an attempt after the first of its operation.
+pub(crate) fn retried() {
+    RETRIED.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Counts an attempt, and whether its answer was a throttle.
-pub(crate) fn attempt_made(throttled: bool) {
-    ATTEMPTS.fetch_add(1, Ordering::Relaxed);
-    if throttled {
-        THROTTLED.fetch_add(1, Ordering::Relaxed);
-    }
+/// Counts an answer that refused a request for its rate.
+pub(crate) fn throttled() {
+    THROTTLED.fetch_add(1, Ordering::Relaxed);
 }
 
 /// What one invocation did, as the metrics record it.
@@ -137,12 +159,10 @@ impl Invocation {
             Ok(answer) => status_of(answer).to_owned(),
             Err(err) => err.name().as_str().to_owned(),
         };
-        let attempts = ATTEMPTS.swap(0, Ordering::Relaxed);
-        let operations = OPERATIONS.swap(0, Ordering::Relaxed);
         Invocation {
             outcome,
             duration,
-            retries: attempts.saturating_sub(operations),
+            retries: RETRIED.swap(0, Ordering::Relaxed),
             throttles: THROTTLED.swap(0, Ordering::Relaxed),
         }
     }
@@ -277,6 +297,29 @@ mod tests {
         assert_eq!(Invocation::of(&plain, Duration::ZERO).outcome, "answered");
         let err: Result<Outcome<serde_json::Value>, Error> = Err(Error::InvalidEvent("bad".into()));
         assert_eq!(Invocation::of(&err, Duration::ZERO).outcome, "InvalidEvent");
+    }
+
+    #[test]
+    fn a_finding_type_is_a_dimension_only_in_guardduty_s_shape() {
+        for t in [
+            "Backdoor:EC2/C&CActivity.B",
+            "CryptoCurrency:EC2/BitcoinTool.B!DNS",
+            "UnauthorizedAccess:IAMUser/InstanceCredentialExfiltration.OutsideAWS",
+            "AttackSequence:EC2/CompromisedInstanceGroup",
+            "Execution:Runtime/ReverseShell",
+        ] {
+            assert_eq!(finding_type_dimension(Some(t)), t);
+        }
+        for t in [
+            "   ",
+            "i-0123456789abcdef0",
+            "Backdoor:EC2/x y",
+            "a:b/c\nd",
+            "",
+        ] {
+            assert_eq!(finding_type_dimension(Some(t)), "other", "{t:?}");
+        }
+        assert_eq!(finding_type_dimension(None), "unknown");
     }
 
     #[test]

@@ -255,6 +255,11 @@ def test_while_an_approval_is_awaited_the_volatile_evidence_is_collected_and_its
     assert report["execution"]["status"] == "SUCCEEDED", report["execution"]
     names = [s["name"] for s in report["states"]]
     assert names.index("StartCollection") < names.index("AskApproval"), names
+    # The finding counted once, as it was first triaged; no time to isolation measuring the
+    # person's wait, though the instance was isolated after the answer.
+    assert [(m["dimensions"]["Verdict"], m["values"]) for m in metrics(report, "Findings")] == [("await_approval", [1])]
+    assert values(metrics(report, "StepOutcome", Step="isolate", Outcome="done")) == [1]
+    assert not metrics(report, "TimeToIsolation")
     collection = report["collection"]
     assert [e["status"] for e in collection["executions"]] == ["SUCCEEDED"], collection
     assert collection["team_report"]["subject"].startswith("[VOLATILE EVIDENCE]")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 
 import aws_ops
@@ -143,3 +144,54 @@ def test_since_reads_minutes_hours_and_days():
     assert aws_ops.since_ms("2d", 1_000_000.0) == (1_000_000 - 172_800) * 1000
     with pytest.raises(aws_ops.UsageError):
         aws_ops.since_ms("1w", 0.0)
+
+
+# The metrics' contract (src/telemetry/mod.rs), as the dashboard must read it: each name and its
+# dimensions (a metric is its name and its whole set of dimensions).
+CONTRACT = {
+    "Findings": {"Step", "FindingType", "Verdict"},
+    "TimeToIsolation": {"Step"},
+    "StepOutcome": {"Step", "Outcome"},
+    "StepDuration": {"Step"},
+    "Retries": {"Step"},
+    "Throttles": {"Step"},
+    "RailApplied": {"Step", "Rail"},
+}
+
+
+def dashboard() -> tuple[dict, dict]:
+    from local.template import load_template
+
+    template = load_template()
+    body = template["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    # What CloudFormation substitutes: the stack's name, region, each resource's name or ARN.
+    text = re.sub(r"\$\{([A-Za-z0-9:]+)(\.Arn)?\}", lambda m: f"<{m[1]}{m[2] or ''}>", body)
+    return json.loads(text), template
+
+
+def test_the_dashboard_reads_every_metric_as_the_functions_write_it_and_shows_every_alarm():
+    board, template = dashboard()
+    namespace = "ec2-quarantine/<AWS::StackName>"
+    seen: dict[str, set[str]] = {}
+    for widget in board["widgets"]:
+        for metric in widget["properties"].get("metrics", []):
+            for item in metric:
+                if isinstance(item, dict) and "expression" in item:
+                    # SEARCH('{"namespace",Dim1,Dim2} MetricName="Name"', ...): the namespace quoted,
+                    # since it holds '-' and '/'.
+                    m = re.fullmatch(r"SEARCH\('\{\"([^\"]+)\",([A-Za-z,]+)\} MetricName=\"(\w+)\"', '\w+', 300\)", item["expression"])
+                    assert m, item["expression"]
+                    assert m[1] == namespace
+                    seen.setdefault(m[3], set()).update(m[2].split(","))
+            if metric and metric[0] == namespace:
+                dims = metric[2:-1] if isinstance(metric[-1], dict) else metric[2:]
+                seen.setdefault(metric[1], set()).update(dims[0::2])
+    assert seen == CONTRACT
+    alarms = {k for k, r in template["Resources"].items() if r["Type"] == "AWS::CloudWatch::Alarm"}
+    [alarm_widget] = [w for w in board["widgets"] if w["type"] == "alarm"]
+    assert set(alarm_widget["properties"]["alarms"]) == {f"<{a}.Arn>" for a in alarms}
+    # Every function's Lambda errors and throttles (a timeout or a crash writes no StepOutcome),
+    # but the approval page's, which exists only with ApprovalLinks=true.
+    functions = {k for k, r in template["Resources"].items() if r["Type"] == "AWS::Serverless::Function"} - {"ApprovalLinkFunction"}
+    lambda_metrics = {(m[1], m[3]) for w in board["widgets"] for m in w["properties"].get("metrics", []) if m and m[0] == "AWS/Lambda"}
+    assert lambda_metrics == {(kind, f"<{f}>") for f in functions for kind in ("Errors", "Throttles")}
