@@ -10,9 +10,9 @@ src/aws/context.rs), prints the exact commands (test credentials, never the call
 running until Ctrl-C.
 
 The emulator listens where SAM's container can reach it: on Linux, the address of Docker's
-bridge (`docker0`, 172.17.0.1 by default), which containers on the default network reach and
-other hosts do not; elsewhere (Docker Desktop), on loopback, reached from the container as
-`host.docker.internal`. `--bind` chooses.
+bridge (`docker0`, 172.17.0.1 by default; without one it stops and asks for `--bind`); elsewhere
+(Docker Desktop), on loopback, reached from the container as `host.docker.internal`. It answers
+anyone who reaches that address (moto has no authentication); it holds only simulated data.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import argparse
 import ipaddress
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -35,8 +36,16 @@ from local.world import point_sample_at, put_in_service, simulate_compromised_in
 OUT = ROOT / ".tools" / "emulator"
 # The credentials the printed commands give SAM (and so the container): the emulator's, never
 # the caller's profile, SSO session or keys.
-TEST_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": REGION}
-UNSET = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_PROFILE")
+# No profile, no config or credentials file (a `--profile` then fails instead of bringing the
+# caller's own), no session token under either name; the region as botocore reads it.
+TEST_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": REGION,
+    "AWS_CONFIG_FILE": "/dev/null",
+    "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+}
+UNSET = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_CREDENTIAL_EXPIRATION", "DRY_RUN")
 
 
 def bridge_address() -> str | None:
@@ -65,7 +74,7 @@ def command(logical_id: str, event: Path, env_file: Path) -> str:
     """The `sam local invoke` command for one function and event, with test credentials."""
     unset = " ".join(f"-u {v}" for v in UNSET)
     creds = " ".join(f"{k}={v}" for k, v in TEST_CREDENTIALS.items())
-    return f"env {unset} {creds} sam local invoke {logical_id} -e {rel(event)} --env-vars {rel(env_file)}"
+    return f"env {unset} {creds} sam local invoke {logical_id} -e {rel(event)} --env-vars {rel(env_file)} --region {REGION}"
 
 
 def rel(path: Path) -> str:
@@ -142,11 +151,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=0, help="default: a free port")
     p.add_argument("--out", default=str(OUT))
     args = p.parse_args(argv)
-    bind = args.bind or bridge_address() or "127.0.0.1"
+    bind = args.bind or bridge_address()
+    if bind is None and platform.system() == "Linux":
+        # SAM's container on Linux reaches the host through Docker's bridge; loopback is its own.
+        print(
+            "deploy.sh: no docker0 here (Docker not running, rootless, or Podman): pass --bind with an address "
+            "SAM's container reaches (the gateway `docker network inspect bridge` shows)",
+            file=sys.stderr,
+        )
+        return 2
+    bind = bind or "127.0.0.1"
     try:
-        ipaddress.ip_address(bind)
+        address = ipaddress.ip_address(bind)
     except ValueError:
         print(f"deploy.sh: --bind takes an IP address, got {bind}", file=sys.stderr)
+        return 2
+    if address.is_unspecified:
+        print("deploy.sh: --bind takes one address, not every interface's", file=sys.stderr)
         return 2
     for var in [v for v in os.environ if v.startswith("AWS_ENDPOINT_URL") or v in UNSET]:
         del os.environ[var]

@@ -193,12 +193,19 @@ impl Clients {
     }
 }
 
+/// The access key id of the emulator's test credentials (deploy.sh emulator's commands).
+const EMULATOR_ACCESS_KEY: &str = "testing";
+
 /// The local emulator `sam local invoke` points the function at (`SAM_LOCAL_ENDPOINT_URL`, which
 /// the template declares empty so that an `--env-vars` file can set it: SAM passes only the
 /// variables a function declares). Honoured only inside SAM's container (`AWS_SAM_LOCAL=true`,
 /// which SAM sets and Lambda never does); set anywhere else, the function refuses to start
 /// rather than send a deployed function's calls elsewhere than AWS.
-fn sam_local_endpoint(url: Option<&str>, sam_local: Option<&str>) -> Result<Option<String>, Error> {
+fn sam_local_endpoint(
+    url: Option<&str>,
+    sam_local: Option<&str>,
+    access_key: Option<&str>,
+) -> Result<Option<String>, Error> {
     let Some(url) = url.map(str::trim).filter(|u| !u.is_empty()) else {
         return Ok(None);
     };
@@ -206,6 +213,13 @@ fn sam_local_endpoint(url: Option<&str>, sam_local: Option<&str>) -> Result<Opti
         return Err(Error::Misconfigured(
             "SAM_LOCAL_ENDPOINT_URL is for sam local invoke only (AWS_SAM_LOCAL=true): leave it empty in a deployed function".into(),
         ));
+    }
+    // The emulator's test credentials only: a caller's real keys (a `--profile` SAM was given)
+    // are never sent, even signed, to a local endpoint.
+    if access_key != Some(EMULATOR_ACCESS_KEY) {
+        return Err(Error::Misconfigured(format!(
+            "SAM_LOCAL_ENDPOINT_URL is set but the credentials are not the emulator's ({EMULATOR_ACCESS_KEY}): run the command deploy.sh emulator prints, without --profile"
+        )));
     }
     let shaped = (url.starts_with("http://") || url.starts_with("https://"))
         && url.len() <= 200
@@ -227,6 +241,7 @@ impl Ctx {
         if let Some(endpoint) = sam_local_endpoint(
             std::env::var("SAM_LOCAL_ENDPOINT_URL").ok().as_deref(),
             std::env::var("AWS_SAM_LOCAL").ok().as_deref(),
+            std::env::var("AWS_ACCESS_KEY_ID").ok().as_deref(),
         )? {
             info!(%endpoint, "sam local invoke: every AWS call goes to the local emulator");
             loader = loader.endpoint_url(endpoint);
@@ -485,17 +500,21 @@ mod tests {
 
     #[test]
     fn the_sam_local_endpoint_is_taken_only_inside_sam_local() {
-        assert_eq!(sam_local_endpoint(None, Some("true")).unwrap(), None);
-        assert_eq!(sam_local_endpoint(Some(" "), None).unwrap(), None);
+        let key = Some("testing");
+        assert_eq!(sam_local_endpoint(None, Some("true"), key).unwrap(), None);
+        assert_eq!(sam_local_endpoint(Some(" "), None, None).unwrap(), None);
         assert_eq!(
-            sam_local_endpoint(Some("http://172.17.0.1:5000"), Some("true")).unwrap(),
+            sam_local_endpoint(Some("http://172.17.0.1:5000"), Some("true"), key).unwrap(),
             Some("http://172.17.0.1:5000".to_owned())
         );
         // A deployed function (no AWS_SAM_LOCAL) with it set refuses to start.
-        assert!(sam_local_endpoint(Some("http://172.17.0.1:5000"), None).is_err());
-        assert!(sam_local_endpoint(Some("http://x:1"), Some("1")).is_err());
-        assert!(sam_local_endpoint(Some("ftp://x"), Some("true")).is_err());
-        assert!(sam_local_endpoint(Some("http://x y"), Some("true")).is_err());
+        assert!(sam_local_endpoint(Some("http://172.17.0.1:5000"), None, key).is_err());
+        assert!(sam_local_endpoint(Some("http://x:1"), Some("1"), key).is_err());
+        assert!(sam_local_endpoint(Some("ftp://x"), Some("true"), key).is_err());
+        assert!(sam_local_endpoint(Some("http://x y"), Some("true"), key).is_err());
+        // A caller's real keys in the container: refused, nothing sent.
+        assert!(sam_local_endpoint(Some("http://x:1"), Some("true"), Some("AKIAEXAMPLE")).is_err());
+        assert!(sam_local_endpoint(Some("http://x:1"), Some("true"), None).is_err());
     }
 
     use super::*;

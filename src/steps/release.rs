@@ -100,6 +100,14 @@ pub async fn release(ctx: &Ctx, request: &ReleaseRequest) -> Result<Outcome<Rele
     if let Some(reason) = ctx.org().refusal(&target.scope.account_id) {
         return Ok(Outcome::skipped(reason));
     }
+    if ctx.settings().dry_run {
+        // A dry run contains nothing, so there is nothing of its own to release; and a release
+        // run as a dry run (sam local invoke --parameter-overrides DryRun=true) must not undo a
+        // real containment.
+        return Ok(Outcome::skipped(
+            "a dry run (DryRun=true) releases nothing: run the release workflow of the deployed stack",
+        ));
+    }
     let store = ctx.cases();
     let case = match Box::pin(open_case_of(store, &target, request)).await? {
         Resolution::Contain(case) => case,

@@ -21,7 +21,7 @@ import boto3
 import pytest
 from local import rie
 from local.artifacts import ARTIFACTS
-from local.template import REGION, load_template
+from local.template import LOCAL_NAMES, REGION, load_template
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN_DIR = Path(os.environ.get("FUNCTIONS_BIN_DIR") or Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug")
@@ -30,24 +30,31 @@ EVENTS = ROOT / "events"
 FUNCTION_INPUTS = {"notify-input.json", "security-hub-input.json", "approval-decide.json", "release-request.json", "collect-input.json"}
 
 
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory):
-    out = tmp_path_factory.mktemp("emulator")
+def start_emulator(out: Path) -> tuple[dict, subprocess.Popen]:
+    """`deploy.sh emulator --json` (its Python module, with the project's modules on the path as
+    deploy.sh puts them), on loopback; its log in `out`."""
+    path = os.pathsep.join([str(ROOT / "helper_scripts"), str(ROOT / "tests" / "tools"), os.environ.get("PYTHONPATH", "")])
     proc = subprocess.Popen(
         [sys.executable, "-m", "local.emulator", "--json", "--bind", "127.0.0.1", "--out", str(out)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=open(out / "emulator.log", "w"),  # noqa: SIM115 (the process keeps it)
         text=True,
-        env={**os.environ, "AWS_PROFILE": "someone-real"},
+        env={**os.environ, "PYTHONPATH": path, "AWS_PROFILE": "someone-real", "DRY_RUN": "false"},
     )
     ready, _, _ = select.select([proc.stdout], [], [], 120)
     assert ready, "the emulator printed nothing in 120 s"
     line = proc.stdout.readline()
     if not line:
         proc.wait(10)
-        pytest.fail(f"the emulator stopped: {proc.stderr.read()}")
-    state = json.loads(line)
+        pytest.fail(f"the emulator stopped: {(out / 'emulator.log').read_text()}")
+    return json.loads(line), proc
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    out = tmp_path_factory.mktemp("emulator")
+    state, proc = start_emulator(out)
     yield state, out, proc
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
@@ -89,8 +96,25 @@ def test_the_commands_name_every_function_an_event_and_the_env_file_with_test_cr
     assert {c["logical_id"] for c in state["commands"]} == set(functions) - {"ApprovalLinkFunction"}
     for c in state["commands"]:
         words = shlex.split(c["command"])
-        assert words[:7] == ["env", "-u", "AWS_PROFILE", "-u", "AWS_SESSION_TOKEN", "-u", "AWS_DEFAULT_PROFILE"], words
-        assert {"AWS_ACCESS_KEY_ID=testing", "AWS_SECRET_ACCESS_KEY=testing", f"AWS_REGION={REGION}"} <= set(words)
+        assert words[0] == "env"
+        unset = {words[i + 1] for i, w in enumerate(words) if w == "-u"}
+        # No profile, session token or expiry of the caller's, nor a DRY_RUN of their shell.
+        assert unset == {
+            "AWS_PROFILE",
+            "AWS_DEFAULT_PROFILE",
+            "AWS_SESSION_TOKEN",
+            "AWS_SECURITY_TOKEN",
+            "AWS_CREDENTIAL_EXPIRATION",
+            "DRY_RUN",
+        }
+        assert {
+            "AWS_ACCESS_KEY_ID=testing",
+            "AWS_SECRET_ACCESS_KEY=testing",
+            f"AWS_DEFAULT_REGION={REGION}",
+            "AWS_CONFIG_FILE=/dev/null",
+            "AWS_SHARED_CREDENTIALS_FILE=/dev/null",
+        } <= set(words)
+        assert words[-2:] == ["--region", REGION]
         at = words.index("sam")
         assert words[at : at + 3] == ["sam", "local", "invoke"]
         assert words[at + 3] in functions, words
@@ -129,7 +153,7 @@ def run_under_rie(name: str, logical_id: str, payloads: list[dict], parameters: 
     return run["results"]
 
 
-def world(ec2, iam, state) -> dict:
+def world(ec2, iam, state, asg=None, db=None) -> dict:
     """What a containment step would change: the interfaces' groups, the snapshots, the
     instance's attributes, the role's policies."""
     [instance] = ec2.describe_instances(InstanceIds=[state["instance_id"]])["Reservations"][0]["Instances"]
@@ -139,6 +163,19 @@ def world(ec2, iam, state) -> dict:
         "snapshots": sorted(s["SnapshotId"] for s in ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]),
         "role_policies": sorted(p["PolicyArn"] for p in iam.list_attached_role_policies(RoleName=state["role_name"])["AttachedPolicies"]),
         "inline": sorted(iam.list_role_policies(RoleName=state["role_name"])["PolicyNames"]),
+        "tags": sorted((t["Key"], t["Value"]) for t in instance.get("Tags", [])),
+        "attributes": [
+            {
+                k: v
+                for k, v in ec2.describe_instance_attribute(InstanceId=state["instance_id"], Attribute=a).items()
+                if k != "ResponseMetadata"
+            }
+            for a in ("disableApiTermination", "instanceInitiatedShutdownBehavior")
+        ],
+        "auto_scaling": sorted(
+            (i["InstanceId"], i["LifecycleState"]) for i in asg.describe_auto_scaling_instances()["AutoScalingInstances"]
+        ),
+        "cases": db.scan(TableName=LOCAL_NAMES["CaseTable"])["Count"],
     }
 
 
@@ -149,9 +186,23 @@ def test_a_dry_run_on_an_account_only_reads_and_reports(emulator, tmp_path):
     state, out, _ = emulator
     parameters = json.loads((ROOT / state["env_file"]).read_text())["Parameters"]
     creds = {"endpoint_url": state["endpoint"], "region_name": REGION, "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
-    ec2, iam = boto3.client("ec2", **creds), boto3.client("iam", **creds)
-    before = world(ec2, iam, state)
-    for name, logical_id, event in ARTIFACTS[:5]:
+    ec2, iam, asg, db = (boto3.client(s, **creds) for s in ("ec2", "iam", "autoscaling", "dynamodb"))
+    before = world(ec2, iam, state, asg, db)
+    # Every function the README's dry-run recipe names: all but notify (it publishes its report,
+    # a dry run's too) and approval (a person's decision).
+    dry = [a for a in ARTIFACTS if a[0] not in ("notify", "approval")]
+    assert [a[0] for a in dry] == [
+        "triage",
+        "isolate",
+        "deregister",
+        "snapshot",
+        "deny-role",
+        "security-hub",
+        "evidence-copy",
+        "collect",
+        "release",
+    ]
+    for name, logical_id, event in dry:
         env = sam_env(logical_id, {**parameters, "DRY_RUN": "true"}, "")
         env["AWS_ENDPOINT_URL"] = state["endpoint"]
         payload = json.loads((out / "events" / event).read_text())
@@ -160,9 +211,11 @@ def test_a_dry_run_on_an_account_only_reads_and_reports(emulator, tmp_path):
         assert rie.error_of(result) is None, (name, result)
         if name == "triage":
             assert result["dry_run"] is True, result
-        else:
+        elif name in ("isolate", "deregister", "snapshot", "deny-role"):
             assert result["status"] == "dry_run" and result["actions"], (name, result)
-    assert world(ec2, iam, state) == before, "a dry run changed the account"
+        else:
+            assert result["status"] in ("dry_run", "skipped"), (name, result)
+    assert world(ec2, iam, state, asg, db) == before, "a dry run changed the account"
 
 
 def test_every_sample_event_runs_through_the_runtime_interface_emulator_against_the_emulator(emulator, tmp_path):
@@ -220,10 +273,16 @@ def test_outside_sam_local_a_function_with_the_local_endpoint_refuses_to_start(e
         tmp_path / "isolate.log",
     )
     assert "SAM_LOCAL_ENDPOINT_URL is for sam local invoke only" in (tmp_path / "isolate.log").read_text(), run
+    # Inside SAM, with someone's own keys (a --profile SAM was given): refused too.
+    env = {**sam_env("IsolateFunction", parameters, state["endpoint"]), "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE"}
+    run = rie.invoke_all(
+        [str(BIN_DIR / "isolate")], env, [(out / "events" / "instance-backdoor.json").read_bytes()], ROOT, tmp_path / "keys.log"
+    )
+    assert "the credentials are not the emulator's" in (tmp_path / "keys.log").read_text(), run
 
 
-def test_ctrl_c_stops_the_emulator(emulator):
-    _, _, proc = emulator
+def test_ctrl_c_stops_the_emulator(tmp_path):
+    _, proc = start_emulator(tmp_path)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(20) == 0
 
