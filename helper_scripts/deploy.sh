@@ -68,9 +68,9 @@ Usage:
       writes the sample events pointed at it (.tools/emulator/events/) and an --env-vars file
       that points every function at the emulator (.tools/emulator/env.json), prints the exact
       `sam local invoke` command for every function (test credentials, never yours), and keeps
-      running until Ctrl-C. It listens on Docker's bridge address (docker0) where there is one,
-      else on loopback (Docker Desktop: host.docker.internal); --bind chooses. --json prints
-      what it made as one JSON line.
+      running until Ctrl-C. It listens on Docker's bridge address (docker0) where there is one;
+      on Linux without one it asks for --bind; elsewhere on loopback (Docker Desktop:
+      host.docker.internal). --json prints what it made as one JSON line.
 
   deploy.sh deploy [--region R | --regions R1,R2] [--stack-name S] [--alert-email E]
                    [--severity-threshold N] [--member-role-name NAME --external-id ID]
