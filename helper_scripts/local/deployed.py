@@ -38,7 +38,7 @@ from pathlib import Path
 
 from local import HarnessError
 from local.control_plane import FINDINGS_PATH
-from local.stack import free_port
+from local.rie import free_ports
 from local.template import ACCOUNT, REGION, ROOT, load_template
 from local.world import put_in_service, simulate_compromised_instance
 
@@ -249,7 +249,7 @@ def deployed_stack(release_dir: Path, log_dir: Path, parameters: dict[str, str] 
     if not CONTROL_PLANE_PYTHON.is_file():
         raise HarnessError(f"{CONTROL_PLANE_PYTHON} is missing: helper_scripts/test.sh or deploy.sh local --deployed installs it")
     log_dir.mkdir(parents=True, exist_ok=True)
-    moto_port, control_port = free_port(), free_port()
+    moto_port, control_port = free_ports(2)
     data_plane = f"http://127.0.0.1:{moto_port}"
     control_plane = f"http://127.0.0.1:{control_port}"
     # moto's server with the harness's corrections (local/moto_server.py).

@@ -35,6 +35,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free ports: each socket is held until all are chosen (one at a time, the
+    system may hand the same port out twice, and the emulator then cannot listen)."""
+    with contextlib.ExitStack() as held:
+        sockets = [held.enter_context(socket.socket()) for _ in range(n)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+
+
 def _wait_listening(port: int, timeout_s: float = 10) -> None:
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
@@ -69,7 +79,7 @@ def invoke_all(command: list[str], env: dict[str, str], payloads: list[bytes], c
     is the cold start), and stops it. Returns each invocation's wall time (ms) and answer, the
     runtime's init time (ms, from the emulator's INIT REPORT) and the runtime process's peak RSS
     (KiB, VmHWM; the emulator's own "Max Memory Used" is not measured)."""
-    api, front = free_port(), free_port()
+    api, front = free_ports(2)
     start_offset = log_path.stat().st_size if log_path.exists() else 0
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(
